@@ -1,0 +1,271 @@
+//! Typed configuration, parsed and validated once at startup. Every error names the variable and the fix,
+//! and never echoes a value (most of these are secrets).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::Url;
+use secrecy::SecretString;
+
+use crate::crypto::encryption_key::EncryptionKey;
+use crate::crypto::webhook_signature::WebhookSecret;
+
+#[derive(Debug)]
+pub struct Settings {
+    pub bind_addr: SocketAddr,
+    pub directus_url: Url,
+    /// Static token of the sidecar's API-only Directus user; also the service token for `/v1/flags`.
+    pub directus_token: SecretString,
+    /// The Directus `SECRET`, which signs its HS256 access tokens.
+    pub directus_secret: SecretString,
+    pub webhook_secret: WebhookSecret,
+    /// Safety net when a webhook is lost; webhooks make flag changes visible at once.
+    pub flag_cache_ttl: Duration,
+    /// How long a user's tier, balance and key status are reused before Directus is asked again.
+    pub user_cache_ttl: Duration,
+    pub directus_timeout: Duration,
+    /// `None` when `ENCRYPTION_KEY` is unset: BYOK reports "not configured", internal credits keep working.
+    pub encryption_key: Option<EncryptionKey>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// One misconfigured variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub var: &'static str,
+    pub problem: String,
+    pub fix: &'static str,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}. {}", self.var, self.problem, self.fix)
+    }
+}
+
+/// Every problem found, so an operator fixes them all in one go instead of one restart per variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+const GEN_HEX_KEY: &str = "Generate one with: openssl rand -hex 32";
+
+/// Collects problems while reading variables, so parsing continues past the first bad one.
+struct Reader<F> {
+    lookup: F,
+    problems: Vec<ConfigProblem>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// A set, non-blank value; blank counts as unset.
+    fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn problem(&mut self, var: &'static str, problem: impl Into<String>, fix: &'static str) {
+        self.problems.push(ConfigProblem { var, problem: problem.into(), fix });
+    }
+
+    fn required(&mut self, var: &'static str, fix: &'static str) -> Option<String> {
+        let value = self.get(var);
+        if value.is_none() {
+            self.problem(var, "is not set", fix);
+        }
+        value
+    }
+
+    fn parsed<T, E: fmt::Display>(
+        &mut self,
+        var: &'static str,
+        default: T,
+        fix: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> T {
+        match self.get(var) {
+            None => default,
+            Some(raw) => parse(raw.trim()).unwrap_or_else(|e| {
+                self.problem(var, e.to_string(), fix);
+                default
+            }),
+        }
+    }
+
+    fn seconds(&mut self, var: &'static str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
+        let fix = "Use a whole number of seconds, e.g. 300";
+        let secs = self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!("must be a whole number of seconds from {} to {}", range.start(), range.end())),
+        });
+        Duration::from_secs(secs)
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Parses settings from any variable source; tests pass a map instead of touching the process env.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader { lookup, problems: Vec::new() };
+
+        let bind_addr = r.parsed(
+            "BIND_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 8787)),
+            "Use host:port, e.g. 127.0.0.1:8787 (0.0.0.0:8787 inside a container)",
+            |raw| raw.parse::<SocketAddr>().map_err(|_| "is not a host:port socket address"),
+        );
+        let directus_url = r
+            .required("DIRECTUS_URL", "Set it to the Directus base URL, e.g. http://127.0.0.1:8055")
+            .and_then(|raw| match Url::parse(raw.trim()) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+                _ => {
+                    r.problem(
+                        "DIRECTUS_URL",
+                        "is not an http(s) URL",
+                        "Set it to the Directus base URL, e.g. http://127.0.0.1:8055",
+                    );
+                    None
+                }
+            });
+        let directus_token = r
+            .required("DIRECTUS_TOKEN", "Set it to the static token of the sidecar's API-only Directus user")
+            .map(SecretString::from);
+        let directus_secret = r
+            .required("DIRECTUS_SECRET", "Set it to the same value as the SECRET of your Directus instance")
+            .map(SecretString::from);
+        let webhook_secret = r
+            .required("WEBHOOK_SECRET", "Set it to the same whsec_... value as BYOK_BRIDGE_WEBHOOK_SECRET in Directus")
+            .and_then(|raw| {
+                WebhookSecret::parse(raw.trim())
+                    .map_err(|e| {
+                        r.problem(
+                            "WEBHOOK_SECRET",
+                            e.to_string(),
+                            "Generate one with: echo whsec_$(openssl rand -base64 32)",
+                        )
+                    })
+                    .ok()
+            });
+        let flag_cache_ttl = r.seconds("FLAG_CACHE_TTL_SECS", 300, 1..=86_400);
+        let user_cache_ttl = r.seconds("USER_CACHE_TTL_SECS", 5, 1..=300);
+        let directus_timeout = r.seconds("DIRECTUS_TIMEOUT_SECS", 5, 1..=120);
+        let encryption_key =
+            r.parsed("ENCRYPTION_KEY", None, GEN_HEX_KEY, |raw| EncryptionKey::parse_hex(raw).map(Some));
+        let log_format = r.parsed("LOG_FORMAT", LogFormat::Json, "Use json or text", |raw| match raw {
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            _ => Err("must be json or text"),
+        });
+
+        match (directus_url, directus_token, directus_secret, webhook_secret) {
+            (Some(directus_url), Some(directus_token), Some(directus_secret), Some(webhook_secret))
+                if r.problems.is_empty() =>
+            {
+                Ok(Settings {
+                    bind_addr,
+                    directus_url,
+                    directus_token,
+                    directus_secret,
+                    webhook_secret,
+                    flag_cache_ttl,
+                    user_cache_ttl,
+                    directus_timeout,
+                    encryption_key,
+                    log_format,
+                })
+            }
+            _ => Err(ConfigError(r.problems)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const KEY_HEX: &str = "8f3a9c2e71d4b6a05e9f1c3d7b2a4e6f8091a2b3c4d5e6f708192a3b4c5d6e7f";
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("DIRECTUS_URL", "http://127.0.0.1:8055".to_owned()),
+            ("DIRECTUS_TOKEN", "service-token-value".to_owned()),
+            ("DIRECTUS_SECRET", "directus-secret-value".to_owned()),
+            ("WEBHOOK_SECRET", WHSEC.to_owned()),
+        ])
+    }
+
+    fn parse(vars: &HashMap<&'static str, String>) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let s = parse(&base()).unwrap();
+        assert_eq!(s.bind_addr.to_string(), "127.0.0.1:8787");
+        assert_eq!(s.flag_cache_ttl, Duration::from_secs(300));
+        assert!(s.encryption_key.is_none());
+    }
+
+    #[test]
+    fn reports_every_missing_variable_at_once() {
+        let err = parse(&HashMap::new()).unwrap_err();
+        let vars: Vec<_> = err.0.iter().map(|p| p.var).collect();
+        assert_eq!(vars, ["DIRECTUS_URL", "DIRECTUS_TOKEN", "DIRECTUS_SECRET", "WEBHOOK_SECRET"]);
+    }
+
+    #[test]
+    fn bad_encryption_keys_name_the_variable_but_never_the_value() {
+        for bad in [KEY_HEX[..63].to_owned(), format!("{KEY_HEX}a"), KEY_HEX.replace('f', "z"), "0".repeat(64)] {
+            let bad = bad.as_str();
+            let mut vars = base();
+            vars.insert("ENCRYPTION_KEY", bad.to_string());
+            let err = parse(&vars).unwrap_err();
+            let text = err.to_string();
+            assert_eq!(err.0.len(), 1, "{text}");
+            assert!(text.contains("ENCRYPTION_KEY") && text.contains("openssl rand -hex 32"), "{text}");
+            assert!(!text.contains(bad), "value leaked: {text}");
+        }
+    }
+
+    #[test]
+    fn a_valid_encryption_key_configures_the_vault() {
+        let mut vars = base();
+        vars.insert("ENCRYPTION_KEY", KEY_HEX.to_owned());
+        assert!(parse(&vars).unwrap().encryption_key.is_some());
+    }
+
+    #[test]
+    fn invalid_values_are_reported_without_echoing_them() {
+        let mut vars = base();
+        vars.insert("WEBHOOK_SECRET", "plain-secret-without-prefix".to_owned());
+        vars.insert("DIRECTUS_URL", "ftp://example.com".to_owned());
+        vars.insert("FLAG_CACHE_TTL_SECS", "0".to_owned());
+        vars.insert("BIND_ADDR", "localhost".to_owned());
+        let err = parse(&vars).unwrap_err();
+        let text = err.to_string();
+        let vars_named: Vec<_> = err.0.iter().map(|p| p.var).collect();
+        assert_eq!(vars_named, ["BIND_ADDR", "DIRECTUS_URL", "WEBHOOK_SECRET", "FLAG_CACHE_TTL_SECS"]);
+        assert!(!text.contains("plain-secret-without-prefix"), "{text}");
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let mut vars = base();
+        vars.insert("ENCRYPTION_KEY", KEY_HEX.to_owned());
+        let debug = format!("{:?}", parse(&vars).unwrap());
+        for secret in ["service-token-value", "directus-secret-value", WHSEC, &WHSEC[6..], KEY_HEX] {
+            assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+        }
+    }
+}

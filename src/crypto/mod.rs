@@ -1,0 +1,4 @@
+//! Cryptography kept apart from everything else: pure functions over bytes, no I/O.
+
+pub mod encryption_key;
+pub mod webhook_signature;

@@ -1,0 +1,106 @@
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{DirectusClient, DirectusError, lenient_bool};
+use crate::domain::api_key::KeyStatus;
+use crate::domain::credits::{CreditBalance, TransactionType};
+use crate::domain::provider::Provider;
+use crate::domain::user::UserId;
+
+/// What the sidecar reads about a user; the token only tells us who they are.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserProfile {
+    pub status: String,
+    pub subscription_tier: Option<String>,
+}
+
+/// A stored key's routing-relevant state (never the ciphertext).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredKey {
+    pub provider: Provider,
+    pub status: KeyStatus,
+}
+
+#[derive(Deserialize)]
+struct KeyRow {
+    provider: String,
+    status: Option<String>,
+    #[serde(deserialize_with = "lenient_bool")]
+    is_active: bool,
+}
+
+#[derive(Deserialize)]
+struct LedgerGroup {
+    transaction_type: Option<String>,
+    sum: LedgerSum,
+}
+
+#[derive(Deserialize)]
+struct LedgerSum {
+    cost_cents: Value,
+}
+
+impl DirectusClient {
+    /// The user's profile, or `None` when no such user exists (Directus answers 403 for unknown ids).
+    pub async fn user_profile(&self, user: UserId) -> Result<Option<UserProfile>, DirectusError> {
+        let request =
+            self.request(Method::GET, &format!("/users/{user}")).query(&[("fields", "status,subscription_tier")]);
+        match self.data(request).await {
+            Ok(profile) => Ok(Some(profile)),
+            Err(DirectusError::Status { status, .. }) if status == 403 || status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The user's credit balance, summed by Directus per transaction type (no rows are transferred).
+    pub async fn credit_balance(&self, user: UserId) -> Result<CreditBalance, DirectusError> {
+        let request = self.request(Method::GET, "/items/credit_transactions").query(&[
+            ("aggregate[sum]", "cost_cents"),
+            ("groupBy[]", "transaction_type"),
+            ("filter[user][_eq]", &user.to_string()),
+            ("limit", "-1"),
+        ]);
+        let groups: Vec<LedgerGroup> = self.data(request).await?;
+        let mut sums = Vec::with_capacity(groups.len());
+        for group in groups {
+            let kind = group.transaction_type.as_deref().and_then(|t| t.parse::<TransactionType>().ok());
+            let amount = ledger_amount(&group.sum.cost_cents)?;
+            if let Some(kind) = kind {
+                sums.push((kind, amount));
+            }
+        }
+        Ok(CreditBalance::from_ledger_sums(sums))
+    }
+
+    /// The user's active keys with their status. Rows with unknown providers or statuses are skipped.
+    pub async fn stored_keys(&self, user: UserId) -> Result<Vec<StoredKey>, DirectusError> {
+        let request = self.request(Method::GET, "/items/user_api_keys").query(&[
+            ("fields", "provider,status,is_active"),
+            ("filter[user][_eq]", &user.to_string()),
+            ("filter[is_active][_eq]", "true"),
+            ("limit", "100"),
+        ]);
+        let rows: Vec<KeyRow> = self.data(request).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.is_active)
+            .filter_map(|r| {
+                let provider = r.provider.parse().ok()?;
+                let status = r.status.as_deref().unwrap_or("unverified").parse().ok()?;
+                Some(StoredKey { provider, status })
+            })
+            .collect())
+    }
+}
+
+/// Aggregates come back as numbers (SQLite) or strings (PostgreSQL bigint/decimal), null for no rows.
+fn ledger_amount(value: &Value) -> Result<i64, DirectusError> {
+    let parsed = match value {
+        Value::Null => Some(0),
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f.round() as i64)),
+        Value::String(s) => s.parse::<i64>().ok().or_else(|| s.parse::<f64>().ok().map(|f| f.round() as i64)),
+        _ => None,
+    };
+    parsed.ok_or_else(|| DirectusError::Decode("credit_transactions sum is not a number".into()))
+}

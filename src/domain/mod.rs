@@ -1,0 +1,9 @@
+//! Pure business rules: no I/O, no clocks, no HTTP. Everything here is unit-testable in isolation.
+
+pub mod api_key;
+pub mod credits;
+pub mod flags;
+pub mod provider;
+pub mod routing;
+pub mod tier;
+pub mod user;

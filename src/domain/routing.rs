@@ -1,0 +1,271 @@
+//! The routing policy: which credentials pay for a call, per the spec's configuration matrix.
+
+use serde::Serialize;
+
+use super::credits::CreditBalance;
+use super::flags::{FlagSet, RoutingMode};
+use super::provider::Provider;
+use super::tier::SubscriptionTier;
+
+/// Everything the policy needs to know about the caller, already fetched and parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub tier: SubscriptionTier,
+    /// The user has an active key for the provider that is not known to be invalid or out of quota.
+    pub has_usable_key: bool,
+    pub balance: CreditBalance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The user's own provider key.
+    Byok,
+    /// The platform's key, paid with the user's credits.
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub source: Source,
+    pub provider: Provider,
+    pub mode: RoutingMode,
+}
+
+/// Why no credentials may be used. Every variant tells the user what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "Action Required: add your {} API key. This platform only runs AI features with your own key. \
+         Create one at {} and add it under Settings > API Keys.",
+        .provider.display_name(), .provider.key_page_url()
+    )]
+    ByokKeyRequired { provider: Provider },
+    #[error(
+        "AI features currently require your own API key, which needs a {} plan. Upgrade to continue.",
+        .min_tier.as_str()
+    )]
+    ByokRequiresUpgrade { min_tier: SubscriptionTier },
+    #[error("You are out of credits. Buy more credits to keep using AI features.")]
+    InsufficientCredits,
+    #[error(
+        "You are out of credits and have no usable {} API key. Add your own key (create one at {}) \
+         under Settings > API Keys, or buy more credits.",
+        .provider.display_name(), .provider.key_page_url()
+    )]
+    NoCreditsOrKey { provider: Provider },
+    #[error(
+        "Your own API keys cannot be used right now because key storage is not configured on this \
+         platform. Please contact support."
+    )]
+    ByokNotConfigured,
+}
+
+impl Refusal {
+    /// Stable machine-readable code; clients switch on this, never on the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::ByokKeyRequired { .. } => "byok_key_required",
+            Refusal::ByokRequiresUpgrade { .. } => "byok_requires_upgrade",
+            Refusal::InsufficientCredits => "insufficient_credits",
+            Refusal::NoCreditsOrKey { .. } => "no_credits_or_key",
+            Refusal::ByokNotConfigured => "byok_not_configured",
+        }
+    }
+}
+
+/// Decides which credentials pay for a call to `provider`.
+///
+/// `vault_configured` is false when the sidecar has no `ENCRYPTION_KEY`: stored keys cannot be decrypted, so
+/// BYOK is unavailable while internal-credit routing keeps working.
+pub fn decide(
+    flags: &FlagSet,
+    caller: &Caller,
+    provider: Provider,
+    vault_configured: bool,
+) -> Result<Decision, Refusal> {
+    let mode = flags.mode();
+    let entitled = caller.tier.meets(flags.byok_min_tier);
+    let byok_possible = entitled && vault_configured && caller.has_usable_key;
+    let has_credits = caller.balance.has_credits();
+    let decision = |source| Decision { source, provider, mode };
+    let exhausted = || {
+        if entitled && vault_configured { Refusal::NoCreditsOrKey { provider } } else { Refusal::InsufficientCredits }
+    };
+
+    match mode {
+        RoutingMode::ByokDisabled if has_credits => Ok(decision(Source::Internal)),
+        RoutingMode::ByokDisabled => Err(Refusal::InsufficientCredits),
+        RoutingMode::ByokOnly if !entitled => Err(Refusal::ByokRequiresUpgrade { min_tier: flags.byok_min_tier }),
+        RoutingMode::ByokOnly if !vault_configured => Err(Refusal::ByokNotConfigured),
+        RoutingMode::ByokOnly if caller.has_usable_key => Ok(decision(Source::Byok)),
+        RoutingMode::ByokOnly => Err(Refusal::ByokKeyRequired { provider }),
+        RoutingMode::CreditFirst if has_credits => Ok(decision(Source::Internal)),
+        RoutingMode::CreditFirst if byok_possible => Ok(decision(Source::Byok)),
+        RoutingMode::ByokFirst if byok_possible => Ok(decision(Source::Byok)),
+        RoutingMode::ByokFirst if has_credits => Ok(decision(Source::Internal)),
+        RoutingMode::CreditFirst | RoutingMode::ByokFirst => Err(exhausted()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::credits::TransactionType;
+    use RoutingMode::*;
+    use SubscriptionTier::*;
+
+    /// What the spec says must happen. `Ok` names the source; `Err` names the refusal code.
+    type Expected = Result<Source, &'static str>;
+    const BYOK: Expected = Ok(Source::Byok);
+    const INTERNAL: Expected = Ok(Source::Internal);
+    const NO_CREDITS: Expected = Err("insufficient_credits");
+    const KEY_REQUIRED: Expected = Err("byok_key_required");
+    const UPGRADE: Expected = Err("byok_requires_upgrade");
+    const NO_CREDITS_OR_KEY: Expected = Err("no_credits_or_key");
+
+    fn flags_for(mode: RoutingMode, only_and_credit_first: bool) -> FlagSet {
+        // `only_and_credit_first` exercises the "any" columns of the matrix: the flags that must not matter.
+        let (enabled, only, credits) = match mode {
+            ByokDisabled => (false, only_and_credit_first, !only_and_credit_first),
+            ByokOnly => (true, true, only_and_credit_first),
+            CreditFirst => (true, false, true),
+            ByokFirst => (true, false, false),
+        };
+        FlagSet {
+            byok_enabled: enabled,
+            byok_only_mode: only,
+            byok_uses_internal_credits: credits,
+            byok_min_tier: Premium,
+        }
+    }
+
+    fn caller(tier: SubscriptionTier, has_key: bool, credits: bool) -> Caller {
+        let grant = if credits { 500 } else { 0 };
+        Caller {
+            tier,
+            has_usable_key: has_key,
+            balance: CreditBalance::from_ledger_sums([(TransactionType::Grant, grant)]),
+        }
+    }
+
+    fn outcome(result: Result<Decision, Refusal>) -> Expected {
+        result.map(|d| d.source).map_err(|r| r.code())
+    }
+
+    /// Every row of the configuration matrix x tier x (key / no key) x (credits / none).
+    #[rustfmt::skip]
+    const MATRIX: &[(RoutingMode, SubscriptionTier, bool, bool, Expected)] = &[
+        // mode          tier      key    credits  expected
+        (ByokDisabled,   Free,     false, false,   NO_CREDITS),
+        (ByokDisabled,   Free,     false, true,    INTERNAL),
+        (ByokDisabled,   Free,     true,  false,   NO_CREDITS),
+        (ByokDisabled,   Free,     true,  true,    INTERNAL),
+        (ByokDisabled,   Premium,  false, false,   NO_CREDITS),
+        (ByokDisabled,   Premium,  false, true,    INTERNAL),
+        (ByokDisabled,   Premium,  true,  false,   NO_CREDITS),
+        (ByokDisabled,   Premium,  true,  true,    INTERNAL),
+        (ByokDisabled,   Lifetime, false, false,   NO_CREDITS),
+        (ByokDisabled,   Lifetime, false, true,    INTERNAL),
+        (ByokDisabled,   Lifetime, true,  false,   NO_CREDITS),
+        (ByokDisabled,   Lifetime, true,  true,    INTERNAL),
+        (ByokOnly,       Free,     false, false,   UPGRADE),
+        (ByokOnly,       Free,     false, true,    UPGRADE),
+        (ByokOnly,       Free,     true,  false,   UPGRADE),
+        (ByokOnly,       Free,     true,  true,    UPGRADE),
+        (ByokOnly,       Premium,  false, false,   KEY_REQUIRED),
+        (ByokOnly,       Premium,  false, true,    KEY_REQUIRED),
+        (ByokOnly,       Premium,  true,  false,   BYOK),
+        (ByokOnly,       Premium,  true,  true,    BYOK),
+        (ByokOnly,       Lifetime, false, false,   KEY_REQUIRED),
+        (ByokOnly,       Lifetime, false, true,    KEY_REQUIRED),
+        (ByokOnly,       Lifetime, true,  false,   BYOK),
+        (ByokOnly,       Lifetime, true,  true,    BYOK),
+        (CreditFirst,    Free,     false, false,   NO_CREDITS),
+        (CreditFirst,    Free,     false, true,    INTERNAL),
+        (CreditFirst,    Free,     true,  false,   NO_CREDITS),
+        (CreditFirst,    Free,     true,  true,    INTERNAL),
+        (CreditFirst,    Premium,  false, false,   NO_CREDITS_OR_KEY),
+        (CreditFirst,    Premium,  false, true,    INTERNAL),
+        (CreditFirst,    Premium,  true,  false,   BYOK),
+        (CreditFirst,    Premium,  true,  true,    INTERNAL),
+        (CreditFirst,    Lifetime, false, false,   NO_CREDITS_OR_KEY),
+        (CreditFirst,    Lifetime, false, true,    INTERNAL),
+        (CreditFirst,    Lifetime, true,  false,   BYOK),
+        (CreditFirst,    Lifetime, true,  true,    INTERNAL),
+        (ByokFirst,      Free,     false, false,   NO_CREDITS),
+        (ByokFirst,      Free,     false, true,    INTERNAL),
+        (ByokFirst,      Free,     true,  false,   NO_CREDITS),
+        (ByokFirst,      Free,     true,  true,    INTERNAL),
+        (ByokFirst,      Premium,  false, false,   NO_CREDITS_OR_KEY),
+        (ByokFirst,      Premium,  false, true,    INTERNAL),
+        (ByokFirst,      Premium,  true,  false,   BYOK),
+        (ByokFirst,      Premium,  true,  true,    BYOK),
+        (ByokFirst,      Lifetime, false, false,   NO_CREDITS_OR_KEY),
+        (ByokFirst,      Lifetime, false, true,    INTERNAL),
+        (ByokFirst,      Lifetime, true,  false,   BYOK),
+        (ByokFirst,      Lifetime, true,  true,    BYOK),
+    ];
+
+    #[test]
+    fn every_matrix_cell_routes_as_the_spec_says() {
+        assert_eq!(MATRIX.len(), 4 * 3 * 2 * 2);
+        for &(mode, tier, key, credits, expected) in MATRIX {
+            for any in [false, true] {
+                let flags = flags_for(mode, any);
+                assert_eq!(flags.mode(), mode);
+                for provider in Provider::ALL {
+                    let result = decide(&flags, &caller(tier, key, credits), provider, true);
+                    assert_eq!(
+                        outcome(result),
+                        expected,
+                        "{mode:?} tier={tier:?} key={key} credits={credits} any={any} {provider}"
+                    );
+                    if let Ok(d) = result {
+                        assert_eq!((d.mode, d.provider), (mode, provider));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_an_encryption_key_byok_is_unavailable_but_credits_still_work() {
+        let premium_with_key = |credits| caller(Premium, true, credits);
+        let run = |mode, credits| {
+            outcome(decide(&flags_for(mode, false), &premium_with_key(credits), Provider::OpenAi, false))
+        };
+        assert_eq!(run(ByokFirst, true), INTERNAL);
+        assert_eq!(run(CreditFirst, true), INTERNAL);
+        assert_eq!(run(ByokFirst, false), NO_CREDITS);
+        assert_eq!(run(CreditFirst, false), NO_CREDITS);
+        assert_eq!(run(ByokOnly, true), Err("byok_not_configured"));
+        assert_eq!(run(ByokDisabled, true), INTERNAL);
+    }
+
+    #[test]
+    fn a_lifetime_only_flag_keeps_premium_users_on_credits() {
+        let mut flags = flags_for(ByokFirst, false);
+        flags.byok_min_tier = Lifetime;
+        let premium = outcome(decide(&flags, &caller(Premium, true, true), Provider::Anthropic, true));
+        let lifetime = outcome(decide(&flags, &caller(Lifetime, true, true), Provider::Anthropic, true));
+        assert_eq!((premium, lifetime), (INTERNAL, BYOK));
+    }
+
+    #[test]
+    fn action_required_message_names_the_provider_and_where_to_get_a_key() {
+        let msg = Refusal::ByokKeyRequired { provider: Provider::OpenAi }.to_string();
+        assert!(msg.starts_with("Action Required: add your OpenAI API key"), "{msg}");
+        assert!(msg.contains("https://platform.openai.com/api-keys"), "{msg}");
+        let msg = Refusal::NoCreditsOrKey { provider: Provider::Anthropic }.to_string();
+        assert!(msg.contains("Anthropic") && msg.contains("console.anthropic.com"), "{msg}");
+    }
+
+    #[test]
+    fn a_negative_balance_counts_as_no_credits() {
+        let mut c = caller(Free, false, false);
+        c.balance = CreditBalance::from_ledger_sums([(TransactionType::Deduction, 5)]);
+        let result = decide(&flags_for(ByokDisabled, false), &c, Provider::OpenAi, true);
+        assert_eq!(outcome(result), NO_CREDITS);
+    }
+}

@@ -1,0 +1,112 @@
+//! Extractors that turn raw requests into parsed, trusted values, or into an `ApiError`.
+
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::domain::user::UserId;
+
+/// The user a verified Directus access token was issued to.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthenticatedUser(pub UserId);
+
+impl FromRequestParts<AppState> for AuthenticatedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+        state.tokens.verify(token, jsonwebtoken::get_current_timestamp()).map(AuthenticatedUser).map_err(|reason| {
+            tracing::debug!(%reason, "access token refused");
+            ApiError::Unauthorized
+        })
+    }
+}
+
+/// An operator presenting the sidecar's own Directus static token.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceCaller;
+
+impl FromRequestParts<AppState> for ServiceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+        // Comparing digests keeps the comparison constant-time and length-independent.
+        let presented = Sha256::digest(token.as_bytes());
+        if bool::from(presented.ct_eq(&state.service_token_digest)) {
+            Ok(ServiceCaller)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Describes the body a JSON endpoint expects. Error messages quote this instead of the parser's text,
+/// which could echo part of the request (and a request may carry a secret).
+pub trait RequestBody: DeserializeOwned {
+    const EXPECTED: &'static str;
+}
+
+/// `Json<T>` whose rejections are our JSON errors.
+pub struct JsonBody<T>(pub T);
+
+impl<T: RequestBody> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_rejection(&rejection, T::EXPECTED)),
+        }
+    }
+}
+
+fn json_rejection(rejection: &JsonRejection, expected: &'static str) -> ApiError {
+    let (code, message): (&'static str, String) = match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ("unsupported_media_type", "Send the body as JSON with Content-Type: application/json.".into())
+        }
+        JsonRejection::JsonSyntaxError(_) => {
+            ("invalid_json", format!("The body is not valid JSON. Expected {expected}."))
+        }
+        JsonRejection::JsonDataError(_) => {
+            ("invalid_request", format!("The body has the wrong shape. Expected {expected}."))
+        }
+        JsonRejection::BytesRejection(b) => return bytes_rejection(b),
+        _ => ("invalid_request", format!("The body could not be read. Expected {expected}.")),
+    };
+    ApiError::BadRequest { status: rejection.status(), code, message: message.into() }
+}
+
+/// The raw body, for endpoints that must see the exact bytes (webhook signatures).
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|r| bytes_rejection(&r))
+    }
+}
+
+fn bytes_rejection(rejection: &BytesRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BadRequest { status, code: "payload_too_large", message: "The body is too large.".into() }
+    } else {
+        ApiError::BadRequest { status, code: "invalid_request", message: "The body could not be read.".into() }
+    }
+}

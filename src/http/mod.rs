@@ -1,0 +1,66 @@
+//! The HTTP surface: routes, middleware and the mapping of errors to responses.
+
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use self::error::ApiError;
+use self::state::AppState;
+
+/// Bodies here are small JSON documents; anything larger is refused before it is buffered.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Upper bound on handling one request, including every Directus call it makes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let sensitive = [header::AUTHORIZATION, HeaderName::from_static("x-api-key"), header::COOKIE];
+    Router::new()
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/webhooks/directus", post(routes::webhooks::directus))
+        .route("/v1/route", post(routes::route::decide))
+        .route("/v1/flags", get(routes::flags::show))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(deadline))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new(sensitive))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+        )
+        .with_state(state)
+}
+
+/// One span per request carrying its id, so every log line of the request can be found together.
+/// The route template is logged rather than the raw path, which may hold anything a client sent.
+fn request_span(request: &Request) -> tracing::Span {
+    let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let route = request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
+    tracing::info_span!("request", request_id, method = %request.method(), route)
+}
+
+async fn deadline(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}

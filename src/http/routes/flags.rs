@@ -1,0 +1,21 @@
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::http::error::ApiError;
+use crate::http::extract::ServiceCaller;
+use crate::http::state::AppState;
+
+/// The flags in force, for operators (service token only).
+pub async fn show(_: ServiceCaller, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let current = state.flags.current().await?;
+    let flags = current.snapshot.flags;
+    Ok(Json(json!({
+        "flags": flags,
+        "mode": flags.mode(),
+        "loaded_at": current.snapshot.loaded_at.to_string(),
+        "stale": current.stale,
+        "ttl_secs": state.flag_cache_ttl.as_secs(),
+        "vault_configured": state.vault_configured,
+    })))
+}

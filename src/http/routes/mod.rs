@@ -1,0 +1,6 @@
+//! One file per resource; handlers stay thin and delegate to services and the domain.
+
+pub mod flags;
+pub mod health;
+pub mod route;
+pub mod webhooks;

@@ -1,0 +1,21 @@
+//! byok-bridge: a sidecar beside Directus that decides, per LLM call, whether the user's own key (BYOK) or
+//! platform credits pay, with feature flags that change the moment an admin flips them.
+//!
+//! Layers, each depending only on those above it in this list:
+//! - [`domain`]: pure rules (routing policy, flags, tiers, credits). No I/O.
+//! - [`crypto`]: signatures and keys. No I/O.
+//! - [`config`], [`auth`]: typed settings and token verification.
+//! - [`directus`]: the typed Directus REST client.
+//! - [`services`]: caches in front of Directus with explicit freshness rules.
+//! - [`http`]: thin axum handlers, and the one place errors become responses.
+//! - [`startup`], [`telemetry`]: wiring.
+
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod directus;
+pub mod domain;
+pub mod http;
+pub mod services;
+pub mod startup;
+pub mod telemetry;

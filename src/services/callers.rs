@@ -1,0 +1,76 @@
+//! Who is calling: tier, account status, credit balance and stored keys, read from Directus and cached
+//! briefly (the token only proves identity; everything that grants access is read fresh-ish from Directus).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+
+use crate::directus::{DirectusClient, DirectusError, StoredKey};
+use crate::domain::credits::CreditBalance;
+use crate::domain::provider::Provider;
+use crate::domain::routing::Caller;
+use crate::domain::tier::SubscriptionTier;
+use crate::domain::user::UserId;
+
+#[derive(Debug, Clone)]
+pub struct CallerProfile {
+    pub tier: SubscriptionTier,
+    pub active: bool,
+    pub balance: CreditBalance,
+    pub keys: Vec<StoredKey>,
+}
+
+impl CallerProfile {
+    /// The policy's view of this caller for one provider.
+    pub fn for_provider(&self, provider: Provider) -> Caller {
+        Caller {
+            tier: self.tier,
+            has_usable_key: self.keys.iter().any(|k| k.provider == provider && k.status.is_usable()),
+            balance: self.balance,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallerError {
+    #[error("no such user in Directus")]
+    UnknownUser,
+    #[error(transparent)]
+    Directus(Arc<DirectusError>),
+}
+
+pub struct CallerDirectory {
+    directus: DirectusClient,
+    cache: Cache<UserId, Arc<CallerProfile>>,
+}
+
+impl CallerDirectory {
+    pub fn new(directus: DirectusClient, ttl: Duration) -> Self {
+        CallerDirectory { directus, cache: Cache::builder().max_capacity(100_000).time_to_live(ttl).build() }
+    }
+
+    /// Concurrent requests for the same user share one set of Directus reads.
+    pub async fn profile(&self, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
+        self.cache.try_get_with(user, self.fetch(user)).await.map_err(|e| (*e).clone())
+    }
+
+    async fn fetch(&self, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
+        let directus_error = |e| CallerError::Directus(Arc::new(e));
+        let (profile, balance, keys) = tokio::try_join!(
+            async { self.directus.user_profile(user).await.map_err(directus_error) },
+            async { self.directus.credit_balance(user).await.map_err(directus_error) },
+            async { self.directus.stored_keys(user).await.map_err(directus_error) },
+        )?;
+        let profile = profile.ok_or(CallerError::UnknownUser)?;
+        let tier = match profile.subscription_tier.as_deref().map(str::parse::<SubscriptionTier>) {
+            Some(Ok(tier)) => tier,
+            Some(Err(_)) => {
+                tracing::warn!(%user, "unknown subscription_tier in Directus; treating the user as free");
+                SubscriptionTier::Free
+            }
+            None => SubscriptionTier::Free,
+        };
+        Ok(Arc::new(CallerProfile { tier, active: profile.status == "active", balance, keys }))
+    }
+}

@@ -1,0 +1,111 @@
+//! Builds the application from typed settings and serves it. Binding happens in `build`, so tests can
+//! bind port 0 and read the real port before serving.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Settings;
+use crate::http::{self, state::AppState};
+
+/// A client gets this long to send its request headers (slowloris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request line plus headers; a larger request is answered 431 without being buffered further.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Open connections beyond this are closed at accept time instead of exhausting memory or file handles.
+const MAX_CONNECTIONS: usize = 10_000;
+/// In-flight requests get this long to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.bind_addr).await?;
+        let state = AppState::new(&settings);
+        if let Some(key) = &settings.encryption_key {
+            tracing::info!(key_id = %key.key_id(), "key vault configured");
+        } else {
+            tracing::warn!("ENCRYPTION_KEY is not set: BYOK is not configured, internal credits still work");
+        }
+        Ok(Application { router: http::router(state.clone()), listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish (bounded).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        tokio::spawn(load_flags_until_ready(self.state.clone()));
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        // Usually EMFILE: back off briefly instead of spinning on the error.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; closing new connection");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(self.router.clone());
+            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+
+        tracing::info!("shutting down; waiting for in-flight requests");
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+            tracing::warn!("in-flight requests did not finish within the grace period");
+        }
+        Ok(())
+    }
+}
+
+/// Loads flags right away so `/readyz` turns green as soon as Directus answers, retrying with backoff.
+async fn load_flags_until_ready(state: AppState) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match state.flags.current().await {
+            Ok(current) if !current.stale => {
+                tracing::info!(flags = ?current.snapshot.flags, "feature flags loaded");
+                return;
+            }
+            Ok(_) => return,
+            Err(error) => tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "waiting for Directus"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,18 @@
+//! Logging setup: structured events, filtered by `RUST_LOG` (default `info`).
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::LogFormat;
+
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true)).init()
+        }
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+    }
+}
