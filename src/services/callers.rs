@@ -56,13 +56,15 @@ impl CallerDirectory {
     }
 
     async fn fetch(&self, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
+        let (profile, balance, keys) = tokio::join!(
+            self.directus.user_profile(user),
+            self.directus.credit_balance(user),
+            self.directus.stored_keys(user),
+        );
         let directus_error = |e| CallerError::Directus(Arc::new(e));
-        let (profile, balance, keys) = tokio::try_join!(
-            async { self.directus.user_profile(user).await.map_err(directus_error) },
-            async { self.directus.credit_balance(user).await.map_err(directus_error) },
-            async { self.directus.stored_keys(user).await.map_err(directus_error) },
-        )?;
-        let profile = profile.ok_or(CallerError::UnknownUser)?;
+        // An unknown user is reported as such even if the other reads failed.
+        let profile = profile.map_err(directus_error)?.ok_or(CallerError::UnknownUser)?;
+        let (balance, keys) = (balance.map_err(directus_error)?, keys.map_err(directus_error)?);
         let tier = match profile.subscription_tier.as_deref().map(str::parse::<SubscriptionTier>) {
             Some(Ok(tier)) => tier,
             Some(Err(_)) => {

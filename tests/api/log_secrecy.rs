@@ -1,0 +1,114 @@
+//! Runs the real binary with `RUST_LOG=trace`, drives every endpoint with secrets in play, and scans all
+//! of its output for them.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_even_at_trace_level() {
+    let directus = wiremock::MockServer::start().await;
+    mount_flags(&directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&directus, &user, FakeUser::default()).await;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_byok-bridge"))
+        .env_clear()
+        .envs(test_env(&directus.uri(), &[]))
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let output = Arc::new(Mutex::new(String::new()));
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<String>();
+    let mut addr_tx = Some(addr_tx);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = Arc::clone(&output);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if line.contains("byok-bridge listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if let Some(tx) = addr_tx.take() {
+                    let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
+                }
+            }
+            sink.lock().unwrap().push_str(&line);
+        }
+    });
+    let sink = Arc::clone(&output);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            sink.lock().unwrap().push_str(&line);
+        }
+    });
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(20), addr_rx).await.unwrap().unwrap();
+    let url = |p: &str| format!("http://{addr}{p}");
+    let http = reqwest::Client::new();
+
+    let token = token_for(&user);
+    let planted_key = "sk-proj-plantedKEYthatMustNeverBeLogged0001";
+    assert_eq!(
+        http.post(url("/v1/route"))
+            .bearer_auth(&token)
+            .json(&json!({"provider": "openai"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    http.post(url("/v1/route"))
+        .bearer_auth(format!("{token}x"))
+        .json(&json!({"provider": "openai"}))
+        .send()
+        .await
+        .unwrap();
+    http.post(url("/v1/route")).bearer_auth(&token).json(&json!({"provider": planted_key})).send().await.unwrap();
+    http.post(url("/v1/route"))
+        .bearer_auth(&token)
+        .json(&json!({"provider": {"k": planted_key}}))
+        .send()
+        .await
+        .unwrap();
+    http.get(url("/v1/flags")).bearer_auth(SERVICE_TOKEN).send().await.unwrap();
+    http.get(url("/v1/flags")).bearer_auth(planted_key).send().await.unwrap();
+    let ts = now();
+    let signature = webhook_secret().sign("msg_log_test", ts, FLAG_UPDATE_BODY.as_bytes());
+    let response = http
+        .post(url("/webhooks/directus"))
+        .header("webhook-id", "msg_log_test")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", &signature)
+        .body(FLAG_UPDATE_BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+    let logs = output.lock().unwrap().clone();
+    assert!(logs.contains("routed") && logs.contains("feature flags reloaded"), "logs were captured");
+    let secrets = [
+        ("service token", SERVICE_TOKEN),
+        ("Directus secret", DIRECTUS_SECRET),
+        ("webhook secret", WEBHOOK_SECRET),
+        ("webhook secret key material", &WEBHOOK_SECRET[6..]),
+        ("encryption key", ENCRYPTION_KEY),
+        ("access token", &token),
+        ("access token signature", token.rsplit('.').next().unwrap()),
+        ("webhook signature", &signature[3..]),
+        ("planted provider key", planted_key),
+    ];
+    for (name, secret) in secrets {
+        assert!(!logs.contains(secret), "{name} appears in the logs");
+    }
+}

@@ -1,0 +1,10 @@
+//! HTTP API tests: the real application on a random port, with Directus faked by wiremock.
+//! The real-Directus end-to-end tests live in `tests/e2e`.
+
+mod errors;
+mod flags;
+mod health;
+mod helpers;
+mod log_secrecy;
+mod route;
+mod webhooks;
