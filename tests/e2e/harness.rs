@@ -1,0 +1,143 @@
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// Every test shares one Directus and the one sidecar address its hook posts to, so they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The `KEY=VALUE` file `scripts/directus-up.sh` writes for the instance.
+pub struct Instance {
+    pub vars: HashMap<String, String>,
+    pub dir: String,
+    pub sidecar_addr: String,
+}
+
+impl Instance {
+    pub fn from_env() -> Instance {
+        let file = std::env::var("BYOK_E2E_INSTANCE")
+            .expect("BYOK_E2E_INSTANCE is not set: run the end-to-end tests through scripts/test.sh");
+        let sidecar_addr = std::env::var("BYOK_E2E_SIDECAR_ADDR").expect("BYOK_E2E_SIDECAR_ADDR is not set");
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {file}: {e}"));
+        let vars = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let dir = std::path::Path::new(&file).parent().unwrap().to_string_lossy().into_owned();
+        Instance { vars, dir, sidecar_addr }
+    }
+
+    pub fn var(&self, key: &str) -> &str {
+        self.vars.get(key).unwrap_or_else(|| panic!("{key} missing from the instance file"))
+    }
+
+    pub fn directus(&self, path: &str) -> String {
+        format!("{}{path}", self.var("DIRECTUS_URL"))
+    }
+
+    /// Logs in as a seeded user (`PREMIUM`, `FREE`, ...) and returns the Directus access token.
+    pub async fn login(&self, http: &reqwest::Client, who: &str) -> String {
+        let body = json!({"email": self.var(&format!("{who}_USER_EMAIL")), "password": self.var(&format!("{who}_USER_PASSWORD"))});
+        let response = http.post(self.directus("/auth/login")).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "login as {who}");
+        let body: Value = response.json().await.unwrap();
+        body["data"]["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Sets a flag as admin through the Directus REST API, returning once Directus has answered.
+    pub async fn set_flag(&self, http: &reqwest::Client, key: &str, enabled: bool) {
+        let id = self.flag_id(http, key).await;
+        let response = http
+            .patch(self.directus(&format!("/items/feature_flags/{id}")))
+            .bearer_auth(self.var("DIRECTUS_ADMIN_TOKEN"))
+            .json(&json!({"is_enabled": enabled}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "PATCH {key}");
+    }
+
+    pub async fn flag_id(&self, http: &reqwest::Client, key: &str) -> String {
+        let response = http
+            .get(self.directus("/items/feature_flags"))
+            .query(&[("filter[key][_eq]", key), ("fields", "id")])
+            .bearer_auth(self.var("DIRECTUS_ADMIN_TOKEN"))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        body["data"][0]["id"].to_string()
+    }
+}
+
+/// The real sidecar binary, configured from the instance, killed on drop.
+pub struct Sidecar {
+    child: Child,
+    pub base: String,
+}
+
+impl Sidecar {
+    pub async fn start(instance: &Instance, extra: &[(&str, &str)]) -> Sidecar {
+        let log_path = format!("{}/sidecar.log", instance.dir);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_byok-bridge"));
+        command
+            .env_clear()
+            .env("BIND_ADDR", &instance.sidecar_addr)
+            .env("DIRECTUS_URL", instance.var("DIRECTUS_URL"))
+            .env("DIRECTUS_TOKEN", instance.var("DIRECTUS_TOKEN"))
+            .env("DIRECTUS_SECRET", instance.var("DIRECTUS_SECRET"))
+            .env("WEBHOOK_SECRET", instance.var("WEBHOOK_SECRET"))
+            .env("ENCRYPTION_KEY", "5e1f0c2b7a9d4e3f8c6b1a0d9e8f7c6b5a4d3e2f1c0b9a8d7e6f5c4b3a2d1e0f")
+            .env("RUST_LOG", "info")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let sidecar = Sidecar { child: command.spawn().unwrap(), base: format!("http://{}", instance.sidecar_addr) };
+        sidecar.wait_for_readyz("ready").await;
+        sidecar
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Polls `/readyz` until it reports `status` (bounded: 30 s).
+    pub async fn wait_for_readyz(&self, status: &str) {
+        let http = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(response) = http.get(self.url("/readyz")).send().await {
+                let body: Value = response.json().await.unwrap_or_default();
+                if body["status"] == status {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sidecar /readyz never reported {status}");
+    }
+
+    pub async fn route(&self, http: &reqwest::Client, token: &str, provider: &str) -> (u16, Value) {
+        let response = http
+            .post(self.url("/v1/route"))
+            .bearer_auth(token)
+            .json(&json!({"provider": provider}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    pub async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests against a real Directus 12.4.0 with our schema, seed and hook, and the real sidecar
+//! binary. `scripts/test.sh` starts Directus and sets `BYOK_E2E_INSTANCE` and `BYOK_E2E_SIDECAR_ADDR`
+//! (the address the Directus hook posts webhooks to). Run with `--features e2e`.
+
+mod harness;
+mod outage;
+mod routing;

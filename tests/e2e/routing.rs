@@ -1,0 +1,134 @@
+use serde_json::{Value, json};
+
+use crate::harness::{Instance, Sidecar, serial};
+
+/// The issue's headline: an admin flips `byok_only_mode` in Directus and the very next decision changes.
+#[tokio::test]
+async fn flipping_byok_only_mode_in_directus_changes_the_next_decision() {
+    let _serial = serial();
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    instance.set_flag(&http, "byok_only_mode", false).await;
+    let sidecar = Sidecar::start(&instance, &[]).await;
+    let premium = instance.login(&http, "PREMIUM").await;
+
+    let (status, body) = sidecar.route(&http, &premium, "openai").await;
+    assert_eq!((status, body["source"].as_str()), (200, Some("internal")), "{body}");
+
+    for round in 0..3 {
+        instance.set_flag(&http, "byok_only_mode", true).await;
+        let (status, body) = sidecar.route(&http, &premium, "openai").await;
+        assert_eq!(status, 403, "round {round}: {body}");
+        assert_eq!(body["error"]["code"], "byok_key_required");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with("Action Required: add your OpenAI API key"));
+
+        instance.set_flag(&http, "byok_only_mode", false).await;
+        let (status, body) = sidecar.route(&http, &premium, "openai").await;
+        assert_eq!((status, body["source"].as_str()), (200, Some("internal")), "round {round}: {body}");
+    }
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn tiers_credits_and_stored_keys_come_from_directus() {
+    let _serial = serial();
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    for (flag, value) in [("byok_enabled", true), ("byok_only_mode", false), ("byok_uses_internal_credits", false)] {
+        instance.set_flag(&http, flag, value).await;
+    }
+    let sidecar = Sidecar::start(&instance, &[("USER_CACHE_TTL_SECS", "1")]).await;
+
+    let free = instance.login(&http, "FREE").await;
+    let (status, body) = sidecar.route(&http, &free, "anthropic").await;
+    assert_eq!((status, body["source"].as_str()), (200, Some("internal")), "{body}");
+    assert_eq!(body["credit_balance_cents"], 500);
+
+    let broke = instance.login(&http, "BROKE").await;
+    let (status, body) = sidecar.route(&http, &broke, "anthropic").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (402, Some("no_credits_or_key")), "{body}");
+
+    // A stored key (ciphertext-shaped, written with the sidecar's service token) makes BYOK-first pick it.
+    let lifetime = instance.login(&http, "LIFETIME").await;
+    let envelope = format!("byok:v1:0a1b2c3d:{}", "A".repeat(60));
+    let response = http
+        .post(instance.directus("/items/user_api_keys"))
+        .bearer_auth(instance.var("DIRECTUS_TOKEN"))
+        .json(&json!({"user": instance.var("LIFETIME_USER_ID"), "provider": "anthropic", "encrypted_key": envelope,
+                      "key_hint": "sk-ant-...AAAA", "status": "active", "is_active": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let (status, body) = sidecar.route(&http, &lifetime, "anthropic").await;
+    assert_eq!((status, body["source"].as_str()), (200, Some("byok")), "{body}");
+    let (_, body) = sidecar.route(&http, &lifetime, "openai").await;
+    assert_eq!(body["source"], "internal", "the key is for Anthropic only");
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn only_admins_can_change_flags_and_plaintext_keys_never_land_in_directus() {
+    let _serial = serial();
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    let id = instance.flag_id(&http, "byok_only_mode").await;
+    let premium = instance.login(&http, "PREMIUM").await;
+    for (who, token) in [("service user", instance.var("DIRECTUS_TOKEN")), ("end user", premium.as_str())] {
+        let response = http
+            .patch(instance.directus(&format!("/items/feature_flags/{id}")))
+            .bearer_auth(token)
+            .json(&json!({"is_enabled": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{who} must not edit flags");
+    }
+
+    let plaintext = "sk-proj-thisIsAPlaintextKeyThatMustBeRefused1234";
+    for token in [instance.var("DIRECTUS_ADMIN_TOKEN"), instance.var("DIRECTUS_TOKEN")] {
+        let response = http
+            .post(instance.directus("/items/user_api_keys"))
+            .bearer_auth(token)
+            .json(&json!({"user": instance.var("PREMIUM_USER_ID"), "provider": "openai", "encrypted_key": plaintext}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(plaintext), "the refusal must not echo the value: {text}");
+    }
+    let rows: Value = http
+        .get(instance.directus("/items/user_api_keys"))
+        .query(&[("filter[user][_eq]", instance.var("PREMIUM_USER_ID"))])
+        .bearer_auth(instance.var("DIRECTUS_ADMIN_TOKEN"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows["data"].as_array().unwrap().len(), 0, "nothing was stored: {rows}");
+}
+
+#[tokio::test]
+async fn a_webhook_with_a_wrong_signature_is_refused_by_the_running_sidecar() {
+    let _serial = serial();
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    let sidecar = Sidecar::start(&instance, &[]).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let response = http
+        .post(sidecar.url("/webhooks/directus"))
+        .header("webhook-id", "msg_forged")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", "v1,Zm9yZ2VkLXNpZ25hdHVyZS1mb3JnZWQtc2lnbmF0dXJlIQ==")
+        .body(r#"{"type":"feature_flags.items.update","data":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_signature");
+    sidecar.stop().await;
+}
