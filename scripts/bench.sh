@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Benchmarks, not tests: prints numbers, asserts nothing about speed.
+#  1. Flag propagation: Directus PATCH response -> sidecar answers with the new decision (60 flips).
+#  2. /v1/route throughput and latency under wrk, beside an axum hello-world (the ceiling) on the same machine.
+#
+#   scripts/bench.sh            (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 by default)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+seconds="${BENCH_SECONDS:-10}"
+connections="${BENCH_CONNECTIONS:-32}"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+if ! command -v wrk >/dev/null 2>&1; then
+	step "installing wrk (Debian package)"
+	apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
+fi
+
+step "release build"
+cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --bench flag_flip 2>&1 | tail -n 1 >&2
+scripts/directus-install.sh >/dev/null
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/byok-bench.XXXXXX")"
+pids=()
+cleanup() {
+	for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
+	scripts/directus-down.sh "${work}/directus" >/dev/null 2>&1 || true
+	rm -rf "${work}"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+directus_port="$(free_port)"
+sidecar_port="$(free_port)"
+hello_port="$(free_port)"
+
+step "real Directus 12.4.0"
+instance_env="$(scripts/directus-up.sh --dir "${work}/directus" --port "${directus_port}" \
+	--bridge-url "http://127.0.0.1:${sidecar_port}" | tail -n 1)"
+get() { sed -n "s/^$1=//p" "${instance_env}" | head -n 1; }
+
+step "sidecar (release) on 127.0.0.1:${sidecar_port}"
+env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
+	DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
+	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=info \
+	ENCRYPTION_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
+	target/release/byok-bridge >"${work}/sidecar.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 1 200); do
+	curl -fsS "http://127.0.0.1:${sidecar_port}/readyz" >/dev/null 2>&1 && break
+	sleep 0.05
+done
+curl -fsS "http://127.0.0.1:${sidecar_port}/readyz" >/dev/null
+
+step "1. flag propagation (60 flips)"
+BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${sidecar_port}" \
+	cargo bench --locked --features e2e --bench flag_flip 2>"${work}/flag_flip.err" ||
+	{ cat "${work}/flag_flip.err" >&2; exit 1; }
+
+token="$(curl -fsS "$(get DIRECTUS_URL)/auth/login" -H 'content-type: application/json' \
+	-d "{\"email\":\"$(get PREMIUM_USER_EMAIL)\",\"password\":\"$(get PREMIUM_USER_PASSWORD)\"}" |
+	python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["access_token"])')"
+cat >"${work}/route.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"provider":"openai"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+LUA
+
+summarize() { grep -E '^\s+(50|99)%|Requests/sec|Non-2xx|Socket errors' | sed 's/^/   /'; }
+
+step "2a. /v1/route: wrk -t2 -c${connections} -d${seconds}s (JWT check + cached flags + cached caller)"
+BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/route.lua" \
+	"http://127.0.0.1:${sidecar_port}/v1/route" | summarize
+
+BIND_ADDR="127.0.0.1:${hello_port}" target/release/examples/hello_world &
+pids+=("$!")
+for _ in $(seq 1 100); do
+	curl -fsS -X POST "http://127.0.0.1:${hello_port}/" >/dev/null 2>&1 && break
+	sleep 0.05
+done
+step "2b. ceiling: axum hello-world, same wrk settings"
+BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/route.lua" \
+	"http://127.0.0.1:${hello_port}/" | summarize
+
+rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
+step "sidecar RSS after the run: $((rss_kb / 1024)) MiB"
