@@ -1,16 +1,16 @@
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 /// Every test shares one Directus and the one sidecar address its hook posts to, so they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// A tokio mutex: each test has its own runtime, and the guard is held across awaits.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// The `KEY=VALUE` file `scripts/directus-up.sh` writes for the instance.

@@ -13,7 +13,7 @@ fn script(args: &[&str]) {
 /// Directus goes away: the last known flags keep routing, `/readyz` says degraded; Directus returns: ready.
 #[tokio::test]
 async fn directus_outage_serves_stale_flags_and_recovers() {
-    let _serial = serial();
+    let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
     instance.set_flag(&http, "byok_only_mode", false).await;

@@ -5,7 +5,7 @@ use crate::harness::{Instance, Sidecar, serial};
 /// The headline: an admin flips `byok_only_mode` in Directus and the very next decision changes.
 #[tokio::test]
 async fn flipping_byok_only_mode_in_directus_changes_the_next_decision() {
-    let _serial = serial();
+    let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
     instance.set_flag(&http, "byok_only_mode", false).await;
@@ -31,7 +31,7 @@ async fn flipping_byok_only_mode_in_directus_changes_the_next_decision() {
 
 #[tokio::test]
 async fn tiers_credits_and_stored_keys_come_from_directus() {
-    let _serial = serial();
+    let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
     for (flag, value) in [("byok_enabled", true), ("byok_only_mode", false), ("byok_uses_internal_credits", false)] {
@@ -69,7 +69,7 @@ async fn tiers_credits_and_stored_keys_come_from_directus() {
 
 #[tokio::test]
 async fn only_admins_can_change_flags_and_plaintext_keys_never_land_in_directus() {
-    let _serial = serial();
+    let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
     let id = instance.flag_id(&http, "byok_only_mode").await;
@@ -113,7 +113,7 @@ async fn only_admins_can_change_flags_and_plaintext_keys_never_land_in_directus(
 
 #[tokio::test]
 async fn a_webhook_with_a_wrong_signature_is_refused_by_the_running_sidecar() {
-    let _serial = serial();
+    let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
     let sidecar = Sidecar::start(&instance, &[]).await;
