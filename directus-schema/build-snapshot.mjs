@@ -1,0 +1,370 @@
+#!/usr/bin/env node
+// Generator for directus-schema/snapshot.yaml (kept so the snapshot can be reproduced and reviewed).
+//
+// Creates byok-bridge's collections, fields and relations through the REST API of a FRESH Directus 12.4.0
+// (SQLite) as admin, with full `meta` so everything is managed and lands in the snapshot, then writes the
+// instance's schema snapshot (GET /schema/snapshot, YAML-dumped with Directus' own js-yaml, exactly as
+// `directus schema snapshot` does) to OUTPUT:
+//
+//   DIRECTUS_URL=http://127.0.0.1:PORT DIRECTUS_ADMIN_EMAIL=admin@example.com DIRECTUS_ADMIN_PASSWORD=... \
+//   DIRECTUS_INSTALL_DIR=$(scripts/directus-install.sh | tail -n1) \
+//     node directus-schema/build-snapshot.mjs directus-schema/snapshot.yaml
+//
+// One deliberate edit: SQLite has no DECIMAL (knex makes it FLOAT, and the snapshot then says `float`), so
+// api_key_usage.estimated_cost_cents is written as decimal(14,4), which PostgreSQL honours. On SQLite the
+// column still ends up FLOAT.
+//
+// Normal use never runs this: scripts/directus-up.sh applies the committed snapshot.
+// Node >= 20 (global fetch). Prints nothing secret.
+
+import { createRequire } from "node:module";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+const outputFile = process.argv[2];
+const installDir = process.env.DIRECTUS_INSTALL_DIR;
+const baseUrl = (process.env.DIRECTUS_URL ?? "").replace(/\/+$/, "");
+const email = process.env.DIRECTUS_ADMIN_EMAIL;
+const password = process.env.DIRECTUS_ADMIN_PASSWORD;
+if (!baseUrl || !email || !password || !installDir || !outputFile) {
+	console.error(
+		"usage: DIRECTUS_URL=.. DIRECTUS_ADMIN_EMAIL=.. DIRECTUS_ADMIN_PASSWORD=.. DIRECTUS_INSTALL_DIR=.. build-snapshot.mjs OUTPUT.yaml",
+	);
+	process.exit(2);
+}
+
+let token;
+async function api(method, path, body) {
+	const res = await fetch(`${baseUrl}${path}`, {
+		method,
+		headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+		body: body === undefined ? undefined : JSON.stringify(body),
+		signal: AbortSignal.timeout(30_000),
+	});
+	const text = await res.text();
+	if (!res.ok) throw new Error(`${method} ${path} -> HTTP ${res.status}: ${text.slice(0, 2000)}`);
+	return text ? JSON.parse(text) : null;
+}
+
+// ---- field builders --------------------------------------------------------------------------------
+
+const choices = (...values) => values.map((value) => ({ text: titleCase(value), value }));
+function titleCase(value) {
+	return value
+		.split("_")
+		.map((w) => w.charAt(0).toUpperCase() + w.slice(1))
+		.join(" ");
+}
+
+function integerPk() {
+	return {
+		field: "id",
+		type: "integer",
+		schema: { is_primary_key: true, has_auto_increment: true, is_nullable: false },
+		meta: { hidden: true, readonly: true, interface: "input" },
+	};
+}
+function uuidPk() {
+	return {
+		field: "id",
+		type: "uuid",
+		schema: { is_primary_key: true, is_nullable: false },
+		meta: { special: ["uuid"], hidden: true, readonly: true, interface: "input" },
+	};
+}
+function str(field, { required = false, unique = false, nullable = !required, maxLength = 255, ...meta } = {}) {
+	return {
+		field,
+		type: "string",
+		schema: { max_length: maxLength, is_nullable: nullable, is_unique: unique },
+		meta: { interface: "input", required, ...meta },
+	};
+}
+function text(field, { required = false, nullable = !required, ...meta } = {}) {
+	return {
+		field,
+		type: "text",
+		schema: { is_nullable: nullable },
+		meta: { interface: "input-multiline", required, ...meta },
+	};
+}
+function select(field, values, { required = false, nullable = !required, defaultValue = null, ...meta } = {}) {
+	return {
+		field,
+		type: "string",
+		schema: { max_length: 255, is_nullable: nullable, default_value: defaultValue },
+		meta: {
+			interface: "select-dropdown",
+			options: { choices: choices(...values), allowNone: nullable },
+			display: "labels",
+			display_options: { choices: choices(...values) },
+			required,
+			...meta,
+		},
+	};
+}
+function bool(field, defaultValue, meta = {}) {
+	return {
+		field,
+		type: "boolean",
+		schema: { default_value: defaultValue, is_nullable: false },
+		meta: { special: ["cast-boolean"], interface: "boolean", display: "boolean", width: "half", ...meta },
+	};
+}
+function int(field, { defaultValue = null, nullable = true, ...meta } = {}) {
+	return {
+		field,
+		type: "integer",
+		schema: { default_value: defaultValue, is_nullable: nullable },
+		meta: { interface: "input", ...meta },
+	};
+}
+function timestamp(field, meta = {}) {
+	return {
+		field,
+		type: "timestamp",
+		schema: { is_nullable: true },
+		meta: { interface: "datetime", display: "datetime", display_options: { relative: true }, width: "half", ...meta },
+	};
+}
+function dateCreated(field) {
+	return timestamp(field, { special: ["date-created"], readonly: true, note: "Set by Directus on create" });
+}
+function dateUpdated(field) {
+	return timestamp(field, { special: ["date-updated"], readonly: true, note: "Set by Directus on every update" });
+}
+function userM2o(field, { required = false, nullable = true, special = ["m2o"], ...meta } = {}) {
+	return {
+		field,
+		type: "uuid",
+		schema: { is_nullable: nullable },
+		meta: {
+			special,
+			interface: "select-dropdown-m2o",
+			options: { template: "{{email}}" },
+			display: "related-values",
+			display_options: { template: "{{email}}" },
+			required,
+			width: "half",
+			...meta,
+		},
+	};
+}
+function relation(collection, field, onDelete) {
+	return {
+		collection,
+		field,
+		related_collection: "directus_users",
+		schema: { on_delete: onDelete },
+		meta: { sort_field: null },
+	};
+}
+
+// Sort fields in the item form in the order listed.
+function ordered(fields) {
+	return fields.map((f, i) => ({ ...f, meta: { sort: i + 1, width: "full", ...f.meta } }));
+}
+
+// ---- collections -----------------------------------------------------------------------------------
+
+const collections = [
+	{
+		collection: "feature_flags",
+		meta: {
+			icon: "flag",
+			note: "Feature flags read by the byok-bridge sidecar (BYOK routing: byok_enabled, byok_uses_internal_credits, byok_only_mode). Only admins may edit; every change is pushed to the sidecar by the byok-bridge hook.",
+			display_template: "{{name}} ({{key}})",
+			sort_field: "sort_order",
+			accountability: "all",
+			hidden: false,
+			singleton: false,
+		},
+		schema: {},
+		fields: ordered([
+			integerPk(),
+			str("key", {
+				required: true,
+				unique: true,
+				nullable: false,
+				options: { font: "monospace", placeholder: "byok_enabled" },
+				note: "Stable identifier used by code (snake_case, unique)",
+				width: "half",
+				validation: { _and: [{ key: { _regex: "^[a-z][a-z0-9_]*$" } }] },
+				validation_message: "Use snake_case: lowercase letters, digits and underscores",
+			}),
+			bool("is_enabled", false, { note: "Whether the flag is on" }),
+			str("name", { note: "Human-readable name", width: "half" }),
+			select("category", ["system", "feature", "experiment"], {
+				nullable: false,
+				defaultValue: "feature",
+				width: "half",
+				note: "system = platform-wide switch",
+			}),
+			text("description"),
+			select("type", ["system", "premium", "feature"], { width: "half", note: "What kind of flag this is" }),
+			select("min_tier", ["free", "premium", "lifetime"], {
+				width: "half",
+				note: "Lowest subscription tier the flag applies to (empty = all tiers)",
+			}),
+			int("sort_order", { width: "half", note: "Display and evaluation order" }),
+			dateCreated("date_created"),
+			dateUpdated("date_updated"),
+			userM2o("user_updated", {
+				special: ["user-updated"],
+				readonly: true,
+				display: "user",
+				display_options: null,
+				note: "Last admin who changed the flag",
+			}),
+		]),
+	},
+	{
+		collection: "user_api_keys",
+		meta: {
+			icon: "vpn_key",
+			note: "Users' own provider API keys (BYOK), encrypted by the byok-bridge sidecar (AES-256-GCM). Write only through the sidecar; encrypted_key is never shown and never kept in revisions.",
+			display_template: "{{provider}} {{key_hint}} ({{status}})",
+			// "activity" (not "all"): revisions would otherwise keep a copy of every encrypted_key written.
+			accountability: "activity",
+			hidden: false,
+			singleton: false,
+		},
+		schema: {},
+		fields: ordered([
+			uuidPk(),
+			userM2o("user", { required: true, nullable: false, note: "Owner of the key" }),
+			select("provider", ["openai", "anthropic"], { required: true, nullable: false, width: "half" }),
+			text("encrypted_key", {
+				required: true,
+				nullable: false,
+				readonly: true,
+				interface: "input",
+				options: { masked: true },
+				note: "Ciphertext envelope produced by byok-bridge (byok:v1:...). Never paste a plaintext key here.",
+			}),
+			str("key_hint", { maxLength: 24, width: "half", note: "Masked form for display, e.g. sk-...AbCd" }),
+			bool("is_active", true),
+			select("status", ["unverified", "active", "invalid", "quota_exceeded", "rate_limited"], {
+				nullable: false,
+				defaultValue: "unverified",
+				width: "half",
+			}),
+			timestamp("last_validated_at"),
+			text("last_error", { note: "Last provider error (never contains the key)" }),
+			dateCreated("date_created"),
+			dateUpdated("date_updated"),
+		]),
+	},
+	{
+		collection: "api_key_usage",
+		meta: {
+			icon: "query_stats",
+			note: "One row per AI request served with a user's own key (BYOK). Written by the byok-bridge sidecar.",
+			display_template: "{{provider}} {{model}} ({{total_tokens}} tokens)",
+			accountability: "activity",
+			hidden: false,
+			singleton: false,
+		},
+		schema: {},
+		fields: ordered([
+			uuidPk(),
+			userM2o("user", { required: true }),
+			str("provider", { width: "half" }),
+			str("model", { width: "half" }),
+			int("prompt_tokens", { defaultValue: 0, width: "half" }),
+			int("completion_tokens", { defaultValue: 0, width: "half" }),
+			int("total_tokens", { defaultValue: 0, width: "half" }),
+			{
+				field: "estimated_cost_cents",
+				type: "decimal",
+				schema: { numeric_precision: 14, numeric_scale: 4, default_value: 0, is_nullable: true },
+				meta: { interface: "input", width: "half", note: "Estimated provider cost in cents (paid by the user's key)" },
+			},
+			str("request_id", {
+				unique: true,
+				nullable: true,
+				options: { font: "monospace" },
+				note: "Idempotency key: one row per request",
+			}),
+			dateCreated("created_at"),
+		]),
+	},
+	{
+		collection: "credit_transactions",
+		meta: {
+			icon: "account_balance_wallet",
+			note: "Internal credit ledger (whole cents). Balance = grants + refunds - deductions; there is no balance field.",
+			display_template: "{{transaction_type}} {{cost_cents}} ({{service_type}})",
+			accountability: "activity",
+			hidden: false,
+			singleton: false,
+		},
+		schema: {},
+		fields: ordered([
+			uuidPk(),
+			userM2o("user", { required: true }),
+			select("transaction_type", ["grant", "deduction", "refund"], { required: true, nullable: false, width: "half" }),
+			str("service_type", { width: "half", note: "e.g. signup_bonus, chat_completion" }),
+			int("cost_cents", {
+				defaultValue: 0,
+				nullable: false,
+				required: true,
+				width: "half",
+				note: "Amount in whole cents, always >= 0 (the type gives the sign)",
+				validation: { _and: [{ cost_cents: { _gte: 0 } }] },
+				validation_message: "cost_cents must be a whole number >= 0",
+			}),
+			str("description"),
+			str("request_id", {
+				unique: true,
+				nullable: true,
+				options: { font: "monospace" },
+				note: "Idempotency key: one row per request",
+			}),
+			dateCreated("created_at"),
+		]),
+	},
+];
+
+const relations = [
+	relation("feature_flags", "user_updated", "SET NULL"),
+	relation("user_api_keys", "user", "CASCADE"),
+	relation("api_key_usage", "user", "SET NULL"),
+	relation("credit_transactions", "user", "SET NULL"),
+];
+
+const subscriptionTier = select("subscription_tier", ["free", "premium", "lifetime"], {
+	nullable: false,
+	defaultValue: "free",
+	width: "half",
+	note: "Subscription tier (gates BYOK: premium and lifetime)",
+});
+
+// ---- apply -----------------------------------------------------------------------------------------
+
+const login = await api("POST", "/auth/login", { email, password });
+token = login.data.access_token;
+
+for (const c of collections) {
+	await api("POST", "/collections", c);
+	console.error(`created collection ${c.collection} (${c.fields.length} fields)`);
+}
+await api("POST", "/fields/directus_users", subscriptionTier);
+console.error("created field directus_users.subscription_tier");
+for (const r of relations) {
+	await api("POST", "/relations", r);
+	console.error(`created relation ${r.collection}.${r.field} -> ${r.related_collection} (${r.schema.on_delete})`);
+}
+
+// ---- snapshot --------------------------------------------------------------------------------------
+
+const { dump } = createRequire(join(installDir, "package.json"))("js-yaml");
+const snapshot = (await api("GET", "/schema/snapshot")).data;
+
+const cost = snapshot.fields.find((f) => f.collection === "api_key_usage" && f.field === "estimated_cost_cents");
+if (!cost) throw new Error("estimated_cost_cents missing from the snapshot");
+cost.type = "decimal";
+Object.assign(cost.schema, { data_type: "decimal", numeric_precision: 14, numeric_scale: 4 });
+
+writeFileSync(outputFile, dump(snapshot));
+console.error(`wrote ${outputFile}`);
