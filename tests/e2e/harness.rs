@@ -89,6 +89,7 @@ impl Sidecar {
         let log_path = format!("{}/sidecar.log", instance.dir);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_byok-bridge"));
+        command.arg("serve"); // the Dockerfile's CMD
         command
             .env_clear()
             .env("BIND_ADDR", &instance.sidecar_addr)
