@@ -23,6 +23,12 @@ pub struct FlagSnapshot {
     pub loaded_at: OffsetDateTime,
 }
 
+impl FlagSnapshot {
+    pub fn loaded_at_rfc3339(&self) -> String {
+        self.loaded_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    }
+}
+
 /// The flags to decide with, and whether they may be out of date.
 #[derive(Debug, Clone)]
 pub struct FlagState {

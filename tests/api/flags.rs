@@ -14,7 +14,9 @@ async fn operators_see_the_flags_in_force_with_the_service_token() {
     assert_eq!(body["mode"], "byok_only");
     assert_eq!(body["stale"], false);
     assert_eq!(body["ttl_secs"], 300);
-    assert!(body["loaded_at"].as_str().is_some());
+    let loaded_at = body["loaded_at"].as_str().unwrap();
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    assert!(time::OffsetDateTime::parse(loaded_at, rfc3339).is_ok(), "{loaded_at} is RFC 3339");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ pub async fn show(_: ServiceCaller, State(state): State<AppState>) -> Result<Jso
     Ok(Json(json!({
         "flags": flags,
         "mode": flags.mode(),
-        "loaded_at": current.snapshot.loaded_at.to_string(),
+        "loaded_at": current.snapshot.loaded_at_rfc3339(),
         "stale": current.stale,
         "ttl_secs": state.flag_cache_ttl.as_secs(),
         "vault_configured": state.vault_configured,

@@ -16,17 +16,16 @@ pub async fn healthz() -> impl IntoResponse {
 /// into a total one) and says `degraded`.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.flags.current().await {
-        Ok(current) if !current.stale => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "flags_loaded_at": current.snapshot.loaded_at.to_string()})),
-        ),
+        Ok(current) if !current.stale => {
+            (StatusCode::OK, Json(json!({"status": "ready", "flags_loaded_at": current.snapshot.loaded_at_rfc3339()})))
+        }
         Ok(current) => (
             StatusCode::OK,
             Json(json!({
                 "status": "degraded",
                 "reason": "directus_unreachable",
                 "detail": "Directus cannot be reached; serving the last known feature flags.",
-                "flags_loaded_at": current.snapshot.loaded_at.to_string(),
+                "flags_loaded_at": current.snapshot.loaded_at_rfc3339(),
             })),
         ),
         Err(_) => (
