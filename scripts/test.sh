@@ -19,8 +19,8 @@ cargo clippy --all-targets --all-features --locked -- -D warnings
 step "unit and API tests (Directus faked with wiremock)"
 cargo test --locked
 
-step "hook extension tests (node --test)"
-node --test hooks/byok-bridge/test/
+step "hook extension tests and the independent envelope implementation (node --test)"
+node --test hooks/byok-bridge/test/ tests/interop/
 
 step "Directus 12.4.0 install (cached)"
 scripts/directus-install.sh >/dev/null

@@ -3,8 +3,11 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-/// The vault's AES-256 key (`ENCRYPTION_KEY`). Zeroized on drop, never printed.
-pub struct EncryptionKey(Zeroizing<[u8; 32]>);
+/// A vault AES-256 key (`ENCRYPTION_KEY`, `ENCRYPTION_KEYS_PREVIOUS`). Zeroized on drop, never printed.
+pub struct EncryptionKey {
+    bytes: Zeroizing<[u8; 32]>,
+    key_id: String,
+}
 
 /// Why a key string was refused. Never carries the value itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,14 +30,19 @@ impl EncryptionKey {
         if bytes.iter().all(|b| *b == 0) {
             return Err(EncryptionKeyError::AllZeros);
         }
-        Ok(EncryptionKey(bytes))
+        // A public fingerprint naming this key in ciphertext envelopes and logs, so operators can tell which
+        // key wrote a row without the key ever being shown. 32 bits of a domain-separated SHA-256.
+        let digest = Sha256::new_with_prefix(b"byok-bridge key-id v1\0").chain_update(bytes.as_slice()).finalize();
+        Ok(EncryptionKey { key_id: hex::encode(&digest[..4]), bytes })
     }
 
-    /// A public fingerprint naming this key in ciphertext envelopes and logs, so operators can tell which
-    /// key wrote a row without the key ever being shown. 32 bits of a domain-separated SHA-256.
-    pub fn key_id(&self) -> String {
-        let digest = Sha256::new_with_prefix(b"byok-bridge key-id v1\0").chain_update(self.0.as_slice()).finalize();
-        hex::encode(&digest[..4])
+    /// 8 lowercase hex characters; see the README's envelope section.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.bytes
     }
 }
 
