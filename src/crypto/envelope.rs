@@ -7,7 +7,7 @@
 use std::fmt;
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use zeroize::Zeroizing;
@@ -136,11 +136,15 @@ fn associated_data(kid: &str, owner: KeyOwner) -> String {
     format!("{PREFIX}{kid}:{}:{}", owner.user, owner.provider)
 }
 
+fn cipher(key: &[u8; 32]) -> Aes256Gcm {
+    Aes256Gcm::new_from_slice(key).expect("a 32-byte key is a valid AES-256 key")
+}
+
 /// AES-256-GCM encryption: ciphertext followed by the 16-byte tag. The one primitive the vault uses;
 /// known-answer tests run through it.
 pub fn aes256gcm_seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
-        .encrypt(Nonce::from_slice(nonce), Payload { msg: plaintext, aad })
+    cipher(key)
+        .encrypt(&Nonce::from(*nonce), Payload { msg: plaintext, aad })
         .expect("AES-GCM encryption only fails for inputs over 64 GiB")
 }
 
@@ -151,10 +155,7 @@ pub fn aes256gcm_open(
     aad: &[u8],
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, ()> {
-    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
-        .map(Zeroizing::new)
-        .map_err(|_| ())
+    cipher(key).decrypt(&Nonce::from(*nonce), Payload { msg: sealed, aad }).map(Zeroizing::new).map_err(|_| ())
 }
 
 #[cfg(test)]
