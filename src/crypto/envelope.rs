@@ -93,7 +93,7 @@ impl Keyring {
         let (nonce, sealed) = payload.split_at(NONCE_LEN);
         let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
         aes256gcm_open(key.bytes(), nonce, associated_data(kid, owner).as_bytes(), sealed)
-            .map_err(|()| EnvelopeError::Unauthentic)
+            .ok_or(EnvelopeError::Unauthentic)
     }
 
     /// True when the envelope was sealed by another key than the current one (or cannot be parsed).
@@ -148,13 +148,13 @@ pub fn aes256gcm_seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], plain
         .expect("AES-GCM encryption only fails for inputs over 64 GiB")
 }
 
-/// AES-256-GCM decryption of ciphertext || tag; `Err` when authentication fails.
+/// AES-256-GCM decryption of ciphertext || tag; `None` when authentication fails.
 pub fn aes256gcm_open(
     key: &[u8; 32],
     nonce: &[u8; NONCE_LEN],
     aad: &[u8],
     sealed: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, ()> {
+) -> Option<Zeroizing<Vec<u8>>> {
     cipher(key).decrypt(&Nonce::from(*nonce), Payload { msg: sealed, aad }).map(Zeroizing::new).map_err(|_| ())
 }
 
@@ -356,7 +356,7 @@ mod tests {
             assert_eq!(hex::encode(opened.as_slice()), kat.pt);
             let mut forged = sealed.clone();
             *forged.last_mut().unwrap() ^= 1;
-            assert!(aes256gcm_open(&key, &iv, &aad, &forged).is_err());
+            assert!(aes256gcm_open(&key, &iv, &aad, &forged).is_none());
         }
     }
 }
