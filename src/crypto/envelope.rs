@@ -155,7 +155,7 @@ pub fn aes256gcm_open(
     aad: &[u8],
     sealed: &[u8],
 ) -> Option<Zeroizing<Vec<u8>>> {
-    cipher(key).decrypt(&Nonce::from(*nonce), Payload { msg: sealed, aad }).map(Zeroizing::new).map_err(|_| ())
+    cipher(key).decrypt(&Nonce::from(*nonce), Payload { msg: sealed, aad }).ok().map(Zeroizing::new)
 }
 
 #[cfg(test)]
