@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
 use secrecy::SecretString;
 
 use crate::crypto::encryption_key::EncryptionKey;
+use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
 
 #[derive(Debug)]
@@ -26,7 +28,13 @@ pub struct Settings {
     pub user_cache_ttl: Duration,
     pub directus_timeout: Duration,
     /// `None` when `ENCRYPTION_KEY` is unset: BYOK reports "not configured", internal credits keep working.
-    pub encryption_key: Option<EncryptionKey>,
+    /// `ENCRYPTION_KEYS_PREVIOUS` adds keys that still decrypt, for rotation.
+    pub keyring: Option<Arc<Keyring>>,
+    /// OpenAI API base, SDK convention: includes `/v1`.
+    pub openai_base_url: Url,
+    /// Anthropic API base, SDK convention: without `/v1`.
+    pub anthropic_base_url: Url,
+    pub provider_timeout: Duration,
     pub log_format: LogFormat,
 }
 
@@ -97,6 +105,15 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         }
     }
 
+    /// An http(s) URL with a default; only the operator sets these, never a request (no SSRF).
+    fn url(&mut self, var: &'static str, default: &str) -> Url {
+        let fallback = Url::parse(default).expect("defaults are valid URLs");
+        self.parsed(var, fallback, "Use an http(s) URL, e.g. the provider's API base", |raw| match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+            _ => Err("is not an http(s) URL"),
+        })
+    }
+
     fn seconds(&mut self, var: &'static str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
         let fix = "Use a whole number of seconds, e.g. 300";
         let secs = self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
@@ -104,6 +121,31 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             _ => Err(format!("must be a whole number of seconds from {} to {}", range.start(), range.end())),
         });
         Duration::from_secs(secs)
+    }
+}
+
+/// `ENCRYPTION_KEY` (seals and opens) plus `ENCRYPTION_KEYS_PREVIOUS` (comma-separated, open only).
+fn keyring<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Option<Arc<Keyring>> {
+    let current = r.parsed("ENCRYPTION_KEY", None, GEN_HEX_KEY, |raw| EncryptionKey::parse_hex(raw).map(Some));
+    let mut previous = Vec::new();
+    if let Some(list) = r.get("ENCRYPTION_KEYS_PREVIOUS") {
+        for (i, entry) in list.split(',').map(str::trim).enumerate() {
+            match EncryptionKey::parse_hex(entry) {
+                Ok(key) => previous.push(key),
+                Err(e) => r.problem("ENCRYPTION_KEYS_PREVIOUS", format!("entry {} {e}", i + 1), GEN_HEX_KEY),
+            }
+        }
+    }
+    match current {
+        Some(current) => Keyring::new(current, previous)
+            .map(Arc::new)
+            .map_err(|e| r.problem("ENCRYPTION_KEYS_PREVIOUS", e.to_string(), "List each old key once"))
+            .ok(),
+        None if !previous.is_empty() => {
+            r.problem("ENCRYPTION_KEY", "is not set but ENCRYPTION_KEYS_PREVIOUS is", GEN_HEX_KEY);
+            None
+        }
+        None => None,
     }
 }
 
@@ -157,8 +199,10 @@ impl Settings {
         let flag_cache_ttl = r.seconds("FLAG_CACHE_TTL_SECS", 300, 1..=86_400);
         let user_cache_ttl = r.seconds("USER_CACHE_TTL_SECS", 5, 1..=300);
         let directus_timeout = r.seconds("DIRECTUS_TIMEOUT_SECS", 5, 1..=120);
-        let encryption_key =
-            r.parsed("ENCRYPTION_KEY", None, GEN_HEX_KEY, |raw| EncryptionKey::parse_hex(raw).map(Some));
+        let keyring = keyring(&mut r);
+        let openai_base_url = r.url("OPENAI_BASE_URL", "https://api.openai.com/v1");
+        let anthropic_base_url = r.url("ANTHROPIC_BASE_URL", "https://api.anthropic.com");
+        let provider_timeout = r.seconds("PROVIDER_TIMEOUT_SECS", 30, 1..=600);
         let log_format = r.parsed("LOG_FORMAT", LogFormat::Json, "Use json or text", |raw| match raw {
             "json" => Ok(LogFormat::Json),
             "text" => Ok(LogFormat::Text),
@@ -178,7 +222,10 @@ impl Settings {
                     flag_cache_ttl,
                     user_cache_ttl,
                     directus_timeout,
-                    encryption_key,
+                    keyring,
+                    openai_base_url,
+                    anthropic_base_url,
+                    provider_timeout,
                     log_format,
                 })
             }
@@ -214,7 +261,8 @@ mod tests {
         let s = parse(&base()).unwrap();
         assert_eq!(s.bind_addr.to_string(), "127.0.0.1:8787");
         assert_eq!(s.flag_cache_ttl, Duration::from_secs(300));
-        assert!(s.encryption_key.is_none());
+        assert!(s.keyring.is_none());
+        assert_eq!(s.openai_base_url.as_str(), "https://api.openai.com/v1");
     }
 
     #[test]
@@ -242,7 +290,26 @@ mod tests {
     fn a_valid_encryption_key_configures_the_vault() {
         let mut vars = base();
         vars.insert("ENCRYPTION_KEY", KEY_HEX.to_owned());
-        assert!(parse(&vars).unwrap().encryption_key.is_some());
+        assert!(parse(&vars).unwrap().keyring.is_some());
+    }
+
+    #[test]
+    fn previous_keys_are_validated_one_by_one_and_need_a_current_key() {
+        let other = KEY_HEX.replace('8', "9");
+        let mut vars = base();
+        vars.insert("ENCRYPTION_KEY", KEY_HEX.to_owned());
+        vars.insert("ENCRYPTION_KEYS_PREVIOUS", format!("{other}, {}", &other[..10]));
+        let text = parse(&vars).unwrap_err().to_string();
+        assert!(text.contains("ENCRYPTION_KEYS_PREVIOUS: entry 2 must be exactly 64 hex"), "{text}");
+        assert!(!text.contains(&other[..10]), "{text}");
+
+        vars.insert("ENCRYPTION_KEYS_PREVIOUS", KEY_HEX.to_owned());
+        assert!(parse(&vars).unwrap_err().to_string().contains("share the key id"));
+
+        vars.insert("ENCRYPTION_KEYS_PREVIOUS", other.clone());
+        assert!(parse(&vars).is_ok());
+        vars.remove("ENCRYPTION_KEY");
+        assert!(parse(&vars).unwrap_err().to_string().contains("ENCRYPTION_KEY: is not set"));
     }
 
     #[test]

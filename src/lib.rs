@@ -16,6 +16,8 @@ pub mod crypto;
 pub mod directus;
 pub mod domain;
 pub mod http;
+pub mod providers;
+pub mod rewrap;
 pub mod services;
 pub mod startup;
 pub mod telemetry;

@@ -1,6 +1,8 @@
 use std::process::ExitCode;
 
 use byok_bridge::config::Settings;
+use byok_bridge::directus::DirectusClient;
+use byok_bridge::rewrap;
 use byok_bridge::startup::Application;
 use byok_bridge::telemetry;
 
@@ -9,6 +11,8 @@ byok-bridge: BYOK routing sidecar for Directus
 
 Usage:
   byok-bridge [serve]     run the HTTP service (configured by environment variables; see README)
+  byok-bridge rewrap      re-encrypt every stored key under ENCRYPTION_KEY (ENCRYPTION_KEYS_PREVIOUS still
+                          decrypt); prints counts as JSON, never key material; safe to re-run
   byok-bridge --version   print the version
   byok-bridge --help      print this help
 ";
@@ -18,6 +22,7 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] | ["serve"] => serve().await,
+        ["rewrap"] => rewrap().await,
         ["--version" | "-V"] => {
             println!("byok-bridge {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -33,13 +38,40 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve() -> ExitCode {
-    let settings = match Settings::from_env() {
+fn settings() -> Result<Settings, ExitCode> {
+    Settings::from_env().map_err(|error| {
+        eprintln!("byok-bridge: {error}");
+        ExitCode::from(2)
+    })
+}
+
+async fn rewrap() -> ExitCode {
+    let settings = match settings() {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("byok-bridge: {error}");
-            return ExitCode::from(2);
+        Err(code) => return code,
+    };
+    telemetry::init(settings.log_format);
+    let Some(keyring) = settings.keyring else {
+        eprintln!("byok-bridge: ENCRYPTION_KEY: is not set. rewrap seals every key under it.");
+        return ExitCode::from(2);
+    };
+    let directus = DirectusClient::new(settings.directus_url, settings.directus_token, settings.directus_timeout);
+    match rewrap::rewrap_all(&directus, &keyring).await {
+        Ok(report) => {
+            println!("{}", serde_json::to_string(&report).expect("plain struct"));
+            ExitCode::SUCCESS
         }
+        Err(error) => {
+            tracing::error!(%error, "rewrap stopped; re-run it to continue");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
+    let settings = match settings() {
+        Ok(settings) => settings,
+        Err(code) => return code,
     };
     telemetry::init(settings.log_format);
     let bind_addr = settings.bind_addr;

@@ -36,8 +36,8 @@ impl Application {
     pub async fn build(settings: Settings) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.bind_addr).await?;
         let state = AppState::new(&settings);
-        if let Some(key) = &settings.encryption_key {
-            tracing::info!(key_id = %key.key_id(), "key vault configured");
+        if let Some(keyring) = &settings.keyring {
+            tracing::info!(?keyring, "key vault configured");
         } else {
             tracing::warn!("ENCRYPTION_KEY is not set: BYOK is not configured, internal credits still work");
         }

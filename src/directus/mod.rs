@@ -2,6 +2,7 @@
 //! One file per resource; this one holds the transport and its error type.
 
 mod flags;
+mod keys;
 mod users;
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+pub use keys::{KeyRecord, KeyUpdate, SealedRow};
 pub use users::{StoredKey, UserProfile};
 
 #[derive(Debug, thiserror::Error)]

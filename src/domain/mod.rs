@@ -4,6 +4,8 @@ pub mod api_key;
 pub mod credits;
 pub mod flags;
 pub mod provider;
+pub mod provider_key;
 pub mod routing;
 pub mod tier;
+pub mod upstream;
 pub mod user;

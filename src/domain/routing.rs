@@ -74,6 +74,26 @@ impl Refusal {
     }
 }
 
+/// Why a user may not manage their own keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ByokAccessDenied {
+    #[error("Bring-your-own-key is currently disabled on this platform.")]
+    Disabled,
+    #[error("Using your own API keys needs a {} plan or higher. Upgrade to add keys.", .min_tier.as_str())]
+    TierTooLow { min_tier: SubscriptionTier },
+}
+
+/// Whether a user may see and manage their own provider keys (the API Keys page).
+pub fn byok_access(flags: &FlagSet, tier: SubscriptionTier) -> Result<(), ByokAccessDenied> {
+    if !flags.byok_enabled {
+        Err(ByokAccessDenied::Disabled)
+    } else if !tier.meets(flags.byok_min_tier) {
+        Err(ByokAccessDenied::TierTooLow { min_tier: flags.byok_min_tier })
+    } else {
+        Ok(())
+    }
+}
+
 /// Decides which credentials pay for a call to `provider`.
 ///
 /// `vault_configured` is false when the sidecar has no `ENCRYPTION_KEY`: stored keys cannot be decrypted, so
@@ -259,6 +279,15 @@ mod tests {
         assert!(msg.contains("https://platform.openai.com/api-keys"), "{msg}");
         let msg = Refusal::NoCreditsOrKey { provider: Provider::Anthropic }.to_string();
         assert!(msg.contains("Anthropic") && msg.contains("console.anthropic.com"), "{msg}");
+    }
+
+    #[test]
+    fn only_premium_and_lifetime_users_manage_keys_and_only_while_byok_is_enabled() {
+        let on = flags_for(ByokFirst, false);
+        assert_eq!(byok_access(&on, Free), Err(ByokAccessDenied::TierTooLow { min_tier: Premium }));
+        assert_eq!(byok_access(&on, Premium), Ok(()));
+        assert_eq!(byok_access(&on, Lifetime), Ok(()));
+        assert_eq!(byok_access(&flags_for(ByokDisabled, false), Lifetime), Err(ByokAccessDenied::Disabled));
     }
 
     #[test]

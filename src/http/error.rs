@@ -7,9 +7,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::domain::routing::Refusal;
+use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::services::callers::CallerError;
 use crate::services::flag_store::FlagsUnavailable;
+use crate::services::key_vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -22,6 +23,10 @@ pub enum ApiError {
     BadRequest { status: StatusCode, code: &'static str, message: Cow<'static, str> },
     #[error(transparent)]
     Refused(#[from] Refusal),
+    #[error(transparent)]
+    ByokAccess(#[from] ByokAccessDenied),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     #[error("account is not active")]
     AccountInactive,
     #[error(transparent)]
@@ -64,6 +69,11 @@ impl ApiError {
                 };
                 (status, refusal.code(), refusal.to_string().into())
             }
+            ApiError::ByokAccess(denied) => match denied {
+                ByokAccessDenied::Disabled => (S::NOT_FOUND, "byok_disabled", denied.to_string().into()),
+                ByokAccessDenied::TierTooLow { .. } => (S::FORBIDDEN, "premium_required", denied.to_string().into()),
+            },
+            ApiError::Vault(error) => vault_parts(error),
             ApiError::AccountInactive => (
                 S::FORBIDDEN,
                 "account_inactive",
@@ -93,6 +103,39 @@ impl ApiError {
     }
 }
 
+fn vault_parts(error: &VaultError) -> (StatusCode, &'static str, Cow<'static, str>) {
+    use StatusCode as S;
+    match error {
+        VaultError::NotConfigured => (
+            S::SERVICE_UNAVAILABLE,
+            "byok_not_configured",
+            "Saving your own API keys is not available: key storage is not configured on this platform. \
+             Please contact support."
+                .into(),
+        ),
+        VaultError::Format(e) => (S::UNPROCESSABLE_ENTITY, "invalid_key_format", e.to_string().into()),
+        VaultError::RejectedByProvider(p) => (
+            S::UNPROCESSABLE_ENTITY,
+            "key_rejected",
+            format!(
+                "{} rejected this API key: it may be mistyped, revoked or lack permissions. Create a new key at {} \
+                 and try again.",
+                p.display_name(),
+                p.key_page_url()
+            )
+            .into(),
+        ),
+        VaultError::NotFound => (S::NOT_FOUND, "key_not_found", "You have no saved key for this provider.".into()),
+        VaultError::Unusable(p) => (
+            S::CONFLICT,
+            "key_unusable",
+            format!("We can no longer read your saved {} key. Please enter it again.", p.display_name()).into(),
+        ),
+        VaultError::Directus(e) if e.is_outage() => ApiError::DirectusUnavailable.parts(),
+        VaultError::Directus(_) => ApiError::Internal(String::new()).parts(),
+    }
+}
+
 impl From<CallerError> for ApiError {
     fn from(error: CallerError) -> Self {
         match error {
@@ -109,6 +152,7 @@ impl IntoResponse for ApiError {
         let (status, code, message) = self.parts();
         match &self {
             ApiError::Internal(detail) => tracing::error!(code, detail, "request failed"),
+            ApiError::Vault(VaultError::Directus(e)) => tracing::error!(code, error = %e, "request failed"),
             ApiError::FlagsUnavailable(e) => tracing::warn!(code, error = %e, "request failed"),
             _ if status.is_server_error() => tracing::warn!(code, "request failed"),
             _ => tracing::debug!(code, "request refused"),

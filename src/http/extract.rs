@@ -1,7 +1,7 @@
 //! Extractors that turn raw requests into parsed, trusted values, or into an `ApiError`.
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 
 /// The user a verified Directus access token was issued to.
@@ -52,6 +53,24 @@ fn bearer_token(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A provider named in the path (`/v1/keys/{provider}`); anything else is a 404, like an unknown route.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderPath(pub Provider);
+
+impl FromRequestParts<AppState> for ProviderPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let not_found = || ApiError::BadRequest {
+            status: StatusCode::NOT_FOUND,
+            code: "unknown_provider",
+            message: "Unknown provider. Use \"openai\" or \"anthropic\".".into(),
+        };
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| not_found())?;
+        raw.parse().map(ProviderPath).map_err(|_| not_found())
+    }
 }
 
 /// Describes the body a JSON endpoint expects. Error messages quote this instead of the parser's text,

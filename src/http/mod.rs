@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -37,6 +37,9 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/directus", post(routes::webhooks::directus))
         .route("/v1/route", post(routes::route::decide))
         .route("/v1/flags", get(routes::flags::show))
+        .route("/v1/keys", get(routes::keys::list))
+        .route("/v1/keys/{provider}", put(routes::keys::save).delete(routes::keys::delete))
+        .route("/v1/keys/{provider}/verify", post(routes::keys::verify))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

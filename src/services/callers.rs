@@ -55,6 +55,11 @@ impl CallerDirectory {
         self.cache.try_get_with(user, self.fetch(user)).await.map_err(|e| (*e).clone())
     }
 
+    /// Drops the cached profile, e.g. after the user's keys changed, so routing sees the change at once.
+    pub async fn forget(&self, user: UserId) {
+        self.cache.invalidate(&user).await;
+    }
+
     async fn fetch(&self, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
         let (profile, balance, keys) = tokio::join!(
             self.directus.user_profile(user),

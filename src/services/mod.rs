@@ -2,3 +2,4 @@
 
 pub mod callers;
 pub mod flag_store;
+pub mod key_vault;

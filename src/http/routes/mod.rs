@@ -2,5 +2,6 @@
 
 pub mod flags;
 pub mod health;
+pub mod keys;
 pub mod route;
 pub mod webhooks;

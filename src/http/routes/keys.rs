@@ -1,0 +1,78 @@
+//! A user's own provider keys. Only the verified token decides whose keys these are.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::domain::routing;
+use crate::domain::user::UserId;
+use crate::http::error::ApiError;
+use crate::http::extract::{AuthenticatedUser, JsonBody, ProviderPath, RequestBody};
+use crate::http::state::AppState;
+use crate::services::key_vault::KeySummary;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveKey {
+    /// Zeroized when the request is done; never logged.
+    api_key: SecretString,
+}
+
+impl RequestBody for SaveKey {
+    const EXPECTED: &'static str = r#"{"api_key": "<your provider API key>"}"#;
+}
+
+/// BYOK must be enabled and the user's tier entitled; the account must be active.
+async fn require_byok_access(state: &AppState, user: UserId) -> Result<(), ApiError> {
+    let (flags, caller) = tokio::join!(state.flags.current(), state.callers.profile(user));
+    let (flags, caller) = (flags?, caller?);
+    if !caller.active {
+        return Err(ApiError::AccountInactive);
+    }
+    Ok(routing::byok_access(&flags.snapshot.flags, caller.tier)?)
+}
+
+pub async fn list(
+    AuthenticatedUser(user): AuthenticatedUser,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    require_byok_access(&state, user).await?;
+    Ok(Json(json!({"keys": state.vault.list(user).await?})))
+}
+
+pub async fn save(
+    AuthenticatedUser(user): AuthenticatedUser,
+    ProviderPath(provider): ProviderPath,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<SaveKey>,
+) -> Result<Json<KeySummary>, ApiError> {
+    require_byok_access(&state, user).await?;
+    let summary = state.vault.save(user, provider, &body.api_key).await?;
+    state.callers.forget(user).await;
+    Ok(Json(summary))
+}
+
+pub async fn delete(
+    AuthenticatedUser(user): AuthenticatedUser,
+    ProviderPath(provider): ProviderPath,
+    State(state): State<AppState>,
+) -> Result<StatusCode, ApiError> {
+    require_byok_access(&state, user).await?;
+    state.vault.delete(user, provider).await?;
+    state.callers.forget(user).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn verify(
+    AuthenticatedUser(user): AuthenticatedUser,
+    ProviderPath(provider): ProviderPath,
+    State(state): State<AppState>,
+) -> Result<Json<KeySummary>, ApiError> {
+    require_byok_access(&state, user).await?;
+    let result = state.vault.verify(user, provider).await;
+    state.callers.forget(user).await;
+    Ok(Json(result?))
+}

@@ -1,0 +1,176 @@
+//! Users' provider keys: checked with the provider, sealed by the sidecar, stored in Directus as ciphertext.
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::crypto::envelope::{KeyOwner, Keyring};
+use crate::directus::{DirectusClient, DirectusError, KeyRecord, KeyUpdate};
+use crate::domain::provider::Provider;
+use crate::domain::provider_key::{KeyFormatError, ProviderKey};
+use crate::domain::upstream::UpstreamFailure;
+use crate::domain::user::UserId;
+use crate::providers::{KeyCheck, ProviderClient};
+
+/// A stored key as its owner sees it: masked, with what we last learned about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeySummary {
+    pub provider: Provider,
+    pub hint: Option<String>,
+    pub status: String,
+    pub is_active: bool,
+    pub last_validated_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("the key vault is not configured (no ENCRYPTION_KEY)")]
+    NotConfigured,
+    #[error(transparent)]
+    Format(#[from] KeyFormatError),
+    #[error("{} rejected this API key", .0.display_name())]
+    RejectedByProvider(Provider),
+    #[error("no stored key")]
+    NotFound,
+    /// The stored ciphertext cannot be opened (tampered, moved, or sealed with a retired key).
+    #[error("stored key cannot be opened")]
+    Unusable(Provider),
+    #[error(transparent)]
+    Directus(#[from] DirectusError),
+}
+
+pub struct KeyVault {
+    keyring: Option<Arc<Keyring>>,
+    directus: DirectusClient,
+    providers: ProviderClient,
+}
+
+impl KeyVault {
+    pub fn new(keyring: Option<Arc<Keyring>>, directus: DirectusClient, providers: ProviderClient) -> Self {
+        KeyVault { keyring, directus, providers }
+    }
+
+    fn keyring(&self) -> Result<&Keyring, VaultError> {
+        self.keyring.as_deref().ok_or(VaultError::NotConfigured)
+    }
+
+    /// Checks the key with its provider, then stores it sealed. A key the provider refuses is not stored;
+    /// a provider that cannot be reached does not lose the key: it is stored `unverified`.
+    pub async fn save(&self, user: UserId, provider: Provider, raw: &SecretString) -> Result<KeySummary, VaultError> {
+        let keyring = self.keyring()?;
+        let key = ProviderKey::parse(provider, raw.expose_secret())?;
+        let check = self.providers.check_key(provider, &key).await;
+        if check == KeyCheck::Failed(UpstreamFailure::InvalidKey) {
+            return Err(VaultError::RejectedByProvider(provider));
+        }
+        let sealed = keyring.seal(KeyOwner { user, provider }, key.expose().as_bytes());
+        let update =
+            KeyUpdate { encrypted_key: Some(sealed), key_hint: Some(key.hint()), ..status_after(provider, &check) };
+        let record = self.directus.save_key(user, provider, &update).await?;
+        tracing::info!(%user, %provider, status = update.status, "provider key stored");
+        Ok(summary(record))
+    }
+
+    pub async fn list(&self, user: UserId) -> Result<Vec<KeySummary>, VaultError> {
+        Ok(self.directus.key_records(user).await?.into_iter().filter_map(summary_of_known).collect())
+    }
+
+    pub async fn delete(&self, user: UserId, provider: Provider) -> Result<(), VaultError> {
+        match self.directus.delete_keys(user, provider).await? {
+            0 => Err(VaultError::NotFound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the stored key with its provider again and records the outcome. A key that can no longer be
+    /// opened is marked `invalid`, so routing stops picking it and the user is told to enter it again.
+    pub async fn verify(&self, user: UserId, provider: Provider) -> Result<KeySummary, VaultError> {
+        let update = match self.open(user, provider).await {
+            Ok(key) => status_after(provider, &self.providers.check_key(provider, &key).await),
+            Err(VaultError::Unusable(_)) => {
+                let last_error =
+                    format!("This saved {} key can no longer be read. Please enter it again.", provider.display_name());
+                let update = KeyUpdate { status: "invalid", last_error: Some(last_error), ..KeyUpdate::blank() };
+                self.directus.save_key(user, provider, &update).await?;
+                return Err(VaultError::Unusable(provider));
+            }
+            Err(other) => return Err(other),
+        };
+        Ok(summary(self.directus.save_key(user, provider, &update).await?))
+    }
+
+    /// The plaintext key for a call, opened from its envelope.
+    pub async fn open(&self, user: UserId, provider: Provider) -> Result<ProviderKey, VaultError> {
+        let keyring = self.keyring()?;
+        let row = self.directus.sealed_key(user, provider).await?.ok_or(VaultError::NotFound)?;
+        let opened = keyring.open(KeyOwner { user, provider }, &row.encrypted_key).map_err(|reason| {
+            tracing::warn!(%user, %provider, %reason, "stored key cannot be opened");
+            VaultError::Unusable(provider)
+        })?;
+        ProviderKey::from_opened(&opened).ok_or(VaultError::Unusable(provider))
+    }
+}
+
+impl KeyUpdate {
+    fn blank() -> Self {
+        KeyUpdate {
+            encrypted_key: None,
+            key_hint: None,
+            status: "unverified",
+            is_active: true,
+            last_validated_at: None,
+            last_error: None,
+        }
+    }
+}
+
+/// What a provider check means for the stored row.
+fn status_after(provider: Provider, check: &KeyCheck) -> KeyUpdate {
+    let now = || OffsetDateTime::now_utc().format(&Rfc3339).ok();
+    let name = provider.display_name();
+    let (status, last_validated_at, last_error) = match check {
+        KeyCheck::Valid => ("active", now(), None),
+        KeyCheck::Failed(UpstreamFailure::InvalidKey) => (
+            "invalid",
+            now(),
+            Some(format!(
+                "{name} rejected this key. Create a new one at {} and enter it again.",
+                provider.key_page_url()
+            )),
+        ),
+        KeyCheck::Failed(UpstreamFailure::QuotaExhausted) => (
+            "quota_exceeded",
+            now(),
+            Some(format!("{name} reports no remaining quota or credit for this key. Check your {name} billing.")),
+        ),
+        KeyCheck::Failed(UpstreamFailure::RateLimited) => {
+            ("unverified", None, Some(format!("{name} rate-limited the check; it will be checked again.")))
+        }
+        KeyCheck::Failed(UpstreamFailure::Outage | UpstreamFailure::Rejected) | KeyCheck::Unreachable => (
+            "unverified",
+            None,
+            Some(format!("{name} could not be reached to check this key; it will be checked again.")),
+        ),
+    };
+    KeyUpdate { status, last_validated_at, last_error, ..KeyUpdate::blank() }
+}
+
+fn summary_of_known(record: KeyRecord) -> Option<KeySummary> {
+    let provider = record.provider.parse().ok()?;
+    Some(KeySummary {
+        provider,
+        hint: record.key_hint,
+        status: record.status.unwrap_or_else(|| "unverified".into()),
+        is_active: record.is_active,
+        last_validated_at: record.last_validated_at,
+        last_error: record.last_error,
+    })
+}
+
+fn summary(record: KeyRecord) -> KeySummary {
+    summary_of_known(record).expect("rows we write carry a known provider")
+}
