@@ -1,4 +1,5 @@
-//! Logging setup: structured events, filtered by `RUST_LOG` (default `info`).
+//! Logging setup: structured events, filtered by `RUST_LOG` (default `info`), on stderr so that stdout
+//! stays free for command output (`rewrap` prints its report there).
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,9 +17,10 @@ pub fn init(format: LogFormat) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
             )
             .init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
     }
 }

@@ -21,6 +21,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     pub directus: MockServer,
+    /// Stands in for both OpenAI (under `/v1`) and Anthropic (under `/v1` too, per its own base URL).
+    pub providers: MockServer,
 }
 
 /// Settings for a sidecar talking to `directus_url`, with `overrides` applied on top.
@@ -46,12 +48,17 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(overrides: &[(&'static str, &str)]) -> TestApp {
     let directus = MockServer::start().await;
-    let vars = test_env(&directus.uri(), overrides);
+    let providers = MockServer::start().await;
+    let openai = format!("{}/v1", providers.uri());
+    let anthropic = providers.uri();
+    let mut all = vec![("OPENAI_BASE_URL", openai.as_str()), ("ANTHROPIC_BASE_URL", anthropic.as_str())];
+    all.extend_from_slice(overrides);
+    let vars = test_env(&directus.uri(), &all);
     let settings = Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid");
     let app = Application::build(settings).await.expect("binds port 0");
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp { addr, http: reqwest::Client::new(), directus }
+    TestApp { addr, http: reqwest::Client::new(), directus, providers }
 }
 
 impl TestApp {
@@ -217,4 +224,20 @@ pub async fn error_code(response: reqwest::Response) -> String {
     let message = body["error"]["message"].as_str().expect("error.message is a string");
     assert!(!message.is_empty());
     body["error"]["code"].as_str().expect("error.code is a string").to_owned()
+}
+
+pub const OPENAI_KEY: &str = "sk-proj-testKEYnotReal0123456789abcdefAbCd";
+pub const ANTHROPIC_KEY: &str = "sk-ant-api03-testKEYnotReal0123456789-WxYz";
+
+/// The test keyring, to open what the app sealed.
+pub fn test_keyring() -> byok_bridge::crypto::envelope::Keyring {
+    use byok_bridge::crypto::encryption_key::EncryptionKey;
+    byok_bridge::crypto::envelope::Keyring::new(EncryptionKey::parse_hex(ENCRYPTION_KEY).unwrap(), vec![]).unwrap()
+}
+
+pub fn owner(user: &str, provider: &str) -> byok_bridge::crypto::envelope::KeyOwner {
+    byok_bridge::crypto::envelope::KeyOwner {
+        user: byok_bridge::domain::user::UserId::parse(user).unwrap(),
+        provider: provider.parse().unwrap(),
+    }
 }

@@ -17,9 +17,22 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let user = new_user_id();
     mount_user(&directus, &user, FakeUser::default()).await;
 
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/items/user_api_keys"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"data": {
+            "id": "row-1", "provider": "openai", "key_hint": "sk-proj-...0001", "is_active": true, "status": "active"}})))
+        .mount(&directus)
+        .await;
+    let providers = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&providers)
+        .await;
+    let openai_base = format!("{}/v1", providers.uri());
+
     let mut child = Command::new(env!("CARGO_BIN_EXE_byok-bridge"))
         .env_clear()
-        .envs(test_env(&directus.uri(), &[]))
+        .envs(test_env(&directus.uri(), &[("OPENAI_BASE_URL", &openai_base)]))
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -29,11 +42,11 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let output = Arc::new(Mutex::new(String::new()));
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<String>();
     let mut addr_tx = Some(addr_tx);
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let sink = Arc::clone(&output);
     tokio::spawn(async move {
-        while let Ok(Some(line)) = stdout.next_line().await {
+        while let Ok(Some(line)) = lines.next_line().await {
             if line.contains("byok-bridge listening") {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                 if let Some(tx) = addr_tx.take() {
@@ -45,7 +58,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     });
     let sink = Arc::clone(&output);
     tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
             sink.lock().unwrap().push_str(&line);
         }
     });
@@ -78,6 +92,20 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .send()
         .await
         .unwrap();
+    let saved = http
+        .put(url("/v1/keys/openai"))
+        .bearer_auth(&token)
+        .json(&json!({"api_key": planted_key}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 200);
+    http.put(url("/v1/keys/openai"))
+        .bearer_auth(&token)
+        .json(&json!({"api_key": format!("{planted_key} x")}))
+        .send()
+        .await
+        .unwrap();
     http.get(url("/v1/flags")).bearer_auth(SERVICE_TOKEN).send().await.unwrap();
     http.get(url("/v1/flags")).bearer_auth(planted_key).send().await.unwrap();
     let ts = now();
@@ -97,7 +125,12 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     child.wait().await.unwrap();
     let logs = output.lock().unwrap().clone();
     assert!(logs.contains("routed") && logs.contains("feature flags reloaded"), "logs were captured");
+    let requests = directus.received_requests().await.unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_slice(&requests.iter().find(|r| r.method.as_str() == "POST").unwrap().body).unwrap();
+    let envelope = stored["encrypted_key"].as_str().unwrap().to_owned();
     let secrets = [
+        ("stored ciphertext", envelope.as_str()),
         ("service token", SERVICE_TOKEN),
         ("Directus secret", DIRECTUS_SECRET),
         ("webhook secret", WEBHOOK_SECRET),

@@ -5,6 +5,8 @@ mod errors;
 mod flags;
 mod health;
 mod helpers;
+mod keys;
 mod log_secrecy;
+mod rewrap;
 mod route;
 mod webhooks;

@@ -65,6 +65,19 @@ impl Instance {
         assert_eq!(response.status(), 200, "PATCH {key}");
     }
 
+    /// GET on Directus as admin, returning `data`.
+    pub async fn admin_get(&self, http: &reqwest::Client, path: &str, query: &[(&str, &str)]) -> Value {
+        let response = http
+            .get(self.directus(path))
+            .query(query)
+            .bearer_auth(self.var("DIRECTUS_ADMIN_TOKEN"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json::<Value>().await.unwrap()["data"].clone()
+    }
+
     pub async fn flag_id(&self, http: &reqwest::Client, key: &str) -> String {
         let response = http
             .get(self.directus("/items/feature_flags"))
@@ -77,6 +90,9 @@ impl Instance {
         body["data"][0]["id"].to_string()
     }
 }
+
+/// The vault key every e2e sidecar runs with, so tests can open what it stored.
+pub const ENCRYPTION_KEY: &str = "5e1f0c2b7a9d4e3f8c6b1a0d9e8f7c6b5a4d3e2f1c0b9a8d7e6f5c4b3a2d1e0f";
 
 /// The real sidecar binary, configured from the instance, killed on drop.
 pub struct Sidecar {
@@ -97,7 +113,7 @@ impl Sidecar {
             .env("DIRECTUS_TOKEN", instance.var("DIRECTUS_TOKEN"))
             .env("DIRECTUS_SECRET", instance.var("DIRECTUS_SECRET"))
             .env("WEBHOOK_SECRET", instance.var("WEBHOOK_SECRET"))
-            .env("ENCRYPTION_KEY", "5e1f0c2b7a9d4e3f8c6b1a0d9e8f7c6b5a4d3e2f1c0b9a8d7e6f5c4b3a2d1e0f")
+            .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
             .env("RUST_LOG", "info")
             .envs(extra.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))

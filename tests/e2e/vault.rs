@@ -1,0 +1,77 @@
+use byok_bridge::crypto::encryption_key::EncryptionKey;
+use byok_bridge::crypto::envelope::{KeyOwner, Keyring};
+use byok_bridge::domain::user::UserId;
+use serde_json::{Value, json};
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::harness::{ENCRYPTION_KEY, Instance, Sidecar, serial};
+
+const KEY: &str = "sk-proj-e2eTestKeyNotRealButWellFormed0000WxYz";
+
+/// A key stored through the sidecar reaches Directus only as ciphertext, bound to its owner, and routing
+/// picks it up at once.
+#[tokio::test]
+async fn a_key_saved_through_the_sidecar_is_ciphertext_in_directus_and_routes_byok() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    for (flag, value) in [("byok_enabled", true), ("byok_only_mode", true)] {
+        instance.set_flag(&http, flag, value).await;
+    }
+    let openai = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&openai)
+        .await;
+    let openai_base = format!("{}/v1", openai.uri());
+    let sidecar = Sidecar::start(&instance, &[("OPENAI_BASE_URL", &openai_base)]).await;
+    let premium = instance.login(&http, "PREMIUM").await;
+    let user = instance.var("PREMIUM_USER_ID").to_owned();
+
+    let (status, body) = sidecar.route(&http, &premium, "openai").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("byok_key_required")), "{body}");
+
+    let saved = http
+        .put(sidecar.url("/v1/keys/openai"))
+        .bearer_auth(&premium)
+        .json(&json!({"api_key": KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 200);
+    let saved: Value = saved.json().await.unwrap();
+    assert_eq!((saved["status"].as_str(), saved["hint"].as_str()), (Some("active"), Some("sk-proj-...WxYz")));
+
+    // Read back from Directus as admin: ciphertext only, and it opens only for its owner.
+    let rows = instance
+        .admin_get(&http, "/items/user_api_keys", &[("filter[user][_eq]", &user), ("filter[provider][_eq]", "openai")])
+        .await;
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    let envelope = rows[0]["encrypted_key"].as_str().unwrap();
+    assert!(envelope.starts_with("byok:v1:") && !rows.to_string().contains(KEY), "{rows}");
+    let ring = Keyring::new(EncryptionKey::parse_hex(ENCRYPTION_KEY).unwrap(), vec![]).unwrap();
+    let owner = KeyOwner { user: UserId::parse(&user).unwrap(), provider: "openai".parse().unwrap() };
+    assert_eq!(ring.open(owner, envelope).unwrap().as_slice(), KEY.as_bytes());
+    let revisions =
+        instance.admin_get(&http, "/revisions", &[("filter[collection][_eq]", "user_api_keys"), ("limit", "-1")]).await;
+    assert!(!revisions.to_string().contains("byok:v1:"), "revisions keep no ciphertext: {revisions}");
+
+    // Routing sees the key immediately (the cached caller was dropped on save).
+    let (status, body) = sidecar.route(&http, &premium, "openai").await;
+    assert_eq!((status, body["source"].as_str()), (200, Some("byok")), "{body}");
+
+    let listed: Value =
+        http.get(sidecar.url("/v1/keys")).bearer_auth(&premium).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["keys"][0]["hint"], "sk-proj-...WxYz");
+    assert!(!listed.to_string().contains("byok:v1"));
+
+    let deleted = http.delete(sidecar.url("/v1/keys/openai")).bearer_auth(&premium).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (status, _) = sidecar.route(&http, &premium, "openai").await;
+    assert_eq!(status, 403, "BYOK-only again without the key");
+    instance.set_flag(&http, "byok_only_mode", false).await;
+    sidecar.stop().await;
+}
