@@ -35,6 +35,8 @@ pub struct Settings {
     /// Anthropic API base, SDK convention: without `/v1`.
     pub anthropic_base_url: Url,
     pub provider_timeout: Duration,
+    /// How often keys stored `unverified` (provider unreachable when saved) are checked again.
+    pub key_reverify_interval: Duration,
     pub log_format: LogFormat,
 }
 
@@ -203,6 +205,7 @@ impl Settings {
         let openai_base_url = r.url("OPENAI_BASE_URL", "https://api.openai.com/v1");
         let anthropic_base_url = r.url("ANTHROPIC_BASE_URL", "https://api.anthropic.com");
         let provider_timeout = r.seconds("PROVIDER_TIMEOUT_SECS", 30, 1..=600);
+        let key_reverify_interval = r.seconds("KEY_REVERIFY_INTERVAL_SECS", 600, 1..=86_400);
         let log_format = r.parsed("LOG_FORMAT", LogFormat::Json, "Use json or text", |raw| match raw {
             "json" => Ok(LogFormat::Json),
             "text" => Ok(LogFormat::Text),
@@ -226,6 +229,7 @@ impl Settings {
                     openai_base_url,
                     anthropic_base_url,
                     provider_timeout,
+                    key_reverify_interval,
                     log_format,
                 })
             }

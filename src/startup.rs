@@ -30,6 +30,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    reverify_interval: Duration,
 }
 
 impl Application {
@@ -41,7 +42,12 @@ impl Application {
         } else {
             tracing::warn!("ENCRYPTION_KEY is not set: BYOK is not configured, internal credits still work");
         }
-        Ok(Application { router: http::router(state.clone()), listener, state })
+        Ok(Application {
+            router: http::router(state.clone()),
+            listener,
+            state,
+            reverify_interval: settings.key_reverify_interval,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -51,6 +57,9 @@ impl Application {
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (bounded).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         tokio::spawn(load_flags_until_ready(self.state.clone()));
+        if self.state.vault_configured {
+            tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
+        }
         let mut builder = http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -107,5 +116,20 @@ async fn load_flags_until_ready(state: AppState) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Keys saved during a provider outage are stored `unverified`; this checks them again periodically.
+async fn reverify_unverified_keys(state: AppState, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match state.vault.reverify_unverified(100).await {
+            Ok(0) => {}
+            Ok(checked) => tracing::info!(checked, "re-verified unverified keys"),
+            Err(error) => tracing::warn!(%error, "re-verifying unverified keys failed; will retry"),
+        }
     }
 }

@@ -111,6 +111,24 @@ impl DirectusClient {
         self.data(request).await
     }
 
+    /// Owners of keys saved while their provider was unreachable, oldest first.
+    pub async fn unverified_keys(&self, limit: usize) -> Result<Vec<(String, String)>, DirectusError> {
+        #[derive(Deserialize)]
+        struct Owner {
+            user: String,
+            provider: String,
+        }
+        let request = self.request(Method::GET, "/items/user_api_keys").query(&[
+            ("fields", "user,provider"),
+            ("filter[status][_eq]", "unverified"),
+            ("filter[is_active][_eq]", "true"),
+            ("sort", "date_updated"),
+            ("limit", &limit.to_string()),
+        ]);
+        let rows: Vec<Owner> = self.data(request).await?;
+        Ok(rows.into_iter().map(|o| (o.user, o.provider)).collect())
+    }
+
     /// Deletes the user's rows for `provider`; returns how many there were.
     pub async fn delete_keys(&self, user: UserId, provider: Provider) -> Result<usize, DirectusError> {
         let ids = self.key_ids(user, provider).await?;

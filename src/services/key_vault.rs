@@ -103,6 +103,25 @@ impl KeyVault {
         Ok(summary(self.directus.save_key(user, provider, &update).await?))
     }
 
+    /// Checks again every key that was saved while its provider could not be reached. Returns how many were
+    /// checked. Several replicas may run this at once: each check is idempotent.
+    pub async fn reverify_unverified(&self, limit: usize) -> Result<usize, VaultError> {
+        self.keyring()?;
+        let owners = self.directus.unverified_keys(limit).await?;
+        let mut checked = 0;
+        for (user, provider) in owners {
+            let (Ok(user), Ok(provider)) = (UserId::parse(&user), provider.parse::<Provider>()) else { continue };
+            match self.verify(user, provider).await {
+                Ok(summary) => {
+                    tracing::info!(%user, %provider, status = %summary.status, "unverified key checked again")
+                }
+                Err(error) => tracing::warn!(%user, %provider, %error, "unverified key could not be checked again"),
+            }
+            checked += 1;
+        }
+        Ok(checked)
+    }
+
     /// The plaintext key for a call, opened from its envelope.
     pub async fn open(&self, user: UserId, provider: Provider) -> Result<ProviderKey, VaultError> {
         let keyring = self.keyring()?;

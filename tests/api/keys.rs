@@ -341,3 +341,28 @@ async fn unknown_providers_in_the_path_are_404s() {
     }
     assert!(app.providers.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn keys_saved_during_an_outage_are_checked_again_in_the_background() {
+    let app = spawn_app_with(&[("KEY_REVERIFY_INTERVAL_SECS", "1")]).await;
+    let user = premium_without_keys(&app).await;
+    mount_sealed_row(&app, &user, &test_keyring().seal(owner(&user, "openai"), OPENAI_KEY.as_bytes())).await;
+    Mock::given(method("GET"))
+        .and(path("/items/user_api_keys"))
+        .and(query_param("filter[status][_eq]", "unverified"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"user": user, "provider": "openai"}]})))
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+    provider_answers(&app, "/v1/models", ResponseTemplate::new(200).set_body_json(json!({"data": []}))).await;
+
+    for _ in 0..100 {
+        let requests = app.directus.received_requests().await.unwrap();
+        if requests.iter().any(|r| r.method.as_str() == "PATCH") {
+            assert_eq!(written_row(&app).await["status"], "active");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the unverified key was never checked again");
+}
