@@ -1,5 +1,9 @@
 //! `byok-bridge rewrap`: re-seals every stored key under the current `ENCRYPTION_KEY`, so a previous key can
 //! be retired. Prints counts only, never key material; safe to re-run (rows already current are skipped).
+//! Rows are fetched by "not sealed by the current key", so keys saved or deleted meanwhile cannot be missed
+//! or processed twice.
+
+use std::collections::HashSet;
 
 use serde::Serialize;
 
@@ -11,6 +15,7 @@ const PAGE_SIZE: usize = 500;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RewrapReport {
+    /// Rows not sealed by the current key when they were looked at.
     pub scanned: usize,
     pub rewrapped: usize,
     pub already_current: usize,
@@ -18,20 +23,29 @@ pub struct RewrapReport {
     pub unusable: usize,
 }
 
-pub async fn rewrap_all(directus: &DirectusClient, keyring: &Keyring) -> Result<RewrapReport, DirectusError> {
+#[derive(Debug, thiserror::Error)]
+pub enum RewrapError {
+    #[error(transparent)]
+    Directus(#[from] DirectusError),
+    #[error("Directus returned rows that were already rewrapped; the writes did not take effect")]
+    NoProgress,
+}
+
+pub async fn rewrap_all(directus: &DirectusClient, keyring: &Keyring) -> Result<RewrapReport, RewrapError> {
+    let total = directus.count_keys().await?;
     let mut report = RewrapReport::default();
-    let mut after: Option<String> = None;
+    let mut seen = HashSet::new();
     loop {
-        let page = directus.sealed_rows_after(after.as_deref(), PAGE_SIZE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id.clone());
+        let page = directus.sealed_rows_not_by(keyring.current_key_id(), report.unusable, PAGE_SIZE).await?;
+        if page.is_empty() {
+            break;
+        }
         let mut resealed = Vec::new();
         for row in &page {
-            report.scanned += 1;
-            if !keyring.needs_rewrap(&row.encrypted_key) {
-                report.already_current += 1;
-                continue;
+            if !seen.insert(row.id.clone()) {
+                return Err(RewrapError::NoProgress);
             }
+            report.scanned += 1;
             match reseal(keyring, row) {
                 Some(envelope) => resealed.push((row.id.clone(), envelope)),
                 None => {
@@ -46,6 +60,7 @@ pub async fn rewrap_all(directus: &DirectusClient, keyring: &Keyring) -> Result<
         }
         tracing::info!(?report, "rewrap progress");
     }
+    report.already_current = usize::try_from(total).unwrap_or(usize::MAX).saturating_sub(report.scanned);
     Ok(report)
 }
 

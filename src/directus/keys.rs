@@ -138,21 +138,36 @@ impl DirectusClient {
         Ok(ids.len())
     }
 
-    /// A page of sealed rows ordered by id, after `after_id` (keyset pagination, stable while rows change).
-    pub async fn sealed_rows_after(
+    /// How many key rows exist.
+    pub async fn count_keys(&self) -> Result<u64, DirectusError> {
+        #[derive(Deserialize)]
+        struct Count {
+            count: serde_json::Value,
+        }
+        let request = self.request(Method::GET, "/items/user_api_keys").query(&[("aggregate[count]", "*")]);
+        let rows: Vec<Count> = self.data(request).await?;
+        let count = rows.first().map(|r| &r.count);
+        count
+            .and_then(|c| c.as_u64().or_else(|| c.as_str().and_then(|s| s.parse().ok())))
+            .ok_or_else(|| DirectusError::Decode("user_api_keys count is not a number".into()))
+    }
+
+    /// Rows whose ciphertext is not sealed by key `kid`, ordered by id. Rewrapped rows leave this set, so
+    /// callers page with `offset` = rows they had to leave as they were.
+    pub async fn sealed_rows_not_by(
         &self,
-        after_id: Option<&str>,
+        kid: &str,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<SealedRow>, DirectusError> {
-        let mut query = vec![
-            ("fields", "id,user,provider,encrypted_key".to_owned()),
-            ("sort", "id".to_owned()),
-            ("limit", limit.to_string()),
-        ];
-        if let Some(after) = after_id {
-            query.push(("filter[id][_gt]", after.to_owned()));
-        }
-        self.data(self.request(Method::GET, "/items/user_api_keys").query(&query)).await
+        let request = self.request(Method::GET, "/items/user_api_keys").query(&[
+            ("fields", "id,user,provider,encrypted_key"),
+            ("filter[encrypted_key][_nstarts_with]", &format!("byok:v1:{kid}:")),
+            ("sort", "id"),
+            ("offset", &offset.to_string()),
+            ("limit", &limit.to_string()),
+        ]);
+        self.data(request).await
     }
 
     /// Replaces the ciphertext of many rows in one batch request.

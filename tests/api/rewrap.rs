@@ -35,17 +35,29 @@ async fn directus_with_rows(users: &[String]) -> (MockServer, Vec<Value>) {
                      "encrypted_key": new.seal(owner(&users[0], "openai"), OPENAI_KEY.as_bytes())}));
     rows.push(json!({"id": "row-91", "user": users[1], "provider": "openai",
                      "encrypted_key": old.seal(owner(&users[0], "openai"), OPENAI_KEY.as_bytes())}));
+    // Like Directus: the filter leaves out rows sealed by the current key; after the batch write only the
+    // unusable row is left, skipped by the offset.
+    let filter = format!("byok:v1:{}:", new.current_key_id());
+    let not_current: Vec<&Value> =
+        rows.iter().filter(|r| !r["encrypted_key"].as_str().unwrap().starts_with(&filter)).collect();
     Mock::given(method("GET"))
         .and(path("/items/user_api_keys"))
-        .and(wiremock::matchers::query_param_is_missing("filter[id][_gt]"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": rows})))
+        .and(query_param("filter[encrypted_key][_nstarts_with]", filter.as_str()))
+        .and(query_param("offset", "0"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": not_current})))
         .mount(&directus)
         .await;
-    let last_id = rows.last().unwrap()["id"].as_str().unwrap().to_owned();
     Mock::given(method("GET"))
         .and(path("/items/user_api_keys"))
-        .and(query_param("filter[id][_gt]", last_id.as_str()))
+        .and(query_param("filter[encrypted_key][_nstarts_with]", filter.as_str()))
+        .and(query_param("offset", "1"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&directus)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/items/user_api_keys"))
+        .and(query_param("aggregate[count]", "*"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"count": rows.len()}]})))
         .mount(&directus)
         .await;
     Mock::given(method("PATCH"))
@@ -67,7 +79,7 @@ async fn rewrap_reseals_old_rows_under_the_current_key_and_counts_the_rest() {
     );
     let ring = rotated_keyring();
     let report = rewrap_all(&client, &ring).await.unwrap();
-    assert_eq!(report, RewrapReport { scanned: 8, rewrapped: 6, already_current: 1, unusable: 1 });
+    assert_eq!(report, RewrapReport { scanned: 7, rewrapped: 6, already_current: 1, unusable: 1 });
 
     let patch = directus.received_requests().await.unwrap().into_iter().find(|r| r.method.as_str() == "PATCH").unwrap();
     let rewritten: Vec<Value> = serde_json::from_slice(&patch.body).unwrap();
@@ -100,7 +112,7 @@ async fn the_rewrap_command_prints_counts_and_never_key_material() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let last_line = stdout.lines().last().unwrap();
     let report: Value = serde_json::from_str(last_line).unwrap();
-    assert_eq!(report, json!({"scanned": 6, "rewrapped": 4, "already_current": 1, "unusable": 1}));
+    assert_eq!(report, json!({"scanned": 5, "rewrapped": 4, "already_current": 1, "unusable": 1}));
     let all_output = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
     for secret in [OPENAI_KEY, ANTHROPIC_KEY, NEW_KEY, ENCRYPTION_KEY, SERVICE_TOKEN] {
         assert!(!all_output.contains(secret), "secret in rewrap output");

@@ -68,6 +68,37 @@ async fn a_key_saved_through_the_sidecar_is_ciphertext_in_directus_and_routes_by
     assert_eq!(listed["keys"][0]["hint"], "sk-proj-...WxYz");
     assert!(!listed.to_string().contains("byok:v1"));
 
+    // Rotation: `byok-bridge rewrap` with a new key re-seals the row; the old key is then no longer needed.
+    let new_key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let rewrap = |_: ()| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_byok-bridge"))
+            .arg("rewrap")
+            .env_clear()
+            .env("DIRECTUS_URL", instance.var("DIRECTUS_URL"))
+            .env("DIRECTUS_TOKEN", instance.var("DIRECTUS_TOKEN"))
+            .env("DIRECTUS_SECRET", instance.var("DIRECTUS_SECRET"))
+            .env("WEBHOOK_SECRET", instance.var("WEBHOOK_SECRET"))
+            .env("ENCRYPTION_KEY", new_key)
+            .env("ENCRYPTION_KEYS_PREVIOUS", ENCRYPTION_KEY)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let out = String::from_utf8(output.stdout).unwrap();
+        assert!(!out.contains(KEY));
+        serde_json::from_str::<Value>(out.trim()).unwrap()
+    };
+    let first = rewrap(());
+    assert!(first["rewrapped"].as_u64().unwrap() >= 1, "{first}");
+    let rows = instance
+        .admin_get(&http, "/items/user_api_keys", &[("filter[user][_eq]", &user), ("filter[provider][_eq]", "openai")])
+        .await;
+    let rewrapped = rows[0]["encrypted_key"].as_str().unwrap();
+    let new_only = Keyring::new(EncryptionKey::parse_hex(new_key).unwrap(), vec![]).unwrap();
+    assert_eq!(new_only.open(owner, rewrapped).unwrap().as_slice(), KEY.as_bytes());
+    let second = rewrap(());
+    assert_eq!(second["rewrapped"], 0, "safe to re-run: {second}");
+    assert_eq!(second["unusable"], first["unusable"]);
+
     let deleted = http.delete(sidecar.url("/v1/keys/openai")).bearer_auth(&premium).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
     let (status, _) = sidecar.route(&http, &premium, "openai").await;
