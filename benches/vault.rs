@@ -129,7 +129,7 @@ async fn main() {
     let report = rewrap_all(&directus, &rotated).await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "rewrap: {} rows scanned, {} rewrapped in {elapsed:.2} s = {:.0} keys/s; re-run: ",
+        "rewrap: {} rows scanned, {} rewrapped in {elapsed:.2} s = {:.0} keys/s",
         report.scanned,
         report.rewrapped,
         report.rewrapped as f64 / elapsed
