@@ -8,4 +8,5 @@ pub mod provider_key;
 pub mod routing;
 pub mod tier;
 pub mod upstream;
+pub mod usage;
 pub mod user;

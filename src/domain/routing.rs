@@ -1,6 +1,6 @@
 //! The routing policy: which credentials pay for a call, per the spec's configuration matrix.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::credits::CreditBalance;
 use super::flags::{FlagSet, RoutingMode};
@@ -16,7 +16,7 @@ pub struct Caller {
     pub balance: CreditBalance,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// The user's own provider key.

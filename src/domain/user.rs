@@ -1,6 +1,6 @@
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 /// A Directus user id. Only ever built from a verified token, so it is the one thing that decides whose
@@ -20,6 +20,14 @@ impl UserId {
             return Err(InvalidUserId);
         }
         Uuid::try_parse(raw).map(UserId).map_err(|_| InvalidUserId)
+    }
+}
+
+/// Spooled records carry user ids; reading one back goes through the same parser.
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        UserId::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 
