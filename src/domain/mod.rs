@@ -3,6 +3,7 @@
 pub mod api_key;
 pub mod credits;
 pub mod flags;
+pub mod llm;
 pub mod provider;
 pub mod provider_key;
 pub mod routing;
