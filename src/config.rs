@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use secrecy::SecretString;
 use crate::crypto::encryption_key::EncryptionKey;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
+use crate::domain::pricing::PriceTable;
+use crate::services::rate_limit::TierLimits;
 
 #[derive(Debug)]
 pub struct Settings {
@@ -37,6 +40,17 @@ pub struct Settings {
     pub provider_timeout: Duration,
     /// How often keys stored `unverified` (provider unreachable when saved) are checked again.
     pub key_reverify_interval: Duration,
+    /// The platform's own provider keys, for calls paid with credits.
+    pub internal_openai_key: Option<SecretString>,
+    pub internal_anthropic_key: Option<SecretString>,
+    /// Where usage records wait until Directus has them. Must survive restarts (a volume in containers).
+    pub spool_dir: PathBuf,
+    pub price_table: Arc<PriceTable>,
+    pub rate_limits: TierLimits,
+    /// Total time one gateway call may spend retrying a provider.
+    pub upstream_deadline: Duration,
+    /// Upper bound on concurrent provider calls; more wait for a slot.
+    pub max_upstream_calls: usize,
     pub log_format: LogFormat,
 }
 
@@ -151,6 +165,22 @@ fn keyring<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Option<Arc<Keyri
     }
 }
 
+/// The shipped price table, or the operator's `PRICE_TABLE_FILE`.
+fn price_table<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Arc<PriceTable> {
+    let Some(path) = r.get("PRICE_TABLE_FILE") else { return Arc::new(PriceTable::builtin()) };
+    let fix = "Point it at a JSON price table like pricing/prices.json";
+    let parsed = std::fs::read_to_string(path.trim())
+        .map_err(|e| format!("cannot be read: {e}"))
+        .and_then(|text| PriceTable::from_json(&text).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(table) => Arc::new(table),
+        Err(problem) => {
+            r.problem("PRICE_TABLE_FILE", problem, fix);
+            Arc::new(PriceTable::builtin())
+        }
+    }
+}
+
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|var| std::env::var(var).ok())
@@ -206,6 +236,21 @@ impl Settings {
         let anthropic_base_url = r.url("ANTHROPIC_BASE_URL", "https://api.anthropic.com");
         let provider_timeout = r.seconds("PROVIDER_TIMEOUT_SECS", 30, 1..=600);
         let key_reverify_interval = r.seconds("KEY_REVERIFY_INTERVAL_SECS", 600, 1..=86_400);
+        let internal_openai_key = r.get("INTERNAL_OPENAI_API_KEY").map(|k| SecretString::from(k.trim()));
+        let internal_anthropic_key = r.get("INTERNAL_ANTHROPIC_API_KEY").map(|k| SecretString::from(k.trim()));
+        let spool_dir = PathBuf::from(r.get("SPOOL_DIR").unwrap_or_else(|| "data/spool".into()));
+        let price_table = price_table(&mut r);
+        let per_minute = "Use a whole number of requests per minute, e.g. 20";
+        let count = |raw: &str| match raw.parse::<u32>() {
+            Ok(n) if (1..=100_000).contains(&n) => Ok(n),
+            _ => Err("must be a whole number from 1 to 100000"),
+        };
+        let rate_limits = TierLimits {
+            free_per_minute: r.parsed("RATE_LIMIT_FREE_PER_MIN", 20, per_minute, count),
+            premium_per_minute: r.parsed("RATE_LIMIT_PREMIUM_PER_MIN", 120, per_minute, count),
+        };
+        let upstream_deadline = r.seconds("UPSTREAM_DEADLINE_SECS", 30, 1..=600);
+        let max_upstream_calls = r.parsed("MAX_UPSTREAM_CALLS", 512, "Use a whole number, e.g. 512", count) as usize;
         let log_format = r.parsed("LOG_FORMAT", LogFormat::Json, "Use json or text", |raw| match raw {
             "json" => Ok(LogFormat::Json),
             "text" => Ok(LogFormat::Text),
@@ -230,6 +275,13 @@ impl Settings {
                     anthropic_base_url,
                     provider_timeout,
                     key_reverify_interval,
+                    internal_openai_key,
+                    internal_anthropic_key,
+                    spool_dir,
+                    price_table,
+                    rate_limits,
+                    upstream_deadline,
+                    max_upstream_calls,
                     log_format,
                 })
             }

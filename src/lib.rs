@@ -10,6 +10,7 @@
 //! - [`http`]: thin axum handlers, and the one place errors become responses.
 //! - [`startup`], [`telemetry`]: wiring.
 
+pub mod accounting;
 pub mod auth;
 pub mod config;
 pub mod crypto;

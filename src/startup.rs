@@ -14,6 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::accounting;
 use crate::config::Settings;
 use crate::http::{self, state::AppState};
 
@@ -36,7 +37,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.bind_addr).await?;
-        let state = AppState::new(&settings);
+        let state = AppState::new(&settings)?;
         if let Some(keyring) = &settings.keyring {
             tracing::info!(?keyring, "key vault configured");
         } else {
@@ -57,6 +58,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (bounded).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         tokio::spawn(load_flags_until_ready(self.state.clone()));
+        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.spool), Arc::new(self.state.directus.clone())));
         if self.state.vault_configured {
             tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
         }

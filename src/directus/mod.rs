@@ -3,6 +3,8 @@
 
 mod flags;
 mod keys;
+mod notifications;
+mod usage;
 mod users;
 
 use std::time::Duration;
@@ -13,6 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 pub use keys::{KeyRecord, KeyUpdate, SealedRow};
+pub use usage::UsageLine;
 pub use users::{StoredKey, UserProfile};
 
 #[derive(Debug, thiserror::Error)]

@@ -39,10 +39,6 @@ impl CreditBalance {
     pub fn cents(self) -> i64 {
         self.cents
     }
-
-    pub fn has_credits(self) -> bool {
-        self.cents > 0
-    }
 }
 
 #[cfg(test)]
@@ -54,13 +50,12 @@ mod tests {
     fn balance_is_grants_plus_refunds_minus_deductions() {
         let b = CreditBalance::from_ledger_sums([(Grant, 1000), (Deduction, 250), (Refund, 50)]);
         assert_eq!(b.cents(), 800);
-        assert!(b.has_credits());
     }
 
     #[test]
     fn an_overdrawn_or_empty_ledger_has_no_credits() {
-        assert!(!CreditBalance::from_ledger_sums([]).has_credits());
-        assert!(!CreditBalance::from_ledger_sums([(Grant, 100), (Deduction, 100)]).has_credits());
+        assert_eq!(CreditBalance::from_ledger_sums([]).cents(), 0);
+        assert_eq!(CreditBalance::from_ledger_sums([(Grant, 100), (Deduction, 100)]).cents(), 0);
         assert_eq!(CreditBalance::from_ledger_sums([(Grant, 1), (Deduction, 5)]).cents(), -4);
     }
 

@@ -40,6 +40,16 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// Where a user adds credit or raises quota; quota messages link here.
+    pub fn billing_url(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "https://platform.openai.com/settings/organization/billing",
+            Provider::Anthropic => "https://console.anthropic.com/settings/billing",
+        }
+    }
+}
+
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

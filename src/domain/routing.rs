@@ -14,6 +14,14 @@ pub struct Caller {
     /// The user has an active key for the provider that is not known to be invalid or out of quota.
     pub has_usable_key: bool,
     pub balance: CreditBalance,
+    /// What this call may cost at most, in cents; credits count only if the balance covers it. At least 1.
+    pub credits_needed_cents: i64,
+}
+
+impl Caller {
+    pub fn can_pay(&self) -> bool {
+        self.balance.cents() >= self.credits_needed_cents.max(1)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +115,7 @@ pub fn decide(
     let mode = flags.mode();
     let entitled = caller.tier.meets(flags.byok_min_tier);
     let byok_possible = entitled && vault_configured && caller.has_usable_key;
-    let has_credits = caller.balance.has_credits();
+    let has_credits = caller.can_pay();
     let decision = |source| Decision { source, provider, mode };
     let exhausted = || {
         if entitled && vault_configured { Refusal::NoCreditsOrKey { provider } } else { Refusal::InsufficientCredits }
@@ -166,6 +174,7 @@ mod tests {
             tier,
             has_usable_key: has_key,
             balance: CreditBalance::from_ledger_sums([(TransactionType::Grant, grant)]),
+            credits_needed_cents: 1,
         }
     }
 
@@ -288,6 +297,17 @@ mod tests {
         assert_eq!(byok_access(&on, Premium), Ok(()));
         assert_eq!(byok_access(&on, Lifetime), Ok(()));
         assert_eq!(byok_access(&flags_for(ByokDisabled, false), Lifetime), Err(ByokAccessDenied::Disabled));
+    }
+
+    #[test]
+    fn credits_count_only_when_they_cover_the_estimated_cost() {
+        let mut c = caller(Premium, true, true);
+        c.credits_needed_cents = 501;
+        assert_eq!(outcome(decide(&flags_for(CreditFirst, false), &c, Provider::OpenAi, true)), BYOK);
+        c.has_usable_key = false;
+        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), NO_CREDITS_OR_KEY);
+        c.credits_needed_cents = 500;
+        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), INTERNAL);
     }
 
     #[test]

@@ -7,9 +7,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::directus::DirectusError;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::services::callers::CallerError;
 use crate::services::flag_store::FlagsUnavailable;
+use crate::services::gateway::GatewayError;
 use crate::services::key_vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,11 @@ pub enum ApiError {
     #[error("account is not active")]
     AccountInactive,
     #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// The provider's answer broke off before we could pass it on.
+    #[error("upstream error: {0}")]
+    Upstream(&'static str),
+    #[error(transparent)]
     FlagsUnavailable(#[from] FlagsUnavailable),
     #[error("Directus is unavailable")]
     DirectusUnavailable,
@@ -45,6 +52,22 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    pub fn from_directus(error: DirectusError) -> Self {
+        if error.is_outage() { ApiError::DirectusUnavailable } else { ApiError::Internal(error.to_string()) }
+    }
+
+    /// How long a client should wait before retrying, where we know.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ApiError::Gateway(GatewayError::RateLimited { retry_after })
+            | ApiError::Gateway(GatewayError::ProviderRateLimited { retry_after, .. }) => Some(*retry_after),
+            ApiError::Gateway(GatewayError::Unavailable { retry_after, .. }) => {
+                Some(retry_after.unwrap_or(std::time::Duration::from_secs(30)))
+            }
+            _ => None,
+        }
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         ApiError::BadRequest { status: StatusCode::BAD_REQUEST, code, message: message.into() }
     }
@@ -74,6 +97,12 @@ impl ApiError {
                 ByokAccessDenied::TierTooLow { .. } => (S::FORBIDDEN, "premium_required", denied.to_string().into()),
             },
             ApiError::Vault(error) => vault_parts(error),
+            ApiError::Gateway(error) => gateway_parts(error),
+            ApiError::Upstream(_) => (
+                S::BAD_GATEWAY,
+                "upstream_error",
+                "The AI provider's answer broke off. Nothing was charged; please retry.".into(),
+            ),
             ApiError::AccountInactive => (
                 S::FORBIDDEN,
                 "account_inactive",
@@ -100,6 +129,63 @@ impl ApiError {
                 (S::INTERNAL_SERVER_ERROR, "internal", "Something went wrong on our side. Retry shortly.".into())
             }
         }
+    }
+}
+
+fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static, str>) {
+    use StatusCode as S;
+    match error {
+        GatewayError::Flags(e) => ApiError::FlagsUnavailable(FlagsUnavailable(e.0.clone())).parts(),
+        GatewayError::Caller(e) => ApiError::from(e.clone()).parts(),
+        GatewayError::AccountInactive => ApiError::AccountInactive.parts(),
+        GatewayError::Refused(refusal) => ApiError::Refused(*refusal).parts(),
+        GatewayError::Vault(e) => vault_parts(e),
+        GatewayError::RateLimited { .. } => (
+            S::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "You are sending requests faster than your plan allows. Wait a moment and retry, or add your own \
+             API key to remove the limit."
+                .into(),
+        ),
+        GatewayError::ProviderRateLimited { provider, .. } => (
+            S::TOO_MANY_REQUESTS,
+            "provider_rate_limited",
+            format!(
+                "{} is rate limiting these requests. Retry after the time in Retry-After.",
+                provider.display_name()
+            )
+            .into(),
+        ),
+        GatewayError::KeyInvalid(provider) => (
+            S::FORBIDDEN,
+            "provider_key_invalid",
+            format!(
+                "{} rejected your API key. Create a new one at {} and update it under Settings > API Keys.",
+                provider.display_name(),
+                provider.key_page_url()
+            )
+            .into(),
+        ),
+        GatewayError::KeyQuotaExhausted(provider) => (
+            S::PAYMENT_REQUIRED,
+            "provider_quota_exhausted",
+            format!(
+                "Your {} account has no quota or credit left. Add credit at {}, then retry.",
+                provider.display_name(),
+                provider.billing_url()
+            )
+            .into(),
+        ),
+        GatewayError::Unavailable { provider, .. } => (
+            S::SERVICE_UNAVAILABLE,
+            "ai_unavailable",
+            format!(
+                "AI features are temporarily unavailable ({} is not responding). Everything else keeps working; \
+                 retry in a little while.",
+                provider.display_name()
+            )
+            .into(),
+        ),
     }
 }
 
@@ -153,11 +239,16 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(detail) => tracing::error!(code, detail, "request failed"),
             ApiError::Vault(VaultError::Directus(e)) => tracing::error!(code, error = %e, "request failed"),
+            ApiError::Gateway(e) if status.is_server_error() => tracing::warn!(code, error = %e, "request failed"),
             ApiError::FlagsUnavailable(e) => tracing::warn!(code, error = %e, "request failed"),
             _ if status.is_server_error() => tracing::warn!(code, "request failed"),
             _ => tracing::debug!(code, "request refused"),
         }
         let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        if let Some(wait) = self.retry_after() {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED && code == "unauthorized" {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -22,7 +22,7 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+        let token = access_token(parts).ok_or(ApiError::Unauthorized)?;
         state.tokens.verify(token, jsonwebtoken::get_current_timestamp()).map(AuthenticatedUser).map_err(|reason| {
             tracing::debug!(%reason, "access token refused");
             ApiError::Unauthorized
@@ -53,6 +53,12 @@ fn bearer_token(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The access token as OpenAI clients send it (`Authorization: Bearer`) or as Anthropic clients do
+/// (`x-api-key`), so both official SDKs work with the token as their API key.
+fn access_token(parts: &Parts) -> Option<&str> {
+    bearer_token(parts).or_else(|| parts.headers.get("x-api-key")?.to_str().ok().map(str::trim))
 }
 
 /// A provider named in the path (`/v1/keys/{provider}`); anything else is a 404, like an unknown route.

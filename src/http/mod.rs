@@ -29,8 +29,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// LLM request bodies (conversations, base64 images) are far larger than our own JSON documents.
+pub const MAX_LLM_BODY_BYTES: usize = 8 * 1024 * 1024;
+
 pub fn router(state: AppState) -> Router {
     let sensitive = [header::AUTHORIZATION, HeaderName::from_static("x-api-key"), header::COOKIE];
+    // No overall deadline here: answers stream for minutes; the gateway bounds each provider call instead.
+    let gateway = Router::new()
+        .route("/v1/chat/completions", post(routes::gateway::chat_completions))
+        .route("/v1/messages", post(routes::gateway::messages))
+        .layer(DefaultBodyLimit::max(MAX_LLM_BODY_BYTES));
     Router::new()
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
@@ -40,10 +48,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", get(routes::keys::list))
         .route("/v1/keys/{provider}", put(routes::keys::save).delete(routes::keys::delete))
         .route("/v1/keys/{provider}/verify", post(routes::keys::verify))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .route("/v1/usage", get(routes::usage::summary))
+        .route("/v1/estimate", post(routes::usage::estimate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(deadline))
+        .merge(gateway)
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new(sensitive))

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use reqwest::{Client, RequestBuilder, Url};
+use reqwest::{Client, RequestBuilder, Response, Url};
 
+use crate::domain::llm::Api;
 use crate::domain::provider::Provider;
 use crate::domain::provider_key::ProviderKey;
 use crate::domain::upstream::{self, UpstreamFailure};
@@ -13,7 +14,12 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 #[derive(Clone)]
 pub struct ProviderClient {
+    /// Key checks: one bounded round trip.
     http: Client,
+    /// Forwarded calls: no total timeout (answers stream for minutes), but a bound on silence between reads
+    /// and on waiting for the response headers.
+    streaming: Client,
+    timeout: Duration,
     openai_base: Url,
     anthropic_base: Url,
 }
@@ -30,18 +36,26 @@ pub enum KeyCheck {
 
 impl ProviderClient {
     pub fn new(openai_base: Url, anthropic_base: Url, timeout: Duration) -> Self {
-        let http = Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a TLS backend and resolver are available");
-        ProviderClient { http, openai_base, anthropic_base }
+        let builder = || {
+            Client::builder()
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = builder().timeout(timeout).build().expect("a TLS backend and resolver are available");
+        let streaming = builder().read_timeout(timeout).build().expect("a TLS backend and resolver are available");
+        ProviderClient { http, streaming, timeout, openai_base, anthropic_base }
     }
 
     /// `path` relative to the provider's API root, e.g. `models` for OpenAI (base includes `/v1`) and
     /// `v1/models` for Anthropic.
-    fn request(&self, provider: Provider, method: reqwest::Method, path: &str, key: &ProviderKey) -> RequestBuilder {
+    fn request(
+        &self,
+        client: &Client,
+        provider: Provider,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+    ) -> RequestBuilder {
         let (base, path) = match provider {
             Provider::OpenAi => (&self.openai_base, path.to_owned()),
             Provider::Anthropic => (&self.anthropic_base, format!("v1/{path}")),
@@ -49,12 +63,14 @@ impl ProviderClient {
         let mut url = base.clone();
         let prefix = url.path().trim_end_matches('/').to_owned();
         url.set_path(&format!("{prefix}/{path}"));
-        let request = self.http.request(method, url);
+        let request = client.request(method, url);
         match provider {
-            Provider::OpenAi => request.bearer_auth(key.expose()),
+            Provider::OpenAi => request.bearer_auth(key),
             Provider::Anthropic => {
-                let mut value = reqwest::header::HeaderValue::from_str(key.expose())
-                    .expect("provider keys are checked to be header-safe ASCII");
+                let Ok(mut value) = reqwest::header::HeaderValue::from_str(key) else {
+                    // Unreachable for parsed keys; an operator's internal key with a stray byte fails upstream.
+                    return request;
+                };
                 value.set_sensitive(true);
                 request.header("x-api-key", value).header("anthropic-version", ANTHROPIC_VERSION)
             }
@@ -63,7 +79,11 @@ impl ProviderClient {
 
     /// Asks the provider whether the key works, with the cheapest authenticated call (list models).
     pub async fn check_key(&self, provider: Provider, key: &ProviderKey) -> KeyCheck {
-        let response = match self.request(provider, reqwest::Method::GET, "models", key).send().await {
+        let response = match self
+            .request(&self.http, provider, reqwest::Method::GET, "models", key.expose())
+            .send()
+            .await
+        {
             Ok(response) => response,
             Err(error) => {
                 tracing::info!(%provider, error = %error.without_url(), "provider unreachable while checking a key");
@@ -77,4 +97,33 @@ impl ProviderClient {
         let body = response.bytes().await.unwrap_or_default();
         KeyCheck::Failed(upstream::classify(provider, status.as_u16(), &body))
     }
+}
+
+impl ProviderClient {
+    /// Sends a client's request body to its provider with `api_key`. Resolves when the response headers
+    /// arrive (bounded by the provider timeout); the body is left to the caller to read or stream.
+    pub async fn forward(&self, api: Api, api_key: &str, body: Vec<u8>) -> Result<Response, ForwardError> {
+        let path = match api {
+            Api::ChatCompletions => "chat/completions",
+            Api::Messages => "messages",
+        };
+        let request = self
+            .request(&self.streaming, api.provider(), reqwest::Method::POST, path, api_key)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        match tokio::time::timeout(self.timeout, request.send()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(ForwardError::Transport(error.without_url())),
+            Err(_) => Err(ForwardError::Timeout),
+        }
+    }
+}
+
+/// A forwarded call that got no response: says nothing about the key, counts against the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("provider unreachable: {0}")]
+    Transport(reqwest::Error),
+    #[error("provider did not answer in time")]
+    Timeout,
 }

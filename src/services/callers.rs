@@ -28,6 +28,7 @@ impl CallerProfile {
             tier: self.tier,
             has_usable_key: self.keys.iter().any(|k| k.provider == provider && k.status.is_usable()),
             balance: self.balance,
+            credits_needed_cents: 1,
         }
     }
 }

@@ -122,6 +122,12 @@ impl KeyVault {
         Ok(checked)
     }
 
+    /// Records what a forwarded call learned about the key (invalid, out of quota), so routing stops using it.
+    pub async fn mark(&self, user: UserId, provider: Provider, failure: UpstreamFailure) -> Result<(), VaultError> {
+        self.directus.save_key(user, provider, &status_after(provider, &KeyCheck::Failed(failure))).await?;
+        Ok(())
+    }
+
     /// The plaintext key for a call, opened from its envelope.
     pub async fn open(&self, user: UserId, provider: Provider) -> Result<ProviderKey, VaultError> {
         let keyring = self.keyring()?;

@@ -1,5 +1,10 @@
 //! Stateful services between the HTTP layer and the clients: caches with explicit freshness rules.
 
 pub mod callers;
+pub mod circuit_breaker;
 pub mod flag_store;
+pub mod gateway;
 pub mod key_vault;
+pub mod meter;
+pub mod notifier;
+pub mod rate_limit;

@@ -35,6 +35,7 @@ pub fn test_env(directus_url: &str, overrides: &[(&'static str, &str)]) -> HashM
         ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
         ("ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
         ("DIRECTUS_TIMEOUT_SECS", "2".to_owned()),
+        ("SPOOL_DIR", std::env::temp_dir().join(format!("byok-spool-{}", Uuid::new_v4())).display().to_string()),
     ]);
     for (k, v) in overrides {
         vars.insert(k, (*v).to_owned());

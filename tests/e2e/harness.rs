@@ -115,6 +115,7 @@ impl Sidecar {
             .env("WEBHOOK_SECRET", instance.var("WEBHOOK_SECRET"))
             .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
             .env("RUST_LOG", "info")
+            .env("SPOOL_DIR", format!("{}/spool", instance.dir))
             .envs(extra.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))

@@ -15,9 +15,15 @@ pub async fn healthz() -> impl IntoResponse {
 /// last known flags, so this stays 200 (taking every replica out of rotation would turn a Directus outage
 /// into a total one) and says `degraded`.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let spooled = state.spool.len();
     match state.flags.current().await {
         Ok(current) if !current.stale => {
-            (StatusCode::OK, Json(json!({"status": "ready", "flags_loaded_at": current.snapshot.loaded_at_rfc3339()})))
+            let body = json!({
+                "status": "ready",
+                "flags_loaded_at": current.snapshot.loaded_at_rfc3339(),
+                "usage_records_waiting": spooled,
+            });
+            (StatusCode::OK, Json(body))
         }
         Ok(current) => (
             StatusCode::OK,
@@ -26,6 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
                 "reason": "directus_unreachable",
                 "detail": "Directus cannot be reached; serving the last known feature flags.",
                 "flags_loaded_at": current.snapshot.loaded_at_rfc3339(),
+                "usage_records_waiting": spooled,
             })),
         ),
         Err(_) => (

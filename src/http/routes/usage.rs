@@ -1,0 +1,88 @@
+//! Cost transparency: what a user spent, and what a request would cost before running it.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime};
+
+use crate::domain::pricing::{PriceMatch, estimate_prompt_tokens};
+use crate::domain::provider::Provider;
+use crate::http::error::ApiError;
+use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
+use crate::http::state::AppState;
+
+#[derive(Deserialize)]
+pub struct UsageQuery {
+    days: Option<String>,
+}
+
+/// The user's requests, tokens and cost per provider and source over the last `days` (1-365, default 30).
+pub async fn summary(
+    AuthenticatedUser(user): AuthenticatedUser,
+    State(state): State<AppState>,
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let days =
+        match query.days.as_deref() {
+            None => 30,
+            Some(raw) => raw.parse::<i64>().ok().filter(|d| (1..=365).contains(d)).ok_or_else(|| {
+                ApiError::bad_request("invalid_request", "days must be a whole number from 1 to 365.")
+            })?,
+        };
+    let since = OffsetDateTime::now_utc() - Duration::days(days);
+    let lines = state.directus.usage_summary(user, since).await.map_err(ApiError::from_directus)?;
+    let total_cost: f64 = lines.iter().map(|l| l.cost_cents).sum();
+    let total_requests: u64 = lines.iter().map(|l| l.requests).sum();
+    Ok(Json(json!({
+        "days": days,
+        "usage": lines,
+        "total": {"requests": total_requests, "cost_cents": (total_cost * 10_000.0).round() / 10_000.0},
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateRequest {
+    provider: String,
+    model: String,
+    /// Either the prompt text, or a token count the caller already knows.
+    prompt: Option<String>,
+    prompt_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+}
+
+impl RequestBody for EstimateRequest {
+    const EXPECTED: &'static str = r#"{"provider": "openai" | "anthropic", "model": "...", "prompt": "..." or "prompt_tokens": 123, "max_output_tokens": 500}"#;
+}
+
+/// The most a request would cost, from the same price table that charges it.
+pub async fn estimate(
+    AuthenticatedUser(_): AuthenticatedUser,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<EstimateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let provider: Provider = request
+        .provider
+        .parse()
+        .map_err(|_| ApiError::bad_request("unknown_provider", "Unknown provider. Use \"openai\" or \"anthropic\"."))?;
+    let prompt_tokens = match (request.prompt_tokens, request.prompt.as_deref()) {
+        (Some(tokens), _) => tokens,
+        (None, Some(prompt)) => estimate_prompt_tokens(prompt.len()),
+        (None, None) => return Err(ApiError::bad_request("invalid_request", "Give either prompt or prompt_tokens.")),
+    };
+    let max_output_tokens = request.max_output_tokens.unwrap_or(1024);
+    let prices = state.gateway.meter.prices();
+    let (price, matched) = prices.price(provider, &request.model);
+    let cents = prices.estimate_cents(provider, &request.model, prompt_tokens, max_output_tokens);
+    Ok(Json(json!({
+        "provider": provider,
+        "model": request.model,
+        "prompt_tokens": prompt_tokens,
+        "max_output_tokens": max_output_tokens,
+        "estimated_cost_cents": (cents * 10_000.0).round() / 10_000.0,
+        "price": {"input_per_mtok_usd": price.input_per_mtok_usd, "output_per_mtok_usd": price.output_per_mtok_usd},
+        "priced_as": match matched { PriceMatch::Exact => "listed", PriceMatch::Prefix => "listed_family", PriceMatch::Unknown => "unknown_model_conservative" },
+        "price_table_version": prices.version(),
+    })))
+}

@@ -1,0 +1,323 @@
+//! The LLM gateway: decides who pays (the routing matrix), picks the credentials, calls the provider with
+//! retries and a circuit breaker, learns from key failures (mark, notify, fall back where the matrix
+//! allows), and hands the answer back with what is needed to charge for it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::callers::{CallerDirectory, CallerError};
+use super::circuit_breaker::CircuitBreaker;
+use super::flag_store::{FlagStore, FlagsUnavailable};
+use super::key_vault::{KeyVault, VaultError};
+use super::meter::{Charge, Meter};
+use super::notifier::{KeyProblem, Notifier};
+use super::rate_limit::RateLimiter;
+use crate::domain::flags::RoutingMode;
+use crate::domain::llm::{Api, LlmRequest};
+use crate::domain::pricing::estimate_prompt_tokens;
+use crate::domain::provider::Provider;
+use crate::domain::provider_key::ProviderKey;
+use crate::domain::retry::{backoff, requested_wait};
+use crate::domain::routing::{self, Refusal, Source};
+use crate::domain::upstream::{UpstreamFailure, classify};
+use crate::domain::user::UserId;
+use crate::providers::ProviderClient;
+
+/// Output budget assumed for the up-front credit check when a request names none.
+const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+const MAX_ATTEMPTS: u32 = 4;
+const RATE_LIMIT_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(8));
+const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(4));
+/// Error bodies are short JSON; a provider sending more is cut off here.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The platform's own provider keys (`INTERNAL_OPENAI_API_KEY`, `INTERNAL_ANTHROPIC_API_KEY`).
+#[derive(Debug, Clone, Default)]
+pub struct InternalKeys {
+    pub openai: Option<SecretString>,
+    pub anthropic: Option<SecretString>,
+}
+
+impl InternalKeys {
+    fn get(&self, provider: Provider) -> Option<&SecretString> {
+        match provider {
+            Provider::OpenAi => self.openai.as_ref(),
+            Provider::Anthropic => self.anthropic.as_ref(),
+        }
+    }
+}
+
+enum Credential {
+    Byok(ProviderKey),
+    Internal(SecretString),
+}
+
+impl Credential {
+    fn expose(&self) -> &str {
+        match self {
+            Credential::Byok(key) => key.expose(),
+            Credential::Internal(key) => key.expose_secret(),
+        }
+    }
+}
+
+/// What the provider answered, ready for the HTTP layer.
+pub enum Reply {
+    /// 2xx: stream or read it, then charge with `charge`.
+    Success(reqwest::Response),
+    /// The provider refused the request itself (e.g. an unknown model): passed through as is, not charged.
+    ProviderError { status: StatusCode, content_type: Option<HeaderValue>, body: Bytes },
+}
+
+pub struct Forwarded {
+    pub source: Source,
+    pub reply: Reply,
+    pub charge: Charge,
+    /// Holds one of the upstream call slots until the answer has been passed on.
+    pub permit: OwnedSemaphorePermit,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Flags(#[from] FlagsUnavailable),
+    #[error(transparent)]
+    Caller(#[from] CallerError),
+    #[error("account is not active")]
+    AccountInactive,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Our own per-tier limit on internal-credit calls.
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    /// The provider kept answering 429 until the deadline.
+    #[error("provider rate limited")]
+    ProviderRateLimited { provider: Provider, retry_after: Duration },
+    #[error("the user's key was refused by the provider")]
+    KeyInvalid(Provider),
+    #[error("the user's provider account is out of quota")]
+    KeyQuotaExhausted(Provider),
+    /// Outage, circuit open, or the platform key missing or refused: AI is unavailable, the rest of the app is not.
+    #[error("{provider} unavailable: {reason}")]
+    Unavailable { provider: Provider, retry_after: Option<Duration>, reason: &'static str },
+    #[error(transparent)]
+    Vault(VaultError),
+}
+
+enum CallFailure {
+    Key(UpstreamFailure),
+    RateLimited(Duration),
+    Outage(Option<Duration>, &'static str),
+}
+
+pub struct Gateway {
+    pub flags: Arc<FlagStore>,
+    pub callers: Arc<CallerDirectory>,
+    pub vault: Arc<KeyVault>,
+    pub providers: ProviderClient,
+    pub internal_keys: InternalKeys,
+    pub meter: Arc<Meter>,
+    pub notifier: Notifier,
+    pub breaker: CircuitBreaker,
+    pub limiter: RateLimiter,
+    pub upstream_slots: Arc<Semaphore>,
+    pub vault_configured: bool,
+    /// Retries of one call stop here, so a caller is never kept waiting much longer.
+    pub deadline: Duration,
+}
+
+impl Gateway {
+    pub async fn call(
+        &self,
+        user: UserId,
+        api: Api,
+        request: &LlmRequest,
+        body: Vec<u8>,
+    ) -> Result<Forwarded, GatewayError> {
+        let provider = api.provider();
+        let (flags, caller) = tokio::join!(self.flags.current(), self.callers.profile(user));
+        let (flags, caller) = (flags?, caller?);
+        if !caller.active {
+            return Err(GatewayError::AccountInactive);
+        }
+        let flags = flags.snapshot.flags;
+        let estimated_prompt_tokens = estimate_prompt_tokens(request.prompt_chars);
+        let max_output = request.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+        let estimate =
+            self.meter.prices().estimate_cents(provider, &request.model, estimated_prompt_tokens, max_output);
+        let mut view = caller.for_provider(provider);
+        view.credits_needed_cents = (estimate.ceil() as i64).max(1);
+        let decision = routing::decide(&flags, &view, provider, self.vault_configured)?;
+        // BYOK-first falls back to credits when the key fails mid-call, exactly as if it had been unusable.
+        let can_fall_back = decision.mode == RoutingMode::ByokFirst && view.can_pay();
+
+        let mut source = decision.source;
+        let permit = Arc::clone(&self.upstream_slots).acquire_owned().await.expect("the semaphore is never closed");
+        loop {
+            let credential = match self.credential(user, caller.tier, provider, source).await {
+                Ok(credential) => credential,
+                Err(GatewayError::Vault(VaultError::Unusable(_) | VaultError::NotFound)) if source == Source::Byok => {
+                    self.key_failed(user, provider, UpstreamFailure::InvalidKey).await;
+                    if can_fall_back {
+                        source = Source::Internal;
+                        continue;
+                    }
+                    return Err(GatewayError::KeyInvalid(provider));
+                }
+                Err(error) => return Err(error),
+            };
+            match self.send_with_retries(api, &credential, &body).await {
+                Ok(reply) => {
+                    let charge = Charge {
+                        request_id: Uuid::new_v4(),
+                        user,
+                        api,
+                        model: request.model.clone(),
+                        source,
+                        estimated_prompt_tokens,
+                    };
+                    return Ok(Forwarded { source, reply, charge, permit });
+                }
+                Err(CallFailure::Key(failure)) if source == Source::Byok => {
+                    self.key_failed(user, provider, failure).await;
+                    if can_fall_back {
+                        tracing::info!(%user, %provider, ?failure, "user's key failed; falling back to credits");
+                        source = Source::Internal;
+                        continue;
+                    }
+                    return Err(match failure {
+                        UpstreamFailure::QuotaExhausted => GatewayError::KeyQuotaExhausted(provider),
+                        _ => GatewayError::KeyInvalid(provider),
+                    });
+                }
+                Err(CallFailure::Key(failure)) => {
+                    tracing::error!(%provider, ?failure, "the platform's internal key was refused by the provider");
+                    return Err(GatewayError::Unavailable {
+                        provider,
+                        retry_after: None,
+                        reason: "platform key refused",
+                    });
+                }
+                Err(CallFailure::RateLimited(retry_after)) => {
+                    return Err(GatewayError::ProviderRateLimited { provider, retry_after });
+                }
+                Err(CallFailure::Outage(retry_after, reason)) => {
+                    return Err(GatewayError::Unavailable { provider, retry_after, reason });
+                }
+            }
+        }
+    }
+
+    async fn credential(
+        &self,
+        user: UserId,
+        tier: crate::domain::tier::SubscriptionTier,
+        provider: Provider,
+        source: Source,
+    ) -> Result<Credential, GatewayError> {
+        match source {
+            Source::Byok => self.vault.open(user, provider).await.map(Credential::Byok).map_err(GatewayError::Vault),
+            Source::Internal => {
+                self.limiter
+                    .acquire(user, tier, Instant::now())
+                    .map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
+                let key = self.internal_keys.get(provider).ok_or_else(|| {
+                    tracing::error!(%provider, "no internal key configured for the provider");
+                    GatewayError::Unavailable { provider, retry_after: None, reason: "no platform key configured" }
+                })?;
+                Ok(Credential::Internal(key.clone()))
+            }
+        }
+    }
+
+    /// Marks the key, tells the user once per incident, and makes routing stop picking the key at once.
+    async fn key_failed(&self, user: UserId, provider: Provider, failure: UpstreamFailure) {
+        if let Err(error) = self.vault.mark(user, provider, failure).await {
+            tracing::warn!(%user, %provider, %error, "could not record the key's failure");
+        }
+        let problem = match failure {
+            UpstreamFailure::QuotaExhausted => KeyProblem::QuotaExhausted,
+            _ => KeyProblem::Invalid,
+        };
+        self.notifier.key_problem(user, provider, problem).await;
+        self.callers.forget(user).await;
+    }
+
+    /// Calls the provider, retrying rate limits (honouring the provider's wait) and outages with full-jitter
+    /// backoff, all within the deadline. Nothing has reached the client yet, so retrying is always safe here.
+    async fn send_with_retries(&self, api: Api, credential: &Credential, body: &[u8]) -> Result<Reply, CallFailure> {
+        let provider = api.provider();
+        let started = Instant::now();
+        let mut last_wait = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            if let Err(remaining) = self.breaker.check(provider, Instant::now()) {
+                return Err(CallFailure::Outage(Some(remaining), "circuit open"));
+            }
+            let failure = match self.providers.forward(api, credential.expose(), body.to_vec()).await {
+                Ok(response) if response.status().is_success() => {
+                    self.breaker.record_success(provider);
+                    return Ok(Reply::Success(response));
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let now = time::OffsetDateTime::now_utc();
+                    let wait = requested_wait(|name| response.headers().get(name).and_then(|v| v.to_str().ok()), now);
+                    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+                    let body = read_capped(response).await;
+                    match classify(provider, status.as_u16(), &body) {
+                        UpstreamFailure::Rejected => {
+                            self.breaker.record_success(provider);
+                            return Ok(Reply::ProviderError { status, content_type, body });
+                        }
+                        UpstreamFailure::RateLimited => {
+                            let wait = wait.unwrap_or_else(|| jitter(attempt, RATE_LIMIT_BACKOFF));
+                            last_wait = Some(wait);
+                            if attempt + 1 == MAX_ATTEMPTS || started.elapsed() + wait > self.deadline {
+                                return Err(CallFailure::RateLimited(wait));
+                            }
+                            tracing::info!(%provider, attempt, wait_ms = wait.as_millis() as u64, "provider rate limited; retrying");
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        UpstreamFailure::Outage => "provider error",
+                        key_failure => return Err(CallFailure::Key(key_failure)),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%provider, %error, "provider call failed");
+                    "provider unreachable"
+                }
+            };
+            self.breaker.record_outage(provider, Instant::now());
+            let wait = jitter(attempt, OUTAGE_BACKOFF);
+            if attempt + 1 == MAX_ATTEMPTS || started.elapsed() + wait > self.deadline {
+                return Err(CallFailure::Outage(None, failure));
+            }
+            tracing::info!(%provider, attempt, reason = failure, "provider failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+        Err(CallFailure::RateLimited(last_wait.unwrap_or(RATE_LIMIT_BACKOFF.0)))
+    }
+}
+
+fn jitter(attempt: u32, (base, cap): (Duration, Duration)) -> Duration {
+    backoff(attempt, base, cap, fastrand::f64())
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Bytes {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY - body.len())]);
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    Bytes::from(body)
+}

@@ -1,0 +1,82 @@
+//! Tells users about problems with their keys through Directus notifications (in-app, and email when the
+//! user has it on): one notification per key per incident, not one per failed request.
+
+use std::time::Duration;
+
+use moka::future::Cache;
+
+use crate::directus::DirectusClient;
+use crate::domain::provider::Provider;
+use crate::domain::user::UserId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyProblem {
+    Invalid,
+    QuotaExhausted,
+}
+
+impl KeyProblem {
+    fn subject(self, provider: Provider) -> String {
+        match self {
+            KeyProblem::Invalid => format!("Your {} API key stopped working", provider.display_name()),
+            KeyProblem::QuotaExhausted => format!("Your {} account is out of quota", provider.display_name()),
+        }
+    }
+
+    fn message(self, provider: Provider) -> String {
+        let name = provider.display_name();
+        match self {
+            KeyProblem::Invalid => format!(
+                "{name} rejected your saved API key, so AI features that use it are paused. Create a new key at {} \
+                 and enter it under Settings > API Keys.",
+                provider.key_page_url()
+            ),
+            KeyProblem::QuotaExhausted => format!(
+                "{name} reports that your account has no quota or credit left, so AI features that use your key are \
+                 paused. Add credit at {}, then re-check the key under Settings > API Keys.",
+                provider.billing_url()
+            ),
+        }
+    }
+}
+
+pub struct Notifier {
+    directus: DirectusClient,
+    /// Incidents already notified. An entry ends when the user saves or re-checks the key, or after a day.
+    notified: Cache<(UserId, Provider, KeyProblem), ()>,
+}
+
+impl Notifier {
+    pub fn new(directus: DirectusClient) -> Self {
+        Notifier {
+            directus,
+            notified: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(86_400)).build(),
+        }
+    }
+
+    /// Sends the notification in the background unless this incident was already notified.
+    pub async fn key_problem(&self, user: UserId, provider: Provider, problem: KeyProblem) {
+        let entry = self.notified.entry((user, provider, problem)).or_insert(()).await;
+        if !entry.is_fresh() {
+            return;
+        }
+        let (directus, notified) = (self.directus.clone(), self.notified.clone());
+        tokio::spawn(async move {
+            match directus.notify(user, &problem.subject(provider), &problem.message(provider)).await {
+                Ok(()) => tracing::info!(%user, %provider, ?problem, "user notified about their key"),
+                Err(error) => {
+                    // Forget the incident so the next failing request tries again.
+                    notified.invalidate(&(user, provider, problem)).await;
+                    tracing::warn!(%user, %provider, ?problem, %error, "could not notify the user");
+                }
+            }
+        });
+    }
+
+    /// The user changed or re-checked the key: a new failure is a new incident.
+    pub async fn key_changed(&self, user: UserId, provider: Provider) {
+        for problem in [KeyProblem::Invalid, KeyProblem::QuotaExhausted] {
+            self.notified.invalidate(&(user, provider, problem)).await;
+        }
+    }
+}
