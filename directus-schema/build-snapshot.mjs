@@ -322,6 +322,18 @@ const collections = [
 				note: "Idempotency key: one row per request",
 			}),
 			dateCreated("created_at"),
+			// Usage of the LLM call a deduction paid for (internal credits), written by the sidecar. Appended
+			// after created_at so every earlier field keeps its sort (and its snapshot entry) unchanged.
+			// Nullable: grants, refunds and non-LLM deductions leave them empty.
+			select("provider", ["openai", "anthropic"], {
+				width: "half",
+				readonly: true,
+				note: "LLM provider of the call this deduction paid for (set by byok-bridge)",
+			}),
+			str("model", { width: "half", readonly: true, note: "Model of that call, e.g. gpt-4o-mini (set by byok-bridge)" }),
+			int("prompt_tokens", { width: "half", readonly: true, note: "Prompt tokens reported by the provider" }),
+			int("completion_tokens", { width: "half", readonly: true, note: "Completion tokens reported by the provider" }),
+			int("total_tokens", { width: "half", readonly: true, note: "Total tokens reported by the provider" }),
 		]),
 	},
 ];

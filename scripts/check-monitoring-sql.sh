@@ -167,6 +167,12 @@ expect_column "api_key_usage.created_at timestamp with time zone - - YES"
 expect_column "api_key_usage.total_tokens integer 32 0 YES"
 expect_column "credit_transactions.cost_cents integer 32 0 NO"
 expect_column "credit_transactions.created_at timestamp with time zone - - YES"
+# Usage of internal-credit LLM calls, written by the sidecar on deductions (nullable).
+expect_column "credit_transactions.provider character varying - - YES"
+expect_column "credit_transactions.model character varying - - YES"
+for c in prompt_tokens completion_tokens total_tokens; do
+	expect_column "credit_transactions.${c} integer 32 0 YES"
+done
 expect_column "feature_flags.is_enabled boolean - - NO"
 expect_column "feature_flags.id integer 32 0 NO"
 expect_column "user_api_keys.id uuid - - NO"

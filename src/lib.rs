@@ -5,10 +5,11 @@
 //! - [`domain`]: pure rules (routing policy, flags, tiers, credits). No I/O.
 //! - [`crypto`]: signatures and keys. No I/O.
 //! - [`config`], [`auth`]: typed settings and token verification.
-//! - [`directus`]: the typed Directus REST client.
-//! - [`services`]: caches in front of Directus with explicit freshness rules.
+//! - [`directus`], [`providers`]: typed HTTP clients for Directus and the LLM providers.
+//! - [`accounting`]: the durable usage spool and its flusher.
+//! - [`services`]: flag and caller caches, the key vault, and the LLM gateway.
 //! - [`http`]: thin axum handlers, and the one place errors become responses.
-//! - [`startup`], [`telemetry`]: wiring.
+//! - [`startup`], [`telemetry`], [`rewrap`]: wiring and the `rewrap` command.
 
 pub mod accounting;
 pub mod auth;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 use wiremock::matchers::{method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 pub const DIRECTUS_SECRET: &str = "test-directus-secret-0123456789abcdef";
 pub const SERVICE_TOKEN: &str = "test-service-token-9f8e7d6c5b4a";
@@ -241,4 +241,53 @@ pub fn owner(user: &str, provider: &str) -> byok_bridge::crypto::envelope::KeyOw
         user: byok_bridge::domain::user::UserId::parse(user).unwrap(),
         provider: provider.parse().unwrap(),
     }
+}
+
+/// A stored, sealed OpenAI key row `row-1` for `user`, and a PATCH that echoes what it was given.
+pub async fn mount_sealed_row(app: &TestApp, user: &str, envelope: &str) {
+    Mock::given(method("GET"))
+        .and(path("/items/user_api_keys"))
+        .and(query_param("fields", "id,user,provider,encrypted_key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
+            {"id": "row-1", "user": user, "provider": "openai", "encrypted_key": envelope}
+        ]})))
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/items/user_api_keys"))
+        .and(query_param("fields", "id"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"id": "row-1"}]})))
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/items/user_api_keys/row-1"))
+        .respond_with(|req: &Request| {
+            let mut row: Value = serde_json::from_slice(&req.body).unwrap();
+            row["id"] = json!("row-1");
+            row["provider"] = json!("openai");
+            ResponseTemplate::new(200).set_body_json(json!({"data": row}))
+        })
+        .mount(&app.directus)
+        .await;
+}
+
+/// Waits (bounded) until `server` has received `count` requests of `method` on `path`, and returns their bodies.
+pub async fn wait_for_requests(server: &MockServer, method_: &str, path_: &str, count: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let bodies: Vec<Value> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.method.as_str() == method_ && r.url.path() == path_)
+            .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+            .collect();
+        if bodies.len() >= count {
+            return bodies;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{method_} {path_} was not received {count} time(s)");
 }

@@ -261,35 +261,6 @@ async fn deleting_removes_the_rows_and_a_missing_key_is_a_404() {
     assert_eq!(error_code(missing).await, "key_not_found");
 }
 
-async fn mount_sealed_row(app: &TestApp, user: &str, envelope: &str) {
-    Mock::given(method("GET"))
-        .and(path("/items/user_api_keys"))
-        .and(query_param("fields", "id,user,provider,encrypted_key"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
-            {"id": "row-1", "user": user, "provider": "openai", "encrypted_key": envelope}
-        ]})))
-        .with_priority(1)
-        .mount(&app.directus)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/items/user_api_keys"))
-        .and(query_param("fields", "id"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"id": "row-1"}]})))
-        .with_priority(1)
-        .mount(&app.directus)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path("/items/user_api_keys/row-1"))
-        .respond_with(|req: &Request| {
-            let mut row: Value = serde_json::from_slice(&req.body).unwrap();
-            row["id"] = json!("row-1");
-            row["provider"] = json!("openai");
-            ResponseTemplate::new(200).set_body_json(json!({"data": row}))
-        })
-        .mount(&app.directus)
-        .await;
-}
-
 #[tokio::test]
 async fn verify_rechecks_the_stored_key_with_the_provider() {
     let app = spawn_app().await;

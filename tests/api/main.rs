@@ -3,6 +3,7 @@
 
 mod errors;
 mod flags;
+mod gateway;
 mod health;
 mod helpers;
 mod keys;

@@ -1,0 +1,400 @@
+//! The LLM gateway against wiremock providers and a wiremock Directus.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wiremock::matchers::{body_partial_json, header, method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::*;
+
+pub const INTERNAL_OPENAI: &str = "sk-internal-platform-openai-key-000000";
+pub const INTERNAL_ANTHROPIC: &str = "sk-ant-internal-platform-key-00000000";
+
+const CHAT_OK: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
+
+async fn gateway_app(overrides: &[(&'static str, &str)]) -> TestApp {
+    let mut all =
+        vec![("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI), ("INTERNAL_ANTHROPIC_API_KEY", INTERNAL_ANTHROPIC)];
+    all.extend_from_slice(overrides);
+    let app = spawn_app_with(&all).await;
+    for collection in ["/items/api_key_usage", "/items/credit_transactions"] {
+        Mock::given(method("POST"))
+            .and(path(collection))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": {"id": "u"}})))
+            .mount(&app.directus)
+            .await;
+    }
+    Mock::given(method("POST"))
+        .and(path("/notifications"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&app.directus)
+        .await;
+    app
+}
+
+/// A premium user with an active stored OpenAI key (and credits), in BYOK-first mode unless `only`.
+async fn byok_user(app: &TestApp, only: bool) -> String {
+    mount_flags(&app.directus, true, only, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { keys: &[("openai", "active")], ..Default::default() }).await;
+    mount_sealed_row(app, &user, &test_keyring().seal(owner(&user, "openai"), OPENAI_KEY.as_bytes())).await;
+    user
+}
+
+async fn free_user(app: &TestApp) -> String {
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
+    user
+}
+
+async fn chat(app: &TestApp, user: &str, body: Value) -> reqwest::Response {
+    app.http.post(app.url("/v1/chat/completions")).bearer_auth(token_for(user)).json(&body).send().await.unwrap()
+}
+
+fn hello(stream: bool) -> Value {
+    json!({"model": "gpt-4o-mini", "stream": stream, "max_tokens": 50, "messages": [{"role": "user", "content": "Hello"}]})
+}
+
+fn openai_answers(key: &str, response: ResponseTemplate) -> Mock {
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", format!("Bearer {key}").as_str()))
+        .respond_with(response)
+}
+
+#[tokio::test]
+async fn a_byok_call_uses_the_users_key_and_records_usage_in_api_key_usage() {
+    let app = gateway_app(&[]).await;
+    let user = byok_user(&app, false).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+
+    let response = chat(&app, &user, hello(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-byok-source"], "byok");
+    assert_eq!(response.text().await.unwrap(), CHAT_OK, "passed through unchanged");
+
+    let usage = wait_for_requests(&app.directus, "POST", "/items/api_key_usage", 1).await;
+    assert_eq!(usage[0]["user"], user.as_str());
+    assert_eq!((usage[0]["prompt_tokens"].as_u64(), usage[0]["completion_tokens"].as_u64()), (Some(11), Some(3)));
+    assert!(usage[0]["estimated_cost_cents"].as_f64().unwrap() > 0.0);
+    assert!(usage[0]["request_id"].as_str().is_some());
+}
+
+#[tokio::test]
+async fn a_free_user_is_served_with_the_platform_key_and_charged_a_ledger_deduction() {
+    let app = gateway_app(&[]).await;
+    let user = free_user(&app).await;
+    openai_answers(INTERNAL_OPENAI, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+    let response = chat(&app, &user, hello(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-byok-source"], "internal");
+    let ledger = wait_for_requests(&app.directus, "POST", "/items/credit_transactions", 1).await;
+    assert_eq!(ledger[0]["transaction_type"], "deduction");
+    assert_eq!(ledger[0]["service_type"], "openai.chat_completions");
+    assert!(ledger[0]["cost_cents"].as_i64().unwrap() >= 1, "never $0: {}", ledger[0]);
+    assert_eq!(ledger[0]["total_tokens"], 14);
+}
+
+#[tokio::test]
+async fn openai_streams_pass_through_chunk_by_chunk_and_are_charged_from_their_usage() {
+    let app = gateway_app(&[]).await;
+    let user = byok_user(&app, false).await;
+    let sse = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":2,\"total_tokens\":10}}\n\n",
+        "data: [DONE]\n\n"
+    );
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_partial_json(json!({"stream": true, "stream_options": {"include_usage": true}})))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(sse, "text/event-stream"))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+    let response = chat(&app, &user, hello(true)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.text().await.unwrap(), sse);
+    let usage = wait_for_requests(&app.directus, "POST", "/items/api_key_usage", 1).await;
+    assert_eq!((usage[0]["prompt_tokens"].as_u64(), usage[0]["completion_tokens"].as_u64()), (Some(8), Some(2)));
+}
+
+#[tokio::test]
+async fn anthropic_clients_authenticate_with_x_api_key_and_stream_messages() {
+    let app = gateway_app(&[]).await;
+    let user = free_user(&app).await;
+    let sse = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":6}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+    );
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .and(header("x-api-key", INTERNAL_ANTHROPIC))
+        .and(header("anthropic-version", "2023-06-01"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(sse, "text/event-stream"))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+    let response = app
+        .http
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", token_for(&user))
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "claude-3-5-haiku-latest", "max_tokens": 64, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-byok-source"], "internal");
+    assert_eq!(response.text().await.unwrap(), sse);
+    let ledger = wait_for_requests(&app.directus, "POST", "/items/credit_transactions", 1).await;
+    assert_eq!((ledger[0]["prompt_tokens"].as_u64(), ledger[0]["completion_tokens"].as_u64()), (Some(12), Some(6)));
+    assert_eq!(ledger[0]["provider"], "anthropic");
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_retried_then_succeeds() {
+    let app = gateway_app(&[]).await;
+    let user = byok_user(&app, false).await;
+    openai_answers(
+        OPENAI_KEY,
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "0.2")
+            .set_body_json(json!({"error": {"code": "rate_limit_exceeded", "type": "requests"}})),
+    )
+    .up_to_n_times(1)
+    .with_priority(1)
+    .mount(&app.providers)
+    .await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    let started = std::time::Instant::now();
+    let response = chat(&app, &user, hello(false)).await;
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(200), "waited as asked");
+    assert_eq!(app.providers.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_rate_limit_longer_than_the_deadline_is_returned_at_once_with_retry_after() {
+    let app = gateway_app(&[]).await;
+    let user = byok_user(&app, false).await;
+    openai_answers(
+        OPENAI_KEY,
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "120")
+            .set_body_json(json!({"error": {"code": "rate_limit_exceeded"}})),
+    )
+    .expect(1)
+    .mount(&app.providers)
+    .await;
+    let response = chat(&app, &user, hello(false)).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "120");
+    assert_eq!(error_code(response).await, "provider_rate_limited");
+}
+
+#[tokio::test]
+async fn an_exhausted_byok_key_is_paused_the_user_notified_once_and_credits_take_over() {
+    let app = gateway_app(&[]).await;
+    let user = byok_user(&app, false).await;
+    let quota = json!({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}});
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(429).set_body_json(quota)).expect(2).mount(&app.providers).await;
+    openai_answers(INTERNAL_OPENAI, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .expect(2)
+        .mount(&app.providers)
+        .await;
+
+    for _ in 0..2 {
+        let response = chat(&app, &user, hello(false)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-byok-source"], "internal", "BYOK-first falls back to credits");
+    }
+    let marks = wait_for_requests(&app.directus, "PATCH", "/items/user_api_keys/row-1", 1).await;
+    assert_eq!(marks[0]["status"], "quota_exceeded");
+    let notes = wait_for_requests(&app.directus, "POST", "/notifications", 1).await;
+    assert_eq!(notes[0]["recipient"], user.as_str());
+    assert!(notes[0]["message"].as_str().unwrap().contains("platform.openai.com/settings/organization/billing"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(wait_for_requests(&app.directus, "POST", "/notifications", 1).await.len(), 1, "one per incident");
+    let ledger = wait_for_requests(&app.directus, "POST", "/items/credit_transactions", 2).await;
+    assert_eq!(ledger.len(), 2);
+}
+
+#[tokio::test]
+async fn an_invalid_key_in_byok_only_mode_is_refused_marked_and_notified() {
+    let app = gateway_app(&[]).await;
+    let user = byok_user(&app, true).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(401).set_body_json(json!({"error": {"code": "invalid_api_key"}})))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+    let response = chat(&app, &user, hello(false)).await;
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "provider_key_invalid");
+    assert!(body["error"]["message"].as_str().unwrap().contains("platform.openai.com/api-keys"));
+    assert_eq!(
+        wait_for_requests(&app.directus, "PATCH", "/items/user_api_keys/row-1", 1).await[0]["status"],
+        "invalid"
+    );
+    wait_for_requests(&app.directus, "POST", "/notifications", 1).await;
+    assert_eq!(app.providers.received_requests().await.unwrap().len(), 1, "never retried with that key");
+}
+
+#[tokio::test]
+async fn provider_outages_are_retried_then_reported_as_ai_unavailable_and_not_charged() {
+    for (name, response) in [
+        ("500", ResponseTemplate::new(500)),
+        (
+            "529 overloaded",
+            ResponseTemplate::new(529).set_body_json(json!({"type": "error", "error": {"type": "overloaded_error"}})),
+        ),
+        ("timeout", ResponseTemplate::new(200).set_delay(Duration::from_secs(3))),
+    ] {
+        let app = gateway_app(&[("PROVIDER_TIMEOUT_SECS", "1"), ("UPSTREAM_DEADLINE_SECS", "3")]).await;
+        let user = byok_user(&app, false).await;
+        openai_answers(OPENAI_KEY, response).mount(&app.providers).await;
+        let response = chat(&app, &user, hello(false)).await;
+        assert_eq!(response.status(), 503, "{name}");
+        assert!(response.headers().contains_key("retry-after"), "{name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "ai_unavailable", "{name}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("Everything else keeps working"));
+        let attempts = app.providers.received_requests().await.unwrap().len();
+        assert!((2..=4).contains(&attempts), "{name}: bounded retries, got {attempts}");
+        let requests = app.directus.received_requests().await.unwrap();
+        assert!(
+            !requests.iter().any(|r| r.url.path() == "/items/api_key_usage"),
+            "{name}: a failed call is not charged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connection_refused_is_an_outage_and_the_circuit_then_fails_fast() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let base = format!("http://{closed}/v1");
+    let app = gateway_app(&[("OPENAI_BASE_URL", base.as_str()), ("UPSTREAM_DEADLINE_SECS", "2")]).await;
+    let user = byok_user(&app, false).await;
+    let first = chat(&app, &user, hello(false)).await;
+    assert_eq!(first.status(), 503);
+    assert_eq!(error_code(first).await, "ai_unavailable");
+    // Four failed attempts plus one more call reach the threshold of 5; then calls fail fast.
+    let _ = chat(&app, &user, hello(false)).await;
+    let started = std::time::Instant::now();
+    let fast = chat(&app, &user, hello(false)).await;
+    assert_eq!(fast.status(), 503);
+    assert!(started.elapsed() < Duration::from_millis(500), "circuit open: no retries");
+}
+
+#[tokio::test]
+async fn the_providers_own_request_errors_pass_through_uncharged() {
+    let app = gateway_app(&[]).await;
+    let user = byok_user(&app, false).await;
+    let bad_model = r#"{"error":{"message":"The model `gpt-nope` does not exist","type":"invalid_request_error","code":"model_not_found"}}"#;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(404).set_body_raw(bad_model, "application/json"))
+        .mount(&app.providers)
+        .await;
+    let response = chat(&app, &user, json!({"model": "gpt-nope", "messages": []})).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.text().await.unwrap(), bad_model);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests = app.directus.received_requests().await.unwrap();
+    assert!(!requests.iter().any(|r| r.url.path() == "/items/api_key_usage"));
+}
+
+#[tokio::test]
+async fn a_malformed_success_body_is_passed_on_and_charged_by_estimate() {
+    let app = gateway_app(&[]).await;
+    let user = byok_user(&app, false).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw("not json at all", "application/json"))
+        .mount(&app.providers)
+        .await;
+    let response = chat(&app, &user, hello(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "not json at all");
+    let usage = wait_for_requests(&app.directus, "POST", "/items/api_key_usage", 1).await;
+    assert!(usage[0]["total_tokens"].as_u64().unwrap() > 0, "never $0");
+}
+
+#[tokio::test]
+async fn internal_credit_calls_are_rate_limited_per_tier_but_byok_calls_are_not() {
+    let app = gateway_app(&[("RATE_LIMIT_FREE_PER_MIN", "2")]).await;
+    let free = free_user(&app).await;
+    openai_answers(INTERNAL_OPENAI, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    for _ in 0..2 {
+        assert_eq!(chat(&app, &free, hello(false)).await.status(), 200);
+    }
+    let limited = chat(&app, &free, hello(false)).await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "30");
+    assert_eq!(error_code(limited).await, "rate_limited");
+
+    let byok = byok_user(&app, false).await;
+    for _ in 0..5 {
+        assert_eq!(chat(&app, &byok, hello(false)).await.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_balance_that_cannot_cover_the_estimate_is_refused_up_front() {
+    let app = gateway_app(&[]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { tier: "free", grants: 1, ..Default::default() }).await;
+    let expensive =
+        json!({"model": "o3", "max_tokens": 100_000, "messages": [{"role": "user", "content": "Think hard"}]});
+    let response = chat(&app, &user, expensive).await;
+    assert_eq!(response.status(), 402);
+    assert_eq!(error_code(response).await, "insufficient_credits");
+    assert!(app.providers.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn gateway_requests_need_a_valid_token_and_a_model() {
+    let app = gateway_app(&[]).await;
+    let user = free_user(&app).await;
+    let no_token = app.http.post(app.url("/v1/chat/completions")).json(&hello(false)).send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    let response = chat(&app, &user, json!({"messages": []})).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(error_code(response).await, "invalid_request");
+    assert!(app.providers.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn estimate_prices_a_request_from_the_shipped_table() {
+    let app = gateway_app(&[]).await;
+    let user = free_user(&app).await;
+    let response = app
+        .http
+        .post(app.url("/v1/estimate"))
+        .bearer_auth(token_for(&user))
+        .json(&json!({"provider": "openai", "model": "gpt-4o-mini-2024-07-18", "prompt_tokens": 1_000_000, "max_output_tokens": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["priced_as"], "listed_family");
+    let per_mtok = body["price"]["input_per_mtok_usd"].as_f64().unwrap();
+    assert!((body["estimated_cost_cents"].as_f64().unwrap() - per_mtok * 100.0).abs() < 1e-6);
+}
