@@ -1,0 +1,66 @@
+"""The official OpenAI and Anthropic Python SDKs, pointed at the sidecar: only base URL and key change.
+
+Run by the end-to-end tests (tests/e2e/gateway.rs), which start the sidecar in front of fake providers and
+pass SIDECAR_URL and USER_TOKEN (a Directus access token, used as the SDK's API key).
+"""
+import os
+
+import anthropic
+import openai
+
+SIDECAR = os.environ["SIDECAR_URL"]
+TOKEN = os.environ["USER_TOKEN"]
+MESSAGES = [{"role": "user", "content": "Say hi"}]
+
+
+def openai_client():
+    return openai.OpenAI(base_url=f"{SIDECAR}/v1", api_key=TOKEN, max_retries=0)
+
+
+def anthropic_client():
+    return anthropic.Anthropic(base_url=SIDECAR, api_key=TOKEN, max_retries=0)
+
+
+def test_openai_chat_completion():
+    raw = openai_client().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-byok-source"] in ("byok", "internal")
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Hi!"
+    assert completion.usage.total_tokens == 14
+
+
+def test_openai_streaming():
+    stream = openai_client().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello"
+    assert chunks[-1].usage.completion_tokens == 2
+
+
+def test_anthropic_message():
+    message = anthropic_client().messages.create(model="claude-3-5-haiku-latest", max_tokens=64, messages=MESSAGES)
+    assert message.content[0].text == "Hi!"
+    assert message.usage.output_tokens == 3
+
+
+def test_anthropic_streaming():
+    with anthropic_client().messages.stream(model="claude-3-5-haiku-latest", max_tokens=64, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello"
+    assert final.usage.output_tokens == 6
+
+
+def test_a_bad_token_is_an_authentication_error_in_both_sdks():
+    bad_openai = openai.OpenAI(base_url=f"{SIDECAR}/v1", api_key="not-a-token", max_retries=0)
+    try:
+        bad_openai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        raise AssertionError("expected a 401")
+    except openai.AuthenticationError as error:
+        assert error.status_code == 401
+    bad_anthropic = anthropic.Anthropic(base_url=SIDECAR, api_key="not-a-token", max_retries=0)
+    try:
+        bad_anthropic.messages.create(model="claude-3-5-haiku-latest", max_tokens=8, messages=MESSAGES)
+        raise AssertionError("expected a 401")
+    except anthropic.AuthenticationError as error:
+        assert error.status_code == 401
