@@ -4,7 +4,9 @@
 #
 #   scripts/test.sh
 #
-# Needs: cargo (with rustfmt and clippy), node >= 20, npm, curl. Everything else it installs itself.
+# Needs: cargo (with rustfmt and clippy), node >= 20, npm, python3 (with venv), curl. Everything else it installs
+# itself: Directus 12.4.0 (npm), the OpenAI and Anthropic SDKs (PyPI, in a venv), PostgreSQL (Debian) for the
+# monitoring SQL check.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,6 +23,15 @@ cargo test --locked
 
 step "hook extension tests and the independent envelope implementation (node --test)"
 node --test hooks/byok-bridge/test/ tests/interop/
+
+step "Python venv with the official OpenAI and Anthropic SDKs (cached)"
+requirements_hash="$(sha256sum tests/sdk/requirements.txt | cut -c1-16)"
+venv="${BYOK_CACHE_DIR:-${HOME}/.cache/byok-bridge}/sdk-venv-${requirements_hash}"
+if [[ ! -x "${venv}/bin/python" ]] || ! "${venv}/bin/python" -c 'import openai, anthropic, pytest' 2>/dev/null; then
+	rm -rf "${venv}"
+	python3 -m venv "${venv}"
+	"${venv}/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+fi
 
 step "Directus 12.4.0 install (cached)"
 scripts/directus-install.sh >/dev/null
@@ -42,6 +53,7 @@ instance_env="$(scripts/directus-up.sh --dir "${work}/directus" --port "${direct
 
 step "end-to-end tests (real Directus, real sidecar binary)"
 if ! BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${sidecar_port}" \
+	BYOK_E2E_PYTHON="${venv}/bin/python" \
 	cargo test --locked --features e2e --test e2e; then
 	printf '\n--- last lines of the Directus log ---\n' >&2
 	tail -n 40 "${work}/directus/directus.log" >&2 || true
