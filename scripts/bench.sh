@@ -3,6 +3,8 @@
 #  1. Flag propagation: Directus PATCH response -> sidecar answers with the new decision (60 flips).
 #  2. /v1/route throughput and latency under wrk, beside an axum hello-world (the ceiling) on the same machine.
 #  3. Key vault: encrypt+store and fetch+decrypt latency, and the rewrap rate over 10,000 stored keys.
+#  4. Gateway overhead: the same fake OpenAI called directly and through the sidecar, non-streaming and
+#     streaming, same wrk settings; sidecar RSS after.
 #
 #   scripts/bench.sh            (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 by default)
 set -euo pipefail
@@ -18,7 +20,7 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 step "release build"
-cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --bench flag_flip --bench vault 2>&1 | tail -n 1 >&2
+cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example fake_provider --bench flag_flip --bench vault 2>&1 | tail -n 1 >&2
 scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-bench.XXXXXX")"
@@ -33,6 +35,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 directus_port="$(free_port)"
 sidecar_port="$(free_port)"
 hello_port="$(free_port)"
+fake_port="$(free_port)"
 
 step "real Directus 12.4.0"
 instance_env="$(scripts/directus-up.sh --dir "${work}/directus" --port "${directus_port}" \
@@ -42,7 +45,9 @@ get() { sed -n "s/^$1=//p" "${instance_env}" | head -n 1; }
 step "sidecar (release) on 127.0.0.1:${sidecar_port}"
 env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
 	DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
-	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=info \
+	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=info SPOOL_DIR="${work}/spool" \
+	OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
+	RATE_LIMIT_FREE_PER_MIN=100000 RATE_LIMIT_PREMIUM_PER_MIN=100000 \
 	ENCRYPTION_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
 	target/release/byok-bridge >"${work}/sidecar.log" 2>&1 &
 pids+=("$!")
@@ -89,3 +94,27 @@ step "sidecar RSS after the run: $((rss_kb / 1024)) MiB"
 step "3. key vault: encrypt+store, fetch+decrypt, rewrap of 10,000 keys (real Directus)"
 BYOK_E2E_INSTANCE="${instance_env}" cargo bench --locked --features e2e --bench vault 2>"${work}/vault.err" ||
 	{ cat "${work}/vault.err" >&2; exit 1; }
+
+step "4. gateway overhead: fake OpenAI directly vs through the sidecar (wrk -t2 -c${connections} -d${seconds}s)"
+BIND_ADDR="127.0.0.1:${fake_port}" target/release/examples/fake_provider &
+pids+=("$!")
+for _ in $(seq 1 100); do
+	curl -fsS -X POST "http://127.0.0.1:${fake_port}/v1/chat/completions" -d '{}' >/dev/null 2>&1 && break
+	sleep 0.05
+done
+for mode in false true; do
+	cat >"${work}/chat-${mode}.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"gpt-4o-mini","stream":${mode},"max_tokens":16,"messages":[{"role":"user","content":"Hello"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+LUA
+	step "4a. stream=${mode}: direct"
+	BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-${mode}.lua" \
+		"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize
+	step "4b. stream=${mode}: through the sidecar (premium user on credits: routing, rate limit, metering, spool)"
+	BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-${mode}.lua" \
+		"http://127.0.0.1:${sidecar_port}/v1/chat/completions" | summarize
+done
+rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
+step "sidecar RSS after the gateway runs: $((rss_kb / 1024)) MiB; usage records spooled meanwhile: $(find "${work}/spool" -maxdepth 1 -name '*.json' | wc -l) waiting"
