@@ -9,16 +9,23 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src tests/e2e benches examples \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && touch tests/e2e/main.rs benches/flag_flip.rs examples/hello_world.rs \
+    && touch tests/e2e/main.rs benches/flag_flip.rs benches/vault.rs \
     && cargo build --release --locked --bin byok-bridge \
-    && rm -rf src
+    && rm -rf src \
+    && mkdir -p /spool
 COPY src ./src
+# The shipped price table is compiled into the binary.
+COPY pricing ./pricing
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin byok-bridge
 
 # cc: glibc + libgcc, which the binary links against; TLS roots are compiled in (rustls + webpki-roots).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/byok-bridge /usr/local/bin/byok-bridge
+# Usage records wait here while Directus is unreachable: mount a volume so they survive the container.
+COPY --from=build --chown=65532:65532 /spool /var/lib/byok-bridge/spool
+VOLUME /var/lib/byok-bridge
 ENV BIND_ADDR=0.0.0.0:8787 \
+    SPOOL_DIR=/var/lib/byok-bridge/spool \
     LOG_FORMAT=json \
     RUST_LOG=info
 EXPOSE 8787

@@ -65,6 +65,9 @@ BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${sidecar_p
 token="$(curl -fsS "$(get DIRECTUS_URL)/auth/login" -H 'content-type: application/json' \
 	-d "{\"email\":\"$(get PREMIUM_USER_EMAIL)\",\"password\":\"$(get PREMIUM_USER_PASSWORD)\"}" |
 	python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["access_token"])')"
+free_token="$(curl -fsS "$(get DIRECTUS_URL)/auth/login" -H 'content-type: application/json' \
+	-d "{\"email\":\"$(get FREE_USER_EMAIL)\",\"password\":\"$(get FREE_USER_PASSWORD)\"}" |
+	python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["access_token"])')"
 cat >"${work}/route.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = '{"provider":"openai"}'
@@ -112,8 +115,8 @@ LUA
 	step "4a. stream=${mode}: direct"
 	BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-${mode}.lua" \
 		"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize
-	step "4b. stream=${mode}: through the sidecar (premium user on credits: routing, rate limit, metering, spool)"
-	BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-${mode}.lua" \
+	step "4b. stream=${mode}: through the sidecar (a user on credits: auth, routing, balance check, rate limit, metering, spool)"
+	BENCH_TOKEN="${free_token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-${mode}.lua" \
 		"http://127.0.0.1:${sidecar_port}/v1/chat/completions" | summarize
 done
 rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"

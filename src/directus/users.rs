@@ -15,17 +15,29 @@ pub struct UserProfile {
     pub subscription_tier: Option<String>,
 }
 
-/// A stored key's routing-relevant state (never the ciphertext).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A stored key's routing state and its ciphertext, so a call can open the key without another Directus
+/// round trip. Only the sidecar's `ENCRYPTION_KEY` makes the ciphertext useful.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredKey {
     pub provider: Provider,
     pub status: KeyStatus,
+    pub envelope: String,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("provider", &self.provider)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
 struct KeyRow {
     provider: String,
     status: Option<String>,
+    encrypted_key: String,
     #[serde(deserialize_with = "lenient_bool")]
     is_active: bool,
 }
@@ -73,12 +85,14 @@ impl DirectusClient {
         Ok(CreditBalance::from_ledger_sums(sums))
     }
 
-    /// The user's active keys with their status. Rows with unknown providers or statuses are skipped.
+    /// The user's active keys, newest first, with status and ciphertext. Rows with unknown providers or
+    /// statuses are skipped.
     pub async fn stored_keys(&self, user: UserId) -> Result<Vec<StoredKey>, DirectusError> {
         let request = self.request(Method::GET, "/items/user_api_keys").query(&[
-            ("fields", "provider,status,is_active"),
+            ("fields", "provider,status,is_active,encrypted_key"),
             ("filter[user][_eq]", &user.to_string()),
             ("filter[is_active][_eq]", "true"),
+            ("sort", "-date_updated"),
             ("limit", "100"),
         ]);
         let rows: Vec<KeyRow> = self.data(request).await?;
@@ -88,7 +102,7 @@ impl DirectusClient {
             .filter_map(|r| {
                 let provider = r.provider.parse().ok()?;
                 let status = r.status.as_deref().unwrap_or("unverified").parse().ok()?;
-                Some(StoredKey { provider, status })
+                Some(StoredKey { provider, status, envelope: r.encrypted_key })
             })
             .collect())
     }

@@ -22,11 +22,16 @@ pub struct CallerProfile {
 }
 
 impl CallerProfile {
+    /// The newest usable stored key for `provider`, still sealed.
+    pub fn usable_key(&self, provider: Provider) -> Option<&StoredKey> {
+        self.keys.iter().find(|k| k.provider == provider && k.status.is_usable())
+    }
+
     /// The policy's view of this caller for one provider.
     pub fn for_provider(&self, provider: Provider) -> Caller {
         Caller {
             tier: self.tier,
-            has_usable_key: self.keys.iter().any(|k| k.provider == provider && k.status.is_usable()),
+            has_usable_key: self.usable_key(provider).is_some(),
             balance: self.balance,
             credits_needed_cents: 1,
         }

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use super::callers::{CallerDirectory, CallerError};
+use super::callers::{CallerDirectory, CallerError, CallerProfile};
 use super::circuit_breaker::CircuitBreaker;
 use super::flag_store::{FlagStore, FlagsUnavailable};
 use super::key_vault::{KeyVault, VaultError};
@@ -161,7 +161,7 @@ impl Gateway {
         let mut source = decision.source;
         let permit = Arc::clone(&self.upstream_slots).acquire_owned().await.expect("the semaphore is never closed");
         loop {
-            let credential = match self.credential(user, caller.tier, provider, source).await {
+            let credential = match self.credential(user, &caller, provider, source) {
                 Ok(credential) => credential,
                 Err(GatewayError::Vault(VaultError::Unusable(_) | VaultError::NotFound)) if source == Source::Byok => {
                     self.key_failed(user, provider, UpstreamFailure::InvalidKey).await;
@@ -215,18 +215,25 @@ impl Gateway {
         }
     }
 
-    async fn credential(
+    /// BYOK: the caller's cached envelope, opened in memory (no Directus round trip per call).
+    fn credential(
         &self,
         user: UserId,
-        tier: crate::domain::tier::SubscriptionTier,
+        caller: &CallerProfile,
         provider: Provider,
         source: Source,
     ) -> Result<Credential, GatewayError> {
         match source {
-            Source::Byok => self.vault.open(user, provider).await.map(Credential::Byok).map_err(GatewayError::Vault),
+            Source::Byok => {
+                let stored = caller.usable_key(provider).ok_or(GatewayError::Vault(VaultError::NotFound))?;
+                self.vault
+                    .open_sealed(user, provider, &stored.envelope)
+                    .map(Credential::Byok)
+                    .map_err(GatewayError::Vault)
+            }
             Source::Internal => {
                 self.limiter
-                    .acquire(user, tier, Instant::now())
+                    .acquire(user, caller.tier, Instant::now())
                     .map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
                 let key = self.internal_keys.get(provider).ok_or_else(|| {
                     tracing::error!(%provider, "no internal key configured for the provider");

@@ -130,9 +130,15 @@ impl KeyVault {
 
     /// The plaintext key for a call, opened from its envelope.
     pub async fn open(&self, user: UserId, provider: Provider) -> Result<ProviderKey, VaultError> {
-        let keyring = self.keyring()?;
+        self.keyring()?;
         let row = self.directus.sealed_key(user, provider).await?.ok_or(VaultError::NotFound)?;
-        let opened = keyring.open(KeyOwner { user, provider }, &row.encrypted_key).map_err(|reason| {
+        self.open_sealed(user, provider, &row.encrypted_key)
+    }
+
+    /// Opens an envelope already read from Directus (the caller cache keeps them), with no I/O.
+    pub fn open_sealed(&self, user: UserId, provider: Provider, envelope: &str) -> Result<ProviderKey, VaultError> {
+        let keyring = self.keyring()?;
+        let opened = keyring.open(KeyOwner { user, provider }, envelope).map_err(|reason| {
             tracing::warn!(%user, %provider, %reason, "stored key cannot be opened");
             VaultError::Unusable(provider)
         })?;

@@ -277,7 +277,7 @@ async fn provider_outages_are_retried_then_reported_as_ai_unavailable_and_not_ch
         assert!((2..=4).contains(&attempts), "{name}: bounded retries, got {attempts}");
         let requests = app.directus.received_requests().await.unwrap();
         assert!(
-            !requests.iter().any(|r| r.url.path() == "/items/api_key_usage"),
+            !requests.iter().any(|r| r.method.as_str() == "POST" && r.url.path() == "/items/api_key_usage"),
             "{name}: a failed call is not charged"
         );
     }
@@ -313,7 +313,7 @@ async fn the_providers_own_request_errors_pass_through_uncharged() {
     assert_eq!(response.text().await.unwrap(), bad_model);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let requests = app.directus.received_requests().await.unwrap();
-    assert!(!requests.iter().any(|r| r.url.path() == "/items/api_key_usage"));
+    assert!(!requests.iter().any(|r| r.method.as_str() == "POST" && r.url.path() == "/items/api_key_usage"));
 }
 
 #[tokio::test]
@@ -397,4 +397,41 @@ async fn estimate_prices_a_request_from_the_shipped_table() {
     assert_eq!(body["priced_as"], "listed_family");
     let per_mtok = body["price"]["input_per_mtok_usd"].as_f64().unwrap();
     assert!((body["estimated_cost_cents"].as_f64().unwrap() - per_mtok * 100.0).abs() < 1e-6);
+}
+
+/// A provider that starts a stream, then drops the connection mid-way.
+async fn provider_that_breaks_off() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 64 * 1024];
+        let _ = socket.read(&mut request).await;
+        let chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let partial = format!("{head}{:x}\r\n{chunk}\r\n", chunk.len());
+        socket.write_all(partial.as_bytes()).await.unwrap();
+        socket.flush().await.unwrap();
+        // No terminating chunk: the connection just ends.
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn a_stream_the_provider_breaks_off_ends_with_a_coded_error_and_is_not_charged() {
+    let base = provider_that_breaks_off().await;
+    let app = gateway_app(&[("OPENAI_BASE_URL", base.as_str())]).await;
+    let user = free_user(&app).await;
+    let response = chat(&app, &user, hello(true)).await;
+    assert_eq!(response.status(), 200, "the stream had started");
+    let body = response.text().await.unwrap();
+    assert!(body.starts_with("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}"), "{body}");
+    assert!(body.contains("upstream_stream_interrupted"), "{body}");
+    // Absence cannot be polled for: give the spool a moment, then check nothing was charged.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests = app.directus.received_requests().await.unwrap();
+    let charged =
+        requests.iter().filter(|r| r.method.as_str() == "POST" && r.url.path() == "/items/credit_transactions");
+    assert_eq!(charged.count(), 0, "a failed call is not charged");
 }

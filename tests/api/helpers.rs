@@ -196,8 +196,15 @@ pub async fn mount_user(server: &MockServer, id: &str, user: FakeUser<'_>) {
         ]})))
         .mount(server)
         .await;
-    let keys: Vec<Value> =
-        user.keys.iter().map(|(p, s)| json!({"provider": p, "status": s, "is_active": true})).collect();
+    let keys: Vec<Value> = user
+        .keys
+        .iter()
+        .map(|(p, s)| {
+            let plaintext = if *p == "anthropic" { ANTHROPIC_KEY } else { OPENAI_KEY };
+            let envelope = test_keyring().seal(owner(id, p), plaintext.as_bytes());
+            json!({"provider": p, "status": s, "is_active": true, "encrypted_key": envelope})
+        })
+        .collect();
     Mock::given(method("GET"))
         .and(path("/items/user_api_keys"))
         .and(query_param("filter[user][_eq]", id))

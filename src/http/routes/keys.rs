@@ -7,6 +7,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::domain::provider::Provider;
 use crate::domain::routing;
 use crate::domain::user::UserId;
 use crate::http::error::ApiError;
@@ -35,6 +36,12 @@ async fn require_byok_access(state: &AppState, user: UserId) -> Result<(), ApiEr
     Ok(routing::byok_access(&flags.snapshot.flags, caller.tier)?)
 }
 
+/// Routing sees the change at once, and a later failure of the new key is a new incident to notify.
+async fn key_changed(state: &AppState, user: UserId, provider: Provider) {
+    state.callers.forget(user).await;
+    state.gateway.notifier.key_changed(user, provider).await;
+}
+
 pub async fn list(
     AuthenticatedUser(user): AuthenticatedUser,
     State(state): State<AppState>,
@@ -51,7 +58,7 @@ pub async fn save(
 ) -> Result<Json<KeySummary>, ApiError> {
     require_byok_access(&state, user).await?;
     let summary = state.vault.save(user, provider, &body.api_key).await?;
-    state.callers.forget(user).await;
+    key_changed(&state, user, provider).await;
     Ok(Json(summary))
 }
 
@@ -62,7 +69,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     require_byok_access(&state, user).await?;
     state.vault.delete(user, provider).await?;
-    state.callers.forget(user).await;
+    key_changed(&state, user, provider).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -73,6 +80,6 @@ pub async fn verify(
 ) -> Result<Json<KeySummary>, ApiError> {
     require_byok_access(&state, user).await?;
     let result = state.vault.verify(user, provider).await;
-    state.callers.forget(user).await;
+    key_changed(&state, user, provider).await;
     Ok(Json(result?))
 }
