@@ -135,9 +135,7 @@ async fn official_sdks_work_and_every_call_is_accounted_in_directus() {
     let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
-    for (flag, value) in [("byok_enabled", true), ("byok_only_mode", false), ("byok_uses_internal_credits", false)] {
-        instance.set_flag(&http, flag, value).await;
-    }
+    instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
     let premium = instance.login(&http, "PREMIUM").await;
@@ -208,9 +206,7 @@ async fn a_revoked_key_is_marked_invalid_the_user_notified_in_directus_and_credi
     let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
-    for (flag, value) in [("byok_enabled", true), ("byok_only_mode", false), ("byok_uses_internal_credits", false)] {
-        instance.set_flag(&http, flag, value).await;
-    }
+    instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
     let lifetime = instance.login(&http, "LIFETIME").await;

@@ -78,6 +78,14 @@ impl Instance {
         response.json::<Value>().await.unwrap()["data"].clone()
     }
 
+    /// The spec's default configuration: BYOK on, BYOK first with credits as fallback.
+    pub async fn set_byok_first(&self, http: &reqwest::Client) {
+        for (flag, value) in [("byok_enabled", true), ("byok_only_mode", false), ("byok_uses_internal_credits", false)]
+        {
+            self.set_flag(http, flag, value).await;
+        }
+    }
+
     pub async fn flag_id(&self, http: &reqwest::Client, key: &str) -> String {
         let response = http
             .get(self.directus("/items/feature_flags"))

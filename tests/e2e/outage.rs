@@ -45,9 +45,7 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
     let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
-    for (flag, value) in [("byok_enabled", true), ("byok_only_mode", false), ("byok_uses_internal_credits", false)] {
-        instance.set_flag(&http, flag, value).await;
-    }
+    instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let extra = [("USER_CACHE_TTL_SECS", "300"), ("RATE_LIMIT_FREE_PER_MIN", "1000")];
     let sidecar = gateway_sidecar(&instance, &providers, &extra).await;

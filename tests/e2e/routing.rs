@@ -34,9 +34,7 @@ async fn tiers_credits_and_stored_keys_come_from_directus() {
     let _serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
-    for (flag, value) in [("byok_enabled", true), ("byok_only_mode", false), ("byok_uses_internal_credits", false)] {
-        instance.set_flag(&http, flag, value).await;
-    }
+    instance.set_byok_first(&http).await;
     let sidecar = Sidecar::start(&instance, &[("USER_CACHE_TTL_SECS", "1")]).await;
 
     let free = instance.login(&http, "FREE").await;
