@@ -13,7 +13,7 @@ dir=".dev/directus"
 
 scripts/directus-install.sh >/dev/null
 printf '==> building the sidecar (release)\n' >&2
-cargo build --release --locked --bin byok-bridge
+cargo build --release --locked --bin byok-bridge --example fake_provider
 
 mkdir -p .dev && chmod 700 .dev
 if [[ -f "${dir}/instance.env" ]]; then
@@ -22,7 +22,18 @@ else
 	scripts/directus-up.sh --dir "${dir}" --port "${directus_port}" \
 		--bridge-url "http://127.0.0.1:${sidecar_port}" >/dev/null
 fi
-trap 'scripts/directus-down.sh "${dir}" >/dev/null 2>&1 || true' EXIT
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; scripts/directus-down.sh "${dir}" >/dev/null 2>&1 || true' EXIT
+
+# Without real provider settings, a local stand-in for the OpenAI API answers gateway calls (the demo works
+# offline). Set OPENAI_BASE_URL and INTERNAL_OPENAI_API_KEY (and the Anthropic pair) to use the real APIs.
+if [[ -z "${OPENAI_BASE_URL:-}" ]]; then
+	fake_port="${FAKE_OPENAI_PORT:-8798}"
+	BIND_ADDR="127.0.0.1:${fake_port}" target/release/examples/fake_provider &
+	pids+=("$!")
+	OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1"
+	INTERNAL_OPENAI_API_KEY="sk-local-fake-provider-key-000000"
+fi
 
 # The vault key is generated once and kept with the local instance.
 if [[ ! -f .dev/encryption.key ]]; then
@@ -48,7 +59,12 @@ Try it (in another terminal):
       -d '{"email":"$(get PREMIUM_USER_EMAIL)","password":"$(get PREMIUM_USER_PASSWORD)"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["access_token"])')
   curl -s http://127.0.0.1:${sidecar_port}/v1/route -H "Authorization: Bearer \$TOKEN" \\
       -H 'content-type: application/json' -d '{"provider":"openai"}'
+  curl -s http://127.0.0.1:${sidecar_port}/v1/chat/completions -H "Authorization: Bearer \$TOKEN" \\
+      -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
+  curl -s http://127.0.0.1:${sidecar_port}/v1/usage -H "Authorization: Bearer \$TOKEN"
   curl -s http://127.0.0.1:${sidecar_port}/v1/flags -H "Authorization: Bearer \$(sed -n 's/^DIRECTUS_TOKEN=//p' ${dir}/instance.env)"
+
+OpenAI calls go to $( [[ -n "${fake_port:-}" ]] && echo "a local fake OpenAI on port ${fake_port}" || echo "${OPENAI_BASE_URL}").
 
 Ctrl-C stops the sidecar and Directus.
 
@@ -56,5 +72,8 @@ INFO
 
 env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="${directus_url}" \
 	DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
-	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" ENCRYPTION_KEY="$(cat .dev/encryption.key)" \
+	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" ENCRYPTION_KEY="$(cat .dev/encryption.key)" SPOOL_DIR=.dev/spool \
+	OPENAI_BASE_URL="${OPENAI_BASE_URL}" INTERNAL_OPENAI_API_KEY="${INTERNAL_OPENAI_API_KEY:-}" \
+	ANTHROPIC_BASE_URL="${ANTHROPIC_BASE_URL:-https://api.anthropic.com}" \
+	INTERNAL_ANTHROPIC_API_KEY="${INTERNAL_ANTHROPIC_API_KEY:-}" \
 	RUST_LOG="${RUST_LOG:-info}" LOG_FORMAT=text target/release/byok-bridge
