@@ -131,4 +131,4 @@ LUA
 done
 scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
 rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
-step "sidecar RSS after the gateway runs: $((rss_kb / 1024)) MiB; usage records spooled meanwhile: $(find "${work}/spool" -maxdepth 1 -name '*.json' | wc -l) waiting"
+step "sidecar RSS after the gateway runs: $((rss_kb / 1024)) MiB; usage records waiting: $(curl -fsS "http://127.0.0.1:${sidecar_port}/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("usage_records_waiting"))')"

@@ -100,6 +100,8 @@ impl Application {
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within the grace period");
         }
+        // Usage recorded by the last requests reaches the disk before the process exits.
+        self.state.gateway.meter.flush().await;
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
-//! Usage accounting that loses no record and never makes a user's call wait on Directus: the request path
-//! only writes the record to a local [`Spool`]; a background flusher delivers it, retrying until Directus has
-//! it. Delivery is at least once; Directus's unique `request_id` makes a repeated delivery a no-op.
+//! Usage accounting that loses no record and never makes a user's call wait on Directus or the disk: the
+//! request path only queues the record for the [`SpoolWriter`], which writes whatever is queued as one durable
+//! batch file in the local [`Spool`]; a background flusher delivers the records, retrying until Directus has
+//! them. Delivery is at least once (a batch partly delivered before a crash is delivered again in full);
+//! Directus's unique `request_id` makes a repeated delivery a no-op, so every record is stored exactly once.
 
 pub mod spool;
 
@@ -9,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use spool::{PendingRecord, Spool};
+pub use spool::{PendingRecord, Spool, SpoolWriter};
 
 use crate::domain::usage::UsageRecord;
 
@@ -49,7 +51,8 @@ pub struct FlushReport {
 }
 
 /// Delivers spooled records oldest first until one fails with a retryable error, which ends the pass: the
-/// records after it would meet the same outage. File I/O runs on the blocking pool.
+/// records after it would meet the same outage. File I/O runs on the blocking pool; a delivered record is
+/// marked in memory, and only the last record of a batch costs a trip there (to delete the file).
 pub async fn flush_once<S: UsageSink>(spool: &Arc<Spool>, sink: &S) -> FlushReport {
     let pending = match blocking(spool, Spool::pending).await {
         Ok(pending) => pending,
@@ -65,8 +68,9 @@ pub async fn flush_once<S: UsageSink>(spool: &Arc<Spool>, sink: &S) -> FlushRepo
         match sink.deliver(&pending.record).await {
             Ok(()) => {
                 report.delivered += 1;
-                if let Err(error) = blocking(spool, move |s| s.complete(&pending)).await {
-                    tracing::warn!(%request_id, %error, "delivered usage record stays spooled and will be sent again");
+                let Some(batch) = spool.mark_delivered(&pending) else { continue };
+                if let Err(error) = blocking(spool, move |s| s.remove_batch(&batch)).await {
+                    tracing::warn!(%request_id, %error, "cannot remove a delivered usage batch; will try again");
                 }
             }
             Err(error @ DeliveryError::Permanent(_)) => {
@@ -90,9 +94,9 @@ pub async fn flush_once<S: UsageSink>(spool: &Arc<Spool>, sink: &S) -> FlushRepo
 /// process stops stay on disk and go out after the next start.
 ///
 /// After a retryable failure it waits 100 ms, doubling up to 30 s until a delivery succeeds. New records do not
-/// cut that wait short (they go out with the next pass): otherwise, during an outage, every request would
+/// cut that wait short (they go out with the next pass): otherwise, during an outage, every batch written would
 /// trigger another attempt and another read of the whole spool. With nothing left to retry, it sleeps until a
-/// record is enqueued.
+/// batch is written.
 pub async fn run_flusher<S: UsageSink>(spool: Arc<Spool>, sink: Arc<S>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -127,7 +131,7 @@ mod tests {
 
     use uuid::Uuid;
 
-    use super::spool::tests::{TempDir, age, record};
+    use super::spool::tests::{TempDir, batch_files, ids_of, record, records};
     use super::*;
 
     /// Directus, as far as the spool can tell: `stored` is the table with its unique `request_id`; a repeated
@@ -179,15 +183,14 @@ mod tests {
         }
     }
 
-    /// Spools `n` records, the first the oldest.
-    fn spool_with(dir: &TempDir, n: u64) -> (Arc<Spool>, Vec<Uuid>) {
+    /// Spools `n` records in batches of two, the first the oldest.
+    fn spool_with(dir: &TempDir, n: usize) -> (Arc<Spool>, Vec<Uuid>) {
         let spool = Spool::open(&dir.0).unwrap();
-        let records: Vec<_> = (0..n).map(|_| record()).collect();
-        for (i, r) in records.iter().enumerate() {
-            spool.enqueue(r).unwrap();
-            age(&dir.0, r, 100 - i as u64);
+        let records = records(n);
+        for batch in records.chunks(2) {
+            spool.enqueue_batch(batch).unwrap();
         }
-        (Arc::new(spool), records.iter().map(|r| r.request_id).collect())
+        (Arc::new(spool), ids_of(&records))
     }
 
     fn report(delivered: usize, retry_later: usize, rejected: usize) -> FlushReport {
@@ -217,8 +220,48 @@ mod tests {
         assert_eq!(directus.stored(), ids, "oldest first");
         assert!(ids.iter().all(|id| directus.accepted(*id) == 1));
         assert!(spool.is_empty());
+        assert!(batch_files(&dir.0).is_empty());
         assert_eq!(flush_once(&spool, &directus).await, report(0, 0, 0));
         assert_eq!(directus.attempts(), 5);
+    }
+
+    /// Fails at random, as if Directus came and went.
+    struct Flaky {
+        inner: FakeDirectus,
+        failures: AtomicUsize,
+    }
+
+    impl UsageSink for Flaky {
+        async fn deliver(&self, record: &UsageRecord) -> Result<(), DeliveryError> {
+            if fastrand::u8(..) < 80 {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+                return Err(DeliveryError::Retryable("connection reset".into()));
+            }
+            self.inner.deliver(record).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flaky_directus_gets_every_record_exactly_once_in_order() {
+        let dir = TempDir::new();
+        let spool = Arc::new(Spool::open(&dir.0).unwrap());
+        let mut ids = Vec::new();
+        for size in [7, 1, 30, 12] {
+            let batch = records(size);
+            spool.enqueue_batch(&batch).unwrap();
+            ids.extend(ids_of(&batch));
+        }
+        let flaky = Flaky { inner: FakeDirectus::default(), failures: AtomicUsize::new(0) };
+        let mut passes = 0;
+        while !spool.is_empty() {
+            passes += 1;
+            assert!(passes < 10_000, "never finished");
+            flush_once(&spool, &flaky).await;
+        }
+        assert!(flaky.failures.load(Ordering::SeqCst) > 0, "the sink did fail sometimes");
+        assert_eq!(flaky.inner.stored(), ids, "oldest first, across batches");
+        assert!(ids.iter().all(|id| flaky.inner.accepted(*id) == 1), "no record sent twice without a restart");
+        assert!(batch_files(&dir.0).is_empty());
     }
 
     #[tokio::test]
@@ -238,6 +281,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_partly_delivered_before_a_restart_is_delivered_again_and_every_record_is_stored_once() {
+        let dir = TempDir::new();
+        let spool = Arc::new(Spool::open(&dir.0).unwrap());
+        let (first, second) = (records(5), records(3));
+        spool.enqueue_batch(&first).unwrap();
+        spool.enqueue_batch(&second).unwrap();
+        // Two records of the first batch go out, then Directus goes down, then the process dies.
+        let flaky = FlakyAfter { inner: FakeDirectus::default(), ok_deliveries: AtomicUsize::new(2) };
+        assert_eq!(flush_once(&spool, &flaky).await, report(2, 6, 0));
+        assert_eq!(spool.len(), 6);
+        drop(spool);
+
+        let spool = Arc::new(Spool::open(&dir.0).unwrap());
+        assert_eq!(spool.len(), 8, "the whole batch is back");
+        let directus = flaky.inner;
+        assert_eq!(flush_once(&spool, &directus).await, report(8, 0, 0));
+        let all = ids_of(&[first, second].concat());
+        assert_eq!(directus.stored(), all, "each request id stored once, oldest first");
+        let distinct: HashSet<_> = directus.stored().into_iter().collect();
+        assert_eq!(distinct.len(), 8);
+        let repeats: Vec<_> = all.iter().map(|id| directus.accepted(*id)).collect();
+        assert_eq!(repeats, [2, 2, 1, 1, 1, 1, 1, 1], "only the delivered part of the batch went twice");
+        assert!(spool.is_empty() && batch_files(&dir.0).is_empty());
+    }
+
+    #[tokio::test]
     async fn refused_records_move_to_rejected_and_do_not_hold_up_the_rest() {
         let dir = TempDir::new();
         let (spool, ids) = spool_with(&dir, 3);
@@ -248,6 +317,7 @@ mod tests {
         assert_eq!(directus.stored(), [ids[0], ids[2]]);
         assert!(dir.0.join("rejected").join(format!("{}.json", ids[1])).exists());
         assert!(spool.is_empty());
+        assert!(batch_files(&dir.0).is_empty());
         assert_eq!(flush_once(&spool, &directus).await, report(0, 0, 0));
         assert_eq!(directus.attempts(), 3, "a refused record is not offered again");
     }
@@ -263,6 +333,7 @@ mod tests {
         assert_eq!(flush_once(&spool, &flaky).await, report(1, 2, 1));
         assert_eq!(spool.len(), 2);
         assert_eq!(flaky.inner.stored(), [ids[1]]);
+        assert_eq!(batch_files(&dir.0).len(), 1, "the first batch is done, the second waits");
     }
 
     /// Answers normally for a number of deliveries, then as if Directus went down.
@@ -281,17 +352,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_flusher_delivers_as_soon_as_a_record_is_enqueued() {
+    async fn the_flusher_delivers_as_soon_as_a_record_is_written() {
         let dir = TempDir::new();
         let spool = Arc::new(Spool::open(&dir.0).unwrap());
+        let writer = SpoolWriter::start(Arc::clone(&spool));
         let directus = Arc::new(FakeDirectus::default());
         let flusher = tokio::spawn(run_flusher(Arc::clone(&spool), Arc::clone(&directus)));
 
         let (a, b) = (record(), record());
-        spool.enqueue(&a).unwrap();
+        writer.submit(a.clone());
         eventually("the first record", || directus.stored().len() == 1).await;
-        // The flusher is idle now, with its 30 s recheck far away: only the enqueue can wake it in time.
-        spool.enqueue(&b).unwrap();
+        // The flusher is idle now, with its 30 s recheck far away: only the new batch can wake it in time.
+        writer.submit(b.clone());
         eventually("the second record", || directus.stored().len() == 2).await;
         assert_eq!(directus.stored(), [a.request_id, b.request_id]);
         eventually("an empty spool", || spool.is_empty()).await;
