@@ -242,8 +242,8 @@ impl Settings {
         let price_table = price_table(&mut r);
         let per_minute = "Use a whole number of requests per minute, e.g. 20";
         let count = |raw: &str| match raw.parse::<u32>() {
-            Ok(n) if (1..=100_000).contains(&n) => Ok(n),
-            _ => Err("must be a whole number from 1 to 100000"),
+            Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+            _ => Err("must be a whole number from 1 to 10000000"),
         };
         let rate_limits = TierLimits {
             free_per_minute: r.parsed("RATE_LIMIT_FREE_PER_MIN", 20, per_minute, count),
