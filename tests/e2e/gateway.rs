@@ -130,16 +130,31 @@ async fn put_key(http: &reqwest::Client, sidecar: &Sidecar, token: &str, key: &s
     assert_eq!(response.status(), 200);
 }
 
-#[tokio::test]
-async fn official_sdks_work_and_every_call_is_accounted_in_directus() {
-    let _serial = serial().await;
+/// BYOK-first flags, fake providers, a sidecar in front of them, and `who` logged in with `key` stored.
+struct Scene {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    _providers: MockServer,
+    instance: Instance,
+    http: reqwest::Client,
+    sidecar: Sidecar,
+    token: String,
+}
+
+async fn scene(who: &str, key: &str) -> Scene {
+    let serial = serial().await;
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
-    let premium = instance.login(&http, "PREMIUM").await;
-    put_key(&http, &sidecar, &premium, GOOD_KEY).await;
+    let token = instance.login(&http, who).await;
+    put_key(&http, &sidecar, &token, key).await;
+    Scene { _serial: serial, _providers: providers, instance, http, sidecar, token }
+}
+
+#[tokio::test]
+async fn official_sdks_work_and_every_call_is_accounted_in_directus() {
+    let Scene { _serial, _providers, instance, http, sidecar, token: premium } = scene("PREMIUM", GOOD_KEY).await;
 
     // The official SDKs, unchanged but for base URL and key.
     let python =
@@ -203,15 +218,8 @@ async fn official_sdks_work_and_every_call_is_accounted_in_directus() {
 
 #[tokio::test]
 async fn a_revoked_key_is_marked_invalid_the_user_notified_in_directus_and_credits_take_over() {
-    let _serial = serial().await;
-    let instance = Instance::from_env();
-    let http = reqwest::Client::new();
-    instance.set_byok_first(&http).await;
-    let providers = fake_providers().await;
-    let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
-    let lifetime = instance.login(&http, "LIFETIME").await;
+    let Scene { _serial, _providers, instance, http, sidecar, token: lifetime } = scene("LIFETIME", REVOKED_KEY).await;
     let user = instance.var("LIFETIME_USER_ID").to_owned();
-    put_key(&http, &sidecar, &lifetime, REVOKED_KEY).await;
 
     for _ in 0..2 {
         let response = http
