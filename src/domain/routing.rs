@@ -33,6 +33,15 @@ pub enum Source {
     Internal,
 }
 
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Byok => "byok",
+            Source::Internal => "internal",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub source: Source,
@@ -308,6 +317,13 @@ mod tests {
         assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), NO_CREDITS_OR_KEY);
         c.credits_needed_cents = 500;
         assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), INTERNAL);
+    }
+
+    #[test]
+    fn the_source_header_value_matches_the_json_name() {
+        for source in [Source::Byok, Source::Internal] {
+            assert_eq!(serde_json::to_value(source).unwrap(), source.as_str());
+        }
     }
 
     #[test]

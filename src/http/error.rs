@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::directus::DirectusError;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
-use crate::services::callers::CallerError;
+use crate::services::callers::{CallerError, ContextError};
 use crate::services::flag_store::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
 use crate::services::key_vault::VaultError;
@@ -135,9 +135,7 @@ impl ApiError {
 fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static, str>) {
     use StatusCode as S;
     match error {
-        GatewayError::Flags(e) => ApiError::FlagsUnavailable(FlagsUnavailable(e.0.clone())).parts(),
-        GatewayError::Caller(e) => ApiError::from(e.clone()).parts(),
-        GatewayError::AccountInactive => ApiError::AccountInactive.parts(),
+        GatewayError::Context(e) => ApiError::from(e.clone()).parts(),
         GatewayError::Refused(refusal) => ApiError::Refused(*refusal).parts(),
         GatewayError::Vault(e) => vault_parts(e),
         GatewayError::RateLimited { .. } => (
@@ -219,6 +217,16 @@ fn vault_parts(error: &VaultError) -> (StatusCode, &'static str, Cow<'static, st
         ),
         VaultError::Directus(e) if e.is_outage() => ApiError::DirectusUnavailable.parts(),
         VaultError::Directus(_) => ApiError::Internal(String::new()).parts(),
+    }
+}
+
+impl From<ContextError> for ApiError {
+    fn from(error: ContextError) -> Self {
+        match error {
+            ContextError::Flags(e) => ApiError::FlagsUnavailable(e),
+            ContextError::Caller(e) => ApiError::from(e),
+            ContextError::AccountInactive => ApiError::AccountInactive,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use moka::future::Cache;
 
+use super::flag_store::{FlagState, FlagStore, FlagsUnavailable};
 use crate::directus::{DirectusClient, DirectusError, StoredKey};
 use crate::domain::credits::CreditBalance;
 use crate::domain::provider::Provider;
@@ -44,6 +45,36 @@ pub enum CallerError {
     UnknownUser,
     #[error(transparent)]
     Directus(Arc<DirectusError>),
+}
+
+/// The flags in force and an active caller: where every decision about a user's request starts.
+pub struct CallContext {
+    pub flags: FlagState,
+    pub caller: Arc<CallerProfile>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ContextError {
+    #[error(transparent)]
+    Flags(#[from] FlagsUnavailable),
+    #[error(transparent)]
+    Caller(#[from] CallerError),
+    #[error("account is not active")]
+    AccountInactive,
+}
+
+/// Reads the flags and the caller concurrently and refuses inactive accounts.
+pub async fn call_context(
+    flags: &FlagStore,
+    callers: &CallerDirectory,
+    user: UserId,
+) -> Result<CallContext, ContextError> {
+    let (flags, caller) = tokio::join!(flags.current(), callers.profile(user));
+    let (flags, caller) = (flags?, caller?);
+    if !caller.active {
+        return Err(ContextError::AccountInactive);
+    }
+    Ok(CallContext { flags, caller })
 }
 
 pub struct CallerDirectory {

@@ -36,7 +36,7 @@ pub struct FlagState {
     pub stale: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("feature flags have never been loaded from Directus: {0}")]
 pub struct FlagsUnavailable(pub Arc<DirectusError>);
 

@@ -12,9 +12,9 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use super::callers::{CallerDirectory, CallerError, CallerProfile};
+use super::callers::{CallContext, CallerDirectory, CallerProfile, ContextError, call_context};
 use super::circuit_breaker::CircuitBreaker;
-use super::flag_store::{FlagStore, FlagsUnavailable};
+use super::flag_store::FlagStore;
 use super::key_vault::{KeyVault, VaultError};
 use super::meter::{Charge, Meter};
 use super::notifier::{KeyProblem, Notifier};
@@ -87,11 +87,7 @@ pub struct Forwarded {
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
-    Flags(#[from] FlagsUnavailable),
-    #[error(transparent)]
-    Caller(#[from] CallerError),
-    #[error("account is not active")]
-    AccountInactive,
+    Context(#[from] ContextError),
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// Our own per-tier limit on internal-credit calls.
@@ -142,11 +138,7 @@ impl Gateway {
         body: Vec<u8>,
     ) -> Result<Forwarded, GatewayError> {
         let provider = api.provider();
-        let (flags, caller) = tokio::join!(self.flags.current(), self.callers.profile(user));
-        let (flags, caller) = (flags?, caller?);
-        if !caller.active {
-            return Err(GatewayError::AccountInactive);
-        }
+        let CallContext { flags, caller } = call_context(&self.flags, &self.callers, user).await?;
         let flags = flags.snapshot.flags;
         let estimated_prompt_tokens = estimate_prompt_tokens(request.prompt_chars);
         let max_output = request.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);

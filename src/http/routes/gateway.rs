@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::domain::llm::{self, Api, usage_from_response};
-use crate::domain::routing::Source;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, RawBody};
 use crate::http::state::AppState;
@@ -78,11 +77,7 @@ async fn proxy(
             with_content_type(Response::new(Body::from(body)), status, content_type)
         }
     };
-    let source = match source {
-        Source::Byok => "byok",
-        Source::Internal => "internal",
-    };
-    response.headers_mut().insert(SOURCE_HEADER, HeaderValue::from_static(source));
+    response.headers_mut().insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
     Ok(response.into_response())
 }
 

@@ -13,6 +13,7 @@ use crate::domain::user::UserId;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, JsonBody, ProviderPath, RequestBody};
 use crate::http::state::AppState;
+use crate::services::callers::{CallContext, call_context};
 use crate::services::key_vault::KeySummary;
 
 #[derive(Deserialize)]
@@ -28,11 +29,7 @@ impl RequestBody for SaveKey {
 
 /// BYOK must be enabled and the user's tier entitled; the account must be active.
 async fn require_byok_access(state: &AppState, user: UserId) -> Result<(), ApiError> {
-    let (flags, caller) = tokio::join!(state.flags.current(), state.callers.profile(user));
-    let (flags, caller) = (flags?, caller?);
-    if !caller.active {
-        return Err(ApiError::AccountInactive);
-    }
+    let CallContext { flags, caller } = call_context(&state.flags, &state.callers, user).await?;
     Ok(routing::byok_access(&flags.snapshot.flags, caller.tier)?)
 }
 

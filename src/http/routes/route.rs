@@ -8,6 +8,7 @@ use crate::domain::routing::{self, Source};
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
 use crate::http::state::AppState;
+use crate::services::callers::{CallContext, call_context};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,11 +40,7 @@ pub async fn decide(
         .provider
         .parse()
         .map_err(|_| ApiError::bad_request("unknown_provider", "Unknown provider. Use \"openai\" or \"anthropic\"."))?;
-    let (flags, caller) = tokio::join!(state.flags.current(), state.callers.profile(user));
-    let (flags, caller) = (flags?, caller?);
-    if !caller.active {
-        return Err(ApiError::AccountInactive);
-    }
+    let CallContext { flags, caller } = call_context(&state.flags, &state.callers, user).await?;
     let decision =
         routing::decide(&flags.snapshot.flags, &caller.for_provider(provider), provider, state.vault_configured)?;
     tracing::info!(%user, source = ?decision.source, %provider, mode = ?decision.mode, "routed");
