@@ -12,7 +12,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${BENCH_SECONDS:-10}"
 connections="${BENCH_CONNECTIONS:-32}"
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 if ! command -v wrk >/dev/null 2>&1; then
 	step "installing wrk (Debian package)"
@@ -31,7 +32,6 @@ cleanup() {
 	rm -rf "${work}"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 directus_port="$(free_port)"
 sidecar_port="$(free_port)"
 hello_port="$(free_port)"

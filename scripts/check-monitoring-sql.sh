@@ -18,6 +18,8 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 readonly SCRIPT_DIR REPO_ROOT
+# shellcheck source=scripts/lib.sh
+source "${SCRIPT_DIR}/lib.sh"
 readonly SNAPSHOT="${REPO_ROOT}/directus-schema/snapshot.yaml"
 readonly MONITORING_SQL="${REPO_ROOT}/directus-schema/monitoring.sql"
 readonly SPEC="${BYOK_SPEC:-${REPO_ROOT}/../shared/seeds/byok-feature-flags.md}"
@@ -98,8 +100,7 @@ mkdir -p "${work}/pgdata" "${work}/sock" "${work}/directus/extensions"
 chown "${pg_user}" "${work}/pgdata" "${work}/sock" 2>/dev/null || true
 chmod 700 "${work}/pgdata"
 
-pg_port="$(node -e '
-	const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')"
+pg_port="$(free_port)"
 log "initdb (as ${pg_user}) and start on 127.0.0.1:${pg_port}"
 as_pg "${pg_bin}/initdb" -D "${work}/pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
 	>"${work}/initdb.log" 2>&1 || {
