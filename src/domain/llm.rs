@@ -100,6 +100,12 @@ fn anthropic_input_tokens(usage: &Value) -> Option<u64> {
     Some(field("input_tokens") + field("cache_creation_input_tokens") + field("cache_read_input_tokens"))
 }
 
+/// Usage for an answer whose provider reported none: the prompt estimate, and one token per 3 units of
+/// generated text (an overestimate for English), so such a call is never free.
+pub fn estimated_usage(estimated_prompt_tokens: u64, generated_len: usize) -> TokenUsage {
+    TokenUsage { prompt_tokens: estimated_prompt_tokens.max(1), completion_tokens: (generated_len as u64).div_ceil(3) }
+}
+
 /// Watches a server-sent-event stream as it passes through, collecting the usage the provider reports
 /// (OpenAI: a final chunk with `usage`; Anthropic: `message_start` and `message_delta`) and the amount of
 /// generated text, so a stream that ends without usage can still be charged by estimate, never at $0.
@@ -172,9 +178,10 @@ impl StreamUsage {
             self.line_complete(&line);
         }
         let reported = self.prompt_tokens.is_some() && self.completion_tokens.is_some();
+        let estimate = estimated_usage(estimated_prompt_tokens, self.generated_chars);
         let usage = TokenUsage {
-            prompt_tokens: self.prompt_tokens.unwrap_or(estimated_prompt_tokens.max(1)),
-            completion_tokens: self.completion_tokens.unwrap_or_else(|| (self.generated_chars as u64).div_ceil(3)),
+            prompt_tokens: self.prompt_tokens.unwrap_or(estimate.prompt_tokens),
+            completion_tokens: self.completion_tokens.unwrap_or(estimate.completion_tokens),
         };
         (usage, reported)
     }

@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::domain::llm::{self, Api, usage_from_response};
+use crate::domain::llm::{self, Api, estimated_usage, usage_from_response};
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, RawBody};
 use crate::http::state::AppState;
@@ -68,10 +68,7 @@ async fn proxy(
             let usage = parsed.as_ref().and_then(|v| usage_from_response(api, v));
             let usage = usage.unwrap_or_else(|| {
                 tracing::info!("response without usage; charged by estimate");
-                crate::domain::usage::TokenUsage {
-                    prompt_tokens: forwarded.charge.estimated_prompt_tokens,
-                    completion_tokens: (body.len() as u64).div_ceil(3),
-                }
+                estimated_usage(forwarded.charge.estimated_prompt_tokens, body.len())
             });
             state.gateway.meter.record(forwarded.charge, usage);
             with_content_type(Response::new(Body::from(body)), status, content_type)
