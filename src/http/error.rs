@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::directus::DirectusError;
+use crate::domain::provider::UnknownProvider;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::services::callers::{CallerError, ContextError};
 use crate::services::flag_store::FlagsUnavailable;
@@ -65,6 +66,15 @@ impl ApiError {
                 Some(retry_after.unwrap_or(std::time::Duration::from_secs(30)))
             }
             _ => None,
+        }
+    }
+
+    /// A provider name that is not one we route to: 400 in a body, 404 in a path.
+    pub fn unknown_provider(status: StatusCode) -> Self {
+        ApiError::BadRequest {
+            status,
+            code: "unknown_provider",
+            message: "Unknown provider. Use \"openai\" or \"anthropic\".".into(),
         }
     }
 
@@ -217,6 +227,12 @@ fn vault_parts(error: &VaultError) -> (StatusCode, &'static str, Cow<'static, st
         ),
         VaultError::Directus(e) if e.is_outage() => ApiError::DirectusUnavailable.parts(),
         VaultError::Directus(_) => ApiError::Internal(String::new()).parts(),
+    }
+}
+
+impl From<UnknownProvider> for ApiError {
+    fn from(_: UnknownProvider) -> Self {
+        ApiError::unknown_provider(StatusCode::BAD_REQUEST)
     }
 }
 

@@ -69,11 +69,7 @@ impl FromRequestParts<AppState> for ProviderPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let not_found = || ApiError::BadRequest {
-            status: StatusCode::NOT_FOUND,
-            code: "unknown_provider",
-            message: "Unknown provider. Use \"openai\" or \"anthropic\".".into(),
-        };
+        let not_found = || ApiError::unknown_provider(StatusCode::NOT_FOUND);
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| not_found())?;
         raw.parse().map(ProviderPath).map_err(|_| not_found())
     }

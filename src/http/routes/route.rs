@@ -36,10 +36,7 @@ pub async fn decide(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RouteRequest>,
 ) -> Result<Json<RouteResponse>, ApiError> {
-    let provider: Provider = request
-        .provider
-        .parse()
-        .map_err(|_| ApiError::bad_request("unknown_provider", "Unknown provider. Use \"openai\" or \"anthropic\"."))?;
+    let provider: Provider = request.provider.parse()?;
     let CallContext { flags, caller } = call_context(&state.flags, &state.callers, user).await?;
     let decision =
         routing::decide(&flags.snapshot.flags, &caller.for_provider(provider), provider, state.vault_configured)?;

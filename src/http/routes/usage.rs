@@ -62,10 +62,7 @@ pub async fn estimate(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<EstimateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let provider: Provider = request
-        .provider
-        .parse()
-        .map_err(|_| ApiError::bad_request("unknown_provider", "Unknown provider. Use \"openai\" or \"anthropic\"."))?;
+    let provider: Provider = request.provider.parse()?;
     let prompt_tokens = match (request.prompt_tokens, request.prompt.as_deref()) {
         (Some(tokens), _) => tokens,
         (None, Some(prompt)) => estimate_prompt_tokens(prompt.len()),
