@@ -9,6 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{DirectusClient, DirectusError};
 use crate::accounting::{DeliveryError, UsageSink};
+use crate::domain::pricing::round_cents;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
@@ -33,7 +34,7 @@ impl DirectusClient {
                 json!({
                     "user": record.user, "provider": record.provider, "model": record.model,
                     "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
-                    "total_tokens": record.usage.total(), "estimated_cost_cents": round4(record.cost_cents),
+                    "total_tokens": record.usage.total(), "estimated_cost_cents": round_cents(record.cost_cents),
                     "request_id": record.request_id,
                 }),
             ),
@@ -93,7 +94,7 @@ impl DirectusClient {
                     source,
                     requests: number(&group["count"]) as u64,
                     tokens: number(&group["sum"]["total_tokens"]) as u64,
-                    cost_cents: round4(number(&group["sum"][cost_field])),
+                    cost_cents: round_cents(number(&group["sum"][cost_field])),
                 });
             }
         }
@@ -123,8 +124,4 @@ fn number(value: &Value) -> f64 {
         Value::Object(o) => o.values().next().map_or(0.0, number),
         _ => 0.0,
     }
-}
-
-fn round4(value: f64) -> f64 {
-    (value * 10_000.0).round() / 10_000.0
 }

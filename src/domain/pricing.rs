@@ -173,6 +173,11 @@ fn validate(price: &ModelPrice, at: impl Fn() -> String) -> Result<(), PriceTabl
     Ok(())
 }
 
+/// Cents to the four decimals Directus stores (`decimal(14,4)`) and reports show.
+pub fn round_cents(cents: f64) -> f64 {
+    (cents * 10_000.0).round() / 10_000.0
+}
+
 /// Tokens a prompt may use, estimated before the call from its length. Pass the UTF-8 length in bytes
 /// (`str::len`): English averages about 4 bytes per token, and a CJK character is 3 bytes and about one token,
 /// so one token per 3 bytes overestimates both. Never 0, since every request costs something.

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::domain::pricing::{PriceMatch, estimate_prompt_tokens};
+use crate::domain::pricing::{PriceMatch, estimate_prompt_tokens, round_cents};
 use crate::domain::provider::Provider;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
@@ -37,7 +37,7 @@ pub async fn summary(
     Ok(Json(json!({
         "days": days,
         "usage": lines,
-        "total": {"requests": total_requests, "cost_cents": (total_cost * 10_000.0).round() / 10_000.0},
+        "total": {"requests": total_requests, "cost_cents": round_cents(total_cost)},
     })))
 }
 
@@ -77,7 +77,7 @@ pub async fn estimate(
         "model": request.model,
         "prompt_tokens": prompt_tokens,
         "max_output_tokens": max_output_tokens,
-        "estimated_cost_cents": (cents * 10_000.0).round() / 10_000.0,
+        "estimated_cost_cents": round_cents(cents),
         "price": {"input_per_mtok_usd": price.input_per_mtok_usd, "output_per_mtok_usd": price.output_per_mtok_usd},
         "priced_as": match matched { PriceMatch::Exact => "listed", PriceMatch::Prefix => "listed_family", PriceMatch::Unknown => "unknown_model_conservative" },
         "price_table_version": prices.version(),
