@@ -53,6 +53,7 @@ async fn main() {
         format!("{}/v1", provider.uri()).parse().unwrap(),
         provider.uri().parse().unwrap(),
         Duration::from_secs(5),
+        Duration::from_secs(5),
     );
     let old_ring = Keyring::new(EncryptionKey::parse_hex(OLD_KEY).unwrap(), vec![]).unwrap();
     let vault = KeyVault::new(

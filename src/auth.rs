@@ -40,6 +40,16 @@ pub enum TokenError {
 struct Claims {
     id: String,
     iat: Option<u64>,
+    /// Session-mode tokens name their session; it must still exist in Directus (see
+    /// [`crate::services::sessions`]).
+    session: Option<String>,
+}
+
+/// What a valid token says: whose it is, and the session it belongs to, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub user: UserId,
+    pub session: Option<String>,
 }
 
 impl AccessTokenVerifier {
@@ -52,8 +62,8 @@ impl AccessTokenVerifier {
         AccessTokenVerifier { key: DecodingKey::from_secret(directus_secret.expose_secret().as_bytes()), validation }
     }
 
-    /// Verifies a token and returns the user it was issued to.
-    pub fn verify(&self, token: &str, now_unix: u64) -> Result<UserId, TokenError> {
+    /// Verifies a token's signature and claims. A session-mode token still needs its session checked.
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
@@ -65,7 +75,8 @@ impl AccessTokenVerifier {
         if data.claims.iat.is_some_and(|iat| iat > now_unix + LEEWAY_SECS) {
             return Err(TokenError::IssuedInFuture);
         }
-        UserId::parse(&data.claims.id).map_err(|_| TokenError::BadSubject)
+        let user = UserId::parse(&data.claims.id).map_err(|_| TokenError::BadSubject)?;
+        Ok(VerifiedToken { user, session: data.claims.session })
     }
 }
 
@@ -97,7 +108,7 @@ mod tests {
 
     /// jsonwebtoken reads the real clock for `exp`/`nbf`, so fixtures are relative to it.
     fn check(token: &str) -> Result<UserId, TokenError> {
-        verifier().verify(token, jsonwebtoken::get_current_timestamp())
+        verifier().verify(token, jsonwebtoken::get_current_timestamp()).map(|t| t.user)
     }
 
     fn now_claims() -> Value {
@@ -159,6 +170,17 @@ mod tests {
         assert_eq!(check(&"a".repeat(MAX_TOKEN_LEN + 1)), Err(TokenError::TooLong));
         assert!(check("not-a-jwt").is_err());
         assert!(check("a.b.c").is_err());
+    }
+
+    #[test]
+    fn session_mode_tokens_carry_their_session() {
+        let mut claims = now_claims();
+        claims["session"] = json!("session-token-value");
+        let token = sign(&claims, Algorithm::HS256, SECRET);
+        let verified = verifier().verify(&token, jsonwebtoken::get_current_timestamp()).unwrap();
+        assert_eq!(verified.session.as_deref(), Some("session-token-value"));
+        let plain = sign(&now_claims(), Algorithm::HS256, SECRET);
+        assert_eq!(verifier().verify(&plain, jsonwebtoken::get_current_timestamp()).unwrap().session, None);
     }
 
     #[test]

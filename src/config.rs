@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::encryption_key::EncryptionKey;
 use crate::crypto::envelope::Keyring;
@@ -20,8 +20,11 @@ use crate::services::rate_limit::TierLimits;
 pub struct Settings {
     pub bind_addr: SocketAddr,
     pub directus_url: Url,
-    /// Static token of the sidecar's API-only Directus user; also the service token for `/v1/flags`.
+    /// Static token of the sidecar's API-only Directus user.
     pub directus_token: SecretString,
+    /// Bearer token for operator endpoints (`/v1/flags`); `None` turns them off. Never the Directus token, so
+    /// neither credential opens the other's doors.
+    pub operator_token: Option<SecretString>,
     /// The Directus `SECRET`, which signs its HS256 access tokens.
     pub directus_secret: SecretString,
     pub webhook_secret: WebhookSecret,
@@ -29,6 +32,10 @@ pub struct Settings {
     pub flag_cache_ttl: Duration,
     /// How long a user's tier, balance and key status are reused before Directus is asked again.
     pub user_cache_ttl: Duration,
+    /// While Directus is unreachable, callers read within this long are served on their last known profile.
+    pub stale_caller_max_age: Duration,
+    /// How long a session-mode token's session is trusted after Directus last confirmed it.
+    pub session_check_ttl: Duration,
     pub directus_timeout: Duration,
     /// `None` when `ENCRYPTION_KEY` is unset: BYOK reports "not configured", internal credits keep working.
     /// `ENCRYPTION_KEYS_PREVIOUS` adds keys that still decrypt, for rotation.
@@ -38,6 +45,8 @@ pub struct Settings {
     /// Anthropic API base, SDK convention: without `/v1`.
     pub anthropic_base_url: Url,
     pub provider_timeout: Duration,
+    /// How long a non-streaming gateway call may take to answer (its headers come when generation is done).
+    pub provider_generation_timeout: Duration,
     /// How often keys stored `unverified` (provider unreachable when saved) are checked again.
     pub key_reverify_interval: Duration,
     /// The platform's own provider keys, for calls paid with credits.
@@ -47,10 +56,19 @@ pub struct Settings {
     pub spool_dir: PathBuf,
     pub price_table: Arc<PriceTable>,
     pub rate_limits: TierLimits,
+    /// Per user and minute: key saves and checks (each asks the provider from the platform's address), and
+    /// usage summaries (each reads Directus).
+    pub key_checks_per_minute: u32,
+    pub usage_reads_per_minute: u32,
     /// Total time one gateway call may spend retrying a provider.
     pub upstream_deadline: Duration,
-    /// Upper bound on concurrent provider calls; more wait for a slot.
+    /// Upper bound on concurrent provider calls; more wait for a slot, at most `upstream_slot_wait`.
     pub max_upstream_calls: usize,
+    pub upstream_slot_wait: Duration,
+    /// Largest gateway request body accepted (prompts with images are large; the body is held in memory).
+    pub max_llm_body_bytes: usize,
+    /// A client that takes no bytes of its response for this long is disconnected, freeing its upstream slot.
+    pub client_write_timeout: Duration,
     pub log_format: LogFormat,
 }
 
@@ -212,6 +230,16 @@ impl Settings {
         let directus_token = r
             .required("DIRECTUS_TOKEN", "Set it to the static token of the sidecar's API-only Directus user")
             .map(SecretString::from);
+        let operator_token = r.get("OPERATOR_TOKEN").map(|t| SecretString::from(t.trim()));
+        if let (Some(operator), Some(directus)) = (&operator_token, &directus_token)
+            && operator.expose_secret() == directus.expose_secret()
+        {
+            r.problem(
+                "OPERATOR_TOKEN",
+                "is the same as DIRECTUS_TOKEN",
+                "Generate a separate one: openssl rand -hex 32",
+            );
+        }
         let directus_secret = r
             .required("DIRECTUS_SECRET", "Set it to the same value as the SECRET of your Directus instance")
             .map(SecretString::from);
@@ -230,11 +258,14 @@ impl Settings {
             });
         let flag_cache_ttl = r.seconds("FLAG_CACHE_TTL_SECS", 300, 1..=86_400);
         let user_cache_ttl = r.seconds("USER_CACHE_TTL_SECS", 5, 1..=300);
+        let stale_caller_max_age = r.seconds("STALE_CALLER_MAX_AGE_SECS", 900, 0..=86_400);
+        let session_check_ttl = r.seconds("SESSION_CHECK_TTL_SECS", 30, 1..=3_600);
         let directus_timeout = r.seconds("DIRECTUS_TIMEOUT_SECS", 5, 1..=120);
         let keyring = keyring(&mut r);
         let openai_base_url = r.url("OPENAI_BASE_URL", "https://api.openai.com/v1");
         let anthropic_base_url = r.url("ANTHROPIC_BASE_URL", "https://api.anthropic.com");
         let provider_timeout = r.seconds("PROVIDER_TIMEOUT_SECS", 30, 1..=600);
+        let provider_generation_timeout = r.seconds("PROVIDER_GENERATION_TIMEOUT_SECS", 600, 1..=3_600);
         let key_reverify_interval = r.seconds("KEY_REVERIFY_INTERVAL_SECS", 600, 1..=86_400);
         let internal_openai_key = r.get("INTERNAL_OPENAI_API_KEY").map(|k| SecretString::from(k.trim()));
         let internal_anthropic_key = r.get("INTERNAL_ANTHROPIC_API_KEY").map(|k| SecretString::from(k.trim()));
@@ -249,8 +280,21 @@ impl Settings {
             free_per_minute: r.parsed("RATE_LIMIT_FREE_PER_MIN", 20, per_minute, count),
             premium_per_minute: r.parsed("RATE_LIMIT_PREMIUM_PER_MIN", 120, per_minute, count),
         };
+        let key_checks_per_minute = r.parsed("RATE_LIMIT_KEY_CHECKS_PER_MIN", 10, per_minute, count);
+        let usage_reads_per_minute = r.parsed("RATE_LIMIT_USAGE_READS_PER_MIN", 60, per_minute, count);
         let upstream_deadline = r.seconds("UPSTREAM_DEADLINE_SECS", 30, 1..=600);
         let max_upstream_calls = r.parsed("MAX_UPSTREAM_CALLS", 512, "Use a whole number, e.g. 512", count) as usize;
+        let upstream_slot_wait = r.seconds("UPSTREAM_SLOT_WAIT_SECS", 10, 1..=600);
+        let max_llm_body_bytes = r.parsed(
+            "MAX_LLM_BODY_BYTES",
+            16 * 1024 * 1024,
+            "Use a number of bytes from 65536 to 67108864, e.g. 16777216 (16 MiB)",
+            |raw| match raw.parse::<usize>() {
+                Ok(n) if (64 * 1024..=64 * 1024 * 1024).contains(&n) => Ok(n),
+                _ => Err("must be a whole number of bytes from 65536 to 67108864"),
+            },
+        );
+        let client_write_timeout = r.seconds("CLIENT_WRITE_TIMEOUT_SECS", 60, 1..=3_600);
         let log_format = r.parsed("LOG_FORMAT", LogFormat::Json, "Use json or text", |raw| match raw {
             "json" => Ok(LogFormat::Json),
             "text" => Ok(LogFormat::Text),
@@ -265,23 +309,32 @@ impl Settings {
                     bind_addr,
                     directus_url,
                     directus_token,
+                    operator_token,
                     directus_secret,
                     webhook_secret,
                     flag_cache_ttl,
                     user_cache_ttl,
+                    stale_caller_max_age,
+                    session_check_ttl,
                     directus_timeout,
                     keyring,
                     openai_base_url,
                     anthropic_base_url,
                     provider_timeout,
+                    provider_generation_timeout,
                     key_reverify_interval,
                     internal_openai_key,
                     internal_anthropic_key,
                     spool_dir,
                     price_table,
                     rate_limits,
+                    key_checks_per_minute,
+                    usage_reads_per_minute,
                     upstream_deadline,
                     max_upstream_calls,
+                    upstream_slot_wait,
+                    max_llm_body_bytes,
+                    client_write_timeout,
                     log_format,
                 })
             }

@@ -9,7 +9,7 @@
 //! - [`accounting`]: the durable usage spool and its flusher.
 //! - [`services`]: flag and caller caches, the key vault, and the LLM gateway.
 //! - [`http`]: thin axum handlers, and the one place errors become responses.
-//! - [`startup`], [`telemetry`], [`rewrap`]: wiring and the `rewrap` command.
+//! - [`startup`], [`telemetry`], [`rewrap`]: wiring and the `rewrap` command; [`sync`]: the lock policy.
 
 pub mod accounting;
 pub mod auth;
@@ -22,4 +22,5 @@ pub mod providers;
 pub mod rewrap;
 pub mod services;
 pub mod startup;
+pub mod sync;
 pub mod telemetry;

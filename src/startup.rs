@@ -13,10 +13,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 
 use crate::accounting;
 use crate::config::Settings;
 use crate::http::{self, state::AppState};
+use crate::services::reservations::LedgerSink;
 
 /// A client gets this long to send its request headers (slowloris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,12 +34,17 @@ pub struct Application {
     router: Router,
     state: AppState,
     reverify_interval: Duration,
+    client_write_timeout: Duration,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.bind_addr).await?;
         let state = AppState::new(&settings)?;
+        let restored = state.reservations.restore_from(&state.spool)?;
+        if restored > 0 {
+            tracing::info!(restored, "deductions waiting for Directus count against their users' credits again");
+        }
         if let Some(keyring) = &settings.keyring {
             tracing::info!(?keyring, "key vault configured");
         } else {
@@ -48,6 +55,7 @@ impl Application {
             listener,
             state,
             reverify_interval: settings.key_reverify_interval,
+            client_write_timeout: settings.client_write_timeout,
         })
     }
 
@@ -58,7 +66,9 @@ impl Application {
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (bounded).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         tokio::spawn(load_flags_until_ready(self.state.clone()));
-        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.spool), Arc::new(self.state.directus.clone())));
+        let sink =
+            LedgerSink { inner: self.state.directus.clone(), reservations: Arc::clone(&self.state.reservations) };
+        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.spool), Arc::new(sink)));
         if self.state.vault_configured {
             tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
         }
@@ -86,8 +96,12 @@ impl Application {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            // A client that stops reading would otherwise hold its connection, and the upstream slot of the
+            // stream it is not reading, forever: a write stuck this long closes the connection.
+            let mut stream = TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(self.client_write_timeout));
             let service = TowerToHyperService::new(self.router.clone());
-            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            let connection = graceful.watch(builder.serve_connection(TokioIo::new(Box::pin(stream)), service));
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, "connection ended with an error");

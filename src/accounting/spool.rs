@@ -35,7 +35,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +44,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::domain::usage::UsageRecord;
+use crate::sync;
 
 const BATCH_SUFFIX: &str = ".jsonl";
 const SINGLE_SUFFIX: &str = ".json";
@@ -366,6 +367,23 @@ impl Spool {
         self.complete(pending)
     }
 
+    /// Records Directus refused for good, kept in `rejected/` until an operator deals with them. Their cost
+    /// still counts against the user's balance, so they are read back at startup.
+    pub fn rejected(&self) -> io::Result<Vec<UsageRecord>> {
+        let folder = self.dir.join(REJECTED_DIR);
+        let mut records = Vec::new();
+        for (_, name) in list_files(&folder)? {
+            if !name.ends_with(SINGLE_SUFFIX) {
+                continue;
+            }
+            match fs::read(folder.join(&name)).map(|bytes| serde_json::from_slice::<UsageRecord>(&bytes)) {
+                Ok(Ok(record)) => records.push(record),
+                _ => tracing::warn!(file = %name, "cannot read a refused usage record in rejected/; skipped"),
+            }
+        }
+        Ok(records)
+    }
+
     /// Resolves after the next batch is written, or at once if one was since the last wake-up.
     pub(super) fn enqueued(&self) -> Notified<'_> {
         self.wake.notified()
@@ -494,8 +512,7 @@ impl Spool {
     }
 
     fn batches(&self) -> MutexGuard<'_, HashMap<String, Batch>> {
-        // Every update leaves the map consistent before anything can panic; keep going after a panic elsewhere.
-        self.batches.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.batches)
     }
 }
 
@@ -745,6 +762,7 @@ pub(super) mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::domain::money::Cents;
     use crate::domain::provider::Provider;
     use crate::domain::routing::Source;
     use crate::domain::usage::TokenUsage;
@@ -773,8 +791,8 @@ pub(super) mod tests {
             model: "gpt-4o-2024-08-06".into(),
             source: Source::Internal,
             service_type: "chat_completions".into(),
-            usage: TokenUsage { prompt_tokens: 1_000, completion_tokens: 500 },
-            cost_cents: 0.75,
+            usage: TokenUsage::new(1_000, 500),
+            cost_cents: Cents::parse("0.75").unwrap(),
             occurred_at: datetime!(2026-11-01 12:00:00.123456789 UTC),
         }
     }

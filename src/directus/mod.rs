@@ -4,6 +4,7 @@
 mod flags;
 mod keys;
 mod notifications;
+mod sessions;
 mod usage;
 mod users;
 
@@ -80,12 +81,17 @@ impl DirectusClient {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request_as(method, path, self.token.expose_secret())
+    }
+
+    /// A request made with someone else's token (a user's own, to let Directus judge it).
+    fn request_as(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
         let mut url = self.base_url.clone();
         // Keep any path prefix Directus is mounted under (e.g. https://example.com/cms/).
         let prefix = url.path().trim_end_matches('/').to_owned();
         url.set_path(&format!("{prefix}{path}"));
         // bearer_auth marks the header sensitive, so it never shows up in Debug output.
-        self.http.request(method, url).bearer_auth(self.token.expose_secret())
+        self.http.request(method, url).bearer_auth(token)
     }
 
     async fn send(&self, request: RequestBuilder) -> Result<Response, DirectusError> {

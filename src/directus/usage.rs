@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{DirectusClient, DirectusError};
 use crate::accounting::{DeliveryError, UsageSink};
-use crate::domain::pricing::round_cents;
+use crate::domain::money::Cents;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
@@ -21,7 +21,7 @@ pub struct UsageLine {
     pub source: Source,
     pub requests: u64,
     pub tokens: u64,
-    pub cost_cents: f64,
+    pub cost_cents: Cents,
 }
 
 impl DirectusClient {
@@ -34,7 +34,7 @@ impl DirectusClient {
                 json!({
                     "user": record.user, "provider": record.provider, "model": record.model,
                     "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
-                    "total_tokens": record.usage.total(), "estimated_cost_cents": round_cents(record.cost_cents),
+                    "total_tokens": record.usage.total(), "estimated_cost_cents": record.cost_cents.to_string(),
                     "request_id": record.request_id,
                 }),
             ),
@@ -42,8 +42,8 @@ impl DirectusClient {
                 "/items/credit_transactions",
                 json!({
                     "user": record.user, "transaction_type": "deduction", "service_type": record.service_type,
-                    // The ledger holds whole cents; a fraction of a cent is charged as a cent.
-                    "cost_cents": record.cost_cents.max(0.0).ceil() as i64,
+                    // Exact, as a decimal string: the ledger keeps nine decimals and nothing is rounded.
+                    "cost_cents": record.cost_cents.max(Cents::ZERO).to_string(),
                     "provider": record.provider, "model": record.model,
                     "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
                     "total_tokens": record.usage.total(), "request_id": record.request_id,
@@ -94,7 +94,7 @@ impl DirectusClient {
                     source,
                     requests: number(&group["count"]) as u64,
                     tokens: number(&group["sum"]["total_tokens"]) as u64,
-                    cost_cents: round_cents(number(&group["sum"][cost_field])),
+                    cost_cents: Cents::from_json(&group["sum"][cost_field]).unwrap_or_default(),
                 });
             }
         }

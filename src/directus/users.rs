@@ -5,6 +5,7 @@ use serde_json::Value;
 use super::{DirectusClient, DirectusError, lenient_bool};
 use crate::domain::api_key::KeyStatus;
 use crate::domain::credits::{CreditBalance, TransactionType};
+use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 
@@ -77,7 +78,8 @@ impl DirectusClient {
         let mut sums = Vec::with_capacity(groups.len());
         for group in groups {
             let kind = group.transaction_type.as_deref().and_then(|t| t.parse::<TransactionType>().ok());
-            let amount = ledger_amount(&group.sum.cost_cents)?;
+            let amount = Cents::from_json(&group.sum.cost_cents)
+                .map_err(|_| DirectusError::Decode("credit_transactions sum is not a number".into()))?;
             if let Some(kind) = kind {
                 sums.push((kind, amount));
             }
@@ -106,15 +108,4 @@ impl DirectusClient {
             })
             .collect())
     }
-}
-
-/// Aggregates come back as numbers (SQLite) or strings (PostgreSQL bigint/decimal), null for no rows.
-fn ledger_amount(value: &Value) -> Result<i64, DirectusError> {
-    let parsed = match value {
-        Value::Null => Some(0),
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f.round() as i64)),
-        Value::String(s) => s.parse::<i64>().ok().or_else(|| s.parse::<f64>().ok().map(|f| f.round() as i64)),
-        _ => None,
-    };
-    parsed.ok_or_else(|| DirectusError::Decode("credit_transactions sum is not a number".into()))
 }

@@ -1,9 +1,11 @@
 //! Pure business rules: no I/O, no clocks, no HTTP. Everything here is unit-testable in isolation.
 
 pub mod api_key;
+pub mod credit_book;
 pub mod credits;
 pub mod flags;
 pub mod llm;
+pub mod money;
 pub mod pricing;
 pub mod provider;
 pub mod provider_key;

@@ -3,36 +3,134 @@
 //! Models the table does not know are priced at a deliberately expensive per-provider rate, so a new or
 //! misspelled model can only ever overcharge credits, never give calls away. [`PriceMatch`] tells the
 //! caller when that happened so it can be logged and the table updated.
+//!
+//! Rates are held as whole billionths of a cent per token (a price of $0.075 per million tokens is 7,500),
+//! so a token count times a rate is exact and no call is rounded (see [`Cents`]).
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use super::money::Cents;
 use super::provider::Provider;
 use super::usage::TokenUsage;
 
 const BUILTIN: &str = include_str!("../../pricing/prices.json");
 
-/// List price of one model, in US dollars per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+/// Billionths of a cent per token for a price of one US dollar per million tokens.
+const NANOS_PER_TOKEN_PER_USD_PER_MTOK: f64 = 100_000.0;
+/// Billionths of a cent per US dollar.
+const NANOS_PER_USD: f64 = 1e11;
+/// Anthropic bills writes to its 5-minute prompt cache at 1.25x the input price and to the 1-hour cache at 2x.
+const CACHE_WRITE_MULTIPLIER: f64 = 1.25;
+const CACHE_WRITE_1H_MULTIPLIER: f64 = 2.0;
+
+/// One model's prices as the JSON table states them: US dollars per million tokens, or per call.
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPrice {
+    input_per_mtok_usd: f64,
+    output_per_mtok_usd: f64,
+    /// Prompt-cache reads; without it cached input costs full price.
+    cached_input_per_mtok_usd: Option<f64>,
+    /// Anthropic prompt-cache writes; default 1.25x (5 minutes) and 2x (1 hour) the input price.
+    cache_write_per_mtok_usd: Option<f64>,
+    cache_write_1h_per_mtok_usd: Option<f64>,
+    /// Audio tokens; without them, a model's audio is priced at the provider's unknown-model audio rate.
+    audio_input_per_mtok_usd: Option<f64>,
+    audio_output_per_mtok_usd: Option<f64>,
+    /// A fee per call (e.g. the search-preview models' built-in web search).
+    per_request_usd: Option<f64>,
+    /// A fee per server-side web search the provider reports; default: the provider's unknown-model fee.
+    web_search_per_call_usd: Option<f64>,
+    /// The longest answer the model can give: the output budget of a request that names none.
+    max_output_tokens: Option<u64>,
+}
+
+/// One model's prices, in billionths of a cent per token (or per call, per search).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelPrice {
-    pub input_per_mtok_usd: f64,
-    pub output_per_mtok_usd: f64,
+    pub input: u64,
+    pub output: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub cache_write_1h: u64,
+    pub audio_input: u64,
+    pub audio_output: u64,
+    pub per_request: u64,
+    pub web_search: u64,
+    pub max_output_tokens: u64,
+}
+
+/// The most a call can use, known before it is made (see [`crate::domain::llm::LlmRequest::budget`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallBudget {
+    pub prompt_tokens: u64,
+    /// Output tokens of all completions together; `None` when the request names no limit, so the model's
+    /// maximum applies (times `completions`).
+    pub output_tokens: Option<u64>,
+    /// How many completions the request asks for (OpenAI `n`).
+    pub completions: u64,
+    /// The prompt may be written to Anthropic's cache (it carries `cache_control`).
+    pub cache_writes: bool,
+    /// The prompt may carry audio, or the answer may be audio.
+    pub audio_input: bool,
+    pub audio_output: bool,
+    /// Server-side web searches the request allows.
+    pub web_searches: u64,
 }
 
 impl ModelPrice {
-    /// Cost in cents (fractional), input and output priced separately.
-    pub fn cost_cents(&self, usage: &TokenUsage) -> f64 {
-        usd_per_mtok_to_cents(usage.prompt_tokens, self.input_per_mtok_usd)
-            + usd_per_mtok_to_cents(usage.completion_tokens, self.output_per_mtok_usd)
+    /// Exact cost of a completed call: each part of the usage at its own rate, plus per-call fees.
+    pub fn cost(&self, usage: &TokenUsage) -> Cents {
+        let billed_apart = usage.cached_prompt_tokens
+            + usage.cache_write_tokens
+            + usage.cache_write_1h_tokens
+            + usage.audio_prompt_tokens;
+        let plain_input = usage.prompt_tokens.saturating_sub(billed_apart);
+        let plain_output = usage.completion_tokens.saturating_sub(usage.audio_completion_tokens);
+        Cents::per_unit(plain_input, self.input)
+            + Cents::per_unit(usage.cached_prompt_tokens, self.cached_input)
+            + Cents::per_unit(usage.cache_write_tokens, self.cache_write)
+            + Cents::per_unit(usage.cache_write_1h_tokens, self.cache_write_1h)
+            + Cents::per_unit(usage.audio_prompt_tokens, self.audio_input)
+            + Cents::per_unit(plain_output, self.output)
+            + Cents::per_unit(usage.audio_completion_tokens, self.audio_output)
+            + Cents::per_unit(1, self.per_request)
+            + Cents::per_unit(usage.web_searches, self.web_search)
     }
-}
 
-fn usd_per_mtok_to_cents(tokens: u64, usd_per_mtok: f64) -> f64 {
-    // tokens / 1e6 * usd * 100, in one division so round numbers stay exact.
-    tokens as f64 * usd_per_mtok / 10_000.0
+    /// The most a call within `budget` can cost: every prompt token at the dearest input rate the request can
+    /// trigger, the whole output budget at the dearest output rate, every allowed search.
+    pub fn estimate(&self, budget: &CallBudget) -> Cents {
+        let mut input = self.input;
+        if budget.cache_writes {
+            input = input.max(self.cache_write).max(self.cache_write_1h);
+        }
+        if budget.audio_input {
+            input = input.max(self.audio_input);
+        }
+        let output = if budget.audio_output { self.output.max(self.audio_output) } else { self.output };
+        Cents::per_unit(budget.prompt_tokens, input)
+            + Cents::per_unit(self.output_budget(budget), output)
+            + Cents::per_unit(1, self.per_request)
+            + Cents::per_unit(budget.web_searches, self.web_search)
+    }
+
+    /// Output tokens a request may use in all: its own limit, or the model's maximum per completion.
+    pub fn output_budget(&self, budget: &CallBudget) -> u64 {
+        budget.output_tokens.unwrap_or_else(|| self.max_output_tokens.saturating_mul(budget.completions.max(1)))
+    }
+
+    /// Input price in US dollars per million tokens, for people.
+    pub fn input_per_mtok_usd(&self) -> f64 {
+        self.input as f64 / NANOS_PER_TOKEN_PER_USD_PER_MTOK
+    }
+
+    pub fn output_per_mtok_usd(&self) -> f64 {
+        self.output as f64 / NANOS_PER_TOKEN_PER_USD_PER_MTOK
+    }
 }
 
 /// How a requested model was found in the table.
@@ -40,10 +138,20 @@ fn usd_per_mtok_to_cents(tokens: u64, usd_per_mtok: f64) -> f64 {
 pub enum PriceMatch {
     /// The model name is in the table.
     Exact,
-    /// A dated or suffixed variant of a listed model (`gpt-4o-2024-08-06` is priced as `gpt-4o`).
+    /// A dated or versioned variant of a listed model (`gpt-4o-2024-08-06` is priced as `gpt-4o`).
     Prefix,
     /// Not in the table: priced at the provider's conservative `unknown_model` rate.
     Unknown,
+}
+
+impl PriceMatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriceMatch::Exact => "listed",
+            PriceMatch::Prefix => "listed_family",
+            PriceMatch::Unknown => "unknown_model_conservative",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -56,9 +164,11 @@ pub enum PriceTableError {
     Currency(String),
     #[error("price table has no `unknown_model.{0}`; every provider needs a conservative price for unlisted models")]
     MissingUnknownModel(Provider),
+    #[error("price table `unknown_model.{0}` needs `max_output_tokens`: the output budget of requests that name none")]
+    MissingMaxOutput(Provider),
     #[error("price table lists an empty model name under `models.{0}`")]
     EmptyModelName(Provider),
-    #[error("price table `{at}.{field}` must be a finite number of at least 0")]
+    #[error("price table `{at}.{field}` must be a finite number from 0 to 100000")]
     InvalidPrice { at: String, field: &'static str },
 }
 
@@ -70,8 +180,8 @@ struct RawTable {
     /// Free text for people editing the file; accepted and ignored.
     #[serde(default, rename = "description")]
     _description: IgnoredAny,
-    models: HashMap<Provider, HashMap<String, ModelPrice>>,
-    unknown_model: HashMap<Provider, ModelPrice>,
+    models: HashMap<Provider, HashMap<String, RawPrice>>,
+    unknown_model: HashMap<Provider, RawPrice>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,10 +199,19 @@ impl ProviderPrices {
         // names of equal length cannot both be prefixes of one model, so the result does not depend on order.
         self.models
             .iter()
-            .filter(|(name, _)| model.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with('-')))
+            .filter(|(name, _)| model.strip_prefix(name.as_str()).is_some_and(is_version_suffix))
             .max_by_key(|(name, _)| name.len())
             .map_or((self.unknown, PriceMatch::Unknown), |(_, price)| (*price, PriceMatch::Prefix))
     }
+}
+
+/// `-2024-08-06`, `-20241022`, `-1-20250805`, `-latest`: a date or version of the same model. Anything else
+/// (`-audio-preview`, `-search-preview`, `-realtime`) is a different product with its own prices, so it must
+/// not inherit its cheaper text family's.
+fn is_version_suffix(rest: &str) -> bool {
+    rest.strip_prefix('-').is_some_and(|rest| {
+        rest.split('-').all(|part| part == "latest" || (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())))
+    })
 }
 
 /// The prices in force, validated. Cheap to query; build once and share.
@@ -119,14 +238,19 @@ impl PriceTable {
             return Err(PriceTableError::Currency(raw.currency));
         }
         let mut take = |provider: Provider| -> Result<ProviderPrices, PriceTableError> {
-            let unknown = raw.unknown_model.remove(&provider).ok_or(PriceTableError::MissingUnknownModel(provider))?;
-            validate(&unknown, || format!("unknown_model.{provider}"))?;
-            let models = raw.models.remove(&provider).unwrap_or_default();
-            for (name, price) in &models {
+            let raw_unknown =
+                raw.unknown_model.remove(&provider).ok_or(PriceTableError::MissingUnknownModel(provider))?;
+            if raw_unknown.max_output_tokens.is_none() {
+                return Err(PriceTableError::MissingMaxOutput(provider));
+            }
+            let unknown = resolve(&raw_unknown, None, &format!("unknown_model.{provider}"))?;
+            let mut models = HashMap::new();
+            for (name, price) in raw.models.remove(&provider).unwrap_or_default() {
                 if name.is_empty() {
                     return Err(PriceTableError::EmptyModelName(provider));
                 }
-                validate(price, || format!("models.{provider}.{name}"))?;
+                let price = resolve(&price, Some(&unknown), &format!("models.{provider}.{name}"))?;
+                models.insert(name, price);
             }
             Ok(ProviderPrices { models, unknown })
         };
@@ -145,14 +269,14 @@ impl PriceTable {
         self.for_provider(provider).price(model)
     }
 
-    /// Cost of a completed call in cents (fractional). Use [`PriceTable::price`] to learn how the model matched.
-    pub fn cost_cents(&self, provider: Provider, model: &str, usage: &TokenUsage) -> f64 {
-        self.price(provider, model).0.cost_cents(usage)
+    /// Exact cost of a completed call. Use [`PriceTable::price`] to learn how the model matched.
+    pub fn cost(&self, provider: Provider, model: &str, usage: &TokenUsage) -> Cents {
+        self.price(provider, model).0.cost(usage)
     }
 
-    /// Upper bound of a call's cost before it is made: the whole output budget is assumed to be used.
-    pub fn estimate_cents(&self, provider: Provider, model: &str, prompt_tokens: u64, max_output_tokens: u64) -> f64 {
-        self.cost_cents(provider, model, &TokenUsage { prompt_tokens, completion_tokens: max_output_tokens })
+    /// Upper bound of a call's cost before it is made.
+    pub fn estimate(&self, provider: Provider, model: &str, budget: &CallBudget) -> Cents {
+        self.price(provider, model).0.estimate(budget)
     }
 
     fn for_provider(&self, provider: Provider) -> &ProviderPrices {
@@ -163,19 +287,57 @@ impl PriceTable {
     }
 }
 
-fn validate(price: &ModelPrice, at: impl Fn() -> String) -> Result<(), PriceTableError> {
-    let fields = [("input_per_mtok_usd", price.input_per_mtok_usd), ("output_per_mtok_usd", price.output_per_mtok_usd)];
-    for (field, value) in fields {
-        if !value.is_finite() || value < 0.0 {
-            return Err(PriceTableError::InvalidPrice { at: at(), field });
+/// Converts one table entry to rates, filling what it leaves out: cache prices from its own input price,
+/// audio and search from the provider's (expensive) unknown-model entry.
+fn resolve(raw: &RawPrice, unknown: Option<&ModelPrice>, at: &str) -> Result<ModelPrice, PriceTableError> {
+    let rate = |field: &'static str, usd: f64| -> Result<u64, PriceTableError> {
+        if usd.is_finite() && (0.0..=100_000.0).contains(&usd) {
+            Ok((usd * NANOS_PER_TOKEN_PER_USD_PER_MTOK).round() as u64)
+        } else {
+            Err(PriceTableError::InvalidPrice { at: at.to_owned(), field })
         }
-    }
-    Ok(())
-}
-
-/// Cents to the four decimals Directus stores (`decimal(14,4)`) and reports show.
-pub fn round_cents(cents: f64) -> f64 {
-    (cents * 10_000.0).round() / 10_000.0
+    };
+    let fee = |field: &'static str, usd: Option<f64>, default: u64| -> Result<u64, PriceTableError> {
+        match usd {
+            None => Ok(default),
+            Some(usd) if usd.is_finite() && (0.0..=100_000.0).contains(&usd) => {
+                Ok((usd * NANOS_PER_USD).round() as u64)
+            }
+            Some(_) => Err(PriceTableError::InvalidPrice { at: at.to_owned(), field }),
+        }
+    };
+    let optional = |field: &'static str, usd: Option<f64>, default: u64| usd.map_or(Ok(default), |u| rate(field, u));
+    let input = rate("input_per_mtok_usd", raw.input_per_mtok_usd)?;
+    let output = rate("output_per_mtok_usd", raw.output_per_mtok_usd)?;
+    let scaled = |multiplier: f64| (input as f64 * multiplier).round() as u64;
+    Ok(ModelPrice {
+        input,
+        output,
+        cached_input: optional("cached_input_per_mtok_usd", raw.cached_input_per_mtok_usd, input)?,
+        cache_write: optional(
+            "cache_write_per_mtok_usd",
+            raw.cache_write_per_mtok_usd,
+            scaled(CACHE_WRITE_MULTIPLIER),
+        )?,
+        cache_write_1h: optional(
+            "cache_write_1h_per_mtok_usd",
+            raw.cache_write_1h_per_mtok_usd,
+            scaled(CACHE_WRITE_1H_MULTIPLIER),
+        )?,
+        audio_input: optional(
+            "audio_input_per_mtok_usd",
+            raw.audio_input_per_mtok_usd,
+            unknown.map_or(input, |u| u.audio_input),
+        )?,
+        audio_output: optional(
+            "audio_output_per_mtok_usd",
+            raw.audio_output_per_mtok_usd,
+            unknown.map_or(output, |u| u.audio_output),
+        )?,
+        per_request: fee("per_request_usd", raw.per_request_usd, 0)?,
+        web_search: fee("web_search_per_call_usd", raw.web_search_per_call_usd, unknown.map_or(0, |u| u.web_search))?,
+        max_output_tokens: raw.max_output_tokens.or(unknown.map(|u| u.max_output_tokens)).unwrap_or(0),
+    })
 }
 
 /// Tokens a prompt may use, estimated before the call from its length. Pass the UTF-8 length in bytes
@@ -194,12 +356,13 @@ mod tests {
         PriceTable::builtin().price(provider, model)
     }
 
-    fn price(input: f64, output: f64) -> ModelPrice {
-        ModelPrice { input_per_mtok_usd: input, output_per_mtok_usd: output }
+    /// Input and output rates in US dollars per million tokens, as the table states them.
+    fn usd(price: ModelPrice) -> (f64, f64) {
+        (price.input_per_mtok_usd(), price.output_per_mtok_usd())
     }
 
-    fn assert_close(actual: f64, expected: f64) {
-        assert!((actual - expected).abs() < 1e-9, "{actual} != {expected}");
+    fn text(prompt: u64, completion: u64) -> TokenUsage {
+        TokenUsage::new(prompt, completion)
     }
 
     const MINIMAL: &str = r#"{
@@ -207,15 +370,15 @@ mod tests {
         "currency": "USD",
         "models": {"openai": {"gpt-4o": {"input_per_mtok_usd": 2.5, "output_per_mtok_usd": 10}}},
         "unknown_model": {
-            "openai": {"input_per_mtok_usd": 30, "output_per_mtok_usd": 120},
-            "anthropic": {"input_per_mtok_usd": 15, "output_per_mtok_usd": 75}
+            "openai": {"input_per_mtok_usd": 30, "output_per_mtok_usd": 120, "max_output_tokens": 128000},
+            "anthropic": {"input_per_mtok_usd": 15, "output_per_mtok_usd": 75, "max_output_tokens": 128000}
         }
     }"#;
 
     #[test]
     fn the_builtin_table_parses_and_prices_every_model_the_spec_names() {
         let table = PriceTable::builtin();
-        assert_eq!(table.version(), "2026-11-01");
+        assert_eq!(table.version(), "2026-11-28");
         let required = [
             (OpenAi, &["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini"][..]),
             (OpenAi, &["gpt-3.5-turbo"]),
@@ -224,7 +387,9 @@ mod tests {
         ];
         for (provider, models) in required {
             for model in models {
-                assert_eq!(table.price(provider, model).1, PriceMatch::Exact, "{provider} {model}");
+                let (price, matched) = table.price(provider, model);
+                assert_eq!(matched, PriceMatch::Exact, "{provider} {model}");
+                assert!(price.max_output_tokens >= 4096, "{provider} {model} has an output budget");
             }
         }
     }
@@ -234,75 +399,133 @@ mod tests {
         let table = PriceTable::builtin();
         for provider in Provider::ALL {
             let prices = table.for_provider(provider);
-            // o1-pro is the one listed model priced above the fallback; it is listed so it is never a fallback.
-            for (name, p) in prices.models.iter().filter(|(name, _)| name.as_str() != "o1-pro") {
-                assert!(p.input_per_mtok_usd <= prices.unknown.input_per_mtok_usd, "{provider} {name}");
-                assert!(p.output_per_mtok_usd <= prices.unknown.output_per_mtok_usd, "{provider} {name}");
+            // The two pro models are priced above the fallback; they are listed so they are never a fallback.
+            for (name, p) in prices.models.iter().filter(|(name, _)| !["o1-pro", "gpt-5-pro"].contains(&name.as_str()))
+            {
+                assert!(p.input <= prices.unknown.input, "{provider} {name}");
+                assert!(p.output <= prices.unknown.output, "{provider} {name}");
+                assert!(p.audio_input <= prices.unknown.audio_input, "{provider} {name}");
+                assert!(p.audio_output <= prices.unknown.audio_output, "{provider} {name}");
             }
         }
     }
 
     #[test]
     fn exact_names_match_exactly() {
-        assert_eq!(builtin_price(OpenAi, "gpt-4o"), (price(2.5, 10.0), PriceMatch::Exact));
-        assert_eq!(builtin_price(Anthropic, "claude-opus-4"), (price(15.0, 75.0), PriceMatch::Exact));
-        assert_eq!(builtin_price(OpenAi, "gpt-4o-2024-05-13"), (price(5.0, 15.0), PriceMatch::Exact));
+        assert_eq!(usd(builtin_price(OpenAi, "gpt-4o").0), (2.5, 10.0));
+        assert_eq!(builtin_price(OpenAi, "gpt-4o").1, PriceMatch::Exact);
+        assert_eq!(usd(builtin_price(Anthropic, "claude-opus-4").0), (15.0, 75.0));
+        assert_eq!(usd(builtin_price(OpenAi, "gpt-4o-2024-05-13").0), (5.0, 15.0));
     }
 
     #[test]
-    fn dated_variants_match_the_longest_listed_prefix() {
+    fn dated_and_versioned_variants_match_the_longest_listed_name() {
         let cases = [
-            (OpenAi, "gpt-4o-2024-08-06", price(2.5, 10.0)),
-            (OpenAi, "gpt-4o-mini-2024-07-18", price(0.15, 0.6)),
-            (OpenAi, "gpt-4.1-mini-2025-04-14", price(0.4, 1.6)),
-            (OpenAi, "gpt-4.1-2025-04-14", price(2.0, 8.0)),
-            (OpenAi, "o3-pro-2025-06-10", price(20.0, 80.0)),
-            (OpenAi, "o4-mini-2025-04-16", price(1.1, 4.4)),
-            (Anthropic, "claude-3-5-sonnet-20241022", price(3.0, 15.0)),
-            (Anthropic, "claude-3-5-haiku-latest", price(0.8, 4.0)),
-            (Anthropic, "claude-opus-4-1-20250805", price(15.0, 75.0)),
-            (Anthropic, "claude-opus-4-5-20251101", price(5.0, 25.0)),
+            (OpenAi, "gpt-4o-2024-08-06", (2.5, 10.0)),
+            (OpenAi, "gpt-4o-mini-2024-07-18", (0.15, 0.6)),
+            (OpenAi, "gpt-4.1-mini-2025-04-14", (0.4, 1.6)),
+            (OpenAi, "gpt-4.1-2025-04-14", (2.0, 8.0)),
+            (OpenAi, "o3-pro-2025-06-10", (20.0, 80.0)),
+            (OpenAi, "o4-mini-2025-04-16", (1.1, 4.4)),
+            (OpenAi, "gpt-4o-audio-preview-2024-12-17", (2.5, 10.0)),
+            (Anthropic, "claude-3-5-sonnet-20241022", (3.0, 15.0)),
+            (Anthropic, "claude-3-5-haiku-latest", (0.8, 4.0)),
+            (Anthropic, "claude-opus-4-1-20250805", (15.0, 75.0)),
+            (Anthropic, "claude-opus-4-5-20251101", (5.0, 25.0)),
         ];
         for (provider, model, expected) in cases {
-            assert_eq!(builtin_price(provider, model), (expected, PriceMatch::Prefix), "{provider} {model}");
+            let (price, matched) = builtin_price(provider, model);
+            assert_eq!((usd(price), matched), (expected, PriceMatch::Prefix), "{provider} {model}");
         }
     }
 
     #[test]
-    fn a_prefix_only_counts_up_to_a_dash() {
-        let unknown_openai = price(30.0, 120.0);
-        for model in ["gpt-4oo", "gpt-4o_mini", "o3x", "gpt-4", "gpt-5.1", "", "-"] {
-            assert_eq!(builtin_price(OpenAi, model), (unknown_openai, PriceMatch::Unknown), "{model:?}");
+    fn other_products_of_a_family_are_not_priced_as_the_cheaper_text_model() {
+        for model in ["gpt-4o-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio", "gpt-4o-mini-search", "gpt-5-codex"] {
+            let (price, matched) = builtin_price(OpenAi, model);
+            assert_eq!((usd(price), matched), ((30.0, 120.0), PriceMatch::Unknown), "{model}");
+        }
+        let (audio, _) = builtin_price(OpenAi, "gpt-4o-audio-preview");
+        assert!(audio.audio_output > audio.output, "audio output is priced as audio");
+        let (search, _) = builtin_price(OpenAi, "gpt-4o-search-preview");
+        assert!(search.per_request > 0, "search models carry their per-call fee");
+    }
+
+    #[test]
+    fn a_suffix_is_only_a_version_after_a_dash() {
+        for model in ["gpt-4oo", "gpt-4o_mini", "o3x", "gpt-4o-", "gpt-4o--1", "gpt-5.1", "", "-"] {
+            assert_eq!(builtin_price(OpenAi, model).1, PriceMatch::Unknown, "{model:?}");
         }
     }
 
     #[test]
     fn models_are_only_looked_up_under_their_own_provider() {
-        assert_eq!(builtin_price(Anthropic, "gpt-4o"), (price(15.0, 75.0), PriceMatch::Unknown));
-        assert_eq!(builtin_price(OpenAi, "claude-3-haiku"), (price(30.0, 120.0), PriceMatch::Unknown));
+        assert_eq!(builtin_price(Anthropic, "gpt-4o").1, PriceMatch::Unknown);
+        assert_eq!(usd(builtin_price(OpenAi, "claude-3-haiku").0), (30.0, 120.0));
     }
 
     #[test]
-    fn costs_price_input_and_output_separately_in_cents() {
+    fn costs_are_exact_fractions_of_a_cent() {
         let table = PriceTable::builtin();
-        let usage = TokenUsage { prompt_tokens: 1_000, completion_tokens: 500 };
+        // gpt-4o-mini, 11 prompt + 3 completion tokens: 11 * 15,000 + 3 * 60,000 billionths of a cent.
+        assert_eq!(table.cost(OpenAi, "gpt-4o-mini", &text(11, 3)), Cents::from_nanos(345_000));
         // gpt-4o: 1000 * $2.50/M = 0.25 c, 500 * $10/M = 0.5 c.
-        assert_close(table.cost_cents(OpenAi, "gpt-4o-2024-11-20", &usage), 0.75);
+        assert_eq!(table.cost(OpenAi, "gpt-4o-2024-11-20", &text(1_000, 500)), Cents::parse("0.75").unwrap());
         // claude-sonnet-4: 1000 * $3/M = 0.3 c, 500 * $15/M = 0.75 c.
-        assert_close(table.cost_cents(Anthropic, "claude-sonnet-4-20250514", &usage), 1.05);
-        // A million output tokens of claude-opus-4 is $75.
-        let million_out = TokenUsage { prompt_tokens: 0, completion_tokens: 1_000_000 };
-        assert_close(table.cost_cents(Anthropic, "claude-opus-4", &million_out), 7_500.0);
-        assert_close(table.cost_cents(OpenAi, "gpt-4o", &TokenUsage::default()), 0.0);
+        assert_eq!(table.cost(Anthropic, "claude-sonnet-4-20250514", &text(1_000, 500)), Cents::parse("1.05").unwrap());
+        assert_eq!(table.cost(Anthropic, "claude-opus-4", &text(0, 1_000_000)), Cents::whole(7_500));
+        assert_eq!(table.cost(OpenAi, "gpt-4o", &TokenUsage::default()), Cents::ZERO);
     }
 
     #[test]
-    fn estimates_assume_the_whole_output_budget_and_unknown_models_are_expensive() {
+    fn cached_input_cache_writes_audio_and_searches_have_their_own_rates() {
         let table = PriceTable::builtin();
+        // OpenAI: 1,000 prompt tokens of which 800 cached at half price ($1.25/M): 200 * 250,000 + 800 * 125,000.
+        let cached = TokenUsage { cached_prompt_tokens: 800, ..text(1_000, 0) };
+        assert_eq!(table.cost(OpenAi, "gpt-4o", &cached), Cents::from_nanos(50_000_000 + 100_000_000));
+        // Anthropic sonnet ($3/M): 100 plain, 1,000 cache reads at $0.30, 1,000 5-minute writes at 1.25x ($3.75),
+        // 1,000 1-hour writes at 2x ($6).
+        let anthropic = TokenUsage {
+            cached_prompt_tokens: 1_000,
+            cache_write_tokens: 1_000,
+            cache_write_1h_tokens: 1_000,
+            ..text(3_100, 0)
+        };
+        let expected = 100 * 300_000 + 1_000 * 30_000 + 1_000 * 375_000 + 1_000 * 600_000;
+        assert_eq!(table.cost(Anthropic, "claude-sonnet-4", &anthropic), Cents::from_nanos(expected));
+        // Audio output of gpt-4o-audio-preview at $80/M, its text at $10/M.
+        let audio = TokenUsage { audio_completion_tokens: 100, ..text(0, 150) };
+        assert_eq!(
+            table.cost(OpenAi, "gpt-4o-audio-preview", &audio),
+            Cents::from_nanos(100 * 8_000_000 + 50 * 1_000_000)
+        );
+        // A search model's per-call fee, and Anthropic's $10 per thousand searches.
+        assert_eq!(table.cost(OpenAi, "gpt-4o-search-preview", &TokenUsage::default()), Cents::whole(5));
+        let searches = TokenUsage { web_searches: 3, ..TokenUsage::default() };
+        assert_eq!(table.cost(Anthropic, "claude-sonnet-4", &searches), Cents::whole(3));
+    }
+
+    #[test]
+    fn estimates_assume_the_whole_output_budget_at_the_dearest_rate_the_request_can_trigger() {
+        let table = PriceTable::builtin();
+        let budget =
+            CallBudget { prompt_tokens: 2_000, output_tokens: Some(4_000), completions: 1, ..CallBudget::default() };
         // gpt-4o-mini: 2000 * $0.15/M = 0.03 c, 4000 * $0.60/M = 0.24 c.
-        assert_close(table.estimate_cents(OpenAi, "gpt-4o-mini", 2_000, 4_000), 0.27);
+        assert_eq!(table.estimate(OpenAi, "gpt-4o-mini", &budget), Cents::parse("0.27").unwrap());
         // Unknown OpenAI model: 2000 * $30/M = 6 c, 4000 * $120/M = 48 c.
-        assert_close(table.estimate_cents(OpenAi, "gpt-9-turbo", 2_000, 4_000), 54.0);
+        assert_eq!(table.estimate(OpenAi, "gpt-9-turbo", &budget), Cents::whole(54));
+        // No output limit: the model's maximum (16,384 for gpt-4o-mini), per completion.
+        let open = CallBudget { output_tokens: None, completions: 2, ..budget };
+        assert_eq!(
+            table.estimate(OpenAi, "gpt-4o-mini", &open),
+            Cents::per_unit(2_000, 15_000) + Cents::per_unit(2 * 16_384, 60_000)
+        );
+        // A prompt that may be written to Anthropic's 1-hour cache is priced at 2x input.
+        let cached = CallBudget { cache_writes: true, ..budget };
+        assert_eq!(
+            table.estimate(Anthropic, "claude-sonnet-4", &cached),
+            Cents::per_unit(2_000, 600_000) + Cents::per_unit(4_000, 1_500_000)
+        );
     }
 
     #[test]
@@ -316,12 +539,16 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_override_replaces_the_builtin_table() {
+    fn a_valid_override_replaces_the_builtin_table_and_fills_what_entries_leave_out() {
         let table = PriceTable::from_json(MINIMAL).unwrap();
         assert_eq!(table.version(), "test-1");
-        assert_eq!(table.price(OpenAi, "gpt-4o-2024-08-06"), (price(2.5, 10.0), PriceMatch::Prefix));
+        let (gpt4o, matched) = table.price(OpenAi, "gpt-4o-2024-08-06");
+        assert_eq!((usd(gpt4o), matched), ((2.5, 10.0), PriceMatch::Prefix));
+        assert_eq!(gpt4o.cached_input, gpt4o.input, "no cache discount unless the table states one");
+        assert_eq!(gpt4o.max_output_tokens, 128_000, "the unknown model's output budget");
+        assert_eq!((gpt4o.audio_input, gpt4o.audio_output), (3_000_000, 12_000_000), "the unknown model's rates");
         // A provider with no `models` entry prices everything at its fallback.
-        assert_eq!(table.price(Anthropic, "claude-3-haiku"), (price(15.0, 75.0), PriceMatch::Unknown));
+        assert_eq!(usd(table.price(Anthropic, "claude-3-haiku").0), (15.0, 75.0));
     }
 
     #[test]
@@ -340,8 +567,12 @@ mod tests {
             invalid("unknown_model.anthropic", "output_per_mtok_usd")
         );
         assert_eq!(edit(r#""gpt-4o": "#, r#""": "#), PriceTableError::EmptyModelName(OpenAi));
+        assert_eq!(
+            edit(", \"max_output_tokens\": 128000}\n        }", "}\n        }"),
+            PriceTableError::MissingMaxOutput(Anthropic)
+        );
         let no_anthropic_fallback = r#"{"version": "1", "currency": "USD", "models": {},
-            "unknown_model": {"openai": {"input_per_mtok_usd": 30, "output_per_mtok_usd": 120}}}"#;
+            "unknown_model": {"openai": {"input_per_mtok_usd": 30, "output_per_mtok_usd": 120, "max_output_tokens": 1}}}"#;
         assert_eq!(PriceTable::from_json(no_anthropic_fallback), Err(PriceTableError::MissingUnknownModel(Anthropic)));
         let message = PriceTableError::MissingUnknownModel(Anthropic).to_string();
         assert!(message.contains("unknown_model.anthropic"), "{message}");

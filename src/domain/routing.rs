@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::credits::CreditBalance;
 use super::flags::{FlagSet, RoutingMode};
+use super::money::Cents;
 use super::provider::Provider;
 use super::tier::SubscriptionTier;
 
@@ -13,14 +13,21 @@ pub struct Caller {
     pub tier: SubscriptionTier,
     /// The user has an active key for the provider that is not known to be invalid or out of quota.
     pub has_usable_key: bool,
-    pub balance: CreditBalance,
-    /// What this call may cost at most, in cents; credits count only if the balance covers it. At least 1.
-    pub credits_needed_cents: i64,
+    /// Credits the user can spend now: the ledger balance less open holds and costs the ledger does not
+    /// show yet (see [`crate::domain::credit_book`]).
+    pub available: Cents,
+    /// What this call may cost at most; credits count only if what is available covers it.
+    pub credits_needed: Cents,
 }
 
 impl Caller {
+    /// Credits pay only from a positive balance that covers the call's most expensive outcome.
     pub fn can_pay(&self) -> bool {
-        self.balance.cents() >= self.credits_needed_cents.max(1)
+        self.available.is_positive() && self.available >= self.credits_needed
+    }
+
+    fn no_credits(&self) -> Refusal {
+        Refusal::InsufficientCredits { needed: self.credits_needed, available: self.available }
     }
 }
 
@@ -63,8 +70,18 @@ pub enum Refusal {
         .min_tier.as_str()
     )]
     ByokRequiresUpgrade { min_tier: SubscriptionTier },
-    #[error("You are out of credits. Buy more credits to keep using AI features.")]
-    InsufficientCredits,
+    #[error(
+        "{}", if .available.is_positive() {
+            format!(
+                "This request may cost up to {} cents and you have {} cents available. Buy more credits, or ask \
+                 for fewer output tokens (max_tokens).",
+                cents_for_people(*.needed), cents_for_people(*.available)
+            )
+        } else {
+            "You are out of credits. Buy more credits to keep using AI features.".to_owned()
+        }
+    )]
+    InsufficientCredits { needed: Cents, available: Cents },
     #[error(
         "You are out of credits and have no usable {} API key. Add your own key (create one at {}) \
          under Settings > API Keys, or buy more credits.",
@@ -84,11 +101,16 @@ impl Refusal {
         match self {
             Refusal::ByokKeyRequired { .. } => "byok_key_required",
             Refusal::ByokRequiresUpgrade { .. } => "byok_requires_upgrade",
-            Refusal::InsufficientCredits => "insufficient_credits",
+            Refusal::InsufficientCredits { .. } => "insufficient_credits",
             Refusal::NoCreditsOrKey { .. } => "no_credits_or_key",
             Refusal::ByokNotConfigured => "byok_not_configured",
         }
     }
+}
+
+/// `0.2700`: cents with the four decimals people can read; the ledger itself keeps nine.
+fn cents_for_people(cents: Cents) -> String {
+    format!("{:.4}", cents.as_f64())
 }
 
 /// Why a user may not manage their own keys.
@@ -127,12 +149,12 @@ pub fn decide(
     let has_credits = caller.can_pay();
     let decision = |source| Decision { source, provider, mode };
     let exhausted = || {
-        if entitled && vault_configured { Refusal::NoCreditsOrKey { provider } } else { Refusal::InsufficientCredits }
+        if entitled && vault_configured { Refusal::NoCreditsOrKey { provider } } else { caller.no_credits() }
     };
 
     match mode {
         RoutingMode::ByokDisabled if has_credits => Ok(decision(Source::Internal)),
-        RoutingMode::ByokDisabled => Err(Refusal::InsufficientCredits),
+        RoutingMode::ByokDisabled => Err(caller.no_credits()),
         RoutingMode::ByokOnly if !entitled => Err(Refusal::ByokRequiresUpgrade { min_tier: flags.byok_min_tier }),
         RoutingMode::ByokOnly if !vault_configured => Err(Refusal::ByokNotConfigured),
         RoutingMode::ByokOnly if caller.has_usable_key => Ok(decision(Source::Byok)),
@@ -148,7 +170,6 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::credits::TransactionType;
     use RoutingMode::*;
     use SubscriptionTier::*;
 
@@ -179,12 +200,7 @@ mod tests {
 
     fn caller(tier: SubscriptionTier, has_key: bool, credits: bool) -> Caller {
         let grant = if credits { 500 } else { 0 };
-        Caller {
-            tier,
-            has_usable_key: has_key,
-            balance: CreditBalance::from_ledger_sums([(TransactionType::Grant, grant)]),
-            credits_needed_cents: 1,
-        }
+        Caller { tier, has_usable_key: has_key, available: Cents::whole(grant), credits_needed: Cents::from_nanos(1) }
     }
 
     fn outcome(result: Result<Decision, Refusal>) -> Expected {
@@ -311,12 +327,15 @@ mod tests {
     #[test]
     fn credits_count_only_when_they_cover_the_estimated_cost() {
         let mut c = caller(Premium, true, true);
-        c.credits_needed_cents = 501;
+        c.credits_needed = Cents::whole(501);
         assert_eq!(outcome(decide(&flags_for(CreditFirst, false), &c, Provider::OpenAi, true)), BYOK);
         c.has_usable_key = false;
         assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), NO_CREDITS_OR_KEY);
-        c.credits_needed_cents = 500;
+        c.credits_needed = Cents::whole(500);
         assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), INTERNAL);
+        c.credits_needed = Cents::ZERO;
+        c.available = Cents::ZERO;
+        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), NO_CREDITS_OR_KEY);
     }
 
     #[test]
@@ -329,8 +348,18 @@ mod tests {
     #[test]
     fn a_negative_balance_counts_as_no_credits() {
         let mut c = caller(Free, false, false);
-        c.balance = CreditBalance::from_ledger_sums([(TransactionType::Deduction, 5)]);
+        c.available = Cents::whole(-5);
         let result = decide(&flags_for(ByokDisabled, false), &c, Provider::OpenAi, true);
         assert_eq!(outcome(result), NO_CREDITS);
+    }
+
+    #[test]
+    fn a_refusal_for_want_of_credits_says_what_the_call_needs_and_what_is_available() {
+        let mut c = caller(Free, false, true);
+        c.credits_needed = Cents::whole(600);
+        let refusal = decide(&flags_for(ByokDisabled, false), &c, Provider::OpenAi, true).unwrap_err();
+        assert_eq!(refusal, Refusal::InsufficientCredits { needed: Cents::whole(600), available: Cents::whole(500) });
+        let message = refusal.to_string();
+        assert!(message.contains("600.0000 cents") && message.contains("500.0000 cents available"), "{message}");
     }
 }

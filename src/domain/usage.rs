@@ -4,18 +4,45 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::money::{self, Cents};
 use super::provider::Provider;
 use super::routing::Source;
 use super::user::UserId;
 
-/// Token counts a provider reported (or we counted) for one call.
+/// Token counts a provider reported (or we counted) for one call. The breakdown fields are parts of the two
+/// totals that are billed at other rates; records spooled before they existed read them as 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUsage {
+    /// Every input token, however billed (Anthropic's cache reads and writes included).
     pub prompt_tokens: u64,
+    /// Every output token, reasoning and thinking included.
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`: read from the provider's prompt cache (OpenAI `cached_tokens`, Anthropic
+    /// `cache_read_input_tokens`).
+    #[serde(default)]
+    pub cached_prompt_tokens: u64,
+    /// Of `prompt_tokens`: written to Anthropic's prompt cache for 5 minutes (billed 1.25x input) and for an
+    /// hour (2x).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    #[serde(default)]
+    pub cache_write_1h_tokens: u64,
+    /// Of `prompt_tokens` and `completion_tokens`: audio, billed at the model's audio rates.
+    #[serde(default)]
+    pub audio_prompt_tokens: u64,
+    #[serde(default)]
+    pub audio_completion_tokens: u64,
+    /// Server-side web searches the provider ran for the call, billed per search.
+    #[serde(default)]
+    pub web_searches: u64,
 }
 
 impl TokenUsage {
+    /// Plain text usage with no cached, audio or search parts.
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> TokenUsage {
+        TokenUsage { prompt_tokens, completion_tokens, ..TokenUsage::default() }
+    }
+
     pub fn total(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
     }
@@ -31,11 +58,12 @@ pub struct UsageRecord {
     pub provider: Provider,
     pub model: String,
     pub source: Source,
-    /// e.g. `chat_completions`, `messages`: the ledger's `service_type`.
+    /// e.g. `openai.chat_completions`: the ledger's `service_type`.
     pub service_type: String,
     pub usage: TokenUsage,
-    /// Estimated cost in cents, from the price table (fractional; the ledger rounds deductions up).
-    pub cost_cents: f64,
+    /// What the call cost by the price table, exact: this is what the ledger deducts, unrounded.
+    #[serde(with = "money::exact")]
+    pub cost_cents: Cents,
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
 }

@@ -47,6 +47,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("request timed out")]
     Timeout,
+    /// A per-user limit on one of our own endpoints.
+    #[error("too many requests")]
+    TooManyRequests { retry_after: std::time::Duration },
     /// Something that should not happen; details go to the log, never to the caller.
     #[error("internal error: {0}")]
     Internal(String),
@@ -65,6 +68,15 @@ impl ApiError {
             ApiError::Gateway(GatewayError::Unavailable { retry_after, .. }) => {
                 Some(retry_after.unwrap_or(std::time::Duration::from_secs(30)))
             }
+            ApiError::Gateway(GatewayError::Busy) => Some(std::time::Duration::from_secs(1)),
+            ApiError::TooManyRequests { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            ApiError::Refused(refusal) | ApiError::Gateway(GatewayError::Refused(refusal)) => Some(*refusal),
             _ => None,
         }
     }
@@ -97,7 +109,7 @@ impl ApiError {
             ApiError::Refused(refusal) => {
                 let status = match refusal {
                     Refusal::ByokKeyRequired { .. } | Refusal::ByokRequiresUpgrade { .. } => S::FORBIDDEN,
-                    Refusal::InsufficientCredits | Refusal::NoCreditsOrKey { .. } => S::PAYMENT_REQUIRED,
+                    Refusal::InsufficientCredits { .. } | Refusal::NoCreditsOrKey { .. } => S::PAYMENT_REQUIRED,
                     Refusal::ByokNotConfigured => S::SERVICE_UNAVAILABLE,
                 };
                 (status, refusal.code(), refusal.to_string().into())
@@ -135,6 +147,11 @@ impl ApiError {
             ApiError::Timeout => {
                 (S::SERVICE_UNAVAILABLE, "timeout", "The request took too long. Retry shortly.".into())
             }
+            ApiError::TooManyRequests { .. } => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests of this kind. Wait for the time in Retry-After, then retry.".into(),
+            ),
             ApiError::Internal(_) => {
                 (S::INTERNAL_SERVER_ERROR, "internal", "Something went wrong on our side. Retry shortly.".into())
             }
@@ -181,6 +198,21 @@ fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static
                 "Your {} account has no quota or credit left. Add credit at {}, then retry.",
                 provider.display_name(),
                 provider.billing_url()
+            )
+            .into(),
+        ),
+        GatewayError::Busy => (
+            S::SERVICE_UNAVAILABLE,
+            "gateway_busy",
+            "Too many AI requests are running right now. Retry in a moment.".into(),
+        ),
+        GatewayError::Timeout(provider) => (
+            S::GATEWAY_TIMEOUT,
+            "ai_timeout",
+            format!(
+                "{} did not finish answering in time. Nothing was charged; ask for a shorter answer or use \
+                 streaming (\"stream\": true) for long ones.",
+                provider.display_name()
             )
             .into(),
         ),
@@ -268,7 +300,12 @@ impl IntoResponse for ApiError {
             _ if status.is_server_error() => tracing::warn!(code, "request failed"),
             _ => tracing::debug!(code, "request refused"),
         }
-        let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        let mut error = json!({"code": code, "message": message});
+        if let Some(Refusal::InsufficientCredits { needed, available }) = self.refusal() {
+            error["needed_cents"] = json!(needed);
+            error["available_cents"] = json!(available);
+        }
+        let mut response = (status, Json(json!({"error": error}))).into_response();
         if let Some(wait) = self.retry_after() {
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

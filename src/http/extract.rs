@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
+use crate::services::sessions::SessionError;
 
 /// The user a verified Directus access token was issued to.
 #[derive(Debug, Clone, Copy)]
@@ -23,29 +24,36 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = access_token(parts).ok_or(ApiError::Unauthorized)?;
-        state.tokens.verify(token, jsonwebtoken::get_current_timestamp()).map(AuthenticatedUser).map_err(|reason| {
+        let verified = state.tokens.verify(token, jsonwebtoken::get_current_timestamp()).map_err(|reason| {
             tracing::debug!(%reason, "access token refused");
             ApiError::Unauthorized
-        })
+        })?;
+        if let Some(session) = &verified.session {
+            state.sessions.check(session, token).await.map_err(|error| match error {
+                SessionError::Ended => {
+                    tracing::debug!("session-mode token of an ended session refused");
+                    ApiError::Unauthorized
+                }
+                SessionError::Unconfirmed => ApiError::DirectusUnavailable,
+            })?;
+        }
+        Ok(AuthenticatedUser(verified.user))
     }
 }
 
-/// An operator presenting the sidecar's own Directus static token.
+/// An operator presenting `OPERATOR_TOKEN`. Without one configured, operator endpoints do not exist.
 #[derive(Debug, Clone, Copy)]
-pub struct ServiceCaller;
+pub struct Operator;
 
-impl FromRequestParts<AppState> for ServiceCaller {
+impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let expected = state.operator_token_digest.as_ref().ok_or(ApiError::NotFound)?;
         let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
         // Comparing digests keeps the comparison constant-time and length-independent.
         let presented = Sha256::digest(token.as_bytes());
-        if bool::from(presented.ct_eq(&state.service_token_digest)) {
-            Ok(ServiceCaller)
-        } else {
-            Err(ApiError::Unauthorized)
-        }
+        if bool::from(presented.ct_eq(expected)) { Ok(Operator) } else { Err(ApiError::Unauthorized) }
     }
 }
 

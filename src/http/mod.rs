@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -29,17 +30,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// LLM request bodies (conversations, base64 images) are far larger than our own JSON documents.
-pub const MAX_LLM_BODY_BYTES: usize = 8 * 1024 * 1024;
-
 pub fn router(state: AppState) -> Router {
-    let sensitive = [header::AUTHORIZATION, HeaderName::from_static("x-api-key"), header::COOKIE];
     // No overall deadline here: answers stream for minutes; the gateway bounds each provider call instead.
+    // LLM request bodies (conversations, base64 images) are far larger than our own JSON documents.
     let gateway = Router::new()
         .route("/v1/chat/completions", post(routes::gateway::chat_completions))
         .route("/v1/messages", post(routes::gateway::messages))
-        .layer(DefaultBodyLimit::max(MAX_LLM_BODY_BYTES));
-    Router::new()
+        .layer(DefaultBodyLimit::max(state.max_llm_body_bytes));
+    let routes = Router::new()
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/webhooks/directus", post(routes::webhooks::directus))
@@ -54,21 +52,38 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(deadline))
         .merge(gateway)
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetSensitiveRequestHeadersLayer::new(sensitive))
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO))
-                        // ApiError logs failures once, at a level that fits the cause.
-                        .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
-        )
-        .with_state(state)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    with_common_layers(routes).with_state(state)
+}
+
+/// What every route gets: request ids, a span per request, sensitive headers kept out of logs, and a panic
+/// answered as a 500 JSON error (details logged) instead of a dropped connection.
+pub fn with_common_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    let sensitive = [header::AUTHORIZATION, HeaderName::from_static("x-api-key"), header::COOKIE];
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new(sensitive))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_response(DefaultOnResponse::new().level(Level::INFO))
+                    // ApiError logs failures once, at a level that fits the cause.
+                    .on_failure(()),
+            )
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(CatchPanicLayer::custom(panic_response)),
+    )
+}
+
+/// The panic's message may hold anything (request data): it is logged, never sent.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    ApiError::Internal(format!("handler panicked: {detail}")).into_response()
 }
 
 /// One span per request carrying its id, so every log line of the request can be found together.
@@ -83,5 +98,30 @@ async fn deadline(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_json_without_its_message() {
+        async fn boom() -> &'static str {
+            panic!("secret sk-proj-leak in a panic")
+        }
+        let routes: Router = Router::new().route("/boom", get(boom));
+        let response =
+            with_common_layers(routes).oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        assert!(!body.to_string().contains("sk-proj-leak"), "{body}");
     }
 }

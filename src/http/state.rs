@@ -20,6 +20,8 @@ use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
 use crate::services::notifier::Notifier;
 use crate::services::rate_limit::RateLimiter;
+use crate::services::reservations::Reservations;
+use crate::services::sessions::Sessions;
 
 /// Shared by every handler. Cheap to clone: everything heavy is behind an `Arc`.
 #[derive(Clone)]
@@ -28,17 +30,25 @@ pub struct AppState {
     pub callers: Arc<CallerDirectory>,
     pub vault: Arc<KeyVault>,
     pub gateway: Arc<Gateway>,
+    pub reservations: Arc<Reservations>,
     pub directus: DirectusClient,
     pub spool: Arc<Spool>,
     pub tokens: Arc<AccessTokenVerifier>,
+    pub sessions: Arc<Sessions>,
     pub webhook_secret: Arc<WebhookSecret>,
-    /// SHA-256 of the service token: enough to check a presented token, useless to anyone reading memory dumps
-    /// of this struct.
-    pub service_token_digest: [u8; 32],
+    /// SHA-256 of `OPERATOR_TOKEN`: enough to check a presented token, useless to anyone reading memory
+    /// dumps of this struct. `None`: operator endpoints are off.
+    pub operator_token_digest: Option<[u8; 32]>,
     pub vault_configured: bool,
     pub flag_cache_ttl: Duration,
     /// Webhook ids already applied, kept for twice the replay window so a redelivery is a harmless no-op.
     pub applied_webhooks: Cache<String, ()>,
+    /// Per-user limits on endpoints that cost the platform a provider call or a Directus aggregate.
+    pub key_checks: Arc<RateLimiter>,
+    pub key_checks_per_minute: u32,
+    pub usage_reads: Arc<RateLimiter>,
+    pub usage_reads_per_minute: u32,
+    pub max_llm_body_bytes: usize,
 }
 
 impl AppState {
@@ -53,11 +63,15 @@ impl AppState {
             settings.openai_base_url.clone(),
             settings.anthropic_base_url.clone(),
             settings.provider_timeout,
+            settings.provider_generation_timeout,
         );
         let flags = Arc::new(FlagStore::new(directus.clone(), settings.flag_cache_ttl));
-        let callers = Arc::new(CallerDirectory::new(directus.clone(), settings.user_cache_ttl));
+        let callers =
+            Arc::new(CallerDirectory::new(directus.clone(), settings.user_cache_ttl, settings.stale_caller_max_age));
         let vault = Arc::new(KeyVault::new(settings.keyring.clone(), directus.clone(), providers.clone()));
         let spool = Arc::new(Spool::open(&settings.spool_dir)?);
+        // Stored costs are kept as long as any ledger reading in use can predate them.
+        let reservations = Reservations::in_memory(settings.user_cache_ttl + settings.stale_caller_max_age);
         let gateway = Arc::new(Gateway {
             flags: Arc::clone(&flags),
             callers: Arc::clone(&callers),
@@ -68,10 +82,13 @@ impl AppState {
                 anthropic: settings.internal_anthropic_key.clone(),
             },
             meter: Arc::new(Meter::new(Arc::clone(&spool), Arc::clone(&settings.price_table))),
+            reservations: Arc::clone(&reservations),
             notifier: Notifier::new(directus.clone()),
             breaker: CircuitBreaker::new(5, Duration::from_secs(30)),
-            limiter: RateLimiter::new(settings.rate_limits),
+            limiter: RateLimiter::default(),
+            tier_limits: settings.rate_limits,
             upstream_slots: Arc::new(Semaphore::new(settings.max_upstream_calls)),
+            slot_wait: settings.upstream_slot_wait,
             vault_configured: settings.keyring.is_some(),
             deadline: settings.upstream_deadline,
         });
@@ -80,17 +97,31 @@ impl AppState {
             callers,
             vault,
             gateway,
+            reservations,
+            sessions: Arc::new(Sessions::new(
+                directus.clone(),
+                settings.session_check_ttl,
+                settings.stale_caller_max_age,
+            )),
             directus,
             spool,
             tokens: Arc::new(AccessTokenVerifier::new(&settings.directus_secret)),
             webhook_secret: Arc::new(settings.webhook_secret.clone()),
-            service_token_digest: Sha256::digest(settings.directus_token.expose_secret().as_bytes()).into(),
+            operator_token_digest: settings
+                .operator_token
+                .as_ref()
+                .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
             vault_configured: settings.keyring.is_some(),
             flag_cache_ttl: settings.flag_cache_ttl,
             applied_webhooks: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(2 * TOLERANCE_SECS as u64))
                 .build(),
+            key_checks: Arc::new(RateLimiter::default()),
+            key_checks_per_minute: settings.key_checks_per_minute,
+            usage_reads: Arc::new(RateLimiter::default()),
+            usage_reads_per_minute: settings.usage_reads_per_minute,
+            max_llm_body_bytes: settings.max_llm_body_bytes,
         })
     }
 }

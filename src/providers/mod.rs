@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::{Client, RequestBuilder, Response, Url};
 
 use crate::domain::llm::Api;
@@ -16,10 +17,14 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 pub struct ProviderClient {
     /// Key checks: one bounded round trip.
     http: Client,
-    /// Forwarded calls: no total timeout (answers stream for minutes), but a bound on silence between reads
-    /// and on waiting for the response headers.
+    /// Forwarded streams: no total timeout (answers stream for minutes), but a bound on silence between reads,
+    /// waiting for the response headers included.
     streaming: Client,
+    /// Forwarded non-streaming calls: the provider says nothing until it has generated the whole answer, so
+    /// the bound on silence is the generation timeout.
+    generating: Client,
     timeout: Duration,
+    generation_timeout: Duration,
     openai_base: Url,
     anthropic_base: Url,
 }
@@ -35,7 +40,7 @@ pub enum KeyCheck {
 }
 
 impl ProviderClient {
-    pub fn new(openai_base: Url, anthropic_base: Url, timeout: Duration) -> Self {
+    pub fn new(openai_base: Url, anthropic_base: Url, timeout: Duration, generation_timeout: Duration) -> Self {
         let builder = || {
             Client::builder()
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -43,7 +48,9 @@ impl ProviderClient {
         };
         let http = builder().timeout(timeout).build().expect("a TLS backend and resolver are available");
         let streaming = builder().read_timeout(timeout).build().expect("a TLS backend and resolver are available");
-        ProviderClient { http, streaming, timeout, openai_base, anthropic_base }
+        let generating =
+            builder().read_timeout(generation_timeout).build().expect("a TLS backend and resolver are available");
+        ProviderClient { http, streaming, generating, timeout, generation_timeout, openai_base, anthropic_base }
     }
 
     /// `path` relative to the provider's API root, e.g. `models` for OpenAI (base includes `/v1`) and
@@ -101,18 +108,22 @@ impl ProviderClient {
 
 impl ProviderClient {
     /// Sends a client's request body to its provider with `api_key`. Resolves when the response headers
-    /// arrive (bounded by the provider timeout); the body is left to the caller to read or stream.
-    pub async fn forward(&self, api: Api, api_key: &str, body: Vec<u8>) -> Result<Response, ForwardError> {
+    /// arrive: within the provider timeout for a stream (headers come at once), within the generation timeout
+    /// otherwise. The body is left to the caller to read or stream.
+    pub async fn forward(&self, api: Api, api_key: &str, body: Bytes, stream: bool) -> Result<Response, ForwardError> {
         let path = match api {
             Api::ChatCompletions => "chat/completions",
             Api::Messages => "messages",
         };
+        let (client, wait) =
+            if stream { (&self.streaming, self.timeout) } else { (&self.generating, self.generation_timeout) };
         let request = self
-            .request(&self.streaming, api.provider(), reqwest::Method::POST, path, api_key)
+            .request(client, api.provider(), reqwest::Method::POST, path, api_key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        match tokio::time::timeout(self.timeout, request.send()).await {
+        match tokio::time::timeout(wait, request.send()).await {
             Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.is_timeout() => Err(ForwardError::Timeout),
             Ok(Err(error)) => Err(ForwardError::Transport(error.without_url())),
             Err(_) => Err(ForwardError::Timeout),
         }

@@ -1,24 +1,38 @@
 //! Who is calling: tier, account status, credit balance and stored keys, read from Directus and cached
 //! briefly (the token only proves identity; everything that grants access is read fresh-ish from Directus).
+//!
+//! When Directus cannot be reached, a caller read recently is served on that last known profile for a
+//! bounded time (`STALE_CALLER_MAX_AGE_SECS`), marked stale; callers never seen before get a coded 503.
+//! Credits stay safe meanwhile: every call since the reading counts against it (see
+//! [`crate::domain::credit_book`]).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
 use super::flag_store::{FlagState, FlagStore, FlagsUnavailable};
+use super::reservations::now_millis;
 use crate::directus::{DirectusClient, DirectusError, StoredKey};
-use crate::domain::credits::CreditBalance;
+use crate::domain::credit_book::LedgerReading;
+use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::routing::Caller;
 use crate::domain::tier::SubscriptionTier;
 use crate::domain::user::UserId;
+use crate::sync;
+
+/// After Directus failed, known callers are served their last profile without asking again for this long,
+/// so an outage costs one slow read per interval instead of one per request.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct CallerProfile {
     pub tier: SubscriptionTier,
     pub active: bool,
-    pub balance: CreditBalance,
+    /// The ledger balance, and when it was read.
+    pub ledger: LedgerReading,
     pub keys: Vec<StoredKey>,
 }
 
@@ -28,15 +42,17 @@ impl CallerProfile {
         self.keys.iter().find(|k| k.provider == provider && k.status.is_usable())
     }
 
-    /// The policy's view of this caller for one provider.
-    pub fn for_provider(&self, provider: Provider) -> Caller {
-        Caller {
-            tier: self.tier,
-            has_usable_key: self.usable_key(provider).is_some(),
-            balance: self.balance,
-            credits_needed_cents: 1,
-        }
+    /// The policy's view of this caller for one call to `provider`, which may cost up to `credits_needed`.
+    pub fn for_provider(&self, provider: Provider, available: Cents, credits_needed: Cents) -> Caller {
+        Caller { tier: self.tier, has_usable_key: self.usable_key(provider).is_some(), available, credits_needed }
     }
+}
+
+/// A caller's profile, and whether it is the last known one served because Directus cannot be reached.
+#[derive(Debug, Clone)]
+pub struct CallerRead {
+    pub profile: Arc<CallerProfile>,
+    pub stale: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,7 +66,20 @@ pub enum CallerError {
 /// The flags in force and an active caller: where every decision about a user's request starts.
 pub struct CallContext {
     pub flags: FlagState,
-    pub caller: Arc<CallerProfile>,
+    pub caller: CallerRead,
+}
+
+impl CallContext {
+    /// What of this decision rests on data that may be out of date (Directus unreachable), for the
+    /// `x-byok-stale` header; `None` when everything is fresh.
+    pub fn staleness(&self) -> Option<&'static str> {
+        match (self.flags.stale, self.caller.stale) {
+            (false, false) => None,
+            (true, false) => Some("flags"),
+            (false, true) => Some("caller"),
+            (true, true) => Some("flags, caller"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,7 +100,7 @@ pub async fn call_context(
 ) -> Result<CallContext, ContextError> {
     let (flags, caller) = tokio::join!(flags.current(), callers.profile(user));
     let (flags, caller) = (flags?, caller?);
-    if !caller.active {
+    if !caller.profile.active {
         return Err(ContextError::AccountInactive);
     }
     Ok(CallContext { flags, caller })
@@ -80,24 +109,67 @@ pub async fn call_context(
 pub struct CallerDirectory {
     directus: DirectusClient,
     cache: Cache<UserId, Arc<CallerProfile>>,
+    /// Profiles as last read, kept for `STALE_CALLER_MAX_AGE_SECS` to serve while Directus is unreachable.
+    last_known: Cache<UserId, Arc<CallerProfile>>,
+    last_failure: Mutex<Option<Instant>>,
+    stale_served: AtomicU64,
 }
 
 impl CallerDirectory {
-    pub fn new(directus: DirectusClient, ttl: Duration) -> Self {
-        CallerDirectory { directus, cache: Cache::builder().max_capacity(100_000).time_to_live(ttl).build() }
+    pub fn new(directus: DirectusClient, ttl: Duration, stale_max_age: Duration) -> Self {
+        let cache = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
+        let last_known = Cache::builder().max_capacity(100_000).time_to_live(stale_max_age.max(ttl)).build();
+        CallerDirectory { directus, cache, last_known, last_failure: Mutex::new(None), stale_served: AtomicU64::new(0) }
     }
 
     /// Concurrent requests for the same user share one set of Directus reads.
-    pub async fn profile(&self, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
-        self.cache.try_get_with(user, self.fetch(user)).await.map_err(|e| (*e).clone())
+    pub async fn profile(&self, user: UserId) -> Result<CallerRead, CallerError> {
+        if let Some(profile) = self.cache.get(&user).await {
+            return Ok(CallerRead { profile, stale: false });
+        }
+        if self.failed_recently()
+            && let Some(read) = self.stale(user).await
+        {
+            return Ok(read);
+        }
+        match self.cache.try_get_with(user, self.fetch(user)).await {
+            Ok(profile) => Ok(CallerRead { profile, stale: false }),
+            Err(error) => match &*error {
+                CallerError::Directus(e) if e.is_outage() => {
+                    let first = sync::lock(&self.last_failure).replace(Instant::now()).is_none();
+                    if first {
+                        tracing::warn!(error = %e, "cannot read callers from Directus; serving last known profiles");
+                    }
+                    self.stale(user).await.ok_or_else(|| (*error).clone())
+                }
+                _ => Err((*error).clone()),
+            },
+        }
     }
 
     /// Drops the cached profile, e.g. after the user's keys changed, so routing sees the change at once.
     pub async fn forget(&self, user: UserId) {
         self.cache.invalidate(&user).await;
+        self.last_known.invalidate(&user).await;
+    }
+
+    /// Whether a caller was served on a stale profile since the last successful read, and how many were.
+    pub fn stale_status(&self) -> (bool, u64) {
+        (sync::lock(&self.last_failure).is_some(), self.stale_served.load(Ordering::Relaxed))
+    }
+
+    fn failed_recently(&self) -> bool {
+        sync::lock(&self.last_failure).is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
+    }
+
+    async fn stale(&self, user: UserId) -> Option<CallerRead> {
+        let profile = self.last_known.get(&user).await?;
+        self.stale_served.fetch_add(1, Ordering::Relaxed);
+        Some(CallerRead { profile, stale: true })
     }
 
     async fn fetch(&self, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
+        let read_at = now_millis();
         let (profile, balance, keys) = tokio::join!(
             self.directus.user_profile(user),
             self.directus.credit_balance(user),
@@ -115,6 +187,12 @@ impl CallerDirectory {
             }
             None => SubscriptionTier::Free,
         };
-        Ok(Arc::new(CallerProfile { tier, active: profile.status == "active", balance, keys }))
+        let ledger = LedgerReading { balance: balance.cents(), read_at };
+        let profile = Arc::new(CallerProfile { tier, active: profile.status == "active", ledger, keys });
+        self.last_known.insert(user, Arc::clone(&profile)).await;
+        if sync::lock(&self.last_failure).take().is_some() {
+            tracing::info!("callers are read from Directus again; no longer serving stale profiles");
+        }
+        Ok(profile)
     }
 }

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use crate::directus::{DirectusClient, DirectusError};
 use crate::domain::flags::FlagSet;
+use crate::sync;
 
 /// After a failed load, stale flags are served for this long before Directus is asked again, so an outage
 /// costs one slow request per interval instead of one per request.
@@ -85,13 +86,13 @@ impl FlagStore {
     pub async fn reload(&self) -> Result<FlagState, FlagsUnavailable> {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.fresh.invalidate_all();
-        self.last_failure.lock().expect("lock poisoned").take();
+        sync::lock(&self.last_failure).take();
         self.current().await
     }
 
     /// Whether flags were ever loaded, and the last load error if the current ones are stale.
     pub fn last_known(&self) -> Option<Arc<FlagSnapshot>> {
-        self.last_known.read().expect("lock poisoned").as_ref().map(|(_, s)| Arc::clone(s))
+        sync::read(&self.last_known).as_ref().map(|(_, s)| Arc::clone(s))
     }
 
     async fn load(&self, generation: u64) -> Result<Arc<FlagSnapshot>, DirectusError> {
@@ -101,12 +102,12 @@ impl FlagStore {
             tracing::warn!(?missing, "feature flag rows missing in Directus; using the spec defaults for them");
         }
         let snapshot = Arc::new(FlagSnapshot { flags, loaded_at: OffsetDateTime::now_utc() });
-        let mut last = self.last_known.write().expect("lock poisoned");
+        let mut last = sync::write(&self.last_known);
         if last.as_ref().is_none_or(|(g, _)| *g <= generation) {
             *last = Some((generation, Arc::clone(&snapshot)));
         }
         drop(last);
-        if self.last_failure.lock().expect("lock poisoned").take().is_some() {
+        if sync::lock(&self.last_failure).take().is_some() {
             tracing::info!("feature flags reloaded from Directus; no longer serving stale flags");
         }
         tracing::debug!(?flags, "feature flags loaded");
@@ -114,7 +115,7 @@ impl FlagStore {
     }
 
     fn stale_during_backoff(&self) -> Option<FlagState> {
-        let failure = self.last_failure.lock().expect("lock poisoned");
+        let failure = sync::lock(&self.last_failure);
         let recent = failure.as_ref().is_some_and(|f| f.at.elapsed() < RETRY_AFTER_FAILURE);
         drop(failure);
         if !recent {
@@ -124,12 +125,8 @@ impl FlagStore {
     }
 
     fn after_failure(&self, error: Arc<DirectusError>) -> Result<FlagState, FlagsUnavailable> {
-        let first = self
-            .last_failure
-            .lock()
-            .expect("lock poisoned")
-            .replace(Failure { at: Instant::now(), error: Arc::clone(&error) })
-            .is_none();
+        let first =
+            sync::lock(&self.last_failure).replace(Failure { at: Instant::now(), error: Arc::clone(&error) }).is_none();
         match self.last_known() {
             Some(snapshot) => {
                 if first {
@@ -143,6 +140,6 @@ impl FlagStore {
 
     /// The error behind stale flags, for `/readyz`.
     pub fn last_error(&self) -> Option<String> {
-        self.last_failure.lock().expect("lock poisoned").as_ref().map(|f| f.error.to_string())
+        sync::lock(&self.last_failure).as_ref().map(|f| f.error.to_string())
     }
 }

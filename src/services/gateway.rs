@@ -1,6 +1,6 @@
-//! The LLM gateway: decides who pays (the routing matrix), picks the credentials, calls the provider with
-//! retries and a circuit breaker, learns from key failures (mark, notify, fall back where the matrix
-//! allows), and hands the answer back with what is needed to charge for it.
+//! The LLM gateway: decides who pays (the routing matrix), reserves credits for calls they pay, picks the
+//! credentials, calls the provider with retries and a circuit breaker, learns from key failures (mark,
+//! notify, fall back where the matrix allows), and hands the answer back with what is needed to charge for it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,20 +18,19 @@ use super::flag_store::FlagStore;
 use super::key_vault::{KeyVault, VaultError};
 use super::meter::{Charge, Meter};
 use super::notifier::{KeyProblem, Notifier};
-use super::rate_limit::RateLimiter;
+use super::rate_limit::{RateLimiter, TierLimits};
+use super::reservations::{Hold, Reservations, Shortfall};
 use crate::domain::flags::RoutingMode;
 use crate::domain::llm::{Api, LlmRequest};
-use crate::domain::pricing::estimate_prompt_tokens;
+use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::provider_key::ProviderKey;
 use crate::domain::retry::{backoff, requested_wait};
 use crate::domain::routing::{self, Refusal, Source};
 use crate::domain::upstream::{UpstreamFailure, classify};
 use crate::domain::user::UserId;
-use crate::providers::ProviderClient;
+use crate::providers::{ForwardError, ProviderClient};
 
-/// Output budget assumed for the up-front credit check when a request names none.
-const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 const MAX_ATTEMPTS: u32 = 4;
 const RATE_LIMIT_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(8));
 const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(4));
@@ -56,14 +55,29 @@ impl InternalKeys {
 
 enum Credential {
     Byok(ProviderKey),
-    Internal(SecretString),
+    /// The platform's key, and the credits reserved for the call.
+    Internal(SecretString, Hold),
 }
 
 impl Credential {
     fn expose(&self) -> &str {
         match self {
             Credential::Byok(key) => key.expose(),
-            Credential::Internal(key) => key.expose_secret(),
+            Credential::Internal(key, _) => key.expose_secret(),
+        }
+    }
+
+    fn source(&self) -> Source {
+        match self {
+            Credential::Byok(_) => Source::Byok,
+            Credential::Internal(..) => Source::Internal,
+        }
+    }
+
+    fn into_hold(self) -> Option<Hold> {
+        match self {
+            Credential::Byok(_) => None,
+            Credential::Internal(_, hold) => Some(hold),
         }
     }
 }
@@ -80,8 +94,10 @@ pub struct Forwarded {
     pub source: Source,
     pub reply: Reply,
     pub charge: Charge,
-    /// Holds one of the upstream call slots until the answer has been passed on.
-    pub permit: OwnedSemaphorePermit,
+    /// One of the upstream call slots, held until the answer has been passed on.
+    pub slot: OwnedSemaphorePermit,
+    /// What the decision rested on that may be out of date (see [`CallContext::staleness`]).
+    pub staleness: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +119,12 @@ pub enum GatewayError {
     /// Outage, circuit open, or the platform key missing or refused: AI is unavailable, the rest of the app is not.
     #[error("{provider} unavailable: {reason}")]
     Unavailable { provider: Provider, retry_after: Option<Duration>, reason: &'static str },
+    /// Every upstream call slot stayed taken for the whole slot wait.
+    #[error("all upstream call slots are busy")]
+    Busy,
+    /// A non-streaming call was still generating when the generation timeout hit.
+    #[error("{0} did not finish answering in time")]
+    Timeout(Provider),
     #[error(transparent)]
     Vault(VaultError),
 }
@@ -111,6 +133,16 @@ enum CallFailure {
     Key(UpstreamFailure),
     RateLimited(Duration),
     Outage(Option<Duration>, &'static str),
+    Timeout,
+}
+
+/// Why no credential could be had for a source.
+enum CredentialError {
+    /// The stored key cannot be opened or is gone: it counts as refused.
+    KeyUnusable,
+    /// The credits left do not cover the call's estimate.
+    Shortfall(Shortfall),
+    Other(GatewayError),
 }
 
 pub struct Gateway {
@@ -120,74 +152,85 @@ pub struct Gateway {
     pub providers: ProviderClient,
     pub internal_keys: InternalKeys,
     pub meter: Arc<Meter>,
+    pub reservations: Arc<Reservations>,
     pub notifier: Notifier,
     pub breaker: CircuitBreaker,
     pub limiter: RateLimiter,
+    pub tier_limits: TierLimits,
     pub upstream_slots: Arc<Semaphore>,
+    /// How long a call waits for an upstream slot before it is refused as busy.
+    pub slot_wait: Duration,
     pub vault_configured: bool,
     /// Retries of one call stop here, so a caller is never kept waiting much longer.
     pub deadline: Duration,
 }
 
 impl Gateway {
-    pub async fn call(
-        &self,
-        user: UserId,
-        api: Api,
-        request: &LlmRequest,
-        body: Vec<u8>,
-    ) -> Result<Forwarded, GatewayError> {
+    pub async fn call(&self, user: UserId, api: Api, request: &LlmRequest) -> Result<Forwarded, GatewayError> {
         let provider = api.provider();
-        let CallContext { flags, caller } = call_context(&self.flags, &self.callers, user).await?;
-        let flags = flags.snapshot.flags;
-        let estimated_prompt_tokens = estimate_prompt_tokens(request.prompt_chars);
-        let max_output = request.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
-        let estimate =
-            self.meter.prices().estimate_cents(provider, &request.model, estimated_prompt_tokens, max_output);
-        let mut view = caller.for_provider(provider);
-        view.credits_needed_cents = (estimate.ceil() as i64).max(1);
+        let context = call_context(&self.flags, &self.callers, user).await?;
+        let staleness = context.staleness();
+        let CallContext { flags, caller } = context;
+        let (flags, caller) = (flags.snapshot.flags, caller.profile);
+        let estimate = self.meter.prices().estimate(provider, &request.model, &request.budget);
+        let available = self.reservations.available(user, caller.ledger).await;
+        let mut view = caller.for_provider(provider, available, estimate);
         let decision = routing::decide(&flags, &view, provider, self.vault_configured)?;
         // BYOK-first falls back to credits when the key fails mid-call, exactly as if it had been unusable.
         let can_fall_back = decision.mode == RoutingMode::ByokFirst && view.can_pay();
+        let slot = self.upstream_slot().await?;
 
         let mut source = decision.source;
-        let permit = Arc::clone(&self.upstream_slots).acquire_owned().await.expect("the semaphore is never closed");
+        let mut key_failure = None;
         loop {
-            let credential = match self.credential(user, &caller, provider, source) {
+            let credential = match self.credential(user, &caller, provider, source, estimate).await {
                 Ok(credential) => credential,
-                Err(GatewayError::Vault(VaultError::Unusable(_) | VaultError::NotFound)) if source == Source::Byok => {
+                Err(CredentialError::KeyUnusable) => {
                     self.key_failed(user, provider, UpstreamFailure::InvalidKey).await;
                     if can_fall_back {
+                        key_failure = Some(UpstreamFailure::InvalidKey);
                         source = Source::Internal;
                         continue;
                     }
                     return Err(GatewayError::KeyInvalid(provider));
                 }
-                Err(error) => return Err(error),
+                Err(CredentialError::Shortfall(shortfall)) => {
+                    if let Some(failure) = key_failure {
+                        return Err(key_error(provider, failure));
+                    }
+                    // Concurrent calls took what routing counted on: decide again with what is left.
+                    view.available = shortfall.available;
+                    let again = routing::decide(&flags, &view, provider, self.vault_configured)?;
+                    if again.source == source {
+                        return Err(Refusal::InsufficientCredits { needed: estimate, available: view.available }.into());
+                    }
+                    source = again.source;
+                    continue;
+                }
+                Err(CredentialError::Other(error)) => return Err(error),
             };
-            match self.send_with_retries(api, &credential, &body).await {
+            match self.send_with_retries(api, &credential, &request.body, request.stream).await {
                 Ok(reply) => {
                     let charge = Charge {
                         request_id: Uuid::new_v4(),
                         user,
                         api,
                         model: request.model.clone(),
-                        source,
-                        estimated_prompt_tokens,
+                        source: credential.source(),
+                        estimated_prompt_tokens: request.budget.prompt_tokens,
+                        hold: credential.into_hold(),
                     };
-                    return Ok(Forwarded { source, reply, charge, permit });
+                    return Ok(Forwarded { source: charge.source, reply, charge, slot, staleness });
                 }
                 Err(CallFailure::Key(failure)) if source == Source::Byok => {
                     self.key_failed(user, provider, failure).await;
                     if can_fall_back {
                         tracing::info!(%user, %provider, ?failure, "user's key failed; falling back to credits");
+                        key_failure = Some(failure);
                         source = Source::Internal;
                         continue;
                     }
-                    return Err(match failure {
-                        UpstreamFailure::QuotaExhausted => GatewayError::KeyQuotaExhausted(provider),
-                        _ => GatewayError::KeyInvalid(provider),
-                    });
+                    return Err(key_error(provider, failure));
                 }
                 Err(CallFailure::Key(failure)) => {
                     tracing::error!(%provider, ?failure, "the platform's internal key was refused by the provider");
@@ -203,35 +246,62 @@ impl Gateway {
                 Err(CallFailure::Outage(retry_after, reason)) => {
                     return Err(GatewayError::Unavailable { provider, retry_after, reason });
                 }
+                Err(CallFailure::Timeout) => return Err(GatewayError::Timeout(provider)),
             }
         }
     }
 
-    /// BYOK: the caller's cached envelope, opened in memory (no Directus round trip per call).
-    fn credential(
+    /// One of the bounded upstream call slots; waiting is bounded too, so a flood of slow calls turns into
+    /// quick, clear refusals instead of a growing queue.
+    async fn upstream_slot(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
+        let slots = Arc::clone(&self.upstream_slots);
+        match tokio::time::timeout(self.slot_wait, slots.acquire_owned()).await {
+            Ok(permit) => Ok(permit.expect("the semaphore is never closed")),
+            Err(_) => {
+                tracing::warn!(wait_secs = self.slot_wait.as_secs(), "no upstream call slot became free");
+                Err(GatewayError::Busy)
+            }
+        }
+    }
+
+    /// BYOK: the caller's cached envelope, opened in memory (no Directus round trip per call). Internal: the
+    /// platform's key within the tier's rate limit, with the call's estimate reserved from the user's credits.
+    async fn credential(
         &self,
         user: UserId,
         caller: &CallerProfile,
         provider: Provider,
         source: Source,
-    ) -> Result<Credential, GatewayError> {
+        estimate: Cents,
+    ) -> Result<Credential, CredentialError> {
         match source {
             Source::Byok => {
-                let stored = caller.usable_key(provider).ok_or(GatewayError::Vault(VaultError::NotFound))?;
-                self.vault
-                    .open_sealed(user, provider, &stored.envelope)
-                    .map(Credential::Byok)
-                    .map_err(GatewayError::Vault)
+                let stored = caller.usable_key(provider).ok_or(CredentialError::KeyUnusable)?;
+                self.vault.open_sealed(user, provider, &stored.envelope).map(Credential::Byok).map_err(|error| {
+                    match error {
+                        VaultError::Unusable(_) | VaultError::NotFound => CredentialError::KeyUnusable,
+                        other => CredentialError::Other(GatewayError::Vault(other)),
+                    }
+                })
             }
             Source::Internal => {
-                self.limiter
-                    .acquire(user, caller.tier, Instant::now())
-                    .map_err(|retry_after| GatewayError::RateLimited { retry_after })?;
                 let key = self.internal_keys.get(provider).ok_or_else(|| {
                     tracing::error!(%provider, "no internal key configured for the provider");
-                    GatewayError::Unavailable { provider, retry_after: None, reason: "no platform key configured" }
+                    CredentialError::Other(GatewayError::Unavailable {
+                        provider,
+                        retry_after: None,
+                        reason: "no platform key configured",
+                    })
                 })?;
-                Ok(Credential::Internal(key.clone()))
+                self.limiter
+                    .acquire(user, self.tier_limits.per_minute(caller.tier), Instant::now())
+                    .map_err(|retry_after| CredentialError::Other(GatewayError::RateLimited { retry_after }))?;
+                let hold = self
+                    .reservations
+                    .reserve(user, caller.ledger, estimate)
+                    .await
+                    .map_err(CredentialError::Shortfall)?;
+                Ok(Credential::Internal(key.clone(), hold))
             }
         }
     }
@@ -251,15 +321,21 @@ impl Gateway {
 
     /// Calls the provider, retrying rate limits (honouring the provider's wait) and outages with full-jitter
     /// backoff, all within the deadline. Nothing has reached the client yet, so retrying is always safe here.
-    async fn send_with_retries(&self, api: Api, credential: &Credential, body: &[u8]) -> Result<Reply, CallFailure> {
+    async fn send_with_retries(
+        &self,
+        api: Api,
+        credential: &Credential,
+        body: &Bytes,
+        stream: bool,
+    ) -> Result<Reply, CallFailure> {
         let provider = api.provider();
         let started = Instant::now();
         let mut last_wait = None;
         for attempt in 0..MAX_ATTEMPTS {
-            if let Err(remaining) = self.breaker.check(provider, Instant::now()) {
+            if let Err(remaining) = self.breaker.admit(provider, Instant::now()) {
                 return Err(CallFailure::Outage(Some(remaining), "circuit open"));
             }
-            let failure = match self.providers.forward(api, credential.expose(), body.to_vec()).await {
+            let failure = match self.providers.forward(api, credential.expose(), body.clone(), stream).await {
                 Ok(response) if response.status().is_success() => {
                     self.breaker.record_success(provider);
                     return Ok(Reply::Success(response));
@@ -276,6 +352,7 @@ impl Gateway {
                             return Ok(Reply::ProviderError { status, content_type, body });
                         }
                         UpstreamFailure::RateLimited => {
+                            self.breaker.record_success(provider);
                             let wait = wait.unwrap_or_else(|| jitter(attempt, RATE_LIMIT_BACKOFF));
                             last_wait = Some(wait);
                             if attempt + 1 == MAX_ATTEMPTS || started.elapsed() + wait > self.deadline {
@@ -286,8 +363,18 @@ impl Gateway {
                             continue;
                         }
                         UpstreamFailure::Outage => "provider error",
-                        key_failure => return Err(CallFailure::Key(key_failure)),
+                        key_failure => {
+                            self.breaker.record_success(provider);
+                            return Err(CallFailure::Key(key_failure));
+                        }
                     }
+                }
+                Err(ForwardError::Timeout) if !stream => {
+                    // Still generating, most likely: says nothing about the provider, and retrying would only
+                    // start the same long generation again.
+                    self.breaker.record_inconclusive(provider);
+                    tracing::warn!(%provider, "non-streaming call timed out while the provider generated");
+                    return Err(CallFailure::Timeout);
                 }
                 Err(error) => {
                     tracing::warn!(%provider, %error, "provider call failed");
@@ -303,6 +390,13 @@ impl Gateway {
             tokio::time::sleep(wait).await;
         }
         Err(CallFailure::RateLimited(last_wait.unwrap_or(RATE_LIMIT_BACKOFF.0)))
+    }
+}
+
+fn key_error(provider: Provider, failure: UpstreamFailure) -> GatewayError {
+    match failure {
+        UpstreamFailure::QuotaExhausted => GatewayError::KeyQuotaExhausted(provider),
+        _ => GatewayError::KeyInvalid(provider),
     }
 }
 

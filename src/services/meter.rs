@@ -1,5 +1,6 @@
 //! Turns a finished call into a usage record and hands it to the durable spool, off the request path.
 //! Streams are metered as they pass through and charged when they end, including when the client leaves.
+//! An internal-credit call's hold gives way to its real cost at that moment (see [`super::reservations`]).
 //!
 //! # Durability
 //! [`Meter::record`] only queues the record for the spool's single writer thread and returns; the call is
@@ -12,25 +13,31 @@
 //! retries for about 2.5 s, then logs every record of it in full with `tracing::error!`. Once on disk, a
 //! record goes to Directus at least once and is stored exactly once (see [`crate::accounting`]).
 
-use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use moka::sync::Cache;
 use time::OffsetDateTime;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::reservations::{HOLD_TTL, Hold};
 use crate::accounting::{Spool, SpoolWriter};
-use crate::domain::llm::{Api, StreamUsage};
+use crate::domain::llm::{Api, StreamTap};
 use crate::domain::pricing::{PriceMatch, PriceTable};
 use crate::domain::routing::Source;
 use crate::domain::usage::{TokenUsage, UsageRecord};
 use crate::domain::user::UserId;
 
+/// Unknown models are logged once each; this bounds how many names are remembered (a client can send any).
+const UNKNOWN_MODELS_REMEMBERED: u64 = 1_000;
+
 /// Who pays for a call and what it was, fixed before the call is made.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Charge {
     pub request_id: Uuid,
     pub user: UserId,
@@ -38,18 +45,24 @@ pub struct Charge {
     pub model: String,
     pub source: Source,
     pub estimated_prompt_tokens: u64,
+    /// Internal credits: the reservation the real cost replaces.
+    pub hold: Option<Hold>,
 }
 
 pub struct Meter {
     spool: SpoolWriter,
     prices: Arc<PriceTable>,
-    unknown_models_logged: Mutex<HashSet<String>>,
+    unknown_models_logged: Cache<String, ()>,
 }
 
 impl Meter {
     /// Starts the spool's writer thread; there must be one `Meter` per spool.
     pub fn new(spool: Arc<Spool>, prices: Arc<PriceTable>) -> Self {
-        Meter { spool: SpoolWriter::start(spool), prices, unknown_models_logged: Mutex::new(HashSet::new()) }
+        Meter {
+            spool: SpoolWriter::start(spool),
+            prices,
+            unknown_models_logged: Cache::builder().max_capacity(UNKNOWN_MODELS_REMEMBERED).build(),
+        }
     }
 
     pub fn prices(&self) -> &PriceTable {
@@ -61,11 +74,18 @@ impl Meter {
     pub fn record(&self, charge: Charge, usage: TokenUsage) {
         let provider = charge.api.provider();
         let (price, matched) = self.prices.price(provider, &charge.model);
-        if matched == PriceMatch::Unknown
-            && self.unknown_models_logged.lock().expect("lock poisoned").insert(charge.model.clone())
-        {
+        if matched == PriceMatch::Unknown && !self.unknown_models_logged.contains_key(&charge.model) {
+            self.unknown_models_logged.insert(charge.model.clone(), ());
             tracing::warn!(%provider, model = %charge.model, version = self.prices.version(),
                 "model not in the price table; charged at the conservative unknown-model rate");
+        }
+        let cost = price.cost(&usage);
+        if let Some(hold) = charge.hold {
+            if cost > hold.amount() {
+                tracing::warn!(request_id = %charge.request_id, hold = %hold.amount(), %cost,
+                    "call cost more than its hold; charged in full");
+            }
+            hold.settle(cost);
         }
         let record = UsageRecord {
             request_id: charge.request_id,
@@ -75,7 +95,7 @@ impl Meter {
             source: charge.source,
             service_type: format!("{provider}.{}", charge.api.service_type()),
             usage,
-            cost_cents: price.cost_cents(&usage),
+            cost_cents: cost,
             occurred_at: OffsetDateTime::now_utc(),
         };
         self.spool.submit(record);
@@ -86,50 +106,66 @@ impl Meter {
         self.spool.flush().await;
     }
 
-    /// Wraps a provider's SSE stream: passes every chunk through unchanged, and charges when it ends.
-    pub fn metered_stream<S>(self: &Arc<Self>, charge: Charge, upstream: S) -> MeteredStream
+    /// Wraps a provider's SSE stream: passes it on (less what the client did not ask for), charges when it
+    /// ends, and holds `slot` (an upstream call slot) until then.
+    pub fn metered_stream<S>(
+        self: &Arc<Self>,
+        charge: Charge,
+        hide_usage_chunk: bool,
+        slot: OwnedSemaphorePermit,
+        upstream: S,
+    ) -> MeteredStream
     where
         S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
     {
         MeteredStream {
-            tap: StreamUsage::new(charge.api),
+            tap: Some(StreamTap::new(charge.api, hide_usage_chunk)),
             api: charge.api,
             inner: Box::pin(upstream),
             pending: Some((Arc::clone(self), charge)),
-            failed: false,
+            kept_alive: Instant::now(),
             done: false,
+            _slot: slot,
         }
     }
 }
 
 pub struct MeteredStream {
     inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    tap: StreamUsage,
+    tap: Option<StreamTap>,
     api: Api,
     pending: Option<(Arc<Meter>, Charge)>,
-    failed: bool,
+    /// When the hold was last told the call is still running.
+    kept_alive: Instant,
     done: bool,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl MeteredStream {
+    /// Charges for what passed: the provider's final usage, or an estimate of everything generated.
     fn settle(&mut self) {
-        let Some((meter, charge)) = self.pending.take() else { return };
-        if self.failed {
-            tracing::warn!(request_id = %charge.request_id, "provider stream broke off; the call is not charged");
-            return;
-        }
-        let tap = std::mem::replace(&mut self.tap, StreamUsage::new(self.api));
+        let (Some((meter, charge)), Some(tap)) = (self.pending.take(), self.tap.take()) else { return };
         let (usage, reported) = tap.finish(charge.estimated_prompt_tokens);
         if !reported {
-            tracing::info!(request_id = %charge.request_id, "stream ended without usage; charged by estimate");
+            tracing::info!(request_id = %charge.request_id, "stream ended without final usage; charged by estimate");
         }
         meter.record(charge, usage);
+    }
+
+    fn keep_hold_alive(&mut self) {
+        if self.kept_alive.elapsed() < HOLD_TTL / 4 {
+            return;
+        }
+        self.kept_alive = Instant::now();
+        if let Some(hold) = self.pending.as_ref().and_then(|(_, charge)| charge.hold.as_ref()) {
+            hold.keep_alive();
+        }
     }
 }
 
 /// The coded error a client sees in place of the rest of a stream the provider broke off.
 fn interrupted_event(api: Api) -> Bytes {
-    let message = "The AI provider stopped answering mid-way. Nothing was charged; please retry.";
+    let message = "The AI provider stopped answering mid-way. Only what you received was charged; please retry.";
     Bytes::from(match api {
         Api::ChatCompletions => format!(
             "data: {{\"error\":{{\"code\":\"upstream_stream_interrupted\",\"type\":\"upstream_error\",\"message\":\"{message}\"}}}}\n\n"
@@ -144,27 +180,36 @@ impl Stream for MeteredStream {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                self.tap.observe(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
+        loop {
+            if self.done {
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(error))) => {
-                tracing::warn!(error = %error.without_url(), "provider stream failed");
-                self.failed = true;
-                self.done = true;
-                self.settle();
-                Poll::Ready(Some(Ok(interrupted_event(self.api))))
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.keep_hold_alive();
+                    let Some(tap) = self.tap.as_mut() else { return Poll::Ready(None) };
+                    let passed = tap.pass(chunk);
+                    // A chunk that only held part of an event the client must not see yet: read on.
+                    if !passed.is_empty() {
+                        return Poll::Ready(Some(Ok(passed)));
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(error = %error.without_url(), "provider stream failed");
+                    self.done = true;
+                    let mut rest = self.tap.as_mut().map(StreamTap::end).unwrap_or_default().to_vec();
+                    self.settle();
+                    rest.extend_from_slice(&interrupted_event(self.api));
+                    return Poll::Ready(Some(Ok(Bytes::from(rest))));
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let rest = self.tap.as_mut().map(StreamTap::end).unwrap_or_default();
+                    self.settle();
+                    return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(None) => {
-                self.done = true;
-                self.settle();
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -205,24 +250,26 @@ mod tests {
             model: model.into(),
             source: Source::Internal,
             estimated_prompt_tokens: 10,
+            hold: None,
         }
     }
 
     #[tokio::test]
-    async fn a_recorded_call_is_spooled_with_its_price() {
+    async fn a_recorded_call_is_spooled_with_its_exact_price() {
         let (_dir, spool) = temp_spool();
         let meter = Meter::new(Arc::clone(&spool), Arc::new(PriceTable::builtin()));
         let charge = charge("gpt-4o-2024-08-06");
-        let usage = TokenUsage { prompt_tokens: 1_000, completion_tokens: 500 };
-        meter.record(charge.clone(), usage);
+        let request_id = charge.request_id;
+        let usage = TokenUsage::new(1_000, 500);
+        meter.record(charge, usage);
         meter.flush().await;
 
         let pending = spool.pending().unwrap();
         assert_eq!(pending.len(), 1);
         let record = &pending[0].record;
-        assert_eq!((record.request_id, record.provider, record.usage), (charge.request_id, Provider::OpenAi, usage));
+        assert_eq!((record.request_id, record.provider, record.usage), (request_id, Provider::OpenAi, usage));
         assert_eq!(record.service_type, "openai.chat_completions");
-        assert_eq!(record.cost_cents, meter.prices().cost_cents(Provider::OpenAi, &charge.model, &usage));
+        assert_eq!(record.cost_cents.to_string(), "0.750000000");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -237,7 +284,7 @@ mod tests {
                     for _ in 0..100 {
                         let charge = charge("gpt-4o-mini");
                         ids.push(charge.request_id);
-                        meter.record(charge, TokenUsage { prompt_tokens: 3, completion_tokens: 4 });
+                        meter.record(charge, TokenUsage::new(3, 4));
                         tokio::task::yield_now().await;
                     }
                     ids
@@ -264,5 +311,16 @@ mod tests {
         }
         drop(meter);
         assert_eq!(spool.len(), 500);
+    }
+
+    #[test]
+    fn unknown_model_names_are_remembered_in_bounded_memory() {
+        let (_dir, spool) = temp_spool();
+        let meter = Meter::new(Arc::clone(&spool), Arc::new(PriceTable::builtin()));
+        for i in 0..5_000 {
+            meter.record(charge(&format!("made-up-model-{i}")), TokenUsage::default());
+        }
+        meter.unknown_models_logged.run_pending_tasks();
+        assert!(meter.unknown_models_logged.entry_count() <= UNKNOWN_MODELS_REMEMBERED);
     }
 }

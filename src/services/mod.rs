@@ -8,3 +8,5 @@ pub mod key_vault;
 pub mod meter;
 pub mod notifier;
 pub mod rate_limit;
+pub mod reservations;
+pub mod sessions;

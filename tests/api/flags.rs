@@ -3,11 +3,11 @@ use serde_json::Value;
 use crate::helpers::*;
 
 #[tokio::test]
-async fn operators_see_the_flags_in_force_with_the_service_token() {
+async fn operators_see_the_flags_in_force_with_the_operator_token() {
     let app = spawn_app().await;
     mount_flags(&app.directus, true, true, false).await;
     app.wait_until_ready("ready").await;
-    let response = app.http.get(app.url("/v1/flags")).bearer_auth(SERVICE_TOKEN).send().await.unwrap();
+    let response = app.http.get(app.url("/v1/flags")).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["flags"]["byok_only_mode"], true);
@@ -20,12 +20,24 @@ async fn operators_see_the_flags_in_force_with_the_service_token() {
 }
 
 #[tokio::test]
-async fn user_tokens_and_wrong_tokens_cannot_read_flags() {
+async fn user_tokens_the_directus_token_and_wrong_tokens_cannot_read_flags() {
     let app = spawn_app().await;
     mount_flags(&app.directus, true, false, false).await;
-    for token in [token_for(&new_user_id()), format!("{SERVICE_TOKEN}x"), String::new()] {
+    let tokens = [token_for(&new_user_id()), SERVICE_TOKEN.to_owned(), format!("{OPERATOR_TOKEN}x"), String::new()];
+    for token in tokens {
         let response = app.http.get(app.url("/v1/flags")).bearer_auth(&token).send().await.unwrap();
         assert_eq!(response.status(), 401);
         assert_eq!(error_code(response).await, "unauthorized");
+    }
+}
+
+#[tokio::test]
+async fn without_an_operator_token_operator_endpoints_do_not_exist() {
+    let app = spawn_app_with(&[("OPERATOR_TOKEN", "")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    for token in [OPERATOR_TOKEN, SERVICE_TOKEN] {
+        let response = app.http.get(app.url("/v1/flags")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), 404);
+        assert_eq!(error_code(response).await, "not_found");
     }
 }

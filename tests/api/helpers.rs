@@ -14,6 +14,7 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 pub const DIRECTUS_SECRET: &str = "test-directus-secret-0123456789abcdef";
 pub const SERVICE_TOKEN: &str = "test-service-token-9f8e7d6c5b4a";
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0a1b2c3d4e5f";
 pub const WEBHOOK_SECRET: &str = "whsec_dGVzdC13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm";
 pub const ENCRYPTION_KEY: &str = "4f2b8c1d9e0a7f3b6c5d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b";
 
@@ -31,6 +32,7 @@ pub fn test_env(directus_url: &str, overrides: &[(&'static str, &str)]) -> HashM
         ("BIND_ADDR", "127.0.0.1:0".to_owned()),
         ("DIRECTUS_URL", directus_url.to_owned()),
         ("DIRECTUS_TOKEN", SERVICE_TOKEN.to_owned()),
+        ("OPERATOR_TOKEN", OPERATOR_TOKEN.to_owned()),
         ("DIRECTUS_SECRET", DIRECTUS_SECRET.to_owned()),
         ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
         ("ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),

@@ -3,11 +3,11 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use crate::http::error::ApiError;
-use crate::http::extract::ServiceCaller;
+use crate::http::extract::Operator;
 use crate::http::state::AppState;
 
-/// The flags in force, for operators (service token only).
-pub async fn show(_: ServiceCaller, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The flags in force, for operators (`OPERATOR_TOKEN`).
+pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let current = state.flags.current().await?;
     let flags = current.snapshot.flags;
     Ok(Json(json!({

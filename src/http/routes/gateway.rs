@@ -3,11 +3,11 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::domain::llm::{self, Api, estimated_usage, usage_from_response};
+use crate::domain::llm::{self, Api, LlmRequestError, estimated_usage, usage_from_response};
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, RawBody};
 use crate::http::state::AppState;
@@ -15,6 +15,9 @@ use crate::services::gateway::Reply;
 
 /// Which credentials paid for the call.
 pub const SOURCE_HEADER: &str = "x-byok-source";
+/// Present when the decision rested on data that may be out of date because Directus is unreachable:
+/// `flags`, `caller`, or both.
+pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-byok-stale");
 
 pub async fn chat_completions(
     user: AuthenticatedUser,
@@ -34,29 +37,25 @@ async fn proxy(
     RawBody(raw): RawBody,
     api: Api,
 ) -> Result<Response, ApiError> {
-    let json: Value = serde_json::from_slice(&raw)
-        .map_err(|_| ApiError::bad_request("invalid_json", "The body is not valid JSON."))?;
-    let request = llm::parse_request(api, raw.len(), json).map_err(|e| ApiError::BadRequest {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_request",
-        message: e.to_string().into(),
+    let request = llm::parse_request(api, &raw).map_err(|error| match error {
+        LlmRequestError::InvalidJson => ApiError::bad_request("invalid_json", "The body is not valid JSON."),
+        other => ApiError::bad_request("invalid_request", other.to_string()),
     })?;
-    let body = serde_json::to_vec(&request.body).expect("a parsed JSON value serializes");
-    let forwarded = state.gateway.call(user, api, &request, body).await?;
-    let source = forwarded.source;
+    let forwarded = state.gateway.call(user, api, &request).await?;
+    let (source, staleness) = (forwarded.source, forwarded.staleness);
     let mut response = match forwarded.reply {
         Reply::ProviderError { status, content_type, body } => {
             with_content_type(Response::new(Body::from(body)), status, content_type)
         }
         Reply::Success(upstream) if request.stream => {
             let (status, content_type) = (upstream.status(), upstream.headers().get(header::CONTENT_TYPE).cloned());
-            let permit = forwarded.permit;
-            let stream = state.gateway.meter.metered_stream(forwarded.charge, upstream.bytes_stream());
-            // The upstream slot is released when the stream (and so this closure's capture) is dropped.
-            let stream = futures_util::StreamExt::map(stream, move |chunk| {
-                let _slot = &permit;
-                chunk
-            });
+            let hide_usage_chunk = api == Api::ChatCompletions && !request.client_wants_usage_chunk;
+            let stream = state.gateway.meter.metered_stream(
+                forwarded.charge,
+                hide_usage_chunk,
+                forwarded.slot,
+                upstream.bytes_stream(),
+            );
             let mut response = with_content_type(Response::new(Body::from_stream(stream)), status, content_type);
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
@@ -75,6 +74,9 @@ async fn proxy(
         }
     };
     response.headers_mut().insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
+    if let Some(stale) = staleness {
+        response.headers_mut().insert(STALE_HEADER, HeaderValue::from_static(stale));
+    }
     Ok(response.into_response())
 }
 

@@ -12,36 +12,37 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// Readiness: 503 until flags were loaded once. With Directus down after that, routing still works on the
-/// last known flags, so this stays 200 (taking every replica out of rotation would turn a Directus outage
-/// into a total one) and says `degraded`.
+/// last known flags, and known callers on their last known profiles, so this stays 200 (taking every replica
+/// out of rotation would turn a Directus outage into a total one) and says `degraded`, and what is stale.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let spooled = state.spool.len();
-    match state.flags.current().await {
-        Ok(current) if !current.stale => {
+    let waiting = state.spool.len();
+    let open_holds = state.reservations.open_holds();
+    let (callers_stale, stale_served) = state.callers.stale_status();
+    let current = match state.flags.current().await {
+        Ok(current) => current,
+        Err(_) => {
             let body = json!({
-                "status": "ready",
-                "flags_loaded_at": current.snapshot.loaded_at_rfc3339(),
-                "usage_records_waiting": spooled,
-            });
-            (StatusCode::OK, Json(body))
-        }
-        Ok(current) => (
-            StatusCode::OK,
-            Json(json!({
-                "status": "degraded",
-                "reason": "directus_unreachable",
-                "detail": "Directus cannot be reached; serving the last known feature flags.",
-                "flags_loaded_at": current.snapshot.loaded_at_rfc3339(),
-                "usage_records_waiting": spooled,
-            })),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
                 "status": "not_ready",
                 "reason": "flags_not_loaded",
                 "detail": "Feature flags have not been loaded from Directus yet.",
-            })),
-        ),
+            });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
+        }
+    };
+    let degraded = current.stale || callers_stale;
+    let mut body = json!({
+        "status": if degraded { "degraded" } else { "ready" },
+        "flags_loaded_at": current.snapshot.loaded_at_rfc3339(),
+        "stale": {"flags": current.stale, "callers": callers_stale, "stale_answers_served": stale_served},
+        "usage_records_waiting": waiting,
+        "open_credit_holds": open_holds,
+    });
+    if degraded {
+        body["reason"] = json!("directus_unreachable");
+        body["detail"] = json!(
+            "Directus cannot be reached; serving the last known feature flags and the last known profiles of \
+             recent callers. New callers are refused until it is back."
+        );
     }
+    (StatusCode::OK, Json(body))
 }

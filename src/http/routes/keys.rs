@@ -1,5 +1,7 @@
 //! A user's own provider keys. Only the verified token decides whose keys these are.
 
+use std::time::Instant;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -30,7 +32,7 @@ impl RequestBody for SaveKey {
 /// BYOK must be enabled and the user's tier entitled; the account must be active.
 async fn require_byok_access(state: &AppState, user: UserId) -> Result<(), ApiError> {
     let CallContext { flags, caller } = call_context(&state.flags, &state.callers, user).await?;
-    Ok(routing::byok_access(&flags.snapshot.flags, caller.tier)?)
+    Ok(routing::byok_access(&flags.snapshot.flags, caller.profile.tier)?)
 }
 
 /// Routing sees the change at once, and a later failure of the new key is a new incident to notify.
@@ -47,6 +49,15 @@ pub async fn list(
     Ok(Json(json!({"keys": state.vault.list(user).await?})))
 }
 
+/// Saving and verifying ask the provider from the platform's address: a user may not turn that into a key
+/// tester.
+fn limit_key_checks(state: &AppState, user: UserId) -> Result<(), ApiError> {
+    state
+        .key_checks
+        .acquire(user, state.key_checks_per_minute, Instant::now())
+        .map_err(|retry_after| ApiError::TooManyRequests { retry_after })
+}
+
 pub async fn save(
     AuthenticatedUser(user): AuthenticatedUser,
     ProviderPath(provider): ProviderPath,
@@ -54,6 +65,7 @@ pub async fn save(
     JsonBody(body): JsonBody<SaveKey>,
 ) -> Result<Json<KeySummary>, ApiError> {
     require_byok_access(&state, user).await?;
+    limit_key_checks(&state, user)?;
     let summary = state.vault.save(user, provider, &body.api_key).await?;
     key_changed(&state, user, provider).await;
     Ok(Json(summary))
@@ -76,6 +88,7 @@ pub async fn verify(
     State(state): State<AppState>,
 ) -> Result<Json<KeySummary>, ApiError> {
     require_byok_access(&state, user).await?;
+    limit_key_checks(&state, user)?;
     let result = state.vault.verify(user, provider).await;
     key_changed(&state, user, provider).await;
     Ok(Json(result?))

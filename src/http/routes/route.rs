@@ -3,6 +3,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::flags::RoutingMode;
+use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::routing::{self, Source};
 use crate::http::error::ApiError;
@@ -25,9 +26,14 @@ pub struct RouteResponse {
     source: Source,
     provider: Provider,
     mode: RoutingMode,
-    credit_balance_cents: i64,
+    /// The ledger balance as last read from Directus.
+    credit_balance_cents: Cents,
+    /// What the user can spend now: the balance less open holds and costs the ledger does not show yet.
+    credits_available_cents: Cents,
     /// True when Directus is unreachable and the decision used the last known flags.
     flags_stale: bool,
+    /// True when Directus is unreachable and the decision used the caller's last known profile.
+    caller_stale: bool,
 }
 
 /// Which credentials a call to `provider` must use for this user, right now.
@@ -38,14 +44,19 @@ pub async fn decide(
 ) -> Result<Json<RouteResponse>, ApiError> {
     let provider: Provider = request.provider.parse()?;
     let CallContext { flags, caller } = call_context(&state.flags, &state.callers, user).await?;
-    let decision =
-        routing::decide(&flags.snapshot.flags, &caller.for_provider(provider), provider, state.vault_configured)?;
+    let ledger = caller.profile.ledger;
+    let available = state.reservations.available(user, ledger).await;
+    // No particular call: credits count when there are any.
+    let view = caller.profile.for_provider(provider, available, Cents::from_nanos(1));
+    let decision = routing::decide(&flags.snapshot.flags, &view, provider, state.vault_configured)?;
     tracing::info!(%user, source = ?decision.source, %provider, mode = ?decision.mode, "routed");
     Ok(Json(RouteResponse {
         source: decision.source,
         provider,
         mode: decision.mode,
-        credit_balance_cents: caller.balance.cents(),
+        credit_balance_cents: ledger.balance,
+        credits_available_cents: available,
         flags_stale: flags.stale,
+        caller_stale: caller.stale,
     }))
 }

@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::domain::pricing::{PriceMatch, estimate_prompt_tokens, round_cents};
+use crate::domain::money::Cents;
+use crate::domain::pricing::{CallBudget, estimate_prompt_tokens};
 use crate::domain::provider::Provider;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
@@ -23,6 +24,10 @@ pub async fn summary(
     State(state): State<AppState>,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    state
+        .usage_reads
+        .acquire(user, state.usage_reads_per_minute, std::time::Instant::now())
+        .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
     let days =
         match query.days.as_deref() {
             None => 30,
@@ -32,12 +37,12 @@ pub async fn summary(
         };
     let since = OffsetDateTime::now_utc() - Duration::days(days);
     let lines = state.directus.usage_summary(user, since).await.map_err(ApiError::from_directus)?;
-    let total_cost: f64 = lines.iter().map(|l| l.cost_cents).sum();
+    let total_cost: Cents = lines.iter().map(|l| l.cost_cents).sum();
     let total_requests: u64 = lines.iter().map(|l| l.requests).sum();
     Ok(Json(json!({
         "days": days,
         "usage": lines,
-        "total": {"requests": total_requests, "cost_cents": round_cents(total_cost)},
+        "total": {"requests": total_requests, "cost_cents": total_cost},
     })))
 }
 
@@ -68,18 +73,19 @@ pub async fn estimate(
         (None, Some(prompt)) => estimate_prompt_tokens(prompt.len()),
         (None, None) => return Err(ApiError::bad_request("invalid_request", "Give either prompt or prompt_tokens.")),
     };
-    let max_output_tokens = request.max_output_tokens.unwrap_or(1024);
     let prices = state.gateway.meter.prices();
     let (price, matched) = prices.price(provider, &request.model);
-    let cents = prices.estimate_cents(provider, &request.model, prompt_tokens, max_output_tokens);
+    // The same budget rule as the gateway's: without a limit, the model's longest answer.
+    let budget =
+        CallBudget { prompt_tokens, output_tokens: request.max_output_tokens, completions: 1, ..CallBudget::default() };
     Ok(Json(json!({
         "provider": provider,
         "model": request.model,
         "prompt_tokens": prompt_tokens,
-        "max_output_tokens": max_output_tokens,
-        "estimated_cost_cents": round_cents(cents),
-        "price": {"input_per_mtok_usd": price.input_per_mtok_usd, "output_per_mtok_usd": price.output_per_mtok_usd},
-        "priced_as": match matched { PriceMatch::Exact => "listed", PriceMatch::Prefix => "listed_family", PriceMatch::Unknown => "unknown_model_conservative" },
+        "max_output_tokens": price.output_budget(&budget),
+        "estimated_cost_cents": price.estimate(&budget),
+        "price": {"input_per_mtok_usd": price.input_per_mtok_usd(), "output_per_mtok_usd": price.output_per_mtok_usd()},
+        "priced_as": matched.as_str(),
         "price_table_version": prices.version(),
     })))
 }

@@ -1,0 +1,593 @@
+//! Reads a gateway request without building it. The body is parsed as its top-level members only, each
+//! value kept as the raw JSON text it arrived as; the few members routing and pricing need are read from
+//! that text, and one pass over the whole body notes what can make the call dearer (prompt caching, images,
+//! audio, web search). Nothing is built whose size could grow faster than the body's: a body of many tiny
+//! values cannot make the sidecar allocate many times its size. The body goes upstream exactly as it came,
+//! unless OpenAI must be asked to report a stream's usage.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::Api;
+use crate::domain::pricing::{CallBudget, estimate_prompt_tokens};
+
+/// Top-level members a request may have; the APIs define a few dozen.
+pub const MAX_MEMBERS: usize = 128;
+const MAX_MODEL_CHARS: usize = 200;
+/// `stream_options` is a tiny object; this bounds what is parsed of it.
+const MAX_STREAM_OPTIONS_BYTES: usize = 4 * 1024;
+/// Prompt tokens assumed for each image or audio clip (a URL of a few bytes can cost thousands of tokens)
+/// and for each document or file (a PDF costs per page).
+const ATTACHMENT_TOKENS: u64 = 3_000;
+const DOCUMENT_TOKENS: u64 = 30_000;
+/// Web searches assumed for a search tool that sets no `max_uses`.
+const DEFAULT_WEB_SEARCHES: u64 = 10;
+
+/// A parsed request: what we route and price by, and the body to send.
+#[derive(Debug, Clone)]
+pub struct LlmRequest {
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for OpenAI's final usage chunk itself; otherwise the sidecar asks for it and keeps
+    /// it from the client.
+    pub client_wants_usage_chunk: bool,
+    /// The most the call may use (see [`CallBudget`]).
+    pub budget: CallBudget,
+    /// Sent upstream as is (cheap to clone for retries).
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LlmRequestError {
+    #[error("The body is not valid JSON.")]
+    InvalidJson,
+    #[error("The body must be a JSON object.")]
+    NotAnObject,
+    #[error("The body has more than 128 top-level fields.")]
+    TooManyMembers,
+    #[error("The body names a top-level field twice.")]
+    DuplicateMember,
+    #[error("\"model\" is required and must be a non-empty string of at most 200 characters.")]
+    Model,
+    #[error("\"stream\" must be true or false.")]
+    Stream,
+    #[error("\"stream_options\" must be an object or null.")]
+    StreamOptions,
+    #[error("The body is nested more than 128 levels deep.")]
+    TooDeep,
+}
+
+pub fn parse_request(api: Api, raw: &Bytes) -> Result<LlmRequest, LlmRequestError> {
+    let members = top_level_members(raw)?;
+    let member = |name: &str| members.iter().find(|(key, _)| key == name).map(|(_, value)| value.get());
+
+    let model = match member("model").map(serde_json::from_str::<String>) {
+        Some(Ok(m)) if !m.trim().is_empty() && m.chars().count() <= MAX_MODEL_CHARS => m,
+        _ => return Err(LlmRequestError::Model),
+    };
+    let stream = match member("stream").map(serde_json::from_str::<Option<bool>>) {
+        None | Some(Ok(None)) => false,
+        Some(Ok(Some(stream))) => stream,
+        Some(Err(_)) => return Err(LlmRequestError::Stream),
+    };
+
+    let mut client_wants_usage_chunk = false;
+    let mut body = None;
+    if api == Api::ChatCompletions {
+        let mut options = match member("stream_options") {
+            None => Map::new(),
+            Some(text) if text.len() > MAX_STREAM_OPTIONS_BYTES => return Err(LlmRequestError::StreamOptions),
+            Some(text) => match serde_json::from_str::<Option<Map<String, Value>>>(text) {
+                Ok(options) => options.unwrap_or_default(),
+                Err(_) => return Err(LlmRequestError::StreamOptions),
+            },
+        };
+        client_wants_usage_chunk = options.get("include_usage") == Some(&Value::Bool(true));
+        if stream && !client_wants_usage_chunk {
+            // Without this a stream carries no usage and could not be charged by real token counts.
+            options.insert("include_usage".into(), Value::Bool(true));
+            let options = serde_json::to_string(&options).expect("a JSON map serializes");
+            body = Some(with_member(&members, "stream_options", &options));
+        }
+    }
+
+    let output_limit = ["max_tokens", "max_completion_tokens"].iter().filter_map(|name| count(member(name)?)).max();
+    let completions = member("n").and_then(count).unwrap_or(1).max(1);
+    let thinking = member("thinking").and_then(|text| serde_json::from_str::<Thinking>(text).ok());
+    let thinking_budget = thinking.and_then(|t| t.budget_tokens).and_then(|b| count(&b.to_string()));
+    let output_tokens = match (output_limit, thinking_budget) {
+        (None, None) => None,
+        (limit, budget) => Some(limit.max(budget).unwrap_or(0).saturating_mul(completions)),
+    };
+    let audio_output = member("audio").is_some_and(|text| text != "null")
+        || member("modalities").is_some_and(|text| text.contains("\"audio\""));
+
+    let mut scan = Scan::default();
+    // The body is valid JSON by now, so only nesting too deep to walk can fail here: such a body could hide
+    // what makes it dearer, so it is refused.
+    Walk(&mut scan)
+        .deserialize(&mut serde_json::Deserializer::from_slice(raw))
+        .map_err(|_| LlmRequestError::TooDeep)?;
+    let prompt_tokens = estimate_prompt_tokens(raw.len())
+        .saturating_add(scan.attachments.saturating_mul(ATTACHMENT_TOKENS))
+        .saturating_add(scan.documents.saturating_mul(DOCUMENT_TOKENS));
+
+    Ok(LlmRequest {
+        model,
+        stream,
+        client_wants_usage_chunk,
+        budget: CallBudget {
+            prompt_tokens,
+            output_tokens,
+            completions,
+            cache_writes: scan.cache_control,
+            audio_input: scan.audio,
+            audio_output,
+            web_searches: scan.web_searches,
+        },
+        body: body.map_or_else(|| raw.clone(), Bytes::from),
+    })
+}
+
+#[derive(Deserialize)]
+struct Thinking {
+    budget_tokens: Option<f64>,
+}
+
+/// A token count as clients send it: `100`, or `16384.0` from languages without integers. Rounded up;
+/// anything that is not a non-negative number says nothing (the provider will refuse it).
+fn count(text: &str) -> Option<u64> {
+    let number: f64 = serde_json::from_str(text).ok()?;
+    (number.is_finite() && number >= 0.0)
+        .then(|| if number >= u64::MAX as f64 { u64::MAX } else { number.ceil() as u64 })
+}
+
+type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+fn top_level_members(raw: &[u8]) -> Result<Members<'_>, LlmRequestError> {
+    let refusal = Cell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_slice(raw);
+    let members = MembersSeed { refusal: &refusal }.deserialize(&mut deserializer).and_then(|members| {
+        deserializer.end()?;
+        Ok(members)
+    });
+    members.map_err(|_| refusal.take().unwrap_or(LlmRequestError::InvalidJson))
+}
+
+/// The body with member `name` replaced by (or, if absent, extended with) `value`.
+fn with_member(members: &Members<'_>, name: &str, value: &str) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(members.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + value.len() + 32);
+    out.push(b'{');
+    let mut write = |key: &str, value: &str| {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key).expect("writing to a Vec cannot fail");
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+    };
+    let mut replaced = false;
+    for (key, raw) in members {
+        if key == name {
+            write(key, value);
+            replaced = true;
+        } else {
+            write(key, raw.get());
+        }
+    }
+    if !replaced {
+        write(name, value);
+    }
+    out.push(b'}');
+    out
+}
+
+struct MembersSeed<'c> {
+    refusal: &'c Cell<Option<LlmRequestError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for MembersSeed<'_> {
+    type Value = Members<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MembersSeed<'_> {
+    type Value = Members<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members: Members<'de> = Vec::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let refused = if members.len() == MAX_MEMBERS {
+                Some(LlmRequestError::TooManyMembers)
+            } else if members.iter().any(|(k, _)| *k == key) {
+                Some(LlmRequestError::DuplicateMember)
+            } else {
+                None
+            };
+            if let Some(refusal) = refused {
+                self.refusal.set(Some(refusal));
+                return Err(de::Error::custom(refusal));
+            }
+            members.push((key, map.next_value()?));
+        }
+        Ok(members)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        self.not_an_object()
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        self.not_an_object()
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        self.not_an_object()
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        self.not_an_object()
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        self.not_an_object()
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        self.not_an_object()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.not_an_object()
+    }
+}
+
+impl MembersSeed<'_> {
+    fn not_an_object<T, E: de::Error>(&self) -> Result<T, E> {
+        self.refusal.set(Some(LlmRequestError::NotAnObject));
+        Err(de::Error::custom(LlmRequestError::NotAnObject))
+    }
+}
+
+/// An object key, borrowed from the body unless it had escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// What can make a call dearer than its text, found anywhere in the body.
+#[derive(Debug, Default)]
+struct Scan {
+    /// A `cache_control` marker: the prompt may be written to Anthropic's cache.
+    cache_control: bool,
+    /// Images and audio clips, and documents or files, by reference or inline.
+    attachments: u64,
+    documents: u64,
+    audio: bool,
+    /// Web searches search tools may run.
+    web_searches: u64,
+}
+
+/// Walks any JSON value without keeping it, noting into [`Scan`] what it finds.
+struct Walk<'s>(&'s mut Scan);
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// A member whose value matters when it is a short string or a number; anything else is walked.
+enum Noted<'de> {
+    Text(Cow<'de, str>),
+    Number(f64),
+    Other,
+}
+
+struct NotedSeed<'s>(&'s mut Scan);
+
+impl<'de> DeserializeSeed<'de> for NotedSeed<'_> {
+    type Value = Noted<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NotedSeed<'_> {
+    type Value = Noted<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Noted::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(if v.len() <= 64 { Noted::Text(Cow::Owned(v.to_owned())) } else { Noted::Other })
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Noted::Number(v as f64))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Noted::Number(v as f64))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Noted::Number(v))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Noted::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Noted::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Walk(self.0).visit_map(map).map(|()| Noted::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Walk(self.0).visit_seq(seq).map(|()| Noted::Other)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut kind = None;
+        let mut max_uses = None;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match &*key {
+                "type" => {
+                    if let Noted::Text(text) = map.next_value_seed(NotedSeed(self.0))? {
+                        kind = Some(text);
+                    }
+                }
+                "max_uses" => {
+                    if let Noted::Number(n) = map.next_value_seed(NotedSeed(self.0))? {
+                        max_uses = Some(n);
+                    }
+                }
+                name => {
+                    if name == "cache_control" {
+                        self.0.cache_control = true;
+                    }
+                    if name == "input_audio" {
+                        self.0.audio = true;
+                    }
+                    map.next_value_seed(Walk(self.0))?;
+                }
+            }
+        }
+        match kind.as_deref() {
+            Some("image_url" | "image" | "input_image") => self.0.attachments += 1,
+            Some("input_audio") => {
+                self.0.attachments += 1;
+                self.0.audio = true;
+            }
+            Some("document" | "file" | "input_file") => self.0.documents += 1,
+            Some(tool) if tool.starts_with("web_search") => {
+                let uses = max_uses.and_then(|n| count(&n.to_string())).unwrap_or(DEFAULT_WEB_SEARCHES);
+                self.0.web_searches = self.0.web_searches.saturating_add(uses);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Walk(self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(api: Api, body: &Value) -> LlmRequest {
+        parse_request(api, &Bytes::from(body.to_string())).unwrap()
+    }
+
+    fn sent(request: &LlmRequest) -> Value {
+        serde_json::from_slice(&request.body).unwrap()
+    }
+
+    #[test]
+    fn reads_model_stream_and_limits_and_forwards_the_body_unchanged() {
+        let body = json!({"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]});
+        let request = parse(Api::ChatCompletions, &body);
+        assert_eq!((request.model.as_str(), request.stream), ("gpt-4o-mini", false));
+        assert_eq!(request.budget.output_tokens, Some(50));
+        assert_eq!(request.body, body.to_string().as_bytes(), "byte for byte");
+    }
+
+    #[test]
+    fn openai_streams_always_ask_for_usage_and_remember_whether_the_client_did() {
+        for options in [json!(null), json!({}), json!({"include_usage": false}), json!({"other": 1})] {
+            let body = json!({"model": "gpt-4o", "stream": true, "stream_options": options, "messages": []});
+            let request = parse(Api::ChatCompletions, &body);
+            assert!(!request.client_wants_usage_chunk, "{options}");
+            assert_eq!(sent(&request)["stream_options"]["include_usage"], true, "{options}");
+            assert_eq!(sent(&request)["messages"], json!([]));
+        }
+        let absent = parse(Api::ChatCompletions, &json!({"model": "gpt-4o", "stream": true}));
+        assert_eq!(sent(&absent)["stream_options"], json!({"include_usage": true}));
+        let kept =
+            parse(Api::ChatCompletions, &json!({"model": "gpt-4o", "stream": true, "stream_options": {"other": 1}}));
+        assert_eq!(sent(&kept)["stream_options"]["other"], 1);
+        let asked = json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}});
+        let request = parse(Api::ChatCompletions, &asked);
+        assert!(request.client_wants_usage_chunk);
+        assert_eq!(request.body, asked.to_string().as_bytes());
+        let anthropic = parse(Api::Messages, &json!({"model": "claude-3-5-haiku", "stream": true, "max_tokens": 10}));
+        assert!(sent(&anthropic).get("stream_options").is_none(), "Anthropic streams always carry usage");
+    }
+
+    #[test]
+    fn output_budgets_count_floats_n_and_thinking() {
+        let budget = |api, body: Value| parse(api, &body).budget;
+        assert_eq!(
+            budget(Api::ChatCompletions, json!({"model": "m", "max_tokens": 16384.0})).output_tokens,
+            Some(16_384)
+        );
+        assert_eq!(budget(Api::ChatCompletions, json!({"model": "m", "max_tokens": 10.2})).output_tokens, Some(11));
+        let both = json!({"model": "m", "max_tokens": 10, "max_completion_tokens": 300});
+        assert_eq!(budget(Api::ChatCompletions, both).output_tokens, Some(300), "the larger limit");
+        let n = json!({"model": "m", "max_completion_tokens": 100, "n": 3.0});
+        assert_eq!(budget(Api::ChatCompletions, n).output_tokens, Some(300));
+        let open = budget(Api::ChatCompletions, json!({"model": "m", "n": 4}));
+        assert_eq!((open.output_tokens, open.completions), (None, 4), "no limit: the model's maximum, four times");
+        let thinking =
+            json!({"model": "c", "max_tokens": 1000, "thinking": {"type": "enabled", "budget_tokens": 32000}});
+        assert_eq!(budget(Api::Messages, thinking).output_tokens, Some(32_000));
+        for bad in [json!("100"), json!(-5), json!(null)] {
+            assert_eq!(
+                budget(Api::ChatCompletions, json!({"model": "m", "max_tokens": bad})).output_tokens,
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            budget(Api::ChatCompletions, json!({"model": "m", "max_tokens": 1e300})).output_tokens,
+            Some(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn prompts_count_their_bytes_attachments_and_what_makes_them_dearer() {
+        let plain = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(300)}]});
+        let size = plain.to_string().len() as u64;
+        assert_eq!(parse(Api::ChatCompletions, &plain).budget.prompt_tokens, size.div_ceil(3));
+
+        let rich = json!({"model": "m", "modalities": ["text", "audio"], "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+            {"type": "file", "file": {"file_id": "f1"}}
+        ]}]});
+        let budget = parse(Api::ChatCompletions, &rich).budget;
+        let size = rich.to_string().len() as u64;
+        assert_eq!(budget.prompt_tokens, size.div_ceil(3) + 2 * ATTACHMENT_TOKENS + DOCUMENT_TOKENS);
+        assert!(budget.audio_input && budget.audio_output && !budget.cache_writes);
+
+        let anthropic = json!({"model": "c", "max_tokens": 10,
+            "system": [{"type": "text", "text": "long", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+            "tools": [{"max_uses": 3, "type": "web_search_20250305", "name": "web_search"}, {"type": "web_search_20250305", "name": "w2"}],
+            "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "https://e/x.pdf"}}]}]});
+        let budget = parse(Api::Messages, &anthropic).budget;
+        assert!(budget.cache_writes);
+        assert_eq!(budget.web_searches, 3 + DEFAULT_WEB_SEARCHES);
+        let escaped =
+            br#"{"model":"c","system":[{"type":"text","text":"x","cache\u005fcontrol":{"type":"ephemeral"}}]}"#;
+        let request = parse_request(Api::Messages, &Bytes::from_static(escaped)).unwrap();
+        assert!(request.budget.cache_writes, "escapes do not hide it");
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_usable_request() {
+        let refuse = |raw: &[u8]| parse_request(Api::ChatCompletions, &Bytes::copy_from_slice(raw)).unwrap_err();
+        assert_eq!(refuse(b"{\"model\": "), LlmRequestError::InvalidJson);
+        assert_eq!(refuse(b"{\"model\": \"m\"} trailing"), LlmRequestError::InvalidJson);
+        assert_eq!(refuse(b"[1, 2]"), LlmRequestError::NotAnObject);
+        assert_eq!(refuse(b"\"text\""), LlmRequestError::NotAnObject);
+        for body in [json!({}), json!({"model": ""}), json!({"model": 5}), json!({"model": "x".repeat(201)})] {
+            assert_eq!(refuse(body.to_string().as_bytes()), LlmRequestError::Model, "{body}");
+        }
+        assert_eq!(refuse(br#"{"model": "gpt-4o", "stream": "yes"}"#), LlmRequestError::Stream);
+        assert_eq!(
+            refuse(br#"{"model": "gpt-4o", "stream": true, "stream_options": 5}"#),
+            LlmRequestError::StreamOptions
+        );
+        // The provider might read the other copy: a request is read one way only.
+        assert_eq!(refuse(br#"{"model": "gpt-4o-mini", "model": "o1-pro"}"#), LlmRequestError::DuplicateMember);
+        assert_eq!(refuse(br#"{"model": "m", "mod\u0065l": "o1-pro"}"#), LlmRequestError::DuplicateMember);
+        let many: Map<String, Value> = (0..=MAX_MEMBERS).map(|i| (format!("k{i}"), json!(0))).collect();
+        assert_eq!(refuse(Value::Object(many).to_string().as_bytes()), LlmRequestError::TooManyMembers);
+    }
+
+    #[test]
+    fn a_body_of_many_tiny_values_is_read_without_building_them() {
+        // 4 MB of `[]`: a parsed tree would take hundreds of MB; here it is one raw member.
+        let mut raw = b"{\"model\":\"m\",\"messages\":[".to_vec();
+        for _ in 0..1_000_000 {
+            raw.extend_from_slice(b"[],");
+        }
+        raw.extend_from_slice(b"[]]}");
+        let request = parse_request(Api::ChatCompletions, &Bytes::from(raw.clone())).unwrap();
+        assert_eq!(request.body.len(), raw.len());
+        let deep = format!("{{\"model\":\"m\",\"messages\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        let refused = parse_request(Api::ChatCompletions, &Bytes::from(deep)).map(|r| r.body.len());
+        assert_eq!(refused, Err(LlmRequestError::TooDeep));
+    }
+}

@@ -1,0 +1,68 @@
+//! Session-mode access tokens (`session` claim) are checked the way Directus checks them: the session must
+//! still exist. Directus answers for its own sessions, so the sidecar asks it with the token itself and
+//! remembers the answer briefly (`SESSION_CHECK_TTL_SECS`): a logout takes effect within that time.
+//!
+//! While Directus cannot be reached, a session it confirmed within `STALE_CALLER_MAX_AGE_SECS` is still
+//! accepted (the same grace known callers get); a session never confirmed is not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use sha2::{Digest, Sha256};
+
+use crate::directus::{DirectusClient, DirectusError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session has ended")]
+    Ended,
+    #[error("Directus cannot confirm the session right now")]
+    Unconfirmed,
+}
+
+pub struct Sessions {
+    directus: DirectusClient,
+    /// Directus's latest answer per session (by digest: the session id is a credential).
+    verdicts: Cache<[u8; 32], bool>,
+    /// Sessions confirmed live, kept for the outage grace period.
+    confirmed: Cache<[u8; 32], ()>,
+}
+
+impl Sessions {
+    pub fn new(directus: DirectusClient, ttl: Duration, grace: Duration) -> Self {
+        Sessions {
+            directus,
+            verdicts: Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
+            confirmed: Cache::builder().max_capacity(100_000).time_to_live(grace.max(ttl)).build(),
+        }
+    }
+
+    /// Whether the session `session` (the token's claim) of `access_token` is still live.
+    pub async fn check(&self, session: &str, access_token: &str) -> Result<(), SessionError> {
+        let key: [u8; 32] = Sha256::digest(session.as_bytes()).into();
+        let directus = &self.directus;
+        let verdict =
+            self.verdicts.try_get_with(key, async move { directus.session_is_live(access_token).await }).await;
+        match verdict {
+            Ok(true) => {
+                self.confirmed.insert(key, ()).await;
+                Ok(())
+            }
+            Ok(false) => {
+                self.confirmed.invalidate(&key).await;
+                Err(SessionError::Ended)
+            }
+            Err(error) => self.on_failure(key, &error).await,
+        }
+    }
+
+    async fn on_failure(&self, key: [u8; 32], error: &Arc<DirectusError>) -> Result<(), SessionError> {
+        if error.is_outage() && self.confirmed.contains_key(&key) {
+            tracing::debug!(%error, "Directus unreachable; accepting a session it confirmed recently");
+            return Ok(());
+        }
+        tracing::warn!(%error, "cannot confirm a session with Directus");
+        Err(SessionError::Unconfirmed)
+    }
+}
