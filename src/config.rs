@@ -62,6 +62,9 @@ pub struct Settings {
     pub usage_reads_per_minute: u32,
     /// Total time one gateway call may spend retrying a provider.
     pub upstream_deadline: Duration,
+    /// A provider's circuit opens after this many outages in a row and stays open this long.
+    pub circuit_failure_threshold: u32,
+    pub circuit_cool_down: Duration,
     /// Upper bound on concurrent provider calls; more wait for a slot, at most `upstream_slot_wait`.
     pub max_upstream_calls: usize,
     pub upstream_slot_wait: Duration,
@@ -285,6 +288,16 @@ impl Settings {
         let upstream_deadline = r.seconds("UPSTREAM_DEADLINE_SECS", 30, 1..=600);
         let max_upstream_calls = r.parsed("MAX_UPSTREAM_CALLS", 512, "Use a whole number, e.g. 512", count) as usize;
         let upstream_slot_wait = r.seconds("UPSTREAM_SLOT_WAIT_SECS", 10, 1..=600);
+        let circuit_failure_threshold = r.parsed(
+            "CIRCUIT_FAILURE_THRESHOLD",
+            5,
+            "Use a whole number of failures in a row, e.g. 5",
+            |raw| match raw.parse::<u32>() {
+                Ok(n) if (1..=1_000).contains(&n) => Ok(n),
+                _ => Err("must be a whole number from 1 to 1000"),
+            },
+        );
+        let circuit_cool_down = r.seconds("CIRCUIT_COOL_DOWN_SECS", 30, 1..=3_600);
         let max_llm_body_bytes = r.parsed(
             "MAX_LLM_BODY_BYTES",
             16 * 1024 * 1024,
@@ -333,6 +346,8 @@ impl Settings {
                     upstream_deadline,
                     max_upstream_calls,
                     upstream_slot_wait,
+                    circuit_failure_threshold,
+                    circuit_cool_down,
                     max_llm_body_bytes,
                     client_write_timeout,
                     log_format,

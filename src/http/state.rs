@@ -84,7 +84,7 @@ impl AppState {
             meter: Arc::new(Meter::new(Arc::clone(&spool), Arc::clone(&settings.price_table))),
             reservations: Arc::clone(&reservations),
             notifier: Notifier::new(directus.clone()),
-            breaker: CircuitBreaker::new(5, Duration::from_secs(30)),
+            breaker: CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down),
             limiter: RateLimiter::default(),
             tier_limits: settings.rate_limits,
             upstream_slots: Arc::new(Semaphore::new(settings.max_upstream_calls)),

@@ -11,9 +11,9 @@ use crate::helpers::*;
 pub const INTERNAL_OPENAI: &str = "sk-internal-platform-openai-key-000000";
 pub const INTERNAL_ANTHROPIC: &str = "sk-ant-internal-platform-key-00000000";
 
-const CHAT_OK: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
+pub const CHAT_OK: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
 
-async fn gateway_app(overrides: &[(&'static str, &str)]) -> TestApp {
+pub async fn gateway_app(overrides: &[(&'static str, &str)]) -> TestApp {
     let mut all =
         vec![("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI), ("INTERNAL_ANTHROPIC_API_KEY", INTERNAL_ANTHROPIC)];
     all.extend_from_slice(overrides);
@@ -34,7 +34,7 @@ async fn gateway_app(overrides: &[(&'static str, &str)]) -> TestApp {
 }
 
 /// A premium user with an active stored OpenAI key (and credits), in BYOK-first mode unless `only`.
-async fn byok_user(app: &TestApp, only: bool) -> String {
+pub async fn byok_user(app: &TestApp, only: bool) -> String {
     mount_flags(&app.directus, true, only, false).await;
     let user = new_user_id();
     mount_user(&app.directus, &user, FakeUser { keys: &[("openai", "active")], ..Default::default() }).await;
@@ -42,22 +42,22 @@ async fn byok_user(app: &TestApp, only: bool) -> String {
     user
 }
 
-async fn free_user(app: &TestApp) -> String {
+pub async fn free_user(app: &TestApp) -> String {
     mount_flags(&app.directus, true, false, false).await;
     let user = new_user_id();
     mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
     user
 }
 
-async fn chat(app: &TestApp, user: &str, body: Value) -> reqwest::Response {
+pub async fn chat(app: &TestApp, user: &str, body: Value) -> reqwest::Response {
     app.http.post(app.url("/v1/chat/completions")).bearer_auth(token_for(user)).json(&body).send().await.unwrap()
 }
 
-fn hello(stream: bool) -> Value {
+pub fn hello(stream: bool) -> Value {
     json!({"model": "gpt-4o-mini", "stream": stream, "max_tokens": 50, "messages": [{"role": "user", "content": "Hello"}]})
 }
 
-fn openai_answers(key: &str, response: ResponseTemplate) -> Mock {
+pub fn openai_answers(key: &str, response: ResponseTemplate) -> Mock {
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
         .and(header("authorization", format!("Bearer {key}").as_str()))
@@ -434,28 +434,10 @@ async fn estimate_prices_a_request_from_the_shipped_table() {
     assert!((body["estimated_cost_cents"].as_f64().unwrap() - per_mtok * 100.0).abs() < 1e-6);
 }
 
-/// A provider that starts a stream, then drops the connection mid-way.
-async fn provider_that_breaks_off() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = vec![0u8; 64 * 1024];
-        let _ = socket.read(&mut request).await;
-        let chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
-        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-        let partial = format!("{head}{:x}\r\n{chunk}\r\n", chunk.len());
-        socket.write_all(partial.as_bytes()).await.unwrap();
-        socket.flush().await.unwrap();
-        // No terminating chunk: the connection just ends.
-    });
-    format!("http://{addr}/v1")
-}
-
 #[tokio::test]
 async fn a_stream_the_provider_breaks_off_ends_with_a_coded_error_and_is_charged_for_what_passed() {
-    let base = provider_that_breaks_off().await;
+    let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+    let base = format!("{}/v1", scripted_stream_provider(vec![event.to_owned()], None).await);
     let app = gateway_app(&[("OPENAI_BASE_URL", base.as_str())]).await;
     let user = free_user(&app).await;
     let response = chat(&app, &user, hello(true)).await;
