@@ -337,3 +337,18 @@ async fn keys_saved_during_an_outage_are_checked_again_in_the_background() {
     }
     panic!("the unverified key was never checked again");
 }
+
+#[tokio::test]
+async fn key_checks_are_limited_per_user_so_the_platform_is_no_key_tester() {
+    let app = spawn_app_with(&[("RATE_LIMIT_KEY_CHECKS_PER_MIN", "2")]).await;
+    let user = premium_without_keys(&app).await;
+    provider_answers(&app, "/v1/models", ResponseTemplate::new(401)).await;
+    for _ in 0..2 {
+        assert_eq!(put_key(&app, &user, "openai", OPENAI_KEY).await.status(), 422, "refused by the provider");
+    }
+    let limited = put_key(&app, &user, "openai", OPENAI_KEY).await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(error_code(limited).await, "rate_limited");
+    assert_eq!(app.providers.received_requests().await.unwrap().len(), 2, "the third key was never tried");
+}

@@ -5,6 +5,7 @@ mod credits;
 mod errors;
 mod flags;
 mod gateway;
+mod hardening;
 mod health;
 mod helpers;
 mod keys;
