@@ -170,11 +170,18 @@ impl DirectusClient {
         self.data(request).await
     }
 
-    /// Replaces the ciphertext of many rows in one batch request.
-    pub async fn replace_ciphertexts(&self, rows: &[(String, String)]) -> Result<(), DirectusError> {
-        let body: Vec<_> = rows.iter().map(|(id, envelope)| json!({"id": id, "encrypted_key": envelope})).collect();
-        self.send(self.request(Method::PATCH, "/items/user_api_keys").query(&[("fields", "id")]).json(&body))
-            .await
-            .map(drop)
+    /// Replaces a row's ciphertext only if it is still `current` (compare and swap): a key saved or deleted
+    /// since `current` was read is left alone. `false` when the row no longer held `current`.
+    ///
+    /// Directus has no conditional single-statement update: it selects the rows matching the filter, then
+    /// updates those, so a write landing between the two (about a millisecond) can still be overwritten.
+    pub async fn replace_ciphertext_if(&self, id: &str, current: &str, new: &str) -> Result<bool, DirectusError> {
+        let body = json!({
+            "query": {"filter": {"_and": [{"id": {"_eq": id}}, {"encrypted_key": {"_eq": current}}]}},
+            "data": {"encrypted_key": new},
+        });
+        let request = self.request(Method::PATCH, "/items/user_api_keys").query(&[("fields", "id")]).json(&body);
+        let updated: Vec<IdRow> = self.data(request).await?;
+        Ok(updated.iter().any(|row| row.id == id))
     }
 }

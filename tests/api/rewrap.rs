@@ -5,7 +5,7 @@ use byok_bridge::rewrap::{RewrapReport, rewrap_all};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::helpers::*;
 
@@ -60,9 +60,19 @@ async fn directus_with_rows(users: &[String]) -> (MockServer, Vec<Value>) {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"count": rows.len()}]})))
         .mount(&directus)
         .await;
+    // Like Directus's update by query: the rows matching the filter, here the one row if its ciphertext is
+    // still the one in `rows`.
+    let stored = rows.clone();
     Mock::given(method("PATCH"))
         .and(path("/items/user_api_keys"))
-        .respond_with(ResponseTemplate::new(200))
+        .respond_with(move |request: &Request| {
+            let body: Value = serde_json::from_slice(&request.body).unwrap();
+            let [id, current] = ["/query/filter/_and/0/id/_eq", "/query/filter/_and/1/encrypted_key/_eq"]
+                .map(|pointer| body.pointer(pointer).and_then(Value::as_str).unwrap().to_owned());
+            let matches = stored.iter().any(|row| row["id"] == id && row["encrypted_key"] == current);
+            let data = if matches { json!([{"id": id}]) } else { json!([]) };
+            ResponseTemplate::new(200).set_body_json(json!({"data": data}))
+        })
         .mount(&directus)
         .await;
     (directus, rows)
@@ -79,20 +89,54 @@ async fn rewrap_reseals_old_rows_under_the_current_key_and_counts_the_rest() {
     );
     let ring = rotated_keyring();
     let report = rewrap_all(&client, &ring).await.unwrap();
-    assert_eq!(report, RewrapReport { scanned: 7, rewrapped: 6, already_current: 1, unusable: 1 });
+    assert_eq!(
+        report,
+        RewrapReport { scanned: 7, rewrapped: 6, already_current: 1, unusable: 1, changed_meanwhile: 0 }
+    );
 
-    let patch = directus.received_requests().await.unwrap().into_iter().find(|r| r.method.as_str() == "PATCH").unwrap();
-    let rewritten: Vec<Value> = serde_json::from_slice(&patch.body).unwrap();
-    assert_eq!(rewritten.len(), 6);
+    let patches: Vec<Value> = directus
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.method.as_str() == "PATCH")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(patches.len(), 6);
     let new_only = Keyring::new(EncryptionKey::parse_hex(NEW_KEY).unwrap(), vec![]).unwrap();
-    for (i, row) in rewritten.iter().enumerate() {
-        assert_eq!(row["id"], format!("row-{i:02}"));
-        let envelope = row["encrypted_key"].as_str().unwrap();
+    for (i, user) in users.iter().enumerate() {
+        let patch =
+            patches.iter().find(|p| p["query"]["filter"]["_and"][0]["id"]["_eq"] == format!("row-{i:02}")).unwrap();
+        let envelope = patch["data"]["encrypted_key"].as_str().unwrap();
         assert_eq!(key_id_of(envelope), Some(ring.current_key_id()));
         let provider = if i % 2 == 0 { "openai" } else { "anthropic" };
         let expected = if i % 2 == 0 { OPENAI_KEY } else { ANTHROPIC_KEY };
-        assert_eq!(new_only.open(owner(&users[i], provider), envelope).unwrap().as_slice(), expected.as_bytes());
+        assert_eq!(new_only.open(owner(user, provider), envelope).unwrap().as_slice(), expected.as_bytes());
     }
+}
+
+#[tokio::test]
+async fn rewrap_leaves_a_key_saved_during_the_run_alone() {
+    let users: Vec<String> = (0..2).map(|_| new_user_id()).collect();
+    let (directus, rows) = directus_with_rows(&users).await;
+    // Between the page read and the write, the user saves a new key: the row holds a new ciphertext.
+    let saved_meanwhile = rows[1]["encrypted_key"].as_str().unwrap().to_owned();
+    Mock::given(method("PATCH"))
+        .and(path("/items/user_api_keys"))
+        .and(wiremock::matchers::body_partial_json(
+            json!({"query": {"filter": {"_and": [{"id": {"_eq": "row-01"}}, {"encrypted_key": {"_eq": saved_meanwhile}}]}}}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .with_priority(1)
+        .mount(&directus)
+        .await;
+    let client = DirectusClient::new(
+        directus.uri().parse().unwrap(),
+        SecretString::from(SERVICE_TOKEN),
+        std::time::Duration::from_secs(2),
+    );
+    let report = rewrap_all(&client, &rotated_keyring()).await.unwrap();
+    assert_eq!((report.rewrapped, report.changed_meanwhile), (1, 1), "{report:?}");
 }
 
 #[tokio::test]
@@ -112,7 +156,10 @@ async fn the_rewrap_command_prints_counts_and_never_key_material() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let last_line = stdout.lines().last().unwrap();
     let report: Value = serde_json::from_str(last_line).unwrap();
-    assert_eq!(report, json!({"scanned": 5, "rewrapped": 4, "already_current": 1, "unusable": 1}));
+    assert_eq!(
+        report,
+        json!({"scanned": 5, "rewrapped": 4, "already_current": 1, "unusable": 1, "changed_meanwhile": 0})
+    );
     let all_output = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
     for secret in [OPENAI_KEY, ANTHROPIC_KEY, NEW_KEY, ENCRYPTION_KEY, SERVICE_TOKEN] {
         assert!(!all_output.contains(secret), "secret in rewrap output");
