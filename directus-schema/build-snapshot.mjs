@@ -11,8 +11,9 @@
 //     node directus-schema/build-snapshot.mjs directus-schema/snapshot.yaml
 //
 // One deliberate edit: SQLite has no DECIMAL (knex makes it FLOAT, and the snapshot then says `float`), so
-// api_key_usage.estimated_cost_cents is written as decimal(14,4), which PostgreSQL honours. On SQLite the
-// column still ends up FLOAT.
+// the two money fields, credit_transactions.cost_cents and api_key_usage.estimated_cost_cents, are written
+// as decimal(20,9) (cents exact to a billionth of a cent), which PostgreSQL honours as numeric(20,9). On
+// SQLite the columns still end up FLOAT (a double: about 15 significant digits).
 //
 // Normal use never runs this: scripts/directus-up.sh applies the committed snapshot.
 // Node >= 20 (global fetch). Prints nothing secret.
@@ -109,6 +110,16 @@ function bool(field, defaultValue, meta = {}) {
 		type: "boolean",
 		schema: { default_value: defaultValue, is_nullable: false },
 		meta: { special: ["cast-boolean"], interface: "boolean", display: "boolean", width: "half", ...meta },
+	};
+}
+// Money in cents with 9 decimals; the sidecar writes decimal strings such as "0.000345000".
+const MONEY = Object.freeze({ numeric_precision: 20, numeric_scale: 9 });
+function money(field, { defaultValue = 0, nullable = true, ...meta } = {}) {
+	return {
+		field,
+		type: "decimal",
+		schema: { ...MONEY, default_value: defaultValue, is_nullable: nullable },
+		meta: { interface: "input", ...meta },
 	};
 }
 function int(field, { defaultValue = null, nullable = true, ...meta } = {}) {
@@ -274,12 +285,10 @@ const collections = [
 			int("prompt_tokens", { defaultValue: 0, width: "half" }),
 			int("completion_tokens", { defaultValue: 0, width: "half" }),
 			int("total_tokens", { defaultValue: 0, width: "half" }),
-			{
-				field: "estimated_cost_cents",
-				type: "decimal",
-				schema: { numeric_precision: 14, numeric_scale: 4, default_value: 0, is_nullable: true },
-				meta: { interface: "input", width: "half", note: "Estimated provider cost in cents (paid by the user's key)" },
-			},
+			money("estimated_cost_cents", {
+				width: "half",
+				note: "Estimated provider cost in cents, up to 9 decimals (paid by the user's key)",
+			}),
 			str("request_id", {
 				unique: true,
 				nullable: true,
@@ -293,7 +302,7 @@ const collections = [
 		collection: "credit_transactions",
 		meta: {
 			icon: "account_balance_wallet",
-			note: "Internal credit ledger (whole cents). Balance = grants + refunds - deductions; there is no balance field.",
+			note: "Internal credit ledger in cents, exact to 9 decimals. Balance = grants + refunds - deductions; there is no balance field.",
 			display_template: "{{transaction_type}} {{cost_cents}} ({{service_type}})",
 			accountability: "activity",
 			hidden: false,
@@ -305,14 +314,13 @@ const collections = [
 			userM2o("user", { required: true }),
 			select("transaction_type", ["grant", "deduction", "refund"], { required: true, nullable: false, width: "half" }),
 			str("service_type", { width: "half", note: "e.g. signup_bonus, chat_completion" }),
-			int("cost_cents", {
-				defaultValue: 0,
+			money("cost_cents", {
 				nullable: false,
 				required: true,
 				width: "half",
-				note: "Amount in whole cents, always >= 0 (the type gives the sign)",
+				note: "Amount in cents, up to 9 decimals (e.g. 0.000345), always >= 0 (the type gives the sign)",
 				validation: { _and: [{ cost_cents: { _gte: 0 } }] },
-				validation_message: "cost_cents must be a whole number >= 0",
+				validation_message: "cost_cents must be >= 0",
 			}),
 			str("description"),
 			str("request_id", {
@@ -373,10 +381,15 @@ for (const r of relations) {
 const { dump } = createRequire(join(installDir, "package.json"))("js-yaml");
 const snapshot = (await api("GET", "/schema/snapshot")).data;
 
-const cost = snapshot.fields.find((f) => f.collection === "api_key_usage" && f.field === "estimated_cost_cents");
-if (!cost) throw new Error("estimated_cost_cents missing from the snapshot");
-cost.type = "decimal";
-Object.assign(cost.schema, { data_type: "decimal", numeric_precision: 14, numeric_scale: 4 });
+for (const [collection, field] of [
+	["credit_transactions", "cost_cents"],
+	["api_key_usage", "estimated_cost_cents"],
+]) {
+	const money = snapshot.fields.find((f) => f.collection === collection && f.field === field);
+	if (!money) throw new Error(`${collection}.${field} missing from the snapshot`);
+	money.type = "decimal";
+	Object.assign(money.schema, { data_type: "decimal", ...MONEY });
+}
 
 writeFileSync(outputFile, dump(snapshot));
 console.error(`wrote ${outputFile}`);

@@ -163,10 +163,10 @@ expect_column() {
 	grep -qx -- "$1" <<<"${columns}" || die "expected column '$1'; PostgreSQL has:
 ${columns}"
 }
-expect_column "api_key_usage.estimated_cost_cents numeric 14 4 YES"
+expect_column "api_key_usage.estimated_cost_cents numeric 20 9 YES"
 expect_column "api_key_usage.created_at timestamp with time zone - - YES"
 expect_column "api_key_usage.total_tokens integer 32 0 YES"
-expect_column "credit_transactions.cost_cents integer 32 0 NO"
+expect_column "credit_transactions.cost_cents numeric 20 9 NO"
 expect_column "credit_transactions.created_at timestamp with time zone - - YES"
 # Usage of internal-credit LLM calls, written by the sidecar on deductions (nullable).
 expect_column "credit_transactions.provider character varying - - YES"

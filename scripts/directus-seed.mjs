@@ -7,18 +7,24 @@
 //   - a static token for the admin,
 //   - demo end users (no role, no app access: no seat) with new random passwords and signup credit grants.
 // Idempotent: re-running creates no duplicate rows; it rotates the printed passwords and tokens.
-// Then it verifies the result (service token can read flags but NOT update them, users can log in, ...).
+// Then it verifies the result (service token can read flags but NOT update them, can write a fractional
+// deduction and read the user fields it needs, users can log in, ...).
 //
 //   DIRECTUS_URL=http://127.0.0.1:8055 DIRECTUS_ADMIN_EMAIL=admin@example.com DIRECTUS_ADMIN_PASSWORD=... \
 //     node scripts/directus-seed.mjs > seed.env
 //
-// With SEED_CHECK_HOOK=1 it also checks that the byok-bridge hook extension is loaded and refuses a
-// plaintext user_api_keys.encrypted_key (scripts/directus-up.sh sets it).
+// With SEED_CHECK_HOOK=1 it also checks that the byok-bridge hook extension is loaded and enforces what the
+// Core license cannot express as permissions: it refuses a plaintext user_api_keys.encrypted_key, ledger
+// grants and refunds by the service token, and the service token's reads of other user fields (auth_data, ...),
+// while admins keep full access (scripts/directus-up.sh sets it).
 //
 // stdout: KEY=VALUE lines only (DIRECTUS_TOKEN, DIRECTUS_ADMIN_TOKEN, <TIER>_USER_EMAIL/_PASSWORD/_ID).
 // stderr: progress messages, never a secret. Node >= 20 (global fetch).
 
 import { randomBytes } from "node:crypto";
+
+// The hook is plain ESM without dependencies: share its role name and user field list (one source).
+import { DEFAULT_SERVICE_ROLE, SIDECAR_USER_FIELDS } from "../hooks/byok-bridge/src/index.js";
 
 const baseUrl = (process.env.DIRECTUS_URL ?? "").replace(/\/+$/, "");
 const adminEmail = process.env.DIRECTUS_ADMIN_EMAIL;
@@ -72,19 +78,22 @@ const FLAGS = [
 
 const SERVICE = {
 	policyName: "byok-bridge sidecar",
-	roleName: "byok-bridge sidecar",
+	// The hook recognises the sidecar by this role (its BYOK_BRIDGE_SERVICE_ROLE default).
+	roleName: DEFAULT_SERVICE_ROLE,
 	email: "byok-bridge-sidecar@example.com",
-	// Full-field, unfiltered permissions only (filters and field subsets are refused on the Core tier).
+	// [collection, action, narrower rule]. The Core license refuses narrower rules (field subsets, validation,
+	// presets, row filters: 403 RESOURCE_RESTRICTED, measured on 12.4.0); there the permission is full-field
+	// and the byok-bridge hook enforces the narrower rule for the sidecar's role. Licensed tiers get both.
 	permissions: [
 		["feature_flags", "read"],
-		["directus_users", "read"],
+		["directus_users", "read", { fields: [...SIDECAR_USER_FIELDS] }],
 		["user_api_keys", "create"],
 		["user_api_keys", "read"],
 		["user_api_keys", "update"],
 		["user_api_keys", "delete"],
 		["api_key_usage", "create"],
 		["api_key_usage", "read"],
-		["credit_transactions", "create"],
+		["credit_transactions", "create", { validation: { transaction_type: { _eq: "deduction" } } }],
 		["credit_transactions", "read"],
 		["directus_notifications", "create"],
 	],
@@ -180,33 +189,55 @@ async function ensureRole({ name, description, icon, policyId }) {
 	return role.id;
 }
 
+const FULL_RULE = Object.freeze({ fields: ["*"], permissions: null, validation: null, presets: null });
+
+// Compares the rule parts of two permissions ({} and null are the same; field order does not matter).
+function sameRule(a, b) {
+	const norm = (p) =>
+		JSON.stringify([
+			[...(p.fields ?? [])].sort(),
+			...["permissions", "validation", "presets"].map((k) => (p[k] && Object.keys(p[k]).length > 0 ? p[k] : null)),
+		]);
+	return norm(a) === norm(b);
+}
+
+const isRestricted = (err) => err instanceof HttpError && err.status === 403 && err.message.includes('"RESOURCE_RESTRICTED"');
+
+// Exactly the wanted permissions, nothing beyond them, no duplicates. Returns the "collection action" pairs
+// whose narrower rule this Directus refused (Core license): the hook has to enforce those.
 async function ensurePermissions(policyId, wanted) {
 	const current = await admin("GET", `/permissions${q({ ...eq("policy", policyId), fields: "*", limit: "-1" })}`);
-	const wantedKeys = new Set(wanted.map(([c, a]) => `${c}:${a}`));
-	const isFullField = (p) =>
-		Array.isArray(p.fields) &&
-		p.fields.includes("*") &&
-		!p.permissions &&
-		!p.validation &&
-		!p.presets;
-	const keep = new Set();
+	const byKey = new Map();
 	for (const p of current) {
 		const key = `${p.collection}:${p.action}`;
-		if (wantedKeys.has(key) && isFullField(p) && !keep.has(key)) keep.add(key);
-		else await admin("DELETE", `/permissions/${p.id}`); // nothing beyond the list, no duplicates
+		byKey.set(key, [...(byKey.get(key) ?? []), p]);
 	}
-	for (const [collection, action] of wanted) {
-		if (keep.has(`${collection}:${action}`)) continue;
-		await admin("POST", "/permissions", {
-			policy: policyId,
-			collection,
-			action,
-			fields: ["*"],
-			permissions: null,
-			validation: null,
-			presets: null,
-		});
+	const wantedKeys = new Set(wanted.map(([c, a]) => `${c}:${a}`));
+	for (const [key, perms] of byKey) {
+		for (const [i, p] of perms.entries()) {
+			if (!wantedKeys.has(key) || i > 0) await admin("DELETE", `/permissions/${p.id}`);
+		}
 	}
+
+	const refused = [];
+	for (const [collection, action, narrower] of wanted) {
+		const existing = byKey.get(`${collection}:${action}`)?.[0];
+		const rules = narrower ? [{ ...FULL_RULE, ...narrower }, FULL_RULE] : [FULL_RULE];
+		for (const [i, rule] of rules.entries()) {
+			if (i > 0) refused.push(`${collection} ${action}`);
+			if (existing && sameRule(existing, rule)) break;
+			try {
+				if (existing) await admin("PATCH", `/permissions/${existing.id}`, rule);
+				else await admin("POST", "/permissions", { policy: policyId, collection, action, ...rule });
+				break;
+			} catch (err) {
+				// Core refuses the narrower rule and changes nothing: fall back to the full-field one.
+				if (i < rules.length - 1 && isRestricted(err)) continue;
+				throw err;
+			}
+		}
+	}
+	return refused;
 }
 
 async function seedServiceUser() {
@@ -216,7 +247,13 @@ async function seedServiceUser() {
 		description:
 			"API-only access for the byok-bridge sidecar (static token). No app access, so it takes no license seat.",
 	});
-	await ensurePermissions(policyId, SERVICE.permissions);
+	const refused = await ensurePermissions(policyId, SERVICE.permissions);
+	if (refused.length > 0) {
+		log(
+			`this Directus refuses narrower permissions (Core license): ${refused.join(", ")} are full-field; ` +
+				"the byok-bridge hook enforces them",
+		);
+	}
 	const roleId = await ensureRole({
 		name: SERVICE.roleName,
 		icon: "smart_toy",
@@ -316,38 +353,121 @@ async function verify(serviceToken, users) {
 	await svc("GET", `/items/api_key_usage${q({ limit: "1" })}`);
 	await svc("GET", `/items/credit_transactions${q({ limit: "1" })}`);
 
+	// What the sidecar does: read a user's tier, status and notification fields, and charge a fractional
+	// deduction (cents with 9 decimals, sent as a decimal string).
+	const premium = users.find((u) => u.env === "PREMIUM");
+	const profile = await svc("GET", `/users/${premium.id}${q({ fields: SIDECAR_USER_FIELDS.join(",") })}`);
+	assert(
+		profile.id === premium.id && profile.email === premium.email && profile.status === "active" &&
+			profile.subscription_tier === "premium" && typeof profile.email_notifications === "boolean",
+		"service token reads the user fields the sidecar needs",
+	);
+	const deduction = await svc("POST", `/items/credit_transactions${q({ fields: "id" })}`, {
+		user: premium.id,
+		transaction_type: "deduction",
+		service_type: "seed_probe",
+		cost_cents: "0.000345000",
+		description: "seed verification probe (deleted at once)",
+		request_id: `seed:probe:deduction:${randomToken().slice(0, 16)}`,
+	});
+	try {
+		const stored = await admin("GET", `/items/credit_transactions/${deduction.id}${q({ fields: "cost_cents" })}`);
+		// PostgreSQL answers numeric(20,9) as a string ("0.000345000"), SQLite (a double) as a number.
+		assert(Number(stored.cost_cents).toFixed(9) === "0.000345000", "a fractional deduction is stored to 9 decimals");
+	} finally {
+		await admin("DELETE", `/items/credit_transactions/${deduction.id}`);
+	}
+
 	const policy = await findOne("/policies", "name", SERVICE.policyName, "app_access,admin_access");
 	assert(policy.app_access === false && policy.admin_access === false, "service policy is API-only");
 
 	await Promise.all(users.map((u) => verifyEndUser(u, byokEnabled)));
 
-	if (process.env.SEED_CHECK_HOOK === "1") await verifyHook(users[0].id);
+	if (process.env.SEED_CHECK_HOOK === "1") await verifyHook(users, svc);
+	else log("SEED_CHECK_HOOK is not 1: not checking the byok-bridge hook (without it the service token can create grants)");
 
 	const broke = users.find((u) => u.env === "BROKE");
 	const brokeCredits = await admin("GET", `/items/credit_transactions${q({ ...eq("user", broke.id), limit: "1" })}`);
 	assert(brokeCredits.length === 0, "broke@example.com has no credit transactions");
-	log("verified: service token reads flags/users but cannot write flags; end users log in without app access");
+	log(
+		"verified: service token reads flags and the user fields it needs, writes a fractional deduction, cannot write " +
+			"flags; end users log in without app access",
+	);
 }
 
-async function verifyHook(userId) {
+async function verifyHook(users, svc) {
 	const extensions = await admin("GET", "/extensions");
 	const names = extensions.map((e) => e.schema?.name ?? e.name);
 	assert(names.includes("directus-extension-byok-bridge"), "the byok-bridge hook extension is loaded");
+	const premium = users.find((u) => u.env === "PREMIUM");
+
+	// A plaintext key, bare or behind a fake envelope header ("-" and "_" are base64url characters).
+	for (const encrypted_key of [
+		"sk-plaintext-probe-0123456789abcdefghijklmnop",
+		"byok:v1:00000000:sk-proj-plaintext-probe-0123456789abcdefghijklmnopqrstuv",
+	]) {
+		const row = { user: premium.id, provider: "openai", encrypted_key };
+		await expectCreateRefused(admin, "/items/user_api_keys", row, 400, "INVALID_PAYLOAD", "a plaintext encrypted_key");
+	}
+
+	// The sidecar's role: deductions only, whatever Directus' (Core) permission allows.
+	for (const transaction_type of ["grant", "refund"]) {
+		const requestId = `seed:probe:${transaction_type}:${randomToken().slice(0, 16)}`;
+		const row = { user: premium.id, transaction_type, cost_cents: 1, request_id: requestId };
+		const what = `a ${transaction_type} by the service token`;
+		await expectCreateRefused(svc, "/items/credit_transactions", row, 403, "FORBIDDEN", what);
+	}
+
+	// ... and only the user fields it needs: auth_data (SSO tokens) is refused, directly, through a relation,
+	// or in a filter; a bare read comes back with the allowed fields only.
+	for (const path of [
+		`/users/${premium.id}${q({ fields: "auth_data" })}`,
+		`/items/credit_transactions${q({ fields: "id,user.auth_data", limit: "1" })}`,
+		`/users${q({ "filter[auth_data][_nnull]": "true", fields: "id" })}`,
+	]) {
+		const what = `reading directus_users.auth_data with the service token (${path.split("?")[0]})`;
+		await expectStatus(svc("GET", path), [403], what);
+	}
+	const bare = await svc("GET", `/users/${premium.id}`);
+	const extra = Object.keys(bare).filter((k) => !SIDECAR_USER_FIELDS.includes(k));
+	assert(
+		extra.length === 0 && bare.subscription_tier === "premium",
+		`service token reads only ${SIDECAR_USER_FIELDS.join(", ")} (also got: ${extra.join(", ")})`,
+	);
+
+	// Admins are not narrowed: they still create grants and read every user field.
+	const grant = await admin("POST", `/items/credit_transactions${q({ fields: "id" })}`, {
+		user: premium.id,
+		transaction_type: "grant",
+		service_type: "seed_probe",
+		cost_cents: 0,
+		request_id: `seed:probe:admin-grant:${randomToken().slice(0, 16)}`,
+	});
+	await admin("DELETE", `/items/credit_transactions/${grant.id}`);
+	const full = await admin("GET", `/users/${premium.id}${q({ fields: "id,auth_data,last_page" })}`);
+	assert("auth_data" in full, "admins still read auth_data");
+	log(
+		"verified: byok-bridge hook loaded; plaintext encrypted_key refused (400); service token: no grants or refunds " +
+			"(403), no auth_data (403), only the user fields it needs; admins unaffected",
+	);
+}
+
+// A create that must be refused with `status` and Directus error `code`; a row created anyway is deleted
+// (as admin) before failing, and the refusal must not echo what was sent.
+async function expectCreateRefused(call, path, body, status, code, what) {
+	let created;
 	try {
-		await admin("POST", "/items/user_api_keys", {
-			user: userId,
-			provider: "openai",
-			encrypted_key: "sk-plaintext-probe-0123456789abcdefghijklmnop",
-		});
+		created = await call("POST", `${path}${q({ fields: "id" })}`, body);
 	} catch (err) {
-		if (err instanceof HttpError && err.status === 400 && err.message.includes('"INVALID_PAYLOAD"')) {
-			assert(!err.message.includes("sk-plaintext-probe"), "the hook does not echo the rejected value");
-			log("verified: byok-bridge hook loaded, plaintext encrypted_key refused with 400 INVALID_PAYLOAD");
+		if (err instanceof HttpError && err.status === status && err.message.includes(`"${code}"`)) {
+			const secrets = Object.values(body).filter((v) => typeof v === "string" && v.includes("sk-"));
+			assert(!secrets.some((v) => err.message.includes(v)), `the refusal of ${what} does not echo it`);
 			return;
 		}
 		throw err;
 	}
-	throw new Error("verification failed: a plaintext encrypted_key was stored (byok-bridge hook not active)");
+	await admin("DELETE", `${path}/${created.id}`);
+	throw new Error(`verification failed: ${what} was stored (byok-bridge hook not active?)`);
 }
 
 async function verifyEndUser(u, byokEnabled) {

@@ -23,6 +23,9 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Mirrors the hook's `ENCRYPTED_KEY_ENVELOPE_RE` payload bounds.
 const MAX_PAYLOAD_CHARS: usize = 1500;
+/// No payload begins like a provider key, so the hook can refuse `byok:v1:<any id>:sk-...`: a plaintext key
+/// behind a made-up header. The payload begins with the nonce, so such nonces are never used.
+const KEY_LIKE_START: &str = "sk-";
 
 /// Whose key a ciphertext holds; becomes the associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +73,7 @@ impl Keyring {
 
     /// Seals a provider key for its owner with a fresh random nonce.
     pub fn seal(&self, owner: KeyOwner, plaintext: &[u8]) -> String {
-        self.seal_with_nonce(owner, plaintext, Aes256Gcm::generate_nonce(&mut OsRng).into())
+        self.seal_with_nonce(owner, plaintext, fresh_nonce())
     }
 
     fn seal_with_nonce(&self, owner: KeyOwner, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> String {
@@ -142,6 +145,20 @@ fn cipher(key: &[u8; 32]) -> Aes256Gcm {
 
 /// AES-256-GCM encryption: ciphertext followed by the 16-byte tag. The one primitive the vault uses;
 /// known-answer tests run through it.
+/// A random nonce whose encoding does not start with [`KEY_LIKE_START`]: one in 262,144 is drawn again.
+fn fresh_nonce() -> [u8; NONCE_LEN] {
+    loop {
+        let nonce: [u8; NONCE_LEN] = Aes256Gcm::generate_nonce(&mut OsRng).into();
+        if !starts_like_a_key(&nonce) {
+            return nonce;
+        }
+    }
+}
+
+fn starts_like_a_key(nonce: &[u8; NONCE_LEN]) -> bool {
+    URL_SAFE_NO_PAD.encode(&nonce[..3]).starts_with(KEY_LIKE_START)
+}
+
 pub fn aes256gcm_seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     cipher(key)
         .encrypt(&Nonce::from(*nonce), Payload { msg: plaintext, aad })
@@ -182,6 +199,18 @@ mod tests {
 
     const ALICE: &str = "11111111-1111-4111-8111-111111111111";
     const BOB: &str = "22222222-2222-4222-8222-222222222222";
+
+    #[test]
+    fn no_payload_starts_like_a_provider_key() {
+        let key_like: [u8; 3] = URL_SAFE_NO_PAD.decode("sk-A").unwrap().try_into().unwrap();
+        let mut nonce = [7u8; NONCE_LEN];
+        nonce[..3].copy_from_slice(&key_like);
+        assert!(starts_like_a_key(&nonce));
+        let payload = |envelope: &str| envelope.rsplit(':').next().unwrap().to_owned();
+        let sealed = ring(KEY_A, &[]).seal_with_nonce(owner(ALICE, Provider::OpenAi), b"sk-test", nonce);
+        assert!(payload(&sealed).starts_with("sk-"), "the case exists");
+        assert!((0..10_000).all(|_| !starts_like_a_key(&fresh_nonce())));
+    }
 
     #[test]
     fn round_trips_and_uses_a_fresh_nonce_each_time() {

@@ -4,6 +4,14 @@
 //    `${BYOK_BRIDGE_URL}/webhooks/directus`, so the sidecar refreshes its flag cache at once.
 // 2. user_api_keys create/update -> `encrypted_key` must be byok-bridge ciphertext (never a plaintext
 //    provider key typed into the admin app or sent over REST), `key_hint` must be a short masked hint.
+//    With BYOK_BRIDGE_KEY_IDS (comma-separated key ids) set, only envelopes under those key ids.
+// 3. The sidecar's service role (BYOK_BRIDGE_SERVICE_ROLE, a role name or id; default "byok-bridge
+//    sidecar") gets what the Core license cannot express as permissions: it may only create `deduction`
+//    rows in credit_transactions, and read only a few fields of directus_users (never auth_data, password,
+//    token, tfa_secret). Admins and other roles are not affected.
+//
+// Flows: Directus runs these filters for a Flow's Create/Update Data operation only when its "Emit
+// Events" option is on (off by default).
 //
 // Secrets handled here (the webhook secret, signatures, encrypted keys) are never logged or echoed.
 
@@ -16,42 +24,98 @@ import https from "node:https";
 // ---------------------------------------------------------------------------------------------
 
 /**
- * The ONE place that defines what an `encrypted_key` value may look like.
- *
- * Mirrors the Rust sidecar's ciphertext envelope:
+ * The shape of an `encrypted_key` value (a quick syntactic pre-check; isEncryptedKeyEnvelope() is the
+ * full rule). Mirrors the Rust sidecar's ciphertext envelope:
  *   byok:v1:<kid: 8 lowercase hex>:<base64url(nonce12 || ciphertext || tag16), no padding>
  * The shortest possible value carries 12 + 1 + 16 = 29 bytes = 39 base64url characters; 1500 characters
  * bounds the size. Keep this in sync with the sidecar's envelope parser.
  */
-export const ENCRYPTED_KEY_ENVELOPE_RE = /^byok:v1:[0-9a-f]{8}:[A-Za-z0-9_-]{39,1500}$/;
+export const ENCRYPTED_KEY_ENVELOPE_RE = /^byok:v1:([0-9a-f]{8}):([A-Za-z0-9_-]{39,1500})$/;
+export const MIN_ENVELOPE_PAYLOAD_BYTES = 12 + 1 + 16;
+
+/**
+ * Payload prefixes that are provider key prefixes. `-` and `_` are base64url characters, so a plaintext
+ * key such as `sk-proj-...` behind a fake `byok:v1:<kid>:` header can be canonical base64url; this rule
+ * refuses it. Part of the envelope's definition: the sidecar never emits a payload that starts with one
+ * of these (it draws a new random nonce in that 1-in-262144 case), so no real envelope is ever refused.
+ */
+export const PROVIDER_KEY_PREFIXES = Object.freeze(["sk-"]);
+
+/**
+ * What is wrong with an `encrypted_key` value: null for a well-formed byok:v1 envelope, "malformed", or
+ * "unknown_kid". Well-formed: the header, a payload that is canonical base64url without padding (decoding
+ * and re-encoding gives the same string: no stray low bits, length % 4 != 1) of at least nonce + 1 byte +
+ * tag, not starting with a provider key prefix, and, when `allowedKids` (a Set) is given, a key id in it.
+ * Never decrypts: the hook has no key.
+ */
+export function envelopeProblem(value, allowedKids = null) {
+	if (typeof value !== "string") return "malformed";
+	const match = ENCRYPTED_KEY_ENVELOPE_RE.exec(value);
+	if (match === null) return "malformed";
+	const [, kid, payload] = match;
+	if (payload.length % 4 === 1) return "malformed";
+	if (PROVIDER_KEY_PREFIXES.some((prefix) => payload.startsWith(prefix))) return "malformed";
+	const bytes = Buffer.from(payload, "base64url");
+	if (bytes.length < MIN_ENVELOPE_PAYLOAD_BYTES || bytes.toString("base64url") !== payload) return "malformed";
+	return allowedKids === null || allowedKids.has(kid) ? null : "unknown_kid";
+}
+
+export const isEncryptedKeyEnvelope = (value, allowedKids = null) => envelopeProblem(value, allowedKids) === null;
+
+/**
+ * Parses BYOK_BRIDGE_KEY_IDS (comma-separated 8-hex key ids) from Directus' type-cast env.
+ * Returns { kids: Set | null, invalid: count }; kids is null when the variable is unset (any key id).
+ * Invalid entries are dropped, never widened: with only invalid entries, every envelope is refused.
+ * Directus casts values such as `12345678` to numbers; String() gives them back (a value Directus mangles,
+ * e.g. `1e000001` -> 10, is counted invalid: write the variable as `string:...` then).
+ */
+export function parseKeyIds(raw) {
+	if (raw === undefined || raw === null || String(raw).trim() === "") return { kids: null, invalid: 0 };
+	const items = (Array.isArray(raw) ? raw : String(raw).split(",")).map((item) => String(item).trim().toLowerCase());
+	const kids = new Set();
+	let invalid = 0;
+	for (const item of items) {
+		if (item === "") continue;
+		if (/^[0-9a-f]{8}$/.test(item)) kids.add(item);
+		else invalid++;
+	}
+	return { kids, invalid };
+}
 
 /** A hint is a masked form such as `sk-...AbCd`; anything longer could be (part of) a real key. */
 export const KEY_HINT_MAX_CHARS = 24;
 
 export const ENCRYPTED_KEY_REJECTED_MESSAGE =
 	"encrypted_key must be ciphertext produced by byok-bridge; store keys through the sidecar's PUT /v1/keys/{provider}";
+export const ENCRYPTED_KEY_UNKNOWN_KID_MESSAGE =
+	"encrypted_key was sealed with a key id that BYOK_BRIDGE_KEY_IDS does not list; add the sidecar's key id there";
 export const KEY_HINT_REJECTED_MESSAGE = `key_hint must be a masked hint of at most ${KEY_HINT_MAX_CHARS} characters`;
 
-/** Shaped like a DirectusError so Directus answers a clean 400 (a plain Error would become a 500). */
-function invalidPayload(message) {
-	return { name: "DirectusError", status: 400, code: "INVALID_PAYLOAD", message, extensions: { reason: message } };
+/**
+ * Shaped like a DirectusError so Directus answers a clean 4xx (a plain Error would become a 500). An Error
+ * instance, not a bare object: GraphQL turns thrown non-Errors into INTERNAL_SERVER_ERROR.
+ */
+function directusError(status, code, message) {
+	return Object.assign(new Error(message), { name: "DirectusError", status, code, extensions: { reason: message } });
 }
+const invalidPayload = (message) => directusError(400, "INVALID_PAYLOAD", message);
+const forbidden = (message) => directusError(403, "FORBIDDEN", message);
 
-/** Throws an INVALID_PAYLOAD error for a bad write; returns the payload unchanged otherwise. */
-export function validateUserApiKeyPayload(payload) {
+/**
+ * Throws an INVALID_PAYLOAD error for a bad write; returns the payload unchanged otherwise.
+ * `allowedKids`: a Set of accepted key ids, or null for any (see parseKeyIds).
+ */
+export function validateUserApiKeyPayload(payload, allowedKids = null) {
 	if (Array.isArray(payload)) {
-		for (const item of payload) validateUserApiKeyPayload(item);
+		for (const item of payload) validateUserApiKeyPayload(item, allowedKids);
 		return payload;
 	}
 	if (payload === null || typeof payload !== "object") return payload;
 
-	if (Object.hasOwn(payload, "encrypted_key")) {
-		const value = payload.encrypted_key;
-		if (typeof value !== "string" || !ENCRYPTED_KEY_ENVELOPE_RE.test(value)) {
-			// Never include the rejected value: it may be a plaintext provider key.
-			throw invalidPayload(ENCRYPTED_KEY_REJECTED_MESSAGE);
-		}
-	}
+	const problem = Object.hasOwn(payload, "encrypted_key") ? envelopeProblem(payload.encrypted_key, allowedKids) : null;
+	// Never include the rejected value (it may be a plaintext provider key), nor its key id.
+	if (problem === "malformed") throw invalidPayload(ENCRYPTED_KEY_REJECTED_MESSAGE);
+	if (problem === "unknown_kid") throw invalidPayload(ENCRYPTED_KEY_UNKNOWN_KID_MESSAGE);
 	if (Object.hasOwn(payload, "key_hint")) {
 		const hint = payload.key_hint;
 		if (hint !== null && (typeof hint !== "string" || [...hint].length > KEY_HINT_MAX_CHARS)) {
@@ -59,6 +123,235 @@ export function validateUserApiKeyPayload(payload) {
 		}
 	}
 	return payload;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sidecar's service role: what the Core license cannot express as permissions
+// ---------------------------------------------------------------------------------------------
+//
+// On the Core license Directus refuses permissions with a field subset, a validation rule, presets or a
+// row filter (403 RESOURCE_RESTRICTED), so the sidecar's policy has full-field create on
+// credit_transactions and full-field read on directus_users. The hook narrows both for accountabilities
+// of the sidecar's role: it may only create `deduction` ledger rows, and may only read the user fields below.
+
+export const DEFAULT_SERVICE_ROLE = "byok-bridge sidecar";
+/** What the sidecar reads of a user (tier, account status, notifications). Never auth_data, token, ... */
+export const SIDECAR_USER_FIELDS = Object.freeze(["id", "email", "status", "subscription_tier", "email_notifications"]);
+const SIDECAR_USER_FIELD_SET = new Set(SIDECAR_USER_FIELDS);
+const USERS = "directus_users";
+
+export const LEDGER_WRITE_FORBIDDEN_MESSAGE =
+	'the byok-bridge service role may only create credit_transactions with transaction_type "deduction"';
+export const USER_READ_FORBIDDEN_MESSAGE =
+	`the byok-bridge service role may read only ${SIDECAR_USER_FIELDS.join(", ")} of directus_users`;
+
+/** Throws FORBIDDEN unless every ledger row in `payload` is a deduction. */
+export function validateSidecarLedgerPayload(payload) {
+	for (const item of Array.isArray(payload) ? payload : [payload]) {
+		if (item === null || typeof item !== "object" || item.transaction_type !== "deduction") {
+			throw forbidden(LEDGER_WRITE_FORBIDDEN_MESSAGE);
+		}
+	}
+	return payload;
+}
+
+/**
+ * (collection, field) -> the collection the field leads to, or null, from Directus' schema relations
+ * (m2o, o2m through `one_field`, and `$FOLLOW(collection, field)`), as Directus resolves query paths.
+ */
+export function relatedCollectionResolver(relations = []) {
+	return (collection, field) => {
+		if (field.startsWith("$FOLLOW(") && field.endsWith(")")) return field.slice(8, -1).split(",")[0].trim();
+		const relation = relations.find(
+			(r) =>
+				(r.collection === collection && r.field === field) ||
+				(r.related_collection === collection && r.meta?.one_field === field),
+		);
+		if (!relation) return null;
+		return relation.related_collection === collection ? relation.collection : relation.related_collection;
+	};
+}
+
+/** `year(date_created)` -> `date_created`, as Directus' parseFilterKey. */
+function fieldOfKey(key) {
+	const match = /^([^()]+)(\(([^)]+)\))?/.exec(key);
+	return (match?.[3] ?? key).trim();
+}
+
+/** The collection one path segment leads to from `current`, or null for a plain field. */
+function step(current, segment, related) {
+	if (segment.startsWith("$FOLLOW(")) return related(current, segment);
+	// a2o `field:collection` names the collection it leads to.
+	if (segment.includes(":")) return segment.split(":")[1];
+	return related(current, fieldOfKey(segment));
+}
+
+/**
+ * Whether a field path (segments, from `collection`) stays inside what the sidecar may read. In
+ * directus_users only SIDECAR_USER_FIELDS, and nothing beyond them. A `*` is only accepted last and
+ * with `wildcard` (fields; the caller replaces it inside directus_users): `*.*` could reach any relation.
+ */
+function pathAllowed(collection, segments, related, { wildcard = false } = {}) {
+	let current = collection;
+	for (let i = 0; i < segments.length; i++) {
+		const segment = segments[i];
+		const last = i === segments.length - 1;
+		if (segment === "*") return wildcard && last;
+		if (current === USERS) return last && SIDECAR_USER_FIELD_SET.has(fieldOfKey(segment));
+		const next = step(current, segment, related);
+		if (next === null || next === undefined) return true; // a plain field: Directus checks the rest
+		current = next;
+	}
+	return true;
+}
+
+/** Paths used by a filter, as Directus' flattenFilter (logical and _some/_none keys skipped). */
+function filterPaths(filter, path = [], out = []) {
+	if (filter === null || typeof filter !== "object") {
+		if (path.length > 0) out.push(path);
+		return out;
+	}
+	for (const [key, value] of Object.entries(filter)) {
+		if (Array.isArray(filter)) filterPaths(value, path, out);
+		else if (!key.startsWith("_")) filterPaths(value, [...path, key], out);
+		else if (["_and", "_or", "_some", "_none"].includes(key)) filterPaths(value, path, out);
+		else if (path.length > 0) out.push(path);
+	}
+	return out;
+}
+
+const asList = (value) => (Array.isArray(value) ? value : typeof value === "string" ? value.split(",") : []);
+
+/**
+ * Narrows a read query of the sidecar's role on `collection` (directus_users or any items collection)
+ * to SIDECAR_USER_FIELDS of directus_users: a `*` inside directus_users becomes the allowed fields, any
+ * other reference (fields, filter, sort, aggregate, groupBy, deep) to another user field is refused,
+ * and so are `search` on directus_users and `alias` (the sidecar uses neither; both could reach fields
+ * this check does not see). Returns the (possibly rewritten) query or throws FORBIDDEN.
+ */
+export function restrictSidecarQuery(query, collection, related) {
+	if (query === null || typeof query !== "object") return query;
+	const refuse = () => {
+		throw forbidden(USER_READ_FORBIDDEN_MESSAGE);
+	};
+	if (query.alias !== undefined && query.alias !== null && Object.keys(query.alias).length > 0) refuse();
+	if (collection === USERS && query.search !== undefined && query.search !== null && query.search !== "") refuse();
+
+	const rewritten = { ...query };
+	const fields = query.fields === undefined || query.fields === null ? ["*"] : asList(query.fields);
+	const outFields = [];
+	for (const field of fields) {
+		const segments = String(field).trim().split(".");
+		if (!pathAllowed(collection, segments, related, { wildcard: true })) refuse();
+		// A `*` that lands in directus_users becomes the allowed fields (same prefix).
+		const prefix = segments.slice(0, -1);
+		if (segments.at(-1) === "*" && landsIn(collection, prefix, related) === USERS) {
+			for (const allowed of SIDECAR_USER_FIELDS) outFields.push([...prefix, allowed].join("."));
+		} else {
+			outFields.push(segments.join("."));
+		}
+	}
+	if (collection === USERS || query.fields !== undefined) rewritten.fields = [...new Set(outFields)];
+
+	const paths = [...filterPaths(query.filter ?? null)];
+	for (const sort of asList(query.sort)) paths.push(String(sort).trim().replace(/^-/, "").split("."));
+	for (const list of Object.values(query.aggregate ?? {})) {
+		for (const field of asList(list)) if (field !== "*") paths.push(String(field).split("."));
+	}
+	for (const field of asList(query.group)) paths.push(String(field).split("."));
+	for (const path of paths) if (!pathAllowed(collection, path, related)) refuse();
+
+	checkDeep(query.deep, collection, related, refuse);
+	return rewritten;
+}
+
+/** The collection a relational prefix (segments) ends in. */
+function landsIn(collection, segments, related) {
+	let current = collection;
+	for (const segment of segments) {
+		const next = step(current, segment, related);
+		if (next === null || next === undefined) return null;
+		current = next;
+	}
+	return current;
+}
+
+/** `deep` nests per-relation queries: `{user: {_filter: {...}, _sort: [...], role: {...}}}`. */
+const DEEP_OPTIONS = new Set(["_filter", "_sort", "_limit", "_offset", "_page", "_search"]);
+function checkDeep(deep, collection, related, refuse) {
+	if (deep === null || typeof deep !== "object") return;
+	for (const [key, nested] of Object.entries(deep)) {
+		if (key.startsWith("_") || nested === null || typeof nested !== "object") continue;
+		const next = landsIn(collection, [key], related);
+		if (next === null) continue;
+		for (const option of Object.keys(nested)) {
+			if (option.startsWith("_") && !DEEP_OPTIONS.has(option)) refuse(); // _alias, _aggregate, _group, ...
+		}
+		if (next === USERS && nested._search) refuse();
+		const paths = filterPaths(nested._filter ?? null);
+		for (const sort of asList(nested._sort)) paths.push(String(sort).trim().replace(/^-/, "").split("."));
+		for (const path of paths) if (!pathAllowed(next, path, related)) refuse();
+		checkDeep(nested, next, related, refuse);
+	}
+}
+
+/** Drops every field the sidecar may not read from directus_users records (defence in depth). */
+export function stripUserRecords(records) {
+	const strip = (record) => {
+		if (record === null || typeof record !== "object") return record;
+		for (const key of Object.keys(record)) if (!SIDECAR_USER_FIELD_SET.has(key)) delete record[key];
+		return record;
+	};
+	if (Array.isArray(records)) records.forEach(strip);
+	else strip(records);
+	return records;
+}
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** True when the accountability's role (or one of its parent roles) is one of `roleIds`. */
+export function isServiceAccountability(accountability, roleIds) {
+	if (!accountability || roleIds.size === 0) return false;
+	if (accountability.role && roleIds.has(accountability.role)) return true;
+	return Array.isArray(accountability.roles) && accountability.roles.some((role) => roleIds.has(role));
+}
+
+/**
+ * Resolves BYOK_BRIDGE_SERVICE_ROLE (a role id, or a role name; default "byok-bridge sidecar") to role ids,
+ * lazily through the database the event runs on (on SQLite, the open transaction's connection), cached for
+ * `ttlMs` and dropped at once when roles change here (`invalidate`). Several roles with that name: all are
+ * treated as the sidecar's (narrower, never wider).
+ */
+export function createServiceRoleResolver(configured, { ttlMs = 30_000, now = Date.now } = {}) {
+	const value = configured === undefined || configured === null || String(configured).trim() === ""
+		? DEFAULT_SERVICE_ROLE
+		: String(configured).trim();
+	if (UUID_RE.test(value)) {
+		const fixed = new Set([value.toLowerCase()]);
+		return { value, resolve: async () => fixed, invalidate: () => {} };
+	}
+	let cached = null; // { at, promise }
+	async function lookup(database) {
+		const rows = await database.select("id").from("directus_roles").where("name", value);
+		return new Set(rows.map((row) => String(row.id)));
+	}
+	return {
+		value,
+		resolve(database) {
+			if (cached === null || now() - cached.at > ttlMs) {
+				const promise = lookup(database);
+				cached = { at: now(), promise };
+				// A failed lookup is not cached.
+				promise.catch(() => {
+					if (cached?.promise === promise) cached = null;
+				});
+			}
+			return cached.promise;
+		},
+		invalidate() {
+			cached = null;
+		},
+	};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,8 +603,40 @@ export function createWebhookSender({ url, secretBytes, logger, options = {}, ra
 // ---------------------------------------------------------------------------------------------
 
 export default function registerByokBridgeHook({ filter, action }, { env, logger }) {
-	filter("user_api_keys.items.create", (payload) => validateUserApiKeyPayload(payload));
-	filter("user_api_keys.items.update", (payload) => validateUserApiKeyPayload(payload));
+	const { kids, invalid } = parseKeyIds(env?.BYOK_BRIDGE_KEY_IDS);
+	if (invalid > 0) {
+		// Never widened: the invalid entries are dropped (none left = every envelope is refused).
+		logger.error(
+			`byok-bridge: BYOK_BRIDGE_KEY_IDS has ${invalid} entr${invalid === 1 ? "y" : "ies"} that are not 8 hex characters ` +
+				"(ignored; if Directus read one as a number, write the variable as string:<ids>)",
+		);
+	}
+	filter("user_api_keys.items.create", (payload) => validateUserApiKeyPayload(payload, kids));
+	filter("user_api_keys.items.update", (payload) => validateUserApiKeyPayload(payload, kids));
+
+	// The sidecar's role: only deductions in the ledger, only SIDECAR_USER_FIELDS of users.
+	const serviceRole = createServiceRoleResolver(env?.BYOK_BRIDGE_SERVICE_ROLE);
+	const isService = async (context) =>
+		Boolean(context?.accountability?.role || context?.accountability?.roles?.length) &&
+		isServiceAccountability(context.accountability, await serviceRole.resolve(context.database));
+	for (const event of ["roles.create", "roles.update", "roles.delete"]) action(event, () => serviceRole.invalidate());
+
+	filter("credit_transactions.items.create", async (payload, _meta, context) =>
+		(await isService(context)) ? validateSidecarLedgerPayload(payload) : payload,
+	);
+	filter("users.query", async (query, _meta, context) =>
+		(await isService(context))
+			? restrictSidecarQuery(query, "directus_users", relatedCollectionResolver(context.schema?.relations))
+			: query,
+	);
+	filter("items.query", async (query, meta, context) =>
+		(await isService(context))
+			? restrictSidecarQuery(query, meta.collection, relatedCollectionResolver(context.schema?.relations))
+			: query,
+	);
+	filter("users.read", async (records, meta, context) =>
+		(await isService(context)) && !meta?.query?.aggregate ? stripUserRecords(records) : records,
+	);
 
 	const config = resolveWebhookConfig(env);
 	if (config.state === "missing") {

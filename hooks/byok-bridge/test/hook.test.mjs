@@ -5,22 +5,44 @@ import http from "node:http";
 import { once } from "node:events";
 import { test } from "node:test";
 
+import { readFileSync } from "node:fs";
+
 import register, {
+	DEFAULT_SERVICE_ROLE,
 	ENCRYPTED_KEY_ENVELOPE_RE,
 	ENCRYPTED_KEY_REJECTED_MESSAGE,
+	ENCRYPTED_KEY_UNKNOWN_KID_MESSAGE,
+	LEDGER_WRITE_FORBIDDEN_MESSAGE,
+	SIDECAR_USER_FIELDS,
+	USER_READ_FORBIDDEN_MESSAGE,
 	WEBHOOK_EVENTS,
 	backoffDelayMs,
 	buildWebhookBody,
+	createServiceRoleResolver,
 	createWebhookSender,
 	decodeWebhookSecret,
+	envelopeProblem,
+	isEncryptedKeyEnvelope,
+	isServiceAccountability,
 	keysOfActionMeta,
+	parseKeyIds,
+	relatedCollectionResolver,
 	resolveWebhookConfig,
+	restrictSidecarQuery,
 	signWebhook,
+	stripUserRecords,
+	validateSidecarLedgerPayload,
 	validateUserApiKeyPayload,
 } from "../dist/index.js";
 
 const b64url = (buf) => buf.toString("base64url");
-const envelope = (bytes = 12 + 40 + 16, kid = "0a1b2c3d") => `byok:v1:${kid}:${b64url(randomBytes(bytes))}`;
+// Like the sidecar: a payload never starts with "sk-" (it draws a new nonce then).
+function envelope(bytes = 12 + 40 + 16, kid = "0a1b2c3d") {
+	for (;;) {
+		const payload = b64url(randomBytes(bytes));
+		if (!payload.startsWith("sk-")) return `byok:v1:${kid}:${payload}`;
+	}
+}
 const newSecret = (bytes = 32) => `whsec_${randomBytes(bytes).toString("base64")}`;
 
 // The hook unrefs its retry timers (a pending retry must not keep Directus from exiting); in these tests
@@ -52,8 +74,92 @@ test("envelope regex accepts sidecar ciphertext and rejects everything else", ()
 		"",
 	]) {
 		assert.doesNotMatch(bad, ENCRYPTED_KEY_ENVELOPE_RE, bad.slice(0, 30));
+		assert.equal(isEncryptedKeyEnvelope(bad), false, bad.slice(0, 30));
 	}
 	assert.match(`byok:v1:0a1b2c3d:${"A".repeat(1500)}`, ENCRYPTED_KEY_ENVELOPE_RE);
+	assert.equal(isEncryptedKeyEnvelope(`byok:v1:0a1b2c3d:${"A".repeat(1500)}`), true);
+});
+
+test("the shipped envelope-v1 test vector passes the hook's check", () => {
+	const vector = JSON.parse(readFileSync(new URL("../../../tests/fixtures/envelope-v1.json", import.meta.url), "utf8"));
+	assert.equal(envelopeProblem(vector.envelope), null);
+	assert.equal(isEncryptedKeyEnvelope(vector.envelope, new Set([vector.envelope.split(":")[2]])), true);
+	assert.doesNotThrow(() => validateUserApiKeyPayload({ encrypted_key: vector.envelope }));
+});
+
+test("a plaintext provider key behind a fake envelope header is refused", () => {
+	for (const key of [
+		// 52 payload characters: canonical base64url (52 % 4 == 0), so only the sk- rule refuses it.
+		"sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH",
+		`sk-proj-${"A1b2_C3d4-".repeat(15)}xyzw`,
+		"sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789_-ABCDEFGHIJKLMNOPQRSTUVWXYZ012-AA",
+		"sk-svcacct-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ01",
+		"sk-admin-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP",
+		"sk-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH0",
+	]) {
+		const value = `byok:v1:00000000:${key}`;
+		assert.match(value, ENCRYPTED_KEY_ENVELOPE_RE, "the old regex alone accepted it");
+		assert.equal(isEncryptedKeyEnvelope(value), false, key.slice(0, 12));
+		assert.throws(
+			() => validateUserApiKeyPayload({ user: "u", encrypted_key: value }),
+			(err) => err.code === "INVALID_PAYLOAD" && !JSON.stringify(err).includes(key) && !err.message.includes(key),
+		);
+	}
+	const canonical = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH";
+	assert.equal(Buffer.from(canonical, "base64url").toString("base64url"), canonical);
+});
+
+test("real-looking envelopes pass; non-canonical, short or over-long payloads do not", () => {
+	for (let bytes = 29; bytes < 29 + 64; bytes++) {
+		for (let i = 0; i < 20; i++) assert.equal(envelopeProblem(envelope(bytes, randomBytes(4).toString("hex"))), null);
+	}
+	assert.equal(isEncryptedKeyEnvelope(envelope(1124)), true); // 1124 bytes = 1499 characters
+
+	const payloadOf = (value) => value.split(":")[3];
+	const withPayload = (payload) => `byok:v1:0a1b2c3d:${payload}`;
+	// 29 bytes = 39 characters; the last one carries 2 unused low bits that must be zero.
+	const base = payloadOf(envelope(29));
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	const last = alphabet.indexOf(base.at(-1));
+	for (let stray = 1; stray < 4; stray++) {
+		const nonCanonical = base.slice(0, -1) + alphabet[last | stray];
+		assert.equal(isEncryptedKeyEnvelope(withPayload(nonCanonical)), false, "stray low bits");
+		assert.deepEqual(Buffer.from(nonCanonical, "base64url"), Buffer.from(base, "base64url"), "decodes like the canonical one");
+	}
+	assert.equal(isEncryptedKeyEnvelope(withPayload(`${payloadOf(envelope(39))}A`)), false, "length % 4 == 1"); // 52 + 1 characters
+	assert.equal(isEncryptedKeyEnvelope(withPayload(payloadOf(envelope(28)))), false, "28 bytes: no room for 1 byte of ciphertext");
+	assert.equal(isEncryptedKeyEnvelope(withPayload("A".repeat(38))), false, "38 characters");
+	assert.equal(isEncryptedKeyEnvelope(withPayload(`${payloadOf(envelope(30))}==`)), false, "padding");
+	assert.equal(isEncryptedKeyEnvelope(withPayload("A".repeat(1501))), false);
+	assert.equal(isEncryptedKeyEnvelope(withPayload(b64url(randomBytes(40)).replace(/^.../, "sk-"))), false);
+	for (const bad of [null, undefined, 42, {}, ["byok:v1:0a1b2c3d:" + "A".repeat(40)]]) {
+		assert.equal(isEncryptedKeyEnvelope(bad), false);
+	}
+});
+
+test("BYOK_BRIDGE_KEY_IDS: parsed from the type-cast env, never widened", () => {
+	assert.deepEqual(parseKeyIds(undefined), { kids: null, invalid: 0 });
+	assert.deepEqual(parseKeyIds(""), { kids: null, invalid: 0 });
+	assert.deepEqual([...parseKeyIds("0A1B2C3D").kids], ["0a1b2c3d"]);
+	// Directus casts `12345678` to a number and `a,b` to an array.
+	assert.deepEqual([...parseKeyIds(["0a1b2c3d", 12345678]).kids].sort(), ["0a1b2c3d", "12345678"]);
+	assert.deepEqual([...parseKeyIds(12345678).kids], ["12345678"]);
+	assert.deepEqual(parseKeyIds("0a1b2c3d, nothex!,").invalid, 1);
+	const mangled = parseKeyIds(10); // "1e000001" read as a number by Directus
+	assert.deepEqual({ size: mangled.kids.size, invalid: mangled.invalid }, { size: 0, invalid: 1 });
+
+	const kids = parseKeyIds("0a1b2c3d,7452bc6b").kids;
+	assert.equal(envelopeProblem(envelope(68, "7452bc6b"), kids), null);
+	assert.equal(envelopeProblem(envelope(68, "ffffffff"), kids), "unknown_kid");
+	assert.equal(envelopeProblem("byok:v1:ffffffff:sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH", kids), "malformed");
+	assert.equal(envelopeProblem(envelope(68, "ffffffff"), new Set()), "unknown_kid", "only invalid entries: all refused");
+	const unknown = envelope(68, "ffffffff");
+	assert.throws(
+		() => validateUserApiKeyPayload({ encrypted_key: unknown }, kids),
+		(err) =>
+			err.status === 400 && err.message === ENCRYPTED_KEY_UNKNOWN_KID_MESSAGE && !JSON.stringify(err).includes(unknown.slice(17)),
+	);
+	assert.doesNotThrow(() => validateUserApiKeyPayload({ encrypted_key: envelope(68, "0a1b2c3d") }, kids));
 });
 
 test("user_api_keys payload validation", () => {
@@ -266,11 +372,19 @@ test("register: filters always, actions only with a valid config; one startup me
 		return { filters, actions, api: { filter: (e, h) => filters.set(e, h), action: (e, h) => actions.set(e, h) } };
 	};
 
+	const roleActions = ["roles.create", "roles.delete", "roles.update"];
 	let { filters, actions, api } = mkApi();
 	let cap = captureLogger();
 	register(api, { env: {}, logger: cap.logger });
-	assert.deepEqual([...filters.keys()].sort(), ["user_api_keys.items.create", "user_api_keys.items.update"]);
-	assert.equal(actions.size, 0);
+	assert.deepEqual([...filters.keys()].sort(), [
+		"credit_transactions.items.create",
+		"items.query",
+		"user_api_keys.items.create",
+		"user_api_keys.items.update",
+		"users.query",
+		"users.read",
+	]);
+	assert.deepEqual([...actions.keys()].sort(), roleActions, "no webhook actions, only the role cache's");
 	assert.equal(cap.lines.length, 1);
 	assert.equal(cap.lines[0].level, "warn");
 
@@ -278,7 +392,7 @@ test("register: filters always, actions only with a valid config; one startup me
 	cap = captureLogger();
 	const badSecret = "whsec_c2hvcnQ=";
 	register(api, { env: { BYOK_BRIDGE_URL: "http://127.0.0.1:1", BYOK_BRIDGE_WEBHOOK_SECRET: badSecret }, logger: cap.logger });
-	assert.equal(actions.size, 0);
+	assert.deepEqual([...actions.keys()].sort(), roleActions);
 	assert.equal(cap.lines.length, 1);
 	assert.equal(cap.lines[0].level, "error");
 	assert.ok(!cap.lines[0].text.includes("c2hvcnQ"));
@@ -286,6 +400,253 @@ test("register: filters always, actions only with a valid config; one startup me
 	({ filters, actions, api } = mkApi());
 	cap = captureLogger();
 	register(api, { env: { BYOK_BRIDGE_URL: "http://127.0.0.1:1/", BYOK_BRIDGE_WEBHOOK_SECRET: newSecret() }, logger: cap.logger });
-	assert.deepEqual([...actions.keys()].sort(), [...WEBHOOK_EVENTS].sort());
+	assert.deepEqual([...actions.keys()].sort(), [...WEBHOOK_EVENTS, ...roleActions].sort());
 	assert.ok(cap.lines.every((l) => l.level === "info"));
+
+	({ filters, actions, api } = mkApi());
+	cap = captureLogger();
+	register(api, { env: { BYOK_BRIDGE_KEY_IDS: ["0a1b2c3d", "bad"] }, logger: cap.logger });
+	assert.equal(cap.lines.filter((l) => l.level === "error").length, 1, "invalid key ids are reported");
+	assert.throws(() => filters.get("user_api_keys.items.create")({ encrypted_key: envelope(68, "ffffffff") }), {
+		message: ENCRYPTED_KEY_UNKNOWN_KID_MESSAGE,
+	});
+});
+
+
+// ---- the sidecar's service role ---------------------------------------------------------------------
+
+// The relations of directus-schema/snapshot.yaml plus a few system ones, as Directus' schema overview lists them.
+const RELATIONS = [
+	{ collection: "feature_flags", field: "user_updated", related_collection: "directus_users", meta: { one_field: null } },
+	{ collection: "user_api_keys", field: "user", related_collection: "directus_users", meta: { one_field: null } },
+	{ collection: "api_key_usage", field: "user", related_collection: "directus_users", meta: { one_field: null } },
+	{ collection: "credit_transactions", field: "user", related_collection: "directus_users", meta: { one_field: null } },
+	{ collection: "directus_users", field: "role", related_collection: "directus_roles", meta: { one_field: "users" } },
+	{ collection: "directus_users", field: "avatar", related_collection: "directus_files", meta: { one_field: null } },
+];
+const related = relatedCollectionResolver(RELATIONS);
+const refused = (query, collection) =>
+	assert.throws(
+		() => restrictSidecarQuery(query, collection, related),
+		(err) => err instanceof Error && err.status === 403 && err.code === "FORBIDDEN" && err.message === USER_READ_FORBIDDEN_MESSAGE,
+		JSON.stringify(query),
+	);
+
+test("ledger: the service role creates deductions only", () => {
+	const deduction = { user: "u", transaction_type: "deduction", cost_cents: "0.000345000" };
+	assert.equal(validateSidecarLedgerPayload(deduction), deduction);
+	assert.doesNotThrow(() => validateSidecarLedgerPayload([deduction, deduction]));
+	for (const bad of [
+		{ ...deduction, transaction_type: "grant" },
+		{ ...deduction, transaction_type: "refund" },
+		{ ...deduction, transaction_type: "DEDUCTION" },
+		{ user: "u", cost_cents: 1 },
+		[deduction, { ...deduction, transaction_type: "grant" }],
+		null,
+	]) {
+		assert.throws(
+			() => validateSidecarLedgerPayload(bad),
+			(err) => err instanceof Error && err.name === "DirectusError" && err.status === 403 && err.code === "FORBIDDEN" &&
+				err.message === LEDGER_WRITE_FORBIDDEN_MESSAGE,
+		);
+	}
+});
+
+test("relations resolve like Directus: m2o, o2m (one_field), $FOLLOW", () => {
+	assert.equal(related("credit_transactions", "user"), "directus_users");
+	assert.equal(related("directus_roles", "users"), "directus_users");
+	assert.equal(related("directus_users", "role"), "directus_roles");
+	assert.equal(related("credit_transactions", "cost_cents"), null);
+	assert.equal(related("directus_roles", "$FOLLOW(directus_users, role)"), "directus_users");
+	assert.equal(relatedCollectionResolver(undefined)("x", "y"), null);
+});
+
+test("user reads: the sidecar's own queries pass unchanged", () => {
+	const queries = [
+		["directus_users", { fields: ["status", "subscription_tier"], filter: { id: { _eq: "u" } } }],
+		["directus_users", { fields: ["id"] }],
+		["directus_users", { fields: [...SIDECAR_USER_FIELDS], sort: ["-email"], filter: { _and: [{ status: { _eq: "active" } }] } }],
+		["credit_transactions", { aggregate: { sum: ["cost_cents"] }, group: ["transaction_type"], filter: { user: { _eq: "u" } } }],
+		[
+			"api_key_usage",
+			{
+				aggregate: { count: ["*"], sum: ["total_tokens", "estimated_cost_cents"] },
+				group: ["provider"],
+				filter: { _and: [{ user: { _eq: "u" } }, { created_at: { _gte: "x" } }] },
+			},
+		],
+		[
+			"user_api_keys",
+			{ fields: ["id", "user", "provider", "encrypted_key"], filter: { encrypted_key: { _nstarts_with: "byok:v1:0a1b2c3d:" } } },
+		],
+		[
+			"credit_transactions",
+			{ fields: ["id", "user.email", "user.subscription_tier"], filter: { user: { status: { _eq: "active" } } } },
+		],
+		[
+			"credit_transactions",
+			{ fields: ["*"], sort: ["-created_at", "user.email"], deep: { user: { _filter: { email: { _nnull: true } } } } },
+		],
+	];
+	for (const [collection, query] of queries) {
+		assert.deepEqual(restrictSidecarQuery(structuredClone(query), collection, related), query, JSON.stringify(query));
+	}
+});
+
+test("user reads: a wildcard inside directus_users becomes the allowed fields", () => {
+	const all = [...SIDECAR_USER_FIELDS];
+	assert.deepEqual(restrictSidecarQuery({}, "directus_users", related).fields, all);
+	assert.deepEqual(restrictSidecarQuery({ fields: ["*"] }, "directus_users", related).fields, all);
+	assert.deepEqual(restrictSidecarQuery({ fields: ["*", "email"] }, "directus_users", related).fields, all);
+	assert.deepEqual(restrictSidecarQuery({ fields: ["id", "user.*"] }, "credit_transactions", related).fields, [
+		"id",
+		...all.map((f) => `user.${f}`),
+	]);
+	assert.equal(restrictSidecarQuery({}, "credit_transactions", related).fields, undefined, "items: * stays Directus' default");
+});
+
+test("user reads: every other user field is refused, however it is reached", () => {
+	for (const fields of [
+		["auth_data"],
+		["*", "auth_data"],
+		["password"],
+		["token"],
+		["tfa_secret"],
+		["role.name"],
+		["role.*"],
+		["count(policies)"],
+		["json(auth_data, $.token)"],
+		["year(last_access)"],
+		"id,auth_data",
+	]) {
+		refused({ fields }, "directus_users");
+	}
+	refused({ fields: ["id", "user.auth_data"] }, "credit_transactions");
+	refused({ fields: ["*.*"] }, "credit_transactions");
+	refused({ fields: ["user.role.name"] }, "user_api_keys");
+	refused({ fields: ["item:directus_users.auth_data"] }, "some_a2o_collection");
+	refused({ fields: ["users.auth_data"] }, "directus_roles");
+	refused({ fields: ["id"], filter: { auth_data: { _nnull: true } } }, "directus_users");
+	refused(
+		{ fields: ["id"], filter: { _or: [{ id: { _eq: "u" } }, { _and: [{ external_identifier: { _contains: "x" } }] }] } },
+		"directus_users",
+	);
+	refused({ fields: ["id"], filter: { user: { auth_data: { _contains: "refresh" } } } }, "credit_transactions");
+	refused({ fields: ["id"], filter: { users: { _some: { auth_data: { _nnull: true } } } } }, "directus_roles");
+	refused({ fields: ["id"], filter: { "$FOLLOW(directus_users, role)": { _some: { token: { _nnull: true } } } } }, "directus_roles");
+	refused({ fields: ["id"], filter: { "year(last_access)": { _eq: 2026 } } }, "directus_users");
+	refused({ fields: ["id"], sort: ["last_access"] }, "directus_users");
+	refused({ fields: ["id"], sort: ["-user.last_page"] }, "credit_transactions");
+	refused({ aggregate: { max: ["last_access"] } }, "directus_users");
+	refused({ aggregate: { count: ["*"] }, group: ["provider"] }, "directus_users");
+	refused({ fields: ["id"], search: "premium" }, "directus_users");
+	refused({ fields: ["id", "x"], alias: { x: "auth_data" } }, "directus_users");
+	refused({ fields: ["id", "x.id"], alias: { x: "user" } }, "credit_transactions");
+	refused({ fields: ["id"], deep: { user: { _filter: { auth_data: { _nnull: true } } } } }, "credit_transactions");
+	refused({ fields: ["id"], deep: { user: { _sort: ["last_access"] } } }, "credit_transactions");
+	refused({ fields: ["id"], deep: { user: { _search: "x" } } }, "credit_transactions");
+	refused({ fields: ["id"], deep: { user: { _alias: { x: "auth_data" } } } }, "credit_transactions");
+});
+
+test("user records lose every field the sidecar may not read", () => {
+	const allowed = { id: "u", email: "e", status: "active", subscription_tier: "free", email_notifications: true };
+	const record = { ...allowed, auth_data: "{}", token: "**********" };
+	assert.deepEqual(stripUserRecords([{ ...record }]), [allowed]);
+	assert.deepEqual(stripUserRecords({ ...record, password: "x" }), allowed);
+	assert.equal(stripUserRecords(null), null);
+});
+
+function fakeDatabase(rowsByName) {
+	const calls = [];
+	const database = {
+		select: (column) => ({
+			from: (table) => ({
+				where: async (field, value) => {
+					calls.push([column, table, field, value]);
+					if (value === "boom") throw new Error("database down");
+					return rowsByName[value] ?? [];
+				},
+			}),
+		}),
+	};
+	return { database, calls };
+}
+
+test("service role: resolved by name through the database, cached, invalidated", async () => {
+	const { database, calls } = fakeDatabase({ [DEFAULT_SERVICE_ROLE]: [{ id: "r1" }], twin: [{ id: "a" }, { id: "b" }] });
+	let clock = 0;
+	const resolver = createServiceRoleResolver(undefined, { ttlMs: 1000, now: () => clock });
+	assert.equal(resolver.value, DEFAULT_SERVICE_ROLE);
+	assert.deepEqual([...(await resolver.resolve(database))], ["r1"]);
+	assert.deepEqual([...(await resolver.resolve(database))], ["r1"]);
+	assert.deepEqual(calls, [["id", "directus_roles", "name", DEFAULT_SERVICE_ROLE]], "one lookup while cached");
+	clock = 1001;
+	await resolver.resolve(database);
+	assert.equal(calls.length, 2, "looked up again after the TTL");
+	resolver.invalidate();
+	await resolver.resolve(database);
+	assert.equal(calls.length, 3, "looked up again after a role change");
+
+	const twins = createServiceRoleResolver("twin");
+	assert.deepEqual([...(await twins.resolve(database))].sort(), ["a", "b"], "every role of that name is narrowed");
+	const missing = createServiceRoleResolver("nobody");
+	assert.equal((await missing.resolve(database)).size, 0);
+
+	const failing = createServiceRoleResolver("boom");
+	await assert.rejects(failing.resolve(database));
+	await assert.rejects(failing.resolve(database));
+	assert.equal(calls.filter((c) => c[3] === "boom").length, 2, "a failed lookup is not cached");
+
+	const id = "3F2504E0-4F89-41D3-9A0C-0305E82C3301";
+	const byId = createServiceRoleResolver(id);
+	const before = calls.length;
+	assert.deepEqual([...(await byId.resolve(database))], [id.toLowerCase()]);
+	assert.equal(calls.length, before, "a role id needs no lookup");
+});
+
+test("service role: matched on the role or a parent role", () => {
+	const ids = new Set(["r1"]);
+	assert.equal(isServiceAccountability({ role: "r1", roles: ["r1"] }, ids), true);
+	assert.equal(isServiceAccountability({ role: "child", roles: ["child", "r1"] }, ids), true);
+	assert.equal(isServiceAccountability({ role: "admin", roles: ["admin"], admin: true }, ids), false);
+	assert.equal(isServiceAccountability({ role: null, roles: [] }, ids), false);
+	assert.equal(isServiceAccountability(null, ids), false);
+	assert.equal(isServiceAccountability({ role: "r1" }, new Set()), false);
+});
+
+test("register: the sidecar's role is narrowed, admins and end users are not", async () => {
+	const filters = new Map();
+	register({ filter: (e, h) => filters.set(e, h), action: () => {} }, { env: {}, logger: captureLogger().logger });
+	const { database, calls } = fakeDatabase({ [DEFAULT_SERVICE_ROLE]: [{ id: "svc" }] });
+	const schema = { relations: RELATIONS };
+	const sidecar = { database, schema, accountability: { user: "s", role: "svc", roles: ["svc"], admin: false } };
+	const adminCtx = { database, schema, accountability: { user: "a", role: "adm", roles: ["adm"], admin: true } };
+	const endUser = { database, schema, accountability: { user: "e", role: null, roles: [], admin: false } };
+	const system = { database, schema, accountability: null };
+
+	const create = filters.get("credit_transactions.items.create");
+	const grant = { user: "u", transaction_type: "grant", cost_cents: 100 };
+	await assert.rejects(create(grant, {}, sidecar), { status: 403, code: "FORBIDDEN" });
+	const deduction = { ...grant, transaction_type: "deduction" };
+	assert.deepEqual(await create(deduction, {}, sidecar), deduction);
+	for (const ctx of [adminCtx, endUser, system]) assert.deepEqual(await create(grant, {}, ctx), grant);
+
+	const usersQuery = filters.get("users.query");
+	const users = { collection: "directus_users" };
+	assert.deepEqual((await usersQuery({ fields: ["*"] }, users, sidecar)).fields, [...SIDECAR_USER_FIELDS]);
+	await assert.rejects(usersQuery({ fields: ["auth_data"] }, users, sidecar), { status: 403 });
+	assert.deepEqual(await usersQuery({ fields: ["auth_data"] }, users, adminCtx), { fields: ["auth_data"] });
+
+	const itemsQuery = filters.get("items.query");
+	const ledger = { collection: "credit_transactions" };
+	await assert.rejects(itemsQuery({ fields: ["user.auth_data"] }, ledger, sidecar), { status: 403 });
+	assert.deepEqual(await itemsQuery({ fields: ["user.auth_data"] }, ledger, adminCtx), { fields: ["user.auth_data"] });
+
+	const usersRead = filters.get("users.read");
+	const rows = () => [{ id: "u", email: "e", auth_data: "{}" }];
+	assert.deepEqual(await usersRead(rows(), { query: {} }, sidecar), [{ id: "u", email: "e" }]);
+	assert.deepEqual(await usersRead(rows(), { query: {} }, adminCtx), rows());
+	assert.deepEqual(await usersRead([{ count: 3 }], { query: { aggregate: { count: ["*"] } } }, sidecar), [{ count: 3 }]);
+
+	assert.equal(calls.length, 1, "the role was looked up once");
 });
