@@ -2,7 +2,8 @@
 # Benchmarks, not tests: prints numbers, asserts nothing about speed.
 #  1. Flag propagation: Directus PATCH response -> sidecar answers with the new decision (60 flips).
 #  2. /v1/route throughput and latency under wrk, beside an axum hello-world (the ceiling) on the same machine.
-#  3. Key vault: encrypt+store and fetch+decrypt latency, and the rewrap rate over 10,000 stored keys.
+#  3. The credit reservation path alone (available, reserve, settle, stored), then the key vault:
+#     encrypt+store and fetch+decrypt latency, and the rewrap rate over 10,000 stored keys.
 #  4. Gateway overhead: the same fake OpenAI called directly and through the sidecar, non-streaming and
 #     streaming, same wrk settings; sidecar RSS after.
 #
@@ -21,7 +22,7 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 step "release build"
-cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example fake_provider --bench flag_flip --bench vault 2>&1 | tail -n 1 >&2
+cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example fake_provider --bench flag_flip --bench vault --bench reservations 2>&1 | tail -n 1 >&2
 scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-bench.XXXXXX")"
@@ -94,7 +95,11 @@ BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "
 rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
 step "sidecar RSS after the run: $((rss_kb / 1024)) MiB"
 
-step "3. key vault: encrypt+store, fetch+decrypt, rewrap of 10,000 keys (real Directus)"
+step "3. credit reservation path alone: available, reserve, settle, stored (200,000 calls)"
+cargo bench --locked --bench reservations 2>"${work}/reservations.err" | sed 's/^/   /' ||
+	{ cat "${work}/reservations.err" >&2; exit 1; }
+
+step "3b. key vault: encrypt+store, fetch+decrypt, rewrap of 10,000 keys (real Directus)"
 BYOK_E2E_INSTANCE="${instance_env}" cargo bench --locked --features e2e --bench vault 2>"${work}/vault.err" ||
 	{ cat "${work}/vault.err" >&2; exit 1; }
 

@@ -35,10 +35,12 @@ if [[ -z "${OPENAI_BASE_URL:-}" ]]; then
 	INTERNAL_OPENAI_API_KEY="sk-local-fake-provider-key-000000"
 fi
 
-# The vault key is generated once and kept with the local instance.
-if [[ ! -f .dev/encryption.key ]]; then
-	(umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >.dev/encryption.key)
-fi
+# The vault key and the operator token are generated once and kept with the local instance.
+for secret in encryption.key operator.token; do
+	if [[ ! -f ".dev/${secret}" ]]; then
+		(umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >".dev/${secret}")
+	fi
+done
 get() { sed -n "s/^$1=//p" "${dir}/instance.env" | head -n 1; }
 directus_url="$(get DIRECTUS_URL)"
 
@@ -62,7 +64,7 @@ Try it (in another terminal):
   curl -s http://127.0.0.1:${sidecar_port}/v1/chat/completions -H "Authorization: Bearer \$TOKEN" \\
       -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
   curl -s http://127.0.0.1:${sidecar_port}/v1/usage -H "Authorization: Bearer \$TOKEN"
-  curl -s http://127.0.0.1:${sidecar_port}/v1/flags -H "Authorization: Bearer \$(sed -n 's/^DIRECTUS_TOKEN=//p' ${dir}/instance.env)"
+  curl -s http://127.0.0.1:${sidecar_port}/v1/flags -H "Authorization: Bearer \$(cat .dev/operator.token)"
 
 OpenAI calls go to $( [[ -n "${fake_port:-}" ]] && echo "a local fake OpenAI on port ${fake_port}" || echo "${OPENAI_BASE_URL}").
 
@@ -73,6 +75,7 @@ INFO
 env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="${directus_url}" \
 	DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
 	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" ENCRYPTION_KEY="$(cat .dev/encryption.key)" SPOOL_DIR=.dev/spool \
+	OPERATOR_TOKEN="$(cat .dev/operator.token)" \
 	OPENAI_BASE_URL="${OPENAI_BASE_URL}" INTERNAL_OPENAI_API_KEY="${INTERNAL_OPENAI_API_KEY:-}" \
 	ANTHROPIC_BASE_URL="${ANTHROPIC_BASE_URL:-https://api.anthropic.com}" \
 	INTERNAL_ANTHROPIC_API_KEY="${INTERNAL_ANTHROPIC_API_KEY:-}" \

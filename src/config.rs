@@ -451,11 +451,26 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_token_must_differ_from_the_directus_token() {
+        let mut vars = base();
+        vars.insert("OPERATOR_TOKEN", "service-token-value".to_owned());
+        let err = parse(&vars).unwrap_err();
+        assert_eq!(err.0.iter().map(|p| p.var).collect::<Vec<_>>(), ["OPERATOR_TOKEN"]);
+        assert!(!err.to_string().contains("service-token-value"), "{err}");
+        vars.insert("OPERATOR_TOKEN", "operator-token-value".to_owned());
+        assert!(parse(&vars).unwrap().operator_token.is_some());
+        assert!(parse(&base()).unwrap().operator_token.is_none(), "unset: operator endpoints are off");
+    }
+
+    #[test]
     fn debug_output_redacts_every_secret() {
         let mut vars = base();
         vars.insert("ENCRYPTION_KEY", KEY_HEX.to_owned());
+        vars.insert("OPERATOR_TOKEN", "operator-token-value".to_owned());
         let debug = format!("{:?}", parse(&vars).unwrap());
-        for secret in ["service-token-value", "directus-secret-value", WHSEC, &WHSEC[6..], KEY_HEX] {
+        for secret in
+            ["service-token-value", "operator-token-value", "directus-secret-value", WHSEC, &WHSEC[6..], KEY_HEX]
+        {
             assert!(!debug.contains(secret), "{secret} leaked in {debug}");
         }
     }

@@ -110,6 +110,11 @@ impl DirectusClient {
         Err(DirectusError::Status { status, code })
     }
 
+    /// Whether Directus answers at all (`/server/ping`).
+    pub async fn ping(&self) -> Result<(), DirectusError> {
+        self.send(self.request(Method::GET, "/server/ping")).await.map(drop)
+    }
+
     /// Sends a request and unwraps Directus' `{"data": ...}` envelope.
     async fn data<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, DirectusError> {
         let response = self.send(request).await?;

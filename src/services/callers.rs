@@ -153,9 +153,19 @@ impl CallerDirectory {
         self.last_known.invalidate(&user).await;
     }
 
-    /// Whether a caller was served on a stale profile since the last successful read, and how many were.
-    pub fn stale_status(&self) -> (bool, u64) {
-        (sync::lock(&self.last_failure).is_some(), self.stale_served.load(Ordering::Relaxed))
+    /// Whether callers are being served on last known profiles (the last read failed and none has succeeded
+    /// since), and how many answers were. Without traffic nothing reads callers, so a failure older than the
+    /// retry interval is checked again with a ping to Directus.
+    pub async fn stale_status(&self) -> (bool, u64) {
+        let served = self.stale_served.load(Ordering::Relaxed);
+        let failed_at = *sync::lock(&self.last_failure);
+        let Some(failed_at) = failed_at else { return (false, served) };
+        if failed_at.elapsed() >= RETRY_AFTER_FAILURE && self.directus.ping().await.is_ok() {
+            sync::lock(&self.last_failure).take();
+            tracing::info!("Directus answers again; callers will be read from it");
+            return (false, served);
+        }
+        (true, served)
     }
 
     fn failed_recently(&self) -> bool {

@@ -106,6 +106,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .send()
         .await
         .unwrap();
+    let flags = http.get(url("/v1/flags")).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
+    assert_eq!(flags.status(), 200);
     http.get(url("/v1/flags")).bearer_auth(SERVICE_TOKEN).send().await.unwrap();
     http.get(url("/v1/flags")).bearer_auth(planted_key).send().await.unwrap();
     let ts = now();
@@ -132,6 +134,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let secrets = [
         ("stored ciphertext", envelope.as_str()),
         ("service token", SERVICE_TOKEN),
+        ("operator token", OPERATOR_TOKEN),
         ("Directus secret", DIRECTUS_SECRET),
         ("webhook secret", WEBHOOK_SECRET),
         ("webhook secret key material", &WEBHOOK_SECRET[6..]),

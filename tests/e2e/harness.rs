@@ -86,6 +86,54 @@ impl Instance {
         }
     }
 
+    /// A new end user of `tier` with `grant_cents` of credits, created as admin, logged in: returns the user id
+    /// and an access token. Each test gets a ledger nobody else touches.
+    pub async fn new_user(&self, http: &reqwest::Client, tier: &str, grant_cents: &str) -> (String, String) {
+        let email = format!("e2e-{}@example.com", uuid::Uuid::new_v4().simple());
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let response = http
+            .post(self.directus("/users"))
+            .bearer_auth(self.var("DIRECTUS_ADMIN_TOKEN"))
+            .json(&json!({"email": email, "password": password, "status": "active", "subscription_tier": tier}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "create user");
+        let id = response.json::<Value>().await.unwrap()["data"]["id"].as_str().unwrap().to_owned();
+        let response = http
+            .post(self.directus("/items/credit_transactions"))
+            .bearer_auth(self.var("DIRECTUS_ADMIN_TOKEN"))
+            .json(&json!({"user": id, "transaction_type": "grant", "service_type": "e2e", "cost_cents": grant_cents}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "grant credits");
+        let login = http
+            .post(self.directus("/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let token = login.json::<Value>().await.unwrap()["data"]["access_token"].as_str().unwrap().to_owned();
+        (id, token)
+    }
+
+    /// The user's balance as the ledger in Directus says: grants + refunds - deductions.
+    pub async fn ledger_balance(&self, http: &reqwest::Client, user: &str) -> f64 {
+        let query = [("aggregate[sum]", "cost_cents"), ("groupBy[]", "transaction_type"), ("filter[user][_eq]", user)];
+        let groups = self.admin_get(http, "/items/credit_transactions", &query).await;
+        groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let sum = &g["sum"]["cost_cents"];
+                let amount = sum.as_f64().or_else(|| sum.as_str().and_then(|s| s.parse().ok())).unwrap_or(0.0);
+                if g["transaction_type"] == "deduction" { -amount } else { amount }
+            })
+            .sum()
+    }
+
     pub async fn flag_id(&self, http: &reqwest::Client, key: &str) -> String {
         let response = http
             .get(self.directus("/items/feature_flags"))
@@ -98,6 +146,9 @@ impl Instance {
         body["data"][0]["id"].to_string()
     }
 }
+
+/// The operator token every e2e sidecar runs with (`/v1/flags`).
+pub const OPERATOR_TOKEN: &str = "e2e-operator-token-4d5e6f708192a3b4";
 
 /// The vault key every e2e sidecar runs with, so tests can open what it stored.
 pub const ENCRYPTION_KEY: &str = "5e1f0c2b7a9d4e3f8c6b1a0d9e8f7c6b5a4d3e2f1c0b9a8d7e6f5c4b3a2d1e0f";
@@ -122,6 +173,7 @@ impl Sidecar {
             .env("DIRECTUS_SECRET", instance.var("DIRECTUS_SECRET"))
             .env("WEBHOOK_SECRET", instance.var("WEBHOOK_SECRET"))
             .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
+            .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("RUST_LOG", "info")
             .env("SPOOL_DIR", format!("{}/spool", instance.dir))
             .envs(extra.iter().copied())

@@ -2,6 +2,7 @@
 //! binary. `scripts/test.sh` starts Directus and sets `BYOK_E2E_INSTANCE` and `BYOK_E2E_SIDECAR_ADDR`
 //! (the address the Directus hook posts webhooks to). Run with `--features e2e`.
 
+mod credits;
 mod gateway;
 mod harness;
 mod outage;

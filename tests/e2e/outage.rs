@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use serde_json::json;
 
-use crate::gateway::{fake_providers, gateway_sidecar, wait_for_rows};
+use crate::gateway::{GOOD_KEY, fake_providers, gateway_sidecar, wait_for_rows};
 use crate::harness::{Instance, Sidecar, serial};
 
 fn script(args: &[&str]) {
@@ -55,12 +55,15 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
     let call = |sidecar: &Sidecar| {
         http.post(sidecar.url("/v1/chat/completions"))
             .bearer_auth(&free)
-            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .json(&json!({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
             .send()
     };
     for _ in 0..10 {
         assert_eq!(call(&sidecar).await.unwrap().status(), 200);
     }
+    // Those ten are stored before Directus goes, so the twenty of the outage are all that can wait.
+    let query = [("filter[model][_eq]", model.as_str()), ("filter[transaction_type][_eq]", "deduction")];
+    wait_for_rows(&instance, &http, "/items/credit_transactions", &query, 10).await;
     script(&["scripts/directus-down.sh", &instance.dir]);
     for i in 10..30 {
         let response = call(&sidecar).await.unwrap();
@@ -76,7 +79,6 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
         assert_eq!(call(&sidecar).await.unwrap().status(), 200);
     }
     wait_for_waiting_records(&http, &sidecar, |n| n == 0).await;
-    let query = [("filter[model][_eq]", model.as_str()), ("filter[transaction_type][_eq]", "deduction")];
     let rows = wait_for_rows(&instance, &http, "/items/credit_transactions", &query, 40).await;
     let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r["request_id"].as_str().unwrap()).collect();
     assert_eq!((rows.len(), ids.len()), (40, 40), "every record exactly once");
@@ -92,4 +94,82 @@ async fn wait_for_waiting_records(http: &reqwest::Client, sidecar: &Sidecar, don
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("the usage spool never reached the expected size");
+}
+
+/// Calls until the answer was served on the caller's last known profile (Directus is down; the caller cache
+/// expires after a second), and returns it, with how many calls before it were served on the cached profile.
+async fn served_on_last_known_profile(
+    http: &reqwest::Client,
+    sidecar: &Sidecar,
+    token: &str,
+    body: &Value,
+) -> (reqwest::Response, usize) {
+    for served_before in 0..100 {
+        let response =
+            http.post(sidecar.url("/v1/chat/completions")).bearer_auth(token).json(body).send().await.unwrap();
+        if response.headers().get("x-byok-stale").is_some_and(|v| v.to_str().unwrap().contains("caller")) {
+            return (response, served_before);
+        }
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("never served on the last known profile");
+}
+
+/// Directus stops: callers the sidecar knows keep AI (their own key, or credits within what they have left),
+/// callers it has never seen get a coded 503; everything is accounted once Directus is back.
+#[tokio::test]
+async fn a_directus_outage_does_not_stop_ai_for_known_callers_nor_let_them_overspend() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    instance.set_byok_first(&http).await;
+    let providers = fake_providers().await;
+    let sidecar = gateway_sidecar(&instance, &providers, &[("USER_CACHE_TTL_SECS", "1")]).await;
+    let (_, premium) = instance.new_user(&http, "premium", "0").await;
+    let saved = http
+        .put(sidecar.url("/v1/keys/openai"))
+        .bearer_auth(&premium)
+        .json(&json!({"api_key": GOOD_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 200);
+    let (free_id, free) = instance.new_user(&http, "free", "10").await;
+    let stranger = instance.login(&http, "LIFETIME").await;
+    // gpt-4o-mini output is $0.60/M: 100,000 tokens may cost 6 cents, 200,000 may cost 12.
+    let within =
+        json!({"model": "gpt-4o-mini", "max_tokens": 100_000, "messages": [{"role": "user", "content": "hi"}]});
+    let beyond =
+        json!({"model": "gpt-4o-mini", "max_tokens": 200_000, "messages": [{"role": "user", "content": "hi"}]});
+    for token in [&premium, &free] {
+        let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(token).json(&within).send().await;
+        assert_eq!(response.unwrap().status(), 200);
+    }
+
+    script(&["scripts/directus-down.sh", &instance.dir]);
+    let (response, _) = served_on_last_known_profile(&http, &sidecar, &premium, &within).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-byok-source"], "byok", "the last known key");
+    let (response, served_before) = served_on_last_known_profile(&http, &sidecar, &free, &within).await;
+    assert_eq!(response.status(), 200, "within the last known balance");
+    assert_eq!(response.headers()["x-byok-source"], "internal");
+    let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&free).json(&beyond).send().await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), 402, "beyond it");
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "insufficient_credits");
+    let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&stranger).json(&within).send().await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), 503, "never seen before");
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "account_service_unavailable");
+    let ready: Value = http.get(sidecar.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((ready["status"].as_str(), ready["stale"]["callers"].as_bool()), (Some("degraded"), Some(true)));
+
+    script(&["scripts/directus-up.sh", "--dir", &instance.dir, "--start-only"]);
+    sidecar.wait_for_readyz("ready").await;
+    let query = [("filter[user][_eq]", free_id.as_str()), ("filter[transaction_type][_eq]", "deduction")];
+    let served = 2 + served_before;
+    let rows = wait_for_rows(&instance, &http, "/items/credit_transactions", &query, served).await;
+    assert_eq!(rows.len(), served, "every call on credits is in the ledger: {rows:?}");
+    sidecar.stop().await;
 }

@@ -34,6 +34,16 @@ def test_openai_streaming():
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello"
+    # The sidecar asks for usage to charge the stream, but this client did not: it gets no usage chunk.
+    assert all(c.choices and c.usage is None for c in chunks)
+
+
+def test_openai_streaming_with_usage():
+    stream = openai_client().chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
     assert chunks[-1].usage.completion_tokens == 2
 
 

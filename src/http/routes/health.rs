@@ -17,7 +17,7 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let waiting = state.spool.len();
     let open_holds = state.reservations.open_holds();
-    let (callers_stale, stale_served) = state.callers.stale_status();
+    let (callers_stale, stale_served) = state.callers.stale_status().await;
     let current = match state.flags.current().await {
         Ok(current) => current,
         Err(_) => {
