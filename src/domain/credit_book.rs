@@ -33,25 +33,36 @@ struct Hold {
     expires_at: UnixMillis,
 }
 
-/// Stored deductions are kept per second of storage: the resolution a reading's `read_at` is compared at.
-const BUCKET_MILLIS: i64 = 1_000;
+/// Stored deductions are summed per second of storage: the resolution a fresh reading's `read_at` is
+/// compared at. Once no fresh reading can predate them, they are merged into minutes: only readings served
+/// while Directus is unreachable (up to 15 minutes old) still need them, and for those a minute's resolution
+/// errs only on the safe side. So a busy user's book holds a few dozen spans, not one per second.
+const FINE_MILLIS: i64 = 1_000;
+const COARSE_MILLIS: i64 = 60_000;
+
+/// Cost stored in `[start, end)`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: UnixMillis,
+    end: UnixMillis,
+    cost: Cents,
+}
 
 #[derive(Debug, Default)]
 pub struct CreditBook {
     holds: Vec<Hold>,
     /// Cost of finished calls Directus has not stored: waiting for delivery, or refused by it.
     unstored: Cents,
-    /// Cost of finished calls Directus stored, by the second (start, in milliseconds) it stored them.
-    stored: VecDeque<(UnixMillis, Cents)>,
+    /// Cost of finished calls Directus stored, by when it stored them, oldest first.
+    stored: VecDeque<Span>,
 }
 
 impl CreditBook {
     /// What the user may still spend: the reading, less open holds and every cost the reading cannot contain.
     pub fn available(&self, ledger: LedgerReading, now: UnixMillis) -> Cents {
         let held: Cents = self.holds.iter().filter(|h| h.expires_at > now).map(|h| h.amount).sum();
-        // A bucket counts unless all of it was stored before the read began; its edge counts, to be safe.
-        let stored_since: Cents =
-            self.stored.iter().filter(|(start, _)| start + BUCKET_MILLIS > ledger.read_at).map(|(_, c)| *c).sum();
+        // A span counts unless all of it was stored before the read began; its edge counts, to be safe.
+        let stored_since: Cents = self.stored.iter().filter(|s| s.end > ledger.read_at).map(|s| s.cost).sum();
         ledger.balance - held - self.unstored - stored_since
     }
 
@@ -101,20 +112,38 @@ impl CreditBook {
     /// Directus stored a deduction at `at`: readings that begin after then contain it.
     pub fn stored(&mut self, cost: Cents, at: UnixMillis) {
         self.unstored -= cost;
-        let bucket = at - at.rem_euclid(BUCKET_MILLIS);
+        let start = at - at.rem_euclid(FINE_MILLIS);
         match self.stored.back_mut() {
-            Some((start, sum)) if *start == bucket => *sum += cost,
-            _ => self.stored.push_back((bucket, cost)),
+            Some(span) if span.start <= start && start < span.end => span.cost += cost,
+            _ => self.stored.push_back(Span { start, end: start + FINE_MILLIS, cost }),
         }
     }
 
-    /// Forgets expired holds and stored deductions that every reading still in use contains (readings are
-    /// at most `oldest_reading_millis` old).
-    pub fn prune(&mut self, now: UnixMillis, oldest_reading_millis: i64) {
+    /// Forgets expired holds and stored deductions that every reading still in use contains, and merges into
+    /// minutes the stored deductions no fresh reading can predate. Readings are at most
+    /// `oldest_reading_millis` old, fresh ones at most `fresh_reading_millis`.
+    pub fn prune(&mut self, now: UnixMillis, oldest_reading_millis: i64, fresh_reading_millis: i64) {
         self.holds.retain(|h| h.expires_at > now);
-        let horizon = now - oldest_reading_millis - BUCKET_MILLIS;
-        while self.stored.front().is_some_and(|(start, _)| *start < horizon) {
+        while self.stored.front().is_some_and(|span| span.end < now - oldest_reading_millis) {
             self.stored.pop_front();
+        }
+        // Spans are in storage order, so the ones old enough to merge are at the front.
+        let coarse_before = now - fresh_reading_millis - FINE_MILLIS;
+        let mut i = 0;
+        while i < self.stored.len() && self.stored[i].start < coarse_before {
+            let span = &mut self.stored[i];
+            if span.end - span.start == FINE_MILLIS && span.end <= coarse_before {
+                span.start -= span.start.rem_euclid(COARSE_MILLIS);
+                span.end = span.start + COARSE_MILLIS;
+            }
+            let span = *span;
+            match i.checked_sub(1).map(|p| &mut self.stored[p]) {
+                Some(previous) if previous.start == span.start && previous.end == span.end => {
+                    previous.cost += span.cost;
+                    self.stored.remove(i);
+                }
+                _ => i += 1,
+            }
         }
     }
 
@@ -188,7 +217,7 @@ mod tests {
         book.extend(HoldId(2), TTL - 1, TTL);
         assert_eq!(book.available(ledger, TTL), c(70), "hold 1 expired, hold 2 lives on");
         assert_eq!(book.open_holds(TTL), 1);
-        book.prune(2 * TTL, 0);
+        book.prune(2 * TTL, 0, 0);
         assert_eq!(book.available(ledger, 2 * TTL), c(100));
     }
 
@@ -198,9 +227,29 @@ mod tests {
         book.add_unstored(c(7));
         assert_eq!(book.available(reading(10, 0), 0), c(3));
         book.stored(c(7), 1_000);
-        book.prune(100_000, 30_000);
+        book.prune(100_000, 30_000, 5_000);
         assert!(book.is_empty(), "no reading in use predates the storage");
         assert_eq!(book.available(reading(3, 100_000), 100_000), c(3));
+    }
+
+    #[test]
+    fn old_stored_costs_are_merged_into_minutes_that_still_count_for_readings_before_them() {
+        let mut book = CreditBook::default();
+        // A busy hour: a cost stored every 200 ms for 20 minutes.
+        let mut at = 0;
+        while at < 1_200_000 {
+            book.add_unstored(c(1));
+            book.stored(c(1), at);
+            at += 200;
+            book.prune(at, 900_000, 6_000);
+        }
+        assert!(book.stored.len() <= 15 + 8, "{} spans", book.stored.len());
+        // A reading from just before the last minute was stored still sees that minute's costs...
+        let before_last_minute = reading(1_000_000, 1_140_000 - 1);
+        assert!(book.available(before_last_minute, at) <= c(1_000_000 - 300));
+        // ...and a fresh one only what it cannot contain yet (up to the last second, and its edge).
+        let fresh = reading(1_000_000, at);
+        assert!(book.available(fresh, at) >= c(1_000_000 - 10), "{:?}", book.available(fresh, at));
     }
 
     #[test]

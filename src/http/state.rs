@@ -71,7 +71,8 @@ impl AppState {
         let vault = Arc::new(KeyVault::new(settings.keyring.clone(), directus.clone(), providers.clone()));
         let spool = Arc::new(Spool::open(&settings.spool_dir)?);
         // Stored costs are kept as long as any ledger reading in use can predate them.
-        let reservations = Reservations::in_memory(settings.user_cache_ttl + settings.stale_caller_max_age);
+        let reservations =
+            Reservations::in_memory(settings.user_cache_ttl, settings.user_cache_ttl + settings.stale_caller_max_age);
         let gateway = Arc::new(Gateway {
             flags: Arc::clone(&flags),
             callers: Arc::clone(&callers),

@@ -37,10 +37,11 @@ pub enum Reservations {
 }
 
 impl Reservations {
-    /// `oldest_reading`: how old a ledger reading can be when it is used (the caller cache's lifetime,
-    /// including stale service during a Directus outage). Stored costs are kept that long.
-    pub fn in_memory(oldest_reading: Duration) -> Arc<Reservations> {
-        Arc::new(Reservations::Memory(MemoryReservations::new(oldest_reading)))
+    /// How old a ledger reading can be when it is used: `fresh_reading` normally (the caller cache's
+    /// lifetime), `oldest_reading` at most (stale service during a Directus outage included). Stored costs are
+    /// kept that long, to the second while fresh readings may predate them, to the minute after.
+    pub fn in_memory(fresh_reading: Duration, oldest_reading: Duration) -> Arc<Reservations> {
+        Arc::new(Reservations::Memory(MemoryReservations::new(fresh_reading, oldest_reading)))
     }
 
     /// What `user` can spend now, given the ledger as last read.
@@ -179,14 +180,17 @@ pub struct MemoryReservations {
     books: Mutex<HashMap<UserId, CreditBook>>,
     next_id: AtomicU64,
     oldest_reading_millis: i64,
+    fresh_reading_millis: i64,
 }
 
 impl MemoryReservations {
-    fn new(oldest_reading: Duration) -> Self {
+    fn new(fresh_reading: Duration, oldest_reading: Duration) -> Self {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         MemoryReservations {
             books: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            oldest_reading_millis: i64::try_from(oldest_reading.as_millis()).unwrap_or(i64::MAX),
+            oldest_reading_millis: millis(oldest_reading),
+            fresh_reading_millis: millis(fresh_reading),
         }
     }
 
@@ -207,7 +211,7 @@ impl MemoryReservations {
         let id = HoldId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let mut books = sync::lock(&self.books);
         let book = books.entry(user).or_default();
-        book.prune(now, self.oldest_reading_millis);
+        book.prune(now, self.oldest_reading_millis, self.fresh_reading_millis);
         match book.reserve(id, amount, ledger, now, ttl_millis()) {
             Ok(()) => Ok(id),
             Err(available) => {
@@ -224,7 +228,7 @@ impl MemoryReservations {
         let mut books = sync::lock(&self.books);
         let book = books.entry(user).or_default();
         change(book);
-        book.prune(now_millis(), self.oldest_reading_millis);
+        book.prune(now_millis(), self.oldest_reading_millis, self.fresh_reading_millis);
         if book.is_empty() {
             books.remove(&user);
         }
@@ -261,7 +265,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_reservations_never_exceed_the_balance() {
-        let reservations = Reservations::in_memory(Duration::from_secs(60));
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60));
         let u = user();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
@@ -284,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_hold_is_released_and_the_user_forgotten() {
-        let reservations = Reservations::in_memory(Duration::from_secs(60));
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60));
         let u = user();
         let hold = reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap();
         assert_eq!(
@@ -299,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stored_cost_stops_counting_for_readings_made_after_it() {
-        let reservations = Reservations::in_memory(Duration::from_secs(60));
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60));
         let u = user();
         reservations.add_unstored(u, Cents::whole(30));
         let before = reading(100);
