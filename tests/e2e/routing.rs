@@ -169,12 +169,54 @@ async fn the_sidecars_directus_role_cannot_grant_credits_or_read_login_data() {
         .await
         .unwrap();
     assert_eq!(profile["data"]["subscription_tier"], "free", "what the sidecar needs still reads");
-    let admin_grant = http
-        .post(instance.directus("/items/credit_transactions"))
-        .bearer_auth(instance.var("DIRECTUS_ADMIN_TOKEN"))
-        .json(&json!({"user": user, "transaction_type": "grant", "service_type": "e2e", "cost_cents": "0.5"}))
+    // Admins still grant (new_user grants as admin and checks the answer).
+    instance.new_user(&http, "free", "0.5").await;
+}
+
+/// A session-mode token (Directus's app login) counts only while its session lives: after a logout the sidecar
+/// refuses it as soon as its cached check expires.
+#[tokio::test]
+async fn a_logged_out_session_token_is_refused() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    let sidecar = Sidecar::start(&instance, &[("SESSION_CHECK_TTL_SECS", "1")]).await;
+    let credentials = json!({"email": instance.var("PREMIUM_USER_EMAIL"), "password": instance.var("PREMIUM_USER_PASSWORD"), "mode": "session"});
+    let login = http.post(instance.directus("/auth/login")).json(&credentials).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("directus_session_token="))
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = cookie.trim_start_matches("directus_session_token=").to_owned();
+    let (status, body) = sidecar.route(&http, &token, "openai").await;
+    assert_eq!(status, 200, "{body}");
+
+    let logout = http
+        .post(instance.directus("/auth/logout"))
+        .header("cookie", &cookie)
+        .json(&json!({"mode": "session"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(admin_grant.status(), 200, "admins still grant");
+    assert!(logout.status().is_success(), "logout: {}", logout.status());
+    let mut refused = false;
+    for _ in 0..60 {
+        let (status, body) = sidecar.route(&http, &token, "openai").await;
+        if status == 401 {
+            assert_eq!(body["error"]["code"], "unauthorized");
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the ended session's token was still accepted");
+    sidecar.stop().await;
 }
