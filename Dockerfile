@@ -12,7 +12,7 @@ RUN mkdir -p src tests/e2e benches examples \
     && touch tests/e2e/main.rs benches/flag_flip.rs benches/reservations.rs benches/vault.rs \
     && cargo build --release --locked --bin byok-bridge \
     && rm -rf src \
-    && mkdir -p /spool
+    && mkdir -p /data
 COPY src ./src
 # The shipped price table is compiled into the binary.
 COPY pricing ./pricing
@@ -22,10 +22,10 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin byok-br
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/byok-bridge /usr/local/bin/byok-bridge
 # Usage records wait here while Directus is unreachable: mount a volume so they survive the container.
-COPY --from=build --chown=65532:65532 /spool /var/lib/byok-bridge/spool
+COPY --from=build --chown=65532:65532 /data /var/lib/byok-bridge
 VOLUME /var/lib/byok-bridge
 ENV BIND_ADDR=0.0.0.0:8787 \
-    SPOOL_DIR=/var/lib/byok-bridge/spool \
+    DATA_DIR=/var/lib/byok-bridge \
     LOG_FORMAT=json \
     RUST_LOG=info
 EXPOSE 8787

@@ -46,7 +46,7 @@ get() { sed -n "s/^$1=//p" "${instance_env}" | head -n 1; }
 step "sidecar (release) on 127.0.0.1:${sidecar_port}"
 env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
 	DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
-	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=info SPOOL_DIR="${work}/spool" \
+	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=info DATA_DIR="${work}/sidecar-data" \
 	OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
 	RATE_LIMIT_FREE_PER_MIN=10000000 RATE_LIMIT_PREMIUM_PER_MIN=10000000 USER_CACHE_TTL_SECS=300 \
 	ENCRYPTION_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
@@ -116,7 +116,7 @@ curl -fsS -o /dev/null "$(get DIRECTUS_URL)/items/credit_transactions" -H "Autho
 	-d "{\"user\":\"$(get FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
 # Warm the caller cache, then take Directus away for the measurement: on this 2-core machine Directus ingesting
 # every usage record would compete with the sidecar for the CPU, which a deployment does not share. Records wait
-# in the spool (as in an outage) and are delivered when Directus is back.
+# in the outbox (as in an outage) and are delivered when Directus is back.
 curl -fsS -o /dev/null "http://127.0.0.1:${sidecar_port}/v1/chat/completions" -H "Authorization: Bearer ${free_token}" \
 	-H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[]}'
 scripts/directus-down.sh "${work}/directus" >/dev/null
@@ -132,7 +132,7 @@ LUA
 		step "4a. stream=${mode}, ${conns} connection(s): direct"
 		BENCH_TOKEN="${token}" wrk -t1 -c"${conns}" -d"${seconds}s" --latency -s "${work}/chat-${mode}.lua" \
 			"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize
-		step "4b. stream=${mode}, ${conns} connection(s): through the sidecar (auth, routing, balance, rate limit, metering, spool)"
+		step "4b. stream=${mode}, ${conns} connection(s): through the sidecar (auth, routing, balance, rate limit, metering, outbox)"
 		BENCH_TOKEN="${free_token}" wrk -t1 -c"${conns}" -d"${seconds}s" --latency -s "${work}/chat-${mode}.lua" \
 			"http://127.0.0.1:${sidecar_port}/v1/chat/completions" | summarize
 	done

@@ -52,8 +52,11 @@ pub struct Settings {
     /// The platform's own provider keys, for calls paid with credits.
     pub internal_openai_key: Option<SecretString>,
     pub internal_anthropic_key: Option<SecretString>,
-    /// Where usage records wait until Directus has them. Must survive restarts (a volume in containers).
-    pub spool_dir: PathBuf,
+    /// Holds the store (`byok-bridge.db`): usage records waiting for Directus. Must survive restarts (a volume
+    /// in containers), and belongs to one process.
+    pub data_dir: PathBuf,
+    /// The file spool of earlier versions, imported into the store at startup if anything is left in it.
+    pub legacy_spool_dir: PathBuf,
     pub price_table: Arc<PriceTable>,
     pub rate_limits: TierLimits,
     /// Per user and minute: key saves and checks (each asks the provider from the platform's address), and
@@ -272,7 +275,8 @@ impl Settings {
         let key_reverify_interval = r.seconds("KEY_REVERIFY_INTERVAL_SECS", 600, 1..=86_400);
         let internal_openai_key = r.get("INTERNAL_OPENAI_API_KEY").map(|k| SecretString::from(k.trim()));
         let internal_anthropic_key = r.get("INTERNAL_ANTHROPIC_API_KEY").map(|k| SecretString::from(k.trim()));
-        let spool_dir = PathBuf::from(r.get("SPOOL_DIR").unwrap_or_else(|| "data/spool".into()));
+        let data_dir = PathBuf::from(r.get("DATA_DIR").unwrap_or_else(|| "data".into()));
+        let legacy_spool_dir = r.get("SPOOL_DIR").map_or_else(|| data_dir.join("spool"), PathBuf::from);
         let price_table = price_table(&mut r);
         let per_minute = "Use a whole number of requests per minute, e.g. 20";
         let count = |raw: &str| match raw.parse::<u32>() {
@@ -338,7 +342,8 @@ impl Settings {
                     key_reverify_interval,
                     internal_openai_key,
                     internal_anthropic_key,
-                    spool_dir,
+                    data_dir,
+                    legacy_spool_dir,
                     price_table,
                     rate_limits,
                     key_checks_per_minute,

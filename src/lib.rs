@@ -5,8 +5,9 @@
 //! - [`domain`]: pure rules (routing policy, flags, tiers, credits). No I/O.
 //! - [`crypto`]: signatures and keys. No I/O.
 //! - [`config`], [`auth`]: typed settings and token verification.
-//! - [`directus`], [`providers`]: typed HTTP clients for Directus and the LLM providers.
-//! - [`accounting`]: the durable usage spool and its flusher.
+//! - [`directus`], [`providers`], [`store`]: typed clients for Directus and the LLM providers, and the
+//!   embedded local store (SQLite).
+//! - [`accounting`]: the durable usage outbox and its flusher.
 //! - [`services`]: flag and caller caches, the key vault, and the LLM gateway.
 //! - [`http`]: thin axum handlers, and the one place errors become responses.
 //! - [`startup`], [`telemetry`], [`rewrap`]: wiring and the `rewrap` command; [`sync`]: the lock policy.
@@ -22,5 +23,6 @@ pub mod providers;
 pub mod rewrap;
 pub mod services;
 pub mod startup;
+pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -74,11 +74,10 @@ async fn serve() -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(settings.log_format);
-    let bind_addr = settings.bind_addr;
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {
-            tracing::error!(%error, %bind_addr, "cannot listen");
+            tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;
         }
     };

@@ -19,6 +19,7 @@ use crate::accounting;
 use crate::config::Settings;
 use crate::http::{self, state::AppState};
 use crate::services::reservations::LedgerSink;
+use crate::store::StoreError;
 
 /// A client gets this long to send its request headers (slowloris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +30,14 @@ const MAX_CONNECTIONS: usize = 10_000;
 /// In-flight requests get this long to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 pub struct Application {
     listener: TcpListener,
     router: Router,
@@ -38,10 +47,13 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(settings.bind_addr).await?;
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(settings.bind_addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: settings.bind_addr, source })?;
         let state = AppState::new(&settings)?;
-        let restored = state.reservations.restore_from(&state.spool)?;
+        accounting::import_legacy_spool(&settings.legacy_spool_dir, &state.outbox)?;
+        let restored = state.reservations.restore_from(&state.outbox)?;
         if restored > 0 {
             tracing::info!(restored, "deductions waiting for Directus count against their users' credits again");
         }
@@ -68,7 +80,7 @@ impl Application {
         tokio::spawn(load_flags_until_ready(self.state.clone()));
         let sink =
             LedgerSink { inner: self.state.directus.clone(), reservations: Arc::clone(&self.state.reservations) };
-        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.spool), Arc::new(sink)));
+        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.outbox), Arc::new(sink)));
         if self.state.vault_configured {
             tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
         }

@@ -1,106 +1,181 @@
 //! Usage accounting that loses no record and never makes a user's call wait on Directus or the disk: the
-//! request path only queues the record for the [`SpoolWriter`], which writes whatever is queued as one durable
-//! batch file in the local [`Spool`]; a background flusher delivers the records, retrying until Directus has
-//! them. Delivery is at least once (a batch partly delivered before a crash is delivered again in full);
-//! Directus's unique `request_id` makes a repeated delivery a no-op, so every record is stored exactly once.
+//! request path only queues the record for the [`OutboxWriter`], which commits whatever is queued as one
+//! transaction in the local store's outbox; a background flusher delivers the records to Directus in batches
+//! (one request per batch), retrying until Directus has them. Delivery is at least once (a batch stored just
+//! before a crash is sent again); Directus's unique `request_id` makes a repeat harmless, so every record is
+//! stored exactly once.
 
-pub mod spool;
+mod legacy_spool;
+pub mod outbox;
 
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use spool::{PendingRecord, Spool, SpoolWriter};
+pub use legacy_spool::import_legacy_spool;
+pub use outbox::{Outbox, OutboxWriter, Waiting};
 
+use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
+use crate::store::StoreError;
 
+/// Records read from the outbox per page, and sent to Directus per request.
+pub const DELIVERY_BATCH: usize = 500;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// The spool is looked at this often even without a wake-up, in case records arrive some other way (a file
-/// put back from `rejected/` by hand).
+/// Directus is asked again at least this often while it is down, so records flow within seconds of its return.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The outbox is looked at this often even without a wake-up.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    /// Directus unreachable, 5xx or timing out: the record stays spooled and is tried again.
-    #[error("usage record not delivered yet: {0}")]
+    /// Directus unreachable, 5xx, timing out, or refusing the sidecar's token: the records stay in the outbox
+    /// and are tried again.
+    #[error("usage records not delivered yet: {0}")]
     Retryable(#[source] BoxError),
-    /// Directus refused the record and always will (a 4xx other than `RECORD_NOT_UNIQUE`): it is moved to the
-    /// spool's `rejected/` folder.
-    #[error("usage record refused: {0}")]
+    /// Directus refused the records and always will (a 4xx about the data).
+    #[error("usage records refused: {0}")]
     Permanent(#[source] BoxError),
+    /// A record of the batch is already stored (delivered before, e.g. just before a crash).
+    #[error("a usage record is already stored")]
+    AlreadyStored,
 }
 
-/// Where spooled records are delivered. Records arrive at least once, so a record that is already stored must
-/// be answered `Ok`. Records are delivered one at a time, so a delivery must end in bounded time.
+/// Where outbox records are delivered. A batch holds records of one [`Source`] and is stored all or none;
+/// records arrive at least once, so a lone record that is already stored must be answered
+/// [`DeliveryError::AlreadyStored`] (or `Ok`). Deliveries must end in bounded time.
 pub trait UsageSink: Send + Sync + 'static {
-    fn deliver(&self, record: &UsageRecord) -> impl Future<Output = Result<(), DeliveryError>> + Send;
+    fn deliver(&self, records: &[UsageRecord]) -> impl Future<Output = Result<(), DeliveryError>> + Send;
 }
 
-/// What one pass over the spool did.
+/// What one pass over the outbox did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushReport {
     pub delivered: usize,
-    /// Still spooled for a later pass: the record that failed with a retryable error and all after it.
+    /// Still waiting for a later pass (a retryable failure ended this one).
     pub retry_later: usize,
-    /// Refused for good and moved to `rejected/`.
+    /// Refused for good: marked rejected in the outbox.
     pub rejected: usize,
 }
 
-/// Delivers spooled records oldest first until one fails with a retryable error, which ends the pass: the
-/// records after it would meet the same outage. File I/O runs on the blocking pool; a delivered record is
-/// marked in memory, and only the last record of a batch costs a trip there (to delete the file).
-pub async fn flush_once<S: UsageSink>(spool: &Arc<Spool>, sink: &S) -> FlushReport {
-    let pending = match blocking(spool, Spool::pending).await {
-        Ok(pending) => pending,
-        Err(error) => {
-            tracing::warn!(%error, "cannot list the usage spool; will try again");
-            return FlushReport { retry_later: spool.len(), ..FlushReport::default() };
-        }
-    };
+/// Whether a pass goes on after a batch.
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// Delivers waiting records oldest first, a batch per request, until the outbox is empty or a delivery fails
+/// with a retryable error (the records after it would meet the same outage). A batch Directus refuses as a
+/// whole (a record already stored, or one it rejects) is sent again record by record, so only the records at
+/// fault are set aside.
+pub async fn flush_once<S: UsageSink>(outbox: &Arc<Outbox>, sink: &S, batch: usize) -> FlushReport {
     let mut report = FlushReport::default();
-    let total = pending.len();
-    for pending in pending {
-        let request_id = pending.record.request_id;
-        match sink.deliver(&pending.record).await {
-            Ok(()) => {
-                report.delivered += 1;
-                let Some(batch) = spool.mark_delivered(&pending) else { continue };
-                if let Err(error) = blocking(spool, move |s| s.remove_batch(&batch)).await {
-                    tracing::warn!(%request_id, %error, "cannot remove a delivered usage batch; will try again");
-                }
+    let mut cursor = 0;
+    loop {
+        let page = match blocking(outbox, move |o| o.page(cursor, batch)).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the usage outbox; will try again");
+                report.retry_later = outbox.len();
+                return report;
             }
-            Err(error @ DeliveryError::Permanent(_)) => {
-                report.rejected += 1;
-                tracing::warn!(%request_id, %error, "usage record refused by Directus; moving it to rejected/");
-                if let Err(error) = blocking(spool, move |s| s.reject(&pending)).await {
-                    tracing::warn!(%request_id, %error, "cannot move a refused usage record to rejected/");
-                }
-            }
-            Err(error @ DeliveryError::Retryable(_)) => {
-                report.retry_later = total - report.delivered - report.rejected;
-                tracing::warn!(%error, pending = report.retry_later, "cannot deliver usage records; will retry");
-                break;
+        };
+        let Some(last) = page.last() else { return report };
+        cursor = last.seq;
+        let (byok, internal): (Vec<Waiting>, Vec<Waiting>) =
+            page.into_iter().partition(|w| w.record.source == Source::Byok);
+        for group in [byok, internal].into_iter().filter(|g| !g.is_empty()) {
+            if let Next::Stop = deliver_group(outbox, sink, group, &mut report).await {
+                report.retry_later = outbox.len();
+                return report;
             }
         }
     }
-    report
 }
 
-/// Delivers spooled records for as long as the process runs; start one per spool. Records left when the
-/// process stops stay on disk and go out after the next start.
+async fn deliver_group<S: UsageSink>(
+    outbox: &Arc<Outbox>,
+    sink: &S,
+    group: Vec<Waiting>,
+    report: &mut FlushReport,
+) -> Next {
+    let records: Vec<UsageRecord> = group.iter().map(|w| w.record.clone()).collect();
+    match sink.deliver(&records).await {
+        Ok(()) => mark_delivered(outbox, group.iter().map(|w| w.seq).collect(), report).await,
+        Err(DeliveryError::Retryable(error)) => {
+            tracing::warn!(%error, waiting = outbox.len(), "cannot deliver usage records; will retry");
+            Next::Stop
+        }
+        Err(error) if group.len() == 1 => settle_single(outbox, &group[0], error, report).await,
+        Err(_) => {
+            for waiting in &group {
+                let outcome = match sink.deliver(std::slice::from_ref(&waiting.record)).await {
+                    Ok(()) => mark_delivered(outbox, vec![waiting.seq], report).await,
+                    Err(error) => settle_single(outbox, waiting, error, report).await,
+                };
+                if let Next::Stop = outcome {
+                    return Next::Stop;
+                }
+            }
+            Next::Continue
+        }
+    }
+}
+
+/// A lone record's failed delivery: already stored counts as delivered, a refusal sets it aside.
+async fn settle_single(
+    outbox: &Arc<Outbox>,
+    waiting: &Waiting,
+    error: DeliveryError,
+    report: &mut FlushReport,
+) -> Next {
+    let request_id = waiting.record.request_id;
+    match error {
+        DeliveryError::AlreadyStored => mark_delivered(outbox, vec![waiting.seq], report).await,
+        DeliveryError::Retryable(error) => {
+            tracing::warn!(%request_id, %error, "cannot deliver a usage record; will retry");
+            Next::Stop
+        }
+        DeliveryError::Permanent(error) => {
+            report.rejected += 1;
+            tracing::warn!(%request_id, %error, "usage record refused by Directus; kept in the outbox as rejected");
+            let (seq, reason) = (waiting.seq, error.to_string());
+            if let Err(error) = blocking(outbox, move |o| o.reject(seq, &reason)).await {
+                tracing::warn!(%request_id, %error, "cannot mark a refused usage record; will try again");
+                return Next::Stop;
+            }
+            Next::Continue
+        }
+    }
+}
+
+async fn mark_delivered(outbox: &Arc<Outbox>, seqs: Vec<i64>, report: &mut FlushReport) -> Next {
+    let count = seqs.len();
+    match blocking(outbox, move |o| o.delivered(&seqs)).await {
+        Ok(()) => {
+            report.delivered += count;
+            Next::Continue
+        }
+        Err(error) => {
+            // Delivered, but still in the outbox: they will be sent again and found already stored.
+            tracing::warn!(%error, "cannot remove delivered usage records from the outbox; will try again");
+            Next::Stop
+        }
+    }
+}
+
+/// Delivers outbox records for as long as the process runs. Records left when the process stops stay in the
+/// store and go out after the next start.
 ///
-/// After a retryable failure it waits 100 ms, doubling up to 30 s until a delivery succeeds. New records do not
-/// cut that wait short (they go out with the next pass): otherwise, during an outage, every batch written would
-/// trigger another attempt and another read of the whole spool. With nothing left to retry, it sleeps until a
-/// batch is written.
-pub async fn run_flusher<S: UsageSink>(spool: Arc<Spool>, sink: Arc<S>) {
+/// After a retryable failure it waits 100 ms, doubling up to 5 s until a delivery succeeds. New records do not
+/// cut that wait short (they go out with the next pass). With nothing left to retry, it sleeps until a batch is
+/// written.
+pub async fn run_flusher<S: UsageSink>(outbox: Arc<Outbox>, sink: Arc<S>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let report = flush_once(&spool, &*sink).await;
+        let report = flush_once(&outbox, &*sink, DELIVERY_BATCH).await;
         if report.delivered > 0 {
             backoff = FIRST_BACKOFF;
         }
@@ -108,18 +183,18 @@ pub async fn run_flusher<S: UsageSink>(spool: Arc<Spool>, sink: Arc<S>) {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         } else {
-            let _ = tokio::time::timeout(IDLE_RECHECK, spool.enqueued()).await;
+            let _ = tokio::time::timeout(IDLE_RECHECK, outbox.enqueued()).await;
         }
     }
 }
 
-async fn blocking<T, F>(spool: &Arc<Spool>, op: F) -> io::Result<T>
+async fn blocking<T, F>(outbox: &Arc<Outbox>, op: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
-    F: FnOnce(&Spool) -> io::Result<T> + Send + 'static,
+    F: FnOnce(&Outbox) -> Result<T, StoreError> + Send + 'static,
 {
-    let spool = Arc::clone(spool);
-    tokio::task::spawn_blocking(move || op(&spool)).await.map_err(io::Error::other)?
+    let outbox = Arc::clone(outbox);
+    tokio::task::spawn_blocking(move || op(&outbox)).await.map_err(|e| StoreError::Thread(std::io::Error::other(e)))?
 }
 
 #[cfg(test)]
@@ -131,16 +206,18 @@ mod tests {
 
     use uuid::Uuid;
 
-    use super::spool::tests::{TempDir, batch_files, ids_of, record, records};
+    use super::outbox::tests::{ids_of, open, record, records};
     use super::*;
+    use crate::store::tests::TempDir;
 
-    /// Directus, as far as the spool can tell: `stored` is the table with its unique `request_id`; a repeated
-    /// record is answered `Ok` (the real sink maps `RECORD_NOT_UNIQUE` so).
+    /// Directus, as far as the flusher can tell: `stored` is the table with its unique `request_id`; a batch
+    /// holding a record already stored fails whole, as Directus's create-many does.
     #[derive(Default)]
     struct FakeDirectus {
         stored: Mutex<Vec<Uuid>>,
         accepted: Mutex<HashMap<Uuid, usize>>,
-        attempts: AtomicUsize,
+        /// Sizes of the batches that reached it, failed ones included.
+        batches: Mutex<Vec<usize>>,
         /// The next this many deliveries fail as if Directus were down.
         outage: AtomicUsize,
         refused: Mutex<HashSet<Uuid>>,
@@ -159,38 +236,30 @@ mod tests {
             self.accepted.lock().unwrap().get(&id).copied().unwrap_or(0)
         }
 
-        fn attempts(&self) -> usize {
-            self.attempts.load(Ordering::SeqCst)
+        fn batches(&self) -> Vec<usize> {
+            self.batches.lock().unwrap().clone()
         }
     }
 
     impl UsageSink for FakeDirectus {
-        async fn deliver(&self, record: &UsageRecord) -> Result<(), DeliveryError> {
-            let id = record.request_id;
-            self.attempts.fetch_add(1, Ordering::SeqCst);
+        async fn deliver(&self, records: &[UsageRecord]) -> Result<(), DeliveryError> {
+            self.batches.lock().unwrap().push(records.len());
             if self.outage.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
                 return Err(DeliveryError::Retryable("503 Service Unavailable".into()));
             }
-            if self.refused.lock().unwrap().contains(&id) {
-                return Err(DeliveryError::Permanent("400 INVALID_PAYLOAD".into()));
-            }
             let mut stored = self.stored.lock().unwrap();
-            if !stored.contains(&id) {
-                stored.push(id);
+            if records.iter().any(|r| self.refused.lock().unwrap().contains(&r.request_id)) {
+                return Err(DeliveryError::Permanent("400 FAILED_VALIDATION".into()));
             }
-            *self.accepted.lock().unwrap().entry(id).or_default() += 1;
+            if records.iter().any(|r| stored.contains(&r.request_id)) {
+                return Err(DeliveryError::AlreadyStored);
+            }
+            for record in records {
+                stored.push(record.request_id);
+                *self.accepted.lock().unwrap().entry(record.request_id).or_default() += 1;
+            }
             Ok(())
         }
-    }
-
-    /// Spools `n` records in batches of two, the first the oldest.
-    fn spool_with(dir: &TempDir, n: usize) -> (Arc<Spool>, Vec<Uuid>) {
-        let spool = Spool::open(&dir.0).unwrap();
-        let records = records(n);
-        for batch in records.chunks(2) {
-            spool.enqueue_batch(batch).unwrap();
-        }
-        (Arc::new(spool), ids_of(&records))
     }
 
     fn report(delivered: usize, retry_later: usize, rejected: usize) -> FlushReport {
@@ -205,160 +274,114 @@ mod tests {
         }
     }
 
+    fn with_records(dir: &TempDir, n: usize) -> (Arc<Outbox>, Vec<Uuid>) {
+        let outbox = open(dir);
+        let batch = records(n);
+        outbox.import(&batch, None).unwrap();
+        (outbox, ids_of(&batch))
+    }
+
     #[tokio::test]
-    async fn an_outage_delays_records_and_each_is_then_delivered_once_in_order() {
+    async fn records_go_out_in_batches_of_the_given_size_oldest_first_each_once() {
         let dir = TempDir::new();
-        let (spool, ids) = spool_with(&dir, 3);
+        let (outbox, ids) = with_records(&dir, 25);
+        let directus = FakeDirectus::default();
+        assert_eq!(flush_once(&outbox, &directus, 10).await, report(25, 0, 0));
+        assert_eq!(directus.batches(), [10, 10, 5], "one request per batch");
+        assert_eq!(directus.stored(), ids);
+        assert!(outbox.is_empty() && outbox.all_records().unwrap().is_empty());
+        assert_eq!(flush_once(&outbox, &directus, 10).await, report(0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn byok_and_internal_records_go_in_separate_batches() {
+        let dir = TempDir::new();
+        let outbox = open(&dir);
+        let mut mixed = records(6);
+        for r in mixed.iter_mut().step_by(2) {
+            r.source = Source::Byok;
+        }
+        outbox.import(&mixed, None).unwrap();
+        let directus = FakeDirectus::default();
+        assert_eq!(flush_once(&outbox, &directus, 100).await, report(6, 0, 0));
+        assert_eq!(directus.batches(), [3, 3]);
+    }
+
+    #[tokio::test]
+    async fn an_outage_delays_records_and_each_is_then_delivered_once() {
+        let dir = TempDir::new();
+        let (outbox, ids) = with_records(&dir, 3);
         let directus = FakeDirectus::down_for(2);
-
-        assert_eq!(flush_once(&spool, &directus).await, report(0, 3, 0));
-        assert_eq!(directus.attempts(), 1, "a pass stops at the first retryable failure");
-        assert_eq!(flush_once(&spool, &directus).await, report(0, 3, 0));
-        assert_eq!(spool.len(), 3);
-        assert_eq!(flush_once(&spool, &directus).await, report(3, 0, 0));
-
-        assert_eq!(directus.stored(), ids, "oldest first");
+        assert_eq!(flush_once(&outbox, &directus, 100).await, report(0, 3, 0));
+        assert_eq!(flush_once(&outbox, &directus, 100).await, report(0, 3, 0));
+        assert_eq!(flush_once(&outbox, &directus, 100).await, report(3, 0, 0));
+        assert_eq!(directus.stored(), ids);
         assert!(ids.iter().all(|id| directus.accepted(*id) == 1));
-        assert!(spool.is_empty());
-        assert!(batch_files(&dir.0).is_empty());
-        assert_eq!(flush_once(&spool, &directus).await, report(0, 0, 0));
-        assert_eq!(directus.attempts(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_a_record_already_stored_is_sent_again_one_by_one() {
+        let dir = TempDir::new();
+        let (outbox, ids) = with_records(&dir, 4);
+        let directus = FakeDirectus::default();
+        // Delivered just before a crash: Directus has it, the outbox still does.
+        let first = outbox.page(0, 1).unwrap().remove(0).record;
+        directus.deliver(std::slice::from_ref(&first)).await.unwrap();
+        assert_eq!(flush_once(&outbox, &directus, 100).await, report(4, 0, 0));
+        assert_eq!(directus.batches(), [1, 4, 1, 1, 1, 1], "the batch of 4 failed whole, then singles");
+        assert_eq!(directus.stored(), ids);
+        assert!(ids.iter().all(|id| directus.accepted(*id) == 1), "stored once each");
+        assert!(outbox.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_record_is_set_aside_and_does_not_hold_up_the_rest() {
+        let dir = TempDir::new();
+        let (outbox, ids) = with_records(&dir, 3);
+        let directus = FakeDirectus::default();
+        directus.refused.lock().unwrap().insert(ids[1]);
+        assert_eq!(flush_once(&outbox, &directus, 100).await, report(2, 0, 1));
+        assert_eq!(directus.stored(), [ids[0], ids[2]]);
+        assert!(outbox.is_empty());
+        assert_eq!(ids_of(&outbox.all_records().unwrap()), [ids[1]], "kept, marked rejected");
+        assert_eq!(flush_once(&outbox, &directus, 100).await, report(0, 0, 0), "not offered again");
     }
 
     /// Fails at random, as if Directus came and went.
-    struct Flaky {
-        inner: FakeDirectus,
-        failures: AtomicUsize,
-    }
+    struct Flaky(FakeDirectus);
 
     impl UsageSink for Flaky {
-        async fn deliver(&self, record: &UsageRecord) -> Result<(), DeliveryError> {
-            if fastrand::u8(..) < 80 {
-                self.failures.fetch_add(1, Ordering::SeqCst);
+        async fn deliver(&self, records: &[UsageRecord]) -> Result<(), DeliveryError> {
+            if fastrand::u8(..) < 100 {
                 return Err(DeliveryError::Retryable("connection reset".into()));
             }
-            self.inner.deliver(record).await
+            self.0.deliver(records).await
         }
     }
 
     #[tokio::test]
-    async fn a_flaky_directus_gets_every_record_exactly_once_in_order() {
+    async fn a_flaky_directus_gets_every_record_exactly_once() {
         let dir = TempDir::new();
-        let spool = Arc::new(Spool::open(&dir.0).unwrap());
-        let mut ids = Vec::new();
-        for size in [7, 1, 30, 12] {
-            let batch = records(size);
-            spool.enqueue_batch(&batch).unwrap();
-            ids.extend(ids_of(&batch));
-        }
-        let flaky = Flaky { inner: FakeDirectus::default(), failures: AtomicUsize::new(0) };
+        let (outbox, ids) = with_records(&dir, 57);
+        let flaky = Flaky(FakeDirectus::default());
         let mut passes = 0;
-        while !spool.is_empty() {
+        while !outbox.is_empty() {
             passes += 1;
             assert!(passes < 10_000, "never finished");
-            flush_once(&spool, &flaky).await;
+            flush_once(&outbox, &flaky, 7).await;
         }
-        assert!(flaky.failures.load(Ordering::SeqCst) > 0, "the sink did fail sometimes");
-        assert_eq!(flaky.inner.stored(), ids, "oldest first, across batches");
-        assert!(ids.iter().all(|id| flaky.inner.accepted(*id) == 1), "no record sent twice without a restart");
-        assert!(batch_files(&dir.0).is_empty());
+        assert_eq!(flaky.0.stored(), ids, "oldest first, across batches");
+        assert!(ids.iter().all(|id| flaky.0.accepted(*id) == 1));
     }
 
     #[tokio::test]
-    async fn a_crash_between_delivery_and_completion_only_causes_a_harmless_repeat() {
+    async fn the_flusher_delivers_as_soon_as_a_record_is_written_and_retries_until_directus_is_back() {
         let dir = TempDir::new();
-        let (spool, ids) = spool_with(&dir, 2);
-        let directus = FakeDirectus::default();
-        let first = spool.pending().unwrap().remove(0);
-        directus.deliver(&first.record).await.unwrap();
-        drop(spool);
-
-        let spool = Arc::new(Spool::open(&dir.0).unwrap());
-        assert_eq!(flush_once(&spool, &directus).await, report(2, 0, 0));
-        assert_eq!(directus.stored(), ids);
-        assert_eq!((directus.accepted(ids[0]), directus.accepted(ids[1])), (2, 1));
-        assert!(spool.is_empty() && spool.pending().unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_batch_partly_delivered_before_a_restart_is_delivered_again_and_every_record_is_stored_once() {
-        let dir = TempDir::new();
-        let spool = Arc::new(Spool::open(&dir.0).unwrap());
-        let (first, second) = (records(5), records(3));
-        spool.enqueue_batch(&first).unwrap();
-        spool.enqueue_batch(&second).unwrap();
-        // Two records of the first batch go out, then Directus goes down, then the process dies.
-        let flaky = FlakyAfter { inner: FakeDirectus::default(), ok_deliveries: AtomicUsize::new(2) };
-        assert_eq!(flush_once(&spool, &flaky).await, report(2, 6, 0));
-        assert_eq!(spool.len(), 6);
-        drop(spool);
-
-        let spool = Arc::new(Spool::open(&dir.0).unwrap());
-        assert_eq!(spool.len(), 8, "the whole batch is back");
-        let directus = flaky.inner;
-        assert_eq!(flush_once(&spool, &directus).await, report(8, 0, 0));
-        let all = ids_of(&[first, second].concat());
-        assert_eq!(directus.stored(), all, "each request id stored once, oldest first");
-        let distinct: HashSet<_> = directus.stored().into_iter().collect();
-        assert_eq!(distinct.len(), 8);
-        let repeats: Vec<_> = all.iter().map(|id| directus.accepted(*id)).collect();
-        assert_eq!(repeats, [2, 2, 1, 1, 1, 1, 1, 1], "only the delivered part of the batch went twice");
-        assert!(spool.is_empty() && batch_files(&dir.0).is_empty());
-    }
-
-    #[tokio::test]
-    async fn refused_records_move_to_rejected_and_do_not_hold_up_the_rest() {
-        let dir = TempDir::new();
-        let (spool, ids) = spool_with(&dir, 3);
-        let directus = FakeDirectus::default();
-        directus.refused.lock().unwrap().insert(ids[1]);
-
-        assert_eq!(flush_once(&spool, &directus).await, report(2, 0, 1));
-        assert_eq!(directus.stored(), [ids[0], ids[2]]);
-        assert!(dir.0.join("rejected").join(format!("{}.json", ids[1])).exists());
-        assert!(spool.is_empty());
-        assert!(batch_files(&dir.0).is_empty());
-        assert_eq!(flush_once(&spool, &directus).await, report(0, 0, 0));
-        assert_eq!(directus.attempts(), 3, "a refused record is not offered again");
-    }
-
-    #[tokio::test]
-    async fn an_outage_mid_pass_keeps_what_was_not_delivered() {
-        let dir = TempDir::new();
-        let (spool, ids) = spool_with(&dir, 4);
-        let directus = FakeDirectus::default();
-        directus.refused.lock().unwrap().insert(ids[0]);
-        // Refuse the first, store the second, then go down: two records wait.
-        let flaky = FlakyAfter { inner: directus, ok_deliveries: AtomicUsize::new(2) };
-        assert_eq!(flush_once(&spool, &flaky).await, report(1, 2, 1));
-        assert_eq!(spool.len(), 2);
-        assert_eq!(flaky.inner.stored(), [ids[1]]);
-        assert_eq!(batch_files(&dir.0).len(), 1, "the first batch is done, the second waits");
-    }
-
-    /// Answers normally for a number of deliveries, then as if Directus went down.
-    struct FlakyAfter {
-        inner: FakeDirectus,
-        ok_deliveries: AtomicUsize,
-    }
-
-    impl UsageSink for FlakyAfter {
-        async fn deliver(&self, record: &UsageRecord) -> Result<(), DeliveryError> {
-            if self.ok_deliveries.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
-                return Err(DeliveryError::Retryable("connection refused".into()));
-            }
-            self.inner.deliver(record).await
-        }
-    }
-
-    #[tokio::test]
-    async fn the_flusher_delivers_as_soon_as_a_record_is_written() {
-        let dir = TempDir::new();
-        let spool = Arc::new(Spool::open(&dir.0).unwrap());
-        let writer = SpoolWriter::start(Arc::clone(&spool));
-        let directus = Arc::new(FakeDirectus::default());
-        let flusher = tokio::spawn(run_flusher(Arc::clone(&spool), Arc::clone(&directus)));
-
+        let outbox = open(&dir);
+        let writer = OutboxWriter::start(Arc::clone(&outbox)).unwrap();
+        // 100 + 200 + 400 ms of backoff before the fourth attempt succeeds.
+        let directus = Arc::new(FakeDirectus::down_for(3));
+        let flusher = tokio::spawn(run_flusher(Arc::clone(&outbox), Arc::clone(&directus)));
         let (a, b) = (record(), record());
         writer.submit(a.clone());
         eventually("the first record", || directus.stored().len() == 1).await;
@@ -366,22 +389,32 @@ mod tests {
         writer.submit(b.clone());
         eventually("the second record", || directus.stored().len() == 2).await;
         assert_eq!(directus.stored(), [a.request_id, b.request_id]);
-        eventually("an empty spool", || spool.is_empty()).await;
+        eventually("an empty outbox", || outbox.is_empty()).await;
         flusher.abort();
     }
 
-    #[tokio::test]
-    async fn the_flusher_retries_until_directus_is_back() {
+    #[test]
+    fn records_of_the_old_file_spool_are_moved_into_the_store() {
         let dir = TempDir::new();
-        let (spool, ids) = spool_with(&dir, 2);
-        // 100 + 200 + 400 ms of backoff before the fourth attempt succeeds.
-        let directus = Arc::new(FakeDirectus::down_for(3));
-        let flusher = tokio::spawn(run_flusher(Arc::clone(&spool), Arc::clone(&directus)));
+        let spool = dir.0.join("spool");
+        std::fs::create_dir_all(spool.join("rejected")).unwrap();
+        let (batch, single, refused) = (records(3), record(), record());
+        let lines: Vec<String> = batch.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+        std::fs::write(spool.join("00000000000000000001.jsonl"), lines.join("\n")).unwrap();
+        std::fs::write(spool.join(format!("{}.json", single.request_id)), serde_json::to_vec(&single).unwrap())
+            .unwrap();
+        let old_format = serde_json::to_string(&refused).unwrap().replace("\"0.750000000\"", "0.75");
+        std::fs::write(spool.join("rejected").join(format!("{}.json", refused.request_id)), old_format).unwrap();
+        std::fs::write(spool.join("garbage.jsonl"), "not json").unwrap();
 
-        eventually("both records", || directus.stored().len() == 2).await;
-        assert_eq!(directus.stored(), ids);
-        assert_eq!(directus.attempts(), 5);
-        eventually("an empty spool", || spool.is_empty()).await;
-        flusher.abort();
+        let outbox = open(&dir);
+        assert_eq!(import_legacy_spool(&spool, &outbox).unwrap(), 5);
+        assert_eq!(outbox.len(), 4, "the refused one is kept as refused");
+        let all = outbox.all_records().unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all.iter().any(|r| r.request_id == refused.request_id && r.cost_cents == refused.cost_cents));
+        assert!(spool.join("garbage.jsonl").exists(), "an unreadable file is left for the operator");
+        assert!(!spool.join("00000000000000000001.jsonl").exists());
+        assert_eq!(import_legacy_spool(&spool, &outbox).unwrap(), 0, "nothing twice");
     }
 }

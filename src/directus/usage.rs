@@ -25,42 +25,17 @@ pub struct UsageLine {
 }
 
 impl DirectusClient {
-    /// Stores one record. A record already stored (same `request_id`) counts as stored: that is what makes
-    /// redelivery after a timeout or a crash harmless.
-    pub async fn store_usage(&self, record: &UsageRecord) -> Result<(), DirectusError> {
-        let (collection, body) = match record.source {
-            Source::Byok => (
-                "/items/api_key_usage",
-                json!({
-                    "user": record.user, "provider": record.provider, "model": record.model,
-                    "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
-                    "total_tokens": record.usage.total(), "estimated_cost_cents": record.cost_cents.to_string(),
-                    "request_id": record.request_id,
-                }),
-            ),
-            Source::Internal => (
-                "/items/credit_transactions",
-                json!({
-                    "user": record.user, "transaction_type": "deduction", "service_type": record.service_type,
-                    // Exact, as a decimal string: the ledger keeps nine decimals and nothing is rounded.
-                    "cost_cents": record.cost_cents.max(Cents::ZERO).to_string(),
-                    "provider": record.provider, "model": record.model,
-                    "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
-                    "total_tokens": record.usage.total(), "request_id": record.request_id,
-                    "description": format!("{} {}", record.provider, record.model),
-                }),
-            ),
+    /// Stores a batch of records of one source in one request (Directus creates all or none). A record
+    /// already stored (same `request_id`) fails the batch with `RECORD_NOT_UNIQUE`.
+    pub async fn store_usage(&self, records: &[UsageRecord]) -> Result<(), DirectusError> {
+        let Some(first) = records.first() else { return Ok(()) };
+        let collection = match first.source {
+            Source::Byok => "/items/api_key_usage",
+            Source::Internal => "/items/credit_transactions",
         };
+        let body: Vec<Value> = records.iter().map(usage_row).collect();
         let request = self.request(Method::POST, collection).query(&[("fields", "id")]).json(&body);
-        match self.send(request).await {
-            Ok(_) => Ok(()),
-            Err(DirectusError::Status { status: StatusCode::BAD_REQUEST, code: Some(code) })
-                if code == "RECORD_NOT_UNIQUE" =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        self.send(request).await.map(drop)
     }
 
     /// Requests, tokens and cost per provider and source since `since`.
@@ -102,12 +77,39 @@ impl DirectusClient {
     }
 }
 
-/// The spool's flusher delivers to Directus. Refusals that will never succeed (validation) are permanent;
-/// everything else, including 401/403 from a misconfigured token, is retried so no record is thrown away
-/// while an operator fixes the configuration.
+/// A record as its collection's row: `api_key_usage` for BYOK calls, a `credit_transactions` deduction for
+/// internal-credit calls. Money goes as an exact decimal string: the ledger keeps nine decimals.
+fn usage_row(record: &UsageRecord) -> Value {
+    let occurred_at = record.occurred_at.format(&Rfc3339).unwrap_or_default();
+    match record.source {
+        Source::Byok => json!({
+            "user": record.user, "provider": record.provider, "model": record.model,
+            "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
+            "total_tokens": record.usage.total(), "estimated_cost_cents": record.cost_cents.to_string(),
+            "request_id": record.request_id, "occurred_at": occurred_at,
+        }),
+        Source::Internal => json!({
+            "user": record.user, "transaction_type": "deduction", "service_type": record.service_type,
+            "cost_cents": record.cost_cents.max(Cents::ZERO).to_string(),
+            "provider": record.provider, "model": record.model,
+            "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
+            "total_tokens": record.usage.total(), "request_id": record.request_id, "occurred_at": occurred_at,
+            "description": format!("{} {}", record.provider, record.model),
+        }),
+    }
+}
+
+/// The flusher delivers to Directus. A batch with a record Directus already has is `AlreadyStored`; refusals
+/// that will never succeed (validation) are permanent; everything else, including 401/403 from a
+/// misconfigured token, is retried so no record is thrown away while an operator fixes the configuration.
 impl UsageSink for DirectusClient {
-    async fn deliver(&self, record: &UsageRecord) -> Result<(), DeliveryError> {
-        self.store_usage(record).await.map_err(|error| match &error {
+    async fn deliver(&self, records: &[UsageRecord]) -> Result<(), DeliveryError> {
+        self.store_usage(records).await.map_err(|error| match &error {
+            DirectusError::Status { status: StatusCode::BAD_REQUEST, code: Some(code) }
+                if code == "RECORD_NOT_UNIQUE" =>
+            {
+                DeliveryError::AlreadyStored
+            }
             DirectusError::Status { status, .. } if matches!(status.as_u16(), 400 | 422) => {
                 DeliveryError::Permanent(Box::new(error))
             }

@@ -6,7 +6,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::accounting::Spool;
+use crate::accounting::{Outbox, OutboxWriter};
 use crate::auth::AccessTokenVerifier;
 use crate::config::Settings;
 use crate::crypto::webhook_signature::{TOLERANCE_SECS, WebhookSecret};
@@ -22,6 +22,7 @@ use crate::services::notifier::Notifier;
 use crate::services::rate_limit::RateLimiter;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
+use crate::store::{Store, StoreError};
 
 /// Shared by every handler. Cheap to clone: everything heavy is behind an `Arc`.
 #[derive(Clone)]
@@ -32,7 +33,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub reservations: Arc<Reservations>,
     pub directus: DirectusClient,
-    pub spool: Arc<Spool>,
+    /// Usage records waiting for Directus.
+    pub outbox: Arc<Outbox>,
     pub tokens: Arc<AccessTokenVerifier>,
     pub sessions: Arc<Sessions>,
     pub webhook_secret: Arc<WebhookSecret>,
@@ -52,8 +54,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Opens the usage spool; fails if its directory cannot be created.
-    pub fn new(settings: &Settings) -> std::io::Result<Self> {
+    /// Opens the store in `DATA_DIR` (locking it for this process) and everything built on it.
+    pub fn new(settings: &Settings) -> Result<Self, StoreError> {
         let directus = DirectusClient::new(
             settings.directus_url.clone(),
             settings.directus_token.clone(),
@@ -69,7 +71,8 @@ impl AppState {
         let callers =
             Arc::new(CallerDirectory::new(directus.clone(), settings.user_cache_ttl, settings.stale_caller_max_age));
         let vault = Arc::new(KeyVault::new(settings.keyring.clone(), directus.clone(), providers.clone()));
-        let spool = Arc::new(Spool::open(&settings.spool_dir)?);
+        let store = Arc::new(Store::open(&settings.data_dir.join("byok-bridge.db"))?);
+        let outbox = Arc::new(Outbox::open(store)?);
         // Stored costs are kept as long as any ledger reading in use can predate them.
         let reservations =
             Reservations::in_memory(settings.user_cache_ttl, settings.user_cache_ttl + settings.stale_caller_max_age);
@@ -82,7 +85,7 @@ impl AppState {
                 openai: settings.internal_openai_key.clone(),
                 anthropic: settings.internal_anthropic_key.clone(),
             },
-            meter: Arc::new(Meter::new(Arc::clone(&spool), Arc::clone(&settings.price_table))),
+            meter: Arc::new(Meter::new(OutboxWriter::start(Arc::clone(&outbox))?, Arc::clone(&settings.price_table))),
             reservations: Arc::clone(&reservations),
             notifier: Notifier::new(directus.clone()),
             breaker: CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down),
@@ -105,7 +108,7 @@ impl AppState {
                 settings.stale_caller_max_age,
             )),
             directus,
-            spool,
+            outbox,
             tokens: Arc::new(AccessTokenVerifier::new(&settings.directus_secret)),
             webhook_secret: Arc::new(settings.webhook_secret.clone()),
             operator_token_digest: settings

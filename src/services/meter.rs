@@ -1,17 +1,17 @@
-//! Turns a finished call into a usage record and hands it to the durable spool, off the request path.
+//! Turns a finished call into a usage record and hands it to the durable outbox, off the request path.
 //! Streams are metered as they pass through and charged when they end, including when the client leaves.
 //! An internal-credit call's hold gives way to its real cost at that moment (see [`super::reservations`]).
 //!
 //! # Durability
-//! [`Meter::record`] only queues the record for the spool's single writer thread and returns; the call is
-//! answered without waiting for the disk. The writer takes everything queued and writes it as one batch file
-//! (two fsyncs per batch, not per record), so **a record is durable a few milliseconds after its call is
-//! answered**: one batch write, more only if the disk falls behind. That window is the only way a record can be
+//! [`Meter::record`] only queues the record for the outbox's single writer thread and returns; the call is
+//! answered without waiting for the disk. The writer takes everything queued and commits it as one transaction
+//! (one fsync per batch, not per record), so **a record is durable a few milliseconds after its call is
+//! answered**: one commit, more only if the disk falls behind. That window is the only way a record can be
 //! lost: the whole machine or the process dying inside it. On a graceful stop, what is still queued is written
 //! when the last reference to the [`Meter`] goes (the runtime drops the app's tasks on exit), or by
-//! [`Meter::flush`]. If the disk refuses a batch (full, gone), the writer
-//! retries for about 2.5 s, then logs every record of it in full with `tracing::error!`. Once on disk, a
-//! record goes to Directus at least once and is stored exactly once (see [`crate::accounting`]).
+//! [`Meter::flush`]. If the disk refuses a batch (full, gone), the writer retries for about 2.5 s, then logs
+//! every record of it in full with `tracing::error!`. Once committed, a record goes to Directus at least once
+//! and is stored exactly once (see [`crate::accounting`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::reservations::{HOLD_TTL, Hold};
-use crate::accounting::{Spool, SpoolWriter};
+use crate::accounting::OutboxWriter;
 use crate::domain::llm::{Api, StreamTap};
 use crate::domain::pricing::{PriceMatch, PriceTable};
 use crate::domain::routing::Source;
@@ -50,16 +50,16 @@ pub struct Charge {
 }
 
 pub struct Meter {
-    spool: SpoolWriter,
+    outbox: OutboxWriter,
     prices: Arc<PriceTable>,
     unknown_models_logged: Cache<String, ()>,
 }
 
 impl Meter {
-    /// Starts the spool's writer thread; there must be one `Meter` per spool.
-    pub fn new(spool: Arc<Spool>, prices: Arc<PriceTable>) -> Self {
+    /// Records go to the outbox through `outbox`, its one writer.
+    pub fn new(outbox: OutboxWriter, prices: Arc<PriceTable>) -> Self {
         Meter {
-            spool: SpoolWriter::start(spool),
+            outbox,
             prices,
             unknown_models_logged: Cache::builder().max_capacity(UNKNOWN_MODELS_REMEMBERED).build(),
         }
@@ -69,7 +69,7 @@ impl Meter {
         &self.prices
     }
 
-    /// Records a completed call. Returns at once, without blocking: the record is queued for the spool's writer
+    /// Records a completed call. Returns at once, without blocking: the record is queued for the outbox's writer
     /// and is durable a few milliseconds later (see the module documentation).
     pub fn record(&self, charge: Charge, usage: TokenUsage) {
         let provider = charge.api.provider();
@@ -98,12 +98,12 @@ impl Meter {
             cost_cents: cost,
             occurred_at: OffsetDateTime::now_utc(),
         };
-        self.spool.submit(record);
+        self.outbox.submit(record);
     }
 
     /// Resolves once every record recorded before the call is on disk (or, if the disk refused it, logged).
     pub async fn flush(&self) {
-        self.spool.flush().await;
+        self.outbox.flush().await;
     }
 
     /// Wraps a provider's SSE stream: passes it on (less what the client did not ask for), charges when it
@@ -226,20 +226,19 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::accounting::Outbox;
     use crate::domain::provider::Provider;
+    use crate::store::Store;
+    use crate::store::tests::TempDir;
 
-    struct TempDir(std::path::PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    fn temp_outbox() -> (TempDir, Arc<Outbox>) {
+        let dir = TempDir::new();
+        let store = Arc::new(Store::open(&dir.store_path()).unwrap());
+        (dir, Arc::new(Outbox::open(store).unwrap()))
     }
 
-    fn temp_spool() -> (TempDir, Arc<Spool>) {
-        let dir = TempDir(std::env::temp_dir().join(format!("byok-meter-test-{}", Uuid::new_v4())));
-        let spool = Arc::new(Spool::open(&dir.0).unwrap());
-        (dir, spool)
+    fn meter(outbox: &Arc<Outbox>) -> Meter {
+        Meter::new(OutboxWriter::start(Arc::clone(outbox)).unwrap(), Arc::new(PriceTable::builtin()))
     }
 
     fn charge(model: &str) -> Charge {
@@ -255,27 +254,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_recorded_call_is_spooled_with_its_exact_price() {
-        let (_dir, spool) = temp_spool();
-        let meter = Meter::new(Arc::clone(&spool), Arc::new(PriceTable::builtin()));
+    async fn a_recorded_call_is_stored_with_its_exact_price() {
+        let (_dir, outbox) = temp_outbox();
+        let meter = meter(&outbox);
         let charge = charge("gpt-4o-2024-08-06");
         let request_id = charge.request_id;
         let usage = TokenUsage::new(1_000, 500);
         meter.record(charge, usage);
         meter.flush().await;
 
-        let pending = spool.pending().unwrap();
-        assert_eq!(pending.len(), 1);
-        let record = &pending[0].record;
+        let waiting = outbox.page(0, 10).unwrap();
+        assert_eq!(waiting.len(), 1);
+        let record = &waiting[0].record;
         assert_eq!((record.request_id, record.provider, record.usage), (request_id, Provider::OpenAi, usage));
         assert_eq!(record.service_type, "openai.chat_completions");
         assert_eq!(record.cost_cents.to_string(), "0.750000000");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn calls_recorded_from_many_tasks_at_once_are_all_spooled() {
-        let (_dir, spool) = temp_spool();
-        let meter = Arc::new(Meter::new(Arc::clone(&spool), Arc::new(PriceTable::builtin())));
+    async fn calls_recorded_from_many_tasks_at_once_are_all_stored() {
+        let (_dir, outbox) = temp_outbox();
+        let meter = Arc::new(meter(&outbox));
         let tasks: Vec<_> = (0..32)
             .map(|_| {
                 let meter = Arc::clone(&meter);
@@ -296,27 +295,26 @@ mod tests {
             recorded.extend(task.await.unwrap());
         }
         meter.flush().await;
-        assert_eq!(spool.len(), 3_200);
-        let spooled: Vec<_> = spool.pending().unwrap().into_iter().map(|p| p.record.request_id).collect();
-        assert_eq!(spooled.len(), 3_200);
-        assert_eq!(spooled.into_iter().collect::<HashSet<_>>(), recorded);
+        assert_eq!(outbox.len(), 3_200);
+        let stored: HashSet<_> = outbox.page(0, 10_000).unwrap().into_iter().map(|w| w.record.request_id).collect();
+        assert_eq!(stored, recorded);
     }
 
     #[test]
-    fn dropping_the_meter_spools_what_is_still_queued() {
-        let (_dir, spool) = temp_spool();
-        let meter = Meter::new(Arc::clone(&spool), Arc::new(PriceTable::builtin()));
+    fn dropping_the_meter_stores_what_is_still_queued() {
+        let (_dir, outbox) = temp_outbox();
+        let meter = meter(&outbox);
         for _ in 0..500 {
             meter.record(charge("gpt-4o-mini"), TokenUsage::default());
         }
         drop(meter);
-        assert_eq!(spool.len(), 500);
+        assert_eq!(outbox.len(), 500);
     }
 
     #[test]
     fn unknown_model_names_are_remembered_in_bounded_memory() {
-        let (_dir, spool) = temp_spool();
-        let meter = Meter::new(Arc::clone(&spool), Arc::new(PriceTable::builtin()));
+        let (_dir, outbox) = temp_outbox();
+        let meter = meter(&outbox);
         for i in 0..5_000 {
             meter.record(charge(&format!("made-up-model-{i}")), TokenUsage::default());
         }

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::accounting::{DeliveryError, Spool, UsageSink};
+use crate::accounting::{DeliveryError, Outbox, UsageSink};
 use crate::domain::credit_book::{CreditBook, HoldId, LedgerReading, UnixMillis};
 use crate::domain::money::Cents;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
+use crate::store::StoreError;
 use crate::sync;
 
 /// How long a hold lives without news from its call. Streams extend theirs while they run, so this only
@@ -79,12 +80,11 @@ impl Reservations {
         }
     }
 
-    /// After a restart: every internal-credit record still in the spool, or refused by Directus, counts
-    /// against its user again until Directus stores it. Call before the flusher starts.
-    pub fn restore_from(&self, spool: &Spool) -> std::io::Result<usize> {
-        let pending = spool.pending()?.into_iter().map(|p| p.record);
+    /// After a restart: every internal-credit record still in the outbox, waiting or refused by Directus,
+    /// counts against its user again until Directus stores it. Call before the flusher starts.
+    pub fn restore_from(&self, outbox: &Outbox) -> Result<usize, StoreError> {
         let mut restored = 0;
-        for record in pending.chain(spool.rejected()?).filter(|r| r.source == Source::Internal) {
+        for record in outbox.all_records()?.into_iter().filter(|r| r.source == Source::Internal) {
             self.add_unstored(record.user, record.cost_cents);
             restored += 1;
         }
@@ -126,12 +126,17 @@ pub struct LedgerSink<S> {
 }
 
 impl<S: UsageSink> UsageSink for LedgerSink<S> {
-    async fn deliver(&self, record: &UsageRecord) -> Result<(), DeliveryError> {
-        self.inner.deliver(record).await?;
-        if record.source == Source::Internal {
-            self.reservations.stored(record.user, record.cost_cents, OffsetDateTime::now_utc());
+    async fn deliver(&self, records: &[UsageRecord]) -> Result<(), DeliveryError> {
+        let result = self.inner.deliver(records).await;
+        // A lone record found already stored is in the ledger too (delivered before a timeout or a crash).
+        let stored = result.is_ok() || (records.len() == 1 && matches!(result, Err(DeliveryError::AlreadyStored)));
+        if stored {
+            let now = OffsetDateTime::now_utc();
+            for record in records.iter().filter(|r| r.source == Source::Internal) {
+                self.reservations.stored(record.user, record.cost_cents, now);
+            }
         }
-        Ok(())
+        result
     }
 }
 

@@ -37,7 +37,7 @@ pub fn test_env(directus_url: &str, overrides: &[(&'static str, &str)]) -> HashM
         ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
         ("ENCRYPTION_KEY", ENCRYPTION_KEY.to_owned()),
         ("DIRECTUS_TIMEOUT_SECS", "2".to_owned()),
-        ("SPOOL_DIR", std::env::temp_dir().join(format!("byok-spool-{}", Uuid::new_v4())).display().to_string()),
+        ("DATA_DIR", std::env::temp_dir().join(format!("byok-data-{}", Uuid::new_v4())).display().to_string()),
     ]);
     for (k, v) in overrides {
         vars.insert(k, (*v).to_owned());
@@ -282,7 +282,8 @@ pub async fn mount_sealed_row(app: &TestApp, user: &str, envelope: &str) {
         .await;
 }
 
-/// Waits (bounded) until `server` has received `count` requests of `method` on `path`, and returns their bodies.
+/// Waits (bounded) until `server` has received `count` items by `method` on `path`, and returns them: each
+/// request's body, or each element of a body that is an array (usage records go in batches).
 pub async fn wait_for_requests(server: &MockServer, method_: &str, path_: &str, count: usize) -> Vec<Value> {
     for _ in 0..200 {
         let bodies: Vec<Value> = server
@@ -291,7 +292,10 @@ pub async fn wait_for_requests(server: &MockServer, method_: &str, path_: &str, 
             .unwrap()
             .into_iter()
             .filter(|r| r.method.as_str() == method_ && r.url.path() == path_)
-            .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+            .flat_map(|r| match serde_json::from_slice(&r.body).unwrap_or(Value::Null) {
+                Value::Array(items) => items,
+                body => vec![body],
+            })
             .collect();
         if bodies.len() >= count {
             return bodies;

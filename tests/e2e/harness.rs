@@ -175,7 +175,7 @@ impl Sidecar {
             .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
             .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("RUST_LOG", "info")
-            .env("SPOOL_DIR", format!("{}/spool", instance.dir))
+            .env("DATA_DIR", format!("{}/sidecar-data", instance.dir))
             .envs(extra.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))

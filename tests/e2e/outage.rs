@@ -69,7 +69,7 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
         let response = call(&sidecar).await.unwrap();
         assert_eq!(response.status(), 200, "call {i} while Directus is down");
     }
-    // Every record of the outage is durably spooled before the sidecar goes away.
+    // Every record of the outage is durably in the store before the sidecar goes away.
     wait_for_waiting_records(&http, &sidecar, |n| n >= 20).await;
     sidecar.stop().await;
 
@@ -93,7 +93,7 @@ async fn wait_for_waiting_records(http: &reqwest::Client, sidecar: &Sidecar, don
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("the usage spool never reached the expected size");
+    panic!("the usage outbox never reached the expected size");
 }
 
 /// Calls until the answer was served on the caller's last known profile (Directus is down; the caller cache

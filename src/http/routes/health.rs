@@ -15,7 +15,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// last known flags, and known callers on their last known profiles, so this stays 200 (taking every replica
 /// out of rotation would turn a Directus outage into a total one) and says `degraded`, and what is stale.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let waiting = state.spool.len();
+    let waiting = state.outbox.len();
     let open_holds = state.reservations.open_holds();
     let (callers_stale, stale_served) = state.callers.stale_status().await;
     let current = match state.flags.current().await {

@@ -1,0 +1,167 @@
+//! The sidecar's one local file: an embedded SQLite database in WAL mode, holding what must survive a restart.
+//! Today that is the usage outbox (records on their way to Directus, see [`crate::accounting`]); the durable job
+//! queue is meant to live in the same file, as more tables.
+//!
+//! One process at a time: the file is locked (an advisory lock on `<file>.lock`, held while the store is
+//! open), so a second process pointed at the same file refuses to start instead of writing beside the first.
+//! Operators can read it with any SQLite client (`sqlite3 data/byok-bridge.db`) while the sidecar runs.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// Schema migrations, in order; `PRAGMA user_version` says how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: the usage outbox. `rejected_at` marks a record Directus refused for good: kept for the operator,
+    // still counted against its user's credits.
+    "CREATE TABLE usage_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL UNIQUE,
+        record TEXT NOT NULL,
+        enqueued_at INTEGER NOT NULL,
+        rejected_at INTEGER,
+        rejection TEXT
+    );
+    CREATE INDEX usage_outbox_waiting ON usage_outbox (seq) WHERE rejected_at IS NULL;",
+];
+
+/// A second connection waits this long for a lock the other holds (the writer and the flusher share the file).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {source}")]
+    Directory { path: PathBuf, source: std::io::Error },
+    #[error("the store {path} is in use by another byok-bridge process; give each process its own DATA_DIR")]
+    InUse { path: PathBuf },
+    #[error("cannot lock the store {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("store {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot start the store's writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The open, locked store. Hands out connections: SQLite connections are used by one thread at a time, so
+/// each user (the outbox's writer thread, the flusher) owns its own.
+pub struct Store {
+    path: PathBuf,
+    /// Held for the life of the store: the lock is released when the process ends, however it ends.
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, locks it, and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Directory { path: dir.to_owned(), source })?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|source| StoreError::Lock { path: lock_path.clone(), source })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::InUse { path: path.to_owned() }),
+            Err(std::fs::TryLockError::Error(source)) => return Err(StoreError::Lock { path: lock_path, source }),
+        }
+        let store = Store { path: path.to_owned(), _lock: lock };
+        let mut connection = store.connect()?;
+        store.migrate(&mut connection)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new connection: WAL (readers never wait for the writer), full fsync on commit (a committed record
+    /// survives a power loss), and a bounded wait for the other connection's lock.
+    pub fn connect(&self) -> Result<Connection, StoreError> {
+        let connection = Connection::open(&self.path).map_err(|e| self.error(e))?;
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .and_then(|()| connection.busy_timeout(BUSY_TIMEOUT))
+            .map_err(|e| self.error(e))?;
+        Ok(connection)
+    }
+
+    pub fn error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.path.clone(), source }
+    }
+
+    fn migrate(&self, connection: &mut Connection) -> Result<(), StoreError> {
+        let done: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| self.error(e))?;
+        for (version, migration) in (1..).zip(MIGRATIONS).skip(usize::try_from(done).unwrap_or(0)) {
+            let transaction = connection.transaction().map_err(|e| self.error(e))?;
+            transaction
+                .execute_batch(migration)
+                .and_then(|()| transaction.pragma_update(None, "user_version", version))
+                .and_then(|()| transaction.commit())
+                .map_err(|e| self.error(e))?;
+            tracing::info!(store = %self.path.display(), version, "store schema migrated");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new() -> TempDir {
+            TempDir(std::env::temp_dir().join(format!("byok-store-test-{}", uuid::Uuid::new_v4())))
+        }
+
+        pub(crate) fn store_path(&self) -> PathBuf {
+            self.0.join("byok-bridge.db")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn opens_creates_a_private_directory_and_migrates_once() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.store_path()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir.0).unwrap().permissions().mode() & 0o777, 0o700);
+        let version: i64 = store.connect().unwrap().query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        drop(store);
+        let again = Store::open(&dir.store_path()).unwrap();
+        let mode: String = again.connect().unwrap().query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_file_is_refused_until_the_first_is_closed() {
+        let dir = TempDir::new();
+        let first = Store::open(&dir.store_path()).unwrap();
+        let second = Store::open(&dir.store_path());
+        assert!(matches!(second, Err(StoreError::InUse { .. })), "{:?}", second.err());
+        let message = Store::open(&dir.store_path()).err().unwrap().to_string();
+        assert!(message.contains("another byok-bridge process") && message.contains("DATA_DIR"), "{message}");
+        drop(first);
+        assert!(Store::open(&dir.store_path()).is_ok());
+    }
+}
