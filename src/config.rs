@@ -19,6 +19,8 @@ use crate::services::rate_limit::TierLimits;
 #[derive(Debug)]
 pub struct Settings {
     pub bind_addr: SocketAddr,
+    /// Serves `/metrics` on a listener of its own (e.g. an internal interface) instead of the API's.
+    pub metrics_addr: Option<SocketAddr>,
     pub directus_url: Url,
     /// Static token of the sidecar's API-only Directus user.
     pub directus_token: SecretString,
@@ -220,6 +222,12 @@ impl Settings {
             "Use host:port, e.g. 127.0.0.1:8787 (0.0.0.0:8787 inside a container)",
             |raw| raw.parse::<SocketAddr>().map_err(|_| "is not a host:port socket address"),
         );
+        let metrics_addr = r.parsed(
+            "METRICS_ADDR",
+            None,
+            "Use host:port, e.g. 127.0.0.1:9187, or leave it unset to serve /metrics on BIND_ADDR",
+            |raw| raw.parse::<SocketAddr>().map(Some).map_err(|_| "is not a host:port socket address"),
+        );
         let directus_url = r
             .required("DIRECTUS_URL", "Set it to the Directus base URL, e.g. http://127.0.0.1:8055")
             .and_then(|raw| match Url::parse(raw.trim()) {
@@ -324,6 +332,7 @@ impl Settings {
             {
                 Ok(Settings {
                     bind_addr,
+                    metrics_addr,
                     directus_url,
                     directus_token,
                     operator_token,

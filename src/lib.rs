@@ -10,7 +10,8 @@
 //! - [`accounting`]: the durable usage outbox and its flusher.
 //! - [`services`]: flag and caller caches, the key vault, and the LLM gateway.
 //! - [`http`]: thin axum handlers, and the one place errors become responses.
-//! - [`startup`], [`telemetry`], [`rewrap`]: wiring and the `rewrap` command; [`sync`]: the lock policy.
+//! - [`startup`], [`telemetry`], [`rewrap`]: wiring and the `rewrap` command; [`sync`]: the lock policy;
+//!   [`metrics`]: every Prometheus metric, named once.
 
 pub mod accounting;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod crypto;
 pub mod directus;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod providers;
 pub mod rewrap;
 pub mod services;

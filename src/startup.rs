@@ -40,6 +40,8 @@ pub enum StartupError {
 
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on its own listener (`METRICS_ADDR`).
+    metrics_listener: Option<TcpListener>,
     router: Router,
     state: AppState,
     reverify_interval: Duration,
@@ -48,9 +50,15 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let listener = TcpListener::bind(settings.bind_addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr: settings.bind_addr, source })?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
+        };
+        let listener = bind(settings.bind_addr).await?;
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        crate::metrics::handle();
         let state = AppState::new(&settings)?;
         accounting::import_legacy_spool(&settings.legacy_spool_dir, &state.outbox)?;
         let restored = state.reservations.restore_from(&state.outbox)?;
@@ -63,8 +71,9 @@ impl Application {
             tracing::warn!("ENCRYPTION_KEY is not set: BYOK is not configured, internal credits still work");
         }
         Ok(Application {
-            router: http::router(state.clone()),
+            router: http::router(state.clone(), metrics_listener.is_none()),
             listener,
+            metrics_listener,
             state,
             reverify_interval: settings.key_reverify_interval,
             client_write_timeout: settings.client_write_timeout,
@@ -75,9 +84,22 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Where `/metrics` is served when `METRICS_ADDR` gives it a listener of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (bounded).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         tokio::spawn(load_flags_until_ready(self.state.clone()));
+        if let Some(listener) = self.metrics_listener {
+            let router = http::metrics_router(self.state.clone());
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "the metrics listener stopped");
+                }
+            });
+        }
         let sink =
             LedgerSink { inner: self.state.directus.clone(), reservations: Arc::clone(&self.state.reservations) };
         tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.outbox), Arc::new(sink)));

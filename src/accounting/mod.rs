@@ -15,8 +15,11 @@ use std::time::Duration;
 pub use legacy_spool::import_legacy_spool;
 pub use outbox::{Outbox, OutboxWriter, Waiting};
 
+use time::OffsetDateTime;
+
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
+use crate::metrics;
 use crate::store::StoreError;
 
 /// Records read from the outbox per page, and sent to Directus per request.
@@ -103,7 +106,7 @@ async fn deliver_group<S: UsageSink>(
 ) -> Next {
     let records: Vec<UsageRecord> = group.iter().map(|w| w.record.clone()).collect();
     match sink.deliver(&records).await {
-        Ok(()) => mark_delivered(outbox, group.iter().map(|w| w.seq).collect(), report).await,
+        Ok(()) => mark_delivered(outbox, &group, report).await,
         Err(DeliveryError::Retryable(error)) => {
             tracing::warn!(%error, waiting = outbox.len(), "cannot deliver usage records; will retry");
             Next::Stop
@@ -112,7 +115,7 @@ async fn deliver_group<S: UsageSink>(
         Err(_) => {
             for waiting in &group {
                 let outcome = match sink.deliver(std::slice::from_ref(&waiting.record)).await {
-                    Ok(()) => mark_delivered(outbox, vec![waiting.seq], report).await,
+                    Ok(()) => mark_delivered(outbox, std::slice::from_ref(waiting), report).await,
                     Err(error) => settle_single(outbox, waiting, error, report).await,
                 };
                 if let Next::Stop = outcome {
@@ -133,13 +136,14 @@ async fn settle_single(
 ) -> Next {
     let request_id = waiting.record.request_id;
     match error {
-        DeliveryError::AlreadyStored => mark_delivered(outbox, vec![waiting.seq], report).await,
+        DeliveryError::AlreadyStored => mark_delivered(outbox, std::slice::from_ref(waiting), report).await,
         DeliveryError::Retryable(error) => {
             tracing::warn!(%request_id, %error, "cannot deliver a usage record; will retry");
             Next::Stop
         }
         DeliveryError::Permanent(error) => {
             report.rejected += 1;
+            metrics::rejected();
             tracing::warn!(%request_id, %error, "usage record refused by Directus; kept in the outbox as rejected");
             let (seq, reason) = (waiting.seq, error.to_string());
             if let Err(error) = blocking(outbox, move |o| o.reject(seq, &reason)).await {
@@ -151,11 +155,15 @@ async fn settle_single(
     }
 }
 
-async fn mark_delivered(outbox: &Arc<Outbox>, seqs: Vec<i64>, report: &mut FlushReport) -> Next {
-    let count = seqs.len();
+async fn mark_delivered(outbox: &Arc<Outbox>, delivered: &[Waiting], report: &mut FlushReport) -> Next {
+    let now = OffsetDateTime::now_utc();
+    for waiting in delivered {
+        metrics::delivered((now - waiting.record.occurred_at).unsigned_abs());
+    }
+    let seqs: Vec<i64> = delivered.iter().map(|w| w.seq).collect();
     match blocking(outbox, move |o| o.delivered(&seqs)).await {
         Ok(()) => {
-            report.delivered += count;
+            report.delivered += delivered.len();
             Next::Continue
         }
         Err(error) => {

@@ -18,6 +18,19 @@ pub enum UpstreamFailure {
     Rejected,
 }
 
+impl UpstreamFailure {
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::InvalidKey => "invalid_key",
+            UpstreamFailure::QuotaExhausted => "quota_exhausted",
+            UpstreamFailure::RateLimited => "rate_limited",
+            UpstreamFailure::Outage => "outage",
+            UpstreamFailure::Rejected => "rejected",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     error: Option<ErrorDetail>,

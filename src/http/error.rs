@@ -15,6 +15,10 @@ use crate::services::flag_store::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
 use crate::services::key_vault::VaultError;
 
+/// The code of an error response, left on the response for the metrics layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Every token problem gets this one answer, so a caller cannot tell which check failed.
@@ -72,6 +76,11 @@ impl ApiError {
             ApiError::TooManyRequests { retry_after } => Some(*retry_after),
             _ => None,
         }
+    }
+
+    /// The stable code clients switch on.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
     }
 
     fn refusal(&self) -> Option<Refusal> {
@@ -313,6 +322,7 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED && code == "unauthorized" {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        response.extensions_mut().insert(ErrorCode(code));
         response
     }
 }

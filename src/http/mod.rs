@@ -20,7 +20,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use self::error::ApiError;
+use self::error::{ApiError, ErrorCode};
 use self::state::AppState;
 
 /// Bodies here are small JSON documents; anything larger is refused before it is buffered.
@@ -30,15 +30,19 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
+/// The API. `/metrics` is on it unless `METRICS_ADDR` puts it on a listener of its own ([`metrics_router`]).
+pub fn router(state: AppState, with_metrics: bool) -> Router {
     // No overall deadline here: answers stream for minutes; the gateway bounds each provider call instead.
     // LLM request bodies (conversations, base64 images) are far larger than our own JSON documents.
     let gateway = Router::new()
         .route("/v1/chat/completions", post(routes::gateway::chat_completions))
         .route("/v1/messages", post(routes::gateway::messages))
         .layer(DefaultBodyLimit::max(state.max_llm_body_bytes));
-    let routes = Router::new()
-        .route("/healthz", get(routes::health::healthz))
+    let mut api = Router::new().route("/healthz", get(routes::health::healthz));
+    if with_metrics {
+        api = api.route("/metrics", get(routes::metrics::render));
+    }
+    let api = api
         .route("/readyz", get(routes::health::readyz))
         .route("/webhooks/directus", post(routes::webhooks::directus))
         .route("/v1/route", post(routes::route::decide))
@@ -53,11 +57,16 @@ pub fn router(state: AppState) -> Router {
         .merge(gateway)
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
-    with_common_layers(routes).with_state(state)
+    with_common_layers(api).with_state(state)
 }
 
-/// What every route gets: request ids, a span per request, sensitive headers kept out of logs, and a panic
-/// answered as a 500 JSON error (details logged) instead of a dropped connection.
+/// Only `/metrics`, for its own listener.
+pub fn metrics_router(state: AppState) -> Router {
+    with_common_layers(Router::new().route("/metrics", get(routes::metrics::render))).with_state(state)
+}
+
+/// What every route gets: request ids, a span per request, sensitive headers kept out of logs, request
+/// metrics, and a panic answered as a 500 JSON error (details logged) instead of a dropped connection.
 pub fn with_common_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
     let sensitive = [header::AUTHORIZATION, HeaderName::from_static("x-api-key"), header::COOKIE];
     routes.layer(
@@ -72,6 +81,7 @@ pub fn with_common_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -
                     .on_failure(()),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(middleware::from_fn(count_request))
             .layer(CatchPanicLayer::custom(panic_response)),
     )
 }
@@ -84,6 +94,20 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     ApiError::Internal(format!("handler panicked: {detail}")).into_response()
+}
+
+/// Counts every answer by route template (never the raw path), status and error code.
+async fn count_request(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str).to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let code = match response.extensions().get::<ErrorCode>() {
+        Some(ErrorCode(code)) => code,
+        None if response.status().is_success() => "ok",
+        None => "other",
+    };
+    crate::metrics::http_request(&route, response.status().as_u16(), code, started.elapsed());
+    response
 }
 
 /// One span per request carrying its id, so every log line of the request can be found together.

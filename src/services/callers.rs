@@ -21,7 +21,7 @@ use crate::domain::provider::Provider;
 use crate::domain::routing::Caller;
 use crate::domain::tier::SubscriptionTier;
 use crate::domain::user::UserId;
-use crate::sync;
+use crate::{metrics, sync};
 
 /// After Directus failed, known callers are served their last profile without asking again for this long,
 /// so an outage costs one slow read per interval instead of one per request.
@@ -175,6 +175,7 @@ impl CallerDirectory {
     async fn stale(&self, user: UserId) -> Option<CallerRead> {
         let profile = self.last_known.get(&user).await?;
         self.stale_served.fetch_add(1, Ordering::Relaxed);
+        metrics::stale_answer("caller");
         Some(CallerRead { profile, stale: true })
     }
 

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::domain::provider::Provider;
-use crate::sync;
+use crate::{metrics, sync};
 
 #[derive(Debug, Default)]
 struct State {
@@ -77,9 +77,16 @@ impl CircuitBreaker {
         if state.consecutive_failures >= self.threshold || probe_failed {
             if state.open_until.is_none_or(|until| until <= now) {
                 tracing::warn!(%provider, cool_down_secs = self.cool_down.as_secs(), "provider circuit opened");
+                metrics::circuit_opened(provider);
             }
             state.open_until = Some(now + self.cool_down);
         }
+    }
+
+    /// Whether calls to `provider` fail fast right now (open, or half-open with a probe under way).
+    pub fn is_open(&self, provider: Provider, now: Instant) -> bool {
+        let states = sync::lock(&self.states);
+        states.get(&provider).is_some_and(|s| s.open_until.is_some_and(|until| until > now || s.probe_since.is_some()))
     }
 
     /// A call that neither succeeded nor showed an outage (a non-streaming call timing out mid-generation):
@@ -108,6 +115,7 @@ mod tests {
         breaker.record_outage(Provider::OpenAi, t0);
         assert_eq!(breaker.admit(Provider::OpenAi, t0 + Duration::from_secs(10)), Err(Duration::from_secs(20)));
         assert_eq!(breaker.admit(Provider::Anthropic, t0), Ok(Admission::Go), "per provider");
+        assert!(breaker.is_open(Provider::OpenAi, t0) && !breaker.is_open(Provider::Anthropic, t0));
     }
 
     #[test]

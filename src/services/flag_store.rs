@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::directus::{DirectusClient, DirectusError};
 use crate::domain::flags::FlagSet;
-use crate::sync;
+use crate::{metrics, sync};
 
 /// After a failed load, stale flags are served for this long before Directus is asked again, so an outage
 /// costs one slow request per interval instead of one per request.
@@ -96,7 +96,9 @@ impl FlagStore {
     }
 
     async fn load(&self, generation: u64) -> Result<Arc<FlagSnapshot>, DirectusError> {
+        let started = Instant::now();
         let records = self.directus.feature_flags().await?;
+        metrics::flag_reload(started.elapsed());
         let (flags, missing) = FlagSet::from_records(&records);
         if !missing.is_empty() {
             tracing::warn!(?missing, "feature flag rows missing in Directus; using the spec defaults for them");
@@ -121,6 +123,7 @@ impl FlagStore {
         if !recent {
             return None;
         }
+        metrics::stale_answer("flags");
         self.last_known().map(|snapshot| FlagState { snapshot, stale: true })
     }
 

@@ -29,6 +29,7 @@ use crate::domain::retry::{backoff, requested_wait};
 use crate::domain::routing::{self, Refusal, Source};
 use crate::domain::upstream::{UpstreamFailure, classify};
 use crate::domain::user::UserId;
+use crate::metrics;
 use crate::providers::{ForwardError, ProviderClient};
 
 const MAX_ATTEMPTS: u32 = 4;
@@ -293,9 +294,12 @@ impl Gateway {
                         reason: "no platform key configured",
                     })
                 })?;
-                self.limiter
-                    .acquire(user, self.tier_limits.per_minute(caller.tier), Instant::now())
-                    .map_err(|retry_after| CredentialError::Other(GatewayError::RateLimited { retry_after }))?;
+                self.limiter.acquire(user, self.tier_limits.per_minute(caller.tier), Instant::now()).map_err(
+                    |retry_after| {
+                        metrics::rate_limited("tier");
+                        CredentialError::Other(GatewayError::RateLimited { retry_after })
+                    },
+                )?;
                 let hold = self
                     .reservations
                     .reserve(user, caller.ledger, estimate)
@@ -335,8 +339,12 @@ impl Gateway {
             if let Err(remaining) = self.breaker.admit(provider, Instant::now()) {
                 return Err(CallFailure::Outage(Some(remaining), "circuit open"));
             }
-            let failure = match self.providers.forward(api, credential.expose(), body.clone(), stream).await {
+            let sent = Instant::now();
+            let answer = self.providers.forward(api, credential.expose(), body.clone(), stream).await;
+            let attempt_took = sent.elapsed();
+            let failure = match answer {
                 Ok(response) if response.status().is_success() => {
+                    metrics::upstream_attempt(provider, "ok", attempt_took);
                     self.breaker.record_success(provider);
                     return Ok(Reply::Success(response));
                 }
@@ -346,7 +354,9 @@ impl Gateway {
                     let wait = requested_wait(|name| response.headers().get(name).and_then(|v| v.to_str().ok()), now);
                     let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).cloned();
                     let body = read_capped(response).await;
-                    match classify(provider, status.as_u16(), &body) {
+                    let failure = classify(provider, status.as_u16(), &body);
+                    metrics::upstream_attempt(provider, failure.as_str(), attempt_took);
+                    match failure {
                         UpstreamFailure::Rejected => {
                             self.breaker.record_success(provider);
                             return Ok(Reply::ProviderError { status, content_type, body });
@@ -359,6 +369,7 @@ impl Gateway {
                                 return Err(CallFailure::RateLimited(wait));
                             }
                             tracing::info!(%provider, attempt, wait_ms = wait.as_millis() as u64, "provider rate limited; retrying");
+                            metrics::upstream_retry(provider, "rate_limited");
                             tokio::time::sleep(wait).await;
                             continue;
                         }
@@ -372,11 +383,13 @@ impl Gateway {
                 Err(ForwardError::Timeout) if !stream => {
                     // Still generating, most likely: says nothing about the provider, and retrying would only
                     // start the same long generation again.
+                    metrics::upstream_attempt(provider, "generation_timeout", attempt_took);
                     self.breaker.record_inconclusive(provider);
                     tracing::warn!(%provider, "non-streaming call timed out while the provider generated");
                     return Err(CallFailure::Timeout);
                 }
                 Err(error) => {
+                    metrics::upstream_attempt(provider, "unreachable", attempt_took);
                     tracing::warn!(%provider, %error, "provider call failed");
                     "provider unreachable"
                 }
@@ -387,6 +400,7 @@ impl Gateway {
                 return Err(CallFailure::Outage(None, failure));
             }
             tracing::info!(%provider, attempt, reason = failure, "provider failed; retrying");
+            metrics::upstream_retry(provider, "outage");
             tokio::time::sleep(wait).await;
         }
         Err(CallFailure::RateLimited(last_wait.unwrap_or(RATE_LIMIT_BACKOFF.0)))

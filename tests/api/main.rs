@@ -10,6 +10,7 @@ mod health;
 mod helpers;
 mod keys;
 mod log_secrecy;
+mod metrics;
 mod rewrap;
 mod route;
 mod webhooks;

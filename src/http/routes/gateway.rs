@@ -8,9 +8,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::domain::llm::{self, Api, LlmRequestError, estimated_usage, usage_from_response};
+use crate::domain::routing::Source;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, RawBody};
 use crate::http::state::AppState;
+use crate::metrics;
 use crate::services::gateway::Reply;
 
 /// Which credentials paid for the call.
@@ -24,11 +26,27 @@ pub async fn chat_completions(
     state: State<AppState>,
     body: RawBody,
 ) -> Result<Response, ApiError> {
-    proxy(user, state, body, Api::ChatCompletions).await
+    counted(Api::ChatCompletions, proxy(user, state, body, Api::ChatCompletions).await)
 }
 
 pub async fn messages(user: AuthenticatedUser, state: State<AppState>, body: RawBody) -> Result<Response, ApiError> {
-    proxy(user, state, body, Api::Messages).await
+    counted(Api::Messages, proxy(user, state, body, Api::Messages).await)
+}
+
+/// Counts the call by provider, paying source and outcome. (Refusals before the handler, such as a bad
+/// token, are counted by the HTTP layer only.)
+fn counted(api: Api, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+    let (source, code) = match &result {
+        Ok(response) => {
+            let source = response.headers().get(SOURCE_HEADER).and_then(|v| v.to_str().ok());
+            let source =
+                if source == Some(Source::Byok.as_str()) { Source::Byok.as_str() } else { Source::Internal.as_str() };
+            (source, if response.status().is_success() { "ok" } else { "provider_error" })
+        }
+        Err(error) => ("none", error.code()),
+    };
+    metrics::gateway_call(api.provider(), source, code);
+    result
 }
 
 async fn proxy(

@@ -15,6 +15,7 @@ use crate::domain::user::UserId;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, JsonBody, ProviderPath, RequestBody};
 use crate::http::state::AppState;
+use crate::metrics;
 use crate::services::callers::{CallContext, call_context};
 use crate::services::key_vault::KeySummary;
 
@@ -52,10 +53,10 @@ pub async fn list(
 /// Saving and verifying ask the provider from the platform's address: a user may not turn that into a key
 /// tester.
 fn limit_key_checks(state: &AppState, user: UserId) -> Result<(), ApiError> {
-    state
-        .key_checks
-        .acquire(user, state.key_checks_per_minute, Instant::now())
-        .map_err(|retry_after| ApiError::TooManyRequests { retry_after })
+    state.key_checks.acquire(user, state.key_checks_per_minute, Instant::now()).map_err(|retry_after| {
+        metrics::rate_limited("key_checks");
+        ApiError::TooManyRequests { retry_after }
+    })
 }
 
 pub async fn save(

@@ -4,6 +4,7 @@ pub mod flags;
 pub mod gateway;
 pub mod health;
 pub mod keys;
+pub mod metrics;
 pub mod route;
 pub mod usage;
 pub mod webhooks;

@@ -12,6 +12,7 @@ use crate::domain::provider::Provider;
 use crate::http::error::ApiError;
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
 use crate::http::state::AppState;
+use crate::metrics;
 
 #[derive(Deserialize)]
 pub struct UsageQuery {
@@ -24,10 +25,12 @@ pub async fn summary(
     State(state): State<AppState>,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .usage_reads
-        .acquire(user, state.usage_reads_per_minute, std::time::Instant::now())
-        .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
+    state.usage_reads.acquire(user, state.usage_reads_per_minute, std::time::Instant::now()).map_err(
+        |retry_after| {
+            metrics::rate_limited("usage_reads");
+            ApiError::TooManyRequests { retry_after }
+        },
+    )?;
     let days =
         match query.days.as_deref() {
             None => 30,

@@ -8,6 +8,7 @@ use crate::crypto::webhook_signature::Delivery;
 use crate::http::error::ApiError;
 use crate::http::extract::RawBody;
 use crate::http::state::AppState;
+use crate::metrics;
 
 /// The parts of the hook's payload we act on; the signature covers the whole body.
 #[derive(Debug, Deserialize)]
@@ -33,11 +34,15 @@ pub async fn directus(
         signature: header("webhook-signature"),
         body: &body,
     };
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    state.webhook_secret.verify(&delivery, now).map_err(|reason| {
+    let now = time::OffsetDateTime::now_utc();
+    state.webhook_secret.verify(&delivery, now.unix_timestamp()).map_err(|reason| {
         tracing::warn!(%reason, "webhook refused");
         ApiError::BadSignature
     })?;
+    if let Some(sent) = delivery.timestamp.and_then(|t| t.parse::<i64>().ok()) {
+        let lag = (now - time::OffsetDateTime::from_unix_timestamp(sent).unwrap_or(now)).unsigned_abs();
+        metrics::webhook_lag(lag);
+    }
     let id = delivery.id.unwrap_or_default().to_owned();
     let event: DirectusEvent = serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request("invalid_json", r#"Expected {"type": "<collection>.items.<action>", ...}."#)

@@ -1,0 +1,27 @@
+//! `/metrics` in the Prometheus text format. Gauges that describe a current state (outbox depth, open holds,
+//! flag age, circuits) are read at scrape time; counters and histograms accumulate as things happen.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use crate::domain::provider::Provider;
+use crate::http::state::AppState;
+use crate::metrics;
+
+pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    let outbox = std::sync::Arc::clone(&state.outbox);
+    let oldest = tokio::task::spawn_blocking(move || outbox.oldest_age()).await.ok().and_then(Result::ok).flatten();
+    metrics::outbox(state.outbox.len(), oldest);
+    metrics::holds_open(state.reservations.open_holds());
+    if let Some(flags) = state.flags.last_known() {
+        metrics::flags_age((time::OffsetDateTime::now_utc() - flags.loaded_at).unsigned_abs());
+    }
+    let now = Instant::now();
+    for provider in Provider::ALL {
+        metrics::circuit_state(provider, state.gateway.breaker.is_open(provider, now));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::handle().render())
+}

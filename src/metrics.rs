@@ -1,0 +1,136 @@
+//! Prometheus metrics: every name and label set is defined here, once, with its help text. Code elsewhere
+//! calls the small functions below; `/metrics` renders the registry (see [`crate::http::routes::metrics`]).
+//!
+//! Labels carry only closed sets (routes, providers, sources, error codes, reasons): never a user id, a model
+//! name a client chose, or anything secret.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::provider::Provider;
+
+const HTTP_REQUESTS: &str = "byok_http_requests_total";
+const HTTP_DURATION: &str = "byok_http_request_duration_seconds";
+const GATEWAY_CALLS: &str = "byok_gateway_calls_total";
+const UPSTREAM_DURATION: &str = "byok_upstream_duration_seconds";
+const UPSTREAM_RETRIES: &str = "byok_upstream_retries_total";
+const CIRCUIT_OPEN: &str = "byok_circuit_open";
+const CIRCUIT_OPENINGS: &str = "byok_circuit_openings_total";
+const RATE_LIMITED: &str = "byok_rate_limit_refusals_total";
+const FLAG_RELOAD_DURATION: &str = "byok_flag_reload_duration_seconds";
+const FLAGS_AGE: &str = "byok_flags_age_seconds";
+const WEBHOOK_LAG: &str = "byok_webhook_lag_seconds";
+const OUTBOX_WAITING: &str = "byok_outbox_waiting_records";
+const OUTBOX_OLDEST: &str = "byok_outbox_oldest_record_age_seconds";
+const FLUSHER_DELIVERED: &str = "byok_flusher_delivered_total";
+const FLUSHER_REJECTED: &str = "byok_flusher_rejected_total";
+const FLUSHER_LAG: &str = "byok_flusher_lag_seconds";
+const HOLDS_OPEN: &str = "byok_credit_holds_open";
+const STALE_ANSWERS: &str = "byok_stale_answers_total";
+
+/// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
+const BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0];
+
+/// The process-wide registry, installed on first use (tests start many apps in one process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder installed first (only possible in tests) keeps this one's output empty.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, "Requests answered, by route template, status and error code (\"ok\" for 2xx).");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "Time to the response head, by route template.");
+    describe_counter!(GATEWAY_CALLS, "LLM gateway calls by provider, paying source and outcome code.");
+    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Provider response time to headers, per attempt.");
+    describe_counter!(UPSTREAM_RETRIES, "Provider calls tried again, by provider and reason.");
+    describe_gauge!(CIRCUIT_OPEN, "1 while a provider's circuit is open (calls fail fast), else 0.");
+    describe_counter!(CIRCUIT_OPENINGS, "Times a provider's circuit opened.");
+    describe_counter!(RATE_LIMITED, "Requests refused by a per-user limit, by limit.");
+    describe_histogram!(FLAG_RELOAD_DURATION, Unit::Seconds, "Time to load the feature flags from Directus.");
+    describe_gauge!(FLAGS_AGE, Unit::Seconds, "How long ago the flags in force were loaded.");
+    describe_histogram!(WEBHOOK_LAG, Unit::Seconds, "From a flag webhook's timestamp to its arrival.");
+    describe_gauge!(OUTBOX_WAITING, "Usage records waiting for Directus.");
+    describe_gauge!(OUTBOX_OLDEST, Unit::Seconds, "How long the oldest waiting usage record has waited.");
+    describe_counter!(FLUSHER_DELIVERED, "Usage records stored in Directus.");
+    describe_counter!(FLUSHER_REJECTED, "Usage records Directus refused for good (kept in the outbox).");
+    describe_histogram!(FLUSHER_LAG, Unit::Seconds, "From the end of a call to its record being stored.");
+    describe_gauge!(HOLDS_OPEN, "Credit holds of internal-credit calls in flight.");
+    describe_counter!(STALE_ANSWERS, "Answers that rested on last known data while Directus was unreachable.");
+}
+
+pub fn http_request(route: &str, status: u16, code: &'static str, elapsed: Duration) {
+    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string(), "code" => code).increment(1);
+    histogram!(HTTP_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn gateway_call(provider: Provider, source: &'static str, code: &'static str) {
+    counter!(GATEWAY_CALLS, "provider" => provider.as_str(), "source" => source, "code" => code).increment(1);
+}
+
+pub fn upstream_attempt(provider: Provider, outcome: &'static str, elapsed: Duration) {
+    histogram!(UPSTREAM_DURATION, "provider" => provider.as_str(), "outcome" => outcome).record(elapsed.as_secs_f64());
+}
+
+pub fn upstream_retry(provider: Provider, reason: &'static str) {
+    counter!(UPSTREAM_RETRIES, "provider" => provider.as_str(), "reason" => reason).increment(1);
+}
+
+pub fn circuit_state(provider: Provider, open: bool) {
+    gauge!(CIRCUIT_OPEN, "provider" => provider.as_str()).set(f64::from(u8::from(open)));
+}
+
+pub fn circuit_opened(provider: Provider) {
+    counter!(CIRCUIT_OPENINGS, "provider" => provider.as_str()).increment(1);
+}
+
+pub fn rate_limited(limit: &'static str) {
+    counter!(RATE_LIMITED, "limit" => limit).increment(1);
+}
+
+pub fn flag_reload(elapsed: Duration) {
+    histogram!(FLAG_RELOAD_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn flags_age(age: Duration) {
+    gauge!(FLAGS_AGE).set(age.as_secs_f64());
+}
+
+pub fn webhook_lag(lag: Duration) {
+    histogram!(WEBHOOK_LAG).record(lag.as_secs_f64());
+}
+
+pub fn outbox(waiting: usize, oldest: Option<Duration>) {
+    gauge!(OUTBOX_WAITING).set(waiting as f64);
+    gauge!(OUTBOX_OLDEST).set(oldest.map_or(0.0, |age| age.as_secs_f64()));
+}
+
+pub fn delivered(lag: Duration) {
+    counter!(FLUSHER_DELIVERED).increment(1);
+    histogram!(FLUSHER_LAG).record(lag.as_secs_f64());
+}
+
+pub fn rejected() {
+    counter!(FLUSHER_REJECTED).increment(1);
+}
+
+pub fn holds_open(open: usize) {
+    gauge!(HOLDS_OPEN).set(open as f64);
+}
+
+pub fn stale_answer(what: &'static str) {
+    counter!(STALE_ANSWERS, "what" => what).increment(1);
+}
