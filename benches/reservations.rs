@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use byok_bridge::domain::credit_book::LedgerReading;
 use byok_bridge::domain::money::Cents;
+use byok_bridge::domain::provider::Provider;
+use byok_bridge::domain::routing::Source;
+use byok_bridge::domain::usage::{TokenUsage, UsageRecord};
 use byok_bridge::domain::user::UserId;
 use byok_bridge::services::reservations::{Reservations, now_millis};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 const CALLS: usize = 200_000;
 
@@ -27,9 +31,19 @@ async fn one_call(reservations: &Arc<Reservations>, user: UserId, ledger: Ledger
     let available = reservations.available(user, ledger).await;
     assert!(available.is_positive());
     let hold = reservations.reserve(user, ledger, Cents::parse("0.27").unwrap()).await.unwrap();
-    let cost = Cents::from_nanos(345_000);
-    hold.settle(cost);
-    reservations.stored(user, cost, OffsetDateTime::now_utc());
+    let record = UsageRecord {
+        request_id: Uuid::new_v4(),
+        user,
+        provider: Provider::OpenAi,
+        model: "gpt-4o-mini".into(),
+        source: Source::Internal,
+        service_type: "openai.chat_completions".into(),
+        usage: TokenUsage::default(),
+        cost_cents: Cents::from_nanos(345_000),
+        occurred_at: OffsetDateTime::now_utc(),
+    };
+    hold.settle(record.request_id, record.cost_cents);
+    reservations.stored(&record, OffsetDateTime::now_utc()).await;
     started.elapsed()
 }
 

@@ -24,6 +24,9 @@ pub struct Settings {
     pub directus_url: Url,
     /// Static token of the sidecar's API-only Directus user.
     pub directus_token: SecretString,
+    /// Redis for state shared by replicas (flag fan-out, rate limits, credit holds, deduplication); `None`
+    /// keeps everything in this process.
+    pub redis_url: Option<SecretString>,
     /// Bearer token for operator endpoints (`/v1/flags`); `None` turns them off. Never the Directus token, so
     /// neither credential opens the other's doors.
     pub operator_token: Option<SecretString>,
@@ -245,6 +248,22 @@ impl Settings {
             .required("DIRECTUS_TOKEN", "Set it to the static token of the sidecar's API-only Directus user")
             .map(SecretString::from);
         let operator_token = r.get("OPERATOR_TOKEN").map(|t| SecretString::from(t.trim()));
+        let redis_url = r.get("REDIS_URL").and_then(|raw| {
+            let raw = raw.trim();
+            match Url::parse(raw) {
+                Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {
+                    Some(SecretString::from(raw))
+                }
+                _ => {
+                    r.problem(
+                        "REDIS_URL",
+                        "is not a redis:// or rediss:// URL",
+                        "Use e.g. redis://redis:6379/0 (the same Redis Directus uses is fine), or unset it for one replica",
+                    );
+                    None
+                }
+            }
+        });
         if let (Some(operator), Some(directus)) = (&operator_token, &directus_token)
             && operator.expose_secret() == directus.expose_secret()
         {
@@ -336,6 +355,7 @@ impl Settings {
                     directus_url,
                     directus_token,
                     operator_token,
+                    redis_url,
                     directus_secret,
                     webhook_secret,
                     flag_cache_ttl,

@@ -8,6 +8,7 @@
 //! - [`directus`], [`providers`], [`store`]: typed clients for Directus and the LLM providers, and the
 //!   embedded local store (SQLite).
 //! - [`accounting`]: the durable usage outbox and its flusher.
+//! - [`shared`]: what replicas share through Redis (claims, the event bus), or keep in memory alone.
 //! - [`services`]: flag and caller caches, the key vault, and the LLM gateway.
 //! - [`http`]: thin axum handlers, and the one place errors become responses.
 //! - [`startup`], [`telemetry`], [`rewrap`]: wiring and the `rewrap` command; [`sync`]: the lock policy;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod providers;
 pub mod rewrap;
 pub mod services;
+pub mod shared;
 pub mod startup;
 pub mod store;
 pub mod sync;

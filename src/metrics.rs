@@ -30,6 +30,7 @@ const FLUSHER_REJECTED: &str = "byok_flusher_rejected_total";
 const FLUSHER_LAG: &str = "byok_flusher_lag_seconds";
 const HOLDS_OPEN: &str = "byok_credit_holds_open";
 const STALE_ANSWERS: &str = "byok_stale_answers_total";
+const REDIS_UP: &str = "byok_redis_up";
 
 /// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
 const BUCKETS: &[f64] =
@@ -70,6 +71,7 @@ fn describe() {
     describe_histogram!(FLUSHER_LAG, Unit::Seconds, "From the end of a call to its record being stored.");
     describe_gauge!(HOLDS_OPEN, "Credit holds of internal-credit calls in flight.");
     describe_counter!(STALE_ANSWERS, "Answers that rested on last known data while Directus was unreachable.");
+    describe_gauge!(REDIS_UP, "1 while Redis (REDIS_URL) answers, 0 while replicas run on their own state.");
 }
 
 pub fn http_request(route: &str, status: u16, code: &'static str, elapsed: Duration) {
@@ -133,4 +135,8 @@ pub fn holds_open(open: usize) {
 
 pub fn stale_answer(what: &'static str) {
     counter!(STALE_ANSWERS, "what" => what).increment(1);
+}
+
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(f64::from(u8::from(up)));
 }

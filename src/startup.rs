@@ -19,6 +19,8 @@ use crate::accounting;
 use crate::config::Settings;
 use crate::http::{self, state::AppState};
 use crate::services::reservations::LedgerSink;
+use crate::shared::bus::Event;
+use crate::shared::redis::{Redis, SharedError};
 use crate::store::StoreError;
 
 /// A client gets this long to send its request headers (slowloris protection).
@@ -36,6 +38,8 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("REDIS_URL: {0}")]
+    Redis(#[from] SharedError),
 }
 
 pub struct Application {
@@ -59,9 +63,10 @@ impl Application {
             None => None,
         };
         crate::metrics::handle();
-        let state = AppState::new(&settings)?;
+        let redis = settings.redis_url.as_ref().map(Redis::new).transpose()?.map(Arc::new);
+        let state = AppState::new(&settings, redis)?;
         accounting::import_legacy_spool(&settings.legacy_spool_dir, &state.outbox)?;
-        let restored = state.reservations.restore_from(&state.outbox)?;
+        let restored = state.reservations.restore_from(&state.outbox).await?;
         if restored > 0 {
             tracing::info!(restored, "deductions waiting for Directus count against their users' credits again");
         }
@@ -92,6 +97,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (bounded).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         tokio::spawn(load_flags_until_ready(self.state.clone()));
+        tokio::spawn(Arc::clone(&self.state.bus).run(apply_event(self.state.clone())));
         if let Some(listener) = self.metrics_listener {
             let router = http::metrics_router(self.state.clone());
             tokio::spawn(async move {
@@ -151,6 +157,30 @@ impl Application {
         // Usage recorded by the last requests reaches the disk before the process exits.
         self.state.gateway.meter.flush().await;
         Ok(())
+    }
+}
+
+/// What another replica's change means here.
+fn apply_event(state: AppState) -> impl Fn(Event) + Send + Sync + 'static {
+    move |event| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            match event {
+                Event::FlagsChanged => {
+                    if let Err(error) = state.flags.reload().await {
+                        tracing::warn!(%error, "cannot reload the flags another replica reported changed");
+                    }
+                }
+                Event::CallerChanged(user) => state.callers.forget(user).await,
+                Event::Resubscribed => {
+                    tracing::info!("subscribed to other replicas' changes; reloading what may have been missed");
+                    state.callers.forget_all();
+                    if let Err(error) = state.flags.reload().await {
+                        tracing::warn!(%error, "cannot reload the flags after subscribing");
+                    }
+                }
+            }
+        });
     }
 }
 

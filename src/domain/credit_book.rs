@@ -151,10 +151,6 @@ impl CreditBook {
     pub fn is_empty(&self) -> bool {
         self.holds.is_empty() && self.unstored == Cents::ZERO && self.stored.is_empty()
     }
-
-    pub fn open_holds(&self, now: UnixMillis) -> usize {
-        self.holds.iter().filter(|h| h.expires_at > now).count()
-    }
 }
 
 #[cfg(test)]
@@ -216,7 +212,6 @@ mod tests {
         book.reserve(HoldId(2), c(30), ledger, 0, TTL).unwrap();
         book.extend(HoldId(2), TTL - 1, TTL);
         assert_eq!(book.available(ledger, TTL), c(70), "hold 1 expired, hold 2 lives on");
-        assert_eq!(book.open_holds(TTL), 1);
         book.prune(2 * TTL, 0, 0);
         assert_eq!(book.available(ledger, 2 * TTL), c(100));
     }

@@ -1,7 +1,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::future::Cache;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -9,7 +8,7 @@ use tokio::sync::Semaphore;
 use crate::accounting::{Outbox, OutboxWriter};
 use crate::auth::AccessTokenVerifier;
 use crate::config::Settings;
-use crate::crypto::webhook_signature::{TOLERANCE_SECS, WebhookSecret};
+use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
 use crate::providers::ProviderClient;
 use crate::services::callers::CallerDirectory;
@@ -22,6 +21,9 @@ use crate::services::notifier::Notifier;
 use crate::services::rate_limit::RateLimiter;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
+use crate::shared::Shared;
+use crate::shared::bus::Bus;
+use crate::shared::redis::Redis;
 use crate::store::{Store, StoreError};
 
 /// Shared by every handler. Cheap to clone: everything heavy is behind an `Arc`.
@@ -43,8 +45,10 @@ pub struct AppState {
     pub operator_token_digest: Option<[u8; 32]>,
     pub vault_configured: bool,
     pub flag_cache_ttl: Duration,
-    /// Webhook ids already applied, kept for twice the replay window so a redelivery is a harmless no-op.
-    pub applied_webhooks: Cache<String, ()>,
+    /// Claims shared by replicas: webhook ids applied, incidents notified.
+    pub shared: Arc<Shared>,
+    /// Tells the other replicas of flag and key changes.
+    pub bus: Arc<Bus>,
     /// Per-user limits on endpoints that cost the platform a provider call or a Directus aggregate.
     pub key_checks: Arc<RateLimiter>,
     pub key_checks_per_minute: u32,
@@ -54,8 +58,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Opens the store in `DATA_DIR` (locking it for this process) and everything built on it.
-    pub fn new(settings: &Settings) -> Result<Self, StoreError> {
+    /// Opens the store in `DATA_DIR` (locking it for this process) and everything built on it; with `redis`,
+    /// state replicas must agree on is kept there.
+    pub fn new(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<Self, StoreError> {
         let directus = DirectusClient::new(
             settings.directus_url.clone(),
             settings.directus_token.clone(),
@@ -72,10 +77,16 @@ impl AppState {
             Arc::new(CallerDirectory::new(directus.clone(), settings.user_cache_ttl, settings.stale_caller_max_age));
         let vault = Arc::new(KeyVault::new(settings.keyring.clone(), directus.clone(), providers.clone()));
         let store = Arc::new(Store::open(&settings.data_dir.join("byok-bridge.db"))?);
-        let outbox = Arc::new(Outbox::open(store)?);
         // Stored costs are kept as long as any ledger reading in use can predate them.
-        let reservations =
-            Reservations::in_memory(settings.user_cache_ttl, settings.user_cache_ttl + settings.stale_caller_max_age);
+        let (fresh_reading, oldest_reading) =
+            (settings.user_cache_ttl, settings.user_cache_ttl + settings.stale_caller_max_age);
+        let reservations = match &redis {
+            Some(redis) => Reservations::shared(Arc::clone(redis), store.replica_id()?, fresh_reading, oldest_reading),
+            None => Reservations::in_memory(fresh_reading, oldest_reading),
+        };
+        let outbox = Arc::new(Outbox::open(store)?);
+        let shared = Arc::new(Shared::new(redis.clone()));
+        let bus = Arc::new(Bus::new(redis.clone()));
         let gateway = Arc::new(Gateway {
             flags: Arc::clone(&flags),
             callers: Arc::clone(&callers),
@@ -87,9 +98,10 @@ impl AppState {
             },
             meter: Arc::new(Meter::new(OutboxWriter::start(Arc::clone(&outbox))?, Arc::clone(&settings.price_table))),
             reservations: Arc::clone(&reservations),
-            notifier: Notifier::new(directus.clone()),
+            notifier: Notifier::new(directus.clone(), Arc::clone(&shared)),
+            bus: Arc::clone(&bus),
             breaker: CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down),
-            limiter: RateLimiter::default(),
+            limiter: RateLimiter::new("tier", redis.clone()),
             tier_limits: settings.rate_limits,
             upstream_slots: Arc::new(Semaphore::new(settings.max_upstream_calls)),
             slot_wait: settings.upstream_slot_wait,
@@ -117,13 +129,11 @@ impl AppState {
                 .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
             vault_configured: settings.keyring.is_some(),
             flag_cache_ttl: settings.flag_cache_ttl,
-            applied_webhooks: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(2 * TOLERANCE_SECS as u64))
-                .build(),
-            key_checks: Arc::new(RateLimiter::default()),
+            bus,
+            shared,
+            key_checks: Arc::new(RateLimiter::new("key_checks", redis.clone())),
             key_checks_per_minute: settings.key_checks_per_minute,
-            usage_reads: Arc::new(RateLimiter::default()),
+            usage_reads: Arc::new(RateLimiter::new("usage_reads", redis)),
             usage_reads_per_minute: settings.usage_reads_per_minute,
             max_llm_body_bytes: settings.max_llm_body_bytes,
         })

@@ -153,6 +153,11 @@ impl CallerDirectory {
         self.last_known.invalidate(&user).await;
     }
 
+    /// Drops every cached profile (changes may have been missed); last known ones stay for outages.
+    pub fn forget_all(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Whether callers are being served on last known profiles (the last read failed and none has succeeded
     /// since), and how many answers were. Without traffic nothing reads callers, so a failure older than the
     /// retry interval is checked again with a ping to Directus.

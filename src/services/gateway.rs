@@ -31,6 +31,7 @@ use crate::domain::upstream::{UpstreamFailure, classify};
 use crate::domain::user::UserId;
 use crate::metrics;
 use crate::providers::{ForwardError, ProviderClient};
+use crate::shared::bus::{Bus, Event};
 
 const MAX_ATTEMPTS: u32 = 4;
 const RATE_LIMIT_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(8));
@@ -155,6 +156,8 @@ pub struct Gateway {
     pub meter: Arc<Meter>,
     pub reservations: Arc<Reservations>,
     pub notifier: Notifier,
+    /// Tells the other replicas when a key failed, so they stop routing to it too.
+    pub bus: Arc<Bus>,
     pub breaker: CircuitBreaker,
     pub limiter: RateLimiter,
     pub tier_limits: TierLimits,
@@ -294,12 +297,10 @@ impl Gateway {
                         reason: "no platform key configured",
                     })
                 })?;
-                self.limiter.acquire(user, self.tier_limits.per_minute(caller.tier), Instant::now()).map_err(
-                    |retry_after| {
-                        metrics::rate_limited("tier");
-                        CredentialError::Other(GatewayError::RateLimited { retry_after })
-                    },
-                )?;
+                self.limiter.acquire(user, self.tier_limits.per_minute(caller.tier)).await.map_err(|retry_after| {
+                    metrics::rate_limited("tier");
+                    CredentialError::Other(GatewayError::RateLimited { retry_after })
+                })?;
                 let hold = self
                     .reservations
                     .reserve(user, caller.ledger, estimate)
@@ -321,6 +322,7 @@ impl Gateway {
         };
         self.notifier.key_problem(user, provider, problem).await;
         self.callers.forget(user).await;
+        self.bus.publish(Event::CallerChanged(user)).await;
     }
 
     /// Calls the provider, retrying rate limits (honouring the provider's wait) and outages with full-jitter

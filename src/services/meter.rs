@@ -85,7 +85,7 @@ impl Meter {
                 tracing::warn!(request_id = %charge.request_id, hold = %hold.amount(), %cost,
                     "call cost more than its hold; charged in full");
             }
-            hold.settle(cost);
+            hold.settle(charge.request_id, cost);
         }
         let record = UsageRecord {
             request_id: charge.request_id,

@@ -1,13 +1,16 @@
 //! Tells users about problems with their keys through Directus notifications (in-app, and email when the
 //! user has it on): one notification per key per incident, not one per failed request.
 
+use std::sync::Arc;
 use std::time::Duration;
-
-use moka::future::Cache;
 
 use crate::directus::DirectusClient;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
+use crate::shared::Shared;
+
+/// An incident is notified once a day at most, unless the key changes.
+const INCIDENT_TTL: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyProblem {
@@ -42,31 +45,42 @@ impl KeyProblem {
 
 pub struct Notifier {
     directus: DirectusClient,
-    /// Incidents already notified. An entry ends when the user saves or re-checks the key, or after a day.
-    notified: Cache<(UserId, Provider, KeyProblem), ()>,
+    /// Incidents already notified are claimed there (by every replica, with Redis). A claim ends when the user
+    /// saves or re-checks the key, or after a day.
+    shared: Arc<Shared>,
+}
+
+impl KeyProblem {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyProblem::Invalid => "invalid",
+            KeyProblem::QuotaExhausted => "quota_exhausted",
+        }
+    }
+}
+
+fn incident(user: UserId, provider: Provider, problem: KeyProblem) -> String {
+    format!("notified:{user}:{provider}:{}", problem.as_str())
 }
 
 impl Notifier {
-    pub fn new(directus: DirectusClient) -> Self {
-        Notifier {
-            directus,
-            notified: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(86_400)).build(),
-        }
+    pub fn new(directus: DirectusClient, shared: Arc<Shared>) -> Self {
+        Notifier { directus, shared }
     }
 
     /// Sends the notification in the background unless this incident was already notified.
     pub async fn key_problem(&self, user: UserId, provider: Provider, problem: KeyProblem) {
-        let entry = self.notified.entry((user, provider, problem)).or_insert(()).await;
-        if !entry.is_fresh() {
+        let incident = incident(user, provider, problem);
+        if !self.shared.claim(&incident, INCIDENT_TTL).await {
             return;
         }
-        let (directus, notified) = (self.directus.clone(), self.notified.clone());
+        let (directus, shared) = (self.directus.clone(), Arc::clone(&self.shared));
         tokio::spawn(async move {
             match directus.notify(user, &problem.subject(provider), &problem.message(provider)).await {
                 Ok(()) => tracing::info!(%user, %provider, ?problem, "user notified about their key"),
                 Err(error) => {
-                    // Forget the incident so the next failing request tries again.
-                    notified.invalidate(&(user, provider, problem)).await;
+                    // Give the incident up so the next failing request tries again.
+                    shared.release(&incident).await;
                     tracing::warn!(%user, %provider, ?problem, %error, "could not notify the user");
                 }
             }
@@ -76,7 +90,7 @@ impl Notifier {
     /// The user changed or re-checked the key: a new failure is a new incident.
     pub async fn key_changed(&self, user: UserId, provider: Provider) {
         for problem in [KeyProblem::Invalid, KeyProblem::QuotaExhausted] {
-            self.notified.invalidate(&(user, provider, problem)).await;
+            self.shared.release(&incident(user, provider, problem)).await;
         }
     }
 }

@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
+use redis::Script;
 
 use crate::domain::tier::SubscriptionTier;
 use crate::domain::user::UserId;
+use crate::shared::redis::{Redis, key};
 use crate::sync;
 
 #[derive(Debug, Clone, Copy)]
@@ -32,21 +34,56 @@ struct Bucket {
     updated: Instant,
 }
 
-pub struct RateLimiter {
-    buckets: Cache<UserId, Arc<Mutex<Bucket>>>,
-}
+/// GCRA, atomic in Redis, on Redis's clock. KEYS: the user's key. ARGV: milliseconds per request, burst.
+/// Returns 0 when allowed, else the milliseconds until a request is.
+const GCRA: &str = r"
+local period, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local allow_at = tat + period - period * burst
+if allow_at > now then return math.ceil(allow_at - now) end
+local new_tat = tat + period
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+return 0
+";
 
-impl Default for RateLimiter {
-    fn default() -> Self {
-        // Idle buckets are full again after a minute, so forgetting them then changes nothing.
-        let buckets = Cache::builder().max_capacity(1_000_000).time_to_idle(Duration::from_secs(60)).build();
-        RateLimiter { buckets }
-    }
+pub struct RateLimiter {
+    /// Names the limit in Redis keys and logs (`tier`, `key_checks`, `usage_reads`).
+    name: &'static str,
+    /// This replica's buckets: the whole story without Redis, the fallback while Redis is down.
+    buckets: Cache<UserId, Arc<Mutex<Bucket>>>,
+    redis: Option<Arc<Redis>>,
+    gcra: Script,
 }
 
 impl RateLimiter {
+    /// A limiter of its own name; with `redis`, one allowance per user across every replica.
+    pub fn new(name: &'static str, redis: Option<Arc<Redis>>) -> Self {
+        // Idle buckets are full again after a minute, so forgetting them then changes nothing.
+        let buckets = Cache::builder().max_capacity(1_000_000).time_to_idle(Duration::from_secs(60)).build();
+        RateLimiter { name, buckets, redis, gcra: Script::new(GCRA) }
+    }
+
     /// Takes one request from the user's allowance of `per_minute`, or says how long until one is available.
-    pub fn acquire(&self, user: UserId, per_minute: u32, now: Instant) -> Result<(), Duration> {
+    pub async fn acquire(&self, user: UserId, per_minute: u32) -> Result<(), Duration> {
+        if let Some(redis) = &self.redis {
+            let key = key(&["rate", self.name, &user.to_string()]);
+            let period = 60_000.0 / f64::from(per_minute.max(1));
+            let wait = redis
+                .run(|mut c| async move {
+                    self.gcra.key(key).arg(period).arg(per_minute.max(1)).invoke_async::<u64>(&mut c).await
+                })
+                .await;
+            if let Ok(wait) = wait {
+                return if wait == 0 { Ok(()) } else { Err(Duration::from_millis(wait)) };
+            }
+        }
+        self.acquire_local(user, per_minute, Instant::now())
+    }
+
+    fn acquire_local(&self, user: UserId, per_minute: u32, now: Instant) -> Result<(), Duration> {
         let capacity = f64::from(per_minute.max(1));
         let per_second = capacity / 60.0;
         let bucket = self.buckets.get_with(user, || Arc::new(Mutex::new(Bucket { tokens: capacity, updated: now })));
@@ -79,24 +116,24 @@ mod tests {
 
     #[test]
     fn free_users_get_twenty_a_minute_then_wait() {
-        let limiter = RateLimiter::default();
+        let limiter = RateLimiter::new("tier", None);
         let (u, t0) = (user(), Instant::now());
         for i in 0..20 {
-            assert!(limiter.acquire(u, tier(SubscriptionTier::Free), t0).is_ok(), "request {i}");
+            assert!(limiter.acquire_local(u, tier(SubscriptionTier::Free), t0).is_ok(), "request {i}");
         }
-        let wait = limiter.acquire(u, tier(SubscriptionTier::Free), t0).unwrap_err();
+        let wait = limiter.acquire_local(u, tier(SubscriptionTier::Free), t0).unwrap_err();
         assert_eq!(wait, Duration::from_secs(3), "one request every 3 s refills");
-        assert!(limiter.acquire(u, tier(SubscriptionTier::Free), t0 + Duration::from_secs(3)).is_ok());
+        assert!(limiter.acquire_local(u, tier(SubscriptionTier::Free), t0 + Duration::from_secs(3)).is_ok());
     }
 
     #[test]
     fn premium_users_get_more_and_users_do_not_share_buckets() {
-        let limiter = RateLimiter::default();
+        let limiter = RateLimiter::new("tier", None);
         let (a, b, t0) = (user(), user(), Instant::now());
         for _ in 0..120 {
-            assert!(limiter.acquire(a, tier(SubscriptionTier::Premium), t0).is_ok());
+            assert!(limiter.acquire_local(a, tier(SubscriptionTier::Premium), t0).is_ok());
         }
-        assert!(limiter.acquire(a, tier(SubscriptionTier::Lifetime), t0).is_err());
-        assert!(limiter.acquire(b, tier(SubscriptionTier::Free), t0).is_ok());
+        assert!(limiter.acquire_local(a, tier(SubscriptionTier::Lifetime), t0).is_err());
+        assert!(limiter.acquire_local(b, tier(SubscriptionTier::Free), t0).is_ok());
     }
 }

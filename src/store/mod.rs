@@ -26,6 +26,8 @@ const MIGRATIONS: &[&str] = &[
         rejection TEXT
     );
     CREATE INDEX usage_outbox_waiting ON usage_outbox (seq) WHERE rejected_at IS NULL;",
+    // 2: facts about this store, e.g. the replica id it gives the process that opens it.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
 
 /// A second connection waits this long for a lock the other holds (the writer and the flusher share the file).
@@ -84,6 +86,17 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This store's replica id: made once, kept for good, so a replica is the same one after a restart (it
+    /// names the replica's share of state in Redis).
+    pub fn replica_id(&self) -> Result<String, StoreError> {
+        let connection = self.connect()?;
+        let fresh = uuid::Uuid::new_v4().simple().to_string();
+        connection
+            .execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('replica_id', ?1)", [&fresh])
+            .and_then(|_| connection.query_row("SELECT value FROM meta WHERE key = 'replica_id'", [], |row| row.get(0)))
+            .map_err(|e| self.error(e))
     }
 
     /// A new connection: WAL (readers never wait for the writer), full fsync on commit (a committed record
@@ -151,6 +164,14 @@ pub(crate) mod tests {
         let again = Store::open(&dir.store_path()).unwrap();
         let mode: String = again.connect().unwrap().query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn the_replica_id_is_made_once_and_kept() {
+        let dir = TempDir::new();
+        let id = Store::open(&dir.store_path()).unwrap().replica_id().unwrap();
+        assert_eq!(id.len(), 32);
+        assert_eq!(Store::open(&dir.store_path()).unwrap().replica_id().unwrap(), id);
     }
 
     #[test]

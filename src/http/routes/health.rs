@@ -29,19 +29,32 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
         }
     };
-    let degraded = current.stale || callers_stale;
+    let redis = match state.shared.redis_health() {
+        None => "not_configured",
+        Some(true) => "up",
+        Some(false) => "down",
+    };
+    let directus_down = current.stale || callers_stale;
+    let degraded = directus_down || redis == "down";
     let mut body = json!({
         "status": if degraded { "degraded" } else { "ready" },
         "flags_loaded_at": current.snapshot.loaded_at_rfc3339(),
         "stale": {"flags": current.stale, "callers": callers_stale, "stale_answers_served": stale_served},
+        "redis": redis,
         "usage_records_waiting": waiting,
         "open_credit_holds": open_holds,
     });
-    if degraded {
+    if directus_down {
         body["reason"] = json!("directus_unreachable");
         body["detail"] = json!(
             "Directus cannot be reached; serving the last known feature flags and the last known profiles of \
              recent callers. New callers are refused until it is back."
+        );
+    } else if degraded {
+        body["reason"] = json!("redis_unreachable");
+        body["detail"] = json!(
+            "Redis cannot be reached; this replica serves on its own state: rate limits, credit holds and \
+             deduplication are per replica, and other replicas' flag changes arrive by TTL."
         );
     }
     (StatusCode::OK, Json(body))

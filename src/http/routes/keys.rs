@@ -1,7 +1,5 @@
 //! A user's own provider keys. Only the verified token decides whose keys these are.
 
-use std::time::Instant;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,6 +16,7 @@ use crate::http::state::AppState;
 use crate::metrics;
 use crate::services::callers::{CallContext, call_context};
 use crate::services::key_vault::KeySummary;
+use crate::shared::bus::Event;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,9 +35,11 @@ async fn require_byok_access(state: &AppState, user: UserId) -> Result<(), ApiEr
     Ok(routing::byok_access(&flags.snapshot.flags, caller.profile.tier)?)
 }
 
-/// Routing sees the change at once, and a later failure of the new key is a new incident to notify.
+/// Routing sees the change at once, on every replica, and a later failure of the new key is a new incident
+/// to notify.
 async fn key_changed(state: &AppState, user: UserId, provider: Provider) {
     state.callers.forget(user).await;
+    state.bus.publish(Event::CallerChanged(user)).await;
     state.gateway.notifier.key_changed(user, provider).await;
 }
 
@@ -52,8 +53,8 @@ pub async fn list(
 
 /// Saving and verifying ask the provider from the platform's address: a user may not turn that into a key
 /// tester.
-fn limit_key_checks(state: &AppState, user: UserId) -> Result<(), ApiError> {
-    state.key_checks.acquire(user, state.key_checks_per_minute, Instant::now()).map_err(|retry_after| {
+async fn limit_key_checks(state: &AppState, user: UserId) -> Result<(), ApiError> {
+    state.key_checks.acquire(user, state.key_checks_per_minute).await.map_err(|retry_after| {
         metrics::rate_limited("key_checks");
         ApiError::TooManyRequests { retry_after }
     })
@@ -66,7 +67,7 @@ pub async fn save(
     JsonBody(body): JsonBody<SaveKey>,
 ) -> Result<Json<KeySummary>, ApiError> {
     require_byok_access(&state, user).await?;
-    limit_key_checks(&state, user)?;
+    limit_key_checks(&state, user).await?;
     let summary = state.vault.save(user, provider, &body.api_key).await?;
     key_changed(&state, user, provider).await;
     Ok(Json(summary))
@@ -89,7 +90,7 @@ pub async fn verify(
     State(state): State<AppState>,
 ) -> Result<Json<KeySummary>, ApiError> {
     require_byok_access(&state, user).await?;
-    limit_key_checks(&state, user)?;
+    limit_key_checks(&state, user).await?;
     let result = state.vault.verify(user, provider).await;
     key_changed(&state, user, provider).await;
     Ok(Json(result?))

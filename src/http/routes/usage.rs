@@ -25,12 +25,10 @@ pub async fn summary(
     State(state): State<AppState>,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    state.usage_reads.acquire(user, state.usage_reads_per_minute, std::time::Instant::now()).map_err(
-        |retry_after| {
-            metrics::rate_limited("usage_reads");
-            ApiError::TooManyRequests { retry_after }
-        },
-    )?;
+    state.usage_reads.acquire(user, state.usage_reads_per_minute).await.map_err(|retry_after| {
+        metrics::rate_limited("usage_reads");
+        ApiError::TooManyRequests { retry_after }
+    })?;
     let days =
         match query.days.as_deref() {
             None => 30,

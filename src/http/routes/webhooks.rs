@@ -4,11 +4,14 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::crypto::webhook_signature::Delivery;
+use std::time::Duration;
+
+use crate::crypto::webhook_signature::{Delivery, TOLERANCE_SECS};
 use crate::http::error::ApiError;
 use crate::http::extract::RawBody;
 use crate::http::state::AppState;
 use crate::metrics;
+use crate::shared::bus::Event;
 
 /// The parts of the hook's payload we act on; the signature covers the whole body.
 #[derive(Debug, Deserialize)]
@@ -48,20 +51,27 @@ pub async fn directus(
         ApiError::bad_request("invalid_json", r#"Expected {"type": "<collection>.items.<action>", ...}."#)
     })?;
 
-    if state.applied_webhooks.contains_key(&id) {
-        tracing::info!(webhook_id = %id, "webhook already applied");
-        return Ok(Json(json!({"status": "duplicate"})));
-    }
     if !FLAG_EVENTS.contains(&event.kind.as_str()) {
         tracing::info!(webhook_id = %id, kind = %event.kind, "webhook ignored");
         return Ok(Json(json!({"status": "ignored"})));
     }
-    // A failed reload answers 503 so the hook retries; the stale flags stay in force meanwhile.
-    let current = state.flags.reload().await?;
-    if current.stale {
-        return Err(ApiError::DirectusUnavailable);
+    // Claimed by id (across replicas, with Redis) for twice the replay window: a redelivery is a no-op.
+    let claim = format!("webhook:{id}");
+    if !state.shared.claim(&claim, Duration::from_secs(2 * TOLERANCE_SECS as u64)).await {
+        tracing::info!(webhook_id = %id, "webhook already applied");
+        return Ok(Json(json!({"status": "duplicate"})));
     }
-    state.applied_webhooks.insert(id.clone(), ()).await;
+    // The other replicas start reloading while this one does.
+    let (reloaded, ()) = tokio::join!(state.flags.reload(), state.bus.publish(Event::FlagsChanged));
+    // A failed reload answers 503 so the hook retries (the claim is given up); the stale flags stay meanwhile.
+    let current = match reloaded {
+        Ok(current) if !current.stale => current,
+        failed => {
+            state.shared.release(&claim).await;
+            failed?;
+            return Err(ApiError::DirectusUnavailable);
+        }
+    };
     tracing::info!(webhook_id = %id, kind = %event.kind, flags = ?current.snapshot.flags, "feature flags reloaded");
     Ok(Json(json!({"status": "applied"})))
 }

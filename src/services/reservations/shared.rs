@@ -1,0 +1,388 @@
+//! Reservations in Redis, seen by every replica: the same rules as [`crate::domain::credit_book`], run
+//! atomically in Redis scripts, per user:
+//!
+//! - `credit:{user}:holds`: hold id → `amount|expires` (billionths of a cent, Unix milliseconds);
+//! - `credit:{user}:unstored`: replica id → cost of its finished calls Directus has not stored yet (each
+//!   replica delivers its own records, and resets its entry from its store at startup);
+//! - `credit:{user}:stored`: `start|end` (milliseconds) → cost Directus stored in that span, by the second while
+//!   fresh readings may predate it, by the minute after, forgotten once no reading in use predates it.
+//!
+//! While Redis is down this replica keeps serving on its own memory (the same book the one-replica backend
+//! uses): what it reserves and settles meanwhile stays there until stored, and counts on top of what Redis
+//! says once Redis is back. Times come from the replicas' clocks, which must agree (NTP).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use redis::Script;
+use uuid::Uuid;
+
+use super::memory::{MemoryReservations, millis};
+use super::{Shortfall, now_millis, ttl_millis};
+use crate::domain::credit_book::{HoldId, LedgerReading, UnixMillis};
+use crate::domain::money::Cents;
+use crate::domain::user::UserId;
+use crate::shared::redis::{Redis, SharedError, key};
+use crate::sync;
+
+const COMMITTED: &str = r"
+local function committed(holds, unstored, stored, read_at, now)
+  local total = 0
+  local entries = redis.call('HGETALL', holds)
+  for i = 1, #entries, 2 do
+    local amount, expires = string.match(entries[i + 1], '^(%-?%d+)|(%d+)$')
+    if tonumber(expires) > now then
+      total = total + tonumber(amount)
+    else
+      redis.call('HDEL', holds, entries[i])
+    end
+  end
+  for _, amount in ipairs(redis.call('HVALS', unstored)) do
+    total = total + tonumber(amount)
+  end
+  local spans = redis.call('HGETALL', stored)
+  for i = 1, #spans, 2 do
+    if tonumber(string.match(spans[i], '|(%d+)$')) > read_at then
+      total = total + tonumber(spans[i + 1])
+    end
+  end
+  return total
+end
+";
+
+/// KEYS: holds, unstored, stored. ARGV: read_at, now. Returns what is committed (holds, unstored, stored since
+/// the reading), in billionths of a cent.
+const COMMITTED_ONLY: &str = r"
+return string.format('%.0f', committed(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2])))
+";
+
+/// KEYS: holds, unstored, stored. ARGV: read_at, now, hold id, amount, expires, headroom, ttl. Reserves
+/// `amount` if what is committed does not exceed `headroom` (what the reading leaves after this replica's own
+/// local commitments and the amount). Returns {reserved, committed}.
+const RESERVE: &str = r"
+local c = committed(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if c > tonumber(ARGV[6]) then
+  return {0, string.format('%.0f', c)}
+end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4] .. '|' .. ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return {1, string.format('%.0f', c)}
+";
+
+/// KEYS: holds. ARGV: hold id, amount, expires, ttl. Extends a hold that still exists.
+const EXTEND: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+";
+
+/// KEYS: holds, unstored. ARGV: hold id (may be empty), replica, cost. A hold gives way to its call's cost.
+const SETTLE: &str = r"
+if ARGV[1] ~= '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+if redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3]) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+end
+return 1
+";
+
+/// KEYS: unstored, stored. ARGV: replica, cost, span start, span end, now, fresh ms, oldest ms. Directus stored
+/// a cost: it leaves this replica's unstored entry and joins the stored spans, which are then pruned and
+/// merged into minutes as in the in-memory book.
+const STORED: &str = r"
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2])) == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('HINCRBY', KEYS[2], ARGV[3] .. '|' .. ARGV[4], ARGV[2])
+local now, fresh, oldest = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local spans = redis.call('HGETALL', KEYS[2])
+for i = 1, #spans, 2 do
+  local s, e = string.match(spans[i], '^(%d+)|(%d+)$')
+  s, e = tonumber(s), tonumber(e)
+  if e < now - oldest then
+    redis.call('HDEL', KEYS[2], spans[i])
+  elseif e - s == 1000 and e <= now - fresh - 1000 then
+    local m = s - (s % 60000)
+    redis.call('HDEL', KEYS[2], spans[i])
+    redis.call('HINCRBY', KEYS[2], string.format('%.0f|%.0f', m, m + 60000), spans[i + 1])
+  end
+end
+redis.call('PEXPIRE', KEYS[2], oldest + 60000)
+return 1
+";
+
+/// Where a hold was taken: Redis, or this replica's memory while Redis was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Shared,
+    Local,
+}
+
+pub struct SharedReservations {
+    redis: Arc<Redis>,
+    /// This replica's entry in the users' `unstored` hashes: stable across restarts (kept in the store).
+    replica: String,
+    local: MemoryReservations,
+    /// Calls settled in local memory while Redis was down: their storage is recorded there too.
+    settled_locally: Mutex<HashSet<Uuid>>,
+    fresh_millis: i64,
+    oldest_millis: i64,
+    committed: Script,
+    reserve: Script,
+    extend: Script,
+    settle: Script,
+    stored: Script,
+}
+
+fn keys(user: UserId) -> [String; 3] {
+    let user = format!("{{{user}}}");
+    [key(&["credit", &user, "holds"]), key(&["credit", &user, "unstored"]), key(&["credit", &user, "stored"])]
+}
+
+impl SharedReservations {
+    pub(super) fn new(
+        redis: Arc<Redis>,
+        replica: String,
+        fresh: std::time::Duration,
+        oldest: std::time::Duration,
+    ) -> Self {
+        let with_committed = |body: &str| Script::new(&format!("{COMMITTED}{body}"));
+        SharedReservations {
+            redis,
+            replica,
+            local: MemoryReservations::new(fresh, oldest),
+            settled_locally: Mutex::new(HashSet::new()),
+            fresh_millis: millis(fresh),
+            oldest_millis: millis(oldest),
+            committed: with_committed(COMMITTED_ONLY),
+            reserve: with_committed(RESERVE),
+            extend: Script::new(EXTEND),
+            settle: Script::new(SETTLE),
+            stored: Script::new(STORED),
+        }
+    }
+
+    pub(super) async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents {
+        let now = now_millis();
+        let local = self.local.available(user, ledger, now);
+        let [holds, unstored, stored] = keys(user);
+        let shared = self
+            .redis
+            .run(|mut c| async move {
+                self.committed
+                    .key(holds)
+                    .key(unstored)
+                    .key(stored)
+                    .arg(ledger.read_at)
+                    .arg(now)
+                    .invoke_async::<String>(&mut c)
+                    .await
+            })
+            .await;
+        match shared.map(|text| parse_nanos(&text)) {
+            Ok(committed) => local - committed,
+            Err(_) => local,
+        }
+    }
+
+    pub(super) async fn reserve(
+        &self,
+        user: UserId,
+        ledger: LedgerReading,
+        amount: Cents,
+    ) -> Result<(HoldId, Place), Shortfall> {
+        let now = now_millis();
+        let local = self.local.available(user, ledger, now);
+        let id = HoldId(fastrand::u64(..));
+        let [holds, unstored, stored] = keys(user);
+        let headroom = local - amount;
+        let answer = self
+            .redis
+            .run(|mut c| async move {
+                self.reserve
+                    .key(holds)
+                    .key(unstored)
+                    .key(stored)
+                    .arg(ledger.read_at)
+                    .arg(now)
+                    .arg(id.0)
+                    .arg(amount.nanos())
+                    .arg(now + ttl_millis())
+                    .arg(headroom.nanos())
+                    .arg(ttl_millis())
+                    .invoke_async::<(i64, String)>(&mut c)
+                    .await
+            })
+            .await;
+        match answer {
+            Ok((1, _)) => Ok((id, Place::Shared)),
+            Ok((_, committed)) => Err(Shortfall { available: local - parse_nanos(&committed) }),
+            Err(_) => self.local.reserve(user, ledger, amount, now).map(|id| (id, Place::Local)),
+        }
+    }
+
+    pub(super) async fn extend(&self, user: UserId, id: HoldId, place: Place, amount: Cents) {
+        let now = now_millis();
+        match place {
+            Place::Local => self.local.with_book(user, now, |book| book.extend(id, now, ttl_millis())),
+            Place::Shared => {
+                let [holds, ..] = keys(user);
+                let _ = self
+                    .redis
+                    .run(|mut c| async move {
+                        self.extend
+                            .key(holds)
+                            .arg(id.0)
+                            .arg(amount.nanos())
+                            .arg(now + ttl_millis())
+                            .arg(ttl_millis())
+                            .invoke_async::<i64>(&mut c)
+                            .await
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// A call's hold gives way to its cost (no hold: a cost counted again at startup).
+    pub(super) async fn settle(&self, user: UserId, hold: Option<(HoldId, Place)>, request_id: Uuid, cost: Cents) {
+        let now = now_millis();
+        if let Some((id, Place::Local)) = hold {
+            self.settle_locally(user, Some(id), request_id, cost, now);
+            return;
+        }
+        let [holds, unstored, _] = keys(user);
+        let hold_id = hold.map(|(id, _)| id.0.to_string()).unwrap_or_default();
+        let shared = self
+            .redis
+            .run(|mut c| async move {
+                self.settle
+                    .key(holds)
+                    .key(unstored)
+                    .arg(hold_id)
+                    .arg(&self.replica)
+                    .arg(cost.nanos())
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        if shared.is_err() {
+            // The shared hold expires by itself; the cost counts here until Directus has it.
+            self.settle_locally(user, None, request_id, cost, now);
+        }
+    }
+
+    fn settle_locally(&self, user: UserId, hold: Option<HoldId>, request_id: Uuid, cost: Cents, now: UnixMillis) {
+        sync::lock(&self.settled_locally).insert(request_id);
+        self.local.with_book(user, now, |book| match hold {
+            Some(id) => book.settle(id, cost),
+            None => book.add_unstored(cost),
+        });
+    }
+
+    pub(super) async fn release(&self, user: UserId, id: HoldId, place: Place) {
+        match place {
+            Place::Local => self.local.with_book(user, now_millis(), |book| book.release(id)),
+            Place::Shared => {
+                let [holds, ..] = keys(user);
+                let _ = self
+                    .redis
+                    .run(
+                        |mut c| async move { redis::cmd("HDEL").arg(holds).arg(id.0).query_async::<i64>(&mut c).await },
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Directus stored a call's cost at `at`: recorded where the call was settled.
+    pub(super) async fn stored(&self, user: UserId, request_id: Uuid, cost: Cents, at: UnixMillis) {
+        let now = now_millis();
+        if sync::lock(&self.settled_locally).remove(&request_id) {
+            self.local.with_book(user, now, |book| book.stored(cost, at));
+            return;
+        }
+        let [_, unstored, stored] = keys(user);
+        let start = at - at.rem_euclid(1_000);
+        let result = self
+            .redis
+            .run(|mut c| async move {
+                self.stored
+                    .key(unstored)
+                    .key(stored)
+                    .arg(&self.replica)
+                    .arg(cost.nanos())
+                    .arg(start)
+                    .arg(start + 1_000)
+                    .arg(now)
+                    .arg(self.fresh_millis)
+                    .arg(self.oldest_millis)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(error) = result {
+            // Its cost stays counted in Redis (never too little), until this replica's next start resets it.
+            tracing::warn!(%error, %request_id, "cannot record a stored deduction in Redis");
+        }
+    }
+
+    /// At startup: this replica's unstored costs in Redis become exactly what its store still holds (entries a
+    /// crash left behind are cleared). Without Redis they count in local memory instead.
+    pub(super) async fn restore(&self, unstored: HashMap<UserId, (Cents, Vec<Uuid>)>) -> Result<(), SharedError> {
+        let pattern = key(&["credit", "*", "unstored"]);
+        let pattern = pattern.as_str();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = self
+                .redis
+                .run(|mut c| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            for hash in found {
+                self.redis
+                    .run(|mut c| async move {
+                        redis::cmd("HDEL").arg(hash).arg(&self.replica).query_async::<i64>(&mut c).await
+                    })
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for (user, (cost, _)) in unstored {
+            let [_, hash, _] = keys(user);
+            self.redis
+                .run(|mut c| async move {
+                    redis::cmd("HSET").arg(hash).arg(&self.replica).arg(cost.nanos()).query_async::<i64>(&mut c).await
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn restore_locally(&self, unstored: HashMap<UserId, (Cents, Vec<Uuid>)>) {
+        let now = now_millis();
+        for (user, (cost, request_ids)) in unstored {
+            sync::lock(&self.settled_locally).extend(request_ids);
+            self.local.with_book(user, now, |book| book.add_unstored(cost));
+        }
+    }
+}
+
+/// A committed total from a script; unreadable counts as everything committed (never too little).
+fn parse_nanos(text: &str) -> Cents {
+    Cents::from_nanos(text.parse::<i64>().unwrap_or(i64::MAX))
+}

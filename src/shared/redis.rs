@@ -1,0 +1,108 @@
+//! The connection to Redis when `REDIS_URL` is set: one multiplexed, self-reconnecting connection for commands
+//! and scripts, a bound on every command, and the health every caller reports into. A command that fails or
+//! times out marks Redis down (logged once, with what is weaker meanwhile); the next success marks it up.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::{Client, RedisResult};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{metrics, sync};
+
+/// No request waits longer than this on Redis; past it, the local fallback answers.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Every key of byok-bridge starts with this, so it can share a Redis with Directus.
+pub const KEY_PREFIX: &str = "byok-bridge:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis did not answer within {} ms", COMMAND_TIMEOUT.as_millis())]
+    Timeout,
+}
+
+pub struct Redis {
+    client: Client,
+    commands: ConnectionManager,
+    up: AtomicBool,
+    down_since: Mutex<Option<Instant>>,
+}
+
+impl Redis {
+    /// Prepares the connection without waiting for it: the sidecar starts (on local state) when Redis is down.
+    pub fn new(url: &SecretString) -> Result<Redis, SharedError> {
+        let client = Client::open(url.expose_secret())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Redis { client, commands, up: AtomicBool::new(true), down_since: Mutex::new(None) })
+    }
+
+    /// Runs one command (or script) with the shared connection, bounded, recording Redis's health.
+    pub async fn run<T, F, Fut>(&self, command: F) -> Result<T, SharedError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let result = match tokio::time::timeout(COMMAND_TIMEOUT, command(self.commands.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(SharedError::Redis(error)),
+            Err(_) => Err(SharedError::Timeout),
+        };
+        match &result {
+            Ok(_) => self.mark_up(),
+            Err(error) => self.mark_down(error),
+        }
+        result
+    }
+
+    /// A dedicated connection for subscribing (pub/sub needs its own).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, SharedError> {
+        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| SharedError::Timeout)??;
+        Ok(pubsub)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// How long Redis has been unreachable, if it is.
+    pub fn down_for(&self) -> Option<Duration> {
+        sync::lock(&self.down_since).map(|since| since.elapsed())
+    }
+
+    pub fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            sync::lock(&self.down_since).take();
+            metrics::redis_up(true);
+            tracing::info!("Redis answers again: rate limits, credit holds and deduplication are shared again");
+        }
+    }
+
+    pub fn mark_down(&self, error: &SharedError) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            sync::lock(&self.down_since).get_or_insert_with(Instant::now);
+            metrics::redis_up(false);
+            tracing::warn!(%error,
+                "Redis unreachable: serving on this replica's own state meanwhile. Weaker until it returns: rate \
+                 limits count per replica, credit holds and costs are seen by this replica only, a webhook or a \
+                 key incident may be handled once per replica, and flag changes reach other replicas only by TTL");
+        }
+    }
+}
+
+/// Redis keys of byok-bridge: the shared prefix, then `parts` joined by `:`.
+pub fn key(parts: &[&str]) -> String {
+    format!("{KEY_PREFIX}{}", parts.join(":"))
+}

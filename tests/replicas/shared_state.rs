@@ -1,0 +1,188 @@
+//! The shared backends against a real Redis, as two replicas would use them: one allowance, one set of credit
+//! holds, one claim per incident, and changes fanned out; and each replica carries on alone when Redis is gone.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use byok_bridge::domain::credit_book::LedgerReading;
+use byok_bridge::domain::money::Cents;
+use byok_bridge::domain::user::UserId;
+use byok_bridge::services::rate_limit::RateLimiter;
+use byok_bridge::services::reservations::{Reservations, now_millis};
+use byok_bridge::shared::Shared;
+use byok_bridge::shared::bus::{Bus, Event};
+use byok_bridge::shared::redis::Redis;
+use secrecy::SecretString;
+use uuid::Uuid;
+
+fn redis_url() -> SecretString {
+    SecretString::from(
+        std::env::var("BYOK_E2E_REDIS_URL")
+            .expect("BYOK_E2E_REDIS_URL is not set: run these tests through scripts/test.sh"),
+    )
+}
+
+fn redis() -> Arc<Redis> {
+    Arc::new(Redis::new(&redis_url()).unwrap())
+}
+
+/// A Redis nobody listens on.
+fn unreachable_redis() -> Arc<Redis> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    Arc::new(Redis::new(&SecretString::from(format!("redis://127.0.0.1:{port}/0"))).unwrap())
+}
+
+fn user() -> UserId {
+    UserId::parse(&Uuid::new_v4().to_string()).unwrap()
+}
+
+fn replica(name: &str, redis: &Arc<Redis>) -> Arc<Reservations> {
+    Reservations::shared(
+        Arc::clone(redis),
+        format!("{name}-{}", Uuid::new_v4().simple()),
+        Duration::from_secs(5),
+        Duration::from_secs(905),
+    )
+}
+
+fn reading(cents: i64) -> LedgerReading {
+    LedgerReading { balance: Cents::whole(cents), read_at: now_millis() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_taken_on_one_replica_count_on_the_other() {
+    let redis = redis();
+    let (a, b) = (replica("a", &redis), replica("b", &redis));
+    let u = user();
+    // Twenty calls at once, half on each replica, each possibly costing 95 cents, on 100 cents.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let replica = Arc::clone(if i % 2 == 0 { &a } else { &b });
+            tokio::spawn(async move { replica.reserve(u, reading(100), Cents::whole(95)).await })
+        })
+        .collect();
+    let mut holds = Vec::new();
+    for task in tasks {
+        if let Ok(hold) = task.await.unwrap() {
+            holds.push(hold);
+        }
+    }
+    assert_eq!(holds.len(), 1, "one reservation across both replicas");
+    assert_eq!(b.available(u, reading(100)).await, Cents::whole(5));
+    assert_eq!(a.available(u, reading(100)).await, Cents::whole(5));
+
+    // Settled on whichever replica took it: the real cost counts everywhere until Directus has it.
+    holds.pop().unwrap().settle(Uuid::new_v4(), Cents::whole(90));
+    let mut settled = false;
+    for _ in 0..100 {
+        if a.available(u, reading(100)).await == Cents::whole(10)
+            && b.available(u, reading(100)).await == Cents::whole(10)
+        {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(settled, "both replicas see 10 cents left");
+}
+
+#[tokio::test]
+async fn a_released_shared_hold_frees_its_amount_for_every_replica() {
+    let redis = redis();
+    let (a, b) = (replica("a", &redis), replica("b", &redis));
+    let u = user();
+    let hold = a.reserve(u, reading(100), Cents::whole(60)).await.unwrap();
+    assert_eq!(b.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err().available, Cents::whole(40));
+    drop(hold);
+    let mut freed = false;
+    for _ in 0..100 {
+        if b.available(u, reading(100)).await == Cents::whole(100) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(freed);
+}
+
+#[tokio::test]
+async fn a_users_allowance_is_one_across_replicas() {
+    let redis = redis();
+    let (a, b) =
+        (RateLimiter::new("tier", Some(Arc::clone(&redis))), RateLimiter::new("tier", Some(Arc::clone(&redis))));
+    let u = user();
+    let mut allowed = 0;
+    for i in 0..10 {
+        let limiter = if i % 2 == 0 { &a } else { &b };
+        if limiter.acquire(u, 4).await.is_ok() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 4, "4 a minute in all, not 4 per replica");
+    let wait = a.acquire(u, 4).await.unwrap_err();
+    assert!(wait <= Duration::from_secs(15) && wait > Duration::from_secs(10), "{wait:?}: one every 15 s refills");
+}
+
+#[tokio::test]
+async fn an_incident_is_claimed_once_across_replicas() {
+    let redis = redis();
+    let (a, b) = (Shared::new(Some(Arc::clone(&redis))), Shared::new(Some(Arc::clone(&redis))));
+    let incident = format!("notified:{}:openai:invalid", Uuid::new_v4());
+    assert!(a.claim(&incident, Duration::from_secs(60)).await);
+    assert!(!b.claim(&incident, Duration::from_secs(60)).await);
+    b.release(&incident).await;
+    assert!(a.claim(&incident, Duration::from_secs(60)).await, "released: the next incident is claimed again");
+}
+
+#[tokio::test]
+async fn changes_reach_the_other_replicas_and_not_the_sender() {
+    let redis = redis();
+    let (a, b) = (Arc::new(Bus::new(Some(Arc::clone(&redis)))), Arc::new(Bus::new(Some(Arc::clone(&redis)))));
+    let heard: Arc<Mutex<Vec<(char, Event)>>> = Arc::default();
+    for (name, bus) in [('a', &a), ('b', &b)] {
+        let heard = Arc::clone(&heard);
+        tokio::spawn(Arc::clone(bus).run(move |event| heard.lock().unwrap().push((name, event))));
+    }
+    let subscribed = || heard.lock().unwrap().iter().filter(|(_, e)| *e == Event::Resubscribed).count() == 2;
+    for _ in 0..200 {
+        if subscribed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(subscribed(), "both subscribed, and told so (to reload what they may have missed)");
+    let u = user();
+    a.publish(Event::FlagsChanged).await;
+    a.publish(Event::CallerChanged(u)).await;
+    let expected = [('b', Event::FlagsChanged), ('b', Event::CallerChanged(u))];
+    for _ in 0..200 {
+        let others: Vec<_> = heard.lock().unwrap().iter().copied().filter(|(_, e)| *e != Event::Resubscribed).collect();
+        if others == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("heard {:?}", heard.lock().unwrap());
+}
+
+#[tokio::test]
+async fn without_redis_each_replica_carries_on_alone() {
+    let redis = unreachable_redis();
+    let reservations = replica("a", &redis);
+    let u = user();
+    let hold = reservations.reserve(u, reading(100), Cents::whole(60)).await.expect("local fallback");
+    assert!(!redis.is_up(), "and Redis is reported down");
+    assert_eq!(reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err().available, Cents::whole(40));
+    hold.settle(Uuid::new_v4(), Cents::whole(50));
+    for _ in 0..100 {
+        if reservations.available(u, reading(100)).await == Cents::whole(50) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(reservations.available(u, reading(100)).await, Cents::whole(50), "the cost counts locally");
+    let limiter = RateLimiter::new("tier", Some(Arc::clone(&redis)));
+    assert!(limiter.acquire(u, 1).await.is_ok() && limiter.acquire(u, 1).await.is_err(), "local allowance");
+    let shared = Shared::new(Some(redis));
+    assert!(shared.claim("x", Duration::from_secs(60)).await && !shared.claim("x", Duration::from_secs(60)).await);
+}
