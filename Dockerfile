@@ -9,7 +9,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src tests/e2e benches examples \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && touch tests/e2e/main.rs benches/flag_flip.rs benches/reservations.rs benches/vault.rs \
+    && mkdir -p tests/replicas && touch tests/e2e/main.rs tests/replicas/main.rs benches/flag_flip.rs benches/reservations.rs benches/vault.rs \
     && cargo build --release --locked --bin byok-bridge \
     && rm -rf src \
     && mkdir -p /data

@@ -1,6 +1,8 @@
-//! Flag propagation latency: from the moment an admin's PATCH to Directus returns, how long until the sidecar
-//! answers `/v1/route` with the new decision. Run through `scripts/bench.sh`, which starts a real Directus and
-//! a release build of the sidecar.
+//! Flag propagation latency: from the moment an admin's PATCH to Directus returns, how long until every
+//! sidecar answers `/v1/route` with the new decision. Run through `scripts/bench.sh`, which starts a real
+//! Directus and release builds of the sidecar: one on SQLite, then two replicas on PostgreSQL and Redis
+//! (`BYOK_E2E_SIDECAR_ADDR` holds their addresses, comma-separated; the hook tells the first one, which tells
+//! the others through Redis).
 
 use std::time::{Duration, Instant};
 
@@ -12,10 +14,36 @@ fn var(vars: &std::collections::HashMap<String, String>, key: &str) -> String {
     vars.get(key).unwrap_or_else(|| panic!("{key} missing from the instance file")).clone()
 }
 
+/// The premium user has credits and no key: BYOK-only refuses (403), otherwise credits pay (200).
+async fn route_status(http: &reqwest::Client, sidecar: &str, token: &str) -> u16 {
+    let response =
+        http.post(format!("http://{sidecar}/v1/route")).bearer_auth(token).json(&json!({"provider": "openai"}));
+    response.send().await.unwrap().status().as_u16()
+}
+
+/// Polls one sidecar until it answers `expected`: how long after `patched`, and whether its first answer was.
+async fn until_decision(
+    http: &reqwest::Client,
+    sidecar: &str,
+    token: &str,
+    expected: u16,
+    patched: Instant,
+) -> (Duration, bool) {
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        if route_status(http, sidecar, token).await == expected {
+            return (patched.elapsed(), polls == 1);
+        }
+        assert!(patched.elapsed() < Duration::from_secs(10), "flag change never reached {sidecar}");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let instance_file = std::env::var("BYOK_E2E_INSTANCE").expect("BYOK_E2E_INSTANCE (run scripts/bench.sh)");
-    let sidecar = std::env::var("BYOK_E2E_SIDECAR_ADDR").expect("BYOK_E2E_SIDECAR_ADDR (run scripts/bench.sh)");
+    let sidecars = std::env::var("BYOK_E2E_SIDECAR_ADDR").expect("BYOK_E2E_SIDECAR_ADDR (run scripts/bench.sh)");
+    let sidecars: Vec<&str> = sidecars.split(',').collect();
     let vars: std::collections::HashMap<String, String> = std::fs::read_to_string(&instance_file)
         .unwrap()
         .lines()
@@ -48,18 +76,6 @@ async fn main() {
         .unwrap();
     let flag_id = flags["data"][0]["id"].clone();
 
-    // The premium user has credits and no key: BYOK-only refuses (403), otherwise credits pay (200).
-    let route_status = || async {
-        http.post(format!("http://{sidecar}/v1/route"))
-            .bearer_auth(&token)
-            .json(&json!({"provider": "openai"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-
     let mut latencies = Vec::with_capacity(FLIPS);
     let mut first_answer_new = 0;
     let mut patch_times = Vec::with_capacity(FLIPS);
@@ -77,19 +93,13 @@ async fn main() {
         assert_eq!(response.status(), 200);
         let patched = Instant::now();
         patch_times.push(patched - started);
-        let mut polls = 0;
-        loop {
-            polls += 1;
-            if route_status().await == expected {
-                break;
-            }
-            assert!(patched.elapsed() < Duration::from_secs(10), "flag change never reached the sidecar");
-        }
+        let polls = sidecars.iter().map(|sidecar| until_decision(&http, sidecar, &token, expected, patched));
+        let answers = futures_util::future::join_all(polls).await;
         if i == 0 {
             continue; // warm-up: puts the flag into a known state
         }
-        latencies.push(patched.elapsed());
-        if polls == 1 {
+        latencies.push(answers.iter().map(|(latency, _)| *latency).max().unwrap());
+        if answers.iter().all(|(_, first)| *first) {
             first_answer_new += 1;
         }
     }
@@ -97,14 +107,14 @@ async fn main() {
     patch_times.sort();
     let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("flag flips: {FLIPS}");
+    println!("flag flips: {FLIPS}, sidecars: {}", sidecars.len());
     println!(
-        "PATCH response -> new decision: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "PATCH response -> new decision on every sidecar: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         ms(pct(&latencies, 0.50)),
         ms(pct(&latencies, 0.99)),
         ms(*latencies.last().unwrap())
     );
-    println!("first /v1/route after the PATCH already answered with the new decision: {first_answer_new}/{FLIPS}");
+    println!("first /v1/route after the PATCH already new on every sidecar: {first_answer_new}/{FLIPS}");
     println!(
         "(for scale) Directus PATCH round trip itself: p50 {:.2} ms, p99 {:.2} ms",
         ms(pct(&patch_times, 0.50)),

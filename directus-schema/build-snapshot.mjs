@@ -138,6 +138,15 @@ function timestamp(field, meta = {}) {
 		meta: { interface: "datetime", display: "datetime", display_options: { relative: true }, width: "half", ...meta },
 	};
 }
+// When the LLM call ended, as the sidecar saw it: a record can reach Directus long after the call (spool,
+// outage, backlog), so created_at (the insert) is not the time of use. Nullable: rows not written by the
+// sidecar (grants, refunds, older rows) leave it empty.
+function occurredAt() {
+	return timestamp("occurred_at", {
+		readonly: true,
+		note: "When the LLM call ended (set by byok-bridge); created_at is when Directus stored the row",
+	});
+}
 function dateCreated(field) {
 	return timestamp(field, { special: ["date-created"], readonly: true, note: "Set by Directus on create" });
 }
@@ -296,6 +305,8 @@ const collections = [
 				note: "Idempotency key: one row per request",
 			}),
 			dateCreated("created_at"),
+			// Appended after created_at so every earlier field keeps its sort (and its snapshot entry) unchanged.
+			occurredAt(),
 		]),
 	},
 	{
@@ -342,6 +353,7 @@ const collections = [
 			int("prompt_tokens", { width: "half", readonly: true, note: "Prompt tokens reported by the provider" }),
 			int("completion_tokens", { width: "half", readonly: true, note: "Completion tokens reported by the provider" }),
 			int("total_tokens", { width: "half", readonly: true, note: "Total tokens reported by the provider" }),
+			occurredAt(),
 		]),
 	},
 ];

@@ -59,35 +59,15 @@ else
 fi
 
 # --- 1. PostgreSQL binaries ---------------------------------------------------------------------------
-find_pg_bin() {
-	local d
-	# Newest major version first.
-	while IFS= read -r d; do
-		if [[ -x "${d}/initdb" && -x "${d}/pg_ctl" && -x "${d}/postgres" ]]; then
-			printf '%s\n' "${d}"
-			return 0
-		fi
-	done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
-	return 1
-}
-if ! pg_bin="$(find_pg_bin)"; then
-	((EUID == 0)) || die "PostgreSQL server binaries are missing and installing them needs root"
-	log "installing postgresql from Debian"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq >&2 || die "apt-get update failed"
-	apt-get install -y -qq postgresql >&2 || die "apt-get install postgresql failed"
-	pg_bin="$(find_pg_bin)" || die "postgresql installed but no server binaries found"
-fi
+# find_pg_bin / ensure_pg_bin (scripts/lib.sh): newest major version first; installed from Debian when missing.
+pg_bin="$(ensure_pg_bin)" || die "no PostgreSQL server binaries (and installing them failed)"
 command -v psql >/dev/null 2>&1 || die "psql is missing"
 command -v runuser >/dev/null 2>&1 || die "runuser (util-linux) is missing"
 log "using ${pg_bin}"
 
-# PostgreSQL refuses to run as root: use the postgres account (Debian package), else nobody.
-if id -u postgres >/dev/null 2>&1; then pg_user=postgres; else pg_user=nobody; fi
-((EUID == 0)) || pg_user="$(id -un)"
-as_pg() {
-	if ((EUID == 0)); then runuser -u "${pg_user}" -- "$@"; else "$@"; fi
-}
+# PostgreSQL refuses to run as root: use the postgres account (Debian package), else nobody (lib.sh).
+pg_user="$(service_user postgres)"
+as_pg() { as_user "${pg_user}" "$@"; }
 
 # --- 2. throwaway cluster -----------------------------------------------------------------------------
 install_dir="$("${SCRIPT_DIR}/directus-install.sh" | tail -n 1)"

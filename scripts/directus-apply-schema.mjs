@@ -1,23 +1,30 @@
 #!/usr/bin/env node
 // Apply a schema snapshot (YAML or JSON) to a RUNNING Directus through its REST API:
-// POST /schema/diff (body = the bare snapshot) then POST /schema/apply with the {hash, diff} it returned.
+// POST /schema/diff (the snapshot: a JSON body, or a YAML file uploaded as multipart/form-data, which
+// Directus parses itself) then POST /schema/apply with the {hash, diff} it returned.
 // Same result as `directus schema apply --yes FILE`, without paying a second CLI start-up (~4 s), and the
-// running server's schema cache is refreshed by the apply itself.
+// running server's schema cache is refreshed by the apply itself. Needs nothing but Node >= 20 (no
+// node_modules): the docker-compose init service runs it in a plain node image.
 //
-//   DIRECTUS_URL=http://127.0.0.1:8055 DIRECTUS_ADMIN_TOKEN=... DIRECTUS_INSTALL_DIR=... \
-//     node scripts/directus-apply-schema.mjs directus-schema/snapshot.yaml [--force]
+//   DIRECTUS_URL=http://127.0.0.1:8055 DIRECTUS_ADMIN_TOKEN=... \
+//     node scripts/directus-apply-schema.mjs directus-schema/snapshot.yaml [--force] [--only-if-new]
 //   (or DIRECTUS_ADMIN_EMAIL + DIRECTUS_ADMIN_PASSWORD instead of DIRECTUS_ADMIN_TOKEN)
 //
 // --force: allow a snapshot taken on another database vendor or Directus version.
-// DIRECTUS_INSTALL_DIR (the directus install, for its js-yaml) is needed for YAML files only.
+// --only-if-new: apply only when it creates collections (a new install); when every collection of the snapshot
+//   exists already, change nothing and succeed. The snapshot is for new installs; existing ones are upgraded
+//   as directus-schema/UPGRADING.md says. Needed for a re-run on PostgreSQL: the snapshot is taken on SQLite,
+//   and diffing it against an installed PostgreSQL schema yields vendor-only changes that Directus cannot apply
+//   (e.g. `alter column "id" drop not null` on a primary key). The docker-compose init service re-runs on
+//   every `docker compose up`.
 // stdout: nothing. stderr: a short summary, never the token.
 
 import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { join } from "node:path";
+import { basename } from "node:path";
 
 const args = process.argv.slice(2);
 const force = args.includes("--force");
+const onlyIfNew = args.includes("--only-if-new");
 const file = args.find((a) => !a.startsWith("--"));
 const baseUrl = (process.env.DIRECTUS_URL ?? "").replace(/\/+$/, "");
 let token = process.env.DIRECTUS_ADMIN_TOKEN;
@@ -28,25 +35,29 @@ const log = (msg) => console.error(`[directus-apply-schema] ${msg}`);
 if (!file || !baseUrl || !(token || (email && password))) {
 	log(
 		"usage: DIRECTUS_URL=.. DIRECTUS_ADMIN_TOKEN=.. (or DIRECTUS_ADMIN_EMAIL=.. DIRECTUS_ADMIN_PASSWORD=..) " +
-			"[DIRECTUS_INSTALL_DIR=..] directus-apply-schema.mjs FILE [--force]",
+			"directus-apply-schema.mjs FILE [--force] [--only-if-new]",
 	);
 	process.exit(2);
 }
 
-function loadSnapshot(path) {
+// The request body for POST /schema/diff: a JSON snapshot as is, a YAML one as an uploaded file.
+function snapshotBody(path) {
 	const text = readFileSync(path, "utf8");
 	if (!/\.ya?ml$/i.test(path)) return JSON.parse(text);
-	const installDir = process.env.DIRECTUS_INSTALL_DIR;
-	if (!installDir) throw new Error("DIRECTUS_INSTALL_DIR is required to read a YAML snapshot");
-	const { load } = createRequire(join(installDir, "package.json"))("js-yaml");
-	return load(text);
+	const form = new FormData();
+	form.append("file", new Blob([text], { type: "application/x-yaml" }), basename(path));
+	return form;
 }
 
 async function call(method, path, body) {
+	const isForm = body instanceof FormData;
 	const res = await fetch(`${baseUrl}${path}`, {
 		method,
-		headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-		body: JSON.stringify(body),
+		headers: {
+			...(isForm ? {} : { "content-type": "application/json" }), // fetch sets the multipart boundary
+			...(token ? { authorization: `Bearer ${token}` } : {}),
+		},
+		body: isForm ? body : JSON.stringify(body),
 		signal: AbortSignal.timeout(60_000),
 	});
 	const text = await res.text();
@@ -55,11 +66,18 @@ async function call(method, path, body) {
 }
 
 try {
-	const snapshot = loadSnapshot(file);
+	const snapshot = snapshotBody(file);
 	if (!token) token = (await call("POST", "/auth/login", { email, password })).data.access_token;
 	const diff = await call("POST", `/schema/diff${force ? "?force=true" : ""}`, snapshot);
+	// A collection to create has a diff entry of kind "N" at its root (no path).
+	const created = (diff.data?.diff?.collections ?? []).filter((c) => c.diff.some((d) => d.kind === "N" && !d.path));
 	if (diff.status === 204 || !diff.data) {
 		log("schema already up to date");
+	} else if (onlyIfNew && created.length === 0) {
+		log(
+			"the snapshot's collections exist already (an existing install): nothing applied (--only-if-new); " +
+				"upgrade existing installs as directus-schema/UPGRADING.md says",
+		);
 	} else {
 		const d = diff.data.diff;
 		await call("POST", "/schema/apply", diff.data);

@@ -7,6 +7,9 @@
 //   - a static token for the admin,
 //   - demo end users (no role, no app access: no seat) with new random passwords and signup credit grants.
 // Idempotent: re-running creates no duplicate rows; it rotates the printed passwords and tokens.
+// SEED_SERVICE_TOKEN / SEED_ADMIN_TOKEN (optional, 32-256 characters of [A-Za-z0-9_-]): use these static tokens
+// instead of random ones, so a deployment can hand the sidecars their DIRECTUS_TOKEN before the seed runs
+// (docker-compose.yml does); re-running then keeps them.
 // Then it verifies the result (service token can read flags but NOT update them, can write a fractional
 // deduction and read the user fields it needs, users can log in, ...).
 //
@@ -37,6 +40,23 @@ if (!baseUrl || !adminEmail || !adminPassword) {
 const log = (msg) => console.error(`[directus-seed] ${msg}`);
 const randomToken = () => randomBytes(32).toString("hex"); // 256 bits, [0-9a-f]: shell- and dotenv-safe
 const randomPassword = () => randomBytes(24).toString("base64url"); // 192 bits, [A-Za-z0-9_-]
+
+// A static token given in the environment, or a new random one. Never echoed.
+function givenToken(name) {
+	const value = process.env[name];
+	if (value === undefined || value === "") return null;
+	if (!/^[A-Za-z0-9_-]{32,256}$/.test(value)) {
+		console.error(`directus-seed: ${name} must be 32-256 characters of [A-Za-z0-9_-] (e.g. openssl rand -hex 32)`);
+		process.exit(2);
+	}
+	return value;
+}
+const fixedServiceToken = givenToken("SEED_SERVICE_TOKEN");
+const fixedAdminToken = givenToken("SEED_ADMIN_TOKEN");
+if (fixedServiceToken && fixedServiceToken === fixedAdminToken) {
+	console.error("directus-seed: SEED_SERVICE_TOKEN and SEED_ADMIN_TOKEN must differ");
+	process.exit(2);
+}
 
 // ---- what to seed ----------------------------------------------------------------------------------
 
@@ -148,11 +168,11 @@ async function findOne(collectionPath, field, value, fields = "*") {
 async function seedAdminToken() {
 	const login = await request("POST", "/auth/login", { body: { email: adminEmail, password: adminPassword } });
 	adminToken = login.access_token;
-	const token = randomToken();
+	const token = fixedAdminToken ?? randomToken();
 	await admin("PATCH", "/users/me", { token });
 	adminToken = token;
 	const me = await admin("GET", `/users/me${q({ fields: "id" })}`);
-	log(`admin static token set (admin user ${me.id})`);
+	log(`admin static token set${fixedAdminToken ? " (SEED_ADMIN_TOKEN)" : ""} (admin user ${me.id})`);
 	return token;
 }
 
@@ -261,7 +281,7 @@ async function seedServiceUser() {
 		policyId,
 	});
 
-	const token = randomToken();
+	const token = fixedServiceToken ?? randomToken();
 	const fields = { first_name: "byok-bridge", last_name: "sidecar", role: roleId, status: "active", token };
 	const existing = await findOne("/users", "email", SERVICE.email, "id");
 	let id;
@@ -271,7 +291,8 @@ async function seedServiceUser() {
 	} else {
 		id = (await admin("POST", "/users", { email: SERVICE.email, ...fields })).id;
 	}
-	log(`service user ${SERVICE.email} (${id}): role "${SERVICE.roleName}", ${SERVICE.permissions.length} permissions, new token`);
+	const tokenNote = fixedServiceToken ? "token from SEED_SERVICE_TOKEN" : "new token";
+	log(`service user ${SERVICE.email} (${id}): role "${SERVICE.roleName}", ${SERVICE.permissions.length} permissions, ${tokenNote}`);
 	return token;
 }
 

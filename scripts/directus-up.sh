@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Create, start and seed a throwaway Directus 12.4.0 (SQLite) for byok-bridge development and tests.
+# Create, start and seed a throwaway Directus 12.4.0 (SQLite, or PostgreSQL) for byok-bridge development and tests.
 #
 #   scripts/directus-up.sh --dir DIR --port PORT --bridge-url URL [--webhook-secret whsec_...] [--no-template]
+#                          [--db-client sqlite3|pg --db-url postgres://USER[:PASSWORD]@HOST:PORT/DATABASE]
+#                          [--redis redis://HOST:PORT/DB]
 #       Fresh instance in DIR (DIR must be empty, missing, or a previous instance made by this script,
 #       which is stopped and wiped): bootstrap, start in the background, apply directus-schema/snapshot.yaml,
 #       seed (scripts/directus-seed.mjs), check that the byok-bridge hook is loaded and working, and write
@@ -9,6 +11,11 @@
 #       The first run keeps its freshly bootstrapped (never started) database in the cache; later runs copy
 #       it instead of running `directus bootstrap` again (saves 4-10 s) and give the admin a new password.
 #       --no-template (or DIRECTUS_UP_NO_TEMPLATE=1) always runs `directus bootstrap`.
+#       --db-client pg: the database is the (empty) PostgreSQL database at --db-url instead of DIR/data.db;
+#       always bootstrapped (the template is SQLite only). --redis: Directus shares its caches, schema
+#       synchronization, rate limiter store and event bus through that Redis (REDIS, CACHE_STORE,
+#       SYNCHRONIZATION_STORE, RATE_LIMITER_STORE = redis), as several Directus instances need.
+#       SEED_SERVICE_TOKEN / SEED_ADMIN_TOKEN in the environment reach the seed (fixed static tokens).
 #   scripts/directus-up.sh --dir DIR --start-only
 #       Start the existing instance in DIR again (after directus-down.sh or a kill), without re-seeding;
 #       DIRECTUS_PID in DIR/instance.env is updated. A no-op when it is already running.
@@ -37,22 +44,26 @@ die() {
 	exit 1
 }
 usage() {
-	sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
 dir="" port="" bridge_url="" webhook_secret="" start_only=false
+db_client="sqlite3" db_url="" redis_url=""
 use_template=true
 [[ "${DIRECTUS_UP_NO_TEMPLATE:-}" == 1 ]] && use_template=false
 while (($# > 0)); do
 	case "$1" in
-	--dir | --port | --bridge-url | --webhook-secret)
+	--dir | --port | --bridge-url | --webhook-secret | --db-client | --db-url | --redis)
 		(($# >= 2)) || die "$1 needs a value"
 		case "$1" in
 		--dir) dir="$2" ;;
 		--port) port="$2" ;;
 		--bridge-url) bridge_url="$2" ;;
 		--webhook-secret) webhook_secret="$2" ;;
+		--db-client) db_client="$2" ;;
+		--db-url) db_url="$2" ;;
+		--redis) redis_url="$2" ;;
 		esac
 		shift 2
 		;;
@@ -83,6 +94,25 @@ valid_webhook_secret() {
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Directus' DB_* lines for a postgres:// URL (user and password percent-decoded by Node's URL); never printed.
+pg_env_from_url() {
+	# shellcheck disable=SC2016 # JavaScript, not shell, inside the single quotes
+	DB_URL="$1" node -e '
+		let u;
+		try { u = new URL(process.env.DB_URL); } catch { process.exit(1); }
+		const db = decodeURIComponent(u.pathname.replace(/^[/]/, ""));
+		if (!["postgres:", "postgresql:"].includes(u.protocol) || !u.hostname || !u.username || !db) process.exit(1);
+		const lines = [
+			"DB_CLIENT=pg", `DB_HOST=${u.hostname}`, `DB_PORT=${u.port || 5432}`, `DB_DATABASE=${db}`,
+			`DB_USER=${decodeURIComponent(u.username)}`,
+			// Directus requires DB_PASSWORD; with trust authentication any value does.
+			`DB_PASSWORD=${u.password ? decodeURIComponent(u.password) : "unused-trust-auth"}`,
+		];
+		if (lines.some((l) => /[\s"'"'"'$`#\\]/.test(l))) process.exit(1);
+		process.stdout.write(lines.join("\n"));
+	'
+}
 
 # Value of KEY in a KEY=VALUE file (first match), without printing anything else.
 env_value() { sed -n "s/^$2=//p" "$1" | head -n 1; }
@@ -187,6 +217,26 @@ if [[ -z "${webhook_secret}" ]]; then
 	log "generated a webhook secret"
 fi
 valid_webhook_secret "${webhook_secret}" || die "--webhook-secret must be whsec_ followed by base64 of >= 24 bytes"
+# Database settings for .env: SQLite in DIR (set once DIR is absolute, below) or PostgreSQL at --db-url.
+db_env=""
+case "${db_client}" in
+sqlite3) [[ -z "${db_url}" ]] || die "--db-url is for --db-client pg" ;;
+pg)
+	[[ -n "${db_url}" ]] || die "--db-client pg needs --db-url postgres://USER[:PASSWORD]@HOST:PORT/DATABASE"
+	db_env="$(pg_env_from_url "${db_url}")" ||
+		die "--db-url must be postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (no spaces, quotes, \$, \` or #)"
+	use_template=false
+	;;
+*) die "--db-client must be sqlite3 or pg" ;;
+esac
+redis_env=""
+if [[ -n "${redis_url}" ]]; then
+	[[ "${redis_url}" =~ ^rediss?://[^[:space:]\"\'\$\`#]+$ ]] || die "--redis must be a redis:// URL"
+	redis_env="REDIS=${redis_url}
+CACHE_STORE=redis
+SYNCHRONIZATION_STORE=redis
+RATE_LIMITER_STORE=redis"
+fi
 [[ -f "${SNAPSHOT}" ]] || die "missing ${SNAPSHOT}"
 [[ -f "${HOOK_SRC}/package.json" ]] || die "missing ${HOOK_SRC}"
 
@@ -215,6 +265,10 @@ ln -s "${HOOK_SRC}" "${dir}/extensions/byok-bridge"
 printf '{\n  "name": "byok-directus-instance",\n  "private": true,\n  "version": "0.0.0"\n}\n' >"${dir}/package.json"
 
 url="http://127.0.0.1:${port}"
+if [[ "${db_client}" == sqlite3 ]]; then
+	db_env="DB_CLIENT=sqlite3
+DB_FILENAME=${dir}/data.db"
+fi
 secret="$(random_hex 32)"
 admin_password="$(random_b64url 24)"
 (
@@ -224,8 +278,7 @@ admin_password="$(random_b64url 24)"
 HOST=127.0.0.1
 PORT=${port}
 PUBLIC_URL=${url}
-DB_CLIENT=sqlite3
-DB_FILENAME=${dir}/data.db
+${db_env}
 SECRET=${secret}
 ADMIN_EMAIL=${ADMIN_EMAIL}
 ADMIN_PASSWORD=${admin_password}
@@ -245,6 +298,7 @@ STORAGE_LOCAL_ROOT=${dir}/uploads
 BYOK_BRIDGE_URL=${bridge_url}
 BYOK_BRIDGE_WEBHOOK_SECRET=${webhook_secret}
 EOF
+	[[ -z "${redis_env}" ]] || printf '%s\n' "${redis_env}" >>"${dir}/.env"
 )
 
 template_ready() { [[ -s "${TEMPLATE_DIR}/data.db" && -s "${TEMPLATE_DIR}/admin-password" ]]; }
@@ -311,8 +365,12 @@ if [[ "${from_template}" == true ]]; then
 fi
 
 log "applying ${SNAPSHOT#"${REPO_ROOT}/"}"
+# The snapshot is taken on SQLite: another vendor needs --force (as `directus schema apply` does).
+# --only-if-new: as the docker-compose init service (a no-op difference on the fresh database here).
+apply_flags=(--only-if-new)
+[[ "${db_client}" == sqlite3 ]] || apply_flags+=(--force)
 DIRECTUS_URL="${url}" DIRECTUS_ADMIN_EMAIL="${ADMIN_EMAIL}" DIRECTUS_ADMIN_PASSWORD="${admin_password}" \
-	DIRECTUS_INSTALL_DIR="${install_dir}" node "${SCRIPT_DIR}/directus-apply-schema.mjs" "${SNAPSHOT}" ||
+	node "${SCRIPT_DIR}/directus-apply-schema.mjs" "${SNAPSHOT}" "${apply_flags[@]}" ||
 	die "applying the schema snapshot failed"
 
 log "seeding (and checking permissions and the byok-bridge hook)"

@@ -5,8 +5,8 @@
 #   scripts/test.sh
 #
 # Needs: cargo (with rustfmt and clippy), node >= 20, npm, python3 (with venv), curl. Everything else it installs
-# itself: Directus 12.4.0 (npm), the OpenAI and Anthropic SDKs (PyPI, in a venv), PostgreSQL (Debian) for the
-# monitoring SQL check.
+# itself: Directus 12.4.0 (npm), the OpenAI and Anthropic SDKs (PyPI, in a venv), PostgreSQL and redis-server
+# (Debian) for the several-replicas tests and the monitoring SQL check.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -40,6 +40,7 @@ scripts/directus-install.sh >/dev/null
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-e2e.XXXXXX")"
 cleanup() {
 	scripts/directus-down.sh "${work}/directus" >/dev/null 2>&1 || true
+	[[ -d "${work}/cluster" ]] && { scripts/cluster-down.sh "${work}/cluster" >/dev/null 2>&1 || true; }
 	rm -rf "${work}"
 }
 trap cleanup EXIT
@@ -61,6 +62,36 @@ if ! BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${side
 	tail -n 40 "${work}/directus/sidecar.log" >&2 || true
 	exit 1
 fi
+
+scripts/directus-down.sh "${work}/directus" >/dev/null 2>&1 || true
+
+step "several replicas: PostgreSQL, Redis, Directus on them, two sidecar replicas (scripts/cluster-up.sh)"
+# The test build also builds target/debug/byok-bridge (as for every integration test): the replicas run it.
+cargo test --locked --features e2e --test replicas --no-run
+# The service accounts (postgres, redis) must reach the folder: mktemp -d makes it 700.
+chmod 711 "${work}"
+# The tests serve the fake provider on provider_port. A long caller cache: a change reaches the other replica
+# through Redis or not for minutes. A small free-tier limit, to count across replicas; none to speak of for
+# premium users, whom the load tests use.
+provider_port="$(free_port)"
+cluster_env="$(scripts/cluster-up.sh --dir "${work}/cluster" --sidecar-bin target/debug/byok-bridge \
+	--sidecar-env "OPENAI_BASE_URL=http://127.0.0.1:${provider_port}/v1" \
+	--sidecar-env INTERNAL_OPENAI_API_KEY=sk-internal-cluster-openai-00000000000 \
+	--sidecar-env USER_CACHE_TTL_SECS=300 --sidecar-env RATE_LIMIT_FREE_PER_MIN=6 \
+	--sidecar-env RATE_LIMIT_PREMIUM_PER_MIN=1000000 | tail -n 1)"
+redis_port="$(sed -n 's/^REDIS_PORT=//p' "${cluster_env}")"
+
+step "several-replicas tests (real Redis; the cluster in BYOK_E2E_CLUSTER)"
+# Redis db 2: apart from Directus (0) and the cluster's replicas (1).
+if ! BYOK_E2E_REDIS_URL="redis://127.0.0.1:${redis_port}/2" BYOK_E2E_CLUSTER="${cluster_env}" \
+	BYOK_E2E_PROVIDER_ADDR="127.0.0.1:${provider_port}" cargo test --locked --features e2e --test replicas; then
+	for log in "${work}"/cluster/sidecar-*.log "${work}/cluster/directus/directus.log"; do
+		printf '\n--- last lines of %s ---\n' "${log}" >&2
+		tail -n 40 "${log}" >&2 || true
+	done
+	exit 1
+fi
+scripts/cluster-down.sh "${work}/cluster" >/dev/null
 
 if [[ -x scripts/check-monitoring-sql.sh ]]; then
 	step "the spec's monitoring SQL on PostgreSQL"

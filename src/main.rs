@@ -6,6 +6,10 @@ use byok_bridge::rewrap;
 use byok_bridge::startup::Application;
 use byok_bridge::telemetry;
 
+/// mimalloc: allocation and freeing were a tenth of the gateway's CPU under glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 byok-bridge: BYOK routing sidecar for Directus
 
@@ -13,6 +17,8 @@ Usage:
   byok-bridge [serve]     run the HTTP service (configured by environment variables; see README)
   byok-bridge rewrap      re-encrypt every stored key under ENCRYPTION_KEY (ENCRYPTION_KEYS_PREVIOUS still
                           decrypt); prints counts as JSON, never key material; safe to re-run
+  byok-bridge healthcheck exit 0 if the service on BIND_ADDR answers /readyz with 200 (ready or degraded),
+                          1 otherwise: for container healthchecks in an image without a shell or curl
   byok-bridge --version   print the version
   byok-bridge --help      print this help
 ";
@@ -23,6 +29,7 @@ async fn main() -> ExitCode {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] | ["serve"] => serve().await,
         ["rewrap"] => rewrap().await,
+        ["healthcheck"] => healthcheck().await,
         ["--version" | "-V"] => {
             println!("byok-bridge {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -50,7 +57,7 @@ async fn rewrap() -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    telemetry::init(settings.log_format);
+    let _logs = telemetry::init(settings.log_format);
     let Some(keyring) = settings.keyring else {
         eprintln!("byok-bridge: ENCRYPTION_KEY: is not set. rewrap seals every key under it.");
         return ExitCode::from(2);
@@ -68,12 +75,39 @@ async fn rewrap() -> ExitCode {
     }
 }
 
+async fn healthcheck() -> ExitCode {
+    let settings = match settings() {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let mut addr = settings.bind_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).build();
+    let answer = match client {
+        Ok(client) => client.get(format!("http://{addr}/readyz")).send().await,
+        Err(error) => Err(error),
+    };
+    match answer {
+        Ok(response) if response.status() == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("byok-bridge: /readyz answered {}", response.status());
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("byok-bridge: /readyz on {addr}: {}", error.without_url());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn serve() -> ExitCode {
     let settings = match settings() {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    telemetry::init(settings.log_format);
+    let _logs = telemetry::init(settings.log_format);
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {

@@ -31,6 +31,7 @@ const FLUSHER_LAG: &str = "byok_flusher_lag_seconds";
 const HOLDS_OPEN: &str = "byok_credit_holds_open";
 const STALE_ANSWERS: &str = "byok_stale_answers_total";
 const REDIS_UP: &str = "byok_redis_up";
+const KEY_INCIDENTS: &str = "byok_key_incidents_total";
 
 /// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
 const BUCKETS: &[f64] =
@@ -71,6 +72,10 @@ fn describe() {
     describe_histogram!(FLUSHER_LAG, Unit::Seconds, "From the end of a call to its record being stored.");
     describe_gauge!(HOLDS_OPEN, "Credit holds of internal-credit calls in flight.");
     describe_counter!(STALE_ANSWERS, "Answers that rested on last known data while Directus was unreachable.");
+    describe_counter!(
+        KEY_INCIDENTS,
+        "Key failures seen, by outcome: notified (the user is told), already_notified (once per incident)."
+    );
     describe_gauge!(REDIS_UP, "1 while Redis (REDIS_URL) answers, 0 while replicas run on their own state.");
 }
 
@@ -135,6 +140,10 @@ pub fn holds_open(open: usize) {
 
 pub fn stale_answer(what: &'static str) {
     counter!(STALE_ANSWERS, "what" => what).increment(1);
+}
+
+pub fn key_incident(outcome: &'static str) {
+    counter!(KEY_INCIDENTS, "outcome" => outcome).increment(1);
 }
 
 pub fn redis_up(up: bool) {

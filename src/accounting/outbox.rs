@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::futures::Notified;
 use tokio::sync::mpsc::error::TrySendError;
@@ -184,7 +184,12 @@ impl Outbox {
     /// How long the oldest waiting record has waited.
     pub fn oldest_age(&self) -> Result<Option<Duration>, StoreError> {
         let oldest: Option<i64> = sync::lock(&self.connection)
-            .query_row("SELECT min(enqueued_at) FROM usage_outbox WHERE rejected_at IS NULL", [], |row| row.get(0))
+            .query_row(
+                "SELECT enqueued_at FROM usage_outbox WHERE rejected_at IS NULL ORDER BY seq LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
             .map_err(|e| self.store.error(e))?;
         let now = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         Ok(oldest.map(|millis| Duration::from_millis(u64::try_from(now - i128::from(millis)).unwrap_or(0))))

@@ -26,9 +26,20 @@ use crate::shared::bus::Bus;
 use crate::shared::redis::Redis;
 use crate::store::{Store, StoreError};
 
-/// Shared by every handler. Cheap to clone: everything heavy is behind an `Arc`.
+/// Shared by every handler; axum clones it for every request, so it is one `Arc` (one reference count to
+/// touch) around [`Services`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub flags: Arc<FlagStore>,
     pub callers: Arc<CallerDirectory>,
     pub vault: Arc<KeyVault>,
@@ -108,7 +119,7 @@ impl AppState {
             vault_configured: settings.keyring.is_some(),
             deadline: settings.upstream_deadline,
         });
-        Ok(AppState {
+        Ok(AppState(Arc::new(Services {
             flags,
             callers,
             vault,
@@ -136,6 +147,6 @@ impl AppState {
             usage_reads: Arc::new(RateLimiter::new("usage_reads", redis)),
             usage_reads_per_minute: settings.usage_reads_per_minute,
             max_llm_body_bytes: settings.max_llm_body_bytes,
-        })
+        })))
     }
 }

@@ -120,6 +120,7 @@ impl ProviderClient {
         let request = self
             .request(client, api.provider(), reqwest::Method::POST, path, api_key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, if stream { "text/event-stream" } else { "application/json" })
             .body(body);
         match tokio::time::timeout(wait, request.send()).await {
             Ok(Ok(response)) => Ok(response),

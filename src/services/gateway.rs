@@ -216,7 +216,8 @@ impl Gateway {
             match self.send_with_retries(api, &credential, &request.body, request.stream).await {
                 Ok(reply) => {
                     let charge = Charge {
-                        request_id: Uuid::new_v4(),
+                        // Time-ordered: the outbox's and Directus's unique indexes grow at one end.
+                        request_id: Uuid::now_v7(),
                         user,
                         api,
                         model: request.model.clone(),

@@ -72,8 +72,10 @@ impl Notifier {
     pub async fn key_problem(&self, user: UserId, provider: Provider, problem: KeyProblem) {
         let incident = incident(user, provider, problem);
         if !self.shared.claim(&incident, INCIDENT_TTL).await {
+            crate::metrics::key_incident("already_notified");
             return;
         }
+        crate::metrics::key_incident("notified");
         let (directus, shared) = (self.directus.clone(), Arc::clone(&self.shared));
         tokio::spawn(async move {
             match directus.notify(user, &problem.subject(provider), &problem.message(provider)).await {

@@ -33,7 +33,11 @@ pub struct Bus {
 
 impl Bus {
     pub fn new(redis: Option<Arc<Redis>>) -> Bus {
-        Bus { redis, origin: uuid::Uuid::new_v4().simple().to_string(), channel: key(&["events"]) }
+        let channel = match &redis {
+            Some(redis) => key(&["db", &redis.database().to_string(), "events"]),
+            None => key(&["events"]),
+        };
+        Bus { redis, origin: uuid::Uuid::new_v4().simple().to_string(), channel }
     }
 
     /// Tells the other replicas (this one has applied the change itself).

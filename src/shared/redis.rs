@@ -65,6 +65,12 @@ impl Redis {
         result
     }
 
+    /// The database number of `REDIS_URL`: keys live in it, but pub/sub channels are shared by all databases,
+    /// so channel names carry it (deployments on one Redis, apart by database, must not hear each other).
+    pub fn database(&self) -> i64 {
+        self.client.get_connection_info().redis_settings().db()
+    }
+
     /// A dedicated connection for subscribing (pub/sub needs its own).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, SharedError> {
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())

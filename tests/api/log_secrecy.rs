@@ -123,10 +123,21 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
+    // Lines reach stderr from the log writer's thread within milliseconds: wait for the last ones.
+    let captured = || {
+        let logs = output.lock().unwrap();
+        logs.contains("routed") && logs.contains("feature flags reloaded")
+    };
+    for _ in 0..200 {
+        if captured() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     child.kill().await.unwrap();
     child.wait().await.unwrap();
+    assert!(captured(), "logs were captured");
     let logs = output.lock().unwrap().clone();
-    assert!(logs.contains("routed") && logs.contains("feature flags reloaded"), "logs were captured");
     let requests = directus.received_requests().await.unwrap();
     let stored: serde_json::Value =
         serde_json::from_slice(&requests.iter().find(|r| r.method.as_str() == "POST").unwrap().body).unwrap();

@@ -2,13 +2,10 @@
 //! charged its exact fraction of a cent.
 
 use serde_json::json;
-use wiremock::matchers::{body_partial_json, method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::gateway::{gateway_sidecar, wait_for_rows};
+use crate::fakes::{fake_providers, mount_expensive_gpt4o};
+use crate::gateway::gateway_sidecar;
 use crate::harness::{Instance, serial};
-
-const CHAT_OK: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
 
 #[tokio::test]
 async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_its_exact_fraction() {
@@ -16,24 +13,8 @@ async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_it
     let instance = Instance::from_env();
     let http = reqwest::Client::new();
     instance.set_byok_first(&http).await;
-    let providers = MockServer::start().await;
-    // gpt-4o answers with 90,000 output tokens (90 cents) after a moment, so the calls overlap.
-    let expensive = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "..."}}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 90_000}});
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .and(body_partial_json(json!({"model": "gpt-4o"})))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(expensive).set_delay(std::time::Duration::from_millis(300)),
-        )
-        .mount(&providers)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .and(body_partial_json(json!({"model": "gpt-4o-mini"})))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
-        .mount(&providers)
-        .await;
+    let providers = fake_providers().await;
+    mount_expensive_gpt4o(&providers).await;
     let sidecar = gateway_sidecar(&instance, &providers, &[("RATE_LIMIT_FREE_PER_MIN", "1000")]).await;
     let (user, token) = instance.new_user(&http, "free", "100").await;
 
@@ -53,7 +34,7 @@ async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_it
     assert_eq!(response.unwrap().status(), 200);
 
     let query = [("filter[user][_eq]", user.as_str()), ("filter[transaction_type][_eq]", "deduction")];
-    let rows = wait_for_rows(&instance, &http, "/items/credit_transactions", &query, 2).await;
+    let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &query, 2).await;
     let cost = |model: &str| {
         let row = rows.iter().find(|r| r["model"] == model).unwrap();
         row["cost_cents"].as_f64().or_else(|| row["cost_cents"].as_str().and_then(|s| s.parse().ok())).unwrap()

@@ -25,7 +25,12 @@ impl Instance {
         let file = std::env::var("BYOK_E2E_INSTANCE")
             .expect("BYOK_E2E_INSTANCE is not set: run the end-to-end tests through scripts/test.sh");
         let sidecar_addr = std::env::var("BYOK_E2E_SIDECAR_ADDR").expect("BYOK_E2E_SIDECAR_ADDR is not set");
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {file}: {e}"));
+        Instance::from_file(&file, sidecar_addr)
+    }
+
+    /// Reads a `KEY=VALUE` file (an instance's, or a cluster's, which holds its instance's variables too).
+    pub fn from_file(file: &str, sidecar_addr: String) -> Instance {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("cannot read {file}: {e}"));
         let vars = text
             .lines()
             .filter_map(|l| l.split_once('='))
@@ -116,6 +121,27 @@ impl Instance {
             .unwrap();
         let token = login.json::<Value>().await.unwrap()["data"]["access_token"].as_str().unwrap().to_owned();
         (id, token)
+    }
+
+    /// Polls Directus (bounded) until `collection` has `count` rows matching `query`, then returns them.
+    pub async fn wait_for_rows(
+        &self,
+        http: &reqwest::Client,
+        collection: &str,
+        query: &[(&str, &str)],
+        count: usize,
+    ) -> Vec<Value> {
+        let mut query = query.to_vec();
+        query.push(("limit", "-1"));
+        for _ in 0..300 {
+            let rows = self.admin_get(http, collection, &query).await;
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            if rows.len() >= count {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{collection} never reached {count} rows for {query:?}");
     }
 
     /// The user's balance as the ledger in Directus says: grants + refunds - deductions.

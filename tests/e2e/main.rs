@@ -3,6 +3,7 @@
 //! (the address the Directus hook posts webhooks to). Run with `--features e2e`.
 
 mod credits;
+mod fakes;
 mod gateway;
 mod harness;
 mod outage;

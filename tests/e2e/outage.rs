@@ -4,7 +4,8 @@ use serde_json::Value;
 
 use serde_json::json;
 
-use crate::gateway::{GOOD_KEY, fake_providers, gateway_sidecar, wait_for_rows};
+use crate::fakes::{GOOD_KEY, fake_providers};
+use crate::gateway::gateway_sidecar;
 use crate::harness::{Instance, Sidecar, serial};
 
 fn script(args: &[&str]) {
@@ -63,7 +64,7 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
     }
     // Those ten are stored before Directus goes, so the twenty of the outage are all that can wait.
     let query = [("filter[model][_eq]", model.as_str()), ("filter[transaction_type][_eq]", "deduction")];
-    wait_for_rows(&instance, &http, "/items/credit_transactions", &query, 10).await;
+    instance.wait_for_rows(&http, "/items/credit_transactions", &query, 10).await;
     script(&["scripts/directus-down.sh", &instance.dir]);
     for i in 10..30 {
         let response = call(&sidecar).await.unwrap();
@@ -79,7 +80,7 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
         assert_eq!(call(&sidecar).await.unwrap().status(), 200);
     }
     wait_for_waiting_records(&http, &sidecar, |n| n == 0).await;
-    let rows = wait_for_rows(&instance, &http, "/items/credit_transactions", &query, 40).await;
+    let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &query, 40).await;
     let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r["request_id"].as_str().unwrap()).collect();
     assert_eq!((rows.len(), ids.len()), (40, 40), "every record exactly once");
     sidecar.stop().await;
@@ -169,7 +170,7 @@ async fn a_directus_outage_does_not_stop_ai_for_known_callers_nor_let_them_overs
     sidecar.wait_for_readyz("ready").await;
     let query = [("filter[user][_eq]", free_id.as_str()), ("filter[transaction_type][_eq]", "deduction")];
     let served = 2 + served_before;
-    let rows = wait_for_rows(&instance, &http, "/items/credit_transactions", &query, served).await;
+    let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &query, served).await;
     assert_eq!(rows.len(), served, "every call on credits is in the ledger: {rows:?}");
     sidecar.stop().await;
 }

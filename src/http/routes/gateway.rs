@@ -17,6 +17,9 @@ use crate::services::gateway::Reply;
 
 /// Which credentials paid for the call.
 pub const SOURCE_HEADER: &str = "x-byok-source";
+/// The id of the usage record a successful call produced (`request_id` in Directus): what a client quotes to
+/// find its call in `api_key_usage` or `credit_transactions`.
+pub const USAGE_ID_HEADER: HeaderName = HeaderName::from_static("x-byok-usage-id");
 /// Present when the decision rested on data that may be out of date because Directus is unreachable:
 /// `flags`, `caller`, or both.
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-byok-stale");
@@ -61,6 +64,7 @@ async fn proxy(
     })?;
     let forwarded = state.gateway.call(user, api, &request).await?;
     let (source, staleness) = (forwarded.source, forwarded.staleness);
+    let usage_id = HeaderValue::try_from(forwarded.charge.request_id.to_string()).expect("a UUID is a header value");
     let mut response = match forwarded.reply {
         Reply::ProviderError { status, content_type, body } => {
             with_content_type(Response::new(Body::from(body)), status, content_type)
@@ -92,6 +96,9 @@ async fn proxy(
         }
     };
     response.headers_mut().insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
+    if response.status().is_success() {
+        response.headers_mut().insert(USAGE_ID_HEADER, usage_id);
+    }
     if let Some(stale) = staleness {
         response.headers_mut().insert(STALE_HEADER, HeaderValue::from_static(stale));
     }
