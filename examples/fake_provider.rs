@@ -1,6 +1,6 @@
-//! A minimal, fast stand-in for the OpenAI API for `scripts/bench.sh`: the gateway's overhead is measured
-//! against calling this directly. Answers `POST /v1/chat/completions` with a fixed completion, or a short
-//! SSE stream when the request asks for one.
+//! A minimal stand-in for the OpenAI API, so that `scripts/dev.sh` works offline. Answers
+//! `POST /v1/chat/completions` with a fixed completion, or a short SSE stream when the request asks for one.
+//! (`scripts/bench.sh` uses nginx with fixed answers instead, the fastest fake there is.)
 
 use axum::body::Bytes;
 use axum::http::header;

@@ -4,25 +4,34 @@
 #  2. /v1/route throughput and latency under wrk, beside an axum hello-world (the ceiling) on the same machine.
 #  3. The credit reservation path alone (available, reserve, settle, stored), then the key vault:
 #     encrypt+store and fetch+decrypt latency, and the rewrap rate over 10,000 stored keys.
-#  4. Gateway overhead: the same fake OpenAI called directly and through the sidecar, non-streaming and
-#     streaming, same wrk settings; sidecar RSS after.
+#  4. Gateway overhead: the same fake OpenAI (nginx answering fixed completions, the fastest fake there is)
+#     called directly and through the sidecar, non-streaming and streaming, same wrk settings; sidecar RSS after.
+#  5. Delivery into Directus on SQLite: the backlog section 4 left (Directus was stopped) drained.
+#  6. Two replicas on PostgreSQL and Redis (scripts/cluster-up.sh, release binary): flag propagation to both;
+#     then a BENCH_LOAD_SECONDS load at BENCH_CONNECTIONS through replica a with Directus up, and its backlog
+#     drained.
 #
-#   scripts/bench.sh            (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 by default)
+#   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${BENCH_SECONDS:-10}"
 connections="${BENCH_CONNECTIONS:-32}"
+load_seconds="${BENCH_LOAD_SECONDS:-60}"
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-if ! command -v wrk >/dev/null 2>&1; then
-	step "installing wrk (Debian package)"
-	apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+if ((${#missing[@]})); then
+	step "installing ${missing[*]} (Debian packages)"
+	apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
 step "release build"
-cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example fake_provider --bench flag_flip --bench vault --bench reservations 2>&1 | tail -n 1 >&2
+cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --bench flag_flip --bench vault --bench reservations 2>&1 | tail -n 1 >&2
 scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-bench.XXXXXX")"
@@ -30,6 +39,7 @@ pids=()
 cleanup() {
 	for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
 	scripts/directus-down.sh "${work}/directus" >/dev/null 2>&1 || true
+	[[ -d "${work}/cluster" ]] && { scripts/cluster-down.sh "${work}/cluster" >/dev/null 2>&1 || true; }
 	rm -rf "${work}"
 }
 trap cleanup EXIT
@@ -77,6 +87,27 @@ wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
 LUA
 
 summarize() { grep -E '^\s+(50|99)%|Requests/sec|Non-2xx|Socket errors' | sed 's/^/   /'; }
+waiting() { curl -fsS "http://$1/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["usage_records_waiting"])'; }
+# Polls a sidecar's outbox until it is empty (at most BENCH_DRAIN_MAX_SECONDS, 1800): how many records, how
+# long, how many per second; if it had to stop, the rate so far and the time the rest would take at that rate.
+drain() {
+	local addr="$1" start_count start count limit="${BENCH_DRAIN_MAX_SECONDS:-1800}"
+	start_count="$(waiting "${addr}")"
+	start="${SECONDS}"
+	count="${start_count}"
+	while ((count > 0 && SECONDS - start < limit)); do
+		sleep 1
+		count="$(waiting "${addr}")"
+	done
+	python3 -c "
+n0, n, t = ${start_count}, ${count}, max(${SECONDS} - ${start}, 1)
+rate = (n0 - n) / t
+if n == 0:
+    print(f'   {n0} records delivered in {t} s: {rate:.0f} records/s')
+else:
+    print(f'   stopped after {t} s: {n0 - n} of {n0} delivered, {rate:.0f} records/s; the rest would take {n / rate if rate else float(\"inf\"):.0f} s more')
+"
+}
 
 step "2a. /v1/route: wrk -t2 -c${connections} -d${seconds}s (JWT check + cached flags + cached caller)"
 BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/route.lua" \
@@ -104,7 +135,35 @@ BYOK_E2E_INSTANCE="${instance_env}" cargo bench --locked --features e2e --bench 
 	{ cat "${work}/vault.err" >&2; exit 1; }
 
 step "4. gateway overhead: fake OpenAI directly vs through the sidecar (wrk, ${seconds}s per run)"
-BIND_ADDR="127.0.0.1:${fake_port}" target/release/examples/fake_provider &
+# nginx with one worker answers a fixed completion, or a fixed SSE stream when asked for one (the sidecar sends
+# Accept: text/event-stream for streams).
+mkdir -p "${work}/nginx"
+cat >"${work}/nginx/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid ${work}/nginx/nginx.pid;
+error_log ${work}/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${work}/nginx/body;
+  keepalive_requests 10000000;
+  server {
+    listen 127.0.0.1:${fake_port};
+    location = /v1/chat/completions {
+      if (\$http_accept ~ "event-stream") { rewrite ^ /sse last; }
+      default_type application/json;
+      return 200 '{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}';
+    }
+    location = /sse {
+      internal;
+      default_type text/event-stream;
+      return 200 'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"lo"}}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2,"total_tokens":10}}\n\ndata: [DONE]\n\n';
+    }
+  }
+}
+NGINX
+"${nginx_bin}" -e "${work}/nginx/error.log" -c "${work}/nginx/nginx.conf" &
 pids+=("$!")
 for _ in $(seq 1 100); do
 	curl -fsS -X POST "http://127.0.0.1:${fake_port}/v1/chat/completions" -d '{}' >/dev/null 2>&1 && break
@@ -137,6 +196,35 @@ LUA
 			"http://127.0.0.1:${sidecar_port}/v1/chat/completions" | summarize
 	done
 done
-scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
 rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
-step "sidecar RSS after the gateway runs: $((rss_kb / 1024)) MiB; usage records waiting: $(curl -fsS "http://127.0.0.1:${sidecar_port}/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("usage_records_waiting"))')"
+step "sidecar RSS after the gateway runs: $((rss_kb / 1024)) MiB; usage records waiting: $(waiting "127.0.0.1:${sidecar_port}")"
+
+step "5. delivery into Directus on SQLite: the backlog of section 4, Directus started again"
+scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
+drain "127.0.0.1:${sidecar_port}"
+kill "${pids[0]}" 2>/dev/null || true
+scripts/directus-down.sh "${work}/directus" >/dev/null
+
+step "6. two replicas on PostgreSQL and Redis (scripts/cluster-up.sh, release binary)"
+chmod 711 "${work}"
+cluster_env="$(scripts/cluster-up.sh --dir "${work}/cluster" --sidecar-bin target/release/byok-bridge \
+	--sidecar-env "OPENAI_BASE_URL=http://127.0.0.1:${fake_port}/v1" \
+	--sidecar-env INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
+	--sidecar-env RATE_LIMIT_FREE_PER_MIN=10000000 --sidecar-env RATE_LIMIT_PREMIUM_PER_MIN=10000000 \
+	--sidecar-env USER_CACHE_TTL_SECS=300 --sidecar-env USAGE_DELIVERY_CONCURRENCY=2 | tail -n 1)"
+cget() { sed -n "s/^$1=//p" "${cluster_env}" | head -n 1; }
+step "6a. flag propagation to both replicas (the hook tells a, a tells b through Redis; 60 flips)"
+BYOK_E2E_INSTANCE="${cluster_env}" BYOK_E2E_SIDECAR_ADDR="$(cget SIDECAR_A_ADDR),$(cget SIDECAR_B_ADDR)" \
+	cargo bench --locked --features e2e --bench flag_flip 2>"${work}/flag_flip.err" ||
+	{ cat "${work}/flag_flip.err" >&2; exit 1; }
+step "6b. ${load_seconds} s of calls at ${connections} connections through replica a, Directus (PostgreSQL) up"
+cluster_token="$(curl -fsS "$(cget DIRECTUS_URL)/auth/login" -H 'content-type: application/json' \
+	-d "{\"email\":\"$(cget FREE_USER_EMAIL)\",\"password\":\"$(cget FREE_USER_PASSWORD)\"}" |
+	python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["access_token"])')"
+curl -fsS -o /dev/null "$(cget DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(cget DIRECTUS_ADMIN_TOKEN)" \
+	-H 'content-type: application/json' \
+	-d "{\"user\":\"$(cget FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
+BENCH_TOKEN="${cluster_token}" wrk -t1 -c"${connections}" -d"${load_seconds}s" --latency -s "${work}/chat-false.lua" \
+	"$(cget SIDECAR_A_URL)/v1/chat/completions" | summarize
+step "6c. delivery into Directus on PostgreSQL: what was left when the load ended"
+drain "$(cget SIDECAR_A_ADDR)"

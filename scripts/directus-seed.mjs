@@ -11,7 +11,8 @@
 // instead of random ones, so a deployment can hand the sidecars their DIRECTUS_TOKEN before the seed runs
 // (docker-compose.yml does); re-running then keeps them.
 // Then it verifies the result (service token can read flags but NOT update them, can write a fractional
-// deduction and read the user fields it needs, users can log in, ...).
+// deduction and a usage record as the sidecar does, with occurred_at, and read the user fields it needs, users
+// can log in, ...).
 //
 //   DIRECTUS_URL=http://127.0.0.1:8055 DIRECTUS_ADMIN_EMAIL=admin@example.com DIRECTUS_ADMIN_PASSWORD=... \
 //     node scripts/directus-seed.mjs > seed.env
@@ -383,20 +384,39 @@ async function verify(serviceToken, users) {
 			profile.subscription_tier === "premium" && typeof profile.email_notifications === "boolean",
 		"service token reads the user fields the sidecar needs",
 	);
-	const deduction = await svc("POST", `/items/credit_transactions${q({ fields: "id" })}`, {
-		user: premium.id,
-		transaction_type: "deduction",
-		service_type: "seed_probe",
-		cost_cents: "0.000345000",
-		description: "seed verification probe (deleted at once)",
-		request_id: `seed:probe:deduction:${randomToken().slice(0, 16)}`,
-	});
-	try {
-		const stored = await admin("GET", `/items/credit_transactions/${deduction.id}${q({ fields: "cost_cents" })}`);
-		// PostgreSQL answers numeric(20,9) as a string ("0.000345000"), SQLite (a double) as a number.
-		assert(Number(stored.cost_cents).toFixed(9) === "0.000345000", "a fractional deduction is stored to 9 decimals");
-	} finally {
-		await admin("DELETE", `/items/credit_transactions/${deduction.id}`);
+	// ... and its usage records as it delivers them: an array (one POST per batch), occurred_at an RFC 3339
+	// time with nanoseconds (Directus keeps milliseconds).
+	const probes = {
+		credit_transactions: {
+			transaction_type: "deduction",
+			service_type: "seed_probe",
+			cost_cents: "0.000345000",
+			description: "seed verification probe (deleted at once)",
+		},
+		api_key_usage: { provider: "openai", model: "seed-probe", total_tokens: 14, estimated_cost_cents: "0.000345000" },
+	};
+	for (const [collection, fields] of Object.entries(probes)) {
+		const [created] = await svc("POST", `/items/${collection}${q({ fields: "id" })}`, [
+			{
+				user: premium.id,
+				...fields,
+				request_id: `seed:probe:${collection}:${randomToken().slice(0, 16)}`,
+				occurred_at: "2026-11-28T12:00:00.123456789Z",
+			},
+		]);
+		try {
+			const money = collection === "credit_transactions" ? "cost_cents" : "estimated_cost_cents";
+			const stored = await admin("GET", `/items/${collection}/${created.id}`);
+			// PostgreSQL answers numeric(20,9) as a string ("0.000345000"), SQLite (a double) as a number.
+			assert(Number(stored[money]).toFixed(9) === "0.000345000", `a fractional ${collection} cost is stored to 9 decimals`);
+			assert(
+				stored.occurred_at === "2026-11-28T12:00:00.123Z",
+				`${collection}.occurred_at is stored (to the millisecond); got ${JSON.stringify(stored.occurred_at)}` +
+					("occurred_at" in stored ? "" : " (no such field: see directus-schema/UPGRADING.md)"),
+			);
+		} finally {
+			await admin("DELETE", `/items/${collection}/${created.id}`);
+		}
 	}
 
 	const policy = await findOne("/policies", "name", SERVICE.policyName, "app_access,admin_access");
@@ -411,7 +431,8 @@ async function verify(serviceToken, users) {
 	const brokeCredits = await admin("GET", `/items/credit_transactions${q({ ...eq("user", broke.id), limit: "1" })}`);
 	assert(brokeCredits.length === 0, "broke@example.com has no credit transactions");
 	log(
-		"verified: service token reads flags and the user fields it needs, writes a fractional deduction, cannot write " +
+		"verified: service token reads flags and the user fields it needs, writes a fractional deduction and a usage " +
+			"record (array POSTs, occurred_at kept to the millisecond), cannot write " +
 			"flags; end users log in without app access",
 	);
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::accounting::Delivery;
 use crate::crypto::encryption_key::EncryptionKey;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
@@ -62,6 +63,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The file spool of earlier versions, imported into the store at startup if anything is left in it.
     pub legacy_spool_dir: PathBuf,
+    /// How usage records go to Directus: records per request, requests in flight.
+    pub delivery: Delivery,
     pub price_table: Arc<PriceTable>,
     pub rate_limits: TierLimits,
     /// Per user and minute: key saves and checks (each asks the provider from the platform's address), and
@@ -305,6 +308,26 @@ impl Settings {
         let data_dir = PathBuf::from(r.get("DATA_DIR").unwrap_or_else(|| "data".into()));
         let legacy_spool_dir = r.get("SPOOL_DIR").map_or_else(|| data_dir.join("spool"), PathBuf::from);
         let price_table = price_table(&mut r);
+        let delivery = Delivery {
+            batch: r.parsed(
+                "USAGE_BATCH_SIZE",
+                500,
+                "Use a number of records from 1 to 1000, e.g. 500 (250 keeps a SQLite Directus more responsive)",
+                |raw| match raw.parse::<usize>() {
+                    Ok(n) if (1..=1_000).contains(&n) => Ok(n),
+                    _ => Err("must be a whole number from 1 to 1000"),
+                },
+            ),
+            concurrency: r.parsed(
+                "USAGE_DELIVERY_CONCURRENCY",
+                1,
+                "Use 1 for a Directus on SQLite, 2 on PostgreSQL (more adds only latency)",
+                |raw| match raw.parse::<usize>() {
+                    Ok(n) if (1..=8).contains(&n) => Ok(n),
+                    _ => Err("must be a whole number from 1 to 8"),
+                },
+            ),
+        };
         let per_minute = "Use a whole number of requests per minute, e.g. 20";
         let count = |raw: &str| match raw.parse::<u32>() {
             Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
@@ -373,6 +396,7 @@ impl Settings {
                     internal_anthropic_key,
                     data_dir,
                     legacy_spool_dir,
+                    delivery,
                     price_table,
                     rate_limits,
                     key_checks_per_minute,
@@ -482,6 +506,19 @@ mod tests {
         let vars_named: Vec<_> = err.0.iter().map(|p| p.var).collect();
         assert_eq!(vars_named, ["BIND_ADDR", "DIRECTUS_URL", "WEBHOOK_SECRET", "FLAG_CACHE_TTL_SECS"]);
         assert!(!text.contains("plain-secret-without-prefix"), "{text}");
+    }
+
+    #[test]
+    fn usage_delivery_is_tunable_within_what_directus_takes() {
+        assert_eq!(parse(&base()).unwrap().delivery, Delivery { batch: 500, concurrency: 1 });
+        let mut vars = base();
+        vars.insert("USAGE_BATCH_SIZE", "250".to_owned());
+        vars.insert("USAGE_DELIVERY_CONCURRENCY", "2".to_owned());
+        assert_eq!(parse(&vars).unwrap().delivery, Delivery { batch: 250, concurrency: 2 });
+        vars.insert("USAGE_BATCH_SIZE", "5000".to_owned());
+        vars.insert("USAGE_DELIVERY_CONCURRENCY", "0".to_owned());
+        let named: Vec<_> = parse(&vars).unwrap_err().0.iter().map(|p| p.var).collect();
+        assert_eq!(named, ["USAGE_BATCH_SIZE", "USAGE_DELIVERY_CONCURRENCY"]);
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     reverify_interval: Duration,
+    delivery: accounting::Delivery,
     client_write_timeout: Duration,
 }
 
@@ -81,6 +82,7 @@ impl Application {
             metrics_listener,
             state,
             reverify_interval: settings.key_reverify_interval,
+            delivery: settings.delivery,
             client_write_timeout: settings.client_write_timeout,
         })
     }
@@ -108,7 +110,7 @@ impl Application {
         }
         let sink =
             LedgerSink { inner: self.state.directus.clone(), reservations: Arc::clone(&self.state.reservations) };
-        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.outbox), Arc::new(sink)));
+        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.outbox), Arc::new(sink), self.delivery));
         if self.state.vault_configured {
             tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
         }

@@ -22,8 +22,24 @@ use crate::domain::usage::UsageRecord;
 use crate::metrics;
 use crate::store::StoreError;
 
-/// Records read from the outbox per page, and sent to Directus per request.
-pub const DELIVERY_BATCH: usize = 500;
+/// How records go to Directus (`USAGE_BATCH_SIZE`, `USAGE_DELIVERY_CONCURRENCY`). Directus 12.4.0 stores a
+/// batch's records one by one in its single Node.js process: batches of 500 reach 90-95% of its ceiling, and a
+/// second batch in flight adds about half on PostgreSQL and nothing on SQLite, whose one connection
+/// serializes them (`scripts/measure-directus-ingest.mjs`; figures in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Records per request (and per outbox page). A record is at most about 700 bytes of JSON (model names
+    /// are at most 200 characters), so 1,000 stay under Directus's 1 MiB `MAX_PAYLOAD_SIZE`.
+    pub batch: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for Delivery {
+    fn default() -> Delivery {
+        Delivery { batch: 500, concurrency: 1 }
+    }
+}
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Directus is asked again at least this often while it is down, so records flow within seconds of its return.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -69,51 +85,72 @@ enum Next {
     Stop,
 }
 
-/// Delivers waiting records oldest first, a batch per request, until the outbox is empty or a delivery fails
-/// with a retryable error (the records after it would meet the same outage). A batch Directus refuses as a
-/// whole (a record already stored, or one it rejects) is sent again record by record, so only the records at
-/// fault are set aside.
-pub async fn flush_once<S: UsageSink>(outbox: &Arc<Outbox>, sink: &S, batch: usize) -> FlushReport {
+/// Delivers waiting records oldest first, a batch per request (`concurrency` at a time), until the outbox is
+/// empty or a delivery fails with a retryable error (the records after it would meet the same
+/// outage). A batch Directus refuses as a whole (a record already stored, or one it rejects) is sent again
+/// record by record, so only the records at fault are set aside.
+pub async fn flush_once<S: UsageSink>(outbox: &Arc<Outbox>, sink: &S, delivery: Delivery) -> FlushReport {
     let mut report = FlushReport::default();
     let mut cursor = 0;
+    let batch = delivery.batch;
     loop {
-        let page = match blocking(outbox, move |o| o.page(cursor, batch)).await {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the usage outbox; will try again");
-                report.retry_later = outbox.len();
-                return report;
-            }
-        };
-        let Some(last) = page.last() else { return report };
-        cursor = last.seq;
-        let (byok, internal): (Vec<Waiting>, Vec<Waiting>) =
-            page.into_iter().partition(|w| w.record.source == Source::Byok);
-        for group in [byok, internal].into_iter().filter(|g| !g.is_empty()) {
-            if let Next::Stop = deliver_group(outbox, sink, group, &mut report).await {
-                report.retry_later = outbox.len();
-                return report;
-            }
+        let mut groups = Vec::with_capacity(delivery.concurrency + 1);
+        while groups.len() < delivery.concurrency {
+            let page = match blocking(outbox, move |o| o.page(cursor, batch)).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the usage outbox; will try again");
+                    report.retry_later = outbox.len();
+                    return report;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            cursor = last.seq;
+            let (byok, internal): (Vec<Waiting>, Vec<Waiting>) =
+                page.into_iter().partition(|w| w.record.source == Source::Byok);
+            groups.extend([byok, internal].into_iter().filter(|g| !g.is_empty()));
+        }
+        if groups.is_empty() {
+            return report;
+        }
+        let outcomes =
+            futures_util::future::join_all(groups.into_iter().map(|group| deliver_group(outbox, sink, group))).await;
+        let mut stop = false;
+        for (next, part) in outcomes {
+            report.delivered += part.delivered;
+            report.rejected += part.rejected;
+            stop |= matches!(next, Next::Stop);
+        }
+        if stop {
+            report.retry_later = outbox.len();
+            return report;
         }
     }
 }
 
-async fn deliver_group<S: UsageSink>(
+/// One batch: how the pass goes on, and what this batch did.
+async fn deliver_group<S: UsageSink>(outbox: &Arc<Outbox>, sink: &S, group: Vec<Waiting>) -> (Next, FlushReport) {
+    let mut report = FlushReport::default();
+    let next = deliver_records(outbox, sink, &group, &mut report).await;
+    (next, report)
+}
+
+async fn deliver_records<S: UsageSink>(
     outbox: &Arc<Outbox>,
     sink: &S,
-    group: Vec<Waiting>,
+    group: &[Waiting],
     report: &mut FlushReport,
 ) -> Next {
     let records: Vec<UsageRecord> = group.iter().map(|w| w.record.clone()).collect();
     match sink.deliver(&records).await {
-        Ok(()) => mark_delivered(outbox, &group, report).await,
+        Ok(()) => mark_delivered(outbox, group, report).await,
         Err(DeliveryError::Retryable(error)) => {
             tracing::warn!(%error, waiting = outbox.len(), "cannot deliver usage records; will retry");
             Next::Stop
         }
         Err(error) if group.len() == 1 => settle_single(outbox, &group[0], error, report).await,
         Err(_) => {
-            for waiting in &group {
+            for waiting in group {
                 let outcome = match sink.deliver(std::slice::from_ref(&waiting.record)).await {
                     Ok(()) => mark_delivered(outbox, std::slice::from_ref(waiting), report).await,
                     Err(error) => settle_single(outbox, waiting, error, report).await,
@@ -180,10 +217,10 @@ async fn mark_delivered(outbox: &Arc<Outbox>, delivered: &[Waiting], report: &mu
 /// After a retryable failure it waits 100 ms, doubling up to 5 s until a delivery succeeds. New records do not
 /// cut that wait short (they go out with the next pass). With nothing left to retry, it sleeps until a batch is
 /// written.
-pub async fn run_flusher<S: UsageSink>(outbox: Arc<Outbox>, sink: Arc<S>) {
+pub async fn run_flusher<S: UsageSink>(outbox: Arc<Outbox>, sink: Arc<S>, delivery: Delivery) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let report = flush_once(&outbox, &*sink, DELIVERY_BATCH).await;
+        let report = flush_once(&outbox, &*sink, delivery).await;
         if report.delivered > 0 {
             backoff = FIRST_BACKOFF;
         }
@@ -217,6 +254,10 @@ mod tests {
     use super::outbox::tests::{ids_of, open, record, records};
     use super::*;
     use crate::store::tests::TempDir;
+
+    fn batches_of(batch: usize) -> Delivery {
+        Delivery { batch, concurrency: 1 }
+    }
 
     /// Directus, as far as the flusher can tell: `stored` is the table with its unique `request_id`; a batch
     /// holding a record already stored fails whole, as Directus's create-many does.
@@ -294,11 +335,11 @@ mod tests {
         let dir = TempDir::new();
         let (outbox, ids) = with_records(&dir, 25);
         let directus = FakeDirectus::default();
-        assert_eq!(flush_once(&outbox, &directus, 10).await, report(25, 0, 0));
+        assert_eq!(flush_once(&outbox, &directus, batches_of(10)).await, report(25, 0, 0));
         assert_eq!(directus.batches(), [10, 10, 5], "one request per batch");
         assert_eq!(directus.stored(), ids);
         assert!(outbox.is_empty() && outbox.all_records().unwrap().is_empty());
-        assert_eq!(flush_once(&outbox, &directus, 10).await, report(0, 0, 0));
+        assert_eq!(flush_once(&outbox, &directus, batches_of(10)).await, report(0, 0, 0));
     }
 
     #[tokio::test]
@@ -311,7 +352,7 @@ mod tests {
         }
         outbox.import(&mixed, None).unwrap();
         let directus = FakeDirectus::default();
-        assert_eq!(flush_once(&outbox, &directus, 100).await, report(6, 0, 0));
+        assert_eq!(flush_once(&outbox, &directus, batches_of(100)).await, report(6, 0, 0));
         assert_eq!(directus.batches(), [3, 3]);
     }
 
@@ -320,9 +361,9 @@ mod tests {
         let dir = TempDir::new();
         let (outbox, ids) = with_records(&dir, 3);
         let directus = FakeDirectus::down_for(2);
-        assert_eq!(flush_once(&outbox, &directus, 100).await, report(0, 3, 0));
-        assert_eq!(flush_once(&outbox, &directus, 100).await, report(0, 3, 0));
-        assert_eq!(flush_once(&outbox, &directus, 100).await, report(3, 0, 0));
+        assert_eq!(flush_once(&outbox, &directus, batches_of(100)).await, report(0, 3, 0));
+        assert_eq!(flush_once(&outbox, &directus, batches_of(100)).await, report(0, 3, 0));
+        assert_eq!(flush_once(&outbox, &directus, batches_of(100)).await, report(3, 0, 0));
         assert_eq!(directus.stored(), ids);
         assert!(ids.iter().all(|id| directus.accepted(*id) == 1));
     }
@@ -335,7 +376,7 @@ mod tests {
         // Delivered just before a crash: Directus has it, the outbox still does.
         let first = outbox.page(0, 1).unwrap().remove(0).record;
         directus.deliver(std::slice::from_ref(&first)).await.unwrap();
-        assert_eq!(flush_once(&outbox, &directus, 100).await, report(4, 0, 0));
+        assert_eq!(flush_once(&outbox, &directus, batches_of(100)).await, report(4, 0, 0));
         assert_eq!(directus.batches(), [1, 4, 1, 1, 1, 1], "the batch of 4 failed whole, then singles");
         assert_eq!(directus.stored(), ids);
         assert!(ids.iter().all(|id| directus.accepted(*id) == 1), "stored once each");
@@ -348,11 +389,11 @@ mod tests {
         let (outbox, ids) = with_records(&dir, 3);
         let directus = FakeDirectus::default();
         directus.refused.lock().unwrap().insert(ids[1]);
-        assert_eq!(flush_once(&outbox, &directus, 100).await, report(2, 0, 1));
+        assert_eq!(flush_once(&outbox, &directus, batches_of(100)).await, report(2, 0, 1));
         assert_eq!(directus.stored(), [ids[0], ids[2]]);
         assert!(outbox.is_empty());
         assert_eq!(ids_of(&outbox.all_records().unwrap()), [ids[1]], "kept, marked rejected");
-        assert_eq!(flush_once(&outbox, &directus, 100).await, report(0, 0, 0), "not offered again");
+        assert_eq!(flush_once(&outbox, &directus, batches_of(100)).await, report(0, 0, 0), "not offered again");
     }
 
     /// Fails at random, as if Directus came and went.
@@ -376,9 +417,13 @@ mod tests {
         while !outbox.is_empty() {
             passes += 1;
             assert!(passes < 10_000, "never finished");
-            flush_once(&outbox, &flaky, 7).await;
+            flush_once(&outbox, &flaky, Delivery { batch: 7, concurrency: 2 }).await;
         }
-        assert_eq!(flaky.0.stored(), ids, "oldest first, across batches");
+        // Two batches in flight at a time: a failed one may be stored after the next, so order is not kept.
+        let (mut stored, mut expected) = (flaky.0.stored(), ids.clone());
+        stored.sort();
+        expected.sort();
+        assert_eq!(stored, expected);
         assert!(ids.iter().all(|id| flaky.0.accepted(*id) == 1));
     }
 
@@ -389,7 +434,7 @@ mod tests {
         let writer = OutboxWriter::start(Arc::clone(&outbox)).unwrap();
         // 100 + 200 + 400 ms of backoff before the fourth attempt succeeds.
         let directus = Arc::new(FakeDirectus::down_for(3));
-        let flusher = tokio::spawn(run_flusher(Arc::clone(&outbox), Arc::clone(&directus)));
+        let flusher = tokio::spawn(run_flusher(Arc::clone(&outbox), Arc::clone(&directus), Delivery::default()));
         let (a, b) = (record(), record());
         writer.submit(a.clone());
         eventually("the first record", || directus.stored().len() == 1).await;

@@ -330,25 +330,26 @@ export function createServiceRoleResolver(configured, { ttlMs = 30_000, now = Da
 		const fixed = new Set([value.toLowerCase()]);
 		return { value, resolve: async () => fixed, invalidate: () => {} };
 	}
-	let cached = null; // { at, promise }
+	// Only finished lookups are shared. An in-flight one must not be: it runs on its caller's database handle,
+	// and on SQLite (one connection) a request inside a transaction that waited for another request's lookup
+	// would wait for the connection it holds itself (Directus then fails every request in flight after 60 s).
+	let cached = null; // { at, roles }
+	let generation = 0;
 	async function lookup(database) {
 		const rows = await database.select("id").from("directus_roles").where("name", value);
 		return new Set(rows.map((row) => String(row.id)));
 	}
 	return {
 		value,
-		resolve(database) {
-			if (cached === null || now() - cached.at > ttlMs) {
-				const promise = lookup(database);
-				cached = { at: now(), promise };
-				// A failed lookup is not cached.
-				promise.catch(() => {
-					if (cached?.promise === promise) cached = null;
-				});
-			}
-			return cached.promise;
+		async resolve(database) {
+			if (cached !== null && now() - cached.at <= ttlMs) return cached.roles;
+			const started = generation;
+			const roles = await lookup(database); // a failed lookup is not cached
+			if (started === generation) cached = { at: now(), roles };
+			return roles;
 		},
 		invalidate() {
+			generation += 1;
 			cached = null;
 		},
 	};

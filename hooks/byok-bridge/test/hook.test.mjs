@@ -604,6 +604,32 @@ test("service role: resolved by name through the database, cached, invalidated",
 	assert.equal(calls.length, before, "a role id needs no lookup");
 });
 
+test("service role: a lookup still running on one connection never holds up a caller on another", async () => {
+	// SQLite has one connection: a request inside a transaction must look the role up on that transaction,
+	// never wait for a lookup another request started and that needs the connection the first one holds.
+	let release;
+	const stuck = { select: () => ({ from: () => ({ where: () => new Promise((resolve) => (release = resolve)) }) }) };
+	const { database } = fakeDatabase({ [DEFAULT_SERVICE_ROLE]: [{ id: "r1" }] });
+	const resolver = createServiceRoleResolver(undefined);
+	const waiting = resolver.resolve(stuck);
+	assert.deepEqual([...(await resolver.resolve(database))], ["r1"], "answered on its own connection");
+	release([{ id: "r1" }]);
+	assert.deepEqual([...(await waiting)], ["r1"]);
+});
+
+test("service role: a lookup that started before a role change does not refill the cache", async () => {
+	let release;
+	const slow = { select: () => ({ from: () => ({ where: () => new Promise((resolve) => (release = resolve)) }) }) };
+	const { database, calls } = fakeDatabase({ [DEFAULT_SERVICE_ROLE]: [{ id: "new" }] });
+	const resolver = createServiceRoleResolver(undefined);
+	const before = resolver.resolve(slow);
+	resolver.invalidate();
+	release([{ id: "old" }]);
+	await before;
+	assert.deepEqual([...(await resolver.resolve(database))], ["new"]);
+	assert.equal(calls.length, 1, "looked up again: the old answer was not cached");
+});
+
 test("service role: matched on the role or a parent role", () => {
 	const ids = new Set(["r1"]);
 	assert.equal(isServiceAccountability({ role: "r1", roles: ["r1"] }, ids), true);
