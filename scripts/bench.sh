@@ -5,7 +5,8 @@
 #  3. The credit reservation path alone (available, reserve, settle, stored), then the key vault:
 #     encrypt+store and fetch+decrypt latency, and the rewrap rate over 10,000 stored keys.
 #  4. Gateway overhead: the same fake OpenAI (nginx answering fixed completions, the fastest fake there is)
-#     called directly and through the sidecar, non-streaming and streaming, same wrk settings; sidecar RSS after.
+#     called directly and through the sidecar, non-streaming and streaming, same wrk settings; sidecar RSS after;
+#     and a bare axum + reqwest proxy (examples/bare_proxy.rs), the ceiling for a gateway on that stack.
 #  5. Delivery into Directus on SQLite: the backlog section 4 left (Directus was stopped) drained.
 #  6. Two replicas on PostgreSQL and Redis (scripts/cluster-up.sh, release binary): flag propagation to both;
 #     then a BENCH_LOAD_SECONDS load at BENCH_CONNECTIONS through replica a with Directus up, and its backlog
@@ -31,7 +32,7 @@ fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
 step "release build"
-cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --bench flag_flip --bench vault --bench reservations 2>&1 | tail -n 1 >&2
+cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example bare_proxy --bench flag_flip --bench vault --bench reservations 2>&1 | tail -n 1 >&2
 scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-bench.XXXXXX")"
@@ -88,10 +89,10 @@ LUA
 
 summarize() { grep -E '^\s+(50|99)%|Requests/sec|Non-2xx|Socket errors' | sed 's/^/   /'; }
 waiting() { curl -fsS "http://$1/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["usage_records_waiting"])'; }
-# Polls a sidecar's outbox until it is empty (at most BENCH_DRAIN_MAX_SECONDS, 1800): how many records, how
+# Polls a sidecar's outbox until it is empty (at most BENCH_DRAIN_MAX_SECONDS, 300): how many records, how
 # long, how many per second; if it had to stop, the rate so far and the time the rest would take at that rate.
 drain() {
-	local addr="$1" start_count start count limit="${BENCH_DRAIN_MAX_SECONDS:-1800}"
+	local addr="$1" start_count start count limit="${BENCH_DRAIN_MAX_SECONDS:-300}"
 	start_count="$(waiting "${addr}")"
 	start="${SECONDS}"
 	count="${start_count}"
@@ -135,6 +136,7 @@ BYOK_E2E_INSTANCE="${instance_env}" cargo bench --locked --features e2e --bench 
 	{ cat "${work}/vault.err" >&2; exit 1; }
 
 step "4. gateway overhead: fake OpenAI directly vs through the sidecar (wrk, ${seconds}s per run)"
+proxy_port="$(free_port)"
 # nginx with one worker answers a fixed completion, or a fixed SSE stream when asked for one (the sidecar sends
 # Accept: text/event-stream for streams).
 mkdir -p "${work}/nginx"
@@ -196,6 +198,17 @@ LUA
 			"http://127.0.0.1:${sidecar_port}/v1/chat/completions" | summarize
 	done
 done
+# The ceiling for any gateway built on axum and reqwest, same settings: a proxy doing nothing else.
+BIND_ADDR="127.0.0.1:${proxy_port}" UPSTREAM="http://127.0.0.1:${fake_port}/v1/chat/completions" \
+	target/release/examples/bare_proxy &
+pids+=("$!")
+for _ in $(seq 1 100); do
+	curl -fsS -X POST "http://127.0.0.1:${proxy_port}/v1/chat/completions" -d '{}' >/dev/null 2>&1 && break
+	sleep 0.05
+done
+step "4c. ceiling: a bare axum + reqwest proxy, non-streaming, ${connections} connections"
+BENCH_TOKEN="${token}" wrk -t1 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
+	"http://127.0.0.1:${proxy_port}/v1/chat/completions" | summarize
 rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
 step "sidecar RSS after the gateway runs: $((rss_kb / 1024)) MiB; usage records waiting: $(waiting "127.0.0.1:${sidecar_port}")"
 

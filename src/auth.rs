@@ -18,7 +18,15 @@ const ISSUER: &str = "directus";
 pub struct AccessTokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// Tokens that verified lately, with their `exp`: a client's next calls skip the base64 and JSON decoding
+    /// (an eighth of `/v1/route`'s CPU). Keyed by the whole token, so only that exact token, already verified,
+    /// is ever answered from here, and only until its `exp`.
+    verified: moka::sync::Cache<String, (VerifiedToken, u64)>,
 }
+
+/// Verified tokens remembered, and for how long at most (their `exp` usually ends it sooner).
+const VERIFIED_CAPACITY: u64 = 10_000;
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a token was refused. For logs and tests only: every variant gets the same 401 body, so callers
 /// cannot learn which check failed.
@@ -39,6 +47,7 @@ pub enum TokenError {
 #[derive(Deserialize)]
 struct Claims {
     id: String,
+    exp: u64,
     iat: Option<u64>,
     /// Session-mode tokens name their session; it must still exist in Directus (see
     /// [`crate::services::sessions`]).
@@ -59,7 +68,11 @@ impl AccessTokenVerifier {
         validation.validate_nbf = true;
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss"]);
-        AccessTokenVerifier { key: DecodingKey::from_secret(directus_secret.expose_secret().as_bytes()), validation }
+        AccessTokenVerifier {
+            key: DecodingKey::from_secret(directus_secret.expose_secret().as_bytes()),
+            validation,
+            verified: moka::sync::Cache::builder().max_capacity(VERIFIED_CAPACITY).time_to_live(VERIFIED_TTL).build(),
+        }
     }
 
     /// Verifies a token's signature and claims. A session-mode token still needs its session checked.
@@ -70,13 +83,20 @@ impl AccessTokenVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong);
         }
+        if let Some((verified, exp)) = self.verified.get(token)
+            && now_unix <= exp + LEEWAY_SECS
+        {
+            return Ok(verified);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| TokenError::Rejected(e.into_kind()))?;
         if data.claims.iat.is_some_and(|iat| iat > now_unix + LEEWAY_SECS) {
             return Err(TokenError::IssuedInFuture);
         }
         let user = UserId::parse(&data.claims.id).map_err(|_| TokenError::BadSubject)?;
-        Ok(VerifiedToken { user, session: data.claims.session })
+        let verified = VerifiedToken { user, session: data.claims.session };
+        self.verified.insert(token.to_owned(), (verified.clone(), data.claims.exp));
+        Ok(verified)
     }
 }
 
@@ -121,6 +141,25 @@ mod tests {
     fn accepts_a_directus_token_and_returns_its_user() {
         let token = sign(&now_claims(), Algorithm::HS256, SECRET);
         assert_eq!(check(&token).unwrap().to_string(), USER);
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_exactly_and_only_until_it_expires() {
+        let verifier = verifier();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = now_claims();
+        let token = sign(&claims, Algorithm::HS256, SECRET);
+        let first = verifier.verify(&token, now).unwrap();
+        assert_eq!(verifier.verified.get(&token), Some((first.clone(), claims["exp"].as_u64().unwrap())));
+        assert_eq!(verifier.verify(&token, now).unwrap(), first);
+        // Only that exact token: a copy with its signature changed is refused.
+        let mut forged = token.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        assert!(verifier.verify(std::str::from_utf8(&forged).unwrap(), now).is_err());
+        // A remembered answer past its `exp` is not used: the token is decoded again (this one fails to).
+        verifier.verified.insert("not-a-jwt".to_owned(), (first, now - LEEWAY_SECS - 1));
+        assert!(verifier.verify("not-a-jwt", now).is_err());
     }
 
     #[test]

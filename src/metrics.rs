@@ -11,10 +11,12 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogra
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::provider::Provider;
+use crate::domain::routing::Source;
 
 const HTTP_REQUESTS: &str = "byok_http_requests_total";
 const HTTP_DURATION: &str = "byok_http_request_duration_seconds";
 const GATEWAY_CALLS: &str = "byok_gateway_calls_total";
+const ROUTE_DECISIONS: &str = "byok_route_decisions_total";
 const UPSTREAM_DURATION: &str = "byok_upstream_duration_seconds";
 const UPSTREAM_RETRIES: &str = "byok_upstream_retries_total";
 const CIRCUIT_OPEN: &str = "byok_circuit_open";
@@ -68,6 +70,7 @@ pub fn handle() -> &'static PrometheusHandle {
 fn describe() {
     describe_counter!(HTTP_REQUESTS, "Requests answered, by route template, status and error code (\"ok\" for 2xx).");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "Time to the response head, by route template.");
+    describe_counter!(ROUTE_DECISIONS, "/v1/route answers that named a source, by provider and source.");
     describe_counter!(GATEWAY_CALLS, "LLM gateway calls by provider, paying source and outcome code.");
     describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Provider response time to headers, per attempt.");
     describe_counter!(UPSTREAM_RETRIES, "Provider calls tried again, by provider and reason.");
@@ -94,6 +97,10 @@ fn describe() {
 pub fn http_request(route: &str, status: u16, code: &'static str, elapsed: Duration) {
     counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string(), "code" => code).increment(1);
     histogram!(HTTP_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn route_decision(provider: Provider, source: Source) {
+    counter!(ROUTE_DECISIONS, "provider" => provider.as_str(), "source" => source.as_str()).increment(1);
 }
 
 pub fn gateway_call(provider: Provider, source: &'static str, code: &'static str) {

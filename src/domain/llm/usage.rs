@@ -5,12 +5,17 @@ use serde_json::Value;
 use super::Api;
 use crate::domain::usage::TokenUsage;
 
-/// Usage from a complete (non-streaming) response body.
-pub fn usage_from_response(api: Api, body: &Value) -> Option<TokenUsage> {
-    let usage = body.get("usage")?;
+/// Usage from a complete (non-streaming) response body; `None` when it has none or is not JSON. Only `usage` is
+/// built: the rest of the answer (the generated text, however long) is checked and skipped.
+pub fn usage_from_response(api: Api, body: &[u8]) -> Option<TokenUsage> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Value>,
+    }
+    let usage = serde_json::from_slice::<Answer>(body).ok()?.usage?;
     match api {
-        Api::ChatCompletions => openai_usage(usage),
-        Api::Messages => anthropic_usage(usage),
+        Api::ChatCompletions => openai_usage(&usage),
+        Api::Messages => anthropic_usage(&usage),
     }
 }
 
@@ -71,13 +76,13 @@ mod tests {
         let body = json!({"usage": {"prompt_tokens": 1200, "completion_tokens": 34, "total_tokens": 1234,
             "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 20, "audio_tokens": 5}}});
-        let usage = usage_from_response(Api::ChatCompletions, &body).unwrap();
+        let usage = usage_from_response(Api::ChatCompletions, body.to_string().as_bytes()).unwrap();
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (1200, 34));
         assert_eq!((usage.cached_prompt_tokens, usage.audio_completion_tokens), (1024, 5));
         assert_eq!(
             usage_from_response(
                 Api::ChatCompletions,
-                &json!({"usage": {"prompt_tokens": 12, "completion_tokens": 34}})
+                br#"{"id": "x", "choices": [{"message": {"content": "..."}}], "usage": {"prompt_tokens": 12, "completion_tokens": 34}}"#
             ),
             Some(TokenUsage::new(12, 34))
         );
@@ -86,14 +91,15 @@ mod tests {
     #[test]
     fn reads_anthropic_usage_with_cache_reads_writes_and_searches() {
         let simple = json!({"usage": {"input_tokens": 10, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 3, "output_tokens": 7}});
-        let usage = usage_from_response(Api::Messages, &simple).unwrap();
+        let usage = usage_from_response(Api::Messages, simple.to_string().as_bytes()).unwrap();
         assert_eq!((usage.prompt_tokens, usage.cached_prompt_tokens, usage.cache_write_tokens), (18, 5, 3));
         let split = json!({"usage": {"input_tokens": 10, "cache_creation_input_tokens": 30, "output_tokens": 7,
             "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20},
             "server_tool_use": {"web_search_requests": 2}}});
-        let usage = usage_from_response(Api::Messages, &split).unwrap();
+        let usage = usage_from_response(Api::Messages, split.to_string().as_bytes()).unwrap();
         assert_eq!((usage.prompt_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens), (40, 10, 20));
         assert_eq!(usage.web_searches, 2);
-        assert_eq!(usage_from_response(Api::Messages, &json!({})), None);
+        assert_eq!(usage_from_response(Api::Messages, b"{}"), None);
+        assert_eq!(usage_from_response(Api::Messages, b"not json"), None);
     }
 }

@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use crate::domain::llm::{self, Api, LlmRequestError, estimated_usage, usage_from_response};
 use crate::domain::routing::Source;
@@ -85,8 +84,7 @@ async fn proxy(
         Reply::Success(upstream) => {
             let (status, content_type) = (upstream.status(), upstream.headers().get(header::CONTENT_TYPE).cloned());
             let body = upstream.bytes().await.map_err(|_| ApiError::Upstream("the provider's answer was cut off"))?;
-            let parsed = serde_json::from_slice::<Value>(&body).ok();
-            let usage = parsed.as_ref().and_then(|v| usage_from_response(api, v));
+            let usage = usage_from_response(api, &body);
             let usage = usage.unwrap_or_else(|| {
                 tracing::info!("response without usage; charged by estimate");
                 estimated_usage(forwarded.charge.estimated_prompt_tokens, body.len())
