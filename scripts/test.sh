@@ -39,7 +39,7 @@ scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-e2e.XXXXXX")"
 cleanup() {
-	scripts/directus-down.sh "${work}/directus" >/dev/null 2>&1 || true
+	for dir in "${work}"/directus*; do scripts/directus-down.sh "${dir}" >/dev/null 2>&1 || true; done
 	[[ -d "${work}/cluster" ]] && { scripts/cluster-down.sh "${work}/cluster" >/dev/null 2>&1 || true; }
 	rm -rf "${work}"
 }
@@ -48,22 +48,26 @@ trap cleanup EXIT
 directus_port="$(free_port)"
 sidecar_port="$(free_port)"
 
-step "real Directus on 127.0.0.1:${directus_port} (schema + hook + seed)"
-instance_env="$(scripts/directus-up.sh --dir "${work}/directus" --port "${directus_port}" \
-	--bridge-url "http://127.0.0.1:${sidecar_port}" | tail -n 1)"
-
-step "end-to-end tests (real Directus, real sidecar binary)"
-if ! BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${sidecar_port}" \
-	BYOK_E2E_PYTHON="${venv}/bin/python" \
-	cargo test --locked --features e2e --test e2e; then
-	printf '\n--- last lines of the Directus log ---\n' >&2
-	tail -n 40 "${work}/directus/directus.log" >&2 || true
-	printf '\n--- last lines of the sidecar log ---\n' >&2
-	tail -n 40 "${work}/directus/sidecar.log" >&2 || true
-	exit 1
-fi
-
-scripts/directus-down.sh "${work}/directus" >/dev/null 2>&1 || true
+# The end-to-end suite, run once per shared-state backend: in memory (no REDIS_URL), then in Redis. Each run
+# gets a freshly seeded Directus in work/<name>, stopped afterwards.
+e2e() {
+	local dir="${work}/$1" instance_env
+	shift
+	step "real Directus on 127.0.0.1:${directus_port} (schema + hook + seed) in ${dir}"
+	instance_env="$(scripts/directus-up.sh --dir "${dir}" --port "${directus_port}" \
+		--bridge-url "http://127.0.0.1:${sidecar_port}" | tail -n 1)"
+	if ! BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${sidecar_port}" \
+		BYOK_E2E_PYTHON="${venv}/bin/python" "$@" cargo test --locked --features e2e --test e2e; then
+		printf '\n--- last lines of the Directus log ---\n' >&2
+		tail -n 40 "${dir}/directus.log" >&2 || true
+		printf '\n--- last lines of the sidecar log ---\n' >&2
+		tail -n 40 "${dir}/sidecar.log" >&2 || true
+		exit 1
+	fi
+	scripts/directus-down.sh "${dir}" >/dev/null 2>&1 || true
+}
+step "end-to-end tests (real Directus, real sidecar binary, no REDIS_URL)"
+e2e directus env
 
 step "several replicas: PostgreSQL, Redis, Directus on them, two sidecar replicas (scripts/cluster-up.sh)"
 # The test build also builds target/debug/byok-bridge (as for every integration test): the replicas run it.
@@ -81,8 +85,11 @@ cluster_env="$(scripts/cluster-up.sh --dir "${work}/cluster" --sidecar-bin targe
 	--sidecar-env RATE_LIMIT_PREMIUM_PER_MIN=1000000 | tail -n 1)"
 redis_port="$(sed -n 's/^REDIS_PORT=//p' "${cluster_env}")"
 
+# Redis databases: Directus 0, the cluster's replicas 1, the shared-state tests 2, this suite 3.
+step "end-to-end tests again, the sidecar keeping its shared state in Redis (REDIS_URL)"
+e2e directus-redis env BYOK_E2E_REDIS_URL="redis://127.0.0.1:${redis_port}/3"
+
 step "several-replicas tests (real Redis; the cluster in BYOK_E2E_CLUSTER)"
-# Redis db 2: apart from Directus (0) and the cluster's replicas (1).
 if ! BYOK_E2E_REDIS_URL="redis://127.0.0.1:${redis_port}/2" BYOK_E2E_CLUSTER="${cluster_env}" \
 	BYOK_E2E_PROVIDER_ADDR="127.0.0.1:${provider_port}" cargo test --locked --features e2e --test replicas; then
 	for log in "${work}"/cluster/sidecar-*.log "${work}/cluster/directus/directus.log"; do

@@ -84,10 +84,16 @@ impl FlagStore {
 
     /// Drops the cached flags and loads them again now. Requests arriving meanwhile wait for this load.
     pub async fn reload(&self) -> Result<FlagState, FlagsUnavailable> {
+        self.invalidate();
+        self.current().await
+    }
+
+    /// Drops the cached flags: every request from now on uses flags loaded after this call (it starts the
+    /// load, or waits for the one under way).
+    pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.fresh.invalidate_all();
         sync::lock(&self.last_failure).take();
-        self.current().await
     }
 
     /// Whether flags were ever loaded, and the last load error if the current ones are stale.

@@ -42,28 +42,44 @@ impl Shared {
     }
 
     /// Claims `name` for `ttl` unless it is claimed already (by any replica): true for the one caller that
-    /// gets it. While Redis is down, claims are this replica's own.
+    /// gets it. With Redis up only Redis counts, since a release on another replica must free the claim here
+    /// too; while Redis is down, claims are this replica's own.
     pub async fn claim(&self, name: &str, ttl: Duration) -> bool {
-        if let Some(redis) = &self.redis {
-            let key = key(&["claim", name]);
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            let claimed = redis
-                .run(|mut c| async move {
-                    ::redis::cmd("SET")
-                        .arg(key)
-                        .arg(1)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .query_async::<Option<String>>(&mut c)
-                        .await
-                })
-                .await;
-            if let Ok(reply) = claimed {
-                return reply.is_some();
-            }
+        match self.claim_in_redis(name, ttl).await {
+            Some(claimed) => claimed,
+            None => self.claim_here(name, ttl).await,
         }
+    }
+
+    /// For a claim that is never released elsewhere (a webhook id) and a caller that acts between two steps:
+    /// first this replica's own claim, so a repeat here is refused at once, without a round trip to Redis...
+    pub async fn claim_here(&self, name: &str, ttl: Duration) -> bool {
         self.claims.entry(name.to_owned()).or_insert(ttl).await.is_fresh()
+    }
+
+    /// ...then the claim across replicas: true without Redis, and while Redis is unreachable.
+    pub async fn claim_everywhere(&self, name: &str, ttl: Duration) -> bool {
+        self.claim_in_redis(name, ttl).await.unwrap_or(true)
+    }
+
+    /// `None` without Redis or while it is unreachable.
+    async fn claim_in_redis(&self, name: &str, ttl: Duration) -> Option<bool> {
+        let redis = self.redis.as_ref()?;
+        let key = key(&["claim", name]);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let claimed = redis
+            .run(|mut c| async move {
+                ::redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+            .await;
+        claimed.ok().map(|reply| reply.is_some())
     }
 
     /// Gives a claim up, so the next claimer gets it (a failed notification, a changed key).
@@ -98,5 +114,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(120)).await;
         shared.claims.run_pending_tasks().await;
         assert!(shared.claim("short", Duration::from_millis(50)).await, "expired");
+    }
+
+    #[tokio::test]
+    async fn without_redis_a_claim_here_is_the_whole_claim() {
+        let shared = Shared::new(None);
+        assert!(shared.claim_here("webhook:msg_1", Duration::from_secs(60)).await);
+        assert!(shared.claim_everywhere("webhook:msg_1", Duration::from_secs(60)).await, "nobody else to ask");
+        assert!(!shared.claim_here("webhook:msg_1", Duration::from_secs(60)).await);
+        assert!(!shared.claim("webhook:msg_1", Duration::from_secs(60)).await, "one set of claims");
     }
 }

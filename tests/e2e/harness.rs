@@ -202,6 +202,7 @@ impl Sidecar {
             .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("RUST_LOG", "info")
             .env("DATA_DIR", format!("{}/sidecar-data", instance.dir))
+            .envs(std::env::var("BYOK_E2E_REDIS_URL").ok().map(|url| ("REDIS_URL", url)))
             .envs(extra.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))

@@ -350,12 +350,14 @@ async fn killing_redis_mid_load_loses_no_record_and_the_replicas_recover_when_it
     for replica in both {
         assert_eq!(cluster.readyz(replica).await["status"], "degraded");
     }
+    assert_eq!(cluster.counter("byok_redis_up", "").await, 0.0, "both replicas report Redis down");
     answered.extend(load(&cluster, &token, &both, 80).await);
     cluster.script("cluster-redis.sh", &["start"]).await;
     // Directus 12.4.0 itself exits when its Redis stays unreachable for about ten seconds (ioredis gives up);
     // in production a supervisor starts it again, here the test does (a no-op if it is still running).
     cluster.directus_started().await;
     cluster.until_redis("up").await;
+    assert_eq!(cluster.counter("byok_redis_up", "").await, 2.0, "both replicas report Redis up");
     answered.extend(load(&cluster, &token, &both, 80).await);
 
     let stored = cluster.until_deductions(&user, answered.len()).await;

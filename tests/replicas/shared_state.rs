@@ -135,6 +135,18 @@ async fn an_incident_is_claimed_once_across_replicas() {
 }
 
 #[tokio::test]
+async fn a_webhook_id_is_claimed_here_then_once_across_replicas() {
+    let redis = redis();
+    let (a, b) = (Shared::new(Some(Arc::clone(&redis))), Shared::new(Some(Arc::clone(&redis))));
+    let id = format!("webhook:{}", Uuid::new_v4());
+    let window = Duration::from_secs(60);
+    assert!(a.claim_here(&id, window).await && a.claim_everywhere(&id, window).await);
+    assert!(!a.claim_here(&id, window).await, "a repeat on the same replica is refused without Redis");
+    assert!(b.claim_here(&id, window).await, "b has not seen it itself");
+    assert!(!b.claim_everywhere(&id, window).await, "but a applied it already");
+}
+
+#[tokio::test]
 async fn changes_reach_the_other_replicas_and_not_the_sender() {
     let redis = redis();
     let (a, b) = (Arc::new(Bus::new(Some(Arc::clone(&redis)))), Arc::new(Bus::new(Some(Arc::clone(&redis)))));

@@ -55,14 +55,21 @@ pub async fn directus(
         tracing::info!(webhook_id = %id, kind = %event.kind, "webhook ignored");
         return Ok(Json(json!({"status": "ignored"})));
     }
-    // Claimed by id (across replicas, with Redis) for twice the replay window: a redelivery is a no-op.
+    // Claimed by id for twice the replay window, so a redelivery is a no-op: here first, and only then are the
+    // cached flags dropped (at once: the admin's next request may already be on its way; the hook does not
+    // wait for us), then across replicas (with Redis), then loaded again while the other replicas are told.
     let claim = format!("webhook:{id}");
-    if !state.shared.claim(&claim, Duration::from_secs(2 * TOLERANCE_SECS as u64)).await {
+    let window = Duration::from_secs(2 * TOLERANCE_SECS as u64);
+    if !state.shared.claim_here(&claim, window).await {
         tracing::info!(webhook_id = %id, "webhook already applied");
         return Ok(Json(json!({"status": "duplicate"})));
     }
-    // The other replicas start reloading while this one does.
-    let (reloaded, ()) = tokio::join!(state.flags.reload(), state.bus.publish(Event::FlagsChanged));
+    state.flags.invalidate();
+    if !state.shared.claim_everywhere(&claim, window).await {
+        tracing::info!(webhook_id = %id, "webhook already applied by another replica");
+        return Ok(Json(json!({"status": "duplicate"})));
+    }
+    let (reloaded, ()) = tokio::join!(state.flags.current(), state.bus.publish(Event::FlagsChanged));
     // A failed reload answers 503 so the hook retries (the claim is given up); the stale flags stay meanwhile.
     let current = match reloaded {
         Ok(current) if !current.stale => current,
