@@ -13,11 +13,13 @@
 #     drained.
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
+#   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${BENCH_SECONDS:-10}"
 connections="${BENCH_CONNECTIONS:-32}"
 load_seconds="${BENCH_LOAD_SECONDS:-60}"
+want() { [[ ",${BENCH_SECTIONS:-1,2,3,4,5,6}," == *",$1,"* ]]; }
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
@@ -69,10 +71,12 @@ for _ in $(seq 1 200); do
 done
 curl -fsS "http://127.0.0.1:${sidecar_port}/readyz" >/dev/null
 
-step "1. flag propagation (60 flips)"
-BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${sidecar_port}" \
-	cargo bench --locked --features e2e --bench flag_flip 2>"${work}/flag_flip.err" ||
-	{ cat "${work}/flag_flip.err" >&2; exit 1; }
+if want 1; then
+	step "1. flag propagation (60 flips)"
+	BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${sidecar_port}" \
+		cargo bench --locked --features e2e --bench flag_flip 2>"${work}/flag_flip.err" ||
+		{ cat "${work}/flag_flip.err" >&2; exit 1; }
+fi
 
 token="$(curl -fsS "$(get DIRECTUS_URL)/auth/login" -H 'content-type: application/json' \
 	-d "{\"email\":\"$(get PREMIUM_USER_EMAIL)\",\"password\":\"$(get PREMIUM_USER_PASSWORD)\"}" |
@@ -110,6 +114,7 @@ else:
 "
 }
 
+if want 2; then
 step "2a. /v1/route: wrk -t2 -c${connections} -d${seconds}s (JWT check + cached flags + cached caller)"
 BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/route.lua" \
 	"http://127.0.0.1:${sidecar_port}/v1/route" | summarize
@@ -126,7 +131,9 @@ BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "
 
 rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
 step "sidecar RSS after the run: $((rss_kb / 1024)) MiB"
+fi
 
+if want 3; then
 step "3. credit reservation path alone: available, reserve, settle, stored (200,000 calls)"
 cargo bench --locked --bench reservations 2>"${work}/reservations.err" | sed 's/^/   /' ||
 	{ cat "${work}/reservations.err" >&2; exit 1; }
@@ -134,8 +141,9 @@ cargo bench --locked --bench reservations 2>"${work}/reservations.err" | sed 's/
 step "3b. key vault: encrypt+store, fetch+decrypt, rewrap of 10,000 keys (real Directus)"
 BYOK_E2E_INSTANCE="${instance_env}" cargo bench --locked --features e2e --bench vault 2>"${work}/vault.err" ||
 	{ cat "${work}/vault.err" >&2; exit 1; }
+fi
 
-step "4. gateway overhead: fake OpenAI directly vs through the sidecar (wrk, ${seconds}s per run)"
+step "fake OpenAI: nginx on 127.0.0.1:${fake_port}"
 proxy_port="$(free_port)"
 # nginx with one worker answers a fixed completion, or a fixed SSE stream when asked for one (the sidecar sends
 # Accept: text/event-stream for streams).
@@ -171,6 +179,8 @@ for _ in $(seq 1 100); do
 	curl -fsS -X POST "http://127.0.0.1:${fake_port}/v1/chat/completions" -d '{}' >/dev/null 2>&1 && break
 	sleep 0.05
 done
+if want 4; then
+step "4. gateway overhead: fake OpenAI directly vs through the sidecar (wrk, ${seconds}s per run)"
 # Enough credit for every call of the run, so no call is refused for balance.
 curl -fsS -o /dev/null "$(get DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(get DIRECTUS_ADMIN_TOKEN)" \
 	-H 'content-type: application/json' \
@@ -217,7 +227,9 @@ scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
 drain "127.0.0.1:${sidecar_port}"
 kill "${pids[0]}" 2>/dev/null || true
 scripts/directus-down.sh "${work}/directus" >/dev/null
+fi
 
+want 6 || exit 0
 step "6. two replicas on PostgreSQL and Redis (scripts/cluster-up.sh, release binary)"
 chmod 711 "${work}"
 cluster_env="$(scripts/cluster-up.sh --dir "${work}/cluster" --sidecar-bin target/release/byok-bridge \

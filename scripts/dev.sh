@@ -4,11 +4,13 @@
 #
 #   scripts/dev.sh          Ctrl-C stops both. State lives in .dev/ (rm -rf .dev for a fresh start).
 #
-# Ports: DIRECTUS_PORT (default 8055), SIDECAR_PORT (default 8787).
+# Ports: DIRECTUS_PORT (default 8055), SIDECAR_PORT (default 8787), SMTP_PORT (default 8025: a local sink that
+# keeps the e-mails Directus sends in .dev/smtp/mail).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 directus_port="${DIRECTUS_PORT:-8055}"
 sidecar_port="${SIDECAR_PORT:-8787}"
+smtp_port="${SMTP_PORT:-8025}"
 dir=".dev/directus"
 
 scripts/directus-install.sh >/dev/null
@@ -16,14 +18,19 @@ printf '==> building the sidecar (release)\n' >&2
 cargo build --release --locked --bin byok-bridge --example fake_provider
 
 mkdir -p .dev && chmod 700 .dev
+if [[ ! -x .dev/venv/bin/python ]] || ! .dev/venv/bin/python -c 'import aiosmtpd' 2>/dev/null; then
+	printf '==> a Python venv with aiosmtpd (the local SMTP sink)\n' >&2
+	python3 -m venv .dev/venv && .dev/venv/bin/pip install --quiet --disable-pip-version-check 'aiosmtpd>=1.4,<2'
+fi
+maildir="$(scripts/smtp-sink.sh --dir .dev/smtp --port "${smtp_port}" --python .dev/venv/bin/python)"
 if [[ -f "${dir}/instance.env" ]]; then
 	scripts/directus-up.sh --dir "${dir}" --start-only >/dev/null
 else
 	scripts/directus-up.sh --dir "${dir}" --port "${directus_port}" \
-		--bridge-url "http://127.0.0.1:${sidecar_port}" >/dev/null
+		--bridge-url "http://127.0.0.1:${sidecar_port}" --smtp "127.0.0.1:${smtp_port}" >/dev/null
 fi
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; scripts/directus-down.sh "${dir}" >/dev/null 2>&1 || true' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; scripts/directus-down.sh "${dir}" >/dev/null 2>&1 || true; scripts/smtp-sink.sh --dir .dev/smtp --stop' EXIT
 
 # Without real provider settings, a local stand-in for the OpenAI API answers gateway calls (the demo works
 # offline). Set OPENAI_BASE_URL and INTERNAL_OPENAI_API_KEY (and the Anthropic pair) to use the real APIs.
@@ -51,7 +58,9 @@ byok-bridge is starting.
   Directus admin   ${directus_url}/admin
                    $(get DIRECTUS_ADMIN_EMAIL) / $(get DIRECTUS_ADMIN_PASSWORD)
                    Feature flags: Content > Feature Flags (toggle byok_only_mode and watch the sidecar log)
-  Sidecar          http://127.0.0.1:${sidecar_port}   (/healthz, /readyz)
+  Account page     http://127.0.0.1:${sidecar_port}/account   (sign in as a demo user below)
+  Sidecar          http://127.0.0.1:${sidecar_port}   (/healthz, /readyz, /v1/status, /openapi.json)
+  E-mails          ${maildir}/new   (what Directus sends users: key incidents)
   Demo users       $(get PREMIUM_USER_EMAIL) / $(get PREMIUM_USER_PASSWORD)   (premium, 1000 cents)
                    $(get FREE_USER_EMAIL) / $(get FREE_USER_PASSWORD)   (free, 500 cents)
 
@@ -75,7 +84,7 @@ INFO
 env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="${directus_url}" \
 	DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
 	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" ENCRYPTION_KEY="$(cat .dev/encryption.key)" DATA_DIR=.dev/sidecar-data \
-	OPERATOR_TOKEN="$(cat .dev/operator.token)" \
+	OPERATOR_TOKEN="$(cat .dev/operator.token)" PUBLIC_URL="http://127.0.0.1:${sidecar_port}" \
 	OPENAI_BASE_URL="${OPENAI_BASE_URL}" INTERNAL_OPENAI_API_KEY="${INTERNAL_OPENAI_API_KEY:-}" \
 	ANTHROPIC_BASE_URL="${ANTHROPIC_BASE_URL:-https://api.anthropic.com}" \
 	INTERNAL_ANTHROPIC_API_KEY="${INTERNAL_ANTHROPIC_API_KEY:-}" \

@@ -117,6 +117,10 @@ const SERVICE = {
 		["credit_transactions", "create", { validation: { transaction_type: { _eq: "deduction" } } }],
 		["credit_transactions", "read"],
 		["directus_notifications", "create"],
+		// A user's own notifications, read and marked read for them (end users have no Directus role); every
+		// query the sidecar makes filters on the recipient.
+		["directus_notifications", "read"],
+		["directus_notifications", "update"],
 	],
 };
 

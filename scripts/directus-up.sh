@@ -3,7 +3,7 @@
 #
 #   scripts/directus-up.sh --dir DIR --port PORT --bridge-url URL [--webhook-secret whsec_...] [--no-template]
 #                          [--db-client sqlite3|pg --db-url postgres://USER[:PASSWORD]@HOST:PORT/DATABASE]
-#                          [--redis redis://HOST:PORT/DB]
+#                          [--redis redis://HOST:PORT/DB] [--smtp HOST:PORT]
 #       Fresh instance in DIR (DIR must be empty, missing, or a previous instance made by this script,
 #       which is stopped and wiped): bootstrap, start in the background, apply directus-schema/snapshot.yaml,
 #       seed (scripts/directus-seed.mjs), check that the byok-bridge hook is loaded and working, and write
@@ -15,6 +15,8 @@
 #       always bootstrapped (the template is SQLite only). --redis: Directus shares its caches, schema
 #       synchronization, rate limiter store and event bus through that Redis (REDIS, CACHE_STORE,
 #       SYNCHRONIZATION_STORE, RATE_LIMITER_STORE = redis), as several Directus instances need.
+#       --smtp: Directus sends its e-mail (notifications of users with e-mail notifications on) to that plain
+#       SMTP server, e.g. the local sink of scripts/smtp-sink.sh.
 #       SEED_SERVICE_TOKEN / SEED_ADMIN_TOKEN in the environment reach the seed (fixed static tokens).
 #   scripts/directus-up.sh --dir DIR --start-only
 #       Start the existing instance in DIR again (after directus-down.sh or a kill), without re-seeding;
@@ -49,12 +51,12 @@ usage() {
 }
 
 dir="" port="" bridge_url="" webhook_secret="" start_only=false
-db_client="sqlite3" db_url="" redis_url=""
+db_client="sqlite3" db_url="" redis_url="" smtp=""
 use_template=true
 [[ "${DIRECTUS_UP_NO_TEMPLATE:-}" == 1 ]] && use_template=false
 while (($# > 0)); do
 	case "$1" in
-	--dir | --port | --bridge-url | --webhook-secret | --db-client | --db-url | --redis)
+	--dir | --port | --bridge-url | --webhook-secret | --db-client | --db-url | --redis | --smtp)
 		(($# >= 2)) || die "$1 needs a value"
 		case "$1" in
 		--dir) dir="$2" ;;
@@ -64,6 +66,7 @@ while (($# > 0)); do
 		--db-client) db_client="$2" ;;
 		--db-url) db_url="$2" ;;
 		--redis) redis_url="$2" ;;
+		--smtp) smtp="$2" ;;
 		esac
 		shift 2
 		;;
@@ -211,6 +214,7 @@ if ! [[ "${port}" =~ ^[0-9]{1,5}$ ]] || ((port < 1 || port > 65535)); then
 	die "--port must be a TCP port number"
 fi
 [[ "${bridge_url}" =~ ^https?://[^[:space:]]+$ ]] || die "--bridge-url must be an http(s) URL"
+[[ -z "${smtp}" || "${smtp}" =~ ^[A-Za-z0-9.-]+:[0-9]+$ ]] || die "--smtp must be HOST:PORT"
 bridge_url="${bridge_url%/}"
 if [[ -z "${webhook_secret}" ]]; then
 	webhook_secret="whsec_$(random_b64 32)"
@@ -299,6 +303,10 @@ BYOK_BRIDGE_URL=${bridge_url}
 BYOK_BRIDGE_WEBHOOK_SECRET=${webhook_secret}
 EOF
 	[[ -z "${redis_env}" ]] || printf '%s\n' "${redis_env}" >>"${dir}/.env"
+	if [[ -n "${smtp}" ]]; then
+		printf '%s\n' "EMAIL_TRANSPORT=smtp" "EMAIL_FROM=byok-bridge@example.com" "EMAIL_SMTP_HOST=${smtp%:*}" \
+			"EMAIL_SMTP_PORT=${smtp##*:}" "EMAIL_SMTP_SECURE=false" "EMAIL_SMTP_IGNORE_TLS=true" >>"${dir}/.env"
+	fi
 )
 
 template_ready() { [[ -s "${TEMPLATE_DIR}/data.db" && -s "${TEMPLATE_DIR}/admin-password" ]]; }

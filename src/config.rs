@@ -84,6 +84,11 @@ pub struct Settings {
     /// A client that takes no bytes of its response for this long is disconnected, freeing its upstream slot.
     pub client_write_timeout: Duration,
     pub log_format: LogFormat,
+    /// Where users reach this sidecar (`https://ai.example.com`): links in notifications and e-mails point to
+    /// its account page. `None`: messages name the page without a link.
+    pub public_url: Option<Url>,
+    /// Origins (`https://app.example.com`) that may frame the account page and hand it a token.
+    pub account_embed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +200,29 @@ fn keyring<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Option<Arc<Keyri
         }
         None => None,
     }
+}
+
+/// Origins as a browser writes them (`https://app.example.com`, no path, no trailing slash): they go into the
+/// account page's Content-Security-Policy and its token hand-over check, so nothing else may pass.
+fn embed_origins(raw: &str) -> Result<Vec<String>, String> {
+    raw.split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(|entry| match Url::parse(entry) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.path() == "/"
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+                    && url.username().is_empty()
+                    && url.password().is_none()
+                    && !entry.ends_with('/') =>
+            {
+                Ok(url.origin().ascii_serialization())
+            }
+            _ => Err(format!("{entry:?} is not an origin")),
+        })
+        .collect()
 }
 
 /// The shipped price table, or the operator's `PRICE_TABLE_FILE`.
@@ -368,6 +396,22 @@ impl Settings {
             _ => Err("must be json or text"),
         });
 
+        let public_url = r.parsed(
+            "PUBLIC_URL",
+            None,
+            "Use the http(s) base URL users reach the sidecar at, e.g. https://ai.example.com",
+            |raw| match Url::parse(raw) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(Some(url)),
+                _ => Err("is not an http(s) URL"),
+            },
+        );
+        let account_embed_origins = r.parsed(
+            "ACCOUNT_EMBED_ORIGINS",
+            Vec::new(),
+            "List origins separated by spaces, each scheme://host[:port] with no path, e.g. https://app.example.com",
+            embed_origins,
+        );
+
         match (directus_url, directus_token, directus_secret, webhook_secret) {
             (Some(directus_url), Some(directus_token), Some(directus_secret), Some(webhook_secret))
                 if r.problems.is_empty() =>
@@ -409,6 +453,8 @@ impl Settings {
                     max_llm_body_bytes,
                     client_write_timeout,
                     log_format,
+                    public_url,
+                    account_embed_origins,
                 })
             }
             _ => Err(ConfigError(r.problems)),
@@ -445,6 +491,19 @@ mod tests {
         assert_eq!(s.flag_cache_ttl, Duration::from_secs(300));
         assert!(s.keyring.is_none());
         assert_eq!(s.openai_base_url.as_str(), "https://api.openai.com/v1");
+    }
+
+    #[test]
+    fn embedding_origins_must_be_bare_origins() {
+        let mut vars = base();
+        vars.insert("ACCOUNT_EMBED_ORIGINS", "https://app.example.com, http://localhost:3000".to_owned());
+        assert_eq!(parse(&vars).unwrap().account_embed_origins, ["https://app.example.com", "http://localhost:3000"]);
+        for bad in ["https://app.example.com/", "https://app.example.com/x", "javascript:alert(1)", "'none'", "*"] {
+            vars.insert("ACCOUNT_EMBED_ORIGINS", bad.to_owned());
+            let text = parse(&vars).unwrap_err().to_string();
+            assert!(text.contains("ACCOUNT_EMBED_ORIGINS"), "{bad}: {text}");
+        }
+        assert!(parse(&base()).unwrap().account_embed_origins.is_empty());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio_io_timeout::TimeoutStream;
 use crate::accounting;
 use crate::config::Settings;
 use crate::http::{self, state::AppState};
+use crate::services::flag_store::Pushed;
 use crate::services::reservations::LedgerSink;
 use crate::shared::bus::Event;
 use crate::shared::redis::{Redis, SharedError};
@@ -170,6 +171,13 @@ fn apply_event(state: AppState) -> impl Fn(Event) + Send + Sync + 'static {
             match event {
                 Event::FlagsChanged => {
                     if let Err(error) = state.flags.reload().await {
+                        tracing::warn!(%error, "cannot reload the flags another replica reported changed");
+                    }
+                }
+                Event::FlagsPushed(flags) => {
+                    if state.flags.apply(&flags).await == Pushed::Ambiguous
+                        && let Err(error) = state.flags.reload().await
+                    {
                         tracing::warn!(%error, "cannot reload the flags another replica reported changed");
                     }
                 }

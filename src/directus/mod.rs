@@ -1,6 +1,7 @@
 //! A small typed client for the Directus REST API, authenticated with the sidecar's static token.
 //! One file per resource; this one holds the transport and its error type.
 
+mod auth;
 mod flags;
 mod keys;
 mod notifications;
@@ -15,8 +16,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+pub use auth::{SessionTokens, SignInError};
 pub use keys::{KeyRecord, KeyUpdate, SealedRow};
-pub use usage::UsageLine;
+pub use notifications::Notification;
+pub use usage::{UsageLine, UsageSummary};
 pub use users::{StoredKey, UserProfile};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +89,17 @@ impl DirectusClient {
 
     /// A request made with someone else's token (a user's own, to let Directus judge it).
     fn request_as(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        // bearer_auth marks the header sensitive, so it never shows up in Debug output.
+        self.anonymous(method, path).bearer_auth(token)
+    }
+
+    /// A request with no token at all (signing in).
+    fn anonymous(&self, method: Method, path: &str) -> RequestBuilder {
         let mut url = self.base_url.clone();
         // Keep any path prefix Directus is mounted under (e.g. https://example.com/cms/).
         let prefix = url.path().trim_end_matches('/').to_owned();
         url.set_path(&format!("{prefix}{path}"));
-        // bearer_auth marks the header sensitive, so it never shows up in Debug output.
-        self.http.request(method, url).bearer_auth(token)
+        self.http.request(method, url)
     }
 
     async fn send(&self, request: RequestBuilder) -> Result<Response, DirectusError> {

@@ -14,14 +14,24 @@ use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
 
-/// One line of the usage summary: per provider and source.
+/// One line of the usage summary: per provider and source, in all or on one day.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UsageLine {
+    /// `YYYY-MM-DD` (UTC) for a day's line; absent in the totals per provider and source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
     pub provider: String,
     pub source: Source,
     pub requests: u64,
     pub tokens: u64,
     pub cost_cents: Cents,
+}
+
+/// A user's usage: per day, and those days added up per provider and source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageSummary {
+    pub totals: Vec<UsageLine>,
+    pub daily: Vec<UsageLine>,
 }
 
 impl DirectusClient {
@@ -38,33 +48,36 @@ impl DirectusClient {
         self.send(request).await.map(drop)
     }
 
-    /// Requests, tokens and cost per provider and source since `since`.
-    pub async fn usage_summary(&self, user: UserId, since: OffsetDateTime) -> Result<Vec<UsageLine>, DirectusError> {
+    /// Requests, tokens and cost per day, provider and source for calls since `since` (by the time of the
+    /// call, `occurred_at`), and their totals. Directus adds them up: no rows are transferred.
+    pub async fn usage_summary(&self, user: UserId, since: OffsetDateTime) -> Result<UsageSummary, DirectusError> {
         let since = since.format(&Rfc3339).map_err(|e| DirectusError::Decode(e.to_string()))?;
         let user = user.to_string();
-        let byok = self.request(Method::GET, "/items/api_key_usage").query(&[
-            ("aggregate[count]", "*"),
-            ("aggregate[sum]", "total_tokens,estimated_cost_cents"),
-            ("groupBy[]", "provider"),
-            ("filter[user][_eq]", &user),
-            ("filter[created_at][_gte]", &since),
-        ]);
-        let internal = self.request(Method::GET, "/items/credit_transactions").query(&[
-            ("aggregate[count]", "*"),
-            ("aggregate[sum]", "total_tokens,cost_cents"),
-            ("groupBy[]", "provider"),
-            ("filter[user][_eq]", &user),
-            ("filter[transaction_type][_eq]", "deduction"),
-            ("filter[created_at][_gte]", &since),
-        ]);
+        let grouped = |collection: &str, sum: &str| {
+            self.request(Method::GET, collection).query(&[
+                ("aggregate[count]", "*"),
+                ("aggregate[sum]", sum),
+                ("groupBy[]", "provider"),
+                ("groupBy[]", "year(occurred_at)"),
+                ("groupBy[]", "month(occurred_at)"),
+                ("groupBy[]", "day(occurred_at)"),
+                ("filter[user][_eq]", &user),
+                ("filter[occurred_at][_gte]", &since),
+                ("limit", "-1"),
+            ])
+        };
+        let byok = grouped("/items/api_key_usage", "total_tokens,estimated_cost_cents");
+        let internal = grouped("/items/credit_transactions", "total_tokens,cost_cents")
+            .query(&[("filter[transaction_type][_eq]", "deduction")]);
         let (byok, internal): (Result<Vec<Value>, _>, Result<Vec<Value>, _>) =
             tokio::join!(self.data(byok), self.data(internal));
-        let mut lines = Vec::new();
+        let mut daily = Vec::new();
         for (groups, source, cost_field) in
             [(byok?, Source::Byok, "estimated_cost_cents"), (internal?, Source::Internal, "cost_cents")]
         {
             for group in groups {
-                lines.push(UsageLine {
+                daily.push(UsageLine {
+                    day: day_of(&group),
                     provider: group["provider"].as_str().unwrap_or("unknown").to_owned(),
                     source,
                     requests: number(&group["count"]) as u64,
@@ -73,8 +86,30 @@ impl DirectusClient {
                 });
             }
         }
-        Ok(lines)
+        daily.sort_by(|a, b| (&a.day, &a.provider, a.source.as_str()).cmp(&(&b.day, &b.provider, b.source.as_str())));
+        let mut totals: Vec<UsageLine> = Vec::new();
+        for line in &daily {
+            match totals.iter_mut().find(|t| t.provider == line.provider && t.source == line.source) {
+                Some(total) => {
+                    total.requests += line.requests;
+                    total.tokens += line.tokens;
+                    total.cost_cents += line.cost_cents;
+                }
+                None => totals.push(UsageLine { day: None, ..line.clone() }),
+            }
+        }
+        Ok(UsageSummary { totals, daily })
     }
+}
+
+/// `YYYY-MM-DD` from Directus's grouping by `year(...)`, `month(...)` and `day(...)` of `occurred_at`, which
+/// it answers as `occurred_at_year`, `occurred_at_month`, `occurred_at_day`.
+fn day_of(group: &Value) -> Option<String> {
+    let part = |name: &str| {
+        let value = number(&group[format!("occurred_at_{name}")]);
+        (value >= 1.0).then_some(value as u32)
+    };
+    Some(format!("{:04}-{:02}-{:02}", part("year")?, part("month")?, part("day")?))
 }
 
 /// A record as its collection's row: `api_key_usage` for BYOK calls, a `credit_transactions` deduction for

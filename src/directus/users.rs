@@ -66,6 +66,16 @@ impl DirectusClient {
         }
     }
 
+    /// The user's e-mail address, for their account page; `None` when Directus has none for them.
+    pub async fn user_email(&self, user: UserId) -> Result<Option<String>, DirectusError> {
+        #[derive(Deserialize)]
+        struct Email {
+            email: Option<String>,
+        }
+        let request = self.request(Method::GET, &format!("/users/{user}")).query(&[("fields", "email")]);
+        Ok(self.data::<Email>(request).await?.email)
+    }
+
     /// The user's credit balance, summed by Directus per transaction type (no rows are transferred).
     pub async fn credit_balance(&self, user: UserId) -> Result<CreditBalance, DirectusError> {
         let request = self.request(Method::GET, "/items/credit_transactions").query(&[

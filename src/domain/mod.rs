@@ -9,6 +9,7 @@ pub mod money;
 pub mod pricing;
 pub mod provider;
 pub mod provider_key;
+pub mod recommend;
 pub mod retry;
 pub mod routing;
 pub mod tier;

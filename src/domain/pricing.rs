@@ -188,6 +188,9 @@ struct RawTable {
 struct ProviderPrices {
     models: HashMap<String, ModelPrice>,
     unknown: ModelPrice,
+    /// Listed models worth recommending for plain text: not a dated copy of another listed model, and
+    /// without audio rates or a per-call fee of their own (audio, realtime and search products), sorted.
+    general: Vec<String>,
 }
 
 impl ProviderPrices {
@@ -245,14 +248,30 @@ impl PriceTable {
             }
             let unknown = resolve(&raw_unknown, None, &format!("unknown_model.{provider}"))?;
             let mut models = HashMap::new();
+            let mut specialised = Vec::new();
             for (name, price) in raw.models.remove(&provider).unwrap_or_default() {
                 if name.is_empty() {
                     return Err(PriceTableError::EmptyModelName(provider));
                 }
+                if price.audio_input_per_mtok_usd.is_some()
+                    || price.audio_output_per_mtok_usd.is_some()
+                    || price.per_request_usd.is_some()
+                {
+                    specialised.push(name.clone());
+                }
                 let price = resolve(&price, Some(&unknown), &format!("models.{provider}.{name}"))?;
                 models.insert(name, price);
             }
-            Ok(ProviderPrices { models, unknown })
+            let mut general: Vec<String> = models
+                .keys()
+                .filter(|name| !specialised.contains(name))
+                .filter(|name| {
+                    !models.keys().any(|other| name.strip_prefix(other.as_str()).is_some_and(is_version_suffix))
+                })
+                .cloned()
+                .collect();
+            general.sort();
+            Ok(ProviderPrices { models, unknown, general })
         };
         let openai = take(Provider::OpenAi)?;
         let anthropic = take(Provider::Anthropic)?;
@@ -277,6 +296,12 @@ impl PriceTable {
     /// Upper bound of a call's cost before it is made.
     pub fn estimate(&self, provider: Provider, model: &str, budget: &CallBudget) -> Cents {
         self.price(provider, model).0.estimate(budget)
+    }
+
+    /// The provider's general-purpose text models (see [`crate::domain::recommend`]), by name.
+    pub fn general_models(&self, provider: Provider) -> impl Iterator<Item = (&str, ModelPrice)> {
+        let prices = self.for_provider(provider);
+        prices.general.iter().filter_map(|name| Some((name.as_str(), *prices.models.get(name)?)))
     }
 
     fn for_provider(&self, provider: Provider) -> &ProviderPrices {

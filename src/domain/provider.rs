@@ -41,6 +41,22 @@ impl Provider {
 }
 
 impl Provider {
+    /// Where a new user creates an account.
+    pub fn signup_url(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "https://platform.openai.com/signup",
+            Provider::Anthropic => "https://console.anthropic.com/",
+        }
+    }
+
+    /// What a key looks like, for people pasting one.
+    pub fn key_format_hint(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "Starts with \"sk-\" (project keys: \"sk-proj-\"); letters, digits, - and _.",
+            Provider::Anthropic => "Starts with \"sk-ant-\"; letters, digits, - and _.",
+        }
+    }
+
     /// Where a user adds credit or raises quota; quota messages link here.
     pub fn billing_url(self) -> &'static str {
         match self {

@@ -61,7 +61,7 @@ pub struct Decision {
 pub enum Refusal {
     #[error(
         "Action Required: add your {} API key. This platform only runs AI features with your own key. \
-         Create one at {} and add it under Settings > API Keys.",
+         Create one at {} and add it under \"Your API keys\" on your account page.",
         .provider.display_name(), .provider.key_page_url()
     )]
     ByokKeyRequired { provider: Provider },
@@ -84,7 +84,7 @@ pub enum Refusal {
     InsufficientCredits { needed: Cents, available: Cents },
     #[error(
         "You are out of credits and have no usable {} API key. Add your own key (create one at {}) \
-         under Settings > API Keys, or buy more credits.",
+         under \"Your API keys\" on your account page, or buy more credits.",
         .provider.display_name(), .provider.key_page_url()
     )]
     NoCreditsOrKey { provider: Provider },

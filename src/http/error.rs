@@ -15,6 +15,21 @@ use crate::services::flag_store::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
 use crate::services::key_vault::VaultError;
 
+/// `{"error": {"code", "message"}}`: the shape of every error answer, for the OpenAPI document. Some codes
+/// add fields beside `code` and `message` (`insufficient_credits`: `needed_cents`, `available_cents`).
+#[derive(utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs to switch on.
+    pub code: String,
+    /// For people; never echoes request data or secrets.
+    pub message: String,
+}
+
 /// The code of an error response, left on the response for the metrics layer.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
@@ -194,7 +209,7 @@ fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static
             S::FORBIDDEN,
             "provider_key_invalid",
             format!(
-                "{} rejected your API key. Create a new one at {} and update it under Settings > API Keys.",
+                "{} rejected your API key. Create a new one at {} and save it under \"Your API keys\" on your account page.",
                 provider.display_name(),
                 provider.key_page_url()
             )

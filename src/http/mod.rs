@@ -5,22 +5,26 @@ pub mod extract;
 pub mod routes;
 pub mod state;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
+use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use self::error::{ApiError, ErrorCode};
+use self::error::{ApiError, ErrorBody, ErrorCode};
 use self::state::AppState;
 
 /// Bodies here are small JSON documents; anything larger is refused before it is buffered.
@@ -31,33 +35,118 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The API. `/metrics` is on it unless `METRICS_ADDR` puts it on a listener of its own ([`metrics_router`]).
+/// Every route is registered with its OpenAPI entry (`routes!`), so `/openapi.json` lists them all.
 pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let (routes, mut document) = documented_routes(&state, with_metrics).split_for_parts();
+    describe_responses(&mut document);
+    let document = routes::openapi::Document(Arc::new(document.to_pretty_json().unwrap_or_default()));
+    let routes = routes
+        .layer(Extension(document))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    with_common_layers(routes).with_state(state)
+}
+
+/// The routes and their OpenAPI document, built together.
+pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<AppState> {
     // No overall deadline here: answers stream for minutes; the gateway bounds each provider call instead.
     // LLM request bodies (conversations, base64 images) are far larger than our own JSON documents.
-    let gateway = Router::new()
-        .route("/v1/chat/completions", post(routes::gateway::chat_completions))
-        .route("/v1/messages", post(routes::gateway::messages))
+    let gateway = OpenApiRouter::new()
+        .routes(routes!(routes::gateway::chat_completions))
+        .routes(routes!(routes::gateway::messages))
         .layer(DefaultBodyLimit::max(state.max_llm_body_bytes));
-    let mut api = Router::new().route("/healthz", get(routes::health::healthz));
+    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(routes::health::healthz));
     if with_metrics {
-        api = api.route("/metrics", get(routes::metrics::render));
+        api = api.routes(routes!(routes::metrics::render));
     }
-    let api = api
-        .route("/readyz", get(routes::health::readyz))
-        .route("/webhooks/directus", post(routes::webhooks::directus))
-        .route("/v1/route", post(routes::route::decide))
-        .route("/v1/flags", get(routes::flags::show))
-        .route("/v1/keys", get(routes::keys::list))
-        .route("/v1/keys/{provider}", put(routes::keys::save).delete(routes::keys::delete))
-        .route("/v1/keys/{provider}/verify", post(routes::keys::verify))
-        .route("/v1/usage", get(routes::usage::summary))
-        .route("/v1/estimate", post(routes::usage::estimate))
+    api.routes(routes!(routes::health::readyz))
+        .routes(routes!(routes::status::status))
+        .routes(routes!(routes::openapi::document))
+        .routes(routes!(routes::pages::account))
+        .routes(routes!(routes::pages::script))
+        .routes(routes!(routes::pages::style))
+        .routes(routes!(routes::webhooks::directus))
+        .routes(routes!(routes::auth::login))
+        .routes(routes!(routes::auth::refresh))
+        .routes(routes!(routes::auth::logout))
+        .routes(routes!(routes::account::account))
+        .routes(routes!(routes::account::providers))
+        .routes(routes!(routes::account::recommendations))
+        .routes(routes!(routes::route::decide))
+        .routes(routes!(routes::flags::show))
+        .routes(routes!(routes::keys::list))
+        .routes(routes!(routes::keys::save, routes::keys::delete))
+        .routes(routes!(routes::keys::verify))
+        .routes(routes!(routes::usage::summary))
+        .routes(routes!(routes::usage::estimate))
+        .routes(routes!(routes::notifications::list))
+        .routes(routes!(routes::notifications::mark_read))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(deadline))
         .merge(gateway)
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
-    with_common_layers(api).with_state(state)
+}
+
+/// OpenAPI requires a description on every response: where an annotation gives none, the status's own name.
+fn describe_responses(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    for item in document.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            for (status, response) in &mut operation.responses.responses {
+                if let RefOr::T(response) = response
+                    && response.description.is_empty()
+                {
+                    let reason = status.parse::<axum::http::StatusCode>().ok().and_then(|s| s.canonical_reason());
+                    response.description = reason.unwrap_or("Response").to_owned();
+                }
+            }
+        }
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "byok-bridge",
+        description = "Sidecar beside Directus: BYOK feature flags, credential routing, key vault and LLM gateway. \
+                       Errors are always `{\"error\": {\"code\", \"message\"}}`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&SecuritySchemes),
+    components(schemas(ErrorBody)),
+)]
+struct ApiDoc;
+
+/// How callers authenticate: a Directus access token (users; the SDKs send it as their API key), the
+/// operator token, or a Standard Webhooks signature (the Directus hook).
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(description.to_owned()))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            "directus_token",
+            bearer("A Directus access token of the user (also accepted as `x-api-key`)."),
+        );
+        components.add_security_scheme("operator_token", bearer("OPERATOR_TOKEN"));
+        components.add_security_scheme(
+            "webhook_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "webhook-signature",
+                "Standard Webhooks signature (with webhook-id and webhook-timestamp)",
+            ))),
+        );
+    }
 }
 
 /// Only `/metrics`, for its own listener.

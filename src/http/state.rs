@@ -66,6 +66,13 @@ pub struct Services {
     pub usage_reads: Arc<RateLimiter>,
     pub usage_reads_per_minute: u32,
     pub max_llm_body_bytes: usize,
+    pub account_page: AccountPage,
+}
+
+/// The account page as served: the HTML with the embedding origins filled in, and its policy.
+pub struct AccountPage {
+    pub html: String,
+    pub csp: String,
 }
 
 impl AppState {
@@ -109,7 +116,7 @@ impl AppState {
             },
             meter: Arc::new(Meter::new(OutboxWriter::start(Arc::clone(&outbox))?, Arc::clone(&settings.price_table))),
             reservations: Arc::clone(&reservations),
-            notifier: Notifier::new(directus.clone(), Arc::clone(&shared)),
+            notifier: Notifier::new(directus.clone(), Arc::clone(&shared), settings.public_url.as_ref()),
             bus: Arc::clone(&bus),
             breaker: CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down),
             limiter: RateLimiter::new("tier", redis.clone()),
@@ -147,6 +154,10 @@ impl AppState {
             usage_reads: Arc::new(RateLimiter::new("usage_reads", redis)),
             usage_reads_per_minute: settings.usage_reads_per_minute,
             max_llm_body_bytes: settings.max_llm_body_bytes,
+            account_page: AccountPage {
+                html: crate::http::routes::pages::index_html(&settings.account_embed_origins),
+                csp: crate::http::routes::pages::content_security_policy(&settings.account_embed_origins),
+            },
         })))
     }
 }

@@ -23,6 +23,17 @@ struct State {
     probe_since: Option<Instant>,
 }
 
+/// A provider's health as the breaker sees it, for the status endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderHealth {
+    Operational,
+    /// Recent outages, or the circuit is letting a probe through to see whether the provider is back.
+    Degraded,
+    /// Calls fail fast until the cool-down ends.
+    Down,
+}
+
 /// May this call go to the provider?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -89,6 +100,19 @@ impl CircuitBreaker {
         states.get(&provider).is_some_and(|s| s.open_until.is_some_and(|until| until > now || s.probe_since.is_some()))
     }
 
+    /// Health now, and while `Down`, how long until calls are tried again.
+    pub fn health(&self, provider: Provider, now: Instant) -> (ProviderHealth, Option<Duration>) {
+        let states = sync::lock(&self.states);
+        match states.get(&provider) {
+            None => (ProviderHealth::Operational, None),
+            Some(State { open_until: Some(until), .. }) if *until > now => (ProviderHealth::Down, Some(*until - now)),
+            Some(state) if state.consecutive_failures > 0 || state.open_until.is_some() => {
+                (ProviderHealth::Degraded, None)
+            }
+            Some(_) => (ProviderHealth::Operational, None),
+        }
+    }
+
     /// A call that neither succeeded nor showed an outage (a non-streaming call timing out mid-generation):
     /// a probe's place is freed for the next call.
     pub fn record_inconclusive(&self, provider: Provider) {
@@ -116,6 +140,28 @@ mod tests {
         assert_eq!(breaker.admit(Provider::OpenAi, t0 + Duration::from_secs(10)), Err(Duration::from_secs(20)));
         assert_eq!(breaker.admit(Provider::Anthropic, t0), Ok(Admission::Go), "per provider");
         assert!(breaker.is_open(Provider::OpenAi, t0) && !breaker.is_open(Provider::Anthropic, t0));
+    }
+
+    #[test]
+    fn health_follows_the_circuit() {
+        let breaker = CircuitBreaker::new(2, COOL_DOWN);
+        let t0 = Instant::now();
+        assert_eq!(breaker.health(Provider::OpenAi, t0), (ProviderHealth::Operational, None));
+        breaker.record_outage(Provider::OpenAi, t0);
+        assert_eq!(breaker.health(Provider::OpenAi, t0), (ProviderHealth::Degraded, None), "one failure");
+        breaker.record_outage(Provider::OpenAi, t0);
+        assert_eq!(
+            breaker.health(Provider::OpenAi, t0 + Duration::from_secs(10)),
+            (ProviderHealth::Down, Some(Duration::from_secs(20)))
+        );
+        assert_eq!(
+            breaker.health(Provider::OpenAi, t0 + COOL_DOWN).0,
+            ProviderHealth::Degraded,
+            "cool-down over: probing"
+        );
+        breaker.record_success(Provider::OpenAi);
+        assert_eq!(breaker.health(Provider::OpenAi, t0 + COOL_DOWN), (ProviderHealth::Operational, None));
+        assert_eq!(breaker.health(Provider::Anthropic, t0).0, ProviderHealth::Operational);
     }
 
     #[test]

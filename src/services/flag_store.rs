@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::directus::{DirectusClient, DirectusError};
-use crate::domain::flags::FlagSet;
+use crate::domain::flags::{FlagRecord, FlagSet};
 use crate::{metrics, sync};
 
 /// After a failed load, stale flags are served for this long before Directus is asked again, so an outage
@@ -28,6 +28,52 @@ impl FlagSnapshot {
     pub fn loaded_at_rfc3339(&self) -> String {
         self.loaded_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
     }
+}
+
+/// The flags as the Directus hook read them right after a change, sent in its signed webhook and passed on to
+/// the other replicas, so a change takes effect everywhere without reading Directus back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedFlags {
+    /// Directus's clock, in ms, taken before the rows were read: they are at least this new.
+    pub read_at: i64,
+    pub rows: Vec<PushedRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedRow {
+    pub key: String,
+    pub is_enabled: bool,
+    pub min_tier: Option<String>,
+}
+
+impl PushedFlags {
+    /// A hook sends a handful of short rows; anything else is not ours to apply (the store reloads instead).
+    pub fn is_plausible(&self) -> bool {
+        self.rows.len() <= 64
+            && self.rows.iter().all(|r| r.key.len() <= 64 && r.min_tier.as_ref().is_none_or(|t| t.len() <= 32))
+    }
+
+    fn records(&self) -> Vec<FlagRecord> {
+        self.rows
+            .iter()
+            .map(|r| FlagRecord {
+                key: r.key.clone(),
+                is_enabled: r.is_enabled,
+                min_tier: r.min_tier.as_deref().and_then(|t| t.parse().ok()),
+            })
+            .collect()
+    }
+}
+
+/// What became of pushed flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// In force from the next request on.
+    Applied,
+    /// Older than flags already pushed (two changes whose webhooks crossed): ignored.
+    Outdated,
+    /// As old as the newest pushed but different: cannot tell which is newer, so the caller reloads.
+    Ambiguous,
 }
 
 /// The flags to decide with, and whether they may be out of date.
@@ -54,6 +100,8 @@ pub struct FlagStore {
     generation: AtomicU64,
     last_known: RwLock<Option<(u64, Arc<FlagSnapshot>)>>,
     last_failure: Mutex<Option<Failure>>,
+    /// The newest pushed flags: their `read_at` and content, to order pushes that arrive out of order.
+    newest_push: Mutex<Option<(i64, FlagSet)>>,
 }
 
 impl FlagStore {
@@ -64,6 +112,7 @@ impl FlagStore {
             generation: AtomicU64::new(0),
             last_known: RwLock::new(None),
             last_failure: Mutex::new(None),
+            newest_push: Mutex::new(None),
         }
     }
 
@@ -94,6 +143,34 @@ impl FlagStore {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.fresh.invalidate_all();
         sync::lock(&self.last_failure).take();
+    }
+
+    /// Puts pushed flags in force without asking Directus, unless newer ones were pushed already.
+    pub async fn apply(&self, pushed: &PushedFlags) -> Pushed {
+        let (flags, missing) = FlagSet::from_records(&pushed.records());
+        {
+            let mut newest = sync::lock(&self.newest_push);
+            match *newest {
+                Some((at, _)) if pushed.read_at < at => return Pushed::Outdated,
+                Some((at, known)) if pushed.read_at == at && known != flags => return Pushed::Ambiguous,
+                _ => *newest = Some((pushed.read_at, flags)),
+            }
+        }
+        if !missing.is_empty() {
+            tracing::warn!(?missing, "feature flag rows missing in Directus; using the spec defaults for them");
+        }
+        // A new generation: requests from now on see these flags (or, if one got in first, a load that
+        // started after the change, which reads the same).
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let snapshot = Arc::new(FlagSnapshot { flags, loaded_at: OffsetDateTime::now_utc() });
+        self.fresh.insert(generation, Arc::clone(&snapshot)).await;
+        let mut last = sync::write(&self.last_known);
+        if last.as_ref().is_none_or(|(g, _)| *g <= generation) {
+            *last = Some((generation, snapshot));
+        }
+        drop(last);
+        sync::lock(&self.last_failure).take();
+        Pushed::Applied
     }
 
     /// Whether flags were ever loaded, and the last load error if the current ones are stale.
@@ -150,5 +227,62 @@ impl FlagStore {
     /// The error behind stale flags, for `/readyz`.
     pub fn last_error(&self) -> Option<String> {
         sync::lock(&self.last_failure).as_ref().map(|f| f.error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn store() -> FlagStore {
+        // Nothing here reaches Directus: pushed flags are applied without it.
+        let directus = DirectusClient::new(
+            "http://127.0.0.1:9".parse().unwrap(),
+            SecretString::from("unused"),
+            Duration::from_secs(1),
+        );
+        FlagStore::new(directus, Duration::from_secs(300))
+    }
+
+    fn pushed(read_at: i64, only: bool) -> PushedFlags {
+        let row = |key: &str, is_enabled| PushedRow { key: key.into(), is_enabled, min_tier: None };
+        PushedFlags {
+            read_at,
+            rows: vec![
+                row("byok_enabled", true),
+                row("byok_uses_internal_credits", false),
+                row("byok_only_mode", only),
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn pushed_flags_take_effect_at_once_and_the_newest_push_wins() {
+        let store = store();
+        assert_eq!(store.apply(&pushed(10, true)).await, Pushed::Applied);
+        let current = store.current().await.unwrap();
+        assert!(current.snapshot.flags.byok_only_mode && !current.stale);
+
+        assert_eq!(store.apply(&pushed(5, false)).await, Pushed::Outdated, "crossed with a newer change");
+        assert!(store.current().await.unwrap().snapshot.flags.byok_only_mode);
+        assert_eq!(store.apply(&pushed(10, false)).await, Pushed::Ambiguous, "same time, other content: reload");
+        assert_eq!(store.apply(&pushed(10, true)).await, Pushed::Applied, "the same push again is harmless");
+        assert_eq!(store.apply(&pushed(11, false)).await, Pushed::Applied);
+        assert!(!store.current().await.unwrap().snapshot.flags.byok_only_mode);
+    }
+
+    #[test]
+    fn only_a_handful_of_short_rows_is_plausible() {
+        assert!(pushed(1, true).is_plausible());
+        let mut long = pushed(1, true);
+        long.rows[0].key = "k".repeat(65);
+        assert!(!long.is_plausible());
+        let many = PushedFlags {
+            read_at: 1,
+            rows: (0..65).map(|i| PushedRow { key: i.to_string(), is_enabled: true, min_tier: None }).collect(),
+        };
+        assert!(!many.is_plausible());
     }
 }

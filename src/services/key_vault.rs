@@ -9,6 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::crypto::envelope::{KeyOwner, Keyring};
 use crate::directus::{DirectusClient, DirectusError, KeyRecord, KeyUpdate};
+use crate::domain::api_key::KeyStatus;
 use crate::domain::provider::Provider;
 use crate::domain::provider_key::{KeyFormatError, ProviderKey};
 use crate::domain::upstream::UpstreamFailure;
@@ -20,7 +21,7 @@ use crate::providers::{KeyCheck, ProviderClient};
 pub struct KeySummary {
     pub provider: Provider,
     pub hint: Option<String>,
-    pub status: String,
+    pub status: KeyStatus,
     pub is_active: bool,
     pub last_validated_at: Option<String>,
     pub last_error: Option<String>,
@@ -113,7 +114,7 @@ impl KeyVault {
             let (Ok(user), Ok(provider)) = (UserId::parse(&user), provider.parse::<Provider>()) else { continue };
             match self.verify(user, provider).await {
                 Ok(summary) => {
-                    tracing::info!(%user, %provider, status = %summary.status, "unverified key checked again")
+                    tracing::info!(%user, %provider, status = ?summary.status, "unverified key checked again")
                 }
                 Err(error) => tracing::warn!(%user, %provider, %error, "unverified key could not be checked again"),
             }
@@ -195,7 +196,8 @@ fn summary_of_known(record: KeyRecord) -> Option<KeySummary> {
     Some(KeySummary {
         provider,
         hint: record.key_hint,
-        status: record.status.unwrap_or_else(|| "unverified".into()),
+        // A status this version does not know is shown as needing a check, which is what it means to routing.
+        status: record.status.as_deref().and_then(|s| s.parse().ok()).unwrap_or(KeyStatus::Unverified),
         is_active: record.is_active,
         last_validated_at: record.last_validated_at,
         last_error: record.last_error,

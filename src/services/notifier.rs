@@ -26,25 +26,35 @@ impl KeyProblem {
         }
     }
 
-    fn message(self, provider: Provider) -> String {
+    /// What happened, what to do, and where: Directus shows it in the app and e-mails it (as Markdown) to
+    /// users with e-mail notifications on. `key_page` is the account page's key section, when the operator
+    /// set `PUBLIC_URL`.
+    fn message(self, provider: Provider, key_page: Option<&str>) -> String {
         let name = provider.display_name();
-        match self {
-            KeyProblem::Invalid => format!(
-                "{name} rejected your saved API key, so AI features that use it are paused. Create a new key at {} \
-                 and enter it under Settings > API Keys.",
-                provider.key_page_url()
+        let (happened, fix) = match self {
+            KeyProblem::Invalid => (
+                format!("{name} rejected your saved API key, so AI features that use it are paused."),
+                format!("Create a new key at {} and save it under \"Your API keys\"", provider.key_page_url()),
             ),
-            KeyProblem::QuotaExhausted => format!(
-                "{name} reports that your account has no quota or credit left, so AI features that use your key are \
-                 paused. Add credit at {}, then re-check the key under Settings > API Keys.",
-                provider.billing_url()
+            KeyProblem::QuotaExhausted => (
+                format!(
+                    "{name} reports that your account has no quota or credit left, so AI features that use your key \
+                     are paused."
+                ),
+                format!("Add credit at {}, then verify the key under \"Your API keys\"", provider.billing_url()),
             ),
+        };
+        match key_page {
+            Some(url) => format!("{happened}\n\nWhat to do: {fix} on your account page: {url}"),
+            None => format!("{happened}\n\nWhat to do: {fix} on your account page."),
         }
     }
 }
 
 pub struct Notifier {
     directus: DirectusClient,
+    /// `PUBLIC_URL/account#keys`, linked from every message when set.
+    key_page: Option<String>,
     /// Incidents already notified are claimed there (by every replica, with Redis). A claim ends when the user
     /// saves or re-checks the key, or after a day.
     shared: Arc<Shared>,
@@ -64,8 +74,9 @@ fn incident(user: UserId, provider: Provider, problem: KeyProblem) -> String {
 }
 
 impl Notifier {
-    pub fn new(directus: DirectusClient, shared: Arc<Shared>) -> Self {
-        Notifier { directus, shared }
+    pub fn new(directus: DirectusClient, shared: Arc<Shared>, public_url: Option<&reqwest::Url>) -> Self {
+        let key_page = public_url.and_then(|url| url.join("account#keys").ok()).map(String::from);
+        Notifier { directus, key_page, shared }
     }
 
     /// Sends the notification in the background unless this incident was already notified.
@@ -77,8 +88,9 @@ impl Notifier {
         }
         crate::metrics::key_incident("notified");
         let (directus, shared) = (self.directus.clone(), Arc::clone(&self.shared));
+        let message = problem.message(provider, self.key_page.as_deref());
         tokio::spawn(async move {
-            match directus.notify(user, &problem.subject(provider), &problem.message(provider)).await {
+            match directus.notify(user, &problem.subject(provider), &message).await {
                 Ok(()) => tracing::info!(%user, %provider, ?problem, "user notified about their key"),
                 Err(error) => {
                     // Give the incident up so the next failing request tries again.
@@ -94,5 +106,21 @@ impl Notifier {
         for problem in [KeyProblem::Invalid, KeyProblem::QuotaExhausted] {
             self.shared.release(&incident(user, provider, problem)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_says_what_happened_what_to_do_and_links_the_key_page() {
+        let message = KeyProblem::Invalid.message(Provider::OpenAi, Some("https://ai.example.com/account#keys"));
+        assert!(message.starts_with("OpenAI rejected your saved API key"), "{message}");
+        assert!(message.contains("https://platform.openai.com/api-keys"), "{message}");
+        assert!(message.ends_with("on your account page: https://ai.example.com/account#keys"), "{message}");
+        let message = KeyProblem::QuotaExhausted.message(Provider::Anthropic, None);
+        assert!(message.contains("https://console.anthropic.com/settings/billing"), "{message}");
+        assert!(message.ends_with("on your account page."), "{message}");
     }
 }

@@ -10,11 +10,14 @@ use futures_util::StreamExt;
 
 use super::redis::{Redis, key};
 use crate::domain::user::UserId;
+use crate::services::flag_store::PushedFlags;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The feature flags changed: load them again.
     FlagsChanged,
+    /// The feature flags changed to these (as the Directus hook read them): apply them, no reload needed.
+    FlagsPushed(Arc<PushedFlags>),
     /// A user's keys changed: forget their cached profile.
     CallerChanged(UserId),
     /// The subscription was (re)established: messages may have been missed, reload what is cached.
@@ -43,8 +46,12 @@ impl Bus {
     /// Tells the other replicas (this one has applied the change itself).
     pub async fn publish(&self, event: Event) {
         let Some(redis) = &self.redis else { return };
-        let message = match event {
+        let message = match &event {
             Event::FlagsChanged => format!("{} flags", self.origin),
+            Event::FlagsPushed(flags) => match serde_json::to_string(flags.as_ref()) {
+                Ok(json) => format!("{} flagset {json}", self.origin),
+                Err(_) => format!("{} flags", self.origin),
+            },
             Event::CallerChanged(user) => format!("{} caller {user}", self.origin),
             Event::Resubscribed => return,
         };
@@ -92,12 +99,17 @@ impl Bus {
 
     /// Another replica's event; `None` for this replica's own and for anything unreadable.
     fn parse(&self, text: &str) -> Option<Event> {
-        let mut words = text.split(' ');
+        let mut words = text.splitn(3, ' ');
         if words.next()? == self.origin {
             return None;
         }
         match (words.next()?, words.next()) {
             ("flags", None) => Some(Event::FlagsChanged),
+            ("flagset", Some(json)) => match serde_json::from_str::<PushedFlags>(json) {
+                Ok(flags) if flags.is_plausible() => Some(Event::FlagsPushed(Arc::new(flags))),
+                // Unreadable: a reload is always correct.
+                _ => Some(Event::FlagsChanged),
+            },
             ("caller", Some(user)) => UserId::parse(user).ok().map(Event::CallerChanged),
             _ => None,
         }
@@ -118,6 +130,17 @@ mod tests {
             Some(Event::CallerChanged(UserId::parse(user).unwrap()))
         );
         assert_eq!(bus.parse(&format!("{} flags", bus.origin)), None, "already applied");
+        let pushed = PushedFlags {
+            read_at: 1_700_000_000_123,
+            rows: vec![crate::services::flag_store::PushedRow {
+                key: "byok_only_mode".into(),
+                is_enabled: true,
+                min_tier: None,
+            }],
+        };
+        let json = serde_json::to_string(&pushed).unwrap();
+        assert_eq!(bus.parse(&format!("other flagset {json}")), Some(Event::FlagsPushed(Arc::new(pushed))));
+        assert_eq!(bus.parse("other flagset {not json"), Some(Event::FlagsChanged), "unreadable: reload");
         for junk in ["", "other", "other caller not-a-uuid", "other flags extra", "other unknown"] {
             assert_eq!(bus.parse(junk), None, "{junk:?}");
         }

@@ -1,6 +1,7 @@
 //! HTTP API tests: the real application on a random port, with Directus faked by wiremock.
 //! The real-Directus end-to-end tests live in `tests/e2e`.
 
+mod account;
 mod credits;
 mod errors;
 mod flags;

@@ -29,6 +29,33 @@ async fn a_signed_flag_webhook_changes_the_very_next_decision() {
     assert_eq!(error_code(after).await, "byok_key_required");
 }
 
+/// A webhook as our hook sends it: with every flag as read right after the change, at `read_at` (ms).
+fn pushed_body(read_at: i64, only: bool) -> String {
+    format!(
+        r#"{{"type":"feature_flags.items.update","timestamp":"2026-11-23T00:00:00Z","data":{{"collection":"feature_flags","keys":["3"]}},"flags":{{"read_at":{read_at},"rows":[{{"key":"byok_enabled","is_enabled":true,"min_tier":null}},{{"key":"byok_uses_internal_credits","is_enabled":false,"min_tier":null}},{{"key":"byok_only_mode","is_enabled":{only},"min_tier":null}}]}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn flags_pushed_in_the_webhook_apply_without_reading_directus_and_the_newest_wins() {
+    let (app, user) = ready_app_with_only_mode(false).await;
+    let reads = app.directus_hits(FLAGS_PATH).await;
+    let response = app.webhook_at("msg_pushed_1", now(), &pushed_body(2_000, true)).await;
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "applied");
+    let after = app.route(&token_for(&user), "openai").await;
+    assert_eq!(error_code(after).await, "byok_key_required", "the very next decision");
+    assert_eq!(app.directus_hits(FLAGS_PATH).await, reads, "no round trip to Directus");
+
+    // A webhook of an earlier change that arrives late changes nothing.
+    let response = app.webhook_at("msg_pushed_0", now(), &pushed_body(1_000, false)).await;
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "outdated");
+    assert_eq!(error_code(app.route(&token_for(&user), "openai").await).await, "byok_key_required");
+    let response = app.webhook_at("msg_pushed_2", now(), &pushed_body(3_000, false)).await;
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "applied");
+    let body: Value = app.route(&token_for(&user), "openai").await.json().await.unwrap();
+    assert_eq!(body["source"], "internal");
+}
+
 #[tokio::test]
 async fn without_a_webhook_the_ttl_cache_keeps_the_old_flags() {
     let (app, user) = ready_app_with_only_mode(false).await;

@@ -8,7 +8,9 @@ use crate::harness::{Instance, Sidecar, serial};
 
 pub async fn gateway_sidecar(instance: &Instance, providers: &MockServer, extra: &[(&str, &str)]) -> Sidecar {
     let (openai, anthropic) = (format!("{}/v1", providers.uri()), providers.uri());
+    let public_url = format!("http://{}", instance.sidecar_addr);
     let mut env = vec![
+        ("PUBLIC_URL", public_url.as_str()),
         ("OPENAI_BASE_URL", openai.as_str()),
         ("ANTHROPIC_BASE_URL", anthropic.as_str()),
         ("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI),
@@ -134,6 +136,15 @@ async fn a_revoked_key_is_marked_invalid_the_user_notified_in_directus_and_credi
     let notes = instance.wait_for_rows(&http, "/notifications", &[("filter[recipient][_eq]", &user)], 1).await;
     assert_eq!(notes.len(), 1, "one notification per incident: {notes:?}");
     assert!(notes[0]["subject"].as_str().unwrap().contains("OpenAI API key stopped working"));
+    // Directus e-mailed it too (the user has e-mail notifications on): once, saying what happened, what to do,
+    // and where.
+    let mails = instance.wait_for_mail(instance.var("LIFETIME_USER_EMAIL"), 1).await;
+    assert_eq!(mails.len(), 1, "one e-mail per incident: {mails:?}");
+    assert_eq!(mails[0]["subject"], "Your OpenAI API key stopped working");
+    let text = mails[0]["text"].as_str().unwrap();
+    assert!(text.contains("OpenAI rejected your saved API key"), "{text}");
+    assert!(text.contains("https://platform.openai.com/api-keys"), "{text}");
+    assert!(text.contains(&format!("http://{}/account#keys", instance.sidecar_addr)), "the key page: {text}");
     let keys = instance
         .admin_get(&http, "/items/user_api_keys", &[("filter[user][_eq]", &user), ("filter[provider][_eq]", "openai")])
         .await;

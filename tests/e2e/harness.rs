@@ -13,6 +13,15 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+/// A user made for one test.
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    /// A Directus access token of the user.
+    pub token: String,
+}
+
 /// The `KEY=VALUE` file `scripts/directus-up.sh` writes for the instance.
 pub struct Instance {
     pub vars: HashMap<String, String>,
@@ -94,6 +103,12 @@ impl Instance {
     /// A new end user of `tier` with `grant_cents` of credits, created as admin, logged in: returns the user id
     /// and an access token. Each test gets a ledger nobody else touches.
     pub async fn new_user(&self, http: &reqwest::Client, tier: &str, grant_cents: &str) -> (String, String) {
+        let user = self.new_account(http, tier, grant_cents).await;
+        (user.id, user.token)
+    }
+
+    /// [`Instance::new_user`] with the e-mail address and password, for tests that sign in themselves.
+    pub async fn new_account(&self, http: &reqwest::Client, tier: &str, grant_cents: &str) -> Account {
         let email = format!("e2e-{}@example.com", uuid::Uuid::new_v4().simple());
         let password = uuid::Uuid::new_v4().simple().to_string();
         let response = http
@@ -120,7 +135,30 @@ impl Instance {
             .await
             .unwrap();
         let token = login.json::<Value>().await.unwrap()["data"]["access_token"].as_str().unwrap().to_owned();
-        (id, token)
+        Account { id, email, password, token }
+    }
+
+    /// Polls the SMTP sink's Maildir (bounded: 15 s) until at least `count` messages to `address` are there,
+    /// then returns them as `{to, subject, text}`.
+    pub async fn wait_for_mail(&self, address: &str, count: usize) -> Vec<Value> {
+        let maildir = std::env::var("BYOK_E2E_MAILDIR").expect("BYOK_E2E_MAILDIR: the SMTP sink's Maildir");
+        let python = std::env::var("BYOK_E2E_PYTHON").expect("BYOK_E2E_PYTHON: the venv python");
+        let mut found = Vec::new();
+        for _ in 0..150 {
+            let output = Command::new(&python)
+                .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/maildir.py"), &maildir])
+                .output()
+                .await
+                .unwrap();
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let all: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+            found = all.into_iter().filter(|m| m["to"].as_str().is_some_and(|to| to.contains(address))).collect();
+            if found.len() >= count {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{count} e-mails to {address} never arrived; found {found:?}");
     }
 
     /// Polls Directus (bounded) until `collection` has `count` rows matching `query`, then returns them.

@@ -168,7 +168,8 @@ async fn changes_reach_the_other_replicas_and_not_the_sender() {
     a.publish(Event::CallerChanged(u)).await;
     let expected = [('b', Event::FlagsChanged), ('b', Event::CallerChanged(u))];
     for _ in 0..200 {
-        let others: Vec<_> = heard.lock().unwrap().iter().copied().filter(|(_, e)| *e != Event::Resubscribed).collect();
+        let others: Vec<_> =
+            heard.lock().unwrap().iter().filter(|&(_, e)| *e != Event::Resubscribed).cloned().collect();
         if others == expected {
             return;
         }

@@ -393,13 +393,40 @@ export function signWebhook(secretBytes, webhookId, timestampSeconds, body) {
 	return `v1,${mac.digest("base64")}`;
 }
 
-/** The exact JSON body sent for a feature_flags event. */
-export function buildWebhookBody(event, keys, now = new Date()) {
-	return JSON.stringify({
+/**
+ * The exact JSON body sent for a feature_flags event. With `flags` (see readFlags) it carries every flag as it
+ * stands after the change, so the sidecar applies them without reading Directus back; without, it reloads.
+ */
+export function buildWebhookBody(event, keys, now = new Date(), flags = null) {
+	const body = {
 		type: event,
 		timestamp: now.toISOString(),
 		data: { collection: "feature_flags", keys: keys.map((key) => String(key)) },
-	});
+	};
+	if (flags !== null) body.flags = flags;
+	return JSON.stringify(body);
+}
+
+/**
+ * Every feature_flags row as routing needs it, read after the change was committed: `{read_at, rows}`.
+ * `read_at` (ms) is taken before the read, so the rows are at least as new as it says: the sidecar keeps the
+ * newest of two snapshots that arrive out of order. null when the read fails (the sidecar then reloads).
+ */
+export async function readFlags(database, now = Date.now) {
+	try {
+		const readAt = now();
+		const rows = await database.select("key", "is_enabled", "min_tier").from("feature_flags");
+		return {
+			read_at: readAt,
+			rows: rows.map((row) => ({
+				key: String(row.key),
+				is_enabled: row.is_enabled === true || row.is_enabled === 1 || row.is_enabled === "1",
+				min_tier: row.min_tier ?? null,
+			})),
+		};
+	} catch {
+		return null;
+	}
 }
 
 /** Keys of an action event: `key` on create, `keys` on update and delete. */
@@ -525,7 +552,7 @@ function postOnce(url, headers, body, { agent, timeoutMs }) {
 }
 
 /**
- * Creates the webhook sender. `send(event, keys)` starts delivering at once (before returning) and
+ * Creates the webhook sender. `send(event, keys, flags?)` starts delivering at once (before returning) and
  * resolves { delivered, attempts, status? } when done; it never rejects.
  */
 export function createWebhookSender({ url, secretBytes, logger, options = {}, random = Math.random }) {
@@ -536,9 +563,9 @@ export function createWebhookSender({ url, secretBytes, logger, options = {}, ra
 			? new https.Agent({ keepAlive: true, maxSockets: 16, maxFreeSockets: 4 })
 			: new http.Agent({ keepAlive: true, maxSockets: 16, maxFreeSockets: 4 }));
 
-	async function send(event, keys) {
+	async function send(event, keys, flags = null) {
 		// Signed once: every retry carries the same id, timestamp, body and signature (receivers dedupe on id).
-		const body = Buffer.from(buildWebhookBody(event, keys), "utf8");
+		const body = Buffer.from(buildWebhookBody(event, keys, new Date(), flags), "utf8");
 		const webhookId = `msg_${randomUUID()}`;
 		const timestamp = String(Math.floor(Date.now() / 1000));
 		const headers = {
@@ -651,9 +678,12 @@ export default function registerByokBridgeHook({ filter, action }, { env, logger
 
 	const sender = createWebhookSender({ url: config.url, secretBytes: config.secretBytes, logger });
 	for (const event of WEBHOOK_EVENTS) {
-		// Actions run after commit and are not awaited by Directus; send() starts the request synchronously.
-		action(event, (meta) => {
-			sender.send(event, keysOfActionMeta(meta)).catch(() => {});
+		// Actions run after commit and are not awaited by Directus. The flags are read back first (one small
+		// query, about a millisecond), so the sidecar needs no round trip to Directus to apply them.
+		action(event, (meta, context) => {
+			readFlags(context?.database)
+				.then((flags) => sender.send(event, keysOfActionMeta(meta), flags))
+				.catch(() => {});
 		});
 	}
 	logger.info(`byok-bridge: feature_flags webhooks go to ${config.url.origin}${WEBHOOK_PATH}`);

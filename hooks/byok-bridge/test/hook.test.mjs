@@ -18,6 +18,7 @@ import register, {
 	WEBHOOK_EVENTS,
 	backoffDelayMs,
 	buildWebhookBody,
+	readFlags,
 	createServiceRoleResolver,
 	createWebhookSender,
 	decodeWebhookSecret,
@@ -215,9 +216,40 @@ test("body shape and keys", () => {
 		timestamp: "1970-01-01T00:00:00.000Z",
 		data: { collection: "feature_flags", keys: ["1", "2"] },
 	});
+	const withFlags = JSON.parse(
+		buildWebhookBody("feature_flags.items.update", [3], new Date(0), { read_at: 5, rows: [{ key: "byok_only_mode", is_enabled: true, min_tier: null }] }),
+	);
+	assert.deepEqual(withFlags.flags, { read_at: 5, rows: [{ key: "byok_only_mode", is_enabled: true, min_tier: null }] });
 	assert.deepEqual(keysOfActionMeta({ key: 7 }), [7]);
 	assert.deepEqual(keysOfActionMeta({ keys: ["1", "2"] }), ["1", "2"]);
 	assert.deepEqual(keysOfActionMeta({}), []);
+});
+
+test("readFlags reads every row after the change, stamps the time before the read, and gives null on failure", async () => {
+	const calls = [];
+	const database = {
+		select: (...columns) => ({
+			from: async (table) => {
+				calls.push({ columns, table });
+				return [
+					{ key: "byok_enabled", is_enabled: 1, min_tier: "lifetime" },
+					{ key: "byok_only_mode", is_enabled: false, min_tier: null },
+				];
+			},
+		}),
+	};
+	const flags = await readFlags(database, () => 42);
+	assert.deepEqual(calls, [{ columns: ["key", "is_enabled", "min_tier"], table: "feature_flags" }]);
+	assert.deepEqual(flags, {
+		read_at: 42,
+		rows: [
+			{ key: "byok_enabled", is_enabled: true, min_tier: "lifetime" },
+			{ key: "byok_only_mode", is_enabled: false, min_tier: null },
+		],
+	});
+	const failing = { select: () => ({ from: async () => { throw new Error("SQLITE_BUSY"); } }) };
+	assert.equal(await readFlags(failing), null);
+	assert.equal(await readFlags(undefined), null);
 });
 
 test("config resolution: missing, invalid, ok (never leaks the secret)", () => {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::domain::llm::{self, Api, LlmRequestError, estimated_usage, usage_from_response};
 use crate::domain::routing::Source;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, RawBody};
 use crate::http::state::AppState;
 use crate::metrics;
@@ -23,6 +23,14 @@ pub const USAGE_ID_HEADER: HeaderName = HeaderName::from_static("x-byok-usage-id
 /// `flags`, `caller`, or both.
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-byok-stale");
 
+/// OpenAI Chat Completions, passed to OpenAI with the user's own key or the platform's (credits). Streams when
+/// the request says `"stream": true`. `x-byok-source` says who paid; `x-byok-usage-id` names the usage record.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "gateway", security(("directus_token" = [])),
+    request_body(content = Object, description = "An OpenAI Chat Completions request"),
+    responses(
+        (status = 200, description = "OpenAI's answer (JSON, or `text/event-stream` when streaming)", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn chat_completions(
     user: AuthenticatedUser,
     state: State<AppState>,
@@ -31,6 +39,13 @@ pub async fn chat_completions(
     counted(Api::ChatCompletions, proxy(user, state, body, Api::ChatCompletions).await)
 }
 
+/// Anthropic Messages, passed to Anthropic like [`chat_completions`] is to OpenAI.
+#[utoipa::path(post, path = "/v1/messages", tag = "gateway", security(("directus_token" = [])),
+    request_body(content = Object, description = "An Anthropic Messages request"),
+    responses(
+        (status = 200, description = "Anthropic's answer (JSON, or `text/event-stream` when streaming)", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn messages(user: AuthenticatedUser, state: State<AppState>, body: RawBody) -> Result<Response, ApiError> {
     counted(Api::Messages, proxy(user, state, body, Api::Messages).await)
 }

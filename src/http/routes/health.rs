@@ -7,6 +7,7 @@ use serde_json::json;
 use crate::http::state::AppState;
 
 /// Liveness: the process is up and serving HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Object)))]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -14,6 +15,9 @@ pub async fn healthz() -> impl IntoResponse {
 /// Readiness: 503 until flags were loaded once. With Directus down after that, routing still works on the
 /// last known flags, and known callers on their last known profiles, so this stays 200 (taking every replica
 /// out of rotation would turn a Directus outage into a total one) and says `degraded`, and what is stale.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "`ready` or `degraded`", body = Object),
+               (status = 503, description = "`not_ready`: flags never loaded", body = Object)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let waiting = state.outbox.len();
     let open_holds = state.reservations.open_holds();

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::domain::provider::Provider;
 use crate::domain::routing;
 use crate::domain::user::UserId;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, ProviderPath, RequestBody};
 use crate::http::state::AppState;
 use crate::metrics;
@@ -18,10 +18,11 @@ use crate::services::callers::{CallContext, call_context};
 use crate::services::key_vault::KeySummary;
 use crate::shared::bus::Event;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaveKey {
     /// Zeroized when the request is done; never logged.
+    #[schema(value_type = String, format = Password)]
     api_key: SecretString,
 }
 
@@ -43,6 +44,10 @@ async fn key_changed(state: &AppState, user: UserId, provider: Provider) {
     state.gateway.notifier.key_changed(user, provider).await;
 }
 
+/// The user's saved keys, masked, with what the provider last said about each.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", operation_id = "list_keys", security(("directus_token" = [])),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, description = "`byok_disabled`", body = ErrorBody)))]
 pub async fn list(
     AuthenticatedUser(user): AuthenticatedUser,
     State(state): State<AppState>,
@@ -60,6 +65,12 @@ async fn limit_key_checks(state: &AppState, user: UserId) -> Result<(), ApiError
     })
 }
 
+/// Checks the key with the provider, seals it, stores the ciphertext in Directus.
+#[utoipa::path(put, path = "/v1/keys/{provider}", tag = "keys", operation_id = "save_key", security(("directus_token" = [])),
+    params(("provider" = String, Path, description = "`openai` or `anthropic`")), request_body = SaveKey,
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, description = "`key_rejected`, `invalid_key_format`", body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
 pub async fn save(
     AuthenticatedUser(user): AuthenticatedUser,
     ProviderPath(provider): ProviderPath,
@@ -73,6 +84,9 @@ pub async fn save(
     Ok(Json(summary))
 }
 
+#[utoipa::path(delete, path = "/v1/keys/{provider}", tag = "keys", operation_id = "delete_key", security(("directus_token" = [])),
+    params(("provider" = String, Path, description = "`openai` or `anthropic`")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     AuthenticatedUser(user): AuthenticatedUser,
     ProviderPath(provider): ProviderPath,
@@ -84,6 +98,11 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Asks the provider about the saved key again and records the answer.
+#[utoipa::path(post, path = "/v1/keys/{provider}/verify", tag = "keys", operation_id = "verify_key", security(("directus_token" = [])),
+    params(("provider" = String, Path, description = "`openai` or `anthropic`")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn verify(
     AuthenticatedUser(user): AuthenticatedUser,
     ProviderPath(provider): ProviderPath,

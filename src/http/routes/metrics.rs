@@ -11,6 +11,9 @@ use crate::domain::provider::Provider;
 use crate::http::state::AppState;
 use crate::metrics;
 
+/// Prometheus text format. No authentication: keep it private with `METRICS_ADDR`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     let outbox = std::sync::Arc::clone(&state.outbox);
     let oldest = tokio::task::spawn_blocking(move || outbox.oldest_age()).await.ok().and_then(Result::ok).flatten();

@@ -1,10 +1,16 @@
 //! One file per resource; handlers stay thin and delegate to services and the domain.
 
+pub mod account;
+pub mod auth;
 pub mod flags;
 pub mod gateway;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod notifications;
+pub mod openapi;
+pub mod pages;
 pub mod route;
+pub mod status;
 pub mod usage;
 pub mod webhooks;

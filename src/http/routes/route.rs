@@ -6,14 +6,15 @@ use crate::domain::flags::RoutingMode;
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::routing::{self, Source};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
 use crate::http::state::AppState;
 use crate::services::callers::{CallContext, call_context};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRequest {
+    /// `openai` or `anthropic`.
     provider: String,
 }
 
@@ -21,14 +22,20 @@ impl RequestBody for RouteRequest {
     const EXPECTED: &'static str = r#"{"provider": "openai" | "anthropic"}"#;
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RouteResponse {
+    /// `byok` (the user's own key) or `internal` (platform credits).
+    #[schema(value_type = String, example = "byok")]
     source: Source,
+    #[schema(value_type = String, example = "openai")]
     provider: Provider,
+    #[schema(value_type = String, example = "byok_first")]
     mode: RoutingMode,
     /// The ledger balance as last read from Directus.
+    #[schema(value_type = f64)]
     credit_balance_cents: Cents,
     /// What the user can spend now: the balance less open holds and costs the ledger does not show yet.
+    #[schema(value_type = f64)]
     credits_available_cents: Cents,
     /// True when Directus is unreachable and the decision used the last known flags.
     flags_stale: bool,
@@ -37,6 +44,9 @@ pub struct RouteResponse {
 }
 
 /// Which credentials a call to `provider` must use for this user, right now.
+#[utoipa::path(post, path = "/v1/route", tag = "routing", security(("directus_token" = [])), request_body = RouteRequest,
+    responses((status = 200, body = RouteResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+               (status = 402, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn decide(
     AuthenticatedUser(user): AuthenticatedUser,
     State(state): State<AppState>,

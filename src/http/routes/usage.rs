@@ -9,17 +9,24 @@ use time::{Duration, OffsetDateTime};
 use crate::domain::money::Cents;
 use crate::domain::pricing::{CallBudget, estimate_prompt_tokens};
 use crate::domain::provider::Provider;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
 use crate::http::state::AppState;
 use crate::metrics;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// 1 to 365, default 30.
+    #[param(value_type = Option<u32>)]
     days: Option<String>,
 }
 
-/// The user's requests, tokens and cost per provider and source over the last `days` (1-365, default 30).
+/// The user's requests, tokens and cost per provider and source over the last `days` (1-365, default 30),
+/// in all and per day.
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("directus_token" = [])), params(UsageQuery),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
 pub async fn summary(
     AuthenticatedUser(user): AuthenticatedUser,
     State(state): State<AppState>,
@@ -37,17 +44,18 @@ pub async fn summary(
             })?,
         };
     let since = OffsetDateTime::now_utc() - Duration::days(days);
-    let lines = state.directus.usage_summary(user, since).await.map_err(ApiError::from_directus)?;
-    let total_cost: Cents = lines.iter().map(|l| l.cost_cents).sum();
-    let total_requests: u64 = lines.iter().map(|l| l.requests).sum();
+    let summary = state.directus.usage_summary(user, since).await.map_err(ApiError::from_directus)?;
+    let total_cost: Cents = summary.totals.iter().map(|l| l.cost_cents).sum();
+    let total_requests: u64 = summary.totals.iter().map(|l| l.requests).sum();
     Ok(Json(json!({
         "days": days,
-        "usage": lines,
+        "usage": summary.totals,
+        "daily": summary.daily,
         "total": {"requests": total_requests, "cost_cents": total_cost},
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EstimateRequest {
     provider: String,
@@ -63,6 +71,8 @@ impl RequestBody for EstimateRequest {
 }
 
 /// The most a request would cost, from the same price table that charges it.
+#[utoipa::path(post, path = "/v1/estimate", tag = "usage", security(("directus_token" = [])), request_body = EstimateRequest,
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn estimate(
     AuthenticatedUser(_): AuthenticatedUser,
     State(state): State<AppState>,

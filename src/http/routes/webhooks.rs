@@ -4,13 +4,15 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::webhook_signature::{Delivery, TOLERANCE_SECS};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::RawBody;
 use crate::http::state::AppState;
 use crate::metrics;
+use crate::services::flag_store::{Pushed, PushedFlags};
 use crate::shared::bus::Event;
 
 /// The parts of the hook's payload we act on; the signature covers the whole body.
@@ -18,6 +20,8 @@ use crate::shared::bus::Event;
 struct DirectusEvent {
     #[serde(rename = "type")]
     kind: String,
+    /// Every flag as the hook read it after the change (our hook sends them; without, we reload).
+    flags: Option<PushedFlags>,
 }
 
 const FLAG_EVENTS: [&str; 3] =
@@ -25,6 +29,10 @@ const FLAG_EVENTS: [&str; 3] =
 
 /// A signed notice from our Directus hook that something changed. Flag changes reload the flag cache
 /// before answering, so the next routing decision uses them.
+#[utoipa::path(post, path = "/webhooks/directus", tag = "operations", security(("webhook_signature" = [])),
+    request_body(content = Object, description = r#"{"type": "feature_flags.items.update", ...}"#),
+    responses((status = 200, description = "`applied`, `duplicate` or `ignored`", body = Object),
+              (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn directus(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -55,19 +63,40 @@ pub async fn directus(
         tracing::info!(webhook_id = %id, kind = %event.kind, "webhook ignored");
         return Ok(Json(json!({"status": "ignored"})));
     }
-    // Claimed by id for twice the replay window, so a redelivery is a no-op: here first, and only then are the
-    // cached flags dropped (at once: the admin's next request may already be on its way; the hook does not
-    // wait for us), then across replicas (with Redis), then loaded again while the other replicas are told.
+    // Claimed by id for twice the replay window, so a redelivery is a no-op: here first; then the change takes
+    // effect at once (the admin's next request may already be on its way: the hook does not wait for us);
+    // then the claim across replicas (with Redis), and the other replicas are told.
     let claim = format!("webhook:{id}");
     let window = Duration::from_secs(2 * TOLERANCE_SECS as u64);
     if !state.shared.claim_here(&claim, window).await {
         tracing::info!(webhook_id = %id, "webhook already applied");
         return Ok(Json(json!({"status": "duplicate"})));
     }
-    state.flags.invalidate();
+    // Pushed flags are put in force as they are; otherwise the cached ones are dropped and loaded again.
+    let pushed = event.flags.filter(PushedFlags::is_plausible);
+    let outcome = match &pushed {
+        Some(flags) => state.flags.apply(flags).await,
+        None => Pushed::Ambiguous,
+    };
+    if outcome == Pushed::Ambiguous {
+        state.flags.invalidate();
+    }
     if !state.shared.claim_everywhere(&claim, window).await {
         tracing::info!(webhook_id = %id, "webhook already applied by another replica");
         return Ok(Json(json!({"status": "duplicate"})));
+    }
+    match (outcome, pushed) {
+        (Pushed::Applied, Some(flags)) => {
+            state.bus.publish(Event::FlagsPushed(Arc::new(flags))).await;
+            let current = state.flags.current().await?;
+            tracing::info!(webhook_id = %id, kind = %event.kind, flags = ?current.snapshot.flags, "feature flags applied");
+            return Ok(Json(json!({"status": "applied"})));
+        }
+        (Pushed::Outdated, _) => {
+            tracing::info!(webhook_id = %id, "webhook carries flags older than those in force; ignored");
+            return Ok(Json(json!({"status": "outdated"})));
+        }
+        _ => {}
     }
     let (reloaded, ()) = tokio::join!(state.flags.current(), state.bus.publish(Event::FlagsChanged));
     // A failed reload answers 503 so the hook retries (the claim is given up); the stale flags stay meanwhile.

@@ -1,0 +1,118 @@
+//! Sign-in for the account page, passed through to Directus. The page keeps the tokens in memory only.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::directus::{SessionTokens, SignInError};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{JsonBody, RequestBody};
+use crate::http::state::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    email: String,
+    /// Passed to Directus and dropped (zeroized); never logged.
+    #[schema(value_type = String, format = Password)]
+    password: SecretString,
+    /// The one-time password, for accounts with two-factor authentication.
+    otp: Option<String>,
+}
+
+impl RequestBody for SignIn {
+    const EXPECTED: &'static str = r#"{"email": "...", "password": "...", "otp": "123456" (optional)}"#;
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Refresh {
+    #[schema(value_type = String)]
+    refresh_token: SecretString,
+}
+
+impl RequestBody for Refresh {
+    const EXPECTED: &'static str = r#"{"refresh_token": "..."}"#;
+}
+
+/// The user's own tokens, handed back to them: the one place a token is in a response body.
+#[derive(Serialize, ToSchema)]
+pub struct Tokens {
+    access_token: String,
+    refresh_token: String,
+    expires_in_secs: u64,
+}
+
+impl From<SessionTokens> for Tokens {
+    fn from(tokens: SessionTokens) -> Tokens {
+        Tokens {
+            access_token: tokens.access_token.expose_secret().to_owned(),
+            refresh_token: tokens.refresh_token.expose_secret().to_owned(),
+            expires_in_secs: tokens.expires / 1000,
+        }
+    }
+}
+
+fn refused(error: SignInError, message: &'static str) -> ApiError {
+    match error {
+        SignInError::Refused => ApiError::BadRequest {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_credentials",
+            message: message.into(),
+        },
+        SignInError::OtpRequired => ApiError::BadRequest {
+            status: StatusCode::UNAUTHORIZED,
+            code: "otp_required",
+            message: "Enter the code from your authenticator app.".into(),
+        },
+        SignInError::Directus(error) => ApiError::from_directus(error),
+    }
+}
+
+/// Signs in with a Directus account (Directus checks the password and applies its own login protections).
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = SignIn,
+    responses((status = 200, body = Tokens), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<SignIn>,
+) -> Result<Json<Tokens>, ApiError> {
+    let email = request.email.trim();
+    if email.is_empty() || email.len() > 254 {
+        return Err(ApiError::bad_request("invalid_request", "Enter the e-mail address of your account."));
+    }
+    let tokens = state
+        .directus
+        .sign_in(email, &request.password, request.otp.as_deref())
+        .await
+        .map_err(|e| refused(e, "Wrong e-mail or password."))?;
+    Ok(Json(tokens.into()))
+}
+
+/// A fresh access token for a refresh token (which Directus replaces: use the new one next time).
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = Refresh,
+    responses((status = 200, body = Tokens), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<Refresh>,
+) -> Result<Json<Tokens>, ApiError> {
+    let tokens = state
+        .directus
+        .refresh_session(&request.refresh_token)
+        .await
+        .map_err(|e| refused(e, "Your session ended. Sign in again."))?;
+    Ok(Json(tokens.into()))
+}
+
+/// Ends the session behind the refresh token.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = Refresh,
+    responses((status = 204), (status = 503, body = ErrorBody)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<Refresh>,
+) -> Result<StatusCode, ApiError> {
+    state.directus.sign_out(&request.refresh_token).await.map_err(ApiError::from_directus)?;
+    Ok(StatusCode::NO_CONTENT)
+}

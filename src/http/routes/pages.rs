@@ -1,0 +1,86 @@
+//! The account page (`web/account/`): plain HTML, CSS and JavaScript compiled into the binary, so there is
+//! nothing to deploy beside it and nothing a request can choose from the file system.
+//!
+//! Served under a strict Content-Security-Policy: scripts and styles only from these files, requests only to
+//! this origin, framed only by this origin and the operator's `ACCOUNT_EMBED_ORIGINS`.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::http::state::AppState;
+
+pub const INDEX_HTML: &str = include_str!("../../../web/account/index.html");
+const SCRIPT: &str = include_str!("../../../web/account/account.js");
+const STYLE: &str = include_str!("../../../web/account/account.css");
+
+/// The tag the page reads its allowed embedding origins from; filled in once at startup.
+const ORIGINS_META: &str = r#"<meta name="byok-allowed-origins" content="">"#;
+
+/// The page with the origins allowed to embed it and hand it a token (already validated as origins).
+pub fn index_html(embed_origins: &[String]) -> String {
+    INDEX_HTML.replacen(
+        ORIGINS_META,
+        &format!(r#"<meta name="byok-allowed-origins" content="{}">"#, embed_origins.join(" ")),
+        1,
+    )
+}
+
+/// The Content-Security-Policy of the page.
+pub fn content_security_policy(embed_origins: &[String]) -> String {
+    let mut ancestors = String::from("'self'");
+    for origin in embed_origins {
+        ancestors.push(' ');
+        ancestors.push_str(origin);
+    }
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+         form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors {ancestors}"
+    )
+}
+
+fn page(state: &AppState, content_type: &'static str, body: String) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(csp) = HeaderValue::from_str(&state.account_page.csp) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The account page: keys, usage and cost, notifications, provider status.
+#[utoipa::path(get, path = "/account", tag = "pages", operation_id = "account_page", responses((status = 200, content_type = "text/html", body = String)))]
+pub async fn account(State(state): State<AppState>) -> Response {
+    page(&state, "text/html; charset=utf-8", state.account_page.html.clone())
+}
+
+#[utoipa::path(get, path = "/account/account.js", tag = "pages", operation_id = "account_page_script",
+    responses((status = 200, content_type = "text/javascript", body = String)))]
+pub async fn script(State(state): State<AppState>) -> Response {
+    page(&state, "text/javascript; charset=utf-8", SCRIPT.to_owned())
+}
+
+#[utoipa::path(get, path = "/account/account.css", tag = "pages", operation_id = "account_page_style",
+    responses((status = 200, content_type = "text/css", body = String)))]
+pub async fn style(State(state): State<AppState>) -> Response {
+    page(&state, "text/css; charset=utf-8", STYLE.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_carries_the_embedding_origins_it_is_given_and_only_those() {
+        assert!(INDEX_HTML.contains(ORIGINS_META), "index.html keeps the tag the server fills");
+        let origins = ["https://app.example.com".to_owned()];
+        assert!(index_html(&origins).contains(r#"content="https://app.example.com""#));
+        assert!(content_security_policy(&origins).ends_with("frame-ancestors 'self' https://app.example.com"));
+        assert!(content_security_policy(&[]).contains("script-src 'self';"));
+        assert!(!content_security_policy(&[]).contains("unsafe"));
+    }
+}

@@ -1,0 +1,343 @@
+//! The end-user endpoints with Directus faked: account, providers, recommendations, notifications, sign-in,
+//! status, the account page and the OpenAPI document. The real-Directus versions are in `tests/e2e/account.rs`.
+
+use serde_json::{Value, json};
+use wiremock::matchers::{body_partial_json, method, path, query_param};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::*;
+
+async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = app.http.get(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
+async fn post(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut request = app.http.post(app.url(path)).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
+/// The masked key list the page reads (`GET /v1/keys` and `/v1/providers`).
+async fn mount_key_summaries(app: &TestApp, user: &str, rows: Value) {
+    Mock::given(method("GET"))
+        .and(path("/items/user_api_keys"))
+        .and(query_param("filter[user][_eq]", user))
+        .and(query_param("fields", "id,provider,key_hint,is_active,status,last_validated_at,last_error"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": rows})))
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+}
+
+#[tokio::test]
+async fn status_is_public_and_all_clear_when_nothing_failed() {
+    let app = spawn_app().await;
+    mount_flags(&app.directus, true, false, false).await;
+    app.wait_until_ready("ready").await;
+    let before = app.directus_hits("/items/feature_flags").await;
+    let (status, body) = get(&app, "/v1/status", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ai_available"], true);
+    assert!(body["banner"].is_null());
+    assert_eq!(
+        body["providers"][0],
+        json!({"provider": "openai", "name": "OpenAI", "status": "operational", "retry_after_secs": null})
+    );
+    assert_eq!(body["providers"][1]["provider"], "anthropic");
+    assert_eq!(app.directus_hits("/items/feature_flags").await, before, "asking costs nothing upstream");
+}
+
+#[tokio::test]
+async fn the_account_says_plan_mode_byok_access_and_credits() {
+    let app = spawn_app().await;
+    mount_flags(&app.directus, true, false, true).await;
+    let premium = new_user_id();
+    mount_user(&app.directus, &premium, FakeUser { grants: 750, ..Default::default() }).await;
+    let (status, body) = get(&app, "/v1/account", Some(&token_for(&premium))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"]["id"], premium.as_str());
+    assert_eq!(body["user"]["tier"], "premium");
+    assert_eq!(body["mode"], "credit_first");
+    assert_eq!(body["byok"], json!({"enabled": true, "allowed": true, "reason": null}));
+    assert_eq!(body["credits"], json!({"balance_cents": 750, "available_cents": 750}));
+
+    let free = new_user_id();
+    mount_user(&app.directus, &free, FakeUser { tier: "free", ..Default::default() }).await;
+    let (_, body) = get(&app, "/v1/account", Some(&token_for(&free))).await;
+    assert_eq!(body["byok"]["allowed"], false);
+    assert_eq!(body["byok"]["reason"]["code"], "premium_required");
+    assert_eq!(get(&app, "/v1/account", None).await.0, 401);
+}
+
+#[tokio::test]
+async fn providers_tell_where_to_get_a_key_and_why_byok_is_not_usable_yet() {
+    let app = spawn_app().await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser::default()).await;
+    mount_key_summaries(
+        &app,
+        &user,
+        json!([{"id": "k1", "provider": "anthropic", "key_hint": "sk-ant-...wxyz", "is_active": true,
+                "status": "quota_exceeded", "last_validated_at": null, "last_error": "Out of credit."}]),
+    )
+    .await;
+    let (status, body) = get(&app, "/v1/providers", Some(&token_for(&user))).await;
+    assert_eq!(status, 200, "{body}");
+    let (openai, anthropic) = (&body["providers"][0], &body["providers"][1]);
+    assert_eq!(openai["provider"], "openai");
+    assert_eq!(openai["keys_url"], "https://platform.openai.com/api-keys");
+    assert!(openai["key_format"].as_str().unwrap().contains("sk-"));
+    assert_eq!(openai["byok"]["usable_now"], false);
+    assert_eq!(openai["byok"]["reason"]["code"], "no_key");
+    assert_eq!(anthropic["byok"]["reason"]["code"], "key_quota_exceeded");
+    assert_eq!(anthropic["key"]["hint"], "sk-ant-...wxyz");
+    assert_eq!(anthropic["key"]["status"], "quota_exceeded");
+
+    let free = new_user_id();
+    mount_user(&app.directus, &free, FakeUser { tier: "free", ..Default::default() }).await;
+    let (_, body) = get(&app, "/v1/providers", Some(&token_for(&free))).await;
+    assert_eq!(body["providers"][0]["byok"]["reason"]["code"], "premium_required");
+    assert!(body["providers"][0]["key"].is_null(), "keys are not even read for a user who may not manage them");
+}
+
+#[tokio::test]
+async fn recommendations_are_the_cheapest_models_the_user_can_use_priced_like_a_call() {
+    let app = spawn_app_with(&[("INTERNAL_OPENAI_API_KEY", "sk-internal-test-0000000000000000")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { keys: &[("anthropic", "active")], ..Default::default() }).await;
+    let token = token_for(&user);
+
+    let (status, body) = post(
+        &app,
+        "/v1/recommendations",
+        Some(&token),
+        json!({"prompt_tokens": 2000, "max_output_tokens": 400, "limit": 20}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let list = body["recommendations"].as_array().unwrap();
+    assert_eq!(list.len(), 20);
+    let costs: Vec<f64> = list.iter().map(|r| r["estimated_cost_cents"].as_f64().unwrap()).collect();
+    assert!(costs.windows(2).all(|w| w[0] <= w[1]), "{costs:?}");
+    assert!(list.iter().all(|r| !r["model"].as_str().unwrap().contains("audio")), "no specialised products");
+    for r in list {
+        let expected = if r["provider"] == "anthropic" { "byok" } else { "internal" };
+        assert_eq!(r["source"], expected, "{r}");
+    }
+    let (_, estimate) = post(
+        &app,
+        "/v1/estimate",
+        Some(&token),
+        json!({"provider": list[0]["provider"], "model": list[0]["model"], "prompt_tokens": 2000, "max_output_tokens": 400}),
+    )
+    .await;
+    assert_eq!(estimate["estimated_cost_cents"], list[0]["estimated_cost_cents"]);
+
+    for bad in [
+        json!({}),
+        json!({"prompt": "x", "limit": 0}),
+        json!({"prompt": "x", "max_output_tokens": 0}),
+        json!({"prompt": "x", "model": "y"}),
+    ] {
+        let (status, body) = post(&app, "/v1/recommendations", Some(&token), bad.clone()).await;
+        assert!(matches!(status, 400 | 422), "{bad}: {status}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn byok_only_recommends_only_providers_the_user_has_a_key_for() {
+    let app = spawn_app().await;
+    mount_flags(&app.directus, true, true, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { keys: &[("openai", "active")], ..Default::default() }).await;
+    let (status, body) = post(&app, "/v1/recommendations", Some(&token_for(&user)), json!({"prompt": "hello"})).await;
+    assert_eq!(status, 200, "{body}");
+    let list = body["recommendations"].as_array().unwrap();
+    assert_eq!(list.len(), 5, "the default limit");
+    assert!(list.iter().all(|r| r["provider"] == "openai" && r["source"] == "byok"), "{body}");
+}
+
+#[tokio::test]
+async fn notifications_are_read_and_marked_for_the_token_user_only() {
+    let app = spawn_app().await;
+    let user = new_user_id();
+    Mock::given(method("GET"))
+        .and(path("/notifications"))
+        .and(query_param("filter[recipient][_eq]", user.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
+            {"id": 7, "subject": "Your OpenAI API key stopped working", "message": "Create a new key.", "timestamp": "2026-11-28T10:00:00.000Z", "status": "inbox"},
+            {"id": 3, "subject": "Older", "message": null, "timestamp": "2026-11-20T10:00:00.000Z", "status": "archived"},
+        ]})))
+        .mount(&app.directus)
+        .await;
+    // The update is one query filtered on id and recipient: only the user's own notification can match.
+    Mock::given(method("PATCH"))
+        .and(path("/notifications"))
+        .and(body_partial_json(json!({"query": {"filter": {"id": {"_eq": 7}, "recipient": {"_eq": user}}}, "data": {"status": "archived"}})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"id": 7}]})))
+        .mount(&app.directus)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/notifications"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .with_priority(10)
+        .mount(&app.directus)
+        .await;
+    let token = token_for(&user);
+
+    let (status, body) = get(&app, "/v1/notifications", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["notifications"][0],
+        json!({"id": 7, "subject": "Your OpenAI API key stopped working", "message": "Create a new key.", "timestamp": "2026-11-28T10:00:00.000Z", "read": false})
+    );
+    assert_eq!(body["notifications"][1]["read"], true);
+
+    assert_eq!(
+        post(&app, "/v1/notifications/7/read", Some(&token), json!({})).await,
+        (200, json!({"id": 7, "read": true}))
+    );
+    let (status, body) = post(&app, "/v1/notifications/8/read", Some(&token), json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("notification_not_found")));
+    for bad in ["-1", "7x", "99999999999999999999999"] {
+        assert_eq!(post(&app, &format!("/v1/notifications/{bad}/read"), Some(&token), json!({})).await.0, 404, "{bad}");
+    }
+    assert_eq!(get(&app, "/v1/notifications", None).await.0, 401);
+}
+
+#[tokio::test]
+async fn sign_in_passes_through_to_directus_and_never_echoes_the_password() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path("/auth/login"))
+        .and(body_partial_json(json!({"email": "ann@example.com", "password": "right-password", "mode": "json"})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"data": {"access_token": "at-123", "refresh_token": "rt-456", "expires": 900000}}),
+            ),
+        )
+        .mount(&app.directus)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/auth/login"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(
+            json!({"errors": [{"message": "Invalid user credentials.", "extensions": {"code": "INVALID_CREDENTIALS"}}]}),
+        ))
+        .with_priority(10)
+        .mount(&app.directus)
+        .await;
+
+    let ok = json!({"email": "ann@example.com", "password": "right-password"});
+    assert_eq!(
+        post(&app, "/v1/auth/login", None, ok).await,
+        (200, json!({"access_token": "at-123", "refresh_token": "rt-456", "expires_in_secs": 900}))
+    );
+    let (status, body) =
+        post(&app, "/v1/auth/login", None, json!({"email": "ann@example.com", "password": "wrong-password"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_credentials")));
+    assert!(!body.to_string().contains("wrong-password"));
+    let (status, body) = post(&app, "/v1/auth/login", None, json!({"email": "ann@example.com"})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(!body.to_string().contains("ann@example.com"), "input is never echoed: {body}");
+}
+
+#[tokio::test]
+async fn the_account_page_is_served_under_a_strict_policy() {
+    let app = spawn_app_with(&[("ACCOUNT_EMBED_ORIGINS", "https://app.example.com")]).await;
+    let response = app.http.get(app.url("/account")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self';") && csp.contains("connect-src 'self';"), "{csp}");
+    assert!(csp.ends_with("frame-ancestors 'self' https://app.example.com"), "{csp}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let html = response.text().await.unwrap();
+    assert!(html.contains(r#"<meta name="byok-allowed-origins" content="https://app.example.com">"#));
+    assert!(!html.contains("<script>") && !html.contains(" onclick="), "no inline script");
+    for (asset, kind) in [("/account/account.js", "text/javascript"), ("/account/account.css", "text/css")] {
+        let response = app.http.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with(kind));
+    }
+    assert_eq!(app.http.get(app.url("/account/../Cargo.toml")).send().await.unwrap().status(), 404);
+    assert_eq!(app.http.post(app.url("/account")).send().await.unwrap().status(), 405);
+}
+
+/// Every route the router serves: the OpenAPI document must list exactly these.
+const ROUTES: &[(&str, &str)] = &[
+    ("delete", "/v1/keys/{provider}"),
+    ("get", "/account"),
+    ("get", "/account/account.css"),
+    ("get", "/account/account.js"),
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/readyz"),
+    ("get", "/v1/account"),
+    ("get", "/v1/flags"),
+    ("get", "/v1/keys"),
+    ("get", "/v1/notifications"),
+    ("get", "/v1/providers"),
+    ("get", "/v1/status"),
+    ("get", "/v1/usage"),
+    ("post", "/v1/auth/login"),
+    ("post", "/v1/auth/logout"),
+    ("post", "/v1/auth/refresh"),
+    ("post", "/v1/chat/completions"),
+    ("post", "/v1/estimate"),
+    ("post", "/v1/keys/{provider}/verify"),
+    ("post", "/v1/messages"),
+    ("post", "/v1/notifications/{id}/read"),
+    ("post", "/v1/recommendations"),
+    ("post", "/v1/route"),
+    ("post", "/webhooks/directus"),
+    ("put", "/v1/keys/{provider}"),
+];
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served() {
+    let app = spawn_app().await;
+    mount_flags(&app.directus, true, false, false).await;
+    let (status, document) = get(&app, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(document["openapi"], "3.1.0");
+    let mut documented: Vec<(String, String)> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(route, item)| item.as_object().unwrap().keys().map(move |m| (m.clone(), route.clone())))
+        .collect();
+    documented.sort();
+    let expected: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    assert_eq!(documented, expected);
+    for (method, route) in &documented {
+        let url = app.url(&route.replace("{provider}", "openai").replace("{id}", "1"));
+        let request = match method.as_str() {
+            "get" => app.http.get(url),
+            "post" => app.http.post(url).json(&json!({})),
+            "put" => app.http.put(url).json(&json!({})),
+            _ => app.http.delete(url),
+        };
+        let response = request.send().await.unwrap();
+        let body: Value = response.json().await.unwrap_or_default();
+        assert!(
+            !matches!(body["error"]["code"].as_str(), Some("not_found" | "method_not_allowed")),
+            "{method} {route} is documented but not served: {body}"
+        );
+    }
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(schemes["directus_token"]["scheme"], "bearer");
+    assert!(document["components"]["schemas"]["ErrorBody"].is_object());
+}
