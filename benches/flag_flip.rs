@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const FLIPS: usize = 60;
+const FLIPS: usize = 200;
 
 fn var(vars: &std::collections::HashMap<String, String>, key: &str) -> String {
     vars.get(key).unwrap_or_else(|| panic!("{key} missing from the instance file")).clone()

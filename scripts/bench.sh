@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks, not tests: prints numbers, asserts nothing about speed.
-#  1. Flag propagation: Directus PATCH response -> sidecar answers with the new decision (60 flips).
+#  1. Flag propagation: Directus PATCH response -> sidecar answers with the new decision (200 flips).
 #  2. /v1/route throughput and latency under wrk, beside an axum hello-world (the ceiling) on the same machine.
 #  3. The credit reservation path alone (available, reserve, settle, stored), then the key vault:
 #     encrypt+store and fetch+decrypt latency, and the rewrap rate over 10,000 stored keys.
@@ -13,7 +13,8 @@
 #     drained.
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
-#   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog)
+#   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
+#   BENCH_LOAD_SECONDS=0 leaves out 6b and 6c
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${BENCH_SECONDS:-10}"
@@ -72,7 +73,7 @@ done
 curl -fsS "http://127.0.0.1:${sidecar_port}/readyz" >/dev/null
 
 if want 1; then
-	step "1. flag propagation (60 flips)"
+	step "1. flag propagation (200 flips)"
 	BYOK_E2E_INSTANCE="${instance_env}" BYOK_E2E_SIDECAR_ADDR="127.0.0.1:${sidecar_port}" \
 		cargo bench --locked --features e2e --bench flag_flip 2>"${work}/flag_flip.err" ||
 		{ cat "${work}/flag_flip.err" >&2; exit 1; }
@@ -144,6 +145,14 @@ BYOK_E2E_INSTANCE="${instance_env}" cargo bench --locked --features e2e --bench 
 fi
 
 step "fake OpenAI: nginx on 127.0.0.1:${fake_port}"
+for mode in false true; do
+	cat >"${work}/chat-${mode}.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"gpt-4o-mini","stream":${mode},"max_tokens":16,"messages":[{"role":"user","content":"Hello"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+LUA
+done
 proxy_port="$(free_port)"
 # nginx with one worker answers a fixed completion, or a fixed SSE stream when asked for one (the sidecar sends
 # Accept: text/event-stream for streams).
@@ -192,12 +201,6 @@ curl -fsS -o /dev/null "http://127.0.0.1:${sidecar_port}/v1/chat/completions" -H
 	-H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[]}'
 scripts/directus-down.sh "${work}/directus" >/dev/null
 for mode in false true; do
-	cat >"${work}/chat-${mode}.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o-mini","stream":${mode},"max_tokens":16,"messages":[{"role":"user","content":"Hello"}]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
-LUA
 	# One connection measures the added latency of a single call; 32 saturate both cores (throughput, queueing).
 	for conns in 1 "${connections}"; do
 		step "4a. stream=${mode}, ${conns} connection(s): direct"
@@ -238,10 +241,11 @@ cluster_env="$(scripts/cluster-up.sh --dir "${work}/cluster" --sidecar-bin targe
 	--sidecar-env RATE_LIMIT_FREE_PER_MIN=10000000 --sidecar-env RATE_LIMIT_PREMIUM_PER_MIN=10000000 \
 	--sidecar-env USER_CACHE_TTL_SECS=300 --sidecar-env USAGE_DELIVERY_CONCURRENCY=2 | tail -n 1)"
 cget() { sed -n "s/^$1=//p" "${cluster_env}" | head -n 1; }
-step "6a. flag propagation to both replicas (the hook tells a, a tells b through Redis; 60 flips)"
+step "6a. flag propagation to both replicas (the hook tells a, a tells b through Redis; 200 flips)"
 BYOK_E2E_INSTANCE="${cluster_env}" BYOK_E2E_SIDECAR_ADDR="$(cget SIDECAR_A_ADDR),$(cget SIDECAR_B_ADDR)" \
 	cargo bench --locked --features e2e --bench flag_flip 2>"${work}/flag_flip.err" ||
 	{ cat "${work}/flag_flip.err" >&2; exit 1; }
+((load_seconds > 0)) || exit 0
 step "6b. ${load_seconds} s of calls at ${connections} connections through replica a, Directus (PostgreSQL) up"
 cluster_token="$(curl -fsS "$(cget DIRECTUS_URL)/auth/login" -H 'content-type: application/json' \
 	-d "{\"email\":\"$(cget FREE_USER_EMAIL)\",\"password\":\"$(cget FREE_USER_PASSWORD)\"}" |

@@ -9,13 +9,13 @@ use utoipa::ToSchema;
 use crate::domain::api_key::KeyStatus;
 use crate::domain::flags::RoutingMode;
 use crate::domain::money::Cents;
-use crate::domain::pricing::estimate_prompt_tokens;
 use crate::domain::provider::Provider;
 use crate::domain::recommend::{self, MAX_OUTPUT_TOKENS};
 use crate::domain::routing::{self, ByokAccessDenied, Source};
 use crate::domain::tier::SubscriptionTier;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
+use crate::http::routes::usage::prompt_size;
 use crate::http::state::AppState;
 use crate::services::callers::{CallContext, call_context};
 use crate::services::key_vault::KeySummary;
@@ -245,11 +245,7 @@ pub async fn recommendations(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RecommendationRequest>,
 ) -> Result<Json<Recommendations>, ApiError> {
-    let prompt_tokens = match (request.prompt_tokens, request.prompt.as_deref()) {
-        (Some(tokens), _) => tokens,
-        (None, Some(prompt)) => estimate_prompt_tokens(prompt.len()),
-        (None, None) => return Err(ApiError::bad_request("invalid_request", "Give either prompt or prompt_tokens.")),
-    };
+    let prompt_tokens = prompt_size(request.prompt_tokens, request.prompt.as_deref())?;
     let output_tokens = request.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS);
     if !(1..=MAX_OUTPUT_TOKENS).contains(&output_tokens) {
         return Err(ApiError::bad_request("invalid_request", "max_output_tokens must be from 1 to 1000000."));

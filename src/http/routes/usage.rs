@@ -70,6 +70,15 @@ impl RequestBody for EstimateRequest {
     const EXPECTED: &'static str = r#"{"provider": "openai" | "anthropic", "model": "...", "prompt": "..." or "prompt_tokens": 123, "max_output_tokens": 500}"#;
 }
 
+/// A prompt's size in tokens: as the caller counted it, or estimated from its text as the gateway does.
+pub fn prompt_size(tokens: Option<u64>, text: Option<&str>) -> Result<u64, ApiError> {
+    match (tokens, text) {
+        (Some(tokens), _) => Ok(tokens),
+        (None, Some(text)) => Ok(estimate_prompt_tokens(text.len())),
+        (None, None) => Err(ApiError::bad_request("invalid_request", "Give either prompt or prompt_tokens.")),
+    }
+}
+
 /// The most a request would cost, from the same price table that charges it.
 #[utoipa::path(post, path = "/v1/estimate", tag = "usage", security(("directus_token" = [])), request_body = EstimateRequest,
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
@@ -79,11 +88,7 @@ pub async fn estimate(
     JsonBody(request): JsonBody<EstimateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let provider: Provider = request.provider.parse()?;
-    let prompt_tokens = match (request.prompt_tokens, request.prompt.as_deref()) {
-        (Some(tokens), _) => tokens,
-        (None, Some(prompt)) => estimate_prompt_tokens(prompt.len()),
-        (None, None) => return Err(ApiError::bad_request("invalid_request", "Give either prompt or prompt_tokens.")),
-    };
+    let prompt_tokens = prompt_size(request.prompt_tokens, request.prompt.as_deref())?;
     let prices = state.gateway.meter.prices();
     let (price, matched) = prices.price(provider, &request.model);
     // The same budget rule as the gateway's: without a limit, the model's longest answer.
