@@ -36,6 +36,8 @@ pub struct Settings {
     pub webhook_secret: WebhookSecret,
     /// Safety net when a webhook is lost; webhooks make flag changes visible at once.
     pub flag_cache_ttl: Duration,
+    /// How often Directus is asked whether the flags changed without a webhook (SQL); `None`: never.
+    pub flag_poll_interval: Option<Duration>,
     /// How long a user's tier, balance and key status are reused before Directus is asked again.
     pub user_cache_ttl: Duration,
     /// While Directus is unreachable, callers read within this long are served on their last known profile.
@@ -321,6 +323,7 @@ impl Settings {
                     .ok()
             });
         let flag_cache_ttl = r.seconds("FLAG_CACHE_TTL_SECS", 300, 1..=86_400);
+        let flag_poll_interval = Some(r.seconds("FLAG_POLL_SECS", 5, 0..=3_600)).filter(|d| !d.is_zero());
         let user_cache_ttl = r.seconds("USER_CACHE_TTL_SECS", 5, 1..=300);
         let stale_caller_max_age = r.seconds("STALE_CALLER_MAX_AGE_SECS", 900, 0..=86_400);
         let session_check_ttl = r.seconds("SESSION_CHECK_TTL_SECS", 30, 1..=3_600);
@@ -426,6 +429,7 @@ impl Settings {
                     directus_secret,
                     webhook_secret,
                     flag_cache_ttl,
+                    flag_poll_interval,
                     user_cache_ttl,
                     stale_caller_max_age,
                     session_check_ttl,

@@ -50,6 +50,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     reverify_interval: Duration,
+    flag_poll_interval: Option<Duration>,
     delivery: accounting::Delivery,
     client_write_timeout: Duration,
 }
@@ -83,6 +84,7 @@ impl Application {
             metrics_listener,
             state,
             reverify_interval: settings.key_reverify_interval,
+            flag_poll_interval: settings.flag_poll_interval,
             delivery: settings.delivery,
             client_write_timeout: settings.client_write_timeout,
         })
@@ -100,6 +102,9 @@ impl Application {
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (bounded).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         tokio::spawn(load_flags_until_ready(self.state.clone()));
+        if let Some(every) = self.flag_poll_interval {
+            tokio::spawn(poll_flags(self.state.clone(), every));
+        }
         tokio::spawn(Arc::clone(&self.state.bus).run(apply_event(self.state.clone())));
         if let Some(listener) = self.metrics_listener {
             let router = http::metrics_router(self.state.clone());
@@ -191,6 +196,25 @@ fn apply_event(state: AppState) -> impl Fn(Event) + Send + Sync + 'static {
                 }
             }
         });
+    }
+}
+
+/// Flags changed behind Directus's API (SQL) send no webhook: a small read every `every` finds them. A failed
+/// read is left to the next tick (the flag store already serves the last known flags while Directus is down).
+async fn poll_flags(state: AppState, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match state.flags.poll().await {
+            Ok(true) => {
+                let flags = state.flags.last_known().map(|s| s.flags);
+                tracing::warn!(?flags, "feature flags changed without a webhook (an SQL update?); now in force");
+            }
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, "flag check failed; the next one retries"),
+        }
     }
 }
 

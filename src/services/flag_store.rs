@@ -162,6 +162,28 @@ impl FlagStore {
         // A new generation: requests from now on see these flags (or, if one got in first, a load that
         // started after the change, which reads the same).
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.install(generation, flags).await;
+        Pushed::Applied
+    }
+
+    /// Looks for changes made behind Directus's API (an SQL `UPDATE feature_flags`, which no hook sees): reads
+    /// the flags, and puts them in force if they differ from those in force and nothing newer (a webhook, a
+    /// reload) arrived meanwhile. True when it changed them.
+    pub async fn poll(&self) -> Result<bool, DirectusError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let records = self.directus.feature_flags().await?;
+        let (flags, _) = FlagSet::from_records(&records);
+        if self.last_known().is_some_and(|known| known.flags == flags) {
+            return Ok(false);
+        }
+        if self.generation.compare_exchange(generation, generation + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Ok(false);
+        }
+        self.install(generation + 1, flags).await;
+        Ok(true)
+    }
+
+    async fn install(&self, generation: u64, flags: FlagSet) {
         let snapshot = Arc::new(FlagSnapshot { flags, loaded_at: OffsetDateTime::now_utc() });
         self.fresh.insert(generation, Arc::clone(&snapshot)).await;
         let mut last = sync::write(&self.last_known);
@@ -170,7 +192,6 @@ impl FlagStore {
         }
         drop(last);
         sync::lock(&self.last_failure).take();
-        Pushed::Applied
     }
 
     /// Whether flags were ever loaded, and the last load error if the current ones are stale.

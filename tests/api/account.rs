@@ -297,6 +297,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/auth/refresh"),
     ("post", "/v1/chat/completions"),
     ("post", "/v1/estimate"),
+    ("post", "/v1/flags/reload"),
     ("post", "/v1/keys/{provider}/verify"),
     ("post", "/v1/messages"),
     ("post", "/v1/notifications/{id}/read"),

@@ -41,3 +41,39 @@ async fn without_an_operator_token_operator_endpoints_do_not_exist() {
         assert_eq!(error_code(response).await, "not_found");
     }
 }
+
+#[tokio::test]
+async fn flags_changed_without_a_webhook_are_found_by_the_periodic_check() {
+    let app = spawn_app_with(&[("FLAG_POLL_SECS", "1")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser::default()).await;
+    app.wait_until_ready("ready").await;
+    assert_eq!(app.route(&token_for(&user), "openai").await.status(), 200);
+
+    // As after `UPDATE feature_flags ...` in SQL: Directus answers differently, and no webhook comes.
+    mount_flags(&app.directus, true, true, false).await;
+    let mut status = 200;
+    for _ in 0..60 {
+        status = app.route(&token_for(&user), "openai").await.status().as_u16();
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 403, "the check (every second here) put byok_only_mode in force within 3 s");
+}
+
+#[tokio::test]
+async fn an_operator_reloads_the_flags_at_once() {
+    let app = spawn_app_with(&[("FLAG_POLL_SECS", "0")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    app.wait_until_ready("ready").await;
+    mount_flags(&app.directus, true, true, false).await;
+    let unauthorized = app.http.post(app.url("/v1/flags/reload")).bearer_auth(SERVICE_TOKEN).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let response = app.http.post(app.url("/v1/flags/reload")).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["flags"]["byok_only_mode"], true, "{body}");
+}

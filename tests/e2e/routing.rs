@@ -220,3 +220,46 @@ async fn a_logged_out_session_token_is_refused() {
     assert!(refused, "the ended session's token was still accepted");
     sidecar.stop().await;
 }
+
+/// The spec changes flags with SQL (`UPDATE feature_flags ...`), which no hook sees: the sidecar's periodic check
+/// (`FLAG_POLL_SECS`, 5 s) puts the change in force within 10 s, and an operator can reload at once.
+#[tokio::test]
+async fn a_flag_changed_by_sql_behind_directus_is_in_force_within_ten_seconds() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    instance.set_flag(&http, "byok_only_mode", false).await;
+    let sidecar = Sidecar::start(&instance, &[]).await;
+    let (_, premium) = instance.new_user(&http, "premium", "100").await;
+    assert_eq!(sidecar.route(&http, &premium, "openai").await.0, 200);
+
+    let sql = |enabled: bool| {
+        let db = rusqlite::Connection::open(format!("{}/data.db", instance.dir)).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        let changed = db
+            .execute("UPDATE feature_flags SET is_enabled = ?1 WHERE key = 'byok_only_mode'", [i64::from(enabled)])
+            .unwrap();
+        assert_eq!(changed, 1);
+    };
+    sql(true);
+    let changed_at = std::time::Instant::now();
+    loop {
+        let (status, body) = sidecar.route(&http, &premium, "openai").await;
+        if status == 403 {
+            assert_eq!(body["error"]["code"], "byok_key_required");
+            break;
+        }
+        assert!(changed_at.elapsed() < std::time::Duration::from_secs(10), "still {status} after 10 s: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Back by SQL, then an operator's reload makes it count at once, without waiting for the check.
+    sql(false);
+    let response =
+        http.post(sidecar.url("/v1/flags/reload")).bearer_auth(crate::harness::OPERATOR_TOKEN).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["flags"]["byok_only_mode"], false, "{body}");
+    assert_eq!(sidecar.route(&http, &premium, "openai").await.0, 200);
+    sidecar.stop().await;
+}

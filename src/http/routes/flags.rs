@@ -21,3 +21,18 @@ pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Val
         "vault_configured": state.vault_configured,
     })))
 }
+
+/// Loads the flags from Directus again at once, for operators who changed them behind its API (SQL) and do
+/// not want to wait for the periodic check.
+#[utoipa::path(post, path = "/v1/flags/reload", tag = "operations", security(("operator_token" = [])),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn reload(operator: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let reloaded = state.flags.reload().await?;
+    if reloaded.stale {
+        return Err(ApiError::DirectusUnavailable);
+    }
+    state.bus.publish(crate::shared::bus::Event::FlagsChanged).await;
+    tracing::info!(flags = ?reloaded.snapshot.flags, "feature flags reloaded on an operator's request");
+    show(operator, State(state)).await
+}
