@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod directus;
 pub mod domain;
 pub mod http;
+pub mod import_keys;
 pub mod metrics;
 pub mod providers;
 pub mod rewrap;

@@ -2,9 +2,11 @@ use std::process::ExitCode;
 
 use byok_bridge::config::Settings;
 use byok_bridge::directus::DirectusClient;
-use byok_bridge::rewrap;
+use byok_bridge::providers::ProviderClient;
+use byok_bridge::services::key_vault::KeyVault;
 use byok_bridge::startup::Application;
 use byok_bridge::telemetry;
+use byok_bridge::{import_keys, rewrap};
 
 /// mimalloc: allocation and freeing were a tenth of the gateway's CPU under glibc's allocator.
 #[global_allocator]
@@ -17,6 +19,11 @@ Usage:
   byok-bridge [serve]     run the HTTP service (configured by environment variables; see README)
   byok-bridge rewrap      re-encrypt every stored key under ENCRYPTION_KEY (ENCRYPTION_KEYS_PREVIOUS still
                           decrypt); prints counts as JSON, never key material; safe to re-run
+  byok-bridge import-keys [--verify]
+                          store users' keys from another platform, sealed: JSON lines {\"user\", \"provider\",
+                          \"key\"} on standard input; counts as JSON on standard output, refused lines (by number,
+                          never the key) on standard error. Without --verify keys are stored unverified and
+                          checked with their provider later; exit 1 if any line was not stored
   byok-bridge healthcheck exit 0 if the service on BIND_ADDR answers /readyz with 200 (ready or degraded),
                           1 otherwise: for container healthchecks in an image without a shell or curl
   byok-bridge --version   print the version
@@ -29,6 +36,8 @@ async fn main() -> ExitCode {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] | ["serve"] => serve().await,
         ["rewrap"] => rewrap().await,
+        ["import-keys"] => import_keys(false).await,
+        ["import-keys", "--verify"] => import_keys(true).await,
         ["healthcheck"] => healthcheck().await,
         ["--version" | "-V"] => {
             println!("byok-bridge {}", env!("CARGO_PKG_VERSION"));
@@ -73,6 +82,29 @@ async fn rewrap() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn import_keys(verify: bool) -> ExitCode {
+    let settings = match settings() {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let _logs = telemetry::init(settings.log_format);
+    if settings.keyring.is_none() {
+        eprintln!("byok-bridge: ENCRYPTION_KEY: is not set. import-keys seals every key under it.");
+        return ExitCode::from(2);
+    }
+    let directus = DirectusClient::new(settings.directus_url, settings.directus_token, settings.directus_timeout);
+    let providers = ProviderClient::new(
+        settings.openai_base_url,
+        settings.anthropic_base_url,
+        settings.provider_timeout,
+        settings.provider_generation_timeout,
+    );
+    let vault = KeyVault::new(settings.keyring, directus.clone(), providers);
+    let report = import_keys::import_keys(&vault, &directus, std::io::stdin().lock(), verify).await;
+    println!("{}", serde_json::to_string(&report).expect("plain struct"));
+    if report.imported == report.read { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 async fn healthcheck() -> ExitCode {

@@ -62,15 +62,34 @@ impl KeyVault {
     /// Checks the key with its provider, then stores it sealed. A key the provider refuses is not stored;
     /// a provider that cannot be reached does not lose the key: it is stored `unverified`.
     pub async fn save(&self, user: UserId, provider: Provider, raw: &SecretString) -> Result<KeySummary, VaultError> {
-        let keyring = self.keyring()?;
+        self.keyring()?;
         let key = ProviderKey::parse(provider, raw.expose_secret())?;
         let check = self.providers.check_key(provider, &key).await;
         if check == KeyCheck::Failed(UpstreamFailure::InvalidKey) {
             return Err(VaultError::RejectedByProvider(provider));
         }
-        let sealed = keyring.seal(KeyOwner { user, provider }, key.expose().as_bytes());
-        let update =
-            KeyUpdate { encrypted_key: Some(sealed), key_hint: Some(key.hint()), ..status_after(provider, &check) };
+        self.store(user, provider, &key, status_after(provider, &check)).await
+    }
+
+    /// Stores a key sealed without asking its provider first (moving keys in from another platform: thousands
+    /// of checks at once would hit the providers' limits). It is stored `unverified`, usable at once, and the
+    /// background re-check (`KEY_REVERIFY_INTERVAL_SECS`) asks the provider later.
+    pub async fn import(&self, user: UserId, provider: Provider, raw: &SecretString) -> Result<KeySummary, VaultError> {
+        self.keyring()?;
+        let key = ProviderKey::parse(provider, raw.expose_secret())?;
+        let update = KeyUpdate { last_error: None, ..KeyUpdate::blank() };
+        self.store(user, provider, &key, update).await
+    }
+
+    async fn store(
+        &self,
+        user: UserId,
+        provider: Provider,
+        key: &ProviderKey,
+        status: KeyUpdate,
+    ) -> Result<KeySummary, VaultError> {
+        let sealed = self.keyring()?.seal(KeyOwner { user, provider }, key.expose().as_bytes());
+        let update = KeyUpdate { encrypted_key: Some(sealed), key_hint: Some(key.hint()), ..status };
         let record = self.directus.save_key(user, provider, &update).await?;
         tracing::info!(%user, %provider, status = update.status, "provider key stored");
         Ok(summary(record))

@@ -49,6 +49,25 @@ impl Instance {
         Instance { vars, dir, sidecar_addr }
     }
 
+    /// The sidecar binary with `args`, configured for this instance as the tests' sidecars are.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_byok-bridge"));
+        command
+            .args(args)
+            .env_clear()
+            .env("BIND_ADDR", &self.sidecar_addr)
+            .env("DIRECTUS_URL", self.var("DIRECTUS_URL"))
+            .env("DIRECTUS_TOKEN", self.var("DIRECTUS_TOKEN"))
+            .env("DIRECTUS_SECRET", self.var("DIRECTUS_SECRET"))
+            .env("WEBHOOK_SECRET", self.var("WEBHOOK_SECRET"))
+            .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
+            .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("RUST_LOG", "info")
+            .env("DATA_DIR", format!("{}/sidecar-data", self.dir))
+            .envs(std::env::var("BYOK_E2E_REDIS_URL").ok().map(|url| ("REDIS_URL", url)));
+        command
+    }
+
     pub fn var(&self, key: &str) -> &str {
         self.vars.get(key).unwrap_or_else(|| panic!("{key} missing from the instance file"))
     }
@@ -227,20 +246,8 @@ impl Sidecar {
     pub async fn start(instance: &Instance, extra: &[(&str, &str)]) -> Sidecar {
         let log_path = format!("{}/sidecar.log", instance.dir);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_byok-bridge"));
-        command.arg("serve"); // the Dockerfile's CMD
+        let mut command = instance.command(&["serve"]); // the Dockerfile's CMD
         command
-            .env_clear()
-            .env("BIND_ADDR", &instance.sidecar_addr)
-            .env("DIRECTUS_URL", instance.var("DIRECTUS_URL"))
-            .env("DIRECTUS_TOKEN", instance.var("DIRECTUS_TOKEN"))
-            .env("DIRECTUS_SECRET", instance.var("DIRECTUS_SECRET"))
-            .env("WEBHOOK_SECRET", instance.var("WEBHOOK_SECRET"))
-            .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
-            .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
-            .env("RUST_LOG", "info")
-            .env("DATA_DIR", format!("{}/sidecar-data", instance.dir))
-            .envs(std::env::var("BYOK_E2E_REDIS_URL").ok().map(|url| ("REDIS_URL", url)))
             .envs(extra.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))

@@ -106,3 +106,59 @@ async fn a_key_saved_through_the_sidecar_is_ciphertext_in_directus_and_routes_by
     instance.set_flag(&http, "byok_only_mode", false).await;
     sidecar.stop().await;
 }
+
+/// `byok-bridge import-keys` moves keys in from another platform: Directus receives ciphertext only, the keys
+/// route BYOK at once, and refused lines are reported by number without echoing a key.
+#[tokio::test]
+async fn import_keys_stores_ciphertext_only_and_the_imported_keys_route_byok() {
+    use tokio::io::AsyncWriteExt;
+
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    instance.set_byok_first(&http).await;
+    let (ann, ann_token) = instance.new_user(&http, "premium", "0").await;
+    let (bob, _) = instance.new_user(&http, "lifetime", "0").await;
+    let ann_key = "sk-proj-importedKeyOfAnn0000000000000000AnnA";
+    let bob_key = "sk-ant-importedKeyOfBob00000000000000000BobB";
+    let nobody = uuid::Uuid::new_v4();
+    let input = format!(
+        "{}\n{}\nnot json at all {ann_key}\n{}\n\n{}\n",
+        json!({"user": ann, "provider": "openai", "key": ann_key}),
+        json!({"user": bob, "provider": "anthropic", "key": bob_key}),
+        json!({"user": ann, "provider": "anthropic", "key": "sk-tooShortAndWrong"}),
+        json!({"user": nobody, "provider": "openai", "key": ann_key}),
+    );
+    let mut child = instance
+        .command(&["import-keys"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "not every line was stored: {stderr}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report, json!({"read": 5, "imported": 2, "invalid": 2, "rejected": 0, "failed": 1}), "{stderr}");
+    for line in ["line 3:", "line 4:", "line 6:"] {
+        assert!(stderr.contains(line), "{line} reported: {stderr}");
+    }
+    for secret in [ann_key, bob_key, "sk-tooShortAndWrong"] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret), "a key was printed");
+    }
+
+    for (user, key) in [(&ann, ann_key), (&bob, bob_key)] {
+        let rows = instance.admin_get(&http, "/items/user_api_keys", &[("filter[user][_eq]", user)]).await;
+        assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+        let stored = rows.to_string();
+        assert!(!stored.contains(key) && !stored.contains(&key[10..]), "only ciphertext in Directus: {stored}");
+        assert_eq!(rows[0]["status"], "unverified", "checked with the provider later");
+        assert!(rows[0]["encrypted_key"].as_str().unwrap().starts_with("byok:v1:"), "{rows}");
+    }
+    let sidecar = Sidecar::start(&instance, &[]).await;
+    let (status, body) = sidecar.route(&http, &ann_token, "openai").await;
+    assert_eq!((status, body["source"].as_str()), (200, Some("byok")), "{body}");
+    sidecar.stop().await;
+}
