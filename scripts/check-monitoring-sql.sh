@@ -214,3 +214,35 @@ if [[ "$(normalise <<<"${out}")" != "$(normalise <<<"${expected}")" ]]; then
 	die "the monitoring queries returned unexpected results"
 fi
 log "OK: all four Monitoring & Analytics queries run unchanged on PostgreSQL and give the expected results"
+
+# --- 5. the safe variant, the troubleshooting query, and an empty install ----------------------------
+safe="$(psql_do -d directus -At -F '|' -f "${REPO_ROOT}/directus-schema/monitoring-safe.postgres.sql")" ||
+	die "a query of monitoring-safe.postgres.sql failed"
+[[ "$(normalise <<<"${safe}")" == "$(normalise <<<"${expected}")" ]] ||
+	die "monitoring-safe.postgres.sql answers differently from the spec's queries on the same rows: ${safe}"
+
+psql_do -d directus <<'SQL' || die "inserting troubleshooting rows failed"
+INSERT INTO directus_users (id, email, subscription_tier) VALUES
+  ('00000000-0000-4000-8000-000000000002', 'has-key@example.com', 'lifetime'),
+  ('00000000-0000-4000-8000-000000000003', 'refused-key@example.com', 'lifetime'),
+  ('00000000-0000-4000-8000-000000000004', 'free@example.com', 'free');
+INSERT INTO user_api_keys (id, "user", provider, encrypted_key, key_hint, is_active, status) VALUES
+  (gen_random_uuid(), '00000000-0000-4000-8000-000000000002', 'openai', 'byok:v1:k1:x', 'sk-...a', true, 'active'),
+  (gen_random_uuid(), '00000000-0000-4000-8000-000000000003', 'openai', 'byok:v1:k1:y', 'sk-...b', true, 'invalid');
+SQL
+trouble="$(psql_do -d directus -At -F '|' -f "${REPO_ROOT}/directus-schema/troubleshooting.sql")" ||
+	die "troubleshooting.sql failed on PostgreSQL"
+expected_trouble="f
+00000000-0000-4000-8000-000000000001|premium@example.com|premium
+00000000-0000-4000-8000-000000000003|refused-key@example.com|lifetime"
+[[ "${trouble}" == "${expected_trouble}" ]] || die "troubleshooting.sql listed: ${trouble}"
+log "OK: troubleshooting.sql lists exactly the premium and lifetime users without a usable key"
+
+psql_do -d directus -c 'TRUNCATE api_key_usage, credit_transactions' >/dev/null
+if psql_do -d directus -At -f "${MONITORING_SQL}" >/dev/null 2>&1; then
+	die "the spec's verbatim queries no longer fail on an empty install; monitoring-safe.postgres.sql may be moot"
+fi
+empty="$(psql_do -d directus -At -F '|' -f "${REPO_ROOT}/directus-schema/monitoring-safe.postgres.sql")" ||
+	die "monitoring-safe.postgres.sql failed on an empty install"
+[[ "$(tail -n 1 <<<"${empty}")" == "0|0|0|" ]] || die "on an empty install the BYOK share should be NULL: ${empty}"
+log "OK: on an empty install the spec's share divides by zero; monitoring-safe.postgres.sql answers NULL"

@@ -114,7 +114,7 @@ fi
 scripts/cluster-down.sh "${work}/cluster" >/dev/null
 
 if [[ -x scripts/check-monitoring-sql.sh ]]; then
-	step "the spec's monitoring SQL on PostgreSQL"
+	step "the spec's monitoring SQL, its safe variant and the troubleshooting query on PostgreSQL"
 	scripts/check-monitoring-sql.sh
 fi
 

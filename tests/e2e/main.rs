@@ -8,6 +8,7 @@ mod credits;
 mod fakes;
 mod gateway;
 mod harness;
+mod monitoring;
 mod outage;
 mod routing;
 mod vault;

@@ -1,0 +1,47 @@
+-- The spec's four "Monitoring & Analytics" queries (monitoring.sql keeps them verbatim), made safe on an empty
+-- install: the BYOK share is NULL, not a division by zero, when there were no requests. PostgreSQL; the
+-- SQLite twin is monitoring-safe.sqlite.sql. Checked by scripts/check-monitoring-sql.sh.
+
+SELECT key, is_enabled, name, description
+FROM feature_flags
+WHERE category = 'system' AND key LIKE 'byok%'
+ORDER BY sort_order;
+
+-- BYOK usage in last 30 days
+SELECT
+  provider,
+  COUNT(*) as requests,
+  SUM(total_tokens) as tokens,
+  SUM(estimated_cost_cents) / 100.0 as cost_dollars
+FROM api_key_usage
+WHERE created_at >= NOW() - INTERVAL '30 days'
+GROUP BY provider;
+
+-- Internal credit usage in last 30 days
+SELECT
+  service_type,
+  COUNT(*) as requests,
+  SUM(cost_cents) / 100.0 as cost_dollars
+FROM credit_transactions
+WHERE transaction_type = 'deduction'
+  AND created_at >= NOW() - INTERVAL '30 days'
+GROUP BY service_type;
+
+-- Percentage of requests using BYOK (NULL when there were none)
+WITH byok_stats AS (
+  SELECT COUNT(*) as byok_count
+  FROM api_key_usage
+  WHERE created_at >= NOW() - INTERVAL '30 days'
+),
+internal_stats AS (
+  SELECT COUNT(*) as internal_count
+  FROM credit_transactions
+  WHERE transaction_type = 'deduction'
+    AND created_at >= NOW() - INTERVAL '30 days'
+)
+SELECT
+  byok_count,
+  internal_count,
+  byok_count + internal_count as total,
+  ROUND(100.0 * byok_count / NULLIF(byok_count + internal_count, 0), 2) as byok_percentage
+FROM byok_stats, internal_stats;
