@@ -20,7 +20,7 @@ pub use auth::{SessionTokens, SignInError};
 pub use keys::{KeyRecord, KeyUpdate, SealedRow};
 pub use notifications::Notification;
 pub use usage::{UsageLine, UsageSummary};
-pub use users::{StoredKey, UserProfile};
+pub use users::{EntitledUser, StoredKey, UserProfile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectusError {

@@ -16,6 +16,14 @@ pub struct UserProfile {
     pub subscription_tier: Option<String>,
 }
 
+/// A user BYOK-only mode concerns, as the pre-flight lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct EntitledUser {
+    pub id: String,
+    pub email: Option<String>,
+    pub subscription_tier: Option<String>,
+}
+
 /// A stored key's routing state and its ciphertext, so a call can open the key without another Directus
 /// round trip. Only the sidecar's `ENCRYPTION_KEY` makes the ciphertext useful.
 #[derive(Clone, PartialEq, Eq)]
@@ -74,6 +82,34 @@ impl DirectusClient {
         }
         let request = self.request(Method::GET, &format!("/users/{user}")).query(&[("fields", "email")]);
         Ok(self.data::<Email>(request).await?.email)
+    }
+
+    /// Every active premium and lifetime user (id, e-mail, tier): the users BYOK-only mode concerns.
+    pub async fn entitled_users(&self) -> Result<Vec<EntitledUser>, DirectusError> {
+        let request = self.request(Method::GET, "/users").query(&[
+            ("fields", "id,email,subscription_tier"),
+            ("filter[subscription_tier][_in]", "premium,lifetime"),
+            ("filter[status][_eq]", "active"),
+            ("sort", "email"),
+            ("limit", "-1"),
+        ]);
+        self.data(request).await
+    }
+
+    /// The users who have a key routing can use (active, and neither refused by its provider nor out of quota).
+    pub async fn users_with_usable_keys(&self) -> Result<std::collections::HashSet<String>, DirectusError> {
+        #[derive(Deserialize)]
+        struct Owner {
+            user: Option<String>,
+        }
+        let request = self.request(Method::GET, "/items/user_api_keys").query(&[
+            ("fields", "user"),
+            ("filter[is_active][_eq]", "true"),
+            ("filter[status][_nin]", "invalid,quota_exceeded"),
+            ("limit", "-1"),
+        ]);
+        let owners: Vec<Owner> = self.data(request).await?;
+        Ok(owners.into_iter().filter_map(|o| o.user).collect())
     }
 
     /// The user's credit balance, summed by Directus per transaction type (no rows are transferred).

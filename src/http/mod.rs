@@ -75,6 +75,8 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .routes(routes!(routes::route::decide))
         .routes(routes!(routes::flags::show))
         .routes(routes!(routes::flags::reload))
+        .routes(routes!(routes::preflight::show))
+        .routes(routes!(routes::preflight::notify))
         .routes(routes!(routes::keys::list))
         .routes(routes!(routes::keys::save, routes::keys::delete))
         .routes(routes!(routes::keys::verify))

@@ -298,6 +298,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/chat/completions"),
     ("post", "/v1/estimate"),
     ("post", "/v1/flags/reload"),
+    ("get", "/v1/admin/preflight"),
+    ("post", "/v1/admin/preflight/notify"),
     ("post", "/v1/keys/{provider}/verify"),
     ("post", "/v1/messages"),
     ("post", "/v1/notifications/{id}/read"),
@@ -321,7 +323,8 @@ async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served(
         .flat_map(|(route, item)| item.as_object().unwrap().keys().map(move |m| (m.clone(), route.clone())))
         .collect();
     documented.sort();
-    let expected: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    let mut expected: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    expected.sort();
     assert_eq!(documented, expected);
     for (method, route) in &documented {
         let url = app.url(&route.replace("{provider}", "openai").replace("{id}", "1"));

@@ -162,3 +162,72 @@ async fn import_keys_stores_ciphertext_only_and_the_imported_keys_route_byok() {
     assert_eq!((status, body["source"].as_str()), (200, Some("byok")), "{body}");
     sidecar.stop().await;
 }
+
+/// The BYOK-only pre-flight lists exactly the active premium and lifetime users without a usable key, and its
+/// notice reaches each of them once, however often an operator sends it.
+#[tokio::test]
+async fn the_preflight_lists_entitled_users_without_a_usable_key_and_notifies_each_once() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = reqwest::Client::new();
+    instance.set_byok_first(&http).await;
+    let (no_key, _) = instance.new_user(&http, "premium", "0").await;
+    let (has_key, _) = instance.new_user(&http, "lifetime", "0").await;
+    let (refused_key, _) = instance.new_user(&http, "lifetime", "0").await;
+    let (free, _) = instance.new_user(&http, "free", "0").await;
+    let lines = [
+        json!({"user": has_key, "provider": "openai", "key": "sk-proj-preflightHasKey000000000000000Aa"}),
+        json!({"user": refused_key, "provider": "openai", "key": "sk-proj-preflightRefused00000000000000Bb"}),
+    ];
+    let mut child = instance.command(&["import-keys"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    tokio::io::AsyncWriteExt::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).await.unwrap();
+    assert!(child.wait().await.unwrap().success());
+    // The provider refused that key on a call since.
+    let rows = instance.admin_get(&http, "/items/user_api_keys", &[("filter[user][_eq]", &refused_key)]).await;
+    let response = http
+        .patch(instance.directus(&format!("/items/user_api_keys/{}", rows[0]["id"].as_str().unwrap())))
+        .bearer_auth(instance.var("DIRECTUS_ADMIN_TOKEN"))
+        .json(&json!({"status": "invalid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let sidecar = Sidecar::start(&instance, &[]).await;
+    let operator = crate::harness::OPERATOR_TOKEN;
+    let ours = |list: &Value| -> Vec<String> {
+        let mine = [&no_key, &has_key, &refused_key, &free];
+        let mut ids: Vec<String> = list["users_without_usable_key"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|u| u["id"].as_str().map(str::to_owned))
+            .filter(|id| mine.contains(&id))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let list: Value =
+        http.get(sidecar.url("/v1/admin/preflight")).bearer_auth(operator).send().await.unwrap().json().await.unwrap();
+    let mut expected = vec![no_key.clone(), refused_key.clone()];
+    expected.sort();
+    assert_eq!(ours(&list), expected, "{list}");
+    let user_token_refused = http.get(sidecar.url("/v1/admin/preflight")).send().await.unwrap();
+    assert_eq!(user_token_refused.status(), 401);
+
+    for _ in 0..2 {
+        let response = http.post(sidecar.url("/v1/admin/preflight/notify")).bearer_auth(operator).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for user in [&no_key, &refused_key] {
+        let notes = instance.wait_for_rows(&http, "/notifications", &[("filter[recipient][_eq]", user)], 1).await;
+        assert_eq!(notes.len(), 1, "once, though sent twice: {notes:?}");
+        assert_eq!(notes[0]["subject"], "Add your own AI provider key");
+    }
+    for user in [&has_key, &free] {
+        let notes = instance.admin_get(&http, "/notifications", &[("filter[recipient][_eq]", user)]).await;
+        assert_eq!(notes.as_array().unwrap().len(), 0, "{notes}");
+    }
+    sidecar.stop().await;
+}

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod openapi;
 pub mod pages;
+pub mod preflight;
 pub mod route;
 pub mod status;
 pub mod usage;
