@@ -17,6 +17,9 @@
 //   and diffing it against an installed PostgreSQL schema yields vendor-only changes that Directus cannot apply
 //   (e.g. `alter column "id" drop not null` on a primary key). The docker-compose init service re-runs on
 //   every `docker compose up`.
+// Never deletes: Directus diffs the whole schema, so every collection, field and relation of an existing install
+// that the snapshot does not list comes back as a deletion; those entries are dropped before applying (the
+// snapshot only ever adds byok-bridge's own collections and fields). Safe on a Directus with other data.
 // stdout: nothing. stderr: a short summary, never the token.
 
 import { readFileSync } from "node:fs";
@@ -65,6 +68,22 @@ async function call(method, path, body) {
 	return { status: res.status, data: text ? JSON.parse(text).data : null };
 }
 
+/** A diff entry that removes a whole collection, field or relation (kind "D" at its root). */
+const isDeletion = (entry) => entry.diff.some((d) => d.kind === "D" && !d.path);
+
+/** The diff without deletions, and how many were dropped. */
+function withoutDeletions(diff) {
+	let dropped = 0;
+	const keep = (entries) => {
+		const kept = (entries ?? []).filter((e) => !isDeletion(e));
+		dropped += (entries ?? []).length - kept.length;
+		return kept;
+	};
+	const d = diff.diff;
+	const body = { ...diff, diff: { ...d, collections: keep(d.collections), fields: keep(d.fields), relations: keep(d.relations) } };
+	return { dropped, body };
+}
+
 try {
 	const snapshot = snapshotBody(file);
 	if (!token) token = (await call("POST", "/auth/login", { email, password })).data.access_token;
@@ -79,12 +98,18 @@ try {
 				"upgrade existing installs as directus-schema/UPGRADING.md says",
 		);
 	} else {
-		const d = diff.data.diff;
-		await call("POST", "/schema/apply", diff.data);
-		log(
-			`applied: ${d.collections.length} collections, ${d.fields.length} fields, ` +
-				`${(d.systemFields ?? []).length} system fields, ${d.relations.length} relations changed`,
-		);
+		const { dropped, body } = withoutDeletions(diff.data);
+		const d = body.diff;
+		if (dropped > 0) log(`left alone: ${dropped} collections, fields or relations the snapshot does not list`);
+		if (d.collections.length + d.fields.length + (d.systemFields ?? []).length + d.relations.length === 0) {
+			log("nothing of byok-bridge's to change");
+		} else {
+			await call("POST", "/schema/apply", body);
+			log(
+				`applied: ${d.collections.length} collections, ${d.fields.length} fields, ` +
+					`${(d.systemFields ?? []).length} system fields, ${d.relations.length} relations changed`,
+			);
+		}
 	}
 } catch (err) {
 	log(`failed: ${err.message}`);

@@ -24,6 +24,12 @@
 //
 // stdout: KEY=VALUE lines only (DIRECTUS_TOKEN, DIRECTUS_ADMIN_TOKEN, <TIER>_USER_EMAIL/_PASSWORD/_ID).
 // stderr: progress messages, never a secret. Node >= 20 (global fetch).
+//
+// --production: for an existing Directus with real users. Creates the flags (if missing) and the sidecar's
+// service user, role, policy and permissions; creates no demo user, never touches the admin (signs in with the
+// given credentials for this run only), and writes nothing to the ledgers. The service token is printed once,
+// when the service user is created (DIRECTUS_TOKEN=... on stdout); on later runs it is left alone (running
+// sidecars keep working) unless --rotate-service-token asks for a new one.
 
 import { randomBytes } from "node:crypto";
 
@@ -52,6 +58,8 @@ function givenToken(name) {
 	}
 	return value;
 }
+const production = process.argv.includes("--production");
+const rotateServiceToken = process.argv.includes("--rotate-service-token");
 const fixedServiceToken = givenToken("SEED_SERVICE_TOKEN");
 const fixedAdminToken = givenToken("SEED_ADMIN_TOKEN");
 if (fixedServiceToken && fixedServiceToken === fixedAdminToken) {
@@ -196,6 +204,51 @@ async function seedFlags() {
 	}
 }
 
+// ---- the admins' Insights dashboard --------------------------------------------------------------
+
+const DASHBOARD = { name: "byok-bridge", icon: "key", color: "#2563EB", note: "BYOK and platform-credit usage (seeded by byok-bridge)" };
+const deductions = { _and: [{ transaction_type: { _eq: "deduction" } }] };
+// [name, icon, type, x, y, width, height, options]: Insights' own panel types, nothing to install.
+const PANELS = [
+	["Cost per day on users' own keys (cents)", "key", "time-series", 1, 1, 24, 10,
+		{ collection: "api_key_usage", dateField: "occurred_at", valueField: "estimated_cost_cents", function: "sum", precision: "day", range: "30 days", color: "#2563EB" }],
+	["Cost per day on platform credits (cents)", "savings", "time-series", 25, 1, 24, 10,
+		{ collection: "credit_transactions", dateField: "occurred_at", valueField: "cost_cents", function: "sum", precision: "day", range: "30 days", color: "#C2410C", filter: deductions }],
+	["Requests per day on users' own keys", "bolt", "time-series", 1, 11, 24, 10,
+		{ collection: "api_key_usage", dateField: "occurred_at", valueField: "id", function: "count", precision: "day", range: "30 days", color: "#2563EB" }],
+	["Requests per day on platform credits", "bolt", "time-series", 25, 11, 24, 10,
+		{ collection: "credit_transactions", dateField: "occurred_at", valueField: "id", function: "count", precision: "day", range: "30 days", color: "#C2410C", filter: deductions }],
+	["Requests on users' own keys (BYOK share: against the panel beside)", "key", "metric", 1, 21, 12, 6,
+		{ collection: "api_key_usage", field: "id", function: "count" }],
+	["Requests on platform credits", "savings", "metric", 13, 21, 12, 6,
+		{ collection: "credit_transactions", field: "id", function: "count", filter: deductions }],
+	["Stored keys by status", "donut_large", "pie-chart", 25, 21, 12, 12,
+		{ collection: "user_api_keys", column: "status", function: "count", donut: true, legend: "right" }],
+	["Own-key cost by provider (cents)", "hub", "metric-list", 37, 21, 12, 12,
+		{ collection: "api_key_usage", groupByField: "provider", aggregateField: "estimated_cost_cents", aggregateFunction: "sum", sortDirection: "desc" }],
+	["Credit cost by provider (cents)", "hub", "metric-list", 1, 27, 12, 12,
+		{ collection: "credit_transactions", groupByField: "provider", aggregateField: "cost_cents", aggregateFunction: "sum", sortDirection: "desc", filter: deductions }],
+	["Top users by credit cost (cents)", "person", "metric-list", 13, 27, 12, 12,
+		{ collection: "credit_transactions", groupByField: "user", aggregateField: "cost_cents", aggregateFunction: "sum", sortDirection: "desc", filter: deductions }],
+];
+
+/** The Insights dashboard, made once (an admin's later edits to it are kept: it is not re-created). */
+async function seedDashboard() {
+	const existing = await findOne("/dashboards", "name", DASHBOARD.name, "id");
+	if (existing) {
+		log(`Insights dashboard "${DASHBOARD.name}" exists (id ${existing.id}): left as it is`);
+		return existing.id;
+	}
+	const dashboard = await admin("POST", "/dashboards", DASHBOARD);
+	for (const [name, icon, type, x, y, width, height, options] of PANELS) {
+		await admin("POST", "/panels", {
+			dashboard: dashboard.id, name, icon, type, position_x: x, position_y: y, width, height, options, show_header: true,
+		});
+	}
+	log(`Insights dashboard "${DASHBOARD.name}" created (id ${dashboard.id}, ${PANELS.length} panels)`);
+	return dashboard.id;
+}
+
 async function ensurePolicy({ name, description, icon }) {
 	const existing = await findOne("/policies", "name", name, "id,app_access,admin_access");
 	const wanted = { name, description, icon, app_access: false, admin_access: false, enforce_tfa: false, ip_access: null };
@@ -265,7 +318,15 @@ async function ensurePermissions(policyId, wanted) {
 	return refused;
 }
 
-async function seedServiceUser() {
+/** Signs the admin in for this run only (production: their static token, if any, stays as it is). */
+async function signInAdmin() {
+	const login = await request("POST", "/auth/login", { body: { email: adminEmail, password: adminPassword } });
+	adminToken = login.access_token;
+	log("signed in as the admin for this run (their token is left as it is)");
+}
+
+/** `keepToken`: an existing service user keeps its token (returns null: running sidecars keep working). */
+async function seedServiceUser({ keepToken = false } = {}) {
 	const policyId = await ensurePolicy({
 		name: SERVICE.policyName,
 		icon: "smart_toy",
@@ -286,9 +347,10 @@ async function seedServiceUser() {
 		policyId,
 	});
 
-	const token = fixedServiceToken ?? randomToken();
-	const fields = { first_name: "byok-bridge", last_name: "sidecar", role: roleId, status: "active", token };
 	const existing = await findOne("/users", "email", SERVICE.email, "id");
+	const token = existing && keepToken ? null : (fixedServiceToken ?? randomToken());
+	const fields = { first_name: "byok-bridge", last_name: "sidecar", role: roleId, status: "active" };
+	if (token !== null) fields.token = token;
 	let id;
 	if (existing) {
 		await admin("PATCH", `/users/${existing.id}`, fields);
@@ -296,7 +358,7 @@ async function seedServiceUser() {
 	} else {
 		id = (await admin("POST", "/users", { email: SERVICE.email, ...fields })).id;
 	}
-	const tokenNote = fixedServiceToken ? "token from SEED_SERVICE_TOKEN" : "new token";
+	const tokenNote = token === null ? "token left as it is" : fixedServiceToken ? "token from SEED_SERVICE_TOKEN" : "new token";
 	log(`service user ${SERVICE.email} (${id}): role "${SERVICE.roleName}", ${SERVICE.permissions.length} permissions, ${tokenNote}`);
 	return token;
 }
@@ -540,9 +602,44 @@ async function verifyEndUser(u, byokEnabled) {
 
 // ---- main ------------------------------------------------------------------------------------------
 
+/** Production: only read checks with the service token (nothing is written to a real ledger). */
+async function verifyProduction(serviceToken) {
+	const svc = (method, path, body) => request(method, path, { token: serviceToken, body });
+	const flags = await svc("GET", `/items/feature_flags${q({ fields: "id,key,is_enabled" })}`);
+	for (const f of FLAGS) assert(flags.some((row) => row.key === f.key), `service token reads flag ${f.key}`);
+	await expectStatus(svc("GET", "/settings"), [403], "reading directus_settings with the service token");
+	const me = await svc("GET", `/users/me${q({ fields: "id" })}`);
+	assert(typeof me.id === "string", "service token signs in");
+	const policy = await findOne("/policies", "name", SERVICE.policyName, "app_access,admin_access");
+	assert(policy.app_access === false && policy.admin_access === false, "service policy is API-only");
+	log("verified (read-only): the service token reads flags and nothing it should not");
+}
+
+if (production) {
+	try {
+		await signInAdmin();
+		await seedFlags();
+		await seedDashboard();
+		const serviceToken = await seedServiceUser({ keepToken: !rotateServiceToken });
+		if (serviceToken !== null) {
+			await verifyProduction(serviceToken);
+			process.stdout.write(`DIRECTUS_TOKEN=${serviceToken}\n`);
+			log("the sidecar's DIRECTUS_TOKEN is printed once, above: store it now");
+		} else {
+			log("the service user exists: its token was left as it is (--rotate-service-token issues a new one)");
+		}
+		log("done (production: no demo users, the admin untouched, no ledger rows)");
+	} catch (err) {
+		log(`failed: ${err.message}`);
+		process.exit(1);
+	}
+	process.exit(0);
+}
+
 try {
 	const adminStaticToken = await seedAdminToken();
 	await seedFlags();
+	await seedDashboard();
 	const serviceToken = await seedServiceUser();
 	const users = await seedEndUsers();
 	await verify(serviceToken, users);

@@ -341,6 +341,16 @@ async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served(
             "{method} {route} is documented but not served: {body}"
         );
     }
+    let mut ids: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values().map(|op| op["operationId"].as_str().unwrap()))
+        .collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "operation ids are unique (OpenAPI requires it)");
     let schemes = &document["components"]["securitySchemes"];
     assert_eq!(schemes["directus_token"]["scheme"], "bearer");
     assert!(document["components"]["schemas"]["ErrorBody"].is_object());

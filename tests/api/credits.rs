@@ -135,16 +135,18 @@ async fn directus_goes_down(app: &TestApp) {
 }
 
 /// Calls until the answer says it was served on the caller's last known profile (bounded: the profile
-/// cache expires after a second).
+/// cache expires after a second; 10 s leaves room for a loaded machine running every test at once).
 async fn until_served_stale(app: &TestApp, user: &str, body: &Value) -> reqwest::Response {
-    for _ in 0..100 {
+    let mut last = String::new();
+    for _ in 0..200 {
         let response = chat(app, user, body.clone()).await;
         if response.headers().get("x-byok-stale").is_some_and(|v| v.to_str().unwrap().contains("caller")) {
             return response;
         }
+        last = format!("{} {:?}", response.status(), response.text().await.unwrap_or_default());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("never served on a stale profile");
+    panic!("never served on a stale profile; the last answer: {last}");
 }
 
 #[tokio::test]

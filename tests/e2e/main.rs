@@ -11,4 +11,5 @@ mod harness;
 mod monitoring;
 mod outage;
 mod routing;
+mod seed;
 mod vault;

@@ -7,7 +7,7 @@ use crate::http::extract::Operator;
 use crate::http::state::AppState;
 
 /// The flags in force, for operators (`OPERATOR_TOKEN`; 404 when none is configured).
-#[utoipa::path(get, path = "/v1/flags", tag = "operations", security(("operator_token" = [])),
+#[utoipa::path(get, path = "/v1/flags", tag = "operations", operation_id = "show_flags", security(("operator_token" = [])),
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let current = state.flags.current().await?;
@@ -24,7 +24,7 @@ pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Val
 
 /// Loads the flags from Directus again at once, for operators who changed them behind its API (SQL) and do
 /// not want to wait for the periodic check.
-#[utoipa::path(post, path = "/v1/flags/reload", tag = "operations", security(("operator_token" = [])),
+#[utoipa::path(post, path = "/v1/flags/reload", tag = "operations", operation_id = "reload_flags", security(("operator_token" = [])),
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn reload(operator: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -45,7 +45,7 @@ async fn preflight_list(state: &AppState) -> Result<Preflight, ApiError> {
 }
 
 /// Who would lose AI features if BYOK-only mode were on.
-#[utoipa::path(get, path = "/v1/admin/preflight", tag = "operations", security(("operator_token" = [])),
+#[utoipa::path(get, path = "/v1/admin/preflight", tag = "operations", operation_id = "preflight", security(("operator_token" = [])),
     responses((status = 200, body = Preflight), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Preflight>, ApiError> {
@@ -63,7 +63,7 @@ pub struct Notified {
 }
 
 /// Tells every user on the pre-flight list to add a key, each at most once per 30 days (across replicas).
-#[utoipa::path(post, path = "/v1/admin/preflight/notify", tag = "operations", security(("operator_token" = [])),
+#[utoipa::path(post, path = "/v1/admin/preflight/notify", tag = "operations", operation_id = "preflight_notify", security(("operator_token" = [])),
     responses((status = 200, body = Notified), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn notify(_: Operator, State(state): State<AppState>) -> Result<Json<Notified>, ApiError> {
