@@ -4,7 +4,7 @@
 #   scripts/compose-env.sh [FILE]      # FILE defaults to .env at the repository root; never overwritten
 #
 # Filled in: POSTGRES_PASSWORD, DIRECTUS_SECRET, DIRECTUS_ADMIN_PASSWORD, DIRECTUS_ADMIN_TOKEN, DIRECTUS_TOKEN,
-# WEBHOOK_SECRET, ENCRYPTION_KEY, OPERATOR_TOKEN (from /dev/urandom); everything else is copied as it is (edit
+# WEBHOOK_SECRET, ENCRYPTION_KEY, OPERATOR_TOKEN, FLOWS_TOKEN (from /dev/urandom); everything else is copied as it is (edit
 # the provider keys and addresses afterwards). The file is mode 600; no secret is printed.
 set -euo pipefail
 
@@ -23,7 +23,7 @@ generate() {
 	case "$1" in
 	POSTGRES_PASSWORD) hex 24 ;;
 	DIRECTUS_ADMIN_PASSWORD) hex 16 ;;
-	DIRECTUS_SECRET | DIRECTUS_ADMIN_TOKEN | DIRECTUS_TOKEN | ENCRYPTION_KEY | OPERATOR_TOKEN) hex 32 ;;
+	DIRECTUS_SECRET | DIRECTUS_ADMIN_TOKEN | DIRECTUS_TOKEN | ENCRYPTION_KEY | OPERATOR_TOKEN | FLOWS_TOKEN) hex 32 ;;
 	WEBHOOK_SECRET) printf 'whsec_%s' "$(b64 32)" ;;
 	esac
 }

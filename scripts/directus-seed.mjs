@@ -249,6 +249,54 @@ async function seedDashboard() {
 	return dashboard.id;
 }
 
+// ---- the example Flow (development and tests; not with --production) ----------------------------------
+
+const NOTES = "byok_demo_notes";
+const FLOW_NAME = "byok-bridge: summarize a new note";
+
+/** A demo collection and a Flow: a new note is summarized through the sidecar for the note's user. */
+async function seedExampleFlow() {
+	if (!(await request("GET", `/collections/${NOTES}`, { token: adminToken }).catch(() => null))) {
+		await admin("POST", "/collections", {
+			collection: NOTES,
+			meta: { icon: "sticky_note_2", note: "byok-bridge's example Flow summarizes each new note for its user" },
+			schema: {},
+			fields: [
+				{ field: "id", type: "integer", schema: { is_primary_key: true, has_auto_increment: true }, meta: { hidden: true } },
+				{ field: "user", type: "uuid", meta: { interface: "input", note: "The user the summary is made (and charged) for" } },
+				{ field: "text", type: "text", meta: { interface: "input-multiline" } },
+				{ field: "summary", type: "text", meta: { interface: "input-multiline", readonly: true } },
+			],
+		});
+	}
+	if (await findOne("/flows", "name", FLOW_NAME, "id")) {
+		log(`example Flow "${FLOW_NAME}" exists: left as it is`);
+		return;
+	}
+	const flow = await admin("POST", "/flows", {
+		name: FLOW_NAME,
+		icon: "smart_toy",
+		status: "active",
+		trigger: "event",
+		accountability: "all",
+		options: { type: "action", scope: ["items.create"], collections: [NOTES] },
+	});
+	const write = await admin("POST", "/operations", {
+		flow: flow.id, name: "Write the summary back", key: "write_summary", type: "item-update", position_x: 37, position_y: 1,
+		options: { collection: NOTES, key: ["{{$trigger.key}}"], payload: { summary: "{{$last.text}}" }, permissions: "$full", emitEvents: false },
+	});
+	const summarize = await admin("POST", "/operations", {
+		flow: flow.id, name: "Summarize through byok-bridge", key: "summarize", type: "byok-bridge-llm", position_x: 19, position_y: 1,
+		options: {
+			api: "chat.completions", model: "gpt-4o-mini", max_tokens: 200, user: "{{$trigger.payload.user}}",
+			prompt: "Summarize in one sentence: {{$trigger.payload.text}}",
+		},
+		resolve: write.id,
+	});
+	await admin("PATCH", `/flows/${flow.id}`, { operation: summarize.id });
+	log(`example Flow "${FLOW_NAME}" created: a new ${NOTES} item is summarized for its user`);
+}
+
 async function ensurePolicy({ name, description, icon }) {
 	const existing = await findOne("/policies", "name", name, "id,app_access,admin_access");
 	const wanted = { name, description, icon, app_access: false, admin_access: false, enforce_tfa: false, ip_access: null };
@@ -640,6 +688,7 @@ try {
 	const adminStaticToken = await seedAdminToken();
 	await seedFlags();
 	await seedDashboard();
+	await seedExampleFlow();
 	const serviceToken = await seedServiceUser();
 	const users = await seedEndUsers();
 	await verify(serviceToken, users);

@@ -25,7 +25,8 @@
 # Directus keeps running after this script exits: stop it with scripts/directus-down.sh DIR.
 # stdout: the path of DIR/instance.env (last line). stderr: progress; no secret is ever printed.
 # Files in DIR: .env (Directus config, mode 600), data.db, directus.log, directus.pid, instance.env,
-# extensions/byok-bridge -> <repo>/hooks/byok-bridge, uploads/.
+# extensions/byok-bridge -> <repo>/hooks/byok-bridge, extensions/byok-bridge-flows -> <repo>/hooks/byok-bridge-flows
+# (the Flows operations; their credential is FLOWS_TOKEN in instance.env, the sidecar's FLOWS_TOKEN), uploads/.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +34,7 @@ REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 readonly SCRIPT_DIR REPO_ROOT
 readonly SNAPSHOT="${REPO_ROOT}/directus-schema/snapshot.yaml"
 readonly HOOK_SRC="${REPO_ROOT}/hooks/byok-bridge"
+readonly FLOWS_SRC="${REPO_ROOT}/hooks/byok-bridge-flows"
 readonly MARKER=".byok-directus-instance"
 readonly ADMIN_EMAIL="admin@example.com"
 readonly PING_TIMEOUT_S="${DIRECTUS_UP_PING_TIMEOUT:-60}"
@@ -265,6 +267,7 @@ chmod 700 "${dir}"
 touch "${dir}/${MARKER}"
 mkdir -p "${dir}/extensions" "${dir}/uploads"
 ln -s "${HOOK_SRC}" "${dir}/extensions/byok-bridge"
+ln -s "${FLOWS_SRC}" "${dir}/extensions/byok-bridge-flows"
 # Directus reads the package.json of PACKAGE_FILE_LOCATION; without one NO extension loads.
 printf '{\n  "name": "byok-directus-instance",\n  "private": true,\n  "version": "0.0.0"\n}\n' >"${dir}/package.json"
 
@@ -274,6 +277,7 @@ if [[ "${db_client}" == sqlite3 ]]; then
 DB_FILENAME=${dir}/data.db"
 fi
 secret="$(random_hex 32)"
+flows_token="$(random_hex 32)"
 admin_password="$(random_b64url 24)"
 (
 	umask 077
@@ -301,6 +305,7 @@ PACKAGE_FILE_LOCATION=${dir}
 STORAGE_LOCAL_ROOT=${dir}/uploads
 BYOK_BRIDGE_URL=${bridge_url}
 BYOK_BRIDGE_WEBHOOK_SECRET=${webhook_secret}
+BYOK_BRIDGE_FLOWS_TOKEN=${flows_token}
 EOF
 	[[ -z "${redis_env}" ]] || printf '%s\n' "${redis_env}" >>"${dir}/.env"
 	if [[ -n "${smtp}" ]]; then
@@ -395,6 +400,7 @@ chmod 600 "${tmp}"
 	printf 'DIRECTUS_ADMIN_PASSWORD=%s\n' "${admin_password}"
 	printf '%s\n' "${seed_out}" | grep '^DIRECTUS_ADMIN_TOKEN='
 	printf 'WEBHOOK_SECRET=%s\n' "${webhook_secret}"
+	printf 'FLOWS_TOKEN=%s\n' "${flows_token}"
 	printf '%s\n' "${seed_out}" | grep -E '^(PREMIUM|LIFETIME|FREE|BROKE)_USER_(EMAIL|PASSWORD|ID)='
 	printf 'DIRECTUS_PID=%s\n' "${directus_pid}"
 } >"${tmp}"

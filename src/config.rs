@@ -31,6 +31,9 @@ pub struct Settings {
     /// Bearer token for operator endpoints (`/v1/flags`); `None` turns them off. Never the Directus token, so
     /// neither credential opens the other's doors.
     pub operator_token: Option<SecretString>,
+    /// The credential of the Directus Flows operation: it may call `/v1/route` and the gateway on behalf of a
+    /// user named in `x-byok-on-behalf-of`, and nothing else. `None`: Flows cannot call the sidecar.
+    pub flows_token: Option<SecretString>,
     /// The Directus `SECRET`, which signs its HS256 access tokens.
     pub directus_secret: SecretString,
     pub webhook_secret: WebhookSecret,
@@ -281,6 +284,19 @@ impl Settings {
             .required("DIRECTUS_TOKEN", "Set it to the static token of the sidecar's API-only Directus user")
             .map(SecretString::from);
         let operator_token = r.get("OPERATOR_TOKEN").map(|t| SecretString::from(t.trim()));
+        let flows_token = r.get("FLOWS_TOKEN").map(|t| SecretString::from(t.trim()));
+        if let Some(flows) = &flows_token {
+            let others = [&operator_token, &r.get("DIRECTUS_TOKEN").map(|t| SecretString::from(t.trim()))];
+            if flows.expose_secret().len() < 32 {
+                r.problem("FLOWS_TOKEN", "is shorter than 32 characters", "Generate one with: openssl rand -hex 32");
+            } else if others.iter().any(|o| o.as_ref().is_some_and(|o| o.expose_secret() == flows.expose_secret())) {
+                r.problem(
+                    "FLOWS_TOKEN",
+                    "is the same as OPERATOR_TOKEN or DIRECTUS_TOKEN",
+                    "Generate a separate one: openssl rand -hex 32",
+                );
+            }
+        }
         let redis_url = r.get("REDIS_URL").and_then(|raw| {
             let raw = raw.trim();
             match Url::parse(raw) {
@@ -425,6 +441,7 @@ impl Settings {
                     directus_url,
                     directus_token,
                     operator_token,
+                    flows_token,
                     redis_url,
                     directus_secret,
                     webhook_secret,
@@ -508,6 +525,19 @@ mod tests {
             assert!(text.contains("ACCOUNT_EMBED_ORIGINS"), "{bad}: {text}");
         }
         assert!(parse(&base()).unwrap().account_embed_origins.is_empty());
+    }
+
+    #[test]
+    fn the_flows_token_is_long_and_its_own() {
+        let mut vars = base();
+        vars.insert("FLOWS_TOKEN", "f".repeat(40));
+        assert!(parse(&vars).unwrap().flows_token.is_some());
+        vars.insert("FLOWS_TOKEN", "too-short".to_owned());
+        assert!(parse(&vars).unwrap_err().to_string().contains("FLOWS_TOKEN: is shorter than 32 characters"));
+        vars.insert("DIRECTUS_TOKEN", "d".repeat(40));
+        vars.insert("FLOWS_TOKEN", "d".repeat(40));
+        let text = parse(&vars).unwrap_err().to_string();
+        assert!(text.contains("FLOWS_TOKEN: is the same as") && !text.contains(&"d".repeat(40)), "{text}");
     }
 
     #[test]

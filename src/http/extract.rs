@@ -15,15 +15,25 @@ use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 use crate::services::sessions::SessionError;
 
-/// The user a verified Directus access token was issued to.
+/// The user a verified Directus access token was issued to, or, on the routes Flows may call, the user a
+/// Directus Flow acts for (`FLOWS_TOKEN` and `x-byok-on-behalf-of`).
 #[derive(Debug, Clone, Copy)]
 pub struct AuthenticatedUser(pub UserId);
+
+/// What a Flow may call on a user's behalf: a routing decision and the gateway, nothing about keys or accounts.
+const FLOW_ROUTES: [&str; 3] = ["/v1/route", "/v1/chat/completions", "/v1/messages"];
+const ON_BEHALF_OF: &str = "x-byok-on-behalf-of";
 
 impl FromRequestParts<AppState> for AuthenticatedUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = access_token(parts).ok_or(ApiError::Unauthorized)?;
+        if let Some(flows) = &state.flows_token_digest
+            && bool::from(Sha256::digest(token.as_bytes()).ct_eq(flows))
+        {
+            return flow_caller(parts);
+        }
         let verified = state.tokens.verify(token, jsonwebtoken::get_current_timestamp()).map_err(|reason| {
             tracing::debug!(%reason, "access token refused");
             ApiError::Unauthorized
@@ -39,6 +49,29 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
         }
         Ok(AuthenticatedUser(verified.user))
     }
+}
+
+/// A Directus Flow: only on [`FLOW_ROUTES`], and only for the user it names. The same matrix, limits and
+/// accounting then apply as for the user's own calls; the log says a Flow made the call.
+fn flow_caller(parts: &Parts) -> Result<AuthenticatedUser, ApiError> {
+    let route = parts.extensions.get::<axum::extract::MatchedPath>().map(axum::extract::MatchedPath::as_str);
+    if !route.is_some_and(|r| FLOW_ROUTES.contains(&r)) {
+        tracing::warn!(route, "the Flows credential was presented to a route Flows may not call");
+        return Err(ApiError::Unauthorized);
+    }
+    let user = parts
+        .headers
+        .get(ON_BEHALF_OF)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| UserId::parse(v.trim()).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request",
+                "A Flow names the user it acts for in x-byok-on-behalf-of (a user id).",
+            )
+        })?;
+    tracing::info!(%user, caller = "directus_flow", "a Directus Flow calls on a user's behalf");
+    Ok(AuthenticatedUser(user))
 }
 
 /// An operator presenting `OPERATOR_TOKEN`. Without one configured, operator endpoints do not exist.

@@ -54,6 +54,8 @@ pub struct Services {
     /// SHA-256 of `OPERATOR_TOKEN`: enough to check a presented token, useless to anyone reading memory
     /// dumps of this struct. `None`: operator endpoints are off.
     pub operator_token_digest: Option<[u8; 32]>,
+    /// SHA-256 of `FLOWS_TOKEN`: the Directus Flows operation's credential.
+    pub flows_token_digest: Option<[u8; 32]>,
     pub vault_configured: bool,
     pub flag_cache_ttl: Duration,
     /// Claims shared by replicas: webhook ids applied, incidents notified.
@@ -143,6 +145,10 @@ impl AppState {
             webhook_secret: Arc::new(settings.webhook_secret.clone()),
             operator_token_digest: settings
                 .operator_token
+                .as_ref()
+                .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
+            flows_token_digest: settings
+                .flows_token
                 .as_ref()
                 .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
             vault_configured: settings.keyring.is_some(),

@@ -231,3 +231,37 @@ async fn usage_reads_are_limited_per_user() {
     assert_eq!(error_code(limited).await, "rate_limited");
     assert_eq!(usage(&other).await.unwrap().status(), 200, "per user");
 }
+
+/// The Flows credential acts for the user it names, on the routing decision and the gateway only.
+#[tokio::test]
+async fn the_flows_credential_acts_for_a_named_user_on_the_flow_routes_only() {
+    let flows = "flows-token-for-tests-0123456789abcdef";
+    let app = spawn_app_with(&[("FLOWS_TOKEN", flows)]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser::default()).await;
+    let route = |on_behalf: Option<&str>| {
+        let mut request =
+            app.http.post(app.url("/v1/route")).bearer_auth(flows).json(&serde_json::json!({"provider": "openai"}));
+        if let Some(user) = on_behalf {
+            request = request.header("x-byok-on-behalf-of", user);
+        }
+        request.send()
+    };
+    let response = route(Some(&user)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["source"], "internal");
+    let response = route(None).await.unwrap();
+    assert_eq!(response.status(), 400, "a Flow names its user");
+    assert_eq!(route(Some("not-a-uuid")).await.unwrap().status(), 400);
+    for (method, path) in
+        [("GET", "/v1/keys"), ("GET", "/v1/account"), ("GET", "/v1/notifications"), ("GET", "/v1/flags")]
+    {
+        let request = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(flows)
+            .header("x-byok-on-behalf-of", &user);
+        assert_eq!(request.send().await.unwrap().status(), 401, "{path}: not a Flows route");
+    }
+}

@@ -6,6 +6,7 @@
 mod account;
 mod credits;
 mod fakes;
+mod flows;
 mod gateway;
 mod harness;
 mod monitoring;

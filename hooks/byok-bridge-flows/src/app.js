@@ -1,0 +1,59 @@
+// The bundle's Data Studio side: how the two operations look in the Flow editor. Plain objects: no Vue, no build.
+const userOption = {
+	field: "user",
+	name: "User",
+	type: "string",
+	meta: {
+		width: "full",
+		interface: "input",
+		note: "Whose call this is: a user id or a template such as {{$trigger.payload.user}}. Empty: the user the Flow runs as.",
+	},
+};
+
+const llm = {
+	id: "byok-bridge-llm",
+	name: "byok-bridge: LLM call",
+	icon: "smart_toy",
+	description: "Call OpenAI or Anthropic through byok-bridge for a user: their own key or their credits, as the platform's flags say.",
+	overview: ({ api, model }) => [
+		{ label: "API", text: api === "messages" ? "Anthropic Messages" : "OpenAI Chat Completions" },
+		{ label: "Model", text: model ?? "" },
+	],
+	options: [
+		{
+			field: "api",
+			name: "API",
+			type: "string",
+			schema: { default_value: "chat.completions" },
+			meta: {
+				width: "half",
+				interface: "select-dropdown",
+				options: { choices: [{ text: "OpenAI Chat Completions", value: "chat.completions" }, { text: "Anthropic Messages", value: "messages" }] },
+			},
+		},
+		{ field: "model", name: "Model", type: "string", meta: { width: "half", interface: "input", required: true } },
+		{ field: "prompt", name: "Prompt", type: "text", meta: { width: "full", interface: "input-multiline", note: "Templates allowed, e.g. Summarize: {{$trigger.payload.text}}" } },
+		{ field: "max_tokens", name: "Longest answer (tokens)", type: "integer", schema: { default_value: 1024 }, meta: { width: "half", interface: "input" } },
+		userOption,
+	],
+};
+
+const route = {
+	id: "byok-bridge-route",
+	name: "byok-bridge: route",
+	icon: "alt_route",
+	description: "Ask byok-bridge which credentials a call for this user would use (their key or credits), or why none.",
+	overview: ({ provider }) => [{ label: "Provider", text: provider ?? "openai" }],
+	options: [
+		{
+			field: "provider",
+			name: "Provider",
+			type: "string",
+			schema: { default_value: "openai" },
+			meta: { width: "half", interface: "select-dropdown", options: { choices: [{ text: "OpenAI", value: "openai" }, { text: "Anthropic", value: "anthropic" }] } },
+		},
+		userOption,
+	],
+};
+
+export default { interfaces: [], displays: [], layouts: [], modules: [], panels: [], themes: [], operations: [llm, route] };
