@@ -26,7 +26,9 @@
 # stdout: the path of DIR/instance.env (last line). stderr: progress; no secret is ever printed.
 # Files in DIR: .env (Directus config, mode 600), data.db, directus.log, directus.pid, instance.env,
 # extensions/byok-bridge -> <repo>/hooks/byok-bridge, extensions/byok-bridge-flows -> <repo>/hooks/byok-bridge-flows
-# (the Flows operations; their credential is FLOWS_TOKEN in instance.env, the sidecar's FLOWS_TOKEN), uploads/.
+# (the Flows operations; their credential is FLOWS_TOKEN in instance.env, the sidecar's FLOWS_TOKEN),
+# extensions/byok-bridge-ops -> <repo>/hooks/byok-bridge-ops (the admins' panel; it asks the sidecar with
+# OPERATOR_TOKEN in instance.env), uploads/.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +37,7 @@ readonly SCRIPT_DIR REPO_ROOT
 readonly SNAPSHOT="${REPO_ROOT}/directus-schema/snapshot.yaml"
 readonly HOOK_SRC="${REPO_ROOT}/hooks/byok-bridge"
 readonly FLOWS_SRC="${REPO_ROOT}/hooks/byok-bridge-flows"
+readonly OPS_SRC="${REPO_ROOT}/hooks/byok-bridge-ops"
 readonly MARKER=".byok-directus-instance"
 readonly ADMIN_EMAIL="admin@example.com"
 readonly PING_TIMEOUT_S="${DIRECTUS_UP_PING_TIMEOUT:-60}"
@@ -268,6 +271,7 @@ touch "${dir}/${MARKER}"
 mkdir -p "${dir}/extensions" "${dir}/uploads"
 ln -s "${HOOK_SRC}" "${dir}/extensions/byok-bridge"
 ln -s "${FLOWS_SRC}" "${dir}/extensions/byok-bridge-flows"
+ln -s "${OPS_SRC}" "${dir}/extensions/byok-bridge-ops"
 # Directus reads the package.json of PACKAGE_FILE_LOCATION; without one NO extension loads.
 printf '{\n  "name": "byok-directus-instance",\n  "private": true,\n  "version": "0.0.0"\n}\n' >"${dir}/package.json"
 
@@ -278,6 +282,7 @@ DB_FILENAME=${dir}/data.db"
 fi
 secret="$(random_hex 32)"
 flows_token="$(random_hex 32)"
+operator_token="$(random_hex 32)"
 admin_password="$(random_b64url 24)"
 (
 	umask 077
@@ -306,6 +311,7 @@ STORAGE_LOCAL_ROOT=${dir}/uploads
 BYOK_BRIDGE_URL=${bridge_url}
 BYOK_BRIDGE_WEBHOOK_SECRET=${webhook_secret}
 BYOK_BRIDGE_FLOWS_TOKEN=${flows_token}
+BYOK_BRIDGE_OPERATOR_TOKEN=${operator_token}
 EOF
 	[[ -z "${redis_env}" ]] || printf '%s\n' "${redis_env}" >>"${dir}/.env"
 	if [[ -n "${smtp}" ]]; then
@@ -401,6 +407,7 @@ chmod 600 "${tmp}"
 	printf '%s\n' "${seed_out}" | grep '^DIRECTUS_ADMIN_TOKEN='
 	printf 'WEBHOOK_SECRET=%s\n' "${webhook_secret}"
 	printf 'FLOWS_TOKEN=%s\n' "${flows_token}"
+	printf 'OPERATOR_TOKEN=%s\n' "${operator_token}"
 	printf '%s\n' "${seed_out}" | grep -E '^(PREMIUM|LIFETIME|FREE|BROKE)_USER_(EMAIL|PASSWORD|ID)='
 	printf 'DIRECTUS_PID=%s\n' "${directus_pid}"
 } >"${tmp}"

@@ -365,6 +365,8 @@ async function startSidecar(port) {
     UPSTREAM_DEADLINE_SECS: '1',
     CIRCUIT_COOL_DOWN_SECS: '300',
     RUST_LOG: 'info',
+    // What the admins' Insights panel asks the sidecar with (Directus holds the same value).
+    ...(env.instance.OPERATOR_TOKEN ? { OPERATOR_TOKEN: env.instance.OPERATOR_TOKEN } : {}),
   };
   const child = spawn(bin, ['serve'], { env: childEnv, stdio: ['ignore', log, log] });
   fs.closeSync(log);
@@ -884,3 +886,64 @@ test('an end user manages keys, sees usage, a revoked key, an outage, and delete
       await assertNoTokenInUrl(page);
     });
   });
+
+/** Directus 12 asks a new admin about a license key and a project owner; "Skip" and "Remind Later" leave the
+ * instance as it is (the tests accept no license terms on anyone's behalf). */
+async function dismissLicensePrompt(page) {
+  for (let prompt = 0; prompt < 3; prompt += 1) {
+    const clicked = await page
+      .waitForFunction(() => {
+        const button = [...document.querySelectorAll('button:not([data-dismissed])')].find((b) =>
+          ['Skip', 'Remind Later'].includes(b.textContent.trim()));
+        if (button) {
+          button.setAttribute('data-dismissed', '');
+          button.click();
+        }
+        return Boolean(button);
+      }, { timeout: 4000, polling: 100 })
+      .then(() => true, () => false);
+    if (!clicked) return;
+    // The dialog is gone (its button with it) before the next one, if any, is looked for.
+    await page.waitForFunction(() => !document.querySelector('button[data-dismissed]'), { timeout: 5000 });
+  }
+}
+
+test('an admin sees the sidecar and the BYOK-only pre-flight on the Insights dashboard in Directus', async () => {
+  assert.ok(env.instance.OPERATOR_TOKEN, 'the instance gives Directus and the sidecar an OPERATOR_TOKEN');
+  const page = await env.browser.newPage();
+  await page.setViewport({ width: 1680, height: 1700 });
+  try {
+    await page.goto(`${env.instance.DIRECTUS_URL}/admin/login`, { waitUntil: 'domcontentloaded' });
+    await page.waitForSelector('input[type="email"]', { timeout: 30000 });
+    await page.type('input[type="email"]', env.instance.DIRECTUS_ADMIN_EMAIL);
+    await page.type('input[type="password"]', env.instance.DIRECTUS_ADMIN_PASSWORD);
+    await page.click('button[type="submit"]');
+    await page.waitForFunction(() => !location.pathname.endsWith('/login'), { timeout: 30000 });
+    await dismissLicensePrompt(page);
+
+    const dashboards = await request(
+      'GET',
+      `${env.instance.DIRECTUS_URL}/dashboards?filter[name][_eq]=byok-bridge&fields=id`,
+      { token: env.instance.DIRECTUS_ADMIN_TOKEN },
+    );
+    const id = dashboards.body.data[0].id;
+    await page.goto(`${env.instance.DIRECTUS_URL}/admin/insights/${id}`, { waitUntil: 'domcontentloaded' });
+    await dismissLicensePrompt(page);
+    await waitForText(page, '[data-testid="ops-status"]', /^(ready|degraded)$/, 30000);
+    await waitForText(page, '[data-testid="ops-byok-enabled"]', /^on$/);
+    await waitForText(page, '[data-testid="ops-vault"]', /^configured$/);
+    await waitForText(page, '[data-testid="ops-preflight-count"]', /^\d+ of \d+ premium and lifetime users have no usable key\.$/);
+    // The usage panels draw from the calls the story above made.
+    await page.waitForSelector('.apexcharts-svg, svg', { timeout: 30000 });
+    await screenshot(page, 'insights-operations.png', { fullPage: true });
+
+    await page.click('[data-testid="ops-notify"]');
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('[role="status"]')].some((n) => /^Notified \d+; told already \d+; failed 0\.$/.test(n.textContent)),
+      { timeout: 15000 },
+    );
+  } finally {
+    await page.close();
+  }
+});
+

@@ -1,2 +1,2 @@
 // Entry points Directus loads ("path" in package.json). No build step: the code lives in ../src/.
-export { default } from "../src/app.js";
+export * from "../src/app.js";

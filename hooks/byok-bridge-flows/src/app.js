@@ -56,4 +56,5 @@ const route = {
 	],
 };
 
-export default { interfaces: [], displays: [], layouts: [], modules: [], panels: [], themes: [], operations: [llm, route] };
+// A bundle's app side exports one named list per entry type (Directus imports `operations` from it).
+export const operations = [llm, route];

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import api from "../src/api.js";
-import app from "../src/app.js";
+import * as app from "../src/app.js";
 import { ByokBridgeError, answerText, callSidecar, llmOperation, requestBody, userFor } from "../src/call.js";
 
 const USER = "6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f";
