@@ -10,6 +10,11 @@ use tokio::process::Command;
 
 use crate::helpers::*;
 
+const PASSWORD: &str = "correct-horse-battery-staple-password";
+const SIGNED_IN_ACCESS: &str = "signed-in-access-token-0123456789";
+const SIGNED_IN_REFRESH: &str = "signed-in-refresh-token-0123456789";
+const FLOWS: &str = "flows-token-that-must-never-be-logged-0123";
+
 #[tokio::test]
 async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let directus = wiremock::MockServer::start().await;
@@ -23,6 +28,12 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
             "id": "row-1", "provider": "openai", "key_hint": "sk-proj-...0001", "is_active": true, "status": "active"}})))
         .mount(&directus)
         .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/auth/login"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"data": {
+            "access_token": SIGNED_IN_ACCESS, "refresh_token": SIGNED_IN_REFRESH, "expires": 900000}})))
+        .mount(&directus)
+        .await;
     let providers = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("GET"))
         .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"data": []})))
@@ -32,7 +43,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_byok-bridge"))
         .env_clear()
-        .envs(test_env(&directus.uri(), &[("OPENAI_BASE_URL", &openai_base)]))
+        .envs(test_env(&directus.uri(), &[("OPENAI_BASE_URL", &openai_base), ("FLOWS_TOKEN", FLOWS)]))
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -110,6 +121,23 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     assert_eq!(flags.status(), 200);
     http.get(url("/v1/flags")).bearer_auth(SERVICE_TOKEN).send().await.unwrap();
     http.get(url("/v1/flags")).bearer_auth(planted_key).send().await.unwrap();
+    // Signing in through the sidecar (the password in, the user's tokens out), and a Flow's call.
+    let signed_in = http
+        .post(url("/v1/auth/login"))
+        .json(&json!({"email": "ann@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 200);
+    let flow = http
+        .post(url("/v1/route"))
+        .bearer_auth(FLOWS)
+        .header("x-byok-on-behalf-of", &user)
+        .json(&json!({"provider": "openai"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flow.status(), 200);
     let ts = now();
     let signature = webhook_secret().sign("msg_log_test", ts, FLAG_UPDATE_BODY.as_bytes());
     let response = http
@@ -154,6 +182,10 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         ("access token signature", token.rsplit('.').next().unwrap()),
         ("webhook signature", &signature[3..]),
         ("planted provider key", planted_key),
+        ("a user's password", PASSWORD),
+        ("a signed-in user's access token", SIGNED_IN_ACCESS),
+        ("a signed-in user's refresh token", SIGNED_IN_REFRESH),
+        ("the Flows token", FLOWS),
     ];
     for (name, secret) in secrets {
         assert!(!logs.contains(secret), "{name} appears in the logs");
