@@ -14,8 +14,9 @@ RUN mkdir -p src tests/e2e benches examples \
     && rm -rf src \
     && mkdir -p /data
 COPY src ./src
-# The shipped price table is compiled into the binary.
+# The shipped price table and the account page are compiled into the binary.
 COPY pricing ./pricing
+COPY web ./web
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin byok-bridge
 
 # cc: glibc + libgcc, which the binary links against; TLS roots are compiled in (rustls + webpki-roots).
