@@ -158,7 +158,6 @@ lb_port=""
 
 random_hex() { node -e 'process.stdout.write(require("crypto").randomBytes(+process.argv[1]).toString("hex"))' "$1"; }
 encryption_key="$(random_hex 32)"
-operator_token="$(random_hex 32)"
 service_token="$(random_hex 32)" # the sidecars' DIRECTUS_TOKEN, given to the seed (as docker-compose.yml does)
 
 # ---- Redis -------------------------------------------------------------------------------------------
@@ -218,6 +217,8 @@ instance_env="$(SEED_SERVICE_TOKEN="${service_token}" "${SCRIPT_DIR}/directus-up
 [[ "$(kv_get "${instance_env}" DIRECTUS_TOKEN)" == "${service_token}" ]] ||
 	die "the seed did not set the given service token"
 directus_url="$(kv_get "${instance_env}" DIRECTUS_URL)"
+# The replicas' OPERATOR_TOKEN is the one Directus's operations panel asks them with.
+operator_token="$(kv_get "${instance_env}" OPERATOR_TOKEN)"
 
 # ---- sidecar replicas --------------------------------------------------------------------------------
 for i in "${!names[@]}"; do
@@ -306,7 +307,7 @@ chmod 600 "${tmp}"
 	printf 'DIRECTUS_LOG=%s\n' "${dir}/directus/directus.log"
 	printf 'PG_PORT=%s\nPG_URL=%s\n' "${pg_port}" "${pg_url}"
 	printf 'REDIS_PORT=%s\nREDIS_URL=%s\nDIRECTUS_REDIS_URL=%s\n' "${redis_port}" "${sidecar_redis_url}" "${directus_redis_url}"
-	printf 'OPERATOR_TOKEN=%s\nENCRYPTION_KEY=%s\n' "${operator_token}" "${encryption_key}"
+	printf 'ENCRYPTION_KEY=%s\n' "${encryption_key}"
 	printf 'SIDECAR_BIN=%s\nSIDECAR_COUNT=%s\nSIDECAR_NAMES=%s\n' "${sidecar_bin}" "${replicas}" "$(IFS=,; printf '%s' "${names[*]}")"
 	for i in "${!names[@]}"; do
 		name="${names[${i}]}"
