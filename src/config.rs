@@ -286,7 +286,7 @@ impl Settings {
         let operator_token = r.get("OPERATOR_TOKEN").map(|t| SecretString::from(t.trim()));
         let flows_token = r.get("FLOWS_TOKEN").map(|t| SecretString::from(t.trim()));
         if let Some(flows) = &flows_token {
-            let others = [&operator_token, &r.get("DIRECTUS_TOKEN").map(|t| SecretString::from(t.trim()))];
+            let others = [&operator_token, &directus_token];
             if flows.expose_secret().len() < 32 {
                 r.problem("FLOWS_TOKEN", "is shorter than 32 characters", "Generate one with: openssl rand -hex 32");
             } else if others.iter().any(|o| o.as_ref().is_some_and(|o| o.expose_secret() == flows.expose_secret())) {

@@ -42,9 +42,9 @@ import { fileURLToPath } from 'node:url';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-const GOOD_KEY = 'sk-proj-browserGoodKey0000000000000AbCd';
-const REFUSED_KEY = 'sk-proj-browserRefusedKey00000000000Zz00';
-const REVOKED_KEY = 'sk-proj-browserRevokedKey00000000000WxYz';
+const GOOD_KEY = 'sk-proj-FAKE-browser-good-key-not-real-AbCd';
+const REFUSED_KEY = 'sk-proj-FAKE-browser-refused-not-real-Zz00';
+const REVOKED_KEY = 'sk-proj-FAKE-browser-revoked-not-real-WxYz';
 const INTERNAL_KEY = 'sk-internal-browser-0000000000000000';
 const MODEL = 'gpt-4o-mini';
 const BYOK_CALLS = 3;

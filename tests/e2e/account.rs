@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::fakes::{GOOD_KEY, INTERNAL_ANTHROPIC, INTERNAL_OPENAI, fake_providers};
+use crate::fakes::{GOOD_KEY, fake_providers};
+use crate::gateway::gateway_sidecar;
 use crate::harness::{Instance, Sidecar, serial};
 
 async fn get(http: &reqwest::Client, url: String, token: &str) -> (u16, Value) {
@@ -29,17 +30,7 @@ async fn a_user_signs_in_through_the_sidecar_sees_their_account_saves_a_key_and_
     let http = reqwest::Client::new();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
-    let openai = format!("{}/v1", providers.uri());
-    let sidecar = Sidecar::start(
-        &instance,
-        &[
-            ("OPENAI_BASE_URL", &openai),
-            ("ANTHROPIC_BASE_URL", &providers.uri()),
-            ("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI),
-            ("INTERNAL_ANTHROPIC_API_KEY", INTERNAL_ANTHROPIC),
-        ],
-    )
-    .await;
+    let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
     let user = instance.new_account(&http, "premium", "250").await;
 
     let (status, body) =
@@ -185,17 +176,8 @@ async fn status_is_public_and_turns_a_provider_outage_into_a_banner() {
         .respond_with(ResponseTemplate::new(503).set_body_string("upstream down"))
         .mount(&providers)
         .await;
-    let openai = format!("{}/v1", providers.uri());
-    let sidecar = Sidecar::start(
-        &instance,
-        &[
-            ("OPENAI_BASE_URL", &openai),
-            ("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI),
-            ("CIRCUIT_FAILURE_THRESHOLD", "1"),
-            ("UPSTREAM_DEADLINE_SECS", "1"),
-        ],
-    )
-    .await;
+    let extra = [("CIRCUIT_FAILURE_THRESHOLD", "1"), ("UPSTREAM_DEADLINE_SECS", "1")];
+    let sidecar = gateway_sidecar(&instance, &providers, &extra).await;
     let status = || async { http.get(sidecar.url("/v1/status")).send().await.unwrap().json::<Value>().await.unwrap() };
     let before = status().await;
     assert_eq!(before["ai_available"], true, "{before}");

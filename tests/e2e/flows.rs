@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::fakes::{INTERNAL_OPENAI, fake_providers};
-use crate::harness::{Instance, Sidecar, serial};
+use crate::fakes::fake_providers;
+use crate::gateway::gateway_sidecar;
+use crate::harness::{Instance, serial};
 
 #[tokio::test]
 async fn the_example_flow_summarizes_a_new_note_for_its_user_and_the_call_is_accounted_to_them() {
@@ -16,16 +17,7 @@ async fn the_example_flow_summarizes_a_new_note_for_its_user_and_the_call_is_acc
     let http = reqwest::Client::new();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
-    let openai = format!("{}/v1", providers.uri());
-    let sidecar = Sidecar::start(
-        &instance,
-        &[
-            ("OPENAI_BASE_URL", &openai),
-            ("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI),
-            ("FLOWS_TOKEN", instance.var("FLOWS_TOKEN")),
-        ],
-    )
-    .await;
+    let sidecar = gateway_sidecar(&instance, &providers, &[("FLOWS_TOKEN", instance.var("FLOWS_TOKEN"))]).await;
     let (user, _) = instance.new_user(&http, "premium", "100").await;
 
     let created: Value = http
