@@ -11,10 +11,13 @@ use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::accounting::Delivery;
+use crate::clock::Clock;
 use crate::crypto::encryption_key::EncryptionKey;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
+use crate::domain::jobs::RetryPolicy;
 use crate::domain::pricing::PriceTable;
+use crate::services::jobs::JobsConfig;
 use crate::services::rate_limit::TierLimits;
 
 #[derive(Debug)]
@@ -94,6 +97,10 @@ pub struct Settings {
     pub public_url: Option<Url>,
     /// Origins (`https://app.example.com`) that may frame the account page and hand it a token.
     pub account_embed_origins: Vec<String>,
+    /// Durable jobs: workers, per-user cap, retry horizon, retention, callback signing and reach.
+    pub jobs: JobsConfig,
+    /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
+    pub clock: Clock,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +250,68 @@ fn price_table<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Arc<PriceTab
             r.problem("PRICE_TABLE_FILE", problem, fix);
             Arc::new(PriceTable::builtin())
         }
+    }
+}
+
+fn jobs_config<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConfig {
+    let defaults = JobsConfig::default();
+    let whole = |range: std::ops::RangeInclusive<usize>| {
+        move |raw: &str| match raw.parse::<usize>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err("is not a whole number in the allowed range"),
+        }
+    };
+    let workers =
+        r.parsed("JOB_WORKERS", defaults.workers, "Use a number of workers from 0 to 1024, e.g. 32", whole(0..=1024));
+    let per_user_cap = r.parsed(
+        "JOB_PER_USER_CONCURRENCY",
+        defaults.per_user_cap,
+        "Use a number from 1 to 1024, below JOB_WORKERS so one user cannot hold every worker, e.g. 4",
+        whole(1..=1024),
+    );
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let give_up_after = hours(r.parsed("JOB_RETRY_HOURS", 24, "Use a number of hours from 1 to 720, e.g. 24", |raw| {
+        match raw.parse::<u64>() {
+            Ok(n) if (1..=720).contains(&n) => Ok(n),
+            _ => Err("must be a whole number of hours from 1 to 720"),
+        }
+    }));
+    let retention =
+        hours(r.parsed("JOB_RETENTION_HOURS", 168, "Use a number of hours from 1 to 8760, e.g. 168", |raw| {
+            match raw.parse::<u64>() {
+                Ok(n) if (1..=8760).contains(&n) => Ok(n),
+                _ => Err("must be a whole number of hours from 1 to 8760"),
+            }
+        }));
+    let callback_secret = r.get("JOB_CALLBACK_SECRET").and_then(|raw| {
+        WebhookSecret::parse(raw.trim())
+            .map_err(|e| {
+                r.problem(
+                    "JOB_CALLBACK_SECRET",
+                    e.to_string(),
+                    "Generate one with: echo whsec_$(openssl rand -base64 32)",
+                )
+            })
+            .ok()
+    });
+    let allow_internal_callbacks = r.parsed(
+        "JOB_CALLBACKS_ALLOW_PRIVATE",
+        false,
+        "Use true only when the app that receives callbacks is on a private network or this machine",
+        |raw| match raw {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err("must be true or false"),
+        },
+    );
+    JobsConfig {
+        workers,
+        per_user_cap,
+        retry: RetryPolicy { give_up_after, ..defaults.retry },
+        retention,
+        callback_secret,
+        allow_internal_callbacks,
+        callback_timeout: defaults.callback_timeout,
     }
 }
 
@@ -431,6 +500,8 @@ impl Settings {
             embed_origins,
         );
 
+        let jobs = jobs_config(&mut r);
+
         match (directus_url, directus_token, directus_secret, webhook_secret) {
             (Some(directus_url), Some(directus_token), Some(directus_secret), Some(webhook_secret))
                 if r.problems.is_empty() =>
@@ -476,6 +547,8 @@ impl Settings {
                     log_format,
                     public_url,
                     account_embed_origins,
+                    jobs,
+                    clock: Clock::system(),
                 })
             }
             _ => Err(ConfigError(r.problems)),

@@ -16,6 +16,7 @@
 
 pub mod accounting;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod directus;

@@ -34,6 +34,9 @@ const HOLDS_OPEN: &str = "byok_credit_holds_open";
 const STALE_ANSWERS: &str = "byok_stale_answers_total";
 const REDIS_UP: &str = "byok_redis_up";
 const KEY_INCIDENTS: &str = "byok_key_incidents_total";
+const JOBS: &str = "byok_jobs";
+const JOB_ATTEMPTS: &str = "byok_job_attempts_total";
+const JOB_CALLBACKS: &str = "byok_job_callbacks_total";
 
 /// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
 const BUCKETS: &[f64] =
@@ -91,6 +94,12 @@ fn describe() {
         KEY_INCIDENTS,
         "Key failures seen, by outcome: notified (the user is told), already_notified (once per incident)."
     );
+    describe_gauge!(JOBS, "Durable jobs by status (queued, running, paused, succeeded, failed, cancelled).");
+    describe_counter!(
+        JOB_ATTEMPTS,
+        "Job attempts by outcome: succeeded, retry (rate limit, outage), paused (the user's key), failed."
+    );
+    describe_counter!(JOB_CALLBACKS, "Job completion callbacks by outcome: delivered, retry, failed.");
     describe_gauge!(REDIS_UP, "1 while Redis (REDIS_URL) answers, 0 while replicas run on their own state.");
 }
 
@@ -167,4 +176,16 @@ pub fn key_incident(outcome: &'static str) {
 
 pub fn redis_up(up: bool) {
     gauge!(REDIS_UP).set(f64::from(u8::from(up)));
+}
+
+pub fn jobs(status: crate::domain::jobs::JobStatus, count: u64) {
+    gauge!(JOBS, "status" => status.as_str()).set(count as f64);
+}
+
+pub fn job_attempt(outcome: &'static str) {
+    counter!(JOB_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+pub fn job_callback(outcome: &'static str) {
+    counter!(JOB_CALLBACKS, "outcome" => outcome).increment(1);
 }

@@ -19,6 +19,7 @@ use crate::accounting;
 use crate::config::Settings;
 use crate::http::{self, state::AppState};
 use crate::services::flag_store::Pushed;
+use crate::services::jobs::JobsError;
 use crate::services::reservations::LedgerSink;
 use crate::shared::bus::Event;
 use crate::shared::redis::{Redis, SharedError};
@@ -41,6 +42,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("REDIS_URL: {0}")]
     Redis(#[from] SharedError),
+    #[error("job queue: {0}")]
+    Jobs(#[from] JobsError),
 }
 
 pub struct Application {
@@ -67,7 +70,10 @@ impl Application {
         };
         crate::metrics::handle();
         let redis = settings.redis_url.as_ref().map(Redis::new).transpose()?.map(Arc::new);
-        let state = AppState::new(&settings, redis)?;
+        let state = AppState::new(&settings, redis).map_err(|error| match error {
+            JobsError::Store(error) => StartupError::Store(error),
+            other => StartupError::Jobs(other),
+        })?;
         accounting::import_legacy_spool(&settings.legacy_spool_dir, &state.outbox)?;
         let restored = state.reservations.restore_from(&state.outbox).await?;
         if restored > 0 {
@@ -117,6 +123,7 @@ impl Application {
         let sink =
             LedgerSink { inner: self.state.directus.clone(), reservations: Arc::clone(&self.state.reservations) };
         tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.outbox), Arc::new(sink), self.delivery));
+        self.state.jobs.start();
         if self.state.vault_configured {
             tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
         }

@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod credit_book;
 pub mod credits;
 pub mod flags;
+pub mod jobs;
 pub mod llm;
 pub mod money;
 pub mod pricing;

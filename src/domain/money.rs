@@ -187,6 +187,25 @@ pub mod exact {
     }
 }
 
+/// [`exact`], for an amount that may be absent.
+pub mod exact_option {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(cents: &Option<Cents>, serializer: S) -> Result<S::Ok, S::Error> {
+        match cents {
+            Some(cents) => serializer.collect_str(cents),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cents>, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::Null => Ok(None),
+            value => Cents::from_json(&value).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 /// A Directus user id. Only ever built from a verified token, so it is the one thing that decides whose
 /// data a request touches; being a UUID it cannot widen a Directus filter it is placed into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct UserId(Uuid);
 

@@ -8,11 +8,13 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::directus::DirectusError;
+use crate::domain::jobs::JobError;
 use crate::domain::provider::UnknownProvider;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::services::callers::{CallerError, ContextError};
 use crate::services::flag_store::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
+use crate::services::jobs::JobsError;
 use crate::services::key_vault::VaultError;
 
 /// `{"error": {"code", "message"}}`: the shape of every error answer, for the OpenAPI document. Some codes
@@ -53,9 +55,6 @@ pub enum ApiError {
     AccountInactive,
     #[error(transparent)]
     Gateway(#[from] GatewayError),
-    /// The provider's answer broke off before we could pass it on.
-    #[error("upstream error: {0}")]
-    Upstream(&'static str),
     #[error(transparent)]
     FlagsUnavailable(#[from] FlagsUnavailable),
     #[error("Directus is unavailable")]
@@ -69,6 +68,9 @@ pub enum ApiError {
     /// A per-user limit on one of our own endpoints.
     #[error("too many requests")]
     TooManyRequests { retry_after: std::time::Duration },
+    /// The job queue's storage failed (the store's disk, or Redis).
+    #[error("job queue unavailable: {0}")]
+    JobsUnavailable(JobsError),
     /// Something that should not happen; details go to the log, never to the caller.
     #[error("internal error: {0}")]
     Internal(String),
@@ -144,11 +146,6 @@ impl ApiError {
             },
             ApiError::Vault(error) => vault_parts(error),
             ApiError::Gateway(error) => gateway_parts(error),
-            ApiError::Upstream(_) => (
-                S::BAD_GATEWAY,
-                "upstream_error",
-                "The AI provider's answer broke off. Nothing was charged; please retry.".into(),
-            ),
             ApiError::AccountInactive => (
                 S::FORBIDDEN,
                 "account_inactive",
@@ -175,6 +172,11 @@ impl ApiError {
                 S::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "Too many requests of this kind. Wait for the time in Retry-After, then retry.".into(),
+            ),
+            ApiError::JobsUnavailable(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "jobs_unavailable",
+                "The job queue is unavailable right now. Retry shortly.".into(),
             ),
             ApiError::Internal(_) => {
                 (S::INTERNAL_SERVER_ERROR, "internal", "Something went wrong on our side. Retry shortly.".into())
@@ -230,6 +232,11 @@ fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static
             "gateway_busy",
             "Too many AI requests are running right now. Retry in a moment.".into(),
         ),
+        GatewayError::CutOff(_) => (
+            S::BAD_GATEWAY,
+            "upstream_error",
+            "The AI provider's answer broke off. Nothing was charged; please retry.".into(),
+        ),
         GatewayError::Timeout(provider) => (
             S::GATEWAY_TIMEOUT,
             "ai_timeout",
@@ -251,6 +258,12 @@ fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static
             .into(),
         ),
     }
+}
+
+/// A gateway error as a job records it: the code and message the live gateway would have answered with.
+pub fn job_error(error: GatewayError) -> JobError {
+    let (_, code, message) = gateway_parts(&error);
+    JobError { code: code.to_owned(), message: message.into_owned(), provider_status: None, provider_answer: None }
 }
 
 fn vault_parts(error: &VaultError) -> (StatusCode, &'static str, Cow<'static, str>) {
@@ -318,6 +331,7 @@ impl IntoResponse for ApiError {
         let (status, code, message) = self.parts();
         match &self {
             ApiError::Internal(detail) => tracing::error!(code, detail, "request failed"),
+            ApiError::JobsUnavailable(e) => tracing::error!(code, error = %e, "request failed"),
             ApiError::Vault(VaultError::Directus(e)) => tracing::error!(code, error = %e, "request failed"),
             ApiError::Gateway(e) if status.is_server_error() => tracing::warn!(code, error = %e, "request failed"),
             ApiError::FlagsUnavailable(e) => tracing::warn!(code, error = %e, "request failed"),

@@ -54,6 +54,7 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
     let gateway = OpenApiRouter::new()
         .routes(routes!(routes::gateway::chat_completions))
         .routes(routes!(routes::gateway::messages))
+        .routes(routes!(routes::jobs::submit, routes::jobs::list))
         .layer(DefaultBodyLimit::max(state.max_llm_body_bytes));
     let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(routes::health::healthz));
     if with_metrics {
@@ -84,6 +85,8 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .routes(routes!(routes::usage::estimate))
         .routes(routes!(routes::notifications::list))
         .routes(routes!(routes::notifications::mark_read))
+        .routes(routes!(routes::jobs::show, routes::jobs::cancel))
+        .routes(routes!(routes::jobs::retry))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(deadline))
         .merge(gateway)

@@ -15,6 +15,7 @@ use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_store::FlagStore;
 use crate::services::gateway::{Gateway, InternalKeys};
+use crate::services::jobs::{Jobs, JobsError};
 use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
 use crate::services::notifier::Notifier;
@@ -24,7 +25,7 @@ use crate::services::sessions::Sessions;
 use crate::shared::Shared;
 use crate::shared::bus::Bus;
 use crate::shared::redis::Redis;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Shared by every handler; axum clones it for every request, so it is one `Arc` (one reference count to
 /// touch) around [`Services`].
@@ -44,6 +45,8 @@ pub struct Services {
     pub callers: Arc<CallerDirectory>,
     pub vault: Arc<KeyVault>,
     pub gateway: Arc<Gateway>,
+    /// Durable jobs, run by workers through the same gateway.
+    pub jobs: Arc<Jobs>,
     pub reservations: Arc<Reservations>,
     pub directus: DirectusClient,
     /// Usage records waiting for Directus.
@@ -80,7 +83,7 @@ pub struct AccountPage {
 impl AppState {
     /// Opens the store in `DATA_DIR` (locking it for this process) and everything built on it; with `redis`,
     /// state replicas must agree on is kept there.
-    pub fn new(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<Self, StoreError> {
+    pub fn new(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<Self, JobsError> {
         let directus = DirectusClient::new(
             settings.directus_url.clone(),
             settings.directus_token.clone(),
@@ -104,7 +107,7 @@ impl AppState {
             Some(redis) => Reservations::shared(Arc::clone(redis), store.replica_id()?, fresh_reading, oldest_reading),
             None => Reservations::in_memory(fresh_reading, oldest_reading),
         };
-        let outbox = Arc::new(Outbox::open(store)?);
+        let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
         let shared = Arc::new(Shared::new(redis.clone()));
         let bus = Arc::new(Bus::new(redis.clone()));
         let gateway = Arc::new(Gateway {
@@ -128,11 +131,20 @@ impl AppState {
             vault_configured: settings.keyring.is_some(),
             deadline: settings.upstream_deadline,
         });
+        let jobs = Jobs::new(
+            store,
+            redis.clone(),
+            Arc::clone(&gateway),
+            settings.clock.clone(),
+            settings.jobs.clone(),
+            crate::http::error::job_error,
+        )?;
         Ok(AppState(Arc::new(Services {
             flags,
             callers,
             vault,
             gateway,
+            jobs: Arc::new(jobs),
             reservations,
             sessions: Arc::new(Sessions::new(
                 directus.clone(),

@@ -21,7 +21,7 @@ use super::notifier::{KeyProblem, Notifier};
 use super::rate_limit::{RateLimiter, TierLimits};
 use super::reservations::{Hold, Reservations, Shortfall};
 use crate::domain::flags::RoutingMode;
-use crate::domain::llm::{Api, LlmRequest};
+use crate::domain::llm::{Api, LlmRequest, estimated_usage, usage_from_response};
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::provider_key::ProviderKey;
@@ -92,6 +92,27 @@ pub enum Reply {
     ProviderError { status: StatusCode, content_type: Option<HeaderValue>, body: Bytes },
 }
 
+/// How hard one call tries before it reports a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// A caller is waiting: retry rate limits and outages within the deadline.
+    WithinDeadline,
+    /// A queued job: one attempt, and the queue decides when to try again (hours, not seconds).
+    None,
+}
+
+/// A non-streaming call, read to the end and charged.
+pub struct Completed {
+    pub source: Source,
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+    /// The usage record and cost of a successful call; `None` when the provider refused the request (which
+    /// is not charged).
+    pub charged: Option<(Uuid, Cents)>,
+    pub staleness: Option<&'static str>,
+}
+
 pub struct Forwarded {
     pub source: Source,
     pub reply: Reply,
@@ -127,6 +148,9 @@ pub enum GatewayError {
     /// A non-streaming call was still generating when the generation timeout hit.
     #[error("{0} did not finish answering in time")]
     Timeout(Provider),
+    /// The provider's answer broke off before it was complete.
+    #[error("{0}'s answer was cut off")]
+    CutOff(Provider),
     #[error(transparent)]
     Vault(VaultError),
 }
@@ -170,7 +194,44 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn call(&self, user: UserId, api: Api, request: &LlmRequest) -> Result<Forwarded, GatewayError> {
+    /// A non-streaming call from start to end: decided, paid, answered in full and charged. The live
+    /// gateway's JSON answers and the job workers both come through here.
+    pub async fn complete(
+        &self,
+        user: UserId,
+        api: Api,
+        request: &LlmRequest,
+        retries: Retries,
+    ) -> Result<Completed, GatewayError> {
+        let forwarded = self.call(user, api, request, retries).await?;
+        let (source, staleness) = (forwarded.source, forwarded.staleness);
+        let completed =
+            |status, content_type, body, charged| Completed { source, status, content_type, body, charged, staleness };
+        match forwarded.reply {
+            Reply::ProviderError { status, content_type, body } => Ok(completed(status, content_type, body, None)),
+            Reply::Success(upstream) => {
+                let (status, content_type) =
+                    (upstream.status(), upstream.headers().get(reqwest::header::CONTENT_TYPE).cloned());
+                let body = upstream.bytes().await.map_err(|_| GatewayError::CutOff(api.provider()))?;
+                let usage = usage_from_response(api, &body).unwrap_or_else(|| {
+                    tracing::info!("response without usage; charged by estimate");
+                    estimated_usage(forwarded.charge.estimated_prompt_tokens, body.len())
+                });
+                let request_id = forwarded.charge.request_id;
+                let cost = self.meter.record(forwarded.charge, usage);
+                Ok(completed(status, content_type, body, Some((request_id, cost))))
+            }
+        }
+    }
+
+    /// Decides, pays and calls; the answer is left for the caller to stream or read ([`Gateway::complete`]).
+    pub async fn call(
+        &self,
+        user: UserId,
+        api: Api,
+        request: &LlmRequest,
+        retries: Retries,
+    ) -> Result<Forwarded, GatewayError> {
         let provider = api.provider();
         let context = call_context(&self.flags, &self.callers, user).await?;
         let staleness = context.staleness();
@@ -213,7 +274,7 @@ impl Gateway {
                 }
                 Err(CredentialError::Other(error)) => return Err(error),
             };
-            match self.send_with_retries(api, &credential, &request.body, request.stream).await {
+            match self.send_with_retries(api, &credential, &request.body, request.stream, retries).await {
                 Ok(reply) => {
                     let charge = Charge {
                         // Time-ordered: the outbox's and Directus's unique indexes grow at one end.
@@ -334,11 +395,13 @@ impl Gateway {
         credential: &Credential,
         body: &Bytes,
         stream: bool,
+        retries: Retries,
     ) -> Result<Reply, CallFailure> {
         let provider = api.provider();
         let started = Instant::now();
         let mut last_wait = None;
-        for attempt in 0..MAX_ATTEMPTS {
+        let attempts = if retries == Retries::WithinDeadline { MAX_ATTEMPTS } else { 1 };
+        for attempt in 0..attempts {
             if let Err(remaining) = self.breaker.admit(provider, Instant::now()) {
                 return Err(CallFailure::Outage(Some(remaining), "circuit open"));
             }
@@ -368,7 +431,7 @@ impl Gateway {
                             self.breaker.record_success(provider);
                             let wait = wait.unwrap_or_else(|| jitter(attempt, RATE_LIMIT_BACKOFF));
                             last_wait = Some(wait);
-                            if attempt + 1 == MAX_ATTEMPTS || started.elapsed() + wait > self.deadline {
+                            if attempt + 1 == attempts || started.elapsed() + wait > self.deadline {
                                 return Err(CallFailure::RateLimited(wait));
                             }
                             tracing::info!(%provider, attempt, wait_ms = wait.as_millis() as u64, "provider rate limited; retrying");
@@ -399,7 +462,7 @@ impl Gateway {
             };
             self.breaker.record_outage(provider, Instant::now());
             let wait = jitter(attempt, OUTAGE_BACKOFF);
-            if attempt + 1 == MAX_ATTEMPTS || started.elapsed() + wait > self.deadline {
+            if attempt + 1 == attempts || started.elapsed() + wait > self.deadline {
                 return Err(CallFailure::Outage(None, failure));
             }
             tracing::info!(%provider, attempt, reason = failure, "provider failed; retrying");

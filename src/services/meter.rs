@@ -28,6 +28,7 @@ use uuid::Uuid;
 use super::reservations::{HOLD_TTL, Hold};
 use crate::accounting::OutboxWriter;
 use crate::domain::llm::{Api, StreamTap};
+use crate::domain::money::Cents;
 use crate::domain::pricing::{PriceMatch, PriceTable};
 use crate::domain::routing::Source;
 use crate::domain::usage::{TokenUsage, UsageRecord};
@@ -69,9 +70,9 @@ impl Meter {
         &self.prices
     }
 
-    /// Records a completed call. Returns at once, without blocking: the record is queued for the outbox's writer
-    /// and is durable a few milliseconds later (see the module documentation).
-    pub fn record(&self, charge: Charge, usage: TokenUsage) {
+    /// Records a completed call and returns its cost. Returns at once, without blocking: the record is queued
+    /// for the outbox's writer and is durable a few milliseconds later (see the module documentation).
+    pub fn record(&self, charge: Charge, usage: TokenUsage) -> Cents {
         let provider = charge.api.provider();
         let (price, matched) = self.prices.price(provider, &charge.model);
         if matched == PriceMatch::Unknown && !self.unknown_models_logged.contains_key(&charge.model) {
@@ -99,6 +100,7 @@ impl Meter {
             occurred_at: OffsetDateTime::now_utc(),
         };
         self.outbox.submit(record);
+        cost
     }
 
     /// Resolves once every record recorded before the call is on disk (or, if the disk refused it, logged).

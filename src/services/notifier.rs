@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::directus::DirectusClient;
+use crate::domain::jobs::JobError;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 use crate::shared::Shared;
@@ -99,6 +100,18 @@ impl Notifier {
                 }
             }
         });
+    }
+
+    /// A job the user asked to hear about failed for good (sent once: the job fails for good once).
+    pub async fn job_failed(&self, user: UserId, job: uuid::Uuid, model: &str, error: Option<&JobError>) {
+        let reason = error.map_or("it could not be completed", |e| e.message.as_str());
+        let message = format!(
+            "Your background AI request {job} ({model}) failed and will not be retried: {reason}\n\n\
+             You can retry it from the app once the cause is fixed."
+        );
+        if let Err(error) = self.directus.notify(user, "A background AI request failed", &message).await {
+            tracing::warn!(%user, %job, %error, "could not notify the user of a failed job");
+        }
     }
 
     /// The user changed or re-checked the key: a new failure is a new incident.

@@ -1,10 +1,12 @@
 //! The sidecar's one local file: an embedded SQLite database in WAL mode, holding what must survive a restart.
-//! Today that is the usage outbox (records on their way to Directus, see [`crate::accounting`]); the durable job
-//! queue is meant to live in the same file, as more tables.
+//! That is the usage outbox (records on their way to Directus, see [`crate::accounting`]) and the durable job
+//! queue (see [`crate::services::jobs`]).
 //!
 //! One process at a time: the file is locked (an advisory lock on `<file>.lock`, held while the store is
 //! open), so a second process pointed at the same file refuses to start instead of writing beside the first.
 //! Operators can read it with any SQLite client (`sqlite3 data/byok-bridge.db`) while the sidecar runs.
+
+mod batch;
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::Connection;
+
+pub use self::batch::BatchWriter;
 
 /// Schema migrations, in order; `PRAGMA user_version` says how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -31,6 +35,24 @@ const MIGRATIONS: &[&str] = &[
     // 3: waiting records are read in `seq` (rowid) order, skipping the few rejected ones; the partial index
     // cost every insert a third B-tree write for nothing.
     "DROP INDEX usage_outbox_waiting;",
+    // 4: durable jobs (see `services::jobs`). `record` is the job as its user sees it (JSON, the same shape the
+    // Redis backend keeps); the columns beside it are what the queue looks jobs up by.
+    "CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        idempotency_key TEXT,
+        record TEXT NOT NULL,
+        request BLOB NOT NULL,
+        callback_secret TEXT,
+        due INTEGER,
+        finished_at INTEGER,
+        callback_due INTEGER
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_by_user ON jobs (user_id, id);
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX jobs_callbacks ON jobs (callback_due) WHERE callback_due IS NOT NULL;",
 ];
 
 /// A second connection waits this long for a lock the other holds (the writer and the flusher share the file).
@@ -48,6 +70,10 @@ pub enum StoreError {
     Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
+    #[error("store {path}: commit failed: {message}")]
+    Commit { path: PathBuf, message: String },
+    #[error("the store's writer has stopped")]
+    Stopped,
 }
 
 /// The open, locked store. Hands out connections: SQLite connections are used by one thread at a time, so

@@ -14,10 +14,18 @@ pub const INTERNAL_ANTHROPIC: &str = "sk-ant-internal-platform-key-00000000";
 pub const CHAT_OK: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
 
 pub async fn gateway_app(overrides: &[(&'static str, &str)]) -> TestApp {
+    gateway_app_tweaked(overrides, |_| {}).await
+}
+
+/// [`gateway_app`], with `tweak` applied to its settings.
+pub async fn gateway_app_tweaked(
+    overrides: &[(&'static str, &str)],
+    tweak: impl FnOnce(&mut byok_bridge::config::Settings),
+) -> TestApp {
     let mut all =
         vec![("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI), ("INTERNAL_ANTHROPIC_API_KEY", INTERNAL_ANTHROPIC)];
     all.extend_from_slice(overrides);
-    let app = spawn_app_with(&all).await;
+    let app = spawn_app_tweaked(&all, tweak).await;
     for collection in ["/items/api_key_usage", "/items/credit_transactions"] {
         Mock::given(method("POST"))
             .and(path(collection))

@@ -50,6 +50,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(overrides: &[(&'static str, &str)]) -> TestApp {
+    spawn_app_tweaked(overrides, |_| {}).await
+}
+
+/// [`spawn_app_with`], with `tweak` applied to the parsed settings (what no variable sets, e.g. the clock).
+pub async fn spawn_app_tweaked(overrides: &[(&'static str, &str)], tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let directus = MockServer::start().await;
     let providers = MockServer::start().await;
     let openai = format!("{}/v1", providers.uri());
@@ -57,7 +62,8 @@ pub async fn spawn_app_with(overrides: &[(&'static str, &str)]) -> TestApp {
     let mut all = vec![("OPENAI_BASE_URL", openai.as_str()), ("ANTHROPIC_BASE_URL", anthropic.as_str())];
     all.extend_from_slice(overrides);
     let vars = test_env(&directus.uri(), &all);
-    let settings = Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid");
+    let mut settings = Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid");
+    tweak(&mut settings);
     let app = Application::build(settings).await.expect("binds port 0");
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));

@@ -4,15 +4,17 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use bytes::Bytes;
 
-use crate::domain::llm::{self, Api, LlmRequestError, estimated_usage, usage_from_response};
+use crate::domain::llm::{self, Api, LlmRequest, LlmRequestError};
 use crate::domain::routing::Source;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, RawBody};
 use crate::http::state::AppState;
 use crate::metrics;
-use crate::services::gateway::Reply;
+use crate::services::gateway::{Reply, Retries};
+use uuid::Uuid;
 
 /// Which credentials paid for the call.
 pub const SOURCE_HEADER: &str = "x-byok-source";
@@ -72,18 +74,25 @@ async fn proxy(
     RawBody(raw): RawBody,
     api: Api,
 ) -> Result<Response, ApiError> {
-    let request = llm::parse_request(api, &raw).map_err(|error| match error {
-        LlmRequestError::InvalidJson => ApiError::bad_request("invalid_json", "The body is not valid JSON."),
-        other => ApiError::bad_request("invalid_request", other.to_string()),
-    })?;
-    let forwarded = state.gateway.call(user, api, &request).await?;
-    let (source, staleness) = (forwarded.source, forwarded.staleness);
-    let usage_id = HeaderValue::try_from(forwarded.charge.request_id.to_string()).expect("a UUID is a header value");
-    let mut response = match forwarded.reply {
+    let request = parse(api, &raw)?;
+    if !request.stream {
+        let completed = state.gateway.complete(user, api, &request, Retries::WithinDeadline).await?;
+        let response =
+            with_content_type(Response::new(Body::from(completed.body)), completed.status, completed.content_type);
+        return Ok(labelled(response, completed.source, completed.charged.map(|(id, _)| id), completed.staleness));
+    }
+    let forwarded = state.gateway.call(user, api, &request, Retries::WithinDeadline).await?;
+    let (source, staleness, usage_id) = (forwarded.source, forwarded.staleness, forwarded.charge.request_id);
+    let response = match forwarded.reply {
         Reply::ProviderError { status, content_type, body } => {
-            with_content_type(Response::new(Body::from(body)), status, content_type)
+            return Ok(labelled(
+                with_content_type(Response::new(Body::from(body)), status, content_type),
+                source,
+                None,
+                staleness,
+            ));
         }
-        Reply::Success(upstream) if request.stream => {
+        Reply::Success(upstream) => {
             let (status, content_type) = (upstream.status(), upstream.headers().get(header::CONTENT_TYPE).cloned());
             let hide_usage_chunk = api == Api::ChatCompletions && !request.client_wants_usage_chunk;
             let stream = state.gateway.meter.metered_stream(
@@ -96,26 +105,34 @@ async fn proxy(
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         }
-        Reply::Success(upstream) => {
-            let (status, content_type) = (upstream.status(), upstream.headers().get(header::CONTENT_TYPE).cloned());
-            let body = upstream.bytes().await.map_err(|_| ApiError::Upstream("the provider's answer was cut off"))?;
-            let usage = usage_from_response(api, &body);
-            let usage = usage.unwrap_or_else(|| {
-                tracing::info!("response without usage; charged by estimate");
-                estimated_usage(forwarded.charge.estimated_prompt_tokens, body.len())
-            });
-            state.gateway.meter.record(forwarded.charge, usage);
-            with_content_type(Response::new(Body::from(body)), status, content_type)
-        }
     };
+    Ok(labelled(response, source, Some(usage_id), staleness))
+}
+
+/// A gateway request body, parsed as the provider's API defines it. The jobs API takes the same bodies.
+pub fn parse(api: Api, raw: &Bytes) -> Result<LlmRequest, ApiError> {
+    llm::parse_request(api, raw).map_err(|error| match error {
+        LlmRequestError::InvalidJson => ApiError::bad_request("invalid_json", "The body is not valid JSON."),
+        other => ApiError::bad_request("invalid_request", other.to_string()),
+    })
+}
+
+/// Says who paid, which usage record a successful call made, and what the decision rested on that may be old.
+fn labelled(
+    mut response: Response,
+    source: Source,
+    usage_id: Option<Uuid>,
+    staleness: Option<&'static str>,
+) -> Response {
     response.headers_mut().insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
-    if response.status().is_success() {
-        response.headers_mut().insert(USAGE_ID_HEADER, usage_id);
+    if let Some(id) = usage_id.filter(|_| response.status().is_success()) {
+        let id = HeaderValue::try_from(id.to_string()).expect("a UUID is a header value");
+        response.headers_mut().insert(USAGE_ID_HEADER, id);
     }
     if let Some(stale) = staleness {
         response.headers_mut().insert(STALE_HEADER, HeaderValue::from_static(stale));
     }
-    Ok(response.into_response())
+    response
 }
 
 fn with_content_type(mut response: Response, status: StatusCode, content_type: Option<HeaderValue>) -> Response {

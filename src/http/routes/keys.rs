@@ -44,6 +44,13 @@ async fn key_changed(state: &AppState, user: UserId, provider: Provider) {
     state.gateway.notifier.key_changed(user, provider).await;
 }
 
+/// A key that works again lets the user's jobs paused on it run (on every replica: the queue is shared).
+async fn resume_jobs_if_usable(state: &AppState, user: UserId, provider: Provider, key: &KeySummary) {
+    if key.status.is_usable() {
+        state.jobs.resume(user, provider).await;
+    }
+}
+
 /// The user's saved keys, masked, with what the provider last said about each.
 #[utoipa::path(get, path = "/v1/keys", tag = "keys", operation_id = "list_keys", security(("directus_token" = [])),
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -81,6 +88,7 @@ pub async fn save(
     limit_key_checks(&state, user).await?;
     let summary = state.vault.save(user, provider, &body.api_key).await?;
     key_changed(&state, user, provider).await;
+    resume_jobs_if_usable(&state, user, provider, &summary).await;
     Ok(Json(summary))
 }
 
@@ -112,5 +120,8 @@ pub async fn verify(
     limit_key_checks(&state, user).await?;
     let result = state.vault.verify(user, provider).await;
     key_changed(&state, user, provider).await;
+    if let Ok(summary) = &result {
+        resume_jobs_if_usable(&state, user, provider, summary).await;
+    }
     Ok(Json(result?))
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod flags;
 pub mod gateway;
 pub mod health;
+pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod notifications;

@@ -1,0 +1,249 @@
+//! Durable jobs: an LLM call queued instead of waited for. Same authentication as the gateway, and the same
+//! request bodies; a user sees and changes only their own jobs (another user's job id is a 404).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::domain::jobs::{CallbackUrl, JobStatus, parse_api};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
+use crate::http::routes::gateway::parse;
+use crate::http::state::AppState;
+use crate::services::jobs::{JobsError, NewJob};
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+const DEFAULT_LIST: usize = 50;
+const MAX_LIST: usize = 200;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// `"chat.completions"` (OpenAI) or `"messages"` (Anthropic).
+    api: String,
+    /// The body the gateway's endpoint for `api` takes; not streaming.
+    #[schema(value_type = Object)]
+    request: Value,
+    /// Where the finished job is posted, signed per Standard Webhooks.
+    callback_url: Option<String>,
+    /// Kept with the job and returned as is (at most 16 KiB of JSON).
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+    /// Tell the user through Directus if the job fails for good.
+    #[serde(default)]
+    notify_on_failure: bool,
+}
+
+impl RequestBody for SubmitJob {
+    const EXPECTED: &'static str = r#"{"api": "chat.completions" | "messages", "request": {...}, "callback_url"?: "https://...", "metadata"?: {...}}"#;
+}
+
+fn invalid(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
+    ApiError::BadRequest { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.into() }
+}
+
+/// Queues an LLM call. Answers `202` with the job's id at once; the result is read with `GET /v1/jobs/{id}`
+/// or posted to `callback_url`. With an `Idempotency-Key`, a repeated submit returns the first job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "submit_job", security(("directus_token" = [])),
+    request_body = SubmitJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried submit return the same job")),
+    responses(
+        (status = 202, description = "`{\"id\", \"status\"}`, and `callback_secret` (shown once) when the job has its own", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, description = "`streaming_not_supported`, `invalid_callback_url`, `idempotency_key_reused`", body = ErrorBody)))]
+pub async fn submit(
+    AuthenticatedUser(user): AuthenticatedUser,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SubmitJob>,
+) -> Result<Response, ApiError> {
+    let api = parse_api(&body.api).ok_or_else(|| {
+        ApiError::bad_request("invalid_request", r#""api" must be "chat.completions" or "messages"."#)
+    })?;
+    let raw = Bytes::from(serde_json::to_vec(&body.request).map_err(|e| ApiError::Internal(e.to_string()))?);
+    let request = parse(api, &raw)?;
+    if request.stream {
+        return Err(invalid(
+            "streaming_not_supported",
+            "Jobs return the complete answer; remove \"stream\": true (or call the gateway directly to stream).",
+        ));
+    }
+    let callback_url = body
+        .callback_url
+        .as_deref()
+        .map(|raw| CallbackUrl::parse(raw, state.jobs.allows_internal_callbacks()))
+        .transpose()
+        .map_err(|e| invalid("invalid_callback_url", e.to_string()))?;
+    if let Some(metadata) = &body.metadata
+        && (!metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES)
+    {
+        return Err(invalid("invalid_metadata", "\"metadata\" must be a JSON object of at most 16 KiB."));
+    }
+    let idempotency_key = idempotency_key(&headers)?;
+    let model = request.model.clone();
+    let job = NewJob {
+        api,
+        request,
+        metadata: body.metadata,
+        idempotency_key,
+        callback_url,
+        notify_on_failure: body.notify_on_failure,
+    };
+    let submitted = state.jobs.submit(user, job).await.map_err(jobs_error)?;
+    let record = &submitted.record;
+    if !submitted.created && (record.api != body.api || record.model != model) {
+        return Err(invalid(
+            "idempotency_key_reused",
+            "This Idempotency-Key was used for a different request. Use a new key for a new job.",
+        ));
+    }
+    let mut answer = json!({"id": record.id, "status": record.status});
+    if let Some(secret) = &submitted.callback_secret {
+        answer["callback_secret"] = json!(secret.expose_secret());
+    }
+    let mut response = (StatusCode::ACCEPTED, Json(answer)).into_response();
+    response.headers_mut().insert("location", location(record.id));
+    if !submitted.created {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn location(id: Uuid) -> HeaderValue {
+    HeaderValue::try_from(format!("/v1/jobs/{id}")).expect("a path with a UUID is a header value")
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is a good choice).",
+        )),
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only jobs in this status.
+    status: Option<String>,
+    /// At most this many, newest first (default 50, at most 200).
+    limit: Option<usize>,
+}
+
+/// The user's jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", security(("directus_token" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "`{\"jobs\": [...]}`", body = Object), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)))]
+pub async fn list(
+    AuthenticatedUser(user): AuthenticatedUser,
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|_| {
+        ApiError::bad_request(
+            "invalid_request",
+            "Use ?status=<queued|running|paused|succeeded|failed|cancelled>&limit=<1-200>.",
+        )
+    })?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|raw| {
+            JobStatus::parse(raw).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    "status must be one of queued, running, paused, succeeded, failed, cancelled.",
+                )
+            })
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
+    let jobs = state.jobs.list(user, status, limit).await.map_err(jobs_error)?;
+    Ok(Json(json!({"jobs": jobs.iter().map(|j| j.view()).collect::<Vec<_>>()})))
+}
+
+fn job_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| jobs_error(JobsError::NotFound))
+}
+
+/// One of the user's jobs: status, attempts, next attempt, and the result (the provider's complete answer)
+/// or a coded error, with its cost.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job", security(("directus_token" = [])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    AuthenticatedUser(user): AuthenticatedUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = state.jobs.get(user, job_id(&id)?).await.map_err(jobs_error)?;
+    Ok(Json(job.view()))
+}
+
+/// Queues a failed or paused job again, now.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", operation_id = "retry_job", security(("directus_token" = [])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "`job_not_retryable`: the job is not failed or paused", body = ErrorBody)))]
+pub async fn retry(
+    AuthenticatedUser(user): AuthenticatedUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.jobs.retry(user, job_id(&id)?).await {
+        Ok(job) => Ok(Json(job.view())),
+        Err(JobsError::Conflict(status)) => Err(ApiError::BadRequest {
+            status: StatusCode::CONFLICT,
+            code: "job_not_retryable",
+            message: format!("The job is {}; only failed or paused jobs can be retried.", status.as_str()).into(),
+        }),
+        Err(error) => Err(jobs_error(error)),
+    }
+}
+
+/// Cancels a queued, paused or running job. A running call still finishes (and is charged); its result is
+/// not kept.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "cancel_job", security(("directus_token" = [])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "`job_finished`", body = ErrorBody)))]
+pub async fn cancel(
+    AuthenticatedUser(user): AuthenticatedUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.jobs.cancel(user, job_id(&id)?).await {
+        Ok(job) => Ok(Json(job.view())),
+        Err(JobsError::Conflict(status)) => Err(ApiError::BadRequest {
+            status: StatusCode::CONFLICT,
+            code: "job_finished",
+            message: format!("The job is {} already.", status.as_str()).into(),
+        }),
+        Err(error) => Err(jobs_error(error)),
+    }
+}
+
+fn jobs_error(error: JobsError) -> ApiError {
+    match error {
+        JobsError::NotFound => ApiError::BadRequest {
+            status: StatusCode::NOT_FOUND,
+            code: "job_not_found",
+            message: "You have no job with this id.".into(),
+        },
+        other => ApiError::JobsUnavailable(other),
+    }
+}

@@ -1,0 +1,90 @@
+//! Posts a finished job to the app's callback URL, signed the Standard Webhooks way (`webhook-id`,
+//! `webhook-timestamp`, `webhook-signature`), so any Standard Webhooks library verifies it.
+//!
+//! The sidecar sits inside the platform's network: a callback URL must not turn it into a way to post to
+//! internal services. Literal addresses are checked when the job is submitted ([`CallbackUrl::parse`]); names
+//! are checked here, when they are resolved, by a resolver that drops every non-public address (so a name
+//! that resolves to a private address, or is rebound to one later, is refused), and redirects are not followed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::crypto::webhook_signature::WebhookSecret;
+use crate::domain::jobs::{JobRecord, JobStatus, is_public};
+
+pub struct CallbackClient {
+    http: reqwest::Client,
+}
+
+/// Resolves names to public addresses only.
+struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err("the callback host resolves to no public address".into());
+            }
+            Ok(Box::new(public.into_iter()) as Addrs)
+        })
+    }
+}
+
+impl CallbackClient {
+    pub fn new(allow_internal: bool, timeout: Duration) -> CallbackClient {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")));
+        if !allow_internal {
+            builder = builder.dns_resolver(Arc::new(PublicOnly));
+        }
+        CallbackClient { http: builder.build().expect("the callback client's settings are valid") }
+    }
+
+    /// Posts `{"type", "timestamp", "data"}` for a finished job. `Ok` when the app answered 2xx; otherwise
+    /// what went wrong, in words safe to show the job's user (no answer body, no URL).
+    pub async fn deliver(&self, record: &JobRecord, secret: &WebhookSecret) -> Result<(), String> {
+        let Some(callback) = &record.callback else { return Ok(()) };
+        let kind = match record.status {
+            JobStatus::Succeeded => "job.succeeded",
+            _ => "job.failed",
+        };
+        let now = OffsetDateTime::now_utc();
+        let body = json!({
+            "type": kind,
+            "timestamp": now.format(&Rfc3339).unwrap_or_default(),
+            "data": record.view(),
+        })
+        .to_string();
+        // The same id on every retry: receivers deduplicate on it.
+        let id = format!("msg_{}", record.id.simple());
+        let signature = secret.sign(&id, now.unix_timestamp(), body.as_bytes());
+        let sent = self
+            .http
+            .post(&callback.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", now.unix_timestamp().to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!("the app answered HTTP {}", response.status().as_u16())),
+            Err(error) if error.is_timeout() => Err("the app did not answer in time".into()),
+            Err(error) if error.is_connect() => Err("cannot connect to the callback address".into()),
+            Err(_) => Err("the callback could not be sent".into()),
+        }
+    }
+}

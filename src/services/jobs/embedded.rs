@@ -1,0 +1,396 @@
+//! One replica (no `REDIS_URL`): jobs live in the store's `jobs` table, beside the usage outbox, and the
+//! due ones in an in-memory [`Schedule`] rebuilt from the table at startup. Writes are group-committed
+//! ([`BatchWriter`]): a job is on disk before `POST /v1/jobs` answers, and a result before its callback goes.
+//!
+//! "Running" is not written: a job a worker holds is still `queued` on disk (its status is shown as
+//! `running` from memory), so a process that dies mid-call leaves nothing to clean up; the next start finds
+//! the job queued and runs it again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use secrecy::SecretString;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::schedule::{Next, Schedule};
+use super::{Claimed, DueCallback, Inserted, JobsError, armed};
+use crate::clock::Clock;
+use crate::domain::credit_book::UnixMillis;
+use crate::domain::jobs::{JobRecord, JobStatus};
+use crate::domain::user::UserId;
+use crate::store::{BatchWriter, Store, StoreError};
+use crate::sync;
+
+/// With nothing due, a worker looks again after this long anyway (a safety net; new work wakes it).
+const IDLE_LOOK: UnixMillis = 60_000;
+
+pub struct EmbeddedJobs {
+    store: Arc<Store>,
+    writer: BatchWriter,
+    /// Read connections, reused (WAL: reads never wait for the writer).
+    readers: Arc<Mutex<Vec<Connection>>>,
+    schedule: Mutex<Schedule>,
+    /// Callbacks due, by time.
+    callbacks: Mutex<BTreeSet<(UnixMillis, Uuid)>>,
+    work: Notify,
+    callback_work: Notify,
+    clock: Clock,
+}
+
+impl EmbeddedJobs {
+    /// Opens the queue on `store`, scheduling what was queued when the last process stopped.
+    pub fn open(store: Arc<Store>, per_user_cap: usize, clock: Clock) -> Result<EmbeddedJobs, StoreError> {
+        let reader = store.connect()?;
+        let mut schedule = Schedule::new(per_user_cap);
+        let mut callbacks = BTreeSet::new();
+        {
+            let mut queued = reader
+                .prepare("SELECT id, user_id, due FROM jobs WHERE status = 'queued'")
+                .map_err(|e| store.error(e))?;
+            let rows = queued
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?)))
+                .map_err(|e| store.error(e))?;
+            for row in rows {
+                let (id, user, due): (String, String, Option<i64>) = row.map_err(|e| store.error(e))?;
+                if let (Ok(id), Ok(user)) = (Uuid::parse_str(&id), UserId::parse(&user)) {
+                    schedule.push(user, id, due.unwrap_or(0));
+                }
+            }
+            let mut pending = reader
+                .prepare("SELECT id, callback_due FROM jobs WHERE callback_due IS NOT NULL")
+                .map_err(|e| store.error(e))?;
+            let rows =
+                pending.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?))).map_err(|e| store.error(e))?;
+            for row in rows {
+                let (id, due): (String, i64) = row.map_err(|e| store.error(e))?;
+                if let Ok(id) = Uuid::parse_str(&id) {
+                    callbacks.insert((due, id));
+                }
+            }
+        }
+        if schedule.queued_len() > 0 || !callbacks.is_empty() {
+            tracing::info!(queued = schedule.queued_len(), callbacks = callbacks.len(), "jobs waiting from before");
+        }
+        Ok(EmbeddedJobs {
+            writer: BatchWriter::start(Arc::clone(&store), "jobs-writer")?,
+            store,
+            readers: Arc::new(Mutex::new(vec![reader])),
+            schedule: Mutex::new(schedule),
+            callbacks: Mutex::new(callbacks),
+            work: Notify::new(),
+            callback_work: Notify::new(),
+            clock,
+        })
+    }
+
+    pub async fn insert(
+        &self,
+        record: JobRecord,
+        request: Bytes,
+        secret: Option<String>,
+    ) -> Result<Inserted, JobsError> {
+        let json = serde_json::to_string(&record).map_err(|e| JobsError::Internal(e.to_string()))?;
+        let (id, user, key, due) = (record.id, record.user, record.idempotency_key.clone(), record.next_attempt_at);
+        let existing = self
+            .writer
+            .write(move |t| {
+                let inserted = t
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO jobs (id, user_id, status, idempotency_key, record, request, \
+                         callback_secret, due) VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![id.to_string(), user.to_string(), key, json, request.as_ref(), secret, due])?;
+                if inserted == 1 {
+                    return Ok(None);
+                }
+                t.query_row(
+                    "SELECT record FROM jobs WHERE user_id = ?1 AND idempotency_key = ?2",
+                    params![user.to_string(), key],
+                    |row| row.get::<_, String>(0),
+                )
+                .optional()
+            })
+            .await?;
+        match existing {
+            Some(json) => Ok(Inserted::Existing(self.overlay(parse(&json)?))),
+            None => {
+                sync::lock(&self.schedule).push(user, id, due.unwrap_or(0));
+                self.work.notify_waiters();
+                Ok(Inserted::New(record))
+            }
+        }
+    }
+
+    pub async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError> {
+        let json: Option<String> = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT record FROM jobs WHERE id = ?1 AND user_id = ?2",
+                    params![id.to_string(), user.to_string()],
+                    |row| row.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        json.map(|json| parse(&json).map(|r| self.overlay(r))).transpose()
+    }
+
+    /// The user's newest jobs first, `limit` at most, optionally only those in `status`.
+    pub async fn list(
+        &self,
+        user: UserId,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, JobsError> {
+        // Running jobs are `queued` on disk.
+        let stored = status.map(|s| if s == JobStatus::Running { JobStatus::Queued } else { s });
+        let rows: Vec<String> = self
+            .read(move |c| {
+                let mut statement = c.prepare_cached(
+                    "SELECT record FROM jobs WHERE user_id = ?1 AND (?2 IS NULL OR status = ?2) \
+                     ORDER BY id DESC LIMIT ?3",
+                )?;
+                let rows = statement
+                    .query_map(params![user.to_string(), stored.map(JobStatus::as_str), limit as i64 * 4], |row| {
+                        row.get(0)
+                    })?;
+                rows.collect()
+            })
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len().min(limit));
+        for json in rows {
+            let job = self.overlay(parse(&json)?);
+            if status.is_none_or(|s| s == job.status) {
+                jobs.push(job);
+            }
+            if jobs.len() == limit {
+                break;
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Writes `record` if the job is still in `expected` (compare and set), and schedules what follows from
+    /// its new state. Whether it was written.
+    pub async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
+        let written = self.write(record, expected).await?;
+        if written {
+            let mut schedule = sync::lock(&self.schedule);
+            match (record.status, record.next_attempt_at) {
+                (JobStatus::Queued, Some(at)) if !schedule.is_running(record.id) => {
+                    schedule.push(record.user, record.id, at);
+                    drop(schedule);
+                    self.work.notify_waiters();
+                }
+                _ => {
+                    schedule.remove(record.id);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// A worker is done with a job it claimed: `record` is its new state, written unless the user cancelled
+    /// it meanwhile. Whether it was written.
+    pub async fn finish(&self, record: &JobRecord, _lease: Option<&str>) -> Result<bool, JobsError> {
+        let written = self.write(record, JobStatus::Running).await;
+        let mut schedule = sync::lock(&self.schedule);
+        schedule.done(record.user, record.id);
+        if let (Ok(true), JobStatus::Queued, Some(at)) = (&written, record.status, record.next_attempt_at) {
+            schedule.push(record.user, record.id, at);
+            drop(schedule);
+            self.work.notify_waiters();
+        }
+        written
+    }
+
+    async fn write(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
+        let json = serde_json::to_string(record).map_err(|e| JobsError::Internal(e.to_string()))?;
+        // What a running job is on disk.
+        let expected = if expected == JobStatus::Running { JobStatus::Queued } else { expected };
+        let (id, status, finished_at, due) =
+            (record.id.to_string(), record.status.as_str(), record.finished_at, record.next_attempt_at);
+        let callback_due = record.callback_due();
+        let written = self
+            .writer
+            .write(move |t| {
+                t.prepare_cached(
+                    "UPDATE jobs SET status = ?1, record = ?2, finished_at = ?3, due = ?4, callback_due = ?5 \
+                     WHERE id = ?6 AND status = ?7",
+                )?
+                .execute(params![status, json, finished_at, due, callback_due, id, expected.as_str()])
+            })
+            .await?
+            == 1;
+        if written && let Some(due) = callback_due {
+            sync::lock(&self.callbacks).insert((due, record.id));
+            self.callback_work.notify_one();
+        }
+        Ok(written)
+    }
+
+    /// The next due job, claimed for the caller; waits until there is one.
+    pub async fn claim(&self) -> Claimed {
+        loop {
+            let work = armed(&self.work);
+            let next = sync::lock(&self.schedule).pop(self.clock.now());
+            match next {
+                Next::Run(user, id) => match self.load(id).await {
+                    Ok(Some((record, request))) if record.status == JobStatus::Queued => {
+                        let record = JobRecord { status: JobStatus::Running, ..record };
+                        return Claimed { record, request, lease: None, renewal: None };
+                    }
+                    Ok(_) => sync::lock(&self.schedule).done(user, id),
+                    Err(error) => {
+                        tracing::error!(job = %id, %error, "cannot read a due job; it waits for the next start");
+                        sync::lock(&self.schedule).done(user, id);
+                    }
+                },
+                Next::WaitUntil(at) => {
+                    let at = at.unwrap_or_else(|| self.clock.now() + IDLE_LOOK);
+                    tokio::select! {
+                        () = work => {}
+                        () = self.clock.sleep_until(at) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn load(&self, id: Uuid) -> Result<Option<(JobRecord, Bytes)>, JobsError> {
+        let row: Option<(String, Vec<u8>)> = self
+            .read(move |c| {
+                c.query_row("SELECT record, request FROM jobs WHERE id = ?1", [id.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+            })
+            .await?;
+        row.map(|(json, request)| Ok((parse(&json)?, Bytes::from(request)))).transpose()
+    }
+
+    /// The next callback due, with its job and secret; waits until there is one.
+    pub async fn due_callback(&self) -> DueCallback {
+        loop {
+            let work = armed(&self.callback_work);
+            let now = self.clock.now();
+            let next = {
+                let mut callbacks = sync::lock(&self.callbacks);
+                match callbacks.first().copied() {
+                    Some((at, id)) if at <= now => {
+                        callbacks.pop_first();
+                        Ok(id)
+                    }
+                    other => Err(other.map_or(now + IDLE_LOOK, |(at, _)| at)),
+                }
+            };
+            match next {
+                Ok(id) => {
+                    let row: Result<Option<(String, Option<String>)>, _> = self
+                        .read(move |c| {
+                            c.query_row(
+                                "SELECT record, callback_secret FROM jobs WHERE id = ?1 AND callback_due IS NOT NULL",
+                                [id.to_string()],
+                                |row| Ok((row.get(0)?, row.get(1)?)),
+                            )
+                            .optional()
+                        })
+                        .await;
+                    match row.map(|row| row.map(|(json, secret)| parse(&json).map(|r| (r, secret)))) {
+                        Ok(Some(Ok((record, secret)))) => {
+                            return DueCallback { record, secret: secret.map(SecretString::from) };
+                        }
+                        Ok(None) => {}
+                        Ok(Some(Err(error))) | Err(error) => {
+                            tracing::error!(job = %id, %error, "cannot read a due callback; it waits for the next start");
+                        }
+                    }
+                }
+                Err(at) => {
+                    tokio::select! {
+                        () = work => {}
+                        () = self.clock.sleep_until(at) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The user's paused jobs.
+    pub async fn paused(&self, user: UserId) -> Result<Vec<JobRecord>, JobsError> {
+        let rows: Vec<String> = self
+            .read(move |c| {
+                let mut statement =
+                    c.prepare_cached("SELECT record FROM jobs WHERE user_id = ?1 AND status = 'paused'")?;
+                let rows = statement.query_map([user.to_string()], |row| row.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        rows.iter().map(|json| parse(json)).collect()
+    }
+
+    /// Removes finished jobs older than `before` whose callback is settled. How many went.
+    pub async fn purge(&self, before: UnixMillis) -> Result<usize, JobsError> {
+        Ok(self
+            .writer
+            .write(move |t| {
+                t.execute(
+                    "DELETE FROM jobs WHERE finished_at < ?1 AND callback_due IS NULL AND status IN \
+                     ('succeeded', 'failed', 'cancelled')",
+                    [before],
+                )
+            })
+            .await?)
+    }
+
+    /// Jobs by status, for metrics.
+    pub async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
+        let rows: Vec<(String, i64)> = self
+            .read(|c| {
+                let mut statement = c.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")?;
+                let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        let mut counts: HashMap<JobStatus, u64> =
+            rows.into_iter().filter_map(|(s, n)| Some((JobStatus::parse(&s)?, n.max(0) as u64))).collect();
+        let running = sync::lock(&self.schedule).running_len() as u64;
+        let queued = counts.entry(JobStatus::Queued).or_default();
+        *queued = queued.saturating_sub(running);
+        counts.insert(JobStatus::Running, running);
+        Ok(counts)
+    }
+
+    /// A job a worker holds shows as running.
+    fn overlay(&self, record: JobRecord) -> JobRecord {
+        if record.status == JobStatus::Queued && sync::lock(&self.schedule).is_running(record.id) {
+            JobRecord { status: JobStatus::Running, ..record }
+        } else {
+            record
+        }
+    }
+
+    /// Runs a read on the reader connection, off the async threads.
+    async fn read<R, F>(&self, read: F) -> Result<R, JobsError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (readers, store) = (Arc::clone(&self.readers), Arc::clone(&self.store));
+        tokio::task::spawn_blocking(move || {
+            let connection = sync::lock(&readers).pop().map_or_else(|| store.connect(), Ok)?;
+            let result = read(&connection).map_err(|e| store.error(e));
+            sync::lock(&readers).push(connection);
+            Ok(result?)
+        })
+        .await
+        .map_err(|e| JobsError::Internal(e.to_string()))?
+    }
+}
+
+fn parse(json: &str) -> Result<JobRecord, JobsError> {
+    serde_json::from_str(json).map_err(|e| JobsError::Internal(format!("unreadable job record: {e}")))
+}

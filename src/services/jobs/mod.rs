@@ -1,0 +1,338 @@
+//! Durable jobs: LLM calls the app queues instead of waiting for, run in the background by workers in every
+//! replica through the same gateway as live calls (routing matrix, credentials, credit holds, limits,
+//! accounting). Rate limits and outages put a job back with backoff for hours; an invalid or exhausted key
+//! pauses the user's jobs until they save or verify a working key; anything else fails at once with the
+//! gateway's coded error. A finished job is posted to the app's callback URL, signed (Standard Webhooks).
+//!
+//! One interface, storage chosen by configuration as for the other shared state: [`embedded`] keeps jobs in
+//! the replica's own store; with `REDIS_URL`, [`redis`] keeps them in Redis, where every replica's workers
+//! take from one queue and a dead replica's jobs are taken over.
+
+/// Calls the same method on whichever store is configured (declared before the modules that use it).
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.store {
+            $crate::services::jobs::JobStore::Embedded(store) => store.$method($($arg),*).await,
+            $crate::services::jobs::JobStore::Redis(store) => store.$method($($arg),*).await,
+        }
+    };
+}
+
+mod callbacks;
+mod embedded;
+mod redis;
+mod schedule;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use uuid::Uuid;
+
+use self::embedded::EmbeddedJobs;
+use self::redis::{RedisJobs, Renewal};
+use super::gateway::{Gateway, GatewayError};
+use crate::clock::Clock;
+use crate::crypto::webhook_signature::WebhookSecret;
+use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobError, JobRecord, JobStatus, RetryPolicy, millis};
+use crate::domain::llm::{Api, LlmRequest};
+use crate::domain::provider::Provider;
+use crate::domain::user::UserId;
+use crate::shared::redis::{Redis, SharedError};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error("no such job")]
+    NotFound,
+    /// The job is not in a state the operation applies to.
+    #[error("the job is {}", .0.as_str())]
+    Conflict(JobStatus),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Redis(#[from] SharedError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What `POST /v1/jobs` made.
+pub enum Inserted {
+    New(JobRecord),
+    /// The same `Idempotency-Key` was used before: that job, unchanged.
+    Existing(JobRecord),
+}
+
+/// A job a worker holds, with its request.
+pub struct Claimed {
+    pub record: JobRecord,
+    pub request: Bytes,
+    /// The Redis backend's proof of holding the job (its stream entry); the embedded one needs none.
+    pub lease: Option<String>,
+    /// Keeps the Redis lease alive while the job runs.
+    pub renewal: Option<Renewal>,
+}
+
+/// A callback due for delivery: the job and its per-job secret, if it has one.
+pub struct DueCallback {
+    pub record: JobRecord,
+    pub secret: Option<SecretString>,
+}
+
+/// Where jobs are kept.
+pub(crate) enum JobStore {
+    Embedded(Box<EmbeddedJobs>),
+    Redis(Arc<RedisJobs>),
+}
+
+/// How jobs run (`JOB_*` settings).
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Jobs running at once in this replica.
+    pub workers: usize,
+    /// Jobs of one user running at once (in this replica).
+    pub per_user_cap: usize,
+    pub retry: RetryPolicy,
+    /// Finished jobs are removed this long after they finish.
+    pub retention: Duration,
+    /// Signs callbacks of jobs submitted without a per-job secret. Without it, each job gets its own secret,
+    /// returned once when the job is submitted.
+    pub callback_secret: Option<WebhookSecret>,
+    /// Lets callbacks reach loopback and private addresses (development, or an app on the same network).
+    pub allow_internal_callbacks: bool,
+    pub callback_timeout: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            workers: 32,
+            per_user_cap: 4,
+            retry: RetryPolicy::default(),
+            retention: Duration::from_secs(7 * 86_400),
+            callback_secret: None,
+            allow_internal_callbacks: false,
+            callback_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A job as submitted, already parsed.
+pub struct NewJob {
+    pub api: Api,
+    pub request: LlmRequest,
+    pub metadata: Option<Value>,
+    pub idempotency_key: Option<String>,
+    pub callback_url: Option<CallbackUrl>,
+    pub notify_on_failure: bool,
+}
+
+pub struct Submitted {
+    pub record: JobRecord,
+    /// The new job's own callback secret (`whsec_...`), to be shown to the caller once.
+    pub callback_secret: Option<SecretString>,
+    pub created: bool,
+}
+
+pub struct Jobs {
+    store: JobStore,
+    gateway: Arc<Gateway>,
+    clock: Clock,
+    config: JobsConfig,
+    /// The gateway's errors as the jobs API shows them (the HTTP layer's codes and messages).
+    describe: fn(GatewayError) -> JobError,
+    callbacks: callbacks::CallbackClient,
+}
+
+impl Jobs {
+    /// Jobs in the replica's own store, or with `redis` in Redis.
+    pub fn new(
+        store: Arc<Store>,
+        redis: Option<Arc<Redis>>,
+        gateway: Arc<Gateway>,
+        clock: Clock,
+        config: JobsConfig,
+        describe: fn(GatewayError) -> JobError,
+    ) -> Result<Jobs, JobsError> {
+        let store = match redis {
+            Some(redis) => JobStore::Redis(Arc::new(RedisJobs::new(
+                redis,
+                store.replica_id()?,
+                config.per_user_cap,
+                clock.clone(),
+            ))),
+            None => JobStore::Embedded(Box::new(EmbeddedJobs::open(store, config.per_user_cap, clock.clone())?)),
+        };
+        let callbacks = callbacks::CallbackClient::new(config.allow_internal_callbacks, config.callback_timeout);
+        Ok(Jobs { store, gateway, clock, config, describe, callbacks })
+    }
+
+    pub fn allows_internal_callbacks(&self) -> bool {
+        self.config.allow_internal_callbacks
+    }
+
+    /// Queues a job, or with an `Idempotency-Key` used before, finds the job it made.
+    pub async fn submit(&self, user: UserId, job: NewJob) -> Result<Submitted, JobsError> {
+        let now = self.clock.now();
+        let mut record = JobRecord::new(user, job.api, job.request.model.clone(), now, &self.config.retry);
+        record.metadata = job.metadata;
+        record.idempotency_key = job.idempotency_key;
+        record.notify_on_failure = job.notify_on_failure;
+        let mut secret = None;
+        if let Some(url) = job.callback_url {
+            record.callback = Some(Callback {
+                url: url.as_str().to_owned(),
+                state: CallbackState::Waiting,
+                attempts: 0,
+                next_attempt_at: None,
+                last_error: None,
+            });
+            if self.config.callback_secret.is_none() {
+                secret = Some(new_secret());
+            }
+        }
+        let stored_secret = secret.as_ref().map(|s: &SecretString| s.expose_secret().to_owned());
+        let inserted = dispatch!(self.insert(record, job.request.body.clone(), stored_secret))?;
+        Ok(match inserted {
+            Inserted::New(record) => {
+                tracing::info!(job = %record.id, %user, api = %record.api, "job queued");
+                Submitted { record, callback_secret: secret, created: true }
+            }
+            Inserted::Existing(record) => Submitted { record, callback_secret: None, created: false },
+        })
+    }
+
+    pub async fn get(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
+        dispatch!(self.get(user, id))?.ok_or(JobsError::NotFound)
+    }
+
+    pub async fn list(
+        &self,
+        user: UserId,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, JobsError> {
+        dispatch!(self.list(user, status, limit))
+    }
+
+    /// Queues a failed or paused job again, now, with a fresh give-up time.
+    pub async fn retry(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
+        self.change(user, id, JobStatus::can_retry, |record, now, policy| record.requeue(now, policy)).await
+    }
+
+    /// Cancels a queued, paused or running job (a running call finishes, but its result is not kept).
+    pub async fn cancel(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
+        self.change(user, id, JobStatus::can_cancel, |record, now, _| record.cancel(now)).await
+    }
+
+    async fn change(
+        &self,
+        user: UserId,
+        id: Uuid,
+        allowed: fn(JobStatus) -> bool,
+        change: impl Fn(&mut JobRecord, i64, &RetryPolicy),
+    ) -> Result<JobRecord, JobsError> {
+        // A worker may move the job between the read and the write: read again and decide again.
+        for _ in 0..5 {
+            let mut record = self.get(user, id).await?;
+            let expected = record.status;
+            if !allowed(expected) {
+                return Err(JobsError::Conflict(expected));
+            }
+            change(&mut record, self.clock.now(), &self.config.retry);
+            if dispatch!(self.update(&record, expected))? {
+                return Ok(record);
+            }
+        }
+        Err(JobsError::Internal("the job kept changing; retry".into()))
+    }
+
+    /// The user saved or verified a working key for `provider`: their jobs paused on it are queued again.
+    pub async fn resume(&self, user: UserId, provider: Provider) {
+        let paused = match dispatch!(self.paused(user)) {
+            Ok(paused) => paused,
+            Err(error) => {
+                tracing::warn!(%user, %error, "cannot read the user's paused jobs; they stay paused");
+                return;
+            }
+        };
+        let mut resumed = 0;
+        for mut record in paused {
+            if crate::domain::jobs::parse_api(&record.api).map(Api::provider) != Some(provider) {
+                continue;
+            }
+            record.requeue(self.clock.now(), &self.config.retry);
+            match dispatch!(self.update(&record, JobStatus::Paused)) {
+                Ok(true) => resumed += 1,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(job = %record.id, %error, "cannot resume a paused job"),
+            }
+        }
+        if resumed > 0 {
+            tracing::info!(%user, %provider, resumed, "the user's key works again; paused jobs resumed");
+        }
+    }
+
+    /// Starts the workers, the callback sender, the clean-up and the job metrics.
+    pub fn start(self: &Arc<Self>) {
+        for _ in 0..self.config.workers {
+            tokio::spawn(Arc::clone(self).work());
+        }
+        tokio::spawn(Arc::clone(self).send_callbacks());
+        tokio::spawn(Arc::clone(self).upkeep());
+        if let JobStore::Redis(store) = &self.store {
+            tokio::spawn(store.maintain());
+        }
+    }
+
+    /// Removes finished jobs past their retention and publishes job counts, every so often.
+    async fn upkeep(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(Duration::from_secs(15));
+        let mut last_purge = None;
+        loop {
+            ticks.tick().await;
+            match dispatch!(self.counts()) {
+                Ok(counts) => {
+                    for status in JobStatus::ALL {
+                        crate::metrics::jobs(status, counts.get(&status).copied().unwrap_or(0));
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "cannot count jobs"),
+            }
+            let now = self.clock.now();
+            if last_purge.is_none_or(|at| now - at >= 3_600_000) {
+                last_purge = Some(now);
+                match dispatch!(self.purge(now - millis(self.config.retention))) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "finished jobs past their retention removed"),
+                    Err(error) => tracing::warn!(%error, "cannot remove old jobs; will retry"),
+                }
+            }
+        }
+    }
+
+    /// Jobs by status (what `/metrics` shows).
+    pub async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
+        dispatch!(self.counts())
+    }
+}
+
+/// A fresh Standard Webhooks secret: `whsec_` and 32 random bytes in base64.
+fn new_secret() -> SecretString {
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    aes_gcm::aead::OsRng.fill_bytes(bytes.as_mut());
+    SecretString::from(format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes.as_ref())))
+}
+
+/// A wake-up from `notify`, registered now: a notification between this call and the wait is not missed.
+fn armed(notify: &tokio::sync::Notify) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
+    let mut notified = Box::pin(notify.notified());
+    notified.as_mut().enable();
+    notified
+}

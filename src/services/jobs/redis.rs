@@ -1,0 +1,741 @@
+//! Several replicas (`REDIS_URL`): jobs live in Redis and every replica's workers take from one queue.
+//!
+//! - `jobs:job:{id}`: a hash with the record (JSON), `status`, `user`, the request, the callback secret, the
+//!   idempotency key, and while it runs the stream `entry` that holds it;
+//! - `jobs:due:{user}`: the user's queued jobs by due time; `jobs:turns`: users by when their next job may go
+//!   (their earliest due job, or, at the per-user cap, when a running job's lease ends);
+//! - `jobs:stream` with the consumer group `workers`: jobs handed to workers. A script moves due jobs there
+//!   (at most the cap per user in flight, counted in `jobs:inflight:{user}` with lease times) and hands them
+//!   out (`XREADGROUP`) in the same step that marks them running, so a job is running under exactly one entry;
+//! - a worker renews its lease while the call runs; an entry idle past the lease (its replica died) is taken
+//!   over with `XAUTOCLAIM` and the job queued again;
+//! - a result is written only by the holder of the job's current entry (compare and set in a script): once;
+//! - `jobs:callbacks`, `jobs:finished`: due callbacks and finished jobs by time; `jobs:user:{user}`: the
+//!   user's jobs by creation; `jobs:counts`: jobs by status.
+//!
+//! Every step is one Lua script, so replicas never see a half-made change. Times are the replicas' clocks
+//! (NTP), as for the other shared state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Script;
+use secrecy::SecretString;
+use tokio::sync::{Mutex, Notify, mpsc};
+use uuid::Uuid;
+
+use super::{Claimed, DueCallback, Inserted, JobsError, armed};
+use crate::clock::Clock;
+use crate::domain::credit_book::UnixMillis;
+use crate::domain::jobs::{JobRecord, JobStatus, millis};
+use crate::domain::user::UserId;
+use crate::shared::redis::{Redis, key};
+
+/// A running job's claim lapses this long after its worker last renewed it.
+const LEASE: Duration = Duration::from_secs(20);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// With nothing to hand out, the fetcher looks again after this long (new work in this replica wakes it).
+const POLL: Duration = Duration::from_millis(50);
+const RECLAIM_EVERY: Duration = Duration::from_secs(5);
+const GROUP: &str = "workers";
+
+/// Shared by the scripts: what follows from a job's new state. KEYS are built from ARGV's prefix.
+const FOLLOWUPS: &str = r"
+local function followups(p, id, user, status, due, callback_due, finished_at)
+  if status == 'queued' and due ~= '' then
+    redis.call('ZADD', p .. 'due:' .. user, due, id)
+    redis.call('ZADD', p .. 'turns', 'LT', due, user)
+  end
+  if callback_due ~= '' then
+    redis.call('ZADD', p .. 'callbacks', callback_due, id)
+  else
+    redis.call('ZREM', p .. 'callbacks', id)
+  end
+  if finished_at ~= '' then
+    redis.call('ZADD', p .. 'finished', finished_at, id)
+  else
+    redis.call('ZREM', p .. 'finished', id)
+  end
+end
+local function recount(p, from, to)
+  redis.call('HINCRBY', p .. 'counts', from, -1)
+  redis.call('HINCRBY', p .. 'counts', to, 1)
+end
+local function give_turn(p, user)
+  local head = redis.call('ZRANGE', p .. 'due:' .. user, 0, 0, 'WITHSCORES')
+  if #head > 0 then
+    redis.call('ZADD', p .. 'turns', 'LT', head[2], user)
+  end
+end
+local function retake(p, id, entry, now)
+  redis.call('XACK', p .. 'stream', 'workers', entry)
+  redis.call('XDEL', p .. 'stream', entry)
+  local job = p .. 'job:' .. id
+  local user = redis.call('HGET', job, 'user')
+  if not user then
+    return 0
+  end
+  redis.call('ZREM', p .. 'inflight:' .. user, id)
+  if redis.call('HGET', job, 'entry') ~= entry then
+    give_turn(p, user)
+    return 0
+  end
+  redis.call('HDEL', job, 'entry')
+  local status = redis.call('HGET', job, 'status')
+  if status == 'running' then
+    redis.call('HSET', job, 'status', 'queued')
+    recount(p, 'running', 'queued')
+    status = 'queued'
+  end
+  if status == 'queued' then
+    redis.call('ZADD', p .. 'due:' .. user, now, id)
+  end
+  give_turn(p, user)
+  return 1
+end
+";
+
+/// ARGV: prefix, id, user, idempotency key or '', record, request, secret or '', now. Returns {1} for a new
+/// job, or {0, record, status} for the job the idempotency key made before.
+const INSERT: &str = r"
+local p, id, user, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if idem ~= '' then
+  local idem_key = p .. 'idem:' .. user .. ':' .. idem
+  local existing = redis.call('GET', idem_key)
+  if existing then
+    local found = redis.call('HMGET', p .. 'job:' .. existing, 'record', 'status')
+    if found[1] then
+      return {0, found[1], found[2]}
+    end
+  end
+  redis.call('SET', idem_key, id)
+end
+local job = p .. 'job:' .. id
+redis.call('HSET', job, 'user', user, 'status', 'queued', 'record', ARGV[5], 'request', ARGV[6], 'idem', idem)
+if ARGV[7] ~= '' then
+  redis.call('HSET', job, 'secret', ARGV[7])
+end
+redis.call('ZADD', p .. 'user:' .. user, ARGV[8], id)
+redis.call('HINCRBY', p .. 'counts', 'queued', 1)
+followups(p, id, user, 'queued', ARGV[8], '', '')
+return {1}
+";
+
+/// ARGV: prefix, now, cap, lease ms, consumer. Moves due jobs of users under the cap to the stream, then
+/// hands out one entry to `consumer`, marked running. Returns {id, entry, record, request} or nothing.
+const CLAIM: &str = r"
+local p, now, cap, lease, consumer = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', p .. 'turns', '-inf', now, 'LIMIT', 0, 50)) do
+  local inflight, due = p .. 'inflight:' .. user, p .. 'due:' .. user
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+  local n = redis.call('ZCARD', inflight)
+  while n < cap do
+    local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+    if #head == 0 or tonumber(head[2]) > now then
+      break
+    end
+    redis.call('ZREM', due, head[1])
+    local entry = redis.call('XADD', p .. 'stream', '*', 'job', head[1])
+    redis.call('HSET', p .. 'job:' .. head[1], 'entry', entry)
+    redis.call('ZADD', inflight, now + lease, head[1])
+    n = n + 1
+  end
+  local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+  if #head == 0 then
+    redis.call('ZREM', p .. 'turns', user)
+  elseif n < cap then
+    redis.call('ZADD', p .. 'turns', head[2], user)
+  else
+    local first = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', p .. 'turns', math.max(tonumber(head[2]), tonumber(first[2])), user)
+  end
+end
+while true do
+  local read = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', p .. 'stream', '>')
+  if not read then
+    return false
+  end
+  local entry = read[1][2][1]
+  local id = entry[2][2]
+  local job = p .. 'job:' .. id
+  local found = redis.call('HMGET', job, 'status', 'entry', 'user', 'record', 'request')
+  if found[1] == 'queued' and found[2] == entry[1] then
+    redis.call('HSET', job, 'status', 'running')
+    recount(p, 'queued', 'running')
+    redis.call('ZADD', p .. 'inflight:' .. found[3], now + lease, id)
+    return {id, entry[1], found[4], found[5]}
+  end
+  -- Cancelled, or taken over since it was put here: not to run.
+  redis.call('XACK', p .. 'stream', 'workers', entry[1])
+  redis.call('XDEL', p .. 'stream', entry[1])
+  if found[3] then
+    redis.call('ZREM', p .. 'inflight:' .. found[3], id)
+  end
+end
+";
+
+/// ARGV: prefix, id, entry, consumer, now, lease ms. Keeps a running job's claim.
+const RENEW: &str = r"
+local p, id, entry = ARGV[1], ARGV[2], ARGV[3]
+local job = p .. 'job:' .. id
+if redis.call('HGET', job, 'entry') ~= entry then
+  return 0
+end
+redis.call('ZADD', p .. 'inflight:' .. redis.call('HGET', job, 'user'), 'XX', tonumber(ARGV[5]) + tonumber(ARGV[6]), id)
+redis.call('XCLAIM', p .. 'stream', 'workers', ARGV[4], 0, entry, 'JUSTID')
+return 1
+";
+
+/// ARGV: prefix, id, entry, record, status, due, callback due, finished at. Writes a worker's result if it
+/// still holds the job's entry and the job still runs. Returns 1 if written.
+const FINISH: &str = r"
+local p, id, entry = ARGV[1], ARGV[2], ARGV[3]
+redis.call('XACK', p .. 'stream', 'workers', entry)
+redis.call('XDEL', p .. 'stream', entry)
+local job = p .. 'job:' .. id
+local found = redis.call('HMGET', job, 'user', 'status', 'entry')
+if not found[1] then
+  return 0
+end
+redis.call('ZREM', p .. 'inflight:' .. found[1], id)
+local written = 0
+if found[2] == 'running' and found[3] == entry then
+  redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5])
+  redis.call('HDEL', job, 'entry')
+  recount(p, 'running', ARGV[5])
+  followups(p, id, found[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+  written = 1
+elseif found[3] == entry then
+  redis.call('HDEL', job, 'entry')
+end
+give_turn(p, found[1])
+return written
+";
+
+/// ARGV: prefix, id, expected status, record, status, due, callback due, finished at. Compare and set.
+const UPDATE: &str = r"
+local p, id = ARGV[1], ARGV[2]
+local job = p .. 'job:' .. id
+local found = redis.call('HMGET', job, 'user', 'status')
+if not found[1] or found[2] ~= ARGV[3] then
+  return 0
+end
+redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5])
+if found[2] ~= ARGV[5] then
+  recount(p, found[2], ARGV[5])
+end
+if found[2] == 'queued' then
+  redis.call('ZREM', p .. 'due:' .. found[1], id)
+end
+followups(p, id, found[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+return 1
+";
+
+/// ARGV: prefix, consumer, min idle ms, now. Takes over entries whose replica stopped renewing them and
+/// queues their jobs again. Returns how many jobs were queued again.
+const RECLAIM: &str = r"
+local p, consumer, now = ARGV[1], ARGV[2], ARGV[4]
+local claimed = redis.call('XAUTOCLAIM', p .. 'stream', 'workers', consumer, ARGV[3], '0-0', 'COUNT', 100)
+local n = 0
+for _, entry in ipairs(claimed[2]) do
+  if entry[2] then
+    n = n + retake(p, entry[2][2], entry[1], now)
+  end
+end
+return n
+";
+
+/// ARGV: prefix, consumer, now. At startup: this replica's entries from before it stopped, queued again.
+const RECLAIM_OWN: &str = r"
+local p, consumer, now = ARGV[1], ARGV[2], ARGV[3]
+local n = 0
+for _, pending in ipairs(redis.call('XPENDING', p .. 'stream', 'workers', '-', '+', 1000, consumer)) do
+  local entry = redis.call('XRANGE', p .. 'stream', pending[1], pending[1])
+  if #entry > 0 then
+    n = n + retake(p, entry[1][2][2], pending[1], now)
+  else
+    redis.call('XACK', p .. 'stream', 'workers', pending[1])
+  end
+end
+return n
+";
+
+/// ARGV: prefix, now, lease ms. Takes the earliest due callback for a while. Returns {record, status, secret}.
+const TAKE_CALLBACK: &str = r"
+local p, now = ARGV[1], tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', p .. 'callbacks', '-inf', now, 'LIMIT', 0, 1)
+if #due == 0 then
+  return false
+end
+redis.call('ZADD', p .. 'callbacks', now + tonumber(ARGV[3]), due[1])
+local found = redis.call('HMGET', p .. 'job:' .. due[1], 'record', 'status', 'secret')
+if not found[1] then
+  redis.call('ZREM', p .. 'callbacks', due[1])
+  return false
+end
+return {found[1], found[2], found[3] or ''}
+";
+
+/// ARGV: prefix, user, status or '', limit. The user's newest jobs: {record, status, ...}.
+const LIST: &str = r"
+local p, user, status, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out = {}
+local start = 0
+while #out < 2 * limit do
+  local ids = redis.call('ZREVRANGE', p .. 'user:' .. user, start, start + 199)
+  if #ids == 0 then
+    break
+  end
+  for _, id in ipairs(ids) do
+    local found = redis.call('HMGET', p .. 'job:' .. id, 'record', 'status')
+    if found[1] and (status == '' or found[2] == status) then
+      table.insert(out, found[1])
+      table.insert(out, found[2])
+      if #out >= 2 * limit then
+        break
+      end
+    end
+  end
+  start = start + 200
+end
+return out
+";
+
+/// ARGV: prefix, before, max. Removes finished jobs whose callback is settled.
+const PURGE: &str = r"
+local p = ARGV[1]
+local n = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. 'finished', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
+  if not redis.call('ZSCORE', p .. 'callbacks', id) then
+    local job = p .. 'job:' .. id
+    local found = redis.call('HMGET', job, 'user', 'status', 'idem')
+    if found[1] then
+      redis.call('ZREM', p .. 'user:' .. found[1], id)
+      if found[3] and found[3] ~= '' then
+        redis.call('DEL', p .. 'idem:' .. found[1] .. ':' .. found[3])
+      end
+      redis.call('HINCRBY', p .. 'counts', found[2], -1)
+      redis.call('DEL', job)
+    end
+    redis.call('ZREM', p .. 'finished', id)
+    n = n + 1
+  end
+end
+return n
+";
+
+struct Scripts {
+    insert: Script,
+    claim: Script,
+    renew: Script,
+    finish: Script,
+    update: Script,
+    reclaim: Script,
+    reclaim_own: Script,
+    take_callback: Script,
+    list: Script,
+    purge: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        let with = |body: &str| Script::new(&format!("{FOLLOWUPS}\n{body}"));
+        Scripts {
+            insert: with(INSERT),
+            claim: with(CLAIM),
+            renew: with(RENEW),
+            finish: with(FINISH),
+            update: with(UPDATE),
+            reclaim: with(RECLAIM),
+            reclaim_own: with(RECLAIM_OWN),
+            take_callback: with(TAKE_CALLBACK),
+            list: with(LIST),
+            purge: with(PURGE),
+        }
+    }
+}
+
+pub struct RedisJobs {
+    redis: Arc<Redis>,
+    /// `byok-bridge:jobs:` (keys) and this replica's consumer name in the group.
+    prefix: String,
+    consumer: String,
+    cap: usize,
+    clock: Clock,
+    scripts: Scripts,
+    /// Claimed jobs, fetched by one task and taken by the workers.
+    claimed: Mutex<mpsc::Receiver<Claimed>>,
+    handoff: mpsc::Sender<Claimed>,
+    /// New work in this replica: look at once instead of at the next poll.
+    work: Notify,
+    callback_work: Notify,
+}
+
+/// Renews a running job's lease until dropped.
+pub struct Renewal(tokio::task::JoinHandle<()>);
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl RedisJobs {
+    pub fn new(redis: Arc<Redis>, replica: String, cap: usize, clock: Clock) -> RedisJobs {
+        let (handoff, claimed) = mpsc::channel(1);
+        RedisJobs {
+            redis,
+            prefix: key(&["jobs", ""]),
+            consumer: replica,
+            cap: cap.max(1),
+            clock,
+            scripts: Scripts::new(),
+            claimed: Mutex::new(claimed),
+            handoff,
+            work: Notify::new(),
+            callback_work: Notify::new(),
+        }
+    }
+
+    pub async fn insert(
+        &self,
+        record: JobRecord,
+        request: Bytes,
+        secret: Option<String>,
+    ) -> Result<Inserted, JobsError> {
+        let json = encode(&record)?;
+        let (id, user) = (record.id.to_string(), record.user.to_string());
+        let idem = record.idempotency_key.clone().unwrap_or_default();
+        let due = record.next_attempt_at.unwrap_or(record.created_at);
+        let script = &self.scripts.insert;
+        let prefix = &self.prefix;
+        let reply: Vec<redis::Value> = self
+            .redis
+            .run(|mut c| async move {
+                script
+                    .arg(prefix)
+                    .arg(id)
+                    .arg(user)
+                    .arg(idem)
+                    .arg(json)
+                    .arg(request.as_ref())
+                    .arg(secret.as_deref().unwrap_or(""))
+                    .arg(due)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match reply.as_slice() {
+            [redis::Value::Int(1)] => {
+                self.work.notify_one();
+                Ok(Inserted::New(record))
+            }
+            [_, found, status] => Ok(Inserted::Existing(decode(found, status)?)),
+            _ => Err(JobsError::Internal("unexpected answer from the insert script".into())),
+        }
+    }
+
+    pub async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError> {
+        let job = key(&["jobs", "job", &id.to_string()]);
+        let found: (Option<String>, Option<String>, Option<String>) = self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("HMGET").arg(job).arg("record").arg("status").arg("user").query_async(&mut c).await
+            })
+            .await?;
+        match found {
+            (Some(record), Some(status), Some(owner)) if owner == user.to_string() => {
+                Ok(Some(with_status(&record, &status)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        user: UserId,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, JobsError> {
+        let script = &self.scripts.list;
+        let flat: Vec<String> = self
+            .redis
+            .run(|mut c| async move {
+                script
+                    .arg(&self.prefix)
+                    .arg(user.to_string())
+                    .arg(status.map_or("", JobStatus::as_str))
+                    .arg(limit)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        flat.chunks(2).map(|pair| with_status(&pair[0], &pair[1])).collect()
+    }
+
+    pub async fn paused(&self, user: UserId) -> Result<Vec<JobRecord>, JobsError> {
+        self.list(user, Some(JobStatus::Paused), 10_000).await
+    }
+
+    pub async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
+        self.write(&self.scripts.update, record, expected.as_str()).await
+    }
+
+    pub async fn finish(&self, record: &JobRecord, lease: Option<&str>) -> Result<bool, JobsError> {
+        let entry = lease.ok_or_else(|| JobsError::Internal("a Redis job finished without its entry".into()))?;
+        self.write(&self.scripts.finish, record, entry).await
+    }
+
+    /// Writes `record` with `script` ([`UPDATE`] or [`FINISH`]), guarded by `guard` (the expected status, or
+    /// the entry the worker holds).
+    async fn write(&self, script: &Script, record: &JobRecord, guard: &str) -> Result<bool, JobsError> {
+        let json = encode(record)?;
+        let prefix = &self.prefix;
+        let written: i64 = self
+            .redis
+            .run(|mut c| async move {
+                script
+                    .arg(prefix)
+                    .arg(record.id.to_string())
+                    .arg(guard)
+                    .arg(json)
+                    .arg(record.status.as_str())
+                    .arg(optional(record.next_attempt_at))
+                    .arg(optional(record.callback_due()))
+                    .arg(optional(record.finished_at))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.wake_for(record);
+        Ok(written == 1)
+    }
+
+    fn wake_for(&self, record: &JobRecord) {
+        if record.status == JobStatus::Queued {
+            self.work.notify_one();
+        }
+        if record.callback_due().is_some() {
+            self.callback_work.notify_one();
+        }
+    }
+
+    /// The next job for a worker of this replica; waits until there is one.
+    pub async fn claim(&self) -> Claimed {
+        let mut claimed = self.claimed.lock().await;
+        claimed.recv().await.expect("the fetcher runs as long as the queue")
+    }
+
+    /// Fetches jobs for this replica's workers, renews their leases, takes over dead replicas' jobs.
+    pub fn maintain(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let jobs = Arc::clone(self);
+        async move {
+            match jobs.reclaim(&jobs.scripts.reclaim_own, None).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "jobs this replica held when it stopped are queued again"),
+                Err(error) => tracing::warn!(%error, "cannot queue again the jobs this replica held when it stopped"),
+            }
+            tokio::spawn(Arc::clone(&jobs).reclaim_dead());
+            jobs.fetch().await;
+        }
+    }
+
+    async fn fetch(self: Arc<Self>) {
+        self.ensure_group().await;
+        loop {
+            let work = armed(&self.work);
+            match self.claim_next().await {
+                Ok(Some(claimed)) => {
+                    if self.handoff.send(claimed).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        () = work => {}
+                        () = self.clock.sleep_until(self.clock.now() + millis(POLL)) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot fetch jobs from Redis; retrying");
+                    if error.to_string().contains("NOGROUP") {
+                        self.ensure_group().await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn ensure_group(&self) {
+        let stream = format!("{}stream", self.prefix);
+        let created: Result<(), _> = self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg("$")
+                    .arg("MKSTREAM")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(error) = created
+            && !error.to_string().contains("BUSYGROUP")
+        {
+            tracing::warn!(%error, "cannot create the jobs consumer group; the fetcher retries");
+        }
+    }
+
+    async fn claim_next(self: &Arc<Self>) -> Result<Option<Claimed>, JobsError> {
+        let script = &self.scripts.claim;
+        let now = self.clock.now();
+        let found: Option<(String, String, String, Vec<u8>)> = self
+            .redis
+            .run(|mut c| async move {
+                script
+                    .arg(&self.prefix)
+                    .arg(now)
+                    .arg(self.cap)
+                    .arg(millis(LEASE))
+                    .arg(&self.consumer)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let Some((id, entry, record, request)) = found else { return Ok(None) };
+        let record = with_status(&record, JobStatus::Running.as_str())?;
+        let renewal = Renewal(tokio::spawn(Arc::clone(self).renew(id, entry.clone())));
+        Ok(Some(Claimed { record, request: Bytes::from(request), lease: Some(entry), renewal: Some(renewal) }))
+    }
+
+    async fn renew(self: Arc<Self>, id: String, entry: String) {
+        loop {
+            tokio::time::sleep(RENEW_EVERY).await;
+            let (script, id, entry, now) = (&self.scripts.renew, &id, &entry, self.clock.now());
+            let (prefix, consumer) = (&self.prefix, &self.consumer);
+            let renewed: Result<i64, _> = self
+                .redis
+                .run(|mut c| async move {
+                    script
+                        .arg(prefix)
+                        .arg(id)
+                        .arg(entry)
+                        .arg(consumer)
+                        .arg(now)
+                        .arg(millis(LEASE))
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await;
+            match renewed {
+                Ok(1) => {}
+                Ok(_) => return,
+                Err(error) => tracing::warn!(job = %id, %error, "cannot renew a running job's lease"),
+            }
+        }
+    }
+
+    async fn reclaim_dead(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(RECLAIM_EVERY).await;
+            match self.reclaim(&self.scripts.reclaim, Some(LEASE)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(n, "jobs of a replica that stopped renewing them are queued again"),
+                Err(error) => tracing::debug!(%error, "cannot look for abandoned jobs"),
+            }
+        }
+    }
+
+    async fn reclaim(&self, script: &Script, idle: Option<Duration>) -> Result<i64, JobsError> {
+        let now = self.clock.now();
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&self.prefix).arg(&self.consumer);
+        if let Some(idle) = idle {
+            invocation.arg(millis(idle));
+        }
+        invocation.arg(now);
+        let n: i64 = self.redis.run(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
+        if n > 0 {
+            self.work.notify_one();
+        }
+        Ok(n)
+    }
+
+    pub async fn due_callback(&self) -> DueCallback {
+        loop {
+            let work = armed(&self.callback_work);
+            let script = &self.scripts.take_callback;
+            let now = self.clock.now();
+            let taken: Result<Option<(String, String, String)>, _> =
+                self.redis
+                    .run(|mut c| async move {
+                        script.arg(&self.prefix).arg(now).arg(millis(LEASE)).invoke_async(&mut c).await
+                    })
+                    .await;
+            match taken
+                .map_err(JobsError::from)
+                .and_then(|t| t.map(|(r, s, secret)| Ok((with_status(&r, &s)?, secret))).transpose())
+            {
+                Ok(Some((record, secret))) => {
+                    let secret = Some(secret).filter(|s| !s.is_empty()).map(SecretString::from);
+                    return DueCallback { record, secret };
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot read due callbacks from Redis"),
+            }
+            tokio::select! {
+                () = work => {}
+                () = self.clock.sleep_until(now + 250) => {}
+            }
+        }
+    }
+
+    pub async fn purge(&self, before: UnixMillis) -> Result<usize, JobsError> {
+        let script = &self.scripts.purge;
+        let n: usize = self
+            .redis
+            .run(|mut c| async move { script.arg(&self.prefix).arg(before).arg(1_000).invoke_async(&mut c).await })
+            .await?;
+        Ok(n)
+    }
+
+    pub async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
+        let counts = format!("{}counts", self.prefix);
+        let raw: HashMap<String, i64> =
+            self.redis.run(|mut c| async move { redis::cmd("HGETALL").arg(counts).query_async(&mut c).await }).await?;
+        Ok(raw.into_iter().filter_map(|(s, n)| Some((JobStatus::parse(&s)?, n.max(0) as u64))).collect())
+    }
+}
+
+fn optional(value: Option<UnixMillis>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn encode(record: &JobRecord) -> Result<String, JobsError> {
+    serde_json::to_string(record).map_err(|e| JobsError::Internal(e.to_string()))
+}
+
+/// The record as stored, with the status the hash says (a running job's record still says queued).
+fn with_status(record: &str, status: &str) -> Result<JobRecord, JobsError> {
+    let mut record: JobRecord =
+        serde_json::from_str(record).map_err(|e| JobsError::Internal(format!("unreadable job record: {e}")))?;
+    record.status = JobStatus::parse(status).unwrap_or(record.status);
+    Ok(record)
+}
+
+fn decode(record: &redis::Value, status: &redis::Value) -> Result<JobRecord, JobsError> {
+    let text = |value: &redis::Value| match value {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match (text(record), text(status)) {
+        (Some(record), Some(status)) => with_status(&record, &status),
+        _ => Err(JobsError::Internal("unexpected job record from Redis".into())),
+    }
+}

@@ -1,0 +1,191 @@
+//! A worker: takes the next due job, runs it through the gateway (one attempt; the queue decides when to try
+//! again), and records what the attempt came to. Callbacks go out from their own loop.
+
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use super::{Claimed, DueCallback, Jobs};
+use crate::crypto::webhook_signature::WebhookSecret;
+use crate::domain::jobs::{Attempt, CallbackState, JobError, JobStatus, parse_api};
+use crate::domain::llm::{Api, parse_request};
+use crate::domain::provider::Provider;
+use crate::domain::routing::Refusal;
+use crate::domain::user::UserId;
+use crate::services::callers::{CallerError, ContextError};
+use crate::services::gateway::{GatewayError, Retries};
+use crate::services::key_vault::VaultError;
+
+/// Callbacks in flight at once.
+const CALLBACKS_AT_ONCE: usize = 16;
+
+impl Jobs {
+    pub(super) async fn work(self: Arc<Self>) {
+        loop {
+            let claimed = dispatch!(self.claim());
+            self.run(claimed).await;
+        }
+    }
+
+    async fn run(&self, claimed: Claimed) {
+        let Claimed { mut record, request, lease, renewal } = claimed;
+        let attempt = match parse_api(&record.api) {
+            Some(api) => self.attempt(record.user, api, request).await,
+            None => {
+                Attempt::Fail { error: job_error("invalid_request", "The job names an API this version does not run.") }
+            }
+        };
+        let outcome = match &attempt {
+            Attempt::Succeeded { .. } => "succeeded",
+            Attempt::Retry { .. } => "retry",
+            Attempt::Pause { .. } => "paused",
+            Attempt::Fail { .. } => "failed",
+        };
+        crate::metrics::job_attempt(outcome);
+        record.settle(attempt, self.clock.now(), &self.config.retry, fastrand::f64());
+        let finished = dispatch!(self.finish(&record, lease.as_deref()));
+        drop(renewal);
+        match finished {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(job = %record.id, "job cancelled (or taken over) while it ran; its result is not kept");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(job = %record.id, %error, "cannot record a job's attempt; it will run again");
+                return;
+            }
+        }
+        tracing::info!(job = %record.id, user = %record.user, status = record.status.as_str(), attempts = record.attempts,
+            code = record.error.as_ref().map(|e| e.code.as_str()), "job attempt recorded");
+        if record.status == JobStatus::Failed && record.notify_on_failure {
+            self.gateway.notifier.job_failed(record.user, record.id, &record.model, record.error.as_ref()).await;
+        }
+    }
+
+    /// One call through the gateway, and what it means for the job.
+    async fn attempt(&self, user: UserId, api: Api, body: bytes::Bytes) -> Attempt {
+        let request = match parse_request(api, &body) {
+            Ok(request) => request,
+            Err(error) => return Attempt::Fail { error: job_error("invalid_request", &error.to_string()) },
+        };
+        match self.gateway.complete(user, api, &request, Retries::None).await {
+            Ok(completed) => {
+                let answer = serde_json::from_slice(&completed.body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&completed.body).into_owned()));
+                match completed.charged {
+                    Some((usage_id, cost)) => {
+                        Attempt::Succeeded { result: answer, source: completed.source, cost, usage_id }
+                    }
+                    None => Attempt::Fail {
+                        error: JobError {
+                            code: "provider_refused_request".into(),
+                            message: format!(
+                                "{} refused the request itself (HTTP {}); its answer is in provider_answer. \
+                                 Nothing was charged.",
+                                api.provider().display_name(),
+                                completed.status.as_u16()
+                            ),
+                            provider_status: Some(completed.status.as_u16()),
+                            provider_answer: Some(answer),
+                        },
+                    },
+                }
+            }
+            Err(error) => self.judge(user, api.provider(), error).await,
+        }
+    }
+
+    /// Whether a failed call is worth another attempt, waits for the user's key, or cannot succeed.
+    async fn judge(&self, user: UserId, provider: Provider, error: GatewayError) -> Attempt {
+        use GatewayError as G;
+        let asked = match &error {
+            G::RateLimited { retry_after } | G::ProviderRateLimited { retry_after, .. } => Some(Some(*retry_after)),
+            G::Unavailable { retry_after, .. } => Some(*retry_after),
+            G::Busy | G::Timeout(_) | G::CutOff(_) => Some(None),
+            G::Context(ContextError::Flags(_)) => Some(None),
+            G::Context(ContextError::Caller(CallerError::Directus(e))) if e.is_outage() => Some(None),
+            G::Vault(VaultError::Directus(e)) if e.is_outage() => Some(None),
+            _ => None,
+        };
+        let pause = match &error {
+            G::KeyInvalid(_) | G::KeyQuotaExhausted(_) => true,
+            // Routing refuses before calling once the key is marked: the job waits for the key all the same.
+            G::Refused(
+                Refusal::ByokKeyRequired { .. } | Refusal::NoCreditsOrKey { .. } | Refusal::InsufficientCredits { .. },
+            ) => self.key_blocked(user, provider).await,
+            _ => false,
+        };
+        let error = (self.describe)(error);
+        match (asked, pause) {
+            (_, true) => Attempt::Pause { error },
+            (Some(asked), false) => Attempt::Retry { error, asked },
+            (None, false) => Attempt::Fail { error },
+        }
+    }
+
+    /// Whether the user has a key for `provider` that the provider refused or found out of quota.
+    async fn key_blocked(&self, user: UserId, provider: Provider) -> bool {
+        use crate::domain::api_key::KeyStatus;
+        match self.gateway.callers.profile(user).await {
+            Ok(read) => {
+                read.profile.keys.iter().any(|k| {
+                    k.provider == provider && matches!(k.status, KeyStatus::Invalid | KeyStatus::QuotaExceeded)
+                })
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Sends due callbacks, a few at once, and records each outcome.
+    pub(super) async fn send_callbacks(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(CALLBACKS_AT_ONCE));
+        loop {
+            let due = dispatch!(self.due_callback());
+            let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+            let jobs = Arc::clone(&self);
+            tokio::spawn(async move {
+                jobs.send_callback(due).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn send_callback(&self, due: DueCallback) {
+        let DueCallback { mut record, secret } = due;
+        let secret = match secret.as_ref().map(|s| WebhookSecret::parse(s.expose_secret())) {
+            Some(Ok(secret)) => secret,
+            None if self.config.callback_secret.is_some() => {
+                self.config.callback_secret.clone().expect("checked just above")
+            }
+            _ => {
+                // Only if JOB_CALLBACK_SECRET was removed after the job was submitted without a secret of its own.
+                tracing::error!(job = %record.id, "a callback has no signing secret; it is not sent");
+                record.callback_abandoned("no signing secret is configured for this callback");
+                if let Err(error) = dispatch!(self.update(&record, record.status)) {
+                    tracing::warn!(job = %record.id, %error, "cannot record an abandoned callback");
+                }
+                return;
+            }
+        };
+        let outcome = self.callbacks.deliver(&record, &secret).await;
+        let expected = record.status;
+        record.callback_attempted(outcome, self.clock.now());
+        let state = record.callback.as_ref().map(|c| c.state);
+        let label = match state {
+            Some(CallbackState::Delivered) => "delivered",
+            Some(CallbackState::Failed) => "failed",
+            _ => "retry",
+        };
+        crate::metrics::job_callback(label);
+        tracing::info!(job = %record.id, outcome = label, "job callback sent");
+        if let Err(error) = dispatch!(self.update(&record, expected)) {
+            tracing::warn!(job = %record.id, %error, "cannot record a callback's outcome; it may be sent again");
+        }
+    }
+}
+
+fn job_error(code: &str, message: &str) -> JobError {
+    JobError { code: code.into(), message: message.into(), provider_status: None, provider_answer: None }
+}

@@ -1,0 +1,468 @@
+//! Durable jobs against wiremock providers and a wiremock Directus, on a clock the tests move: hours of
+//! retries run in moments, while sockets and providers run in real time.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use byok_bridge::clock::Clock;
+use byok_bridge::crypto::webhook_signature::{Delivery, WebhookSecret};
+use serde_json::{Value, json};
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, Request, ResponseTemplate};
+
+use crate::gateway::{CHAT_OK, byok_user, gateway_app_tweaked, hello, openai_answers};
+use crate::helpers::*;
+
+fn start_clock() -> Clock {
+    Clock::manual(time::OffsetDateTime::now_utc().unix_timestamp() * 1000)
+}
+
+async fn jobs_app(overrides: &[(&'static str, &str)], clock: &Clock) -> TestApp {
+    let mut all = vec![("JOB_CALLBACKS_ALLOW_PRIVATE", "true"), ("CIRCUIT_COOL_DOWN_SECS", "1")];
+    all.extend_from_slice(overrides);
+    let clock = clock.clone();
+    gateway_app_tweaked(&all, move |settings| settings.clock = clock).await
+}
+
+async fn submit(app: &TestApp, user: &str, body: Value) -> reqwest::Response {
+    app.http.post(app.url("/v1/jobs")).bearer_auth(token_for(user)).json(&body).send().await.unwrap()
+}
+
+fn chat_job(content: &str) -> Value {
+    let mut request = hello(false);
+    request["messages"][0]["content"] = json!(content);
+    json!({"api": "chat.completions", "request": request})
+}
+
+async fn job(app: &TestApp, user: &str, id: &str) -> Value {
+    let response = app.http.get(app.url(&format!("/v1/jobs/{id}"))).bearer_auth(token_for(user)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Polls the job until `done` says so; the bounded wait is the assertion.
+async fn wait_for_job(app: &TestApp, user: &str, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..1_000 {
+        let job = job(app, user, id).await;
+        if done(&job) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never got {what}: {}", job(app, user, id).await);
+}
+
+async fn submitted_id(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "queued");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+fn millis(rfc3339: &Value) -> i64 {
+    let at = time::OffsetDateTime::parse(rfc3339.as_str().unwrap(), &time::format_description::well_known::Rfc3339);
+    (at.unwrap().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// OpenAI down (503) while `down` is set, answering normally otherwise; counts the calls.
+fn flaky_openai(down: Arc<AtomicBool>, calls: Arc<AtomicUsize>) -> Mock {
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(move |_: &Request| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        if down.load(Ordering::SeqCst) {
+            ResponseTemplate::new(503).set_body_json(json!({"error": {"message": "overloaded"}}))
+        } else {
+            ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json")
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_job_survives_a_ten_minute_outage_and_completes_once_the_provider_is_back() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    let user = byok_user(&app, false).await;
+    let (down, calls) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
+    flaky_openai(Arc::clone(&down), Arc::clone(&calls)).mount(&app.providers).await;
+    let id = submitted_id(submit(&app, &user, chat_job("Hello")).await).await;
+    let started = clock.now();
+
+    // Ten minutes of outage, attempt after attempt: each failure puts the job back with a later time.
+    let mut attempts = 0;
+    let mut waits = Vec::new();
+    loop {
+        let job = wait_for_job(&app, &user, &id, "another attempt", |j| j["attempts"].as_u64() > Some(attempts)).await;
+        assert_eq!(job["status"], "queued", "{job}");
+        assert_eq!(job["error"]["code"], "ai_unavailable", "{job}");
+        attempts = job["attempts"].as_u64().unwrap();
+        let next = millis(&job["next_attempt_at"]);
+        assert!(next > clock.now(), "the next attempt is later: {job}");
+        waits.push(next - clock.now());
+        if next - started >= 10 * 60_000 {
+            // The provider is back before the next attempt.
+            down.store(false, Ordering::SeqCst);
+        }
+        clock.advance(Duration::from_millis((next - clock.now()) as u64));
+        if !down.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    assert!(attempts >= 6, "kept trying through the outage: {attempts} attempts");
+    assert!(waits.last() > waits.first(), "backed off: {waits:?}");
+
+    // The circuit opened during the outage and lets a probe through after its (real-time) cool-down: until
+    // then an attempt is put back without calling the provider.
+    let job = loop {
+        let job = wait_for_job(&app, &user, &id, "another attempt", |j| j["attempts"].as_u64() > Some(attempts)).await;
+        attempts = job["attempts"].as_u64().unwrap();
+        if job["status"] == "succeeded" {
+            break job;
+        }
+        assert_eq!(job["error"]["code"], "ai_unavailable", "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = millis(&job["next_attempt_at"]);
+        clock.advance(Duration::from_millis((next - clock.now()).max(0) as u64));
+    };
+    assert_eq!(job["result"]["choices"][0]["message"]["content"], "Hi!");
+    assert_eq!(job["source"], "byok");
+    assert_eq!(job["cost_cents"], 0.000345);
+    assert!(job["error"].is_null() && job["next_attempt_at"].is_null() && job["finished_at"].is_string());
+    let usage = wait_for_requests(&app.directus, "POST", "/items/api_key_usage", 1).await;
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0]["request_id"], job["usage_id"]);
+    assert!(calls.load(Ordering::SeqCst) as u64 <= attempts, "one provider call per attempt at most");
+}
+
+#[tokio::test]
+async fn a_quota_exhausted_key_pauses_the_users_jobs_notifies_once_and_a_working_key_resumes_them() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    let user = byok_user(&app, true).await;
+    let exhausted = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&exhausted);
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", format!("Bearer {OPENAI_KEY}").as_str()))
+        .respond_with(move |_: &Request| {
+            if flag.load(Ordering::SeqCst) {
+                let quota = json!({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}});
+                ResponseTemplate::new(429).set_body_json(quota)
+            } else {
+                ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json")
+            }
+        })
+        .mount(&app.providers)
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(submitted_id(submit(&app, &user, chat_job(&format!("job {n}"))).await).await);
+    }
+    for id in &ids {
+        let job = wait_for_job(&app, &user, id, "paused", |j| j["status"] == "paused").await;
+        assert_eq!(job["error"]["code"], "provider_quota_exhausted", "{job}");
+        assert!(job["next_attempt_at"].is_null());
+    }
+    let notifications = wait_for_requests(&app.directus, "POST", "/notifications", 1).await;
+    assert_eq!(notifications.len(), 1, "one incident, one notification: {notifications:?}");
+    assert!(notifications[0]["subject"].as_str().unwrap().contains("out of quota"));
+    clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(job(&app, &user, &ids[0]).await["status"], "paused", "paused jobs wait for the key, not the clock");
+
+    // The user adds credit and verifies the key: the provider accepts it, and the jobs run.
+    exhausted.store(false, Ordering::SeqCst);
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&app.providers)
+        .await;
+    let verified = app.http.post(app.url("/v1/keys/openai/verify")).bearer_auth(token_for(&user)).send().await.unwrap();
+    assert_eq!(verified.status(), 200);
+    for id in &ids {
+        let job = wait_for_job(&app, &user, id, "success", |j| j["status"] == "succeeded").await;
+        assert_eq!(job["attempts"], 2, "{job}");
+    }
+    assert_eq!(wait_for_requests(&app.directus, "POST", "/notifications", 1).await.len(), 1);
+}
+
+/// Callbacks an app received: the three Standard Webhooks headers and the body of each.
+type Received = Arc<Mutex<Vec<([String; 3], String)>>>;
+
+/// An app receiving callbacks, at the returned URL.
+async fn callback_receiver() -> (String, Received) {
+    let server = wiremock::MockServer::start().await;
+    let seen = Received::default();
+    let record = Arc::clone(&seen);
+    Mock::given(method("POST"))
+        .and(path("/hooks/jobs"))
+        .respond_with(move |request: &Request| {
+            let headers = ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                .map(|name| request.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned());
+            record.lock().unwrap().push((headers, String::from_utf8_lossy(&request.body).into_owned()));
+            ResponseTemplate::new(204)
+        })
+        .mount(&server)
+        .await;
+    let url = format!("{}/hooks/jobs", server.uri());
+    std::mem::forget(server);
+    (url, seen)
+}
+
+#[tokio::test]
+async fn the_completion_callback_is_signed_with_the_jobs_own_secret() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    let user = byok_user(&app, false).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    let (url, seen) = callback_receiver().await;
+    let mut body = chat_job("Hello");
+    body["callback_url"] = json!(url);
+    body["metadata"] = json!({"note": 42});
+    let response = submit(&app, &user, body).await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let secret = WebhookSecret::parse(answer["callback_secret"].as_str().unwrap()).unwrap();
+
+    let job = wait_for_job(&app, &user, &id, "a delivered callback", |j| j["callback"]["state"] == "delivered").await;
+    assert_eq!(job["callback"]["attempts"], 1);
+    let deliveries = seen.lock().unwrap().clone();
+    assert_eq!(deliveries.len(), 1);
+    let ([webhook_id, timestamp, signature], payload) = &deliveries[0];
+    let delivery = Delivery {
+        id: Some(webhook_id),
+        timestamp: Some(timestamp),
+        signature: Some(signature),
+        body: payload.as_bytes(),
+    };
+    secret.verify(&delivery, now()).expect("the callback verifies with the job's secret");
+    let other = WebhookSecret::parse(WEBHOOK_SECRET).unwrap();
+    assert!(other.verify(&delivery, now()).is_err(), "and with no other");
+    let payload: Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(payload["type"], "job.succeeded");
+    assert_eq!(payload["data"]["id"], id.as_str());
+    assert_eq!(payload["data"]["metadata"], json!({"note": 42}));
+    assert_eq!(payload["data"]["result"]["choices"][0]["message"]["content"], "Hi!");
+    assert!(!payload.to_string().contains(&user), "the payload carries no user id");
+    let shown = job.to_string();
+    assert!(!shown.contains("whsec_"), "the secret is shown once, at submit");
+}
+
+#[tokio::test]
+async fn a_failing_callback_is_retried_with_backoff() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    let user = byok_user(&app, false).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    let receiver = wiremock::MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(500)).up_to_n_times(2).mount(&receiver).await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&receiver).await;
+    let mut body = chat_job("Hello");
+    body["callback_url"] = json!(format!("{}/hook", receiver.uri()));
+    let id = submitted_id(submit(&app, &user, body).await).await;
+    let job = wait_for_job(&app, &user, &id, "a failed delivery", |j| j["callback"]["attempts"] == 1).await;
+    assert_eq!(job["callback"]["state"], "pending");
+    assert_eq!(job["callback"]["last_error"], "the app answered HTTP 500");
+    clock.advance(Duration::from_secs(5));
+    wait_for_job(&app, &user, &id, "a second failure", |j| j["callback"]["attempts"] == 2).await;
+    clock.advance(Duration::from_secs(30));
+    let job = wait_for_job(&app, &user, &id, "delivery", |j| j["callback"]["state"] == "delivered").await;
+    assert_eq!(job["callback"]["attempts"], 3);
+    assert_eq!(receiver.received_requests().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_makes_no_second_job() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    let user = byok_user(&app, false).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+    let send = |body: Value| {
+        app.http
+            .post(app.url("/v1/jobs"))
+            .bearer_auth(token_for(&user))
+            .header("idempotency-key", "order-7781")
+            .json(&body)
+            .send()
+    };
+    let first = send(chat_job("Hello")).await.unwrap();
+    let first_id = submitted_id(first).await;
+    let again = send(chat_job("Hello")).await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first_id.as_str());
+    wait_for_job(&app, &user, &first_id, "success", |j| j["status"] == "succeeded").await;
+    let jobs: Value =
+        app.http.get(app.url("/v1/jobs")).bearer_auth(token_for(&user)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+
+    let mut other = chat_job("Hello");
+    other["request"]["model"] = json!("gpt-4o");
+    let reused = send(other).await.unwrap();
+    assert_eq!(reused.status(), 422);
+    assert_eq!(error_code(reused).await, "idempotency_key_reused");
+    // Another user's same key is their own.
+    let someone = byok_user(&app, false).await;
+    let theirs = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .bearer_auth(token_for(&someone))
+        .header("idempotency-key", "order-7781")
+        .json(&chat_job("Hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(submitted_id(theirs).await, first_id);
+}
+
+#[tokio::test]
+async fn one_users_thousand_jobs_do_not_delay_another_users_job() {
+    let clock = start_clock();
+    let app = jobs_app(&[("JOB_WORKERS", "8"), ("JOB_PER_USER_CONCURRENCY", "2")], &clock).await;
+    let busy = byok_user(&app, false).await;
+    let other = byok_user(&app, false).await;
+    let arrivals: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&arrivals);
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(move |request: &Request| {
+            let body: Value = serde_json::from_slice(&request.body).unwrap();
+            seen.lock().unwrap().push(body["messages"][0]["content"].as_str().unwrap().to_owned());
+            ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json").set_delay(Duration::from_millis(20))
+        })
+        .mount(&app.providers)
+        .await;
+    for n in 0..1_000 {
+        submitted_id(submit(&app, &busy, chat_job(&format!("busy {n}"))).await).await;
+    }
+    let before = arrivals.lock().unwrap().len();
+    let id = submitted_id(submit(&app, &other, chat_job("other")).await).await;
+    wait_for_job(&app, &other, &id, "success", |j| j["status"] == "succeeded").await;
+    let arrivals = arrivals.lock().unwrap().clone();
+    let position = arrivals.iter().position(|a| a == "other").unwrap();
+    assert!(position <= before + 2, "the other user's job went ahead of the backlog: {position} after {before}");
+    assert!(arrivals.len() < 900, "the busy user's backlog was still there: {}", arrivals.len());
+}
+
+#[tokio::test]
+async fn requests_that_cannot_succeed_fail_at_once_with_the_gateways_code() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    let user = byok_user(&app, false).await;
+    let refused = json!({"error": {"message": "The model `gpt-9` does not exist", "type": "invalid_request_error"}});
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(404).set_body_json(refused.clone())).mount(&app.providers).await;
+    let id = submitted_id(submit(&app, &user, chat_job("Hello")).await).await;
+    let job = wait_for_job(&app, &user, &id, "failure", |j| j["status"] == "failed").await;
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["error"]["code"], "provider_refused_request");
+    assert_eq!(job["error"]["provider_status"], 404);
+    assert_eq!(job["error"]["provider_answer"], refused);
+
+    // A free user without credits or key.
+    mount_flags(&app.directus, true, false, false).await;
+    let broke = new_user_id();
+    mount_user(&app.directus, &broke, FakeUser { tier: "free", grants: 0, ..Default::default() }).await;
+    let id = submitted_id(submit(&app, &broke, chat_job("Hello")).await).await;
+    let job = wait_for_job(&app, &broke, &id, "failure", |j| j["status"] == "failed").await;
+    assert_eq!(job["error"]["code"], "insufficient_credits", "{job}");
+
+    // Retried by the user: queued again, and failing again.
+    let retried =
+        app.http.post(app.url(&format!("/v1/jobs/{id}/retry"))).bearer_auth(token_for(&broke)).send().await.unwrap();
+    assert_eq!(retried.status(), 200);
+    let job = wait_for_job(&app, &broke, &id, "a second failure", |j| j["attempts"] == 2).await;
+    assert_eq!(job["status"], "failed");
+}
+
+#[tokio::test]
+async fn bad_submissions_are_refused_and_users_see_only_their_own_jobs() {
+    let clock = start_clock();
+    let app = gateway_app_tweaked(&[("JOB_WORKERS", "0")], {
+        let clock = clock.clone();
+        move |settings| settings.clock = clock
+    })
+    .await;
+    let user = byok_user(&app, false).await;
+    let code = |response: reqwest::Response, status: u16| async move {
+        assert_eq!(response.status(), status);
+        error_code(response).await
+    };
+    let mut streaming = chat_job("Hello");
+    streaming["request"]["stream"] = json!(true);
+    assert_eq!(code(submit(&app, &user, streaming).await, 422).await, "streaming_not_supported");
+    assert_eq!(
+        code(submit(&app, &user, json!({"api": "completions", "request": {}})).await, 400).await,
+        "invalid_request"
+    );
+    assert_eq!(
+        code(submit(&app, &user, json!({"api": "messages", "request": {"model": 3}})).await, 400).await,
+        "invalid_request"
+    );
+    for internal in
+        ["http://127.0.0.1:9/x", "http://169.254.169.254/latest", "http://localhost/x", "ftp://example.com/"]
+    {
+        let mut body = chat_job("Hello");
+        body["callback_url"] = json!(internal);
+        assert_eq!(code(submit(&app, &user, body).await, 422).await, "invalid_callback_url", "{internal}");
+    }
+    let mut body = chat_job("Hello");
+    body["metadata"] = json!("not an object");
+    assert_eq!(code(submit(&app, &user, body).await, 422).await, "invalid_metadata");
+    let response = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .bearer_auth(token_for(&user))
+        .header("idempotency-key", "")
+        .json(&chat_job("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(response, 400).await, "invalid_idempotency_key");
+    let unauthenticated = app.http.post(app.url("/v1/jobs")).json(&chat_job("x")).send().await.unwrap();
+    assert_eq!(code(unauthenticated, 401).await, "unauthorized");
+
+    let id = submitted_id(submit(&app, &user, chat_job("mine")).await).await;
+    let stranger = byok_user(&app, false).await;
+    for request in [
+        app.http.get(app.url(&format!("/v1/jobs/{id}"))),
+        app.http.delete(app.url(&format!("/v1/jobs/{id}"))),
+        app.http.post(app.url(&format!("/v1/jobs/{id}/retry"))),
+        app.http.get(app.url("/v1/jobs/not-a-uuid")),
+    ] {
+        let response = request.bearer_auth(token_for(&stranger)).send().await.unwrap();
+        assert_eq!(code(response, 404).await, "job_not_found");
+    }
+    let theirs: Value =
+        app.http.get(app.url("/v1/jobs")).bearer_auth(token_for(&stranger)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(theirs["jobs"], json!([]));
+
+    // No workers run here: the job waits, can be listed by status, cancelled once, and not retried.
+    let queued: Value = app
+        .http
+        .get(app.url("/v1/jobs?status=queued"))
+        .bearer_auth(token_for(&user))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queued["jobs"][0]["id"], id.as_str());
+    let response = app.http.get(app.url("/v1/jobs?status=done")).bearer_auth(token_for(&user)).send().await.unwrap();
+    assert_eq!(code(response, 400).await, "invalid_request");
+    let retry =
+        app.http.post(app.url(&format!("/v1/jobs/{id}/retry"))).bearer_auth(token_for(&user)).send().await.unwrap();
+    assert_eq!(code(retry, 409).await, "job_not_retryable");
+    let cancel = || app.http.delete(app.url(&format!("/v1/jobs/{id}"))).bearer_auth(token_for(&user)).send();
+    let cancelled: Value = cancel().await.unwrap().json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(code(cancel().await.unwrap(), 409).await, "job_finished");
+}
