@@ -28,7 +28,7 @@ node --test hooks/byok-bridge/test/ hooks/byok-bridge-flows/test/ hooks/byok-bri
 step "Python venv: the official OpenAI and Anthropic SDKs, an SMTP sink, an OpenAPI validator (cached)"
 requirements_hash="$(sha256sum tests/sdk/requirements.txt | cut -c1-16)"
 venv="${BYOK_CACHE_DIR:-${HOME}/.cache/byok-bridge}/sdk-venv-${requirements_hash}"
-if [[ ! -x "${venv}/bin/python" ]] || ! "${venv}/bin/python" -c 'import openai, anthropic, pytest, aiosmtpd, openapi_spec_validator' 2>/dev/null; then
+if [[ ! -x "${venv}/bin/python" ]] || ! "${venv}/bin/python" -c 'import openai, anthropic, pytest, aiosmtpd, openapi_spec_validator, standardwebhooks' 2>/dev/null; then
 	rm -rf "${venv}"
 	python3 -m venv "${venv}"
 	"${venv}/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt

@@ -9,6 +9,7 @@ mod fakes;
 mod flows;
 mod gateway;
 mod harness;
+mod jobs;
 mod monitoring;
 mod outage;
 mod routing;

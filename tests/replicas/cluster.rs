@@ -14,7 +14,7 @@ use byok_bridge::accounting::Outbox;
 use byok_bridge::store::Store;
 use serde_json::{Value, json};
 use tokio::process::Command;
-use wiremock::matchers::{header, method, path};
+use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::fakes::{GOOD_KEY, mount_expensive_gpt4o, mount_fakes};
@@ -206,6 +206,20 @@ fn start_fake_provider() {
                 mount_expensive_gpt4o(&server).await;
                 Mock::given(method("POST"))
                     .and(path("/v1/chat/completions"))
+                    .and(body_partial_json(json!({"user": JOBS_MARK})))
+                    .respond_with(|request: &wiremock::Request| {
+                        let body: Value = serde_json::from_slice(&request.body).unwrap();
+                        let job = body["messages"][0]["content"].as_str().unwrap_or_default().to_owned();
+                        *job_calls().lock().unwrap().entry(job).or_default() += 1;
+                        ResponseTemplate::new(200)
+                            .set_body_raw(crate::fakes::CHAT_OK, "application/json")
+                            .set_delay(Duration::from_millis(20))
+                    })
+                    .with_priority(1)
+                    .mount(&server)
+                    .await;
+                Mock::given(method("POST"))
+                    .and(path("/v1/chat/completions"))
                     .and(header("authorization", format!("Bearer {SLOWLY_REVOKED_KEY}").as_str()))
                     .respond_with(
                         ResponseTemplate::new(401)
@@ -222,6 +236,15 @@ fn start_fake_provider() {
         });
         started.recv().unwrap();
     });
+}
+
+/// Job calls carry this as OpenAI's `user` field, and their job's name as the prompt: the fake counts calls
+/// per job.
+const JOBS_MARK: &str = "cluster-jobs";
+
+fn job_calls() -> &'static std::sync::Mutex<HashMap<String, usize>> {
+    static CALLS: OnceLock<std::sync::Mutex<HashMap<String, usize>>> = OnceLock::new();
+    CALLS.get_or_init(Default::default)
 }
 
 fn cheap_call() -> Value {
@@ -422,6 +445,85 @@ async fn a_replica_killed_mid_load_loses_no_record_once_it_restarts_on_its_store
     assert!(settled.len() >= 300, "only {} calls answered a second before the kill", settled.len());
     let missing: Vec<_> = settled.iter().filter(|id| !committed.contains(**id)).collect();
     assert!(missing.is_empty(), "answered but lost: {missing:?}");
+}
+
+#[tokio::test]
+async fn a_thousand_jobs_over_both_replicas_each_finish_once_though_one_replica_is_killed_mid_run() {
+    let _serial = serial().await;
+    let cluster = Cluster::get().await;
+    let (user, token) = cluster.instance.new_user(&cluster.http, "premium", "100").await;
+    cluster.save_key(Replica::A, &token, GOOD_KEY).await;
+    let (cluster_ref, token_ref, user_ref) = (&cluster, &token, &user);
+    let submit = |n: usize| {
+        let (cluster, token, user) = (cluster_ref, token_ref, user_ref);
+        async move {
+            let body = json!({"api": "chat.completions", "request": {"model": "gpt-4o-mini", "user": JOBS_MARK,
+                "messages": [{"role": "user", "content": format!("{user}-{n}")}]}});
+            let response = cluster
+                .http
+                .post(cluster.url(Replica::alternate(n), "/v1/jobs"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut ids = Vec::new();
+    for chunk in (0..1_000).collect::<Vec<_>>().chunks(50) {
+        ids.extend(futures_util::future::join_all(chunk.iter().map(|n| submit(*n))).await);
+    }
+    let calls_for_user = || job_calls().lock().unwrap().iter().filter(|(k, _)| k.starts_with(&user)).count();
+    while calls_for_user() < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // b dies mid-run, holding jobs: a takes them over when their leases lapse.
+    cluster.script("cluster-sidecar.sh", &["b", "kill"]).await;
+
+    let started = Instant::now();
+    let mut usage_ids = HashSet::new();
+    for id in &ids {
+        loop {
+            let job: Value = cluster
+                .http
+                .get(cluster.url(Replica::A, &format!("/v1/jobs/{id}")))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if job["status"] == "succeeded" {
+                assert!(usage_ids.insert(job["usage_id"].as_str().unwrap().to_owned()), "one result per job");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "job {id} never finished: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    cluster.script("cluster-sidecar.sh", &["b", "start"]).await;
+
+    let calls: HashMap<String, usize> = job_calls()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with(&user))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(calls.len(), 1_000, "every job reached the provider");
+    let again = calls.values().filter(|n| **n > 1).count();
+    // Only calls in flight on b when it died ran again: at most the per-user cap (4) of them, never more.
+    assert!(again <= 4 && calls.values().all(|n| *n <= 2), "{again} jobs called twice: {calls:?}");
+    let rows = cluster
+        .instance
+        .wait_for_rows(&cluster.http, "/items/api_key_usage", &[("filter[user][_eq]", &user)], 1_000)
+        .await;
+    let recorded: HashSet<&str> = rows.iter().filter_map(|r| r["request_id"].as_str()).collect();
+    assert!(usage_ids.iter().all(|u| recorded.contains(u.as_str())), "every result is accounted in Directus");
+    assert!(rows.len() <= 1_000 + again, "{} usage rows for 1,000 jobs", rows.len());
 }
 
 #[tokio::test]

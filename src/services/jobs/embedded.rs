@@ -197,13 +197,15 @@ impl EmbeddedJobs {
     /// it meanwhile. Whether it was written.
     pub async fn finish(&self, record: &JobRecord, _lease: Option<&str>) -> Result<bool, JobsError> {
         let written = self.write(record, JobStatus::Running).await;
-        let mut schedule = sync::lock(&self.schedule);
-        schedule.done(record.user, record.id);
-        if let (Ok(true), JobStatus::Queued, Some(at)) = (&written, record.status, record.next_attempt_at) {
-            schedule.push(record.user, record.id, at);
-            drop(schedule);
-            self.work.notify_waiters();
+        {
+            let mut schedule = sync::lock(&self.schedule);
+            schedule.done(record.user, record.id);
+            if let (Ok(true), JobStatus::Queued, Some(at)) = (&written, record.status, record.next_attempt_at) {
+                schedule.push(record.user, record.id, at);
+            }
         }
+        // The user's slot is free again (and the job may be due again): one waiting worker looks.
+        self.work.notify_one();
         written
     }
 

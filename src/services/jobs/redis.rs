@@ -485,7 +485,10 @@ impl RedisJobs {
 
     pub async fn finish(&self, record: &JobRecord, lease: Option<&str>) -> Result<bool, JobsError> {
         let entry = lease.ok_or_else(|| JobsError::Internal("a Redis job finished without its entry".into()))?;
-        self.write(&self.scripts.finish, record, entry).await
+        let written = self.write(&self.scripts.finish, record, entry).await;
+        // The user's slot is free again: the fetcher looks at once.
+        self.work.notify_one();
+        written
     }
 
     /// Writes `record` with `script` ([`UPDATE`] or [`FINISH`]), guarded by `guard` (the expected status, or

@@ -109,15 +109,16 @@ impl Jobs {
             G::Vault(VaultError::Directus(e)) if e.is_outage() => Some(None),
             _ => None,
         };
-        let pause = match &error {
-            G::KeyInvalid(_) | G::KeyQuotaExhausted(_) => true,
+        let blocked = match &error {
+            G::KeyInvalid(_) | G::KeyQuotaExhausted(_) => None,
             // Routing refuses before calling once the key is marked: the job waits for the key all the same.
             G::Refused(
                 Refusal::ByokKeyRequired { .. } | Refusal::NoCreditsOrKey { .. } | Refusal::InsufficientCredits { .. },
-            ) => self.key_blocked(user, provider).await,
-            _ => false,
+            ) => self.blocking_key(user, provider).await,
+            _ => None,
         };
-        let error = (self.describe)(error);
+        let pause = blocked.is_some() || matches!(error, G::KeyInvalid(_) | G::KeyQuotaExhausted(_));
+        let error = (self.describe)(blocked.unwrap_or(error));
         match (asked, pause) {
             (_, true) => Attempt::Pause { error },
             (Some(asked), false) => Attempt::Retry { error, asked },
@@ -125,17 +126,15 @@ impl Jobs {
         }
     }
 
-    /// Whether the user has a key for `provider` that the provider refused or found out of quota.
-    async fn key_blocked(&self, user: UserId, provider: Provider) -> bool {
+    /// The problem of the user's key for `provider`, if the provider refused it or found it out of quota.
+    async fn blocking_key(&self, user: UserId, provider: Provider) -> Option<GatewayError> {
         use crate::domain::api_key::KeyStatus;
-        match self.gateway.callers.profile(user).await {
-            Ok(read) => {
-                read.profile.keys.iter().any(|k| {
-                    k.provider == provider && matches!(k.status, KeyStatus::Invalid | KeyStatus::QuotaExceeded)
-                })
-            }
-            Err(_) => false,
-        }
+        let read = self.gateway.callers.profile(user).await.ok()?;
+        read.profile.keys.iter().filter(|k| k.provider == provider).find_map(|k| match k.status {
+            KeyStatus::Invalid => Some(GatewayError::KeyInvalid(provider)),
+            KeyStatus::QuotaExceeded => Some(GatewayError::KeyQuotaExhausted(provider)),
+            _ => None,
+        })
     }
 
     /// Sends due callbacks, a few at once, and records each outcome.
