@@ -11,16 +11,19 @@
 #  6. Two replicas on PostgreSQL and Redis (scripts/cluster-up.sh, release binary): flag propagation to both;
 #     then a BENCH_LOAD_SECONDS load at BENCH_CONNECTIONS through replica a with Directus up, and its backlog
 #     drained.
+#  7. Durable jobs (embedded store): BENCH_JOBS (100,000) submitted to a replica without workers (the submit
+#     rate, and RSS and store size with all of them waiting), then the replica restarted with workers on the
+#     same store and the queue drained against the fake OpenAI (jobs per second).
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
-#   BENCH_LOAD_SECONDS=0 leaves out 6b and 6c
+#   BENCH_LOAD_SECONDS=0 leaves out 6b and 6c; BENCH_JOBS sets section 7's queue length
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${BENCH_SECONDS:-10}"
 connections="${BENCH_CONNECTIONS:-32}"
 load_seconds="${BENCH_LOAD_SECONDS:-60}"
-want() { [[ ",${BENCH_SECTIONS:-1,2,3,4,5,6}," == *",$1,"* ]]; }
+want() { [[ ",${BENCH_SECTIONS:-1,2,3,4,5,6,7}," == *",$1,"* ]]; }
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
@@ -35,7 +38,7 @@ fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
 step "release build"
-cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example bare_proxy --bench flag_flip --bench vault --bench reservations 2>&1 | tail -n 1 >&2
+cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example bare_proxy --example submit_jobs --bench flag_flip --bench vault --bench reservations 2>&1 | tail -n 1 >&2
 scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-bench.XXXXXX")"
@@ -232,7 +235,7 @@ kill "${pids[0]}" 2>/dev/null || true
 scripts/directus-down.sh "${work}/directus" >/dev/null
 fi
 
-want 6 || exit 0
+if want 6; then
 step "6. two replicas on PostgreSQL and Redis (scripts/cluster-up.sh, release binary)"
 chmod 711 "${work}"
 cluster_env="$(scripts/cluster-up.sh --dir "${work}/cluster" --sidecar-bin target/release/byok-bridge \
@@ -245,7 +248,7 @@ step "6a. flag propagation to both replicas (the hook tells a, a tells b through
 BYOK_E2E_INSTANCE="${cluster_env}" BYOK_E2E_SIDECAR_ADDR="$(cget SIDECAR_A_ADDR),$(cget SIDECAR_B_ADDR)" \
 	cargo bench --locked --features e2e --bench flag_flip 2>"${work}/flag_flip.err" ||
 	{ cat "${work}/flag_flip.err" >&2; exit 1; }
-((load_seconds > 0)) || exit 0
+if ((load_seconds > 0)); then
 step "6b. ${load_seconds} s of calls at ${connections} connections through replica a, Directus (PostgreSQL) up"
 cluster_token="$(curl -fsS "$(cget DIRECTUS_URL)/auth/login" -H 'content-type: application/json' \
 	-d "{\"email\":\"$(cget FREE_USER_EMAIL)\",\"password\":\"$(cget FREE_USER_PASSWORD)\"}" |
@@ -257,3 +260,65 @@ BENCH_TOKEN="${cluster_token}" wrk -t1 -c"${connections}" -d"${load_seconds}s" -
 	"$(cget SIDECAR_A_URL)/v1/chat/completions" | summarize
 step "6c. delivery into Directus on PostgreSQL: what was left when the load ended"
 drain "$(cget SIDECAR_A_ADDR)"
+fi
+scripts/cluster-down.sh "${work}/cluster" >/dev/null 2>&1 || true
+fi
+
+want 7 || exit 0
+jobs_total="${BENCH_JOBS:-100000}"
+step "7. durable jobs: ${jobs_total} submitted and waiting, then drained by one replica"
+curl -fsS "$(get DIRECTUS_URL)/server/ping" >/dev/null 2>&1 || scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
+curl -fsS -o /dev/null "$(get DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(get DIRECTUS_ADMIN_TOKEN)" \
+	-H 'content-type: application/json' \
+	-d "{\"user\":\"$(get FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
+jobs_port="$(free_port)"
+# One user's jobs, so the per-user cap is raised to the worker count; caller and flags cached for the run.
+start_jobs_sidecar() {
+	env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${jobs_port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
+		DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
+		WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=warn DATA_DIR="${work}/jobs-data" \
+		OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
+		RATE_LIMIT_FREE_PER_MIN=10000000 USER_CACHE_TTL_SECS=300 FLAG_CACHE_TTL_SECS=3600 \
+		JOB_WORKERS="$1" JOB_PER_USER_CONCURRENCY=64 target/release/byok-bridge >>"${work}/jobs-sidecar.log" 2>&1 &
+	jobs_pid="$!"
+	pids+=("${jobs_pid}")
+	for _ in $(seq 1 600); do
+		curl -fsS "http://127.0.0.1:${jobs_port}/readyz" >/dev/null 2>&1 && return
+		sleep 0.05
+	done
+	tail -n 20 "${work}/jobs-sidecar.log" >&2
+	echo "the jobs sidecar did not start" >&2
+	exit 1
+}
+succeeded() {
+	curl -fsS "http://127.0.0.1:${jobs_port}/metrics" |
+		awk '/^byok_job_attempts_total\{outcome="succeeded"\}/ { print $2; found = 1 } END { if (!found) print 0 }'
+}
+start_jobs_sidecar 0
+step "7a. submitting ${jobs_total} jobs (${connections} at a time; no workers run)"
+URL="http://127.0.0.1:${jobs_port}/v1/jobs" TOKEN="${free_token}" JOBS="${jobs_total}" CONCURRENCY="${connections}" \
+	target/release/examples/submit_jobs
+rss_kb="$(ps -o rss= -p "${jobs_pid}" | tr -d ' ')"
+store_kb="$(du -sk "${work}/jobs-data" | cut -f1)"
+step "7b. with the jobs waiting: RSS $((rss_kb / 1024)) MiB, store $((store_kb / 1024)) MiB on disk"
+kill "${jobs_pid}"
+wait "${jobs_pid}" 2>/dev/null || true
+step "7c. the replica started again on the same store with 32 workers: draining (Directus stopped once the caller is cached)"
+start_jobs_sidecar 32
+until (( $(succeeded | cut -d. -f1) > 0 )); do sleep 0.1; done
+scripts/directus-down.sh "${work}/directus" >/dev/null
+python3 - "${jobs_port}" "${jobs_total}" <<'PY'
+import re, sys, time, urllib.request
+port, total = sys.argv[1], int(sys.argv[2])
+def done():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    match = re.search(r'^byok_job_attempts_total\{outcome="succeeded"\} (\S+)', text, re.M)
+    return int(float(match.group(1))) if match else 0
+start, n0 = time.monotonic(), done()
+while done() < total and time.monotonic() - start < 600:
+    time.sleep(0.2)
+n, t = done(), time.monotonic() - start
+print(f"   {n - n0} jobs drained in {t:.1f} s: {(n - n0) / t:.0f} jobs/s ({n} of {total} done)")
+PY
+rss_kb="$(ps -o rss= -p "${jobs_pid}" | tr -d ' ')"
+step "7d. RSS after the drain: $((rss_kb / 1024)) MiB"

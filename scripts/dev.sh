@@ -72,6 +72,9 @@ Try it (in another terminal):
       -H 'content-type: application/json' -d '{"provider":"openai"}'
   curl -s http://127.0.0.1:${sidecar_port}/v1/chat/completions -H "Authorization: Bearer \$TOKEN" \\
       -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}'
+  curl -s http://127.0.0.1:${sidecar_port}/v1/jobs -H "Authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
+      -d '{"api":"chat.completions","request":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}}'
+  curl -s http://127.0.0.1:${sidecar_port}/v1/jobs -H "Authorization: Bearer \$TOKEN"   (queued in the background)
   curl -s http://127.0.0.1:${sidecar_port}/v1/usage -H "Authorization: Bearer \$TOKEN"
   curl -s http://127.0.0.1:${sidecar_port}/v1/flags -H "Authorization: Bearer \$(cat .dev/operator.token)"
 

@@ -585,6 +585,27 @@ mod tests {
         assert_eq!(s.flag_cache_ttl, Duration::from_secs(300));
         assert!(s.keyring.is_none());
         assert_eq!(s.openai_base_url.as_str(), "https://api.openai.com/v1");
+        assert_eq!((s.jobs.workers, s.jobs.per_user_cap), (32, 4));
+        assert_eq!(s.jobs.retry.give_up_after, Duration::from_secs(24 * 3600));
+        assert!(s.jobs.callback_secret.is_none() && !s.jobs.allow_internal_callbacks);
+    }
+
+    #[test]
+    fn job_settings_are_checked_and_named() {
+        let mut vars = base();
+        vars.insert("JOB_WORKERS", "8".to_owned());
+        vars.insert("JOB_RETRY_HOURS", "48".to_owned());
+        vars.insert("JOB_CALLBACKS_ALLOW_PRIVATE", "true".to_owned());
+        let s = parse(&vars).unwrap();
+        assert_eq!((s.jobs.workers, s.jobs.retry.give_up_after), (8, Duration::from_secs(48 * 3600)));
+        assert!(s.jobs.allow_internal_callbacks);
+        vars.insert("JOB_RETRY_HOURS", "0".to_owned());
+        vars.insert("JOB_CALLBACK_SECRET", "not-a-whsec".to_owned());
+        vars.insert("JOB_CALLBACKS_ALLOW_PRIVATE", "maybe".to_owned());
+        let problems = parse(&vars).unwrap_err().0;
+        let named: Vec<_> = problems.iter().map(|p| p.var).collect();
+        assert_eq!(named, ["JOB_RETRY_HOURS", "JOB_CALLBACK_SECRET", "JOB_CALLBACKS_ALLOW_PRIVATE"], "{problems:?}");
+        assert!(problems.iter().all(|p| !p.to_string().contains("not-a-whsec")));
     }
 
     #[test]
@@ -704,10 +725,18 @@ mod tests {
         let mut vars = base();
         vars.insert("ENCRYPTION_KEY", KEY_HEX.to_owned());
         vars.insert("OPERATOR_TOKEN", "operator-token-value".to_owned());
+        let callbacks = "whsec_Y2FsbGJhY2stc2VjcmV0LWZvci1qb2JzLTAxMjM0NQ==";
+        vars.insert("JOB_CALLBACK_SECRET", callbacks.to_owned());
         let debug = format!("{:?}", parse(&vars).unwrap());
-        for secret in
-            ["service-token-value", "operator-token-value", "directus-secret-value", WHSEC, &WHSEC[6..], KEY_HEX]
-        {
+        for secret in [
+            "service-token-value",
+            "operator-token-value",
+            "directus-secret-value",
+            WHSEC,
+            &WHSEC[6..],
+            KEY_HEX,
+            &callbacks[6..],
+        ] {
             assert!(!debug.contains(secret), "{secret} leaked in {debug}");
         }
     }

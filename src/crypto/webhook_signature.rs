@@ -6,7 +6,7 @@ use std::fmt;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -48,6 +48,14 @@ impl WebhookSecret {
         mac.update(b".");
         mac.update(body);
         mac.finalize().into_bytes().into()
+    }
+
+    /// A secret both ends derive from a credential they already share: `whsec_` + base64(HMAC-SHA256(credential,
+    /// purpose)). The Directus Flows bundle checks job callbacks with the one derived from the Flows credential.
+    pub fn derived(credential: &str, purpose: &str) -> SecretString {
+        let mut mac = Hmac::<Sha256>::new_from_slice(credential.as_bytes()).expect("HMAC takes keys of any length");
+        mac.update(purpose.as_bytes());
+        SecretString::from(format!("{PREFIX}{}", STANDARD.encode(mac.finalize().into_bytes())))
     }
 
     /// The `webhook-signature` value for a delivery; what the Directus hook computes, used by tests and tools.
@@ -123,6 +131,15 @@ pub enum SignatureError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_secrets_match_the_flows_bundles_derivation() {
+        // The vector the Flows bundle's node test checks too.
+        let derived =
+            WebhookSecret::derived("flows-token-0123456789abcdef0123456789", "byok-bridge flow job callbacks");
+        assert_eq!(derived.expose_secret(), "whsec_z6pOJFoVCq8Ne3MGwXY3GSKhuXygtdyVw4W2OT4M/y8=");
+        assert!(WebhookSecret::parse(derived.expose_secret()).is_ok());
+    }
 
     // The example from the Standard Webhooks specification's test vectors.
     const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -195,6 +195,9 @@ pub struct Callback {
     /// What the last failed delivery got (a status or a network error), never the app's answer body.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Configured by the operator (Directus's own endpoint for Flows), not chosen by a user: may be internal.
+    #[serde(default)]
+    pub trusted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -322,13 +325,8 @@ impl JobRecord {
         self.give_up_at = now.saturating_add(millis(policy.give_up_after));
         self.finished_at = None;
         if let Some(callback) = &mut self.callback {
-            *callback = Callback {
-                url: callback.url.clone(),
-                state: CallbackState::Waiting,
-                attempts: 0,
-                next_attempt_at: None,
-                last_error: None,
-            };
+            callback.state = CallbackState::Waiting;
+            (callback.attempts, callback.next_attempt_at, callback.last_error) = (0, None, None);
         }
     }
 

@@ -20,8 +20,13 @@ use crate::services::sessions::SessionError;
 #[derive(Debug, Clone, Copy)]
 pub struct AuthenticatedUser(pub UserId);
 
-/// What a Flow may call on a user's behalf: a routing decision and the gateway, nothing about keys or accounts.
-const FLOW_ROUTES: [&str; 3] = ["/v1/route", "/v1/chat/completions", "/v1/messages"];
+/// What a Flow may call on a user's behalf (all `POST`): a routing decision, the gateway and queueing a job,
+/// nothing about keys, accounts or the user's other jobs.
+const FLOW_ROUTES: [&str; 4] = ["/v1/route", "/v1/chat/completions", "/v1/messages", "/v1/jobs"];
+
+/// Left on the request by [`AuthenticatedUser`] when a Directus Flow is the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaFlow;
 const ON_BEHALF_OF: &str = "x-byok-on-behalf-of";
 
 impl FromRequestParts<AppState> for AuthenticatedUser {
@@ -60,9 +65,9 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
 
 /// A Directus Flow: only on [`FLOW_ROUTES`], and only for the user it names. The same matrix, limits and
 /// accounting then apply as for the user's own calls; the log says a Flow made the call.
-fn flow_caller(parts: &Parts) -> Result<AuthenticatedUser, ApiError> {
+fn flow_caller(parts: &mut Parts) -> Result<AuthenticatedUser, ApiError> {
     let route = parts.extensions.get::<axum::extract::MatchedPath>().map(axum::extract::MatchedPath::as_str);
-    if !route.is_some_and(|r| FLOW_ROUTES.contains(&r)) {
+    if parts.method != axum::http::Method::POST || !route.is_some_and(|r| FLOW_ROUTES.contains(&r)) {
         tracing::warn!(route, "the Flows credential was presented to a route Flows may not call");
         return Err(ApiError::Unauthorized);
     }
@@ -78,6 +83,7 @@ fn flow_caller(parts: &Parts) -> Result<AuthenticatedUser, ApiError> {
             )
         })?;
     tracing::info!(%user, caller = "directus_flow", "a Directus Flow calls on a user's behalf");
+    parts.extensions.insert(ViaFlow);
     Ok(AuthenticatedUser(user))
 }
 

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -10,6 +10,7 @@ use crate::auth::AccessTokenVerifier;
 use crate::config::Settings;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
+use crate::domain::jobs::CallbackUrl;
 use crate::providers::ProviderClient;
 use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::CircuitBreaker;
@@ -26,6 +27,9 @@ use crate::shared::Shared;
 use crate::shared::bus::Bus;
 use crate::shared::redis::Redis;
 use crate::store::Store;
+
+/// Derives the secret of Flow jobs' callbacks from `FLOWS_TOKEN`; the Flows bundle uses the same words.
+const FLOW_CALLBACK_PURPOSE: &str = "byok-bridge flow job callbacks";
 
 /// Shared by every handler; axum clones it for every request, so it is one `Arc` (one reference count to
 /// touch) around [`Services`].
@@ -59,6 +63,9 @@ pub struct Services {
     pub operator_token_digest: Option<[u8; 32]>,
     /// SHA-256 of `FLOWS_TOKEN`: the Directus Flows operation's credential.
     pub flows_token_digest: Option<[u8; 32]>,
+    /// Where jobs a Flow queues report back (the Flows bundle's endpoint in Directus), and the secret both ends
+    /// derive from `FLOWS_TOKEN` to sign and check those callbacks.
+    pub flows_job_callback: Option<(CallbackUrl, SecretString)>,
     pub vault_configured: bool,
     pub flag_cache_ttl: Duration,
     /// Claims shared by replicas: webhook ids applied, incidents notified.
@@ -163,6 +170,11 @@ impl AppState {
                 .flows_token
                 .as_ref()
                 .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
+            flows_job_callback: settings.flows_token.as_ref().and_then(|token| {
+                let base = settings.directus_url.as_str().trim_end_matches('/');
+                let url = CallbackUrl::parse(&format!("{base}/byok-bridge-flows/job-result"), true).ok()?;
+                Some((url, WebhookSecret::derived(token.expose_secret(), FLOW_CALLBACK_PURPOSE)))
+            }),
             vault_configured: settings.keyring.is_some(),
             flag_cache_ttl: settings.flag_cache_ttl,
             bus,

@@ -45,9 +45,10 @@ impl KeyProblem {
                 format!("Add credit at {}, then verify the key under \"Your API keys\"", provider.billing_url()),
             ),
         };
+        let jobs = "Background requests waiting for this key resume by themselves once it works again.";
         match key_page {
-            Some(url) => format!("{happened}\n\nWhat to do: {fix} on your account page: {url}"),
-            None => format!("{happened}\n\nWhat to do: {fix} on your account page."),
+            Some(url) => format!("{happened}\n\nWhat to do: {fix} on your account page: {url}\n\n{jobs}"),
+            None => format!("{happened}\n\nWhat to do: {fix} on your account page.\n\n{jobs}"),
         }
     }
 }
@@ -131,9 +132,10 @@ mod tests {
         let message = KeyProblem::Invalid.message(Provider::OpenAi, Some("https://ai.example.com/account#keys"));
         assert!(message.starts_with("OpenAI rejected your saved API key"), "{message}");
         assert!(message.contains("https://platform.openai.com/api-keys"), "{message}");
-        assert!(message.ends_with("on your account page: https://ai.example.com/account#keys"), "{message}");
+        assert!(message.contains("on your account page: https://ai.example.com/account#keys\n"), "{message}");
+        assert!(message.ends_with("resume by themselves once it works again."), "{message}");
         let message = KeyProblem::QuotaExhausted.message(Provider::Anthropic, None);
         assert!(message.contains("https://console.anthropic.com/settings/billing"), "{message}");
-        assert!(message.ends_with("on your account page."), "{message}");
+        assert!(message.contains("on your account page.\n"), "{message}");
     }
 }

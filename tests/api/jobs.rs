@@ -14,6 +14,8 @@ use wiremock::{Mock, Request, ResponseTemplate};
 use crate::gateway::{CHAT_OK, byok_user, gateway_app_tweaked, hello, openai_answers};
 use crate::helpers::*;
 
+const FLOWS: &str = "flows-token-for-the-jobs-tests-0123456789";
+
 fn start_clock() -> Clock {
     Clock::manual(time::OffsetDateTime::now_utc().unix_timestamp() * 1000)
 }
@@ -385,7 +387,7 @@ async fn requests_that_cannot_succeed_fail_at_once_with_the_gateways_code() {
 #[tokio::test]
 async fn bad_submissions_are_refused_and_users_see_only_their_own_jobs() {
     let clock = start_clock();
-    let app = gateway_app_tweaked(&[("JOB_WORKERS", "0")], {
+    let app = gateway_app_tweaked(&[("JOB_WORKERS", "0"), ("FLOWS_TOKEN", FLOWS)], {
         let clock = clock.clone();
         move |settings| settings.clock = clock
     })
@@ -462,6 +464,22 @@ async fn bad_submissions_are_refused_and_users_see_only_their_own_jobs() {
         app.http.post(app.url(&format!("/v1/jobs/{id}/retry"))).bearer_auth(token_for(&user)).send().await.unwrap();
     assert_eq!(code(retry, 409).await, "job_not_retryable");
     let cancel = || app.http.delete(app.url(&format!("/v1/jobs/{id}"))).bearer_auth(token_for(&user)).send();
+    let counts = |bearer: &'static str| app.http.get(app.url("/v1/admin/jobs")).bearer_auth(bearer).send();
+    let seen: Value = counts(OPERATOR_TOKEN).await.unwrap().json().await.unwrap();
+    assert_eq!((seen["backend"].as_str(), seen["counts"]["queued"].as_u64()), (Some("embedded"), Some(1)), "{seen}");
+    assert_eq!(counts(FLOWS).await.unwrap().status(), 401);
+
+    // A Flow may queue a job for a user (the sidecar names Directus's endpoint as its callback), nothing more.
+    let flow =
+        |request: reqwest::RequestBuilder| request.bearer_auth(FLOWS).header("x-byok-on-behalf-of", &user).send();
+    let queued = flow(app.http.post(app.url("/v1/jobs")).json(&chat_job("from a Flow"))).await.unwrap();
+    let queued_id = submitted_id(queued).await;
+    let flow_job = job(&app, &user, &queued_id).await;
+    assert_eq!(flow_job["callback"]["url"], format!("{}/byok-bridge-flows/job-result", app.directus.uri()));
+    for request in [app.http.get(app.url("/v1/jobs")), app.http.get(app.url(&format!("/v1/jobs/{queued_id}")))] {
+        assert_eq!(flow(request).await.unwrap().status(), 401);
+    }
+
     let cancelled: Value = cancel().await.unwrap().json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(code(cancel().await.unwrap(), 409).await, "job_finished");

@@ -4,6 +4,8 @@
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
+use byok_bridge::crypto::webhook_signature::WebhookSecret;
+use secrecy::ExposeSecret;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -138,6 +140,25 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .await
         .unwrap();
     assert_eq!(flow.status(), 200);
+    // A job with a callback (its secret is answered once), and a Flow's job (signed with a derived secret).
+    let job = json!({"api": "chat.completions", "callback_url": "https://app.example.com/hooks/ai",
+        "request": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}});
+    let queued = http.post(url("/v1/jobs")).bearer_auth(&token).json(&job).send().await.unwrap();
+    assert_eq!(queued.status(), 202);
+    let queued: serde_json::Value = queued.json().await.unwrap();
+    let callback_secret = queued["callback_secret"].as_str().unwrap().to_owned();
+    let mut flow_job = job.clone();
+    flow_job.as_object_mut().unwrap().remove("callback_url");
+    let queued = http
+        .post(url("/v1/jobs"))
+        .bearer_auth(FLOWS)
+        .header("x-byok-on-behalf-of", &user)
+        .json(&flow_job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+    let flow_secret = WebhookSecret::derived(FLOWS, "byok-bridge flow job callbacks");
     let ts = now();
     let signature = webhook_secret().sign("msg_log_test", ts, FLAG_UPDATE_BODY.as_bytes());
     let response = http
@@ -186,6 +207,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         ("a signed-in user's access token", SIGNED_IN_ACCESS),
         ("a signed-in user's refresh token", SIGNED_IN_REFRESH),
         ("the Flows token", FLOWS),
+        ("a job's callback secret", &callback_secret[6..]),
+        ("the Flows callback secret", &flow_secret.expose_secret()[6..]),
     ];
     for (name, secret) in secrets {
         assert!(!logs.contains(secret), "{name} appears in the logs");

@@ -933,6 +933,7 @@ test('an admin sees the sidecar and the BYOK-only pre-flight on the Insights das
     await waitForText(page, '[data-testid="ops-byok-enabled"]', /^on$/);
     await waitForText(page, '[data-testid="ops-vault"]', /^configured$/);
     await waitForText(page, '[data-testid="ops-preflight-count"]', /^\d+ of \d+ premium and lifetime users have no usable key\.$/);
+    await waitForText(page, '[data-testid="ops-jobs-queued"]', /^\d+$/);
     // The usage panels draw from the calls the story above made.
     await page.waitForSelector('.apexcharts-svg, svg', { timeout: 30000 });
     await screenshot(page, 'insights-operations.png', { fullPage: true });

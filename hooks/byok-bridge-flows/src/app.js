@@ -35,6 +35,20 @@ const llm = {
 		{ field: "prompt", name: "Prompt", type: "text", meta: { width: "full", interface: "input-multiline", note: "Templates allowed, e.g. Summarize: {{$trigger.payload.text}}" } },
 		{ field: "max_tokens", name: "Longest answer (tokens)", type: "integer", schema: { default_value: 1024 }, meta: { width: "half", interface: "input" } },
 		userOption,
+		{
+			field: "background",
+			name: "Run in the background",
+			type: "boolean",
+			schema: { default_value: false },
+			meta: {
+				width: "full",
+				interface: "boolean",
+				note: "Queue a durable job instead of waiting: rate limits and outages are retried for hours, and the answer is written to the item below when it is done. The next operation gets {job_id, status}.",
+			},
+		},
+		{ field: "result_collection", name: "Write the answer to: collection", type: "string", meta: { width: "third", interface: "input", note: "e.g. byok_demo_notes" } },
+		{ field: "result_item", name: "item", type: "string", meta: { width: "third", interface: "input", note: "e.g. {{$trigger.key}}" } },
+		{ field: "result_field", name: "field", type: "string", meta: { width: "third", interface: "input", note: "e.g. summary" } },
 	],
 };
 

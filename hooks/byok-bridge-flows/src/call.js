@@ -80,13 +80,31 @@ export function requestBody(options) {
 	return { api, path: api === "messages" ? "/v1/messages" : "/v1/chat/completions", body };
 }
 
+/** The job an operation in the background queues: the answer goes to `{collection, item, field}` when it is done. */
+export function jobBody(options, api, body) {
+	const collection = String(options?.result_collection ?? "").trim();
+	const item = String(options?.result_item ?? "").trim();
+	const field = String(options?.result_field ?? "").trim();
+	if (!collection || !item || !field) {
+		throw new ByokBridgeError(400, "invalid_request", "in the background, set where the answer goes: collection, item and field");
+	}
+	return { api, request: body, notify_on_failure: true, metadata: { directus_flow: { collection, item, field } } };
+}
+
 export const llmOperation = {
 	id: "byok-bridge-llm",
-	/** Resolves `{text, source, usage_id, response}` for the next operation (`{{$last.text}}`). */
+	/**
+	 * Resolves `{text, source, usage_id, response}` for the next operation (`{{$last.text}}`); in the background,
+	 * `{job_id, status}` at once, the answer written to the item later.
+	 */
 	handler: async (options, { accountability, env }) => {
 		const user = userFor(options, accountability);
 		const { api, path, body } = requestBody(options);
 		if (!body.model) throw new ByokBridgeError(400, "invalid_request", "set the operation's Model");
+		if (options?.background === true || options?.background === "true") {
+			const { body: job } = await callSidecar(env, "/v1/jobs", user, jobBody(options, api, body));
+			return { job_id: job.id, status: job.status };
+		}
 		const { headers, body: answer } = await callSidecar(env, path, user, body);
 		return {
 			text: answerText(api, answer),

@@ -3,7 +3,10 @@ import { test } from "node:test";
 
 import api from "../src/api.js";
 import * as app from "../src/app.js";
+import { createHmac } from "node:crypto";
+
 import { ByokBridgeError, answerText, callSidecar, llmOperation, requestBody, userFor } from "../src/call.js";
+import { callbackKey, jobResultEndpoint, resultTarget, verifyDelivery } from "../src/jobs.js";
 
 const USER = "6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f";
 const ENV = { BYOK_BRIDGE_URL: "http://sidecar:8787/", BYOK_BRIDGE_FLOWS_TOKEN: "flows-token-0123456789abcdef0123456789" };
@@ -17,6 +20,10 @@ function fakeFetch(status, body, headers = {}) {
 	};
 	return { impl, calls };
 }
+
+test("the job-result endpoint is registered beside the operations", () => {
+	assert.deepEqual(api.endpoints.map((e) => [e.name, e.config.id]), [["byok-bridge-flows", "byok-bridge-flows"]]);
+});
 
 test("both operations are registered by name, on both sides", () => {
 	assert.deepEqual(api.operations.map((o) => [o.name, o.config.id]), [
@@ -79,4 +86,80 @@ test("a refusal reaches the next operation as the sidecar's coded error, never w
 	};
 	await assert.rejects(callSidecar(ENV, "/v1/route", USER, {}, unreachable), { code: "sidecar_unreachable" });
 	await assert.rejects(callSidecar({}, "/v1/route", USER, {}, unreachable), { code: "not_configured" });
+});
+
+/** A delivery signed the Standard Webhooks way with `key`, at `timestamp`. */
+function signed(key, body, timestamp = Math.floor(Date.now() / 1000), id = "msg_1") {
+	const signature = createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64");
+	return { "webhook-id": id, "webhook-timestamp": String(timestamp), "webhook-signature": `v1,${signature}` };
+}
+
+test("the callback key is the sidecar's derivation of the Flows credential (shared vector)", () => {
+	const key = callbackKey("flows-token-0123456789abcdef0123456789");
+	assert.equal(`whsec_${key.toString("base64")}`, "whsec_z6pOJFoVCq8Ne3MGwXY3GSKhuXygtdyVw4W2OT4M/y8=");
+});
+
+test("only deliveries signed with the derived key, recently, verify", () => {
+	const key = callbackKey(ENV.BYOK_BRIDGE_FLOWS_TOKEN);
+	const body = JSON.stringify({ type: "job.succeeded" });
+	const now = Math.floor(Date.now() / 1000);
+	assert.ok(verifyDelivery(key, signed(key, body), Buffer.from(body), now));
+	assert.ok(!verifyDelivery(key, signed(key, body), Buffer.from(body.replace("succeeded", "failed")), now));
+	assert.ok(!verifyDelivery(callbackKey("another-token-000000000000000000000"), signed(key, body), Buffer.from(body), now));
+	assert.ok(!verifyDelivery(key, signed(key, body, now - 600), Buffer.from(body), now), "too old");
+	assert.ok(!verifyDelivery(key, {}, Buffer.from(body), now));
+});
+
+test("results go only to a named field of a named item, never into a system collection", () => {
+	assert.deepEqual(resultTarget({ directus_flow: { collection: "notes", item: "7", field: "summary" } }), { collection: "notes", item: "7", field: "summary" });
+	for (const target of [{ collection: "directus_users", item: "1", field: "email" }, { collection: "notes; drop", item: "1", field: "x" },
+		{ collection: "notes", item: "", field: "summary" }, { collection: "notes", item: "1", field: "" }]) {
+		assert.equal(resultTarget({ directus_flow: target }), null, JSON.stringify(target));
+	}
+	assert.equal(resultTarget(undefined), null);
+});
+
+test("in the background the operation queues a job saying where the answer goes, and hands on its id", async () => {
+	const { impl, calls } = fakeFetch(202, { id: "job-1", status: "queued" });
+	const options = { model: "gpt-4o-mini", prompt: "Summarize", user: USER, background: true, result_collection: "notes", result_item: "7", result_field: "summary" };
+	const original = globalThis.fetch;
+	globalThis.fetch = impl;
+	try {
+		assert.deepEqual(await llmOperation.handler(options, { accountability: null, env: ENV }), { job_id: "job-1", status: "queued" });
+	} finally {
+		globalThis.fetch = original;
+	}
+	assert.equal(calls[0].url, "http://sidecar:8787/v1/jobs");
+	const sent = JSON.parse(calls[0].init.body);
+	assert.deepEqual(sent.metadata, { directus_flow: { collection: "notes", item: "7", field: "summary" } });
+	assert.equal(sent.api, "chat.completions");
+	assert.equal(sent.notify_on_failure, true);
+	await assert.rejects(llmOperation.handler({ ...options, result_field: "" }, { accountability: null, env: ENV }), ByokBridgeError);
+});
+
+test("the endpoint writes a signed result into the item and refuses anything unsigned", async () => {
+	let handler;
+	const router = { post: (path, fn) => { assert.equal(path, "/job-result"); handler = fn; } };
+	const updates = [];
+	class ItemsService {
+		constructor(collection, options) { this.collection = collection; assert.equal(options.accountability, null); }
+		async updateOne(item, data) { updates.push([this.collection, item, data]); }
+	}
+	jobResultEndpoint.handler(router, { env: ENV, services: { ItemsService }, getSchema: async () => ({}) });
+	const event = { type: "job.succeeded", data: { id: "job-1", api: "chat.completions", metadata: { directus_flow: { collection: "notes", item: "7", field: "summary" } },
+		result: { choices: [{ message: { content: "Short." } }] } } };
+	const raw = JSON.stringify(event);
+	const respond = () => {
+		const res = { code: 0, status(c) { this.code = c; return this; }, json() { return this; }, end() { return this; } };
+		return res;
+	};
+	const key = callbackKey(ENV.BYOK_BRIDGE_FLOWS_TOKEN);
+	const ok = respond();
+	await handler({ headers: signed(key, raw), rawBody: Buffer.from(raw), body: event }, ok);
+	assert.equal(ok.code, 204);
+	assert.deepEqual(updates, [["notes", "7", { summary: "Short." }]]);
+	const forged = respond();
+	await handler({ headers: signed(callbackKey("not-the-token-0000000000000000000"), raw), rawBody: Buffer.from(raw), body: event }, forged);
+	assert.equal(forged.code, 401);
+	assert.equal(updates.length, 1);
 });

@@ -101,6 +101,15 @@ const OpsPanel = defineComponent({
 						: [failed(status)]),
 				]),
 			);
+			const jobs = v.jobs;
+			body.push(
+				h("div", { style: section }, [
+					h("div", { style: heading }, "Durable jobs"),
+					...(jobs?.ok
+						? ["queued", "running", "paused", "failed", "succeeded"].map((s) => row(s, jobs.body.counts[s] ?? 0, `ops-jobs-${s}`))
+						: [failed(jobs ?? { error: "not asked" })]),
+				]),
+			);
 			const pre = v.preflight;
 			const missing = pre.ok ? pre.body.users_without_usable_key : [];
 			body.push(

@@ -1,6 +1,7 @@
 //! Durable jobs: an LLM call queued instead of waited for. Same authentication as the gateway, and the same
 //! request bodies; a user sees and changes only their own jobs (another user's job id is a 404).
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -13,10 +14,10 @@ use uuid::Uuid;
 
 use crate::domain::jobs::{CallbackUrl, JobStatus, parse_api};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
+use crate::http::extract::{AuthenticatedUser, JsonBody, Operator, RequestBody, ViaFlow};
 use crate::http::routes::gateway::parse;
 use crate::http::state::AppState;
-use crate::services::jobs::{JobsError, NewJob};
+use crate::services::jobs::{JobsError, NewCallback, NewJob};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -61,6 +62,7 @@ fn invalid(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>
         (status = 422, description = "`streaming_not_supported`, `invalid_callback_url`, `idempotency_key_reused`", body = ErrorBody)))]
 pub async fn submit(
     AuthenticatedUser(user): AuthenticatedUser,
+    via_flow: Option<Extension<ViaFlow>>,
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SubmitJob>,
@@ -76,12 +78,20 @@ pub async fn submit(
             "Jobs return the complete answer; remove \"stream\": true (or call the gateway directly to stream).",
         ));
     }
-    let callback_url = body
+    let chosen = body
         .callback_url
         .as_deref()
         .map(|raw| CallbackUrl::parse(raw, state.jobs.allows_internal_callbacks()))
         .transpose()
         .map_err(|e| invalid("invalid_callback_url", e.to_string()))?;
+    let callback = match (chosen, via_flow, &state.flows_job_callback) {
+        (Some(url), ..) => Some(NewCallback { url, secret: None, trusted: false }),
+        // A Flow's job reports to the Flows bundle in Directus, which writes the answer where the Flow said.
+        (None, Some(_), Some((url, secret))) => {
+            Some(NewCallback { url: url.clone(), secret: Some(secret.clone()), trusted: true })
+        }
+        (None, ..) => None,
+    };
     if let Some(metadata) = &body.metadata
         && (!metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES)
     {
@@ -94,7 +104,7 @@ pub async fn submit(
         request,
         metadata: body.metadata,
         idempotency_key,
-        callback_url,
+        callback,
         notify_on_failure: body.notify_on_failure,
     };
     let submitted = state.jobs.submit(user, job).await.map_err(jobs_error)?;
@@ -246,4 +256,15 @@ fn jobs_error(error: JobsError) -> ApiError {
         },
         other => ApiError::JobsUnavailable(other),
     }
+}
+
+/// Jobs by status in the queue this replica uses (the whole cluster's with Redis), for the operations view.
+#[utoipa::path(get, path = "/v1/admin/jobs", tag = "operator", operation_id = "job_counts", security(("operator_token" = [])),
+    responses((status = 200, description = "`{\"backend\": \"embedded\" | \"redis\", \"counts\": {status: n}}`", body = Object),
+              (status = 401, body = ErrorBody), (status = 404, description = "no `OPERATOR_TOKEN` set", body = ErrorBody)))]
+pub async fn counts(_: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let counts = state.jobs.counts().await.map_err(jobs_error)?;
+    let counts: serde_json::Map<String, Value> =
+        JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), json!(counts.get(s).copied().unwrap_or(0)))).collect();
+    Ok(Json(json!({"backend": state.jobs.backend(), "counts": counts})))
 }

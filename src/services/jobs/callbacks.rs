@@ -19,7 +19,10 @@ use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::jobs::{JobRecord, JobStatus, is_public};
 
 pub struct CallbackClient {
+    /// For the apps' URLs: public addresses only, unless the operator allowed private ones.
     http: reqwest::Client,
+    /// For targets the operator configured (Directus's endpoint for Flows): any address.
+    trusted: reqwest::Client,
 }
 
 /// Resolves names to public addresses only.
@@ -40,15 +43,16 @@ impl Resolve for PublicOnly {
 
 impl CallbackClient {
     pub fn new(allow_internal: bool, timeout: Duration) -> CallbackClient {
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")));
-        if !allow_internal {
-            builder = builder.dns_resolver(Arc::new(PublicOnly));
-        }
-        CallbackClient { http: builder.build().expect("the callback client's settings are valid") }
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
+        };
+        let public = if allow_internal { builder() } else { builder().dns_resolver(Arc::new(PublicOnly)) };
+        let build = |b: reqwest::ClientBuilder| b.build().expect("the callback client's settings are valid");
+        CallbackClient { http: build(public), trusted: build(builder()) }
     }
 
     /// Posts `{"type", "timestamp", "data"}` for a finished job. `Ok` when the app answered 2xx; otherwise
@@ -69,8 +73,8 @@ impl CallbackClient {
         // The same id on every retry: receivers deduplicate on it.
         let id = format!("msg_{}", record.id.simple());
         let signature = secret.sign(&id, now.unix_timestamp(), body.as_bytes());
-        let sent = self
-            .http
+        let client = if callback.trusted { &self.trusted } else { &self.http };
+        let sent = client
             .post(&callback.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &id)

@@ -128,8 +128,18 @@ pub struct NewJob {
     pub request: LlmRequest,
     pub metadata: Option<Value>,
     pub idempotency_key: Option<String>,
-    pub callback_url: Option<CallbackUrl>,
+    pub callback: Option<NewCallback>,
     pub notify_on_failure: bool,
+}
+
+/// Where a new job's completion goes.
+pub struct NewCallback {
+    pub url: CallbackUrl,
+    /// A secret the receiver already knows (the Directus Flows bundle's); `None`: the configured app secret, or
+    /// a new one returned to the caller.
+    pub secret: Option<SecretString>,
+    /// A target the operator configured (Directus itself), not one a user chose: reached on any address.
+    pub trusted: bool,
 }
 
 pub struct Submitted {
@@ -172,6 +182,14 @@ impl Jobs {
         Ok(Jobs { store, gateway, clock, config, describe, callbacks })
     }
 
+    /// Where jobs are kept: `embedded` (this replica's store) or `redis`.
+    pub fn backend(&self) -> &'static str {
+        match self.store {
+            JobStore::Embedded(_) => "embedded",
+            JobStore::Redis(_) => "redis",
+        }
+    }
+
     pub fn allows_internal_callbacks(&self) -> bool {
         self.config.allow_internal_callbacks
     }
@@ -183,25 +201,32 @@ impl Jobs {
         record.metadata = job.metadata;
         record.idempotency_key = job.idempotency_key;
         record.notify_on_failure = job.notify_on_failure;
-        let mut secret = None;
-        if let Some(url) = job.callback_url {
+        let (mut shown, mut stored) = (None, None);
+        if let Some(callback) = job.callback {
             record.callback = Some(Callback {
-                url: url.as_str().to_owned(),
+                url: callback.url.as_str().to_owned(),
                 state: CallbackState::Waiting,
                 attempts: 0,
                 next_attempt_at: None,
                 last_error: None,
+                trusted: callback.trusted,
             });
-            if self.config.callback_secret.is_none() {
-                secret = Some(new_secret());
+            match callback.secret {
+                Some(given) => stored = Some(given),
+                None if self.config.callback_secret.is_none() => {
+                    let fresh = new_secret();
+                    stored = Some(fresh.clone());
+                    shown = Some(fresh);
+                }
+                None => {}
             }
         }
-        let stored_secret = secret.as_ref().map(|s: &SecretString| s.expose_secret().to_owned());
+        let stored_secret = stored.as_ref().map(|s| s.expose_secret().to_owned());
         let inserted = dispatch!(self.insert(record, job.request.body.clone(), stored_secret))?;
         Ok(match inserted {
             Inserted::New(record) => {
                 tracing::info!(job = %record.id, %user, api = %record.api, "job queued");
-                Submitted { record, callback_secret: secret, created: true }
+                Submitted { record, callback_secret: shown, created: true }
             }
             Inserted::Existing(record) => Submitted { record, callback_secret: None, created: false },
         })
