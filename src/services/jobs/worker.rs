@@ -53,7 +53,9 @@ impl Jobs {
                 return;
             }
             Err(error) => {
-                tracing::error!(job = %record.id, %error, "cannot record a job's attempt; it will run again");
+                // Still queued where it is kept: it runs again after a restart (one replica) or once its lease
+                // lapses (Redis).
+                tracing::error!(job = %record.id, %error, "cannot record a job's attempt; it will run again later");
                 return;
             }
         }
