@@ -311,6 +311,7 @@ STORAGE_LOCAL_ROOT=${dir}/uploads
 BYOK_BRIDGE_URL=${bridge_url}
 BYOK_BRIDGE_WEBHOOK_SECRET=${webhook_secret}
 BYOK_BRIDGE_FLOWS_TOKEN=${flows_token}
+BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS=byok_demo_notes
 BYOK_BRIDGE_OPERATOR_TOKEN=${operator_token}
 EOF
 	[[ -z "${redis_env}" ]] || printf '%s\n' "${redis_env}" >>"${dir}/.env"

@@ -151,6 +151,9 @@ pub struct JobRecord {
     pub api: String,
     pub model: String,
     pub status: JobStatus,
+    /// Bumped by every stored change: writes compare it, so one based on an older reading never lands.
+    #[serde(default)]
+    pub revision: u64,
     /// Attempts made so far.
     pub attempts: u32,
     pub created_at: UnixMillis,
@@ -245,6 +248,7 @@ impl JobRecord {
             api: api_name(api).to_owned(),
             model,
             status: JobStatus::Queued,
+            revision: 0,
             attempts: 0,
             created_at: now,
             updated_at: now,
@@ -364,8 +368,9 @@ impl JobRecord {
     /// What the job's user sees (`GET /v1/jobs/{id}`, the callback's `data`): times in RFC 3339, and neither
     /// the user id nor the idempotency key.
     pub fn view(&self) -> Value {
+        // A trusted target is the platform's own (Directus, for Flows): not shown to users.
         let callback = self.callback.as_ref().map(|c| {
-            json!({"url": c.url, "state": c.state, "attempts": c.attempts,
+            json!({"url": (!c.trusted).then_some(&c.url), "state": c.state, "attempts": c.attempts,
                    "next_attempt_at": c.next_attempt_at.map(rfc3339), "last_error": c.last_error})
         });
         json!({
@@ -510,16 +515,29 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         return is_public_v4(v4);
     }
     let segments = ip.segments();
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let [.., a, b, c, d] = ip.octets();
+    let [_, _, o2, o3, o4, o5, .., a, b, c, d] = ip.octets();
+    // Well-known NAT64 (64:ff9b::/96) and IPv4-compatible (::/96) addresses carry an IPv4 address at the end;
+    // 6to4 (2002::/16) carries one after the prefix.
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || (segments[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified())
+    {
         return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    if segments[0] == 0x2002 {
+        return is_public_v4(Ipv4Addr::new(o2, o3, o4, o5));
     }
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
         || (segments[0] & 0xfe00) == 0xfc00
         || (segments[0] & 0xffc0) == 0xfe80
-        || (segments[0] == 0x2001 && segments[1] == 0x0db8))
+        // Site-local (deprecated, still routed inside some networks).
+        || (segments[0] & 0xffc0) == 0xfec0
+        // Local-use NAT64 (64:ff9b:1::/48) may translate to any IPv4 address, internal ones included.
+        || (segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1)
+        // Teredo tunnels, documentation, discard-only.
+        || (segments[0] == 0x2001 && (segments[1] == 0 || segments[1] == 0x0db8))
+        || segments[..4] == [0x100, 0, 0, 0])
 }
 
 #[cfg(test)]
@@ -597,6 +615,11 @@ mod tests {
             "http://[fe80::1]/",
             "http://[::ffff:127.0.0.1]/",
             "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[64:ff9b:1::a9fe:a9fe]/",
+            "http://[2002:a9fe:a9fe::1]/",
+            "http://[::a9fe:a9fe]/",
+            "http://[fec0::1]/",
+            "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
             "http://2130706433/",
             "http://0x7f.1/",
         ] {

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -16,7 +16,7 @@ use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_store::FlagStore;
 use crate::services::gateway::{Gateway, InternalKeys};
-use crate::services::jobs::{Jobs, JobsError};
+use crate::services::jobs::{FlowCallbacks, Jobs, JobsError};
 use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
 use crate::services::notifier::Notifier;
@@ -63,9 +63,6 @@ pub struct Services {
     pub operator_token_digest: Option<[u8; 32]>,
     /// SHA-256 of `FLOWS_TOKEN`: the Directus Flows operation's credential.
     pub flows_token_digest: Option<[u8; 32]>,
-    /// Where jobs a Flow queues report back (the Flows bundle's endpoint in Directus), and the secret both ends
-    /// derive from `FLOWS_TOKEN` to sign and check those callbacks.
-    pub flows_job_callback: Option<(CallbackUrl, SecretString)>,
     pub vault_configured: bool,
     pub flag_cache_ttl: Duration,
     /// Claims shared by replicas: webhook ids applied, incidents notified.
@@ -85,6 +82,16 @@ pub struct Services {
 pub struct AccountPage {
     pub html: String,
     pub csp: String,
+}
+
+/// Where jobs a Flow queues report back (the Flows bundle's endpoint in Directus), signed with a secret both ends
+/// derive from `FLOWS_TOKEN`.
+fn flow_callbacks(settings: &Settings) -> Option<FlowCallbacks> {
+    let token = settings.flows_token.as_ref()?;
+    let base = settings.directus_url.as_str().trim_end_matches('/');
+    let url = CallbackUrl::parse(&format!("{base}/byok-bridge-flows/job-result"), true).ok()?;
+    let secret = WebhookSecret::derived(token.expose_secret(), FLOW_CALLBACK_PURPOSE);
+    Some(FlowCallbacks { url, secret: WebhookSecret::parse(secret.expose_secret()).ok()? })
 }
 
 impl AppState {
@@ -145,6 +152,7 @@ impl AppState {
             settings.clock.clone(),
             settings.jobs.clone(),
             crate::http::error::job_error,
+            flow_callbacks(settings),
         )?;
         Ok(AppState(Arc::new(Services {
             flags,
@@ -170,11 +178,6 @@ impl AppState {
                 .flows_token
                 .as_ref()
                 .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
-            flows_job_callback: settings.flows_token.as_ref().and_then(|token| {
-                let base = settings.directus_url.as_str().trim_end_matches('/');
-                let url = CallbackUrl::parse(&format!("{base}/byok-bridge-flows/job-result"), true).ok()?;
-                Some((url, WebhookSecret::derived(token.expose_secret(), FLOW_CALLBACK_PURPOSE)))
-            }),
             vault_configured: settings.keyring.is_some(),
             flag_cache_ttl: settings.flag_cache_ttl,
             bus,

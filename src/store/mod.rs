@@ -53,6 +53,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_user ON jobs (user_id, id);
     CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX jobs_callbacks ON jobs (callback_due) WHERE callback_due IS NOT NULL;",
+    // 5: every stored change of a job bumps its revision; writes compare it, so none lands on a newer state.
+    "ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A second connection waits this long for a lock the other holds (the writer and the flusher share the file).

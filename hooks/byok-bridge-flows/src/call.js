@@ -5,6 +5,8 @@
 // operation's options (a user id from the Flow's data). The sidecar applies the same routing matrix, limits
 // and accounting as for the user's own calls, and accepts this credential for nothing else.
 
+import { resultCollections } from "./jobs.js";
+
 const TIMEOUT_MS = 120_000;
 
 /** An error the next operation sees as `$last`: the sidecar's coded error, never a token. */
@@ -81,12 +83,15 @@ export function requestBody(options) {
 }
 
 /** The job an operation in the background queues: the answer goes to `{collection, item, field}` when it is done. */
-export function jobBody(options, api, body) {
+export function jobBody(options, api, body, env) {
 	const collection = String(options?.result_collection ?? "").trim();
 	const item = String(options?.result_item ?? "").trim();
 	const field = String(options?.result_field ?? "").trim();
 	if (!collection || !item || !field) {
 		throw new ByokBridgeError(400, "invalid_request", "in the background, set where the answer goes: collection, item and field");
+	}
+	if (!resultCollections(env).has(collection)) {
+		throw new ByokBridgeError(400, "invalid_request", `answers may not be written to ${collection}: add it to BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS in Directus`);
 	}
 	return { api, request: body, notify_on_failure: true, metadata: { directus_flow: { collection, item, field } } };
 }
@@ -102,7 +107,7 @@ export const llmOperation = {
 		const { api, path, body } = requestBody(options);
 		if (!body.model) throw new ByokBridgeError(400, "invalid_request", "set the operation's Model");
 		if (options?.background === true || options?.background === "true") {
-			const { body: job } = await callSidecar(env, "/v1/jobs", user, jobBody(options, api, body));
+			const { body: job } = await callSidecar(env, "/v1/jobs", user, jobBody(options, api, body, env));
 			return { job_id: job.id, status: job.status };
 		}
 		const { headers, body: answer } = await callSidecar(env, path, user, body);

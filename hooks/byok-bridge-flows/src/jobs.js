@@ -34,13 +34,26 @@ export function verifyDelivery(key, headers, rawBody, nowSecs) {
 		});
 }
 
-/** Where the operation asked the answer to go: `{collection, item, field}`, never a system collection. */
-export function resultTarget(metadata) {
+/**
+ * The collections answers may be written to (`BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS`, comma-separated): the
+ * endpoint writes with full rights, so the operator names them; none by default.
+ */
+export function resultCollections(env) {
+	return new Set(
+		String(env?.BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS ?? "")
+			.split(",")
+			.map((c) => c.trim())
+			.filter((c) => NAME.test(c) && !c.startsWith("directus_")),
+	);
+}
+
+/** Where the operation asked the answer to go: `{collection, item, field}`, in a collection `allowed` names. */
+export function resultTarget(metadata, allowed) {
 	const target = metadata?.directus_flow;
 	const collection = String(target?.collection ?? "");
 	const field = String(target?.field ?? "");
 	const item = target?.item;
-	if (!NAME.test(collection) || collection.startsWith("directus_") || !NAME.test(field)) return null;
+	if (!allowed.has(collection) || !NAME.test(field)) return null;
 	if (!(typeof item === "number" || (typeof item === "string" && item.trim() !== ""))) return null;
 	return { collection, item, field };
 }
@@ -56,8 +69,10 @@ export const jobResultEndpoint = {
 				return refuse(401, "byok-bridge: invalid signature");
 			}
 			const job = req.body?.data;
-			const target = resultTarget(job?.metadata);
-			if (req.body?.type === "job.succeeded" && target) {
+			const target = resultTarget(job?.metadata, resultCollections(env));
+			if (req.body?.type === "job.succeeded" && !target) {
+				logger?.warn?.(`byok-bridge: job ${job?.id} names no collection in BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS; nothing written`);
+			} else if (req.body?.type === "job.succeeded") {
 				const items = new services.ItemsService(target.collection, { schema: await getSchema(), accountability: null });
 				await items.updateOne(target.item, { [target.field]: answerText(job.api, job.result) });
 				logger?.info?.(`byok-bridge: job ${job.id} written to ${target.collection}/${target.item}`);

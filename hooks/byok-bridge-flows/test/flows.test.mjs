@@ -6,10 +6,14 @@ import * as app from "../src/app.js";
 import { createHmac } from "node:crypto";
 
 import { ByokBridgeError, answerText, callSidecar, llmOperation, requestBody, userFor } from "../src/call.js";
-import { callbackKey, jobResultEndpoint, resultTarget, verifyDelivery } from "../src/jobs.js";
+import { callbackKey, jobResultEndpoint, resultCollections, resultTarget, verifyDelivery } from "../src/jobs.js";
 
 const USER = "6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f";
-const ENV = { BYOK_BRIDGE_URL: "http://sidecar:8787/", BYOK_BRIDGE_FLOWS_TOKEN: "flows-token-0123456789abcdef0123456789" };
+const ENV = {
+	BYOK_BRIDGE_URL: "http://sidecar:8787/",
+	BYOK_BRIDGE_FLOWS_TOKEN: "flows-token-0123456789abcdef0123456789",
+	BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS: "notes, directus_users",
+};
 
 /** A fetch that records the request and answers `status` with `body` and headers. */
 function fakeFetch(status, body, headers = {}) {
@@ -110,13 +114,16 @@ test("only deliveries signed with the derived key, recently, verify", () => {
 	assert.ok(!verifyDelivery(key, {}, Buffer.from(body), now));
 });
 
-test("results go only to a named field of a named item, never into a system collection", () => {
-	assert.deepEqual(resultTarget({ directus_flow: { collection: "notes", item: "7", field: "summary" } }), { collection: "notes", item: "7", field: "summary" });
-	for (const target of [{ collection: "directus_users", item: "1", field: "email" }, { collection: "notes; drop", item: "1", field: "x" },
+test("results go only to a named field of a named item in a collection the operator allowed, never a system one", () => {
+	const allowed = resultCollections(ENV);
+	assert.deepEqual([...allowed], ["notes"], "directus_* is never allowed");
+	assert.deepEqual(resultTarget({ directus_flow: { collection: "notes", item: "7", field: "summary" } }, allowed), { collection: "notes", item: "7", field: "summary" });
+	for (const target of [{ collection: "directus_users", item: "1", field: "email" }, { collection: "orders", item: "1", field: "total" },
 		{ collection: "notes", item: "", field: "summary" }, { collection: "notes", item: "1", field: "" }]) {
-		assert.equal(resultTarget({ directus_flow: target }), null, JSON.stringify(target));
+		assert.equal(resultTarget({ directus_flow: target }, allowed), null, JSON.stringify(target));
 	}
-	assert.equal(resultTarget(undefined), null);
+	assert.equal(resultTarget(undefined, allowed), null);
+	assert.equal(resultCollections({}).size, 0, "none by default");
 });
 
 test("in the background the operation queues a job saying where the answer goes, and hands on its id", async () => {
@@ -135,6 +142,7 @@ test("in the background the operation queues a job saying where the answer goes,
 	assert.equal(sent.api, "chat.completions");
 	assert.equal(sent.notify_on_failure, true);
 	await assert.rejects(llmOperation.handler({ ...options, result_field: "" }, { accountability: null, env: ENV }), ByokBridgeError);
+	await assert.rejects(llmOperation.handler({ ...options, result_collection: "orders" }, { accountability: null, env: ENV }), /BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS/);
 });
 
 test("the endpoint writes a signed result into the item and refuses anything unsigned", async () => {

@@ -84,13 +84,11 @@ pub async fn submit(
         .map(|raw| CallbackUrl::parse(raw, state.jobs.allows_internal_callbacks()))
         .transpose()
         .map_err(|e| invalid("invalid_callback_url", e.to_string()))?;
-    let callback = match (chosen, via_flow, &state.flows_job_callback) {
-        (Some(url), ..) => Some(NewCallback { url, secret: None, trusted: false }),
+    let callback = match (chosen, via_flow) {
+        (Some(url), _) => Some(NewCallback::App(url)),
         // A Flow's job reports to the Flows bundle in Directus, which writes the answer where the Flow said.
-        (None, Some(_), Some((url, secret))) => {
-            Some(NewCallback { url: url.clone(), secret: Some(secret.clone()), trusted: true })
-        }
-        (None, ..) => None,
+        (None, Some(_)) if state.jobs.reports_to_flows() => Some(NewCallback::Flows),
+        (None, _) => None,
     };
     if let Some(metadata) = &body.metadata
         && (!metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES)

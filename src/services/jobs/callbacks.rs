@@ -4,7 +4,8 @@
 //! The sidecar sits inside the platform's network: a callback URL must not turn it into a way to post to
 //! internal services. Literal addresses are checked when the job is submitted ([`CallbackUrl::parse`]); names
 //! are checked here, when they are resolved, by a resolver that drops every non-public address (so a name
-//! that resolves to a private address, or is rebound to one later, is refused), and redirects are not followed.
+//! that resolves to a private address, or is rebound to one later, is refused); no proxy is used (it would
+//! resolve names itself) and redirects are not followed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,7 +51,8 @@ impl CallbackClient {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
         };
-        let public = if allow_internal { builder() } else { builder().dns_resolver(Arc::new(PublicOnly)) };
+        // No proxy for the apps' URLs either: a proxy would resolve the name itself, past the resolver's check.
+        let public = if allow_internal { builder() } else { builder().no_proxy().dns_resolver(Arc::new(PublicOnly)) };
         let build = |b: reqwest::ClientBuilder| b.build().expect("the callback client's settings are valid");
         CallbackClient { http: build(public), trusted: build(builder()) }
     }

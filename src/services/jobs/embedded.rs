@@ -107,15 +107,15 @@ impl EmbeddedJobs {
                     return Ok(None);
                 }
                 t.query_row(
-                    "SELECT record FROM jobs WHERE user_id = ?1 AND idempotency_key = ?2",
+                    "SELECT record, callback_secret FROM jobs WHERE user_id = ?1 AND idempotency_key = ?2",
                     params![user.to_string(), key],
-                    |row| row.get::<_, String>(0),
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
                 )
                 .optional()
             })
             .await?;
         match existing {
-            Some(json) => Ok(Inserted::Existing(self.overlay(parse(&json)?))),
+            Some((json, secret)) => Ok(Inserted::Existing(self.overlay(parse(&json)?), secret.map(SecretString::from))),
             None => {
                 sync::lock(&self.schedule).push(user, id, due.unwrap_or(0));
                 self.work.notify_waiters();
@@ -145,21 +145,34 @@ impl EmbeddedJobs {
         status: Option<JobStatus>,
         limit: usize,
     ) -> Result<Vec<JobRecord>, JobsError> {
-        // Running jobs are `queued` on disk.
-        let stored = status.map(|s| if s == JobStatus::Running { JobStatus::Queued } else { s });
-        let rows: Vec<String> = self
-            .read(move |c| {
-                let mut statement = c.prepare_cached(
-                    "SELECT record FROM jobs WHERE user_id = ?1 AND (?2 IS NULL OR status = ?2) \
-                     ORDER BY id DESC LIMIT ?3",
-                )?;
-                let rows = statement
-                    .query_map(params![user.to_string(), stored.map(JobStatus::as_str), limit as i64 * 4], |row| {
-                        row.get(0)
-                    })?;
-                rows.collect()
-            })
-            .await?;
+        // Running jobs are `queued` on disk: those are the few the workers hold, looked up by id; a list of queued
+        // ones reads enough rows to leave them out.
+        let running: Vec<String> = sync::lock(&self.schedule).running().map(|id| id.to_string()).collect();
+        let rows: Vec<String> = match status {
+            Some(JobStatus::Running) => {
+                self.read(move |c| {
+                    let mut statement = c.prepare_cached(
+                        "SELECT record FROM jobs WHERE user_id = ?1 AND id IN (SELECT value FROM json_each(?2)) \
+                         ORDER BY id DESC",
+                    )?;
+                    let ids = serde_json::to_string(&running).unwrap_or_default();
+                    statement.query_map(params![user.to_string(), ids], |row| row.get(0))?.collect()
+                })
+                .await?
+            }
+            _ => {
+                let rows = limit + if status == Some(JobStatus::Queued) { running.len() } else { 0 };
+                self.read(move |c| {
+                    let mut statement = c.prepare_cached(
+                        "SELECT record FROM jobs WHERE user_id = ?1 AND (?2 IS NULL OR status = ?2) \
+                         ORDER BY id DESC LIMIT ?3",
+                    )?;
+                    let status = status.map(JobStatus::as_str);
+                    statement.query_map(params![user.to_string(), status, rows as i64], |row| row.get(0))?.collect()
+                })
+                .await?
+            }
+        };
         let mut jobs = Vec::with_capacity(rows.len().min(limit));
         for json in rows {
             let job = self.overlay(parse(&json)?);
@@ -180,7 +193,7 @@ impl EmbeddedJobs {
         if written {
             let mut schedule = sync::lock(&self.schedule);
             match (record.status, record.next_attempt_at) {
-                (JobStatus::Queued, Some(at)) if !schedule.is_running(record.id) => {
+                (JobStatus::Queued, Some(at)) => {
                     schedule.push(record.user, record.id, at);
                     drop(schedule);
                     self.work.notify_waiters();
@@ -209,8 +222,12 @@ impl EmbeddedJobs {
         written
     }
 
+    /// Writes `record` as its next revision, if the stored job is still in `expected` at the revision `record`
+    /// was read at.
     async fn write(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
-        let json = serde_json::to_string(record).map_err(|e| JobsError::Internal(e.to_string()))?;
+        let revision = i64::try_from(record.revision).unwrap_or(i64::MAX);
+        let next = JobRecord { revision: record.revision + 1, ..record.clone() };
+        let json = serde_json::to_string(&next).map_err(|e| JobsError::Internal(e.to_string()))?;
         // What a running job is on disk.
         let expected = if expected == JobStatus::Running { JobStatus::Queued } else { expected };
         let (id, status, finished_at, due) =
@@ -220,10 +237,19 @@ impl EmbeddedJobs {
             .writer
             .write(move |t| {
                 t.prepare_cached(
-                    "UPDATE jobs SET status = ?1, record = ?2, finished_at = ?3, due = ?4, callback_due = ?5 \
-                     WHERE id = ?6 AND status = ?7",
+                    "UPDATE jobs SET status = ?1, record = ?2, finished_at = ?3, due = ?4, callback_due = ?5, \
+                     revision = revision + 1 WHERE id = ?6 AND status = ?7 AND revision = ?8",
                 )?
-                .execute(params![status, json, finished_at, due, callback_due, id, expected.as_str()])
+                .execute(params![
+                    status,
+                    json,
+                    finished_at,
+                    due,
+                    callback_due,
+                    id,
+                    expected.as_str(),
+                    revision
+                ])
             })
             .await?
             == 1;
@@ -294,8 +320,8 @@ impl EmbeddedJobs {
                     let row: Result<Option<(String, Option<String>)>, _> = self
                         .read(move |c| {
                             c.query_row(
-                                "SELECT record, callback_secret FROM jobs WHERE id = ?1 AND callback_due IS NOT NULL",
-                                [id.to_string()],
+                                "SELECT record, callback_secret FROM jobs WHERE id = ?1 AND callback_due <= ?2",
+                                params![id.to_string(), now],
                                 |row| Ok((row.get(0)?, row.get(1)?)),
                             )
                             .optional()
@@ -395,4 +421,47 @@ impl EmbeddedJobs {
 
 fn parse(json: &str) -> Result<JobRecord, JobsError> {
     serde_json::from_str(json).map_err(|e| JobsError::Internal(format!("unreadable job record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::jobs::{Attempt, JobError, RetryPolicy};
+    use crate::domain::llm::Api;
+    use crate::store::tests::TempDir;
+
+    fn failure() -> Attempt {
+        let error = JobError { code: "x".into(), message: "x".into(), provider_status: None, provider_answer: None };
+        Attempt::Fail { error }
+    }
+
+    #[tokio::test]
+    async fn a_write_based_on_an_older_reading_never_lands() {
+        let dir = TempDir::new();
+        let store = Arc::new(Store::open(&dir.store_path()).unwrap());
+        let jobs = EmbeddedJobs::open(store, 4, Clock::manual(0)).unwrap();
+        let user = UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap();
+        let policy = RetryPolicy::default();
+        let record = JobRecord::new(user, Api::ChatCompletions, "gpt-4o-mini".into(), 0, &policy);
+        let id = record.id;
+        assert!(matches!(jobs.insert(record, Bytes::from_static(b"{}"), None).await.unwrap(), Inserted::New(_)));
+
+        let mut failed = jobs.get(user, id).await.unwrap().unwrap();
+        failed.settle(failure(), 1, &policy, 0.0);
+        assert!(jobs.update(&failed, JobStatus::Queued).await.unwrap());
+        // A callback sender reads the failed job; meanwhile the user retries it and it fails again.
+        let stale = jobs.get(user, id).await.unwrap().unwrap();
+        let mut retried = stale.clone();
+        retried.requeue(2, &policy);
+        assert!(jobs.update(&retried, JobStatus::Failed).await.unwrap());
+        let mut again = jobs.get(user, id).await.unwrap().unwrap();
+        again.settle(failure(), 3, &policy, 0.0);
+        assert!(jobs.update(&again, JobStatus::Queued).await.unwrap());
+
+        let mut late = stale;
+        late.callback_abandoned("late");
+        assert!(!jobs.update(&late, JobStatus::Failed).await.unwrap(), "the older reading's write is refused");
+        let now = jobs.get(user, id).await.unwrap().unwrap();
+        assert_eq!((now.status, now.attempts, now.revision), (JobStatus::Failed, 2, 3));
+    }
 }

@@ -64,8 +64,8 @@ pub enum JobsError {
 /// What `POST /v1/jobs` made.
 pub enum Inserted {
     New(JobRecord),
-    /// The same `Idempotency-Key` was used before: that job, unchanged.
-    Existing(JobRecord),
+    /// The same `Idempotency-Key` was used before: that job, unchanged, and its callback secret if it has one.
+    Existing(JobRecord, Option<SecretString>),
 }
 
 /// A job a worker holds, with its request.
@@ -95,7 +95,7 @@ pub(crate) enum JobStore {
 pub struct JobsConfig {
     /// Jobs running at once in this replica.
     pub workers: usize,
-    /// Jobs of one user running at once (in this replica).
+    /// Jobs of one user running at once (in this replica; across all replicas with Redis).
     pub per_user_cap: usize,
     pub retry: RetryPolicy,
     /// Finished jobs are removed this long after they finish.
@@ -133,13 +133,18 @@ pub struct NewJob {
 }
 
 /// Where a new job's completion goes.
-pub struct NewCallback {
+pub enum NewCallback {
+    /// The app's URL: signed with `JOB_CALLBACK_SECRET`, or a new secret returned to the caller.
+    App(CallbackUrl),
+    /// The Directus Flows bundle's endpoint, for a job a Flow queued: reached on any address, signed with the
+    /// secret derived from `FLOWS_TOKEN` (never stored with the job).
+    Flows,
+}
+
+/// Where jobs queued by Flows report back, and the secret both ends derive from the Flows credential.
+pub struct FlowCallbacks {
     pub url: CallbackUrl,
-    /// A secret the receiver already knows (the Directus Flows bundle's); `None`: the configured app secret, or
-    /// a new one returned to the caller.
-    pub secret: Option<SecretString>,
-    /// A target the operator configured (Directus itself), not one a user chose: reached on any address.
-    pub trusted: bool,
+    pub secret: WebhookSecret,
 }
 
 pub struct Submitted {
@@ -157,6 +162,8 @@ pub struct Jobs {
     /// The gateway's errors as the jobs API shows them (the HTTP layer's codes and messages).
     describe: fn(GatewayError) -> JobError,
     callbacks: callbacks::CallbackClient,
+    /// Set when `FLOWS_TOKEN` is.
+    flows: Option<FlowCallbacks>,
 }
 
 impl Jobs {
@@ -168,6 +175,7 @@ impl Jobs {
         clock: Clock,
         config: JobsConfig,
         describe: fn(GatewayError) -> JobError,
+        flows: Option<FlowCallbacks>,
     ) -> Result<Jobs, JobsError> {
         let store = match redis {
             Some(redis) => JobStore::Redis(Arc::new(RedisJobs::new(
@@ -179,7 +187,7 @@ impl Jobs {
             None => JobStore::Embedded(Box::new(EmbeddedJobs::open(store, config.per_user_cap, clock.clone())?)),
         };
         let callbacks = callbacks::CallbackClient::new(config.allow_internal_callbacks, config.callback_timeout);
-        Ok(Jobs { store, gateway, clock, config, describe, callbacks })
+        Ok(Jobs { store, gateway, clock, config, describe, callbacks, flows })
     }
 
     /// Where jobs are kept: `embedded` (this replica's store) or `redis`.
@@ -187,6 +195,23 @@ impl Jobs {
         match self.store {
             JobStore::Embedded(_) => "embedded",
             JobStore::Redis(_) => "redis",
+        }
+    }
+
+    /// Whether jobs a Flow queues can report back to Directus (`FLOWS_TOKEN` is set).
+    pub fn reports_to_flows(&self) -> bool {
+        self.flows.is_some()
+    }
+
+    /// The secret a callback is signed with: the Flows one for the Flows endpoint, else the job's own, else the
+    /// configured app secret.
+    fn signing_secret(&self, record: &JobRecord, own: Option<SecretString>) -> Option<WebhookSecret> {
+        if record.callback.as_ref().is_some_and(|c| c.trusted) {
+            return self.flows.as_ref().map(|f| f.secret.clone());
+        }
+        match own {
+            Some(own) => WebhookSecret::parse(own.expose_secret()).ok(),
+            None => self.config.callback_secret.clone(),
         }
     }
 
@@ -201,34 +226,35 @@ impl Jobs {
         record.metadata = job.metadata;
         record.idempotency_key = job.idempotency_key;
         record.notify_on_failure = job.notify_on_failure;
-        let (mut shown, mut stored) = (None, None);
-        if let Some(callback) = job.callback {
-            record.callback = Some(Callback {
-                url: callback.url.as_str().to_owned(),
-                state: CallbackState::Waiting,
-                attempts: 0,
-                next_attempt_at: None,
-                last_error: None,
-                trusted: callback.trusted,
-            });
-            match callback.secret {
-                Some(given) => stored = Some(given),
-                None if self.config.callback_secret.is_none() => {
-                    let fresh = new_secret();
-                    stored = Some(fresh.clone());
-                    shown = Some(fresh);
+        let mut secret = None;
+        let target = match job.callback {
+            Some(NewCallback::App(url)) => {
+                if self.config.callback_secret.is_none() {
+                    secret = Some(new_secret());
                 }
-                None => {}
+                Some((url, false))
             }
-        }
-        let stored_secret = stored.as_ref().map(|s| s.expose_secret().to_owned());
+            Some(NewCallback::Flows) => self.flows.as_ref().map(|flows| (flows.url.clone(), true)),
+            None => None,
+        };
+        record.callback = target.map(|(url, trusted)| Callback {
+            url: url.as_str().to_owned(),
+            state: CallbackState::Waiting,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            trusted,
+        });
+        let stored_secret = secret.as_ref().map(|s: &SecretString| s.expose_secret().to_owned());
         let inserted = dispatch!(self.insert(record, job.request.body.clone(), stored_secret))?;
         Ok(match inserted {
             Inserted::New(record) => {
                 tracing::info!(job = %record.id, %user, api = %record.api, "job queued");
-                Submitted { record, callback_secret: shown, created: true }
+                Submitted { record, callback_secret: secret, created: true }
             }
-            Inserted::Existing(record) => Submitted { record, callback_secret: None, created: false },
+            // The same caller asking again (the key is the user's): their job's secret again, in case the first
+            // answer was lost.
+            Inserted::Existing(record, secret) => Submitted { record, callback_secret: secret, created: false },
         })
     }
 

@@ -69,6 +69,22 @@ local function give_turn(p, user)
     redis.call('ZADD', p .. 'turns', 'LT', head[2], user)
   end
 end
+-- The user's turn as it now stands: their earliest due job, or at the cap, when a lease of theirs lapses (a
+-- finishing job gives the turn back sooner).
+local function retime(p, user, cap)
+  local head = redis.call('ZRANGE', p .. 'due:' .. user, 0, 0, 'WITHSCORES')
+  if #head == 0 then
+    redis.call('ZREM', p .. 'turns', user)
+    return
+  end
+  local inflight = p .. 'inflight:' .. user
+  if redis.call('ZCARD', inflight) < cap then
+    redis.call('ZADD', p .. 'turns', head[2], user)
+  else
+    local first = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', p .. 'turns', math.max(tonumber(head[2]), tonumber(first[2])), user)
+  end
+end
 local function retake(p, id, entry, now)
   redis.call('XACK', p .. 'stream', 'workers', entry)
   redis.call('XDEL', p .. 'stream', entry)
@@ -98,22 +114,22 @@ end
 ";
 
 /// ARGV: prefix, id, user, idempotency key or '', record, request, secret or '', now. Returns {1} for a new
-/// job, or {0, record, status} for the job the idempotency key made before.
+/// job, or {0, record, status, secret} for the job the idempotency key made before.
 const INSERT: &str = r"
 local p, id, user, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if idem ~= '' then
   local idem_key = p .. 'idem:' .. user .. ':' .. idem
   local existing = redis.call('GET', idem_key)
   if existing then
-    local found = redis.call('HMGET', p .. 'job:' .. existing, 'record', 'status')
+    local found = redis.call('HMGET', p .. 'job:' .. existing, 'record', 'status', 'secret')
     if found[1] then
-      return {0, found[1], found[2]}
+      return {0, found[1], found[2], found[3] or ''}
     end
   end
   redis.call('SET', idem_key, id)
 end
 local job = p .. 'job:' .. id
-redis.call('HSET', job, 'user', user, 'status', 'queued', 'record', ARGV[5], 'request', ARGV[6], 'idem', idem)
+redis.call('HSET', job, 'user', user, 'status', 'queued', 'rev', 0, 'record', ARGV[5], 'request', ARGV[6], 'idem', idem)
 if ARGV[7] ~= '' then
   redis.call('HSET', job, 'secret', ARGV[7])
 end
@@ -123,57 +139,60 @@ followups(p, id, user, 'queued', ARGV[8], '', '')
 return {1}
 ";
 
-/// ARGV: prefix, now, cap, lease ms, consumer. Moves due jobs of users under the cap to the stream, then
-/// hands out one entry to `consumer`, marked running. Returns {id, entry, record, request} or nothing.
+/// ARGV: prefix, now, cap, lease ms, consumer. Takes the earliest due job of a user under the cap (users by their
+/// earliest due job), puts it in the stream and reads it as `consumer` in the same step, marked running under
+/// that entry: only jobs a worker holds are ever in the stream, and only they count against the cap. Returns
+/// {id, entry, record, request} or nothing.
 const CLAIM: &str = r"
 local p, now, cap, lease, consumer = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local stream = p .. 'stream'
+-- A script's writes before an error stay: make sure the group exists before writing anything.
+local groups = redis.pcall('XINFO', 'GROUPS', stream)
+local grouped = false
+if type(groups) == 'table' and not groups.err then
+  for _, group in ipairs(groups) do
+    if group[2] == 'workers' then
+      grouped = true
+    end
+  end
+end
+if not grouped then
+  return redis.error_reply('NOGROUP the jobs consumer group does not exist yet')
+end
 for _, user in ipairs(redis.call('ZRANGEBYSCORE', p .. 'turns', '-inf', now, 'LIMIT', 0, 50)) do
   local inflight, due = p .. 'inflight:' .. user, p .. 'due:' .. user
   redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
-  local n = redis.call('ZCARD', inflight)
-  while n < cap do
-    local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
-    if #head == 0 or tonumber(head[2]) > now then
-      break
-    end
-    redis.call('ZREM', due, head[1])
-    local entry = redis.call('XADD', p .. 'stream', '*', 'job', head[1])
-    redis.call('HSET', p .. 'job:' .. head[1], 'entry', entry)
-    redis.call('ZADD', inflight, now + lease, head[1])
-    n = n + 1
-  end
   local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
-  if #head == 0 then
-    redis.call('ZREM', p .. 'turns', user)
-  elseif n < cap then
-    redis.call('ZADD', p .. 'turns', head[2], user)
+  if #head > 0 and tonumber(head[2]) <= now and redis.call('ZCARD', inflight) < cap then
+    local id = head[1]
+    redis.call('ZREM', due, id)
+    local job = p .. 'job:' .. id
+    local found = redis.call('HMGET', job, 'status', 'record', 'request')
+    local taken = nil
+    if found[1] == 'queued' then
+      local entry = redis.call('XADD', stream, '*', 'job', id)
+      repeat
+        local read = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+        local got = read and read[1][2][1][1]
+        if got and got ~= entry then
+          redis.call('XACK', stream, 'workers', got)
+          redis.call('XDEL', stream, got)
+        end
+      until not got or got == entry
+      redis.call('HSET', job, 'status', 'running', 'entry', entry)
+      recount(p, 'queued', 'running')
+      redis.call('ZADD', inflight, now + lease, id)
+      taken = {id, entry, found[2], found[3]}
+    end
+    retime(p, user, cap)
+    if taken then
+      return taken
+    end
   else
-    local first = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
-    redis.call('ZADD', p .. 'turns', math.max(tonumber(head[2]), tonumber(first[2])), user)
+    retime(p, user, cap)
   end
 end
-while true do
-  local read = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', p .. 'stream', '>')
-  if not read then
-    return false
-  end
-  local entry = read[1][2][1]
-  local id = entry[2][2]
-  local job = p .. 'job:' .. id
-  local found = redis.call('HMGET', job, 'status', 'entry', 'user', 'record', 'request')
-  if found[1] == 'queued' and found[2] == entry[1] then
-    redis.call('HSET', job, 'status', 'running')
-    recount(p, 'queued', 'running')
-    redis.call('ZADD', p .. 'inflight:' .. found[3], now + lease, id)
-    return {id, entry[1], found[4], found[5]}
-  end
-  -- Cancelled, or taken over since it was put here: not to run.
-  redis.call('XACK', p .. 'stream', 'workers', entry[1])
-  redis.call('XDEL', p .. 'stream', entry[1])
-  if found[3] then
-    redis.call('ZREM', p .. 'inflight:' .. found[3], id)
-  end
-end
+return false
 ";
 
 /// ARGV: prefix, id, entry, consumer, now, lease ms. Keeps a running job's claim.
@@ -188,41 +207,41 @@ redis.call('XCLAIM', p .. 'stream', 'workers', ARGV[4], 0, entry, 'JUSTID')
 return 1
 ";
 
-/// ARGV: prefix, id, entry, record, status, due, callback due, finished at. Writes a worker's result if it
-/// still holds the job's entry and the job still runs. Returns 1 if written.
+/// ARGV: prefix, id, entry, record, status, due, callback due, finished at, revision. Writes a worker's result if it
+/// still holds the job's entry, and the job still runs at the revision it was taken at. Returns 1 if written.
 const FINISH: &str = r"
 local p, id, entry = ARGV[1], ARGV[2], ARGV[3]
 redis.call('XACK', p .. 'stream', 'workers', entry)
 redis.call('XDEL', p .. 'stream', entry)
 local job = p .. 'job:' .. id
-local found = redis.call('HMGET', job, 'user', 'status', 'entry')
-if not found[1] then
+local found = redis.call('HMGET', job, 'user', 'status', 'entry', 'rev')
+-- Gone, or taken over: the job and its slot are another worker's now.
+if not found[1] or found[3] ~= entry then
   return 0
 end
 redis.call('ZREM', p .. 'inflight:' .. found[1], id)
+redis.call('HDEL', job, 'entry')
 local written = 0
-if found[2] == 'running' and found[3] == entry then
-  redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5])
-  redis.call('HDEL', job, 'entry')
+if found[2] == 'running' and found[4] == ARGV[9] then
+  redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5], 'rev', tonumber(ARGV[9]) + 1)
   recount(p, 'running', ARGV[5])
   followups(p, id, found[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
   written = 1
-elseif found[3] == entry then
-  redis.call('HDEL', job, 'entry')
 end
 give_turn(p, found[1])
 return written
 ";
 
-/// ARGV: prefix, id, expected status, record, status, due, callback due, finished at. Compare and set.
+/// ARGV: prefix, id, expected status, record, status, due, callback due, finished at, expected revision. Compare
+/// and set on the status and the revision, so a write based on an older reading never lands.
 const UPDATE: &str = r"
 local p, id = ARGV[1], ARGV[2]
 local job = p .. 'job:' .. id
-local found = redis.call('HMGET', job, 'user', 'status')
-if not found[1] or found[2] ~= ARGV[3] then
+local found = redis.call('HMGET', job, 'user', 'status', 'rev')
+if not found[1] or found[2] ~= ARGV[3] or found[3] ~= ARGV[9] then
   return 0
 end
-redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5])
+redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5], 'rev', tonumber(ARGV[9]) + 1)
 if found[2] ~= ARGV[5] then
   recount(p, found[2], ARGV[5])
 end
@@ -373,12 +392,35 @@ pub struct RedisJobs {
     callback_work: Notify,
 }
 
-/// Renews a running job's lease until dropped.
-pub struct Renewal(tokio::task::JoinHandle<()>);
+/// Renews a running job's lease until dropped, and says when the lease is lost (taken over, or not renewed for
+/// longer than is safe): the worker then gives up the attempt, so a job never runs on two replicas at once.
+pub struct Renewal {
+    task: tokio::task::JoinHandle<()>,
+    lost: Arc<Lost>,
+}
+
+#[derive(Default)]
+struct Lost {
+    yes: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Renewal {
+    /// Resolves when the lease is lost.
+    pub async fn lost(&self) {
+        loop {
+            let notified = armed(&self.lost.notify);
+            if self.lost.yes.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 impl Drop for Renewal {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -432,7 +474,10 @@ impl RedisJobs {
                 self.work.notify_one();
                 Ok(Inserted::New(record))
             }
-            [_, found, status] => Ok(Inserted::Existing(decode(found, status)?)),
+            [_, found, status, secret] => {
+                let secret = text(secret).filter(|s| !s.is_empty()).map(SecretString::from);
+                Ok(Inserted::Existing(decode(found, status)?, secret))
+            }
             _ => Err(JobsError::Internal("unexpected answer from the insert script".into())),
         }
     }
@@ -491,10 +536,10 @@ impl RedisJobs {
         written
     }
 
-    /// Writes `record` with `script` ([`UPDATE`] or [`FINISH`]), guarded by `guard` (the expected status, or
-    /// the entry the worker holds).
+    /// Writes `record` as its next revision with `script` ([`UPDATE`] or [`FINISH`]), guarded by `guard` (the
+    /// expected status, or the entry the worker holds) and by the revision it was read at.
     async fn write(&self, script: &Script, record: &JobRecord, guard: &str) -> Result<bool, JobsError> {
-        let json = encode(record)?;
+        let json = encode(&JobRecord { revision: record.revision + 1, ..record.clone() })?;
         let prefix = &self.prefix;
         let written: i64 = self
             .redis
@@ -508,6 +553,7 @@ impl RedisJobs {
                     .arg(optional(record.next_attempt_at))
                     .arg(optional(record.callback_due()))
                     .arg(optional(record.finished_at))
+                    .arg(record.revision)
                     .invoke_async(&mut c)
                     .await
             })
@@ -581,7 +627,7 @@ impl RedisJobs {
                     .arg("CREATE")
                     .arg(stream)
                     .arg(GROUP)
-                    .arg("$")
+                    .arg("0")
                     .arg("MKSTREAM")
                     .query_async(&mut c)
                     .await
@@ -612,11 +658,19 @@ impl RedisJobs {
             .await?;
         let Some((id, entry, record, request)) = found else { return Ok(None) };
         let record = with_status(&record, JobStatus::Running.as_str())?;
-        let renewal = Renewal(tokio::spawn(Arc::clone(self).renew(id, entry.clone())));
+        let lost = Arc::new(Lost::default());
+        let task = tokio::spawn(Arc::clone(self).renew(id, entry.clone(), Arc::clone(&lost)));
+        let renewal = Renewal { task, lost };
         Ok(Some(Claimed { record, request: Bytes::from(request), lease: Some(entry), renewal: Some(renewal) }))
     }
 
-    async fn renew(self: Arc<Self>, id: String, entry: String) {
+    async fn renew(self: Arc<Self>, id: String, entry: String, lost: Arc<Lost>) {
+        let give_up = |why: &str| {
+            tracing::warn!(job = %id, why, "a running job's lease is lost; its attempt is given up");
+            lost.yes.store(true, std::sync::atomic::Ordering::SeqCst);
+            lost.notify.notify_waiters();
+        };
+        let mut renewed_at = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
             let (script, id, entry, now) = (&self.scripts.renew, &id, &entry, self.clock.now());
@@ -636,9 +690,11 @@ impl RedisJobs {
                 })
                 .await;
             match renewed {
-                Ok(1) => {}
-                Ok(_) => return,
-                Err(error) => tracing::warn!(job = %id, %error, "cannot renew a running job's lease"),
+                Ok(1) => renewed_at = tokio::time::Instant::now(),
+                Ok(_) => return give_up("taken over"),
+                // Another replica may take the job over once the lease lapses: stop before it can.
+                Err(_) if renewed_at.elapsed() >= LEASE - RENEW_EVERY => return give_up("not renewed in time"),
+                Err(error) => tracing::warn!(job = %id, %error, "cannot renew a running job's lease; retrying"),
             }
         }
     }
@@ -731,12 +787,15 @@ fn with_status(record: &str, status: &str) -> Result<JobRecord, JobsError> {
     Ok(record)
 }
 
-fn decode(record: &redis::Value, status: &redis::Value) -> Result<JobRecord, JobsError> {
-    let text = |value: &redis::Value| match value {
+fn text(value: &redis::Value) -> Option<String> {
+    match value {
         redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         redis::Value::SimpleString(s) => Some(s.clone()),
         _ => None,
-    };
+    }
+}
+
+fn decode(record: &redis::Value, status: &redis::Value) -> Result<JobRecord, JobsError> {
     match (text(record), text(status)) {
         (Some(record), Some(status)) => with_status(&record, &status),
         _ => Err(JobsError::Internal("unexpected job record from Redis".into())),

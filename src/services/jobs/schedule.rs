@@ -27,6 +27,8 @@ pub struct Schedule {
     turns: BTreeSet<(UnixMillis, UserId)>,
     running: HashMap<UserId, usize>,
     running_jobs: HashSet<Uuid>,
+    /// Jobs queued again while a worker still held them (a retry racing the worker's finish): due once it is done.
+    after_done: HashMap<Uuid, UnixMillis>,
     cap: usize,
 }
 
@@ -35,8 +37,13 @@ impl Schedule {
         Schedule { cap: cap.max(1), ..Schedule::default() }
     }
 
-    /// Queues `job`, due at `at` (a job already queued moves to the new time).
+    /// Queues `job`, due at `at` (a job already queued moves to the new time; a running one is queued when its
+    /// worker is done with it).
     pub fn push(&mut self, user: UserId, job: Uuid, at: UnixMillis) {
+        if self.running_jobs.contains(&job) {
+            self.after_done.insert(job, at);
+            return;
+        }
         self.remove(job);
         self.without_turn(user, |jobs| {
             jobs.insert((at, job));
@@ -77,6 +84,9 @@ impl Schedule {
         if !self.running_jobs.remove(&job) {
             return;
         }
+        if let Some(at) = self.after_done.remove(&job) {
+            self.push(user, job, at);
+        }
         self.take_turn(user);
         if let Some(running) = self.running.get_mut(&user) {
             *running -= 1;
@@ -89,6 +99,10 @@ impl Schedule {
 
     pub fn is_running(&self, job: Uuid) -> bool {
         self.running_jobs.contains(&job)
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Uuid> {
+        self.running_jobs.iter()
     }
 
     pub fn queued_len(&self) -> usize {
@@ -183,5 +197,16 @@ mod tests {
         schedule.done(user(1), job(2));
         assert_eq!(schedule.pop(300), Next::Run(user(1), job(3)));
         assert_eq!(schedule.running_len(), 1);
+    }
+
+    #[test]
+    fn a_job_queued_again_while_it_runs_is_due_once_its_worker_is_done() {
+        let mut schedule = Schedule::new(4);
+        schedule.push(user(1), job(1), 100);
+        assert_eq!(schedule.pop(100), Next::Run(user(1), job(1)));
+        schedule.push(user(1), job(1), 150);
+        assert_eq!(schedule.pop(200), Next::WaitUntil(None), "not twice at once");
+        schedule.done(user(1), job(1));
+        assert_eq!(schedule.pop(200), Next::Run(user(1), job(1)));
     }
 }

@@ -3,11 +3,9 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use super::{Claimed, DueCallback, Jobs};
-use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::jobs::{Attempt, CallbackState, JobError, JobStatus, parse_api};
 use crate::domain::llm::{Api, parse_request};
 use crate::domain::provider::Provider;
@@ -30,11 +28,24 @@ impl Jobs {
 
     async fn run(&self, claimed: Claimed) {
         let Claimed { mut record, request, lease, renewal } = claimed;
-        let attempt = match parse_api(&record.api) {
-            Some(api) => self.attempt(record.user, api, request).await,
-            None => {
-                Attempt::Fail { error: job_error("invalid_request", "The job names an API this version does not run.") }
+        let attempt = async {
+            match parse_api(&record.api) {
+                Some(api) => self.attempt(record.user, api, request).await,
+                None => Attempt::Fail {
+                    error: job_error("invalid_request", "The job names an API this version does not run."),
+                },
             }
+        };
+        let lease_lost = async {
+            match &renewal {
+                Some(renewal) => renewal.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let attempt = tokio::select! {
+            attempt = attempt => attempt,
+            // Another replica may take the job over: stop here (the call is dropped, its credit hold released).
+            () = lease_lost => return,
         };
         let outcome = match &attempt {
             Attempt::Succeeded { .. } => "succeeded",
@@ -143,8 +154,9 @@ impl Jobs {
     pub(super) async fn send_callbacks(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(CALLBACKS_AT_ONCE));
         loop {
-            let due = dispatch!(self.due_callback());
+            // A slot first: a callback taken (with Redis, leased) is sent at once, not after others.
             let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+            let due = dispatch!(self.due_callback());
             let jobs = Arc::clone(&self);
             tokio::spawn(async move {
                 jobs.send_callback(due).await;
@@ -155,20 +167,14 @@ impl Jobs {
 
     async fn send_callback(&self, due: DueCallback) {
         let DueCallback { mut record, secret } = due;
-        let secret = match secret.as_ref().map(|s| WebhookSecret::parse(s.expose_secret())) {
-            Some(Ok(secret)) => secret,
-            None if self.config.callback_secret.is_some() => {
-                self.config.callback_secret.clone().expect("checked just above")
+        let Some(secret) = self.signing_secret(&record, secret) else {
+            // Only if JOB_CALLBACK_SECRET (or FLOWS_TOKEN) was removed after the job was submitted.
+            tracing::error!(job = %record.id, "a callback has no signing secret; it is not sent");
+            record.callback_abandoned("no signing secret is configured for this callback");
+            if let Err(error) = dispatch!(self.update(&record, record.status)) {
+                tracing::warn!(job = %record.id, %error, "cannot record an abandoned callback");
             }
-            _ => {
-                // Only if JOB_CALLBACK_SECRET was removed after the job was submitted without a secret of its own.
-                tracing::error!(job = %record.id, "a callback has no signing secret; it is not sent");
-                record.callback_abandoned("no signing secret is configured for this callback");
-                if let Err(error) = dispatch!(self.update(&record, record.status)) {
-                    tracing::warn!(job = %record.id, %error, "cannot record an abandoned callback");
-                }
-                return;
-            }
+            return;
         };
         let outcome = self.callbacks.deliver(&record, &secret).await;
         let expected = record.status;
