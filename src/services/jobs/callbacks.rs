@@ -94,3 +94,30 @@ impl CallbackClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn names_resolving_only_to_internal_addresses_are_refused_at_delivery() {
+        let refused = PublicOnly.resolve(Name::from_str("localhost").unwrap()).await;
+        let error = refused.err().expect("localhost resolves to loopback only").to_string();
+        assert!(error.contains("no public address"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_public_client_cannot_reach_a_name_that_resolves_inside() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = CallbackClient::new(false, Duration::from_secs(2));
+        let sent = client.http.post(format!("http://localhost:{port}/hook")).send().await;
+        assert!(sent.is_err(), "the resolver refused the name");
+        let trusted = client.trusted.post(format!("http://localhost:{port}/hook")).send();
+        let accepted = tokio::time::timeout(Duration::from_secs(2), listener.accept());
+        let (_, accepted) = tokio::join!(trusted, accepted);
+        assert!(accepted.is_ok(), "the trusted client (Directus for Flows) may reach it");
+    }
+}
