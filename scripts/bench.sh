@@ -279,7 +279,7 @@ start_jobs_sidecar() {
 		WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=warn DATA_DIR="${work}/jobs-data" \
 		OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
 		RATE_LIMIT_FREE_PER_MIN=10000000 USER_CACHE_TTL_SECS=300 FLAG_CACHE_TTL_SECS=3600 \
-		JOB_WORKERS="$1" JOB_PER_USER_CONCURRENCY=64 target/release/byok-bridge >>"${work}/jobs-sidecar.log" 2>&1 &
+		RATE_LIMIT_JOB_SUBMITS_PER_MIN=10000000 JOB_WORKERS="$1" JOB_PER_USER_CONCURRENCY=64 target/release/byok-bridge >>"${work}/jobs-sidecar.log" 2>&1 &
 	jobs_pid="$!"
 	pids+=("${jobs_pid}")
 	for _ in $(seq 1 600); do

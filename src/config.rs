@@ -79,6 +79,8 @@ pub struct Settings {
     /// usage summaries (each reads Directus).
     pub key_checks_per_minute: u32,
     pub usage_reads_per_minute: u32,
+    /// Per user and minute: jobs submitted (each is stored, and later costs a provider call).
+    pub job_submits_per_minute: u32,
     /// Total time one gateway call may spend retrying a provider.
     pub upstream_deadline: Duration,
     /// A provider's circuit opens after this many outages in a row and stays open this long.
@@ -455,6 +457,7 @@ impl Settings {
         };
         let key_checks_per_minute = r.parsed("RATE_LIMIT_KEY_CHECKS_PER_MIN", 10, per_minute, count);
         let usage_reads_per_minute = r.parsed("RATE_LIMIT_USAGE_READS_PER_MIN", 60, per_minute, count);
+        let job_submits_per_minute = r.parsed("RATE_LIMIT_JOB_SUBMITS_PER_MIN", 6_000, per_minute, count);
         let upstream_deadline = r.seconds("UPSTREAM_DEADLINE_SECS", 30, 1..=600);
         let max_upstream_calls = r.parsed("MAX_UPSTREAM_CALLS", 512, "Use a whole number, e.g. 512", count) as usize;
         let upstream_slot_wait = r.seconds("UPSTREAM_SLOT_WAIT_SECS", 10, 1..=600);
@@ -537,6 +540,7 @@ impl Settings {
                     rate_limits,
                     key_checks_per_minute,
                     usage_reads_per_minute,
+                    job_submits_per_minute,
                     upstream_deadline,
                     max_upstream_calls,
                     upstream_slot_wait,

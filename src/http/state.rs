@@ -74,6 +74,8 @@ pub struct Services {
     pub key_checks_per_minute: u32,
     pub usage_reads: Arc<RateLimiter>,
     pub usage_reads_per_minute: u32,
+    pub job_submits: Arc<RateLimiter>,
+    pub job_submits_per_minute: u32,
     pub max_llm_body_bytes: usize,
     pub account_page: AccountPage,
 }
@@ -184,7 +186,9 @@ impl AppState {
             shared,
             key_checks: Arc::new(RateLimiter::new("key_checks", redis.clone())),
             key_checks_per_minute: settings.key_checks_per_minute,
-            usage_reads: Arc::new(RateLimiter::new("usage_reads", redis)),
+            usage_reads: Arc::new(RateLimiter::new("usage_reads", redis.clone())),
+            job_submits: Arc::new(RateLimiter::new("job_submits", redis)),
+            job_submits_per_minute: settings.job_submits_per_minute,
             usage_reads_per_minute: settings.usage_reads_per_minute,
             max_llm_body_bytes: settings.max_llm_body_bytes,
             account_page: AccountPage {

@@ -486,3 +486,23 @@ async fn bad_submissions_are_refused_and_users_see_only_their_own_jobs() {
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(code(cancel().await.unwrap(), 409).await, "job_finished");
 }
+
+#[tokio::test]
+async fn a_user_cannot_fill_the_queue_faster_than_the_submit_limit() {
+    let clock = start_clock();
+    let app = jobs_app(&[("JOB_WORKERS", "0"), ("RATE_LIMIT_JOB_SUBMITS_PER_MIN", "2")], &clock).await;
+    let user = byok_user(&app, false).await;
+    for n in 0..2 {
+        submitted_id(submit(&app, &user, chat_job(&format!("job {n}"))).await).await;
+    }
+    let refused = submit(&app, &user, chat_job("one too many")).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_code(refused).await, "rate_limited");
+    let jobs: Value =
+        app.http.get(app.url("/v1/jobs")).bearer_auth(token_for(&user)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "the refused job was not stored");
+    // Another user has their own allowance.
+    let other = byok_user(&app, false).await;
+    submitted_id(submit(&app, &other, chat_job("mine")).await).await;
+}

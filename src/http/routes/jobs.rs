@@ -17,6 +17,7 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, Operator, RequestBody, ViaFlow};
 use crate::http::routes::gateway::parse;
 use crate::http::state::AppState;
+use crate::metrics;
 use crate::services::jobs::{JobsError, NewCallback, NewJob};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -59,7 +60,8 @@ fn invalid(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>
     responses(
         (status = 202, description = "`{\"id\", \"status\"}`, and `callback_secret` (shown once) when the job has its own", body = Object),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 422, description = "`streaming_not_supported`, `invalid_callback_url`, `idempotency_key_reused`", body = ErrorBody)))]
+        (status = 422, description = "`streaming_not_supported`, `invalid_callback_url`, `idempotency_key_reused`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: more than `RATE_LIMIT_JOB_SUBMITS_PER_MIN` submits", body = ErrorBody)))]
 pub async fn submit(
     AuthenticatedUser(user): AuthenticatedUser,
     via_flow: Option<Extension<ViaFlow>>,
@@ -96,6 +98,11 @@ pub async fn submit(
         return Err(invalid("invalid_metadata", "\"metadata\" must be a JSON object of at most 16 KiB."));
     }
     let idempotency_key = idempotency_key(&headers)?;
+    // Every job is stored and later calls a provider: a user may not fill the queue faster than this.
+    state.job_submits.acquire(user, state.job_submits_per_minute).await.map_err(|retry_after| {
+        metrics::rate_limited("job_submits");
+        ApiError::TooManyRequests { retry_after }
+    })?;
     let model = request.model.clone();
     let job = NewJob {
         api,
