@@ -61,10 +61,6 @@ impl JobStatus {
         JobStatus::ALL.into_iter().find(|s| s.as_str() == raw)
     }
 
-    pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
-    }
-
     /// A user may retry a job that failed or is paused; anything else is running or waiting already.
     pub fn can_retry(self) -> bool {
         matches!(self, JobStatus::Failed | JobStatus::Paused)
@@ -554,7 +550,6 @@ mod tests {
         assert!(JobStatus::Failed.can_retry() && JobStatus::Paused.can_retry());
         assert!(!JobStatus::Succeeded.can_retry() && !JobStatus::Queued.can_retry());
         assert!(!JobStatus::Succeeded.can_cancel() && !JobStatus::Cancelled.can_cancel());
-        assert!(JobStatus::Succeeded.is_final() && !JobStatus::Paused.is_final());
     }
 
     #[test]

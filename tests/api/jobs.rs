@@ -31,6 +31,11 @@ async fn submit(app: &TestApp, user: &str, body: Value) -> reqwest::Response {
     app.http.post(app.url("/v1/jobs")).bearer_auth(token_for(user)).json(&body).send().await.unwrap()
 }
 
+async fn submit_keyed(app: &TestApp, user: &str, idempotency_key: &str, body: Value) -> reqwest::Response {
+    let request = app.http.post(app.url("/v1/jobs")).bearer_auth(token_for(user));
+    request.header("idempotency-key", idempotency_key).json(&body).send().await.unwrap()
+}
+
 fn chat_job(content: &str) -> Value {
     let mut request = hello(false);
     request["messages"][0]["content"] = json!(content);
@@ -285,17 +290,10 @@ async fn the_same_idempotency_key_makes_no_second_job() {
     openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
         .mount(&app.providers)
         .await;
-    let send = |body: Value| {
-        app.http
-            .post(app.url("/v1/jobs"))
-            .bearer_auth(token_for(&user))
-            .header("idempotency-key", "order-7781")
-            .json(&body)
-            .send()
-    };
-    let first = send(chat_job("Hello")).await.unwrap();
+    let send = |body: Value| submit_keyed(&app, &user, "order-7781", body);
+    let first = send(chat_job("Hello")).await;
     let first_id = submitted_id(first).await;
-    let again = send(chat_job("Hello")).await.unwrap();
+    let again = send(chat_job("Hello")).await;
     assert_eq!(again.status(), 202);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
@@ -308,20 +306,12 @@ async fn the_same_idempotency_key_makes_no_second_job() {
 
     let mut other = chat_job("Hello");
     other["request"]["model"] = json!("gpt-4o");
-    let reused = send(other).await.unwrap();
+    let reused = send(other).await;
     assert_eq!(reused.status(), 422);
     assert_eq!(error_code(reused).await, "idempotency_key_reused");
     // Another user's same key is their own.
     let someone = byok_user(&app, false).await;
-    let theirs = app
-        .http
-        .post(app.url("/v1/jobs"))
-        .bearer_auth(token_for(&someone))
-        .header("idempotency-key", "order-7781")
-        .json(&chat_job("Hello"))
-        .send()
-        .await
-        .unwrap();
+    let theirs = submit_keyed(&app, &someone, "order-7781", chat_job("Hello")).await;
     assert_ne!(submitted_id(theirs).await, first_id);
 }
 
@@ -419,15 +409,7 @@ async fn bad_submissions_are_refused_and_users_see_only_their_own_jobs() {
     let mut body = chat_job("Hello");
     body["metadata"] = json!("not an object");
     assert_eq!(code(submit(&app, &user, body).await, 422).await, "invalid_metadata");
-    let response = app
-        .http
-        .post(app.url("/v1/jobs"))
-        .bearer_auth(token_for(&user))
-        .header("idempotency-key", "")
-        .json(&chat_job("x"))
-        .send()
-        .await
-        .unwrap();
+    let response = submit_keyed(&app, &user, "", chat_job("x")).await;
     assert_eq!(code(response, 400).await, "invalid_idempotency_key");
     let unauthenticated = app.http.post(app.url("/v1/jobs")).json(&chat_job("x")).send().await.unwrap();
     assert_eq!(code(unauthenticated, 401).await, "unauthorized");

@@ -18,7 +18,7 @@ use crate::fakes::{CHAT_OK, GOOD_KEY, INTERNAL_ANTHROPIC, INTERNAL_OPENAI, fake_
 use crate::gateway::gateway_sidecar;
 use crate::harness::{ENCRYPTION_KEY, Instance, serial};
 
-const QUOTA_KEY: &str = "sk-proj-e2eQuotaKeyNotReal00000000000000QqRr";
+const QUOTA_KEY: &str = "sk-proj-FAKE-e2e-quota-key-not-a-real-key-0000";
 
 /// The application in this process, on the real Directus, with `clock`.
 struct InProcess {

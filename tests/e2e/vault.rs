@@ -119,8 +119,8 @@ async fn import_keys_stores_ciphertext_only_and_the_imported_keys_route_byok() {
     instance.set_byok_first(&http).await;
     let (ann, ann_token) = instance.new_user(&http, "premium", "0").await;
     let (bob, _) = instance.new_user(&http, "lifetime", "0").await;
-    let ann_key = "sk-proj-importedKeyOfAnn0000000000000000AnnA";
-    let bob_key = "sk-ant-importedKeyOfBob00000000000000000BobB";
+    let ann_key = "sk-proj-FAKE-imported-key-of-ann-not-real-0000";
+    let bob_key = "sk-ant-FAKE-imported-key-of-bob-not-real-0000";
     let nobody = uuid::Uuid::new_v4();
     let input = format!(
         "{}\n{}\nnot json at all {ann_key}\n{}\n\n{}\n",

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::schedule::{Next, Schedule};
-use super::{Claimed, DueCallback, Inserted, JobsError, armed};
+use super::{Claimed, DueCallback, Inserted, JobsError, armed, decode, encode};
 use crate::clock::Clock;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus};
@@ -92,7 +92,7 @@ impl EmbeddedJobs {
         request: Bytes,
         secret: Option<String>,
     ) -> Result<Inserted, JobsError> {
-        let json = serde_json::to_string(&record).map_err(|e| JobsError::Internal(e.to_string()))?;
+        let json = encode(&record)?;
         let (id, user, key, due) = (record.id, record.user, record.idempotency_key.clone(), record.next_attempt_at);
         let existing = self
             .writer
@@ -115,7 +115,9 @@ impl EmbeddedJobs {
             })
             .await?;
         match existing {
-            Some((json, secret)) => Ok(Inserted::Existing(self.overlay(parse(&json)?), secret.map(SecretString::from))),
+            Some((json, secret)) => {
+                Ok(Inserted::Existing(self.overlay(decode(&json)?), secret.map(SecretString::from)))
+            }
             None => {
                 sync::lock(&self.schedule).push(user, id, due.unwrap_or(0));
                 self.work.notify_waiters();
@@ -135,7 +137,7 @@ impl EmbeddedJobs {
                 .optional()
             })
             .await?;
-        json.map(|json| parse(&json).map(|r| self.overlay(r))).transpose()
+        json.map(|json| decode(&json).map(|r| self.overlay(r))).transpose()
     }
 
     /// The user's newest jobs first, `limit` at most, optionally only those in `status`.
@@ -175,7 +177,7 @@ impl EmbeddedJobs {
         };
         let mut jobs = Vec::with_capacity(rows.len().min(limit));
         for json in rows {
-            let job = self.overlay(parse(&json)?);
+            let job = self.overlay(decode(&json)?);
             if status.is_none_or(|s| s == job.status) {
                 jobs.push(job);
             }
@@ -227,7 +229,7 @@ impl EmbeddedJobs {
     async fn write(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
         let revision = i64::try_from(record.revision).unwrap_or(i64::MAX);
         let next = JobRecord { revision: record.revision + 1, ..record.clone() };
-        let json = serde_json::to_string(&next).map_err(|e| JobsError::Internal(e.to_string()))?;
+        let json = encode(&next)?;
         // What a running job is on disk.
         let expected = if expected == JobStatus::Running { JobStatus::Queued } else { expected };
         let (id, status, finished_at, due) =
@@ -297,7 +299,7 @@ impl EmbeddedJobs {
                 .optional()
             })
             .await?;
-        row.map(|(json, request)| Ok((parse(&json)?, Bytes::from(request)))).transpose()
+        row.map(|(json, request)| Ok((decode(&json)?, Bytes::from(request)))).transpose()
     }
 
     /// The next callback due, with its job and secret; waits until there is one.
@@ -327,7 +329,7 @@ impl EmbeddedJobs {
                             .optional()
                         })
                         .await;
-                    match row.map(|row| row.map(|(json, secret)| parse(&json).map(|r| (r, secret)))) {
+                    match row.map(|row| row.map(|(json, secret)| decode(&json).map(|r| (r, secret)))) {
                         Ok(Some(Ok((record, secret)))) => {
                             return DueCallback { record, secret: secret.map(SecretString::from) };
                         }
@@ -357,7 +359,7 @@ impl EmbeddedJobs {
                 rows.collect()
             })
             .await?;
-        rows.iter().map(|json| parse(json)).collect()
+        rows.iter().map(|json| decode(json)).collect()
     }
 
     /// Removes finished jobs older than `before` whose callback is settled. How many went.
@@ -417,10 +419,6 @@ impl EmbeddedJobs {
         .await
         .map_err(|e| JobsError::Internal(e.to_string()))?
     }
-}
-
-fn parse(json: &str) -> Result<JobRecord, JobsError> {
-    serde_json::from_str(json).map_err(|e| JobsError::Internal(format!("unreadable job record: {e}")))
 }
 
 #[cfg(test)]

@@ -347,7 +347,7 @@ impl Jobs {
         let mut last_purge = None;
         loop {
             ticks.tick().await;
-            match dispatch!(self.counts()) {
+            match self.counts().await {
                 Ok(counts) => {
                     for status in JobStatus::ALL {
                         crate::metrics::jobs(status, counts.get(&status).copied().unwrap_or(0));
@@ -371,6 +371,15 @@ impl Jobs {
     pub async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
         dispatch!(self.counts())
     }
+}
+
+/// A record as both stores keep it: JSON.
+fn encode(record: &JobRecord) -> Result<String, JobsError> {
+    serde_json::to_string(record).map_err(|e| JobsError::Internal(e.to_string()))
+}
+
+fn decode(json: &str) -> Result<JobRecord, JobsError> {
+    serde_json::from_str(json).map_err(|e| JobsError::Internal(format!("unreadable job record: {e}")))
 }
 
 /// A fresh Standard Webhooks secret: `whsec_` and 32 random bytes in base64.

@@ -26,7 +26,7 @@ use secrecy::SecretString;
 use tokio::sync::{Mutex, Notify, mpsc};
 use uuid::Uuid;
 
-use super::{Claimed, DueCallback, Inserted, JobsError, armed};
+use super::{Claimed, DueCallback, Inserted, JobsError, armed, encode};
 use crate::clock::Clock;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus, millis};
@@ -775,14 +775,9 @@ fn optional(value: Option<UnixMillis>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()
 }
 
-fn encode(record: &JobRecord) -> Result<String, JobsError> {
-    serde_json::to_string(record).map_err(|e| JobsError::Internal(e.to_string()))
-}
-
 /// The record as stored, with the status the hash says (a running job's record still says queued).
 fn with_status(record: &str, status: &str) -> Result<JobRecord, JobsError> {
-    let mut record: JobRecord =
-        serde_json::from_str(record).map_err(|e| JobsError::Internal(format!("unreadable job record: {e}")))?;
+    let mut record = super::decode(record)?;
     record.status = JobStatus::parse(status).unwrap_or(record.status);
     Ok(record)
 }
