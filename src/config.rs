@@ -17,7 +17,7 @@ use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::jobs::RetryPolicy;
 use crate::domain::pricing::PriceTable;
-use crate::services::jobs::JobsConfig;
+use crate::services::jobs::{JobsConfig, UserCaps};
 use crate::services::rate_limit::TierLimits;
 
 #[derive(Debug)]
@@ -91,6 +91,8 @@ pub struct Settings {
     pub upstream_slot_wait: Duration,
     /// Largest gateway request body accepted (prompts with images are large; the body is held in memory).
     pub max_llm_body_bytes: usize,
+    /// Largest `POST /v1/jobs` body accepted: a job is stored until it is removed, so less than a live call.
+    pub max_job_body_bytes: usize,
     /// A client that takes no bytes of its response for this long is disconnected, freeing its upstream slot.
     pub client_write_timeout: Duration,
     pub log_format: LogFormat,
@@ -306,6 +308,32 @@ fn jobs_config<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConfig {
             _ => Err("must be true or false"),
         },
     );
+    let caps = UserCaps {
+        waiting: r.parsed(
+            "JOB_MAX_WAITING_PER_USER",
+            defaults.caps.waiting,
+            "Use a number of jobs from 1 to 1000000, e.g. 1000",
+            |raw| match raw.parse::<u64>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+                _ => Err("must be a whole number from 1 to 1000000"),
+            },
+        ),
+        stored_bytes: r.parsed(
+            "JOB_MAX_STORED_BYTES_PER_USER",
+            defaults.caps.stored_bytes,
+            "Use a number of bytes from 1048576 to 1099511627776, e.g. 268435456 (256 MiB)",
+            |raw| match raw.parse::<u64>() {
+                Ok(n) if (1 << 20..=1 << 40).contains(&n) => Ok(n),
+                _ => Err("must be a whole number of bytes from 1048576 (1 MiB) to 1099511627776 (1 TiB)"),
+            },
+        ),
+    };
+    let callbacks_per_host = r.parsed(
+        "JOB_CALLBACKS_PER_HOST",
+        defaults.callbacks_per_host,
+        "Use a number from 1 to 1024, e.g. 8",
+        whole(1..=1024),
+    );
     JobsConfig {
         workers,
         per_user_cap,
@@ -314,6 +342,9 @@ fn jobs_config<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConfig {
         callback_secret,
         allow_internal_callbacks,
         callback_timeout: defaults.callback_timeout,
+        caps,
+        callbacks_per_host,
+        ..defaults
     }
 }
 
@@ -384,7 +415,9 @@ impl Settings {
                 }
             }
         });
-        if let (Some(operator), Some(directus)) = (&operator_token, &directus_token)
+        if operator_token.as_ref().is_some_and(|operator| operator.expose_secret().len() < 32) {
+            r.problem("OPERATOR_TOKEN", "is shorter than 32 characters", "Generate one with: openssl rand -hex 32");
+        } else if let (Some(operator), Some(directus)) = (&operator_token, &directus_token)
             && operator.expose_secret() == directus.expose_secret()
         {
             r.problem(
@@ -480,6 +513,15 @@ impl Settings {
                 _ => Err("must be a whole number of bytes from 65536 to 67108864"),
             },
         );
+        let max_job_body_bytes = r.parsed(
+            "MAX_JOB_BODY_BYTES",
+            4 * 1024 * 1024,
+            "Use a number of bytes from 65536 to 67108864, e.g. 4194304 (4 MiB)",
+            |raw| match raw.parse::<usize>() {
+                Ok(n) if (64 * 1024..=64 * 1024 * 1024).contains(&n) => Ok(n),
+                _ => Err("must be a whole number of bytes from 65536 to 67108864"),
+            },
+        );
         let client_write_timeout = r.seconds("CLIENT_WRITE_TIMEOUT_SECS", 60, 1..=3_600);
         let log_format = r.parsed("LOG_FORMAT", LogFormat::Json, "Use json or text", |raw| match raw {
             "json" => Ok(LogFormat::Json),
@@ -547,6 +589,7 @@ impl Settings {
                     circuit_failure_threshold,
                     circuit_cool_down,
                     max_llm_body_bytes,
+                    max_job_body_bytes,
                     client_write_timeout,
                     log_format,
                     public_url,
@@ -715,26 +758,39 @@ mod tests {
     #[test]
     fn the_operator_token_must_differ_from_the_directus_token() {
         let mut vars = base();
-        vars.insert("OPERATOR_TOKEN", "service-token-value".to_owned());
+        let shared = "service-token-value-of-32-characters";
+        vars.insert("DIRECTUS_TOKEN", shared.to_owned());
+        vars.insert("OPERATOR_TOKEN", shared.to_owned());
         let err = parse(&vars).unwrap_err();
         assert_eq!(err.0.iter().map(|p| p.var).collect::<Vec<_>>(), ["OPERATOR_TOKEN"]);
-        assert!(!err.to_string().contains("service-token-value"), "{err}");
-        vars.insert("OPERATOR_TOKEN", "operator-token-value".to_owned());
+        assert!(!err.to_string().contains(shared), "{err}");
+        vars.insert("OPERATOR_TOKEN", "operator-token-value-of-32-characters".to_owned());
         assert!(parse(&vars).unwrap().operator_token.is_some());
         assert!(parse(&base()).unwrap().operator_token.is_none(), "unset: operator endpoints are off");
+    }
+
+    #[test]
+    fn the_operator_token_is_long_enough_not_to_be_guessed() {
+        let mut vars = base();
+        vars.insert("OPERATOR_TOKEN", "short-operator-token".to_owned());
+        let text = parse(&vars).unwrap_err().to_string();
+        assert!(text.contains("OPERATOR_TOKEN: is shorter than 32 characters"), "{text}");
+        assert!(!text.contains("short-operator-token"), "{text}");
+        vars.insert("OPERATOR_TOKEN", "o".repeat(32));
+        assert!(parse(&vars).is_ok());
     }
 
     #[test]
     fn debug_output_redacts_every_secret() {
         let mut vars = base();
         vars.insert("ENCRYPTION_KEY", KEY_HEX.to_owned());
-        vars.insert("OPERATOR_TOKEN", "operator-token-value".to_owned());
+        vars.insert("OPERATOR_TOKEN", "operator-token-value-of-32-characters".to_owned());
         let callbacks = "whsec_Y2FsbGJhY2stc2VjcmV0LWZvci1qb2JzLTAxMjM0NQ==";
         vars.insert("JOB_CALLBACK_SECRET", callbacks.to_owned());
         let debug = format!("{:?}", parse(&vars).unwrap());
         for secret in [
             "service-token-value",
-            "operator-token-value",
+            "operator-token-value-of-32-characters",
             "directus-secret-value",
             WHSEC,
             &WHSEC[6..],

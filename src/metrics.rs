@@ -37,6 +37,7 @@ const KEY_INCIDENTS: &str = "byok_key_incidents_total";
 const JOBS: &str = "byok_jobs";
 const JOB_ATTEMPTS: &str = "byok_job_attempts_total";
 const JOB_CALLBACKS: &str = "byok_job_callbacks_total";
+const JOB_FAILURE_NOTICES: &str = "byok_job_failure_notices_total";
 
 /// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
 const BUCKETS: &[f64] =
@@ -100,6 +101,10 @@ fn describe() {
         "Job attempts by outcome: succeeded, retry (rate limit, outage), paused (the user's key), failed."
     );
     describe_counter!(JOB_CALLBACKS, "Job completion callbacks by outcome: delivered, retry, failed.");
+    describe_counter!(
+        JOB_FAILURE_NOTICES,
+        "Failed-job notices by outcome: sent, throttled (the user was told within the hour)."
+    );
     describe_gauge!(REDIS_UP, "1 while Redis (REDIS_URL) answers, 0 while replicas run on their own state.");
 }
 
@@ -188,4 +193,8 @@ pub fn job_attempt(outcome: &'static str) {
 
 pub fn job_callback(outcome: &'static str) {
     counter!(JOB_CALLBACKS, "outcome" => outcome).increment(1);
+}
+
+pub fn job_failure_notice(outcome: &'static str) {
+    counter!(JOB_FAILURE_NOTICES, "outcome" => outcome).increment(1);
 }

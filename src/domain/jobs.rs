@@ -67,6 +67,11 @@ impl JobStatus {
     }
 
     pub fn can_cancel(self) -> bool {
+        self.is_waiting()
+    }
+
+    /// Not finished: the job counts against its user's cap on waiting jobs.
+    pub fn is_waiting(self) -> bool {
         matches!(self, JobStatus::Queued | JobStatus::Paused | JobStatus::Running)
     }
 }
@@ -163,6 +168,10 @@ pub struct JobRecord {
     pub metadata: Option<Value>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// A digest of what was submitted (API, request, callback, metadata): a replay with the same
+    /// `Idempotency-Key` must carry the same submit. Absent on jobs stored by earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// Tell the user through Directus when the job fails for good.
     #[serde(default)]
     pub notify_on_failure: bool,
@@ -253,6 +262,7 @@ impl JobRecord {
             finished_at: None,
             metadata: None,
             idempotency_key: None,
+            fingerprint: None,
             notify_on_failure: false,
             error: None,
             result: None,
@@ -327,6 +337,15 @@ impl JobRecord {
         if let Some(callback) = &mut self.callback {
             callback.state = CallbackState::Waiting;
             (callback.attempts, callback.next_attempt_at, callback.last_error) = (0, None, None);
+        }
+    }
+
+    /// Whether a submit with this job's `Idempotency-Key` asks for this same job: the same fingerprint, or for
+    /// a job stored before fingerprints, the same API and model.
+    pub fn replayed_by(&self, api: &str, model: &str, fingerprint: &str) -> bool {
+        match &self.fingerprint {
+            Some(stored) => stored == fingerprint,
+            None => self.api == api && self.model == model,
         }
     }
 

@@ -14,8 +14,11 @@ use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::services::callers::{CallerError, ContextError};
 use crate::services::flag_store::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
-use crate::services::jobs::JobsError;
+use crate::services::jobs::{JobCap, JobsError};
 use crate::services::key_vault::VaultError;
+
+/// When a client at a job cap may look again: jobs finish in seconds to minutes.
+const JOB_CAP_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `{"error": {"code", "message"}}`: the shape of every error answer, for the OpenAPI document. Some codes
 /// add fields beside `code` and `message` (`insufficient_credits`: `needed_cents`, `available_cents`).
@@ -68,6 +71,9 @@ pub enum ApiError {
     /// A per-user limit on one of our own endpoints.
     #[error("too many requests")]
     TooManyRequests { retry_after: std::time::Duration },
+    /// The user keeps as many jobs (or bytes of them) as they may.
+    #[error(transparent)]
+    JobCapReached(JobCap),
     /// The job queue's storage failed (the store's disk, or Redis).
     #[error("job queue unavailable: {0}")]
     JobsUnavailable(JobsError),
@@ -91,6 +97,7 @@ impl ApiError {
             }
             ApiError::Gateway(GatewayError::Busy) => Some(std::time::Duration::from_secs(1)),
             ApiError::TooManyRequests { retry_after } => Some(*retry_after),
+            ApiError::JobCapReached(_) => Some(JOB_CAP_RETRY),
             _ => None,
         }
     }
@@ -172,6 +179,25 @@ impl ApiError {
                 S::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "Too many requests of this kind. Wait for the time in Retry-After, then retry.".into(),
+            ),
+            ApiError::JobCapReached(JobCap::Waiting(most)) => (
+                S::TOO_MANY_REQUESTS,
+                "job_queue_full",
+                format!(
+                    "You have {most} background requests waiting, the most allowed. Wait for some to finish, or \
+                     cancel some, then submit again."
+                )
+                .into(),
+            ),
+            ApiError::JobCapReached(JobCap::StoredBytes(most)) => (
+                S::TOO_MANY_REQUESTS,
+                "job_storage_full",
+                format!(
+                    "Your background requests hold {} MiB, the most kept for one account. Finished ones are removed \
+                     after their retention; cancel waiting ones or submit smaller requests.",
+                    most / (1024 * 1024)
+                )
+                .into(),
             ),
             ApiError::JobsUnavailable(_) => (
                 S::SERVICE_UNAVAILABLE,

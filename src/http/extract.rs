@@ -166,6 +166,42 @@ fn json_rejection(rejection: &JsonRejection, expected: &'static str) -> ApiError
     ApiError::BadRequest { status: rejection.status(), code, message: message.into() }
 }
 
+/// A JSON body read whole but not yet parsed, for endpoints that parse it borrowed ([`from_json`]): a value
+/// kept as raw text (an LLM request inside a job) is then a slice of these bytes, never a tree.
+pub struct JsonBytes(pub Bytes);
+
+impl FromRequest<AppState> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
+        if !json {
+            return Err(ApiError::BadRequest {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: "unsupported_media_type",
+                message: "Send the body as JSON with Content-Type: application/json.".into(),
+            });
+        }
+        Bytes::from_request(req, state).await.map(JsonBytes).map_err(|r| bytes_rejection(&r))
+    }
+}
+
+/// `application/json`, or a `+json` type, as axum's `Json` accepts.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses `raw` as `T`, borrowing from it where `T` asks to; errors are ours and never quote the body.
+pub fn from_json<'a, T: serde::Deserialize<'a>>(raw: &'a [u8], expected: &'static str) -> Result<T, ApiError> {
+    serde_json::from_slice(raw).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::bad_request("invalid_request", format!("The body has the wrong shape. Expected {expected}."))
+        }
+        _ => ApiError::bad_request("invalid_json", format!("The body is not valid JSON. Expected {expected}.")),
+    })
+}
+
 /// The raw body, for endpoints that must see the exact bytes (webhook signatures).
 pub struct RawBody(pub Bytes);
 

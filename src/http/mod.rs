@@ -54,8 +54,11 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
     let gateway = OpenApiRouter::new()
         .routes(routes!(routes::gateway::chat_completions))
         .routes(routes!(routes::gateway::messages))
-        .routes(routes!(routes::jobs::submit, routes::jobs::list))
         .layer(DefaultBodyLimit::max(state.max_llm_body_bytes));
+    // A job is kept until it is removed: its own, smaller limit.
+    let jobs = OpenApiRouter::new()
+        .routes(routes!(routes::jobs::submit, routes::jobs::list))
+        .layer(DefaultBodyLimit::max(state.max_job_body_bytes));
     let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(routes::health::healthz));
     if with_metrics {
         api = api.routes(routes!(routes::metrics::render));
@@ -91,6 +94,7 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(deadline))
         .merge(gateway)
+        .merge(jobs)
 }
 
 /// OpenAPI requires a description on every response: where an annotation gives none, the status's own name.

@@ -77,6 +77,7 @@ pub struct Services {
     pub job_submits: Arc<RateLimiter>,
     pub job_submits_per_minute: u32,
     pub max_llm_body_bytes: usize,
+    pub max_job_body_bytes: usize,
     pub account_page: AccountPage,
 }
 
@@ -191,6 +192,7 @@ impl AppState {
             job_submits_per_minute: settings.job_submits_per_minute,
             usage_reads_per_minute: settings.usage_reads_per_minute,
             max_llm_body_bytes: settings.max_llm_body_bytes,
+            max_job_body_bytes: settings.max_job_body_bytes,
             account_page: AccountPage {
                 html: crate::http::routes::pages::index_html(&settings.account_embed_origins),
                 csp: crate::http::routes::pages::content_security_policy(&settings.account_embed_origins),

@@ -12,6 +12,8 @@ use crate::shared::Shared;
 
 /// An incident is notified once a day at most, unless the key changes.
 const INCIDENT_TTL: Duration = Duration::from_secs(86_400);
+/// A user hears of failed background requests once an hour at most.
+pub const JOB_FAILURE_NOTICE_INTERVAL: Duration = Duration::from_secs(3_600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyProblem {
@@ -103,14 +105,23 @@ impl Notifier {
         });
     }
 
-    /// A job the user asked to hear about failed for good (sent once: the job fails for good once).
+    /// A job the user asked to hear about failed for good. At most one such notice (and e-mail) per user per
+    /// [`JOB_FAILURE_NOTICE_INTERVAL`], across replicas: a batch failing together sends one, not a thousand.
     pub async fn job_failed(&self, user: UserId, job: uuid::Uuid, model: &str, error: Option<&JobError>) {
+        let claim = format!("notified:{user}:job_failed");
+        if !self.shared.claim(&claim, JOB_FAILURE_NOTICE_INTERVAL).await {
+            crate::metrics::job_failure_notice("throttled");
+            return;
+        }
+        crate::metrics::job_failure_notice("sent");
         let reason = error.map_or("it could not be completed", |e| e.message.as_str());
         let message = format!(
             "Your background AI request {job} ({model}) failed and will not be retried: {reason}\n\n\
-             You can retry it from the app once the cause is fixed."
+             You can retry it from the app once the cause is fixed. Other background requests that fail within \
+             the next hour are not notified one by one: the app's list of background requests shows them all."
         );
         if let Err(error) = self.directus.notify(user, "A background AI request failed", &message).await {
+            self.shared.release(&claim).await;
             tracing::warn!(%user, %job, %error, "could not notify the user of a failed job");
         }
     }

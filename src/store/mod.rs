@@ -55,6 +55,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_callbacks ON jobs (callback_due) WHERE callback_due IS NOT NULL;",
     // 5: every stored change of a job bumps its revision; writes compare it, so none lands on a newer state.
     "ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;",
+    // 6: a user's jobs in one status are listed a bounded page at a time.
+    "CREATE INDEX jobs_by_user_status ON jobs (user_id, status, id);",
 ];
 
 /// A second connection waits this long for a lock the other holds (the writer and the flusher share the file).

@@ -306,9 +306,19 @@ async fn the_same_idempotency_key_makes_no_second_job() {
 
     let mut other = chat_job("Hello");
     other["request"]["model"] = json!("gpt-4o");
-    let reused = send(other).await;
-    assert_eq!(reused.status(), 422);
-    assert_eq!(error_code(reused).await, "idempotency_key_reused");
+    let mut callback = chat_job("Hello");
+    callback["callback_url"] = json!("https://app.example.com/hooks/ai");
+    // The same key with another request (same API and model, other words), callback or metadata: not the same job.
+    let mut tagged = chat_job("Hello");
+    tagged["metadata"] = json!({"document": 18});
+    for different in [other, chat_job("Hello, but something else"), callback, tagged] {
+        let reused = send(different.clone()).await;
+        assert_eq!(reused.status(), 422, "{different}");
+        assert!(!reused.headers().contains_key("location"));
+        let body: Value = reused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "idempotency_key_reused");
+        assert!(body.get("callback_secret").is_none() && body["error"].get("callback_secret").is_none());
+    }
     // Another user's same key is their own.
     let someone = byok_user(&app, false).await;
     let theirs = submit_keyed(&app, &someone, "order-7781", chat_job("Hello")).await;
@@ -487,4 +497,162 @@ async fn a_user_cannot_fill_the_queue_faster_than_the_submit_limit() {
     // Another user has their own allowance.
     let other = byok_user(&app, false).await;
     submitted_id(submit(&app, &other, chat_job("mine")).await).await;
+}
+
+/// The user's queued jobs, read page by page.
+async fn all_listed(app: &TestApp, user: &str, page: usize) -> Vec<String> {
+    let (mut ids, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let query = after.as_ref().map_or(String::new(), |a| format!("&after={a}"));
+        let url = app.url(&format!("/v1/jobs?status=queued&limit={page}{query}"));
+        let listed: Value = app.http.get(url).bearer_auth(token_for(user)).send().await.unwrap().json().await.unwrap();
+        let jobs = listed["jobs"].as_array().unwrap();
+        assert!(jobs.len() <= page);
+        ids.extend(jobs.iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+        match listed["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return ids,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_user_cannot_keep_more_jobs_waiting_than_the_cap_and_lists_come_in_pages() {
+    let clock = start_clock();
+    let app = jobs_app(&[("JOB_WORKERS", "0"), ("JOB_MAX_WAITING_PER_USER", "25")], &clock).await;
+    let user = byok_user(&app, false).await;
+    let mut ids = Vec::new();
+    for n in 0..25 {
+        ids.push(submitted_id(submit(&app, &user, chat_job(&format!("job {n}"))).await).await);
+    }
+    let refused = submit(&app, &user, chat_job("one too many")).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_code(refused).await, "job_queue_full");
+
+    // Listed newest first, seven at a time, each job once.
+    let listed = all_listed(&app, &user, 7).await;
+    ids.reverse();
+    assert_eq!(listed, ids);
+
+    // A replay of a job already queued is still answered; a cancelled job makes room for one more.
+    let first = submit_keyed(&app, &user, "kept-1", chat_job("keyed")).await;
+    assert_eq!(error_code(first).await, "job_queue_full");
+    let cancelled = app.http.delete(app.url(&format!("/v1/jobs/{}", ids[0]))).bearer_auth(token_for(&user));
+    assert_eq!(cancelled.send().await.unwrap().status(), 200);
+    let keyed = submitted_id(submit_keyed(&app, &user, "kept-1", chat_job("keyed")).await).await;
+    let replay = submit_keyed(&app, &user, "kept-1", chat_job("keyed")).await;
+    assert_eq!(replay.status(), 202, "a replay adds nothing, so the cap does not refuse it");
+    assert_eq!(replay.json::<Value>().await.unwrap()["id"], keyed.as_str());
+    assert_eq!(error_code(submit(&app, &user, chat_job("full again")).await).await, "job_queue_full");
+    // Another user's queue is their own.
+    let other = byok_user(&app, false).await;
+    submitted_id(submit(&app, &other, chat_job("mine")).await).await;
+}
+
+#[tokio::test]
+async fn a_users_jobs_cannot_hold_more_bytes_than_the_cap_and_a_job_body_has_its_own_limit() {
+    let clock = start_clock();
+    let overrides = [("JOB_WORKERS", "0"), ("JOB_MAX_STORED_BYTES_PER_USER", "1048576")];
+    let app = jobs_app(&overrides, &clock).await;
+    let user = byok_user(&app, false).await;
+    let big = chat_job(&"x".repeat(300 * 1024));
+    for _ in 0..3 {
+        submitted_id(submit(&app, &user, big.clone()).await).await;
+    }
+    let refused = submit(&app, &user, big.clone()).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(error_code(refused).await, "job_storage_full");
+    submitted_id(submit(&app, &user, chat_job("a small one still fits")).await).await;
+
+    // Past MAX_JOB_BODY_BYTES (4 MiB by default), refused before it is parsed or stored.
+    let someone = byok_user(&app, false).await;
+    let huge = chat_job(&"y".repeat(5 * 1024 * 1024));
+    let refused = submit(&app, &someone, huge).await;
+    assert_eq!(refused.status(), 413);
+    assert_eq!(error_code(refused).await, "payload_too_large");
+    let jobs: Value =
+        app.http.get(app.url("/v1/jobs")).bearer_auth(token_for(&someone)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["jobs"], json!([]));
+}
+
+#[tokio::test]
+async fn an_inactive_account_cannot_queue_jobs() {
+    let clock = start_clock();
+    let app = jobs_app(&[("JOB_WORKERS", "0")], &clock).await;
+    let suspended = new_user_id();
+    mount_user(&app.directus, &suspended, FakeUser { status: "suspended", ..Default::default() }).await;
+    let refused = submit(&app, &suspended, chat_job("Hello")).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(error_code(refused).await, "account_inactive");
+    let jobs: Value = app
+        .http
+        .get(app.url("/v1/jobs"))
+        .bearer_auth(token_for(&suspended))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs["jobs"], json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn with_the_shared_callback_secret_the_signed_payload_names_the_user_and_the_job() {
+    let clock = start_clock();
+    let shared = "whsec_c2hhcmVkLWNhbGxiYWNrLXNlY3JldC1mb3ItYWxsLWpvYnM=";
+    let app = jobs_app(&[("JOB_CALLBACK_SECRET", shared)], &clock).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    let (url, seen) = callback_receiver().await;
+    let (alice, bob) = (byok_user(&app, false).await, byok_user(&app, false).await);
+    let mut ids = Vec::new();
+    for user in [&alice, &bob] {
+        let mut body = chat_job("Hello");
+        body["callback_url"] = json!(url);
+        let response = submit(&app, user, body).await;
+        assert_eq!(response.status(), 202);
+        let answer: Value = response.json().await.unwrap();
+        assert!(answer.get("callback_secret").is_none(), "the shared secret signs: no secret of the job's own");
+        let id = answer["id"].as_str().unwrap().to_owned();
+        wait_for_job(&app, user, &id, "a delivered callback", |j| j["callback"]["state"] == "delivered").await;
+        ids.push((id, user.clone()));
+    }
+    let secret = WebhookSecret::parse(shared).unwrap();
+    let deliveries = seen.lock().unwrap().clone();
+    assert_eq!(deliveries.len(), 2);
+    for ([webhook_id, timestamp, signature], payload) in &deliveries {
+        let delivery = Delivery {
+            id: Some(webhook_id),
+            timestamp: Some(timestamp),
+            signature: Some(signature),
+            body: payload.as_bytes(),
+        };
+        secret.verify(&delivery, now()).expect("signed with the shared secret");
+        // What a receiver checks: the job it knows by this id belongs to the user the signed payload names.
+        let payload: Value = serde_json::from_str(payload).unwrap();
+        let (id, user) = (payload["data"]["id"].as_str().unwrap(), payload["data"]["user"].as_str().unwrap());
+        assert!(ids.iter().any(|(i, u)| i == id && u == user), "{payload}");
+        assert_eq!(webhook_id, &format!("msg_{}", id.replace('-', "")), "the signed id names the job too");
+    }
+}
+
+#[tokio::test]
+async fn failed_jobs_notify_their_user_once_an_hour_not_once_each() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let broke = new_user_id();
+    mount_user(&app.directus, &broke, FakeUser { tier: "free", grants: 0, ..Default::default() }).await;
+    for n in 0..5 {
+        let mut body = chat_job(&format!("job {n}"));
+        body["notify_on_failure"] = json!(true);
+        let id = submitted_id(submit(&app, &broke, body).await).await;
+        wait_for_job(&app, &broke, &id, "failure", |j| j["status"] == "failed").await;
+    }
+    let notices = wait_for_requests(&app.directus, "POST", "/notifications", 1).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0]["message"].as_str().unwrap().contains("next hour"), "{}", notices[0]);
 }

@@ -6,15 +6,18 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use std::borrow::Cow;
+
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::jobs::{CallbackUrl, JobStatus, parse_api};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{AuthenticatedUser, JsonBody, Operator, RequestBody, ViaFlow};
+use crate::http::extract::{AuthenticatedUser, JsonBytes, Operator, ViaFlow, from_json};
 use crate::http::routes::gateway::parse;
 use crate::http::state::AppState;
 use crate::metrics;
@@ -28,28 +31,61 @@ const MAX_LIST: usize = 200;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SubmitJob {
+pub struct SubmitJob<'a> {
     /// `"chat.completions"` (OpenAI) or `"messages"` (Anthropic).
-    api: String,
-    /// The body the gateway's endpoint for `api` takes; not streaming.
+    api: Cow<'a, str>,
+    /// The body the gateway's endpoint for `api` takes; not streaming. Kept as the text it arrived as: it is
+    /// stored and sent exactly so, and never built into a tree (a body of many tiny values would cost many
+    /// times its size).
+    #[serde(borrow)]
     #[schema(value_type = Object)]
-    request: Value,
+    request: &'a RawValue,
     /// Where the finished job is posted, signed per Standard Webhooks.
-    callback_url: Option<String>,
-    /// Kept with the job and returned as is (at most 16 KiB of JSON).
+    callback_url: Option<Cow<'a, str>>,
+    /// Kept with the job and returned as is (a JSON object of at most 16 KiB).
+    #[serde(borrow)]
     #[schema(value_type = Option<Object>)]
-    metadata: Option<Value>,
+    metadata: Option<&'a RawValue>,
     /// Tell the user through Directus if the job fails for good.
     #[serde(default)]
     notify_on_failure: bool,
 }
 
-impl RequestBody for SubmitJob {
-    const EXPECTED: &'static str = r#"{"api": "chat.completions" | "messages", "request": {...}, "callback_url"?: "https://...", "metadata"?: {...}}"#;
-}
+const EXPECTED: &str =
+    r#"{"api": "chat.completions" | "messages", "request": {...}, "callback_url"?: "https://...", "metadata"?: {...}}"#;
 
 fn invalid(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
     ApiError::BadRequest { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.into() }
+}
+
+/// What a replay with the same `Idempotency-Key` must repeat: everything the job was submitted with.
+fn fingerprint(body: &SubmitJob<'_>) -> String {
+    let mut digest = Sha256::new();
+    for part in [
+        body.api.as_bytes(),
+        body.request.get().as_bytes(),
+        body.callback_url.as_deref().unwrap_or_default().as_bytes(),
+        body.metadata.map_or("", |m| m.get()).as_bytes(),
+        if body.notify_on_failure { b"notify" } else { b"quiet" },
+    ] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    hex::encode(&digest.finalize()[..16])
+}
+
+/// `metadata` as stored: an object of at most 16 KiB, measured before it is parsed.
+fn metadata(raw: Option<&RawValue>) -> Result<Option<Value>, ApiError> {
+    let refused = || invalid("invalid_metadata", "\"metadata\" must be a JSON object of at most 16 KiB.");
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.get().len() > MAX_METADATA_BYTES {
+        return Err(refused());
+    }
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Null) => Ok(None),
+        Ok(object @ Value::Object(_)) => Ok(Some(object)),
+        _ => Err(refused()),
+    }
 }
 
 /// Queues an LLM call. Answers `202` with the job's id at once; the result is read with `GET /v1/jobs/{id}`
@@ -59,21 +95,22 @@ fn invalid(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried submit return the same job")),
     responses(
         (status = 202, description = "`{\"id\", \"status\"}`, and `callback_secret` (shown once) when the job has its own", body = Object),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: more than `MAX_JOB_BODY_BYTES`", body = ErrorBody),
         (status = 422, description = "`streaming_not_supported`, `invalid_callback_url`, `idempotency_key_reused`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: more than `RATE_LIMIT_JOB_SUBMITS_PER_MIN` submits", body = ErrorBody)))]
+        (status = 429, description = "`rate_limited`: more than `RATE_LIMIT_JOB_SUBMITS_PER_MIN` submits; `job_queue_full`, `job_storage_full`: the user's caps", body = ErrorBody)))]
 pub async fn submit(
     AuthenticatedUser(user): AuthenticatedUser,
     via_flow: Option<Extension<ViaFlow>>,
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<SubmitJob>,
+    JsonBytes(raw): JsonBytes,
 ) -> Result<Response, ApiError> {
+    let body: SubmitJob<'_> = from_json(&raw, EXPECTED)?;
     let api = parse_api(&body.api).ok_or_else(|| {
         ApiError::bad_request("invalid_request", r#""api" must be "chat.completions" or "messages"."#)
     })?;
-    let raw = Bytes::from(serde_json::to_vec(&body.request).map_err(|e| ApiError::Internal(e.to_string()))?);
-    let request = parse(api, &raw)?;
+    let request = parse(api, &raw.slice_ref(body.request.get().as_bytes()))?;
     if request.stream {
         return Err(invalid(
             "streaming_not_supported",
@@ -92,29 +129,26 @@ pub async fn submit(
         (None, Some(_)) if state.jobs.reports_to_flows() => Some(NewCallback::Flows),
         (None, _) => None,
     };
-    if let Some(metadata) = &body.metadata
-        && (!metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES)
-    {
-        return Err(invalid("invalid_metadata", "\"metadata\" must be a JSON object of at most 16 KiB."));
-    }
+    let metadata = metadata(body.metadata)?;
     let idempotency_key = idempotency_key(&headers)?;
     // Every job is stored and later calls a provider: a user may not fill the queue faster than this.
     state.job_submits.acquire(user, state.job_submits_per_minute).await.map_err(|retry_after| {
         metrics::rate_limited("job_submits");
         ApiError::TooManyRequests { retry_after }
     })?;
-    let model = request.model.clone();
+    let (model, fingerprint) = (request.model.clone(), fingerprint(&body));
     let job = NewJob {
         api,
         request,
-        metadata: body.metadata,
+        metadata,
         idempotency_key,
+        fingerprint: fingerprint.clone(),
         callback,
         notify_on_failure: body.notify_on_failure,
     };
     let submitted = state.jobs.submit(user, job).await.map_err(jobs_error)?;
     let record = &submitted.record;
-    if !submitted.created && (record.api != body.api || record.model != model) {
+    if !submitted.created && !record.replayed_by(&body.api, &model, &fingerprint) {
         return Err(invalid(
             "idempotency_key_reused",
             "This Idempotency-Key was used for a different request. Use a new key for a new job.",
@@ -157,12 +191,14 @@ pub struct ListQuery {
     status: Option<String>,
     /// At most this many, newest first (default 50, at most 200).
     limit: Option<usize>,
+    /// The previous page's `next`: jobs older than it.
+    after: Option<String>,
 }
 
-/// The user's jobs, newest first.
+/// The user's jobs, newest first, a page at a time: `next` (when present) is the `after` of the next page.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", security(("directus_token" = [])),
     params(ListQuery),
-    responses((status = 200, description = "`{\"jobs\": [...]}`", body = Object), (status = 400, body = ErrorBody),
+    responses((status = 200, description = "`{\"jobs\": [...], \"next\"?: \"<job id>\"}`", body = Object), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody)))]
 pub async fn list(
     AuthenticatedUser(user): AuthenticatedUser,
@@ -172,7 +208,7 @@ pub async fn list(
     let Query(query) = query.map_err(|_| {
         ApiError::bad_request(
             "invalid_request",
-            "Use ?status=<queued|running|paused|succeeded|failed|cancelled>&limit=<1-200>.",
+            "Use ?status=<queued|running|paused|succeeded|failed|cancelled>&limit=<1-200>&after=<job id>.",
         )
     })?;
     let status = query
@@ -188,8 +224,21 @@ pub async fn list(
         })
         .transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
-    let jobs = state.jobs.list(user, status, limit).await.map_err(jobs_error)?;
-    Ok(Json(json!({"jobs": jobs.iter().map(|j| j.view()).collect::<Vec<_>>()})))
+    let after = query
+        .after
+        .as_deref()
+        .map(|raw| {
+            Uuid::parse_str(raw).map_err(|_| {
+                ApiError::bad_request("invalid_request", "after must be the next of a previous page (a job id).")
+            })
+        })
+        .transpose()?;
+    let page = state.jobs.list(user, status, limit, after).await.map_err(jobs_error)?;
+    let mut answer = json!({"jobs": page.jobs.iter().map(|j| j.view()).collect::<Vec<_>>()});
+    if let Some(next) = page.next {
+        answer["next"] = json!(next);
+    }
+    Ok(Json(answer))
 }
 
 fn job_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -260,6 +309,8 @@ fn jobs_error(error: JobsError) -> ApiError {
             code: "job_not_found",
             message: "You have no job with this id.".into(),
         },
+        JobsError::Full(cap) => ApiError::JobCapReached(cap),
+        JobsError::Account(error) => ApiError::from(error),
         other => ApiError::JobsUnavailable(other),
     }
 }

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use serde_json::json;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::crypto::webhook_signature::WebhookSecret;
+use super::Signer;
 use crate::domain::jobs::{JobRecord, JobStatus, is_public};
 
 pub struct CallbackClient {
@@ -59,19 +59,13 @@ impl CallbackClient {
 
     /// Posts `{"type", "timestamp", "data"}` for a finished job. `Ok` when the app answered 2xx; otherwise
     /// what went wrong, in words safe to show the job's user (no answer body, no URL).
-    pub async fn deliver(&self, record: &JobRecord, secret: &WebhookSecret) -> Result<(), String> {
+    pub async fn deliver(&self, record: &JobRecord, signer: &Signer) -> Result<(), String> {
         let Some(callback) = &record.callback else { return Ok(()) };
-        let kind = match record.status {
-            JobStatus::Succeeded => "job.succeeded",
-            _ => "job.failed",
-        };
         let now = OffsetDateTime::now_utc();
-        let body = json!({
-            "type": kind,
-            "timestamp": now.format(&Rfc3339).unwrap_or_default(),
-            "data": record.view(),
-        })
-        .to_string();
+        let body = payload(record, signer, now).to_string();
+        let secret = match signer {
+            Signer::Own(secret) | Signer::Shared(secret) => secret,
+        };
         // The same id on every retry: receivers deduplicate on it.
         let id = format!("msg_{}", record.id.simple());
         let signature = secret.sign(&id, now.unix_timestamp(), body.as_bytes());
@@ -93,6 +87,21 @@ impl CallbackClient {
             Err(_) => Err("the callback could not be sent".into()),
         }
     }
+}
+
+/// `{"type", "timestamp", "data"}`. Signed with the shared secret, `data` also names the job's user, so a
+/// receiver checks that the job it knows by `data.id` is that user's: one user's callback, signed as every
+/// user's are, cannot pass as another's.
+fn payload(record: &JobRecord, signer: &Signer, now: OffsetDateTime) -> Value {
+    let kind = match record.status {
+        JobStatus::Succeeded => "job.succeeded",
+        _ => "job.failed",
+    };
+    let mut data = record.view();
+    if let Signer::Shared(_) = signer {
+        data["user"] = json!(record.user);
+    }
+    json!({"type": kind, "timestamp": now.format(&Rfc3339).unwrap_or_default(), "data": data})
 }
 
 #[cfg(test)]

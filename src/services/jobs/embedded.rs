@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::schedule::{Next, Schedule};
-use super::{Claimed, DueCallback, Inserted, JobsError, armed, decode, encode};
+use super::{Claimed, DueCallback, Inserted, JobsError, Page, UserCaps, armed, decode, encode};
 use crate::clock::Clock;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus};
@@ -27,8 +27,20 @@ use crate::sync;
 /// With nothing due, a worker looks again after this long anyway (a safety net; new work wakes it).
 const IDLE_LOOK: UnixMillis = 60_000;
 
+/// What one user keeps in the queue: jobs waiting, and bytes of requests of every job kept.
+#[derive(Debug, Default, Clone, Copy)]
+struct Kept {
+    waiting: u64,
+    bytes: u64,
+}
+
+type KeptByUser = Arc<Mutex<HashMap<UserId, Kept>>>;
+
 pub struct EmbeddedJobs {
     store: Arc<Store>,
+    /// Counted in memory (this process is the queue's only writer), changed only by the writer thread, in the
+    /// transaction that changes the jobs: a count never runs ahead of or behind what is stored.
+    kept: KeptByUser,
     writer: BatchWriter,
     /// Read connections, reused (WAL: reads never wait for the writer).
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -71,12 +83,31 @@ impl EmbeddedJobs {
                 }
             }
         }
+        let mut kept = HashMap::new();
+        {
+            let mut per_user = reader
+                .prepare(
+                    "SELECT user_id, sum(status IN ('queued', 'paused')), sum(length(request)) FROM jobs \
+                     GROUP BY user_id",
+                )
+                .map_err(|e| store.error(e))?;
+            let rows = per_user
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
+                .map_err(|e| store.error(e))?;
+            for row in rows {
+                let (user, waiting, bytes) = row.map_err(|e| store.error(e))?;
+                if let Ok(user) = UserId::parse(&user) {
+                    kept.insert(user, Kept { waiting: waiting.max(0) as u64, bytes: bytes.max(0) as u64 });
+                }
+            }
+        }
         if schedule.queued_len() > 0 || !callbacks.is_empty() {
             tracing::info!(queued = schedule.queued_len(), callbacks = callbacks.len(), "jobs waiting from before");
         }
         Ok(EmbeddedJobs {
             writer: BatchWriter::start(Arc::clone(&store), "jobs-writer")?,
             store,
+            kept: Arc::new(Mutex::new(kept)),
             readers: Arc::new(Mutex::new(vec![reader])),
             schedule: Mutex::new(schedule),
             callbacks: Mutex::new(callbacks),
@@ -86,35 +117,48 @@ impl EmbeddedJobs {
         })
     }
 
+    /// Stores a new job unless the user's `caps` are reached, or finds the job their idempotency key made.
     pub async fn insert(
         &self,
         record: JobRecord,
         request: Bytes,
         secret: Option<String>,
+        caps: UserCaps,
     ) -> Result<Inserted, JobsError> {
         let json = encode(&record)?;
         let (id, user, key, due) = (record.id, record.user, record.idempotency_key.clone(), record.next_attempt_at);
-        let existing = self
-            .writer
-            .write(move |t| {
-                let inserted = t
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO jobs (id, user_id, status, idempotency_key, record, request, \
-                         callback_secret, due) VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![id.to_string(), user.to_string(), key, json, request.as_ref(), secret, due])?;
-                if inserted == 1 {
-                    return Ok(None);
-                }
-                t.query_row(
-                    "SELECT record, callback_secret FROM jobs WHERE user_id = ?1 AND idempotency_key = ?2",
-                    params![user.to_string(), key],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
-                )
-                .optional()
-            })
-            .await?;
-        match existing {
+        let kept = Arc::clone(&self.kept);
+        let found =
+            self.writer
+                .write(move |t| {
+                    if key.is_some() {
+                        let existing = t
+                            .query_row(
+                                "SELECT record, callback_secret FROM jobs WHERE user_id = ?1 AND idempotency_key = ?2",
+                                params![user.to_string(), key],
+                                |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
+                            )
+                            .optional()?;
+                        if let Some(existing) = existing {
+                            return Ok(Ok(Some(existing)));
+                        }
+                    }
+                    let adding = request.len() as u64;
+                    let mut kept = sync::lock(&kept);
+                    let now = kept.get(&user).copied().unwrap_or_default();
+                    if let Err(cap) = caps.admit(now.waiting, now.bytes, adding) {
+                        return Ok(Err(cap));
+                    }
+                    t.prepare_cached(
+                    "INSERT INTO jobs (id, user_id, status, idempotency_key, record, request, callback_secret, due) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![id.to_string(), user.to_string(), key, json, request.as_ref(), secret, due])?;
+                    kept.insert(user, Kept { waiting: now.waiting + 1, bytes: now.bytes + adding });
+                    Ok(Ok(None))
+                })
+                .await?;
+        match found.map_err(JobsError::Full)? {
             Some((json, secret)) => {
                 Ok(Inserted::Existing(self.overlay(decode(&json)?), secret.map(SecretString::from)))
             }
@@ -124,6 +168,11 @@ impl EmbeddedJobs {
                 Ok(Inserted::New(record))
             }
         }
+    }
+
+    /// How many of the user's jobs are waiting.
+    pub async fn waiting(&self, user: UserId) -> Result<u64, JobsError> {
+        Ok(sync::lock(&self.kept).get(&user).map_or(0, |k| k.waiting))
     }
 
     pub async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError> {
@@ -140,52 +189,60 @@ impl EmbeddedJobs {
         json.map(|json| decode(&json).map(|r| self.overlay(r))).transpose()
     }
 
-    /// The user's newest jobs first, `limit` at most, optionally only those in `status`.
+    /// The user's newest jobs first, `limit` at most, older than `after` if given, optionally only those in
+    /// `status` (an index on the user, status and id makes each a bounded read).
     pub async fn list(
         &self,
         user: UserId,
         status: Option<JobStatus>,
         limit: usize,
-    ) -> Result<Vec<JobRecord>, JobsError> {
+        after: Option<Uuid>,
+    ) -> Result<Page, JobsError> {
         // Running jobs are `queued` on disk: those are the few the workers hold, looked up by id; a list of queued
         // ones reads enough rows to leave them out.
         let running: Vec<String> = sync::lock(&self.schedule).running().map(|id| id.to_string()).collect();
+        let after = after.map(|id| id.to_string());
         let rows: Vec<String> = match status {
             Some(JobStatus::Running) => {
                 self.read(move |c| {
                     let mut statement = c.prepare_cached(
                         "SELECT record FROM jobs WHERE user_id = ?1 AND id IN (SELECT value FROM json_each(?2)) \
-                         ORDER BY id DESC",
+                         AND (?3 IS NULL OR id < ?3) ORDER BY id DESC",
                     )?;
                     let ids = serde_json::to_string(&running).unwrap_or_default();
-                    statement.query_map(params![user.to_string(), ids], |row| row.get(0))?.collect()
+                    statement.query_map(params![user.to_string(), ids, after], |row| row.get(0))?.collect()
                 })
                 .await?
             }
             _ => {
-                let rows = limit + if status == Some(JobStatus::Queued) { running.len() } else { 0 };
+                let rows = limit + 1 + if status == Some(JobStatus::Queued) { running.len() } else { 0 };
                 self.read(move |c| {
                     let mut statement = c.prepare_cached(
                         "SELECT record FROM jobs WHERE user_id = ?1 AND (?2 IS NULL OR status = ?2) \
-                         ORDER BY id DESC LIMIT ?3",
+                         AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4",
                     )?;
                     let status = status.map(JobStatus::as_str);
-                    statement.query_map(params![user.to_string(), status, rows as i64], |row| row.get(0))?.collect()
+                    statement
+                        .query_map(params![user.to_string(), status, after, rows as i64], |row| row.get(0))?
+                        .collect()
                 })
                 .await?
             }
         };
         let mut jobs = Vec::with_capacity(rows.len().min(limit));
+        let mut more = false;
         for json in rows {
             let job = self.overlay(decode(&json)?);
             if status.is_none_or(|s| s == job.status) {
+                if jobs.len() == limit {
+                    more = true;
+                    break;
+                }
                 jobs.push(job);
             }
-            if jobs.len() == limit {
-                break;
-            }
         }
-        Ok(jobs)
+        let next = if more { jobs.last().map(|j| j.id) } else { None };
+        Ok(Page { jobs, next })
     }
 
     /// Writes `record` if the job is still in `expected` (compare and set), and schedules what follows from
@@ -232,26 +289,35 @@ impl EmbeddedJobs {
         let json = encode(&next)?;
         // What a running job is on disk.
         let expected = if expected == JobStatus::Running { JobStatus::Queued } else { expected };
-        let (id, status, finished_at, due) =
-            (record.id.to_string(), record.status.as_str(), record.finished_at, record.next_attempt_at);
+        let (id, user, status, finished_at, due) =
+            (record.id.to_string(), record.user, record.status, record.finished_at, record.next_attempt_at);
         let callback_due = record.callback_due();
+        let kept = Arc::clone(&self.kept);
         let written = self
             .writer
             .write(move |t| {
-                t.prepare_cached(
-                    "UPDATE jobs SET status = ?1, record = ?2, finished_at = ?3, due = ?4, callback_due = ?5, \
-                     revision = revision + 1 WHERE id = ?6 AND status = ?7 AND revision = ?8",
-                )?
-                .execute(params![
-                    status,
-                    json,
-                    finished_at,
-                    due,
-                    callback_due,
-                    id,
-                    expected.as_str(),
-                    revision
-                ])
+                let changed = t
+                    .prepare_cached(
+                        "UPDATE jobs SET status = ?1, record = ?2, finished_at = ?3, due = ?4, callback_due = ?5, \
+                         revision = revision + 1 WHERE id = ?6 AND status = ?7 AND revision = ?8",
+                    )?
+                    .execute(params![
+                        status.as_str(),
+                        json,
+                        finished_at,
+                        due,
+                        callback_due,
+                        id,
+                        expected.as_str(),
+                        revision
+                    ])?;
+                if changed == 1 && expected.is_waiting() != status.is_waiting() {
+                    let mut kept = sync::lock(&kept);
+                    let entry = kept.entry(user).or_default();
+                    entry.waiting =
+                        if status.is_waiting() { entry.waiting + 1 } else { entry.waiting.saturating_sub(1) };
+                }
+                Ok(changed)
             })
             .await?
             == 1;
@@ -349,29 +415,27 @@ impl EmbeddedJobs {
         }
     }
 
-    /// The user's paused jobs.
-    pub async fn paused(&self, user: UserId) -> Result<Vec<JobRecord>, JobsError> {
-        let rows: Vec<String> = self
-            .read(move |c| {
-                let mut statement =
-                    c.prepare_cached("SELECT record FROM jobs WHERE user_id = ?1 AND status = 'paused'")?;
-                let rows = statement.query_map([user.to_string()], |row| row.get(0))?;
-                rows.collect()
-            })
-            .await?;
-        rows.iter().map(|json| decode(json)).collect()
-    }
-
-    /// Removes finished jobs older than `before` whose callback is settled. How many went.
-    pub async fn purge(&self, before: UnixMillis) -> Result<usize, JobsError> {
+    /// Removes up to `page` finished jobs older than `before` whose callback is settled. How many went.
+    pub async fn purge(&self, before: UnixMillis, page: usize) -> Result<usize, JobsError> {
+        let kept = Arc::clone(&self.kept);
         Ok(self
             .writer
             .write(move |t| {
-                t.execute(
-                    "DELETE FROM jobs WHERE finished_at < ?1 AND callback_due IS NULL AND status IN \
-                     ('succeeded', 'failed', 'cancelled')",
-                    [before],
-                )
+                let mut statement = t.prepare_cached(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at < ?1 AND callback_due IS NULL \
+                     AND status IN ('succeeded', 'failed', 'cancelled') LIMIT ?2) RETURNING user_id, length(request)",
+                )?;
+                let removed: Vec<(String, i64)> = statement
+                    .query_map(params![before, page as i64], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut kept = sync::lock(&kept);
+                for (user, bytes) in &removed {
+                    if let Some(entry) = UserId::parse(user).ok().and_then(|user| kept.get_mut(&user)) {
+                        entry.bytes = entry.bytes.saturating_sub(bytes.max(&0).unsigned_abs());
+                    }
+                }
+                kept.retain(|_, k| k.waiting > 0 || k.bytes > 0);
+                Ok(removed.len())
             })
             .await?)
     }
@@ -426,6 +490,7 @@ mod tests {
     use super::*;
     use crate::domain::jobs::{Attempt, JobError, RetryPolicy};
     use crate::domain::llm::Api;
+    use crate::services::jobs::JobsConfig;
     use crate::store::tests::TempDir;
 
     fn failure() -> Attempt {
@@ -442,7 +507,10 @@ mod tests {
         let policy = RetryPolicy::default();
         let record = JobRecord::new(user, Api::ChatCompletions, "gpt-4o-mini".into(), 0, &policy);
         let id = record.id;
-        assert!(matches!(jobs.insert(record, Bytes::from_static(b"{}"), None).await.unwrap(), Inserted::New(_)));
+        assert!(matches!(
+            jobs.insert(record, Bytes::from_static(b"{}"), None, JobsConfig::default().caps).await.unwrap(),
+            Inserted::New(_)
+        ));
 
         let mut failed = jobs.get(user, id).await.unwrap().unwrap();
         failed.settle(failure(), 1, &policy, 0.0);

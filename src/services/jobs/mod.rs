@@ -36,9 +36,11 @@ use uuid::Uuid;
 
 use self::embedded::EmbeddedJobs;
 use self::redis::{RedisJobs, Renewal};
+use super::callers::ContextError;
 use super::gateway::{Gateway, GatewayError};
 use crate::clock::Clock;
 use crate::crypto::webhook_signature::WebhookSecret;
+use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobError, JobRecord, JobStatus, RetryPolicy, millis};
 use crate::domain::llm::{Api, LlmRequest};
 use crate::domain::provider::Provider;
@@ -57,8 +59,50 @@ pub enum JobsError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Redis(#[from] SharedError),
+    /// The user keeps as many jobs, or as many bytes of them, as they may.
+    #[error("{0}")]
+    Full(JobCap),
+    /// The account cannot queue jobs (unknown, inactive, or unreadable while Directus is down).
+    #[error(transparent)]
+    Account(#[from] ContextError),
     #[error("{0}")]
     Internal(String),
+}
+
+/// Which of a user's caps a new job would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JobCap {
+    #[error("the user has {0} jobs waiting, the most allowed")]
+    Waiting(u64),
+    #[error("the user's jobs hold {0} bytes of requests, the most allowed")]
+    StoredBytes(u64),
+}
+
+/// What one user may keep in the queue (`JOB_MAX_WAITING_PER_USER`, `JOB_MAX_STORED_BYTES_PER_USER`): jobs
+/// not finished, and bytes of requests of every job kept (until removed after `JOB_RETENTION_HOURS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserCaps {
+    pub waiting: u64,
+    pub stored_bytes: u64,
+}
+
+impl UserCaps {
+    /// Whether a user keeping `waiting` jobs of `bytes` may add one of `adding` bytes.
+    fn admit(&self, waiting: u64, bytes: u64, adding: u64) -> Result<(), JobCap> {
+        if waiting >= self.waiting {
+            return Err(JobCap::Waiting(self.waiting));
+        }
+        if bytes.saturating_add(adding) > self.stored_bytes {
+            return Err(JobCap::StoredBytes(self.stored_bytes));
+        }
+        Ok(())
+    }
+}
+
+/// One page of a user's jobs, newest first, and where the next page starts when there may be more.
+pub struct Page {
+    pub jobs: Vec<JobRecord>,
+    pub next: Option<Uuid>,
 }
 
 /// What `POST /v1/jobs` made.
@@ -106,6 +150,11 @@ pub struct JobsConfig {
     /// Lets callbacks reach loopback and private addresses (development, or an app on the same network).
     pub allow_internal_callbacks: bool,
     pub callback_timeout: Duration,
+    pub caps: UserCaps,
+    /// Callbacks sent at once by this replica, of one user's jobs, and to one host.
+    pub callbacks_at_once: usize,
+    pub callbacks_per_user: usize,
+    pub callbacks_per_host: usize,
 }
 
 impl Default for JobsConfig {
@@ -118,6 +167,10 @@ impl Default for JobsConfig {
             callback_secret: None,
             allow_internal_callbacks: false,
             callback_timeout: Duration::from_secs(10),
+            caps: UserCaps { waiting: 1_000, stored_bytes: 256 * 1024 * 1024 },
+            callbacks_at_once: 64,
+            callbacks_per_user: 4,
+            callbacks_per_host: 8,
         }
     }
 }
@@ -128,6 +181,8 @@ pub struct NewJob {
     pub request: LlmRequest,
     pub metadata: Option<Value>,
     pub idempotency_key: Option<String>,
+    /// What was submitted, for telling a replay from another request under the same key.
+    pub fingerprint: String,
     pub callback: Option<NewCallback>,
     pub notify_on_failure: bool,
 }
@@ -139,6 +194,13 @@ pub enum NewCallback {
     /// The Directus Flows bundle's endpoint, for a job a Flow queued: reached on any address, signed with the
     /// secret derived from `FLOWS_TOKEN` (never stored with the job).
     Flows,
+}
+
+/// What signs a callback. A secret of the job's own (or of the Flows endpoint) speaks for that job alone; the
+/// shared `JOB_CALLBACK_SECRET` signs every user's callbacks, so the payload it signs names the user too.
+pub enum Signer {
+    Own(WebhookSecret),
+    Shared(WebhookSecret),
 }
 
 /// Where jobs queued by Flows report back, and the secret both ends derive from the Flows credential.
@@ -205,13 +267,13 @@ impl Jobs {
 
     /// The secret a callback is signed with: the Flows one for the Flows endpoint, else the job's own, else the
     /// configured app secret.
-    fn signing_secret(&self, record: &JobRecord, own: Option<SecretString>) -> Option<WebhookSecret> {
+    fn signing_secret(&self, record: &JobRecord, own: Option<SecretString>) -> Option<Signer> {
         if record.callback.as_ref().is_some_and(|c| c.trusted) {
-            return self.flows.as_ref().map(|f| f.secret.clone());
+            return self.flows.as_ref().map(|f| Signer::Own(f.secret.clone()));
         }
         match own {
-            Some(own) => WebhookSecret::parse(own.expose_secret()).ok(),
-            None => self.config.callback_secret.clone(),
+            Some(own) => WebhookSecret::parse(own.expose_secret()).ok().map(Signer::Own),
+            None => self.config.callback_secret.clone().map(Signer::Shared),
         }
     }
 
@@ -221,10 +283,16 @@ impl Jobs {
 
     /// Queues a job, or with an `Idempotency-Key` used before, finds the job it made.
     pub async fn submit(&self, user: UserId, job: NewJob) -> Result<Submitted, JobsError> {
+        // A suspended account queues nothing (its jobs would only fail later, each stored meanwhile).
+        let caller = self.gateway.callers.profile(user).await.map_err(ContextError::Caller)?;
+        if !caller.profile.active {
+            return Err(ContextError::AccountInactive.into());
+        }
         let now = self.clock.now();
         let mut record = JobRecord::new(user, job.api, job.request.model.clone(), now, &self.config.retry);
         record.metadata = job.metadata;
         record.idempotency_key = job.idempotency_key;
+        record.fingerprint = Some(job.fingerprint);
         record.notify_on_failure = job.notify_on_failure;
         let mut secret = None;
         let target = match job.callback {
@@ -246,7 +314,8 @@ impl Jobs {
             trusted,
         });
         let stored_secret = secret.as_ref().map(|s: &SecretString| s.expose_secret().to_owned());
-        let inserted = dispatch!(self.insert(record, job.request.body.clone(), stored_secret))?;
+        let caps = self.config.caps;
+        let inserted = dispatch!(self.insert(record, job.request.body.clone(), stored_secret, caps))?;
         Ok(match inserted {
             Inserted::New(record) => {
                 tracing::info!(job = %record.id, %user, api = %record.api, "job queued");
@@ -262,17 +331,24 @@ impl Jobs {
         dispatch!(self.get(user, id))?.ok_or(JobsError::NotFound)
     }
 
+    /// The user's jobs, newest first, from `after` (the previous page's `next`) on.
     pub async fn list(
         &self,
         user: UserId,
         status: Option<JobStatus>,
         limit: usize,
-    ) -> Result<Vec<JobRecord>, JobsError> {
-        dispatch!(self.list(user, status, limit))
+        after: Option<Uuid>,
+    ) -> Result<Page, JobsError> {
+        dispatch!(self.list(user, status, limit, after))
     }
 
-    /// Queues a failed or paused job again, now, with a fresh give-up time.
+    /// Queues a failed or paused job again, now, with a fresh give-up time. A failed job waits again, so it
+    /// needs room under the user's cap.
     pub async fn retry(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
+        let waiting = dispatch!(self.waiting(user))?;
+        if waiting >= self.config.caps.waiting && self.get(user, id).await?.status == JobStatus::Failed {
+            return Err(JobsError::Full(JobCap::Waiting(self.config.caps.waiting)));
+        }
         self.change(user, id, JobStatus::can_retry, |record, now, policy| record.requeue(now, policy)).await
     }
 
@@ -305,7 +381,7 @@ impl Jobs {
 
     /// The user saved or verified a working key for `provider`: their jobs paused on it are queued again.
     pub async fn resume(&self, user: UserId, provider: Provider) {
-        let paused = match dispatch!(self.paused(user)) {
+        let paused = match self.all_paused(user).await {
             Ok(paused) => paused,
             Err(error) => {
                 tracing::warn!(%user, %error, "cannot read the user's paused jobs; they stay paused");
@@ -326,6 +402,19 @@ impl Jobs {
         }
         if resumed > 0 {
             tracing::info!(%user, %provider, resumed, "the user's key works again; paused jobs resumed");
+        }
+    }
+
+    /// Every paused job of the user, read page by page.
+    async fn all_paused(&self, user: UserId) -> Result<Vec<JobRecord>, JobsError> {
+        let (mut paused, mut after) = (Vec::new(), None);
+        loop {
+            let page = self.list(user, Some(JobStatus::Paused), 200, after).await?;
+            paused.extend(page.jobs);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(paused),
+            }
         }
     }
 
@@ -358,12 +447,31 @@ impl Jobs {
             let now = self.clock.now();
             if last_purge.is_none_or(|at| now - at >= 3_600_000) {
                 last_purge = Some(now);
-                match dispatch!(self.purge(now - millis(self.config.retention))) {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "finished jobs past their retention removed"),
-                    Err(error) => tracing::warn!(%error, "cannot remove old jobs; will retry"),
+                self.purge(now - millis(self.config.retention)).await;
+            }
+        }
+    }
+
+    /// Removes finished jobs that ended before `before`, a bounded page at a time, until none is left.
+    async fn purge(&self, before: UnixMillis) {
+        let mut removed = 0;
+        loop {
+            match dispatch!(self.purge(before, PURGE_PAGE)) {
+                Ok(n) => {
+                    removed += n;
+                    if n < PURGE_PAGE {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot remove old jobs; will retry");
+                    break;
                 }
             }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "finished jobs past their retention removed");
         }
     }
 
@@ -372,6 +480,9 @@ impl Jobs {
         dispatch!(self.counts())
     }
 }
+
+/// Finished jobs removed by one store call.
+const PURGE_PAGE: usize = 500;
 
 /// A record as both stores keep it: JSON.
 fn encode(record: &JobRecord) -> Result<String, JobsError> {

@@ -26,7 +26,7 @@ use secrecy::SecretString;
 use tokio::sync::{Mutex, Notify, mpsc};
 use uuid::Uuid;
 
-use super::{Claimed, DueCallback, Inserted, JobsError, armed, encode};
+use super::{Claimed, DueCallback, Inserted, JobCap, JobsError, Page, UserCaps, armed, encode};
 use crate::clock::Clock;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus, millis};
@@ -39,6 +39,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// With nothing to hand out, the fetcher looks again after this long (new work in this replica wakes it).
 const POLL: Duration = Duration::from_millis(50);
 const RECLAIM_EVERY: Duration = Duration::from_secs(5);
+/// A list reads at most this many of a user's jobs per script call, and makes at most this many calls.
+const LIST_SCAN: usize = 200;
+const LIST_CALLS: usize = 10;
 const GROUP: &str = "workers";
 
 /// Shared by the scripts: what follows from a job's new state. KEYS are built from ARGV's prefix.
@@ -59,9 +62,22 @@ local function followups(p, id, user, status, due, callback_due, finished_at)
     redis.call('ZREM', p .. 'finished', id)
   end
 end
-local function recount(p, from, to)
+-- Counters never go below zero (jobs stored before they were kept).
+local function add(key, field, n)
+  if redis.call('HINCRBY', key, field, n) < 0 then
+    redis.call('HSET', key, field, 0)
+  end
+end
+local waits = {queued = true, running = true, paused = true}
+-- A job moved between statuses: the counts by status, and the user's count of waiting jobs.
+local function recount(p, user, from, to)
   redis.call('HINCRBY', p .. 'counts', from, -1)
   redis.call('HINCRBY', p .. 'counts', to, 1)
+  if waits[from] and not waits[to] then
+    add(p .. 'kept:' .. user, 'waiting', -1)
+  elseif waits[to] and not waits[from] then
+    add(p .. 'kept:' .. user, 'waiting', 1)
+  end
 end
 local function give_turn(p, user)
   local head = redis.call('ZRANGE', p .. 'due:' .. user, 0, 0, 'WITHSCORES')
@@ -102,7 +118,7 @@ local function retake(p, id, entry, now)
   local status = redis.call('HGET', job, 'status')
   if status == 'running' then
     redis.call('HSET', job, 'status', 'queued')
-    recount(p, 'running', 'queued')
+    recount(p, user, 'running', 'queued')
     status = 'queued'
   end
   if status == 'queued' then
@@ -113,12 +129,13 @@ local function retake(p, id, entry, now)
 end
 ";
 
-/// ARGV: prefix, id, user, idempotency key or '', record, request, secret or '', now. Returns {1} for a new
-/// job, or {0, record, status, secret} for the job the idempotency key made before.
+/// ARGV: prefix, id, user, idempotency key or '', record, request, secret or '', now, most jobs waiting, most
+/// bytes kept. Returns {1} for a new job, {0, record, status, secret} for the job the idempotency key made
+/// before, or {2, 'waiting' | 'bytes'} when the user's cap would be passed.
 const INSERT: &str = r"
 local p, id, user, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local idem_key = p .. 'idem:' .. user .. ':' .. idem
 if idem ~= '' then
-  local idem_key = p .. 'idem:' .. user .. ':' .. idem
   local existing = redis.call('GET', idem_key)
   if existing then
     local found = redis.call('HMGET', p .. 'job:' .. existing, 'record', 'status', 'secret')
@@ -126,10 +143,24 @@ if idem ~= '' then
       return {0, found[1], found[2], found[3] or ''}
     end
   end
+end
+local kept = p .. 'kept:' .. user
+local counts = redis.call('HMGET', kept, 'waiting', 'bytes')
+local len = string.len(ARGV[6])
+if tonumber(counts[1] or '0') >= tonumber(ARGV[9]) then
+  return {2, 'waiting'}
+end
+if tonumber(counts[2] or '0') + len > tonumber(ARGV[10]) then
+  return {2, 'bytes'}
+end
+if idem ~= '' then
   redis.call('SET', idem_key, id)
 end
+redis.call('HINCRBY', kept, 'waiting', 1)
+redis.call('HINCRBY', kept, 'bytes', len)
 local job = p .. 'job:' .. id
-redis.call('HSET', job, 'user', user, 'status', 'queued', 'rev', 0, 'record', ARGV[5], 'request', ARGV[6], 'idem', idem)
+redis.call('HSET', job, 'user', user, 'status', 'queued', 'rev', 0, 'record', ARGV[5], 'request', ARGV[6], 'idem', idem,
+  'rlen', len)
 if ARGV[7] ~= '' then
   redis.call('HSET', job, 'secret', ARGV[7])
 end
@@ -180,7 +211,7 @@ for _, user in ipairs(redis.call('ZRANGEBYSCORE', p .. 'turns', '-inf', now, 'LI
         end
       until not got or got == entry
       redis.call('HSET', job, 'status', 'running', 'entry', entry)
-      recount(p, 'queued', 'running')
+      recount(p, user, 'queued', 'running')
       redis.call('ZADD', inflight, now + lease, id)
       taken = {id, entry, found[2], found[3]}
     end
@@ -224,7 +255,7 @@ redis.call('HDEL', job, 'entry')
 local written = 0
 if found[2] == 'running' and found[4] == ARGV[9] then
   redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5], 'rev', tonumber(ARGV[9]) + 1)
-  recount(p, 'running', ARGV[5])
+  recount(p, found[1], 'running', ARGV[5])
   followups(p, id, found[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
   written = 1
 end
@@ -243,7 +274,7 @@ if not found[1] or found[2] ~= ARGV[3] or found[3] ~= ARGV[9] then
 end
 redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5], 'rev', tonumber(ARGV[9]) + 1)
 if found[2] ~= ARGV[5] then
-  recount(p, found[2], ARGV[5])
+  recount(p, found[1], found[2], ARGV[5])
 end
 if found[2] == 'queued' then
   redis.call('ZREM', p .. 'due:' .. found[1], id)
@@ -297,52 +328,65 @@ end
 return {found[1], found[2], found[3] or ''}
 ";
 
-/// ARGV: prefix, user, status or '', limit. The user's newest jobs: {record, status, ...}.
+/// ARGV: prefix, user, status or '', limit, after (a job id) or '', most entries to look at. The user's newest
+/// jobs after `after`: {next, record, status, ...}, where `next` is '' when nothing may follow, else the id the
+/// next page starts after. Looks at a bounded number of entries, whatever the user keeps.
 const LIST: &str = r"
-local p, user, status, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local out = {}
+local p, user, status, limit, after = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local index = p .. 'user:' .. user
 local start = 0
-while #out < 2 * limit do
-  local ids = redis.call('ZREVRANGE', p .. 'user:' .. user, start, start + 199)
-  if #ids == 0 then
-    break
+if after ~= '' then
+  local rank = redis.call('ZREVRANK', index, after)
+  if not rank then
+    return {''}
   end
-  for _, id in ipairs(ids) do
-    local found = redis.call('HMGET', p .. 'job:' .. id, 'record', 'status')
-    if found[1] and (status == '' or found[2] == status) then
-      table.insert(out, found[1])
-      table.insert(out, found[2])
-      if #out >= 2 * limit then
-        break
-      end
+  start = rank + 1
+end
+local ids = redis.call('ZREVRANGE', index, start, start + tonumber(ARGV[6]) - 1)
+local out = {''}
+local taken, last = 0, ''
+for _, id in ipairs(ids) do
+  local found = redis.call('HMGET', p .. 'job:' .. id, 'record', 'status')
+  if found[1] and (status == '' or found[2] == status) then
+    if taken == limit then
+      out[1] = last
+      return out
     end
+    table.insert(out, found[1])
+    table.insert(out, found[2])
+    taken = taken + 1
   end
-  start = start + 200
+  last = id
+end
+if #ids == tonumber(ARGV[6]) then
+  out[1] = last
 end
 return out
 ";
 
-/// ARGV: prefix, before, max. Removes finished jobs whose callback is settled.
+/// ARGV: prefix, before, max. Removes up to `max` finished jobs that ended before `before`; one whose callback
+/// is still due leaves the index until its callback is settled (which puts it back). Returns how many it
+/// looked at.
 const PURGE: &str = r"
 local p = ARGV[1]
-local n = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. 'finished', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
+local ids = redis.call('ZRANGEBYSCORE', p .. 'finished', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
   if not redis.call('ZSCORE', p .. 'callbacks', id) then
     local job = p .. 'job:' .. id
-    local found = redis.call('HMGET', job, 'user', 'status', 'idem')
+    local found = redis.call('HMGET', job, 'user', 'status', 'idem', 'rlen')
     if found[1] then
       redis.call('ZREM', p .. 'user:' .. found[1], id)
       if found[3] and found[3] ~= '' then
         redis.call('DEL', p .. 'idem:' .. found[1] .. ':' .. found[3])
       end
       redis.call('HINCRBY', p .. 'counts', found[2], -1)
+      add(p .. 'kept:' .. found[1], 'bytes', -tonumber(found[4] or '0'))
       redis.call('DEL', job)
     end
-    redis.call('ZREM', p .. 'finished', id)
-    n = n + 1
   end
+  redis.call('ZREM', p .. 'finished', id)
 end
-return n
+return #ids
 ";
 
 struct Scripts {
@@ -446,6 +490,7 @@ impl RedisJobs {
         record: JobRecord,
         request: Bytes,
         secret: Option<String>,
+        caps: UserCaps,
     ) -> Result<Inserted, JobsError> {
         let json = encode(&record)?;
         let (id, user) = (record.id.to_string(), record.user.to_string());
@@ -465,6 +510,8 @@ impl RedisJobs {
                     .arg(request.as_ref())
                     .arg(secret.as_deref().unwrap_or(""))
                     .arg(due)
+                    .arg(caps.waiting)
+                    .arg(caps.stored_bytes)
                     .invoke_async(&mut c)
                     .await
             })
@@ -474,12 +521,26 @@ impl RedisJobs {
                 self.work.notify_one();
                 Ok(Inserted::New(record))
             }
+            [redis::Value::Int(2), which] => Err(JobsError::Full(match text(which).as_deref() {
+                Some("bytes") => JobCap::StoredBytes(caps.stored_bytes),
+                _ => JobCap::Waiting(caps.waiting),
+            })),
             [_, found, status, secret] => {
                 let secret = text(secret).filter(|s| !s.is_empty()).map(SecretString::from);
                 Ok(Inserted::Existing(decode(found, status)?, secret))
             }
             _ => Err(JobsError::Internal("unexpected answer from the insert script".into())),
         }
+    }
+
+    /// How many of the user's jobs are waiting.
+    pub async fn waiting(&self, user: UserId) -> Result<u64, JobsError> {
+        let kept = format!("{}kept:{user}", self.prefix);
+        let waiting: Option<u64> = self
+            .redis
+            .run(|mut c| async move { redis::cmd("HGET").arg(kept).arg("waiting").query_async(&mut c).await })
+            .await?;
+        Ok(waiting.unwrap_or(0))
     }
 
     pub async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError> {
@@ -498,30 +559,43 @@ impl RedisJobs {
         }
     }
 
+    /// The user's newest jobs after `after`: a few bounded script calls, never one that reads all their jobs.
     pub async fn list(
         &self,
         user: UserId,
         status: Option<JobStatus>,
         limit: usize,
-    ) -> Result<Vec<JobRecord>, JobsError> {
-        let script = &self.scripts.list;
-        let flat: Vec<String> = self
-            .redis
-            .run(|mut c| async move {
-                script
-                    .arg(&self.prefix)
-                    .arg(user.to_string())
-                    .arg(status.map_or("", JobStatus::as_str))
-                    .arg(limit)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        flat.chunks(2).map(|pair| with_status(&pair[0], &pair[1])).collect()
-    }
-
-    pub async fn paused(&self, user: UserId) -> Result<Vec<JobRecord>, JobsError> {
-        self.list(user, Some(JobStatus::Paused), 10_000).await
+        mut after: Option<Uuid>,
+    ) -> Result<Page, JobsError> {
+        let mut jobs = Vec::new();
+        for _ in 0..LIST_CALLS {
+            let script = &self.scripts.list;
+            let wanted = limit - jobs.len();
+            let cursor = after.map(|id| id.to_string()).unwrap_or_default();
+            let flat: Vec<String> = self
+                .redis
+                .run(|mut c| async move {
+                    script
+                        .arg(&self.prefix)
+                        .arg(user.to_string())
+                        .arg(status.map_or("", JobStatus::as_str))
+                        .arg(wanted)
+                        .arg(cursor)
+                        .arg(LIST_SCAN)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            let (next, found) = flat.split_first().ok_or_else(|| JobsError::Internal("empty list reply".into()))?;
+            for pair in found.chunks(2) {
+                jobs.push(with_status(&pair[0], &pair[1])?);
+            }
+            after = Uuid::parse_str(next).ok();
+            if after.is_none() || jobs.len() == limit {
+                break;
+            }
+        }
+        Ok(Page { jobs, next: after })
     }
 
     pub async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
@@ -754,11 +828,12 @@ impl RedisJobs {
         }
     }
 
-    pub async fn purge(&self, before: UnixMillis) -> Result<usize, JobsError> {
+    /// Removes up to `page` finished jobs older than `before`. How many were looked at.
+    pub async fn purge(&self, before: UnixMillis, page: usize) -> Result<usize, JobsError> {
         let script = &self.scripts.purge;
         let n: usize = self
             .redis
-            .run(|mut c| async move { script.arg(&self.prefix).arg(before).arg(1_000).invoke_async(&mut c).await })
+            .run(|mut c| async move { script.arg(&self.prefix).arg(before).arg(page).invoke_async(&mut c).await })
             .await?;
         Ok(n)
     }

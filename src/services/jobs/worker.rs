@@ -167,7 +167,7 @@ impl Jobs {
 
     async fn send_callback(&self, due: DueCallback) {
         let DueCallback { mut record, secret } = due;
-        let Some(secret) = self.signing_secret(&record, secret) else {
+        let Some(signer) = self.signing_secret(&record, secret) else {
             // Only if JOB_CALLBACK_SECRET (or FLOWS_TOKEN) was removed after the job was submitted.
             tracing::error!(job = %record.id, "a callback has no signing secret; it is not sent");
             record.callback_abandoned("no signing secret is configured for this callback");
@@ -176,7 +176,7 @@ impl Jobs {
             }
             return;
         };
-        let outcome = self.callbacks.deliver(&record, &secret).await;
+        let outcome = self.callbacks.deliver(&record, &signer).await;
         let expected = record.status;
         record.callback_attempted(outcome, self.clock.now());
         let state = record.callback.as_ref().map(|c| c.state);
