@@ -88,6 +88,8 @@ pub struct Settings {
     pub circuit_cool_down: Duration,
     /// Upper bound on concurrent provider calls; more wait for a slot, at most `upstream_slot_wait`.
     pub max_upstream_calls: usize,
+    /// Calls one user may have running at once (in this replica); more are refused at once.
+    pub max_upstream_calls_per_user: u32,
     pub upstream_slot_wait: Duration,
     /// Largest gateway request body accepted (prompts with images are large; the body is held in memory).
     pub max_llm_body_bytes: usize,
@@ -487,7 +489,15 @@ impl Settings {
         let rate_limits = TierLimits {
             free_per_minute: r.parsed("RATE_LIMIT_FREE_PER_MIN", 20, per_minute, count),
             premium_per_minute: r.parsed("RATE_LIMIT_PREMIUM_PER_MIN", 120, per_minute, count),
+            own_keys_premium_per_minute: r.parsed("RATE_LIMIT_BYOK_PREMIUM_PER_MIN", 600, per_minute, count),
+            own_keys_lifetime_per_minute: r.parsed("RATE_LIMIT_BYOK_LIFETIME_PER_MIN", 600, per_minute, count),
         };
+        let max_upstream_calls_per_user = r.parsed(
+            "MAX_UPSTREAM_CALLS_PER_USER",
+            32,
+            "Use a whole number of calls, below MAX_UPSTREAM_CALLS, e.g. 32",
+            count,
+        );
         let key_checks_per_minute = r.parsed("RATE_LIMIT_KEY_CHECKS_PER_MIN", 10, per_minute, count);
         let usage_reads_per_minute = r.parsed("RATE_LIMIT_USAGE_READS_PER_MIN", 60, per_minute, count);
         let job_submits_per_minute = r.parsed("RATE_LIMIT_JOB_SUBMITS_PER_MIN", 6_000, per_minute, count);
@@ -585,6 +595,7 @@ impl Settings {
                     job_submits_per_minute,
                     upstream_deadline,
                     max_upstream_calls,
+                    max_upstream_calls_per_user,
                     upstream_slot_wait,
                     circuit_failure_threshold,
                     circuit_cool_down,

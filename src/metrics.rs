@@ -78,8 +78,11 @@ fn describe() {
     describe_counter!(GATEWAY_CALLS, "LLM gateway calls by provider, paying source and outcome code.");
     describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Provider response time to headers, per attempt.");
     describe_counter!(UPSTREAM_RETRIES, "Provider calls tried again, by provider and reason.");
-    describe_gauge!(CIRCUIT_OPEN, "1 while a provider's circuit is open (calls fail fast), else 0.");
-    describe_counter!(CIRCUIT_OPENINGS, "Times a provider's circuit opened.");
+    describe_gauge!(
+        CIRCUIT_OPEN,
+        "1 while the platform key's circuit for a provider is open (calls fail fast), else 0."
+    );
+    describe_counter!(CIRCUIT_OPENINGS, "Times a circuit opened, by provider and key (platform, or a user's own).");
     describe_counter!(RATE_LIMITED, "Requests refused by a per-user limit, by limit.");
     describe_histogram!(FLAG_RELOAD_DURATION, Unit::Seconds, "Time to load the feature flags from Directus.");
     describe_gauge!(FLAGS_AGE, Unit::Seconds, "How long ago the flags in force were loaded.");
@@ -133,8 +136,9 @@ pub fn circuit_state(provider: Provider, open: bool) {
     gauge!(CIRCUIT_OPEN, "provider" => provider.as_str()).set(f64::from(u8::from(open)));
 }
 
-pub fn circuit_opened(provider: Provider) {
-    counter!(CIRCUIT_OPENINGS, "provider" => provider.as_str()).increment(1);
+/// `key`: `platform`, or `user` for a user's own key (never which user).
+pub fn circuit_opened(provider: Provider, key: &'static str) {
+    counter!(CIRCUIT_OPENINGS, "provider" => provider.as_str(), "key" => key).increment(1);
 }
 
 pub fn rate_limited(limit: &'static str) {

@@ -118,6 +118,18 @@ impl ModelPrice {
             + Cents::per_unit(budget.web_searches, self.web_search)
     }
 
+    /// The usage of a call that used its whole budget: the prompt as estimated, every output token it may
+    /// use, every search it allows. What a call is charged when its answer never arrived, since the provider
+    /// bills the generation all the same.
+    pub fn whole_budget(&self, budget: &CallBudget) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: budget.prompt_tokens.max(1),
+            completion_tokens: self.output_budget(budget),
+            web_searches: budget.web_searches,
+            ..TokenUsage::default()
+        }
+    }
+
     /// Output tokens a request may use in all: its own limit, or the model's maximum per completion.
     pub fn output_budget(&self, budget: &CallBudget) -> u64 {
         budget.output_tokens.unwrap_or_else(|| self.max_output_tokens.saturating_mul(budget.completions.max(1)))

@@ -91,7 +91,9 @@ impl ApiError {
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             ApiError::Gateway(GatewayError::RateLimited { retry_after })
+            | ApiError::Gateway(GatewayError::OwnKeyRateLimited { retry_after })
             | ApiError::Gateway(GatewayError::ProviderRateLimited { retry_after, .. }) => Some(*retry_after),
+            ApiError::Gateway(GatewayError::TooManyCalls(_)) => Some(std::time::Duration::from_secs(1)),
             ApiError::Gateway(GatewayError::Unavailable { retry_after, .. }) => {
                 Some(retry_after.unwrap_or(std::time::Duration::from_secs(30)))
             }
@@ -224,6 +226,22 @@ fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static
              API key to remove the limit."
                 .into(),
         ),
+        GatewayError::OwnKeyRateLimited { .. } => (
+            S::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "You are sending requests with your own API key faster than this platform allows. Wait for the time \
+             in Retry-After, then retry."
+                .into(),
+        ),
+        GatewayError::TooManyCalls(most) => (
+            S::TOO_MANY_REQUESTS,
+            "too_many_concurrent_calls",
+            format!(
+                "You have {most} AI requests running at once, the most one account may. Wait for one to finish, \
+                 then retry."
+            )
+            .into(),
+        ),
         GatewayError::ProviderRateLimited { provider, .. } => (
             S::TOO_MANY_REQUESTS,
             "provider_rate_limited",
@@ -261,14 +279,27 @@ fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static
         GatewayError::CutOff(_) => (
             S::BAD_GATEWAY,
             "upstream_error",
-            "The AI provider's answer broke off. Nothing was charged; please retry.".into(),
+            "The AI provider's answer broke off on its way. It bills the generation all the same, so the call \
+             was charged its whole budget; please retry."
+                .into(),
         ),
         GatewayError::Timeout(provider) => (
             S::GATEWAY_TIMEOUT,
             "ai_timeout",
             format!(
-                "{} did not finish answering in time. Nothing was charged; ask for a shorter answer or use \
-                 streaming (\"stream\": true) for long ones.",
+                "{} did not finish answering in time. It bills the generation all the same, so the call was \
+                 charged its whole budget (the prompt and its max_tokens). Ask for a shorter answer (a lower \
+                 max_tokens), or use streaming (\"stream\": true) for long ones.",
+                provider.display_name()
+            )
+            .into(),
+        ),
+        GatewayError::SpecialServiceTier(provider) => (
+            S::UNPROCESSABLE_ENTITY,
+            "service_tier_not_available",
+            format!(
+                "Priority, flex and scale processing (service_tier) are not available on platform credits. Remove \
+                 service_tier, or use your own {} API key for it.",
                 provider.display_name()
             )
             .into(),

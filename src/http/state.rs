@@ -16,6 +16,7 @@ use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_store::FlagStore;
 use crate::services::gateway::{Gateway, InternalKeys};
+use crate::services::in_flight::InFlight;
 use crate::services::jobs::{FlowCallbacks, Jobs, JobsError};
 use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
@@ -142,8 +143,10 @@ impl AppState {
             bus: Arc::clone(&bus),
             breaker: CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down),
             limiter: RateLimiter::new("tier", redis.clone()),
+            own_key_limiter: RateLimiter::new("own_keys", redis.clone()),
             tier_limits: settings.rate_limits,
             upstream_slots: Arc::new(Semaphore::new(settings.max_upstream_calls)),
+            user_calls: InFlight::new(settings.max_upstream_calls_per_user),
             slot_wait: settings.upstream_slot_wait,
             vault_configured: settings.keyring.is_some(),
             deadline: settings.upstream_deadline,

@@ -13,8 +13,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::callers::{CallContext, CallerDirectory, CallerProfile, ContextError, call_context};
-use super::circuit_breaker::CircuitBreaker;
+use super::circuit_breaker::{Circuit, CircuitBreaker};
 use super::flag_store::FlagStore;
+use super::in_flight::{InFlight, Permit};
 use super::key_vault::{KeyVault, VaultError};
 use super::meter::{Charge, Meter};
 use super::notifier::{KeyProblem, Notifier};
@@ -76,6 +77,14 @@ impl Credential {
         }
     }
 
+    /// The circuit this credential's calls count in.
+    fn circuit(&self, user: UserId, provider: Provider) -> Circuit {
+        match self {
+            Credential::Byok(_) => Circuit::UserKey(user, provider),
+            Credential::Internal(..) => Circuit::Platform(provider),
+        }
+    }
+
     fn into_hold(self) -> Option<Hold> {
         match self {
             Credential::Byok(_) => None,
@@ -113,12 +122,18 @@ pub struct Completed {
     pub staleness: Option<&'static str>,
 }
 
+/// What a call holds while it runs: one of the upstream call slots, and one of its user's.
+pub struct CallSlot {
+    _upstream: OwnedSemaphorePermit,
+    _user: Permit<UserId>,
+}
+
 pub struct Forwarded {
     pub source: Source,
     pub reply: Reply,
     pub charge: Charge,
-    /// One of the upstream call slots, held until the answer has been passed on.
-    pub slot: OwnedSemaphorePermit,
+    /// Held until the answer has been passed on.
+    pub slot: CallSlot,
     /// What the decision rested on that may be out of date (see [`CallContext::staleness`]).
     pub staleness: Option<&'static str>,
 }
@@ -132,6 +147,12 @@ pub enum GatewayError {
     /// Our own per-tier limit on internal-credit calls.
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
+    /// Our own per-tier limit on calls with the user's own keys.
+    #[error("own-key calls rate limited")]
+    OwnKeyRateLimited { retry_after: Duration },
+    /// The user has as many calls running as one user may.
+    #[error("the user has {0} calls running")]
+    TooManyCalls(u32),
     /// The provider kept answering 429 until the deadline.
     #[error("provider rate limited")]
     ProviderRateLimited { provider: Provider, retry_after: Duration },
@@ -148,6 +169,10 @@ pub enum GatewayError {
     /// A non-streaming call was still generating when the generation timeout hit.
     #[error("{0} did not finish answering in time")]
     Timeout(Provider),
+    /// Priority, flex or scale processing asked of a call that credits would pay: priced apart from the
+    /// standard rates the price table has.
+    #[error("{0} special service tier on credits")]
+    SpecialServiceTier(Provider),
     /// The provider's answer broke off before it was complete.
     #[error("{0}'s answer was cut off")]
     CutOff(Provider),
@@ -184,8 +209,12 @@ pub struct Gateway {
     pub bus: Arc<Bus>,
     pub breaker: CircuitBreaker,
     pub limiter: RateLimiter,
+    /// Calls with the user's own keys: limited too (high by default), apart from credit calls.
+    pub own_key_limiter: RateLimiter,
     pub tier_limits: TierLimits,
     pub upstream_slots: Arc<Semaphore>,
+    /// Calls running per user, so one user cannot take every upstream slot.
+    pub user_calls: Arc<InFlight<UserId>>,
     /// How long a call waits for an upstream slot before it is refused as busy.
     pub slot_wait: Duration,
     pub vault_configured: bool,
@@ -212,7 +241,14 @@ impl Gateway {
             Reply::Success(upstream) => {
                 let (status, content_type) =
                     (upstream.status(), upstream.headers().get(reqwest::header::CONTENT_TYPE).cloned());
-                let body = upstream.bytes().await.map_err(|_| GatewayError::CutOff(api.provider()))?;
+                let body = match upstream.bytes().await {
+                    Ok(body) => body,
+                    Err(_) => {
+                        // The answer was generated (its headers come last) and broke off on the way.
+                        self.charge_unanswered(forwarded.charge, request);
+                        return Err(GatewayError::CutOff(api.provider()));
+                    }
+                };
                 let usage = usage_from_response(api, &body).unwrap_or_else(|| {
                     tracing::info!("response without usage; charged by estimate");
                     estimated_usage(forwarded.charge.estimated_prompt_tokens, body.len())
@@ -222,6 +258,16 @@ impl Gateway {
                 Ok(completed(status, content_type, body, Some((request_id, cost))))
             }
         }
+    }
+
+    /// A call whose answer never arrived whole (the generation timeout, an answer broken off) was generated
+    /// all the same, and the provider bills it: it is charged its whole budget (see
+    /// [`crate::domain::pricing::ModelPrice::whole_budget`]), at most what its hold reserved, never nothing.
+    fn charge_unanswered(&self, charge: Charge, request: &LlmRequest) {
+        let provider = charge.api.provider();
+        let (price, _) = self.meter.prices().price(provider, &request.model);
+        let cost = self.meter.record(charge, price.whole_budget(&request.budget));
+        tracing::info!(%provider, %cost, "no complete answer; the call is charged its whole budget");
     }
 
     /// Decides, pays and calls; the answer is left for the caller to stream or read ([`Gateway::complete`]).
@@ -243,11 +289,14 @@ impl Gateway {
         let decision = routing::decide(&flags, &view, provider, self.vault_configured)?;
         // BYOK-first falls back to credits when the key fails mid-call, exactly as if it had been unusable.
         let can_fall_back = decision.mode == RoutingMode::ByokFirst && view.can_pay();
-        let slot = self.upstream_slot().await?;
+        let slot = self.call_slot(user).await?;
 
         let mut source = decision.source;
         let mut key_failure = None;
         loop {
+            if source == Source::Internal && request.special_service_tier {
+                return Err(GatewayError::SpecialServiceTier(provider));
+            }
             let credential = match self.credential(user, &caller, provider, source, estimate).await {
                 Ok(credential) => credential,
                 Err(CredentialError::KeyUnusable) => {
@@ -274,18 +323,20 @@ impl Gateway {
                 }
                 Err(CredentialError::Other(error)) => return Err(error),
             };
-            match self.send_with_retries(api, &credential, &request.body, request.stream, retries).await {
+            let circuit = credential.circuit(user, provider);
+            let charge = |credential: Credential| Charge {
+                // Time-ordered: the outbox's and Directus's unique indexes grow at one end.
+                request_id: Uuid::now_v7(),
+                user,
+                api,
+                model: request.model.clone(),
+                source: credential.source(),
+                estimated_prompt_tokens: request.budget.prompt_tokens,
+                hold: credential.into_hold(),
+            };
+            match self.send_with_retries(api, &credential, circuit, user, request, retries).await {
                 Ok(reply) => {
-                    let charge = Charge {
-                        // Time-ordered: the outbox's and Directus's unique indexes grow at one end.
-                        request_id: Uuid::now_v7(),
-                        user,
-                        api,
-                        model: request.model.clone(),
-                        source: credential.source(),
-                        estimated_prompt_tokens: request.budget.prompt_tokens,
-                        hold: credential.into_hold(),
-                    };
+                    let charge = charge(credential);
                     return Ok(Forwarded { source: charge.source, reply, charge, slot, staleness });
                 }
                 Err(CallFailure::Key(failure)) if source == Source::Byok => {
@@ -312,17 +363,26 @@ impl Gateway {
                 Err(CallFailure::Outage(retry_after, reason)) => {
                     return Err(GatewayError::Unavailable { provider, retry_after, reason });
                 }
-                Err(CallFailure::Timeout) => return Err(GatewayError::Timeout(provider)),
+                Err(CallFailure::Timeout) => {
+                    // Still generating when the wait ended: billed by the provider all the same.
+                    self.charge_unanswered(charge(credential), request);
+                    return Err(GatewayError::Timeout(provider));
+                }
             }
         }
     }
 
-    /// One of the bounded upstream call slots; waiting is bounded too, so a flood of slow calls turns into
-    /// quick, clear refusals instead of a growing queue.
-    async fn upstream_slot(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
+    /// One of the user's call slots (refused at once past their cap), then one of the bounded upstream call
+    /// slots; waiting is bounded too, so a flood of slow calls turns into quick, clear refusals instead of a
+    /// growing queue.
+    async fn call_slot(&self, user: UserId) -> Result<CallSlot, GatewayError> {
+        let mine = self.user_calls.try_acquire(&user).ok_or_else(|| {
+            metrics::rate_limited("calls_in_flight");
+            GatewayError::TooManyCalls(self.user_calls.cap())
+        })?;
         let slots = Arc::clone(&self.upstream_slots);
         match tokio::time::timeout(self.slot_wait, slots.acquire_owned()).await {
-            Ok(permit) => Ok(permit.expect("the semaphore is never closed")),
+            Ok(permit) => Ok(CallSlot { _upstream: permit.expect("the semaphore is never closed"), _user: mine }),
             Err(_) => {
                 tracing::warn!(wait_secs = self.slot_wait.as_secs(), "no upstream call slot became free");
                 Err(GatewayError::Busy)
@@ -343,6 +403,11 @@ impl Gateway {
         match source {
             Source::Byok => {
                 let stored = caller.usable_key(provider).ok_or(CredentialError::KeyUnusable)?;
+                let per_minute = self.tier_limits.own_keys_per_minute(caller.tier);
+                self.own_key_limiter.acquire(user, per_minute).await.map_err(|retry_after| {
+                    metrics::rate_limited("own_keys");
+                    CredentialError::Other(GatewayError::OwnKeyRateLimited { retry_after })
+                })?;
                 self.vault.open_sealed(user, provider, &stored.envelope).map(Credential::Byok).map_err(|error| {
                     match error {
                         VaultError::Unusable(_) | VaultError::NotFound => CredentialError::KeyUnusable,
@@ -393,16 +458,18 @@ impl Gateway {
         &self,
         api: Api,
         credential: &Credential,
-        body: &Bytes,
-        stream: bool,
+        circuit: Circuit,
+        user: UserId,
+        request: &LlmRequest,
         retries: Retries,
     ) -> Result<Reply, CallFailure> {
+        let (body, stream) = (&request.body, request.stream);
         let provider = api.provider();
         let started = Instant::now();
         let mut last_wait = None;
         let attempts = if retries == Retries::WithinDeadline { MAX_ATTEMPTS } else { 1 };
         for attempt in 0..attempts {
-            if let Err(remaining) = self.breaker.admit(provider, Instant::now()) {
+            if let Err(remaining) = self.breaker.admit(circuit, Instant::now()) {
                 return Err(CallFailure::Outage(Some(remaining), "circuit open"));
             }
             let sent = Instant::now();
@@ -411,7 +478,7 @@ impl Gateway {
             let failure = match answer {
                 Ok(response) if response.status().is_success() => {
                     metrics::upstream_attempt(provider, "ok", attempt_took);
-                    self.breaker.record_success(provider);
+                    self.breaker.record_success(circuit);
                     return Ok(Reply::Success(response));
                 }
                 Ok(response) => {
@@ -424,11 +491,11 @@ impl Gateway {
                     metrics::upstream_attempt(provider, failure.as_str(), attempt_took);
                     match failure {
                         UpstreamFailure::Rejected => {
-                            self.breaker.record_success(provider);
+                            self.breaker.record_success(circuit);
                             return Ok(Reply::ProviderError { status, content_type, body });
                         }
                         UpstreamFailure::RateLimited => {
-                            self.breaker.record_success(provider);
+                            self.breaker.record_success(circuit);
                             let wait = wait.unwrap_or_else(|| jitter(attempt, RATE_LIMIT_BACKOFF));
                             last_wait = Some(wait);
                             if attempt + 1 == attempts || started.elapsed() + wait > self.deadline {
@@ -441,7 +508,7 @@ impl Gateway {
                         }
                         UpstreamFailure::Outage => "provider error",
                         key_failure => {
-                            self.breaker.record_success(provider);
+                            self.breaker.record_success(circuit);
                             return Err(CallFailure::Key(key_failure));
                         }
                     }
@@ -450,7 +517,7 @@ impl Gateway {
                     // Still generating, most likely: says nothing about the provider, and retrying would only
                     // start the same long generation again.
                     metrics::upstream_attempt(provider, "generation_timeout", attempt_took);
-                    self.breaker.record_inconclusive(provider);
+                    self.breaker.record_inconclusive(circuit);
                     tracing::warn!(%provider, "non-streaming call timed out while the provider generated");
                     return Err(CallFailure::Timeout);
                 }
@@ -460,7 +527,7 @@ impl Gateway {
                     "provider unreachable"
                 }
             };
-            self.breaker.record_outage(provider, Instant::now());
+            self.breaker.record_outage(circuit, user, Instant::now());
             let wait = jitter(attempt, OUTAGE_BACKOFF);
             if attempt + 1 == attempts || started.elapsed() + wait > self.deadline {
                 return Err(CallFailure::Outage(None, failure));

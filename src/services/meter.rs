@@ -21,7 +21,6 @@ use bytes::Bytes;
 use futures_util::Stream;
 use moka::sync::Cache;
 use time::OffsetDateTime;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -109,12 +108,12 @@ impl Meter {
     }
 
     /// Wraps a provider's SSE stream: passes it on (less what the client did not ask for), charges when it
-    /// ends, and holds `slot` (an upstream call slot) until then.
+    /// ends, and holds `slot` (the call's upstream slots) until then.
     pub fn metered_stream<S>(
         self: &Arc<Self>,
         charge: Charge,
         hide_usage_chunk: bool,
-        slot: OwnedSemaphorePermit,
+        slot: impl Send + 'static,
         upstream: S,
     ) -> MeteredStream
     where
@@ -127,7 +126,7 @@ impl Meter {
             pending: Some((Arc::clone(self), charge)),
             kept_alive: Instant::now(),
             done: false,
-            _slot: slot,
+            _slot: Box::new(slot),
         }
     }
 }
@@ -140,7 +139,7 @@ pub struct MeteredStream {
     /// When the hold was last told the call is still running.
     kept_alive: Instant,
     done: bool,
-    _slot: OwnedSemaphorePermit,
+    _slot: Box<dyn Send>,
 }
 
 impl MeteredStream {

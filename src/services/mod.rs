@@ -4,6 +4,7 @@ pub mod callers;
 pub mod circuit_breaker;
 pub mod flag_store;
 pub mod gateway;
+pub mod in_flight;
 pub mod jobs;
 pub mod key_vault;
 pub mod meter;

@@ -1,6 +1,7 @@
-//! Per-user request limits: internal-credit calls by tier (BYOK calls are never limited: users pay their
-//! provider directly), and the endpoints that cost the platform something per call (key checks, usage
-//! reads). A token bucket per user refilled continuously; one limiter per thing limited.
+//! Per-user request limits: internal-credit calls by tier, calls with the user's own keys by tier (far higher:
+//! users pay their provider, but the gateway is shared), and the endpoints that cost the platform something
+//! per call (key checks, usage reads, job submits, sign-in attempts). A token bucket per user refilled
+//! continuously; one limiter per thing limited.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,8 +16,13 @@ use crate::sync;
 
 #[derive(Debug, Clone, Copy)]
 pub struct TierLimits {
+    /// Internal-credit calls.
     pub free_per_minute: u32,
     pub premium_per_minute: u32,
+    /// Calls with the user's own keys (only premium and lifetime users have them): high, but not unlimited,
+    /// so a looping script cannot take the gateway for itself.
+    pub own_keys_premium_per_minute: u32,
+    pub own_keys_lifetime_per_minute: u32,
 }
 
 impl TierLimits {
@@ -24,6 +30,13 @@ impl TierLimits {
         match tier {
             SubscriptionTier::Free => self.free_per_minute,
             SubscriptionTier::Premium | SubscriptionTier::Lifetime => self.premium_per_minute,
+        }
+    }
+
+    pub fn own_keys_per_minute(&self, tier: SubscriptionTier) -> u32 {
+        match tier {
+            SubscriptionTier::Free | SubscriptionTier::Premium => self.own_keys_premium_per_minute,
+            SubscriptionTier::Lifetime => self.own_keys_lifetime_per_minute,
         }
     }
 }
@@ -104,7 +117,12 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    const LIMITS: TierLimits = TierLimits { free_per_minute: 20, premium_per_minute: 120 };
+    const LIMITS: TierLimits = TierLimits {
+        free_per_minute: 20,
+        premium_per_minute: 120,
+        own_keys_premium_per_minute: 600,
+        own_keys_lifetime_per_minute: 600,
+    };
 
     fn user() -> UserId {
         UserId::parse(&uuid::Uuid::new_v4().to_string()).unwrap()

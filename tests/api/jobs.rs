@@ -42,6 +42,12 @@ fn chat_job(content: &str) -> Value {
     json!({"api": "chat.completions", "request": request})
 }
 
+/// `GET /v1/jobs` with `query` (`""`, or `"?status=queued"`...), as the user.
+async fn jobs_of(app: &TestApp, user: &str, query: &str) -> Value {
+    let response = app.http.get(app.url(&format!("/v1/jobs{query}"))).bearer_auth(token_for(user)).send().await;
+    response.unwrap().json().await.unwrap()
+}
+
 async fn job(app: &TestApp, user: &str, id: &str) -> Value {
     let response = app.http.get(app.url(&format!("/v1/jobs/{id}"))).bearer_auth(token_for(user)).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -299,9 +305,7 @@ async fn the_same_idempotency_key_makes_no_second_job() {
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], first_id.as_str());
     wait_for_job(&app, &user, &first_id, "success", |j| j["status"] == "succeeded").await;
-    let jobs: Value =
-        app.http.get(app.url("/v1/jobs")).bearer_auth(token_for(&user)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(jobs_of(&app, &user, "").await["jobs"].as_array().unwrap().len(), 1);
     assert_eq!(app.providers.received_requests().await.unwrap().len(), 1, "one job, one call");
 
     let mut other = chat_job("Hello");
@@ -435,22 +439,10 @@ async fn bad_submissions_are_refused_and_users_see_only_their_own_jobs() {
         let response = request.bearer_auth(token_for(&stranger)).send().await.unwrap();
         assert_eq!(code(response, 404).await, "job_not_found");
     }
-    let theirs: Value =
-        app.http.get(app.url("/v1/jobs")).bearer_auth(token_for(&stranger)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(theirs["jobs"], json!([]));
+    assert_eq!(jobs_of(&app, &stranger, "").await["jobs"], json!([]));
 
     // No workers run here: the job waits, can be listed by status, cancelled once, and not retried.
-    let queued: Value = app
-        .http
-        .get(app.url("/v1/jobs?status=queued"))
-        .bearer_auth(token_for(&user))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(queued["jobs"][0]["id"], id.as_str());
+    assert_eq!(jobs_of(&app, &user, "?status=queued").await["jobs"][0]["id"], id.as_str());
     let response = app.http.get(app.url("/v1/jobs?status=done")).bearer_auth(token_for(&user)).send().await.unwrap();
     assert_eq!(code(response, 400).await, "invalid_request");
     let retry =
@@ -491,9 +483,7 @@ async fn a_user_cannot_fill_the_queue_faster_than_the_submit_limit() {
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
     assert_eq!(error_code(refused).await, "rate_limited");
-    let jobs: Value =
-        app.http.get(app.url("/v1/jobs")).bearer_auth(token_for(&user)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "the refused job was not stored");
+    assert_eq!(jobs_of(&app, &user, "").await["jobs"].as_array().unwrap().len(), 2, "the refused job was not stored");
     // Another user has their own allowance.
     let other = byok_user(&app, false).await;
     submitted_id(submit(&app, &other, chat_job("mine")).await).await;
@@ -504,8 +494,7 @@ async fn all_listed(app: &TestApp, user: &str, page: usize) -> Vec<String> {
     let (mut ids, mut after) = (Vec::new(), None::<String>);
     loop {
         let query = after.as_ref().map_or(String::new(), |a| format!("&after={a}"));
-        let url = app.url(&format!("/v1/jobs?status=queued&limit={page}{query}"));
-        let listed: Value = app.http.get(url).bearer_auth(token_for(user)).send().await.unwrap().json().await.unwrap();
+        let listed = jobs_of(app, user, &format!("?status=queued&limit={page}{query}")).await;
         let jobs = listed["jobs"].as_array().unwrap();
         assert!(jobs.len() <= page);
         ids.extend(jobs.iter().map(|j| j["id"].as_str().unwrap().to_owned()));
@@ -571,9 +560,7 @@ async fn a_users_jobs_cannot_hold_more_bytes_than_the_cap_and_a_job_body_has_its
     let refused = submit(&app, &someone, huge).await;
     assert_eq!(refused.status(), 413);
     assert_eq!(error_code(refused).await, "payload_too_large");
-    let jobs: Value =
-        app.http.get(app.url("/v1/jobs")).bearer_auth(token_for(&someone)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(jobs["jobs"], json!([]));
+    assert_eq!(jobs_of(&app, &someone, "").await["jobs"], json!([]));
 }
 
 #[tokio::test]
@@ -585,17 +572,7 @@ async fn an_inactive_account_cannot_queue_jobs() {
     let refused = submit(&app, &suspended, chat_job("Hello")).await;
     assert_eq!(refused.status(), 403);
     assert_eq!(error_code(refused).await, "account_inactive");
-    let jobs: Value = app
-        .http
-        .get(app.url("/v1/jobs"))
-        .bearer_auth(token_for(&suspended))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(jobs["jobs"], json!([]), "nothing was stored");
+    assert_eq!(jobs_of(&app, &suspended, "").await["jobs"], json!([]), "nothing was stored");
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod gateway;
 mod hardening;
 mod health;
 mod helpers;
+mod isolation;
 mod jobs;
 mod keys;
 mod log_secrecy;

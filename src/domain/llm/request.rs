@@ -40,6 +40,9 @@ pub struct LlmRequest {
     pub client_wants_usage_chunk: bool,
     /// The most the call may use (see [`CallBudget`]).
     pub budget: CallBudget,
+    /// Processing the provider prices differently from its standard rates (OpenAI `priority`, `flex`,
+    /// `scale`): the price table knows only standard rates, so credits cannot pay for it.
+    pub special_service_tier: bool,
     /// Sent upstream as is (cheap to clone for retries).
     pub body: Bytes,
 }
@@ -109,6 +112,13 @@ pub fn parse_request(api: Api, raw: &Bytes) -> Result<LlmRequest, LlmRequestErro
     let audio_output = member("audio").is_some_and(|text| text != "null")
         || member("modalities").is_some_and(|text| text.contains("\"audio\""));
 
+    // OpenAI: `auto` (the project's own default) and `default` are standard. Anthropic's values (`auto`,
+    // `standard_only`) bill at standard rates unless the operator bought Priority Tier capacity.
+    let special_service_tier = api == Api::ChatCompletions
+        && member("service_tier")
+            .and_then(|text| serde_json::from_str::<Option<String>>(text).ok().flatten())
+            .is_some_and(|tier| !matches!(tier.as_str(), "auto" | "default"));
+
     let mut scan = Scan::default();
     // The body is valid JSON by now, so only nesting too deep to walk can fail here: such a body could hide
     // what makes it dearer, so it is refused.
@@ -132,6 +142,7 @@ pub fn parse_request(api: Api, raw: &Bytes) -> Result<LlmRequest, LlmRequestErro
             audio_output,
             web_searches: scan.web_searches,
         },
+        special_service_tier,
         body: body.map_or_else(|| raw.clone(), Bytes::from),
     })
 }
@@ -471,6 +482,25 @@ mod tests {
         assert_eq!((request.model.as_str(), request.stream), ("gpt-4o-mini", false));
         assert_eq!(request.budget.output_tokens, Some(50));
         assert_eq!(request.body, body.to_string().as_bytes(), "byte for byte");
+    }
+
+    #[test]
+    fn openai_priority_flex_and_scale_processing_are_told_apart_from_standard() {
+        for (tier, special) in [
+            (json!(null), false),
+            (json!("auto"), false),
+            (json!("default"), false),
+            (json!("priority"), true),
+            (json!("flex"), true),
+            (json!("scale"), true),
+        ] {
+            let body = json!({"model": "gpt-4o", "service_tier": tier, "messages": []});
+            assert_eq!(parse(Api::ChatCompletions, &body).special_service_tier, special, "{tier}");
+        }
+        let absent = parse(Api::ChatCompletions, &json!({"model": "gpt-4o"}));
+        assert!(!absent.special_service_tier);
+        let anthropic = json!({"model": "claude-sonnet-4-5", "service_tier": "standard_only", "max_tokens": 5});
+        assert!(!parse(Api::Messages, &anthropic).special_service_tier);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use std::sync::Arc;
+use tracing::Instrument;
 
 use crate::domain::llm::{self, Api, LlmRequest, LlmRequestError};
 use crate::domain::routing::Source;
@@ -76,7 +78,13 @@ async fn proxy(
 ) -> Result<Response, ApiError> {
     let request = parse(api, &raw)?;
     if !request.stream {
-        let completed = state.gateway.complete(user, api, &request, Retries::WithinDeadline).await?;
+        // On a task of its own: a client that hangs up does not cancel the call, whose answer is then read to
+        // the end (within the generation timeout) and charged like any other.
+        let gateway = Arc::clone(&state.gateway);
+        let call = async move { gateway.complete(user, api, &request, Retries::WithinDeadline).await };
+        let completed = tokio::spawn(call.in_current_span())
+            .await
+            .map_err(|error| ApiError::Internal(format!("a gateway call's task failed: {error}")))??;
         let response =
             with_content_type(Response::new(Body::from(completed.body)), completed.status, completed.content_type);
         return Ok(labelled(response, completed.source, completed.charged.map(|(id, _)| id), completed.staleness));

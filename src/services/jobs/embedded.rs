@@ -268,13 +268,12 @@ impl EmbeddedJobs {
     /// A worker is done with a job it claimed: `record` is its new state, written unless the user cancelled
     /// it meanwhile. Whether it was written.
     pub async fn finish(&self, record: &JobRecord, _lease: Option<&str>) -> Result<bool, JobsError> {
+        // No longer running before the result is written: a reader sees the attempt before it (queued), or the
+        // result, never the result still running.
+        sync::lock(&self.schedule).done(record.user, record.id);
         let written = self.write(record, JobStatus::Running).await;
-        {
-            let mut schedule = sync::lock(&self.schedule);
-            schedule.done(record.user, record.id);
-            if let (Ok(true), JobStatus::Queued, Some(at)) = (&written, record.status, record.next_attempt_at) {
-                schedule.push(record.user, record.id, at);
-            }
+        if let (Ok(true), JobStatus::Queued, Some(at)) = (&written, record.status, record.next_attempt_at) {
+            sync::lock(&self.schedule).push(record.user, record.id, at);
         }
         // The user's slot is free again (and the job may be due again): one waiting worker looks.
         self.work.notify_one();

@@ -114,9 +114,14 @@ impl Jobs {
     async fn judge(&self, user: UserId, provider: Provider, error: GatewayError) -> Attempt {
         use GatewayError as G;
         let asked = match &error {
-            G::RateLimited { retry_after } | G::ProviderRateLimited { retry_after, .. } => Some(Some(*retry_after)),
+            G::RateLimited { retry_after }
+            | G::OwnKeyRateLimited { retry_after }
+            | G::ProviderRateLimited { retry_after, .. } => Some(Some(*retry_after)),
+            G::TooManyCalls(_) => Some(None),
             G::Unavailable { retry_after, .. } => Some(*retry_after),
-            G::Busy | G::Timeout(_) | G::CutOff(_) => Some(None),
+            // A timeout is charged and would most likely time out again: not retried (a broken-off answer is,
+            // once the backoff has passed).
+            G::Busy | G::CutOff(_) => Some(None),
             G::Context(ContextError::Flags(_)) => Some(None),
             G::Context(ContextError::Caller(CallerError::Directus(e))) if e.is_outage() => Some(None),
             G::Vault(VaultError::Directus(e)) if e.is_outage() => Some(None),
