@@ -95,6 +95,13 @@ pub struct Settings {
     pub max_llm_body_bytes: usize,
     /// Largest `POST /v1/jobs` body accepted: a job is stored until it is removed, so less than a live call.
     pub max_job_body_bytes: usize,
+    /// A request body must arrive at `body_min_bytes_per_sec` after this grace period, or is answered `408`.
+    pub body_read_grace: Duration,
+    pub body_min_bytes_per_sec: u64,
+    /// Bytes of request bodies held at once by the whole process; past it, `503 server_busy`.
+    pub max_body_bytes_in_flight: usize,
+    /// Requests one signed-in user may have in flight at once (in this replica).
+    pub max_requests_in_flight_per_user: u32,
     /// A client that takes no bytes of its response for this long is disconnected, freeing its upstream slot.
     pub client_write_timeout: Duration,
     pub log_format: LogFormat,
@@ -532,6 +539,27 @@ impl Settings {
                 _ => Err("must be a whole number of bytes from 65536 to 67108864"),
             },
         );
+        let body_read_grace = r.seconds("BODY_READ_GRACE_SECS", 10, 1..=300);
+        let body_min_bytes_per_sec = r.parsed(
+            "BODY_MIN_BYTES_PER_SEC",
+            32 * 1024,
+            "Use a number of bytes per second from 1024 to 104857600, e.g. 32768",
+            |raw| match raw.parse::<u64>() {
+                Ok(n) if (1024..=100 * 1024 * 1024).contains(&n) => Ok(n),
+                _ => Err("must be a whole number from 1024 to 104857600"),
+            },
+        );
+        let max_body_bytes_in_flight = r.parsed(
+            "MAX_BODY_BYTES_IN_FLIGHT",
+            512 * 1024 * 1024,
+            "Use a number of bytes at least MAX_LLM_BODY_BYTES, e.g. 536870912 (512 MiB)",
+            |raw| match raw.parse::<usize>() {
+                Ok(n) if n >= max_llm_body_bytes && n <= 64 << 30 => Ok(n),
+                _ => Err("must be a whole number of bytes from MAX_LLM_BODY_BYTES to 68719476736 (64 GiB)"),
+            },
+        );
+        let max_requests_in_flight_per_user =
+            r.parsed("MAX_REQUESTS_IN_FLIGHT_PER_USER", 64, "Use a whole number of requests, e.g. 64", count);
         let client_write_timeout = r.seconds("CLIENT_WRITE_TIMEOUT_SECS", 60, 1..=3_600);
         let log_format = r.parsed("LOG_FORMAT", LogFormat::Json, "Use json or text", |raw| match raw {
             "json" => Ok(LogFormat::Json),
@@ -601,6 +629,10 @@ impl Settings {
                     circuit_cool_down,
                     max_llm_body_bytes,
                     max_job_body_bytes,
+                    body_read_grace,
+                    body_min_bytes_per_sec,
+                    max_body_bytes_in_flight,
+                    max_requests_in_flight_per_user,
                     client_write_timeout,
                     log_format,
                     public_url,

@@ -11,6 +11,7 @@ use crate::directus::DirectusError;
 use crate::domain::jobs::JobError;
 use crate::domain::provider::UnknownProvider;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
+use crate::http::guard::BodyRefused;
 use crate::services::callers::{CallerError, ContextError};
 use crate::services::flag_store::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
@@ -71,6 +72,12 @@ pub enum ApiError {
     /// A per-user limit on one of our own endpoints.
     #[error("too many requests")]
     TooManyRequests { retry_after: std::time::Duration },
+    /// The user has as many requests in flight as one user may.
+    #[error("too many requests in flight")]
+    RequestsInFlight(u32),
+    /// The request's body came too slowly, or the process holds as many body bytes as it may.
+    #[error(transparent)]
+    BodyRefused(BodyRefused),
     /// The user keeps as many jobs (or bytes of them) as they may.
     #[error(transparent)]
     JobCapReached(JobCap),
@@ -100,6 +107,9 @@ impl ApiError {
             ApiError::Gateway(GatewayError::Busy) => Some(std::time::Duration::from_secs(1)),
             ApiError::TooManyRequests { retry_after } => Some(*retry_after),
             ApiError::JobCapReached(_) => Some(JOB_CAP_RETRY),
+            ApiError::RequestsInFlight(_) | ApiError::BodyRefused(BodyRefused::Busy) => {
+                Some(std::time::Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -181,6 +191,22 @@ impl ApiError {
                 S::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "Too many requests of this kind. Wait for the time in Retry-After, then retry.".into(),
+            ),
+            ApiError::RequestsInFlight(most) => (
+                S::TOO_MANY_REQUESTS,
+                "too_many_requests_in_flight",
+                format!("You have {most} requests in progress, the most one account may. Wait for one to finish.")
+                    .into(),
+            ),
+            ApiError::BodyRefused(BodyRefused::TooSlow) => (
+                S::REQUEST_TIMEOUT,
+                "body_timeout",
+                "The request body arrived too slowly and was not read. Send it again over a faster connection.".into(),
+            ),
+            ApiError::BodyRefused(BodyRefused::Busy) => (
+                S::SERVICE_UNAVAILABLE,
+                "server_busy",
+                "The service is receiving too many large requests right now. Retry in a moment.".into(),
             ),
             ApiError::JobCapReached(JobCap::Waiting(most)) => (
                 S::TOO_MANY_REQUESTS,

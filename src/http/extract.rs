@@ -9,7 +9,10 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use std::sync::Arc;
+
 use super::error::ApiError;
+use super::guard::{self, Held};
 use super::state::AppState;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
@@ -43,7 +46,7 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
                     .as_ref()
                     .is_some_and(|flows| bool::from(Sha256::digest(token.as_bytes()).ct_eq(flows))) =>
             {
-                return flow_caller(parts);
+                return flow_caller(parts, state);
             }
             Err(reason) => {
                 tracing::debug!(%reason, "access token refused");
@@ -59,13 +62,24 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
                 SessionError::Unconfirmed => ApiError::DirectusUnavailable,
             })?;
         }
-        Ok(AuthenticatedUser(verified.user))
+        counted(parts, state, AuthenticatedUser(verified.user))
     }
+}
+
+/// The request counts among its user's requests in flight until it is answered (see [`crate::http::guard`]).
+fn counted(parts: &Parts, state: &AppState, user: AuthenticatedUser) -> Result<AuthenticatedUser, ApiError> {
+    if let Some(held) = parts.extensions.get::<Arc<Held>>() {
+        held.user(&state.user_requests, user.0).map_err(|most| {
+            crate::metrics::rate_limited("requests_in_flight");
+            ApiError::RequestsInFlight(most)
+        })?;
+    }
+    Ok(user)
 }
 
 /// A Directus Flow: only on [`FLOW_ROUTES`], and only for the user it names. The same matrix, limits and
 /// accounting then apply as for the user's own calls; the log says a Flow made the call.
-fn flow_caller(parts: &mut Parts) -> Result<AuthenticatedUser, ApiError> {
+fn flow_caller(parts: &mut Parts, state: &AppState) -> Result<AuthenticatedUser, ApiError> {
     let route = parts.extensions.get::<axum::extract::MatchedPath>().map(axum::extract::MatchedPath::as_str);
     if parts.method != axum::http::Method::POST || !route.is_some_and(|r| FLOW_ROUTES.contains(&r)) {
         tracing::warn!(route, "the Flows credential was presented to a route Flows may not call");
@@ -84,7 +98,7 @@ fn flow_caller(parts: &mut Parts) -> Result<AuthenticatedUser, ApiError> {
         })?;
     tracing::info!(%user, caller = "directus_flow", "a Directus Flow calls on a user's behalf");
     parts.extensions.insert(ViaFlow);
-    Ok(AuthenticatedUser(user))
+    counted(parts, state, AuthenticatedUser(user))
 }
 
 /// An operator presenting `OPERATOR_TOKEN`. Without one configured, operator endpoints do not exist.
@@ -215,6 +229,9 @@ impl FromRequest<AppState> for RawBody {
 
 fn bytes_rejection(rejection: &BytesRejection) -> ApiError {
     let status = rejection.status();
+    if let Some(refused) = guard::refusal(rejection) {
+        return ApiError::BodyRefused(refused);
+    }
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::BadRequest { status, code: "payload_too_large", message: "The body is too large.".into() }
     } else {

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod routes;
 pub mod state;
 
@@ -43,7 +44,8 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     let routes = routes
         .layer(Extension(document))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.guard.clone(), guard::hold));
     with_common_layers(routes).with_state(state)
 }
 

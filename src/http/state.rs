@@ -11,6 +11,8 @@ use crate::config::Settings;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
 use crate::domain::jobs::CallbackUrl;
+use crate::domain::user::UserId;
+use crate::http::guard::Guard;
 use crate::providers::ProviderClient;
 use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::CircuitBreaker;
@@ -79,6 +81,10 @@ pub struct Services {
     pub job_submits_per_minute: u32,
     pub max_llm_body_bytes: usize,
     pub max_job_body_bytes: usize,
+    /// Bounds on every request's body.
+    pub guard: Guard,
+    /// Requests in flight per signed-in user.
+    pub user_requests: Arc<InFlight<UserId>>,
     pub account_page: AccountPage,
 }
 
@@ -196,6 +202,12 @@ impl AppState {
             usage_reads_per_minute: settings.usage_reads_per_minute,
             max_llm_body_bytes: settings.max_llm_body_bytes,
             max_job_body_bytes: settings.max_job_body_bytes,
+            guard: Guard {
+                grace: settings.body_read_grace,
+                min_bytes_per_sec: settings.body_min_bytes_per_sec,
+                body_budget: Arc::new(Semaphore::new(settings.max_body_bytes_in_flight)),
+            },
+            user_requests: InFlight::new(settings.max_requests_in_flight_per_user),
             account_page: AccountPage {
                 html: crate::http::routes::pages::index_html(&settings.account_embed_origins),
                 csp: crate::http::routes::pages::content_security_policy(&settings.account_embed_origins),

@@ -184,3 +184,121 @@ async fn own_key_calls_are_rate_limited_per_user_too() {
     let other = byok_user(&app, true).await;
     assert_eq!(chat(&app, &other, hello(false)).await.status(), 200, "per user");
 }
+
+/// Opens a request to `path` as `user` that announces `length` bytes of body and sends `sent` of them: the
+/// stream stays open (and the body unfinished) for as long as it is kept.
+async fn stalled_request(app: &TestApp, user: &str, path: &str, length: usize, sent: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n",
+        token_for(user)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b' '; sent]).await.unwrap();
+    stream
+}
+
+/// Reads what the server sends until it closes the connection, within `within`.
+async fn answer_and_close(mut stream: tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answered and closed the connection in time")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_answered_408_and_its_connection_closed() {
+    let app = gateway_app(&[("BODY_READ_GRACE_SECS", "1")]).await;
+    let user = byok_user(&app, false).await;
+    let started = Instant::now();
+    let stalled = stalled_request(&app, &user, "/v1/chat/completions", 100_000, 10).await;
+    let answer = answer_and_close(stalled, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"body_timeout\""), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(app.providers.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_body_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let app = gateway_app(&[("BODY_READ_GRACE_SECS", "1"), ("BODY_MIN_BYTES_PER_SEC", "1024")]).await;
+    let user = byok_user(&app, false).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    let body = format!("{}{}", " ".repeat(2_400), hello(false));
+    let mut stream = stalled_request(&app, &user, "/v1/chat/completions", body.len(), 0).await;
+    // About 1,200 bytes a second: above the minimum rate, though it takes longer than the grace period.
+    for chunk in body.as_bytes().chunks(600) {
+        stream.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stream.write_all(b"").await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut stream, &mut answer));
+    let n = read.await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn one_user_cannot_hold_more_requests_in_flight_than_their_cap() {
+    let app = gateway_app(&[("MAX_REQUESTS_IN_FLIGHT_PER_USER", "2")]).await;
+    let user = byok_user(&app, false).await;
+    let held: Vec<_> = futures_util::future::join_all(
+        (0..2).map(|_| stalled_request(&app, &user, "/v1/chat/completions", 100_000, 10)),
+    )
+    .await;
+    // Both are being read now; a third request of the same user is refused at once, whatever the route.
+    let mut refused = None;
+    for _ in 0..100 {
+        let response = app.route(&token_for(&user), "openai").await;
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("the third request was refused");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_code(refused).await, "too_many_requests_in_flight");
+    let other = byok_user(&app, false).await;
+    assert_eq!(app.route(&token_for(&other), "openai").await.status(), 200, "another user is not affected");
+    drop(held);
+    for _ in 0..100 {
+        if app.route(&token_for(&user), "openai").await.status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the user's requests were still counted after their connections closed");
+}
+
+#[tokio::test]
+async fn the_bytes_of_bodies_held_at_once_fit_a_budget() {
+    let budget = [("MAX_LLM_BODY_BYTES", "65536"), ("MAX_BODY_BYTES_IN_FLIGHT", "65536")];
+    let app = gateway_app(&budget).await;
+    let (first, second) = (byok_user(&app, false).await, byok_user(&app, false).await);
+    let held = stalled_request(&app, &first, "/v1/chat/completions", 65_000, 60_000).await;
+    let mut refused = None;
+    for _ in 0..100 {
+        let mut body = hello(false);
+        body["padding"] = json!(" ".repeat(10_000));
+        let response = chat(&app, &second, body).await;
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a body past the budget was refused");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_code(refused).await, "server_busy");
+    drop(held);
+}
