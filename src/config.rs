@@ -15,8 +15,10 @@ use crate::clock::Clock;
 use crate::crypto::encryption_key::EncryptionKey;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
+use crate::domain::client_address::TrustedProxies;
 use crate::domain::jobs::RetryPolicy;
 use crate::domain::pricing::PriceTable;
+use crate::domain::sign_in::SignInPolicy;
 use crate::services::jobs::{JobsConfig, UserCaps};
 use crate::services::rate_limit::TierLimits;
 
@@ -110,6 +112,10 @@ pub struct Settings {
     pub public_url: Option<Url>,
     /// Origins (`https://app.example.com`) that may frame the account page and hand it a token.
     pub account_embed_origins: Vec<String>,
+    /// Sign-in attempts let through per account in a row, and per client address a minute.
+    pub sign_in: SignInPolicy,
+    /// Proxies whose `X-Forwarded-For` names the client; empty: the socket's peer is the client.
+    pub trusted_proxies: TrustedProxies,
     /// Durable jobs: workers, per-user cap, retry horizon, retention, callback signing and reach.
     pub jobs: JobsConfig,
     /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
@@ -584,6 +590,24 @@ impl Settings {
         );
 
         let jobs = jobs_config(&mut r);
+        let sign_in = SignInPolicy {
+            failures_per_account: r.parsed(
+                "LOGIN_FAILURES_PER_ACCOUNT",
+                10,
+                "Use a number below Directus's auth_login_attempts (25 by default), e.g. 10",
+                |raw| match raw.parse::<u32>() {
+                    Ok(n) if (1..=1_000).contains(&n) => Ok(n),
+                    _ => Err("must be a whole number from 1 to 1000"),
+                },
+            ),
+            attempts_per_address_per_minute: r.parsed("LOGIN_ATTEMPTS_PER_ADDRESS_PER_MIN", 10, per_minute, count),
+        };
+        let trusted_proxies = r.parsed(
+            "TRUSTED_PROXIES",
+            TrustedProxies::default(),
+            "List the proxies' addresses or networks, e.g. 10.0.0.0/8, 127.0.0.1",
+            TrustedProxies::parse,
+        );
 
         match (directus_url, directus_token, directus_secret, webhook_secret) {
             (Some(directus_url), Some(directus_token), Some(directus_secret), Some(webhook_secret))
@@ -637,6 +661,8 @@ impl Settings {
                     log_format,
                     public_url,
                     account_embed_origins,
+                    sign_in,
+                    trusted_proxies,
                     jobs,
                     clock: Clock::system(),
                 })

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -14,6 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
+use tower::ServiceExt as _;
 
 use crate::accounting;
 use crate::config::Settings;
@@ -155,7 +157,13 @@ impl Application {
             // stream it is not reading, forever: a write stuck this long closes the connection.
             let mut stream = TimeoutStream::new(stream);
             stream.set_write_timeout(Some(self.client_write_timeout));
-            let service = TowerToHyperService::new(self.router.clone());
+            // Handlers that need the client's address (sign-in throttling) read it from here.
+            let service = TowerToHyperService::new(self.router.clone().map_request(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                },
+            ));
             let connection = graceful.watch(builder.serve_connection(TokioIo::new(Box::pin(stream)), service));
             tokio::spawn(async move {
                 if let Err(error) = connection.await {

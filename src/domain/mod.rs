@@ -1,6 +1,7 @@
 //! Pure business rules: no I/O, no clocks, no HTTP. Everything here is unit-testable in isolation.
 
 pub mod api_key;
+pub mod client_address;
 pub mod credit_book;
 pub mod credits;
 pub mod flags;
@@ -13,6 +14,7 @@ pub mod provider_key;
 pub mod recommend;
 pub mod retry;
 pub mod routing;
+pub mod sign_in;
 pub mod tier;
 pub mod upstream;
 pub mod usage;

@@ -11,6 +11,7 @@ use crate::directus::DirectusError;
 use crate::domain::jobs::JobError;
 use crate::domain::provider::UnknownProvider;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
+use crate::domain::sign_in::SignInRefusal;
 use crate::http::guard::BodyRefused;
 use crate::services::callers::{CallerError, ContextError};
 use crate::services::flag_store::FlagsUnavailable;
@@ -18,6 +19,8 @@ use crate::services::gateway::GatewayError;
 use crate::services::jobs::{JobCap, JobsError};
 use crate::services::key_vault::VaultError;
 
+/// When a client may look again at an account locked here: it opens once the user signs in elsewhere.
+const SIGN_IN_LOCKED_RETRY: std::time::Duration = std::time::Duration::from_secs(3_600);
 /// When a client at a job cap may look again: jobs finish in seconds to minutes.
 const JOB_CAP_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -72,6 +75,9 @@ pub enum ApiError {
     /// A per-user limit on one of our own endpoints.
     #[error("too many requests")]
     TooManyRequests { retry_after: std::time::Duration },
+    /// A sign-in attempt held back (client address, or the account's failures in a row).
+    #[error("sign-in attempt refused")]
+    SignIn(SignInRefusal),
     /// The user has as many requests in flight as one user may.
     #[error("too many requests in flight")]
     RequestsInFlight(u32),
@@ -107,6 +113,10 @@ impl ApiError {
             ApiError::Gateway(GatewayError::Busy) => Some(std::time::Duration::from_secs(1)),
             ApiError::TooManyRequests { retry_after } => Some(*retry_after),
             ApiError::JobCapReached(_) => Some(JOB_CAP_RETRY),
+            ApiError::SignIn(SignInRefusal::Address { retry_after } | SignInRefusal::Spacing { retry_after }) => {
+                Some(*retry_after)
+            }
+            ApiError::SignIn(SignInRefusal::Locked) => Some(SIGN_IN_LOCKED_RETRY),
             ApiError::RequestsInFlight(_) | ApiError::BodyRefused(BodyRefused::Busy) => {
                 Some(std::time::Duration::from_secs(1))
             }
@@ -191,6 +201,24 @@ impl ApiError {
                 S::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "Too many requests of this kind. Wait for the time in Retry-After, then retry.".into(),
+            ),
+            ApiError::SignIn(SignInRefusal::Address { .. }) => (
+                S::TOO_MANY_REQUESTS,
+                "too_many_sign_in_attempts",
+                "Too many sign-in attempts from your network. Wait for the time in Retry-After, then try again.".into(),
+            ),
+            ApiError::SignIn(SignInRefusal::Spacing { .. }) => (
+                S::TOO_MANY_REQUESTS,
+                "too_many_sign_in_attempts",
+                "Too many failed sign-ins for this account. Wait for the time in Retry-After, then try again.".into(),
+            ),
+            ApiError::SignIn(SignInRefusal::Locked) => (
+                S::TOO_MANY_REQUESTS,
+                "sign_in_locked",
+                "This account had too many failed sign-ins here, so this page stops trying to protect it from \
+                 being locked. Sign in to the app itself (or reset your password there); this page lets you in \
+                 again once you have."
+                    .into(),
             ),
             ApiError::RequestsInFlight(most) => (
                 S::TOO_MANY_REQUESTS,

@@ -9,7 +9,10 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
 
 use super::error::ApiError;
 use super::guard::{self, Held};
@@ -127,6 +130,23 @@ fn bearer_token(parts: &Parts) -> Option<&str> {
 /// (`x-api-key`), so both official SDKs work with the token as their API key.
 fn access_token(parts: &Parts) -> Option<&str> {
     bearer_token(parts).or_else(|| parts.headers.get("x-api-key")?.to_str().ok().map(str::trim))
+}
+
+/// The client's address: the socket's peer, or the address a trusted proxy names (see
+/// [`crate::domain::client_address`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Err(ApiError::Internal("the connection's peer address is not known".into()));
+        };
+        let forwarded = parts.headers.get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
+        Ok(ClientAddress(state.trusted_proxies.client(peer.ip(), forwarded)))
+    }
 }
 
 /// A provider named in the path (`/v1/keys/{provider}`); anything else is a 404, like an unknown route.

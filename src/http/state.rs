@@ -10,6 +10,7 @@ use crate::auth::AccessTokenVerifier;
 use crate::config::Settings;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
+use crate::domain::client_address::TrustedProxies;
 use crate::domain::jobs::CallbackUrl;
 use crate::domain::user::UserId;
 use crate::http::guard::Guard;
@@ -26,6 +27,7 @@ use crate::services::notifier::Notifier;
 use crate::services::rate_limit::RateLimiter;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
+use crate::services::sign_in::SignInGuard;
 use crate::shared::Shared;
 use crate::shared::bus::Bus;
 use crate::shared::redis::Redis;
@@ -85,6 +87,9 @@ pub struct Services {
     pub guard: Guard,
     /// Requests in flight per signed-in user.
     pub user_requests: Arc<InFlight<UserId>>,
+    /// Sign-in attempts, throttled per account and client address.
+    pub sign_in: Arc<SignInGuard>,
+    pub trusted_proxies: TrustedProxies,
     pub account_page: AccountPage,
 }
 
@@ -157,6 +162,7 @@ impl AppState {
             vault_configured: settings.keyring.is_some(),
             deadline: settings.upstream_deadline,
         });
+        let sign_in = Arc::new(SignInGuard::open(Arc::clone(&store), redis.clone(), settings.sign_in)?);
         let jobs = Jobs::new(
             store,
             redis.clone(),
@@ -208,6 +214,8 @@ impl AppState {
                 body_budget: Arc::new(Semaphore::new(settings.max_body_bytes_in_flight)),
             },
             user_requests: InFlight::new(settings.max_requests_in_flight_per_user),
+            sign_in,
+            trusted_proxies: settings.trusted_proxies.clone(),
             account_page: AccountPage {
                 html: crate::http::routes::pages::index_html(&settings.account_embed_origins),
                 csp: crate::http::routes::pages::content_security_policy(&settings.account_embed_origins),

@@ -12,3 +12,4 @@ pub mod notifier;
 pub mod rate_limit;
 pub mod reservations;
 pub mod sessions;
+pub mod sign_in;

@@ -3,6 +3,8 @@
 //! per call (key checks, usage reads, job submits, sign-in attempts). A token bucket per user refilled
 //! continuously; one limiter per thing limited.
 
+use std::fmt;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,25 +64,26 @@ redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_t
 return 0
 ";
 
-pub struct RateLimiter {
+/// One allowance per `K`: a user by default, or e.g. a client address.
+pub struct RateLimiter<K = UserId> {
     /// Names the limit in Redis keys and logs (`tier`, `key_checks`, `usage_reads`).
     name: &'static str,
     /// This replica's buckets: the whole story without Redis, the fallback while Redis is down.
-    buckets: Cache<UserId, Arc<Mutex<Bucket>>>,
+    buckets: Cache<K, Arc<Mutex<Bucket>>>,
     redis: Option<Arc<Redis>>,
     gcra: Script,
 }
 
-impl RateLimiter {
-    /// A limiter of its own name; with `redis`, one allowance per user across every replica.
+impl<K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static> RateLimiter<K> {
+    /// A limiter of its own name; with `redis`, one allowance per key across every replica.
     pub fn new(name: &'static str, redis: Option<Arc<Redis>>) -> Self {
         // Idle buckets are full again after a minute, so forgetting them then changes nothing.
         let buckets = Cache::builder().max_capacity(1_000_000).time_to_idle(Duration::from_secs(60)).build();
         RateLimiter { name, buckets, redis, gcra: Script::new(GCRA) }
     }
 
-    /// Takes one request from the user's allowance of `per_minute`, or says how long until one is available.
-    pub async fn acquire(&self, user: UserId, per_minute: u32) -> Result<(), Duration> {
+    /// Takes one request from the key's allowance of `per_minute`, or says how long until one is available.
+    pub async fn acquire(&self, user: K, per_minute: u32) -> Result<(), Duration> {
         if let Some(redis) = &self.redis {
             let key = key(&["rate", self.name, &user.to_string()]);
             let period = 60_000.0 / f64::from(per_minute.max(1));
@@ -96,7 +99,7 @@ impl RateLimiter {
         self.acquire_local(user, per_minute, Instant::now())
     }
 
-    fn acquire_local(&self, user: UserId, per_minute: u32, now: Instant) -> Result<(), Duration> {
+    fn acquire_local(&self, user: K, per_minute: u32, now: Instant) -> Result<(), Duration> {
         let capacity = f64::from(per_minute.max(1));
         let per_second = capacity / 60.0;
         let bucket = self.buckets.get_with(user, || Arc::new(Mutex::new(Bucket { tokens: capacity, updated: now })));
@@ -134,7 +137,7 @@ mod tests {
 
     #[test]
     fn free_users_get_twenty_a_minute_then_wait() {
-        let limiter = RateLimiter::new("tier", None);
+        let limiter = RateLimiter::<UserId>::new("tier", None);
         let (u, t0) = (user(), Instant::now());
         for i in 0..20 {
             assert!(limiter.acquire_local(u, tier(SubscriptionTier::Free), t0).is_ok(), "request {i}");
@@ -146,7 +149,7 @@ mod tests {
 
     #[test]
     fn premium_users_get_more_and_users_do_not_share_buckets() {
-        let limiter = RateLimiter::new("tier", None);
+        let limiter = RateLimiter::<UserId>::new("tier", None);
         let (a, b, t0) = (user(), user(), Instant::now());
         for _ in 0..120 {
             assert!(limiter.acquire_local(a, tier(SubscriptionTier::Premium), t0).is_ok());

@@ -1,6 +1,6 @@
 //! The sidecar's one local file: an embedded SQLite database in WAL mode, holding what must survive a restart.
-//! That is the usage outbox (records on their way to Directus, see [`crate::accounting`]) and the durable job
-//! queue (see [`crate::services::jobs`]).
+//! That is the usage outbox (records on their way to Directus, see [`crate::accounting`]), the durable job
+//! queue (see [`crate::services::jobs`]) and sign-in attempts in a row (see [`crate::services::sign_in`]).
 //!
 //! One process at a time: the file is locked (an advisory lock on `<file>.lock`, held while the store is
 //! open), so a second process pointed at the same file refuses to start instead of writing beside the first.
@@ -57,6 +57,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;",
     // 6: a user's jobs in one status are listed a bounded page at a time.
     "CREATE INDEX jobs_by_user_status ON jobs (user_id, status, id);",
+    // 7: sign-in attempts in a row per account (see `services::sign_in`): a restart must not forget them, since
+    // Directus does not.
+    "CREATE TABLE sign_in_failures (account TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at INTEGER NOT NULL)
+     WITHOUT ROWID;",
 ];
 
 /// A second connection waits this long for a lock the other holds (the writer and the flusher share the file).

@@ -16,4 +16,5 @@ mod log_secrecy;
 mod metrics;
 mod rewrap;
 mod route;
+mod sign_in;
 mod webhooks;

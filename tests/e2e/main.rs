@@ -3,6 +3,7 @@
 //! (the address the Directus hook posts webhooks to). Run with `--features e2e`. With `BYOK_E2E_REDIS_URL` set,
 //! every sidecar the tests start keeps its shared state in that Redis: test.sh runs the suite both ways.
 
+mod abuse;
 mod account;
 mod credits;
 mod fakes;

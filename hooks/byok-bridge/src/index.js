@@ -1,7 +1,9 @@
 // byok-bridge Directus hook (plain ESM, no build step; loaded by Directus 12 through dist/index.js).
 //
 // 1. feature_flags create/update/delete -> signed Standard Webhooks POST to
-//    `${BYOK_BRIDGE_URL}/webhooks/directus`, so the sidecar refreshes its flag cache at once.
+//    `${BYOK_BRIDGE_URL}/webhooks/directus`, so the sidecar refreshes its flag cache at once; a successful
+//    sign-in -> the same, naming the account (its e-mail only), so the sidecar's sign-in throttle forgets
+//    the attempts Directus just forgot.
 // 2. user_api_keys create/update -> `encrypted_key` must be byok-bridge ciphertext (never a plaintext
 //    provider key typed into the admin app or sent over REST), `key_hint` must be a short masked hint.
 //    With BYOK_BRIDGE_KEY_IDS (comma-separated key ids) set, only envelopes under those key ids.
@@ -408,6 +410,24 @@ export function buildWebhookBody(event, keys, now = new Date(), flags = null) {
 }
 
 /**
+ * The body sent when an account signed in to Directus: only the account, as the lowercased e-mail address
+ * (never the password or anything else of the login payload). Directus forgets an account's failed attempts
+ * when it signs in; the sidecar, which counts the attempts it lets through, forgets them too.
+ */
+export function buildSignInBody(email, now = new Date()) {
+	return JSON.stringify({ type: SIGN_IN_EVENT, timestamp: now.toISOString(), data: { email } });
+}
+
+export const SIGN_IN_EVENT = "auth.login";
+
+/** The account of a successful local sign-in (`auth.login` action meta), or null. */
+export function signedInEmail(meta) {
+	if (meta?.status !== "success") return null;
+	const email = meta?.payload?.email;
+	return typeof email === "string" && email.trim() !== "" ? email.trim().toLowerCase() : null;
+}
+
+/**
  * Every feature_flags row as routing needs it, read after the change was committed: `{read_at, rows}`.
  * `read_at` (ms) is taken before the read, so the rows are at least as new as it says: the sidecar keeps the
  * newest of two snapshots that arrive out of order. null when the read fails (the sidecar then reloads).
@@ -563,9 +583,13 @@ export function createWebhookSender({ url, secretBytes, logger, options = {}, ra
 			? new https.Agent({ keepAlive: true, maxSockets: 16, maxFreeSockets: 4 })
 			: new http.Agent({ keepAlive: true, maxSockets: 16, maxFreeSockets: 4 }));
 
-	async function send(event, keys, flags = null) {
+	function send(event, keys, flags = null) {
+		return deliver(event, buildWebhookBody(event, keys, new Date(), flags));
+	}
+
+	async function deliver(event, text) {
 		// Signed once: every retry carries the same id, timestamp, body and signature (receivers dedupe on id).
-		const body = Buffer.from(buildWebhookBody(event, keys, new Date(), flags), "utf8");
+		const body = Buffer.from(text, "utf8");
 		const webhookId = `msg_${randomUUID()}`;
 		const timestamp = String(Math.floor(Date.now() / 1000));
 		const headers = {
@@ -623,7 +647,7 @@ export function createWebhookSender({ url, secretBytes, logger, options = {}, ra
 		return { delivered: false, attempts: opts.maxAttempts };
 	}
 
-	return { send, agent };
+	return { send, deliver, agent };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -686,5 +710,10 @@ export default function registerByokBridgeHook({ filter, action }, { env, logger
 				.catch(() => {});
 		});
 	}
-	logger.info(`byok-bridge: feature_flags webhooks go to ${config.url.origin}${WEBHOOK_PATH}`);
+	// Directus forgets an account's failed sign-ins when it signs in; so must the sidecar's sign-in throttle.
+	action(SIGN_IN_EVENT, (meta) => {
+		const email = signedInEmail(meta);
+		if (email !== null) sender.deliver(SIGN_IN_EVENT, buildSignInBody(email)).catch(() => {});
+	});
+	logger.info(`byok-bridge: feature_flags and sign-in webhooks go to ${config.url.origin}${WEBHOOK_PATH}`);
 }

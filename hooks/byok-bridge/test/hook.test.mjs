@@ -15,8 +15,10 @@ import register, {
 	LEDGER_WRITE_FORBIDDEN_MESSAGE,
 	SIDECAR_USER_FIELDS,
 	USER_READ_FORBIDDEN_MESSAGE,
+	SIGN_IN_EVENT,
 	WEBHOOK_EVENTS,
 	backoffDelayMs,
+	buildSignInBody,
 	buildWebhookBody,
 	readFlags,
 	createServiceRoleResolver,
@@ -31,6 +33,7 @@ import register, {
 	resolveWebhookConfig,
 	restrictSidecarQuery,
 	signWebhook,
+	signedInEmail,
 	stripUserRecords,
 	validateSidecarLedgerPayload,
 	validateUserApiKeyPayload,
@@ -432,7 +435,7 @@ test("register: filters always, actions only with a valid config; one startup me
 	({ filters, actions, api } = mkApi());
 	cap = captureLogger();
 	register(api, { env: { BYOK_BRIDGE_URL: "http://127.0.0.1:1/", BYOK_BRIDGE_WEBHOOK_SECRET: newSecret() }, logger: cap.logger });
-	assert.deepEqual([...actions.keys()].sort(), [...WEBHOOK_EVENTS, ...roleActions].sort());
+	assert.deepEqual([...actions.keys()].sort(), [...WEBHOOK_EVENTS, SIGN_IN_EVENT, ...roleActions].sort());
 	assert.ok(cap.lines.every((l) => l.level === "info"));
 
 	({ filters, actions, api } = mkApi());
@@ -707,4 +710,47 @@ test("register: the sidecar's role is narrowed, admins and end users are not", a
 	assert.deepEqual(await usersRead([{ count: 3 }], { query: { aggregate: { count: ["*"] } } }, sidecar), [{ count: 3 }]);
 
 	assert.equal(calls.length, 1, "the role was looked up once");
+});
+
+test("a successful sign-in is reported with the account's e-mail only, never the password", async () => {
+	const password = "correct horse battery staple";
+	assert.equal(signedInEmail({ status: "success", payload: { email: " Pat@Example.com ", password } }), "pat@example.com");
+	for (const meta of [
+		{ status: "fail", payload: { email: "pat@example.com", password } },
+		{ status: "success", payload: {} },
+		{ status: "success", payload: { email: 42 } },
+		null,
+	]) {
+		assert.equal(signedInEmail(meta), null, JSON.stringify(meta));
+	}
+	const body = JSON.parse(buildSignInBody("pat@example.com", new Date(0)));
+	assert.deepEqual(body, { type: SIGN_IN_EVENT, timestamp: "1970-01-01T00:00:00.000Z", data: { email: "pat@example.com" } });
+
+	// Registered, it posts a signed webhook for a success and nothing for a failure.
+	const server = http.createServer();
+	const received = [];
+	server.on("request", (req, res) => {
+		let text = "";
+		req.on("data", (chunk) => (text += chunk));
+		req.on("end", () => {
+			received.push({ headers: req.headers, text });
+			res.writeHead(200).end("{}");
+		});
+	});
+	server.listen(0, "127.0.0.1");
+	await once(server, "listening");
+	const actions = new Map();
+	const secret = newSecret();
+	const env = { BYOK_BRIDGE_URL: `http://127.0.0.1:${server.address().port}`, BYOK_BRIDGE_WEBHOOK_SECRET: secret };
+	register({ filter: () => {}, action: (e, h) => actions.set(e, h) }, { env, logger: captureLogger().logger });
+	actions.get(SIGN_IN_EVENT)({ status: "fail", payload: { email: "pat@example.com", password } });
+	actions.get(SIGN_IN_EVENT)({ status: "success", payload: { email: "Pat@example.com", password } });
+	while (received.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+	server.close();
+	assert.equal(received.length, 1);
+	const [{ headers, text }] = received;
+	assert.ok(!text.includes(password));
+	assert.deepEqual(JSON.parse(text).data, { email: "pat@example.com" });
+	const expected = signWebhook(decodeWebhookSecret(secret), headers["webhook-id"], headers["webhook-timestamp"], Buffer.from(text));
+	assert.equal(headers["webhook-signature"], expected);
 });

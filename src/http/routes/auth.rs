@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::directus::{SessionTokens, SignInError};
+use crate::domain::sign_in::{Account, SignInRefusal};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{JsonBody, RequestBody};
+use crate::http::extract::{ClientAddress, JsonBody, RequestBody};
 use crate::http::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -72,22 +73,35 @@ fn refused(error: SignInError, message: &'static str) -> ApiError {
     }
 }
 
-/// Signs in with a Directus account (Directus checks the password and applies its own login protections).
+/// Signs in with a Directus account (Directus checks the password). Attempts are throttled per client address
+/// and per account first, so the sidecar can never be how an account reaches Directus's suspension limit.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = SignIn,
-    responses((status = 200, body = Tokens), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Tokens), (status = 401, body = ErrorBody),
+              (status = 429, description = "`too_many_sign_in_attempts` (wait for Retry-After) or `sign_in_locked`", body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     JsonBody(request): JsonBody<SignIn>,
 ) -> Result<Json<Tokens>, ApiError> {
     let email = request.email.trim();
     if email.is_empty() || email.len() > 254 {
         return Err(ApiError::bad_request("invalid_request", "Enter the e-mail address of your account."));
     }
+    let account = Account::of_email(email);
+    state.sign_in.admit(&account, address).await.map_err(|refusal| {
+        crate::metrics::rate_limited(match refusal {
+            SignInRefusal::Address { .. } => "sign_in_address",
+            SignInRefusal::Spacing { .. } | SignInRefusal::Locked => "sign_in_account",
+        });
+        ApiError::SignIn(refusal)
+    })?;
     let tokens = state
         .directus
         .sign_in(email, &request.password, request.otp.as_deref())
         .await
         .map_err(|e| refused(e, "Wrong e-mail or password."))?;
+    state.sign_in.succeeded(&account).await;
     Ok(Json(tokens.into()))
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::webhook_signature::{Delivery, TOLERANCE_SECS};
+use crate::domain::sign_in::Account;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::RawBody;
 use crate::http::state::AppState;
@@ -22,13 +23,26 @@ struct DirectusEvent {
     kind: String,
     /// Every flag as the hook read it after the change (our hook sends them; without, we reload).
     flags: Option<PushedFlags>,
+    #[serde(default)]
+    data: EventData,
 }
+
+#[derive(Debug, Default, Deserialize)]
+struct EventData {
+    /// `auth.login`: the account that signed in to Directus.
+    email: Option<String>,
+}
+
+/// A successful sign-in to Directus (anywhere: its app, its API, or through us): Directus forgot the account's
+/// failed attempts, so the sidecar forgets its count too.
+const SIGN_IN_EVENT: &str = "auth.login";
 
 const FLAG_EVENTS: [&str; 3] =
     ["feature_flags.items.create", "feature_flags.items.update", "feature_flags.items.delete"];
 
 /// A signed notice from our Directus hook that something changed. Flag changes reload the flag cache
-/// before answering, so the next routing decision uses them.
+/// before answering, so the next routing decision uses them; a successful sign-in clears the account's
+/// sign-in attempts.
 #[utoipa::path(post, path = "/webhooks/directus", tag = "operations", security(("webhook_signature" = [])),
     request_body(content = Object, description = r#"{"type": "feature_flags.items.update", ...}"#),
     responses((status = 200, description = "`applied`, `duplicate` or `ignored`", body = Object),
@@ -59,6 +73,13 @@ pub async fn directus(
         ApiError::bad_request("invalid_json", r#"Expected {"type": "<collection>.items.<action>", ...}."#)
     })?;
 
+    if event.kind == SIGN_IN_EVENT
+        && let Some(email) = event.data.email.as_deref()
+    {
+        state.sign_in.succeeded(&Account::of_email(email)).await;
+        tracing::info!(webhook_id = %id, "an account signed in to Directus; its sign-in attempts here are forgotten");
+        return Ok(Json(json!({"status": "applied"})));
+    }
     if !FLAG_EVENTS.contains(&event.kind.as_str()) {
         tracing::info!(webhook_id = %id, kind = %event.kind, "webhook ignored");
         return Ok(Json(json!({"status": "ignored"})));
