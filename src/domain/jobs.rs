@@ -208,6 +208,13 @@ pub struct Callback {
     pub trusted: bool,
 }
 
+impl Callback {
+    /// The host callbacks go to: what a slow receiver is known by, so it holds only its share of senders.
+    pub fn host(&self) -> String {
+        Url::parse(&self.url).ok().and_then(|url| url.host_str().map(str::to_owned)).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallbackState {

@@ -54,6 +54,18 @@ impl<K: Hash + Eq + Clone> InFlight<K> {
         sync::lock(self.shard(key)).get(key).is_some_and(|count| *count >= self.cap)
     }
 
+    /// Every key at its cap now.
+    pub fn full_keys(&self) -> Vec<K> {
+        let full = |shard: &Mutex<HashMap<K, u32>>| {
+            sync::lock(shard)
+                .iter()
+                .filter(|(_, count)| **count >= self.cap)
+                .map(|(key, _)| key.clone())
+                .collect::<Vec<_>>()
+        };
+        self.shards.iter().flat_map(full).collect()
+    }
+
     fn release(&self, key: &K) {
         let mut counts = sync::lock(self.shard(key));
         if let Some(count) = counts.get_mut(key) {
@@ -82,6 +94,7 @@ mod tests {
         let first = in_flight.try_acquire(&a).unwrap();
         let _second = in_flight.try_acquire(&a).unwrap();
         assert!(in_flight.try_acquire(&a).is_none() && in_flight.is_full(&a));
+        assert_eq!(in_flight.full_keys(), std::slice::from_ref(&a));
         assert!(in_flight.try_acquire(&b).is_some(), "another key has its own count");
         drop(first);
         assert!(!in_flight.is_full(&a));

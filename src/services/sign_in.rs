@@ -173,14 +173,13 @@ mod tests {
         let dir = TempDir::new();
         let address: IpAddr = "192.0.2.1".parse().unwrap();
         let account = Account::of_email("pat@example.com");
-        {
-            let store = Arc::new(Store::open(&dir.store_path()).unwrap());
-            let guard = SignInGuard::open(store, None, POLICY).unwrap();
-            for _ in 0..3 {
-                guard.admit(&account, address).await.unwrap();
-            }
-        }
         let store = Arc::new(Store::open(&dir.store_path()).unwrap());
+        let guard = SignInGuard::open(Arc::clone(&store), None, POLICY).unwrap();
+        for _ in 0..3 {
+            guard.admit(&account, address).await.unwrap();
+        }
+        // A new guard knows only what is on disk.
+        drop(guard);
         let guard = SignInGuard::open(Arc::clone(&store), None, POLICY).unwrap();
         assert!(matches!(guard.admit(&account, address).await, Err(SignInRefusal::Spacing { .. })));
         guard.succeeded(&account).await;

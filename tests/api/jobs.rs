@@ -67,8 +67,9 @@ async fn wait_for_job(app: &TestApp, user: &str, id: &str, what: &str, done: imp
 }
 
 async fn submitted_id(response: reqwest::Response) -> String {
-    assert_eq!(response.status(), 202);
+    let status = response.status();
     let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "queued");
     body["id"].as_str().unwrap().to_owned()
 }
@@ -632,4 +633,100 @@ async fn failed_jobs_notify_their_user_once_an_hour_not_once_each() {
     let notices = wait_for_requests(&app.directus, "POST", "/notifications", 1).await;
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert!(notices[0]["message"].as_str().unwrap().contains("next hour"), "{}", notices[0]);
+}
+
+/// An app receiving callbacks slowly (each takes `delay`): how many it was sent at once at most, and when each
+/// job's callback arrived (by `metadata.tag`).
+struct SlowReceiver {
+    url_host: String,
+    max_at_once: Arc<AtomicUsize>,
+    arrivals: Arc<Mutex<Vec<(String, std::time::Instant)>>>,
+}
+
+async fn slow_receiver(host: &str, delay: Duration) -> SlowReceiver {
+    let (active, max_at_once) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let arrivals: Arc<Mutex<Vec<(String, std::time::Instant)>>> = Arc::default();
+    let (a, m, seen) = (Arc::clone(&active), Arc::clone(&max_at_once), Arc::clone(&arrivals));
+    let hook = move |body: axum::body::Bytes| {
+        let (a, m, seen) = (Arc::clone(&a), Arc::clone(&m), Arc::clone(&seen));
+        async move {
+            let now = a.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            let payload: Value = serde_json::from_slice(&body).unwrap();
+            let tag = payload["data"]["metadata"]["tag"].as_str().unwrap_or_default().to_owned();
+            seen.lock().unwrap().push((tag, std::time::Instant::now()));
+            tokio::time::sleep(delay).await;
+            a.fetch_sub(1, Ordering::SeqCst);
+            axum::http::StatusCode::NO_CONTENT
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route("/hook", axum::routing::post(hook));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    SlowReceiver { url_host: format!("http://{host}:{port}/hook"), max_at_once, arrivals }
+}
+
+fn job_with_callback(url: &str, tag: &str) -> Value {
+    let mut body = chat_job(tag);
+    body["callback_url"] = json!(url);
+    body["metadata"] = json!({"tag": tag});
+    body
+}
+
+#[tokio::test]
+async fn one_users_slow_callback_host_does_not_delay_another_users_callback() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    let slow = slow_receiver("localhost", Duration::from_secs(3)).await;
+    let fast = slow_receiver("127.0.0.1", Duration::ZERO).await;
+    let (busy, other) = (byok_user(&app, false).await, byok_user(&app, false).await);
+    let mut busy_jobs = Vec::new();
+    for n in 0..40 {
+        busy_jobs.push(
+            submitted_id(submit(&app, &busy, job_with_callback(&slow.url_host, &format!("busy {n}"))).await).await,
+        );
+    }
+    for id in &busy_jobs {
+        wait_for_job(&app, &busy, id, "success", |j| j["status"] == "succeeded").await;
+    }
+    let id = submitted_id(submit(&app, &other, job_with_callback(&fast.url_host, "other")).await).await;
+    let job = wait_for_job(&app, &other, &id, "success", |j| j["status"] == "succeeded").await;
+    let finished = std::time::Instant::now();
+    let delivered = wait_for_job(&app, &other, &id, "its callback", |j| j["callback"]["state"] == "delivered").await;
+    assert!(
+        finished.elapsed() < Duration::from_millis(1_500),
+        "the other user's callback waited {:?} behind a slow host: {delivered}",
+        finished.elapsed()
+    );
+    assert_eq!(job["status"], "succeeded");
+    assert!(slow.max_at_once.load(Ordering::SeqCst) <= 4, "one user's callbacks at once: at most their share");
+    assert!(!slow.arrivals.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_host_gets_at_most_its_share_of_callback_senders() {
+    let clock = start_clock();
+    let app = jobs_app(&[("JOB_CALLBACKS_PER_HOST", "3")], &clock).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .mount(&app.providers)
+        .await;
+    let slow = slow_receiver("localhost", Duration::from_millis(400)).await;
+    let mut jobs = Vec::new();
+    for u in 0..3 {
+        let user = byok_user(&app, false).await;
+        for n in 0..4 {
+            let id =
+                submitted_id(submit(&app, &user, job_with_callback(&slow.url_host, &format!("{u}-{n}"))).await).await;
+            jobs.push((user.clone(), id));
+        }
+    }
+    for (user, id) in &jobs {
+        wait_for_job(&app, user, id, "its callback", |j| j["callback"]["state"] == "delivered").await;
+    }
+    assert_eq!(slow.arrivals.lock().unwrap().len(), 12);
+    assert_eq!(slow.max_at_once.load(Ordering::SeqCst), 3, "the host's cap, though three users had callbacks due");
 }

@@ -6,7 +6,7 @@
 //! `running` from memory), so a process that dies mid-call leaves nothing to clean up; the next start finds
 //! the job queued and runs it again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::schedule::{Next, Schedule};
-use super::{Claimed, DueCallback, Inserted, JobsError, Page, UserCaps, armed, decode, encode};
+use super::{
+    CallbackGate, Claimed, DueCallback, Inserted, JobsConfig, JobsError, Page, UserCaps, armed, decode, encode,
+};
 use crate::clock::Clock;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus};
@@ -45,8 +47,9 @@ pub struct EmbeddedJobs {
     /// Read connections, reused (WAL: reads never wait for the writer).
     readers: Arc<Mutex<Vec<Connection>>>,
     schedule: Mutex<Schedule>,
-    /// Callbacks due, by time.
-    callbacks: Mutex<BTreeSet<(UnixMillis, Uuid)>>,
+    /// Callbacks due, per user like jobs (at most the per-user number sent at once), and the host of each.
+    callbacks: Mutex<Schedule>,
+    callback_hosts: Mutex<HashMap<Uuid, String>>,
     work: Notify,
     callback_work: Notify,
     clock: Clock,
@@ -54,10 +57,11 @@ pub struct EmbeddedJobs {
 
 impl EmbeddedJobs {
     /// Opens the queue on `store`, scheduling what was queued when the last process stopped.
-    pub fn open(store: Arc<Store>, per_user_cap: usize, clock: Clock) -> Result<EmbeddedJobs, StoreError> {
+    pub fn open(store: Arc<Store>, config: &JobsConfig, clock: Clock) -> Result<EmbeddedJobs, StoreError> {
         let reader = store.connect()?;
-        let mut schedule = Schedule::new(per_user_cap);
-        let mut callbacks = BTreeSet::new();
+        let mut schedule = Schedule::new(config.per_user_cap);
+        let mut callbacks = Schedule::new(config.callbacks_per_user);
+        let mut callback_hosts = HashMap::new();
         {
             let mut queued = reader
                 .prepare("SELECT id, user_id, due FROM jobs WHERE status = 'queued'")
@@ -72,14 +76,15 @@ impl EmbeddedJobs {
                 }
             }
             let mut pending = reader
-                .prepare("SELECT id, callback_due FROM jobs WHERE callback_due IS NOT NULL")
+                .prepare("SELECT record, callback_due FROM jobs WHERE callback_due IS NOT NULL")
                 .map_err(|e| store.error(e))?;
             let rows =
                 pending.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?))).map_err(|e| store.error(e))?;
             for row in rows {
-                let (id, due): (String, i64) = row.map_err(|e| store.error(e))?;
-                if let Ok(id) = Uuid::parse_str(&id) {
-                    callbacks.insert((due, id));
+                let (json, due): (String, i64) = row.map_err(|e| store.error(e))?;
+                if let Ok(record) = decode(&json) {
+                    callbacks.push(record.user, record.id, due);
+                    callback_hosts.insert(record.id, record.callback.map(|c| c.host()).unwrap_or_default());
                 }
             }
         }
@@ -101,8 +106,12 @@ impl EmbeddedJobs {
                 }
             }
         }
-        if schedule.queued_len() > 0 || !callbacks.is_empty() {
-            tracing::info!(queued = schedule.queued_len(), callbacks = callbacks.len(), "jobs waiting from before");
+        if schedule.queued_len() > 0 || callbacks.queued_len() > 0 {
+            tracing::info!(
+                queued = schedule.queued_len(),
+                callbacks = callbacks.queued_len(),
+                "jobs waiting from before"
+            );
         }
         Ok(EmbeddedJobs {
             writer: BatchWriter::start(Arc::clone(&store), "jobs-writer")?,
@@ -111,6 +120,7 @@ impl EmbeddedJobs {
             readers: Arc::new(Mutex::new(vec![reader])),
             schedule: Mutex::new(schedule),
             callbacks: Mutex::new(callbacks),
+            callback_hosts: Mutex::new(callback_hosts),
             work: Notify::new(),
             callback_work: Notify::new(),
             clock,
@@ -321,7 +331,9 @@ impl EmbeddedJobs {
             .await?
             == 1;
         if written && let Some(due) = callback_due {
-            sync::lock(&self.callbacks).insert((due, record.id));
+            let host = record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
+            sync::lock(&self.callback_hosts).insert(record.id, host);
+            sync::lock(&self.callbacks).push(record.user, record.id, due);
             self.callback_work.notify_one();
         }
         Ok(written)
@@ -367,23 +379,19 @@ impl EmbeddedJobs {
         row.map(|(json, request)| Ok((decode(&json)?, Bytes::from(request)))).transpose()
     }
 
-    /// The next callback due, with its job and secret; waits until there is one.
-    pub async fn due_callback(&self) -> DueCallback {
+    /// The next callback due that `gate` admits (earliest first, user by user), with its job and secret;
+    /// waits until there is one. Hand it back with [`EmbeddedJobs::callback_done`] once sent.
+    pub async fn due_callback(&self, gate: &CallbackGate) -> DueCallback {
         loop {
             let work = armed(&self.callback_work);
             let now = self.clock.now();
             let next = {
-                let mut callbacks = sync::lock(&self.callbacks);
-                match callbacks.first().copied() {
-                    Some((at, id)) if at <= now => {
-                        callbacks.pop_first();
-                        Ok(id)
-                    }
-                    other => Err(other.map_or(now + IDLE_LOOK, |(at, _)| at)),
-                }
+                let hosts = sync::lock(&self.callback_hosts);
+                let admits = |user, id| gate.admits(user, hosts.get(&id).map_or("", String::as_str));
+                sync::lock(&self.callbacks).pop_admitted(now, admits)
             };
             match next {
-                Ok(id) => {
+                Next::Run(user, id) => {
                     let row: Result<Option<(String, Option<String>)>, _> = self
                         .read(move |c| {
                             c.query_row(
@@ -403,8 +411,10 @@ impl EmbeddedJobs {
                             tracing::error!(job = %id, %error, "cannot read a due callback; it waits for the next start");
                         }
                     }
+                    self.callback_done(user, id);
                 }
-                Err(at) => {
+                Next::WaitUntil(at) => {
+                    let at = at.unwrap_or(now + IDLE_LOOK);
                     tokio::select! {
                         () = work => {}
                         () = self.clock.sleep_until(at) => {}
@@ -412,6 +422,18 @@ impl EmbeddedJobs {
                 }
             }
         }
+    }
+
+    /// A callback [`EmbeddedJobs::due_callback`] handed out was sent (its outcome written): the user's place
+    /// is free, and a retry it scheduled is due in its turn.
+    pub fn callback_done(&self, user: UserId, id: Uuid) {
+        let mut callbacks = sync::lock(&self.callbacks);
+        callbacks.done(user, id);
+        if !callbacks.is_queued(id) {
+            sync::lock(&self.callback_hosts).remove(&id);
+        }
+        drop(callbacks);
+        self.callback_work.notify_one();
     }
 
     /// Removes up to `page` finished jobs older than `before` whose callback is settled. How many went.
@@ -501,7 +523,7 @@ mod tests {
     async fn a_write_based_on_an_older_reading_never_lands() {
         let dir = TempDir::new();
         let store = Arc::new(Store::open(&dir.store_path()).unwrap());
-        let jobs = EmbeddedJobs::open(store, 4, Clock::manual(0)).unwrap();
+        let jobs = EmbeddedJobs::open(store, &JobsConfig::default(), Clock::manual(0)).unwrap();
         let user = UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap();
         let policy = RetryPolicy::default();
         let record = JobRecord::new(user, Api::ChatCompletions, "gpt-4o-mini".into(), 0, &policy);

@@ -38,6 +38,7 @@ use self::embedded::EmbeddedJobs;
 use self::redis::{RedisJobs, Renewal};
 use super::callers::ContextError;
 use super::gateway::{Gateway, GatewayError};
+use super::in_flight::{InFlight, Permit};
 use crate::clock::Clock;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::credit_book::UnixMillis;
@@ -120,6 +121,37 @@ pub struct Claimed {
     pub lease: Option<String>,
     /// Keeps the Redis lease alive while the job runs.
     pub renewal: Option<Renewal>,
+}
+
+/// Who may be sent a callback now: not a user or host with as many callbacks in flight as it may have (in
+/// this replica), so one user's slow receiver holds only its share of the senders.
+pub struct CallbackGate {
+    users: Arc<InFlight<UserId>>,
+    hosts: Arc<InFlight<String>>,
+}
+
+impl CallbackGate {
+    fn new(config: &JobsConfig) -> CallbackGate {
+        let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        CallbackGate {
+            users: InFlight::new(cap(config.callbacks_per_user)),
+            hosts: InFlight::new(cap(config.callbacks_per_host)),
+        }
+    }
+
+    pub fn admits(&self, user: UserId, host: &str) -> bool {
+        !self.users.is_full(&user) && !self.hosts.is_full(&host.to_owned())
+    }
+
+    /// The users and hosts with as many in flight as they may have.
+    pub fn full(&self) -> (Vec<UserId>, Vec<String>) {
+        (self.users.full_keys(), self.hosts.full_keys())
+    }
+
+    /// Counts a callback of `user` to `host` in flight until the permits are dropped.
+    fn enter(&self, user: UserId, host: &str) -> (Option<Permit<UserId>>, Option<Permit<String>>) {
+        (self.users.try_acquire(&user), self.hosts.try_acquire(&host.to_owned()))
+    }
 }
 
 /// A callback due for delivery: the job and its per-job secret, if it has one.
@@ -224,6 +256,7 @@ pub struct Jobs {
     /// The gateway's errors as the jobs API shows them (the HTTP layer's codes and messages).
     describe: fn(GatewayError) -> JobError,
     callbacks: callbacks::CallbackClient,
+    callback_gate: CallbackGate,
     /// Set when `FLOWS_TOKEN` is.
     flows: Option<FlowCallbacks>,
 }
@@ -246,10 +279,11 @@ impl Jobs {
                 config.per_user_cap,
                 clock.clone(),
             ))),
-            None => JobStore::Embedded(Box::new(EmbeddedJobs::open(store, config.per_user_cap, clock.clone())?)),
+            None => JobStore::Embedded(Box::new(EmbeddedJobs::open(store, &config, clock.clone())?)),
         };
         let callbacks = callbacks::CallbackClient::new(config.allow_internal_callbacks, config.callback_timeout);
-        Ok(Jobs { store, gateway, clock, config, describe, callbacks, flows })
+        let callback_gate = CallbackGate::new(&config);
+        Ok(Jobs { store, gateway, clock, config, describe, callbacks, callback_gate, flows })
     }
 
     /// Where jobs are kept: `embedded` (this replica's store) or `redis`.
@@ -415,6 +449,14 @@ impl Jobs {
                 Some(next) => after = Some(next),
                 None => return Ok(paused),
             }
+        }
+    }
+
+    /// A callback handed out for sending is done with: its user's and host's places are free again.
+    fn callback_done(&self, user: UserId, id: Uuid) {
+        match &self.store {
+            JobStore::Embedded(store) => store.callback_done(user, id),
+            JobStore::Redis(store) => store.callback_done(),
         }
     }
 

@@ -10,8 +10,10 @@
 //! - a worker renews its lease while the call runs; an entry idle past the lease (its replica died) is taken
 //!   over with `XAUTOCLAIM` and the job queued again;
 //! - a result is written only by the holder of the job's current entry (compare and set in a script): once;
-//! - `jobs:callbacks`, `jobs:finished`: due callbacks and finished jobs by time; `jobs:user:{user}`: the
-//!   user's jobs by creation; `jobs:counts`: jobs by status.
+//! - `jobs:cb:{user}`: the user's due callbacks by time, `jobs:cbturns`: users by their earliest (callbacks
+//!   are taken user by user, like jobs); `jobs:finished`: finished jobs by time; `jobs:user:{user}`: the
+//!   user's jobs by creation; `jobs:counts`: jobs by status; `jobs:kept:{user}`: the user's waiting jobs and
+//!   stored request bytes (the caps).
 //!
 //! Every step is one Lua script, so replicas never see a half-made change. Times are the replicas' clocks
 //! (NTP), as for the other shared state.
@@ -26,7 +28,7 @@ use secrecy::SecretString;
 use tokio::sync::{Mutex, Notify, mpsc};
 use uuid::Uuid;
 
-use super::{Claimed, DueCallback, Inserted, JobCap, JobsError, Page, UserCaps, armed, encode};
+use super::{CallbackGate, Claimed, DueCallback, Inserted, JobCap, JobsError, Page, UserCaps, armed, encode};
 use crate::clock::Clock;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus, millis};
@@ -46,16 +48,26 @@ const GROUP: &str = "workers";
 
 /// Shared by the scripts: what follows from a job's new state. KEYS are built from ARGV's prefix.
 const FOLLOWUPS: &str = r"
+-- A user's turn among those with callbacks due: their earliest.
+local function callback_turn(p, user)
+  local head = redis.call('ZRANGE', p .. 'cb:' .. user, 0, 0, 'WITHSCORES')
+  if #head == 0 then
+    redis.call('ZREM', p .. 'cbturns', user)
+  else
+    redis.call('ZADD', p .. 'cbturns', head[2], user)
+  end
+end
 local function followups(p, id, user, status, due, callback_due, finished_at)
   if status == 'queued' and due ~= '' then
     redis.call('ZADD', p .. 'due:' .. user, due, id)
     redis.call('ZADD', p .. 'turns', 'LT', due, user)
   end
   if callback_due ~= '' then
-    redis.call('ZADD', p .. 'callbacks', callback_due, id)
+    redis.call('ZADD', p .. 'cb:' .. user, callback_due, id)
   else
-    redis.call('ZREM', p .. 'callbacks', id)
+    redis.call('ZREM', p .. 'cb:' .. user, id)
   end
+  callback_turn(p, user)
   if finished_at ~= '' then
     redis.call('ZADD', p .. 'finished', finished_at, id)
   else
@@ -130,7 +142,7 @@ end
 ";
 
 /// ARGV: prefix, id, user, idempotency key or '', record, request, secret or '', now, most jobs waiting, most
-/// bytes kept. Returns {1} for a new job, {0, record, status, secret} for the job the idempotency key made
+/// bytes kept, the callback's host or ''. Returns {1} for a new job, {0, record, status, secret} for the job the idempotency key made
 /// before, or {2, 'waiting' | 'bytes'} when the user's cap would be passed.
 const INSERT: &str = r"
 local p, id, user, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -160,7 +172,7 @@ redis.call('HINCRBY', kept, 'waiting', 1)
 redis.call('HINCRBY', kept, 'bytes', len)
 local job = p .. 'job:' .. id
 redis.call('HSET', job, 'user', user, 'status', 'queued', 'rev', 0, 'record', ARGV[5], 'request', ARGV[6], 'idem', idem,
-  'rlen', len)
+  'rlen', len, 'cbhost', ARGV[11])
 if ARGV[7] ~= '' then
   redis.call('HSET', job, 'secret', ARGV[7])
 end
@@ -312,20 +324,55 @@ end
 return n
 ";
 
-/// ARGV: prefix, now, lease ms. Takes the earliest due callback for a while. Returns {record, status, secret}.
+/// ARGV: prefix, now, lease ms, users to pass over (comma-separated), hosts to pass over (one per line). Takes
+/// the earliest due callback of a user, users in turn by their earliest, for a while (a lease), passing over
+/// users and hosts with as many callbacks in flight as they may have. Returns {record, status, secret}.
 const TAKE_CALLBACK: &str = r"
-local p, now = ARGV[1], tonumber(ARGV[2])
-local due = redis.call('ZRANGEBYSCORE', p .. 'callbacks', '-inf', now, 'LIMIT', 0, 1)
-if #due == 0 then
-  return false
+local p, now, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local users, hosts = {}, {}
+for user in string.gmatch(ARGV[4], '[^,]+') do
+  users[user] = true
 end
-redis.call('ZADD', p .. 'callbacks', now + tonumber(ARGV[3]), due[1])
-local found = redis.call('HMGET', p .. 'job:' .. due[1], 'record', 'status', 'secret')
-if not found[1] then
-  redis.call('ZREM', p .. 'callbacks', due[1])
-  return false
+for host in string.gmatch(ARGV[5], '[^\n]+') do
+  hosts[host] = true
 end
-return {found[1], found[2], found[3] or ''}
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', p .. 'cbturns', '-inf', now, 'LIMIT', 0, 100)) do
+  if not users[user] then
+    local queue = p .. 'cb:' .. user
+    local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+    if #head == 0 or tonumber(head[2]) > now then
+      callback_turn(p, user)
+    else
+      local found = redis.call('HMGET', p .. 'job:' .. head[1], 'record', 'status', 'secret', 'cbhost')
+      if not found[1] then
+        redis.call('ZREM', queue, head[1])
+        callback_turn(p, user)
+      elseif not hosts[found[4] or ''] then
+        redis.call('ZADD', queue, now + lease, head[1])
+        callback_turn(p, user)
+        return {found[1], found[2], found[3] or ''}
+      end
+    end
+  end
+end
+return false
+";
+
+/// ARGV: prefix. Moves up to 500 callbacks from the single queue of earlier versions into the users' own.
+/// Returns how many it moved.
+const MOVE_CALLBACKS: &str = r"
+local p = ARGV[1]
+local entries = redis.call('ZRANGE', p .. 'callbacks', 0, 499, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local id, due = entries[i], entries[i + 1]
+  local user = redis.call('HGET', p .. 'job:' .. id, 'user')
+  if user then
+    redis.call('ZADD', p .. 'cb:' .. user, due, id)
+    callback_turn(p, user)
+  end
+  redis.call('ZREM', p .. 'callbacks', id)
+end
+return #entries / 2
 ";
 
 /// ARGV: prefix, user, status or '', limit, after (a job id) or '', most entries to look at. The user's newest
@@ -371,9 +418,9 @@ const PURGE: &str = r"
 local p = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', p .. 'finished', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
-  if not redis.call('ZSCORE', p .. 'callbacks', id) then
-    local job = p .. 'job:' .. id
-    local found = redis.call('HMGET', job, 'user', 'status', 'idem', 'rlen')
+  local job = p .. 'job:' .. id
+  local found = redis.call('HMGET', job, 'user', 'status', 'idem', 'rlen')
+  if not (found[1] and redis.call('ZSCORE', p .. 'cb:' .. found[1], id)) then
     if found[1] then
       redis.call('ZREM', p .. 'user:' .. found[1], id)
       if found[3] and found[3] ~= '' then
@@ -398,6 +445,7 @@ struct Scripts {
     reclaim: Script,
     reclaim_own: Script,
     take_callback: Script,
+    move_callbacks: Script,
     list: Script,
     purge: Script,
 }
@@ -414,6 +462,7 @@ impl Scripts {
             reclaim: with(RECLAIM),
             reclaim_own: with(RECLAIM_OWN),
             take_callback: with(TAKE_CALLBACK),
+            move_callbacks: with(MOVE_CALLBACKS),
             list: with(LIST),
             purge: with(PURGE),
         }
@@ -496,6 +545,7 @@ impl RedisJobs {
         let (id, user) = (record.id.to_string(), record.user.to_string());
         let idem = record.idempotency_key.clone().unwrap_or_default();
         let due = record.next_attempt_at.unwrap_or(record.created_at);
+        let host = record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
         let script = &self.scripts.insert;
         let prefix = &self.prefix;
         let reply: Vec<redis::Value> = self
@@ -512,6 +562,7 @@ impl RedisJobs {
                     .arg(due)
                     .arg(caps.waiting)
                     .arg(caps.stored_bytes)
+                    .arg(host)
                     .invoke_async(&mut c)
                     .await
             })
@@ -655,6 +706,11 @@ impl RedisJobs {
     pub fn maintain(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         let jobs = Arc::clone(self);
         async move {
+            match jobs.move_old_callbacks().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "callbacks moved to their users' queues"),
+                Err(error) => tracing::warn!(%error, "cannot move the callbacks of an earlier version"),
+            }
             match jobs.reclaim(&jobs.scripts.reclaim_own, None).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(n, "jobs this replica held when it stopped are queued again"),
@@ -799,17 +855,28 @@ impl RedisJobs {
         Ok(n)
     }
 
-    pub async fn due_callback(&self) -> DueCallback {
+    /// The next callback due that `gate` admits, taken for a while (leased); waits until there is one.
+    pub async fn due_callback(&self, gate: &CallbackGate) -> DueCallback {
         loop {
             let work = armed(&self.callback_work);
             let script = &self.scripts.take_callback;
             let now = self.clock.now();
-            let taken: Result<Option<(String, String, String)>, _> =
-                self.redis
-                    .run(|mut c| async move {
-                        script.arg(&self.prefix).arg(now).arg(millis(LEASE)).invoke_async(&mut c).await
-                    })
-                    .await;
+            let (users, hosts) = gate.full();
+            let users = users.iter().map(UserId::to_string).collect::<Vec<_>>().join(",");
+            let hosts = hosts.join("\n");
+            let taken: Result<Option<(String, String, String)>, _> = self
+                .redis
+                .run(|mut c| async move {
+                    script
+                        .arg(&self.prefix)
+                        .arg(now)
+                        .arg(millis(LEASE))
+                        .arg(users)
+                        .arg(hosts)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await;
             match taken
                 .map_err(JobsError::from)
                 .and_then(|t| t.map(|(r, s, secret)| Ok((with_status(&r, &s)?, secret))).transpose())
@@ -824,6 +891,25 @@ impl RedisJobs {
             tokio::select! {
                 () = work => {}
                 () = self.clock.sleep_until(now + 250) => {}
+            }
+        }
+    }
+
+    /// A callback was sent: a sender that passed over its user or host looks again at once.
+    pub fn callback_done(&self) {
+        self.callback_work.notify_one();
+    }
+
+    /// Callbacks waiting in the single queue of earlier versions go to their users' queues.
+    async fn move_old_callbacks(&self) -> Result<i64, JobsError> {
+        let mut moved = 0;
+        loop {
+            let script = &self.scripts.move_callbacks;
+            let n: i64 =
+                self.redis.run(|mut c| async move { script.arg(&self.prefix).invoke_async(&mut c).await }).await?;
+            moved += n;
+            if n == 0 {
+                return Ok(moved);
             }
         }
     }

@@ -9,6 +9,9 @@ use uuid::Uuid;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::user::UserId;
 
+/// With due jobs all turned down, look again after this long at the latest.
+const TURNED_DOWN_LOOK: UnixMillis = 250;
+
 /// What [`Schedule::pop`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -62,10 +65,27 @@ impl Schedule {
 
     /// The next due job at `now`, marked running, or when to look again.
     pub fn pop(&mut self, now: UnixMillis) -> Next {
-        let Some(&(at, user)) = self.turns.first() else { return Next::WaitUntil(None) };
-        if at > now {
-            return Next::WaitUntil(Some(at));
-        }
+        self.pop_admitted(now, |_, _| true)
+    }
+
+    /// [`Schedule::pop`], passing over users whose earliest due job `admit` turns down for now (it is
+    /// asked again at the next pop).
+    pub fn pop_admitted(&mut self, now: UnixMillis, admit: impl Fn(UserId, Uuid) -> bool) -> Next {
+        let due = self.turns.iter().take_while(|(at, _)| *at <= now);
+        let chosen = due.map(|(_, user)| *user).find(|user| {
+            let head = self.queued.get(user).and_then(BTreeSet::first);
+            head.is_some_and(|(_, job)| admit(*user, *job))
+        });
+        let Some(user) = chosen else {
+            let next = self.turns.iter().map(|(at, _)| *at).find(|at| *at > now);
+            // Due jobs all turned down: look again once something changes, or shortly.
+            let turned_down = self.turns.first().is_some_and(|(at, _)| *at <= now);
+            return Next::WaitUntil(if turned_down {
+                Some(next.map_or(now + TURNED_DOWN_LOOK, |at| at.min(now + TURNED_DOWN_LOOK)))
+            } else {
+                next
+            });
+        };
         self.take_turn(user);
         let jobs = self.queued.get_mut(&user).expect("a user with a turn has queued jobs");
         let (_, job) = jobs.pop_first().expect("a user with a turn has a queued job");
@@ -103,6 +123,10 @@ impl Schedule {
 
     pub fn running(&self) -> impl Iterator<Item = &Uuid> {
         self.running_jobs.iter()
+    }
+
+    pub fn is_queued(&self, job: Uuid) -> bool {
+        self.due.contains_key(&job) || self.after_done.contains_key(&job)
     }
 
     pub fn queued_len(&self) -> usize {
@@ -208,5 +232,17 @@ mod tests {
         assert_eq!(schedule.pop(200), Next::WaitUntil(None), "not twice at once");
         schedule.done(user(1), job(1));
         assert_eq!(schedule.pop(200), Next::Run(user(1), job(1)));
+    }
+
+    #[test]
+    fn a_user_whose_next_job_is_turned_down_waits_while_the_others_go() {
+        let mut schedule = Schedule::new(4);
+        schedule.push(user(1), job(1), 100);
+        schedule.push(user(1), job(2), 110);
+        schedule.push(user(2), job(3), 200);
+        let busy_host = |_: UserId, job: Uuid| job != Uuid::from_u128(1);
+        assert_eq!(schedule.pop_admitted(300, busy_host), Next::Run(user(2), job(3)));
+        assert_eq!(schedule.pop_admitted(300, busy_host), Next::WaitUntil(Some(300 + TURNED_DOWN_LOOK)));
+        assert_eq!(schedule.pop_admitted(300, |_, _| true), Next::Run(user(1), job(1)));
     }
 }

@@ -15,9 +15,6 @@ use crate::services::callers::{CallerError, ContextError};
 use crate::services::gateway::{GatewayError, Retries};
 use crate::services::key_vault::VaultError;
 
-/// Callbacks in flight at once.
-const CALLBACKS_AT_ONCE: usize = 16;
-
 impl Jobs {
     pub(super) async fn work(self: Arc<Self>) {
         loop {
@@ -155,17 +152,23 @@ impl Jobs {
         })
     }
 
-    /// Sends due callbacks, a few at once, and records each outcome.
+    /// Sends due callbacks, several at once, and records each outcome. Users take turns, and a user or a host
+    /// with as many callbacks in flight as it may have waits, so one slow receiver cannot hold every sender.
     pub(super) async fn send_callbacks(self: Arc<Self>) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(CALLBACKS_AT_ONCE));
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.config.callbacks_at_once));
         loop {
             // A slot first: a callback taken (with Redis, leased) is sent at once, not after others.
             let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
-            let due = dispatch!(self.due_callback());
+            let gate = &self.callback_gate;
+            let due = dispatch!(self.due_callback(gate));
+            let (user, id) = (due.record.user, due.record.id);
+            let host = due.record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
+            let in_flight = gate.enter(user, &host);
             let jobs = Arc::clone(&self);
             tokio::spawn(async move {
                 jobs.send_callback(due).await;
-                drop(slot);
+                drop((in_flight, slot));
+                jobs.callback_done(user, id);
             });
         }
     }
