@@ -21,7 +21,7 @@ async fn sign_in(http: &reqwest::Client, sidecar: &Sidecar, email: &str, passwor
 async fn thirty_wrong_passwords_through_the_sidecar_never_get_the_account_suspended() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[("LOGIN_ATTEMPTS_PER_ADDRESS_PER_MIN", "1000")]).await;
     let pat = instance.new_account(&http, "premium", "0").await;
@@ -59,7 +59,7 @@ async fn thirty_wrong_passwords_through_the_sidecar_never_get_the_account_suspen
 async fn the_sidecars_directus_token_cannot_mint_credits() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let (user, _) = instance.new_user(&http, "free", "100").await;
     let service = instance.var("DIRECTUS_TOKEN");
     let before = instance.ledger_balance(&http, &user).await;
@@ -91,7 +91,7 @@ async fn the_sidecars_directus_token_cannot_mint_credits() {
 async fn one_user_cannot_keep_more_jobs_waiting_than_the_cap() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let providers = fake_providers().await;
     let caps = [("JOB_WORKERS", "0"), ("JOB_MAX_WAITING_PER_USER", "5")];
     let sidecar = gateway_sidecar(&instance, &providers, &caps).await;
@@ -136,7 +136,7 @@ async fn one_user_cannot_keep_more_jobs_waiting_than_the_cap() {
 async fn a_call_whose_client_hung_up_is_charged_in_the_real_ledger() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let long = json!({"id": "chatcmpl-long", "object": "chat.completion", "model": "gpt-4o",

@@ -27,7 +27,7 @@ async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Va
 async fn a_user_signs_in_through_the_sidecar_sees_their_account_saves_a_key_and_gets_cheaper_models() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
@@ -129,7 +129,7 @@ async fn notify(instance: &Instance, http: &reqwest::Client, recipient: &str, su
 async fn users_read_only_their_own_notifications_and_mark_them_read() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let sidecar = Sidecar::start(&instance, &[]).await;
     let (ann, ann_token) = instance.new_user(&http, "premium", "0").await;
     let (bob, _) = instance.new_user(&http, "free", "0").await;
@@ -169,7 +169,7 @@ async fn users_read_only_their_own_notifications_and_mark_them_read() {
 async fn status_is_public_and_turns_a_provider_outage_into_a_banner() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let providers = wiremock::MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
@@ -212,7 +212,7 @@ async fn status_is_public_and_turns_a_provider_outage_into_a_banner() {
 async fn the_real_binary_serves_an_openapi_document_that_validates() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let sidecar = Sidecar::start(&instance, &[]).await;
     let document: Value = http.get(sidecar.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(document["openapi"], "3.1.0");

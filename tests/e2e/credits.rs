@@ -11,7 +11,7 @@ use crate::harness::{Instance, serial};
 async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_its_exact_fraction() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     mount_expensive_gpt4o(&providers).await;

@@ -16,7 +16,7 @@ use crate::harness::{Instance, serial};
 async fn the_example_flow_summarizes_a_new_note_for_its_user_and_the_call_is_accounted_to_them() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[("FLOWS_TOKEN", instance.var("FLOWS_TOKEN"))]).await;
@@ -61,7 +61,7 @@ async fn the_example_flow_summarizes_a_new_note_for_its_user_and_the_call_is_acc
 async fn a_flow_can_queue_the_call_as_a_job_and_the_answer_is_written_to_the_item_when_it_completes() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     Mock::given(method("POST"))

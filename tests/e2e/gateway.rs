@@ -44,7 +44,7 @@ struct Scene {
 async fn scene(who: &str, key: &str) -> Scene {
     let serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[]).await;

@@ -5,6 +5,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+/// An HTTP client for the tests. Directus (Node) closes a keep-alive connection after 5 s idle, and a request
+/// sent on it at that moment fails (`IncompleteMessage`): this client drops idle connections sooner.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(2)).build().expect("a client can be built")
+}
+
 /// Every test shares one Directus and the one sidecar address its hook posts to, so they run one at a time.
 /// A tokio mutex: each test has its own runtime, and the guard is held across awaits.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -263,7 +269,7 @@ impl Sidecar {
 
     /// Polls `/readyz` until it reports `status` (bounded: 30 s).
     pub async fn wait_for_readyz(&self, status: &str) {
-        let http = reqwest::Client::new();
+        let http = client();
         for _ in 0..600 {
             if let Ok(response) = http.get(self.url("/readyz")).send().await {
                 let body: Value = response.json().await.unwrap_or_default();

@@ -57,7 +57,7 @@ impl InProcess {
         let app = Application::build(settings).await.expect("the application starts");
         let base = format!("http://{}", app.local_addr());
         tokio::spawn(app.run_until_stopped(std::future::pending()));
-        let started = InProcess { base, http: reqwest::Client::new() };
+        let started = InProcess { base, http: crate::harness::client() };
         for _ in 0..200 {
             let ready: Value = started.http.get(started.url("/readyz")).send().await.unwrap().json().await.unwrap();
             if ready["status"] == "ready" {
@@ -140,7 +140,7 @@ fn manual_clock() -> Clock {
 async fn a_job_survives_a_ten_minute_provider_outage_and_is_accounted_once_in_directus() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let down = Arc::new(AtomicBool::new(true));
@@ -197,7 +197,7 @@ async fn a_job_survives_a_ten_minute_provider_outage_and_is_accounted_once_in_di
 async fn a_quota_exhausted_key_pauses_the_users_jobs_notifies_once_and_saving_a_good_key_resumes_them() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let quota = json!({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}});
@@ -238,7 +238,7 @@ async fn a_quota_exhausted_key_pauses_the_users_jobs_notifies_once_and_saving_a_
 async fn callbacks_verify_with_the_standard_webhooks_library_and_a_job_failing_for_good_notifies_its_user() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     Mock::given(method("POST"))
@@ -306,7 +306,7 @@ async fn callbacks_verify_with_the_standard_webhooks_library_and_a_job_failing_f
 async fn one_users_thousand_queued_jobs_do_not_delay_another_users_job() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let order: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
@@ -350,7 +350,7 @@ async fn one_users_thousand_queued_jobs_do_not_delay_another_users_job() {
 async fn a_sidecar_killed_mid_queue_loses_no_job_when_it_starts_again() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     Mock::given(method("POST"))

@@ -19,7 +19,7 @@ fn script(args: &[&str]) {
 async fn directus_outage_serves_stale_flags_and_recovers() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_flag(&http, "byok_only_mode", false).await;
     let sidecar = Sidecar::start(&instance, &[("FLAG_CACHE_TTL_SECS", "1"), ("USER_CACHE_TTL_SECS", "60")]).await;
     let premium = instance.login(&http, "PREMIUM").await;
@@ -45,7 +45,7 @@ async fn directus_outage_serves_stale_flags_and_recovers() {
 async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let extra = [("USER_CACHE_TTL_SECS", "300"), ("RATE_LIMIT_FREE_PER_MIN", "1000")];
@@ -123,7 +123,7 @@ async fn served_on_last_known_profile(
 async fn a_directus_outage_does_not_stop_ai_for_known_callers_nor_let_them_overspend() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[("USER_CACHE_TTL_SECS", "1")]).await;

@@ -7,7 +7,7 @@ use crate::harness::{Instance, Sidecar, serial};
 async fn flipping_byok_only_mode_in_directus_changes_the_next_decision() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_flag(&http, "byok_only_mode", false).await;
     let sidecar = Sidecar::start(&instance, &[]).await;
     let premium = instance.login(&http, "PREMIUM").await;
@@ -33,7 +33,7 @@ async fn flipping_byok_only_mode_in_directus_changes_the_next_decision() {
 async fn tiers_credits_and_stored_keys_come_from_directus() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let sidecar = Sidecar::start(&instance, &[("USER_CACHE_TTL_SECS", "1")]).await;
 
@@ -71,7 +71,7 @@ async fn tiers_credits_and_stored_keys_come_from_directus() {
 async fn only_admins_can_change_flags_and_plaintext_keys_never_land_in_directus() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let id = instance.flag_id(&http, "byok_only_mode").await;
     let premium = instance.login(&http, "PREMIUM").await;
     for (who, token) in [("service user", instance.var("DIRECTUS_TOKEN")), ("end user", premium.as_str())] {
@@ -111,7 +111,7 @@ async fn only_admins_can_change_flags_and_plaintext_keys_never_land_in_directus(
 async fn a_webhook_with_a_wrong_signature_is_refused_by_the_running_sidecar() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let sidecar = Sidecar::start(&instance, &[]).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let response = http
@@ -135,7 +135,7 @@ async fn a_webhook_with_a_wrong_signature_is_refused_by_the_running_sidecar() {
 async fn the_sidecars_directus_role_cannot_grant_credits_or_read_login_data() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let service = instance.var("DIRECTUS_TOKEN");
     let user = instance.var("FREE_USER_ID");
     for kind in ["grant", "refund"] {
@@ -179,7 +179,7 @@ async fn the_sidecars_directus_role_cannot_grant_credits_or_read_login_data() {
 async fn a_logged_out_session_token_is_refused() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let sidecar = Sidecar::start(&instance, &[("SESSION_CHECK_TTL_SECS", "1")]).await;
     let credentials = json!({"email": instance.var("PREMIUM_USER_EMAIL"), "password": instance.var("PREMIUM_USER_PASSWORD"), "mode": "session"});
     let login = http.post(instance.directus("/auth/login")).json(&credentials).send().await.unwrap();
@@ -227,7 +227,7 @@ async fn a_logged_out_session_token_is_refused() {
 async fn a_flag_changed_by_sql_behind_directus_is_in_force_within_ten_seconds() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_flag(&http, "byok_only_mode", false).await;
     let sidecar = Sidecar::start(&instance, &[]).await;
     let (_, premium) = instance.new_user(&http, "premium", "100").await;

@@ -39,7 +39,7 @@ async fn token_works(instance: &Instance, http: &reqwest::Client, token: &str) -
 async fn the_production_seed_creates_no_user_and_leaves_the_admin_and_the_sidecar_token_alone() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let users_before = count(&instance, &http, "/users").await;
     let ledger_before = count(&instance, &http, "/items/credit_transactions").await;
 
@@ -87,7 +87,7 @@ async fn the_production_seed_creates_no_user_and_leaves_the_admin_and_the_sideca
 async fn applying_the_schema_to_an_existing_install_leaves_its_own_collections_alone() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let name = format!("customer_notes_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let response = http
         .post(instance.directus("/collections"))
@@ -131,7 +131,7 @@ async fn applying_the_schema_to_an_existing_install_leaves_its_own_collections_a
 async fn the_seeded_insights_dashboard_has_its_panels_on_real_fields() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let dashboards = instance.admin_get(&http, "/dashboards", &[("filter[name][_eq]", "byok-bridge")]).await;
     assert_eq!(dashboards.as_array().unwrap().len(), 1, "{dashboards}");
     let id = dashboards[0]["id"].as_str().unwrap();

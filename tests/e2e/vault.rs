@@ -15,7 +15,7 @@ const KEY: &str = "sk-proj-e2eTestKeyNotRealButWellFormed0000WxYz";
 async fn a_key_saved_through_the_sidecar_is_ciphertext_in_directus_and_routes_byok() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     for (flag, value) in [("byok_enabled", true), ("byok_only_mode", true)] {
         instance.set_flag(&http, flag, value).await;
     }
@@ -115,7 +115,7 @@ async fn import_keys_stores_ciphertext_only_and_the_imported_keys_route_byok() {
 
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let (ann, ann_token) = instance.new_user(&http, "premium", "0").await;
     let (bob, _) = instance.new_user(&http, "lifetime", "0").await;
@@ -169,7 +169,7 @@ async fn import_keys_stores_ciphertext_only_and_the_imported_keys_route_byok() {
 async fn the_preflight_lists_entitled_users_without_a_usable_key_and_notifies_each_once() {
     let _serial = serial().await;
     let instance = Instance::from_env();
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let (no_key, _) = instance.new_user(&http, "premium", "0").await;
     let (has_key, _) = instance.new_user(&http, "lifetime", "0").await;

@@ -55,7 +55,7 @@ impl Cluster {
             .expect("BYOK_E2E_CLUSTER is not set: run the cluster tests through scripts/test.sh");
         start_fake_provider();
         let instance = Instance::from_file(&file, String::new());
-        let http = reqwest::Client::new();
+        let http = crate::harness::client();
         instance.set_byok_first(&http).await;
         Cluster { instance, http }
     }
