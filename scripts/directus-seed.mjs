@@ -256,7 +256,11 @@ async function seedDashboard() {
 const NOTES = "byok_demo_notes";
 const FLOW_NAME = "byok-bridge: summarize a new note";
 
-/** A demo collection and a Flow: a new note is summarized through the sidecar for the note's user. */
+/**
+ * A demo collection and a Flow: a new note is summarized through the sidecar for the note's user, who pays
+ * (their key or their credits). The user comes from the note, a value its writer chooses: safe here because
+ * only admins can write notes (no policy grants this collection to anyone else).
+ */
 async function seedExampleFlow() {
 	if (!(await request("GET", `/collections/${NOTES}`, { token: adminToken }).catch(() => null))) {
 		await admin("POST", "/collections", {
@@ -265,7 +269,7 @@ async function seedExampleFlow() {
 			schema: {},
 			fields: [
 				{ field: "id", type: "integer", schema: { is_primary_key: true, has_auto_increment: true }, meta: { hidden: true } },
-				{ field: "user", type: "uuid", meta: { interface: "input", note: "The user the summary is made (and charged) for" } },
+				{ field: "user", type: "uuid", meta: { interface: "input", note: "Who the summary is made for and who pays (their own key or their credits). Only admins can write notes: anyone who could would spend this user's credits" } },
 				{ field: "text", type: "text", meta: { interface: "input-multiline" } },
 				{ field: "summary", type: "text", meta: { interface: "input-multiline", readonly: true } },
 			],

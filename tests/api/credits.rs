@@ -134,19 +134,25 @@ async fn directus_goes_down(app: &TestApp) {
     Mock::given(wiremock::matchers::any()).respond_with(ResponseTemplate::new(503)).mount(&app.directus).await;
 }
 
-/// Calls until the answer says it was served on the caller's last known profile (bounded: the profile
-/// cache expires after a second; 10 s leaves room for a loaded machine running every test at once).
+/// Waits until the sidecar serves `user` on their last known profile (asking `/v1/route`, which spends
+/// nothing; bounded: the profile cache expires after a second, and 10 s leave room for a loaded machine), then
+/// makes the call: a call made while the profile was still fresh would spend credits the test counts on.
 async fn until_served_stale(app: &TestApp, user: &str, body: &Value) -> reqwest::Response {
-    let mut last = String::new();
+    let mut last = Value::Null;
     for _ in 0..200 {
-        let response = chat(app, user, body.clone()).await;
-        if response.headers().get("x-byok-stale").is_some_and(|v| v.to_str().unwrap().contains("caller")) {
+        let response = app.route(&token_for(user), "openai").await;
+        last = response.json().await.unwrap_or_default();
+        if last["caller_stale"] == true {
+            let response = chat(app, user, body.clone()).await;
+            assert!(
+                response.headers().get("x-byok-stale").is_some_and(|v| v.to_str().unwrap().contains("caller")),
+                "the call was served on the last known profile too"
+            );
             return response;
         }
-        last = format!("{} {:?}", response.status(), response.text().await.unwrap_or_default());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("never served on a stale profile; the last answer: {last}");
+    panic!("never served on a stale profile; the last decision: {last}");
 }
 
 #[tokio::test]

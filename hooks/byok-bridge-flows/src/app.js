@@ -6,7 +6,7 @@ const userOption = {
 	meta: {
 		width: "full",
 		interface: "input",
-		note: "Whose call this is: a user id or a template such as {{$trigger.payload.user}}. Empty: the user the Flow runs as.",
+		note: "Who pays (their own key or their credits): a user id or a template. Empty: the user the Flow runs as. A template such as {{$trigger.payload.user}} charges whoever the payload names, so use it only when the caller cannot choose that value.",
 	},
 };
 
