@@ -6,7 +6,10 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use tracing::Instrument;
 
 use crate::domain::llm::{self, Api, LlmRequest, LlmRequestError};
@@ -78,13 +81,11 @@ async fn proxy(
 ) -> Result<Response, ApiError> {
     let request = parse(api, &raw)?;
     if !request.stream {
-        // On a task of its own: a client that hangs up does not cancel the call, whose answer is then read to
-        // the end (within the generation timeout) and charged like any other.
+        // A client that hangs up does not cancel the call: its answer is then read to the end (within the
+        // generation timeout) and charged like any other.
         let gateway = Arc::clone(&state.gateway);
         let call = async move { gateway.complete(user, api, &request, Retries::WithinDeadline).await };
-        let completed = tokio::spawn(call.in_current_span())
-            .await
-            .map_err(|error| ApiError::Internal(format!("a gateway call's task failed: {error}")))??;
+        let completed = RunsToTheEnd::new(call.in_current_span()).await?;
         let response =
             with_content_type(Response::new(Body::from(completed.body)), completed.status, completed.content_type);
         return Ok(labelled(response, completed.source, completed.charged.map(|(id, _)| id), completed.staleness));
@@ -115,6 +116,44 @@ async fn proxy(
         }
     };
     Ok(labelled(response, source, Some(usage_id), staleness))
+}
+
+/// A call that is finished even when its caller stops waiting: dropped before it is done (the client hung up
+/// and hyper dropped the handler), it goes on as a task of its own. While the caller waits it runs right here,
+/// so the common case costs no task and no cross-thread wake-up (a spawn for every call cost about 14 µs).
+struct RunsToTheEnd<T: Send + 'static> {
+    call: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+}
+
+impl<T: Send + 'static> RunsToTheEnd<T> {
+    fn new(call: impl Future<Output = T> + Send + 'static) -> Self {
+        RunsToTheEnd { call: Some(Box::pin(call)) }
+    }
+}
+
+impl<T: Send + 'static> Future for RunsToTheEnd<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let call = self.call.as_mut().expect("not polled after it is done");
+        let done = ready!(call.as_mut().poll(cx));
+        self.call = None;
+        Poll::Ready(done)
+    }
+}
+
+impl<T: Send + 'static> Drop for RunsToTheEnd<T> {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::info!("the client left before the answer; the call goes on and is charged when it ends");
+                drop(runtime.spawn(call));
+            }
+            // Only while the process shuts down: its hold expires, as for any call cut short by a crash.
+            Err(_) => tracing::warn!("the client left during shutdown; the call is abandoned"),
+        }
+    }
 }
 
 /// A gateway request body, parsed as the provider's API defines it. The jobs API takes the same bodies.
