@@ -14,6 +14,10 @@
 #  7. Durable jobs (embedded store): BENCH_JOBS (100,000) submitted to a replica without workers (the submit
 #     rate, and RSS and store size with all of them waiting), then the replica restarted with workers on the
 #     same store and the queue drained against the fake OpenAI (jobs per second).
+#  8. Per-user limits and the body guard: what each adds to a call (benches/limits.rs); six 12 MiB bodies at
+#     once (jobs, then the gateway), peak memory against the sidecar's resting memory; with BENCH_COMPARE_REV
+#     (a git revision, e.g. the one before the limits), that revision is built too and both binaries are timed
+#     at one connection through the gateway, alternating, BENCH_COMPARE_ROUNDS (3) times.
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
@@ -23,7 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${BENCH_SECONDS:-10}"
 connections="${BENCH_CONNECTIONS:-32}"
 load_seconds="${BENCH_LOAD_SECONDS:-60}"
-want() { [[ ",${BENCH_SECTIONS:-1,2,3,4,5,6,7}," == *",$1,"* ]]; }
+want() { [[ ",${BENCH_SECTIONS:-1,2,3,4,5,6,7,8}," == *",$1,"* ]]; }
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
@@ -38,7 +42,7 @@ fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
 step "release build"
-cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example bare_proxy --example submit_jobs --bench flag_flip --bench vault --bench reservations 2>&1 | tail -n 1 >&2
+cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example bare_proxy --example submit_jobs --bench flag_flip --bench vault --bench reservations --bench limits 2>&1 | tail -n 1 >&2
 scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-bench.XXXXXX")"
@@ -47,6 +51,7 @@ cleanup() {
 	for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
 	scripts/directus-down.sh "${work}/directus" >/dev/null 2>&1 || true
 	[[ -d "${work}/cluster" ]] && { scripts/cluster-down.sh "${work}/cluster" >/dev/null 2>&1 || true; }
+	[[ -d "${work}/compare" ]] && { git worktree remove --force "${work}/compare" >/dev/null 2>&1 || true; }
 	rm -rf "${work}"
 }
 trap cleanup EXIT
@@ -170,6 +175,7 @@ http {
   access_log off;
   client_body_temp_path ${work}/nginx/body;
   keepalive_requests 10000000;
+  client_max_body_size 64m;
   server {
     listen 127.0.0.1:${fake_port};
     location = /v1/chat/completions {
@@ -264,7 +270,7 @@ fi
 scripts/cluster-down.sh "${work}/cluster" >/dev/null 2>&1 || true
 fi
 
-want 7 || exit 0
+if want 7; then
 jobs_total="${BENCH_JOBS:-100000}"
 step "7. durable jobs: ${jobs_total} submitted and waiting, then drained by one replica"
 curl -fsS "$(get DIRECTUS_URL)/server/ping" >/dev/null 2>&1 || scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
@@ -322,3 +328,82 @@ print(f"   {n - n0} jobs drained in {t:.1f} s: {(n - n0) / t:.0f} jobs/s ({n} of
 PY
 rss_kb="$(ps -o rss= -p "${jobs_pid}" | tr -d ' ')"
 step "7d. RSS after the drain: $((rss_kb / 1024)) MiB"
+fi
+
+if want 8; then
+step "8. per-user limits and the body guard"
+step "8a. what each adds to a call (one call at a time, 10,000 users)"
+cargo bench --locked --bench limits 2>"${work}/limits.err" | sed 's/^/   /' || { cat "${work}/limits.err" >&2; exit 1; }
+
+curl -fsS "$(get DIRECTUS_URL)/server/ping" >/dev/null 2>&1 || scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
+curl -fsS -o /dev/null "$(get DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(get DIRECTUS_ADMIN_TOKEN)" \
+	-H 'content-type: application/json' \
+	-d "{\"user\":\"$(get FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
+limits_port="$(free_port)"
+# A sidecar (binary $1) for this section, on its own data directory: its pid in limits_pid.
+start_limits_sidecar() {
+	local bin="$1" data="${work}/limits-data-${RANDOM}"
+	env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${limits_port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
+		DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
+		WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=warn DATA_DIR="${data}" \
+		OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
+		RATE_LIMIT_FREE_PER_MIN=10000000 USER_CACHE_TTL_SECS=300 FLAG_CACHE_TTL_SECS=3600 JOB_WORKERS=0 \
+		MAX_JOB_BODY_BYTES=16777216 "${bin}" >>"${work}/limits-sidecar.log" 2>&1 &
+	limits_pid="$!"
+	pids+=("${limits_pid}")
+	for _ in $(seq 1 600); do
+		curl -fsS "http://127.0.0.1:${limits_port}/readyz" >/dev/null 2>&1 && break
+		sleep 0.05
+	done
+	# The caller cached before any measurement.
+	curl -fsS -o /dev/null "http://127.0.0.1:${limits_port}/v1/chat/completions" -H "Authorization: Bearer ${free_token}" \
+		-H 'content-type: application/json' -d '{"model":"gpt-4o-mini","max_tokens":16,"messages":[]}'
+}
+memory_kib() { awk -v field="$2:" '$1 == field { print $2 }' "/proc/$1/status"; }
+
+step "8b. six 12 MiB bodies at once (a 4-million-element array each): peak memory against resting"
+python3 - "${work}" <<'PY'
+import sys
+work = sys.argv[1]
+tags = ", ".join(["0"] * (4 * 1024 * 1024))
+chat = '{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}],"tags":[' + tags + ']}'
+open(f"{work}/big-chat.json", "w").write(chat)
+open(f"{work}/big-job.json", "w").write('{"api":"chat.completions","request":' + chat + '}')
+PY
+for target in jobs chat/completions; do
+	body="${work}/big-job.json"
+	[[ "${target}" == jobs ]] || body="${work}/big-chat.json"
+	start_limits_sidecar target/release/byok-bridge
+	resting="$(memory_kib "${limits_pid}" VmRSS)"
+	senders=()
+	for _ in 1 2 3 4 5 6; do
+		curl -sS -o /dev/null -w '%{http_code} ' "http://127.0.0.1:${limits_port}/v1/${target}" \
+			-H "Authorization: Bearer ${free_token}" -H 'content-type: application/json' --data-binary "@${body}" &
+		senders+=("$!")
+	done
+	wait "${senders[@]}"
+	echo
+	peak="$(memory_kib "${limits_pid}" VmHWM)"
+	printf '   /v1/%s, six bodies of %s MiB at once: resting %s MiB, peak %s MiB (+%s MiB)\n' "${target}" \
+		"$(( $(stat -c %s "${body}") / 1048576 ))" "$((resting / 1024))" "$((peak / 1024))" "$(((peak - resting) / 1024))"
+	kill "${limits_pid}"
+	wait "${limits_pid}" 2>/dev/null || true
+done
+
+if [[ -n "${BENCH_COMPARE_REV:-}" ]]; then
+	step "8c. the gateway at one connection: this build against ${BENCH_COMPARE_REV}, alternating"
+	git worktree add --detach "${work}/compare" "${BENCH_COMPARE_REV}" >/dev/null 2>&1
+	(cd "${work}/compare" && CARGO_TARGET_DIR="${work}/compare-target" cargo build --release --locked --bin byok-bridge 2>&1 | tail -n 1 >&2)
+	for round in $(seq 1 "${BENCH_COMPARE_ROUNDS:-3}"); do
+		for build in "${BENCH_COMPARE_REV}:${work}/compare-target/release/byok-bridge" "this build:target/release/byok-bridge"; do
+			start_limits_sidecar "${build#*:}"
+			printf '   round %s, %s\n' "${round}" "${build%%:*}"
+			BENCH_TOKEN="${free_token}" wrk -t1 -c1 -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
+				"http://127.0.0.1:${limits_port}/v1/chat/completions" | summarize
+			kill "${limits_pid}"
+			wait "${limits_pid}" 2>/dev/null || true
+		done
+	done
+fi
+fi
+

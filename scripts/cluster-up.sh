@@ -240,6 +240,11 @@ for i in "${!names[@]}"; do
 	)
 	order=(BIND_ADDR DIRECTUS_URL DIRECTUS_TOKEN DIRECTUS_SECRET WEBHOOK_SECRET ENCRYPTION_KEY OPERATOR_TOKEN
 		REDIS_URL DATA_DIR RUST_LOG LOG_FORMAT)
+	# Behind the balancer (on this machine), the client is the address nginx puts in X-Forwarded-For.
+	if [[ "${with_lb}" == true ]]; then
+		settings[TRUSTED_PROXIES]="127.0.0.1"
+		order+=(TRUSTED_PROXIES)
+	fi
 	for kv in "${extra_env[@]}"; do
 		[[ -n "${settings[${kv%%=*}]+set}" ]] || order+=("${kv%%=*}")
 		settings[${kv%%=*}]="${kv#*=}"

@@ -41,7 +41,8 @@ type KeptByUser = Arc<Mutex<HashMap<UserId, Kept>>>;
 pub struct EmbeddedJobs {
     store: Arc<Store>,
     /// Counted in memory (this process is the queue's only writer), changed only by the writer thread, in the
-    /// transaction that changes the jobs: a count never runs ahead of or behind what is stored.
+    /// transaction that changes the jobs, so concurrent submits cannot pass a cap together. (Should a commit
+    /// fail, the counts are rebuilt from the table at the next start.)
     kept: KeptByUser,
     writer: BatchWriter,
     /// Read connections, reused (WAL: reads never wait for the writer).
@@ -427,12 +428,15 @@ impl EmbeddedJobs {
     /// A callback [`EmbeddedJobs::due_callback`] handed out was sent (its outcome written): the user's place
     /// is free, and a retry it scheduled is due in its turn.
     pub fn callback_done(&self, user: UserId, id: Uuid) {
-        let mut callbacks = sync::lock(&self.callbacks);
-        callbacks.done(user, id);
-        if !callbacks.is_queued(id) {
+        let queued = {
+            let mut callbacks = sync::lock(&self.callbacks);
+            callbacks.done(user, id);
+            callbacks.is_queued(id)
+        };
+        // One lock at a time: `due_callback` takes the hosts' before the queue's.
+        if !queued {
             sync::lock(&self.callback_hosts).remove(&id);
         }
-        drop(callbacks);
         self.callback_work.notify_one();
     }
 
