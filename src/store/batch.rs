@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::thread;
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
@@ -59,7 +59,10 @@ fn run(store: &Store, connection: &mut Connection, mut writes: mpsc::UnboundedRe
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while writes.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let transaction = loop {
-            match connection.transaction() {
+            // IMMEDIATE: the write lock is taken here, so a write that reads first (an idempotency key looked
+            // up before the insert) reads the latest state and can never fail to upgrade because another
+            // connection committed since its read began (SQLITE_BUSY_SNAPSHOT).
+            match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
                 Ok(transaction) => break transaction,
                 // Only a disk or lock problem gets here; the writes wait for it to pass rather than fail.
                 Err(error) => {
@@ -74,5 +77,36 @@ fn run(store: &Store, connection: &mut Connection, mut writes: mpsc::UnboundedRe
             let path = store.path().to_owned();
             finish(committed.clone().map_err(|message| StoreError::Commit { path, message }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::tests::TempDir;
+
+    #[tokio::test]
+    async fn a_write_that_reads_first_is_not_undone_by_another_connections_commit() {
+        let dir = TempDir::new();
+        let store = Arc::new(Store::open(&dir.store_path()).unwrap());
+        store.connect().unwrap().execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY)").unwrap();
+        let writer = BatchWriter::start(Arc::clone(&store), "test-writer").unwrap();
+        let other = store.connect().unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let other = std::sync::Mutex::new(other);
+        let (ours, theirs) = writer
+            .write(move |t| {
+                // Looked up first, as an idempotency key is; then another connection tries to commit meanwhile.
+                let found: i64 = t.query_row("SELECT count(*) FROM t WHERE k = 'ours'", [], |row| row.get(0))?;
+                let theirs = crate::sync::lock(&other).execute("INSERT INTO t (k) VALUES ('theirs')", []);
+                let ours = t.execute("INSERT INTO t (k) VALUES ('ours')", []);
+                Ok((ours.map(|n| n + found as usize), theirs.is_ok()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(ours.unwrap(), 1, "our write went through");
+        assert!(!theirs, "the other connection waited for the write lock ours held from the start");
     }
 }
