@@ -17,7 +17,8 @@
 #  8. Per-user limits and the body guard: what each adds to a call (benches/limits.rs); six 12 MiB bodies at
 #     once (jobs, then the gateway), peak memory against the sidecar's resting memory; with BENCH_COMPARE_REV
 #     (a git revision, e.g. the one before the limits), that revision is built too and both binaries are timed
-#     at one connection through the gateway, alternating, BENCH_COMPARE_ROUNDS (3) times.
+#     at one connection through the gateway, alternating, BENCH_COMPARE_ROUNDS (3) times (BENCH_COMPARE_BIN: a
+#     binary of that revision built already).
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
@@ -392,10 +393,14 @@ done
 
 if [[ -n "${BENCH_COMPARE_REV:-}" ]]; then
 	step "8c. the gateway at one connection: this build against ${BENCH_COMPARE_REV}, alternating"
-	git worktree add --detach "${work}/compare" "${BENCH_COMPARE_REV}" >/dev/null 2>&1
-	(cd "${work}/compare" && CARGO_TARGET_DIR="${work}/compare-target" cargo build --release --locked --bin byok-bridge 2>&1 | tail -n 1 >&2)
+	compare_bin="${BENCH_COMPARE_BIN:-}"
+	if [[ -z "${compare_bin}" ]]; then
+		git worktree add --detach "${work}/compare" "${BENCH_COMPARE_REV}" >/dev/null 2>&1
+		(cd "${work}/compare" && CARGO_TARGET_DIR="${work}/compare-target" cargo build --release --locked --bin byok-bridge 2>&1 | tail -n 1 >&2)
+		compare_bin="${work}/compare-target/release/byok-bridge"
+	fi
 	for round in $(seq 1 "${BENCH_COMPARE_ROUNDS:-3}"); do
-		for build in "${BENCH_COMPARE_REV}:${work}/compare-target/release/byok-bridge" "this build:target/release/byok-bridge"; do
+		for build in "${BENCH_COMPARE_REV}:${compare_bin}" "this build:target/release/byok-bridge"; do
 			start_limits_sidecar "${build#*:}"
 			printf '   round %s, %s\n' "${round}" "${build%%:*}"
 			BENCH_TOKEN="${free_token}" wrk -t1 -c1 -d"${seconds}s" --latency -s "${work}/chat-false.lua" \

@@ -75,6 +75,7 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .routes(routes!(routes::auth::login))
         .routes(routes!(routes::auth::refresh))
         .routes(routes!(routes::auth::logout))
+        .routes(routes!(routes::auth::unlock))
         .routes(routes!(routes::account::account))
         .routes(routes!(routes::account::providers))
         .routes(routes!(routes::account::recommendations))

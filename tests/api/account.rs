@@ -306,6 +306,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/jobs"),
     ("get", "/v1/admin/preflight"),
     ("post", "/v1/admin/preflight/notify"),
+    ("post", "/v1/admin/sign-in/unlock"),
     ("post", "/v1/keys/{provider}/verify"),
     ("post", "/v1/messages"),
     ("post", "/v1/notifications/{id}/read"),

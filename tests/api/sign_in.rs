@@ -105,3 +105,23 @@ async fn attempts_are_limited_per_client_address_and_forwarded_for_counts_only_f
     assert_eq!(sign_in(&app, "user5@example.com", Some("203.0.113.1")).await.status(), 429);
     assert_eq!(sign_in(&app, "user6@example.com", Some("203.0.113.2")).await.status(), 401, "another client");
 }
+
+#[tokio::test]
+async fn an_operator_can_clear_an_accounts_sign_in_attempts() {
+    let app = spawn_app_with(&[("LOGIN_ATTEMPTS_PER_ADDRESS_PER_MIN", "1000")]).await;
+    wrong_passwords_everywhere(&app).await;
+    for _ in 0..3 {
+        assert_eq!(sign_in(&app, "pat@example.com", None).await.status(), 401);
+    }
+    assert_eq!(sign_in(&app, "pat@example.com", None).await.status(), 429);
+    let unlock = |token: &str| {
+        app.http
+            .post(app.url("/v1/admin/sign-in/unlock"))
+            .bearer_auth(token)
+            .json(&json!({"email": "pat@example.com"}))
+            .send()
+    };
+    assert_eq!(unlock(&token_for(&new_user_id())).await.unwrap().status(), 401, "a user may not");
+    assert_eq!(unlock(OPERATOR_TOKEN).await.unwrap().status(), 204);
+    assert_eq!(sign_in(&app, "pat@example.com", None).await.status(), 401, "let through again");
+}

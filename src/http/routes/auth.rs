@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::directus::{SessionTokens, SignInError};
 use crate::domain::sign_in::{Account, SignInRefusal};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ClientAddress, JsonBody, RequestBody};
+use crate::http::extract::{ClientAddress, JsonBody, Operator, RequestBody};
 use crate::http::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -118,6 +118,33 @@ pub async fn refresh(
         .await
         .map_err(|e| refused(e, "Your session ended. Sign in again."))?;
     Ok(Json(tokens.into()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Unlock {
+    email: String,
+}
+
+impl RequestBody for Unlock {
+    const EXPECTED: &'static str = r#"{"email": "..."}"#;
+}
+
+/// Forgets an account's sign-in attempts here, for support: a user locked out of this page (`sign_in_locked`)
+/// whose successful sign-in to Directus never reached the sidecar (the hook not installed, say). Directus's own
+/// count is not touched: use it only once the user has signed in to Directus, or been given a new password.
+#[utoipa::path(post, path = "/v1/admin/sign-in/unlock", tag = "operator", operation_id = "unlock_sign_in",
+    security(("operator_token" = [])), request_body = Unlock,
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, description = "no `OPERATOR_TOKEN` set", body = ErrorBody)))]
+pub async fn unlock(
+    _: Operator,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<Unlock>,
+) -> Result<StatusCode, ApiError> {
+    let account = Account::of_email(&request.email);
+    state.sign_in.succeeded(&account).await;
+    tracing::info!(account = account.as_str(), "an operator cleared an account's sign-in attempts");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Ends the session behind the refresh token.
