@@ -101,6 +101,14 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
 LUA
 
+# Directus running (sections that follow 4 or 7 find it stopped), and enough credit for every call of a run,
+# so no call is refused for balance.
+credit_free_user() {
+	curl -fsS "$(get DIRECTUS_URL)/server/ping" >/dev/null 2>&1 || scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
+	curl -fsS -o /dev/null "$(get DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(get DIRECTUS_ADMIN_TOKEN)" \
+		-H 'content-type: application/json' \
+		-d "{\"user\":\"$(get FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
+}
 summarize() { grep -E '^\s+(50|99)%|Requests/sec|Non-2xx|Socket errors' | sed 's/^/   /'; }
 waiting() { curl -fsS "http://$1/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["usage_records_waiting"])'; }
 # Polls a sidecar's outbox until it is empty (at most BENCH_DRAIN_MAX_SECONDS, 300): how many records, how
@@ -200,10 +208,7 @@ for _ in $(seq 1 100); do
 done
 if want 4; then
 step "4. gateway overhead: fake OpenAI directly vs through the sidecar (wrk, ${seconds}s per run)"
-# Enough credit for every call of the run, so no call is refused for balance.
-curl -fsS -o /dev/null "$(get DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(get DIRECTUS_ADMIN_TOKEN)" \
-	-H 'content-type: application/json' \
-	-d "{\"user\":\"$(get FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
+credit_free_user
 # Warm the caller cache, then take Directus away for the measurement: on this 2-core machine Directus ingesting
 # every usage record would compete with the sidecar for the CPU, which a deployment does not share. Records wait
 # in the outbox (as in an outage) and are delivered when Directus is back.
@@ -274,10 +279,7 @@ fi
 if want 7; then
 jobs_total="${BENCH_JOBS:-100000}"
 step "7. durable jobs: ${jobs_total} submitted and waiting, then drained by one replica"
-curl -fsS "$(get DIRECTUS_URL)/server/ping" >/dev/null 2>&1 || scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
-curl -fsS -o /dev/null "$(get DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(get DIRECTUS_ADMIN_TOKEN)" \
-	-H 'content-type: application/json' \
-	-d "{\"user\":\"$(get FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
+credit_free_user
 jobs_port="$(free_port)"
 # One user's jobs, so the per-user cap is raised to the worker count; caller and flags cached for the run.
 start_jobs_sidecar() {
@@ -336,10 +338,7 @@ step "8. per-user limits and the body guard"
 step "8a. what each adds to a call (one call at a time, 10,000 users)"
 cargo bench --locked --bench limits 2>"${work}/limits.err" | sed 's/^/   /' || { cat "${work}/limits.err" >&2; exit 1; }
 
-curl -fsS "$(get DIRECTUS_URL)/server/ping" >/dev/null 2>&1 || scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
-curl -fsS -o /dev/null "$(get DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(get DIRECTUS_ADMIN_TOKEN)" \
-	-H 'content-type: application/json' \
-	-d "{\"user\":\"$(get FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
+credit_free_user
 limits_port="$(free_port)"
 # A sidecar (binary $1) for this section, on its own data directory: its pid in limits_pid.
 start_limits_sidecar() {
