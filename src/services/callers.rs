@@ -107,50 +107,63 @@ pub async fn call_context(
 }
 
 pub struct CallerDirectory {
-    directus: DirectusClient,
+    /// Profiles read within `USER_CACHE_TTL_SECS`: used as they are.
     cache: Cache<UserId, Arc<CallerProfile>>,
-    /// Profiles as last read, kept for `STALE_CALLER_MAX_AGE_SECS` to serve while Directus is unreachable.
+    reader: Arc<Reader>,
+    stale_served: AtomicU64,
+}
+
+/// What reads profiles from Directus, shared with the refreshes that run in the background.
+struct Reader {
+    directus: DirectusClient,
+    /// Profiles as last read, kept for `STALE_CALLER_MAX_AGE_SECS`: served while a newer one is read, and while
+    /// Directus is unreachable.
     last_known: Cache<UserId, Arc<CallerProfile>>,
     last_failure: Mutex<Option<Instant>>,
-    stale_served: AtomicU64,
 }
 
 impl CallerDirectory {
     pub fn new(directus: DirectusClient, ttl: Duration, stale_max_age: Duration) -> Self {
         let cache = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
         let last_known = Cache::builder().max_capacity(100_000).time_to_live(stale_max_age.max(ttl)).build();
-        CallerDirectory { directus, cache, last_known, last_failure: Mutex::new(None), stale_served: AtomicU64::new(0) }
+        let reader = Arc::new(Reader { directus, last_known, last_failure: Mutex::new(None) });
+        CallerDirectory { cache, reader, stale_served: AtomicU64::new(0) }
     }
 
-    /// Concurrent requests for the same user share one set of Directus reads.
+    /// The caller's profile. No request of a user read before waits for Directus: once the cached profile is
+    /// older than the TTL, the last one read is used while a new one is read in the background (one read per
+    /// user at a time; the next request gets it). Only a user never seen (or forgotten) waits for the read.
+    /// Credits stay exact on an older reading: every cost since it counts against it.
     pub async fn profile(&self, user: UserId) -> Result<CallerRead, CallerError> {
         if let Some(profile) = self.cache.get(&user).await {
             return Ok(CallerRead { profile, stale: false });
         }
-        if self.failed_recently()
+        if self.reader.failed_recently()
             && let Some(read) = self.stale(user).await
         {
             return Ok(read);
         }
-        match self.cache.try_get_with(user, self.fetch(user)).await {
-            Ok(profile) => Ok(CallerRead { profile, stale: false }),
-            Err(error) => match &*error {
-                CallerError::Directus(e) if e.is_outage() => {
-                    let first = sync::lock(&self.last_failure).replace(Instant::now()).is_none();
-                    if first {
-                        tracing::warn!(error = %e, "cannot read callers from Directus; serving last known profiles");
-                    }
-                    self.stale(user).await.ok_or_else(|| (*error).clone())
+        if let Some(profile) = self.reader.last_known.get(&user).await {
+            let (cache, reader) = (self.cache.clone(), Arc::clone(&self.reader));
+            tokio::spawn(async move {
+                // Joins a read of this user already under way instead of starting another.
+                if let Err(error) = cache.try_get_with(user, Arc::clone(&reader).fetch(user)).await {
+                    reader.failed(&error);
                 }
-                _ => Err((*error).clone()),
-            },
+            });
+            return Ok(CallerRead { profile, stale: false });
+        }
+        match self.cache.try_get_with(user, Arc::clone(&self.reader).fetch(user)).await {
+            Ok(profile) => Ok(CallerRead { profile, stale: false }),
+            Err(error) if self.reader.failed(&error) => self.stale(user).await.ok_or_else(|| (*error).clone()),
+            Err(error) => Err((*error).clone()),
         }
     }
 
     /// Drops the cached profile, e.g. after the user's keys changed, so routing sees the change at once.
     pub async fn forget(&self, user: UserId) {
         self.cache.invalidate(&user).await;
-        self.last_known.invalidate(&user).await;
+        self.reader.last_known.invalidate(&user).await;
     }
 
     /// Drops every cached profile (changes may have been missed); last known ones stay for outages.
@@ -163,28 +176,42 @@ impl CallerDirectory {
     /// retry interval is checked again with a ping to Directus.
     pub async fn stale_status(&self) -> (bool, u64) {
         let served = self.stale_served.load(Ordering::Relaxed);
-        let failed_at = *sync::lock(&self.last_failure);
+        let failed_at = *sync::lock(&self.reader.last_failure);
         let Some(failed_at) = failed_at else { return (false, served) };
-        if failed_at.elapsed() >= RETRY_AFTER_FAILURE && self.directus.ping().await.is_ok() {
-            sync::lock(&self.last_failure).take();
+        if failed_at.elapsed() >= RETRY_AFTER_FAILURE && self.reader.directus.ping().await.is_ok() {
+            sync::lock(&self.reader.last_failure).take();
             tracing::info!("Directus answers again; callers will be read from it");
             return (false, served);
         }
         (true, served)
     }
 
-    fn failed_recently(&self) -> bool {
-        sync::lock(&self.last_failure).is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
-    }
-
     async fn stale(&self, user: UserId) -> Option<CallerRead> {
-        let profile = self.last_known.get(&user).await?;
+        let profile = self.reader.last_known.get(&user).await?;
         self.stale_served.fetch_add(1, Ordering::Relaxed);
         metrics::stale_answer("caller");
         Some(CallerRead { profile, stale: true })
     }
+}
 
-    async fn fetch(&self, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
+impl Reader {
+    fn failed_recently(&self) -> bool {
+        sync::lock(&self.last_failure).is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
+    }
+
+    /// Notes a failed read; whether it was Directus being unreachable (last known profiles are served then).
+    fn failed(&self, error: &CallerError) -> bool {
+        let CallerError::Directus(e) = error else { return false };
+        if !e.is_outage() {
+            return false;
+        }
+        if sync::lock(&self.last_failure).replace(Instant::now()).is_none() {
+            tracing::warn!(error = %e, "cannot read callers from Directus; serving last known profiles");
+        }
+        true
+    }
+
+    async fn fetch(self: Arc<Self>, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
         let read_at = now_millis();
         let (profile, balance, keys) = tokio::join!(
             self.directus.user_profile(user),

@@ -174,6 +174,11 @@ impl FlagStore {
         let records = self.directus.feature_flags().await?;
         let (flags, _) = FlagSet::from_records(&records);
         if self.last_known().is_some_and(|known| known.flags == flags) {
+            // Unchanged: confirmed as of now, so the cached flags never expire while Directus answers the
+            // polls, and no request waits to load them (unless a change arrived meanwhile).
+            if self.generation.load(Ordering::Acquire) == generation {
+                self.install(generation, flags).await;
+            }
             return Ok(false);
         }
         if self.generation.compare_exchange(generation, generation + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {

@@ -77,3 +77,33 @@ async fn an_operator_reloads_the_flags_at_once() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["flags"]["byok_only_mode"], true, "{body}");
 }
+
+#[tokio::test]
+async fn the_flag_polls_keep_the_cache_fresh_so_no_request_waits_for_a_slow_directus() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+    let app = spawn_app_with(&[("FLAG_CACHE_TTL_SECS", "3"), ("FLAG_POLL_SECS", "1")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser::default()).await;
+    assert_eq!(app.route(&token_for(&user), "openai").await.status(), 200);
+    // Directus answers the flags slowly from now on; the polls (one a second) still confirm them in time.
+    Mock::given(method("GET"))
+        .and(path("/items/feature_flags"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(flag_rows(true, false, false))
+                .set_delay(std::time::Duration::from_millis(800)),
+        )
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let body: Value = app.route(&token_for(&user), "openai").await.json().await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_millis(400), "waited {:?}", started.elapsed());
+        assert_eq!(body["flags_stale"], false);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}

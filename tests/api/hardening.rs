@@ -265,3 +265,39 @@ async fn the_flows_credential_acts_for_a_named_user_on_the_flow_routes_only() {
         assert_eq!(request.send().await.unwrap().status(), 401, "{path}: not a Flows route");
     }
 }
+
+#[tokio::test]
+async fn a_live_sessions_next_check_runs_beside_its_request_and_a_logout_still_takes_effect() {
+    let app = spawn_app_with(&[("SESSION_CHECK_TTL_SECS", "1")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser::default()).await;
+    let token = session_token(&user, "session-soon-ended");
+    Mock::given(method("GET"))
+        .and(path("/users/me"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": {"id": user}})))
+        .mount(&app.directus)
+        .await;
+    assert_eq!(app.route(&token, "openai").await.status(), 200);
+
+    // The user logs out, and Directus is slow to say so.
+    Mock::given(method("GET"))
+        .and(path("/users/me"))
+        .respond_with(ResponseTemplate::new(401).set_delay(Duration::from_millis(1_500)))
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(app.route(&token, "openai").await.status(), 200, "confirmed a moment ago: not kept waiting");
+    assert!(started.elapsed() < Duration::from_millis(500), "waited {:?}", started.elapsed());
+    let mut refused = false;
+    for _ in 0..100 {
+        if app.route(&token, "openai").await.status() == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "once Directus has answered, the ended session is refused");
+}

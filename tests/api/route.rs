@@ -269,3 +269,61 @@ async fn the_user_id_in_directus_filters_comes_from_the_token() {
         );
     }
 }
+
+/// Directus answering every read of `user` after `delay`, with `grants` cents of credit: higher priority than
+/// what was mounted before.
+async fn slow_directus_for(app: &TestApp, user: &str, grants: i64, delay: std::time::Duration) {
+    let answer = |body: Value| ResponseTemplate::new(200).set_body_json(body).set_delay(delay);
+    let mounts = [
+        (format!("/users/{user}"), json!({"data": {"status": "active", "subscription_tier": "free"}})),
+        (
+            "/items/credit_transactions".to_owned(),
+            json!({"data": [{"transaction_type": "grant", "sum": {"cost_cents": grants.to_string()}}]}),
+        ),
+        ("/items/user_api_keys".to_owned(), json!({"data": []})),
+    ];
+    for (route, body) in mounts {
+        let mut mock = Mock::given(method("GET")).and(path(route.as_str()));
+        if route.starts_with("/items/") {
+            mock = mock.and(wiremock::matchers::query_param("filter[user][_eq]", user));
+        }
+        mock.respond_with(answer(body)).with_priority(1).mount(&app.directus).await;
+    }
+}
+
+#[tokio::test]
+async fn a_known_user_never_waits_for_a_slow_directus() {
+    let app = spawn_app_with(&[("USER_CACHE_TTL_SECS", "1")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { tier: "free", grants: 500, ..Default::default() }).await;
+    let token = token_for(&user);
+    assert_eq!(app.route(&token, "openai").await.status(), 200);
+
+    // Directus gets slow (storing a large batch, say) and the user's balance changes meanwhile.
+    let slow = std::time::Duration::from_millis(1_500);
+    slow_directus_for(&app, &user, 800, slow).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let started = std::time::Instant::now();
+    let body: Value = app.route(&token, "openai").await.json().await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "waited {:?}", started.elapsed());
+    assert_eq!((body["credit_balance_cents"].as_f64(), body["caller_stale"].as_bool()), (Some(500.0), Some(false)));
+    // The profile read in the background arrives for a later request.
+    let mut balance = 0.0;
+    for _ in 0..100 {
+        let body: Value = app.route(&token, "openai").await.json().await.unwrap();
+        balance = body["credit_balance_cents"].as_f64().unwrap();
+        if balance == 800.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(balance, 800.0, "the newer reading is used once it is there");
+
+    // A user never seen before has nothing to be served with: that request waits for Directus.
+    let stranger = new_user_id();
+    slow_directus_for(&app, &stranger, 100, slow).await;
+    let started = std::time::Instant::now();
+    assert_eq!(app.route(&token_for(&stranger), "openai").await.status(), 200);
+    assert!(started.elapsed() >= slow);
+}
