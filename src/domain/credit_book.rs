@@ -1,7 +1,7 @@
 //! One user's credits as the sidecar must count them: the balance Directus last reported, minus what calls
 //! in flight have reserved (holds), minus what finished calls cost that the ledger does not show yet.
 //!
-//! The ledger lags for many reasons: the deduction waits in the spool (Directus down, a backlog), Directus
+//! The ledger lags for many reasons: the deduction waits in the outbox (Directus down, a backlog), Directus
 //! refused it, or it was stored after the balance was read. Each of these must still count, or concurrent
 //! and rapid calls spend money the user does not have. So a finished call's cost is tracked here from the
 //! moment it ends until a ledger reading is known to include it: it is *unstored* until Directus has it,
@@ -104,7 +104,7 @@ impl CreditBook {
         self.holds.retain(|h| h.id != id);
     }
 
-    /// A cost known before this book existed (a record found in the spool at startup).
+    /// A cost known before this book existed (a record found in the outbox at startup).
     pub fn add_unstored(&mut self, cost: Cents) {
         self.unstored += cost;
     }

@@ -102,6 +102,13 @@ pub struct JobError {
     pub provider_answer: Option<serde_json::Value>,
 }
 
+impl JobError {
+    /// A coded error of the sidecar's own (the provider's status and answer are for its refusals).
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> JobError {
+        JobError { code: code.into(), message: message.into(), provider_status: None, provider_answer: None }
+    }
+}
+
 /// How failed attempts are spaced, and for how long a job keeps trying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {

@@ -374,7 +374,7 @@ fn gateway_parts(error: &GatewayError) -> (StatusCode, &'static str, Cow<'static
 /// A gateway error as a job records it: the code and message the live gateway would have answered with.
 pub fn job_error(error: GatewayError) -> JobError {
     let (_, code, message) = gateway_parts(&error);
-    JobError { code: code.to_owned(), message: message.into_owned(), provider_status: None, provider_answer: None }
+    JobError::new(code, message)
 }
 
 fn vault_parts(error: &VaultError) -> (StatusCode, &'static str, Cow<'static, str>) {

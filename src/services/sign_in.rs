@@ -28,25 +28,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(365 * 86_400);
 /// [`Failures::admit`], atomically in Redis on its clock. KEYS: the account's counts. ARGV: failures let
 /// through in a row at most, free failures, first wait and longest wait (ms), time to live (ms). Returns 0 when
 /// the attempt is let through (and counted), -1 when the account is locked, else the milliseconds to wait.
-const ADMIT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local found = redis.call('HMGET', KEYS[1], 'count', 'last_at')
-local count, last = tonumber(found[1] or '0'), tonumber(found[2] or '0')
-if count >= tonumber(ARGV[1]) then
-  return -1
-end
-local over = count - tonumber(ARGV[2])
-if over >= 0 then
-  local wait = math.min(tonumber(ARGV[3]) * 2 ^ over, tonumber(ARGV[4]))
-  if now < last + wait then
-    return math.ceil(last + wait - now)
-  end
-end
-redis.call('HSET', KEYS[1], 'count', count + 1, 'last_at', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 0
-";
+const ADMIT: &str = include_str!("lua/sign_in.lua");
 
 pub struct SignInGuard {
     policy: SignInPolicy,

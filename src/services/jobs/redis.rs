@@ -47,394 +47,55 @@ const LIST_CALLS: usize = 10;
 const GROUP: &str = "workers";
 
 /// Shared by the scripts: what follows from a job's new state. KEYS are built from ARGV's prefix.
-const FOLLOWUPS: &str = r"
--- A user's turn among those with callbacks due: their earliest.
-local function callback_turn(p, user)
-  local head = redis.call('ZRANGE', p .. 'cb:' .. user, 0, 0, 'WITHSCORES')
-  if #head == 0 then
-    redis.call('ZREM', p .. 'cbturns', user)
-  else
-    redis.call('ZADD', p .. 'cbturns', head[2], user)
-  end
-end
-local function followups(p, id, user, status, due, callback_due, finished_at)
-  if status == 'queued' and due ~= '' then
-    redis.call('ZADD', p .. 'due:' .. user, due, id)
-    redis.call('ZADD', p .. 'turns', 'LT', due, user)
-  end
-  if callback_due ~= '' then
-    redis.call('ZADD', p .. 'cb:' .. user, callback_due, id)
-  else
-    redis.call('ZREM', p .. 'cb:' .. user, id)
-  end
-  callback_turn(p, user)
-  if finished_at ~= '' then
-    redis.call('ZADD', p .. 'finished', finished_at, id)
-  else
-    redis.call('ZREM', p .. 'finished', id)
-  end
-end
--- Counters never go below zero (jobs stored before they were kept).
-local function add(key, field, n)
-  if redis.call('HINCRBY', key, field, n) < 0 then
-    redis.call('HSET', key, field, 0)
-  end
-end
-local waits = {queued = true, running = true, paused = true}
--- A job moved between statuses: the counts by status, and the user's count of waiting jobs.
-local function recount(p, user, from, to)
-  redis.call('HINCRBY', p .. 'counts', from, -1)
-  redis.call('HINCRBY', p .. 'counts', to, 1)
-  if waits[from] and not waits[to] then
-    add(p .. 'kept:' .. user, 'waiting', -1)
-  elseif waits[to] and not waits[from] then
-    add(p .. 'kept:' .. user, 'waiting', 1)
-  end
-end
-local function give_turn(p, user)
-  local head = redis.call('ZRANGE', p .. 'due:' .. user, 0, 0, 'WITHSCORES')
-  if #head > 0 then
-    redis.call('ZADD', p .. 'turns', 'LT', head[2], user)
-  end
-end
--- The user's turn as it now stands: their earliest due job, or at the cap, when a lease of theirs lapses (a
--- finishing job gives the turn back sooner).
-local function retime(p, user, cap)
-  local head = redis.call('ZRANGE', p .. 'due:' .. user, 0, 0, 'WITHSCORES')
-  if #head == 0 then
-    redis.call('ZREM', p .. 'turns', user)
-    return
-  end
-  local inflight = p .. 'inflight:' .. user
-  if redis.call('ZCARD', inflight) < cap then
-    redis.call('ZADD', p .. 'turns', head[2], user)
-  else
-    local first = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
-    redis.call('ZADD', p .. 'turns', math.max(tonumber(head[2]), tonumber(first[2])), user)
-  end
-end
-local function retake(p, id, entry, now)
-  redis.call('XACK', p .. 'stream', 'workers', entry)
-  redis.call('XDEL', p .. 'stream', entry)
-  local job = p .. 'job:' .. id
-  local user = redis.call('HGET', job, 'user')
-  if not user then
-    return 0
-  end
-  redis.call('ZREM', p .. 'inflight:' .. user, id)
-  if redis.call('HGET', job, 'entry') ~= entry then
-    give_turn(p, user)
-    return 0
-  end
-  redis.call('HDEL', job, 'entry')
-  local status = redis.call('HGET', job, 'status')
-  if status == 'running' then
-    redis.call('HSET', job, 'status', 'queued')
-    recount(p, user, 'running', 'queued')
-    status = 'queued'
-  end
-  if status == 'queued' then
-    redis.call('ZADD', p .. 'due:' .. user, now, id)
-  end
-  give_turn(p, user)
-  return 1
-end
-";
+const FOLLOWUPS: &str = include_str!("lua/followups.lua");
 
 /// ARGV: prefix, id, user, idempotency key or '', record, request, secret or '', now, most jobs waiting, most
 /// bytes kept, the callback's host or ''. Returns {1} for a new job, {0, record, status, secret} for the job the idempotency key made
 /// before, or {2, 'waiting' | 'bytes'} when the user's cap would be passed.
-const INSERT: &str = r"
-local p, id, user, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local idem_key = p .. 'idem:' .. user .. ':' .. idem
-if idem ~= '' then
-  local existing = redis.call('GET', idem_key)
-  if existing then
-    local found = redis.call('HMGET', p .. 'job:' .. existing, 'record', 'status', 'secret')
-    if found[1] then
-      return {0, found[1], found[2], found[3] or ''}
-    end
-  end
-end
-local kept = p .. 'kept:' .. user
-local counts = redis.call('HMGET', kept, 'waiting', 'bytes')
-local len = string.len(ARGV[6])
-if tonumber(counts[1] or '0') >= tonumber(ARGV[9]) then
-  return {2, 'waiting'}
-end
-if tonumber(counts[2] or '0') + len > tonumber(ARGV[10]) then
-  return {2, 'bytes'}
-end
-if idem ~= '' then
-  redis.call('SET', idem_key, id)
-end
-redis.call('HINCRBY', kept, 'waiting', 1)
-redis.call('HINCRBY', kept, 'bytes', len)
-local job = p .. 'job:' .. id
-redis.call('HSET', job, 'user', user, 'status', 'queued', 'rev', 0, 'record', ARGV[5], 'request', ARGV[6], 'idem', idem,
-  'rlen', len, 'cbhost', ARGV[11])
-if ARGV[7] ~= '' then
-  redis.call('HSET', job, 'secret', ARGV[7])
-end
-redis.call('ZADD', p .. 'user:' .. user, ARGV[8], id)
-redis.call('HINCRBY', p .. 'counts', 'queued', 1)
-followups(p, id, user, 'queued', ARGV[8], '', '')
-return {1}
-";
+const INSERT: &str = include_str!("lua/insert.lua");
 
 /// ARGV: prefix, now, cap, lease ms, consumer. Takes the earliest due job of a user under the cap (users by their
 /// earliest due job), puts it in the stream and reads it as `consumer` in the same step, marked running under
 /// that entry: only jobs a worker holds are ever in the stream, and only they count against the cap. Returns
 /// {id, entry, record, request} or nothing.
-const CLAIM: &str = r"
-local p, now, cap, lease, consumer = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local stream = p .. 'stream'
--- A script's writes before an error stay: make sure the group exists before writing anything.
-local groups = redis.pcall('XINFO', 'GROUPS', stream)
-local grouped = false
-if type(groups) == 'table' and not groups.err then
-  for _, group in ipairs(groups) do
-    if group[2] == 'workers' then
-      grouped = true
-    end
-  end
-end
-if not grouped then
-  return redis.error_reply('NOGROUP the jobs consumer group does not exist yet')
-end
-for _, user in ipairs(redis.call('ZRANGEBYSCORE', p .. 'turns', '-inf', now, 'LIMIT', 0, 50)) do
-  local inflight, due = p .. 'inflight:' .. user, p .. 'due:' .. user
-  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
-  local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
-  if #head > 0 and tonumber(head[2]) <= now and redis.call('ZCARD', inflight) < cap then
-    local id = head[1]
-    redis.call('ZREM', due, id)
-    local job = p .. 'job:' .. id
-    local found = redis.call('HMGET', job, 'status', 'record', 'request')
-    local taken = nil
-    if found[1] == 'queued' then
-      local entry = redis.call('XADD', stream, '*', 'job', id)
-      repeat
-        local read = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
-        local got = read and read[1][2][1][1]
-        if got and got ~= entry then
-          redis.call('XACK', stream, 'workers', got)
-          redis.call('XDEL', stream, got)
-        end
-      until not got or got == entry
-      redis.call('HSET', job, 'status', 'running', 'entry', entry)
-      recount(p, user, 'queued', 'running')
-      redis.call('ZADD', inflight, now + lease, id)
-      taken = {id, entry, found[2], found[3]}
-    end
-    retime(p, user, cap)
-    if taken then
-      return taken
-    end
-  else
-    retime(p, user, cap)
-  end
-end
-return false
-";
+const CLAIM: &str = include_str!("lua/claim.lua");
 
 /// ARGV: prefix, id, entry, consumer, now, lease ms. Keeps a running job's claim.
-const RENEW: &str = r"
-local p, id, entry = ARGV[1], ARGV[2], ARGV[3]
-local job = p .. 'job:' .. id
-if redis.call('HGET', job, 'entry') ~= entry then
-  return 0
-end
-redis.call('ZADD', p .. 'inflight:' .. redis.call('HGET', job, 'user'), 'XX', tonumber(ARGV[5]) + tonumber(ARGV[6]), id)
-redis.call('XCLAIM', p .. 'stream', 'workers', ARGV[4], 0, entry, 'JUSTID')
-return 1
-";
+const RENEW: &str = include_str!("lua/renew.lua");
 
 /// ARGV: prefix, id, entry, record, status, due, callback due, finished at, revision. Writes a worker's result if it
 /// still holds the job's entry, and the job still runs at the revision it was taken at. Returns 1 if written.
-const FINISH: &str = r"
-local p, id, entry = ARGV[1], ARGV[2], ARGV[3]
-redis.call('XACK', p .. 'stream', 'workers', entry)
-redis.call('XDEL', p .. 'stream', entry)
-local job = p .. 'job:' .. id
-local found = redis.call('HMGET', job, 'user', 'status', 'entry', 'rev')
--- Gone, or taken over: the job and its slot are another worker's now.
-if not found[1] or found[3] ~= entry then
-  return 0
-end
-redis.call('ZREM', p .. 'inflight:' .. found[1], id)
-redis.call('HDEL', job, 'entry')
-local written = 0
-if found[2] == 'running' and found[4] == ARGV[9] then
-  redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5], 'rev', tonumber(ARGV[9]) + 1)
-  recount(p, found[1], 'running', ARGV[5])
-  followups(p, id, found[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
-  written = 1
-end
-give_turn(p, found[1])
-return written
-";
+const FINISH: &str = include_str!("lua/finish.lua");
 
 /// ARGV: prefix, id, expected status, record, status, due, callback due, finished at, expected revision. Compare
 /// and set on the status and the revision, so a write based on an older reading never lands.
-const UPDATE: &str = r"
-local p, id = ARGV[1], ARGV[2]
-local job = p .. 'job:' .. id
-local found = redis.call('HMGET', job, 'user', 'status', 'rev')
-if not found[1] or found[2] ~= ARGV[3] or found[3] ~= ARGV[9] then
-  return 0
-end
-redis.call('HSET', job, 'record', ARGV[4], 'status', ARGV[5], 'rev', tonumber(ARGV[9]) + 1)
-if found[2] ~= ARGV[5] then
-  recount(p, found[1], found[2], ARGV[5])
-end
-if found[2] == 'queued' then
-  redis.call('ZREM', p .. 'due:' .. found[1], id)
-end
-followups(p, id, found[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
-return 1
-";
+const UPDATE: &str = include_str!("lua/update.lua");
 
 /// ARGV: prefix, consumer, min idle ms, now. Takes over entries whose replica stopped renewing them and
 /// queues their jobs again. Returns how many jobs were queued again.
-const RECLAIM: &str = r"
-local p, consumer, now = ARGV[1], ARGV[2], ARGV[4]
-local claimed = redis.call('XAUTOCLAIM', p .. 'stream', 'workers', consumer, ARGV[3], '0-0', 'COUNT', 100)
-local n = 0
-for _, entry in ipairs(claimed[2]) do
-  if entry[2] then
-    n = n + retake(p, entry[2][2], entry[1], now)
-  end
-end
-return n
-";
+const RECLAIM: &str = include_str!("lua/reclaim.lua");
 
 /// ARGV: prefix, consumer, now. At startup: this replica's entries from before it stopped, queued again.
-const RECLAIM_OWN: &str = r"
-local p, consumer, now = ARGV[1], ARGV[2], ARGV[3]
-local n = 0
-for _, pending in ipairs(redis.call('XPENDING', p .. 'stream', 'workers', '-', '+', 1000, consumer)) do
-  local entry = redis.call('XRANGE', p .. 'stream', pending[1], pending[1])
-  if #entry > 0 then
-    n = n + retake(p, entry[1][2][2], pending[1], now)
-  else
-    redis.call('XACK', p .. 'stream', 'workers', pending[1])
-  end
-end
-return n
-";
+const RECLAIM_OWN: &str = include_str!("lua/reclaim_own.lua");
 
 /// ARGV: prefix, now, lease ms, users to pass over (comma-separated), hosts to pass over (one per line). Takes
 /// the earliest due callback of a user, users in turn by their earliest, for a while (a lease), passing over
 /// users and hosts with as many callbacks in flight as they may have. Returns {record, status, secret}.
-const TAKE_CALLBACK: &str = r"
-local p, now, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local users, hosts = {}, {}
-for user in string.gmatch(ARGV[4], '[^,]+') do
-  users[user] = true
-end
-for host in string.gmatch(ARGV[5], '[^\n]+') do
-  hosts[host] = true
-end
-for _, user in ipairs(redis.call('ZRANGEBYSCORE', p .. 'cbturns', '-inf', now, 'LIMIT', 0, 100)) do
-  if not users[user] then
-    local queue = p .. 'cb:' .. user
-    local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-    if #head == 0 or tonumber(head[2]) > now then
-      callback_turn(p, user)
-    else
-      local found = redis.call('HMGET', p .. 'job:' .. head[1], 'record', 'status', 'secret', 'cbhost')
-      if not found[1] then
-        redis.call('ZREM', queue, head[1])
-        callback_turn(p, user)
-      elseif not hosts[found[4] or ''] then
-        redis.call('ZADD', queue, now + lease, head[1])
-        callback_turn(p, user)
-        return {found[1], found[2], found[3] or ''}
-      end
-    end
-  end
-end
-return false
-";
+const TAKE_CALLBACK: &str = include_str!("lua/take_callback.lua");
 
 /// ARGV: prefix. Moves up to 500 callbacks from the single queue of earlier versions into the users' own.
 /// Returns how many it moved.
-const MOVE_CALLBACKS: &str = r"
-local p = ARGV[1]
-local entries = redis.call('ZRANGE', p .. 'callbacks', 0, 499, 'WITHSCORES')
-for i = 1, #entries, 2 do
-  local id, due = entries[i], entries[i + 1]
-  local user = redis.call('HGET', p .. 'job:' .. id, 'user')
-  if user then
-    redis.call('ZADD', p .. 'cb:' .. user, due, id)
-    callback_turn(p, user)
-  end
-  redis.call('ZREM', p .. 'callbacks', id)
-end
-return #entries / 2
-";
+const MOVE_CALLBACKS: &str = include_str!("lua/move_callbacks.lua");
 
 /// ARGV: prefix, user, status or '', limit, after (a job id) or '', most entries to look at. The user's newest
 /// jobs after `after`: {next, record, status, ...}, where `next` is '' when nothing may follow, else the id the
 /// next page starts after. Looks at a bounded number of entries, whatever the user keeps.
-const LIST: &str = r"
-local p, user, status, limit, after = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local index = p .. 'user:' .. user
-local start = 0
-if after ~= '' then
-  local rank = redis.call('ZREVRANK', index, after)
-  if not rank then
-    return {''}
-  end
-  start = rank + 1
-end
-local ids = redis.call('ZREVRANGE', index, start, start + tonumber(ARGV[6]) - 1)
-local out = {''}
-local taken, last = 0, ''
-for _, id in ipairs(ids) do
-  local found = redis.call('HMGET', p .. 'job:' .. id, 'record', 'status')
-  if found[1] and (status == '' or found[2] == status) then
-    if taken == limit then
-      out[1] = last
-      return out
-    end
-    table.insert(out, found[1])
-    table.insert(out, found[2])
-    taken = taken + 1
-  end
-  last = id
-end
-if #ids == tonumber(ARGV[6]) then
-  out[1] = last
-end
-return out
-";
+const LIST: &str = include_str!("lua/list.lua");
 
 /// ARGV: prefix, before, max. Removes up to `max` finished jobs that ended before `before`; one whose callback
 /// is still due leaves the index until its callback is settled (which puts it back). Returns how many it
 /// looked at.
-const PURGE: &str = r"
-local p = ARGV[1]
-local ids = redis.call('ZRANGEBYSCORE', p .. 'finished', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do
-  local job = p .. 'job:' .. id
-  local found = redis.call('HMGET', job, 'user', 'status', 'idem', 'rlen')
-  if not (found[1] and redis.call('ZSCORE', p .. 'cb:' .. found[1], id)) then
-    if found[1] then
-      redis.call('ZREM', p .. 'user:' .. found[1], id)
-      if found[3] and found[3] ~= '' then
-        redis.call('DEL', p .. 'idem:' .. found[1] .. ':' .. found[3])
-      end
-      redis.call('HINCRBY', p .. 'counts', found[2], -1)
-      add(p .. 'kept:' .. found[1], 'bytes', -tonumber(found[4] or '0'))
-      redis.call('DEL', job)
-    end
-  end
-  redis.call('ZREM', p .. 'finished', id)
-end
-return #ids
-";
+const PURGE: &str = include_str!("lua/purge.lua");
 
 struct Scripts {
     insert: Script,

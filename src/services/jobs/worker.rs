@@ -29,7 +29,7 @@ impl Jobs {
             match parse_api(&record.api) {
                 Some(api) => self.attempt(record.user, api, request).await,
                 None => Attempt::Fail {
-                    error: job_error("invalid_request", "The job names an API this version does not run."),
+                    error: JobError::new("invalid_request", "The job names an API this version does not run."),
                 },
             }
         };
@@ -78,7 +78,7 @@ impl Jobs {
     async fn attempt(&self, user: UserId, api: Api, body: bytes::Bytes) -> Attempt {
         let request = match parse_request(api, &body) {
             Ok(request) => request,
-            Err(error) => return Attempt::Fail { error: job_error("invalid_request", &error.to_string()) },
+            Err(error) => return Attempt::Fail { error: JobError::new("invalid_request", error.to_string()) },
         };
         match self.gateway.complete(user, api, &request, Retries::None).await {
             Ok(completed) => {
@@ -199,8 +199,4 @@ impl Jobs {
             tracing::warn!(job = %record.id, %error, "cannot record a callback's outcome; it may be sent again");
         }
     }
-}
-
-fn job_error(code: &str, message: &str) -> JobError {
-    JobError { code: code.into(), message: message.into(), provider_status: None, provider_answer: None }
 }

@@ -25,94 +25,27 @@ use crate::domain::user::UserId;
 use crate::shared::redis::{Redis, SharedError, key};
 use crate::sync;
 
-const COMMITTED: &str = r"
-local function committed(holds, unstored, stored, read_at, now)
-  local total = 0
-  local entries = redis.call('HGETALL', holds)
-  for i = 1, #entries, 2 do
-    local amount, expires = string.match(entries[i + 1], '^(%-?%d+)|(%d+)$')
-    if tonumber(expires) > now then
-      total = total + tonumber(amount)
-    else
-      redis.call('HDEL', holds, entries[i])
-    end
-  end
-  for _, amount in ipairs(redis.call('HVALS', unstored)) do
-    total = total + tonumber(amount)
-  end
-  local spans = redis.call('HGETALL', stored)
-  for i = 1, #spans, 2 do
-    if tonumber(string.match(spans[i], '|(%d+)$')) > read_at then
-      total = total + tonumber(spans[i + 1])
-    end
-  end
-  return total
-end
-";
+const COMMITTED: &str = include_str!("lua/committed.lua");
 
 /// KEYS: holds, unstored, stored. ARGV: read_at, now. Returns what is committed (holds, unstored, stored since
 /// the reading), in billionths of a cent.
-const COMMITTED_ONLY: &str = r"
-return string.format('%.0f', committed(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2])))
-";
+const COMMITTED_ONLY: &str = include_str!("lua/committed_only.lua");
 
 /// KEYS: holds, unstored, stored. ARGV: read_at, now, hold id, amount, expires, headroom, ttl. Reserves
 /// `amount` if what is committed does not exceed `headroom` (what the reading leaves after this replica's own
 /// local commitments and the amount). Returns {reserved, committed}.
-const RESERVE: &str = r"
-local c = committed(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]))
-if c > tonumber(ARGV[6]) then
-  return {0, string.format('%.0f', c)}
-end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4] .. '|' .. ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-return {1, string.format('%.0f', c)}
-";
+const RESERVE: &str = include_str!("lua/reserve.lua");
 
 /// KEYS: holds. ARGV: hold id, amount, expires, ttl. Extends a hold that still exists.
-const EXTEND: &str = r"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-return 1
-";
+const EXTEND: &str = include_str!("lua/extend.lua");
 
 /// KEYS: holds, unstored. ARGV: hold id (may be empty), replica, cost. A hold gives way to its call's cost.
-const SETTLE: &str = r"
-if ARGV[1] ~= '' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-if redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3]) == 0 then
-  redis.call('HDEL', KEYS[2], ARGV[2])
-end
-return 1
-";
+const SETTLE: &str = include_str!("lua/settle.lua");
 
 /// KEYS: unstored, stored. ARGV: replica, cost, span start, span end, now, fresh ms, oldest ms. Directus stored
 /// a cost: it leaves this replica's unstored entry and joins the stored spans, which are then pruned and
 /// merged into minutes as in the in-memory book.
-const STORED: &str = r"
-if redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2])) == 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-redis.call('HINCRBY', KEYS[2], ARGV[3] .. '|' .. ARGV[4], ARGV[2])
-local now, fresh, oldest = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local spans = redis.call('HGETALL', KEYS[2])
-for i = 1, #spans, 2 do
-  local s, e = string.match(spans[i], '^(%d+)|(%d+)$')
-  s, e = tonumber(s), tonumber(e)
-  if e < now - oldest then
-    redis.call('HDEL', KEYS[2], spans[i])
-  elseif e - s == 1000 and e <= now - fresh - 1000 then
-    local m = s - (s % 60000)
-    redis.call('HDEL', KEYS[2], spans[i])
-    redis.call('HINCRBY', KEYS[2], string.format('%.0f|%.0f', m, m + 60000), spans[i + 1])
-  end
-end
-redis.call('PEXPIRE', KEYS[2], oldest + 60000)
-return 1
-";
+const STORED: &str = include_str!("lua/stored.lua");
 
 /// Where a hold was taken: Redis, or this replica's memory while Redis was down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
