@@ -5,7 +5,7 @@
 // operation's options (a user id from the Flow's data). The sidecar applies the same routing matrix, limits
 // and accounting as for the user's own calls, and accepts this credential for nothing else.
 
-import { resultCollections } from "./jobs.js";
+import { answerText, resultCollections } from "./results.js";
 
 const TIMEOUT_MS = 120_000;
 
@@ -61,12 +61,6 @@ export async function callSidecar(env, path, user, body, fetchImpl = fetch) {
 		throw new ByokBridgeError(response.status, error.code ?? "error", error.message ?? `HTTP ${response.status}`);
 	}
 	return { status: response.status, headers: response.headers, body: parsed };
-}
-
-/** The text of an answer of either API. */
-export function answerText(api, answer) {
-	if (api === "messages") return (answer?.content ?? []).filter((b) => b?.type === "text").map((b) => b.text).join("");
-	return answer?.choices?.[0]?.message?.content ?? "";
 }
 
 /** Options as Directus stores them: `messages` is JSON text or already parsed; a plain prompt becomes one message. */

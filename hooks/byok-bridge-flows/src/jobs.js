@@ -4,12 +4,11 @@
 // write here), and the answer's text is written into the item the operation named.
 import { createHmac, timingSafeEqual } from "node:crypto";
 
-import { answerText } from "./call.js";
+import { answerText, resultCollections, resultTarget } from "./results.js";
 
 /** Must match the sidecar's derivation (`WebhookSecret::derived`). */
 export const CALLBACK_PURPOSE = "byok-bridge flow job callbacks";
 const TOLERANCE_SECS = 5 * 60;
-const NAME = /^[a-z0-9_]{1,64}$/i;
 
 /** The callback signing key: HMAC-SHA256(Flows credential, purpose). */
 export function callbackKey(token) {
@@ -32,30 +31,6 @@ export function verifyDelivery(key, headers, rawBody, nowSecs) {
 			const candidate = Buffer.from(encoded ?? "", "base64");
 			return version === "v1" && candidate.length === expected.length && timingSafeEqual(candidate, expected);
 		});
-}
-
-/**
- * The collections answers may be written to (`BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS`, comma-separated): the
- * endpoint writes with full rights, so the operator names them; none by default.
- */
-export function resultCollections(env) {
-	return new Set(
-		String(env?.BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS ?? "")
-			.split(",")
-			.map((c) => c.trim())
-			.filter((c) => NAME.test(c) && !c.startsWith("directus_")),
-	);
-}
-
-/** Where the operation asked the answer to go: `{collection, item, field}`, in a collection `allowed` names. */
-export function resultTarget(metadata, allowed) {
-	const target = metadata?.directus_flow;
-	const collection = String(target?.collection ?? "");
-	const field = String(target?.field ?? "");
-	const item = target?.item;
-	if (!allowed.has(collection) || !NAME.test(field)) return null;
-	if (!(typeof item === "number" || (typeof item === "string" && item.trim() !== ""))) return null;
-	return { collection, item, field };
 }
 
 export const jobResultEndpoint = {

@@ -5,8 +5,9 @@ import api from "../src/api.js";
 import * as app from "../src/app.js";
 import { createHmac } from "node:crypto";
 
-import { ByokBridgeError, answerText, callSidecar, llmOperation, requestBody, userFor } from "../src/call.js";
-import { callbackKey, jobResultEndpoint, resultCollections, resultTarget, verifyDelivery } from "../src/jobs.js";
+import { ByokBridgeError, callSidecar, llmOperation, requestBody, userFor } from "../src/call.js";
+import { callbackKey, jobResultEndpoint, verifyDelivery } from "../src/jobs.js";
+import { answerText, resultCollections, resultTarget } from "../src/results.js";
 
 const USER = "6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f";
 const ENV = {
