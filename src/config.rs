@@ -148,6 +148,8 @@ impl fmt::Display for ConfigProblem {
 pub struct ConfigError(pub Vec<ConfigProblem>);
 
 const GEN_HEX_KEY: &str = "Generate one with: openssl rand -hex 32";
+/// What a request body limit may be set to: 64 KiB to 64 MiB.
+const BODY_LIMITS: std::ops::RangeInclusive<u64> = 64 << 10..=64 << 20;
 
 /// Collects problems while reading variables, so parsing continues past the first bad one.
 struct Reader<F> {
@@ -205,6 +207,20 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             _ => Err(format!("must be a whole number of seconds from {} to {}", range.start(), range.end())),
         });
         Duration::from_secs(secs)
+    }
+
+    /// A size in bytes within `range`; `fix` names a good value (the problem names the range).
+    fn bytes(
+        &mut self,
+        var: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+        fix: &'static str,
+    ) -> u64 {
+        self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!("must be a whole number of bytes from {} to {}", range.start(), range.end())),
+        })
     }
 }
 
@@ -333,14 +349,11 @@ fn jobs_config<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConfig {
                 _ => Err("must be a whole number from 1 to 1000000"),
             },
         ),
-        stored_bytes: r.parsed(
+        stored_bytes: r.bytes(
             "JOB_MAX_STORED_BYTES_PER_USER",
             defaults.caps.stored_bytes,
-            "Use a number of bytes from 1048576 to 1099511627776, e.g. 268435456 (256 MiB)",
-            |raw| match raw.parse::<u64>() {
-                Ok(n) if (1 << 20..=1 << 40).contains(&n) => Ok(n),
-                _ => Err("must be a whole number of bytes from 1048576 (1 MiB) to 1099511627776 (1 TiB)"),
-            },
+            1 << 20..=1 << 40,
+            "Use e.g. 268435456 (256 MiB)",
         ),
     };
     let callbacks_per_host = r.parsed(
@@ -527,24 +540,10 @@ impl Settings {
             },
         );
         let circuit_cool_down = r.seconds("CIRCUIT_COOL_DOWN_SECS", 30, 1..=3_600);
-        let max_llm_body_bytes = r.parsed(
-            "MAX_LLM_BODY_BYTES",
-            16 * 1024 * 1024,
-            "Use a number of bytes from 65536 to 67108864, e.g. 16777216 (16 MiB)",
-            |raw| match raw.parse::<usize>() {
-                Ok(n) if (64 * 1024..=64 * 1024 * 1024).contains(&n) => Ok(n),
-                _ => Err("must be a whole number of bytes from 65536 to 67108864"),
-            },
-        );
-        let max_job_body_bytes = r.parsed(
-            "MAX_JOB_BODY_BYTES",
-            4 * 1024 * 1024,
-            "Use a number of bytes from 65536 to 67108864, e.g. 4194304 (4 MiB)",
-            |raw| match raw.parse::<usize>() {
-                Ok(n) if (64 * 1024..=64 * 1024 * 1024).contains(&n) => Ok(n),
-                _ => Err("must be a whole number of bytes from 65536 to 67108864"),
-            },
-        );
+        let max_llm_body_bytes =
+            r.bytes("MAX_LLM_BODY_BYTES", 16 << 20, BODY_LIMITS, "Use e.g. 16777216 (16 MiB)") as usize;
+        let max_job_body_bytes =
+            r.bytes("MAX_JOB_BODY_BYTES", 4 << 20, BODY_LIMITS, "Use e.g. 4194304 (4 MiB)") as usize;
         let body_read_grace = r.seconds("BODY_READ_GRACE_SECS", 10, 1..=300);
         let body_min_bytes_per_sec = r.parsed(
             "BODY_MIN_BYTES_PER_SEC",
@@ -555,15 +554,12 @@ impl Settings {
                 _ => Err("must be a whole number from 1024 to 104857600"),
             },
         );
-        let max_body_bytes_in_flight = r.parsed(
+        let max_body_bytes_in_flight = r.bytes(
             "MAX_BODY_BYTES_IN_FLIGHT",
-            512 * 1024 * 1024,
+            512 << 20,
+            max_llm_body_bytes as u64..=64 << 30,
             "Use a number of bytes at least MAX_LLM_BODY_BYTES, e.g. 536870912 (512 MiB)",
-            |raw| match raw.parse::<usize>() {
-                Ok(n) if n >= max_llm_body_bytes && n <= 64 << 30 => Ok(n),
-                _ => Err("must be a whole number of bytes from MAX_LLM_BODY_BYTES to 68719476736 (64 GiB)"),
-            },
-        );
+        ) as usize;
         let max_requests_in_flight_per_user =
             r.parsed("MAX_REQUESTS_IN_FLIGHT_PER_USER", 64, "Use a whole number of requests, e.g. 64", count);
         let client_write_timeout = r.seconds("CLIENT_WRITE_TIMEOUT_SECS", 60, 1..=3_600);

@@ -1,18 +1,16 @@
 //! Extractors that turn raw requests into parsed, trusted values, or into an `ApiError`.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-
-use axum::extract::ConnectInfo;
 
 use super::error::ApiError;
 use super::guard::{self, Held};

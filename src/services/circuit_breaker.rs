@@ -220,9 +220,7 @@ mod tests {
     fn opens_after_the_threshold_and_fails_fast() {
         let breaker = CircuitBreaker::new(3, COOL_DOWN);
         let t0 = Instant::now();
-        for _ in 0..2 {
-            outage(&breaker, OPENAI, 1, t0);
-        }
+        outage(&breaker, OPENAI, 2, t0);
         assert_eq!(breaker.admit(OPENAI, t0), Ok(Admission::Go), "below the threshold");
         outage(&breaker, OPENAI, 1, t0);
         assert_eq!(breaker.admit(OPENAI, t0 + Duration::from_secs(10)), Err(Duration::from_secs(20)));
@@ -270,9 +268,7 @@ mod tests {
     fn a_failed_probe_reopens_the_circuit_for_a_whole_cool_down() {
         let breaker = CircuitBreaker::new(5, COOL_DOWN);
         let t0 = Instant::now();
-        for _ in 0..5 {
-            outage(&breaker, ANTHROPIC, 1, t0);
-        }
+        outage(&breaker, ANTHROPIC, 5, t0);
         let later = t0 + COOL_DOWN;
         assert_eq!(breaker.admit(ANTHROPIC, later), Ok(Admission::Probe));
         outage(&breaker, ANTHROPIC, 1, later);

@@ -323,7 +323,6 @@ impl Gateway {
                 }
                 Err(CredentialError::Other(error)) => return Err(error),
             };
-            let circuit = credential.circuit(user, provider);
             let charge = |credential: Credential| Charge {
                 // Time-ordered: the outbox's and Directus's unique indexes grow at one end.
                 request_id: Uuid::now_v7(),
@@ -334,7 +333,7 @@ impl Gateway {
                 estimated_prompt_tokens: request.budget.prompt_tokens,
                 hold: credential.into_hold(),
             };
-            match self.send_with_retries(api, &credential, circuit, user, request, retries).await {
+            match self.send_with_retries(api, &credential, user, request, retries).await {
                 Ok(reply) => {
                     let charge = charge(credential);
                     return Ok(Forwarded { source: charge.source, reply, charge, slot, staleness });
@@ -458,13 +457,13 @@ impl Gateway {
         &self,
         api: Api,
         credential: &Credential,
-        circuit: Circuit,
         user: UserId,
         request: &LlmRequest,
         retries: Retries,
     ) -> Result<Reply, CallFailure> {
         let (body, stream) = (&request.body, request.stream);
         let provider = api.provider();
+        let circuit = credential.circuit(user, provider);
         let started = Instant::now();
         let mut last_wait = None;
         let attempts = if retries == Retries::WithinDeadline { MAX_ATTEMPTS } else { 1 };

@@ -139,36 +139,45 @@ impl EmbeddedJobs {
         let json = encode(&record)?;
         let (id, user, key, due) = (record.id, record.user, record.idempotency_key.clone(), record.next_attempt_at);
         let kept = Arc::clone(&self.kept);
-        let found =
-            self.writer
-                .write(move |t| {
-                    if key.is_some() {
-                        let existing = t
-                            .query_row(
-                                "SELECT record, callback_secret FROM jobs WHERE user_id = ?1 AND idempotency_key = ?2",
-                                params![user.to_string(), key],
-                                |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
-                            )
-                            .optional()?;
-                        if let Some(existing) = existing {
-                            return Ok(Ok(Some(existing)));
-                        }
+        let found = self
+            .writer
+            .write(move |t| {
+                if key.is_some() {
+                    let existing = t
+                        .query_row(
+                            "SELECT record, callback_secret FROM jobs \
+                             WHERE user_id = ?1 AND idempotency_key = ?2",
+                            params![user.to_string(), key],
+                            |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
+                        )
+                        .optional()?;
+                    if let Some(existing) = existing {
+                        return Ok(Ok(Some(existing)));
                     }
-                    let adding = request.len() as u64;
-                    let mut kept = sync::lock(&kept);
-                    let now = kept.get(&user).copied().unwrap_or_default();
-                    if let Err(cap) = caps.admit(now.waiting, now.bytes, adding) {
-                        return Ok(Err(cap));
-                    }
-                    t.prepare_cached(
+                }
+                let adding = request.len() as u64;
+                let mut kept = sync::lock(&kept);
+                let now = kept.get(&user).copied().unwrap_or_default();
+                if let Err(cap) = caps.admit(now.waiting, now.bytes, adding) {
+                    return Ok(Err(cap));
+                }
+                t.prepare_cached(
                     "INSERT INTO jobs (id, user_id, status, idempotency_key, record, request, callback_secret, due) \
                      VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![id.to_string(), user.to_string(), key, json, request.as_ref(), secret, due])?;
-                    kept.insert(user, Kept { waiting: now.waiting + 1, bytes: now.bytes + adding });
-                    Ok(Ok(None))
-                })
-                .await?;
+                .execute(params![
+                    id.to_string(),
+                    user.to_string(),
+                    key,
+                    json,
+                    request.as_ref(),
+                    secret,
+                    due
+                ])?;
+                kept.insert(user, Kept { waiting: now.waiting + 1, bytes: now.bytes + adding });
+                Ok(Ok(None))
+            })
+            .await?;
         match found.map_err(JobsError::Full)? {
             Some((json, secret)) => {
                 Ok(Inserted::Existing(self.overlay(decode(&json)?), secret.map(SecretString::from)))

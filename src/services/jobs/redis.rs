@@ -50,8 +50,8 @@ const GROUP: &str = "workers";
 const FOLLOWUPS: &str = include_str!("lua/followups.lua");
 
 /// ARGV: prefix, id, user, idempotency key or '', record, request, secret or '', now, most jobs waiting, most
-/// bytes kept, the callback's host or ''. Returns {1} for a new job, {0, record, status, secret} for the job the idempotency key made
-/// before, or {2, 'waiting' | 'bytes'} when the user's cap would be passed.
+/// bytes kept, the callback's host or ''. Returns {1} for a new job, {0, record, status, secret} for the job the
+/// idempotency key made before, or {2, 'waiting' | 'bytes'} when the user's cap would be passed.
 const INSERT: &str = include_str!("lua/insert.lua");
 
 /// ARGV: prefix, now, cap, lease ms, consumer. Takes the earliest due job of a user under the cap (users by their
