@@ -66,20 +66,38 @@ instance_env="$(scripts/directus-up.sh --dir "${work}/directus" --port "${direct
 	--bridge-url "http://127.0.0.1:${sidecar_port}" | tail -n 1)"
 get() { sed -n "s/^$1=//p" "${instance_env}" | head -n 1; }
 
+# A sidecar on 127.0.0.1:$1 with its data in $2, logging to $3, from binary $4, against this Directus and the fake
+# OpenAI; further VAR=value arguments add to or override its environment. Returns once it is ready (its pid in
+# sidecar_pid) and ends the run if it does not start.
+start_sidecar() {
+	local port="$1" data="$2" log="$3" bin="$4"
+	shift 4
+	env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
+		DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
+		WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=warn DATA_DIR="${data}" \
+		OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
+		RATE_LIMIT_FREE_PER_MIN=10000000 USER_CACHE_TTL_SECS=300 "$@" "${bin}" >>"${log}" 2>&1 &
+	sidecar_pid="$!"
+	pids+=("${sidecar_pid}")
+	for _ in $(seq 1 600); do
+		curl -fsS "http://127.0.0.1:${port}/readyz" >/dev/null 2>&1 && return
+		sleep 0.05
+	done
+	tail -n 20 "${log}" >&2
+	echo "the sidecar on 127.0.0.1:${port} did not start" >&2
+	exit 1
+}
+# One call as the free user, so its profile is cached before a measurement.
+cache_caller() {
+	curl -fsS -o /dev/null "http://127.0.0.1:$1/v1/chat/completions" -H "Authorization: Bearer ${free_token}" \
+		-H 'content-type: application/json' -d '{"model":"gpt-4o-mini","max_tokens":16,"messages":[]}'
+}
+
 step "sidecar (release) on 127.0.0.1:${sidecar_port}"
-env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
-	DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
-	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=info DATA_DIR="${work}/sidecar-data" \
-	OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
-	RATE_LIMIT_FREE_PER_MIN=10000000 RATE_LIMIT_PREMIUM_PER_MIN=10000000 USER_CACHE_TTL_SECS=300 \
-	ENCRYPTION_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
-	target/release/byok-bridge >"${work}/sidecar.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 200); do
-	curl -fsS "http://127.0.0.1:${sidecar_port}/readyz" >/dev/null 2>&1 && break
-	sleep 0.05
-done
-curl -fsS "http://127.0.0.1:${sidecar_port}/readyz" >/dev/null
+start_sidecar "${sidecar_port}" "${work}/sidecar-data" "${work}/sidecar.log" target/release/byok-bridge \
+	RUST_LOG=info RATE_LIMIT_PREMIUM_PER_MIN=10000000 \
+	ENCRYPTION_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+main_pid="${sidecar_pid}"
 
 if want 1; then
 	step "1. flag propagation (200 flips)"
@@ -147,7 +165,7 @@ step "2b. ceiling: axum hello-world, same wrk settings"
 BENCH_TOKEN="${token}" wrk -t2 -c"${connections}" -d"${seconds}s" --latency -s "${work}/route.lua" \
 	"http://127.0.0.1:${hello_port}/" | summarize
 
-rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
+rss_kb="$(ps -o rss= -p "${main_pid}" | tr -d ' ')"
 step "sidecar RSS after the run: $((rss_kb / 1024)) MiB"
 fi
 
@@ -212,8 +230,7 @@ credit_free_user
 # Warm the caller cache, then take Directus away for the measurement: on this 2-core machine Directus ingesting
 # every usage record would compete with the sidecar for the CPU, which a deployment does not share. Records wait
 # in the outbox (as in an outage) and are delivered when Directus is back.
-curl -fsS -o /dev/null "http://127.0.0.1:${sidecar_port}/v1/chat/completions" -H "Authorization: Bearer ${free_token}" \
-	-H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[]}'
+cache_caller "${sidecar_port}"
 scripts/directus-down.sh "${work}/directus" >/dev/null
 for mode in false true; do
 	# One connection measures the added latency of a single call; 32 saturate both cores (throughput, queueing).
@@ -237,13 +254,13 @@ done
 step "4c. ceiling: a bare axum + reqwest proxy, non-streaming, ${connections} connections"
 BENCH_TOKEN="${token}" wrk -t1 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
 	"http://127.0.0.1:${proxy_port}/v1/chat/completions" | summarize
-rss_kb="$(ps -o rss= -p "${pids[0]}" | tr -d ' ')"
+rss_kb="$(ps -o rss= -p "${main_pid}" | tr -d ' ')"
 step "sidecar RSS after the gateway runs: $((rss_kb / 1024)) MiB; usage records waiting: $(waiting "127.0.0.1:${sidecar_port}")"
 
 step "5. delivery into Directus on SQLite: the backlog of section 4, Directus started again"
 scripts/directus-up.sh --dir "${work}/directus" --start-only >/dev/null
 drain "127.0.0.1:${sidecar_port}"
-kill "${pids[0]}" 2>/dev/null || true
+kill "${main_pid}" 2>/dev/null || true
 scripts/directus-down.sh "${work}/directus" >/dev/null
 fi
 
@@ -283,21 +300,9 @@ credit_free_user
 jobs_port="$(free_port)"
 # One user's jobs, so the per-user cap is raised to the worker count; caller and flags cached for the run.
 start_jobs_sidecar() {
-	env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${jobs_port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
-		DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
-		WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=warn DATA_DIR="${work}/jobs-data" \
-		OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
-		RATE_LIMIT_FREE_PER_MIN=10000000 USER_CACHE_TTL_SECS=300 FLAG_CACHE_TTL_SECS=3600 \
-		RATE_LIMIT_JOB_SUBMITS_PER_MIN=10000000 JOB_WORKERS="$1" JOB_PER_USER_CONCURRENCY=64 target/release/byok-bridge >>"${work}/jobs-sidecar.log" 2>&1 &
-	jobs_pid="$!"
-	pids+=("${jobs_pid}")
-	for _ in $(seq 1 600); do
-		curl -fsS "http://127.0.0.1:${jobs_port}/readyz" >/dev/null 2>&1 && return
-		sleep 0.05
-	done
-	tail -n 20 "${work}/jobs-sidecar.log" >&2
-	echo "the jobs sidecar did not start" >&2
-	exit 1
+	start_sidecar "${jobs_port}" "${work}/jobs-data" "${work}/jobs-sidecar.log" target/release/byok-bridge \
+		FLAG_CACHE_TTL_SECS=3600 RATE_LIMIT_JOB_SUBMITS_PER_MIN=10000000 JOB_WORKERS="$1" JOB_PER_USER_CONCURRENCY=64
+	jobs_pid="${sidecar_pid}"
 }
 succeeded() {
 	curl -fsS "http://127.0.0.1:${jobs_port}/metrics" |
@@ -342,22 +347,10 @@ credit_free_user
 limits_port="$(free_port)"
 # A sidecar (binary $1) for this section, on its own data directory: its pid in limits_pid.
 start_limits_sidecar() {
-	local bin="$1" data="${work}/limits-data-${RANDOM}"
-	env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${limits_port}" DIRECTUS_URL="$(get DIRECTUS_URL)" \
-		DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
-		WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" RUST_LOG=warn DATA_DIR="${data}" \
-		OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1" INTERNAL_OPENAI_API_KEY=sk-bench-internal-key-0000000000 \
-		RATE_LIMIT_FREE_PER_MIN=10000000 USER_CACHE_TTL_SECS=300 FLAG_CACHE_TTL_SECS=3600 JOB_WORKERS=0 \
-		MAX_JOB_BODY_BYTES=16777216 "${bin}" >>"${work}/limits-sidecar.log" 2>&1 &
-	limits_pid="$!"
-	pids+=("${limits_pid}")
-	for _ in $(seq 1 600); do
-		curl -fsS "http://127.0.0.1:${limits_port}/readyz" >/dev/null 2>&1 && break
-		sleep 0.05
-	done
-	# The caller cached before any measurement.
-	curl -fsS -o /dev/null "http://127.0.0.1:${limits_port}/v1/chat/completions" -H "Authorization: Bearer ${free_token}" \
-		-H 'content-type: application/json' -d '{"model":"gpt-4o-mini","max_tokens":16,"messages":[]}'
+	start_sidecar "${limits_port}" "${work}/limits-data-${RANDOM}" "${work}/limits-sidecar.log" "$1" \
+		FLAG_CACHE_TTL_SECS=3600 JOB_WORKERS=0 MAX_JOB_BODY_BYTES=16777216
+	limits_pid="${sidecar_pid}"
+	cache_caller "${limits_port}"
 }
 memory_kib() { awk -v field="$2:" '$1 == field { print $2 }' "/proc/$1/status"; }
 
