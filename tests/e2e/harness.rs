@@ -269,17 +269,26 @@ impl Sidecar {
 
     /// Polls `/readyz` until it reports `status` (bounded: 30 s).
     pub async fn wait_for_readyz(&self, status: &str) {
+        self.wait_for_readiness(&format!("status {status}"), |body| body["status"] == status).await;
+    }
+
+    /// Polls `/readyz` until it says the sidecar serves `part` (flags, callers, ...) from its last known copy.
+    pub async fn wait_for_stale(&self, part: &str) {
+        self.wait_for_readiness(&format!("stale {part}"), |body| body["stale"][part] == true).await;
+    }
+
+    async fn wait_for_readiness(&self, what: &str, done: impl Fn(&Value) -> bool) {
         let http = client();
         for _ in 0..600 {
             if let Ok(response) = http.get(self.url("/readyz")).send().await {
                 let body: Value = response.json().await.unwrap_or_default();
-                if body["status"] == status {
+                if done(&body) {
                     return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("sidecar /readyz never reported {status}");
+        panic!("sidecar /readyz never reported {what} within 30 s");
     }
 
     pub async fn route(&self, http: &reqwest::Client, token: &str, provider: &str) -> (u16, Value) {

@@ -8,10 +8,32 @@ use crate::fakes::{GOOD_KEY, fake_providers};
 use crate::gateway::gateway_sidecar;
 use crate::harness::{Instance, Sidecar, serial};
 
-fn script(args: &[&str]) {
+fn script(args: &[&str]) -> bool {
     let root = env!("CARGO_MANIFEST_DIR");
-    let status = Command::new("bash").args(args).current_dir(root).status().unwrap();
-    assert!(status.success(), "{args:?} failed");
+    Command::new("bash").args(args).current_dir(root).status().is_ok_and(|status| status.success())
+}
+
+/// Directus stopped for a test and started again when this goes: at `end`, or while a failed test unwinds, so
+/// one failure does not leave every later test without Directus.
+struct DirectusOutage<'a> {
+    dir: &'a str,
+}
+
+impl<'a> DirectusOutage<'a> {
+    fn begin(instance: &'a Instance) -> Self {
+        assert!(script(&["scripts/directus-down.sh", &instance.dir]), "scripts/directus-down.sh failed");
+        DirectusOutage { dir: &instance.dir }
+    }
+
+    fn end(self) {}
+}
+
+impl Drop for DirectusOutage<'_> {
+    fn drop(&mut self) {
+        let started = script(&["scripts/directus-up.sh", "--dir", self.dir, "--start-only"]);
+        // A second panic while unwinding would abort the whole test binary.
+        assert!(started || std::thread::panicking(), "scripts/directus-up.sh failed");
+    }
 }
 
 /// Directus goes away: the last known flags keep routing, `/readyz` says degraded; Directus returns: ready.
@@ -26,13 +48,14 @@ async fn directus_outage_serves_stale_flags_and_recovers() {
     let (status, _) = sidecar.route(&http, &premium, "openai").await;
     assert_eq!(status, 200);
 
-    script(&["scripts/directus-down.sh", &instance.dir]);
-    sidecar.wait_for_readyz("degraded").await;
+    let outage = DirectusOutage::begin(&instance);
+    // Flags age out after a second; waiting on them, not on "degraded", which a stale caller also gives.
+    sidecar.wait_for_stale("flags").await;
     let (status, body) = sidecar.route(&http, &premium, "openai").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["flags_stale"], true);
 
-    script(&["scripts/directus-up.sh", "--dir", &instance.dir, "--start-only"]);
+    outage.end();
     sidecar.wait_for_readyz("ready").await;
     let (_, body): (u16, Value) = sidecar.route(&http, &premium, "openai").await;
     assert_eq!(body["flags_stale"], false);
@@ -65,7 +88,7 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
     // Those ten are stored before Directus goes, so the twenty of the outage are all that can wait.
     let query = [("filter[model][_eq]", model.as_str()), ("filter[transaction_type][_eq]", "deduction")];
     instance.wait_for_rows(&http, "/items/credit_transactions", &query, 10).await;
-    script(&["scripts/directus-down.sh", &instance.dir]);
+    let outage = DirectusOutage::begin(&instance);
     for i in 10..30 {
         let response = call(&sidecar).await.unwrap();
         assert_eq!(response.status(), 200, "call {i} while Directus is down");
@@ -74,7 +97,7 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
     wait_for_waiting_records(&http, &sidecar, |n| n >= 20).await;
     sidecar.stop().await;
 
-    script(&["scripts/directus-up.sh", "--dir", &instance.dir, "--start-only"]);
+    outage.end();
     let sidecar = gateway_sidecar(&instance, &providers, &extra).await;
     for _ in 30..40 {
         assert_eq!(call(&sidecar).await.unwrap().status(), 200);
@@ -148,7 +171,7 @@ async fn a_directus_outage_does_not_stop_ai_for_known_callers_nor_let_them_overs
         assert_eq!(response.unwrap().status(), 200);
     }
 
-    script(&["scripts/directus-down.sh", &instance.dir]);
+    let outage = DirectusOutage::begin(&instance);
     let (response, _) = served_on_last_known_profile(&http, &sidecar, &premium, &within).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-byok-source"], "byok", "the last known key");
@@ -166,7 +189,7 @@ async fn a_directus_outage_does_not_stop_ai_for_known_callers_nor_let_them_overs
     let ready: Value = http.get(sidecar.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!((ready["status"].as_str(), ready["stale"]["callers"].as_bool()), (Some("degraded"), Some(true)));
 
-    script(&["scripts/directus-up.sh", "--dir", &instance.dir, "--start-only"]);
+    outage.end();
     sidecar.wait_for_readyz("ready").await;
     let query = [("filter[user][_eq]", free_id.as_str()), ("filter[transaction_type][_eq]", "deduction")];
     let served = 2 + served_before;
