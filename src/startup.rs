@@ -18,7 +18,7 @@ use tokio_io_timeout::TimeoutStream;
 use tower::ServiceExt as _;
 
 use crate::accounting;
-use crate::config::Settings;
+use crate::config::{Delivery, Settings};
 use crate::http::{self, state::AppState};
 use crate::services::flag_store::Pushed;
 use crate::services::jobs::JobsError;
@@ -56,7 +56,7 @@ pub struct Application {
     state: AppState,
     reverify_interval: Duration,
     flag_poll_interval: Option<Duration>,
-    delivery: accounting::Delivery,
+    delivery: Delivery,
     client_write_timeout: Duration,
 }
 

@@ -17,29 +17,12 @@ pub use outbox::{Outbox, OutboxWriter, Waiting};
 
 use time::OffsetDateTime;
 
+use crate::config::Delivery;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::metrics;
 use crate::store::StoreError;
 
-/// How records go to Directus (`USAGE_BATCH_SIZE`, `USAGE_DELIVERY_CONCURRENCY`). Directus 12.4.0 stores a
-/// batch's records one by one in its single Node.js process: batches of 500 reach 90-95% of its ceiling, and a
-/// second batch in flight adds about half on PostgreSQL and nothing on SQLite, whose one connection
-/// serializes them (`scripts/measure-directus-ingest.mjs`; figures in the README).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivery {
-    /// Records per request (and per outbox page). A record is at most about 700 bytes of JSON (model names
-    /// are at most 200 characters), so 1,000 stay under Directus's 1 MiB `MAX_PAYLOAD_SIZE`.
-    pub batch: usize,
-    /// Requests in flight at once.
-    pub concurrency: usize,
-}
-
-impl Default for Delivery {
-    fn default() -> Delivery {
-        Delivery { batch: 500, concurrency: 1 }
-    }
-}
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Directus is asked again at least this often while it is down, so records flow within seconds of its return.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

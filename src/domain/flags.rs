@@ -1,4 +1,4 @@
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::tier::SubscriptionTier;
 
@@ -33,6 +33,41 @@ impl Default for FlagSet {
             byok_only_mode: false,
             byok_min_tier: SubscriptionTier::BYOK_FLOOR,
         }
+    }
+}
+
+/// The flags as the Directus hook read them right after a change, sent in its signed webhook and passed on to
+/// the other replicas, so a change takes effect everywhere without reading Directus back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedFlags {
+    /// Directus's clock, in ms, taken before the rows were read: they are at least this new.
+    pub read_at: i64,
+    pub rows: Vec<PushedRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushedRow {
+    pub key: String,
+    pub is_enabled: bool,
+    pub min_tier: Option<String>,
+}
+
+impl PushedFlags {
+    /// A hook sends a handful of short rows; anything else is not ours to apply (the store reloads instead).
+    pub fn is_plausible(&self) -> bool {
+        self.rows.len() <= 64
+            && self.rows.iter().all(|r| r.key.len() <= 64 && r.min_tier.as_ref().is_none_or(|t| t.len() <= 32))
+    }
+
+    pub fn records(&self) -> Vec<FlagRecord> {
+        self.rows
+            .iter()
+            .map(|r| FlagRecord {
+                key: r.key.clone(),
+                is_enabled: r.is_enabled,
+                min_tier: r.min_tier.as_deref().and_then(|t| t.parse().ok()),
+            })
+            .collect()
     }
 }
 

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::directus::{DirectusClient, DirectusError};
-use crate::domain::flags::{FlagRecord, FlagSet};
+use crate::domain::flags::{FlagSet, PushedFlags};
 use crate::{metrics, sync};
 
 /// After a failed load, stale flags are served for this long before Directus is asked again, so an outage
@@ -27,41 +27,6 @@ pub struct FlagSnapshot {
 impl FlagSnapshot {
     pub fn loaded_at_rfc3339(&self) -> String {
         self.loaded_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-    }
-}
-
-/// The flags as the Directus hook read them right after a change, sent in its signed webhook and passed on to
-/// the other replicas, so a change takes effect everywhere without reading Directus back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PushedFlags {
-    /// Directus's clock, in ms, taken before the rows were read: they are at least this new.
-    pub read_at: i64,
-    pub rows: Vec<PushedRow>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PushedRow {
-    pub key: String,
-    pub is_enabled: bool,
-    pub min_tier: Option<String>,
-}
-
-impl PushedFlags {
-    /// A hook sends a handful of short rows; anything else is not ours to apply (the store reloads instead).
-    pub fn is_plausible(&self) -> bool {
-        self.rows.len() <= 64
-            && self.rows.iter().all(|r| r.key.len() <= 64 && r.min_tier.as_ref().is_none_or(|t| t.len() <= 32))
-    }
-
-    fn records(&self) -> Vec<FlagRecord> {
-        self.rows
-            .iter()
-            .map(|r| FlagRecord {
-                key: r.key.clone(),
-                is_enabled: r.is_enabled,
-                min_tier: r.min_tier.as_deref().and_then(|t| t.parse().ok()),
-            })
-            .collect()
     }
 }
 
@@ -261,6 +226,7 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
+    use crate::domain::flags::PushedRow;
 
     fn store() -> FlagStore {
         // Nothing here reaches Directus: pushed flags are applied without it.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::redis::{Redis, key};
+use crate::domain::flags::PushedFlags;
 use crate::domain::user::UserId;
-use crate::services::flag_store::PushedFlags;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(bus.parse(&format!("{} flags", bus.origin)), None, "already applied");
         let pushed = PushedFlags {
             read_at: 1_700_000_000_123,
-            rows: vec![crate::services::flag_store::PushedRow {
+            rows: vec![crate::domain::flags::PushedRow {
                 key: "byok_only_mode".into(),
                 is_enabled: true,
                 min_tier: None,

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::webhook_signature::{Delivery, TOLERANCE_SECS};
+use crate::domain::flags::PushedFlags;
 use crate::domain::sign_in::Account;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::RawBody;
 use crate::http::state::AppState;
 use crate::metrics;
-use crate::services::flag_store::{Pushed, PushedFlags};
+use crate::services::flag_store::Pushed;
 use crate::shared::bus::Event;
 
 /// The parts of the hook's payload we act on; the signature covers the whole body.

@@ -522,9 +522,9 @@ impl EmbeddedJobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::JobsConfig;
     use crate::domain::jobs::{Attempt, JobError, RetryPolicy};
     use crate::domain::llm::Api;
-    use crate::services::jobs::JobsConfig;
     use crate::store::tests::TempDir;
 
     fn failure() -> Attempt {

@@ -40,6 +40,7 @@ use super::callers::ContextError;
 use super::gateway::{Gateway, GatewayError};
 use super::in_flight::{InFlight, Permit};
 use crate::clock::Clock;
+use crate::config::{JobsConfig, UserCaps};
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobError, JobRecord, JobStatus, RetryPolicy, millis};
@@ -77,14 +78,6 @@ pub enum JobCap {
     Waiting(u64),
     #[error("the user's jobs hold {0} bytes of requests, the most allowed")]
     StoredBytes(u64),
-}
-
-/// What one user may keep in the queue (`JOB_MAX_WAITING_PER_USER`, `JOB_MAX_STORED_BYTES_PER_USER`): jobs
-/// not finished, and bytes of requests of every job kept (until removed after `JOB_RETENTION_HOURS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserCaps {
-    pub waiting: u64,
-    pub stored_bytes: u64,
 }
 
 impl UserCaps {
@@ -164,47 +157,6 @@ pub struct DueCallback {
 pub(crate) enum JobStore {
     Embedded(Box<EmbeddedJobs>),
     Redis(Arc<RedisJobs>),
-}
-
-/// How jobs run (`JOB_*` settings).
-#[derive(Debug, Clone)]
-pub struct JobsConfig {
-    /// Jobs running at once in this replica.
-    pub workers: usize,
-    /// Jobs of one user running at once (in this replica; across all replicas with Redis).
-    pub per_user_cap: usize,
-    pub retry: RetryPolicy,
-    /// Finished jobs are removed this long after they finish.
-    pub retention: Duration,
-    /// Signs callbacks of jobs submitted without a per-job secret. Without it, each job gets its own secret,
-    /// returned once when the job is submitted.
-    pub callback_secret: Option<WebhookSecret>,
-    /// Lets callbacks reach loopback and private addresses (development, or an app on the same network).
-    pub allow_internal_callbacks: bool,
-    pub callback_timeout: Duration,
-    pub caps: UserCaps,
-    /// Callbacks sent at once by this replica, of one user's jobs, and to one host.
-    pub callbacks_at_once: usize,
-    pub callbacks_per_user: usize,
-    pub callbacks_per_host: usize,
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        JobsConfig {
-            workers: 32,
-            per_user_cap: 4,
-            retry: RetryPolicy::default(),
-            retention: Duration::from_secs(7 * 86_400),
-            callback_secret: None,
-            allow_internal_callbacks: false,
-            callback_timeout: Duration::from_secs(10),
-            caps: UserCaps { waiting: 1_000, stored_bytes: 256 * 1024 * 1024 },
-            callbacks_at_once: 64,
-            callbacks_per_user: 4,
-            callbacks_per_host: 8,
-        }
-    }
 }
 
 /// A job as submitted, already parsed.

@@ -28,8 +28,9 @@ use secrecy::SecretString;
 use tokio::sync::{Mutex, Notify, mpsc};
 use uuid::Uuid;
 
-use super::{CallbackGate, Claimed, DueCallback, Inserted, JobCap, JobsError, Page, UserCaps, armed, encode};
+use super::{CallbackGate, Claimed, DueCallback, Inserted, JobCap, JobsError, Page, armed, encode};
 use crate::clock::Clock;
+use crate::config::UserCaps;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus, millis};
 use crate::domain::user::UserId;

@@ -1,7 +1,12 @@
 //! Typed configuration, parsed and validated once at startup. Every error names the variable and the fix,
 //! and never echoes a value (most of these are secrets).
 
-use std::fmt;
+mod delivery;
+mod jobs;
+mod keys;
+mod limits;
+mod reader;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,17 +15,20 @@ use std::time::Duration;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::accounting::Delivery;
+pub use self::delivery::Delivery;
+pub use self::jobs::{JobsConfig, UserCaps};
+pub use self::limits::TierLimits;
+use self::reader::Reader;
+pub use self::reader::{ConfigError, ConfigProblem};
 use crate::clock::Clock;
-use crate::crypto::encryption_key::EncryptionKey;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::client_address::TrustedProxies;
-use crate::domain::jobs::RetryPolicy;
 use crate::domain::pricing::PriceTable;
 use crate::domain::sign_in::SignInPolicy;
-use crate::services::jobs::{JobsConfig, UserCaps};
-use crate::services::rate_limit::TierLimits;
+
+/// What a request body limit may be set to: 64 KiB to 64 MiB.
+const BODY_LIMITS: std::ops::RangeInclusive<u64> = 64 << 10..=64 << 20;
 
 #[derive(Debug)]
 pub struct Settings {
@@ -128,127 +136,6 @@ pub enum LogFormat {
     Text,
 }
 
-/// One misconfigured variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub var: &'static str,
-    pub problem: String,
-    pub fix: &'static str,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}. {}", self.var, self.problem, self.fix)
-    }
-}
-
-/// Every problem found, so an operator fixes them all in one go instead of one restart per variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-pub struct ConfigError(pub Vec<ConfigProblem>);
-
-const GEN_HEX_KEY: &str = "Generate one with: openssl rand -hex 32";
-/// What a request body limit may be set to: 64 KiB to 64 MiB.
-const BODY_LIMITS: std::ops::RangeInclusive<u64> = 64 << 10..=64 << 20;
-
-/// Collects problems while reading variables, so parsing continues past the first bad one.
-struct Reader<F> {
-    lookup: F,
-    problems: Vec<ConfigProblem>,
-}
-
-impl<F: Fn(&str) -> Option<String>> Reader<F> {
-    /// A set, non-blank value; blank counts as unset.
-    fn get(&self, var: &str) -> Option<String> {
-        (self.lookup)(var).filter(|v| !v.trim().is_empty())
-    }
-
-    fn problem(&mut self, var: &'static str, problem: impl Into<String>, fix: &'static str) {
-        self.problems.push(ConfigProblem { var, problem: problem.into(), fix });
-    }
-
-    fn required(&mut self, var: &'static str, fix: &'static str) -> Option<String> {
-        let value = self.get(var);
-        if value.is_none() {
-            self.problem(var, "is not set", fix);
-        }
-        value
-    }
-
-    fn parsed<T, E: fmt::Display>(
-        &mut self,
-        var: &'static str,
-        default: T,
-        fix: &'static str,
-        parse: impl FnOnce(&str) -> Result<T, E>,
-    ) -> T {
-        match self.get(var) {
-            None => default,
-            Some(raw) => parse(raw.trim()).unwrap_or_else(|e| {
-                self.problem(var, e.to_string(), fix);
-                default
-            }),
-        }
-    }
-
-    /// An http(s) URL with a default; only the operator sets these, never a request (no SSRF).
-    fn url(&mut self, var: &'static str, default: &str) -> Url {
-        let fallback = Url::parse(default).expect("defaults are valid URLs");
-        self.parsed(var, fallback, "Use an http(s) URL, e.g. the provider's API base", |raw| match Url::parse(raw) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
-            _ => Err("is not an http(s) URL"),
-        })
-    }
-
-    fn seconds(&mut self, var: &'static str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
-        let fix = "Use a whole number of seconds, e.g. 300";
-        let secs = self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(format!("must be a whole number of seconds from {} to {}", range.start(), range.end())),
-        });
-        Duration::from_secs(secs)
-    }
-
-    /// A size in bytes within `range`; `fix` names a good value (the problem names the range).
-    fn bytes(
-        &mut self,
-        var: &'static str,
-        default: u64,
-        range: std::ops::RangeInclusive<u64>,
-        fix: &'static str,
-    ) -> u64 {
-        self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(format!("must be a whole number of bytes from {} to {}", range.start(), range.end())),
-        })
-    }
-}
-
-/// `ENCRYPTION_KEY` (seals and opens) plus `ENCRYPTION_KEYS_PREVIOUS` (comma-separated, open only).
-fn keyring<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Option<Arc<Keyring>> {
-    let current = r.parsed("ENCRYPTION_KEY", None, GEN_HEX_KEY, |raw| EncryptionKey::parse_hex(raw).map(Some));
-    let mut previous = Vec::new();
-    if let Some(list) = r.get("ENCRYPTION_KEYS_PREVIOUS") {
-        for (i, entry) in list.split(',').map(str::trim).enumerate() {
-            match EncryptionKey::parse_hex(entry) {
-                Ok(key) => previous.push(key),
-                Err(e) => r.problem("ENCRYPTION_KEYS_PREVIOUS", format!("entry {} {e}", i + 1), GEN_HEX_KEY),
-            }
-        }
-    }
-    match current {
-        Some(current) => Keyring::new(current, previous)
-            .map(Arc::new)
-            .map_err(|e| r.problem("ENCRYPTION_KEYS_PREVIOUS", e.to_string(), "List each old key once"))
-            .ok(),
-        None if !previous.is_empty() => {
-            r.problem("ENCRYPTION_KEY", "is not set but ENCRYPTION_KEYS_PREVIOUS is", GEN_HEX_KEY);
-            None
-        }
-        None => None,
-    }
-}
-
 /// Origins as a browser writes them (`https://app.example.com`, no path, no trailing slash): they go into the
 /// account page's Content-Security-Policy and its token hand-over check, so nothing else may pass.
 fn embed_origins(raw: &str) -> Result<Vec<String>, String> {
@@ -285,94 +172,6 @@ fn price_table<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Arc<PriceTab
             r.problem("PRICE_TABLE_FILE", problem, fix);
             Arc::new(PriceTable::builtin())
         }
-    }
-}
-
-fn jobs_config<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConfig {
-    let defaults = JobsConfig::default();
-    let whole = |range: std::ops::RangeInclusive<usize>| {
-        move |raw: &str| match raw.parse::<usize>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err("is not a whole number in the allowed range"),
-        }
-    };
-    let workers =
-        r.parsed("JOB_WORKERS", defaults.workers, "Use a number of workers from 0 to 1024, e.g. 32", whole(0..=1024));
-    let per_user_cap = r.parsed(
-        "JOB_PER_USER_CONCURRENCY",
-        defaults.per_user_cap,
-        "Use a number from 1 to 1024, below JOB_WORKERS so one user cannot hold every worker, e.g. 4",
-        whole(1..=1024),
-    );
-    let hours = |h: u64| Duration::from_secs(h * 3600);
-    let give_up_after = hours(r.parsed("JOB_RETRY_HOURS", 24, "Use a number of hours from 1 to 720, e.g. 24", |raw| {
-        match raw.parse::<u64>() {
-            Ok(n) if (1..=720).contains(&n) => Ok(n),
-            _ => Err("must be a whole number of hours from 1 to 720"),
-        }
-    }));
-    let retention =
-        hours(r.parsed("JOB_RETENTION_HOURS", 168, "Use a number of hours from 1 to 8760, e.g. 168", |raw| {
-            match raw.parse::<u64>() {
-                Ok(n) if (1..=8760).contains(&n) => Ok(n),
-                _ => Err("must be a whole number of hours from 1 to 8760"),
-            }
-        }));
-    let callback_secret = r.get("JOB_CALLBACK_SECRET").and_then(|raw| {
-        WebhookSecret::parse(raw.trim())
-            .map_err(|e| {
-                r.problem(
-                    "JOB_CALLBACK_SECRET",
-                    e.to_string(),
-                    "Generate one with: echo whsec_$(openssl rand -base64 32)",
-                )
-            })
-            .ok()
-    });
-    let allow_internal_callbacks = r.parsed(
-        "JOB_CALLBACKS_ALLOW_PRIVATE",
-        false,
-        "Use true only when the app that receives callbacks is on a private network or this machine",
-        |raw| match raw {
-            "true" | "1" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err("must be true or false"),
-        },
-    );
-    let caps = UserCaps {
-        waiting: r.parsed(
-            "JOB_MAX_WAITING_PER_USER",
-            defaults.caps.waiting,
-            "Use a number of jobs from 1 to 1000000, e.g. 1000",
-            |raw| match raw.parse::<u64>() {
-                Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-                _ => Err("must be a whole number from 1 to 1000000"),
-            },
-        ),
-        stored_bytes: r.bytes(
-            "JOB_MAX_STORED_BYTES_PER_USER",
-            defaults.caps.stored_bytes,
-            1 << 20..=1 << 40,
-            "Use e.g. 268435456 (256 MiB)",
-        ),
-    };
-    let callbacks_per_host = r.parsed(
-        "JOB_CALLBACKS_PER_HOST",
-        defaults.callbacks_per_host,
-        "Use a number from 1 to 1024, e.g. 8",
-        whole(1..=1024),
-    );
-    JobsConfig {
-        workers,
-        per_user_cap,
-        retry: RetryPolicy { give_up_after, ..defaults.retry },
-        retention,
-        callback_secret,
-        allow_internal_callbacks,
-        callback_timeout: defaults.callback_timeout,
-        caps,
-        callbacks_per_host,
-        ..defaults
     }
 }
 
@@ -476,7 +275,7 @@ impl Settings {
         let stale_caller_max_age = r.seconds("STALE_CALLER_MAX_AGE_SECS", 900, 0..=86_400);
         let session_check_ttl = r.seconds("SESSION_CHECK_TTL_SECS", 30, 1..=3_600);
         let directus_timeout = r.seconds("DIRECTUS_TIMEOUT_SECS", 5, 1..=120);
-        let keyring = keyring(&mut r);
+        let keyring = keys::keyring(&mut r);
         let openai_base_url = r.url("OPENAI_BASE_URL", "https://api.openai.com/v1");
         let anthropic_base_url = r.url("ANTHROPIC_BASE_URL", "https://api.anthropic.com");
         let provider_timeout = r.seconds("PROVIDER_TIMEOUT_SECS", 30, 1..=600);
@@ -585,7 +384,7 @@ impl Settings {
             embed_origins,
         );
 
-        let jobs = jobs_config(&mut r);
+        let jobs = jobs::read(&mut r);
         let sign_in = SignInPolicy {
             failures_per_account: r.parsed(
                 "LOGIN_FAILURES_PER_ACCOUNT",

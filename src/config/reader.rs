@@ -1,0 +1,103 @@
+//! Reading variables: every problem is collected with the variable's name and its fix, never its value.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::Url;
+
+/// One misconfigured variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub var: &'static str,
+    pub problem: String,
+    pub fix: &'static str,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}. {}", self.var, self.problem, self.fix)
+    }
+}
+
+/// Every problem found, so an operator fixes them all in one go instead of one restart per variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+/// Collects problems while reading variables, so parsing continues past the first bad one.
+pub(super) struct Reader<F> {
+    pub(super) lookup: F,
+    pub(super) problems: Vec<ConfigProblem>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// A set, non-blank value; blank counts as unset.
+    pub(super) fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    pub(super) fn problem(&mut self, var: &'static str, problem: impl Into<String>, fix: &'static str) {
+        self.problems.push(ConfigProblem { var, problem: problem.into(), fix });
+    }
+
+    pub(super) fn required(&mut self, var: &'static str, fix: &'static str) -> Option<String> {
+        let value = self.get(var);
+        if value.is_none() {
+            self.problem(var, "is not set", fix);
+        }
+        value
+    }
+
+    pub(super) fn parsed<T, E: fmt::Display>(
+        &mut self,
+        var: &'static str,
+        default: T,
+        fix: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> T {
+        match self.get(var) {
+            None => default,
+            Some(raw) => parse(raw.trim()).unwrap_or_else(|e| {
+                self.problem(var, e.to_string(), fix);
+                default
+            }),
+        }
+    }
+
+    /// An http(s) URL with a default; only the operator sets these, never a request (no SSRF).
+    pub(super) fn url(&mut self, var: &'static str, default: &str) -> Url {
+        let fallback = Url::parse(default).expect("defaults are valid URLs");
+        self.parsed(var, fallback, "Use an http(s) URL, e.g. the provider's API base", |raw| match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+            _ => Err("is not an http(s) URL"),
+        })
+    }
+
+    pub(super) fn seconds(
+        &mut self,
+        var: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Duration {
+        let fix = "Use a whole number of seconds, e.g. 300";
+        let secs = self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!("must be a whole number of seconds from {} to {}", range.start(), range.end())),
+        });
+        Duration::from_secs(secs)
+    }
+
+    /// A size in bytes within `range`; `fix` names a good value (the problem names the range).
+    pub(super) fn bytes(
+        &mut self,
+        var: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+        fix: &'static str,
+    ) -> u64 {
+        self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!("must be a whole number of bytes from {} to {}", range.start(), range.end())),
+        })
+    }
+}
