@@ -1,5 +1,7 @@
 //! How usage records go to Directus.
 
+use super::reader::Reader;
+
 /// How records go to Directus (`USAGE_BATCH_SIZE`, `USAGE_DELIVERY_CONCURRENCY`). Directus 12.4.0 stores a
 /// batch's records one by one in its single Node.js process: batches of 500 reach 90-95% of its ceiling, and a
 /// second batch in flight adds about half on PostgreSQL and nothing on SQLite, whose one connection
@@ -16,5 +18,25 @@ pub struct Delivery {
 impl Default for Delivery {
     fn default() -> Delivery {
         Delivery { batch: 500, concurrency: 1 }
+    }
+}
+
+pub(super) fn read<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Delivery {
+    let defaults = Delivery::default();
+    Delivery {
+        batch: r.whole(
+            "USAGE_BATCH_SIZE",
+            defaults.batch,
+            1..=1_000,
+            "records",
+            "Use e.g. 500 (250 keeps a SQLite Directus more responsive)",
+        ),
+        concurrency: r.whole(
+            "USAGE_DELIVERY_CONCURRENCY",
+            defaults.concurrency,
+            1..=8,
+            "requests",
+            "Use 1 for a Directus on SQLite, 2 on PostgreSQL (more adds only latency)",
+        ),
     }
 }

@@ -57,34 +57,17 @@ impl Default for JobsConfig {
 
 pub(super) fn read<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConfig {
     let defaults = JobsConfig::default();
-    let whole = |range: std::ops::RangeInclusive<usize>| {
-        move |raw: &str| match raw.parse::<usize>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err("is not a whole number in the allowed range"),
-        }
-    };
-    let workers =
-        r.parsed("JOB_WORKERS", defaults.workers, "Use a number of workers from 0 to 1024, e.g. 32", whole(0..=1024));
-    let per_user_cap = r.parsed(
+    let workers = r.whole("JOB_WORKERS", defaults.workers, 0..=1024, "", "Use a number of workers, e.g. 32");
+    let per_user_cap = r.whole(
         "JOB_PER_USER_CONCURRENCY",
         defaults.per_user_cap,
-        "Use a number from 1 to 1024, below JOB_WORKERS so one user cannot hold every worker, e.g. 4",
-        whole(1..=1024),
+        1..=1024,
+        "",
+        "Use a number below JOB_WORKERS so one user cannot hold every worker, e.g. 4",
     );
     let hours = |h: u64| Duration::from_secs(h * 3600);
-    let give_up_after = hours(r.parsed("JOB_RETRY_HOURS", 24, "Use a number of hours from 1 to 720, e.g. 24", |raw| {
-        match raw.parse::<u64>() {
-            Ok(n) if (1..=720).contains(&n) => Ok(n),
-            _ => Err("must be a whole number of hours from 1 to 720"),
-        }
-    }));
-    let retention =
-        hours(r.parsed("JOB_RETENTION_HOURS", 168, "Use a number of hours from 1 to 8760, e.g. 168", |raw| {
-            match raw.parse::<u64>() {
-                Ok(n) if (1..=8760).contains(&n) => Ok(n),
-                _ => Err("must be a whole number of hours from 1 to 8760"),
-            }
-        }));
+    let give_up_after = hours(r.whole("JOB_RETRY_HOURS", 24, 1..=720, "hours", "Use e.g. 24"));
+    let retention = hours(r.whole("JOB_RETENTION_HOURS", 168, 1..=8760, "hours", "Use e.g. 168 (a week)"));
     let callback_secret = r.get("JOB_CALLBACK_SECRET").and_then(|raw| {
         WebhookSecret::parse(raw.trim())
             .map_err(|e| {
@@ -107,15 +90,7 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConf
         },
     );
     let caps = UserCaps {
-        waiting: r.parsed(
-            "JOB_MAX_WAITING_PER_USER",
-            defaults.caps.waiting,
-            "Use a number of jobs from 1 to 1000000, e.g. 1000",
-            |raw| match raw.parse::<u64>() {
-                Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-                _ => Err("must be a whole number from 1 to 1000000"),
-            },
-        ),
+        waiting: r.whole("JOB_MAX_WAITING_PER_USER", defaults.caps.waiting, 1..=1_000_000, "jobs", "Use e.g. 1000"),
         stored_bytes: r.bytes(
             "JOB_MAX_STORED_BYTES_PER_USER",
             defaults.caps.stored_bytes,
@@ -123,12 +98,8 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConf
             "Use e.g. 268435456 (256 MiB)",
         ),
     };
-    let callbacks_per_host = r.parsed(
-        "JOB_CALLBACKS_PER_HOST",
-        defaults.callbacks_per_host,
-        "Use a number from 1 to 1024, e.g. 8",
-        whole(1..=1024),
-    );
+    let callbacks_per_host =
+        r.whole("JOB_CALLBACKS_PER_HOST", defaults.callbacks_per_host, 1..=1024, "callbacks", "Use e.g. 8");
     JobsConfig {
         workers,
         per_user_cap,

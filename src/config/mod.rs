@@ -286,73 +286,31 @@ impl Settings {
         let data_dir = PathBuf::from(r.get("DATA_DIR").unwrap_or_else(|| "data".into()));
         let legacy_spool_dir = r.get("SPOOL_DIR").map_or_else(|| data_dir.join("spool"), PathBuf::from);
         let price_table = price_table(&mut r);
-        let delivery = Delivery {
-            batch: r.parsed(
-                "USAGE_BATCH_SIZE",
-                500,
-                "Use a number of records from 1 to 1000, e.g. 500 (250 keeps a SQLite Directus more responsive)",
-                |raw| match raw.parse::<usize>() {
-                    Ok(n) if (1..=1_000).contains(&n) => Ok(n),
-                    _ => Err("must be a whole number from 1 to 1000"),
-                },
-            ),
-            concurrency: r.parsed(
-                "USAGE_DELIVERY_CONCURRENCY",
-                1,
-                "Use 1 for a Directus on SQLite, 2 on PostgreSQL (more adds only latency)",
-                |raw| match raw.parse::<usize>() {
-                    Ok(n) if (1..=8).contains(&n) => Ok(n),
-                    _ => Err("must be a whole number from 1 to 8"),
-                },
-            ),
-        };
-        let per_minute = "Use a whole number of requests per minute, e.g. 20";
-        let count = |raw: &str| match raw.parse::<u32>() {
-            Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
-            _ => Err("must be a whole number from 1 to 10000000"),
-        };
-        let rate_limits = TierLimits {
-            free_per_minute: r.parsed("RATE_LIMIT_FREE_PER_MIN", 20, per_minute, count),
-            premium_per_minute: r.parsed("RATE_LIMIT_PREMIUM_PER_MIN", 120, per_minute, count),
-            own_keys_premium_per_minute: r.parsed("RATE_LIMIT_BYOK_PREMIUM_PER_MIN", 600, per_minute, count),
-            own_keys_lifetime_per_minute: r.parsed("RATE_LIMIT_BYOK_LIFETIME_PER_MIN", 600, per_minute, count),
-        };
-        let max_upstream_calls_per_user = r.parsed(
+        let delivery = delivery::read(&mut r);
+        let rate_limits = limits::read(&mut r);
+        let max_upstream_calls_per_user = r.whole(
             "MAX_UPSTREAM_CALLS_PER_USER",
             32,
-            "Use a whole number of calls, below MAX_UPSTREAM_CALLS, e.g. 32",
-            count,
+            limits::COUNTS,
+            "calls",
+            "Use a number below MAX_UPSTREAM_CALLS, e.g. 32",
         );
-        let key_checks_per_minute = r.parsed("RATE_LIMIT_KEY_CHECKS_PER_MIN", 10, per_minute, count);
-        let usage_reads_per_minute = r.parsed("RATE_LIMIT_USAGE_READS_PER_MIN", 60, per_minute, count);
-        let job_submits_per_minute = r.parsed("RATE_LIMIT_JOB_SUBMITS_PER_MIN", 6_000, per_minute, count);
+        let key_checks_per_minute = limits::per_minute(&mut r, "RATE_LIMIT_KEY_CHECKS_PER_MIN", 10);
+        let usage_reads_per_minute = limits::per_minute(&mut r, "RATE_LIMIT_USAGE_READS_PER_MIN", 60);
+        let job_submits_per_minute = limits::per_minute(&mut r, "RATE_LIMIT_JOB_SUBMITS_PER_MIN", 6_000);
         let upstream_deadline = r.seconds("UPSTREAM_DEADLINE_SECS", 30, 1..=600);
-        let max_upstream_calls = r.parsed("MAX_UPSTREAM_CALLS", 512, "Use a whole number, e.g. 512", count) as usize;
+        let max_upstream_calls = r.whole("MAX_UPSTREAM_CALLS", 512, limits::COUNTS, "calls", "Use e.g. 512") as usize;
         let upstream_slot_wait = r.seconds("UPSTREAM_SLOT_WAIT_SECS", 10, 1..=600);
-        let circuit_failure_threshold = r.parsed(
-            "CIRCUIT_FAILURE_THRESHOLD",
-            5,
-            "Use a whole number of failures in a row, e.g. 5",
-            |raw| match raw.parse::<u32>() {
-                Ok(n) if (1..=1_000).contains(&n) => Ok(n),
-                _ => Err("must be a whole number from 1 to 1000"),
-            },
-        );
+        let circuit_failure_threshold =
+            r.whole("CIRCUIT_FAILURE_THRESHOLD", 5, 1..=1_000, "failures in a row", "Use e.g. 5");
         let circuit_cool_down = r.seconds("CIRCUIT_COOL_DOWN_SECS", 30, 1..=3_600);
         let max_llm_body_bytes =
             r.bytes("MAX_LLM_BODY_BYTES", 16 << 20, BODY_LIMITS, "Use e.g. 16777216 (16 MiB)") as usize;
         let max_job_body_bytes =
             r.bytes("MAX_JOB_BODY_BYTES", 4 << 20, BODY_LIMITS, "Use e.g. 4194304 (4 MiB)") as usize;
         let body_read_grace = r.seconds("BODY_READ_GRACE_SECS", 10, 1..=300);
-        let body_min_bytes_per_sec = r.parsed(
-            "BODY_MIN_BYTES_PER_SEC",
-            32 * 1024,
-            "Use a number of bytes per second from 1024 to 104857600, e.g. 32768",
-            |raw| match raw.parse::<u64>() {
-                Ok(n) if (1024..=100 * 1024 * 1024).contains(&n) => Ok(n),
-                _ => Err("must be a whole number from 1024 to 104857600"),
-            },
-        );
+        let body_min_bytes_per_sec =
+            r.whole("BODY_MIN_BYTES_PER_SEC", 32 * 1024, 1024..=100 << 20, "bytes per second", "Use e.g. 32768");
         let max_body_bytes_in_flight = r.bytes(
             "MAX_BODY_BYTES_IN_FLIGHT",
             512 << 20,
@@ -360,7 +318,7 @@ impl Settings {
             "Use a number of bytes at least MAX_LLM_BODY_BYTES, e.g. 536870912 (512 MiB)",
         ) as usize;
         let max_requests_in_flight_per_user =
-            r.parsed("MAX_REQUESTS_IN_FLIGHT_PER_USER", 64, "Use a whole number of requests, e.g. 64", count);
+            r.whole("MAX_REQUESTS_IN_FLIGHT_PER_USER", 64, limits::COUNTS, "requests", "Use e.g. 64");
         let client_write_timeout = r.seconds("CLIENT_WRITE_TIMEOUT_SECS", 60, 1..=3_600);
         let log_format = r.parsed("LOG_FORMAT", LogFormat::Json, "Use json or text", |raw| match raw {
             "json" => Ok(LogFormat::Json),
@@ -386,16 +344,14 @@ impl Settings {
 
         let jobs = jobs::read(&mut r);
         let sign_in = SignInPolicy {
-            failures_per_account: r.parsed(
+            failures_per_account: r.whole(
                 "LOGIN_FAILURES_PER_ACCOUNT",
                 10,
+                1..=1_000,
+                "",
                 "Use a number below Directus's auth_login_attempts (25 by default), e.g. 10",
-                |raw| match raw.parse::<u32>() {
-                    Ok(n) if (1..=1_000).contains(&n) => Ok(n),
-                    _ => Err("must be a whole number from 1 to 1000"),
-                },
             ),
-            attempts_per_address_per_minute: r.parsed("LOGIN_ATTEMPTS_PER_ADDRESS_PER_MIN", 10, per_minute, count),
+            attempts_per_address_per_minute: limits::per_minute(&mut r, "LOGIN_ATTEMPTS_PER_ADDRESS_PER_MIN", 10),
         };
         let trusted_proxies = r.parsed(
             "TRUSTED_PROXIES",

@@ -1,6 +1,8 @@
 //! Reading variables: every problem is collected with the variable's name and its fix, never its value.
 
 use std::fmt;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -73,31 +75,37 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         })
     }
 
-    pub(super) fn seconds(
+    /// A whole number within `range` (of `unit`, when it has one: "seconds", "bytes"); the problem names the
+    /// range, `fix` a good value.
+    pub(super) fn whole<T>(
         &mut self,
         var: &'static str,
-        default: u64,
-        range: std::ops::RangeInclusive<u64>,
-    ) -> Duration {
-        let fix = "Use a whole number of seconds, e.g. 300";
-        let secs = self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
+        default: T,
+        range: RangeInclusive<T>,
+        unit: &str,
+        fix: &'static str,
+    ) -> T
+    where
+        T: FromStr + PartialOrd + fmt::Display,
+    {
+        let what = if unit.is_empty() { "a whole number".to_owned() } else { format!("a whole number of {unit}") };
+        self.parsed(var, default, fix, |raw| match raw.parse::<T>() {
             Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(format!("must be a whole number of seconds from {} to {}", range.start(), range.end())),
-        });
-        Duration::from_secs(secs)
+            _ => Err(format!("must be {what} from {} to {}", range.start(), range.end())),
+        })
     }
 
-    /// A size in bytes within `range`; `fix` names a good value (the problem names the range).
+    pub(super) fn seconds(&mut self, var: &'static str, default: u64, range: RangeInclusive<u64>) -> Duration {
+        Duration::from_secs(self.whole(var, default, range, "seconds", "Use a whole number of seconds, e.g. 300"))
+    }
+
     pub(super) fn bytes(
         &mut self,
         var: &'static str,
         default: u64,
-        range: std::ops::RangeInclusive<u64>,
+        range: RangeInclusive<u64>,
         fix: &'static str,
     ) -> u64 {
-        self.parsed(var, default, fix, |raw| match raw.parse::<u64>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(format!("must be a whole number of bytes from {} to {}", range.start(), range.end())),
-        })
+        self.whole(var, default, range, "bytes", fix)
     }
 }
