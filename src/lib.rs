@@ -15,6 +15,7 @@
 //!   [`metrics`]: every Prometheus metric, named once.
 
 pub mod accounting;
+pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;

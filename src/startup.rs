@@ -72,7 +72,7 @@ impl Application {
         };
         crate::metrics::handle();
         let redis = settings.redis_url.as_ref().map(Redis::new).transpose()?.map(Arc::new);
-        let state = AppState::new(&settings, redis).map_err(|error| match error {
+        let state = crate::app::build(&settings, redis).map_err(|error| match error {
             JobsError::Store(error) => StartupError::Store(error),
             other => StartupError::Jobs(other),
         })?;

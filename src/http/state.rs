@@ -1,45 +1,41 @@
+//! What handlers share: the services [`crate::app`] builds once, behind one `Arc`.
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use axum::extract::FromRef;
 
-use crate::accounting::{Outbox, OutboxWriter};
+use crate::accounting::Outbox;
 use crate::auth::AccessTokenVerifier;
-use crate::config::Settings;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
 use crate::domain::client_address::TrustedProxies;
-use crate::domain::jobs::CallbackUrl;
 use crate::domain::user::UserId;
 use crate::http::guard::Guard;
-use crate::providers::ProviderClient;
+use crate::http::routes::pages::AccountPage;
 use crate::services::callers::CallerDirectory;
-use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_store::FlagStore;
-use crate::services::gateway::{Gateway, InternalKeys};
+use crate::services::gateway::Gateway;
 use crate::services::in_flight::InFlight;
-use crate::services::jobs::{FlowCallbacks, Jobs, JobsError};
+use crate::services::jobs::Jobs;
 use crate::services::key_vault::KeyVault;
-use crate::services::meter::Meter;
-use crate::services::notifier::Notifier;
 use crate::services::rate_limit::RateLimiter;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
 use crate::shared::Shared;
 use crate::shared::bus::Bus;
-use crate::shared::redis::Redis;
-use crate::store::Store;
-
-/// Derives the secret of Flow jobs' callbacks from `FLOWS_TOKEN`; the Flows bundle uses the same words.
-const FLOW_CALLBACK_PURPOSE: &str = "byok-bridge flow job callbacks";
 
 /// Shared by every handler; axum clones it for every request, so it is one `Arc` (one reference count to
 /// touch) around [`Services`].
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
 
 impl std::ops::Deref for AppState {
     type Target = Services;
@@ -90,136 +86,11 @@ pub struct Services {
     /// Sign-in attempts, throttled per account and client address.
     pub sign_in: Arc<SignInGuard>,
     pub trusted_proxies: TrustedProxies,
-    pub account_page: AccountPage,
+    pub account_page: Arc<AccountPage>,
 }
 
-/// The account page as served: the HTML with the embedding origins filled in, and its policy.
-pub struct AccountPage {
-    pub html: String,
-    pub csp: String,
-}
-
-/// Where jobs a Flow queues report back (the Flows bundle's endpoint in Directus), signed with a secret both ends
-/// derive from `FLOWS_TOKEN`.
-fn flow_callbacks(settings: &Settings) -> Option<FlowCallbacks> {
-    let token = settings.flows_token.as_ref()?;
-    let base = settings.directus_url.as_str().trim_end_matches('/');
-    let url = CallbackUrl::parse(&format!("{base}/byok-bridge-flows/job-result"), true).ok()?;
-    let secret = WebhookSecret::derived(token.expose_secret(), FLOW_CALLBACK_PURPOSE);
-    Some(FlowCallbacks { url, secret: WebhookSecret::parse(secret.expose_secret()).ok()? })
-}
-
-impl AppState {
-    /// Opens the store in `DATA_DIR` (locking it for this process) and everything built on it; with `redis`,
-    /// state replicas must agree on is kept there.
-    pub fn new(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<Self, JobsError> {
-        let directus = DirectusClient::new(
-            settings.directus_url.clone(),
-            settings.directus_token.clone(),
-            settings.directus_timeout,
-        );
-        let providers = ProviderClient::new(
-            settings.openai_base_url.clone(),
-            settings.anthropic_base_url.clone(),
-            settings.provider_timeout,
-            settings.provider_generation_timeout,
-        );
-        let flags = Arc::new(FlagStore::new(directus.clone(), settings.flag_cache_ttl));
-        let callers =
-            Arc::new(CallerDirectory::new(directus.clone(), settings.user_cache_ttl, settings.stale_caller_max_age));
-        let vault = Arc::new(KeyVault::new(settings.keyring.clone(), directus.clone(), providers.clone()));
-        let store = Arc::new(Store::open(&settings.data_dir.join("byok-bridge.db"))?);
-        // Stored costs are kept as long as any ledger reading in use can predate them.
-        let (fresh_reading, oldest_reading) =
-            (settings.user_cache_ttl, settings.user_cache_ttl + settings.stale_caller_max_age);
-        let reservations = match &redis {
-            Some(redis) => Reservations::shared(Arc::clone(redis), store.replica_id()?, fresh_reading, oldest_reading),
-            None => Reservations::in_memory(fresh_reading, oldest_reading),
-        };
-        let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
-        let shared = Arc::new(Shared::new(redis.clone()));
-        let bus = Arc::new(Bus::new(redis.clone()));
-        let gateway = Arc::new(Gateway {
-            flags: Arc::clone(&flags),
-            callers: Arc::clone(&callers),
-            vault: Arc::clone(&vault),
-            providers,
-            internal_keys: InternalKeys {
-                openai: settings.internal_openai_key.clone(),
-                anthropic: settings.internal_anthropic_key.clone(),
-            },
-            meter: Arc::new(Meter::new(OutboxWriter::start(Arc::clone(&outbox))?, Arc::clone(&settings.price_table))),
-            reservations: Arc::clone(&reservations),
-            notifier: Notifier::new(directus.clone(), Arc::clone(&shared), settings.public_url.as_ref()),
-            bus: Arc::clone(&bus),
-            breaker: CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down),
-            limiter: RateLimiter::new("tier", redis.clone()),
-            own_key_limiter: RateLimiter::new("own_keys", redis.clone()),
-            tier_limits: settings.rate_limits,
-            upstream_slots: Arc::new(Semaphore::new(settings.max_upstream_calls)),
-            user_calls: InFlight::new(settings.max_upstream_calls_per_user),
-            slot_wait: settings.upstream_slot_wait,
-            vault_configured: settings.keyring.is_some(),
-            deadline: settings.upstream_deadline,
-        });
-        let sign_in = Arc::new(SignInGuard::open(Arc::clone(&store), redis.clone(), settings.sign_in)?);
-        let jobs = Jobs::new(
-            store,
-            redis.clone(),
-            Arc::clone(&gateway),
-            settings.clock.clone(),
-            settings.jobs.clone(),
-            crate::http::error::job_error,
-            flow_callbacks(settings),
-        )?;
-        Ok(AppState(Arc::new(Services {
-            flags,
-            callers,
-            vault,
-            gateway,
-            jobs: Arc::new(jobs),
-            reservations,
-            sessions: Arc::new(Sessions::new(
-                directus.clone(),
-                settings.session_check_ttl,
-                settings.stale_caller_max_age,
-            )),
-            directus,
-            outbox,
-            tokens: Arc::new(AccessTokenVerifier::new(&settings.directus_secret)),
-            webhook_secret: Arc::new(settings.webhook_secret.clone()),
-            operator_token_digest: settings
-                .operator_token
-                .as_ref()
-                .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
-            flows_token_digest: settings
-                .flows_token
-                .as_ref()
-                .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
-            vault_configured: settings.keyring.is_some(),
-            flag_cache_ttl: settings.flag_cache_ttl,
-            bus,
-            shared,
-            key_checks: Arc::new(RateLimiter::new("key_checks", redis.clone())),
-            key_checks_per_minute: settings.key_checks_per_minute,
-            usage_reads: Arc::new(RateLimiter::new("usage_reads", redis.clone())),
-            job_submits: Arc::new(RateLimiter::new("job_submits", redis)),
-            job_submits_per_minute: settings.job_submits_per_minute,
-            usage_reads_per_minute: settings.usage_reads_per_minute,
-            max_llm_body_bytes: settings.max_llm_body_bytes,
-            max_job_body_bytes: settings.max_job_body_bytes,
-            guard: Guard {
-                grace: settings.body_read_grace,
-                min_bytes_per_sec: settings.body_min_bytes_per_sec,
-                body_budget: Arc::new(Semaphore::new(settings.max_body_bytes_in_flight)),
-            },
-            user_requests: InFlight::new(settings.max_requests_in_flight_per_user),
-            sign_in,
-            trusted_proxies: settings.trusted_proxies.clone(),
-            account_page: AccountPage {
-                html: crate::http::routes::pages::index_html(&settings.account_embed_origins),
-                csp: crate::http::routes::pages::content_security_policy(&settings.account_embed_origins),
-            },
-        })))
+impl FromRef<AppState> for Arc<AccountPage> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.account_page)
     }
 }

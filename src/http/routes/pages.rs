@@ -8,17 +8,30 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::http::state::AppState;
+use std::sync::Arc;
 
-pub const INDEX_HTML: &str = include_str!("../../../web/account/index.html");
+const INDEX_HTML: &str = include_str!("../../../web/account/index.html");
 const SCRIPT: &str = include_str!("../../../web/account/account.js");
 const STYLE: &str = include_str!("../../../web/account/account.css");
 
 /// The tag the page reads its allowed embedding origins from; filled in once at startup.
 const ORIGINS_META: &str = r#"<meta name="byok-allowed-origins" content="">"#;
 
+/// The account page as served: the HTML with the embedding origins filled in, and its policy; built once.
+pub struct AccountPage {
+    html: String,
+    csp: String,
+}
+
+impl AccountPage {
+    /// `embed_origins` may frame the page and hand it a token (already validated as origins).
+    pub fn new(embed_origins: &[String]) -> Self {
+        AccountPage { html: index_html(embed_origins), csp: content_security_policy(embed_origins) }
+    }
+}
+
 /// The page with the origins allowed to embed it and hand it a token (already validated as origins).
-pub fn index_html(embed_origins: &[String]) -> String {
+fn index_html(embed_origins: &[String]) -> String {
     INDEX_HTML.replacen(
         ORIGINS_META,
         &format!(r#"<meta name="byok-allowed-origins" content="{}">"#, embed_origins.join(" ")),
@@ -27,7 +40,7 @@ pub fn index_html(embed_origins: &[String]) -> String {
 }
 
 /// The Content-Security-Policy of the page.
-pub fn content_security_policy(embed_origins: &[String]) -> String {
+fn content_security_policy(embed_origins: &[String]) -> String {
     let mut ancestors = String::from("'self'");
     for origin in embed_origins {
         ancestors.push(' ');
@@ -39,11 +52,11 @@ pub fn content_security_policy(embed_origins: &[String]) -> String {
     )
 }
 
-fn page(state: &AppState, content_type: &'static str, body: String) -> Response {
+fn page(page: &AccountPage, content_type: &'static str, body: String) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(csp) = HeaderValue::from_str(&state.account_page.csp) {
+    if let Ok(csp) = HeaderValue::from_str(&page.csp) {
         headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -54,20 +67,20 @@ fn page(state: &AppState, content_type: &'static str, body: String) -> Response 
 
 /// The account page: keys, usage and cost, notifications, provider status.
 #[utoipa::path(get, path = "/account", tag = "pages", operation_id = "account_page", responses((status = 200, content_type = "text/html", body = String)))]
-pub async fn account(State(state): State<AppState>) -> Response {
-    page(&state, "text/html; charset=utf-8", state.account_page.html.clone())
+pub async fn account(State(account): State<Arc<AccountPage>>) -> Response {
+    page(&account, "text/html; charset=utf-8", account.html.clone())
 }
 
 #[utoipa::path(get, path = "/account/account.js", tag = "pages", operation_id = "account_page_script",
     responses((status = 200, content_type = "text/javascript", body = String)))]
-pub async fn script(State(state): State<AppState>) -> Response {
-    page(&state, "text/javascript; charset=utf-8", SCRIPT.to_owned())
+pub async fn script(State(account): State<Arc<AccountPage>>) -> Response {
+    page(&account, "text/javascript; charset=utf-8", SCRIPT.to_owned())
 }
 
 #[utoipa::path(get, path = "/account/account.css", tag = "pages", operation_id = "account_page_style",
     responses((status = 200, content_type = "text/css", body = String)))]
-pub async fn style(State(state): State<AppState>) -> Response {
-    page(&state, "text/css; charset=utf-8", STYLE.to_owned())
+pub async fn style(State(account): State<Arc<AccountPage>>) -> Response {
+    page(&account, "text/css; charset=utf-8", STYLE.to_owned())
 }
 
 #[cfg(test)]
