@@ -19,9 +19,9 @@ use crate::providers::ProviderClient;
 use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_store::FlagStore;
-use crate::services::gateway::{Gateway, InternalKeys};
+use crate::services::gateway::{CallLimits, Gateway, InternalKeys, KeyEvents, Upstream};
 use crate::services::in_flight::InFlight;
-use crate::services::jobs::{FlowCallbacks, Jobs, JobsError};
+use crate::services::jobs::{FlowCallbacks, JobServices, Jobs, JobsError};
 use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
 use crate::services::notifier::Notifier;
@@ -29,6 +29,7 @@ use crate::services::rate_limit::RateLimiter;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
+use crate::services::standing::Standings;
 use crate::shared::Shared;
 use crate::shared::bus::Bus;
 use crate::shared::redis::Redis;
@@ -63,34 +64,41 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
     let shared = Arc::new(Shared::new(redis.clone()));
     let bus = Arc::new(Bus::new(redis.clone()));
-    let gateway = Arc::new(Gateway {
-        flags: Arc::clone(&flags),
-        callers: Arc::clone(&callers),
-        vault: Arc::clone(&vault),
-        providers,
-        internal_keys: InternalKeys {
-            openai: settings.internal_openai_key.clone(),
-            anthropic: settings.internal_anthropic_key.clone(),
-        },
-        meter: Arc::new(Meter::new(OutboxWriter::start(Arc::clone(&outbox))?, Arc::clone(&settings.price_table))),
-        reservations: Arc::clone(&reservations),
-        notifier: Notifier::new(directus.clone(), Arc::clone(&shared), settings.public_url.as_ref()),
-        bus: Arc::clone(&bus),
-        breaker: CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down),
-        limiter: RateLimiter::new("tier", redis.clone()),
-        own_key_limiter: RateLimiter::new("own_keys", redis.clone()),
-        tier_limits: settings.rate_limits,
-        upstream_slots: Arc::new(Semaphore::new(settings.max_upstream_calls)),
-        user_calls: InFlight::new(settings.max_upstream_calls_per_user),
-        slot_wait: settings.upstream_slot_wait,
-        vault_configured: settings.keyring.is_some(),
-        deadline: settings.upstream_deadline,
-    });
+    let standings = Arc::new(Standings::new(
+        Arc::clone(&flags),
+        Arc::clone(&callers),
+        Arc::clone(&reservations),
+        settings.keyring.is_some(),
+    ));
+    let notifier = Arc::new(Notifier::new(directus.clone(), Arc::clone(&shared), settings.public_url.as_ref()));
+    let key_events =
+        Arc::new(KeyEvents::new(Arc::clone(&vault), Arc::clone(&notifier), Arc::clone(&callers), Arc::clone(&bus)));
+    let internal_keys = InternalKeys {
+        openai: settings.internal_openai_key.clone(),
+        anthropic: settings.internal_anthropic_key.clone(),
+    };
+    let breaker = CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down);
+    let limits = CallLimits::new(
+        settings.rate_limits,
+        redis.clone(),
+        settings.max_upstream_calls,
+        settings.max_upstream_calls_per_user,
+        settings.upstream_slot_wait,
+    );
+    let gateway = Arc::new(Gateway::new(
+        Arc::clone(&standings),
+        Arc::clone(&reservations),
+        Arc::clone(&vault),
+        Arc::new(Meter::new(OutboxWriter::start(Arc::clone(&outbox))?, Arc::clone(&settings.price_table))),
+        Upstream::new(providers, internal_keys, breaker, settings.upstream_deadline),
+        limits,
+        Arc::clone(&key_events),
+    ));
     let sign_in = Arc::new(SignInGuard::open(Arc::clone(&store), redis.clone(), settings.sign_in)?);
     let jobs = Jobs::new(
         store,
         redis.clone(),
-        Arc::clone(&gateway),
+        JobServices { gateway: Arc::clone(&gateway), callers: Arc::clone(&callers), notifier },
         settings.clock.clone(),
         settings.jobs.clone(),
         crate::http::error::job_error,
@@ -99,6 +107,8 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     Ok(AppState::new(Services {
         flags,
         callers,
+        standings,
+        key_events,
         vault,
         gateway,
         jobs: Arc::new(jobs),

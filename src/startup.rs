@@ -178,7 +178,7 @@ impl Application {
             tracing::warn!("in-flight requests did not finish within the grace period");
         }
         // Usage recorded by the last requests reaches the disk before the process exits.
-        self.state.gateway.meter.flush().await;
+        self.state.gateway.flush().await;
         Ok(())
     }
 }

@@ -13,11 +13,12 @@ use crate::domain::provider::UnknownProvider;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::domain::sign_in::SignInRefusal;
 use crate::http::guard::BodyRefused;
-use crate::services::callers::{CallerError, ContextError};
+use crate::services::callers::CallerError;
 use crate::services::flag_store::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
 use crate::services::jobs::{JobCap, JobsError};
 use crate::services::key_vault::VaultError;
+use crate::services::standing::ContextError;
 
 /// When a client may look again at an account locked here: it opens once the user signs in elsewhere.
 const SIGN_IN_LOCKED_RETRY: std::time::Duration = std::time::Duration::from_secs(3_600);

@@ -15,7 +15,7 @@ use crate::http::guard::Guard;
 use crate::http::routes::pages::AccountPage;
 use crate::services::callers::CallerDirectory;
 use crate::services::flag_store::FlagStore;
-use crate::services::gateway::Gateway;
+use crate::services::gateway::{Gateway, KeyEvents};
 use crate::services::in_flight::InFlight;
 use crate::services::jobs::Jobs;
 use crate::services::key_vault::KeyVault;
@@ -23,6 +23,7 @@ use crate::services::rate_limit::RateLimiter;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
+use crate::services::standing::Standings;
 use crate::shared::Shared;
 use crate::shared::bus::Bus;
 
@@ -48,6 +49,9 @@ impl std::ops::Deref for AppState {
 pub struct Services {
     pub flags: Arc<FlagStore>,
     pub callers: Arc<CallerDirectory>,
+    /// Flags, caller and credits: where routing, the account endpoints and the gateway start.
+    pub standings: Arc<Standings>,
+    pub key_events: Arc<KeyEvents>,
     pub vault: Arc<KeyVault>,
     pub gateway: Arc<Gateway>,
     /// Durable jobs, run by workers through the same gateway.

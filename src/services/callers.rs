@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
-use super::flag_store::{FlagState, FlagStore, FlagsUnavailable};
 use super::reservations::now_millis;
 use crate::directus::{DirectusClient, DirectusError, StoredKey};
 use crate::domain::credit_book::LedgerReading;
@@ -61,49 +60,6 @@ pub enum CallerError {
     UnknownUser,
     #[error(transparent)]
     Directus(Arc<DirectusError>),
-}
-
-/// The flags in force and an active caller: where every decision about a user's request starts.
-pub struct CallContext {
-    pub flags: FlagState,
-    pub caller: CallerRead,
-}
-
-impl CallContext {
-    /// What of this decision rests on data that may be out of date (Directus unreachable), for the
-    /// `x-byok-stale` header; `None` when everything is fresh.
-    pub fn staleness(&self) -> Option<&'static str> {
-        match (self.flags.stale, self.caller.stale) {
-            (false, false) => None,
-            (true, false) => Some("flags"),
-            (false, true) => Some("caller"),
-            (true, true) => Some("flags, caller"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ContextError {
-    #[error(transparent)]
-    Flags(#[from] FlagsUnavailable),
-    #[error(transparent)]
-    Caller(#[from] CallerError),
-    #[error("account is not active")]
-    AccountInactive,
-}
-
-/// Reads the flags and the caller concurrently and refuses inactive accounts.
-pub async fn call_context(
-    flags: &FlagStore,
-    callers: &CallerDirectory,
-    user: UserId,
-) -> Result<CallContext, ContextError> {
-    let (flags, caller) = tokio::join!(flags.current(), callers.profile(user));
-    let (flags, caller) = (flags?, caller?);
-    if !caller.profile.active {
-        return Err(ContextError::AccountInactive);
-    }
-    Ok(CallContext { flags, caller })
 }
 
 pub struct CallerDirectory {

@@ -13,3 +13,4 @@ pub mod rate_limit;
 pub mod reservations;
 pub mod sessions;
 pub mod sign_in;
+pub mod standing;

@@ -17,8 +17,8 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
 use crate::http::routes::usage::prompt_size;
 use crate::http::state::AppState;
-use crate::services::callers::{CallContext, call_context};
 use crate::services::key_vault::KeySummary;
+use crate::services::standing::CallContext;
 
 /// A reason in the same `{code, message}` shape as an error body.
 #[derive(Debug, Serialize, ToSchema)]
@@ -84,10 +84,9 @@ pub async fn account(
     AuthenticatedUser(user): AuthenticatedUser,
     State(state): State<AppState>,
 ) -> Result<Json<Account>, ApiError> {
-    let (context, email) =
-        tokio::join!(call_context(&state.flags, &state.callers, user), state.directus.user_email(user),);
-    let CallContext { flags, caller } = context?;
-    let available = state.reservations.available(user, caller.profile.ledger).await;
+    let (standing, email) = tokio::join!(state.standings.of(user), state.directus.user_email(user));
+    let standing = standing?;
+    let (CallContext { flags, caller }, available) = (&standing.context, standing.available);
     let access = routing::byok_access(&flags.snapshot.flags, caller.profile.tier);
     Ok(Json(Account {
         // The e-mail is a nicety: a Directus hiccup reading it does not fail the page.
@@ -140,7 +139,7 @@ pub async fn providers(
     AuthenticatedUser(user): AuthenticatedUser,
     State(state): State<AppState>,
 ) -> Result<Json<Providers>, ApiError> {
-    let CallContext { flags, caller } = call_context(&state.flags, &state.callers, user).await?;
+    let CallContext { flags, caller } = state.standings.context(user).await?;
     let access = routing::byok_access(&flags.snapshot.flags, caller.profile.tier);
     // Keys are read fresh (not from the routing cache): this is the page that just saved one.
     let keys = match access {
@@ -254,18 +253,13 @@ pub async fn recommendations(
     if !(1..=20).contains(&limit) {
         return Err(ApiError::bad_request("invalid_request", "limit must be from 1 to 20."));
     }
-    let CallContext { flags, caller } = call_context(&state.flags, &state.callers, user).await?;
-    let available = state.reservations.available(user, caller.profile.ledger).await;
+    let standing = state.standings.of(user).await?;
     // The same decision a call would get now; providers the user cannot use at all are left out.
     let usable: Vec<(Provider, Source)> = Provider::ALL
         .into_iter()
-        .filter_map(|provider| {
-            let view = caller.profile.for_provider(provider, available, Cents::from_nanos(1));
-            let decision = routing::decide(&flags.snapshot.flags, &view, provider, state.vault_configured).ok()?;
-            Some((provider, decision.source))
-        })
+        .filter_map(|provider| Some((provider, standing.decide_any_call(provider).ok()?.source)))
         .collect();
-    let prices = state.gateway.meter.prices();
+    let prices = state.gateway.prices();
     let recommendations = recommend::cheapest(prices, &usable, prompt_tokens, output_tokens, limit)
         .into_iter()
         .map(|r| RecommendedModel {

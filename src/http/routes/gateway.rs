@@ -104,10 +104,10 @@ async fn proxy(
         Reply::Success(upstream) => {
             let (status, content_type) = (upstream.status(), upstream.headers().get(header::CONTENT_TYPE).cloned());
             let hide_usage_chunk = api == Api::ChatCompletions && !request.client_wants_usage_chunk;
-            let stream = state.gateway.meter.metered_stream(
+            let stream = state.gateway.metered_stream(
                 forwarded.charge,
-                hide_usage_chunk,
                 forwarded.slot,
+                hide_usage_chunk,
                 upstream.bytes_stream(),
             );
             let mut response = with_content_type(Response::new(Body::from_stream(stream)), status, content_type);

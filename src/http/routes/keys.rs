@@ -14,9 +14,8 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, ProviderPath, RequestBody};
 use crate::http::state::AppState;
 use crate::metrics;
-use crate::services::callers::{CallContext, call_context};
 use crate::services::key_vault::KeySummary;
-use crate::shared::bus::Event;
+use crate::services::standing::CallContext;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -32,16 +31,14 @@ impl RequestBody for SaveKey {
 
 /// BYOK must be enabled and the user's tier entitled; the account must be active.
 async fn require_byok_access(state: &AppState, user: UserId) -> Result<(), ApiError> {
-    let CallContext { flags, caller } = call_context(&state.flags, &state.callers, user).await?;
+    let CallContext { flags, caller } = state.standings.context(user).await?;
     Ok(routing::byok_access(&flags.snapshot.flags, caller.profile.tier)?)
 }
 
 /// Routing sees the change at once, on every replica, and a later failure of the new key is a new incident
 /// to notify.
 async fn key_changed(state: &AppState, user: UserId, provider: Provider) {
-    state.callers.forget(user).await;
-    state.bus.publish(Event::CallerChanged(user)).await;
-    state.gateway.notifier.key_changed(user, provider).await;
+    state.key_events.changed(user, provider).await;
 }
 
 /// A key that works again lets the user's jobs paused on it run (on every replica: the queue is shared).

@@ -24,7 +24,7 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     }
     let now = Instant::now();
     for provider in Provider::ALL {
-        metrics::circuit_state(provider, state.gateway.breaker.is_open(provider, now));
+        metrics::circuit_state(provider, state.gateway.circuit_open(provider, now));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::handle().render())
 }

@@ -44,7 +44,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
     let providers: Vec<ProviderStatus> = Provider::ALL
         .into_iter()
         .map(|provider| {
-            let (status, retry_after) = state.gateway.breaker.health(provider, now);
+            let (status, retry_after) = state.gateway.provider_health(provider, now);
             ProviderStatus {
                 provider,
                 name: provider.display_name(),

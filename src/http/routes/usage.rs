@@ -89,7 +89,7 @@ pub async fn estimate(
 ) -> Result<Json<Value>, ApiError> {
     let provider: Provider = request.provider.parse()?;
     let prompt_tokens = prompt_size(request.prompt_tokens, request.prompt.as_deref())?;
-    let prices = state.gateway.meter.prices();
+    let prices = state.gateway.prices();
     let (price, matched) = prices.price(provider, &request.model);
     // The same budget rule as the gateway's: without a limit, the model's longest answer.
     let budget =

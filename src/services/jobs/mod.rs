@@ -36,9 +36,11 @@ use uuid::Uuid;
 
 use self::embedded::EmbeddedJobs;
 use self::redis::{RedisJobs, Renewal};
-use super::callers::ContextError;
+use super::callers::CallerDirectory;
 use super::gateway::{Gateway, GatewayError};
 use super::in_flight::{InFlight, Permit};
+use super::notifier::Notifier;
+use super::standing::ContextError;
 use crate::clock::Clock;
 use crate::config::{JobsConfig, UserCaps};
 use crate::crypto::webhook_signature::WebhookSecret;
@@ -200,9 +202,19 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// What jobs run with: the gateway for their calls, the callers' profiles (is the account active, is the key
+/// a paused job waits for usable), and the notifier for failures users asked to hear of.
+pub struct JobServices {
+    pub gateway: Arc<Gateway>,
+    pub callers: Arc<CallerDirectory>,
+    pub notifier: Arc<Notifier>,
+}
+
 pub struct Jobs {
     store: JobStore,
     gateway: Arc<Gateway>,
+    callers: Arc<CallerDirectory>,
+    notifier: Arc<Notifier>,
     clock: Clock,
     config: JobsConfig,
     /// The gateway's errors as the jobs API shows them (the HTTP layer's codes and messages).
@@ -218,7 +230,7 @@ impl Jobs {
     pub fn new(
         store: Arc<Store>,
         redis: Option<Arc<Redis>>,
-        gateway: Arc<Gateway>,
+        services: JobServices,
         clock: Clock,
         config: JobsConfig,
         describe: fn(GatewayError) -> JobError,
@@ -235,7 +247,8 @@ impl Jobs {
         };
         let callbacks = callbacks::CallbackClient::new(config.allow_internal_callbacks, config.callback_timeout);
         let callback_gate = CallbackGate::new(&config);
-        Ok(Jobs { store, gateway, clock, config, describe, callbacks, callback_gate, flows })
+        let JobServices { gateway, callers, notifier } = services;
+        Ok(Jobs { store, gateway, callers, notifier, clock, config, describe, callbacks, callback_gate, flows })
     }
 
     /// Where jobs are kept: `embedded` (this replica's store) or `redis`.
@@ -270,7 +283,7 @@ impl Jobs {
     /// Queues a job, or with an `Idempotency-Key` used before, finds the job it made.
     pub async fn submit(&self, user: UserId, job: NewJob) -> Result<Submitted, JobsError> {
         // A suspended account queues nothing (its jobs would only fail later, each stored meanwhile).
-        let caller = self.gateway.callers.profile(user).await.map_err(ContextError::Caller)?;
+        let caller = self.callers.profile(user).await.map_err(ContextError::Caller)?;
         if !caller.profile.active {
             return Err(ContextError::AccountInactive.into());
         }

@@ -11,9 +11,10 @@ use crate::domain::llm::{Api, parse_request};
 use crate::domain::provider::Provider;
 use crate::domain::routing::Refusal;
 use crate::domain::user::UserId;
-use crate::services::callers::{CallerError, ContextError};
+use crate::services::callers::CallerError;
 use crate::services::gateway::{GatewayError, Retries};
 use crate::services::key_vault::VaultError;
+use crate::services::standing::ContextError;
 
 impl Jobs {
     pub(super) async fn work(self: Arc<Self>) {
@@ -70,7 +71,7 @@ impl Jobs {
         tracing::info!(job = %record.id, user = %record.user, status = record.status.as_str(), attempts = record.attempts,
             code = record.error.as_ref().map(|e| e.code.as_str()), "job attempt recorded");
         if record.status == JobStatus::Failed && record.notify_on_failure {
-            self.gateway.notifier.job_failed(record.user, record.id, &record.model, record.error.as_ref()).await;
+            self.notifier.job_failed(record.user, record.id, &record.model, record.error.as_ref()).await;
         }
     }
 
@@ -144,7 +145,7 @@ impl Jobs {
     /// The problem of the user's key for `provider`, if the provider refused it or found it out of quota.
     async fn blocking_key(&self, user: UserId, provider: Provider) -> Option<GatewayError> {
         use crate::domain::api_key::KeyStatus;
-        let read = self.gateway.callers.profile(user).await.ok()?;
+        let read = self.callers.profile(user).await.ok()?;
         read.profile.keys.iter().filter(|k| k.provider == provider).find_map(|k| match k.status {
             KeyStatus::Invalid => Some(GatewayError::KeyInvalid(provider)),
             KeyStatus::QuotaExceeded => Some(GatewayError::KeyQuotaExhausted(provider)),

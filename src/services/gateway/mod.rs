@@ -2,60 +2,40 @@
 //! credentials, calls the provider with retries and a circuit breaker, learns from key failures (mark,
 //! notify, fall back where the matrix allows), and hands the answer back with what is needed to charge for it.
 
+mod key_events;
+mod limits;
+mod upstream;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::Stream;
 use reqwest::StatusCode;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use super::callers::{CallContext, CallerDirectory, CallerProfile, ContextError, call_context};
-use super::circuit_breaker::{Circuit, CircuitBreaker};
-use super::flag_store::FlagStore;
-use super::in_flight::{InFlight, Permit};
+pub use self::key_events::KeyEvents;
+pub use self::limits::{CallLimits, CallSlot};
+use self::upstream::CallFailure;
+pub use self::upstream::{InternalKeys, Upstream};
+use super::callers::CallerProfile;
+use super::circuit_breaker::{Circuit, ProviderHealth};
 use super::key_vault::{KeyVault, VaultError};
-use super::meter::{Charge, Meter};
-use super::notifier::{KeyProblem, Notifier};
-use super::rate_limit::RateLimiter;
+use super::meter::{Charge, Meter, MeteredStream};
 use super::reservations::{Hold, Reservations, Shortfall};
-use crate::config::TierLimits;
+use super::standing::ContextError;
+use super::standing::Standings;
 use crate::domain::flags::RoutingMode;
 use crate::domain::llm::{Api, LlmRequest, estimated_usage, usage_from_response};
 use crate::domain::money::Cents;
+use crate::domain::pricing::PriceTable;
 use crate::domain::provider::Provider;
 use crate::domain::provider_key::ProviderKey;
-use crate::domain::retry::{backoff, requested_wait};
-use crate::domain::routing::{self, Refusal, Source};
-use crate::domain::upstream::{UpstreamFailure, classify};
+use crate::domain::routing::{Refusal, Source};
+use crate::domain::upstream::UpstreamFailure;
 use crate::domain::user::UserId;
-use crate::metrics;
-use crate::providers::{ForwardError, ProviderClient};
-use crate::shared::bus::{Bus, Event};
-
-const MAX_ATTEMPTS: u32 = 4;
-const RATE_LIMIT_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(8));
-const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(4));
-/// Error bodies are short JSON; a provider sending more is cut off here.
-const MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// The platform's own provider keys (`INTERNAL_OPENAI_API_KEY`, `INTERNAL_ANTHROPIC_API_KEY`).
-#[derive(Debug, Clone, Default)]
-pub struct InternalKeys {
-    pub openai: Option<SecretString>,
-    pub anthropic: Option<SecretString>,
-}
-
-impl InternalKeys {
-    fn get(&self, provider: Provider) -> Option<&SecretString> {
-        match provider {
-            Provider::OpenAi => self.openai.as_ref(),
-            Provider::Anthropic => self.anthropic.as_ref(),
-        }
-    }
-}
 
 enum Credential {
     Byok(ProviderKey),
@@ -123,12 +103,6 @@ pub struct Completed {
     pub staleness: Option<&'static str>,
 }
 
-/// What a call holds while it runs: one of the upstream call slots, and one of its user's.
-pub struct CallSlot {
-    _upstream: OwnedSemaphorePermit,
-    _user: Permit<UserId>,
-}
-
 pub struct Forwarded {
     pub source: Source,
     pub reply: Reply,
@@ -181,13 +155,6 @@ pub enum GatewayError {
     Vault(VaultError),
 }
 
-enum CallFailure {
-    Key(UpstreamFailure),
-    RateLimited(Duration),
-    Outage(Option<Duration>, &'static str),
-    Timeout,
-}
-
 /// Why no credential could be had for a source.
 enum CredentialError {
     /// The stored key cannot be opened or is gone: it counts as refused.
@@ -198,32 +165,62 @@ enum CredentialError {
 }
 
 pub struct Gateway {
-    pub flags: Arc<FlagStore>,
-    pub callers: Arc<CallerDirectory>,
-    pub vault: Arc<KeyVault>,
-    pub providers: ProviderClient,
-    pub internal_keys: InternalKeys,
-    pub meter: Arc<Meter>,
-    pub reservations: Arc<Reservations>,
-    pub notifier: Notifier,
-    /// Tells the other replicas when a key failed, so they stop routing to it too.
-    pub bus: Arc<Bus>,
-    pub breaker: CircuitBreaker,
-    pub limiter: RateLimiter,
-    /// Calls with the user's own keys: limited too (high by default), apart from credit calls.
-    pub own_key_limiter: RateLimiter,
-    pub tier_limits: TierLimits,
-    pub upstream_slots: Arc<Semaphore>,
-    /// Calls running per user, so one user cannot take every upstream slot.
-    pub user_calls: Arc<InFlight<UserId>>,
-    /// How long a call waits for an upstream slot before it is refused as busy.
-    pub slot_wait: Duration,
-    pub vault_configured: bool,
-    /// Retries of one call stop here, so a caller is never kept waiting much longer.
-    pub deadline: Duration,
+    standings: Arc<Standings>,
+    reservations: Arc<Reservations>,
+    vault: Arc<KeyVault>,
+    meter: Arc<Meter>,
+    upstream: Upstream,
+    limits: CallLimits,
+    key_events: Arc<KeyEvents>,
 }
 
 impl Gateway {
+    pub fn new(
+        standings: Arc<Standings>,
+        reservations: Arc<Reservations>,
+        vault: Arc<KeyVault>,
+        meter: Arc<Meter>,
+        upstream: Upstream,
+        limits: CallLimits,
+        key_events: Arc<KeyEvents>,
+    ) -> Self {
+        Gateway { standings, reservations, vault, meter, upstream, limits, key_events }
+    }
+
+    /// The price table calls are estimated and charged by.
+    pub fn prices(&self) -> &PriceTable {
+        self.meter.prices()
+    }
+
+    /// What the platform's circuit for `provider` says, and when it may close.
+    pub fn provider_health(&self, provider: Provider, now: Instant) -> (ProviderHealth, Option<Duration>) {
+        self.upstream.health(provider, now)
+    }
+
+    pub fn circuit_open(&self, provider: Provider, now: Instant) -> bool {
+        self.upstream.is_open(provider, now)
+    }
+
+    /// A streamed answer, passed on chunk by chunk and charged from its usage when it ends, holding the call's
+    /// slots until then; `hide_usage_chunk` drops the usage chunk asked for on the client's behalf.
+    pub fn metered_stream<S>(
+        &self,
+        charge: Charge,
+        slot: CallSlot,
+        hide_usage_chunk: bool,
+        upstream: S,
+    ) -> MeteredStream
+    where
+        S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    {
+        self.meter.metered_stream(charge, hide_usage_chunk, slot, upstream)
+    }
+
+    /// Usage recorded by the last calls reaches the disk (at shutdown).
+    pub async fn flush(&self) {
+        self.meter.flush().await;
+    }
+
     /// A non-streaming call from start to end: decided, paid, answered in full and charged. The live
     /// gateway's JSON answers and the job workers both come through here.
     pub async fn complete(
@@ -280,17 +277,15 @@ impl Gateway {
         retries: Retries,
     ) -> Result<Forwarded, GatewayError> {
         let provider = api.provider();
-        let context = call_context(&self.flags, &self.callers, user).await?;
-        let staleness = context.staleness();
-        let CallContext { flags, caller } = context;
-        let (flags, caller) = (flags.snapshot.flags, caller.profile);
+        let standing = self.standings.of(user).await?;
+        let staleness = standing.context.staleness();
+        let caller = &standing.context.caller.profile;
         let estimate = self.meter.prices().estimate(provider, &request.model, &request.budget);
-        let available = self.reservations.available(user, caller.ledger).await;
-        let mut view = caller.for_provider(provider, available, estimate);
-        let decision = routing::decide(&flags, &view, provider, self.vault_configured)?;
+        let mut view = standing.view(provider, estimate);
+        let decision = standing.decide(&view, provider)?;
         // BYOK-first falls back to credits when the key fails mid-call, exactly as if it had been unusable.
         let can_fall_back = decision.mode == RoutingMode::ByokFirst && view.can_pay();
-        let slot = self.call_slot(user).await?;
+        let slot = self.limits.call_slot(user).await?;
 
         let mut source = decision.source;
         let mut key_failure = None;
@@ -298,10 +293,10 @@ impl Gateway {
             if source == Source::Internal && request.special_service_tier {
                 return Err(GatewayError::SpecialServiceTier(provider));
             }
-            let credential = match self.credential(user, &caller, provider, source, estimate).await {
+            let credential = match self.credential(user, caller, provider, source, estimate).await {
                 Ok(credential) => credential,
                 Err(CredentialError::KeyUnusable) => {
-                    self.key_failed(user, provider, UpstreamFailure::InvalidKey).await;
+                    self.key_events.failed(user, provider, UpstreamFailure::InvalidKey).await;
                     if can_fall_back {
                         key_failure = Some(UpstreamFailure::InvalidKey);
                         source = Source::Internal;
@@ -315,7 +310,7 @@ impl Gateway {
                     }
                     // Concurrent calls took what routing counted on: decide again with what is left.
                     view.available = shortfall.available;
-                    let again = routing::decide(&flags, &view, provider, self.vault_configured)?;
+                    let again = standing.decide(&view, provider)?;
                     if again.source == source {
                         return Err(Refusal::InsufficientCredits { needed: estimate, available: view.available }.into());
                     }
@@ -334,13 +329,14 @@ impl Gateway {
                 estimated_prompt_tokens: request.budget.prompt_tokens,
                 hold: credential.into_hold(),
             };
-            match self.send_with_retries(api, &credential, user, request, retries).await {
+            let circuit = credential.circuit(user, provider);
+            match self.upstream.send(api, credential.expose(), circuit, user, request, retries).await {
                 Ok(reply) => {
                     let charge = charge(credential);
                     return Ok(Forwarded { source: charge.source, reply, charge, slot, staleness });
                 }
                 Err(CallFailure::Key(failure)) if source == Source::Byok => {
-                    self.key_failed(user, provider, failure).await;
+                    self.key_events.failed(user, provider, failure).await;
                     if can_fall_back {
                         tracing::info!(%user, %provider, ?failure, "user's key failed; falling back to credits");
                         key_failure = Some(failure);
@@ -372,24 +368,6 @@ impl Gateway {
         }
     }
 
-    /// One of the user's call slots (refused at once past their cap), then one of the bounded upstream call
-    /// slots; waiting is bounded too, so a flood of slow calls turns into quick, clear refusals instead of a
-    /// growing queue.
-    async fn call_slot(&self, user: UserId) -> Result<CallSlot, GatewayError> {
-        let mine = self.user_calls.try_acquire(&user).ok_or_else(|| {
-            metrics::rate_limited("calls_in_flight");
-            GatewayError::TooManyCalls(self.user_calls.cap())
-        })?;
-        let slots = Arc::clone(&self.upstream_slots);
-        match tokio::time::timeout(self.slot_wait, slots.acquire_owned()).await {
-            Ok(permit) => Ok(CallSlot { _upstream: permit.expect("the semaphore is never closed"), _user: mine }),
-            Err(_) => {
-                tracing::warn!(wait_secs = self.slot_wait.as_secs(), "no upstream call slot became free");
-                Err(GatewayError::Busy)
-            }
-        }
-    }
-
     /// BYOK: the caller's cached envelope, opened in memory (no Directus round trip per call). Internal: the
     /// platform's key within the tier's rate limit, with the call's estimate reserved from the user's credits.
     async fn credential(
@@ -403,11 +381,7 @@ impl Gateway {
         match source {
             Source::Byok => {
                 let stored = caller.usable_key(provider).ok_or(CredentialError::KeyUnusable)?;
-                let per_minute = self.tier_limits.own_keys_per_minute(caller.tier);
-                self.own_key_limiter.acquire(user, per_minute).await.map_err(|retry_after| {
-                    metrics::rate_limited("own_keys");
-                    CredentialError::Other(GatewayError::OwnKeyRateLimited { retry_after })
-                })?;
+                self.limits.own_key_call(user, caller.tier).await.map_err(CredentialError::Other)?;
                 self.vault.open_sealed(user, provider, &stored.envelope).map(Credential::Byok).map_err(|error| {
                     match error {
                         VaultError::Unusable(_) | VaultError::NotFound => CredentialError::KeyUnusable,
@@ -416,7 +390,7 @@ impl Gateway {
                 })
             }
             Source::Internal => {
-                let key = self.internal_keys.get(provider).ok_or_else(|| {
+                let key = self.upstream.internal_key(provider).ok_or_else(|| {
                     tracing::error!(%provider, "no internal key configured for the provider");
                     CredentialError::Other(GatewayError::Unavailable {
                         provider,
@@ -424,10 +398,7 @@ impl Gateway {
                         reason: "no platform key configured",
                     })
                 })?;
-                self.limiter.acquire(user, self.tier_limits.per_minute(caller.tier)).await.map_err(|retry_after| {
-                    metrics::rate_limited("tier");
-                    CredentialError::Other(GatewayError::RateLimited { retry_after })
-                })?;
+                self.limits.credit_call(user, caller.tier).await.map_err(CredentialError::Other)?;
                 let hold = self
                     .reservations
                     .reserve(user, caller.ledger, estimate)
@@ -437,107 +408,6 @@ impl Gateway {
             }
         }
     }
-
-    /// Marks the key, tells the user once per incident, and makes routing stop picking the key at once.
-    async fn key_failed(&self, user: UserId, provider: Provider, failure: UpstreamFailure) {
-        if let Err(error) = self.vault.mark(user, provider, failure).await {
-            tracing::warn!(%user, %provider, %error, "could not record the key's failure");
-        }
-        let problem = match failure {
-            UpstreamFailure::QuotaExhausted => KeyProblem::QuotaExhausted,
-            _ => KeyProblem::Invalid,
-        };
-        self.notifier.key_problem(user, provider, problem).await;
-        self.callers.forget(user).await;
-        self.bus.publish(Event::CallerChanged(user)).await;
-    }
-
-    /// Calls the provider, retrying rate limits (honouring the provider's wait) and outages with full-jitter
-    /// backoff, all within the deadline. Nothing has reached the client yet, so retrying is always safe here.
-    async fn send_with_retries(
-        &self,
-        api: Api,
-        credential: &Credential,
-        user: UserId,
-        request: &LlmRequest,
-        retries: Retries,
-    ) -> Result<Reply, CallFailure> {
-        let (body, stream) = (&request.body, request.stream);
-        let provider = api.provider();
-        let circuit = credential.circuit(user, provider);
-        let started = Instant::now();
-        let mut last_wait = None;
-        let attempts = if retries == Retries::WithinDeadline { MAX_ATTEMPTS } else { 1 };
-        for attempt in 0..attempts {
-            if let Err(remaining) = self.breaker.admit(circuit, Instant::now()) {
-                return Err(CallFailure::Outage(Some(remaining), "circuit open"));
-            }
-            let sent = Instant::now();
-            let answer = self.providers.forward(api, credential.expose(), body.clone(), stream).await;
-            let attempt_took = sent.elapsed();
-            let failure = match answer {
-                Ok(response) if response.status().is_success() => {
-                    metrics::upstream_attempt(provider, "ok", attempt_took);
-                    self.breaker.record_success(circuit);
-                    return Ok(Reply::Success(response));
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let now = time::OffsetDateTime::now_utc();
-                    let wait = requested_wait(|name| response.headers().get(name).and_then(|v| v.to_str().ok()), now);
-                    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-                    let body = read_capped(response).await;
-                    let failure = classify(provider, status.as_u16(), &body);
-                    metrics::upstream_attempt(provider, failure.as_str(), attempt_took);
-                    match failure {
-                        UpstreamFailure::Rejected => {
-                            self.breaker.record_success(circuit);
-                            return Ok(Reply::ProviderError { status, content_type, body });
-                        }
-                        UpstreamFailure::RateLimited => {
-                            self.breaker.record_success(circuit);
-                            let wait = wait.unwrap_or_else(|| jitter(attempt, RATE_LIMIT_BACKOFF));
-                            last_wait = Some(wait);
-                            if attempt + 1 == attempts || started.elapsed() + wait > self.deadline {
-                                return Err(CallFailure::RateLimited(wait));
-                            }
-                            tracing::info!(%provider, attempt, wait_ms = wait.as_millis() as u64, "provider rate limited; retrying");
-                            metrics::upstream_retry(provider, "rate_limited");
-                            tokio::time::sleep(wait).await;
-                            continue;
-                        }
-                        UpstreamFailure::Outage => "provider error",
-                        key_failure => {
-                            self.breaker.record_success(circuit);
-                            return Err(CallFailure::Key(key_failure));
-                        }
-                    }
-                }
-                Err(ForwardError::Timeout) if !stream => {
-                    // Still generating, most likely: says nothing about the provider, and retrying would only
-                    // start the same long generation again.
-                    metrics::upstream_attempt(provider, "generation_timeout", attempt_took);
-                    self.breaker.record_inconclusive(circuit);
-                    tracing::warn!(%provider, "non-streaming call timed out while the provider generated");
-                    return Err(CallFailure::Timeout);
-                }
-                Err(error) => {
-                    metrics::upstream_attempt(provider, "unreachable", attempt_took);
-                    tracing::warn!(%provider, %error, "provider call failed");
-                    "provider unreachable"
-                }
-            };
-            self.breaker.record_outage(circuit, user, Instant::now());
-            let wait = jitter(attempt, OUTAGE_BACKOFF);
-            if attempt + 1 == attempts || started.elapsed() + wait > self.deadline {
-                return Err(CallFailure::Outage(None, failure));
-            }
-            tracing::info!(%provider, attempt, reason = failure, "provider failed; retrying");
-            metrics::upstream_retry(provider, "outage");
-            tokio::time::sleep(wait).await;
-        }
-        Err(CallFailure::RateLimited(last_wait.unwrap_or(RATE_LIMIT_BACKOFF.0)))
-    }
 }
 
 fn key_error(provider: Provider, failure: UpstreamFailure) -> GatewayError {
@@ -545,19 +415,4 @@ fn key_error(provider: Provider, failure: UpstreamFailure) -> GatewayError {
         UpstreamFailure::QuotaExhausted => GatewayError::KeyQuotaExhausted(provider),
         _ => GatewayError::KeyInvalid(provider),
     }
-}
-
-fn jitter(attempt: u32, (base, cap): (Duration, Duration)) -> Duration {
-    backoff(attempt, base, cap, fastrand::f64())
-}
-
-async fn read_capped(mut response: reqwest::Response) -> Bytes {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY - body.len())]);
-        if body.len() >= MAX_ERROR_BODY {
-            break;
-        }
-    }
-    Bytes::from(body)
 }

@@ -1,0 +1,102 @@
+//! Where every decision about a user's request starts: the flags in force, the caller's profile, and the
+//! credits they can spend now. The routing endpoint, the account endpoints and the gateway all read them here,
+//! so they cannot disagree about a user.
+
+use std::sync::Arc;
+
+use super::callers::{CallerDirectory, CallerError, CallerRead};
+use super::flag_store::{FlagState, FlagStore, FlagsUnavailable};
+use super::reservations::Reservations;
+use crate::domain::money::Cents;
+use crate::domain::provider::Provider;
+use crate::domain::routing::{self, Caller, Decision, Refusal};
+use crate::domain::user::UserId;
+
+/// The flags in force and an active caller: where every decision about a user's request starts.
+pub struct CallContext {
+    pub flags: FlagState,
+    pub caller: CallerRead,
+}
+
+impl CallContext {
+    /// What of this decision rests on data that may be out of date (Directus unreachable), for the
+    /// `x-byok-stale` header; `None` when everything is fresh.
+    pub fn staleness(&self) -> Option<&'static str> {
+        match (self.flags.stale, self.caller.stale) {
+            (false, false) => None,
+            (true, false) => Some("flags"),
+            (false, true) => Some("caller"),
+            (true, true) => Some("flags, caller"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ContextError {
+    #[error(transparent)]
+    Flags(#[from] FlagsUnavailable),
+    #[error(transparent)]
+    Caller(#[from] CallerError),
+    #[error("account is not active")]
+    AccountInactive,
+}
+
+/// A user's context and the credits they can spend now: the balance less open holds and the costs the ledger
+/// does not show yet.
+pub struct Standing {
+    pub context: CallContext,
+    pub available: Cents,
+    vault_configured: bool,
+}
+
+impl Standing {
+    /// The policy's view of the user for one call to `provider` that may cost up to `estimate`.
+    pub fn view(&self, provider: Provider, estimate: Cents) -> Caller {
+        self.context.caller.profile.for_provider(provider, self.available, estimate)
+    }
+
+    /// The routing matrix's answer for `view` (from [`Standing::view`], perhaps with less available since).
+    pub fn decide(&self, view: &Caller, provider: Provider) -> Result<Decision, Refusal> {
+        routing::decide(&self.context.flags.snapshot.flags, view, provider, self.vault_configured)
+    }
+
+    /// Who would pay a call to `provider` now, with no particular call in mind: credits count when there are any.
+    pub fn decide_any_call(&self, provider: Provider) -> Result<Decision, Refusal> {
+        self.decide(&self.view(provider, Cents::from_nanos(1)), provider)
+    }
+}
+
+pub struct Standings {
+    flags: Arc<FlagStore>,
+    callers: Arc<CallerDirectory>,
+    reservations: Arc<Reservations>,
+    vault_configured: bool,
+}
+
+impl Standings {
+    pub fn new(
+        flags: Arc<FlagStore>,
+        callers: Arc<CallerDirectory>,
+        reservations: Arc<Reservations>,
+        vault_configured: bool,
+    ) -> Self {
+        Standings { flags, callers, reservations, vault_configured }
+    }
+
+    /// Reads the flags and the caller concurrently and refuses inactive accounts.
+    pub async fn context(&self, user: UserId) -> Result<CallContext, ContextError> {
+        let (flags, caller) = tokio::join!(self.flags.current(), self.callers.profile(user));
+        let (flags, caller) = (flags?, caller?);
+        if !caller.profile.active {
+            return Err(ContextError::AccountInactive);
+        }
+        Ok(CallContext { flags, caller })
+    }
+
+    /// The context, and the credits the user can spend now.
+    pub async fn of(&self, user: UserId) -> Result<Standing, ContextError> {
+        let context = self.context(user).await?;
+        let available = self.reservations.available(user, context.caller.profile.ledger).await;
+        Ok(Standing { context, available, vault_configured: self.vault_configured })
+    }
+}
