@@ -101,7 +101,6 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         JobServices { gateway: Arc::clone(&gateway), callers: Arc::clone(&callers), notifier },
         settings.clock.clone(),
         settings.jobs.clone(),
-        crate::http::error::job_error,
         flow_callbacks(settings),
     )?;
     Ok(AppState::new(Services {

@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::domain::error_code::{Code, Coded};
 pub use auth::{SessionTokens, SignInError};
 pub use keys::{KeyRecord, KeyUpdate, SealedRow};
 pub use notifications::Notification;
@@ -42,6 +43,13 @@ impl DirectusError {
             DirectusError::Status { status, .. } => status.is_server_error(),
             DirectusError::Decode(_) => false,
         }
+    }
+}
+
+/// An outage is the account service being unavailable; anything else should not happen.
+impl Coded for DirectusError {
+    fn code(&self) -> Code {
+        if self.is_outage() { Code::AccountServiceUnavailable } else { Code::Internal }
     }
 }
 

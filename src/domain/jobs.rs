@@ -13,6 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use super::credit_book::UnixMillis;
+use super::error_code::{Code, Coded};
 use super::llm::Api;
 use super::money::Cents;
 use super::retry::backoff;
@@ -104,8 +105,18 @@ pub struct JobError {
 
 impl JobError {
     /// A coded error of the sidecar's own (the provider's status and answer are for its refusals).
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> JobError {
-        JobError { code: code.into(), message: message.into(), provider_status: None, provider_answer: None }
+    pub fn new(code: Code, message: impl Into<String>) -> JobError {
+        JobError {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+            provider_status: None,
+            provider_answer: None,
+        }
+    }
+
+    /// What the live gateway would have answered with for `error`.
+    pub fn of(error: &impl Coded) -> JobError {
+        JobError::new(error.code(), error.message())
     }
 }
 

@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod client_address;
 pub mod credit_book;
 pub mod credits;
+pub mod error_code;
 pub mod flags;
 pub mod jobs;
 pub mod llm;

@@ -1,7 +1,10 @@
 //! The routing policy: which credentials pay for a call, per the spec's configuration matrix.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
+use super::error_code::{Code, Coded};
 use super::flags::{FlagSet, RoutingMode};
 use super::money::Cents;
 use super::provider::Provider;
@@ -95,16 +98,19 @@ pub enum Refusal {
     ByokNotConfigured,
 }
 
-impl Refusal {
-    /// Stable machine-readable code; clients switch on this, never on the message.
-    pub fn code(&self) -> &'static str {
+impl Coded for Refusal {
+    fn code(&self) -> Code {
         match self {
-            Refusal::ByokKeyRequired { .. } => "byok_key_required",
-            Refusal::ByokRequiresUpgrade { .. } => "byok_requires_upgrade",
-            Refusal::InsufficientCredits { .. } => "insufficient_credits",
-            Refusal::NoCreditsOrKey { .. } => "no_credits_or_key",
-            Refusal::ByokNotConfigured => "byok_not_configured",
+            Refusal::ByokKeyRequired { .. } => Code::ByokKeyRequired,
+            Refusal::ByokRequiresUpgrade { .. } => Code::ByokRequiresUpgrade,
+            Refusal::InsufficientCredits { .. } => Code::InsufficientCredits,
+            Refusal::NoCreditsOrKey { .. } => Code::NoCreditsOrKey,
+            Refusal::ByokNotConfigured => Code::ByokNotConfigured,
         }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        self.to_string().into()
     }
 }
 
@@ -120,6 +126,19 @@ pub enum ByokAccessDenied {
     Disabled,
     #[error("Using your own API keys needs a {} plan or higher. Upgrade to add keys.", .min_tier.as_str())]
     TierTooLow { min_tier: SubscriptionTier },
+}
+
+impl Coded for ByokAccessDenied {
+    fn code(&self) -> Code {
+        match self {
+            ByokAccessDenied::Disabled => Code::ByokDisabled,
+            ByokAccessDenied::TierTooLow { .. } => Code::PremiumRequired,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        self.to_string().into()
+    }
 }
 
 /// Whether a user may see and manage their own provider keys (the API Keys page).
@@ -204,7 +223,7 @@ mod tests {
     }
 
     fn outcome(result: Result<Decision, Refusal>) -> Expected {
-        result.map(|d| d.source).map_err(|r| r.code())
+        result.map(|d| d.source).map_err(|r| r.code().as_str())
     }
 
     /// Every row of the configuration matrix x tier x (key / no key) x (credits / none).

@@ -6,12 +6,14 @@
 //! never be the way an account gets suspended. After a few failures the attempts are also spaced out, so a
 //! user who mistypes is slowed down long before the account is locked here.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use super::credit_book::UnixMillis;
+use super::error_code::{Code, Coded};
 
 /// Failures in a row that are let through at once; each later one waits twice as long as the one before.
 pub const FREE_FAILURES: u32 = 3;
@@ -57,6 +59,37 @@ pub enum SignInRefusal {
     /// As many failures in a row as the sidecar lets through: only a successful sign-in (to Directus directly,
     /// which the hook reports) opens the account here again.
     Locked,
+}
+
+/// When a client may look again at an account locked here: it opens once the user signs in elsewhere.
+const LOCKED_RETRY: Duration = Duration::from_secs(3_600);
+
+impl Coded for SignInRefusal {
+    fn code(&self) -> Code {
+        match self {
+            SignInRefusal::Address { .. } | SignInRefusal::Spacing { .. } => Code::TooManySignInAttempts,
+            SignInRefusal::Locked => Code::SignInLocked,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            SignInRefusal::Address { .. } => {
+                "Too many sign-in attempts from your network. Wait for the time in Retry-After, then try again.".into()
+            }
+            SignInRefusal::Spacing { .. } => {
+                "Too many failed sign-ins for this account. Wait for the time in Retry-After, then try again.".into()
+            }
+            SignInRefusal::Locked => self.code().message().into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SignInRefusal::Address { retry_after } | SignInRefusal::Spacing { retry_after } => Some(*retry_after),
+            SignInRefusal::Locked => Some(LOCKED_RETRY),
+        }
+    }
 }
 
 /// An account's attempts in a row without a success, and when the last was let through.

@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::guard::{self, Held};
 use super::state::AppState;
+use crate::domain::error_code::Code;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 use crate::services::sessions::SessionError;
@@ -37,7 +38,7 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = access_token(parts).ok_or(ApiError::Unauthorized)?;
+        let token = access_token(parts).ok_or(ApiError::from(Code::Unauthorized))?;
         let verified = match state.tokens.verify(token, jsonwebtoken::get_current_timestamp()) {
             Ok(verified) => verified,
             // Not a Directus token: perhaps the Flows credential (hashed only here, off the users' own path).
@@ -51,16 +52,16 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
             }
             Err(reason) => {
                 tracing::debug!(%reason, "access token refused");
-                return Err(ApiError::Unauthorized);
+                return Err(ApiError::from(Code::Unauthorized));
             }
         };
         if let Some(session) = &verified.session {
             state.sessions.check(session, token).await.map_err(|error| match error {
                 SessionError::Ended => {
                     tracing::debug!("session-mode token of an ended session refused");
-                    ApiError::Unauthorized
+                    ApiError::from(Code::Unauthorized)
                 }
-                SessionError::Unconfirmed => ApiError::DirectusUnavailable,
+                SessionError::Unconfirmed => ApiError::from(Code::AccountServiceUnavailable),
             })?;
         }
         counted(parts, state, AuthenticatedUser(verified.user))
@@ -84,7 +85,7 @@ fn flow_caller(parts: &mut Parts, state: &AppState) -> Result<AuthenticatedUser,
     let route = parts.extensions.get::<axum::extract::MatchedPath>().map(axum::extract::MatchedPath::as_str);
     if parts.method != axum::http::Method::POST || !route.is_some_and(|r| FLOW_ROUTES.contains(&r)) {
         tracing::warn!(route, "the Flows credential was presented to a route Flows may not call");
-        return Err(ApiError::Unauthorized);
+        return Err(ApiError::from(Code::Unauthorized));
     }
     let user = parts
         .headers
@@ -92,10 +93,7 @@ fn flow_caller(parts: &mut Parts, state: &AppState) -> Result<AuthenticatedUser,
         .and_then(|v| v.to_str().ok())
         .and_then(|v| UserId::parse(v.trim()).ok())
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_request",
-                "A Flow names the user it acts for in x-byok-on-behalf-of (a user id).",
-            )
+            ApiError::new(Code::InvalidRequest, "A Flow names the user it acts for in x-byok-on-behalf-of (a user id).")
         })?;
     tracing::info!(%user, caller = "directus_flow", "a Directus Flow calls on a user's behalf");
     parts.extensions.insert(ViaFlow);
@@ -110,11 +108,11 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let expected = state.operator_token_digest.as_ref().ok_or(ApiError::NotFound)?;
-        let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+        let expected = state.operator_token_digest.as_ref().ok_or(ApiError::from(Code::NotFound))?;
+        let token = bearer_token(parts).ok_or(ApiError::from(Code::Unauthorized))?;
         // Comparing digests keeps the comparison constant-time and length-independent.
         let presented = Sha256::digest(token.as_bytes());
-        if bool::from(presented.ct_eq(expected)) { Ok(Operator) } else { Err(ApiError::Unauthorized) }
+        if bool::from(presented.ct_eq(expected)) { Ok(Operator) } else { Err(ApiError::from(Code::Unauthorized)) }
     }
 }
 
@@ -155,7 +153,7 @@ impl FromRequestParts<AppState> for ProviderPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let not_found = || ApiError::unknown_provider(StatusCode::NOT_FOUND);
+        let not_found = || ApiError::from(Code::UnknownProviderInPath);
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| not_found())?;
         raw.parse().map(ProviderPath).map_err(|_| not_found())
     }
@@ -182,20 +180,17 @@ impl<T: RequestBody> FromRequest<AppState> for JsonBody<T> {
 }
 
 fn json_rejection(rejection: &JsonRejection, expected: &'static str) -> ApiError {
-    let (code, message): (&'static str, String) = match rejection {
-        JsonRejection::MissingJsonContentType(_) => {
-            ("unsupported_media_type", "Send the body as JSON with Content-Type: application/json.".into())
-        }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => Code::UnsupportedMediaType.into(),
         JsonRejection::JsonSyntaxError(_) => {
-            ("invalid_json", format!("The body is not valid JSON. Expected {expected}."))
+            ApiError::new(Code::InvalidJson, format!("The body is not valid JSON. Expected {expected}."))
         }
         JsonRejection::JsonDataError(_) => {
-            ("invalid_request", format!("The body has the wrong shape. Expected {expected}."))
+            ApiError::new(Code::InvalidRequestShape, format!("The body has the wrong shape. Expected {expected}."))
         }
-        JsonRejection::BytesRejection(b) => return bytes_rejection(b),
-        _ => ("invalid_request", format!("The body could not be read. Expected {expected}.")),
-    };
-    ApiError::BadRequest { status: rejection.status(), code, message: message.into() }
+        JsonRejection::BytesRejection(b) => bytes_rejection(b),
+        _ => ApiError::new(Code::InvalidRequest, format!("The body could not be read. Expected {expected}.")),
+    }
 }
 
 /// A JSON body read whole but not yet parsed, for endpoints that parse it borrowed ([`from_json`]): a value
@@ -208,11 +203,7 @@ impl FromRequest<AppState> for JsonBytes {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
         if !json {
-            return Err(ApiError::BadRequest {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code: "unsupported_media_type",
-                message: "Send the body as JSON with Content-Type: application/json.".into(),
-            });
+            return Err(Code::UnsupportedMediaType.into());
         }
         Bytes::from_request(req, state).await.map(JsonBytes).map_err(|r| bytes_rejection(&r))
     }
@@ -228,9 +219,9 @@ fn is_json(content_type: &str) -> bool {
 pub fn from_json<'a, T: serde::Deserialize<'a>>(raw: &'a [u8], expected: &'static str) -> Result<T, ApiError> {
     serde_json::from_slice(raw).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => {
-            ApiError::bad_request("invalid_request", format!("The body has the wrong shape. Expected {expected}."))
+            ApiError::new(Code::InvalidRequest, format!("The body has the wrong shape. Expected {expected}."))
         }
-        _ => ApiError::bad_request("invalid_json", format!("The body is not valid JSON. Expected {expected}.")),
+        _ => ApiError::new(Code::InvalidJson, format!("The body is not valid JSON. Expected {expected}.")),
     })
 }
 
@@ -246,13 +237,12 @@ impl FromRequest<AppState> for RawBody {
 }
 
 fn bytes_rejection(rejection: &BytesRejection) -> ApiError {
-    let status = rejection.status();
     if let Some(refused) = guard::refusal(rejection) {
         return ApiError::BodyRefused(refused);
     }
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::BadRequest { status, code: "payload_too_large", message: "The body is too large.".into() }
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Code::PayloadTooLarge.into()
     } else {
-        ApiError::BadRequest { status, code: "invalid_request", message: "The body could not be read.".into() }
+        ApiError::new(Code::InvalidRequest, "The body could not be read.")
     }
 }

@@ -19,6 +19,7 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::user::UserId;
 use crate::services::in_flight::{InFlight, Permit};
 use crate::sync;
@@ -39,6 +40,19 @@ pub enum BodyRefused {
     TooSlow,
     #[error("too many request bytes are held at once")]
     Busy,
+}
+
+impl Coded for BodyRefused {
+    fn code(&self) -> Code {
+        match self {
+            BodyRefused::TooSlow => Code::BodyTimeout,
+            BodyRefused::Busy => Code::ServerBusy,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        (*self == BodyRefused::Busy).then_some(Duration::from_secs(1))
+    }
 }
 
 /// A request's permits: the body bytes it holds, and its place among its user's requests in flight.

@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 
 use self::error::{ApiError, ErrorBody, ErrorCode};
 use self::state::AppState;
+use crate::domain::error_code::Code;
 
 /// Bodies here are small JSON documents; anything larger is refused before it is buffered.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -40,11 +41,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState, with_metrics: bool) -> Router {
     let (routes, mut document) = documented_routes(&state, with_metrics).split_for_parts();
     describe_responses(&mut document);
+    list_error_codes(&mut document);
     let document = routes::openapi::Document(Arc::new(document.to_pretty_json().unwrap_or_default()));
     let routes = routes
         .layer(Extension(document))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::from(Code::NotFound) })
+        .method_not_allowed_fallback(|| async { ApiError::from(Code::MethodNotAllowed) })
         .layer(middleware::from_fn_with_state(state.guard.clone(), guard::hold));
     with_common_layers(routes).with_state(state)
 }
@@ -116,6 +118,26 @@ fn describe_responses(document: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// The error body's `code` lists every code of the table, each with its status and default message.
+fn list_error_codes(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    let Some(components) = document.components.as_mut() else { return };
+    let Some(RefOr::T(Schema::Object(detail))) = components.schemas.get_mut("ErrorDetail") else { return };
+    let mut codes: Vec<&str> = Vec::new();
+    for code in Code::ALL {
+        if !codes.contains(&code.as_str()) {
+            codes.push(code.as_str());
+        }
+    }
+    let table: Vec<String> =
+        Code::ALL.iter().map(|c| format!("- `{}` ({}): {}", c.as_str(), c.status(), c.message())).collect();
+    let description =
+        format!("Stable, for programs to switch on. Every code, its status and default message:\n{}", table.join("\n"));
+    let code = ObjectBuilder::new().schema_type(Type::String).description(Some(description)).enum_values(Some(codes));
+    detail.properties.insert("code".to_owned(), code.into());
 }
 
 #[derive(utoipa::OpenApi)]
@@ -226,7 +248,7 @@ fn request_span(request: &Request) -> tracing::Span {
 async fn deadline(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
+        Err(_) => ApiError::from(Code::Timeout).into_response(),
     }
 }
 

@@ -15,6 +15,7 @@ use moka::future::Cache;
 use super::reservations::now_millis;
 use crate::directus::{DirectusClient, DirectusError, StoredKey};
 use crate::domain::credit_book::LedgerReading;
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::routing::Caller;
@@ -60,6 +61,16 @@ pub enum CallerError {
     UnknownUser,
     #[error(transparent)]
     Directus(Arc<DirectusError>),
+}
+
+impl Coded for CallerError {
+    fn code(&self) -> Code {
+        match self {
+            // A valid token for a user who no longer exists.
+            CallerError::UnknownUser => Code::Unauthorized,
+            CallerError::Directus(error) => error.code(),
+        }
+    }
 }
 
 pub struct CallerDirectory {

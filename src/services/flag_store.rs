@@ -10,6 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::directus::{DirectusClient, DirectusError};
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::flags::{FlagSet, PushedFlags};
 use crate::{metrics, sync};
 
@@ -51,6 +52,12 @@ pub struct FlagState {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("feature flags have never been loaded from Directus: {0}")]
 pub struct FlagsUnavailable(pub Arc<DirectusError>);
+
+impl Coded for FlagsUnavailable {
+    fn code(&self) -> Code {
+        Code::FlagsUnavailable
+    }
+}
 
 struct Failure {
     at: Instant,

@@ -1,5 +1,6 @@
 //! Users' provider keys: checked with the provider, sealed by the sidecar, stored in Directus as ciphertext.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -10,6 +11,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::crypto::envelope::{KeyOwner, Keyring};
 use crate::directus::{DirectusClient, DirectusError, KeyRecord, KeyUpdate};
 use crate::domain::api_key::KeyStatus;
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::provider::Provider;
 use crate::domain::provider_key::{KeyFormatError, ProviderKey};
 use crate::domain::upstream::UpstreamFailure;
@@ -42,6 +44,37 @@ pub enum VaultError {
     Unusable(Provider),
     #[error(transparent)]
     Directus(#[from] DirectusError),
+}
+
+impl Coded for VaultError {
+    fn code(&self) -> Code {
+        match self {
+            VaultError::NotConfigured => Code::ByokNotConfigured,
+            VaultError::Format(_) => Code::InvalidKeyFormat,
+            VaultError::RejectedByProvider(_) => Code::KeyRejected,
+            VaultError::NotFound => Code::KeyNotFound,
+            VaultError::Unusable(_) => Code::KeyUnusable,
+            VaultError::Directus(error) => error.code(),
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            VaultError::Format(error) => error.to_string().into(),
+            VaultError::RejectedByProvider(provider) => format!(
+                "{} rejected this API key: it may be mistyped, revoked or lack permissions. Create a new key at {} \
+                 and try again.",
+                provider.display_name(),
+                provider.key_page_url()
+            )
+            .into(),
+            VaultError::Unusable(provider) => {
+                format!("We can no longer read your saved {} key. Please enter it again.", provider.display_name())
+                    .into()
+            }
+            _ => self.code().message().into(),
+        }
+    }
 }
 
 pub struct KeyVault {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::callers::{CallerDirectory, CallerError, CallerRead};
 use super::flag_store::{FlagState, FlagStore, FlagsUnavailable};
 use super::reservations::Reservations;
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::routing::{self, Caller, Decision, Refusal};
@@ -39,6 +40,16 @@ pub enum ContextError {
     Caller(#[from] CallerError),
     #[error("account is not active")]
     AccountInactive,
+}
+
+impl Coded for ContextError {
+    fn code(&self) -> Code {
+        match self {
+            ContextError::Flags(error) => error.code(),
+            ContextError::Caller(error) => error.code(),
+            ContextError::AccountInactive => Code::AccountInactive,
+        }
+    }
 }
 
 /// A user's context and the credits they can spend now: the balance less open holds and the costs the ledger

@@ -1,6 +1,7 @@
 //! The end-user endpoints with Directus faked: account, providers, recommendations, notifications, sign-in,
 //! status, the account page and the OpenAPI document. The real-Directus versions are in `tests/e2e/account.rs`.
 
+use byok_bridge::domain::error_code::Code;
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, method, path, query_param};
 use wiremock::{Mock, ResponseTemplate};
@@ -333,6 +334,15 @@ async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served(
     let mut expected: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
     expected.sort();
     assert_eq!(documented, expected);
+    let listed_codes: Vec<&str> = document["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
+        .as_array()
+        .expect("the error code lists its values")
+        .iter()
+        .map(|code| code.as_str().unwrap())
+        .collect();
+    for code in Code::ALL {
+        assert!(listed_codes.contains(&code.as_str()), "{} is not in the document", code.as_str());
+    }
     for (method, route) in &documented {
         let url = app.url(&route.replace("{provider}", "openai").replace("{id}", "1"));
         let request = match method.as_str() {
@@ -347,6 +357,9 @@ async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served(
             !matches!(body["error"]["code"].as_str(), Some("not_found" | "method_not_allowed")),
             "{method} {route} is documented but not served: {body}"
         );
+        if let Some(code) = body["error"]["code"].as_str() {
+            assert!(listed_codes.contains(&code), "{method} {route} answered {code}, which the document does not list");
+        }
     }
     let mut ids: Vec<&str> = document["paths"]
         .as_object()

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::api_key::KeyStatus;
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::flags::RoutingMode;
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
@@ -28,12 +29,12 @@ pub struct Reason {
 }
 
 impl Reason {
+    fn new(code: Code, message: impl Into<String>) -> Reason {
+        Reason { code: code.as_str(), message: message.into() }
+    }
+
     fn denied(denied: ByokAccessDenied) -> Reason {
-        let code = match denied {
-            ByokAccessDenied::Disabled => "byok_disabled",
-            ByokAccessDenied::TierTooLow { .. } => "premium_required",
-        };
-        Reason { code, message: denied.to_string() }
+        Reason::new(denied.code(), denied.message())
     }
 }
 
@@ -152,25 +153,24 @@ pub async fn providers(
             let key = keys.iter().find(|k| k.provider == provider && k.is_active).cloned();
             let reason = match (access, state.vault_configured, key.as_ref().map(|k| k.status)) {
                 (Err(denied), _, _) => Some(Reason::denied(denied)),
-                (Ok(()), false, _) => Some(Reason {
-                    code: "byok_not_configured",
-                    message: "Your own keys cannot be used on this platform right now.".into(),
-                }),
-                (Ok(()), true, None) => Some(Reason {
-                    code: "no_key",
-                    message: format!("Add your {} API key to use it.", provider.display_name()),
-                }),
-                (Ok(()), true, Some(KeyStatus::Invalid)) => Some(Reason {
-                    code: "key_invalid",
-                    message: format!("{} rejected your key. Create a new one and save it.", provider.display_name()),
-                }),
-                (Ok(()), true, Some(KeyStatus::QuotaExceeded)) => Some(Reason {
-                    code: "key_quota_exceeded",
-                    message: format!(
+                (Ok(()), false, _) => Some(Reason::new(
+                    Code::ByokNotConfigured,
+                    "Your own keys cannot be used on this platform right now.",
+                )),
+                (Ok(()), true, None) => {
+                    Some(Reason::new(Code::NoKey, format!("Add your {} API key to use it.", provider.display_name())))
+                }
+                (Ok(()), true, Some(KeyStatus::Invalid)) => Some(Reason::new(
+                    Code::KeyInvalid,
+                    format!("{} rejected your key. Create a new one and save it.", provider.display_name()),
+                )),
+                (Ok(()), true, Some(KeyStatus::QuotaExceeded)) => Some(Reason::new(
+                    Code::KeyQuotaExceeded,
+                    format!(
                         "Your {} account is out of quota. Add credit, then verify the key.",
                         provider.display_name()
                     ),
-                }),
+                )),
                 (Ok(()), true, Some(_)) => None,
             };
             ProviderInfo {
@@ -247,11 +247,11 @@ pub async fn recommendations(
     let prompt_tokens = prompt_size(request.prompt_tokens, request.prompt.as_deref())?;
     let output_tokens = request.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS);
     if !(1..=MAX_OUTPUT_TOKENS).contains(&output_tokens) {
-        return Err(ApiError::bad_request("invalid_request", "max_output_tokens must be from 1 to 1000000."));
+        return Err(ApiError::new(Code::InvalidRequest, "max_output_tokens must be from 1 to 1000000."));
     }
     let limit = request.limit.unwrap_or(5);
     if !(1..=20).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_request", "limit must be from 1 to 20."));
+        return Err(ApiError::new(Code::InvalidRequest, "limit must be from 1 to 20."));
     }
     let standing = state.standings.of(user).await?;
     // The same decision a call would get now; providers the user cannot use at all are left out.

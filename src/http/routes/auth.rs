@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::directus::{SessionTokens, SignInError};
+use crate::domain::error_code::Code;
 use crate::domain::sign_in::{Account, SignInRefusal};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ClientAddress, JsonBody, Operator, RequestBody};
@@ -59,17 +60,9 @@ impl From<SessionTokens> for Tokens {
 
 fn refused(error: SignInError, message: &'static str) -> ApiError {
     match error {
-        SignInError::Refused => ApiError::BadRequest {
-            status: StatusCode::UNAUTHORIZED,
-            code: "invalid_credentials",
-            message: message.into(),
-        },
-        SignInError::OtpRequired => ApiError::BadRequest {
-            status: StatusCode::UNAUTHORIZED,
-            code: "otp_required",
-            message: "Enter the code from your authenticator app.".into(),
-        },
-        SignInError::Directus(error) => ApiError::from_directus(error),
+        SignInError::Refused => ApiError::new(Code::InvalidCredentials, message),
+        SignInError::OtpRequired => Code::OtpRequired.into(),
+        SignInError::Directus(error) => ApiError::Directus(error),
     }
 }
 
@@ -86,7 +79,7 @@ pub async fn login(
 ) -> Result<Json<Tokens>, ApiError> {
     let email = request.email.trim();
     if email.is_empty() || email.len() > 254 {
-        return Err(ApiError::bad_request("invalid_request", "Enter the e-mail address of your account."));
+        return Err(ApiError::new(Code::InvalidRequest, "Enter the e-mail address of your account."));
     }
     let account = Account::of_email(email);
     state.sign_in.admit(&account, address).await.map_err(|refusal| {
@@ -154,6 +147,6 @@ pub async fn logout(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<Refresh>,
 ) -> Result<StatusCode, ApiError> {
-    state.directus.sign_out(&request.refresh_token).await.map_err(ApiError::from_directus)?;
+    state.directus.sign_out(&request.refresh_token).await.map_err(ApiError::Directus)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,6 +2,7 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
+use crate::domain::error_code::Code;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::Operator;
 use crate::http::state::AppState;
@@ -30,7 +31,7 @@ pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Val
 pub async fn reload(operator: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let reloaded = state.flags.reload().await?;
     if reloaded.stale {
-        return Err(ApiError::DirectusUnavailable);
+        return Err(ApiError::from(Code::AccountServiceUnavailable));
     }
     state.bus.publish(crate::shared::bus::Event::FlagsChanged).await;
     tracing::info!(flags = ?reloaded.snapshot.flags, "feature flags reloaded on an operator's request");

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tracing::Instrument;
 
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::llm::{self, Api, LlmRequest, LlmRequestError};
 use crate::domain::routing::Source;
 use crate::http::error::{ApiError, ErrorBody};
@@ -67,7 +68,7 @@ fn counted(api: Api, result: Result<Response, ApiError>) -> Result<Response, Api
                 if source == Some(Source::Byok.as_str()) { Source::Byok.as_str() } else { Source::Internal.as_str() };
             (source, if response.status().is_success() { "ok" } else { "provider_error" })
         }
-        Err(error) => ("none", error.code()),
+        Err(error) => ("none", error.code().as_str()),
     };
     metrics::gateway_call(api.provider(), source, code);
     result
@@ -159,8 +160,8 @@ impl<T: Send + 'static> Drop for RunsToTheEnd<T> {
 /// A gateway request body, parsed as the provider's API defines it. The jobs API takes the same bodies.
 pub fn parse(api: Api, raw: &Bytes) -> Result<LlmRequest, ApiError> {
     llm::parse_request(api, raw).map_err(|error| match error {
-        LlmRequestError::InvalidJson => ApiError::bad_request("invalid_json", "The body is not valid JSON."),
-        other => ApiError::bad_request("invalid_request", other.to_string()),
+        LlmRequestError::InvalidJson => Code::InvalidJson.into(),
+        other => ApiError::new(Code::InvalidRequest, other.to_string()),
     })
 }
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::domain::error_code::Code;
 use crate::domain::jobs::{CallbackUrl, JobStatus, parse_api};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBytes, Operator, ViaFlow, from_json};
@@ -54,10 +55,6 @@ pub struct SubmitJob<'a> {
 const EXPECTED: &str =
     r#"{"api": "chat.completions" | "messages", "request": {...}, "callback_url"?: "https://...", "metadata"?: {...}}"#;
 
-fn invalid(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
-    ApiError::BadRequest { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.into() }
-}
-
 /// What a replay with the same `Idempotency-Key` must repeat: everything the job was submitted with.
 fn fingerprint(body: &SubmitJob<'_>) -> String {
     let mut digest = Sha256::new();
@@ -76,7 +73,7 @@ fn fingerprint(body: &SubmitJob<'_>) -> String {
 
 /// `metadata` as stored: an object of at most 16 KiB, measured before it is parsed.
 fn metadata(raw: Option<&RawValue>) -> Result<Option<Value>, ApiError> {
-    let refused = || invalid("invalid_metadata", "\"metadata\" must be a JSON object of at most 16 KiB.");
+    let refused = || ApiError::from(Code::InvalidMetadata);
     let Some(raw) = raw else { return Ok(None) };
     if raw.get().len() > MAX_METADATA_BYTES {
         return Err(refused());
@@ -107,22 +104,18 @@ pub async fn submit(
     JsonBytes(raw): JsonBytes,
 ) -> Result<Response, ApiError> {
     let body: SubmitJob<'_> = from_json(&raw, EXPECTED)?;
-    let api = parse_api(&body.api).ok_or_else(|| {
-        ApiError::bad_request("invalid_request", r#""api" must be "chat.completions" or "messages"."#)
-    })?;
+    let api = parse_api(&body.api)
+        .ok_or_else(|| ApiError::new(Code::InvalidRequest, r#""api" must be "chat.completions" or "messages"."#))?;
     let request = parse(api, &raw.slice_ref(body.request.get().as_bytes()))?;
     if request.stream {
-        return Err(invalid(
-            "streaming_not_supported",
-            "Jobs return the complete answer; remove \"stream\": true (or call the gateway directly to stream).",
-        ));
+        return Err(Code::StreamingNotSupported.into());
     }
     let chosen = body
         .callback_url
         .as_deref()
         .map(|raw| CallbackUrl::parse(raw, state.jobs.allows_internal_callbacks()))
         .transpose()
-        .map_err(|e| invalid("invalid_callback_url", e.to_string()))?;
+        .map_err(|e| ApiError::new(Code::InvalidCallbackUrl, e.to_string()))?;
     let callback = match (chosen, via_flow) {
         (Some(url), _) => Some(NewCallback::App(url)),
         // A Flow's job reports to the Flows bundle in Directus, which writes the answer where the Flow said.
@@ -146,13 +139,10 @@ pub async fn submit(
         callback,
         notify_on_failure: body.notify_on_failure,
     };
-    let submitted = state.jobs.submit(user, job).await.map_err(jobs_error)?;
+    let submitted = state.jobs.submit(user, job).await?;
     let record = &submitted.record;
     if !submitted.created && !record.replayed_by(&body.api, &model, &fingerprint) {
-        return Err(invalid(
-            "idempotency_key_reused",
-            "This Idempotency-Key was used for a different request. Use a new key for a new job.",
-        ));
+        return Err(Code::IdempotencyKeyReused.into());
     }
     let mut answer = json!({"id": record.id, "status": record.status});
     if let Some(secret) = &submitted.callback_secret {
@@ -176,8 +166,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY && key.bytes().all(|b| b.is_ascii_graphic()) => {
             Ok(Some(key.to_owned()))
         }
-        _ => Err(ApiError::bad_request(
-            "invalid_idempotency_key",
+        _ => Err(ApiError::new(
+            Code::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is a good choice).",
         )),
     }
@@ -206,8 +196,8 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|_| {
-        ApiError::bad_request(
-            "invalid_request",
+        ApiError::new(
+            Code::InvalidRequest,
             "Use ?status=<queued|running|paused|succeeded|failed|cancelled>&limit=<1-200>&after=<job id>.",
         )
     })?;
@@ -216,8 +206,8 @@ pub async fn list(
         .as_deref()
         .map(|raw| {
             JobStatus::parse(raw).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_request",
+                ApiError::new(
+                    Code::InvalidRequest,
                     "status must be one of queued, running, paused, succeeded, failed, cancelled.",
                 )
             })
@@ -229,11 +219,11 @@ pub async fn list(
         .as_deref()
         .map(|raw| {
             Uuid::parse_str(raw).map_err(|_| {
-                ApiError::bad_request("invalid_request", "after must be the next of a previous page (a job id).")
+                ApiError::new(Code::InvalidRequest, "after must be the next of a previous page (a job id).")
             })
         })
         .transpose()?;
-    let page = state.jobs.list(user, status, limit, after).await.map_err(jobs_error)?;
+    let page = state.jobs.list(user, status, limit, after).await?;
     let mut answer = json!({"jobs": page.jobs.iter().map(|j| j.view()).collect::<Vec<_>>()});
     if let Some(next) = page.next {
         answer["next"] = json!(next);
@@ -242,7 +232,7 @@ pub async fn list(
 }
 
 fn job_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| jobs_error(JobsError::NotFound))
+    Uuid::parse_str(raw).map_err(|_| ApiError::from(JobsError::NotFound))
 }
 
 /// One of the user's jobs: status, attempts, next attempt, and the result (the provider's complete answer)
@@ -255,7 +245,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = state.jobs.get(user, job_id(&id)?).await.map_err(jobs_error)?;
+    let job = state.jobs.get(user, job_id(&id)?).await?;
     Ok(Json(job.view()))
 }
 
@@ -271,12 +261,7 @@ pub async fn retry(
 ) -> Result<Json<Value>, ApiError> {
     match state.jobs.retry(user, job_id(&id)?).await {
         Ok(job) => Ok(Json(job.view())),
-        Err(JobsError::Conflict(status)) => Err(ApiError::BadRequest {
-            status: StatusCode::CONFLICT,
-            code: "job_not_retryable",
-            message: format!("The job is {}; only failed or paused jobs can be retried.", status.as_str()).into(),
-        }),
-        Err(error) => Err(jobs_error(error)),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -293,25 +278,7 @@ pub async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     match state.jobs.cancel(user, job_id(&id)?).await {
         Ok(job) => Ok(Json(job.view())),
-        Err(JobsError::Conflict(status)) => Err(ApiError::BadRequest {
-            status: StatusCode::CONFLICT,
-            code: "job_finished",
-            message: format!("The job is {} already.", status.as_str()).into(),
-        }),
-        Err(error) => Err(jobs_error(error)),
-    }
-}
-
-fn jobs_error(error: JobsError) -> ApiError {
-    match error {
-        JobsError::NotFound => ApiError::BadRequest {
-            status: StatusCode::NOT_FOUND,
-            code: "job_not_found",
-            message: "You have no job with this id.".into(),
-        },
-        JobsError::Full(cap) => ApiError::JobCapReached(cap),
-        JobsError::Account(error) => ApiError::from(error),
-        other => ApiError::JobsUnavailable(other),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -320,7 +287,7 @@ fn jobs_error(error: JobsError) -> ApiError {
     responses((status = 200, description = "`{\"backend\": \"embedded\" | \"redis\", \"counts\": {status: n}}`", body = Object),
               (status = 401, body = ErrorBody), (status = 404, description = "no `OPERATOR_TOKEN` set", body = ErrorBody)))]
 pub async fn counts(_: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let counts = state.jobs.counts().await.map_err(jobs_error)?;
+    let counts = state.jobs.counts().await?;
     let counts: serde_json::Map<String, Value> =
         JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), json!(counts.get(s).copied().unwrap_or(0)))).collect();
     Ok(Json(json!({"backend": state.jobs.backend(), "counts": counts})))

@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::directus::Notification;
+use crate::domain::error_code::Code;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::AuthenticatedUser;
 use crate::http::state::AppState;
@@ -24,7 +25,7 @@ pub async fn list(
     AuthenticatedUser(user): AuthenticatedUser,
     State(state): State<AppState>,
 ) -> Result<Json<Notifications>, ApiError> {
-    let notifications = state.directus.user_notifications(user, 50).await.map_err(ApiError::from_directus)?;
+    let notifications = state.directus.user_notifications(user, 50).await.map_err(ApiError::Directus)?;
     Ok(Json(Notifications { notifications }))
 }
 
@@ -43,13 +44,9 @@ pub async fn mark_read(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<MarkedRead>, ApiError> {
-    let not_found = || ApiError::BadRequest {
-        status: axum::http::StatusCode::NOT_FOUND,
-        code: "notification_not_found",
-        message: "You have no notification with this id.".into(),
-    };
+    let not_found = || ApiError::from(Code::NotificationNotFound);
     let id: u64 = raw.parse().map_err(|_| not_found())?;
-    match state.directus.mark_notification_read(user, id).await.map_err(ApiError::from_directus)? {
+    match state.directus.mark_notification_read(user, id).await.map_err(ApiError::Directus)? {
         true => Ok(Json(MarkedRead { id, read: true })),
         false => Err(not_found()),
     }

@@ -34,7 +34,7 @@ pub struct Preflight {
 async fn preflight_list(state: &AppState) -> Result<Preflight, ApiError> {
     let (users, with_keys, flags) =
         tokio::join!(state.directus.entitled_users(), state.directus.users_with_usable_keys(), state.flags.current(),);
-    let (users, with_keys) = (users.map_err(ApiError::from_directus)?, with_keys.map_err(ApiError::from_directus)?);
+    let (users, with_keys) = (users.map_err(ApiError::Directus)?, with_keys.map_err(ApiError::Directus)?);
     let entitled_users = users.len();
     let without: Vec<EntitledUser> = users.into_iter().filter(|u| !with_keys.contains(&u.id)).collect();
     Ok(Preflight {

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
+use crate::domain::error_code::Code;
 use crate::domain::money::Cents;
 use crate::domain::pricing::{CallBudget, estimate_prompt_tokens};
 use crate::domain::provider::Provider;
@@ -36,15 +37,16 @@ pub async fn summary(
         metrics::rate_limited("usage_reads");
         ApiError::TooManyRequests { retry_after }
     })?;
-    let days =
-        match query.days.as_deref() {
-            None => 30,
-            Some(raw) => raw.parse::<i64>().ok().filter(|d| (1..=365).contains(d)).ok_or_else(|| {
-                ApiError::bad_request("invalid_request", "days must be a whole number from 1 to 365.")
-            })?,
-        };
+    let days = match query.days.as_deref() {
+        None => 30,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|d| (1..=365).contains(d))
+            .ok_or_else(|| ApiError::new(Code::InvalidRequest, "days must be a whole number from 1 to 365."))?,
+    };
     let since = OffsetDateTime::now_utc() - Duration::days(days);
-    let summary = state.directus.usage_summary(user, since).await.map_err(ApiError::from_directus)?;
+    let summary = state.directus.usage_summary(user, since).await.map_err(ApiError::Directus)?;
     let total_cost: Cents = summary.totals.iter().map(|l| l.cost_cents).sum();
     let total_requests: u64 = summary.totals.iter().map(|l| l.requests).sum();
     Ok(Json(json!({
@@ -75,7 +77,7 @@ pub fn prompt_size(tokens: Option<u64>, text: Option<&str>) -> Result<u64, ApiEr
     match (tokens, text) {
         (Some(tokens), _) => Ok(tokens),
         (None, Some(text)) => Ok(estimate_prompt_tokens(text.len())),
-        (None, None) => Err(ApiError::bad_request("invalid_request", "Give either prompt or prompt_tokens.")),
+        (None, None) => Err(ApiError::new(Code::InvalidRequest, "Give either prompt or prompt_tokens.")),
     }
 }
 

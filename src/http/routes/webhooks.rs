@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::webhook_signature::{Delivery, TOLERANCE_SECS};
+use crate::domain::error_code::Code;
 use crate::domain::flags::PushedFlags;
 use crate::domain::sign_in::Account;
 use crate::http::error::{ApiError, ErrorBody};
@@ -63,16 +64,15 @@ pub async fn directus(
     let now = time::OffsetDateTime::now_utc();
     state.webhook_secret.verify(&delivery, now.unix_timestamp()).map_err(|reason| {
         tracing::warn!(%reason, "webhook refused");
-        ApiError::BadSignature
+        ApiError::from(Code::InvalidSignature)
     })?;
     if let Some(sent) = delivery.timestamp.and_then(|t| t.parse::<i64>().ok()) {
         let lag = (now - time::OffsetDateTime::from_unix_timestamp(sent).unwrap_or(now)).unsigned_abs();
         metrics::webhook_lag(lag);
     }
     let id = delivery.id.unwrap_or_default().to_owned();
-    let event: DirectusEvent = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::bad_request("invalid_json", r#"Expected {"type": "<collection>.items.<action>", ...}."#)
-    })?;
+    let event: DirectusEvent = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::new(Code::InvalidJson, r#"Expected {"type": "<collection>.items.<action>", ...}."#))?;
 
     if event.kind == SIGN_IN_EVENT
         && let Some(email) = event.data.email.as_deref()
@@ -127,7 +127,7 @@ pub async fn directus(
         failed => {
             state.shared.release(&claim).await;
             failed?;
-            return Err(ApiError::DirectusUnavailable);
+            return Err(ApiError::from(Code::AccountServiceUnavailable));
         }
     };
     tracing::info!(webhook_id = %id, kind = %event.kind, flags = ?current.snapshot.flags, "feature flags reloaded");

@@ -6,6 +6,7 @@ mod key_events;
 mod limits;
 mod upstream;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use super::meter::{Charge, Meter, MeteredStream};
 use super::reservations::{Hold, Reservations, Shortfall};
 use super::standing::ContextError;
 use super::standing::Standings;
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::flags::RoutingMode;
 use crate::domain::llm::{Api, LlmRequest, estimated_usage, usage_from_response};
 use crate::domain::money::Cents;
@@ -153,6 +155,94 @@ pub enum GatewayError {
     CutOff(Provider),
     #[error(transparent)]
     Vault(VaultError),
+}
+
+impl Coded for GatewayError {
+    fn code(&self) -> Code {
+        match self {
+            GatewayError::Context(error) => error.code(),
+            GatewayError::Refused(refusal) => refusal.code(),
+            GatewayError::Vault(error) => error.code(),
+            GatewayError::RateLimited { .. } | GatewayError::OwnKeyRateLimited { .. } => Code::RateLimited,
+            GatewayError::TooManyCalls(_) => Code::TooManyConcurrentCalls,
+            GatewayError::ProviderRateLimited { .. } => Code::ProviderRateLimited,
+            GatewayError::KeyInvalid(_) => Code::ProviderKeyInvalid,
+            GatewayError::KeyQuotaExhausted(_) => Code::ProviderQuotaExhausted,
+            GatewayError::Busy => Code::GatewayBusy,
+            GatewayError::CutOff(_) => Code::UpstreamError,
+            GatewayError::Timeout(_) => Code::AiTimeout,
+            GatewayError::SpecialServiceTier(_) => Code::ServiceTierNotAvailable,
+            GatewayError::Unavailable { .. } => Code::AiUnavailable,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            GatewayError::Context(error) => error.message(),
+            GatewayError::Refused(refusal) => refusal.message(),
+            GatewayError::Vault(error) => error.message(),
+            GatewayError::RateLimited { .. } => "You are sending requests faster than your plan allows. Wait a \
+                 moment and retry, or add your own API key to remove the limit."
+                .into(),
+            GatewayError::OwnKeyRateLimited { .. } => "You are sending requests with your own API key faster than \
+                 this platform allows. Wait for the time in Retry-After, then retry."
+                .into(),
+            GatewayError::TooManyCalls(most) => format!(
+                "You have {most} AI requests running at once, the most one account may. Wait for one to finish, \
+                 then retry."
+            )
+            .into(),
+            GatewayError::ProviderRateLimited { provider, .. } => format!(
+                "{} is rate limiting these requests. Retry after the time in Retry-After.",
+                provider.display_name()
+            )
+            .into(),
+            GatewayError::KeyInvalid(provider) => format!(
+                "{} rejected your API key. Create a new one at {} and save it under \"Your API keys\" on your \
+                 account page.",
+                provider.display_name(),
+                provider.key_page_url()
+            )
+            .into(),
+            GatewayError::KeyQuotaExhausted(provider) => format!(
+                "Your {} account has no quota or credit left. Add credit at {}, then retry.",
+                provider.display_name(),
+                provider.billing_url()
+            )
+            .into(),
+            GatewayError::Timeout(provider) => format!(
+                "{} did not finish answering in time. It bills the generation all the same, so the call was \
+                 charged its whole budget (the prompt and its max_tokens). Ask for a shorter answer (a lower \
+                 max_tokens), or use streaming (\"stream\": true) for long ones.",
+                provider.display_name()
+            )
+            .into(),
+            GatewayError::SpecialServiceTier(provider) => format!(
+                "Priority, flex and scale processing (service_tier) are not available on platform credits. Remove \
+                 service_tier, or use your own {} API key for it.",
+                provider.display_name()
+            )
+            .into(),
+            GatewayError::Unavailable { provider, .. } => format!(
+                "AI features are temporarily unavailable ({} is not responding). Everything else keeps working; \
+                 retry in a little while.",
+                provider.display_name()
+            )
+            .into(),
+            GatewayError::Busy | GatewayError::CutOff(_) => self.code().message().into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::RateLimited { retry_after }
+            | GatewayError::OwnKeyRateLimited { retry_after }
+            | GatewayError::ProviderRateLimited { retry_after, .. } => Some(*retry_after),
+            GatewayError::TooManyCalls(_) | GatewayError::Busy => Some(Duration::from_secs(1)),
+            GatewayError::Unavailable { retry_after, .. } => Some(retry_after.unwrap_or(Duration::from_secs(30))),
+            _ => None,
+        }
+    }
 }
 
 /// Why no credential could be had for a source.

@@ -24,6 +24,7 @@ mod redis;
 mod schedule;
 mod worker;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,7 @@ use uuid::Uuid;
 use self::embedded::EmbeddedJobs;
 use self::redis::{RedisJobs, Renewal};
 use super::callers::CallerDirectory;
-use super::gateway::{Gateway, GatewayError};
+use super::gateway::Gateway;
 use super::in_flight::{InFlight, Permit};
 use super::notifier::Notifier;
 use super::standing::ContextError;
@@ -45,7 +46,8 @@ use crate::clock::Clock;
 use crate::config::{JobsConfig, UserCaps};
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::credit_book::UnixMillis;
-use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobError, JobRecord, JobStatus, RetryPolicy, millis};
+use crate::domain::error_code::{Code, Coded};
+use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobRecord, JobStatus, RetryPolicy, millis};
 use crate::domain::llm::{Api, LlmRequest};
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
@@ -56,9 +58,12 @@ use crate::store::{Store, StoreError};
 pub enum JobsError {
     #[error("no such job")]
     NotFound,
-    /// The job is not in a state the operation applies to.
+    /// Only failed or paused jobs can be retried.
     #[error("the job is {}", .0.as_str())]
-    Conflict(JobStatus),
+    NotRetryable(JobStatus),
+    /// A finished job cannot be cancelled.
+    #[error("the job is {}", .0.as_str())]
+    Finished(JobStatus),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -80,6 +85,67 @@ pub enum JobCap {
     Waiting(u64),
     #[error("the user's jobs hold {0} bytes of requests, the most allowed")]
     StoredBytes(u64),
+}
+
+impl Coded for JobCap {
+    fn code(&self) -> Code {
+        match self {
+            JobCap::Waiting(_) => Code::JobQueueFull,
+            JobCap::StoredBytes(_) => Code::JobStorageFull,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            JobCap::Waiting(most) => format!(
+                "You have {most} background requests waiting, the most allowed. Wait for some to finish, or cancel \
+                 some, then submit again."
+            ),
+            JobCap::StoredBytes(most) => format!(
+                "Your background requests hold {} MiB, the most kept for one account. Finished ones are removed \
+                 after their retention; cancel waiting ones or submit smaller requests.",
+                most / (1024 * 1024)
+            ),
+        }
+        .into()
+    }
+
+    /// Jobs finish in seconds to minutes.
+    fn retry_after(&self) -> Option<Duration> {
+        Some(Duration::from_secs(60))
+    }
+}
+
+impl Coded for JobsError {
+    fn code(&self) -> Code {
+        match self {
+            JobsError::NotFound => Code::JobNotFound,
+            JobsError::NotRetryable(_) => Code::JobNotRetryable,
+            JobsError::Finished(_) => Code::JobFinished,
+            JobsError::Full(cap) => cap.code(),
+            JobsError::Account(error) => error.code(),
+            JobsError::Store(_) | JobsError::Redis(_) | JobsError::Internal(_) => Code::JobsUnavailable,
+        }
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            JobsError::NotRetryable(status) => {
+                format!("The job is {}; only failed or paused jobs can be retried.", status.as_str()).into()
+            }
+            JobsError::Finished(status) => format!("The job is {} already.", status.as_str()).into(),
+            JobsError::Full(cap) => cap.message(),
+            JobsError::Account(error) => error.message(),
+            _ => self.code().message().into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            JobsError::Full(cap) => cap.retry_after(),
+            _ => None,
+        }
+    }
 }
 
 impl UserCaps {
@@ -217,8 +283,6 @@ pub struct Jobs {
     notifier: Arc<Notifier>,
     clock: Clock,
     config: JobsConfig,
-    /// The gateway's errors as the jobs API shows them (the HTTP layer's codes and messages).
-    describe: fn(GatewayError) -> JobError,
     callbacks: callbacks::CallbackClient,
     callback_gate: CallbackGate,
     /// Set when `FLOWS_TOKEN` is.
@@ -233,7 +297,6 @@ impl Jobs {
         services: JobServices,
         clock: Clock,
         config: JobsConfig,
-        describe: fn(GatewayError) -> JobError,
         flows: Option<FlowCallbacks>,
     ) -> Result<Jobs, JobsError> {
         let store = match redis {
@@ -248,7 +311,7 @@ impl Jobs {
         let callbacks = callbacks::CallbackClient::new(config.allow_internal_callbacks, config.callback_timeout);
         let callback_gate = CallbackGate::new(&config);
         let JobServices { gateway, callers, notifier } = services;
-        Ok(Jobs { store, gateway, callers, notifier, clock, config, describe, callbacks, callback_gate, flows })
+        Ok(Jobs { store, gateway, callers, notifier, clock, config, callbacks, callback_gate, flows })
     }
 
     /// Where jobs are kept: `embedded` (this replica's store) or `redis`.
@@ -348,12 +411,13 @@ impl Jobs {
         if waiting >= self.config.caps.waiting && self.get(user, id).await?.status == JobStatus::Failed {
             return Err(JobsError::Full(JobCap::Waiting(self.config.caps.waiting)));
         }
-        self.change(user, id, JobStatus::can_retry, |record, now, policy| record.requeue(now, policy)).await
+        let change = |record: &mut JobRecord, now, policy: &RetryPolicy| record.requeue(now, policy);
+        self.change(user, id, JobStatus::can_retry, JobsError::NotRetryable, change).await
     }
 
     /// Cancels a queued, paused or running job (a running call finishes, but its result is not kept).
     pub async fn cancel(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
-        self.change(user, id, JobStatus::can_cancel, |record, now, _| record.cancel(now)).await
+        self.change(user, id, JobStatus::can_cancel, JobsError::Finished, |record, now, _| record.cancel(now)).await
     }
 
     async fn change(
@@ -361,6 +425,7 @@ impl Jobs {
         user: UserId,
         id: Uuid,
         allowed: fn(JobStatus) -> bool,
+        refused: fn(JobStatus) -> JobsError,
         change: impl Fn(&mut JobRecord, i64, &RetryPolicy),
     ) -> Result<JobRecord, JobsError> {
         // A worker may move the job between the read and the write: read again and decide again.
@@ -368,7 +433,7 @@ impl Jobs {
             let mut record = self.get(user, id).await?;
             let expected = record.status;
             if !allowed(expected) {
-                return Err(JobsError::Conflict(expected));
+                return Err(refused(expected));
             }
             change(&mut record, self.clock.now(), &self.config.retry);
             if dispatch!(self.update(&record, expected))? {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Claimed, DueCallback, Jobs};
+use crate::domain::error_code::Code;
 use crate::domain::jobs::{Attempt, CallbackState, JobError, JobStatus, parse_api};
 use crate::domain::llm::{Api, parse_request};
 use crate::domain::provider::Provider;
@@ -30,7 +31,7 @@ impl Jobs {
             match parse_api(&record.api) {
                 Some(api) => self.attempt(record.user, api, request).await,
                 None => Attempt::Fail {
-                    error: JobError::new("invalid_request", "The job names an API this version does not run."),
+                    error: JobError::new(Code::InvalidRequest, "The job names an API this version does not run."),
                 },
             }
         };
@@ -79,7 +80,7 @@ impl Jobs {
     async fn attempt(&self, user: UserId, api: Api, body: bytes::Bytes) -> Attempt {
         let request = match parse_request(api, &body) {
             Ok(request) => request,
-            Err(error) => return Attempt::Fail { error: JobError::new("invalid_request", error.to_string()) },
+            Err(error) => return Attempt::Fail { error: JobError::new(Code::InvalidRequest, error.to_string()) },
         };
         match self.gateway.complete(user, api, &request, Retries::None).await {
             Ok(completed) => {
@@ -91,7 +92,7 @@ impl Jobs {
                     }
                     None => Attempt::Fail {
                         error: JobError {
-                            code: "provider_refused_request".into(),
+                            code: Code::ProviderRefusedRequest.as_str().into(),
                             message: format!(
                                 "{} refused the request itself (HTTP {}); its answer is in provider_answer. \
                                  Nothing was charged.",
@@ -134,7 +135,7 @@ impl Jobs {
             _ => None,
         };
         let pause = blocked.is_some() || matches!(error, G::KeyInvalid(_) | G::KeyQuotaExhausted(_));
-        let error = (self.describe)(blocked.unwrap_or(error));
+        let error = JobError::of(&blocked.unwrap_or(error));
         match (asked, pause) {
             (_, true) => Attempt::Pause { error },
             (Some(asked), false) => Attempt::Retry { error, asked },
