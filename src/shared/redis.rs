@@ -16,6 +16,9 @@ use crate::{metrics, sync};
 /// No request waits longer than this on Redis; past it, the local fallback answers.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// While Redis is down, one command this often finds out whether it is back; the others go straight to the
+/// local fallback instead of each waiting up to the command timeout.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Every key of byok-bridge starts with this, so it can share a Redis with Directus.
 pub const KEY_PREFIX: &str = "byok-bridge:";
 
@@ -25,6 +28,8 @@ pub enum SharedError {
     Redis(#[from] redis::RedisError),
     #[error("Redis did not answer within {} ms", COMMAND_TIMEOUT.as_millis())]
     Timeout,
+    #[error("Redis is down; not asked until the next probe")]
+    Down,
 }
 
 pub struct Redis {
@@ -32,6 +37,8 @@ pub struct Redis {
     commands: ConnectionManager,
     up: AtomicBool,
     down_since: Mutex<Option<Instant>>,
+    /// While down: when the next command may try Redis.
+    next_probe: Mutex<Option<Instant>>,
 }
 
 impl Redis {
@@ -44,7 +51,13 @@ impl Redis {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        Ok(Redis { client, commands, up: AtomicBool::new(true), down_since: Mutex::new(None) })
+        Ok(Redis {
+            client,
+            commands,
+            up: AtomicBool::new(true),
+            down_since: Mutex::new(None),
+            next_probe: Mutex::new(None),
+        })
     }
 
     /// Runs one command (or script) with the shared connection, bounded, recording Redis's health.
@@ -53,6 +66,9 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        if !self.is_up() && !self.may_probe(Instant::now()) {
+            return Err(SharedError::Down);
+        }
         let result = match tokio::time::timeout(COMMAND_TIMEOUT, command(self.commands.clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(SharedError::Redis(error)),
@@ -63,6 +79,16 @@ impl Redis {
             Err(error) => self.mark_down(error),
         }
         result
+    }
+
+    /// One command per [`PROBE_INTERVAL`] may try Redis while it is down.
+    fn may_probe(&self, now: Instant) -> bool {
+        let mut next = sync::lock(&self.next_probe);
+        if next.is_some_and(|at| now < at) {
+            return false;
+        }
+        *next = Some(now + PROBE_INTERVAL);
+        true
     }
 
     /// The database number of `REDIS_URL`: keys live in it, but pub/sub channels are shared by all databases,

@@ -11,3 +11,5 @@ mod fakes;
 #[path = "../e2e/harness.rs"]
 mod harness;
 mod shared_state;
+#[path = "../backends/suites/mod.rs"]
+mod suites;

@@ -8,6 +8,7 @@ use byok_bridge::domain::credit_book::LedgerReading;
 use byok_bridge::domain::money::Cents;
 use byok_bridge::domain::user::UserId;
 use byok_bridge::services::rate_limit::RateLimiter;
+use byok_bridge::services::rate_limit::redis::RedisRateLimit;
 use byok_bridge::services::reservations::{Reservations, now_millis};
 use byok_bridge::shared::Shared;
 use byok_bridge::shared::bus::{Bus, Event};
@@ -198,4 +199,11 @@ async fn without_redis_each_replica_carries_on_alone() {
     assert!(limiter.acquire(u, 1).await.is_ok() && limiter.acquire(u, 1).await.is_err(), "local allowance");
     let shared = Shared::new(Some(redis));
     assert!(shared.claim("x", Duration::from_secs(60)).await && !shared.claim("x", Duration::from_secs(60)).await);
+}
+
+#[tokio::test]
+async fn redis_rate_limit_conforms() {
+    crate::suites::rate_limit::suite(&RedisRateLimit::new("conformance", redis())).await;
+    // Unreachable, it falls back to this replica's buckets, which keep the same contract.
+    crate::suites::rate_limit::suite(&RedisRateLimit::new("conformance", unreachable_redis())).await;
 }
