@@ -30,8 +30,8 @@ use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
 use crate::services::standing::Standings;
-use crate::shared::Shared;
 use crate::shared::bus::Bus;
+use crate::shared::claims::claims;
 use crate::shared::redis::Redis;
 use crate::store::Store;
 
@@ -62,7 +62,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         None => Reservations::in_memory(fresh_reading, oldest_reading),
     };
     let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
-    let shared = Arc::new(Shared::new(redis.clone()));
+    let claims = claims(redis.clone());
     let bus = Arc::new(Bus::new(redis.clone()));
     let standings = Arc::new(Standings::new(
         Arc::clone(&flags),
@@ -70,7 +70,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         Arc::clone(&reservations),
         settings.keyring.is_some(),
     ));
-    let notifier = Arc::new(Notifier::new(directus.clone(), Arc::clone(&shared), settings.public_url.as_ref()));
+    let notifier = Arc::new(Notifier::new(directus.clone(), Arc::clone(&claims), settings.public_url.as_ref()));
     let key_events =
         Arc::new(KeyEvents::new(Arc::clone(&vault), Arc::clone(&notifier), Arc::clone(&callers), Arc::clone(&bus)));
     let internal_keys = InternalKeys {
@@ -128,7 +128,8 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         vault_configured: settings.keyring.is_some(),
         flag_cache_ttl: settings.flag_cache_ttl,
         bus,
-        shared,
+        claims,
+        redis: redis.clone(),
         key_checks: Arc::new(RateLimiter::new("key_checks", redis.clone())),
         key_checks_per_minute: settings.key_checks_per_minute,
         usage_reads: Arc::new(RateLimiter::new("usage_reads", redis.clone())),

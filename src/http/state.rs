@@ -24,8 +24,9 @@ use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
 use crate::services::standing::Standings;
-use crate::shared::Shared;
 use crate::shared::bus::Bus;
+use crate::shared::claims::Claims;
+use crate::shared::redis::Redis;
 
 /// Shared by every handler; axum clones it for every request, so it is one `Arc` (one reference count to
 /// touch) around [`Services`].
@@ -71,7 +72,9 @@ pub struct Services {
     pub vault_configured: bool,
     pub flag_cache_ttl: Duration,
     /// Claims shared by replicas: webhook ids applied, incidents notified.
-    pub shared: Arc<Shared>,
+    pub claims: Arc<dyn Claims>,
+    /// `REDIS_URL`'s connection, for readiness.
+    pub redis: Option<Arc<Redis>>,
     /// Tells the other replicas of flag and key changes.
     pub bus: Arc<Bus>,
     /// Per-user limits on endpoints that cost the platform a provider call or a Directus aggregate.

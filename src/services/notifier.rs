@@ -8,7 +8,7 @@ use crate::directus::DirectusClient;
 use crate::domain::jobs::JobError;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
-use crate::shared::Shared;
+use crate::shared::claims::Claims;
 
 /// An incident is notified once a day at most, unless the key changes.
 const INCIDENT_TTL: Duration = Duration::from_secs(86_400);
@@ -61,7 +61,7 @@ pub struct Notifier {
     key_page: Option<String>,
     /// Incidents already notified are claimed there (by every replica, with Redis). A claim ends when the user
     /// saves or re-checks the key, or after a day.
-    shared: Arc<Shared>,
+    claims: Arc<dyn Claims>,
 }
 
 impl KeyProblem {
@@ -78,27 +78,27 @@ fn incident(user: UserId, provider: Provider, problem: KeyProblem) -> String {
 }
 
 impl Notifier {
-    pub fn new(directus: DirectusClient, shared: Arc<Shared>, public_url: Option<&reqwest::Url>) -> Self {
+    pub fn new(directus: DirectusClient, claims: Arc<dyn Claims>, public_url: Option<&reqwest::Url>) -> Self {
         let key_page = public_url.and_then(|url| url.join("account#keys").ok()).map(String::from);
-        Notifier { directus, key_page, shared }
+        Notifier { directus, key_page, claims }
     }
 
     /// Sends the notification in the background unless this incident was already notified.
     pub async fn key_problem(&self, user: UserId, provider: Provider, problem: KeyProblem) {
         let incident = incident(user, provider, problem);
-        if !self.shared.claim(&incident, INCIDENT_TTL).await {
+        if !self.claims.claim(&incident, INCIDENT_TTL).await {
             crate::metrics::key_incident("already_notified");
             return;
         }
         crate::metrics::key_incident("notified");
-        let (directus, shared) = (self.directus.clone(), Arc::clone(&self.shared));
+        let (directus, claims) = (self.directus.clone(), Arc::clone(&self.claims));
         let message = problem.message(provider, self.key_page.as_deref());
         tokio::spawn(async move {
             match directus.notify(user, &problem.subject(provider), &message).await {
                 Ok(()) => tracing::info!(%user, %provider, ?problem, "user notified about their key"),
                 Err(error) => {
                     // Give the incident up so the next failing request tries again.
-                    shared.release(&incident).await;
+                    claims.release(&incident).await;
                     tracing::warn!(%user, %provider, ?problem, %error, "could not notify the user");
                 }
             }
@@ -109,7 +109,7 @@ impl Notifier {
     /// [`JOB_FAILURE_NOTICE_INTERVAL`], across replicas: a batch failing together sends one, not a thousand.
     pub async fn job_failed(&self, user: UserId, job: uuid::Uuid, model: &str, error: Option<&JobError>) {
         let claim = format!("notified:{user}:job_failed");
-        if !self.shared.claim(&claim, JOB_FAILURE_NOTICE_INTERVAL).await {
+        if !self.claims.claim(&claim, JOB_FAILURE_NOTICE_INTERVAL).await {
             crate::metrics::job_failure_notice("throttled");
             return;
         }
@@ -121,7 +121,7 @@ impl Notifier {
              the next hour are not notified one by one: the app's list of background requests shows them all."
         );
         if let Err(error) = self.directus.notify(user, "A background AI request failed", &message).await {
-            self.shared.release(&claim).await;
+            self.claims.release(&claim).await;
             tracing::warn!(%user, %job, %error, "could not notify the user of a failed job");
         }
     }
@@ -129,7 +129,7 @@ impl Notifier {
     /// The user changed or re-checked the key: a new failure is a new incident.
     pub async fn key_changed(&self, user: UserId, provider: Provider) {
         for problem in [KeyProblem::Invalid, KeyProblem::QuotaExhausted] {
-            self.shared.release(&incident(user, provider, problem)).await;
+            self.claims.release(&incident(user, provider, problem)).await;
         }
     }
 }

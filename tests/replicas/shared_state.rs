@@ -10,8 +10,9 @@ use byok_bridge::domain::user::UserId;
 use byok_bridge::services::rate_limit::RateLimiter;
 use byok_bridge::services::rate_limit::redis::RedisRateLimit;
 use byok_bridge::services::reservations::{Reservations, now_millis};
-use byok_bridge::shared::Shared;
 use byok_bridge::shared::bus::{Bus, Event};
+use byok_bridge::shared::claims::Claims;
+use byok_bridge::shared::claims::redis::RedisClaims;
 use byok_bridge::shared::redis::Redis;
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -127,7 +128,7 @@ async fn a_users_allowance_is_one_across_replicas() {
 #[tokio::test]
 async fn an_incident_is_claimed_once_across_replicas() {
     let redis = redis();
-    let (a, b) = (Shared::new(Some(Arc::clone(&redis))), Shared::new(Some(Arc::clone(&redis))));
+    let (a, b) = (RedisClaims::new(Arc::clone(&redis)), RedisClaims::new(Arc::clone(&redis)));
     let incident = format!("notified:{}:openai:invalid", Uuid::new_v4());
     assert!(a.claim(&incident, Duration::from_secs(60)).await);
     assert!(!b.claim(&incident, Duration::from_secs(60)).await);
@@ -138,7 +139,7 @@ async fn an_incident_is_claimed_once_across_replicas() {
 #[tokio::test]
 async fn a_webhook_id_is_claimed_here_then_once_across_replicas() {
     let redis = redis();
-    let (a, b) = (Shared::new(Some(Arc::clone(&redis))), Shared::new(Some(Arc::clone(&redis))));
+    let (a, b) = (RedisClaims::new(Arc::clone(&redis)), RedisClaims::new(Arc::clone(&redis)));
     let id = format!("webhook:{}", Uuid::new_v4());
     let window = Duration::from_secs(60);
     assert!(a.claim_here(&id, window).await && a.claim_everywhere(&id, window).await);
@@ -197,8 +198,8 @@ async fn without_redis_each_replica_carries_on_alone() {
     assert_eq!(reservations.available(u, reading(100)).await, Cents::whole(50), "the cost counts locally");
     let limiter = RateLimiter::new("tier", Some(Arc::clone(&redis)));
     assert!(limiter.acquire(u, 1).await.is_ok() && limiter.acquire(u, 1).await.is_err(), "local allowance");
-    let shared = Shared::new(Some(redis));
-    assert!(shared.claim("x", Duration::from_secs(60)).await && !shared.claim("x", Duration::from_secs(60)).await);
+    let claims = RedisClaims::new(redis);
+    assert!(claims.claim("x", Duration::from_secs(60)).await && !claims.claim("x", Duration::from_secs(60)).await);
 }
 
 #[tokio::test]
@@ -206,4 +207,10 @@ async fn redis_rate_limit_conforms() {
     crate::suites::rate_limit::suite(&RedisRateLimit::new("conformance", redis())).await;
     // Unreachable, it falls back to this replica's buckets, which keep the same contract.
     crate::suites::rate_limit::suite(&RedisRateLimit::new("conformance", unreachable_redis())).await;
+}
+
+#[tokio::test]
+async fn redis_claims_conform() {
+    crate::suites::claims::suite(&RedisClaims::new(redis())).await;
+    crate::suites::claims::suite(&RedisClaims::new(unreachable_redis())).await;
 }

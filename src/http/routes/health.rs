@@ -33,7 +33,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
         }
     };
-    let redis = match state.shared.redis_health() {
+    let redis = match state.redis.as_ref().map(|redis| redis.is_up()) {
         None => "not_configured",
         Some(true) => "up",
         Some(false) => "down",

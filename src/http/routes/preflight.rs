@@ -72,14 +72,14 @@ pub async fn notify(_: Operator, State(state): State<AppState>) -> Result<Json<N
     for user in &list.users_without_usable_key {
         let Ok(id) = UserId::parse(&user.id) else { continue };
         let claim = format!("preflight:{id}");
-        if !state.shared.claim(&claim, NOTICE_TTL).await {
+        if !state.claims.claim(&claim, NOTICE_TTL).await {
             outcome.already_notified += 1;
             continue;
         }
         match state.directus.notify(id, SUBJECT, MESSAGE).await {
             Ok(()) => outcome.notified += 1,
             Err(error) => {
-                state.shared.release(&claim).await;
+                state.claims.release(&claim).await;
                 tracing::warn!(user = %id, %error, "pre-flight notice not delivered");
                 outcome.failed += 1;
             }

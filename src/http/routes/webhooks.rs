@@ -90,7 +90,7 @@ pub async fn directus(
     // then the claim across replicas (with Redis), and the other replicas are told.
     let claim = format!("webhook:{id}");
     let window = Duration::from_secs(2 * TOLERANCE_SECS as u64);
-    if !state.shared.claim_here(&claim, window).await {
+    if !state.claims.claim_here(&claim, window).await {
         tracing::info!(webhook_id = %id, "webhook already applied");
         return Ok(Json(json!({"status": "duplicate"})));
     }
@@ -103,7 +103,7 @@ pub async fn directus(
     if outcome == Pushed::Ambiguous {
         state.flags.invalidate();
     }
-    if !state.shared.claim_everywhere(&claim, window).await {
+    if !state.claims.claim_everywhere(&claim, window).await {
         tracing::info!(webhook_id = %id, "webhook already applied by another replica");
         return Ok(Json(json!({"status": "duplicate"})));
     }
@@ -125,7 +125,7 @@ pub async fn directus(
     let current = match reloaded {
         Ok(current) if !current.stale => current,
         failed => {
-            state.shared.release(&claim).await;
+            state.claims.release(&claim).await;
             failed?;
             return Err(ApiError::from(Code::AccountServiceUnavailable));
         }
