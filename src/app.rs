@@ -30,7 +30,7 @@ use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
 use crate::services::standing::Standings;
-use crate::shared::bus::Bus;
+use crate::shared::bus::bus;
 use crate::shared::claims::claims;
 use crate::shared::redis::Redis;
 use crate::store::Store;
@@ -58,12 +58,12 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     let (fresh_reading, oldest_reading) =
         (settings.user_cache_ttl, settings.user_cache_ttl + settings.stale_caller_max_age);
     let reservations = match &redis {
-        Some(redis) => Reservations::shared(Arc::clone(redis), store.replica_id()?, fresh_reading, oldest_reading),
+        Some(redis) => Reservations::in_redis(Arc::clone(redis), store.replica_id()?, fresh_reading, oldest_reading),
         None => Reservations::in_memory(fresh_reading, oldest_reading),
     };
     let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
     let claims = claims(redis.clone());
-    let bus = Arc::new(Bus::new(redis.clone()));
+    let bus = bus(redis.clone());
     let standings = Arc::new(Standings::new(
         Arc::clone(&flags),
         Arc::clone(&callers),

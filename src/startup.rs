@@ -113,7 +113,8 @@ impl Application {
         if let Some(every) = self.flag_poll_interval {
             tokio::spawn(poll_flags(self.state.clone(), every));
         }
-        tokio::spawn(Arc::clone(&self.state.bus).run(apply_event(self.state.clone())));
+        let (bus, apply) = (Arc::clone(&self.state.bus), apply_event(self.state.clone()));
+        tokio::spawn(async move { bus.run(Box::new(apply)).await });
         if let Some(listener) = self.metrics_listener {
             let router = http::metrics_router(self.state.clone());
             tokio::spawn(async move {

@@ -76,7 +76,7 @@ pub struct Services {
     /// `REDIS_URL`'s connection, for readiness.
     pub redis: Option<Arc<Redis>>,
     /// Tells the other replicas of flag and key changes.
-    pub bus: Arc<Bus>,
+    pub bus: Arc<dyn Bus>,
     /// Per-user limits on endpoints that cost the platform a provider call or a Directus aggregate.
     pub key_checks: Arc<RateLimiter>,
     pub key_checks_per_minute: u32,

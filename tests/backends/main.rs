@@ -3,8 +3,17 @@
 
 mod suites;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use byok_bridge::clock::Clock;
+use byok_bridge::config::JobsConfig;
+use byok_bridge::services::jobs::embedded::EmbeddedJobs;
 use byok_bridge::services::rate_limit::memory::MemoryRateLimit;
+use byok_bridge::services::reservations::memory::MemoryReservations;
+use byok_bridge::shared::bus::memory::MemoryBus;
 use byok_bridge::shared::claims::memory::MemoryClaims;
+use byok_bridge::store::Store;
 
 #[tokio::test]
 async fn memory_rate_limit() {
@@ -14,4 +23,27 @@ async fn memory_rate_limit() {
 #[tokio::test]
 async fn memory_claims() {
     suites::claims::suite(&MemoryClaims::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_credit_books() {
+    suites::credit_books::suite(Arc::new(MemoryReservations::new(Duration::from_secs(5), Duration::from_secs(60))))
+        .await;
+}
+
+#[tokio::test]
+async fn memory_bus() {
+    let a = MemoryBus::new();
+    let b = MemoryBus::beside(&a);
+    suites::bus::suite(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test]
+async fn embedded_job_queue() {
+    let dir = std::env::temp_dir().join(format!("byok-backends-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Arc::new(Store::open(&dir.join("byok-bridge.db")).unwrap());
+    let queue = EmbeddedJobs::open(store, &JobsConfig::default(), Clock::system()).unwrap();
+    suites::job_queue::suite(Arc::new(queue)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,9 +7,12 @@ use std::time::Duration;
 use byok_bridge::domain::credit_book::LedgerReading;
 use byok_bridge::domain::money::Cents;
 use byok_bridge::domain::user::UserId;
+use byok_bridge::services::jobs::redis::RedisJobs;
 use byok_bridge::services::rate_limit::RateLimiter;
 use byok_bridge::services::rate_limit::redis::RedisRateLimit;
+use byok_bridge::services::reservations::redis::RedisReservations;
 use byok_bridge::services::reservations::{Reservations, now_millis};
+use byok_bridge::shared::bus::redis::RedisBus;
 use byok_bridge::shared::bus::{Bus, Event};
 use byok_bridge::shared::claims::Claims;
 use byok_bridge::shared::claims::redis::RedisClaims;
@@ -39,7 +42,7 @@ fn user() -> UserId {
 }
 
 fn replica(name: &str, redis: &Arc<Redis>) -> Arc<Reservations> {
-    Reservations::shared(
+    Reservations::in_redis(
         Arc::clone(redis),
         format!("{name}-{}", Uuid::new_v4().simple()),
         Duration::from_secs(5),
@@ -151,11 +154,11 @@ async fn a_webhook_id_is_claimed_here_then_once_across_replicas() {
 #[tokio::test]
 async fn changes_reach_the_other_replicas_and_not_the_sender() {
     let redis = redis();
-    let (a, b) = (Arc::new(Bus::new(Some(Arc::clone(&redis)))), Arc::new(Bus::new(Some(Arc::clone(&redis)))));
+    let (a, b) = (Arc::new(RedisBus::new(Arc::clone(&redis))), Arc::new(RedisBus::new(Arc::clone(&redis))));
     let heard: Arc<Mutex<Vec<(char, Event)>>> = Arc::default();
     for (name, bus) in [('a', &a), ('b', &b)] {
-        let heard = Arc::clone(&heard);
-        tokio::spawn(Arc::clone(bus).run(move |event| heard.lock().unwrap().push((name, event))));
+        let (bus, heard) = (Arc::clone(bus), Arc::clone(&heard));
+        tokio::spawn(async move { bus.run(Box::new(move |event| heard.lock().unwrap().push((name, event)))).await });
     }
     let subscribed = || heard.lock().unwrap().iter().filter(|(_, e)| *e == Event::Resubscribed).count() == 2;
     for _ in 0..200 {
@@ -213,4 +216,24 @@ async fn redis_rate_limit_conforms() {
 async fn redis_claims_conform() {
     crate::suites::claims::suite(&RedisClaims::new(redis())).await;
     crate::suites::claims::suite(&RedisClaims::new(unreachable_redis())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_credit_books_conform() {
+    let (fresh, oldest) = (Duration::from_secs(5), Duration::from_secs(60));
+    let books = |redis| Arc::new(RedisReservations::new(redis, crate::suites::fresh("replica"), fresh, oldest));
+    crate::suites::credit_books::suite(books(redis())).await;
+    crate::suites::credit_books::suite(books(unreachable_redis())).await;
+}
+
+#[tokio::test]
+async fn redis_bus_conforms() {
+    let redis = redis();
+    crate::suites::bus::suite(Arc::new(RedisBus::new(Arc::clone(&redis))), Arc::new(RedisBus::new(redis))).await;
+}
+
+#[tokio::test]
+async fn redis_job_queue_conforms() {
+    let queue = RedisJobs::new(redis(), crate::suites::fresh("replica"), 4, byok_bridge::clock::Clock::system());
+    crate::suites::job_queue::suite(Arc::new(queue)).await;
 }

@@ -15,11 +15,16 @@ pub struct KeyEvents {
     vault: Arc<KeyVault>,
     notifier: Arc<Notifier>,
     callers: Arc<CallerDirectory>,
-    bus: Arc<Bus>,
+    bus: Arc<dyn Bus>,
 }
 
 impl KeyEvents {
-    pub fn new(vault: Arc<KeyVault>, notifier: Arc<Notifier>, callers: Arc<CallerDirectory>, bus: Arc<Bus>) -> Self {
+    pub fn new(
+        vault: Arc<KeyVault>,
+        notifier: Arc<Notifier>,
+        callers: Arc<CallerDirectory>,
+        bus: Arc<dyn Bus>,
+    ) -> Self {
         KeyEvents { vault, notifier, callers, bus }
     }
 

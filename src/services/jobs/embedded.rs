@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use super::schedule::{Next, Schedule};
 use super::{
-    CallbackGate, Claimed, DueCallback, Inserted, JobsConfig, JobsError, Page, UserCaps, armed, decode, encode,
+    CallbackGate, Claimed, DueCallback, Inserted, JobQueue, JobsConfig, JobsError, Page, UserCaps, armed, decode,
+    encode,
 };
 use crate::clock::Clock;
 use crate::domain::credit_book::UnixMillis;
@@ -128,8 +129,102 @@ impl EmbeddedJobs {
         })
     }
 
+    /// Writes `record` as its next revision, if the stored job is still in `expected` at the revision `record`
+    /// was read at.
+    async fn write(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
+        let revision = i64::try_from(record.revision).unwrap_or(i64::MAX);
+        let next = JobRecord { revision: record.revision + 1, ..record.clone() };
+        let json = encode(&next)?;
+        // What a running job is on disk.
+        let expected = if expected == JobStatus::Running { JobStatus::Queued } else { expected };
+        let (id, user, status, finished_at, due) =
+            (record.id.to_string(), record.user, record.status, record.finished_at, record.next_attempt_at);
+        let callback_due = record.callback_due();
+        let kept = Arc::clone(&self.kept);
+        let written = self
+            .writer
+            .write(move |t| {
+                let changed = t
+                    .prepare_cached(
+                        "UPDATE jobs SET status = ?1, record = ?2, finished_at = ?3, due = ?4, callback_due = ?5, \
+                         revision = revision + 1 WHERE id = ?6 AND status = ?7 AND revision = ?8",
+                    )?
+                    .execute(params![
+                        status.as_str(),
+                        json,
+                        finished_at,
+                        due,
+                        callback_due,
+                        id,
+                        expected.as_str(),
+                        revision
+                    ])?;
+                if changed == 1 && expected.is_waiting() != status.is_waiting() {
+                    let mut kept = sync::lock(&kept);
+                    let entry = kept.entry(user).or_default();
+                    entry.waiting =
+                        if status.is_waiting() { entry.waiting + 1 } else { entry.waiting.saturating_sub(1) };
+                }
+                Ok(changed)
+            })
+            .await?
+            == 1;
+        if written && let Some(due) = callback_due {
+            let host = record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
+            sync::lock(&self.callback_hosts).insert(record.id, host);
+            sync::lock(&self.callbacks).push(record.user, record.id, due);
+            self.callback_work.notify_one();
+        }
+        Ok(written)
+    }
+
+    async fn load(&self, id: Uuid) -> Result<Option<(JobRecord, Bytes)>, JobsError> {
+        let row: Option<(String, Vec<u8>)> = self
+            .read(move |c| {
+                c.query_row("SELECT record, request FROM jobs WHERE id = ?1", [id.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+            })
+            .await?;
+        row.map(|(json, request)| Ok((decode(&json)?, Bytes::from(request)))).transpose()
+    }
+
+    /// A job a worker holds shows as running.
+    fn overlay(&self, record: JobRecord) -> JobRecord {
+        if record.status == JobStatus::Queued && sync::lock(&self.schedule).is_running(record.id) {
+            JobRecord { status: JobStatus::Running, ..record }
+        } else {
+            record
+        }
+    }
+
+    /// Runs a read on the reader connection, off the async threads.
+    async fn read<R, F>(&self, read: F) -> Result<R, JobsError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (readers, store) = (Arc::clone(&self.readers), Arc::clone(&self.store));
+        tokio::task::spawn_blocking(move || {
+            let connection = sync::lock(&readers).pop().map_or_else(|| store.connect(), Ok)?;
+            let result = read(&connection).map_err(|e| store.error(e));
+            sync::lock(&readers).push(connection);
+            Ok(result?)
+        })
+        .await
+        .map_err(|e| JobsError::Internal(e.to_string()))?
+    }
+}
+
+#[async_trait::async_trait]
+impl JobQueue for EmbeddedJobs {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
     /// Stores a new job unless the user's `caps` are reached, or finds the job their idempotency key made.
-    pub async fn insert(
+    async fn insert(
         &self,
         record: JobRecord,
         request: Bytes,
@@ -191,11 +286,11 @@ impl EmbeddedJobs {
     }
 
     /// How many of the user's jobs are waiting.
-    pub async fn waiting(&self, user: UserId) -> Result<u64, JobsError> {
+    async fn waiting(&self, user: UserId) -> Result<u64, JobsError> {
         Ok(sync::lock(&self.kept).get(&user).map_or(0, |k| k.waiting))
     }
 
-    pub async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError> {
+    async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError> {
         let json: Option<String> = self
             .read(move |c| {
                 c.query_row(
@@ -211,7 +306,7 @@ impl EmbeddedJobs {
 
     /// The user's newest jobs first, `limit` at most, older than `after` if given, optionally only those in
     /// `status` (an index on the user, status and id makes each a bounded read).
-    pub async fn list(
+    async fn list(
         &self,
         user: UserId,
         status: Option<JobStatus>,
@@ -267,7 +362,7 @@ impl EmbeddedJobs {
 
     /// Writes `record` if the job is still in `expected` (compare and set), and schedules what follows from
     /// its new state. Whether it was written.
-    pub async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
+    async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
         let written = self.write(record, expected).await?;
         if written {
             let mut schedule = sync::lock(&self.schedule);
@@ -287,7 +382,7 @@ impl EmbeddedJobs {
 
     /// A worker is done with a job it claimed: `record` is its new state, written unless the user cancelled
     /// it meanwhile. Whether it was written.
-    pub async fn finish(&self, record: &JobRecord, _lease: Option<&str>) -> Result<bool, JobsError> {
+    async fn finish(&self, record: &JobRecord, _: Option<&str>) -> Result<bool, JobsError> {
         // No longer running before the result is written: a reader sees the attempt before it (queued), or the
         // result, never the result still running.
         sync::lock(&self.schedule).done(record.user, record.id);
@@ -300,57 +395,8 @@ impl EmbeddedJobs {
         written
     }
 
-    /// Writes `record` as its next revision, if the stored job is still in `expected` at the revision `record`
-    /// was read at.
-    async fn write(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
-        let revision = i64::try_from(record.revision).unwrap_or(i64::MAX);
-        let next = JobRecord { revision: record.revision + 1, ..record.clone() };
-        let json = encode(&next)?;
-        // What a running job is on disk.
-        let expected = if expected == JobStatus::Running { JobStatus::Queued } else { expected };
-        let (id, user, status, finished_at, due) =
-            (record.id.to_string(), record.user, record.status, record.finished_at, record.next_attempt_at);
-        let callback_due = record.callback_due();
-        let kept = Arc::clone(&self.kept);
-        let written = self
-            .writer
-            .write(move |t| {
-                let changed = t
-                    .prepare_cached(
-                        "UPDATE jobs SET status = ?1, record = ?2, finished_at = ?3, due = ?4, callback_due = ?5, \
-                         revision = revision + 1 WHERE id = ?6 AND status = ?7 AND revision = ?8",
-                    )?
-                    .execute(params![
-                        status.as_str(),
-                        json,
-                        finished_at,
-                        due,
-                        callback_due,
-                        id,
-                        expected.as_str(),
-                        revision
-                    ])?;
-                if changed == 1 && expected.is_waiting() != status.is_waiting() {
-                    let mut kept = sync::lock(&kept);
-                    let entry = kept.entry(user).or_default();
-                    entry.waiting =
-                        if status.is_waiting() { entry.waiting + 1 } else { entry.waiting.saturating_sub(1) };
-                }
-                Ok(changed)
-            })
-            .await?
-            == 1;
-        if written && let Some(due) = callback_due {
-            let host = record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
-            sync::lock(&self.callback_hosts).insert(record.id, host);
-            sync::lock(&self.callbacks).push(record.user, record.id, due);
-            self.callback_work.notify_one();
-        }
-        Ok(written)
-    }
-
     /// The next due job, claimed for the caller; waits until there is one.
-    pub async fn claim(&self) -> Claimed {
+    async fn claim(&self) -> Claimed {
         loop {
             let work = armed(&self.work);
             let next = sync::lock(&self.schedule).pop(self.clock.now());
@@ -377,21 +423,9 @@ impl EmbeddedJobs {
         }
     }
 
-    async fn load(&self, id: Uuid) -> Result<Option<(JobRecord, Bytes)>, JobsError> {
-        let row: Option<(String, Vec<u8>)> = self
-            .read(move |c| {
-                c.query_row("SELECT record, request FROM jobs WHERE id = ?1", [id.to_string()], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .optional()
-            })
-            .await?;
-        row.map(|(json, request)| Ok((decode(&json)?, Bytes::from(request)))).transpose()
-    }
-
     /// The next callback due that `gate` admits (earliest first, user by user), with its job and secret;
     /// waits until there is one. Hand it back with [`EmbeddedJobs::callback_done`] once sent.
-    pub async fn due_callback(&self, gate: &CallbackGate) -> DueCallback {
+    async fn due_callback(&self, gate: &CallbackGate) -> DueCallback {
         loop {
             let work = armed(&self.callback_work);
             let now = self.clock.now();
@@ -436,7 +470,7 @@ impl EmbeddedJobs {
 
     /// A callback [`EmbeddedJobs::due_callback`] handed out was sent (its outcome written): the user's place
     /// is free, and a retry it scheduled is due in its turn.
-    pub fn callback_done(&self, user: UserId, id: Uuid) {
+    fn callback_done(&self, user: UserId, id: Uuid) {
         let queued = {
             let mut callbacks = sync::lock(&self.callbacks);
             callbacks.done(user, id);
@@ -450,7 +484,7 @@ impl EmbeddedJobs {
     }
 
     /// Removes up to `page` finished jobs older than `before` whose callback is settled. How many went.
-    pub async fn purge(&self, before: UnixMillis, page: usize) -> Result<usize, JobsError> {
+    async fn purge(&self, before: UnixMillis, page: usize) -> Result<usize, JobsError> {
         let kept = Arc::clone(&self.kept);
         Ok(self
             .writer
@@ -475,7 +509,7 @@ impl EmbeddedJobs {
     }
 
     /// Jobs by status, for metrics.
-    pub async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
+    async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
         let rows: Vec<(String, i64)> = self
             .read(|c| {
                 let mut statement = c.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")?;
@@ -490,32 +524,6 @@ impl EmbeddedJobs {
         *queued = queued.saturating_sub(running);
         counts.insert(JobStatus::Running, running);
         Ok(counts)
-    }
-
-    /// A job a worker holds shows as running.
-    fn overlay(&self, record: JobRecord) -> JobRecord {
-        if record.status == JobStatus::Queued && sync::lock(&self.schedule).is_running(record.id) {
-            JobRecord { status: JobStatus::Running, ..record }
-        } else {
-            record
-        }
-    }
-
-    /// Runs a read on the reader connection, off the async threads.
-    async fn read<R, F>(&self, read: F) -> Result<R, JobsError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
-    {
-        let (readers, store) = (Arc::clone(&self.readers), Arc::clone(&self.store));
-        tokio::task::spawn_blocking(move || {
-            let connection = sync::lock(&readers).pop().map_or_else(|| store.connect(), Ok)?;
-            let result = read(&connection).map_err(|e| store.error(e));
-            sync::lock(&readers).push(connection);
-            Ok(result?)
-        })
-        .await
-        .map_err(|e| JobsError::Internal(e.to_string()))?
     }
 }
 

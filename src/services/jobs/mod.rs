@@ -9,18 +9,9 @@
 //! take from one queue and a dead replica's jobs are taken over.
 
 /// Calls the same method on whichever store is configured (declared before the modules that use it).
-macro_rules! dispatch {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match &$self.store {
-            $crate::services::jobs::JobStore::Embedded(store) => store.$method($($arg),*).await,
-            $crate::services::jobs::JobStore::Redis(store) => store.$method($($arg),*).await,
-        }
-    };
-}
-
 mod callbacks;
-mod embedded;
-mod redis;
+pub mod embedded;
+pub mod redis;
 mod schedule;
 mod worker;
 
@@ -31,6 +22,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use uuid::Uuid;
@@ -221,10 +213,62 @@ pub struct DueCallback {
     pub secret: Option<SecretString>,
 }
 
-/// Where jobs are kept.
-pub(crate) enum JobStore {
-    Embedded(Box<EmbeddedJobs>),
-    Redis(Arc<RedisJobs>),
+/// Where jobs are kept: `embedded` (this replica's store) or `redis` (every replica's).
+#[async_trait::async_trait]
+pub trait JobQueue: Send + Sync {
+    /// `embedded` or `redis`, for operators.
+    fn backend(&self) -> &'static str;
+
+    /// Stores a new job unless the user's `caps` are reached, or finds the job their idempotency key made.
+    async fn insert(
+        &self,
+        record: JobRecord,
+        request: Bytes,
+        secret: Option<String>,
+        caps: UserCaps,
+    ) -> Result<Inserted, JobsError>;
+
+    /// How many of the user's jobs are waiting (not finished).
+    async fn waiting(&self, user: UserId) -> Result<u64, JobsError>;
+
+    async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError>;
+
+    /// The user's jobs, newest first, from `after` (the previous page's `next`) on.
+    async fn list(
+        &self,
+        user: UserId,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<Uuid>,
+    ) -> Result<Page, JobsError>;
+
+    /// Writes `record` if the job is still `expected` (and not changed since it was read): whether it was.
+    async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError>;
+
+    /// A worker's attempt is recorded, with the `lease` [`JobQueue::claim`] handed out (none for `embedded`):
+    /// false when the job was cancelled or taken over meanwhile.
+    async fn finish(&self, record: &JobRecord, lease: Option<&str>) -> Result<bool, JobsError>;
+
+    /// The next due job, claimed for a worker of this replica; waits until there is one.
+    async fn claim(&self) -> Claimed;
+
+    /// The next callback due, of a user and host `gate` lets through; waits until there is one.
+    async fn due_callback(&self, gate: &CallbackGate) -> DueCallback;
+
+    /// A callback handed out for sending is done with.
+    fn callback_done(&self, user: UserId, id: Uuid);
+
+    /// Removes up to `page` jobs finished before `before`: how many.
+    async fn purge(&self, before: UnixMillis, page: usize) -> Result<usize, JobsError>;
+
+    /// Jobs by status.
+    async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError>;
+
+    /// What the queue does in the background while the process runs (Redis: fetching, lease renewal, taking
+    /// over dead replicas' jobs).
+    fn maintain(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A job as submitted, already parsed.
@@ -277,7 +321,7 @@ pub struct JobServices {
 }
 
 pub struct Jobs {
-    store: JobStore,
+    store: Arc<dyn JobQueue>,
     gateway: Arc<Gateway>,
     callers: Arc<CallerDirectory>,
     notifier: Arc<Notifier>,
@@ -299,14 +343,9 @@ impl Jobs {
         config: JobsConfig,
         flows: Option<FlowCallbacks>,
     ) -> Result<Jobs, JobsError> {
-        let store = match redis {
-            Some(redis) => JobStore::Redis(Arc::new(RedisJobs::new(
-                redis,
-                store.replica_id()?,
-                config.per_user_cap,
-                clock.clone(),
-            ))),
-            None => JobStore::Embedded(Box::new(EmbeddedJobs::open(store, &config, clock.clone())?)),
+        let store: Arc<dyn JobQueue> = match redis {
+            Some(redis) => Arc::new(RedisJobs::new(redis, store.replica_id()?, config.per_user_cap, clock.clone())),
+            None => Arc::new(EmbeddedJobs::open(store, &config, clock.clone())?),
         };
         let callbacks = callbacks::CallbackClient::new(config.allow_internal_callbacks, config.callback_timeout);
         let callback_gate = CallbackGate::new(&config);
@@ -316,10 +355,7 @@ impl Jobs {
 
     /// Where jobs are kept: `embedded` (this replica's store) or `redis`.
     pub fn backend(&self) -> &'static str {
-        match self.store {
-            JobStore::Embedded(_) => "embedded",
-            JobStore::Redis(_) => "redis",
-        }
+        self.store.backend()
     }
 
     /// Whether jobs a Flow queues can report back to Directus (`FLOWS_TOKEN` is set).
@@ -377,7 +413,7 @@ impl Jobs {
         });
         let stored_secret = secret.as_ref().map(|s: &SecretString| s.expose_secret().to_owned());
         let caps = self.config.caps;
-        let inserted = dispatch!(self.insert(record, job.request.body.clone(), stored_secret, caps))?;
+        let inserted = self.store.insert(record, job.request.body.clone(), stored_secret, caps).await?;
         Ok(match inserted {
             Inserted::New(record) => {
                 tracing::info!(job = %record.id, %user, api = %record.api, "job queued");
@@ -390,7 +426,7 @@ impl Jobs {
     }
 
     pub async fn get(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
-        dispatch!(self.get(user, id))?.ok_or(JobsError::NotFound)
+        self.store.get(user, id).await?.ok_or(JobsError::NotFound)
     }
 
     /// The user's jobs, newest first, from `after` (the previous page's `next`) on.
@@ -401,13 +437,13 @@ impl Jobs {
         limit: usize,
         after: Option<Uuid>,
     ) -> Result<Page, JobsError> {
-        dispatch!(self.list(user, status, limit, after))
+        self.store.list(user, status, limit, after).await
     }
 
     /// Queues a failed or paused job again, now, with a fresh give-up time. A failed job waits again, so it
     /// needs room under the user's cap.
     pub async fn retry(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
-        let waiting = dispatch!(self.waiting(user))?;
+        let waiting = self.store.waiting(user).await?;
         if waiting >= self.config.caps.waiting && self.get(user, id).await?.status == JobStatus::Failed {
             return Err(JobsError::Full(JobCap::Waiting(self.config.caps.waiting)));
         }
@@ -436,7 +472,7 @@ impl Jobs {
                 return Err(refused(expected));
             }
             change(&mut record, self.clock.now(), &self.config.retry);
-            if dispatch!(self.update(&record, expected))? {
+            if self.store.update(&record, expected).await? {
                 return Ok(record);
             }
         }
@@ -458,7 +494,7 @@ impl Jobs {
                 continue;
             }
             record.requeue(self.clock.now(), &self.config.retry);
-            match dispatch!(self.update(&record, JobStatus::Paused)) {
+            match self.store.update(&record, JobStatus::Paused).await {
                 Ok(true) => resumed += 1,
                 Ok(false) => {}
                 Err(error) => tracing::warn!(job = %record.id, %error, "cannot resume a paused job"),
@@ -484,10 +520,7 @@ impl Jobs {
 
     /// A callback handed out for sending is done with: its user's and host's places are free again.
     fn callback_done(&self, user: UserId, id: Uuid) {
-        match &self.store {
-            JobStore::Embedded(store) => store.callback_done(user, id),
-            JobStore::Redis(store) => store.callback_done(),
-        }
+        self.store.callback_done(user, id);
     }
 
     /// Starts the workers, the callback sender, the clean-up and the job metrics.
@@ -497,9 +530,7 @@ impl Jobs {
         }
         tokio::spawn(Arc::clone(self).send_callbacks());
         tokio::spawn(Arc::clone(self).upkeep());
-        if let JobStore::Redis(store) = &self.store {
-            tokio::spawn(store.maintain());
-        }
+        tokio::spawn(Arc::clone(&self.store).maintain());
     }
 
     /// Removes finished jobs past their retention and publishes job counts, every so often.
@@ -528,7 +559,7 @@ impl Jobs {
     async fn purge(&self, before: UnixMillis) {
         let mut removed = 0;
         loop {
-            match dispatch!(self.purge(before, PURGE_PAGE)) {
+            match self.store.purge(before, PURGE_PAGE).await {
                 Ok(n) => {
                     removed += n;
                     if n < PURGE_PAGE {
@@ -549,7 +580,7 @@ impl Jobs {
 
     /// Jobs by status (what `/metrics` shows).
     pub async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
-        dispatch!(self.counts())
+        self.store.counts().await
     }
 }
 

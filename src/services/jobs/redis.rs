@@ -23,12 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use redis::Script;
 use secrecy::SecretString;
 use tokio::sync::{Mutex, Notify, mpsc};
 use uuid::Uuid;
 
-use super::{CallbackGate, Claimed, DueCallback, Inserted, JobCap, JobsError, Page, armed, encode};
+use super::{CallbackGate, Claimed, DueCallback, Inserted, JobCap, JobQueue, JobsError, Page, armed, encode};
 use crate::clock::Clock;
 use crate::config::UserCaps;
 use crate::domain::credit_book::UnixMillis;
@@ -196,133 +197,6 @@ impl RedisJobs {
         }
     }
 
-    pub async fn insert(
-        &self,
-        record: JobRecord,
-        request: Bytes,
-        secret: Option<String>,
-        caps: UserCaps,
-    ) -> Result<Inserted, JobsError> {
-        let json = encode(&record)?;
-        let (id, user) = (record.id.to_string(), record.user.to_string());
-        let idem = record.idempotency_key.clone().unwrap_or_default();
-        let due = record.next_attempt_at.unwrap_or(record.created_at);
-        let host = record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
-        let script = &self.scripts.insert;
-        let prefix = &self.prefix;
-        let reply: Vec<redis::Value> = self
-            .redis
-            .run(|mut c| async move {
-                script
-                    .arg(prefix)
-                    .arg(id)
-                    .arg(user)
-                    .arg(idem)
-                    .arg(json)
-                    .arg(request.as_ref())
-                    .arg(secret.as_deref().unwrap_or(""))
-                    .arg(due)
-                    .arg(caps.waiting)
-                    .arg(caps.stored_bytes)
-                    .arg(host)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        match reply.as_slice() {
-            [redis::Value::Int(1)] => {
-                self.work.notify_one();
-                Ok(Inserted::New(record))
-            }
-            [redis::Value::Int(2), which] => Err(JobsError::Full(match text(which).as_deref() {
-                Some("bytes") => JobCap::StoredBytes(caps.stored_bytes),
-                _ => JobCap::Waiting(caps.waiting),
-            })),
-            [_, found, status, secret] => {
-                let secret = text(secret).filter(|s| !s.is_empty()).map(SecretString::from);
-                Ok(Inserted::Existing(decode(found, status)?, secret))
-            }
-            _ => Err(JobsError::Internal("unexpected answer from the insert script".into())),
-        }
-    }
-
-    /// How many of the user's jobs are waiting.
-    pub async fn waiting(&self, user: UserId) -> Result<u64, JobsError> {
-        let kept = format!("{}kept:{user}", self.prefix);
-        let waiting: Option<u64> = self
-            .redis
-            .run(|mut c| async move { redis::cmd("HGET").arg(kept).arg("waiting").query_async(&mut c).await })
-            .await?;
-        Ok(waiting.unwrap_or(0))
-    }
-
-    pub async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError> {
-        let job = key(&["jobs", "job", &id.to_string()]);
-        let found: (Option<String>, Option<String>, Option<String>) = self
-            .redis
-            .run(|mut c| async move {
-                redis::cmd("HMGET").arg(job).arg("record").arg("status").arg("user").query_async(&mut c).await
-            })
-            .await?;
-        match found {
-            (Some(record), Some(status), Some(owner)) if owner == user.to_string() => {
-                Ok(Some(with_status(&record, &status)?))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// The user's newest jobs after `after`: a few bounded script calls, never one that reads all their jobs.
-    pub async fn list(
-        &self,
-        user: UserId,
-        status: Option<JobStatus>,
-        limit: usize,
-        mut after: Option<Uuid>,
-    ) -> Result<Page, JobsError> {
-        let mut jobs = Vec::new();
-        for _ in 0..LIST_CALLS {
-            let script = &self.scripts.list;
-            let wanted = limit - jobs.len();
-            let cursor = after.map(|id| id.to_string()).unwrap_or_default();
-            let flat: Vec<String> = self
-                .redis
-                .run(|mut c| async move {
-                    script
-                        .arg(&self.prefix)
-                        .arg(user.to_string())
-                        .arg(status.map_or("", JobStatus::as_str))
-                        .arg(wanted)
-                        .arg(cursor)
-                        .arg(LIST_SCAN)
-                        .invoke_async(&mut c)
-                        .await
-                })
-                .await?;
-            let (next, found) = flat.split_first().ok_or_else(|| JobsError::Internal("empty list reply".into()))?;
-            for pair in found.chunks(2) {
-                jobs.push(with_status(&pair[0], &pair[1])?);
-            }
-            after = Uuid::parse_str(next).ok();
-            if after.is_none() || jobs.len() == limit {
-                break;
-            }
-        }
-        Ok(Page { jobs, next: after })
-    }
-
-    pub async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
-        self.write(&self.scripts.update, record, expected.as_str()).await
-    }
-
-    pub async fn finish(&self, record: &JobRecord, lease: Option<&str>) -> Result<bool, JobsError> {
-        let entry = lease.ok_or_else(|| JobsError::Internal("a Redis job finished without its entry".into()))?;
-        let written = self.write(&self.scripts.finish, record, entry).await;
-        // The user's slot is free again: the fetcher looks at once.
-        self.work.notify_one();
-        written
-    }
-
     /// Writes `record` as its next revision with `script` ([`UPDATE`] or [`FINISH`]), guarded by `guard` (the
     /// expected status, or the entry the worker holds) and by the revision it was read at.
     async fn write(&self, script: &Script, record: &JobRecord, guard: &str) -> Result<bool, JobsError> {
@@ -355,31 +229,6 @@ impl RedisJobs {
         }
         if record.callback_due().is_some() {
             self.callback_work.notify_one();
-        }
-    }
-
-    /// The next job for a worker of this replica; waits until there is one.
-    pub async fn claim(&self) -> Claimed {
-        let mut claimed = self.claimed.lock().await;
-        claimed.recv().await.expect("the fetcher runs as long as the queue")
-    }
-
-    /// Fetches jobs for this replica's workers, renews their leases, takes over dead replicas' jobs.
-    pub fn maintain(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
-        let jobs = Arc::clone(self);
-        async move {
-            match jobs.move_old_callbacks().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(n, "callbacks moved to their users' queues"),
-                Err(error) => tracing::warn!(%error, "cannot move the callbacks of an earlier version"),
-            }
-            match jobs.reclaim(&jobs.scripts.reclaim_own, None).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(n, "jobs this replica held when it stopped are queued again"),
-                Err(error) => tracing::warn!(%error, "cannot queue again the jobs this replica held when it stopped"),
-            }
-            tokio::spawn(Arc::clone(&jobs).reclaim_dead());
-            jobs.fetch().await;
         }
     }
 
@@ -517,8 +366,181 @@ impl RedisJobs {
         Ok(n)
     }
 
+    /// Callbacks waiting in the single queue of earlier versions go to their users' queues.
+    async fn move_old_callbacks(&self) -> Result<i64, JobsError> {
+        let mut moved = 0;
+        loop {
+            let script = &self.scripts.move_callbacks;
+            let n: i64 =
+                self.redis.run(|mut c| async move { script.arg(&self.prefix).invoke_async(&mut c).await }).await?;
+            moved += n;
+            if n == 0 {
+                return Ok(moved);
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JobQueue for RedisJobs {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn insert(
+        &self,
+        record: JobRecord,
+        request: Bytes,
+        secret: Option<String>,
+        caps: UserCaps,
+    ) -> Result<Inserted, JobsError> {
+        let json = encode(&record)?;
+        let (id, user) = (record.id.to_string(), record.user.to_string());
+        let idem = record.idempotency_key.clone().unwrap_or_default();
+        let due = record.next_attempt_at.unwrap_or(record.created_at);
+        let host = record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
+        let script = &self.scripts.insert;
+        let prefix = &self.prefix;
+        let reply: Vec<redis::Value> = self
+            .redis
+            .run(|mut c| async move {
+                script
+                    .arg(prefix)
+                    .arg(id)
+                    .arg(user)
+                    .arg(idem)
+                    .arg(json)
+                    .arg(request.as_ref())
+                    .arg(secret.as_deref().unwrap_or(""))
+                    .arg(due)
+                    .arg(caps.waiting)
+                    .arg(caps.stored_bytes)
+                    .arg(host)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match reply.as_slice() {
+            [redis::Value::Int(1)] => {
+                self.work.notify_one();
+                Ok(Inserted::New(record))
+            }
+            [redis::Value::Int(2), which] => Err(JobsError::Full(match text(which).as_deref() {
+                Some("bytes") => JobCap::StoredBytes(caps.stored_bytes),
+                _ => JobCap::Waiting(caps.waiting),
+            })),
+            [_, found, status, secret] => {
+                let secret = text(secret).filter(|s| !s.is_empty()).map(SecretString::from);
+                Ok(Inserted::Existing(decode(found, status)?, secret))
+            }
+            _ => Err(JobsError::Internal("unexpected answer from the insert script".into())),
+        }
+    }
+
+    /// How many of the user's jobs are waiting.
+    async fn waiting(&self, user: UserId) -> Result<u64, JobsError> {
+        let kept = format!("{}kept:{user}", self.prefix);
+        let waiting: Option<u64> = self
+            .redis
+            .run(|mut c| async move { redis::cmd("HGET").arg(kept).arg("waiting").query_async(&mut c).await })
+            .await?;
+        Ok(waiting.unwrap_or(0))
+    }
+
+    async fn get(&self, user: UserId, id: Uuid) -> Result<Option<JobRecord>, JobsError> {
+        let job = key(&["jobs", "job", &id.to_string()]);
+        let found: (Option<String>, Option<String>, Option<String>) = self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("HMGET").arg(job).arg("record").arg("status").arg("user").query_async(&mut c).await
+            })
+            .await?;
+        match found {
+            (Some(record), Some(status), Some(owner)) if owner == user.to_string() => {
+                Ok(Some(with_status(&record, &status)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The user's newest jobs after `after`: a few bounded script calls, never one that reads all their jobs.
+    async fn list(
+        &self,
+        user: UserId,
+        status: Option<JobStatus>,
+        limit: usize,
+        mut after: Option<Uuid>,
+    ) -> Result<Page, JobsError> {
+        let mut jobs = Vec::new();
+        for _ in 0..LIST_CALLS {
+            let script = &self.scripts.list;
+            let wanted = limit - jobs.len();
+            let cursor = after.map(|id| id.to_string()).unwrap_or_default();
+            let flat: Vec<String> = self
+                .redis
+                .run(|mut c| async move {
+                    script
+                        .arg(&self.prefix)
+                        .arg(user.to_string())
+                        .arg(status.map_or("", JobStatus::as_str))
+                        .arg(wanted)
+                        .arg(cursor)
+                        .arg(LIST_SCAN)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            let (next, found) = flat.split_first().ok_or_else(|| JobsError::Internal("empty list reply".into()))?;
+            for pair in found.chunks(2) {
+                jobs.push(with_status(&pair[0], &pair[1])?);
+            }
+            after = Uuid::parse_str(next).ok();
+            if after.is_none() || jobs.len() == limit {
+                break;
+            }
+        }
+        Ok(Page { jobs, next: after })
+    }
+
+    async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
+        self.write(&self.scripts.update, record, expected.as_str()).await
+    }
+
+    async fn finish(&self, record: &JobRecord, lease: Option<&str>) -> Result<bool, JobsError> {
+        let entry = lease.ok_or_else(|| JobsError::Internal("a Redis job finished without its entry".into()))?;
+        let written = self.write(&self.scripts.finish, record, entry).await;
+        // The user's slot is free again: the fetcher looks at once.
+        self.work.notify_one();
+        written
+    }
+
+    /// The next job for a worker of this replica; waits until there is one.
+    async fn claim(&self) -> Claimed {
+        let mut claimed = self.claimed.lock().await;
+        claimed.recv().await.expect("the fetcher runs as long as the queue")
+    }
+
+    /// Fetches jobs for this replica's workers, renews their leases, takes over dead replicas' jobs.
+    fn maintain(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        let jobs = self;
+        Box::pin(async move {
+            match jobs.move_old_callbacks().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "callbacks moved to their users' queues"),
+                Err(error) => tracing::warn!(%error, "cannot move the callbacks of an earlier version"),
+            }
+            match jobs.reclaim(&jobs.scripts.reclaim_own, None).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "jobs this replica held when it stopped are queued again"),
+                Err(error) => tracing::warn!(%error, "cannot queue again the jobs this replica held when it stopped"),
+            }
+            tokio::spawn(Arc::clone(&jobs).reclaim_dead());
+            jobs.fetch().await;
+        })
+    }
+
     /// The next callback due that `gate` admits, taken for a while (leased); waits until there is one.
-    pub async fn due_callback(&self, gate: &CallbackGate) -> DueCallback {
+    async fn due_callback(&self, gate: &CallbackGate) -> DueCallback {
         loop {
             let work = armed(&self.callback_work);
             let script = &self.scripts.take_callback;
@@ -558,26 +580,12 @@ impl RedisJobs {
     }
 
     /// A callback was sent: a sender that passed over its user or host looks again at once.
-    pub fn callback_done(&self) {
+    fn callback_done(&self, _: UserId, _: Uuid) {
         self.callback_work.notify_one();
     }
 
-    /// Callbacks waiting in the single queue of earlier versions go to their users' queues.
-    async fn move_old_callbacks(&self) -> Result<i64, JobsError> {
-        let mut moved = 0;
-        loop {
-            let script = &self.scripts.move_callbacks;
-            let n: i64 =
-                self.redis.run(|mut c| async move { script.arg(&self.prefix).invoke_async(&mut c).await }).await?;
-            moved += n;
-            if n == 0 {
-                return Ok(moved);
-            }
-        }
-    }
-
     /// Removes up to `page` finished jobs older than `before`. How many were looked at.
-    pub async fn purge(&self, before: UnixMillis, page: usize) -> Result<usize, JobsError> {
+    async fn purge(&self, before: UnixMillis, page: usize) -> Result<usize, JobsError> {
         let script = &self.scripts.purge;
         let n: usize = self
             .redis
@@ -586,7 +594,7 @@ impl RedisJobs {
         Ok(n)
     }
 
-    pub async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
+    async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
         let counts = format!("{}counts", self.prefix);
         let raw: HashMap<String, i64> =
             self.redis.run(|mut c| async move { redis::cmd("HGETALL").arg(counts).query_async(&mut c).await }).await?;

@@ -1,12 +1,14 @@
-//! Reservations in this process's memory: right for one replica, and the fallback of the shared backend
-//! while Redis is down. Holds vanish with the process, as they should.
+//! Credit books in this process's memory: right for one replica, and the Redis backend's own books while
+//! Redis is down. Holds vanish with the process, as they should.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Shortfall, ttl_millis};
+use uuid::Uuid;
+
+use super::{CreditBooks, HoldRef, Place, Shortfall, Unstored, now_millis, ttl_millis};
 use crate::domain::credit_book::{CreditBook, HoldId, LedgerReading, UnixMillis};
 use crate::domain::money::Cents;
 use crate::domain::user::UserId;
@@ -20,7 +22,7 @@ pub struct MemoryReservations {
 }
 
 impl MemoryReservations {
-    pub(super) fn new(fresh_reading: Duration, oldest_reading: Duration) -> Self {
+    pub fn new(fresh_reading: Duration, oldest_reading: Duration) -> Self {
         MemoryReservations {
             books: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -70,11 +72,66 @@ impl MemoryReservations {
     }
 
     #[cfg(test)]
-    pub(super) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         sync::lock(&self.books).is_empty()
+    }
+}
+
+#[async_trait::async_trait]
+impl CreditBooks for MemoryReservations {
+    async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents {
+        MemoryReservations::available(self, user, ledger, now_millis())
+    }
+
+    async fn reserve(&self, user: UserId, ledger: LedgerReading, amount: Cents) -> Result<HoldRef, Shortfall> {
+        let id = MemoryReservations::reserve(self, user, ledger, amount, now_millis())?;
+        Ok(HoldRef { id, place: Place::Local })
+    }
+
+    async fn extend(&self, user: UserId, hold: HoldRef, _: Cents) {
+        let now = now_millis();
+        self.with_book(user, now, |book| book.extend(hold.id, now, ttl_millis()));
+    }
+
+    async fn settle(&self, user: UserId, hold: Option<HoldRef>, _: Uuid, cost: Cents) {
+        self.with_book(user, now_millis(), |book| match hold {
+            Some(hold) => book.settle(hold.id, cost),
+            None => book.add_unstored(cost),
+        });
+    }
+
+    async fn release(&self, user: UserId, hold: HoldRef) {
+        self.with_book(user, now_millis(), |book| book.release(hold.id));
+    }
+
+    async fn stored(&self, user: UserId, _: Uuid, cost: Cents, at: UnixMillis) {
+        self.with_book(user, now_millis(), |book| book.stored(cost, at));
+    }
+
+    async fn restore(&self, unstored: Unstored) {
+        let now = now_millis();
+        for (user, (cost, _)) in unstored {
+            self.with_book(user, now, |book| book.add_unstored(cost));
+        }
     }
 }
 
 pub(super) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_user_leaves_no_book_behind() {
+        let books = MemoryReservations::new(Duration::from_secs(5), Duration::from_secs(60));
+        let user = UserId::parse(&Uuid::new_v4().to_string()).unwrap();
+        let ledger = LedgerReading { balance: Cents::whole(100), read_at: now_millis() };
+        let hold = CreditBooks::reserve(&books, user, ledger, Cents::whole(60)).await.unwrap();
+        assert!(!books.is_empty());
+        CreditBooks::release(&books, user, hold).await;
+        assert!(books.is_empty(), "no state kept for an idle user");
+    }
 }

@@ -2,23 +2,25 @@
 //! starts, and where finished calls' costs count until the ledger shows them (see
 //! [`crate::domain::credit_book`] for the rules).
 //!
-//! One interface, backends chosen by configuration: [`Reservations::Memory`] serves one replica with no moving
-//! part; [`Reservations::Shared`] keeps the books in Redis for several replicas (`REDIS_URL`). Callers never
-//! know which.
+//! One interface, [`CreditBooks`], with a backend per `REDIS_URL` setting: [`memory`] serves one replica with
+//! no moving part; [`redis`] keeps the books in Redis for several replicas, and this replica's own while Redis
+//! is unreachable. Callers hold [`Reservations`] and never know which.
 
-mod memory;
-mod shared;
+pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use self::memory::MemoryReservations;
-use self::shared::{Place, SharedReservations};
+use self::redis::RedisReservations;
 use crate::accounting::{DeliveryError, Outbox, UsageSink};
 use crate::domain::credit_book::{HoldId, LedgerReading, UnixMillis};
 use crate::domain::money::Cents;
@@ -38,16 +40,53 @@ pub struct Shortfall {
     pub available: Cents,
 }
 
-pub struct Reservations {
-    backend: Backend,
-    /// Holds of calls in flight in this process.
-    open: AtomicUsize,
+/// Where a hold was taken: Redis, or this replica's memory (the memory backend, or Redis down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Redis,
+    Local,
 }
 
-enum Backend {
-    Memory(MemoryReservations),
-    /// Boxed: it carries its scripts and fallback book, far larger than the memory backend.
-    Shared(Box<SharedReservations>),
+/// A hold as its backend knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldRef {
+    pub id: HoldId,
+    pub place: Place,
+}
+
+/// Costs not stored by Directus yet, per user: their total and the calls they came from.
+pub type Unstored = HashMap<UserId, (Cents, Vec<Uuid>)>;
+
+/// The users' credit books: holds of calls in flight, costs Directus has not stored yet, and costs stored
+/// since a ledger reading.
+#[async_trait::async_trait]
+pub trait CreditBooks: Send + Sync {
+    /// What `user` can spend now, given the ledger as last read.
+    async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents;
+
+    /// Reserves `amount` atomically: concurrent reservations never exceed what is available.
+    async fn reserve(&self, user: UserId, ledger: LedgerReading, amount: Cents) -> Result<HoldRef, Shortfall>;
+
+    /// The call still runs (a long stream): its hold of `amount` does not expire yet.
+    async fn extend(&self, user: UserId, hold: HoldRef, amount: Cents);
+
+    /// The call `request_id` ended and cost `cost`, which replaces its hold (no hold: a cost counted again).
+    async fn settle(&self, user: UserId, hold: Option<HoldRef>, request_id: Uuid, cost: Cents);
+
+    /// The call ended without a cost: its hold is gone.
+    async fn release(&self, user: UserId, hold: HoldRef);
+
+    /// Directus stored `request_id`'s cost at `at`: ledger readings made after that count it themselves.
+    async fn stored(&self, user: UserId, request_id: Uuid, cost: Cents, at: UnixMillis);
+
+    /// At startup: the costs this replica's outbox still holds count again (and only those).
+    async fn restore(&self, unstored: Unstored);
+}
+
+pub struct Reservations {
+    books: Arc<dyn CreditBooks>,
+    /// Holds of calls in flight in this process.
+    open: AtomicUsize,
 }
 
 impl Reservations {
@@ -55,29 +94,26 @@ impl Reservations {
     /// lifetime), `oldest_reading` at most (stale service during a Directus outage included). Stored costs are
     /// kept that long, to the second while fresh readings may predate them, to the minute after.
     pub fn in_memory(fresh_reading: Duration, oldest_reading: Duration) -> Arc<Reservations> {
-        Reservations::with(Backend::Memory(MemoryReservations::new(fresh_reading, oldest_reading)))
+        Reservations::with(Arc::new(MemoryReservations::new(fresh_reading, oldest_reading)))
     }
 
     /// In Redis, shared by every replica; `replica` names this one (stable across its restarts).
-    pub fn shared(redis: Arc<Redis>, replica: String, fresh_reading: Duration, oldest_reading: Duration) -> Arc<Self> {
-        Reservations::with(Backend::Shared(Box::new(SharedReservations::new(
-            redis,
-            replica,
-            fresh_reading,
-            oldest_reading,
-        ))))
+    pub fn in_redis(
+        redis: Arc<Redis>,
+        replica: String,
+        fresh_reading: Duration,
+        oldest_reading: Duration,
+    ) -> Arc<Self> {
+        Reservations::with(Arc::new(RedisReservations::new(redis, replica, fresh_reading, oldest_reading)))
     }
 
-    fn with(backend: Backend) -> Arc<Reservations> {
-        Arc::new(Reservations { backend, open: AtomicUsize::new(0) })
+    fn with(books: Arc<dyn CreditBooks>) -> Arc<Reservations> {
+        Arc::new(Reservations { books, open: AtomicUsize::new(0) })
     }
 
     /// What `user` can spend now, given the ledger as last read.
     pub async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents {
-        match &self.backend {
-            Backend::Memory(memory) => memory.available(user, ledger, now_millis()),
-            Backend::Shared(shared) => shared.available(user, ledger).await,
-        }
+        self.books.available(user, ledger).await
     }
 
     /// Reserves `amount` for one call, atomically: concurrent calls can never reserve more than is available.
@@ -87,29 +123,20 @@ impl Reservations {
         ledger: LedgerReading,
         amount: Cents,
     ) -> Result<Hold, Shortfall> {
-        let (id, place) = match &self.backend {
-            Backend::Memory(memory) => (memory.reserve(user, ledger, amount, now_millis())?, Place::Local),
-            Backend::Shared(shared) => shared.reserve(user, ledger, amount).await?,
-        };
+        let hold = self.books.reserve(user, ledger, amount).await?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Hold { reservations: Arc::clone(self), user, id, place, amount, done: false })
+        Ok(Hold { reservations: Arc::clone(self), user, hold, amount, done: false })
     }
 
     /// Directus stored `record`'s deduction at `at`: from then on the ledger counts it.
     pub async fn stored(&self, record: &UsageRecord, at: OffsetDateTime) {
-        let at = unix_millis(at);
-        match &self.backend {
-            Backend::Memory(memory) => {
-                memory.with_book(record.user, now_millis(), |book| book.stored(record.cost_cents, at))
-            }
-            Backend::Shared(shared) => shared.stored(record.user, record.request_id, record.cost_cents, at).await,
-        }
+        self.books.stored(record.user, record.request_id, record.cost_cents, unix_millis(at)).await;
     }
 
     /// After a restart: every internal-credit record still in the outbox, waiting or refused by Directus,
     /// counts against its user again until Directus stores it. Call before the flusher starts.
     pub async fn restore_from(&self, outbox: &Outbox) -> Result<usize, StoreError> {
-        let mut unstored: HashMap<UserId, (Cents, Vec<Uuid>)> = HashMap::new();
+        let mut unstored = Unstored::new();
         let records = outbox.all_records()?;
         let restored = records.iter().filter(|r| r.source == Source::Internal).count();
         for record in records.into_iter().filter(|r| r.source == Source::Internal) {
@@ -117,19 +144,7 @@ impl Reservations {
             entry.0 += record.cost_cents;
             entry.1.push(record.request_id);
         }
-        match &self.backend {
-            Backend::Memory(memory) => {
-                for (user, (cost, _)) in unstored {
-                    memory.with_book(user, now_millis(), |book| book.add_unstored(cost));
-                }
-            }
-            Backend::Shared(shared) => {
-                if let Err(error) = shared.restore(unstored.clone()).await {
-                    tracing::warn!(%error, "cannot restore this replica's unstored costs in Redis; counting them locally");
-                    shared.restore_locally(unstored);
-                }
-            }
-        }
+        self.books.restore(unstored).await;
         Ok(restored)
     }
 
@@ -138,61 +153,37 @@ impl Reservations {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// The call ended; its cost replaces its hold. For a shared hold Redis is told in the background: until
-    /// then the hold itself (at least the cost) still counts.
-    fn settle(self: &Arc<Self>, hold: &Hold, request_id: Uuid, cost: Cents) {
+    /// The call ended; its cost replaces its hold. Until a slow backend (Redis) has it, the hold itself (at
+    /// least the cost) still counts.
+    fn settle(&self, hold: &Hold, request_id: Uuid, cost: Cents) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        let (user, id, place) = (hold.user, hold.id, hold.place);
-        match &self.backend {
-            Backend::Memory(memory) => memory.with_book(user, now_millis(), |book| book.settle(id, cost)),
-            Backend::Shared(_) => self.in_background(move |reservations| async move {
-                if let Backend::Shared(shared) = &reservations.backend {
-                    shared.settle(user, Some((id, place)), request_id, cost).await;
-                }
-            }),
-        }
+        let (books, user, held) = (Arc::clone(&self.books), hold.user, hold.hold);
+        now_or_later(async move { books.settle(user, Some(held), request_id, cost).await });
     }
 
-    fn release(self: &Arc<Self>, hold: &Hold) {
+    fn release(&self, hold: &Hold) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        let (user, id, place) = (hold.user, hold.id, hold.place);
-        match &self.backend {
-            Backend::Memory(memory) => memory.with_book(user, now_millis(), |book| book.release(id)),
-            Backend::Shared(_) => self.in_background(move |reservations| async move {
-                if let Backend::Shared(shared) = &reservations.backend {
-                    shared.release(user, id, place).await;
-                }
-            }),
-        }
+        let (books, user, held) = (Arc::clone(&self.books), hold.user, hold.hold);
+        now_or_later(async move { books.release(user, held).await });
     }
 
-    fn extend(self: &Arc<Self>, hold: &Hold) {
-        let (user, id, place, amount) = (hold.user, hold.id, hold.place, hold.amount);
-        match &self.backend {
-            Backend::Memory(memory) => {
-                let now = now_millis();
-                memory.with_book(user, now, |book| book.extend(id, now, ttl_millis()));
-            }
-            Backend::Shared(_) => self.in_background(move |reservations| async move {
-                if let Backend::Shared(shared) = &reservations.backend {
-                    shared.extend(user, id, place, amount).await;
-                }
-            }),
-        }
+    fn extend(&self, hold: &Hold) {
+        let (books, user, held, amount) = (Arc::clone(&self.books), hold.user, hold.hold, hold.amount);
+        now_or_later(async move { books.extend(user, held, amount).await });
     }
+}
 
-    /// Holds end in synchronous places (a stream dropped by its client); Redis is told from a task.
-    fn in_background<F, Fut>(self: &Arc<Self>, work: F)
-    where
-        F: FnOnce(Arc<Reservations>) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let future = work(Arc::clone(self));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(future)),
-            // Shutting down without a runtime: the shared hold expires by itself.
-            Err(_) => tracing::debug!("no runtime to update a shared credit hold; it will expire"),
-        }
+/// Holds end in synchronous places (a stream dropped by its client): a backend that answers at once (memory)
+/// is done here, a slower one (Redis) is told from a task.
+fn now_or_later(work: impl Future<Output = ()> + Send + 'static) {
+    let mut work = Box::pin(work);
+    if (&mut work).now_or_never().is_some() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(work)),
+        // Shutting down without a runtime: a Redis hold expires by itself.
+        Err(_) => tracing::debug!("no runtime to update a credit hold; it will expire"),
     }
 }
 
@@ -223,8 +214,7 @@ impl<S: UsageSink> UsageSink for LedgerSink<S> {
 pub struct Hold {
     reservations: Arc<Reservations>,
     user: UserId,
-    id: HoldId,
-    place: Place,
+    hold: HoldRef,
     amount: Cents,
     done: bool,
 }
@@ -237,19 +227,19 @@ impl Hold {
     /// The call `request_id` ended and cost `cost`: it counts against the balance until Directus has it.
     pub fn settle(mut self, request_id: Uuid, cost: Cents) {
         self.done = true;
-        self.reservations.clone().settle(&self, request_id, cost);
+        self.reservations.settle(&self, request_id, cost);
     }
 
     /// The call is still running (a long stream): keep the hold from expiring.
     pub fn keep_alive(&self) {
-        self.reservations.clone().extend(self);
+        self.reservations.extend(self);
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
         if !self.done {
-            self.reservations.clone().release(self);
+            self.reservations.release(self);
         }
     }
 }
@@ -260,7 +250,7 @@ impl std::fmt::Debug for Hold {
     }
 }
 
-fn ttl_millis() -> i64 {
+pub(super) fn ttl_millis() -> i64 {
     HOLD_TTL.as_millis() as i64
 }
 
@@ -325,8 +315,6 @@ mod tests {
         );
         drop(hold);
         assert_eq!(reservations.available(u, reading(100)).await, Cents::whole(100));
-        let Backend::Memory(memory) = &reservations.backend else { unreachable!() };
-        assert!(memory.is_empty(), "no state kept for an idle user");
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! Reservations in Redis, seen by every replica: the same rules as [`crate::domain::credit_book`], run
+//! Credit books in Redis, seen by every replica: the same rules as [`crate::domain::credit_book`], run
 //! atomically in Redis scripts, per user:
 //!
 //! - `credit:{user}:holds`: hold id → `amount|expires` (billionths of a cent, Unix milliseconds);
@@ -11,14 +11,14 @@
 //! uses): what it reserves and settles meanwhile stays there until stored, and counts on top of what Redis
 //! says once Redis is back. Times come from the replicas' clocks, which must agree (NTP).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use redis::Script;
 use uuid::Uuid;
 
 use super::memory::{MemoryReservations, millis};
-use super::{Shortfall, now_millis, ttl_millis};
+use super::{CreditBooks, HoldRef, Place, Shortfall, Unstored, now_millis, ttl_millis};
 use crate::domain::credit_book::{HoldId, LedgerReading, UnixMillis};
 use crate::domain::money::Cents;
 use crate::domain::user::UserId;
@@ -47,14 +47,7 @@ const SETTLE: &str = include_str!("lua/settle.lua");
 /// merged into minutes as in the in-memory book.
 const STORED: &str = include_str!("lua/stored.lua");
 
-/// Where a hold was taken: Redis, or this replica's memory while Redis was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
-    Shared,
-    Local,
-}
-
-pub struct SharedReservations {
+pub struct RedisReservations {
     redis: Arc<Redis>,
     /// This replica's entry in the users' `unstored` hashes: stable across restarts (kept in the store).
     replica: String,
@@ -75,15 +68,10 @@ fn keys(user: UserId) -> [String; 3] {
     [key(&["credit", &user, "holds"]), key(&["credit", &user, "unstored"]), key(&["credit", &user, "stored"])]
 }
 
-impl SharedReservations {
-    pub(super) fn new(
-        redis: Arc<Redis>,
-        replica: String,
-        fresh: std::time::Duration,
-        oldest: std::time::Duration,
-    ) -> Self {
+impl RedisReservations {
+    pub fn new(redis: Arc<Redis>, replica: String, fresh: std::time::Duration, oldest: std::time::Duration) -> Self {
         let with_committed = |body: &str| Script::new(&format!("{COMMITTED}{body}"));
-        SharedReservations {
+        RedisReservations {
             redis,
             replica,
             local: MemoryReservations::new(fresh, oldest),
@@ -98,116 +86,6 @@ impl SharedReservations {
         }
     }
 
-    pub(super) async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents {
-        let now = now_millis();
-        let local = self.local.available(user, ledger, now);
-        let [holds, unstored, stored] = keys(user);
-        let shared = self
-            .redis
-            .run(|mut c| async move {
-                self.committed
-                    .key(holds)
-                    .key(unstored)
-                    .key(stored)
-                    .arg(ledger.read_at)
-                    .arg(now)
-                    .invoke_async::<String>(&mut c)
-                    .await
-            })
-            .await;
-        match shared.map(|text| parse_nanos(&text)) {
-            Ok(committed) => local - committed,
-            Err(_) => local,
-        }
-    }
-
-    pub(super) async fn reserve(
-        &self,
-        user: UserId,
-        ledger: LedgerReading,
-        amount: Cents,
-    ) -> Result<(HoldId, Place), Shortfall> {
-        let now = now_millis();
-        let local = self.local.available(user, ledger, now);
-        let id = HoldId(fastrand::u64(..));
-        let [holds, unstored, stored] = keys(user);
-        let headroom = local - amount;
-        let answer = self
-            .redis
-            .run(|mut c| async move {
-                self.reserve
-                    .key(holds)
-                    .key(unstored)
-                    .key(stored)
-                    .arg(ledger.read_at)
-                    .arg(now)
-                    .arg(id.0)
-                    .arg(amount.nanos())
-                    .arg(now + ttl_millis())
-                    .arg(headroom.nanos())
-                    .arg(ttl_millis())
-                    .invoke_async::<(i64, String)>(&mut c)
-                    .await
-            })
-            .await;
-        match answer {
-            Ok((1, _)) => Ok((id, Place::Shared)),
-            Ok((_, committed)) => Err(Shortfall { available: local - parse_nanos(&committed) }),
-            Err(_) => self.local.reserve(user, ledger, amount, now).map(|id| (id, Place::Local)),
-        }
-    }
-
-    pub(super) async fn extend(&self, user: UserId, id: HoldId, place: Place, amount: Cents) {
-        let now = now_millis();
-        match place {
-            Place::Local => self.local.with_book(user, now, |book| book.extend(id, now, ttl_millis())),
-            Place::Shared => {
-                let [holds, ..] = keys(user);
-                let _ = self
-                    .redis
-                    .run(|mut c| async move {
-                        self.extend
-                            .key(holds)
-                            .arg(id.0)
-                            .arg(amount.nanos())
-                            .arg(now + ttl_millis())
-                            .arg(ttl_millis())
-                            .invoke_async::<i64>(&mut c)
-                            .await
-                    })
-                    .await;
-            }
-        }
-    }
-
-    /// A call's hold gives way to its cost (no hold: a cost counted again at startup).
-    pub(super) async fn settle(&self, user: UserId, hold: Option<(HoldId, Place)>, request_id: Uuid, cost: Cents) {
-        let now = now_millis();
-        if let Some((id, Place::Local)) = hold {
-            self.settle_locally(user, Some(id), request_id, cost, now);
-            return;
-        }
-        let [holds, unstored, _] = keys(user);
-        let hold_id = hold.map(|(id, _)| id.0.to_string()).unwrap_or_default();
-        let shared = self
-            .redis
-            .run(|mut c| async move {
-                self.settle
-                    .key(holds)
-                    .key(unstored)
-                    .arg(hold_id)
-                    .arg(&self.replica)
-                    .arg(cost.nanos())
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            })
-            .await;
-        if shared.is_err() {
-            // The shared hold expires by itself; the cost counts here until Directus has it.
-            self.settle_locally(user, None, request_id, cost, now);
-        }
-    }
-
     fn settle_locally(&self, user: UserId, hold: Option<HoldId>, request_id: Uuid, cost: Cents, now: UnixMillis) {
         sync::lock(&self.settled_locally).insert(request_id);
         self.local.with_book(user, now, |book| match hold {
@@ -216,56 +94,9 @@ impl SharedReservations {
         });
     }
 
-    pub(super) async fn release(&self, user: UserId, id: HoldId, place: Place) {
-        match place {
-            Place::Local => self.local.with_book(user, now_millis(), |book| book.release(id)),
-            Place::Shared => {
-                let [holds, ..] = keys(user);
-                let _ = self
-                    .redis
-                    .run(
-                        |mut c| async move { redis::cmd("HDEL").arg(holds).arg(id.0).query_async::<i64>(&mut c).await },
-                    )
-                    .await;
-            }
-        }
-    }
-
-    /// Directus stored a call's cost at `at`: recorded where the call was settled.
-    pub(super) async fn stored(&self, user: UserId, request_id: Uuid, cost: Cents, at: UnixMillis) {
-        let now = now_millis();
-        if sync::lock(&self.settled_locally).remove(&request_id) {
-            self.local.with_book(user, now, |book| book.stored(cost, at));
-            return;
-        }
-        let [_, unstored, stored] = keys(user);
-        let start = at - at.rem_euclid(1_000);
-        let result = self
-            .redis
-            .run(|mut c| async move {
-                self.stored
-                    .key(unstored)
-                    .key(stored)
-                    .arg(&self.replica)
-                    .arg(cost.nanos())
-                    .arg(start)
-                    .arg(start + 1_000)
-                    .arg(now)
-                    .arg(self.fresh_millis)
-                    .arg(self.oldest_millis)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            })
-            .await;
-        if let Err(error) = result {
-            // Its cost stays counted in Redis (never too little), until this replica's next start resets it.
-            tracing::warn!(%error, %request_id, "cannot record a stored deduction in Redis");
-        }
-    }
-
     /// At startup: this replica's unstored costs in Redis become exactly what its store still holds (entries a
     /// crash left behind are cleared). Without Redis they count in local memory instead.
-    pub(super) async fn restore(&self, unstored: HashMap<UserId, (Cents, Vec<Uuid>)>) -> Result<(), SharedError> {
+    async fn restore_in_redis(&self, unstored: Unstored) -> Result<(), SharedError> {
         let pattern = key(&["credit", "*", "unstored"]);
         let pattern = pattern.as_str();
         let mut cursor: u64 = 0;
@@ -306,11 +137,175 @@ impl SharedReservations {
         Ok(())
     }
 
-    pub(super) fn restore_locally(&self, unstored: HashMap<UserId, (Cents, Vec<Uuid>)>) {
+    fn restore_locally(&self, unstored: Unstored) {
         let now = now_millis();
         for (user, (cost, request_ids)) in unstored {
             sync::lock(&self.settled_locally).extend(request_ids);
             self.local.with_book(user, now, |book| book.add_unstored(cost));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CreditBooks for RedisReservations {
+    async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents {
+        let now = now_millis();
+        let local = self.local.available(user, ledger, now);
+        let [holds, unstored, stored] = keys(user);
+        let shared = self
+            .redis
+            .run(|mut c| async move {
+                self.committed
+                    .key(holds)
+                    .key(unstored)
+                    .key(stored)
+                    .arg(ledger.read_at)
+                    .arg(now)
+                    .invoke_async::<String>(&mut c)
+                    .await
+            })
+            .await;
+        match shared.map(|text| parse_nanos(&text)) {
+            Ok(committed) => local - committed,
+            Err(_) => local,
+        }
+    }
+
+    async fn reserve(&self, user: UserId, ledger: LedgerReading, amount: Cents) -> Result<HoldRef, Shortfall> {
+        let now = now_millis();
+        let local = self.local.available(user, ledger, now);
+        let id = HoldId(fastrand::u64(..));
+        let [holds, unstored, stored] = keys(user);
+        let headroom = local - amount;
+        let answer = self
+            .redis
+            .run(|mut c| async move {
+                self.reserve
+                    .key(holds)
+                    .key(unstored)
+                    .key(stored)
+                    .arg(ledger.read_at)
+                    .arg(now)
+                    .arg(id.0)
+                    .arg(amount.nanos())
+                    .arg(now + ttl_millis())
+                    .arg(headroom.nanos())
+                    .arg(ttl_millis())
+                    .invoke_async::<(i64, String)>(&mut c)
+                    .await
+            })
+            .await;
+        match answer {
+            Ok((1, _)) => Ok(HoldRef { id, place: Place::Redis }),
+            Ok((_, committed)) => Err(Shortfall { available: local - parse_nanos(&committed) }),
+            Err(_) => self.local.reserve(user, ledger, amount, now).map(|id| HoldRef { id, place: Place::Local }),
+        }
+    }
+
+    async fn extend(&self, user: UserId, hold: HoldRef, amount: Cents) {
+        let HoldRef { id, place } = hold;
+        let now = now_millis();
+        match place {
+            Place::Local => self.local.with_book(user, now, |book| book.extend(id, now, ttl_millis())),
+            Place::Redis => {
+                let [holds, ..] = keys(user);
+                let _ = self
+                    .redis
+                    .run(|mut c| async move {
+                        self.extend
+                            .key(holds)
+                            .arg(id.0)
+                            .arg(amount.nanos())
+                            .arg(now + ttl_millis())
+                            .arg(ttl_millis())
+                            .invoke_async::<i64>(&mut c)
+                            .await
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// A call's hold gives way to its cost (no hold: a cost counted again at startup).
+    async fn settle(&self, user: UserId, hold: Option<HoldRef>, request_id: Uuid, cost: Cents) {
+        let now = now_millis();
+        if let Some(HoldRef { id, place: Place::Local }) = hold {
+            self.settle_locally(user, Some(id), request_id, cost, now);
+            return;
+        }
+        let [holds, unstored, _] = keys(user);
+        let hold_id = hold.map(|hold| hold.id.0.to_string()).unwrap_or_default();
+        let shared = self
+            .redis
+            .run(|mut c| async move {
+                self.settle
+                    .key(holds)
+                    .key(unstored)
+                    .arg(hold_id)
+                    .arg(&self.replica)
+                    .arg(cost.nanos())
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        if shared.is_err() {
+            // The shared hold expires by itself; the cost counts here until Directus has it.
+            self.settle_locally(user, None, request_id, cost, now);
+        }
+    }
+
+    async fn release(&self, user: UserId, hold: HoldRef) {
+        let HoldRef { id, place } = hold;
+        match place {
+            Place::Local => self.local.with_book(user, now_millis(), |book| book.release(id)),
+            Place::Redis => {
+                let [holds, ..] = keys(user);
+                let _ = self
+                    .redis
+                    .run(
+                        |mut c| async move { redis::cmd("HDEL").arg(holds).arg(id.0).query_async::<i64>(&mut c).await },
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Directus stored a call's cost at `at`: recorded where the call was settled.
+    async fn stored(&self, user: UserId, request_id: Uuid, cost: Cents, at: UnixMillis) {
+        let now = now_millis();
+        if sync::lock(&self.settled_locally).remove(&request_id) {
+            self.local.with_book(user, now, |book| book.stored(cost, at));
+            return;
+        }
+        let [_, unstored, stored] = keys(user);
+        let start = at - at.rem_euclid(1_000);
+        let result = self
+            .redis
+            .run(|mut c| async move {
+                self.stored
+                    .key(unstored)
+                    .key(stored)
+                    .arg(&self.replica)
+                    .arg(cost.nanos())
+                    .arg(start)
+                    .arg(start + 1_000)
+                    .arg(now)
+                    .arg(self.fresh_millis)
+                    .arg(self.oldest_millis)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(error) = result {
+            // Its cost stays counted in Redis (never too little), until this replica's next start resets it.
+            tracing::warn!(%error, %request_id, "cannot record a stored deduction in Redis");
+        }
+    }
+
+    async fn restore(&self, unstored: Unstored) {
+        if let Err(error) = self.restore_in_redis(unstored.clone()).await {
+            tracing::warn!(%error, "cannot restore this replica's unstored costs in Redis; counting them locally");
+            self.restore_locally(unstored);
         }
     }
 }
