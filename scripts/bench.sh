@@ -19,6 +19,10 @@
 #     (a git revision, e.g. the one before the limits), that revision is built too and both binaries are timed
 #     at one connection through the gateway, alternating, BENCH_COMPARE_ROUNDS (3) times (BENCH_COMPARE_BIN: a
 #     binary of that revision built already).
+#  9. The gateway beside a Directus storing its usage records (the sidecar's usual neighbour): the sidecar's
+#     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct, then through the sidecar (added p50,
+#     p99 and max); then BENCH_CONNECTIONS for BENCH_SECONDS direct, through the sidecar, and through the two
+#     ceilings: a bare axum + reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs).
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
@@ -28,7 +32,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${BENCH_SECONDS:-10}"
 connections="${BENCH_CONNECTIONS:-32}"
 load_seconds="${BENCH_LOAD_SECONDS:-60}"
-want() { [[ ",${BENCH_SECTIONS:-1,2,3,4,5,6,7,8}," == *",$1,"* ]]; }
+want() { [[ ",${BENCH_SECTIONS:-1,2,3,4,5,6,7,8,9}," == *",$1,"* ]]; }
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
@@ -43,7 +47,7 @@ fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
 step "release build"
-cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example bare_proxy --example submit_jobs --bench flag_flip --bench vault --bench reservations --bench limits 2>&1 | tail -n 1 >&2
+cargo build --release --locked --features e2e --bin byok-bridge --example hello_world --example bare_proxy --example bare_hyper_proxy --example submit_jobs --bench flag_flip --bench vault --bench reservations --bench limits 2>&1 | tail -n 1 >&2
 scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-bench.XXXXXX")"
@@ -128,6 +132,19 @@ credit_free_user() {
 		-d "{\"user\":\"$(get FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
 }
 summarize() { grep -E '^\s+(50|99)%|Requests/sec|Non-2xx|Socket errors' | sed 's/^/   /'; }
+# The same with wrk's latency line (average, deviation, and the slowest call).
+summarize_max() { grep -E '^\s+Latency |^\s+(50|99)%|Requests/sec|Non-2xx|Socket errors' | sed 's/^/   /'; }
+# Starts a ceiling proxy (an example binary) on port $2 in front of the fake OpenAI; returns once it answers.
+start_proxy() {
+	BIND_ADDR="127.0.0.1:$2" UPSTREAM="http://127.0.0.1:${fake_port}/v1/chat/completions" "target/release/examples/$1" &
+	pids+=("$!")
+	for _ in $(seq 1 100); do
+		curl -fsS -X POST "http://127.0.0.1:$2/v1/chat/completions" -d '{}' >/dev/null 2>&1 && return
+		sleep 0.05
+	done
+	echo "$1 did not start" >&2
+	exit 1
+}
 waiting() { curl -fsS "http://$1/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["usage_records_waiting"])'; }
 # Polls a sidecar's outbox until it is empty (at most BENCH_DRAIN_MAX_SECONDS, 300): how many records, how
 # long, how many per second; if it had to stop, the rate so far and the time the rest would take at that rate.
@@ -244,13 +261,7 @@ for mode in false true; do
 	done
 done
 # The ceiling for any gateway built on axum and reqwest, same settings: a proxy doing nothing else.
-BIND_ADDR="127.0.0.1:${proxy_port}" UPSTREAM="http://127.0.0.1:${fake_port}/v1/chat/completions" \
-	target/release/examples/bare_proxy &
-pids+=("$!")
-for _ in $(seq 1 100); do
-	curl -fsS -X POST "http://127.0.0.1:${proxy_port}/v1/chat/completions" -d '{}' >/dev/null 2>&1 && break
-	sleep 0.05
-done
+start_proxy bare_proxy "${proxy_port}"
 step "4c. ceiling: a bare axum + reqwest proxy, non-streaming, ${connections} connections"
 BENCH_TOKEN="${token}" wrk -t1 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
 	"http://127.0.0.1:${proxy_port}/v1/chat/completions" | summarize
@@ -404,3 +415,32 @@ if [[ -n "${BENCH_COMPARE_REV:-}" ]]; then
 fi
 fi
 
+if want 9; then
+latency_seconds="${BENCH_LATENCY_SECONDS:-60}"
+step "9. the gateway beside Directus storing its usage records (SQLite, same machine)"
+credit_free_user
+latency_port="$(free_port)"
+start_sidecar "${latency_port}" "${work}/latency-data" "${work}/latency.log" target/release/byok-bridge
+cache_caller "${latency_port}"
+rss_kb="$(ps -o rss= -p "${sidecar_pid}" | tr -d ' ')"
+step "9a. sidecar RSS at rest (started, flags and one caller loaded): $((rss_kb / 1024)) MiB"
+step "9b. one connection, ${latency_seconds} s, non-streaming: direct"
+BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
+	"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize_max
+step "9c. one connection, ${latency_seconds} s, non-streaming: through the sidecar (records stored in Directus meanwhile)"
+BENCH_TOKEN="${free_token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
+	"http://127.0.0.1:${latency_port}/v1/chat/completions" | summarize_max
+step "9d. ${connections} connections, ${seconds} s: direct, the sidecar, bare axum + reqwest, bare hyper"
+axum_port="$(free_port)"
+hyper_port="$(free_port)"
+start_proxy bare_proxy "${axum_port}"
+start_proxy bare_hyper_proxy "${hyper_port}"
+for target in "direct ${fake_port} ${token}" "sidecar ${latency_port} ${free_token}" \
+	"bare-axum-reqwest ${axum_port} ${token}" "bare-hyper ${hyper_port} ${token}"; do
+	read -r name port bearer <<<"${target}"
+	step "9d. ${name}"
+	BENCH_TOKEN="${bearer}" wrk -t1 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
+		"http://127.0.0.1:${port}/v1/chat/completions" | summarize_max
+done
+step "9e. usage records still waiting for Directus: $(waiting "127.0.0.1:${latency_port}")"
+fi

@@ -18,7 +18,7 @@ use crate::http::state::{AppState, Services};
 use crate::providers::ProviderClient;
 use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::CircuitBreaker;
-use crate::services::flag_store::FlagStore;
+use crate::services::flag_cache::FlagCache;
 use crate::services::gateway::{CallLimits, Gateway, InternalKeys, KeyEvents, Upstream};
 use crate::services::in_flight::InFlight;
 use crate::services::jobs::{FlowCallbacks, JobServices, Jobs, JobsError};
@@ -49,7 +49,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         settings.provider_timeout,
         settings.provider_generation_timeout,
     );
-    let flags = Arc::new(FlagStore::new(directus.clone(), settings.flag_cache_ttl));
+    let flags = Arc::new(FlagCache::new(directus.clone(), settings.flag_cache_ttl));
     let callers =
         Arc::new(CallerDirectory::new(directus.clone(), settings.user_cache_ttl, settings.stale_caller_max_age));
     let vault = Arc::new(KeyVault::new(settings.keyring.clone(), directus.clone(), providers.clone()));

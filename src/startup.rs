@@ -20,11 +20,11 @@ use tower::ServiceExt as _;
 use crate::accounting;
 use crate::config::{Delivery, Settings};
 use crate::http::{self, state::AppState};
-use crate::services::flag_store::Pushed;
+use crate::services::flag_cache::Pushed;
 use crate::services::jobs::JobsError;
 use crate::services::reservations::LedgerSink;
 use crate::shared::bus::Event;
-use crate::shared::redis::{Redis, SharedError};
+use crate::shared::redis::{Redis, RedisFailure};
 use crate::store::StoreError;
 
 /// A client gets this long to send its request headers (slowloris protection).
@@ -43,7 +43,7 @@ pub enum StartupError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("REDIS_URL: {0}")]
-    Redis(#[from] SharedError),
+    Redis(#[from] RedisFailure),
     #[error("job queue: {0}")]
     Jobs(#[from] JobsError),
 }
@@ -216,7 +216,7 @@ fn apply_event(state: AppState) -> impl Fn(Event) + Send + Sync + 'static {
 }
 
 /// Flags changed behind Directus's API (SQL) send no webhook: a small read every `every` finds them. A failed
-/// read is left to the next tick (the flag store already serves the last known flags while Directus is down).
+/// read is left to the next tick (the flag cache already serves the last known flags while Directus is down).
 async fn poll_flags(state: AppState, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -17,7 +17,7 @@ use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::domain::sign_in::SignInRefusal;
 use crate::http::guard::BodyRefused;
 use crate::services::callers::CallerError;
-use crate::services::flag_store::FlagsUnavailable;
+use crate::services::flag_cache::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
 use crate::services::jobs::{JobCap, JobsError};
 use crate::services::key_vault::VaultError;

@@ -14,7 +14,7 @@ use crate::domain::user::UserId;
 use crate::http::guard::Guard;
 use crate::http::routes::pages::AccountPage;
 use crate::services::callers::CallerDirectory;
-use crate::services::flag_store::FlagStore;
+use crate::services::flag_cache::FlagCache;
 use crate::services::gateway::{Gateway, KeyEvents};
 use crate::services::in_flight::InFlight;
 use crate::services::jobs::Jobs;
@@ -48,7 +48,7 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct Services {
-    pub flags: Arc<FlagStore>,
+    pub flags: Arc<FlagCache>,
     pub callers: Arc<CallerDirectory>,
     /// Flags, caller and credits: where routing, the account endpoints and the gateway start.
     pub standings: Arc<Standings>,

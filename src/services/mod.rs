@@ -2,7 +2,7 @@
 
 pub mod callers;
 pub mod circuit_breaker;
-pub mod flag_store;
+pub mod flag_cache;
 pub mod gateway;
 pub mod in_flight;
 pub mod jobs;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::callers::{CallerDirectory, CallerError, CallerRead};
-use super::flag_store::{FlagState, FlagStore, FlagsUnavailable};
+use super::flag_cache::{FlagCache, FlagState, FlagsUnavailable};
 use super::reservations::Reservations;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
@@ -78,7 +78,7 @@ impl Standing {
 }
 
 pub struct Standings {
-    flags: Arc<FlagStore>,
+    flags: Arc<FlagCache>,
     callers: Arc<CallerDirectory>,
     reservations: Arc<Reservations>,
     vault_configured: bool,
@@ -86,7 +86,7 @@ pub struct Standings {
 
 impl Standings {
     pub fn new(
-        flags: Arc<FlagStore>,
+        flags: Arc<FlagCache>,
         callers: Arc<CallerDirectory>,
         reservations: Arc<Reservations>,
         vault_configured: bool,

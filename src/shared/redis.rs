@@ -23,7 +23,7 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub const KEY_PREFIX: &str = "byok-bridge:";
 
 #[derive(Debug, thiserror::Error)]
-pub enum SharedError {
+pub enum RedisFailure {
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("Redis did not answer within {} ms", COMMAND_TIMEOUT.as_millis())]
@@ -43,7 +43,7 @@ pub struct Redis {
 
 impl Redis {
     /// Prepares the connection without waiting for it: the sidecar starts (on local state) when Redis is down.
-    pub fn new(url: &SecretString) -> Result<Redis, SharedError> {
+    pub fn new(url: &SecretString) -> Result<Redis, RedisFailure> {
         let client = Client::open(url.expose_secret())?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -61,18 +61,18 @@ impl Redis {
     }
 
     /// Runs one command (or script) with the shared connection, bounded, recording Redis's health.
-    pub async fn run<T, F, Fut>(&self, command: F) -> Result<T, SharedError>
+    pub async fn run<T, F, Fut>(&self, command: F) -> Result<T, RedisFailure>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         if !self.is_up() && !self.may_probe(Instant::now()) {
-            return Err(SharedError::Down);
+            return Err(RedisFailure::Down);
         }
         let result = match tokio::time::timeout(COMMAND_TIMEOUT, command(self.commands.clone())).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(SharedError::Redis(error)),
-            Err(_) => Err(SharedError::Timeout),
+            Ok(Err(error)) => Err(RedisFailure::Redis(error)),
+            Err(_) => Err(RedisFailure::Timeout),
         };
         match &result {
             Ok(_) => self.mark_up(),
@@ -98,10 +98,10 @@ impl Redis {
     }
 
     /// A dedicated connection for subscribing (pub/sub needs its own).
-    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, SharedError> {
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisFailure> {
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
             .await
-            .map_err(|_| SharedError::Timeout)??;
+            .map_err(|_| RedisFailure::Timeout)??;
         Ok(pubsub)
     }
 
@@ -122,7 +122,7 @@ impl Redis {
         }
     }
 
-    pub fn mark_down(&self, error: &SharedError) {
+    pub fn mark_down(&self, error: &RedisFailure) {
         if self.up.swap(false, Ordering::Relaxed) {
             sync::lock(&self.down_since).get_or_insert_with(Instant::now);
             metrics::redis_up(false);

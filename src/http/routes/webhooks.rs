@@ -15,7 +15,7 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::RawBody;
 use crate::http::state::AppState;
 use crate::metrics;
-use crate::services::flag_store::Pushed;
+use crate::services::flag_cache::Pushed;
 use crate::shared::bus::Event;
 
 /// The parts of the hook's payload we act on; the signature covers the whole body.

@@ -43,7 +43,7 @@ use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobRecord, JobSt
 use crate::domain::llm::{Api, LlmRequest};
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
-use crate::shared::redis::{Redis, SharedError};
+use crate::shared::redis::{Redis, RedisFailure};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,7 @@ pub enum JobsError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Redis(#[from] SharedError),
+    Redis(#[from] RedisFailure),
     /// The user keeps as many jobs, or as many bytes of them, as they may.
     #[error("{0}")]
     Full(JobCap),
@@ -321,7 +321,7 @@ pub struct JobServices {
 }
 
 pub struct Jobs {
-    store: Arc<dyn JobQueue>,
+    queue: Arc<dyn JobQueue>,
     gateway: Arc<Gateway>,
     callers: Arc<CallerDirectory>,
     notifier: Arc<Notifier>,
@@ -343,19 +343,19 @@ impl Jobs {
         config: JobsConfig,
         flows: Option<FlowCallbacks>,
     ) -> Result<Jobs, JobsError> {
-        let store: Arc<dyn JobQueue> = match redis {
+        let queue: Arc<dyn JobQueue> = match redis {
             Some(redis) => Arc::new(RedisJobs::new(redis, store.replica_id()?, config.per_user_cap, clock.clone())),
             None => Arc::new(EmbeddedJobs::open(store, &config, clock.clone())?),
         };
         let callbacks = callbacks::CallbackClient::new(config.allow_internal_callbacks, config.callback_timeout);
         let callback_gate = CallbackGate::new(&config);
         let JobServices { gateway, callers, notifier } = services;
-        Ok(Jobs { store, gateway, callers, notifier, clock, config, callbacks, callback_gate, flows })
+        Ok(Jobs { queue, gateway, callers, notifier, clock, config, callbacks, callback_gate, flows })
     }
 
     /// Where jobs are kept: `embedded` (this replica's store) or `redis`.
     pub fn backend(&self) -> &'static str {
-        self.store.backend()
+        self.queue.backend()
     }
 
     /// Whether jobs a Flow queues can report back to Directus (`FLOWS_TOKEN` is set).
@@ -413,7 +413,7 @@ impl Jobs {
         });
         let stored_secret = secret.as_ref().map(|s: &SecretString| s.expose_secret().to_owned());
         let caps = self.config.caps;
-        let inserted = self.store.insert(record, job.request.body.clone(), stored_secret, caps).await?;
+        let inserted = self.queue.insert(record, job.request.body.clone(), stored_secret, caps).await?;
         Ok(match inserted {
             Inserted::New(record) => {
                 tracing::info!(job = %record.id, %user, api = %record.api, "job queued");
@@ -426,7 +426,7 @@ impl Jobs {
     }
 
     pub async fn get(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
-        self.store.get(user, id).await?.ok_or(JobsError::NotFound)
+        self.queue.get(user, id).await?.ok_or(JobsError::NotFound)
     }
 
     /// The user's jobs, newest first, from `after` (the previous page's `next`) on.
@@ -437,13 +437,13 @@ impl Jobs {
         limit: usize,
         after: Option<Uuid>,
     ) -> Result<Page, JobsError> {
-        self.store.list(user, status, limit, after).await
+        self.queue.list(user, status, limit, after).await
     }
 
     /// Queues a failed or paused job again, now, with a fresh give-up time. A failed job waits again, so it
     /// needs room under the user's cap.
     pub async fn retry(&self, user: UserId, id: Uuid) -> Result<JobRecord, JobsError> {
-        let waiting = self.store.waiting(user).await?;
+        let waiting = self.queue.waiting(user).await?;
         if waiting >= self.config.caps.waiting && self.get(user, id).await?.status == JobStatus::Failed {
             return Err(JobsError::Full(JobCap::Waiting(self.config.caps.waiting)));
         }
@@ -472,7 +472,7 @@ impl Jobs {
                 return Err(refused(expected));
             }
             change(&mut record, self.clock.now(), &self.config.retry);
-            if self.store.update(&record, expected).await? {
+            if self.queue.update(&record, expected).await? {
                 return Ok(record);
             }
         }
@@ -494,7 +494,7 @@ impl Jobs {
                 continue;
             }
             record.requeue(self.clock.now(), &self.config.retry);
-            match self.store.update(&record, JobStatus::Paused).await {
+            match self.queue.update(&record, JobStatus::Paused).await {
                 Ok(true) => resumed += 1,
                 Ok(false) => {}
                 Err(error) => tracing::warn!(job = %record.id, %error, "cannot resume a paused job"),
@@ -520,7 +520,7 @@ impl Jobs {
 
     /// A callback handed out for sending is done with: its user's and host's places are free again.
     fn callback_done(&self, user: UserId, id: Uuid) {
-        self.store.callback_done(user, id);
+        self.queue.callback_done(user, id);
     }
 
     /// Starts the workers, the callback sender, the clean-up and the job metrics.
@@ -530,7 +530,7 @@ impl Jobs {
         }
         tokio::spawn(Arc::clone(self).send_callbacks());
         tokio::spawn(Arc::clone(self).upkeep());
-        tokio::spawn(Arc::clone(&self.store).maintain());
+        tokio::spawn(Arc::clone(&self.queue).maintain());
     }
 
     /// Removes finished jobs past their retention and publishes job counts, every so often.
@@ -559,7 +559,7 @@ impl Jobs {
     async fn purge(&self, before: UnixMillis) {
         let mut removed = 0;
         loop {
-            match self.store.purge(before, PURGE_PAGE).await {
+            match self.queue.purge(before, PURGE_PAGE).await {
                 Ok(n) => {
                     removed += n;
                     if n < PURGE_PAGE {
@@ -580,7 +580,7 @@ impl Jobs {
 
     /// Jobs by status (what `/metrics` shows).
     pub async fn counts(&self) -> Result<HashMap<JobStatus, u64>, JobsError> {
-        self.store.counts().await
+        self.queue.counts().await
     }
 }
 

@@ -20,7 +20,7 @@ use crate::services::standing::ContextError;
 impl Jobs {
     pub(super) async fn work(self: Arc<Self>) {
         loop {
-            let claimed = self.store.claim().await;
+            let claimed = self.queue.claim().await;
             self.run(claimed).await;
         }
     }
@@ -54,7 +54,7 @@ impl Jobs {
         };
         crate::metrics::job_attempt(outcome);
         record.settle(attempt, self.clock.now(), &self.config.retry, fastrand::f64());
-        let finished = self.store.finish(&record, lease.as_deref()).await;
+        let finished = self.queue.finish(&record, lease.as_deref()).await;
         drop(renewal);
         match finished {
             Ok(true) => {}
@@ -162,7 +162,7 @@ impl Jobs {
             // A slot first: a callback taken (with Redis, leased) is sent at once, not after others.
             let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
             let gate = &self.callback_gate;
-            let due = self.store.due_callback(gate).await;
+            let due = self.queue.due_callback(gate).await;
             let (user, id) = (due.record.user, due.record.id);
             let host = due.record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
             let in_flight = gate.enter(user, &host);
@@ -181,7 +181,7 @@ impl Jobs {
             // Only if JOB_CALLBACK_SECRET (or FLOWS_TOKEN) was removed after the job was submitted.
             tracing::error!(job = %record.id, "a callback has no signing secret; it is not sent");
             record.callback_abandoned("no signing secret is configured for this callback");
-            if let Err(error) = self.store.update(&record, record.status).await {
+            if let Err(error) = self.queue.update(&record, record.status).await {
                 tracing::warn!(job = %record.id, %error, "cannot record an abandoned callback");
             }
             return;
@@ -197,7 +197,7 @@ impl Jobs {
         };
         crate::metrics::job_callback(label);
         tracing::info!(job = %record.id, outcome = label, "job callback sent");
-        if let Err(error) = self.store.update(&record, expected).await {
+        if let Err(error) = self.queue.update(&record, expected).await {
             tracing::warn!(job = %record.id, %error, "cannot record a callback's outcome; it may be sent again");
         }
     }

@@ -22,7 +22,7 @@ use super::{CreditBooks, HoldRef, Place, Shortfall, Unstored, now_millis, ttl_mi
 use crate::domain::credit_book::{HoldId, LedgerReading, UnixMillis};
 use crate::domain::money::Cents;
 use crate::domain::user::UserId;
-use crate::shared::redis::{Redis, SharedError, key};
+use crate::shared::redis::{Redis, RedisFailure, key};
 use crate::sync;
 
 const COMMITTED: &str = include_str!("lua/committed.lua");
@@ -96,7 +96,7 @@ impl RedisReservations {
 
     /// At startup: this replica's unstored costs in Redis become exactly what its store still holds (entries a
     /// crash left behind are cleared). Without Redis they count in local memory instead.
-    async fn restore_in_redis(&self, unstored: Unstored) -> Result<(), SharedError> {
+    async fn restore_in_redis(&self, unstored: Unstored) -> Result<(), RedisFailure> {
         let pattern = key(&["credit", "*", "unstored"]);
         let pattern = pattern.as_str();
         let mut cursor: u64 = 0;

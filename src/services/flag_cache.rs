@@ -64,7 +64,7 @@ struct Failure {
     error: Arc<DirectusError>,
 }
 
-pub struct FlagStore {
+pub struct FlagCache {
     directus: DirectusClient,
     /// Keyed by generation: a webhook bumps it, so a request after the webhook can never join a load that
     /// started before the change was committed.
@@ -76,9 +76,9 @@ pub struct FlagStore {
     newest_push: Mutex<Option<(i64, FlagSet)>>,
 }
 
-impl FlagStore {
+impl FlagCache {
     pub fn new(directus: DirectusClient, ttl: Duration) -> Self {
-        FlagStore {
+        FlagCache {
             directus,
             fresh: Cache::builder().max_capacity(4).time_to_live(ttl).build(),
             generation: AtomicU64::new(0),
@@ -235,14 +235,14 @@ mod tests {
     use super::*;
     use crate::domain::flags::PushedRow;
 
-    fn store() -> FlagStore {
+    fn store() -> FlagCache {
         // Nothing here reaches Directus: pushed flags are applied without it.
         let directus = DirectusClient::new(
             "http://127.0.0.1:9".parse().unwrap(),
             SecretString::from("unused"),
             Duration::from_secs(1),
         );
-        FlagStore::new(directus, Duration::from_secs(300))
+        FlagCache::new(directus, Duration::from_secs(300))
     }
 
     fn pushed(read_at: i64, only: bool) -> PushedFlags {
