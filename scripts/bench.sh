@@ -22,7 +22,8 @@
 #  9. The gateway beside a Directus storing its usage records (the sidecar's usual neighbour): the sidecar's
 #     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct, then through the sidecar (added p50,
 #     p99 and max); then BENCH_CONNECTIONS for BENCH_SECONDS direct, through the sidecar, and through the two
-#     ceilings: a bare axum + reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs).
+#     ceilings: a bare axum + reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs). With
+#     BENCH_PERF=1, perf records the sidecar during its run and the hottest functions are printed.
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
@@ -439,8 +440,19 @@ for target in "direct ${fake_port} ${token}" "sidecar ${latency_port} ${free_tok
 	"bare-axum-reqwest ${axum_port} ${token}" "bare-hyper ${hyper_port} ${token}"; do
 	read -r name port bearer <<<"${target}"
 	step "9d. ${name}"
+	# BENCH_PERF=1: where the sidecar's time goes under this load (perf, call graphs), printed after the run.
+	if [[ "${name}" == sidecar && -n "${BENCH_PERF:-}" ]]; then
+		perf record -F 999 -g -o "${work}/perf.data" -p "${sidecar_pid}" -- sleep "${seconds}" >/dev/null 2>&1 &
+		perf_pid="$!"
+	fi
 	BENCH_TOKEN="${bearer}" wrk -t1 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
 		"http://127.0.0.1:${port}/v1/chat/completions" | summarize_max
 done
+if [[ -n "${BENCH_PERF:-}" ]]; then
+	wait "${perf_pid}" || true
+	step "9f. the sidecar's hottest functions at ${connections} connections (perf, self time)"
+	perf report -i "${work}/perf.data" --no-children --percent-limit 1 --stdio --sort symbol 2>/dev/null |
+		grep -E '^ +[0-9]' | head -n 40
+fi
 step "9e. usage records still waiting for Directus: $(waiting "127.0.0.1:${latency_port}")"
 fi
