@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -12,7 +12,9 @@ use crate::config::Settings;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
 use crate::domain::jobs::CallbackUrl;
+use crate::http::extract::Access;
 use crate::http::guard::Guard;
+use crate::http::limits::EndpointLimits;
 use crate::http::routes::pages::AccountPage;
 use crate::http::state::{AppState, Services};
 use crate::providers::ProviderClient;
@@ -25,7 +27,6 @@ use crate::services::jobs::{FlowCallbacks, JobServices, Jobs, JobsError};
 use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
 use crate::services::notifier::Notifier;
-use crate::services::rate_limit::RateLimiter;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
@@ -112,30 +113,19 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         gateway,
         jobs: Arc::new(jobs),
         reservations,
-        sessions: Arc::new(Sessions::new(directus.clone(), settings.session_check_ttl, settings.stale_caller_max_age)),
+        access: Arc::new(access(settings, directus.clone())),
         directus,
         outbox,
-        tokens: Arc::new(AccessTokenVerifier::new(&settings.directus_secret)),
         webhook_secret: Arc::new(settings.webhook_secret.clone()),
-        operator_token_digest: settings
-            .operator_token
-            .as_ref()
-            .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
-        flows_token_digest: settings
-            .flows_token
-            .as_ref()
-            .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
-        vault_configured: settings.keyring.is_some(),
-        flag_cache_ttl: settings.flag_cache_ttl,
         bus,
         claims,
-        redis: redis.clone(),
-        key_checks: Arc::new(RateLimiter::new("key_checks", redis.clone())),
-        key_checks_per_minute: settings.key_checks_per_minute,
-        usage_reads: Arc::new(RateLimiter::new("usage_reads", redis.clone())),
-        job_submits: Arc::new(RateLimiter::new("job_submits", redis)),
-        job_submits_per_minute: settings.job_submits_per_minute,
-        usage_reads_per_minute: settings.usage_reads_per_minute,
+        limits: Arc::new(EndpointLimits::new(
+            redis.clone(),
+            settings.key_checks_per_minute,
+            settings.usage_reads_per_minute,
+            settings.job_submits_per_minute,
+        )),
+        redis,
         max_llm_body_bytes: settings.max_llm_body_bytes,
         max_job_body_bytes: settings.max_job_body_bytes,
         guard: Guard {
@@ -143,11 +133,22 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
             min_bytes_per_sec: settings.body_min_bytes_per_sec,
             body_budget: Arc::new(Semaphore::new(settings.max_body_bytes_in_flight)),
         },
-        user_requests: InFlight::new(settings.max_requests_in_flight_per_user),
         sign_in,
-        trusted_proxies: settings.trusted_proxies.clone(),
         account_page: Arc::new(AccountPage::new(&settings.account_embed_origins)),
     }))
+}
+
+/// What callers are checked against. Only digests of the operator and Flows tokens are kept.
+fn access(settings: &Settings, directus: DirectusClient) -> Access {
+    let digest = |token: &SecretString| Sha256::digest(token.expose_secret().as_bytes()).into();
+    Access {
+        tokens: AccessTokenVerifier::new(&settings.directus_secret),
+        sessions: Arc::new(Sessions::new(directus, settings.session_check_ttl, settings.stale_caller_max_age)),
+        operator_token_digest: settings.operator_token.as_ref().map(digest),
+        flows_token_digest: settings.flows_token.as_ref().map(digest),
+        trusted_proxies: settings.trusted_proxies.clone(),
+        user_requests: InFlight::new(settings.max_requests_in_flight_per_user),
+    }
 }
 
 /// Where jobs a Flow queues report back (the Flows bundle's endpoint in Directus), signed with a secret both ends

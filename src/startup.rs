@@ -76,8 +76,8 @@ impl Application {
             JobsError::Store(error) => StartupError::Store(error),
             other => StartupError::Jobs(other),
         })?;
-        accounting::import_legacy_spool(&settings.legacy_spool_dir, &state.outbox)?;
-        let restored = state.reservations.restore_from(&state.outbox).await?;
+        accounting::import_legacy_spool(&settings.legacy_spool_dir, &state.services().outbox)?;
+        let restored = state.services().reservations.restore_from(&state.services().outbox).await?;
         if restored > 0 {
             tracing::info!(restored, "deductions waiting for Directus count against their users' credits again");
         }
@@ -113,7 +113,7 @@ impl Application {
         if let Some(every) = self.flag_poll_interval {
             tokio::spawn(poll_flags(self.state.clone(), every));
         }
-        let (bus, apply) = (Arc::clone(&self.state.bus), apply_event(self.state.clone()));
+        let (bus, apply) = (Arc::clone(&self.state.services().bus), apply_event(self.state.clone()));
         tokio::spawn(async move { bus.run(Box::new(apply)).await });
         if let Some(listener) = self.metrics_listener {
             let router = http::metrics_router(self.state.clone());
@@ -123,11 +123,13 @@ impl Application {
                 }
             });
         }
-        let sink =
-            LedgerSink { inner: self.state.directus.clone(), reservations: Arc::clone(&self.state.reservations) };
-        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.outbox), Arc::new(sink), self.delivery));
-        self.state.jobs.start();
-        if self.state.vault_configured {
+        let sink = LedgerSink {
+            inner: self.state.services().directus.clone(),
+            reservations: Arc::clone(&self.state.services().reservations),
+        };
+        tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.services().outbox), Arc::new(sink), self.delivery));
+        self.state.services().jobs.start();
+        if self.state.services().vault.is_configured() {
             tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
         }
         let mut builder = http1::Builder::new();
@@ -179,7 +181,7 @@ impl Application {
             tracing::warn!("in-flight requests did not finish within the grace period");
         }
         // Usage recorded by the last requests reaches the disk before the process exits.
-        self.state.gateway.flush().await;
+        self.state.services().gateway.flush().await;
         Ok(())
     }
 }
@@ -191,22 +193,22 @@ fn apply_event(state: AppState) -> impl Fn(Event) + Send + Sync + 'static {
         tokio::spawn(async move {
             match event {
                 Event::FlagsChanged => {
-                    if let Err(error) = state.flags.reload().await {
+                    if let Err(error) = state.services().flags.reload().await {
                         tracing::warn!(%error, "cannot reload the flags another replica reported changed");
                     }
                 }
                 Event::FlagsPushed(flags) => {
-                    if state.flags.apply(&flags).await == Pushed::Ambiguous
-                        && let Err(error) = state.flags.reload().await
+                    if state.services().flags.apply(&flags).await == Pushed::Ambiguous
+                        && let Err(error) = state.services().flags.reload().await
                     {
                         tracing::warn!(%error, "cannot reload the flags another replica reported changed");
                     }
                 }
-                Event::CallerChanged(user) => state.callers.forget(user).await,
+                Event::CallerChanged(user) => state.services().callers.forget(user).await,
                 Event::Resubscribed => {
                     tracing::info!("subscribed to other replicas' changes; reloading what may have been missed");
-                    state.callers.forget_all();
-                    if let Err(error) = state.flags.reload().await {
+                    state.services().callers.forget_all();
+                    if let Err(error) = state.services().flags.reload().await {
                         tracing::warn!(%error, "cannot reload the flags after subscribing");
                     }
                 }
@@ -223,9 +225,9 @@ async fn poll_flags(state: AppState, every: Duration) {
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        match state.flags.poll().await {
+        match state.services().flags.poll().await {
             Ok(true) => {
-                let flags = state.flags.last_known().map(|s| s.flags);
+                let flags = state.services().flags.last_known().map(|s| s.flags);
                 tracing::warn!(?flags, "feature flags changed without a webhook (an SQL update?); now in force");
             }
             Ok(false) => {}
@@ -238,7 +240,7 @@ async fn poll_flags(state: AppState, every: Duration) {
 async fn load_flags_until_ready(state: AppState) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match state.flags.current().await {
+        match state.services().flags.current().await {
             Ok(current) if !current.stale => {
                 tracing::info!(flags = ?current.snapshot.flags, "feature flags loaded");
                 return;
@@ -258,7 +260,7 @@ async fn reverify_unverified_keys(state: AppState, interval: Duration) {
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        match state.vault.reverify_unverified(100).await {
+        match state.services().vault.reverify_unverified(100).await {
             Ok(0) => {}
             Ok(checked) => tracing::info!(checked, "re-verified unverified keys"),
             Err(error) => tracing::warn!(%error, "re-verifying unverified keys failed; will retry"),

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
@@ -14,11 +14,27 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::guard::{self, Held};
-use super::state::AppState;
+use crate::auth::AccessTokenVerifier;
+use crate::domain::client_address::TrustedProxies;
 use crate::domain::error_code::Code;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
-use crate::services::sessions::SessionError;
+use crate::services::in_flight::InFlight;
+use crate::services::sessions::{SessionError, Sessions};
+
+/// What callers are checked against: Directus access tokens (and their sessions), the operator and Flows
+/// credentials (as digests), the proxies trusted to name the client, and each user's requests in flight.
+pub struct Access {
+    pub tokens: AccessTokenVerifier,
+    pub sessions: Arc<Sessions>,
+    /// SHA-256 of `OPERATOR_TOKEN`: enough to check a presented token, useless to anyone reading memory
+    /// dumps of this struct. `None`: operator endpoints are off.
+    pub operator_token_digest: Option<[u8; 32]>,
+    /// SHA-256 of `FLOWS_TOKEN`: the Directus Flows operation's credential.
+    pub flows_token_digest: Option<[u8; 32]>,
+    pub trusted_proxies: TrustedProxies,
+    pub user_requests: Arc<InFlight<UserId>>,
+}
 
 /// The user a verified Directus access token was issued to, or, on the routes Flows may call, the user a
 /// Directus Flow acts for (`FLOWS_TOKEN` and `x-byok-on-behalf-of`).
@@ -34,21 +50,25 @@ const FLOW_ROUTES: [&str; 4] = ["/v1/route", "/v1/chat/completions", "/v1/messag
 pub struct ViaFlow;
 const ON_BEHALF_OF: &str = "x-byok-on-behalf-of";
 
-impl FromRequestParts<AppState> for AuthenticatedUser {
+impl<S: Send + Sync> FromRequestParts<S> for AuthenticatedUser
+where
+    Arc<Access>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let token = access_token(parts).ok_or(ApiError::from(Code::Unauthorized))?;
-        let verified = match state.tokens.verify(token, jsonwebtoken::get_current_timestamp()) {
+        let access = Arc::<Access>::from_ref(state);
+        let verified = match access.tokens.verify(token, jsonwebtoken::get_current_timestamp()) {
             Ok(verified) => verified,
             // Not a Directus token: perhaps the Flows credential (hashed only here, off the users' own path).
             Err(_)
-                if state
+                if access
                     .flows_token_digest
                     .as_ref()
                     .is_some_and(|flows| bool::from(Sha256::digest(token.as_bytes()).ct_eq(flows))) =>
             {
-                return flow_caller(parts, state);
+                return flow_caller(parts, &access);
             }
             Err(reason) => {
                 tracing::debug!(%reason, "access token refused");
@@ -56,7 +76,7 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
             }
         };
         if let Some(session) = &verified.session {
-            state.sessions.check(session, token).await.map_err(|error| match error {
+            access.sessions.check(session, token).await.map_err(|error| match error {
                 SessionError::Ended => {
                     tracing::debug!("session-mode token of an ended session refused");
                     ApiError::from(Code::Unauthorized)
@@ -64,14 +84,14 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
                 SessionError::Unconfirmed => ApiError::from(Code::AccountServiceUnavailable),
             })?;
         }
-        counted(parts, state, AuthenticatedUser(verified.user))
+        counted(parts, &access, AuthenticatedUser(verified.user))
     }
 }
 
 /// The request counts among its user's requests in flight until it is answered (see [`crate::http::guard`]).
-fn counted(parts: &Parts, state: &AppState, user: AuthenticatedUser) -> Result<AuthenticatedUser, ApiError> {
+fn counted(parts: &Parts, access: &Access, user: AuthenticatedUser) -> Result<AuthenticatedUser, ApiError> {
     if let Some(held) = parts.extensions.get::<Arc<Held>>() {
-        held.user(&state.user_requests, user.0).map_err(|most| {
+        held.user(&access.user_requests, user.0).map_err(|most| {
             crate::metrics::rate_limited("requests_in_flight");
             ApiError::RequestsInFlight(most)
         })?;
@@ -81,7 +101,7 @@ fn counted(parts: &Parts, state: &AppState, user: AuthenticatedUser) -> Result<A
 
 /// A Directus Flow: only on [`FLOW_ROUTES`], and only for the user it names. The same matrix, limits and
 /// accounting then apply as for the user's own calls; the log says a Flow made the call.
-fn flow_caller(parts: &mut Parts, state: &AppState) -> Result<AuthenticatedUser, ApiError> {
+fn flow_caller(parts: &mut Parts, access: &Access) -> Result<AuthenticatedUser, ApiError> {
     let route = parts.extensions.get::<axum::extract::MatchedPath>().map(axum::extract::MatchedPath::as_str);
     if parts.method != axum::http::Method::POST || !route.is_some_and(|r| FLOW_ROUTES.contains(&r)) {
         tracing::warn!(route, "the Flows credential was presented to a route Flows may not call");
@@ -97,18 +117,22 @@ fn flow_caller(parts: &mut Parts, state: &AppState) -> Result<AuthenticatedUser,
         })?;
     tracing::info!(%user, caller = "directus_flow", "a Directus Flow calls on a user's behalf");
     parts.extensions.insert(ViaFlow);
-    counted(parts, state, AuthenticatedUser(user))
+    counted(parts, access, AuthenticatedUser(user))
 }
 
 /// An operator presenting `OPERATOR_TOKEN`. Without one configured, operator endpoints do not exist.
 #[derive(Debug, Clone, Copy)]
 pub struct Operator;
 
-impl FromRequestParts<AppState> for Operator {
+impl<S: Send + Sync> FromRequestParts<S> for Operator
+where
+    Arc<Access>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let expected = state.operator_token_digest.as_ref().ok_or(ApiError::from(Code::NotFound))?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let access = Arc::<Access>::from_ref(state);
+        let expected = access.operator_token_digest.as_ref().ok_or(ApiError::from(Code::NotFound))?;
         let token = bearer_token(parts).ok_or(ApiError::from(Code::Unauthorized))?;
         // Comparing digests keeps the comparison constant-time and length-independent.
         let presented = Sha256::digest(token.as_bytes());
@@ -133,15 +157,18 @@ fn access_token(parts: &Parts) -> Option<&str> {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub IpAddr);
 
-impl FromRequestParts<AppState> for ClientAddress {
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress
+where
+    Arc<Access>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
             return Err(ApiError::Internal("the connection's peer address is not known".into()));
         };
         let forwarded = parts.headers.get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
-        Ok(ClientAddress(state.trusted_proxies.client(peer.ip(), forwarded)))
+        Ok(ClientAddress(Arc::<Access>::from_ref(state).trusted_proxies.client(peer.ip(), forwarded)))
     }
 }
 
@@ -149,10 +176,10 @@ impl FromRequestParts<AppState> for ClientAddress {
 #[derive(Debug, Clone, Copy)]
 pub struct ProviderPath(pub Provider);
 
-impl FromRequestParts<AppState> for ProviderPath {
+impl<S: Send + Sync> FromRequestParts<S> for ProviderPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let not_found = || ApiError::from(Code::UnknownProviderInPath);
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| not_found())?;
         raw.parse().map(ProviderPath).map_err(|_| not_found())
@@ -168,10 +195,10 @@ pub trait RequestBody: DeserializeOwned {
 /// `Json<T>` whose rejections are our JSON errors.
 pub struct JsonBody<T>(pub T);
 
-impl<T: RequestBody> FromRequest<AppState> for JsonBody<T> {
+impl<S: Send + Sync, T: RequestBody> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(JsonBody(value)),
             Err(rejection) => Err(json_rejection(&rejection, T::EXPECTED)),
@@ -197,10 +224,10 @@ fn json_rejection(rejection: &JsonRejection, expected: &'static str) -> ApiError
 /// kept as raw text (an LLM request inside a job) is then a slice of these bytes, never a tree.
 pub struct JsonBytes(pub Bytes);
 
-impl FromRequest<AppState> for JsonBytes {
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
         if !json {
             return Err(Code::UnsupportedMediaType.into());
@@ -228,10 +255,10 @@ pub fn from_json<'a, T: serde::Deserialize<'a>>(raw: &'a [u8], expected: &'stati
 /// The raw body, for endpoints that must see the exact bytes (webhook signatures).
 pub struct RawBody(pub Bytes);
 
-impl FromRequest<AppState> for RawBody {
+impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         Bytes::from_request(req, state).await.map(RawBody).map_err(|r| bytes_rejection(&r))
     }
 }

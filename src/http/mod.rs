@@ -3,6 +3,7 @@
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod limits;
 pub mod routes;
 pub mod state;
 
@@ -47,7 +48,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .layer(Extension(document))
         .fallback(|| async { ApiError::from(Code::NotFound) })
         .method_not_allowed_fallback(|| async { ApiError::from(Code::MethodNotAllowed) })
-        .layer(middleware::from_fn_with_state(state.guard.clone(), guard::hold));
+        .layer(middleware::from_fn_with_state(state.services().guard.clone(), guard::hold));
     with_common_layers(routes).with_state(state)
 }
 
@@ -58,11 +59,11 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
     let gateway = OpenApiRouter::new()
         .routes(routes!(routes::gateway::chat_completions))
         .routes(routes!(routes::gateway::messages))
-        .layer(DefaultBodyLimit::max(state.max_llm_body_bytes));
+        .layer(DefaultBodyLimit::max(state.services().max_llm_body_bytes));
     // A job is kept until it is removed: its own, smaller limit.
     let jobs = OpenApiRouter::new()
         .routes(routes!(routes::jobs::submit, routes::jobs::list))
-        .layer(DefaultBodyLimit::max(state.max_job_body_bytes));
+        .layer(DefaultBodyLimit::max(state.services().max_job_body_bytes));
     let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(routes::health::healthz));
     if with_metrics {
         api = api.routes(routes!(routes::metrics::render));

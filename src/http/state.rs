@@ -1,27 +1,23 @@
-//! What handlers share: the services [`crate::app`] builds once, behind one `Arc`.
+//! What handlers share: the services [`crate::app`] builds once, behind one `Arc`. A handler asks for the
+//! pieces it uses by type (`State<Arc<Gateway>>`), never for the whole.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::FromRef;
 
 use crate::accounting::Outbox;
-use crate::auth::AccessTokenVerifier;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
-use crate::domain::client_address::TrustedProxies;
-use crate::domain::user::UserId;
+use crate::http::extract::Access;
 use crate::http::guard::Guard;
+use crate::http::limits::EndpointLimits;
 use crate::http::routes::pages::AccountPage;
 use crate::services::callers::CallerDirectory;
 use crate::services::flag_cache::FlagCache;
 use crate::services::gateway::{Gateway, KeyEvents};
-use crate::services::in_flight::InFlight;
 use crate::services::jobs::Jobs;
 use crate::services::key_vault::KeyVault;
-use crate::services::rate_limit::RateLimiter;
 use crate::services::reservations::Reservations;
-use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
 use crate::services::standing::Standings;
 use crate::shared::bus::Bus;
@@ -37,12 +33,9 @@ impl AppState {
     pub fn new(services: Services) -> Self {
         AppState(Arc::new(services))
     }
-}
 
-impl std::ops::Deref for AppState {
-    type Target = Services;
-
-    fn deref(&self) -> &Services {
+    /// What the router is built with: body limits and the guard.
+    pub fn services(&self) -> &Services {
         &self.0
     }
 }
@@ -61,16 +54,9 @@ pub struct Services {
     pub directus: DirectusClient,
     /// Usage records waiting for Directus.
     pub outbox: Arc<Outbox>,
-    pub tokens: Arc<AccessTokenVerifier>,
-    pub sessions: Arc<Sessions>,
+    /// Who may call: token checks, the operator and Flows credentials, client addresses, requests in flight.
+    pub access: Arc<Access>,
     pub webhook_secret: Arc<WebhookSecret>,
-    /// SHA-256 of `OPERATOR_TOKEN`: enough to check a presented token, useless to anyone reading memory
-    /// dumps of this struct. `None`: operator endpoints are off.
-    pub operator_token_digest: Option<[u8; 32]>,
-    /// SHA-256 of `FLOWS_TOKEN`: the Directus Flows operation's credential.
-    pub flows_token_digest: Option<[u8; 32]>,
-    pub vault_configured: bool,
-    pub flag_cache_ttl: Duration,
     /// Claims shared by replicas: webhook ids applied, incidents notified.
     pub claims: Arc<dyn Claims>,
     /// `REDIS_URL`'s connection, for readiness.
@@ -78,26 +64,46 @@ pub struct Services {
     /// Tells the other replicas of flag and key changes.
     pub bus: Arc<dyn Bus>,
     /// Per-user limits on endpoints that cost the platform a provider call or a Directus aggregate.
-    pub key_checks: Arc<RateLimiter>,
-    pub key_checks_per_minute: u32,
-    pub usage_reads: Arc<RateLimiter>,
-    pub usage_reads_per_minute: u32,
-    pub job_submits: Arc<RateLimiter>,
-    pub job_submits_per_minute: u32,
+    pub limits: Arc<EndpointLimits>,
+    /// Sign-in attempts, throttled per account and client address.
+    pub sign_in: Arc<SignInGuard>,
+    pub account_page: Arc<AccountPage>,
     pub max_llm_body_bytes: usize,
     pub max_job_body_bytes: usize,
     /// Bounds on every request's body.
     pub guard: Guard,
-    /// Requests in flight per signed-in user.
-    pub user_requests: Arc<InFlight<UserId>>,
-    /// Sign-in attempts, throttled per account and client address.
-    pub sign_in: Arc<SignInGuard>,
-    pub trusted_proxies: TrustedProxies,
-    pub account_page: Arc<AccountPage>,
 }
 
-impl FromRef<AppState> for Arc<AccountPage> {
-    fn from_ref(state: &AppState) -> Self {
-        Arc::clone(&state.account_page)
-    }
+/// Each piece a handler may ask for, taken from the one shared state.
+macro_rules! pieces {
+    ($($field:ident: $piece:ty),* $(,)?) => {
+        $(
+            impl FromRef<AppState> for $piece {
+                fn from_ref(state: &AppState) -> Self {
+                    state.0.$field.clone()
+                }
+            }
+        )*
+    };
+}
+
+pieces! {
+    flags: Arc<FlagCache>,
+    callers: Arc<CallerDirectory>,
+    standings: Arc<Standings>,
+    key_events: Arc<KeyEvents>,
+    vault: Arc<KeyVault>,
+    gateway: Arc<Gateway>,
+    jobs: Arc<Jobs>,
+    reservations: Arc<Reservations>,
+    directus: DirectusClient,
+    outbox: Arc<Outbox>,
+    access: Arc<Access>,
+    webhook_secret: Arc<WebhookSecret>,
+    claims: Arc<dyn Claims>,
+    redis: Option<Arc<Redis>>,
+    bus: Arc<dyn Bus>,
+    limits: Arc<EndpointLimits>,
+    sign_in: Arc<SignInGuard>,
+    account_page: Arc<AccountPage>,
 }

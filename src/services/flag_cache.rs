@@ -65,6 +65,7 @@ struct Failure {
 }
 
 pub struct FlagCache {
+    ttl: Duration,
     directus: DirectusClient,
     /// Keyed by generation: a webhook bumps it, so a request after the webhook can never join a load that
     /// started before the change was committed.
@@ -80,12 +81,18 @@ impl FlagCache {
     pub fn new(directus: DirectusClient, ttl: Duration) -> Self {
         FlagCache {
             directus,
+            ttl,
             fresh: Cache::builder().max_capacity(4).time_to_live(ttl).build(),
             generation: AtomicU64::new(0),
             last_known: RwLock::new(None),
             last_failure: Mutex::new(None),
             newest_push: Mutex::new(None),
         }
+    }
+
+    /// How long loaded flags are used before Directus is asked again (a safety net for lost webhooks).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The flags in force: cached, freshly loaded, or (Directus down) the last known ones marked stale.

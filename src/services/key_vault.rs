@@ -88,6 +88,11 @@ impl KeyVault {
         KeyVault { keyring, directus, providers }
     }
 
+    /// Whether `ENCRYPTION_KEY` is set: without it BYOK is not configured.
+    pub fn is_configured(&self) -> bool {
+        self.keyring.is_some()
+    }
+
     fn keyring(&self) -> Result<&Keyring, VaultError> {
         self.keyring.as_deref().ok_or(VaultError::NotConfigured)
     }

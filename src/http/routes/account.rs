@@ -17,9 +17,14 @@ use crate::domain::tier::SubscriptionTier;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
 use crate::http::routes::usage::prompt_size;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
+use crate::directus::DirectusClient;
+use crate::services::gateway::Gateway;
 use crate::services::key_vault::KeySummary;
+use crate::services::key_vault::KeyVault;
 use crate::services::standing::CallContext;
+use crate::services::standing::Standings;
 
 /// A reason in the same `{code, message}` shape as an error body.
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,9 +88,10 @@ pub struct Account {
                (status = 503, body = ErrorBody)))]
 pub async fn account(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(standings): State<Arc<Standings>>,
+    State(directus): State<DirectusClient>,
 ) -> Result<Json<Account>, ApiError> {
-    let (standing, email) = tokio::join!(state.standings.of(user), state.directus.user_email(user));
+    let (standing, email) = tokio::join!(standings.of(user), directus.user_email(user));
     let standing = standing?;
     let (CallContext { flags, caller }, available) = (&standing.context, standing.available);
     let access = routing::byok_access(&flags.snapshot.flags, caller.profile.tier);
@@ -138,20 +144,21 @@ pub struct Providers {
     responses((status = 200, body = Providers), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn providers(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(standings): State<Arc<Standings>>,
+    State(vault): State<Arc<KeyVault>>,
 ) -> Result<Json<Providers>, ApiError> {
-    let CallContext { flags, caller } = state.standings.context(user).await?;
+    let CallContext { flags, caller } = standings.context(user).await?;
     let access = routing::byok_access(&flags.snapshot.flags, caller.profile.tier);
     // Keys are read fresh (not from the routing cache): this is the page that just saved one.
     let keys = match access {
-        Ok(()) => state.vault.list(user).await?,
+        Ok(()) => vault.list(user).await?,
         Err(_) => Vec::new(),
     };
     let providers = Provider::ALL
         .into_iter()
         .map(|provider| {
             let key = keys.iter().find(|k| k.provider == provider && k.is_active).cloned();
-            let reason = match (access, state.vault_configured, key.as_ref().map(|k| k.status)) {
+            let reason = match (access, vault.is_configured(), key.as_ref().map(|k| k.status)) {
                 (Err(denied), _, _) => Some(Reason::denied(denied)),
                 (Ok(()), false, _) => Some(Reason::new(
                     Code::ByokNotConfigured,
@@ -241,7 +248,8 @@ const DEFAULT_OUTPUT_TOKENS: u64 = 500;
     responses((status = 200, body = Recommendations), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn recommendations(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(standings): State<Arc<Standings>>,
+    State(gateway): State<Arc<Gateway>>,
     JsonBody(request): JsonBody<RecommendationRequest>,
 ) -> Result<Json<Recommendations>, ApiError> {
     let prompt_tokens = prompt_size(request.prompt_tokens, request.prompt.as_deref())?;
@@ -253,13 +261,13 @@ pub async fn recommendations(
     if !(1..=20).contains(&limit) {
         return Err(ApiError::new(Code::InvalidRequest, "limit must be from 1 to 20."));
     }
-    let standing = state.standings.of(user).await?;
+    let standing = standings.of(user).await?;
     // The same decision a call would get now; providers the user cannot use at all are left out.
     let usable: Vec<(Provider, Source)> = Provider::ALL
         .into_iter()
         .filter_map(|provider| Some((provider, standing.decide_any_call(provider).ok()?.source)))
         .collect();
-    let prices = state.gateway.prices();
+    let prices = gateway.prices();
     let recommendations = recommend::cheapest(prices, &usable, prompt_tokens, output_tokens, limit)
         .into_iter()
         .map(|r| RecommendedModel {

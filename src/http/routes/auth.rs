@@ -12,7 +12,10 @@ use crate::domain::error_code::Code;
 use crate::domain::sign_in::{Account, SignInRefusal};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ClientAddress, JsonBody, Operator, RequestBody};
-use crate::http::state::AppState;
+use std::sync::Arc;
+
+use crate::directus::DirectusClient;
+use crate::services::sign_in::SignInGuard;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -73,7 +76,8 @@ fn refused(error: SignInError, message: &'static str) -> ApiError {
               (status = 429, description = "`too_many_sign_in_attempts` (wait for Retry-After) or `sign_in_locked`", body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn login(
-    State(state): State<AppState>,
+    State(sign_in): State<Arc<SignInGuard>>,
+    State(directus): State<DirectusClient>,
     ClientAddress(address): ClientAddress,
     JsonBody(request): JsonBody<SignIn>,
 ) -> Result<Json<Tokens>, ApiError> {
@@ -82,19 +86,18 @@ pub async fn login(
         return Err(ApiError::new(Code::InvalidRequest, "Enter the e-mail address of your account."));
     }
     let account = Account::of_email(email);
-    state.sign_in.admit(&account, address).await.map_err(|refusal| {
+    sign_in.admit(&account, address).await.map_err(|refusal| {
         crate::metrics::rate_limited(match refusal {
             SignInRefusal::Address { .. } => "sign_in_address",
             SignInRefusal::Spacing { .. } | SignInRefusal::Locked => "sign_in_account",
         });
         ApiError::SignIn(refusal)
     })?;
-    let tokens = state
-        .directus
+    let tokens = directus
         .sign_in(email, &request.password, request.otp.as_deref())
         .await
         .map_err(|e| refused(e, "Wrong e-mail or password."))?;
-    state.sign_in.succeeded(&account).await;
+    sign_in.succeeded(&account).await;
     Ok(Json(tokens.into()))
 }
 
@@ -102,11 +105,10 @@ pub async fn login(
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = Refresh,
     responses((status = 200, body = Tokens), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn refresh(
-    State(state): State<AppState>,
+    State(directus): State<DirectusClient>,
     JsonBody(request): JsonBody<Refresh>,
 ) -> Result<Json<Tokens>, ApiError> {
-    let tokens = state
-        .directus
+    let tokens = directus
         .refresh_session(&request.refresh_token)
         .await
         .map_err(|e| refused(e, "Your session ended. Sign in again."))?;
@@ -131,11 +133,11 @@ impl RequestBody for Unlock {
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, description = "no `OPERATOR_TOKEN` set", body = ErrorBody)))]
 pub async fn unlock(
     _: Operator,
-    State(state): State<AppState>,
+    State(sign_in): State<Arc<SignInGuard>>,
     JsonBody(request): JsonBody<Unlock>,
 ) -> Result<StatusCode, ApiError> {
     let account = Account::of_email(&request.email);
-    state.sign_in.succeeded(&account).await;
+    sign_in.succeeded(&account).await;
     tracing::info!(account = account.as_str(), "an operator cleared an account's sign-in attempts");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -144,9 +146,9 @@ pub async fn unlock(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = Refresh,
     responses((status = 204), (status = 503, body = ErrorBody)))]
 pub async fn logout(
-    State(state): State<AppState>,
+    State(directus): State<DirectusClient>,
     JsonBody(request): JsonBody<Refresh>,
 ) -> Result<StatusCode, ApiError> {
-    state.directus.sign_out(&request.refresh_token).await.map_err(ApiError::Directus)?;
+    directus.sign_out(&request.refresh_token).await.map_err(ApiError::Directus)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,21 +5,29 @@ use serde_json::{Value, json};
 use crate::domain::error_code::Code;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::Operator;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
+use crate::services::flag_cache::FlagCache;
+use crate::services::key_vault::KeyVault;
+use crate::shared::bus::{Bus, Event};
 
 /// The flags in force, for operators (`OPERATOR_TOKEN`; 404 when none is configured).
 #[utoipa::path(get, path = "/v1/flags", tag = "operations", operation_id = "show_flags", security(("operator_token" = [])),
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let current = state.flags.current().await?;
-    let flags = current.snapshot.flags;
+pub async fn show(
+    _: Operator,
+    State(flags): State<Arc<FlagCache>>,
+    State(vault): State<Arc<KeyVault>>,
+) -> Result<Json<Value>, ApiError> {
+    let current = flags.current().await?;
+    let in_force = current.snapshot.flags;
     Ok(Json(json!({
-        "flags": flags,
-        "mode": flags.mode(),
+        "flags": in_force,
+        "mode": in_force.mode(),
         "loaded_at": current.snapshot.loaded_at_rfc3339(),
         "stale": current.stale,
-        "ttl_secs": state.flag_cache_ttl.as_secs(),
-        "vault_configured": state.vault_configured,
+        "ttl_secs": flags.ttl().as_secs(),
+        "vault_configured": vault.is_configured(),
     })))
 }
 
@@ -28,12 +36,17 @@ pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Val
 #[utoipa::path(post, path = "/v1/flags/reload", tag = "operations", operation_id = "reload_flags", security(("operator_token" = [])),
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-pub async fn reload(operator: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let reloaded = state.flags.reload().await?;
+pub async fn reload(
+    operator: Operator,
+    State(flags): State<Arc<FlagCache>>,
+    State(vault): State<Arc<KeyVault>>,
+    State(bus): State<Arc<dyn Bus>>,
+) -> Result<Json<Value>, ApiError> {
+    let reloaded = flags.reload().await?;
     if reloaded.stale {
         return Err(ApiError::from(Code::AccountServiceUnavailable));
     }
-    state.bus.publish(crate::shared::bus::Event::FlagsChanged).await;
+    bus.publish(Event::FlagsChanged).await;
     tracing::info!(flags = ?reloaded.snapshot.flags, "feature flags reloaded on an operator's request");
-    show(operator, State(state)).await
+    show(operator, State(flags), State(vault)).await
 }

@@ -17,9 +17,8 @@ use crate::domain::llm::{self, Api, LlmRequest, LlmRequestError};
 use crate::domain::routing::Source;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, RawBody};
-use crate::http::state::AppState;
 use crate::metrics;
-use crate::services::gateway::{Reply, Retries};
+use crate::services::gateway::{Gateway, Reply, Retries};
 use uuid::Uuid;
 
 /// Which credentials paid for the call.
@@ -41,10 +40,10 @@ pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-byok-stale");
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn chat_completions(
     user: AuthenticatedUser,
-    state: State<AppState>,
+    gateway: State<Arc<Gateway>>,
     body: RawBody,
 ) -> Result<Response, ApiError> {
-    counted(Api::ChatCompletions, proxy(user, state, body, Api::ChatCompletions).await)
+    counted(Api::ChatCompletions, proxy(user, gateway, body, Api::ChatCompletions).await)
 }
 
 /// Anthropic Messages, passed to Anthropic like [`chat_completions`] is to OpenAI.
@@ -54,8 +53,12 @@ pub async fn chat_completions(
         (status = 200, description = "Anthropic's answer (JSON, or `text/event-stream` when streaming)", body = Object),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn messages(user: AuthenticatedUser, state: State<AppState>, body: RawBody) -> Result<Response, ApiError> {
-    counted(Api::Messages, proxy(user, state, body, Api::Messages).await)
+pub async fn messages(
+    user: AuthenticatedUser,
+    gateway: State<Arc<Gateway>>,
+    body: RawBody,
+) -> Result<Response, ApiError> {
+    counted(Api::Messages, proxy(user, gateway, body, Api::Messages).await)
 }
 
 /// Counts the call by provider, paying source and outcome. (Refusals before the handler, such as a bad
@@ -76,7 +79,7 @@ fn counted(api: Api, result: Result<Response, ApiError>) -> Result<Response, Api
 
 async fn proxy(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(gateway): State<Arc<Gateway>>,
     RawBody(raw): RawBody,
     api: Api,
 ) -> Result<Response, ApiError> {
@@ -84,14 +87,14 @@ async fn proxy(
     if !request.stream {
         // A client that hangs up does not cancel the call: its answer is then read to the end (within the
         // generation timeout) and charged like any other.
-        let gateway = Arc::clone(&state.gateway);
+        let gateway = Arc::clone(&gateway);
         let call = async move { gateway.complete(user, api, &request, Retries::WithinDeadline).await };
         let completed = RunsToTheEnd::new(call.in_current_span()).await?;
         let response =
             with_content_type(Response::new(Body::from(completed.body)), completed.status, completed.content_type);
         return Ok(labelled(response, completed.source, completed.charged.map(|(id, _)| id), completed.staleness));
     }
-    let forwarded = state.gateway.call(user, api, &request, Retries::WithinDeadline).await?;
+    let forwarded = gateway.call(user, api, &request, Retries::WithinDeadline).await?;
     let (source, staleness, usage_id) = (forwarded.source, forwarded.staleness, forwarded.charge.request_id);
     let response = match forwarded.reply {
         Reply::ProviderError { status, content_type, body } => {
@@ -105,12 +108,8 @@ async fn proxy(
         Reply::Success(upstream) => {
             let (status, content_type) = (upstream.status(), upstream.headers().get(header::CONTENT_TYPE).cloned());
             let hide_usage_chunk = api == Api::ChatCompletions && !request.client_wants_usage_chunk;
-            let stream = state.gateway.metered_stream(
-                forwarded.charge,
-                forwarded.slot,
-                hide_usage_chunk,
-                upstream.bytes_stream(),
-            );
+            let stream =
+                gateway.metered_stream(forwarded.charge, forwarded.slot, hide_usage_chunk, upstream.bytes_stream());
             let mut response = with_content_type(Response::new(Body::from_stream(stream)), status, content_type);
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response

@@ -4,7 +4,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use crate::http::state::AppState;
+use std::sync::Arc;
+
+use crate::accounting::Outbox;
+use crate::services::callers::CallerDirectory;
+use crate::services::flag_cache::FlagCache;
+use crate::services::reservations::Reservations;
+use crate::shared::redis::Redis;
 
 /// Liveness: the process is up and serving HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Object)))]
@@ -18,11 +24,17 @@ pub async fn healthz() -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "`ready` or `degraded`", body = Object),
                (status = 503, description = "`not_ready`: flags never loaded", body = Object)))]
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let waiting = state.outbox.len();
-    let open_holds = state.reservations.open_holds();
-    let (callers_stale, stale_served) = state.callers.stale_status().await;
-    let current = match state.flags.current().await {
+pub async fn readyz(
+    State(flags): State<Arc<FlagCache>>,
+    State(callers): State<Arc<CallerDirectory>>,
+    State(outbox): State<Arc<Outbox>>,
+    State(reservations): State<Arc<Reservations>>,
+    State(redis): State<Option<Arc<Redis>>>,
+) -> impl IntoResponse {
+    let waiting = outbox.len();
+    let open_holds = reservations.open_holds();
+    let (callers_stale, stale_served) = callers.stale_status().await;
+    let current = match flags.current().await {
         Ok(current) => current,
         Err(_) => {
             let body = json!({
@@ -33,7 +45,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
         }
     };
-    let redis = match state.redis.as_ref().map(|redis| redis.is_up()) {
+    let redis = match redis.as_ref().map(|redis| redis.is_up()) {
         None => "not_configured",
         Some(true) => "up",
         Some(false) => "down",

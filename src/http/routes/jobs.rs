@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -19,10 +20,9 @@ use crate::domain::error_code::Code;
 use crate::domain::jobs::{CallbackUrl, JobStatus, parse_api};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBytes, Operator, ViaFlow, from_json};
+use crate::http::limits::{Endpoint, EndpointLimits};
 use crate::http::routes::gateway::parse;
-use crate::http::state::AppState;
-use crate::metrics;
-use crate::services::jobs::{JobsError, NewCallback, NewJob};
+use crate::services::jobs::{Jobs, JobsError, NewCallback, NewJob};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -99,7 +99,8 @@ fn metadata(raw: Option<&RawValue>) -> Result<Option<Value>, ApiError> {
 pub async fn submit(
     AuthenticatedUser(user): AuthenticatedUser,
     via_flow: Option<Extension<ViaFlow>>,
-    State(state): State<AppState>,
+    State(jobs): State<Arc<Jobs>>,
+    State(limits): State<Arc<EndpointLimits>>,
     headers: HeaderMap,
     JsonBytes(raw): JsonBytes,
 ) -> Result<Response, ApiError> {
@@ -113,22 +114,19 @@ pub async fn submit(
     let chosen = body
         .callback_url
         .as_deref()
-        .map(|raw| CallbackUrl::parse(raw, state.jobs.allows_internal_callbacks()))
+        .map(|raw| CallbackUrl::parse(raw, jobs.allows_internal_callbacks()))
         .transpose()
         .map_err(|e| ApiError::new(Code::InvalidCallbackUrl, e.to_string()))?;
     let callback = match (chosen, via_flow) {
         (Some(url), _) => Some(NewCallback::App(url)),
         // A Flow's job reports to the Flows bundle in Directus, which writes the answer where the Flow said.
-        (None, Some(_)) if state.jobs.reports_to_flows() => Some(NewCallback::Flows),
+        (None, Some(_)) if jobs.reports_to_flows() => Some(NewCallback::Flows),
         (None, _) => None,
     };
     let metadata = metadata(body.metadata)?;
     let idempotency_key = idempotency_key(&headers)?;
     // Every job is stored and later calls a provider: a user may not fill the queue faster than this.
-    state.job_submits.acquire(user, state.job_submits_per_minute).await.map_err(|retry_after| {
-        metrics::rate_limited("job_submits");
-        ApiError::TooManyRequests { retry_after }
-    })?;
+    limits.check(Endpoint::JobSubmits, user).await?;
     let (model, fingerprint) = (request.model.clone(), fingerprint(&body));
     let job = NewJob {
         api,
@@ -139,7 +137,7 @@ pub async fn submit(
         callback,
         notify_on_failure: body.notify_on_failure,
     };
-    let submitted = state.jobs.submit(user, job).await?;
+    let submitted = jobs.submit(user, job).await?;
     let record = &submitted.record;
     if !submitted.created && !record.replayed_by(&body.api, &model, &fingerprint) {
         return Err(Code::IdempotencyKeyReused.into());
@@ -192,7 +190,7 @@ pub struct ListQuery {
               (status = 401, body = ErrorBody)))]
 pub async fn list(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(jobs): State<Arc<Jobs>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|_| {
@@ -223,7 +221,7 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let page = state.jobs.list(user, status, limit, after).await?;
+    let page = jobs.list(user, status, limit, after).await?;
     let mut answer = json!({"jobs": page.jobs.iter().map(|j| j.view()).collect::<Vec<_>>()});
     if let Some(next) = page.next {
         answer["next"] = json!(next);
@@ -242,10 +240,10 @@ fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn show(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(jobs): State<Arc<Jobs>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = state.jobs.get(user, job_id(&id)?).await?;
+    let job = jobs.get(user, job_id(&id)?).await?;
     Ok(Json(job.view()))
 }
 
@@ -256,10 +254,10 @@ pub async fn show(
               (status = 409, description = "`job_not_retryable`: the job is not failed or paused", body = ErrorBody)))]
 pub async fn retry(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(jobs): State<Arc<Jobs>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match state.jobs.retry(user, job_id(&id)?).await {
+    match jobs.retry(user, job_id(&id)?).await {
         Ok(job) => Ok(Json(job.view())),
         Err(error) => Err(error.into()),
     }
@@ -273,10 +271,10 @@ pub async fn retry(
               (status = 409, description = "`job_finished`", body = ErrorBody)))]
 pub async fn cancel(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(jobs): State<Arc<Jobs>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match state.jobs.cancel(user, job_id(&id)?).await {
+    match jobs.cancel(user, job_id(&id)?).await {
         Ok(job) => Ok(Json(job.view())),
         Err(error) => Err(error.into()),
     }
@@ -286,9 +284,9 @@ pub async fn cancel(
 #[utoipa::path(get, path = "/v1/admin/jobs", tag = "operator", operation_id = "job_counts", security(("operator_token" = [])),
     responses((status = 200, description = "`{\"backend\": \"embedded\" | \"redis\", \"counts\": {status: n}}`", body = Object),
               (status = 401, body = ErrorBody), (status = 404, description = "no `OPERATOR_TOKEN` set", body = ErrorBody)))]
-pub async fn counts(_: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let counts = state.jobs.counts().await?;
+pub async fn counts(_: Operator, State(jobs): State<Arc<Jobs>>) -> Result<Json<Value>, ApiError> {
+    let counts = jobs.counts().await?;
     let counts: serde_json::Map<String, Value> =
         JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), json!(counts.get(s).copied().unwrap_or(0)))).collect();
-    Ok(Json(json!({"backend": state.jobs.backend(), "counts": counts})))
+    Ok(Json(json!({"backend": jobs.backend(), "counts": counts})))
 }

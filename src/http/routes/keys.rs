@@ -12,10 +12,18 @@ use crate::domain::routing;
 use crate::domain::user::UserId;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, ProviderPath, RequestBody};
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use crate::http::limits::{Endpoint, EndpointLimits};
 use crate::http::state::AppState;
-use crate::metrics;
+use crate::services::gateway::KeyEvents;
+use crate::services::jobs::Jobs;
 use crate::services::key_vault::KeySummary;
+use crate::services::key_vault::KeyVault;
 use crate::services::standing::CallContext;
+use crate::services::standing::Standings;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -29,22 +37,48 @@ impl RequestBody for SaveKey {
     const EXPECTED: &'static str = r#"{"api_key": "<your provider API key>"}"#;
 }
 
-/// BYOK must be enabled and the user's tier entitled; the account must be active.
-async fn require_byok_access(state: &AppState, user: UserId) -> Result<(), ApiError> {
-    let CallContext { flags, caller } = state.standings.context(user).await?;
-    Ok(routing::byok_access(&flags.snapshot.flags, caller.profile.tier)?)
+/// What the key endpoints work with: entitlement, the vault, the per-user check limit, and what a key change
+/// sets off (routing on every replica, the user's paused jobs).
+pub struct KeyDesk {
+    standings: Arc<Standings>,
+    vault: Arc<KeyVault>,
+    limits: Arc<EndpointLimits>,
+    key_events: Arc<KeyEvents>,
+    jobs: Arc<Jobs>,
 }
 
-/// Routing sees the change at once, on every replica, and a later failure of the new key is a new incident
-/// to notify.
-async fn key_changed(state: &AppState, user: UserId, provider: Provider) {
-    state.key_events.changed(user, provider).await;
+impl FromRef<AppState> for KeyDesk {
+    fn from_ref(state: &AppState) -> Self {
+        KeyDesk {
+            standings: FromRef::from_ref(state),
+            vault: FromRef::from_ref(state),
+            limits: FromRef::from_ref(state),
+            key_events: FromRef::from_ref(state),
+            jobs: FromRef::from_ref(state),
+        }
+    }
 }
 
-/// A key that works again lets the user's jobs paused on it run (on every replica: the queue is shared).
-async fn resume_jobs_if_usable(state: &AppState, user: UserId, provider: Provider, key: &KeySummary) {
-    if key.status.is_usable() {
-        state.jobs.resume(user, provider).await;
+impl KeyDesk {
+    /// BYOK must be enabled and the user's tier entitled; the account must be active.
+    async fn require_byok_access(&self, user: UserId) -> Result<(), ApiError> {
+        let CallContext { flags, caller } = self.standings.context(user).await?;
+        Ok(routing::byok_access(&flags.snapshot.flags, caller.profile.tier)?)
+    }
+
+    /// Saving and verifying ask the provider from the platform's address: a user may not turn that into a key
+    /// tester.
+    async fn limit_key_checks(&self, user: UserId) -> Result<(), ApiError> {
+        self.limits.check(Endpoint::KeyChecks, user).await
+    }
+
+    /// Routing sees the change at once, on every replica, and a later failure of the new key is a new
+    /// incident to notify; a key that works again lets the user's jobs paused on it run.
+    async fn key_changed(&self, user: UserId, provider: Provider, key: Option<&KeySummary>) {
+        self.key_events.changed(user, provider).await;
+        if key.is_some_and(|key| key.status.is_usable()) {
+            self.jobs.resume(user, provider).await;
+        }
     }
 }
 
@@ -54,19 +88,10 @@ async fn resume_jobs_if_usable(state: &AppState, user: UserId, provider: Provide
               (status = 404, description = "`byok_disabled`", body = ErrorBody)))]
 pub async fn list(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(desk): State<KeyDesk>,
 ) -> Result<Json<Value>, ApiError> {
-    require_byok_access(&state, user).await?;
-    Ok(Json(json!({"keys": state.vault.list(user).await?})))
-}
-
-/// Saving and verifying ask the provider from the platform's address: a user may not turn that into a key
-/// tester.
-async fn limit_key_checks(state: &AppState, user: UserId) -> Result<(), ApiError> {
-    state.key_checks.acquire(user, state.key_checks_per_minute).await.map_err(|retry_after| {
-        metrics::rate_limited("key_checks");
-        ApiError::TooManyRequests { retry_after }
-    })
+    desk.require_byok_access(user).await?;
+    Ok(Json(json!({"keys": desk.vault.list(user).await?})))
 }
 
 /// Checks the key with the provider, seals it, stores the ciphertext in Directus.
@@ -78,14 +103,13 @@ async fn limit_key_checks(state: &AppState, user: UserId) -> Result<(), ApiError
 pub async fn save(
     AuthenticatedUser(user): AuthenticatedUser,
     ProviderPath(provider): ProviderPath,
-    State(state): State<AppState>,
+    State(desk): State<KeyDesk>,
     JsonBody(body): JsonBody<SaveKey>,
 ) -> Result<Json<KeySummary>, ApiError> {
-    require_byok_access(&state, user).await?;
-    limit_key_checks(&state, user).await?;
-    let summary = state.vault.save(user, provider, &body.api_key).await?;
-    key_changed(&state, user, provider).await;
-    resume_jobs_if_usable(&state, user, provider, &summary).await;
+    desk.require_byok_access(user).await?;
+    desk.limit_key_checks(user).await?;
+    let summary = desk.vault.save(user, provider, &body.api_key).await?;
+    desk.key_changed(user, provider, Some(&summary)).await;
     Ok(Json(summary))
 }
 
@@ -95,11 +119,11 @@ pub async fn save(
 pub async fn delete(
     AuthenticatedUser(user): AuthenticatedUser,
     ProviderPath(provider): ProviderPath,
-    State(state): State<AppState>,
+    State(desk): State<KeyDesk>,
 ) -> Result<StatusCode, ApiError> {
-    require_byok_access(&state, user).await?;
-    state.vault.delete(user, provider).await?;
-    key_changed(&state, user, provider).await;
+    desk.require_byok_access(user).await?;
+    desk.vault.delete(user, provider).await?;
+    desk.key_changed(user, provider, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -111,14 +135,11 @@ pub async fn delete(
 pub async fn verify(
     AuthenticatedUser(user): AuthenticatedUser,
     ProviderPath(provider): ProviderPath,
-    State(state): State<AppState>,
+    State(desk): State<KeyDesk>,
 ) -> Result<Json<KeySummary>, ApiError> {
-    require_byok_access(&state, user).await?;
-    limit_key_checks(&state, user).await?;
-    let result = state.vault.verify(user, provider).await;
-    key_changed(&state, user, provider).await;
-    if let Ok(summary) = &result {
-        resume_jobs_if_usable(&state, user, provider, summary).await;
-    }
+    desk.require_byok_access(user).await?;
+    desk.limit_key_checks(user).await?;
+    let result = desk.vault.verify(user, provider).await;
+    desk.key_changed(user, provider, result.as_ref().ok()).await;
     Ok(Json(result?))
 }

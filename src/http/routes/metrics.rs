@@ -8,23 +8,33 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use crate::domain::provider::Provider;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
+use crate::accounting::Outbox;
 use crate::metrics;
+use crate::services::flag_cache::FlagCache;
+use crate::services::gateway::Gateway;
+use crate::services::reservations::Reservations;
 
 /// Prometheus text format. No authentication: keep it private with `METRICS_ADDR`.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
-    let outbox = std::sync::Arc::clone(&state.outbox);
+pub async fn render(
+    State(outbox): State<Arc<Outbox>>,
+    State(reservations): State<Arc<Reservations>>,
+    State(flags): State<Arc<FlagCache>>,
+    State(gateway): State<Arc<Gateway>>,
+) -> impl IntoResponse {
+    let waiting = outbox.len();
     let oldest = tokio::task::spawn_blocking(move || outbox.oldest_age()).await.ok().and_then(Result::ok).flatten();
-    metrics::outbox(state.outbox.len(), oldest);
-    metrics::holds_open(state.reservations.open_holds());
-    if let Some(flags) = state.flags.last_known() {
+    metrics::outbox(waiting, oldest);
+    metrics::holds_open(reservations.open_holds());
+    if let Some(flags) = flags.last_known() {
         metrics::flags_age((time::OffsetDateTime::now_utc() - flags.loaded_at).unsigned_abs());
     }
     let now = Instant::now();
     for provider in Provider::ALL {
-        metrics::circuit_state(provider, state.gateway.circuit_open(provider, now));
+        metrics::circuit_state(provider, gateway.circuit_open(provider, now));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::handle().render())
 }

@@ -6,11 +6,11 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::directus::DirectusClient;
 use crate::directus::Notification;
 use crate::domain::error_code::Code;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::AuthenticatedUser;
-use crate::http::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Notifications {
@@ -23,9 +23,9 @@ pub struct Notifications {
     responses((status = 200, body = Notifications), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(directus): State<DirectusClient>,
 ) -> Result<Json<Notifications>, ApiError> {
-    let notifications = state.directus.user_notifications(user, 50).await.map_err(ApiError::Directus)?;
+    let notifications = directus.user_notifications(user, 50).await.map_err(ApiError::Directus)?;
     Ok(Json(Notifications { notifications }))
 }
 
@@ -41,12 +41,12 @@ pub struct MarkedRead {
     responses((status = 200, body = MarkedRead), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn mark_read(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(directus): State<DirectusClient>,
     Path(raw): Path<String>,
 ) -> Result<Json<MarkedRead>, ApiError> {
     let not_found = || ApiError::from(Code::NotificationNotFound);
     let id: u64 = raw.parse().map_err(|_| not_found())?;
-    match state.directus.mark_notification_read(user, id).await.map_err(ApiError::Directus)? {
+    match directus.mark_notification_read(user, id).await.map_err(ApiError::Directus)? {
         true => Ok(Json(MarkedRead { id, read: true })),
         false => Err(not_found()),
     }

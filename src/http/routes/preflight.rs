@@ -12,7 +12,11 @@ use crate::directus::EntitledUser;
 use crate::domain::user::UserId;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::Operator;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
+use crate::directus::DirectusClient;
+use crate::services::flag_cache::FlagCache;
+use crate::shared::claims::Claims;
 
 /// A user is told once per this long, however often an operator presses the button.
 const NOTICE_TTL: Duration = Duration::from_secs(30 * 86_400);
@@ -31,9 +35,9 @@ pub struct Preflight {
     entitled_users: usize,
 }
 
-async fn preflight_list(state: &AppState) -> Result<Preflight, ApiError> {
+async fn preflight_list(directus: &DirectusClient, flags: &FlagCache) -> Result<Preflight, ApiError> {
     let (users, with_keys, flags) =
-        tokio::join!(state.directus.entitled_users(), state.directus.users_with_usable_keys(), state.flags.current(),);
+        tokio::join!(directus.entitled_users(), directus.users_with_usable_keys(), flags.current());
     let (users, with_keys) = (users.map_err(ApiError::Directus)?, with_keys.map_err(ApiError::Directus)?);
     let entitled_users = users.len();
     let without: Vec<EntitledUser> = users.into_iter().filter(|u| !with_keys.contains(&u.id)).collect();
@@ -48,8 +52,12 @@ async fn preflight_list(state: &AppState) -> Result<Preflight, ApiError> {
 #[utoipa::path(get, path = "/v1/admin/preflight", tag = "operations", operation_id = "preflight", security(("operator_token" = [])),
     responses((status = 200, body = Preflight), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-pub async fn show(_: Operator, State(state): State<AppState>) -> Result<Json<Preflight>, ApiError> {
-    Ok(Json(preflight_list(&state).await?))
+pub async fn show(
+    _: Operator,
+    State(directus): State<DirectusClient>,
+    State(flags): State<Arc<FlagCache>>,
+) -> Result<Json<Preflight>, ApiError> {
+    Ok(Json(preflight_list(&directus, &flags).await?))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,20 +74,25 @@ pub struct Notified {
 #[utoipa::path(post, path = "/v1/admin/preflight/notify", tag = "operations", operation_id = "preflight_notify", security(("operator_token" = [])),
     responses((status = 200, body = Notified), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-pub async fn notify(_: Operator, State(state): State<AppState>) -> Result<Json<Notified>, ApiError> {
-    let list = preflight_list(&state).await?;
+pub async fn notify(
+    _: Operator,
+    State(directus): State<DirectusClient>,
+    State(flags): State<Arc<FlagCache>>,
+    State(claims): State<Arc<dyn Claims>>,
+) -> Result<Json<Notified>, ApiError> {
+    let list = preflight_list(&directus, &flags).await?;
     let mut outcome = Notified { notified: 0, already_notified: 0, failed: 0 };
     for user in &list.users_without_usable_key {
         let Ok(id) = UserId::parse(&user.id) else { continue };
         let claim = format!("preflight:{id}");
-        if !state.claims.claim(&claim, NOTICE_TTL).await {
+        if !claims.claim(&claim, NOTICE_TTL).await {
             outcome.already_notified += 1;
             continue;
         }
-        match state.directus.notify(id, SUBJECT, MESSAGE).await {
+        match directus.notify(id, SUBJECT, MESSAGE).await {
             Ok(()) => outcome.notified += 1,
             Err(error) => {
-                state.claims.release(&claim).await;
+                claims.release(&claim).await;
                 tracing::warn!(user = %id, %error, "pre-flight notice not delivered");
                 outcome.failed += 1;
             }

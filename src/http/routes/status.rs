@@ -11,8 +11,12 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::domain::provider::Provider;
-use crate::http::state::AppState;
+use std::sync::Arc;
+
+use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::ProviderHealth;
+use crate::services::flag_cache::FlagCache;
+use crate::services::gateway::Gateway;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProviderStatus {
@@ -39,12 +43,16 @@ pub struct Status {
 
 /// Provider health as this replica sees it, and whether account data can be read. No authentication.
 #[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = Status)))]
-pub async fn status(State(state): State<AppState>) -> Json<Status> {
+pub async fn status(
+    State(gateway): State<Arc<Gateway>>,
+    State(callers): State<Arc<CallerDirectory>>,
+    State(flags): State<Arc<FlagCache>>,
+) -> Json<Status> {
     let now = Instant::now();
     let providers: Vec<ProviderStatus> = Provider::ALL
         .into_iter()
         .map(|provider| {
-            let (status, retry_after) = state.gateway.provider_health(provider, now);
+            let (status, retry_after) = gateway.provider_health(provider, now);
             ProviderStatus {
                 provider,
                 name: provider.display_name(),
@@ -53,8 +61,8 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
             }
         })
         .collect();
-    let (callers_stale, _) = state.callers.stale_status().await;
-    let directus_down = callers_stale || state.flags.last_error().is_some();
+    let (callers_stale, _) = callers.stale_status().await;
+    let directus_down = callers_stale || flags.last_error().is_some();
     let down: Vec<&str> = providers.iter().filter(|p| p.status == ProviderHealth::Down).map(|p| p.name).collect();
     let ai_available = down.len() < providers.len();
     let banner = if !ai_available {

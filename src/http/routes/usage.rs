@@ -12,8 +12,11 @@ use crate::domain::pricing::{CallBudget, estimate_prompt_tokens};
 use crate::domain::provider::Provider;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
-use crate::http::state::AppState;
-use crate::metrics;
+use std::sync::Arc;
+
+use crate::directus::DirectusClient;
+use crate::http::limits::{Endpoint, EndpointLimits};
+use crate::services::gateway::Gateway;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -30,13 +33,11 @@ pub struct UsageQuery {
               (status = 429, body = ErrorBody)))]
 pub async fn summary(
     AuthenticatedUser(user): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(limits): State<Arc<EndpointLimits>>,
+    State(directus): State<DirectusClient>,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    state.usage_reads.acquire(user, state.usage_reads_per_minute).await.map_err(|retry_after| {
-        metrics::rate_limited("usage_reads");
-        ApiError::TooManyRequests { retry_after }
-    })?;
+    limits.check(Endpoint::UsageReads, user).await?;
     let days = match query.days.as_deref() {
         None => 30,
         Some(raw) => raw
@@ -46,7 +47,7 @@ pub async fn summary(
             .ok_or_else(|| ApiError::new(Code::InvalidRequest, "days must be a whole number from 1 to 365."))?,
     };
     let since = OffsetDateTime::now_utc() - Duration::days(days);
-    let summary = state.directus.usage_summary(user, since).await.map_err(ApiError::Directus)?;
+    let summary = directus.usage_summary(user, since).await.map_err(ApiError::Directus)?;
     let total_cost: Cents = summary.totals.iter().map(|l| l.cost_cents).sum();
     let total_requests: u64 = summary.totals.iter().map(|l| l.requests).sum();
     Ok(Json(json!({
@@ -86,12 +87,12 @@ pub fn prompt_size(tokens: Option<u64>, text: Option<&str>) -> Result<u64, ApiEr
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn estimate(
     AuthenticatedUser(_): AuthenticatedUser,
-    State(state): State<AppState>,
+    State(gateway): State<Arc<Gateway>>,
     JsonBody(request): JsonBody<EstimateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let provider: Provider = request.provider.parse()?;
     let prompt_tokens = prompt_size(request.prompt_tokens, request.prompt.as_deref())?;
-    let prices = state.gateway.prices();
+    let prices = gateway.prices();
     let (price, matched) = prices.price(provider, &request.model);
     // The same budget rule as the gateway's: without a limit, the model's longest answer.
     let budget =

@@ -1,13 +1,13 @@
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::crypto::webhook_signature::{Delivery, TOLERANCE_SECS};
+use crate::crypto::webhook_signature::{Delivery, TOLERANCE_SECS, WebhookSecret};
 use crate::domain::error_code::Code;
 use crate::domain::flags::PushedFlags;
 use crate::domain::sign_in::Account;
@@ -15,8 +15,32 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::RawBody;
 use crate::http::state::AppState;
 use crate::metrics;
-use crate::services::flag_cache::Pushed;
-use crate::shared::bus::Event;
+use crate::services::flag_cache::{FlagCache, Pushed};
+use crate::services::sign_in::SignInGuard;
+use crate::shared::bus::{Bus, Event};
+use crate::shared::claims::Claims;
+
+/// What the Directus hook's webhooks reach: its secret, the flag cache and the bus (flag changes), the claims
+/// (each webhook applied once), and the sign-in guard (sign-ins reported from Directus).
+pub struct Hook {
+    secret: Arc<WebhookSecret>,
+    flags: Arc<FlagCache>,
+    bus: Arc<dyn Bus>,
+    claims: Arc<dyn Claims>,
+    sign_in: Arc<SignInGuard>,
+}
+
+impl FromRef<AppState> for Hook {
+    fn from_ref(state: &AppState) -> Self {
+        Hook {
+            secret: FromRef::from_ref(state),
+            flags: FromRef::from_ref(state),
+            bus: FromRef::from_ref(state),
+            claims: FromRef::from_ref(state),
+            sign_in: FromRef::from_ref(state),
+        }
+    }
+}
 
 /// The parts of the hook's payload we act on; the signature covers the whole body.
 #[derive(Debug, Deserialize)]
@@ -50,7 +74,7 @@ const FLAG_EVENTS: [&str; 3] =
     responses((status = 200, description = "`applied`, `duplicate` or `ignored`", body = Object),
               (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn directus(
-    State(state): State<AppState>,
+    State(hook): State<Hook>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
@@ -62,7 +86,7 @@ pub async fn directus(
         body: &body,
     };
     let now = time::OffsetDateTime::now_utc();
-    state.webhook_secret.verify(&delivery, now.unix_timestamp()).map_err(|reason| {
+    hook.secret.verify(&delivery, now.unix_timestamp()).map_err(|reason| {
         tracing::warn!(%reason, "webhook refused");
         ApiError::from(Code::InvalidSignature)
     })?;
@@ -77,7 +101,7 @@ pub async fn directus(
     if event.kind == SIGN_IN_EVENT
         && let Some(email) = event.data.email.as_deref()
     {
-        state.sign_in.succeeded(&Account::of_email(email)).await;
+        hook.sign_in.succeeded(&Account::of_email(email)).await;
         tracing::info!(webhook_id = %id, "an account signed in to Directus; its sign-in attempts here are forgotten");
         return Ok(Json(json!({"status": "applied"})));
     }
@@ -90,27 +114,27 @@ pub async fn directus(
     // then the claim across replicas (with Redis), and the other replicas are told.
     let claim = format!("webhook:{id}");
     let window = Duration::from_secs(2 * TOLERANCE_SECS as u64);
-    if !state.claims.claim_here(&claim, window).await {
+    if !hook.claims.claim_here(&claim, window).await {
         tracing::info!(webhook_id = %id, "webhook already applied");
         return Ok(Json(json!({"status": "duplicate"})));
     }
     // Pushed flags are put in force as they are; otherwise the cached ones are dropped and loaded again.
     let pushed = event.flags.filter(PushedFlags::is_plausible);
     let outcome = match &pushed {
-        Some(flags) => state.flags.apply(flags).await,
+        Some(flags) => hook.flags.apply(flags).await,
         None => Pushed::Ambiguous,
     };
     if outcome == Pushed::Ambiguous {
-        state.flags.invalidate();
+        hook.flags.invalidate();
     }
-    if !state.claims.claim_everywhere(&claim, window).await {
+    if !hook.claims.claim_everywhere(&claim, window).await {
         tracing::info!(webhook_id = %id, "webhook already applied by another replica");
         return Ok(Json(json!({"status": "duplicate"})));
     }
     match (outcome, pushed) {
         (Pushed::Applied, Some(flags)) => {
-            state.bus.publish(Event::FlagsPushed(Arc::new(flags))).await;
-            let current = state.flags.current().await?;
+            hook.bus.publish(Event::FlagsPushed(Arc::new(flags))).await;
+            let current = hook.flags.current().await?;
             tracing::info!(webhook_id = %id, kind = %event.kind, flags = ?current.snapshot.flags, "feature flags applied");
             return Ok(Json(json!({"status": "applied"})));
         }
@@ -120,12 +144,12 @@ pub async fn directus(
         }
         _ => {}
     }
-    let (reloaded, ()) = tokio::join!(state.flags.current(), state.bus.publish(Event::FlagsChanged));
+    let (reloaded, ()) = tokio::join!(hook.flags.current(), hook.bus.publish(Event::FlagsChanged));
     // A failed reload answers 503 so the hook retries (the claim is given up); the stale flags stay meanwhile.
     let current = match reloaded {
         Ok(current) if !current.stale => current,
         failed => {
-            state.claims.release(&claim).await;
+            hook.claims.release(&claim).await;
             failed?;
             return Err(ApiError::from(Code::AccountServiceUnavailable));
         }
