@@ -8,24 +8,6 @@ use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
 
-async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut request = app.http.get(app.url(path));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or_default())
-}
-
-async fn post(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut request = app.http.post(app.url(path)).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or_default())
-}
-
 /// The masked key list the page reads (`GET /v1/keys` and `/v1/providers`).
 async fn mount_key_summaries(app: &TestApp, user: &str, rows: Value) {
     Mock::given(method("GET"))
@@ -44,7 +26,7 @@ async fn status_is_public_and_all_clear_when_nothing_failed() {
     mount_flags(&app.directus, true, false, false).await;
     app.wait_until_ready("ready").await;
     let before = app.directus_hits("/items/feature_flags").await;
-    let (status, body) = get(&app, "/v1/status", None).await;
+    let (status, body) = app.get("/v1/status", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ai_available"], true);
     assert!(body["banner"].is_null());
@@ -62,7 +44,7 @@ async fn the_account_says_plan_mode_byok_access_and_credits() {
     mount_flags(&app.directus, true, false, true).await;
     let premium = new_user_id();
     mount_user(&app.directus, &premium, FakeUser { grants: 750, ..Default::default() }).await;
-    let (status, body) = get(&app, "/v1/account", Some(&token_for(&premium))).await;
+    let (status, body) = app.get("/v1/account", Some(&token_for(&premium))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user"]["id"], premium.as_str());
     assert_eq!(body["user"]["tier"], "premium");
@@ -72,10 +54,10 @@ async fn the_account_says_plan_mode_byok_access_and_credits() {
 
     let free = new_user_id();
     mount_user(&app.directus, &free, FakeUser { tier: "free", ..Default::default() }).await;
-    let (_, body) = get(&app, "/v1/account", Some(&token_for(&free))).await;
+    let (_, body) = app.get("/v1/account", Some(&token_for(&free))).await;
     assert_eq!(body["byok"]["allowed"], false);
     assert_eq!(body["byok"]["reason"]["code"], "premium_required");
-    assert_eq!(get(&app, "/v1/account", None).await.0, 401);
+    assert_eq!(app.get("/v1/account", None).await.0, 401);
 }
 
 #[tokio::test]
@@ -91,7 +73,7 @@ async fn providers_tell_where_to_get_a_key_and_why_byok_is_not_usable_yet() {
                 "status": "quota_exceeded", "last_validated_at": null, "last_error": "Out of credit."}]),
     )
     .await;
-    let (status, body) = get(&app, "/v1/providers", Some(&token_for(&user))).await;
+    let (status, body) = app.get("/v1/providers", Some(&token_for(&user))).await;
     assert_eq!(status, 200, "{body}");
     let (openai, anthropic) = (&body["providers"][0], &body["providers"][1]);
     assert_eq!(openai["provider"], "openai");
@@ -105,7 +87,7 @@ async fn providers_tell_where_to_get_a_key_and_why_byok_is_not_usable_yet() {
 
     let free = new_user_id();
     mount_user(&app.directus, &free, FakeUser { tier: "free", ..Default::default() }).await;
-    let (_, body) = get(&app, "/v1/providers", Some(&token_for(&free))).await;
+    let (_, body) = app.get("/v1/providers", Some(&token_for(&free))).await;
     assert_eq!(body["providers"][0]["byok"]["reason"]["code"], "premium_required");
     assert!(body["providers"][0]["key"].is_null(), "keys are not even read for a user who may not manage them");
 }
@@ -118,13 +100,13 @@ async fn recommendations_are_the_cheapest_models_the_user_can_use_priced_like_a_
     mount_user(&app.directus, &user, FakeUser { keys: &[("anthropic", "active")], ..Default::default() }).await;
     let token = token_for(&user);
 
-    let (status, body) = post(
-        &app,
-        "/v1/recommendations",
-        Some(&token),
-        json!({"prompt_tokens": 2000, "max_output_tokens": 400, "limit": 20}),
-    )
-    .await;
+    let (status, body) = app
+        .post(
+            "/v1/recommendations",
+            Some(&token),
+            json!({"prompt_tokens": 2000, "max_output_tokens": 400, "limit": 20}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let list = body["recommendations"].as_array().unwrap();
     assert_eq!(list.len(), 20);
@@ -135,8 +117,7 @@ async fn recommendations_are_the_cheapest_models_the_user_can_use_priced_like_a_
         let expected = if r["provider"] == "anthropic" { "byok" } else { "internal" };
         assert_eq!(r["source"], expected, "{r}");
     }
-    let (_, estimate) = post(
-        &app,
+    let (_, estimate) = app.post(
         "/v1/estimate",
         Some(&token),
         json!({"provider": list[0]["provider"], "model": list[0]["model"], "prompt_tokens": 2000, "max_output_tokens": 400}),
@@ -150,7 +131,7 @@ async fn recommendations_are_the_cheapest_models_the_user_can_use_priced_like_a_
         json!({"prompt": "x", "max_output_tokens": 0}),
         json!({"prompt": "x", "model": "y"}),
     ] {
-        let (status, body) = post(&app, "/v1/recommendations", Some(&token), bad.clone()).await;
+        let (status, body) = app.post("/v1/recommendations", Some(&token), bad.clone()).await;
         assert!(matches!(status, 400 | 422), "{bad}: {status}");
         assert_eq!(body["error"]["code"], "invalid_request", "{bad}: {body}");
     }
@@ -162,7 +143,7 @@ async fn byok_only_recommends_only_providers_the_user_has_a_key_for() {
     mount_flags(&app.directus, true, true, false).await;
     let user = new_user_id();
     mount_user(&app.directus, &user, FakeUser { keys: &[("openai", "active")], ..Default::default() }).await;
-    let (status, body) = post(&app, "/v1/recommendations", Some(&token_for(&user)), json!({"prompt": "hello"})).await;
+    let (status, body) = app.post("/v1/recommendations", Some(&token_for(&user)), json!({"prompt": "hello"})).await;
     assert_eq!(status, 200, "{body}");
     let list = body["recommendations"].as_array().unwrap();
     assert_eq!(list.len(), 5, "the default limit");
@@ -197,7 +178,7 @@ async fn notifications_are_read_and_marked_for_the_token_user_only() {
         .await;
     let token = token_for(&user);
 
-    let (status, body) = get(&app, "/v1/notifications", Some(&token)).await;
+    let (status, body) = app.get("/v1/notifications", Some(&token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["notifications"][0],
@@ -206,15 +187,15 @@ async fn notifications_are_read_and_marked_for_the_token_user_only() {
     assert_eq!(body["notifications"][1]["read"], true);
 
     assert_eq!(
-        post(&app, "/v1/notifications/7/read", Some(&token), json!({})).await,
+        app.post("/v1/notifications/7/read", Some(&token), json!({})).await,
         (200, json!({"id": 7, "read": true}))
     );
-    let (status, body) = post(&app, "/v1/notifications/8/read", Some(&token), json!({})).await;
+    let (status, body) = app.post("/v1/notifications/8/read", Some(&token), json!({})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("notification_not_found")));
     for bad in ["-1", "7x", "99999999999999999999999"] {
-        assert_eq!(post(&app, &format!("/v1/notifications/{bad}/read"), Some(&token), json!({})).await.0, 404, "{bad}");
+        assert_eq!(app.post(&format!("/v1/notifications/{bad}/read"), Some(&token), json!({})).await.0, 404, "{bad}");
     }
-    assert_eq!(get(&app, "/v1/notifications", None).await.0, 401);
+    assert_eq!(app.get("/v1/notifications", None).await.0, 401);
 }
 
 #[tokio::test]
@@ -241,14 +222,14 @@ async fn sign_in_passes_through_to_directus_and_never_echoes_the_password() {
 
     let ok = json!({"email": "ann@example.com", "password": "right-password"});
     assert_eq!(
-        post(&app, "/v1/auth/login", None, ok).await,
+        app.post("/v1/auth/login", None, ok).await,
         (200, json!({"access_token": "at-123", "refresh_token": "rt-456", "expires_in_secs": 900}))
     );
     let (status, body) =
-        post(&app, "/v1/auth/login", None, json!({"email": "ann@example.com", "password": "wrong-password"})).await;
+        app.post("/v1/auth/login", None, json!({"email": "ann@example.com", "password": "wrong-password"})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_credentials")));
     assert!(!body.to_string().contains("wrong-password"));
-    let (status, body) = post(&app, "/v1/auth/login", None, json!({"email": "ann@example.com"})).await;
+    let (status, body) = app.post("/v1/auth/login", None, json!({"email": "ann@example.com"})).await;
     assert_eq!(status, 422, "{body}");
     assert!(!body.to_string().contains("ann@example.com"), "input is never echoed: {body}");
 }
@@ -272,6 +253,22 @@ async fn the_account_page_is_served_under_a_strict_policy() {
         assert_eq!(response.status(), 200);
         assert!(response.headers()["content-type"].to_str().unwrap().starts_with(kind));
     }
+    // The entry script's imports, and theirs, are all served (a module the server lacks breaks the page).
+    let mut pending = vec!["account.js".to_owned()];
+    let mut served = std::collections::HashSet::new();
+    while let Some(module) = pending.pop() {
+        let response = app.http.get(app.url(&format!("/account/{module}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{module}");
+        let source = response.text().await.unwrap();
+        for import in source.split("from './").skip(1) {
+            let imported = import.split('\'').next().unwrap().to_owned();
+            if served.insert(imported.clone()) {
+                pending.push(imported);
+            }
+        }
+    }
+    assert!(served.len() >= 6, "the sections are modules of their own: {served:?}");
+    assert_eq!(app.http.get(app.url("/account/nothing.js")).send().await.unwrap().status(), 404);
     assert_eq!(app.http.get(app.url("/account/../Cargo.toml")).send().await.unwrap().status(), 404);
     assert_eq!(app.http.post(app.url("/account")).send().await.unwrap().status(), 405);
 }
@@ -281,7 +278,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/keys/{provider}"),
     ("get", "/account"),
     ("get", "/account/account.css"),
-    ("get", "/account/account.js"),
+    ("get", "/account/{script}"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -321,7 +318,7 @@ const ROUTES: &[(&str, &str)] = &[
 async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served() {
     let app = spawn_app().await;
     mount_flags(&app.directus, true, false, false).await;
-    let (status, document) = get(&app, "/openapi.json", None).await;
+    let (status, document) = app.get("/openapi.json", None).await;
     assert_eq!(status, 200);
     assert_eq!(document["openapi"], "3.1.0");
     let mut documented: Vec<(String, String)> = document["paths"]
@@ -344,7 +341,8 @@ async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served(
         assert!(listed_codes.contains(&code.as_str()), "{} is not in the document", code.as_str());
     }
     for (method, route) in &documented {
-        let url = app.url(&route.replace("{provider}", "openai").replace("{id}", "1"));
+        let url =
+            app.url(&route.replace("{provider}", "openai").replace("{id}", "1").replace("{script}", "account.js"));
         let request = match method.as_str() {
             "get" => app.http.get(url),
             "post" => app.http.post(url).json(&json!({})),

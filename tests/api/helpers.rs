@@ -75,6 +75,24 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// GET `path`, as `token` when given: the status, and the JSON body (`null` when there is none).
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.send(self.http.get(self.url(path)), token).await
+    }
+
+    /// POST `body` as JSON to `path`, as `token` when given: the status and the JSON body.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.send(self.http.post(self.url(path)).json(&body), token).await
+    }
+
+    async fn send(&self, mut request: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or_default())
+    }
+
     pub async fn route(&self, token: &str, provider: &str) -> reqwest::Response {
         self.http
             .post(self.url("/v1/route"))
@@ -108,7 +126,7 @@ impl TestApp {
     /// Polls `/readyz` until it answers `status`; the bounded wait is the assertion.
     pub async fn wait_until_ready(&self, status: &str) {
         for _ in 0..200 {
-            let body: Value = self.http.get(self.url("/readyz")).send().await.unwrap().json().await.unwrap();
+            let (_, body) = self.get("/readyz", None).await;
             if body["status"] == status {
                 return;
             }

@@ -8,8 +8,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::fakes::fake_providers;
-use crate::gateway::gateway_sidecar;
+use crate::fakes::{fake_providers, gateway_sidecar};
 use crate::harness::{Instance, Sidecar, serial};
 
 async fn sign_in(http: &reqwest::Client, sidecar: &Sidecar, email: &str, password: &str) -> u16 {

@@ -5,8 +5,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::fakes::{GOOD_KEY, fake_providers};
-use crate::gateway::gateway_sidecar;
+use crate::fakes::{GOOD_KEY, fake_providers, gateway_sidecar};
 use crate::harness::{Instance, Sidecar, serial};
 
 async fn get(http: &reqwest::Client, url: String, token: &str) -> (u16, Value) {
@@ -178,7 +177,7 @@ async fn status_is_public_and_turns_a_provider_outage_into_a_banner() {
         .await;
     let extra = [("CIRCUIT_FAILURE_THRESHOLD", "1"), ("UPSTREAM_DEADLINE_SECS", "1")];
     let sidecar = gateway_sidecar(&instance, &providers, &extra).await;
-    let status = || async { http.get(sidecar.url("/v1/status")).send().await.unwrap().json::<Value>().await.unwrap() };
+    let status = || async { sidecar.get(&http, "/v1/status", None).await.1 };
     let before = status().await;
     assert_eq!(before["ai_available"], true, "{before}");
     assert!(before["banner"].is_null(), "{before}");
@@ -214,7 +213,7 @@ async fn the_real_binary_serves_an_openapi_document_that_validates() {
     let instance = Instance::from_env();
     let http = crate::harness::client();
     let sidecar = Sidecar::start(&instance, &[]).await;
-    let document: Value = http.get(sidecar.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let (_, document) = sidecar.get(&http, "/openapi.json", None).await;
     assert_eq!(document["openapi"], "3.1.0");
 
     let file = format!("{}/openapi.json", instance.dir);

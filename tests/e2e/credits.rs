@@ -3,8 +3,7 @@
 
 use serde_json::json;
 
-use crate::fakes::{fake_providers, mount_expensive_gpt4o};
-use crate::gateway::gateway_sidecar;
+use crate::fakes::{fake_providers, gateway_sidecar, mount_expensive_gpt4o};
 use crate::harness::{Instance, serial};
 
 #[tokio::test]

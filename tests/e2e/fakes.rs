@@ -4,6 +4,8 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::harness::{Instance, Sidecar};
+
 pub const INTERNAL_OPENAI: &str = "sk-internal-e2e-openai-000000000000";
 pub const INTERNAL_ANTHROPIC: &str = "sk-ant-internal-e2e-anthropic-0000000";
 pub const GOOD_KEY: &str = "sk-proj-e2eGatewayKeyNotReal000000000000AbCd";
@@ -101,4 +103,19 @@ pub async fn mount_expensive_gpt4o(server: &MockServer) {
         .with_priority(1)
         .mount(server)
         .await;
+}
+
+/// A sidecar whose providers are the fakes in `providers`, with the platform's own keys set.
+pub async fn gateway_sidecar(instance: &Instance, providers: &MockServer, extra: &[(&str, &str)]) -> Sidecar {
+    let (openai, anthropic) = (format!("{}/v1", providers.uri()), providers.uri());
+    let public_url = format!("http://{}", instance.sidecar_addr);
+    let mut env = vec![
+        ("PUBLIC_URL", public_url.as_str()),
+        ("OPENAI_BASE_URL", openai.as_str()),
+        ("ANTHROPIC_BASE_URL", anthropic.as_str()),
+        ("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI),
+        ("INTERNAL_ANTHROPIC_API_KEY", INTERNAL_ANTHROPIC),
+    ];
+    env.extend_from_slice(extra);
+    Sidecar::start(instance, &env).await
 }

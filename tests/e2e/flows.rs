@@ -8,8 +8,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::fakes::fake_providers;
-use crate::gateway::gateway_sidecar;
+use crate::fakes::{fake_providers, gateway_sidecar};
 use crate::harness::{Instance, serial};
 
 #[tokio::test]
@@ -134,7 +133,7 @@ async fn a_flow_can_queue_the_call_as_a_job_and_the_answer_is_written_to_the_ite
     summary_is("Queued summary.").await;
 
     // The job is the user's, and charged to them like any call.
-    let jobs: Value = http.get(sidecar.url("/v1/jobs")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let (_, jobs) = sidecar.get(&http, "/v1/jobs", Some(&token)).await;
     let job = &jobs["jobs"][0];
     assert_eq!((job["id"].as_str(), job["status"].as_str()), (queued["job_id"].as_str(), Some("succeeded")));
     assert_eq!(job["callback"]["state"], "delivered");

@@ -1,24 +1,10 @@
 //! The gateway end to end: real Directus, real sidecar binary, the official Python SDKs, fake providers.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use wiremock::MockServer;
 
-use crate::fakes::{GOOD_KEY, INTERNAL_ANTHROPIC, INTERNAL_OPENAI, REVOKED_KEY, fake_providers};
+use crate::fakes::{GOOD_KEY, REVOKED_KEY, fake_providers, gateway_sidecar};
 use crate::harness::{Instance, Sidecar, serial};
-
-pub async fn gateway_sidecar(instance: &Instance, providers: &MockServer, extra: &[(&str, &str)]) -> Sidecar {
-    let (openai, anthropic) = (format!("{}/v1", providers.uri()), providers.uri());
-    let public_url = format!("http://{}", instance.sidecar_addr);
-    let mut env = vec![
-        ("PUBLIC_URL", public_url.as_str()),
-        ("OPENAI_BASE_URL", openai.as_str()),
-        ("ANTHROPIC_BASE_URL", anthropic.as_str()),
-        ("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI),
-        ("INTERNAL_ANTHROPIC_API_KEY", INTERNAL_ANTHROPIC),
-    ];
-    env.extend_from_slice(extra);
-    Sidecar::start(instance, &env).await
-}
 
 async fn put_key(http: &reqwest::Client, sidecar: &Sidecar, token: &str, key: &str) {
     let response = http
@@ -109,8 +95,7 @@ async fn official_sdks_work_and_every_call_is_accounted_in_directus() {
         .await;
 
     // The usage summary reads those records back.
-    let summary: Value =
-        http.get(sidecar.url("/v1/usage?days=30")).bearer_auth(&premium).send().await.unwrap().json().await.unwrap();
+    let (_, summary) = sidecar.get(&http, "/v1/usage?days=30", Some(&premium)).await;
     assert_eq!(summary["total"]["requests"], 5, "{summary}");
 
     http.delete(sidecar.url("/v1/keys/openai")).bearer_auth(&premium).send().await.unwrap();

@@ -267,6 +267,16 @@ impl Sidecar {
         format!("{}{path}", self.base)
     }
 
+    /// GET `path`, as `token` when given: the status, and the JSON body (`null` when there is none).
+    pub async fn get(&self, http: &reqwest::Client, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or_default())
+    }
+
     /// Polls `/readyz` until it reports `status` (bounded: 30 s).
     pub async fn wait_for_readyz(&self, status: &str) {
         self.wait_for_readiness(&format!("status {status}"), |body| body["status"] == status).await;

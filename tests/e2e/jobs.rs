@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use crate::fakes::{CHAT_OK, GOOD_KEY, INTERNAL_ANTHROPIC, INTERNAL_OPENAI, fake_providers};
-use crate::gateway::gateway_sidecar;
+use crate::fakes::{CHAT_OK, GOOD_KEY, INTERNAL_ANTHROPIC, INTERNAL_OPENAI, fake_providers, gateway_sidecar};
 use crate::harness::{ENCRYPTION_KEY, Instance, serial};
 
 const QUOTA_KEY: &str = "sk-proj-FAKE-e2e-quota-key-not-a-real-key-0000";

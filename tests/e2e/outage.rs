@@ -4,8 +4,7 @@ use serde_json::Value;
 
 use serde_json::json;
 
-use crate::fakes::{GOOD_KEY, fake_providers};
-use crate::gateway::gateway_sidecar;
+use crate::fakes::{GOOD_KEY, fake_providers, gateway_sidecar};
 use crate::harness::{Instance, Sidecar, serial};
 
 fn script(args: &[&str]) -> bool {
@@ -111,7 +110,7 @@ async fn usage_survives_a_directus_outage_and_a_sidecar_restart_exactly_once() {
 
 async fn wait_for_waiting_records(http: &reqwest::Client, sidecar: &Sidecar, done: impl Fn(u64) -> bool) {
     for _ in 0..400 {
-        let body: Value = http.get(sidecar.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        let (_, body) = sidecar.get(http, "/readyz", None).await;
         if body["usage_records_waiting"].as_u64().is_some_and(&done) {
             return;
         }
@@ -186,7 +185,7 @@ async fn a_directus_outage_does_not_stop_ai_for_known_callers_nor_let_them_overs
     let response = response.unwrap();
     assert_eq!(response.status(), 503, "never seen before");
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "account_service_unavailable");
-    let ready: Value = http.get(sidecar.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let (_, ready) = sidecar.get(&http, "/readyz", None).await;
     assert_eq!((ready["status"].as_str(), ready["stale"]["callers"].as_bool()), (Some("degraded"), Some(true)));
 
     outage.end();

@@ -63,8 +63,7 @@ async fn a_key_saved_through_the_sidecar_is_ciphertext_in_directus_and_routes_by
     let (status, body) = sidecar.route(&http, &premium, "openai").await;
     assert_eq!((status, body["source"].as_str()), (200, Some("byok")), "{body}");
 
-    let listed: Value =
-        http.get(sidecar.url("/v1/keys")).bearer_auth(&premium).send().await.unwrap().json().await.unwrap();
+    let (_, listed) = sidecar.get(&http, "/v1/keys", Some(&premium)).await;
     assert_eq!(listed["keys"][0]["hint"], "sk-proj-...WxYz");
     assert!(!listed.to_string().contains("byok:v1"));
 
@@ -208,8 +207,7 @@ async fn the_preflight_lists_entitled_users_without_a_usable_key_and_notifies_ea
         ids.sort();
         ids
     };
-    let list: Value =
-        http.get(sidecar.url("/v1/admin/preflight")).bearer_auth(operator).send().await.unwrap().json().await.unwrap();
+    let (_, list) = sidecar.get(&http, "/v1/admin/preflight", Some(operator)).await;
     let mut expected = vec![no_key.clone(), refused_key.clone()];
     expected.sort();
     assert_eq!(ours(&list), expected, "{list}");
