@@ -23,7 +23,7 @@ step "unit and API tests (Directus faked with wiremock)"
 cargo test --locked
 
 step "hook extension tests and the independent envelope implementation (node --test)"
-node --test hooks/byok-bridge/test/ hooks/byok-bridge-flows/test/ hooks/byok-bridge-ops/test/ tests/interop/
+node --test hooks/byok-bridge/test/ hooks/byok-bridge-flows/test/ hooks/byok-bridge-ops/test/ tests/interop/ web/account/test/
 
 step "Python venv: the official OpenAI and Anthropic SDKs, an SMTP sink, an OpenAPI validator (cached)"
 requirements_hash="$(sha256sum tests/sdk/requirements.txt | cut -c1-16)"

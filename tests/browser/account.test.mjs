@@ -549,7 +549,7 @@ async function setUp() {
   await startSidecar(sidecarPort);
 
   // The page's poll interval, as served, bounds the waits for what only a poll brings.
-  const script = await fetch(`${env.sidecarUrl}/account/account.js`, { signal: AbortSignal.timeout(10000) });
+  const script = await fetch(`${env.sidecarUrl}/account/api.js`, { signal: AbortSignal.timeout(10000) });
   const poll = /const POLL_MS = (\d+)/.exec(await script.text());
   if (poll) env.pollMs = Number(poll[1]);
 

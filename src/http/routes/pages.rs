@@ -4,14 +4,27 @@
 //! Served under a strict Content-Security-Policy: scripts and styles only from these files, requests only to
 //! this origin, framed only by this origin and the operator's `ACCOUNT_EMBED_ORIGINS`.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use std::sync::Arc;
 
+use crate::domain::error_code::Code;
+use crate::http::error::{ApiError, ErrorBody};
+
 const INDEX_HTML: &str = include_str!("../../../web/account/index.html");
-const SCRIPT: &str = include_str!("../../../web/account/account.js");
+/// The page's scripts: ES modules, one per section of the page; `account.js` is the entry the page loads.
+const SCRIPTS: [(&str, &str); 8] = [
+    ("account.js", include_str!("../../../web/account/account.js")),
+    ("api.js", include_str!("../../../web/account/api.js")),
+    ("dom.js", include_str!("../../../web/account/dom.js")),
+    ("format.js", include_str!("../../../web/account/format.js")),
+    ("keys.js", include_str!("../../../web/account/keys.js")),
+    ("notifications.js", include_str!("../../../web/account/notifications.js")),
+    ("status.js", include_str!("../../../web/account/status.js")),
+    ("usage.js", include_str!("../../../web/account/usage.js")),
+];
 const STYLE: &str = include_str!("../../../web/account/account.css");
 
 /// The tag the page reads its allowed embedding origins from; filled in once at startup.
@@ -71,10 +84,13 @@ pub async fn account(State(account): State<Arc<AccountPage>>) -> Response {
     page(&account, "text/html; charset=utf-8", account.html.clone())
 }
 
-#[utoipa::path(get, path = "/account/account.js", tag = "pages", operation_id = "account_page_script",
-    responses((status = 200, content_type = "text/javascript", body = String)))]
-pub async fn script(State(account): State<Arc<AccountPage>>) -> Response {
-    page(&account, "text/javascript; charset=utf-8", SCRIPT.to_owned())
+/// One of the page's scripts, by file name; anything else is a 404.
+#[utoipa::path(get, path = "/account/{script}", tag = "pages", operation_id = "account_page_script",
+    params(("script" = String, Path, description = "`account.js` (the entry) or a module it imports")),
+    responses((status = 200, content_type = "text/javascript", body = String), (status = 404, body = ErrorBody)))]
+pub async fn script(State(account): State<Arc<AccountPage>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let (_, source) = SCRIPTS.iter().find(|(file, _)| *file == name).ok_or(ApiError::from(Code::NotFound))?;
+    Ok(page(&account, "text/javascript; charset=utf-8", (*source).to_owned()))
 }
 
 #[utoipa::path(get, path = "/account/account.css", tag = "pages", operation_id = "account_page_style",
