@@ -19,6 +19,9 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --all-targets --all-features --locked -- -D warnings
 
+step "cargo doc (broken intra-doc links and bare URLs are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --locked
+
 step "unit and API tests (Directus faked with wiremock)"
 cargo test --locked
 

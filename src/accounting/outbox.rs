@@ -2,7 +2,7 @@
 //!
 //! # Writing
 //! Records reach the table through one [`OutboxWriter`]: a thread fed by a bounded queue. Each round it takes
-//! everything already queued (at most [`MAX_BATCH`] records; under load it lets the batch fill for [`LINGER`]
+//! everything already queued (at most [`MAX_BATCH`] records; under load it lets the batch fill for `LINGER`
 //! first) and inserts it in one transaction: one fsync however many records it holds, so the batch size follows
 //! the load and an idle outbox writes a lone record at once. `submit` never blocks the request path.
 //!

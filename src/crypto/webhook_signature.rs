@@ -1,4 +1,4 @@
-//! Standard Webhooks (https://www.standardwebhooks.com) signatures: `webhook-signature` holds one or more
+//! Standard Webhooks (<https://www.standardwebhooks.com>) signatures: `webhook-signature` holds one or more
 //! space-separated `v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>` entries.
 
 use std::fmt;

@@ -111,7 +111,7 @@ pub struct Forwarded {
     pub charge: Charge,
     /// Held until the answer has been passed on.
     pub slot: CallSlot,
-    /// What the decision rested on that may be out of date (see [`CallContext::staleness`]).
+    /// What the decision rested on that may be out of date (see [`crate::services::standing::CallContext::staleness`]).
     pub staleness: Option<&'static str>,
 }
 

@@ -1,5 +1,5 @@
 //! One replica (no `REDIS_URL`): jobs live in the store's `jobs` table, beside the usage outbox, and the
-//! due ones in an in-memory [`Schedule`] rebuilt from the table at startup. Writes are group-committed
+//! due ones in an in-memory `Schedule` rebuilt from the table at startup. Writes are group-committed
 //! ([`BatchWriter`]): a job is on disk before `POST /v1/jobs` answers, and a result before its callback goes.
 //!
 //! "Running" is not written: a job a worker holds is still `queued` on disk (its status is shown as
