@@ -84,6 +84,8 @@ async fn a_byok_call_uses_the_users_key_and_records_usage_in_api_key_usage() {
     let response = chat(&app, &user, hello(false)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-byok-source"], "byok");
+    let (usage_id, cost) =
+        (response.headers()["x-byok-usage-id"].clone(), response.headers()["x-byok-cost-cents"].clone());
     assert_eq!(response.text().await.unwrap(), CHAT_OK, "passed through unchanged");
 
     let usage = wait_for_requests(&app.directus, "POST", "/items/api_key_usage", 1).await;
@@ -91,7 +93,8 @@ async fn a_byok_call_uses_the_users_key_and_records_usage_in_api_key_usage() {
     assert_eq!((usage[0]["prompt_tokens"].as_u64(), usage[0]["completion_tokens"].as_u64()), (Some(11), Some(3)));
     // gpt-4o-mini: 11 * $0.15/M + 3 * $0.60/M, exactly.
     assert_eq!(usage[0]["estimated_cost_cents"], "0.000345000");
-    assert!(usage[0]["request_id"].as_str().is_some());
+    assert_eq!(usage[0]["request_id"], usage_id.to_str().unwrap(), "the usage id names the record");
+    assert_eq!(usage[0]["estimated_cost_cents"], cost.to_str().unwrap(), "the cost header is the record's");
 }
 
 #[tokio::test]
@@ -105,7 +108,9 @@ async fn a_free_user_is_served_with_the_platform_key_and_charged_a_ledger_deduct
     let response = chat(&app, &user, hello(false)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-byok-source"], "internal");
+    let cost = response.headers()["x-byok-cost-cents"].to_str().unwrap().to_owned();
     let ledger = wait_for_requests(&app.directus, "POST", "/items/credit_transactions", 1).await;
+    assert_eq!(ledger[0]["cost_cents"], cost.as_str(), "the cost header is the deduction's");
     assert_eq!(ledger[0]["transaction_type"], "deduction");
     assert_eq!(ledger[0]["service_type"], "openai.chat_completions");
     // 14 tokens of gpt-4o-mini cost 0.000345 cents: charged exactly that, not rounded up to a cent.

@@ -1,6 +1,7 @@
 //! Credits against the real ledger in Directus: concurrent calls cannot overdraw it, and every call is
-//! charged its exact fraction of a cent.
+//! charged its exact fraction of a cent, which its answer states.
 
+use byok_bridge::domain::money::Cents;
 use serde_json::json;
 
 use crate::fakes::{fake_providers, gateway_sidecar, mount_expensive_gpt4o};
@@ -30,7 +31,10 @@ async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_it
     // A 14-token call to gpt-4o-mini: 11 * $0.15/M + 3 * $0.60/M = 0.000345 cents, not a whole cent.
     let cheap = json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
     let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&cheap).send().await;
-    assert_eq!(response.unwrap().status(), 200);
+    let response = response.unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    let (usage_id, cost_header) = (header("x-byok-usage-id"), header("x-byok-cost-cents"));
 
     let query = [("filter[user][_eq]", user.as_str()), ("filter[transaction_type][_eq]", "deduction")];
     let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &query, 2).await;
@@ -40,6 +44,9 @@ async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_it
     };
     assert!((cost("gpt-4o") - 90.0025).abs() < 1e-9, "{rows:?}");
     assert!((cost("gpt-4o-mini") - 0.000345).abs() < 1e-12, "{rows:?}");
+    // The answer said what the call cost, and which ledger row holds it: the same amount, to the billionth.
+    let row = rows.iter().find(|r| r["request_id"] == usage_id.as_str()).expect("the usage id names the ledger row");
+    assert_eq!(Cents::from_json(&row["cost_cents"]).unwrap(), Cents::parse(&cost_header).unwrap(), "{row}");
     let balance = instance.ledger_balance(&http, &user).await;
     assert!((balance - (100.0 - 90.0025 - 0.000345)).abs() < 1e-9, "the ledger says {balance}");
     assert!(balance >= 0.0);

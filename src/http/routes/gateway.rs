@@ -26,12 +26,16 @@ pub const SOURCE_HEADER: &str = "x-byok-source";
 /// The id of the usage record a successful call produced (`request_id` in Directus): what a client quotes to
 /// find its call in `api_key_usage` or `credit_transactions`.
 pub const USAGE_ID_HEADER: HeaderName = HeaderName::from_static("x-byok-usage-id");
+/// What a non-streaming call cost in cents, exact to nine decimals as its usage record has it: the deduction
+/// from credits, or (own key) what the provider charges for it.
+pub const COST_HEADER: HeaderName = HeaderName::from_static("x-byok-cost-cents");
 /// Present when the decision rested on data that may be out of date because Directus is unreachable:
 /// `flags`, `caller`, or both.
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-byok-stale");
 
 /// OpenAI Chat Completions, passed to OpenAI with the user's own key or the platform's (credits). Streams when
-/// the request says `"stream": true`. `x-byok-source` says who paid; `x-byok-usage-id` names the usage record.
+/// the request says `"stream": true`. `x-byok-source` says who paid; `x-byok-usage-id` names the usage record;
+/// `x-byok-cost-cents` (non-streaming) says what the call cost.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "gateway", security(("directus_token" = [])),
     request_body(content = Object, description = "An OpenAI Chat Completions request"),
     responses(
@@ -92,7 +96,13 @@ async fn proxy(
         let completed = RunsToTheEnd::new(call.in_current_span()).await?;
         let response =
             with_content_type(Response::new(Body::from(completed.body)), completed.status, completed.content_type);
-        return Ok(labelled(response, completed.source, completed.charged.map(|(id, _)| id), completed.staleness));
+        let mut response =
+            labelled(response, completed.source, completed.charged.map(|(id, _)| id), completed.staleness);
+        if let Some((_, cost)) = completed.charged.filter(|_| response.status().is_success()) {
+            let cost = HeaderValue::try_from(cost.to_string()).expect("a decimal number is a header value");
+            response.headers_mut().insert(COST_HEADER, cost);
+        }
+        return Ok(response);
     }
     let forwarded = gateway.call(user, api, &request, Retries::WithinDeadline).await?;
     let (source, staleness, usage_id) = (forwarded.source, forwarded.staleness, forwarded.charge.request_id);
