@@ -53,6 +53,9 @@ impl Coded for DirectusError {
     }
 }
 
+/// How long an idle connection to Directus is kept: below Node's 5 s keep-alive timeout.
+const IDLE_CONNECTION: Duration = Duration::from_secs(4);
+
 #[derive(Clone)]
 pub struct DirectusClient {
     http: Client,
@@ -85,6 +88,9 @@ impl DirectusClient {
         let http = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
+            // Node closes an idle keep-alive connection after 5 s: let go of it first, or a request sent on it
+            // as Node closes it fails ("error sending request").
+            .pool_idle_timeout(IDLE_CONNECTION)
             .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a TLS backend and resolver are available");
@@ -111,7 +117,18 @@ impl DirectusClient {
     }
 
     async fn send(&self, request: RequestBuilder) -> Result<Response, DirectusError> {
-        let response = request.send().await.map_err(|e| DirectusError::Unreachable(e.without_url()))?;
+        let unreachable = |e: reqwest::Error| DirectusError::Unreachable(e.without_url());
+        let request = request.build().map_err(unreachable)?;
+        let again = if request.method() == Method::GET { request.try_clone() } else { None };
+        let response = match (self.http.execute(request).await, again) {
+            (Ok(response), _) => response,
+            // The connection broke as the request went out (Directus closed it, or restarted): a read is safe
+            // to send once more, on a new connection.
+            (Err(error), Some(again)) if error.is_request() && !error.is_timeout() => {
+                self.http.execute(again).await.map_err(unreachable)?
+            }
+            (Err(error), _) => return Err(unreachable(error)),
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -153,4 +170,68 @@ fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error
         Raw::Bool(b) => b,
         Raw::Int(i) => i != 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A Directus that drops the first `drop_first` connections as soon as a request arrives on them (as a
+    /// closing keep-alive connection does), then answers `/server/ping`. Returns its URL and the requests seen.
+    async fn flaky_directus(drop_first: usize) -> (Url, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buffer = [0u8; 4096];
+                let _ = socket.read(&mut buffer).await;
+                if counter.fetch_add(1, Ordering::SeqCst) < drop_first {
+                    continue;
+                }
+                let body = r#"{"data":"pong"}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn client(url: Url) -> DirectusClient {
+        DirectusClient::new(url, SecretString::from("token"), Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn a_read_whose_connection_breaks_as_it_goes_out_is_sent_once_more() {
+        let (url, seen) = flaky_directus(1).await;
+        client(url).ping().await.expect("answered on a new connection");
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_is_never_sent_twice() {
+        let (url, seen) = flaky_directus(1).await;
+        let user = crate::domain::user::UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap();
+        let error = client(url).notify(user, "subject", "message").await.expect_err("the write is not repeated");
+        assert!(error.is_outage(), "{error}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_is_retried_once_only() {
+        let (url, seen) = flaky_directus(2).await;
+        assert!(client(url).ping().await.is_err());
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
 }
