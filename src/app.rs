@@ -69,7 +69,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         Arc::clone(&flags),
         Arc::clone(&callers),
         Arc::clone(&reservations),
-        settings.keyring.is_some(),
+        vault.is_configured(),
     ));
     let notifier = Arc::new(Notifier::new(directus.clone(), Arc::clone(&claims), settings.public_url.as_ref()));
     let key_events =

@@ -18,8 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 pub use self::delivery::Delivery;
 pub use self::jobs::{JobsConfig, UserCaps};
 pub use self::limits::TierLimits;
-use self::reader::Reader;
 pub use self::reader::{ConfigError, ConfigProblem};
+use self::reader::{Reader, http_url};
 use crate::clock::Clock;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
@@ -198,14 +198,10 @@ impl Settings {
         );
         let directus_url = r
             .required("DIRECTUS_URL", "Set it to the Directus base URL, e.g. http://127.0.0.1:8055")
-            .and_then(|raw| match Url::parse(raw.trim()) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
-                _ => {
-                    r.problem(
-                        "DIRECTUS_URL",
-                        "is not an http(s) URL",
-                        "Set it to the Directus base URL, e.g. http://127.0.0.1:8055",
-                    );
+            .and_then(|raw| match http_url(raw.trim()) {
+                Ok(url) => Some(url),
+                Err(problem) => {
+                    r.problem("DIRECTUS_URL", problem, "Set it to the Directus base URL, e.g. http://127.0.0.1:8055");
                     None
                 }
             });
@@ -330,10 +326,7 @@ impl Settings {
             "PUBLIC_URL",
             None,
             "Use the http(s) base URL users reach the sidecar at, e.g. https://ai.example.com",
-            |raw| match Url::parse(raw) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(Some(url)),
-                _ => Err("is not an http(s) URL"),
-            },
+            |raw| http_url(raw).map(Some),
         );
         let account_embed_origins = r.parsed(
             "ACCOUNT_EMBED_ORIGINS",

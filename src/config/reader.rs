@@ -26,6 +26,14 @@ impl fmt::Display for ConfigProblem {
 #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigError(pub Vec<ConfigProblem>);
 
+/// An absolute http(s) URL with a host.
+pub(super) fn http_url(raw: &str) -> Result<Url, &'static str> {
+    match Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+        _ => Err("is not an http(s) URL"),
+    }
+}
+
 /// Collects problems while reading variables, so parsing continues past the first bad one.
 pub(super) struct Reader<F> {
     pub(super) lookup: F,
@@ -69,10 +77,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     /// An http(s) URL with a default; only the operator sets these, never a request (no SSRF).
     pub(super) fn url(&mut self, var: &'static str, default: &str) -> Url {
         let fallback = Url::parse(default).expect("defaults are valid URLs");
-        self.parsed(var, fallback, "Use an http(s) URL, e.g. the provider's API base", |raw| match Url::parse(raw) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
-            _ => Err("is not an http(s) URL"),
-        })
+        self.parsed(var, fallback, "Use an http(s) URL, e.g. the provider's API base", http_url)
     }
 
     /// A whole number within `range` (of `unit`, when it has one: "seconds", "bytes"); the problem names the

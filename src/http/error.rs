@@ -16,10 +16,9 @@ use crate::domain::provider::UnknownProvider;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::domain::sign_in::SignInRefusal;
 use crate::http::guard::BodyRefused;
-use crate::services::callers::CallerError;
 use crate::services::flag_cache::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
-use crate::services::jobs::{JobCap, JobsError};
+use crate::services::jobs::JobsError;
 use crate::services::key_vault::VaultError;
 use crate::services::standing::ContextError;
 
@@ -148,21 +147,9 @@ impl From<UnknownProvider> for ApiError {
     }
 }
 
-impl From<JobCap> for ApiError {
-    fn from(cap: JobCap) -> Self {
-        ApiError::Jobs(JobsError::Full(cap))
-    }
-}
-
 impl From<FlagsUnavailable> for ApiError {
     fn from(error: FlagsUnavailable) -> Self {
         ApiError::Context(ContextError::Flags(error))
-    }
-}
-
-impl From<CallerError> for ApiError {
-    fn from(error: CallerError) -> Self {
-        ApiError::Context(ContextError::Caller(error))
     }
 }
 
@@ -174,6 +161,10 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(detail) => tracing::error!(code = code_text, detail, "request failed"),
             _ if code == Code::Internal => tracing::error!(code = code_text, error = %self, "request failed"),
+            // The job queue's storage, or Directus failing the key vault: an operator should hear of these.
+            ApiError::Jobs(_) | ApiError::Vault(VaultError::Directus(_)) if status.is_server_error() => {
+                tracing::error!(code = code_text, error = %self, "request failed")
+            }
             _ if status.is_server_error() => tracing::warn!(code = code_text, error = %self, "request failed"),
             _ => tracing::debug!(code = code_text, "request refused"),
         }
