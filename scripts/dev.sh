@@ -86,7 +86,7 @@ INFO
 
 env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="${directus_url}" \
 	DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" DIRECTUS_SECRET="$(get DIRECTUS_SECRET)" \
-	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" ENCRYPTION_KEY="$(cat .dev/encryption.key)" DATA_DIR=.dev/sidecar-data \
+	WEBHOOK_SECRET="$(get WEBHOOK_SECRET)" STRIPE_WEBHOOK_SECRET="$(get STRIPE_WEBHOOK_SECRET)" ENCRYPTION_KEY="$(cat .dev/encryption.key)" DATA_DIR=.dev/sidecar-data \
 	OPERATOR_TOKEN="$(cat .dev/operator.token)" PUBLIC_URL="http://127.0.0.1:${sidecar_port}" \
 	OPENAI_BASE_URL="${OPENAI_BASE_URL}" INTERNAL_OPENAI_API_KEY="${INTERNAL_OPENAI_API_KEY:-}" \
 	ANTHROPIC_BASE_URL="${ANTHROPIC_BASE_URL:-https://api.anthropic.com}" \

@@ -284,6 +284,8 @@ secret="$(random_hex 32)"
 flows_token="$(random_hex 32)"
 operator_token="$(random_hex 32)"
 admin_password="$(random_b64url 24)"
+# Stripe's endpoint secrets are whsec_ and 32 alphanumerics; the sidecar and the hook both check payments with it.
+stripe_secret="whsec_$(random_hex 16)"
 (
 	umask 077
 	cat >"${dir}/.env" <<EOF
@@ -310,6 +312,7 @@ PACKAGE_FILE_LOCATION=${dir}
 STORAGE_LOCAL_ROOT=${dir}/uploads
 BYOK_BRIDGE_URL=${bridge_url}
 BYOK_BRIDGE_WEBHOOK_SECRET=${webhook_secret}
+BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET=${stripe_secret}
 BYOK_BRIDGE_FLOWS_TOKEN=${flows_token}
 BYOK_BRIDGE_FLOW_RESULT_COLLECTIONS=byok_demo_notes
 BYOK_BRIDGE_OPERATOR_TOKEN=${operator_token}
@@ -407,6 +410,7 @@ chmod 600 "${tmp}"
 	printf 'DIRECTUS_ADMIN_PASSWORD=%s\n' "${admin_password}"
 	printf '%s\n' "${seed_out}" | grep '^DIRECTUS_ADMIN_TOKEN='
 	printf 'WEBHOOK_SECRET=%s\n' "${webhook_secret}"
+	printf 'STRIPE_WEBHOOK_SECRET=%s\n' "${stripe_secret}"
 	printf 'FLOWS_TOKEN=%s\n' "${flows_token}"
 	printf 'OPERATOR_TOKEN=%s\n' "${operator_token}"
 	printf '%s\n' "${seed_out}" | grep -E '^(PREMIUM|LIFETIME|FREE|BROKE)_USER_(EMAIL|PASSWORD|ID)='

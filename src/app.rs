@@ -15,6 +15,7 @@ use crate::domain::jobs::CallbackUrl;
 use crate::http::extract::Access;
 use crate::http::guard::Guard;
 use crate::http::limits::EndpointLimits;
+use crate::http::purchase_link::PurchaseLink;
 use crate::http::routes::pages::AccountPage;
 use crate::http::state::{AppState, Services};
 use crate::providers::ProviderClient;
@@ -27,6 +28,7 @@ use crate::services::jobs::{FlowCallbacks, JobServices, Jobs, JobsError};
 use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
 use crate::services::notifier::Notifier;
+use crate::services::payments::Payments;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
@@ -95,6 +97,16 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         limits,
         Arc::clone(&key_events),
     ));
+    let payments = settings.payments.stripe.as_ref().map(|stripe| {
+        Arc::new(Payments::new(
+            stripe,
+            directus.clone(),
+            Arc::clone(&callers),
+            Arc::clone(&bus),
+            Arc::clone(&claims),
+            Arc::clone(&notifier),
+        ))
+    });
     let sign_in = Arc::new(SignInGuard::open(Arc::clone(&store), redis.clone(), settings.sign_in)?);
     let jobs = Jobs::new(
         store,
@@ -134,6 +146,8 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
             body_budget: Arc::new(Semaphore::new(settings.max_body_bytes_in_flight)),
         },
         sign_in,
+        payments,
+        purchase_link: PurchaseLink(settings.payments.purchase_url.as_ref().map(|url| Arc::from(url.as_str()))),
         account_page: Arc::new(AccountPage::new(&settings.account_embed_origins)),
     }))
 }

@@ -38,6 +38,7 @@ const JOBS: &str = "byok_jobs";
 const JOB_ATTEMPTS: &str = "byok_job_attempts_total";
 const JOB_CALLBACKS: &str = "byok_job_callbacks_total";
 const JOB_FAILURE_NOTICES: &str = "byok_job_failure_notices_total";
+const PAYMENT_EVENTS: &str = "byok_payment_events_total";
 
 /// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
 const BUCKETS: &[f64] =
@@ -107,6 +108,11 @@ fn describe() {
     describe_counter!(
         JOB_FAILURE_NOTICES,
         "Failed-job notices by outcome: sent, throttled (the user was told within the hour)."
+    );
+    describe_counter!(
+        PAYMENT_EVENTS,
+        "Stripe events by outcome: granted, refunded, duplicate, ignored, unknown_user, wrong_currency, \
+         unknown_payment, failed (answered 503, Stripe retries)."
     );
     describe_gauge!(REDIS_UP, "1 while Redis (REDIS_URL) answers, 0 while replicas run on their own state.");
 }
@@ -201,4 +207,8 @@ pub fn job_callback(outcome: &'static str) {
 
 pub fn job_failure_notice(outcome: &'static str) {
     counter!(JOB_FAILURE_NOTICES, "outcome" => outcome).increment(1);
+}
+
+pub fn payment_event(outcome: &'static str) {
+    counter!(PAYMENT_EVENTS, "outcome" => outcome).increment(1);
 }

@@ -5,6 +5,7 @@ mod delivery;
 mod jobs;
 mod keys;
 mod limits;
+mod payments;
 mod reader;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use self::delivery::Delivery;
 pub use self::jobs::{JobsConfig, UserCaps};
 pub use self::limits::TierLimits;
+pub use self::payments::{PaymentsConfig, StripeConfig};
 pub use self::reader::{ConfigError, ConfigProblem};
 use self::reader::{Reader, http_url};
 use crate::clock::Clock;
@@ -126,6 +128,8 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// Durable jobs: workers, per-user cap, retry horizon, retention, callback signing and reach.
     pub jobs: JobsConfig,
+    /// Buying credits: the Stripe webhook and the "Buy credits" link.
+    pub payments: PaymentsConfig,
     /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
     pub clock: Clock,
 }
@@ -336,6 +340,7 @@ impl Settings {
         );
 
         let jobs = jobs::read(&mut r);
+        let payments = payments::read(&mut r);
         let sign_in = SignInPolicy {
             failures_per_account: r.whole(
                 "LOGIN_FAILURES_PER_ACCOUNT",
@@ -408,6 +413,7 @@ impl Settings {
                     sign_in,
                     trusted_proxies,
                     jobs,
+                    payments,
                     clock: Clock::system(),
                 })
             }

@@ -2,4 +2,5 @@
 
 pub mod encryption_key;
 pub mod envelope;
+pub mod stripe_signature;
 pub mod webhook_signature;

@@ -5,6 +5,7 @@ mod auth;
 mod flags;
 mod keys;
 mod notifications;
+mod payments;
 mod sessions;
 mod usage;
 mod users;
@@ -20,6 +21,7 @@ use crate::domain::error_code::{Code, Coded};
 pub use auth::{SessionTokens, SignInError};
 pub use keys::{KeyRecord, KeyUpdate, SealedRow};
 pub use notifications::Notification;
+pub use payments::{Grant, Granted, Written};
 pub use usage::{UsageLine, UsageSummary};
 pub use users::{EntitledUser, StoredKey, UserProfile};
 

@@ -45,6 +45,8 @@ codes! {
     /// Every token problem gets this one answer, so a caller cannot tell which check failed.
     Unauthorized = ("unauthorized", 401, "Missing or invalid access token. Log in again and retry with a fresh token."),
     InvalidSignature = ("invalid_signature", 401, "Webhook signature missing, invalid or expired."),
+    /// Stripe retries a delivery answered with any status but 2xx; 400 is what its own examples answer.
+    InvalidPaymentSignature = ("invalid_signature", 400, "Stripe-Signature missing, invalid, or older than the 5-minute tolerance."),
     InvalidCredentials = ("invalid_credentials", 401, "Wrong e-mail address or password."),
     OtpRequired = ("otp_required", 401, "Enter the code from your authenticator app."),
     AccountInactive = ("account_inactive", 403, "Your account is not active. Contact support if you think this is a mistake."),
@@ -115,6 +117,10 @@ codes! {
     JobNotRetryable = ("job_not_retryable", 409, "Only failed or paused jobs can be retried."),
     JobFinished = ("job_finished", 409, "The job is finished already."),
     JobsUnavailable = ("jobs_unavailable", 503, "The job queue is unavailable right now. Retry shortly."),
+
+    // Buying credits.
+    PaymentsNotConfigured = ("payments_not_configured", 404, "Buying credits is not set up on this platform (STRIPE_WEBHOOK_SECRET is not set)."),
+    MalformedPaymentEvent = ("malformed_payment_event", 422, "The payment event is not shaped as its type says."),
 
     // This service and Directus.
     FlagsUnavailable = ("flags_unavailable", 503, "AI features are temporarily unavailable while the service starts up. Retry in a moment."),

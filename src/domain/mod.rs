@@ -9,6 +9,7 @@ pub mod flags;
 pub mod jobs;
 pub mod llm;
 pub mod money;
+pub mod payment;
 pub mod pricing;
 pub mod provider;
 pub mod provider_key;

@@ -20,6 +20,7 @@ use crate::services::flag_cache::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
 use crate::services::jobs::JobsError;
 use crate::services::key_vault::VaultError;
+use crate::services::payments::PaymentError;
 use crate::services::standing::ContextError;
 
 /// `{"error": {"code", "message"}}`: the shape of every error answer, for the OpenAPI document. Some codes
@@ -60,6 +61,8 @@ pub enum ApiError {
     Directus(#[from] DirectusError),
     #[error(transparent)]
     Jobs(#[from] JobsError),
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
     /// A per-user limit on one of our own endpoints.
     #[error("too many requests")]
     TooManyRequests { retry_after: Duration },
@@ -94,6 +97,7 @@ impl ApiError {
             ApiError::Context(error) => error,
             ApiError::Directus(error) => error,
             ApiError::Jobs(error) => error,
+            ApiError::Payment(error) => error,
             ApiError::TooManyRequests { .. } => &Code::RateLimited,
             ApiError::SignIn(refusal) => refusal,
             ApiError::RequestsInFlight(_) => &Code::TooManyRequestsInFlight,

@@ -4,6 +4,7 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 pub mod limits;
+pub mod purchase_link;
 pub mod routes;
 pub mod state;
 
@@ -48,7 +49,8 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .layer(Extension(document))
         .fallback(|| async { ApiError::from(Code::NotFound) })
         .method_not_allowed_fallback(|| async { ApiError::from(Code::MethodNotAllowed) })
-        .layer(middleware::from_fn_with_state(state.services().guard.clone(), guard::hold));
+        .layer(middleware::from_fn_with_state(state.services().guard.clone(), guard::hold))
+        .layer(middleware::from_fn_with_state(state.services().purchase_link.clone(), purchase_link::add));
     with_common_layers(routes).with_state(state)
 }
 
@@ -75,6 +77,7 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .routes(routes!(routes::pages::script))
         .routes(routes!(routes::pages::style))
         .routes(routes!(routes::webhooks::directus))
+        .routes(routes!(routes::webhooks::stripe))
         .routes(routes!(routes::auth::login))
         .routes(routes!(routes::auth::refresh))
         .routes(routes!(routes::auth::logout))

@@ -11,12 +11,14 @@ use crate::directus::DirectusClient;
 use crate::http::extract::Access;
 use crate::http::guard::Guard;
 use crate::http::limits::EndpointLimits;
+use crate::http::purchase_link::PurchaseLink;
 use crate::http::routes::pages::AccountPage;
 use crate::services::callers::CallerDirectory;
 use crate::services::flag_cache::FlagCache;
 use crate::services::gateway::{Gateway, KeyEvents};
 use crate::services::jobs::Jobs;
 use crate::services::key_vault::KeyVault;
+use crate::services::payments::Payments;
 use crate::services::reservations::Reservations;
 use crate::services::sign_in::SignInGuard;
 use crate::services::standing::Standings;
@@ -67,6 +69,10 @@ pub struct Services {
     pub limits: Arc<EndpointLimits>,
     /// Sign-in attempts, throttled per account and client address.
     pub sign_in: Arc<SignInGuard>,
+    /// Credits bought through Stripe; `None` without `STRIPE_WEBHOOK_SECRET`.
+    pub payments: Option<Arc<Payments>>,
+    /// `CREDITS_PURCHASE_URL`, for refusals and the account page.
+    pub purchase_link: PurchaseLink,
     pub account_page: Arc<AccountPage>,
     pub max_llm_body_bytes: usize,
     pub max_job_body_bytes: usize,
@@ -105,5 +111,7 @@ pieces! {
     bus: Arc<dyn Bus>,
     limits: Arc<EndpointLimits>,
     sign_in: Arc<SignInGuard>,
+    payments: Option<Arc<Payments>>,
+    purchase_link: PurchaseLink,
     account_page: Arc<AccountPage>,
 }

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod key_vault;
 pub mod meter;
 pub mod notifier;
+pub mod payments;
 pub mod rate_limit;
 pub mod reservations;
 pub mod sessions;

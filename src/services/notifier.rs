@@ -59,6 +59,8 @@ pub struct Notifier {
     directus: DirectusClient,
     /// `PUBLIC_URL/account#keys`, linked from every message when set.
     key_page: Option<String>,
+    /// `PUBLIC_URL/account`.
+    account_page: Option<String>,
     /// Incidents already notified are claimed there (by every replica, with Redis). A claim ends when the user
     /// saves or re-checks the key, or after a day.
     claims: Arc<dyn Claims>,
@@ -79,8 +81,8 @@ fn incident(user: UserId, provider: Provider, problem: KeyProblem) -> String {
 
 impl Notifier {
     pub fn new(directus: DirectusClient, claims: Arc<dyn Claims>, public_url: Option<&reqwest::Url>) -> Self {
-        let key_page = public_url.and_then(|url| url.join("account#keys").ok()).map(String::from);
-        Notifier { directus, key_page, claims }
+        let page = |path: &str| public_url.and_then(|url| url.join(path).ok()).map(String::from);
+        Notifier { directus, key_page: page("account#keys"), account_page: page("account"), claims }
     }
 
     /// Sends the notification in the background unless this incident was already notified.
@@ -124,6 +126,21 @@ impl Notifier {
             self.claims.release(&claim).await;
             tracing::warn!(%user, %job, %error, "could not notify the user of a failed job");
         }
+    }
+
+    /// A payment added credits: the buyer hears it in the app and by e-mail, in the background.
+    pub fn credits_bought(&self, user: UserId, amount: &str) {
+        let mut message = format!("Your payment was received and {amount} of credits were added to your account.");
+        message.push_str(" They are ready to use now.");
+        if let Some(url) = &self.account_page {
+            message.push_str(&format!("\n\nYour balance is on your account page: {url}"));
+        }
+        let directus = self.directus.clone();
+        tokio::spawn(async move {
+            if let Err(error) = directus.notify(user, "Credits added", &message).await {
+                tracing::warn!(%user, %error, "could not tell the user about their purchase");
+            }
+        });
     }
 
     /// The user changed or re-checked the key: a new failure is a new incident.

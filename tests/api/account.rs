@@ -311,6 +311,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/recommendations"),
     ("post", "/v1/route"),
     ("post", "/webhooks/directus"),
+    ("post", "/webhooks/stripe"),
     ("put", "/v1/keys/{provider}"),
 ];
 

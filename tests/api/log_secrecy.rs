@@ -4,6 +4,7 @@
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
+use byok_bridge::crypto::stripe_signature::StripeSecret;
 use byok_bridge::crypto::webhook_signature::WebhookSecret;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -16,6 +17,7 @@ const PASSWORD: &str = "correct-horse-battery-staple-password";
 const SIGNED_IN_ACCESS: &str = "signed-in-access-token-0123456789";
 const SIGNED_IN_REFRESH: &str = "signed-in-refresh-token-0123456789";
 const FLOWS: &str = "flows-token-that-must-never-be-logged-0123";
+const STRIPE: &str = "whsec_stripeSecretThatMustNeverBeLogged01";
 
 #[tokio::test]
 async fn no_secret_reaches_the_logs_even_at_trace_level() {
@@ -45,7 +47,10 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_byok-bridge"))
         .env_clear()
-        .envs(test_env(&directus.uri(), &[("OPENAI_BASE_URL", &openai_base), ("FLOWS_TOKEN", FLOWS)]))
+        .envs(test_env(
+            &directus.uri(),
+            &[("OPENAI_BASE_URL", &openai_base), ("FLOWS_TOKEN", FLOWS), ("STRIPE_WEBHOOK_SECRET", STRIPE)],
+        ))
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -171,6 +176,13 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // A Stripe event, signed and forged.
+    let stripe = StripeSecret::parse(STRIPE).unwrap();
+    let event = r#"{"id":"evt_log_test","type":"customer.created","data":{"object":{"id":"cus_1"}}}"#;
+    let stripe_signature = stripe.sign(ts, event.as_bytes());
+    for header in [stripe_signature.as_str(), "t=1,v1=00"] {
+        http.post(url("/webhooks/stripe")).header("stripe-signature", header).body(event).send().await.unwrap();
+    }
 
     // Lines reach stderr from the log writer's thread within milliseconds: wait for the last ones.
     let captured = || {
@@ -209,6 +221,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         ("the Flows token", FLOWS),
         ("a job's callback secret", &callback_secret[6..]),
         ("the Flows callback secret", &flow_secret.expose_secret()[6..]),
+        ("the Stripe webhook secret", &STRIPE[6..]),
+        ("a Stripe signature", &stripe_signature[13..]),
     ];
     for (name, secret) in secrets {
         assert!(!logs.contains(secret), "{name} appears in the logs");

@@ -327,3 +327,29 @@ async fn a_known_user_never_waits_for_a_slow_directus() {
     assert_eq!(app.route(&token_for(&stranger), "openai").await.status(), 200);
     assert!(started.elapsed() >= slow);
 }
+
+#[tokio::test]
+async fn refusals_for_credit_and_the_account_link_to_the_checkout_when_one_is_set() {
+    let checkout = "https://app.example.com/billing";
+    let app = spawn_app_with(&[("CREDITS_PURCHASE_URL", checkout)]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { grants: 0, ..Default::default() }).await;
+    let response = app.route(&token_for(&user), "openai").await;
+    assert_eq!(response.status(), 402);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_credits_or_key");
+    assert_eq!(body["error"]["purchase_url"], checkout);
+    assert!(body["error"]["message"].as_str().unwrap().ends_with(&format!("Buy credits: {checkout}")), "{body}");
+    let (status, account) = app.get("/v1/account", Some(&token_for(&user))).await;
+    assert_eq!((status, &account["credits"]["purchase_url"]), (200, &json!(checkout)), "{account}");
+
+    // Without one, neither says anything about buying.
+    let app = spawn_app().await;
+    mount_flags(&app.directus, true, false, false).await;
+    mount_user(&app.directus, &user, FakeUser { grants: 0, ..Default::default() }).await;
+    let body: Value = app.route(&token_for(&user), "openai").await.json().await.unwrap();
+    assert!(body["error"].get("purchase_url").is_none(), "{body}");
+    let (_, account) = app.get("/v1/account", Some(&token_for(&user))).await;
+    assert!(account["credits"].get("purchase_url").is_none(), "{account}");
+}

@@ -163,3 +163,39 @@ async fn a_signed_but_malformed_body_is_a_400() {
     assert_eq!(response.status(), 400);
     assert_eq!(error_code(response).await, "invalid_json");
 }
+
+const STRIPE_SECRET: &str = "whsec_apiTestStripeEndpointSecret0001";
+
+async fn stripe(app: &TestApp, body: &str, signature: Option<String>) -> (u16, Value) {
+    let mut request = app.http.post(app.url("/webhooks/stripe")).body(body.to_owned());
+    if let Some(signature) = signature {
+        request = request.header("stripe-signature", signature);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_stripe_webhook_is_off_without_its_secret_and_refuses_what_stripe_did_not_sign() {
+    let app = spawn_app().await;
+    let (status, body) = stripe(&app, "{}", Some("t=1,v1=00".into())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("payments_not_configured")), "{body}");
+
+    let app = spawn_app_with(&[("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)]).await;
+    let secret = byok_bridge::crypto::stripe_signature::StripeSecret::parse(STRIPE_SECRET).unwrap();
+    let other = r#"{"id":"evt_1","object":"event","type":"customer.created","data":{"object":{"id":"cus_1"}}}"#;
+    for signature in [None, Some("t=1,v1=00".to_owned()), Some(secret.sign(now() - 301, other.as_bytes()))] {
+        let (status, body) = stripe(&app, other, signature).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_signature")), "{body}");
+    }
+    // Signed, and answered 200 so Stripe stops: an event type the ledger does not care about.
+    let (status, body) = stripe(&app, other, Some(secret.sign(now(), other.as_bytes()))).await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("ignored")), "{body}");
+    // Signed but not shaped as its type says: 422, so the failure shows in Stripe's dashboard.
+    let broken = r#"{"id":"evt_2","type":"checkout.session.completed","data":{"object":{"payment_status":"paid"}}}"#;
+    let (status, body) = stripe(&app, broken, Some(secret.sign(now(), broken.as_bytes()))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("malformed_payment_event")), "{body}");
+    // Nothing reached Directus.
+    let writes = app.directus.received_requests().await.unwrap();
+    assert!(writes.iter().all(|r| r.method.as_str() == "GET"), "{writes:?}");
+}

@@ -66,6 +66,7 @@ impl Instance {
             .env("DIRECTUS_TOKEN", self.var("DIRECTUS_TOKEN"))
             .env("DIRECTUS_SECRET", self.var("DIRECTUS_SECRET"))
             .env("WEBHOOK_SECRET", self.var("WEBHOOK_SECRET"))
+            .env("STRIPE_WEBHOOK_SECRET", self.var("STRIPE_WEBHOOK_SECRET"))
             .env("ENCRYPTION_KEY", ENCRYPTION_KEY)
             .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("RUST_LOG", "info")

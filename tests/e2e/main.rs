@@ -13,6 +13,7 @@ mod harness;
 mod jobs;
 mod monitoring;
 mod outage;
+mod payments;
 mod routing;
 mod seed;
 mod vault;

@@ -25,6 +25,9 @@ export function renderAccount(account) {
   }
   $('account-credits').textContent = balance;
   $('usage-credits').textContent = balance;
+  // The operator's checkout (CREDITS_PURCHASE_URL), only ever as an http(s) link.
+  const purchase = credits.purchase_url ? safeHttpUrl(credits.purchase_url) : null;
+  if (purchase) $('account-credits').append(' ', externalLink(purchase, 'Buy credits'));
   $('account-mode').textContent = MODE_SENTENCES[account.mode] || '';
   $('account-stale').hidden = account.stale !== true;
 }

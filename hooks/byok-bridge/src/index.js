@@ -9,15 +9,16 @@
 //    With BYOK_BRIDGE_KEY_IDS (comma-separated key ids) set, only envelopes under those key ids.
 // 3. The sidecar's service role (BYOK_BRIDGE_SERVICE_ROLE, a role name or id; default "byok-bridge
 //    sidecar") gets what the Core license cannot express as permissions: it may only create `deduction`
-//    rows in credit_transactions, and read only a few fields of directus_users (never auth_data, password,
-//    token, tfa_secret). Admins and other roles are not affected.
+//    rows in credit_transactions (and `grant` rows proven by a Stripe event signed with
+//    BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET), and read only a few fields of directus_users (never auth_data,
+//    password, token, tfa_secret). Admins and other roles are not affected.
 //
 // Flows: Directus runs these filters for a Flow's Create/Update Data operation only when its "Emit
 // Events" option is on (off by default).
 //
 // Secrets handled here (the webhook secret, signatures, encrypted keys) are never logged or echoed.
 
-import { createHmac, randomUUID } from "node:crypto";
+import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 
@@ -147,14 +148,77 @@ export const LEDGER_WRITE_FORBIDDEN_MESSAGE =
 export const USER_READ_FORBIDDEN_MESSAGE =
 	`the byok-bridge service role may read only ${SIDECAR_USER_FIELDS.join(", ")} of directus_users`;
 
-/** Throws FORBIDDEN unless every ledger row in `payload` is a deduction. */
-export function validateSidecarLedgerPayload(payload) {
+/**
+ * Throws FORBIDDEN unless every ledger row in `payload` is a deduction, or a grant proven by the Stripe event
+ * it carries (see provenStripeGrant; `stripeSecret` from parseStripeSecret, null when payments are off).
+ */
+export function validateSidecarLedgerPayload(payload, stripeSecret = null) {
 	for (const item of Array.isArray(payload) ? payload : [payload]) {
-		if (item === null || typeof item !== "object" || item.transaction_type !== "deduction") {
-			throw forbidden(LEDGER_WRITE_FORBIDDEN_MESSAGE);
+		if (item === null || typeof item !== "object") throw forbidden(LEDGER_WRITE_FORBIDDEN_MESSAGE);
+		if (item.transaction_type === "grant" && provenStripeGrant(item, stripeSecret)) {
+			delete item.payment_event;
+			delete item.payment_signature;
+			continue;
 		}
+		if (item.transaction_type !== "deduction") throw forbidden(LEDGER_WRITE_FORBIDDEN_MESSAGE);
 	}
 	return payload;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credits bought through Stripe
+// ---------------------------------------------------------------------------------------------
+//
+// The sidecar receives Stripe's webhook and grants what was paid. So that its token alone still cannot mint
+// credits, a grant carries the Stripe event and its Stripe-Signature, and passes only when they verify against
+// BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET (the sidecar's STRIPE_WEBHOOK_SECRET) and name this user, amount and
+// payment. A replay of the same event meets the ledger's unique request_id; freshness is the sidecar's check.
+
+const STRIPE_PURCHASE_EVENTS = new Set(["checkout.session.completed", "checkout.session.async_payment_succeeded"]);
+
+/** The endpoint secret as Stripe shows it (`whsec_...`), or null when unset or not of that form. */
+export function parseStripeSecret(value) {
+	if (typeof value !== "string" || !value.startsWith("whsec_")) return null;
+	const rest = value.slice("whsec_".length);
+	return rest.length >= 16 && /^[\x21-\x7e]+$/.test(rest) ? value : null;
+}
+
+/** Stripe's scheme: some `v1` entry of `header` is hex(HMAC-SHA256(secret, `${t}.${body}`)). */
+export function stripeSignatureValid(secret, header, body) {
+	const entries = header.split(",").slice(0, 16).map((entry) => entry.trim().split("="));
+	const stamp = entries.find(([name]) => name === "t")?.[1];
+	if (!stamp || !/^[0-9]{1,12}$/.test(stamp)) return false;
+	const expected = createHmac("sha256", secret).update(`${stamp}.`).update(body).digest();
+	let matched = false;
+	for (const [name, value] of entries) {
+		if (name !== "v1" || !/^[0-9a-f]{64}$/.test(value ?? "")) continue;
+		matched = timingSafeEqual(Buffer.from(value, "hex"), expected) || matched;
+	}
+	return matched;
+}
+
+/** True when `item` is a grant its signed Stripe event proves: a paid checkout of this user, amount and payment. */
+export function provenStripeGrant(item, secret) {
+	const { payment_event: body, payment_signature: header } = item;
+	if (!secret || typeof body !== "string" || typeof header !== "string") return false;
+	if (!stripeSignatureValid(secret, header, body)) return false;
+	let event;
+	try {
+		event = JSON.parse(body);
+	} catch {
+		return false;
+	}
+	const session = event?.data?.object;
+	if (!STRIPE_PURCHASE_EVENTS.has(event?.type) || session?.payment_status !== "paid") return false;
+	const buyer = session.client_reference_id ?? session.metadata?.user_id;
+	const payment = session.payment_intent ?? session.id;
+	return (
+		typeof buyer === "string" &&
+		buyer.trim().toLowerCase() === String(item.user).toLowerCase() &&
+		item.request_id === `stripe:${payment}` &&
+		Number.isSafeInteger(session.amount_total) &&
+		Number(item.cost_cents) === session.amount_total
+	);
 }
 
 /**
@@ -673,8 +737,12 @@ export default function registerByokBridgeHook({ filter, action }, { env, logger
 		isServiceAccountability(context.accountability, await serviceRole.resolve(context.database));
 	for (const event of ["roles.create", "roles.update", "roles.delete"]) action(event, () => serviceRole.invalidate());
 
+	const stripeSecret = parseStripeSecret(env?.BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET);
+	if (env?.BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET && !stripeSecret) {
+		logger.error("byok-bridge: BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET is not a whsec_... secret; purchases cannot be granted");
+	}
 	filter("credit_transactions.items.create", async (payload, _meta, context) =>
-		(await isService(context)) ? validateSidecarLedgerPayload(payload) : payload,
+		(await isService(context)) ? validateSidecarLedgerPayload(payload, stripeSecret) : payload,
 	);
 	filter("users.query", async (query, _meta, context) =>
 		(await isService(context))

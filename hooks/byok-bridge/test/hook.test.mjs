@@ -29,12 +29,15 @@ import register, {
 	isServiceAccountability,
 	keysOfActionMeta,
 	parseKeyIds,
+	parseStripeSecret,
+	provenStripeGrant,
 	relatedCollectionResolver,
 	resolveWebhookConfig,
 	restrictSidecarQuery,
 	signWebhook,
 	signedInEmail,
 	stripUserRecords,
+	stripeSignatureValid,
 	validateSidecarLedgerPayload,
 	validateUserApiKeyPayload,
 } from "../dist/index.js";
@@ -485,6 +488,73 @@ test("ledger: the service role creates deductions only", () => {
 				err.message === LEDGER_WRITE_FORBIDDEN_MESSAGE,
 		);
 	}
+});
+
+// The sidecar's known-answer vector (src/crypto/stripe_signature.rs), computed as Stripe's libraries do.
+const STRIPE_SECRET = "whsec_test_secret_0123456789abcdef";
+const STRIPE_VECTOR_BODY = '{"id":"evt_1","type":"checkout.session.completed"}';
+const STRIPE_VECTOR_SIG = "a723293e5bd4496da485dec1069365ebae237cdae65c1d5a126979dac5377c4a";
+const BUYER = "7b1c7f0e-9d7a-4a4e-9a54-2c4b6f0f2a11";
+const stripeSign = (body, t = 1700000000, secret = STRIPE_SECRET) =>
+	`t=${t},v1=${createHmac("sha256", secret).update(`${t}.${body}`).digest("hex")}`;
+function paidSession(overrides = {}) {
+	const object = {
+		id: "cs_test_1", object: "checkout.session", amount_total: 1500, currency: "usd", client_reference_id: BUYER,
+		payment_intent: "pi_3Abc", payment_status: "paid", metadata: {}, ...overrides,
+	};
+	return JSON.stringify({ id: "evt_1", type: "checkout.session.completed", data: { object } });
+}
+function grantOf(body, extra = {}) {
+	return {
+		user: BUYER, transaction_type: "grant", service_type: "purchase", cost_cents: "1500.000000000",
+		request_id: "stripe:pi_3Abc", payment_event: body, payment_signature: stripeSign(body), ...extra,
+	};
+}
+
+test("stripe: signatures follow Stripe's scheme, the same vector as the sidecar's", () => {
+	assert.equal(parseStripeSecret(STRIPE_SECRET), STRIPE_SECRET);
+	for (const bad of [undefined, "", "sk_live_0123456789abcdef", "whsec_short", 42]) assert.equal(parseStripeSecret(bad), null);
+	const header = `t=1700000000,v1=${STRIPE_VECTOR_SIG}`;
+	assert.equal(stripeSignatureValid(STRIPE_SECRET, header, STRIPE_VECTOR_BODY), true);
+	assert.equal(stripeSignatureValid(STRIPE_SECRET, `t=1700000000, v1=${"0".repeat(64)}, v1=${STRIPE_VECTOR_SIG}`, STRIPE_VECTOR_BODY), true);
+	assert.equal(stripeSignatureValid(STRIPE_SECRET, header, STRIPE_VECTOR_BODY.replace("evt_1", "evt_2")), false);
+	assert.equal(stripeSignatureValid(STRIPE_SECRET, `t=1700000001,v1=${STRIPE_VECTOR_SIG}`, STRIPE_VECTOR_BODY), false);
+	assert.equal(stripeSignatureValid("whsec_another_secret_entirely_0", header, STRIPE_VECTOR_BODY), false);
+	assert.equal(stripeSignatureValid(STRIPE_SECRET, `v1=${STRIPE_VECTOR_SIG}`, STRIPE_VECTOR_BODY), false);
+});
+
+test("ledger: the service role may grant only what a signed Stripe checkout proves, and the proof is stripped", () => {
+	const grant = grantOf(paidSession());
+	assert.equal(provenStripeGrant(grant, STRIPE_SECRET), true);
+	const stored = validateSidecarLedgerPayload(grant, STRIPE_SECRET);
+	assert.equal(stored.payment_event, undefined);
+	assert.equal(stored.payment_signature, undefined);
+	assert.equal(stored.cost_cents, "1500.000000000");
+	// metadata.user_id names the buyer too; a session without a PaymentIntent is keyed by itself.
+	const byMetadata = paidSession({ client_reference_id: null, metadata: { user_id: BUYER }, payment_intent: null });
+	assert.equal(provenStripeGrant(grantOf(byMetadata, { request_id: "stripe:cs_test_1" }), STRIPE_SECRET), true);
+
+	const refusedGrants = [
+		grantOf(paidSession(), { cost_cents: "1500.000000001" }),
+		grantOf(paidSession(), { cost_cents: "15000" }),
+		grantOf(paidSession(), { user: "0b1c7f0e-9d7a-4a4e-9a54-2c4b6f0f2a11" }),
+		grantOf(paidSession(), { request_id: "stripe:pi_other" }),
+		grantOf(paidSession({ payment_status: "unpaid" })),
+		grantOf(paidSession().replace("checkout.session.completed", "charge.refunded")),
+		{ ...grantOf(paidSession()), payment_signature: stripeSign(paidSession(), 1700000000, "whsec_not_the_endpoint_secret") },
+		{ ...grantOf(paidSession()), payment_event: paidSession({ amount_total: 150000 }) },
+		{ ...grantOf(paidSession()), payment_event: undefined },
+		{ user: BUYER, transaction_type: "grant", cost_cents: "1500" },
+	];
+	for (const bad of refusedGrants) {
+		assert.throws(
+			() => validateSidecarLedgerPayload(bad, STRIPE_SECRET),
+			(err) => err.status === 403 && err.message === LEDGER_WRITE_FORBIDDEN_MESSAGE,
+			JSON.stringify(bad),
+		);
+	}
+	// Without the secret (payments off in Directus) nothing proves a grant.
+	assert.throws(() => validateSidecarLedgerPayload(grantOf(paidSession()), null), (err) => err.status === 403);
 });
 
 test("relations resolve like Directus: m2o, o2m (one_field), $FOLLOW", () => {

@@ -16,6 +16,7 @@ use crate::domain::routing::{self, ByokAccessDenied, Source};
 use crate::domain::tier::SubscriptionTier;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
+use crate::http::purchase_link::PurchaseLink;
 use crate::http::routes::usage::prompt_size;
 use std::sync::Arc;
 
@@ -69,6 +70,9 @@ pub struct Credits {
     /// What can be spent now: the balance less calls in flight and costs the ledger does not show yet.
     #[schema(value_type = f64)]
     available_cents: Cents,
+    /// Where to buy more (`CREDITS_PURCHASE_URL`); absent when the platform sells none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purchase_url: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -90,6 +94,7 @@ pub async fn account(
     AuthenticatedUser(user): AuthenticatedUser,
     State(standings): State<Arc<Standings>>,
     State(directus): State<DirectusClient>,
+    State(purchase): State<PurchaseLink>,
 ) -> Result<Json<Account>, ApiError> {
     let (standing, email) = tokio::join!(standings.of(user), directus.user_email(user));
     let standing = standing?;
@@ -104,7 +109,11 @@ pub async fn account(
             allowed: access.is_ok(),
             reason: access.err().map(Reason::denied),
         },
-        credits: Credits { balance_cents: caller.profile.ledger.balance, available_cents: available },
+        credits: Credits {
+            balance_cents: caller.profile.ledger.balance,
+            available_cents: available,
+            purchase_url: purchase.0.as_deref().map(str::to_owned),
+        },
         stale: flags.stale || caller.stale,
     }))
 }

@@ -10,12 +10,14 @@ use serde_json::{Value, json};
 use crate::crypto::webhook_signature::{Delivery, TOLERANCE_SECS, WebhookSecret};
 use crate::domain::error_code::Code;
 use crate::domain::flags::PushedFlags;
+use crate::domain::payment::PaymentEvent;
 use crate::domain::sign_in::Account;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::RawBody;
 use crate::http::state::AppState;
 use crate::metrics;
 use crate::services::flag_cache::{FlagCache, Pushed};
+use crate::services::payments::Payments;
 use crate::services::sign_in::SignInGuard;
 use crate::shared::bus::{Bus, Event};
 use crate::shared::claims::Claims;
@@ -156,4 +158,38 @@ pub async fn directus(
     };
     tracing::info!(webhook_id = %id, kind = %event.kind, flags = ?current.snapshot.flags, "feature flags reloaded");
     Ok(Json(json!({"status": "applied"})))
+}
+
+/// A Stripe event (the endpoint's events: `checkout.session.completed`,
+/// `checkout.session.async_payment_succeeded`, `charge.refunded`). A paid Checkout Session grants its amount
+/// in credits to the Directus user its `client_reference_id` (or `metadata.user_id`) names, once per
+/// payment; a refund takes back what was refunded. Answered as Stripe expects: `200` once the event is
+/// handled or deliberately left alone (a repeat, another type, a payment for no known user: Stripe's retries
+/// would change nothing), `400` for a bad signature, `503` while the ledger cannot be written (Stripe
+/// delivers again).
+#[utoipa::path(post, path = "/webhooks/stripe", tag = "operations",
+    request_body(content = Object, description = "A Stripe event, signed in the `Stripe-Signature` header"),
+    responses((status = 200, description = r#"{"received": true, "outcome": "granted"}; outcome is granted, refunded, duplicate, ignored, unknown_user, wrong_currency or unknown_payment"#, body = Object),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn stripe(
+    State(payments): State<Option<Arc<Payments>>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    let payments = payments.ok_or(Code::PaymentsNotConfigured)?;
+    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    payments.verify(signature, &body, now).map_err(|reason| {
+        tracing::warn!(%reason, "Stripe webhook refused");
+        ApiError::from(Code::InvalidPaymentSignature)
+    })?;
+    let event = PaymentEvent::parse(&body).map_err(|problem| {
+        tracing::error!(%problem, "a signed Stripe event could not be read");
+        ApiError::new(Code::MalformedPaymentEvent, format!("The payment event could not be read: {problem}."))
+    })?;
+    // Verified, so UTF-8 JSON from Stripe; the Directus hook checks the grant against these same bytes.
+    let text = std::str::from_utf8(&body).map_err(|_| Code::MalformedPaymentEvent)?;
+    let outcome = payments.apply(event, text, signature.unwrap_or_default()).await?;
+    Ok(Json(json!({"received": true, "outcome": outcome})))
 }
