@@ -48,7 +48,7 @@ async fn one_call(reservations: &Arc<Reservations>, user: UserId, ledger: Ledger
 }
 
 async fn run(threads: usize) -> Vec<Duration> {
-    let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905));
+    let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), None);
     let user = UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap();
     let ledger = LedgerReading { balance: Cents::whole(1_000_000_000), read_at: now_millis() };
     let tasks: Vec<_> = (0..threads)

@@ -29,6 +29,7 @@ use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
 use crate::services::notifier::Notifier;
 use crate::services::payments::Payments;
+use crate::services::platform_budget::PlatformBudget;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
@@ -60,9 +61,16 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     // Stored costs are kept as long as any ledger reading in use can predate them.
     let (fresh_reading, oldest_reading) =
         (settings.user_cache_ttl, settings.user_cache_ttl + settings.stale_caller_max_age);
+    let platform = settings.platform_daily_budget.map(|cap| PlatformBudget::new(cap, directus.clone(), fresh_reading));
     let reservations = match &redis {
-        Some(redis) => Reservations::in_redis(Arc::clone(redis), store.replica_id()?, fresh_reading, oldest_reading),
-        None => Reservations::in_memory(fresh_reading, oldest_reading),
+        Some(redis) => Reservations::in_redis(
+            Arc::clone(redis),
+            store.replica_id()?,
+            fresh_reading,
+            oldest_reading,
+            platform.clone(),
+        ),
+        None => Reservations::in_memory(fresh_reading, oldest_reading, platform.clone()),
     };
     let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
     let claims = claims(redis.clone());

@@ -10,6 +10,7 @@ use std::time::Duration;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
 
@@ -39,6 +40,9 @@ const JOB_ATTEMPTS: &str = "byok_job_attempts_total";
 const JOB_CALLBACKS: &str = "byok_job_callbacks_total";
 const JOB_FAILURE_NOTICES: &str = "byok_job_failure_notices_total";
 const PAYMENT_EVENTS: &str = "byok_payment_events_total";
+const PLATFORM_SPEND: &str = "byok_platform_spend_today_cents";
+const PLATFORM_BUDGET: &str = "byok_platform_daily_budget_cents";
+const PLATFORM_REFUSALS: &str = "byok_platform_budget_refusals_total";
 
 /// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
 const BUCKETS: &[f64] =
@@ -109,6 +113,9 @@ fn describe() {
         JOB_FAILURE_NOTICES,
         "Failed-job notices by outcome: sent, throttled (the user was told within the hour)."
     );
+    describe_gauge!(PLATFORM_SPEND, "Spent today (UTC) on the platform's keys, as Directus last reported, in cents.");
+    describe_gauge!(PLATFORM_BUDGET, "PLATFORM_DAILY_BUDGET_CENTS.");
+    describe_counter!(PLATFORM_REFUSALS, "Credit calls refused because the platform's daily budget was spent.");
     describe_counter!(
         PAYMENT_EVENTS,
         "Stripe events by outcome: granted, refunded, duplicate, ignored, unknown_user, wrong_currency, \
@@ -207,6 +214,16 @@ pub fn job_callback(outcome: &'static str) {
 
 pub fn job_failure_notice(outcome: &'static str) {
     counter!(JOB_FAILURE_NOTICES, "outcome" => outcome).increment(1);
+}
+
+/// Today's spending on the platform's keys as last read, beside the cap.
+pub fn platform_spend(spent: Cents, cap: Cents) {
+    gauge!(PLATFORM_SPEND).set(spent.as_f64());
+    gauge!(PLATFORM_BUDGET).set(cap.as_f64());
+}
+
+pub fn platform_budget_refusal() {
+    counter!(PLATFORM_REFUSALS).increment(1);
 }
 
 pub fn payment_event(outcome: &'static str) {

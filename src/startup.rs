@@ -81,6 +81,7 @@ impl Application {
         if restored > 0 {
             tracing::info!(restored, "deductions waiting for Directus count against their users' credits again");
         }
+        state.services().reservations.prime().await;
         if let Some(keyring) = &settings.keyring {
             tracing::info!(?keyring, "key vault configured");
         } else {

@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::client_address::TrustedProxies;
+use crate::domain::money::Cents;
 use crate::domain::pricing::PriceTable;
 use crate::domain::sign_in::SignInPolicy;
 
@@ -130,6 +131,8 @@ pub struct Settings {
     pub jobs: JobsConfig,
     /// Buying credits: the Stripe webhook and the "Buy credits" link.
     pub payments: PaymentsConfig,
+    /// What all users together may spend on the platform's keys in a UTC day; `None`: no cap.
+    pub platform_daily_budget: Option<Cents>,
     /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
     pub clock: Clock,
 }
@@ -341,6 +344,15 @@ impl Settings {
 
         let jobs = jobs::read(&mut r);
         let payments = payments::read(&mut r);
+        let platform_daily_budget = r.parsed(
+            "PLATFORM_DAILY_BUDGET_CENTS",
+            None,
+            "Use whole cents, e.g. 50000 for $500 a day, or leave it unset for no cap",
+            |raw| match raw.parse::<i64>() {
+                Ok(cents) if (1..=1_000_000_000_000).contains(&cents) => Ok(Some(Cents::whole(cents))),
+                _ => Err("must be a whole number of cents from 1 to 1000000000000"),
+            },
+        );
         let sign_in = SignInPolicy {
             failures_per_account: r.whole(
                 "LOGIN_FAILURES_PER_ACCOUNT",
@@ -414,6 +426,7 @@ impl Settings {
                     trusted_proxies,
                     jobs,
                     payments,
+                    platform_daily_budget,
                     clock: Clock::system(),
                 })
             }

@@ -48,6 +48,23 @@ impl DirectusClient {
         self.send(request).await.map(drop)
     }
 
+    /// What calls on the platform's keys cost since `since`, for every user together (deductions that came
+    /// from a call: they name a provider).
+    pub async fn platform_spend_since(&self, since: OffsetDateTime) -> Result<Cents, DirectusError> {
+        let since = since.format(&Rfc3339).map_err(|e| DirectusError::Decode(e.to_string()))?;
+        let request = self.request(Method::GET, "/items/credit_transactions").query(&[
+            ("aggregate[sum]", "cost_cents"),
+            ("filter[transaction_type][_eq]", "deduction"),
+            ("filter[provider][_nnull]", "true"),
+            ("filter[occurred_at][_gte]", &since),
+        ]);
+        let sums: Vec<Value> = self.data(request).await?;
+        match sums.first().map(|group| &group["sum"]["cost_cents"]) {
+            None | Some(Value::Null) => Ok(Cents::ZERO),
+            Some(sum) => Cents::from_json(sum).map_err(|_| DirectusError::Decode("platform spend".into())),
+        }
+    }
+
     /// Requests, tokens and cost per day, provider and source for calls since `since` (by the time of the
     /// call, `occurred_at`), and their totals. Directus adds them up: no rows are transferred.
     pub async fn usage_summary(&self, user: UserId, since: OffsetDateTime) -> Result<UsageSummary, DirectusError> {

@@ -9,8 +9,29 @@
 //! milliseconds so that replicas sharing this state compare them the same way.
 
 use std::collections::VecDeque;
+use std::fmt;
 
 use super::money::Cents;
+use super::user::UserId;
+
+/// Whose spending a book counts: a user's credits, or everything spent on the platform's keys today (for
+/// `PLATFORM_DAILY_BUDGET_CENTS`, with the cap less today's spending as its "balance"). The same rules hold
+/// for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BookId {
+    Credits(UserId),
+    Platform,
+}
+
+/// The book's part of a shared key, a hash tag that keeps its keys together: `{<user id>}`, `{platform}`.
+impl fmt::Display for BookId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BookId::Credits(user) => write!(f, "{{{user}}}"),
+            BookId::Platform => f.write_str("{platform}"),
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = i64;

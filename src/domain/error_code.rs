@@ -103,6 +103,7 @@ codes! {
     GatewayBusy = ("gateway_busy", 503, "Too many AI requests are running right now. Retry in a moment."),
     UpstreamError = ("upstream_error", 502, "The AI provider's answer broke off on its way. It bills the generation all the same, so the call was charged its whole budget; please retry."),
     AiTimeout = ("ai_timeout", 504, "The provider did not finish answering in time; the call was charged its whole budget. Ask for a shorter answer, or stream long ones."),
+    PlatformBudgetExhausted = ("platform_budget_exhausted", 503, "AI features on platform credits are paused until 00:00 UTC: the platform's budget for today is spent. Your own API keys keep working."),
     AiUnavailable = ("ai_unavailable", 503, "AI features are temporarily unavailable. Everything else keeps working; retry in a little while."),
 
     // Jobs.

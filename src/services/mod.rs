@@ -10,6 +10,7 @@ pub mod key_vault;
 pub mod meter;
 pub mod notifier;
 pub mod payments;
+pub mod platform_budget;
 pub mod rate_limit;
 pub mod reservations;
 pub mod sessions;

@@ -462,3 +462,27 @@ async fn a_stream_the_provider_breaks_off_ends_with_a_coded_error_and_is_charged
     let ledger = wait_for_requests(&app.directus, "POST", "/items/credit_transactions", 1).await;
     assert_eq!(ledger[0]["completion_tokens"], 1, "{}", ledger[0]);
 }
+
+#[tokio::test]
+async fn past_the_platforms_daily_budget_credit_calls_are_refused_or_go_to_the_users_own_key() {
+    // One cent a day; a call that may cost 6 cents (100,000 output tokens of gpt-4o-mini) does not fit.
+    let app = gateway_app(&[("PLATFORM_DAILY_BUDGET_CENTS", "1")]).await;
+    let large = json!({"model": "gpt-4o-mini", "max_tokens": 100_000, "messages": [{"role": "user", "content": "Hi"}]});
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+    let free = free_user(&app).await;
+    let response = chat(&app, &free, large.clone()).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(error_code(response).await, "platform_budget_exhausted");
+
+    // Credit-first with a usable key of their own: the call goes to the key instead.
+    let owner = byok_user(&app, false).await;
+    mount_flags(&app.directus, true, false, true).await;
+    assert_eq!(app.flag_webhook().await.status(), 200);
+    let response = chat(&app, &owner, large).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-byok-source"], "byok");
+}

@@ -4,7 +4,7 @@
 use byok_bridge::domain::money::Cents;
 use serde_json::json;
 
-use crate::fakes::{fake_providers, gateway_sidecar, mount_expensive_gpt4o};
+use crate::fakes::{GOOD_KEY, fake_providers, gateway_sidecar, mount_expensive_gpt4o};
 use crate::harness::{Instance, serial};
 
 #[tokio::test]
@@ -50,5 +50,73 @@ async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_it
     let balance = instance.ledger_balance(&http, &user).await;
     assert!((balance - (100.0 - 90.0025 - 0.000345)).abs() < 1e-9, "the ledger says {balance}");
     assert!(balance >= 0.0);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn the_platforms_daily_budget_refuses_credit_calls_of_every_user_but_not_own_key_calls() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = crate::harness::client();
+    instance.set_byok_first(&http).await;
+    let providers = fake_providers().await;
+    mount_expensive_gpt4o(&providers).await;
+    // Whatever earlier tests spent today counts: the cap leaves room for one 95-cent hold on top.
+    let midnight = format!("{}T00:00:00Z", time::OffsetDateTime::now_utc().date());
+    let query = [
+        ("aggregate[sum]", "cost_cents"),
+        ("filter[transaction_type][_eq]", "deduction"),
+        ("filter[provider][_nnull]", "true"),
+        ("filter[occurred_at][_gte]", midnight.as_str()),
+    ];
+    let sums = instance.admin_get(&http, "/items/credit_transactions", &query).await;
+    let spent = Cents::from_json(&sums[0]["sum"]["cost_cents"]).unwrap_or(Cents::ZERO);
+    let cap = (spent.ceil_whole() + 100).to_string();
+    let sidecar = gateway_sidecar(
+        &instance,
+        &providers,
+        &[("PLATFORM_DAILY_BUDGET_CENTS", cap.as_str()), ("RATE_LIMIT_FREE_PER_MIN", "1000")],
+    )
+    .await;
+    let (_, first) = instance.new_user(&http, "free", "1000").await;
+    let (_, second) = instance.new_user(&http, "free", "1000").await;
+
+    // Twenty calls at once from two users, each possibly costing 95 cents, with 100 left of the day.
+    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let token = if i % 2 == 0 { &first } else { &second };
+            http.post(sidecar.url("/v1/chat/completions")).bearer_auth(token).json(&body).send()
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for response in futures_util::future::join_all(calls).await {
+        let response = response.unwrap();
+        let status = response.status().as_u16();
+        if status == 503 {
+            assert!(response.headers().contains_key("retry-after"));
+            let error: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(error["error"]["code"], "platform_budget_exhausted", "{error}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 19, "{statuses:?}");
+
+    // Own keys are not the platform's money: they keep working.
+    let (_, owner) = instance.new_user(&http, "premium", "0").await;
+    let saved = http
+        .put(sidecar.url("/v1/keys/openai"))
+        .bearer_auth(&owner)
+        .json(&json!({"api_key": GOOD_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 200);
+    let own = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&owner).json(&body).send().await.unwrap();
+    assert_eq!(own.status(), 200);
+    assert_eq!(own.headers()["x-byok-source"], "byok");
+    let refused = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&first).json(&body).send().await.unwrap();
+    assert_eq!(refused.status(), 503, "credits stay refused for the rest of the day");
     sidecar.stop().await;
 }

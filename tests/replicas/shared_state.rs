@@ -11,7 +11,7 @@ use byok_bridge::services::jobs::redis::RedisJobs;
 use byok_bridge::services::rate_limit::RateLimiter;
 use byok_bridge::services::rate_limit::redis::RedisRateLimit;
 use byok_bridge::services::reservations::redis::RedisReservations;
-use byok_bridge::services::reservations::{Reservations, now_millis};
+use byok_bridge::services::reservations::{Reservations, ReserveError, Shortfall, now_millis};
 use byok_bridge::shared::bus::redis::RedisBus;
 use byok_bridge::shared::bus::{Bus, Event};
 use byok_bridge::shared::claims::Claims;
@@ -47,6 +47,7 @@ fn replica(name: &str, redis: &Arc<Redis>) -> Arc<Reservations> {
         format!("{name}-{}", Uuid::new_v4().simple()),
         Duration::from_secs(5),
         Duration::from_secs(905),
+        None,
     )
 }
 
@@ -97,7 +98,8 @@ async fn a_released_shared_hold_frees_its_amount_for_every_replica() {
     let (a, b) = (replica("a", &redis), replica("b", &redis));
     let u = user();
     let hold = a.reserve(u, reading(100), Cents::whole(60)).await.unwrap();
-    assert_eq!(b.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err().available, Cents::whole(40));
+    let short = ReserveError::Credits(Shortfall { available: Cents::whole(40) });
+    assert_eq!(b.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err(), short);
     drop(hold);
     let mut freed = false;
     for _ in 0..100 {
@@ -190,7 +192,8 @@ async fn without_redis_each_replica_carries_on_alone() {
     let u = user();
     let hold = reservations.reserve(u, reading(100), Cents::whole(60)).await.expect("local fallback");
     assert!(!redis.is_up(), "and Redis is reported down");
-    assert_eq!(reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err().available, Cents::whole(40));
+    let short = ReserveError::Credits(Shortfall { available: Cents::whole(40) });
+    assert_eq!(reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err(), short);
     hold.settle(Uuid::new_v4(), Cents::whole(50));
     for _ in 0..100 {
         if reservations.available(u, reading(100)).await == Cents::whole(50) {

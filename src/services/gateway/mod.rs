@@ -15,6 +15,7 @@ use futures_util::Stream;
 use reqwest::StatusCode;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use self::key_events::KeyEvents;
@@ -25,7 +26,7 @@ use super::callers::CallerProfile;
 use super::circuit_breaker::{Circuit, ProviderHealth};
 use super::key_vault::{KeyVault, VaultError};
 use super::meter::{Charge, Meter, MeteredStream};
-use super::reservations::{Hold, Reservations, Shortfall};
+use super::reservations::{Hold, Reservations, ReserveError, Shortfall};
 use super::standing::ContextError;
 use super::standing::Standings;
 use crate::domain::error_code::{Code, Coded};
@@ -155,6 +156,9 @@ pub enum GatewayError {
     CutOff(Provider),
     #[error(transparent)]
     Vault(VaultError),
+    /// The platform's daily budget is spent: credit calls wait for the next UTC day.
+    #[error("the platform's daily budget is spent")]
+    PlatformBudgetExhausted,
 }
 
 impl Coded for GatewayError {
@@ -173,6 +177,7 @@ impl Coded for GatewayError {
             GatewayError::Timeout(_) => Code::AiTimeout,
             GatewayError::SpecialServiceTier(_) => Code::ServiceTierNotAvailable,
             GatewayError::Unavailable { .. } => Code::AiUnavailable,
+            GatewayError::PlatformBudgetExhausted => Code::PlatformBudgetExhausted,
         }
     }
 
@@ -229,7 +234,9 @@ impl Coded for GatewayError {
                 provider.display_name()
             )
             .into(),
-            GatewayError::Busy | GatewayError::CutOff(_) => self.code().message().into(),
+            GatewayError::Busy | GatewayError::CutOff(_) | GatewayError::PlatformBudgetExhausted => {
+                self.code().message().into()
+            }
         }
     }
 
@@ -240,6 +247,7 @@ impl Coded for GatewayError {
             | GatewayError::ProviderRateLimited { retry_after, .. } => Some(*retry_after),
             GatewayError::TooManyCalls(_) | GatewayError::Busy => Some(Duration::from_secs(1)),
             GatewayError::Unavailable { retry_after, .. } => Some(retry_after.unwrap_or(Duration::from_secs(30))),
+            GatewayError::PlatformBudgetExhausted => Some(until_next_utc_day(OffsetDateTime::now_utc())),
             _ => None,
         }
     }
@@ -251,6 +259,8 @@ enum CredentialError {
     KeyUnusable,
     /// The credits left do not cover the call's estimate.
     Shortfall(Shortfall),
+    /// The platform's daily budget is spent.
+    PlatformBudget,
     Other(GatewayError),
 }
 
@@ -407,6 +417,20 @@ impl Gateway {
                     source = again.source;
                     continue;
                 }
+                Err(CredentialError::PlatformBudget) => {
+                    if let Some(failure) = key_failure {
+                        return Err(key_error(provider, failure));
+                    }
+                    // Credits cannot be spent today: the user's own key, where routing allows one.
+                    view.available = Cents::ZERO;
+                    match standing.decide(&view, provider) {
+                        Ok(again) if again.source == Source::Byok => {
+                            source = Source::Byok;
+                            continue;
+                        }
+                        _ => return Err(GatewayError::PlatformBudgetExhausted),
+                    }
+                }
                 Err(CredentialError::Other(error)) => return Err(error),
             };
             let charge = |credential: Credential| Charge {
@@ -489,15 +513,21 @@ impl Gateway {
                     })
                 })?;
                 self.limits.credit_call(user, caller.tier).await.map_err(CredentialError::Other)?;
-                let hold = self
-                    .reservations
-                    .reserve(user, caller.ledger, estimate)
-                    .await
-                    .map_err(CredentialError::Shortfall)?;
+                let hold =
+                    self.reservations.reserve(user, caller.ledger, estimate).await.map_err(|error| match error {
+                        ReserveError::Credits(shortfall) => CredentialError::Shortfall(shortfall),
+                        ReserveError::PlatformBudget => CredentialError::PlatformBudget,
+                    })?;
                 Ok(Credential::Internal(key.clone(), hold))
             }
         }
     }
+}
+
+/// The platform's day ends at 00:00 UTC.
+fn until_next_utc_day(now: OffsetDateTime) -> Duration {
+    let midnight = now.date().next_day().map(|day| day.with_time(time::Time::MIDNIGHT).assume_utc());
+    midnight.map_or(Duration::from_secs(3_600), |midnight| (midnight - now).unsigned_abs())
 }
 
 fn key_error(provider: Provider, failure: UpstreamFailure) -> GatewayError {

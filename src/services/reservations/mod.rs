@@ -22,11 +22,12 @@ use uuid::Uuid;
 use self::memory::MemoryReservations;
 use self::redis::RedisReservations;
 use crate::accounting::{DeliveryError, Outbox, UsageSink};
-use crate::domain::credit_book::{HoldId, LedgerReading, UnixMillis};
+use crate::domain::credit_book::{BookId, HoldId, LedgerReading, UnixMillis};
 use crate::domain::money::Cents;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
+use crate::services::platform_budget::PlatformBudget;
 use crate::shared::redis::Redis;
 use crate::store::StoreError;
 
@@ -34,10 +35,19 @@ use crate::store::StoreError;
 /// frees what a lost call left behind.
 pub const HOLD_TTL: Duration = Duration::from_secs(300);
 
-/// Not enough credits for the reservation: what the user can spend right now.
+/// Not enough in a book for the reservation: what it has left right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shortfall {
     pub available: Cents,
+}
+
+/// Why a call could not reserve its most expensive outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveError {
+    /// The user's credits: what they can spend right now.
+    Credits(Shortfall),
+    /// The platform's daily budget (`PLATFORM_DAILY_BUDGET_CENTS`) is spent, or held by calls in flight.
+    PlatformBudget,
 }
 
 /// Where a hold was taken: Redis, or this replica's memory (the memory backend, or Redis down).
@@ -54,30 +64,30 @@ pub struct HoldRef {
     pub place: Place,
 }
 
-/// Costs not stored by Directus yet, per user: their total and the calls they came from.
-pub type Unstored = HashMap<UserId, (Cents, Vec<Uuid>)>;
+/// Costs not stored by Directus yet, per book: their total and the calls they came from.
+pub type Unstored = HashMap<BookId, (Cents, Vec<Uuid>)>;
 
-/// The users' credit books: holds of calls in flight, costs Directus has not stored yet, and costs stored
-/// since a ledger reading.
+/// The credit books ([`BookId`]): holds of calls in flight, costs Directus has not stored yet, and costs
+/// stored since a ledger reading.
 #[async_trait::async_trait]
 pub trait CreditBooks: Send + Sync {
-    /// What `user` can spend now, given the ledger as last read.
-    async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents;
+    /// What can be spent from `book` now, given the ledger as last read.
+    async fn available(&self, book: BookId, ledger: LedgerReading) -> Cents;
 
     /// Reserves `amount` atomically: concurrent reservations never exceed what is available.
-    async fn reserve(&self, user: UserId, ledger: LedgerReading, amount: Cents) -> Result<HoldRef, Shortfall>;
+    async fn reserve(&self, book: BookId, ledger: LedgerReading, amount: Cents) -> Result<HoldRef, Shortfall>;
 
     /// The call still runs (a long stream): its hold of `amount` does not expire yet.
-    async fn extend(&self, user: UserId, hold: HoldRef, amount: Cents);
+    async fn extend(&self, book: BookId, hold: HoldRef, amount: Cents);
 
     /// The call `request_id` ended and cost `cost`, which replaces its hold (no hold: a cost counted again).
-    async fn settle(&self, user: UserId, hold: Option<HoldRef>, request_id: Uuid, cost: Cents);
+    async fn settle(&self, book: BookId, hold: Option<HoldRef>, request_id: Uuid, cost: Cents);
 
     /// The call ended without a cost: its hold is gone.
-    async fn release(&self, user: UserId, hold: HoldRef);
+    async fn release(&self, book: BookId, hold: HoldRef);
 
     /// Directus stored `request_id`'s cost at `at`: ledger readings made after that count it themselves.
-    async fn stored(&self, user: UserId, request_id: Uuid, cost: Cents, at: UnixMillis);
+    async fn stored(&self, book: BookId, request_id: Uuid, cost: Cents, at: UnixMillis);
 
     /// At startup: the costs this replica's outbox still holds count again (and only those).
     async fn restore(&self, unstored: Unstored);
@@ -87,14 +97,20 @@ pub struct Reservations {
     books: Arc<dyn CreditBooks>,
     /// Holds of calls in flight in this process.
     open: AtomicUsize,
+    /// With `PLATFORM_DAILY_BUDGET_CENTS`: every credit call reserves from the platform's day as well.
+    platform: Option<Arc<PlatformBudget>>,
 }
 
 impl Reservations {
     /// How old a ledger reading can be when it is used: `fresh_reading` normally (the caller cache's
     /// lifetime), `oldest_reading` at most (stale service during a Directus outage included). Stored costs are
     /// kept that long, to the second while fresh readings may predate them, to the minute after.
-    pub fn in_memory(fresh_reading: Duration, oldest_reading: Duration) -> Arc<Reservations> {
-        Reservations::with(Arc::new(MemoryReservations::new(fresh_reading, oldest_reading)))
+    pub fn in_memory(
+        fresh_reading: Duration,
+        oldest_reading: Duration,
+        platform: Option<Arc<PlatformBudget>>,
+    ) -> Arc<Reservations> {
+        Reservations::with(Arc::new(MemoryReservations::new(fresh_reading, oldest_reading)), platform)
     }
 
     /// In Redis, shared by every replica; `replica` names this one (stable across its restarts).
@@ -103,34 +119,63 @@ impl Reservations {
         replica: String,
         fresh_reading: Duration,
         oldest_reading: Duration,
+        platform: Option<Arc<PlatformBudget>>,
     ) -> Arc<Self> {
-        Reservations::with(Arc::new(RedisReservations::new(redis, replica, fresh_reading, oldest_reading)))
+        Reservations::with(Arc::new(RedisReservations::new(redis, replica, fresh_reading, oldest_reading)), platform)
     }
 
-    fn with(books: Arc<dyn CreditBooks>) -> Arc<Reservations> {
-        Arc::new(Reservations { books, open: AtomicUsize::new(0) })
+    fn with(books: Arc<dyn CreditBooks>, platform: Option<Arc<PlatformBudget>>) -> Arc<Reservations> {
+        Arc::new(Reservations { books, open: AtomicUsize::new(0), platform })
     }
 
     /// What `user` can spend now, given the ledger as last read.
     pub async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents {
-        self.books.available(user, ledger).await
+        self.books.available(BookId::Credits(user), ledger).await
     }
 
-    /// Reserves `amount` for one call, atomically: concurrent calls can never reserve more than is available.
+    /// Reserves `amount` for one call, atomically: concurrent calls can never reserve more than the user's
+    /// credits allow, nor, with a platform budget, more than is left of the platform's day.
     pub async fn reserve(
         self: &Arc<Self>,
         user: UserId,
         ledger: LedgerReading,
         amount: Cents,
-    ) -> Result<Hold, Shortfall> {
-        let hold = self.books.reserve(user, ledger, amount).await?;
+    ) -> Result<Hold, ReserveError> {
+        let credits = self.books.reserve(BookId::Credits(user), ledger, amount).await.map_err(ReserveError::Credits)?;
+        let platform = match &self.platform {
+            None => None,
+            Some(budget) => match self.books.reserve(BookId::Platform, budget.reading(), amount).await {
+                Ok(hold) => Some(hold),
+                Err(_) => {
+                    self.books.release(BookId::Credits(user), credits).await;
+                    budget.exhausted();
+                    return Err(ReserveError::PlatformBudget);
+                }
+            },
+        };
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Hold { reservations: Arc::clone(self), user, hold, amount, done: false })
+        Ok(Hold { reservations: Arc::clone(self), user, credits, platform, amount, done: false })
+    }
+
+    /// At startup, before calls come: the platform's spending today, so its budget holds from the first call.
+    pub async fn prime(&self) {
+        if let Some(budget) = &self.platform {
+            budget.read().await;
+        }
+    }
+
+    /// The books a record of `source` counts in.
+    fn books_of(&self, user: UserId, source: Source) -> impl Iterator<Item = BookId> {
+        let internal = source == Source::Internal;
+        let platform = internal && self.platform.is_some();
+        [internal.then_some(BookId::Credits(user)), platform.then_some(BookId::Platform)].into_iter().flatten()
     }
 
     /// Directus stored `record`'s deduction at `at`: from then on the ledger counts it.
     pub async fn stored(&self, record: &UsageRecord, at: OffsetDateTime) {
-        self.books.stored(record.user, record.request_id, record.cost_cents, unix_millis(at)).await;
+        for book in self.books_of(record.user, record.source) {
+            self.books.stored(book, record.request_id, record.cost_cents, unix_millis(at)).await;
+        }
     }
 
     /// After a restart: every internal-credit record still in the outbox, waiting or refused by Directus,
@@ -139,10 +184,12 @@ impl Reservations {
         let mut unstored = Unstored::new();
         let records = outbox.all_records()?;
         let restored = records.iter().filter(|r| r.source == Source::Internal).count();
-        for record in records.into_iter().filter(|r| r.source == Source::Internal) {
-            let entry = unstored.entry(record.user).or_default();
-            entry.0 += record.cost_cents;
-            entry.1.push(record.request_id);
+        for record in records {
+            for book in self.books_of(record.user, record.source) {
+                let entry = unstored.entry(book).or_default();
+                entry.0 += record.cost_cents;
+                entry.1.push(record.request_id);
+            }
         }
         self.books.restore(unstored).await;
         Ok(restored)
@@ -157,19 +204,34 @@ impl Reservations {
     /// least the cost) still counts.
     fn settle(&self, hold: &Hold, request_id: Uuid, cost: Cents) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        let (books, user, held) = (Arc::clone(&self.books), hold.user, hold.hold);
-        now_or_later(async move { books.settle(user, Some(held), request_id, cost).await });
+        let books = Arc::clone(&self.books);
+        let held = hold.books();
+        now_or_later(async move {
+            for (book, held) in held.into_iter().flatten() {
+                books.settle(book, Some(held), request_id, cost).await;
+            }
+        });
     }
 
     fn release(&self, hold: &Hold) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        let (books, user, held) = (Arc::clone(&self.books), hold.user, hold.hold);
-        now_or_later(async move { books.release(user, held).await });
+        let books = Arc::clone(&self.books);
+        let held = hold.books();
+        now_or_later(async move {
+            for (book, held) in held.into_iter().flatten() {
+                books.release(book, held).await;
+            }
+        });
     }
 
     fn extend(&self, hold: &Hold) {
-        let (books, user, held, amount) = (Arc::clone(&self.books), hold.user, hold.hold, hold.amount);
-        now_or_later(async move { books.extend(user, held, amount).await });
+        let (books, amount) = (Arc::clone(&self.books), hold.amount);
+        let held = hold.books();
+        now_or_later(async move {
+            for (book, held) in held.into_iter().flatten() {
+                books.extend(book, held, amount).await;
+            }
+        });
     }
 }
 
@@ -214,12 +276,18 @@ impl<S: UsageSink> UsageSink for LedgerSink<S> {
 pub struct Hold {
     reservations: Arc<Reservations>,
     user: UserId,
-    hold: HoldRef,
+    credits: HoldRef,
+    /// The same amount held from the platform's day, under a platform budget.
+    platform: Option<HoldRef>,
     amount: Cents,
     done: bool,
 }
 
 impl Hold {
+    fn books(&self) -> [Option<(BookId, HoldRef)>; 2] {
+        [Some((BookId::Credits(self.user), self.credits)), self.platform.map(|hold| (BookId::Platform, hold))]
+    }
+
     pub fn amount(&self) -> Cents {
         self.amount
     }
@@ -258,7 +326,7 @@ pub fn now_millis() -> UnixMillis {
     unix_millis(OffsetDateTime::now_utc())
 }
 
-fn unix_millis(at: OffsetDateTime) -> UnixMillis {
+pub fn unix_millis(at: OffsetDateTime) -> UnixMillis {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
@@ -283,7 +351,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_reservations_never_exceed_the_balance() {
-        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60));
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), None);
         let u = user();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
@@ -305,13 +373,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_users_credit_calls_hold_from_the_platforms_day_and_one_that_would_pass_it_holds_nothing() {
+        let unreachable = crate::directus::DirectusClient::new(
+            "http://127.0.0.1:9".parse().unwrap(),
+            secrecy::SecretString::from("token"),
+            Duration::from_millis(50),
+        );
+        let budget = PlatformBudget::new(Cents::whole(100), unreachable, Duration::from_secs(5));
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), Some(budget));
+        let (a, b) = (user(), user());
+        let held = reservations.reserve(a, reading(1_000), Cents::whole(60)).await.unwrap();
+        let refused = reservations.reserve(b, reading(1_000), Cents::whole(60)).await.unwrap_err();
+        assert_eq!(refused, ReserveError::PlatformBudget);
+        assert_eq!(reservations.available(b, reading(1_000)).await, Cents::whole(1_000), "b's credits hold nothing");
+        assert_eq!(reservations.open_holds(), 1);
+        // a's call cost less than it held: what is left of the day is there for b.
+        held.settle(Uuid::new_v4(), Cents::whole(30));
+        let b_held = reservations.reserve(b, reading(1_000), Cents::whole(60)).await.unwrap();
+        assert_eq!(
+            reservations.reserve(a, reading(1_000), Cents::whole(20)).await.unwrap_err(),
+            ReserveError::PlatformBudget
+        );
+        drop(b_held);
+        assert!(reservations.reserve(a, reading(1_000), Cents::whole(60)).await.is_ok(), "b's hold went back");
+    }
+
+    #[tokio::test]
     async fn a_dropped_hold_is_released_and_the_user_forgotten() {
-        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60));
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), None);
         let u = user();
         let hold = reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap();
         assert_eq!(
-            reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err().available,
-            Cents::whole(40)
+            reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err(),
+            ReserveError::Credits(Shortfall { available: Cents::whole(40) })
         );
         drop(hold);
         assert_eq!(reservations.available(u, reading(100)).await, Cents::whole(100));
@@ -323,7 +417,7 @@ mod tests {
         let outbox = crate::accounting::outbox::tests::open(&dir);
         let u = user();
         outbox.import(&[record(u, 30)], None).unwrap();
-        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60));
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), None);
         assert_eq!(reservations.restore_from(&outbox).await.unwrap(), 1);
         let before = reading(100);
         assert_eq!(reservations.available(u, before).await, Cents::whole(70));

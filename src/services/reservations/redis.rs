@@ -1,5 +1,5 @@
 //! Credit books in Redis, seen by every replica: the same rules as [`crate::domain::credit_book`], run
-//! atomically in Redis scripts, per user:
+//! atomically in Redis scripts, per book (a user's credits: `{user}`; the platform's day: `{platform}`):
 //!
 //! - `credit:{user}:holds`: hold id → `amount|expires` (billionths of a cent, Unix milliseconds);
 //! - `credit:{user}:unstored`: replica id → cost of its finished calls Directus has not stored yet (each
@@ -19,9 +19,8 @@ use uuid::Uuid;
 
 use super::memory::{MemoryReservations, millis};
 use super::{CreditBooks, HoldRef, Place, Shortfall, Unstored, now_millis, ttl_millis};
-use crate::domain::credit_book::{HoldId, LedgerReading, UnixMillis};
+use crate::domain::credit_book::{BookId, HoldId, LedgerReading, UnixMillis};
 use crate::domain::money::Cents;
-use crate::domain::user::UserId;
 use crate::shared::redis::{Redis, RedisFailure, key};
 use crate::sync;
 
@@ -63,9 +62,9 @@ pub struct RedisReservations {
     stored: Script,
 }
 
-fn keys(user: UserId) -> [String; 3] {
-    let user = format!("{{{user}}}");
-    [key(&["credit", &user, "holds"]), key(&["credit", &user, "unstored"]), key(&["credit", &user, "stored"])]
+fn keys(book: BookId) -> [String; 3] {
+    let tag = book.to_string();
+    [key(&["credit", &tag, "holds"]), key(&["credit", &tag, "unstored"]), key(&["credit", &tag, "stored"])]
 }
 
 impl RedisReservations {
@@ -86,9 +85,9 @@ impl RedisReservations {
         }
     }
 
-    fn settle_locally(&self, user: UserId, hold: Option<HoldId>, request_id: Uuid, cost: Cents, now: UnixMillis) {
+    fn settle_locally(&self, book: BookId, hold: Option<HoldId>, request_id: Uuid, cost: Cents, now: UnixMillis) {
         sync::lock(&self.settled_locally).insert(request_id);
-        self.local.with_book(user, now, |book| match hold {
+        self.local.with_book(book, now, |book| match hold {
             Some(id) => book.settle(id, cost),
             None => book.add_unstored(cost),
         });
@@ -126,8 +125,8 @@ impl RedisReservations {
             }
             cursor = next;
         }
-        for (user, (cost, _)) in unstored {
-            let [_, hash, _] = keys(user);
+        for (book, (cost, _)) in unstored {
+            let [_, hash, _] = keys(book);
             self.redis
                 .run(|mut c| async move {
                     redis::cmd("HSET").arg(hash).arg(&self.replica).arg(cost.nanos()).query_async::<i64>(&mut c).await
@@ -139,19 +138,19 @@ impl RedisReservations {
 
     fn restore_locally(&self, unstored: Unstored) {
         let now = now_millis();
-        for (user, (cost, request_ids)) in unstored {
+        for (book, (cost, request_ids)) in unstored {
             sync::lock(&self.settled_locally).extend(request_ids);
-            self.local.with_book(user, now, |book| book.add_unstored(cost));
+            self.local.with_book(book, now, |book| book.add_unstored(cost));
         }
     }
 }
 
 #[async_trait::async_trait]
 impl CreditBooks for RedisReservations {
-    async fn available(&self, user: UserId, ledger: LedgerReading) -> Cents {
+    async fn available(&self, book: BookId, ledger: LedgerReading) -> Cents {
         let now = now_millis();
-        let local = self.local.available(user, ledger, now);
-        let [holds, unstored, stored] = keys(user);
+        let local = self.local.available(book, ledger, now);
+        let [holds, unstored, stored] = keys(book);
         let shared = self
             .redis
             .run(|mut c| async move {
@@ -171,11 +170,11 @@ impl CreditBooks for RedisReservations {
         }
     }
 
-    async fn reserve(&self, user: UserId, ledger: LedgerReading, amount: Cents) -> Result<HoldRef, Shortfall> {
+    async fn reserve(&self, book: BookId, ledger: LedgerReading, amount: Cents) -> Result<HoldRef, Shortfall> {
         let now = now_millis();
-        let local = self.local.available(user, ledger, now);
+        let local = self.local.available(book, ledger, now);
         let id = HoldId(fastrand::u64(..));
-        let [holds, unstored, stored] = keys(user);
+        let [holds, unstored, stored] = keys(book);
         let headroom = local - amount;
         let answer = self
             .redis
@@ -198,17 +197,17 @@ impl CreditBooks for RedisReservations {
         match answer {
             Ok((1, _)) => Ok(HoldRef { id, place: Place::Redis }),
             Ok((_, committed)) => Err(Shortfall { available: local - parse_nanos(&committed) }),
-            Err(_) => self.local.reserve(user, ledger, amount, now).map(|id| HoldRef { id, place: Place::Local }),
+            Err(_) => self.local.reserve(book, ledger, amount, now).map(|id| HoldRef { id, place: Place::Local }),
         }
     }
 
-    async fn extend(&self, user: UserId, hold: HoldRef, amount: Cents) {
+    async fn extend(&self, book: BookId, hold: HoldRef, amount: Cents) {
         let HoldRef { id, place } = hold;
         let now = now_millis();
         match place {
-            Place::Local => self.local.with_book(user, now, |book| book.extend(id, now, ttl_millis())),
+            Place::Local => self.local.with_book(book, now, |book| book.extend(id, now, ttl_millis())),
             Place::Redis => {
-                let [holds, ..] = keys(user);
+                let [holds, ..] = keys(book);
                 let _ = self
                     .redis
                     .run(|mut c| async move {
@@ -227,13 +226,13 @@ impl CreditBooks for RedisReservations {
     }
 
     /// A call's hold gives way to its cost (no hold: a cost counted again at startup).
-    async fn settle(&self, user: UserId, hold: Option<HoldRef>, request_id: Uuid, cost: Cents) {
+    async fn settle(&self, book: BookId, hold: Option<HoldRef>, request_id: Uuid, cost: Cents) {
         let now = now_millis();
         if let Some(HoldRef { id, place: Place::Local }) = hold {
-            self.settle_locally(user, Some(id), request_id, cost, now);
+            self.settle_locally(book, Some(id), request_id, cost, now);
             return;
         }
-        let [holds, unstored, _] = keys(user);
+        let [holds, unstored, _] = keys(book);
         let hold_id = hold.map(|hold| hold.id.0.to_string()).unwrap_or_default();
         let shared = self
             .redis
@@ -250,16 +249,16 @@ impl CreditBooks for RedisReservations {
             .await;
         if shared.is_err() {
             // The shared hold expires by itself; the cost counts here until Directus has it.
-            self.settle_locally(user, None, request_id, cost, now);
+            self.settle_locally(book, None, request_id, cost, now);
         }
     }
 
-    async fn release(&self, user: UserId, hold: HoldRef) {
+    async fn release(&self, book: BookId, hold: HoldRef) {
         let HoldRef { id, place } = hold;
         match place {
-            Place::Local => self.local.with_book(user, now_millis(), |book| book.release(id)),
+            Place::Local => self.local.with_book(book, now_millis(), |book| book.release(id)),
             Place::Redis => {
-                let [holds, ..] = keys(user);
+                let [holds, ..] = keys(book);
                 let _ = self
                     .redis
                     .run(
@@ -271,13 +270,13 @@ impl CreditBooks for RedisReservations {
     }
 
     /// Directus stored a call's cost at `at`: recorded where the call was settled.
-    async fn stored(&self, user: UserId, request_id: Uuid, cost: Cents, at: UnixMillis) {
+    async fn stored(&self, book: BookId, request_id: Uuid, cost: Cents, at: UnixMillis) {
         let now = now_millis();
         if sync::lock(&self.settled_locally).remove(&request_id) {
-            self.local.with_book(user, now, |book| book.stored(cost, at));
+            self.local.with_book(book, now, |book| book.stored(cost, at));
             return;
         }
-        let [_, unstored, stored] = keys(user);
+        let [_, unstored, stored] = keys(book);
         let start = at - at.rem_euclid(1_000);
         let result = self
             .redis

@@ -1,14 +1,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use byok_bridge::domain::credit_book::LedgerReading;
+use byok_bridge::domain::credit_book::{BookId, LedgerReading};
 use byok_bridge::domain::money::Cents;
 use byok_bridge::domain::user::UserId;
 use byok_bridge::services::reservations::{CreditBooks, now_millis};
 use uuid::Uuid;
 
-fn user() -> UserId {
-    UserId::parse(&Uuid::new_v4().to_string()).unwrap()
+/// A new user's credit book.
+fn user() -> BookId {
+    BookId::Credits(UserId::parse(&Uuid::new_v4().to_string()).unwrap())
 }
 
 fn reading(balance: i64) -> LedgerReading {
@@ -20,6 +21,10 @@ fn reading(balance: i64) -> LedgerReading {
 pub async fn suite(books: Arc<dyn CreditBooks>) {
     let u = user();
     assert_eq!(books.available(u, reading(100)).await, Cents::whole(100), "nothing held: the balance");
+    // The platform's book is a book of its own: what it holds is nobody's credits.
+    let platform = books.reserve(BookId::Platform, reading(1_000), Cents::whole(90)).await.expect("within the cap");
+    assert_eq!(books.available(u, reading(100)).await, Cents::whole(100), "the platform's hold is not the user's");
+    books.release(BookId::Platform, platform).await;
     let hold = books.reserve(u, reading(100), Cents::whole(60)).await.expect("within the balance");
     let refused = books.reserve(u, reading(100), Cents::whole(60)).await.expect_err("beyond what is left");
     assert_eq!(refused.available, Cents::whole(40));
