@@ -54,8 +54,12 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         settings.provider_generation_timeout,
     );
     let flags = Arc::new(FlagCache::new(directus.clone(), settings.flag_cache_ttl));
-    let callers =
-        Arc::new(CallerDirectory::new(directus.clone(), settings.user_cache_ttl, settings.stale_caller_max_age));
+    let callers = Arc::new(CallerDirectory::new(
+        directus.clone(),
+        settings.user_cache_ttl,
+        settings.stale_caller_max_age,
+        !settings.budgets.is_empty(),
+    ));
     let vault = Arc::new(KeyVault::new(settings.keyring.clone(), directus.clone(), providers.clone()));
     let store = Arc::new(Store::open(&settings.data_dir.join("byok-bridge.db"))?);
     // Stored costs are kept as long as any ledger reading in use can predate them.
@@ -79,6 +83,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         Arc::clone(&flags),
         Arc::clone(&callers),
         Arc::clone(&reservations),
+        Arc::clone(&settings.budgets),
         vault.is_configured(),
     ));
     let notifier = Arc::new(Notifier::new(directus.clone(), Arc::clone(&claims), settings.public_url.as_ref()));

@@ -25,10 +25,12 @@ use self::reader::{Reader, http_url};
 use crate::clock::Clock;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
+use crate::domain::budget::{BudgetCaps, BudgetPolicy};
 use crate::domain::client_address::TrustedProxies;
 use crate::domain::money::Cents;
 use crate::domain::pricing::PriceTable;
 use crate::domain::sign_in::SignInPolicy;
+use crate::domain::tier::SubscriptionTier;
 
 /// What a request body limit may be set to: 64 KiB to 64 MiB.
 const BODY_LIMITS: std::ops::RangeInclusive<u64> = 64 << 10..=64 << 20;
@@ -133,6 +135,8 @@ pub struct Settings {
     pub payments: PaymentsConfig,
     /// What all users together may spend on the platform's keys in a UTC day; `None`: no cap.
     pub platform_daily_budget: Option<Cents>,
+    /// Each tier's caps on credit spending per day and month.
+    pub budgets: Arc<BudgetPolicy>,
     /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
     pub clock: Clock,
 }
@@ -344,6 +348,21 @@ impl Settings {
 
         let jobs = jobs::read(&mut r);
         let payments = payments::read(&mut r);
+        let mut tiers = Vec::new();
+        for (var, tier) in [
+            ("BUDGET_FREE", SubscriptionTier::Free),
+            ("BUDGET_PREMIUM", SubscriptionTier::Premium),
+            ("BUDGET_LIFETIME", SubscriptionTier::Lifetime),
+        ] {
+            let caps = r.parsed(
+                var,
+                BudgetCaps::default(),
+                "List caps in whole cents, e.g. credits.daily=500,credits.monthly=5000",
+                str::parse,
+            );
+            tiers.push((tier, caps.0));
+        }
+        let budgets = Arc::new(BudgetPolicy::with(tiers));
         let platform_daily_budget = r.parsed(
             "PLATFORM_DAILY_BUDGET_CENTS",
             None,
@@ -427,6 +446,7 @@ impl Settings {
                     jobs,
                     payments,
                     platform_daily_budget,
+                    budgets,
                     clock: Clock::system(),
                 })
             }

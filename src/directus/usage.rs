@@ -9,6 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{DirectusClient, DirectusError};
 use crate::accounting::{DeliveryError, UsageSink};
+use crate::domain::budget::{Period, Spending};
 use crate::domain::money::Cents;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
@@ -48,20 +49,37 @@ impl DirectusClient {
         self.send(request).await.map(drop)
     }
 
-    /// What calls on the platform's keys cost since `since`, for every user together (deductions that came
-    /// from a call: they name a provider).
+    /// What calls on the platform's keys cost since `since`, for every user together.
     pub async fn platform_spend_since(&self, since: OffsetDateTime) -> Result<Cents, DirectusError> {
+        self.credit_spend_since(None, since).await
+    }
+
+    /// What the user's calls on credits cost today and this month (UTC), as of `now`.
+    pub async fn credit_spending(&self, user: UserId, now: OffsetDateTime) -> Result<Spending, DirectusError> {
+        let (today, this_month) = tokio::join!(
+            self.credit_spend_since(Some(user), Period::Day.start(now)),
+            self.credit_spend_since(Some(user), Period::Month.start(now)),
+        );
+        Ok(Spending { at: now, today: today?, this_month: this_month? })
+    }
+
+    /// Deductions that came from calls (they name a provider; a refunded purchase does not) since `since`:
+    /// the user's, or everybody's.
+    async fn credit_spend_since(&self, user: Option<UserId>, since: OffsetDateTime) -> Result<Cents, DirectusError> {
         let since = since.format(&Rfc3339).map_err(|e| DirectusError::Decode(e.to_string()))?;
-        let request = self.request(Method::GET, "/items/credit_transactions").query(&[
+        let mut request = self.request(Method::GET, "/items/credit_transactions").query(&[
             ("aggregate[sum]", "cost_cents"),
             ("filter[transaction_type][_eq]", "deduction"),
             ("filter[provider][_nnull]", "true"),
             ("filter[occurred_at][_gte]", &since),
         ]);
+        if let Some(user) = user {
+            request = request.query(&[("filter[user][_eq]", user.to_string())]);
+        }
         let sums: Vec<Value> = self.data(request).await?;
         match sums.first().map(|group| &group["sum"]["cost_cents"]) {
             None | Some(Value::Null) => Ok(Cents::ZERO),
-            Some(sum) => Cents::from_json(sum).map_err(|_| DirectusError::Decode("platform spend".into())),
+            Some(sum) => Cents::from_json(sum).map_err(|_| DirectusError::Decode("credit spending".into())),
         }
     }
 

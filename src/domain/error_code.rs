@@ -79,6 +79,7 @@ codes! {
     ByokKeyRequired = ("byok_key_required", 403, "This platform requires your own API key for AI features. Add one on your account page."),
     ByokRequiresUpgrade = ("byok_requires_upgrade", 403, "Using your own API key needs a premium plan. Upgrade to use AI features."),
     InsufficientCredits = ("insufficient_credits", 402, "You do not have enough credits for this request. Top up, or add your own API key."),
+    BudgetExceeded = ("budget_exceeded", 402, "This request could take your spending past one of your caps. Wait until the cap starts over, or ask to raise it."),
     NoCreditsOrKey = ("no_credits_or_key", 402, "You have no credits left and no usable API key of your own. Top up, or add your own key."),
     ByokNotConfigured = ("byok_not_configured", 503, "Saving your own API keys is not available: key storage is not configured on this platform. Please contact support."),
     ByokDisabled = ("byok_disabled", 404, "Bring-your-own-key is switched off on this platform."),

@@ -1,6 +1,7 @@
 //! Pure business rules: no I/O, no clocks, no HTTP. Everything here is unit-testable in isolation.
 
 pub mod api_key;
+pub mod budget;
 pub mod client_address;
 pub mod credit_book;
 pub mod credits;

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use time::format_description::well_known::Rfc3339;
 
 use crate::directus::DirectusError;
 use crate::domain::error_code::{Code, Coded};
@@ -24,7 +25,8 @@ use crate::services::payments::PaymentError;
 use crate::services::standing::ContextError;
 
 /// `{"error": {"code", "message"}}`: the shape of every error answer, for the OpenAPI document. Some codes
-/// add fields beside `code` and `message` (`insufficient_credits`: `needed_cents`, `available_cents`).
+/// add fields beside `code` and `message` (`insufficient_credits`: `needed_cents`, `available_cents`;
+/// `budget_exceeded`: `cap`, `limit_cents`, `resets_at`; refusals for credit: `purchase_url` when set).
 #[derive(utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -176,6 +178,11 @@ impl IntoResponse for ApiError {
         if let Some(Refusal::InsufficientCredits { needed, available }) = self.refusal() {
             error["needed_cents"] = json!(needed);
             error["available_cents"] = json!(available);
+        }
+        if let ApiError::Gateway(GatewayError::Budget(exceeded)) = &self {
+            error["cap"] = json!(exceeded.cap_name());
+            error["limit_cents"] = json!(exceeded.cap.limit);
+            error["resets_at"] = json!(exceeded.resets_at.format(&Rfc3339).unwrap_or_default());
         }
         let mut response = (status, Json(json!({"error": error}))).into_response();
         if let Some(wait) = self.retry_after() {

@@ -4,9 +4,13 @@
 
 use std::sync::Arc;
 
+use time::OffsetDateTime;
+
 use super::callers::{CallerDirectory, CallerError, CallerRead};
 use super::flag_cache::{FlagCache, FlagState, FlagsUnavailable};
 use super::reservations::Reservations;
+use crate::domain::budget::{self, BudgetExceeded, BudgetPolicy};
+use crate::domain::credit_book::LedgerReading;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
@@ -52,11 +56,15 @@ impl Coded for ContextError {
     }
 }
 
-/// A user's context and the credits they can spend now: the balance less open holds and the costs the ledger
-/// does not show yet.
+/// A user's context and the credits they can spend now: the balance (or what their tightest spending cap
+/// leaves, if less) less open holds and the costs the ledger does not show yet.
 pub struct Standing {
     pub context: CallContext,
     pub available: Cents,
+    /// What the user's credit book may spend from: the ledger reading, lowered to what the tightest cap leaves.
+    pub credits: LedgerReading,
+    /// The cap that leaves less than the balance: a shortfall of credits is this cap being reached.
+    pub capped_by: Option<BudgetExceeded>,
     vault_configured: bool,
 }
 
@@ -71,6 +79,14 @@ impl Standing {
         routing::decide(&self.context.flags.snapshot.flags, view, provider, self.vault_configured)
     }
 
+    /// The cap behind a refusal for credit, when a cap (not the balance) left too little.
+    pub fn cap_reached(&self, refusal: &Refusal) -> Option<BudgetExceeded> {
+        match refusal {
+            Refusal::InsufficientCredits { .. } | Refusal::NoCreditsOrKey { .. } => self.capped_by,
+            _ => None,
+        }
+    }
+
     /// Who would pay a call to `provider` now, with no particular call in mind: credits count when there are any.
     pub fn decide_any_call(&self, provider: Provider) -> Result<Decision, Refusal> {
         self.decide(&self.view(provider, Cents::from_nanos(1)), provider)
@@ -81,6 +97,7 @@ pub struct Standings {
     flags: Arc<FlagCache>,
     callers: Arc<CallerDirectory>,
     reservations: Arc<Reservations>,
+    budgets: Arc<BudgetPolicy>,
     vault_configured: bool,
 }
 
@@ -89,9 +106,10 @@ impl Standings {
         flags: Arc<FlagCache>,
         callers: Arc<CallerDirectory>,
         reservations: Arc<Reservations>,
+        budgets: Arc<BudgetPolicy>,
         vault_configured: bool,
     ) -> Self {
-        Standings { flags, callers, reservations, vault_configured }
+        Standings { flags, callers, reservations, budgets, vault_configured }
     }
 
     /// Reads the flags and the caller concurrently and refuses inactive accounts.
@@ -107,7 +125,16 @@ impl Standings {
     /// The context, and the credits the user can spend now.
     pub async fn of(&self, user: UserId) -> Result<Standing, ContextError> {
         let context = self.context(user).await?;
-        let available = self.reservations.available(user, context.caller.profile.ledger).await;
-        Ok(Standing { context, available, vault_configured: self.vault_configured })
+        let profile = &context.caller.profile;
+        let now = OffsetDateTime::now_utc();
+        let (credits, capped_by) =
+            match budget::tightest(self.budgets.caps(profile.tier), profile.spending.as_ref(), now) {
+                Some((cap, left)) if left < profile.ledger.balance => {
+                    (LedgerReading { balance: left, ..profile.ledger }, Some(BudgetExceeded::new(cap, now)))
+                }
+                _ => (profile.ledger, None),
+            };
+        let available = self.reservations.available(user, credits).await;
+        Ok(Standing { context, available, credits, capped_by, vault_configured: self.vault_configured })
     }
 }

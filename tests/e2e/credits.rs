@@ -120,3 +120,52 @@ async fn the_platforms_daily_budget_refuses_credit_calls_of_every_user_but_not_o
     assert_eq!(refused.status(), 503, "credits stay refused for the rest of the day");
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_tiers_daily_cap_refuses_the_call_that_would_pass_it_even_under_twenty_at_once() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = crate::harness::client();
+    instance.set_byok_first(&http).await;
+    let providers = fake_providers().await;
+    mount_expensive_gpt4o(&providers).await;
+    let sidecar = gateway_sidecar(
+        &instance,
+        &providers,
+        &[("BUDGET_FREE", "credits.daily=100,credits.monthly=100000"), ("RATE_LIMIT_FREE_PER_MIN", "1000")],
+    )
+    .await;
+    // Plenty of credits: only the cap can refuse.
+    let (user, token) = instance.new_user(&http, "free", "10000").await;
+
+    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
+    let calls: Vec<_> = (0..20)
+        .map(|_| http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&body).send())
+        .collect();
+    let mut statuses = Vec::new();
+    let mut refusal = serde_json::Value::Null;
+    for response in futures_util::future::join_all(calls).await {
+        let response = response.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 402 {
+            refusal = response.json().await.unwrap();
+        }
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 19, "{statuses:?}");
+    let error = &refusal["error"];
+    assert_eq!((&error["code"], &error["cap"]), (&json!("budget_exceeded"), &json!("credits.daily")), "{refusal}");
+    let tomorrow = time::OffsetDateTime::now_utc().date().next_day().unwrap();
+    assert_eq!(error["resets_at"], format!("{tomorrow}T00:00:00Z"), "{refusal}");
+    assert!(error["message"].as_str().unwrap().contains("daily cap of 100 cents"), "{refusal}");
+
+    // What the cap leaves still pays for a small call; the ledger shows spending within the cap.
+    let cheap = json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&cheap).send().await;
+    assert_eq!(response.unwrap().status(), 200);
+    let query = [("filter[user][_eq]", user.as_str()), ("filter[transaction_type][_eq]", "deduction")];
+    let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &query, 2).await;
+    let spent: f64 = rows.iter().map(|r| Cents::from_json(&r["cost_cents"]).unwrap().as_f64()).sum();
+    assert!(spent <= 100.0, "spent {spent} cents under a 100-cent cap");
+    sidecar.stop().await;
+}

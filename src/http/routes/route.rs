@@ -10,6 +10,7 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
 use std::sync::Arc;
 
+use crate::services::gateway::GatewayError;
 use crate::services::standing::Standings;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -55,7 +56,10 @@ pub async fn decide(
 ) -> Result<Json<RouteResponse>, ApiError> {
     let provider: Provider = request.provider.parse()?;
     let standing = standings.of(user).await?;
-    let decision = standing.decide_any_call(provider)?;
+    let decision = standing.decide_any_call(provider).map_err(|refusal| match standing.cap_reached(&refusal) {
+        Some(exceeded) => ApiError::from(GatewayError::Budget(exceeded)),
+        None => ApiError::from(refusal),
+    })?;
     // Per request, so DEBUG (at INFO it cost a tenth of this endpoint's CPU); metrics count every decision.
     tracing::debug!(%user, source = ?decision.source, %provider, mode = ?decision.mode, "routed");
     crate::metrics::route_decision(provider, decision.source);

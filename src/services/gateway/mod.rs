@@ -28,7 +28,9 @@ use super::key_vault::{KeyVault, VaultError};
 use super::meter::{Charge, Meter, MeteredStream};
 use super::reservations::{Hold, Reservations, ReserveError, Shortfall};
 use super::standing::ContextError;
-use super::standing::Standings;
+use super::standing::{Standing, Standings};
+use crate::domain::budget::BudgetExceeded;
+use crate::domain::credit_book::LedgerReading;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::flags::RoutingMode;
 use crate::domain::llm::{Api, LlmRequest, estimated_usage, usage_from_response};
@@ -159,6 +161,9 @@ pub enum GatewayError {
     /// The platform's daily budget is spent: credit calls wait for the next UTC day.
     #[error("the platform's daily budget is spent")]
     PlatformBudgetExhausted,
+    /// The call could pass one of the user's spending caps.
+    #[error(transparent)]
+    Budget(BudgetExceeded),
 }
 
 impl Coded for GatewayError {
@@ -178,6 +183,7 @@ impl Coded for GatewayError {
             GatewayError::SpecialServiceTier(_) => Code::ServiceTierNotAvailable,
             GatewayError::Unavailable { .. } => Code::AiUnavailable,
             GatewayError::PlatformBudgetExhausted => Code::PlatformBudgetExhausted,
+            GatewayError::Budget(exceeded) => exceeded.code(),
         }
     }
 
@@ -186,6 +192,7 @@ impl Coded for GatewayError {
             GatewayError::Context(error) => error.message(),
             GatewayError::Refused(refusal) => refusal.message(),
             GatewayError::Vault(error) => error.message(),
+            GatewayError::Budget(exceeded) => exceeded.message(),
             GatewayError::RateLimited { .. } => "You are sending requests faster than your plan allows. Wait a \
                  moment and retry, or add your own API key to remove the limit."
                 .into(),
@@ -376,8 +383,28 @@ impl Gateway {
         request: &LlmRequest,
         retries: Retries,
     ) -> Result<Forwarded, GatewayError> {
-        let provider = api.provider();
         let standing = self.standings.of(user).await?;
+        let capped_by = standing.capped_by;
+        self.call_on(standing, user, api, request, retries).await.map_err(|error| match error {
+            // Credits fell short because a spending cap left less than the balance: the cap is the reason.
+            GatewayError::Refused(Refusal::InsufficientCredits { .. } | Refusal::NoCreditsOrKey { .. })
+                if capped_by.is_some() =>
+            {
+                capped_by.map_or(error, GatewayError::Budget)
+            }
+            error => error,
+        })
+    }
+
+    async fn call_on(
+        &self,
+        standing: Standing,
+        user: UserId,
+        api: Api,
+        request: &LlmRequest,
+        retries: Retries,
+    ) -> Result<Forwarded, GatewayError> {
+        let provider = api.provider();
         let staleness = standing.context.staleness();
         let caller = &standing.context.caller.profile;
         let estimate = self.meter.prices().estimate(provider, &request.model, &request.budget);
@@ -393,7 +420,7 @@ impl Gateway {
             if source == Source::Internal && request.special_service_tier {
                 return Err(GatewayError::SpecialServiceTier(provider));
             }
-            let credential = match self.credential(user, caller, provider, source, estimate).await {
+            let credential = match self.credential(user, caller, standing.credits, provider, source, estimate).await {
                 Ok(credential) => credential,
                 Err(CredentialError::KeyUnusable) => {
                     self.key_events.failed(user, provider, UpstreamFailure::InvalidKey).await;
@@ -488,6 +515,7 @@ impl Gateway {
         &self,
         user: UserId,
         caller: &CallerProfile,
+        credits: LedgerReading,
         provider: Provider,
         source: Source,
         estimate: Cents,
@@ -513,11 +541,10 @@ impl Gateway {
                     })
                 })?;
                 self.limits.credit_call(user, caller.tier).await.map_err(CredentialError::Other)?;
-                let hold =
-                    self.reservations.reserve(user, caller.ledger, estimate).await.map_err(|error| match error {
-                        ReserveError::Credits(shortfall) => CredentialError::Shortfall(shortfall),
-                        ReserveError::PlatformBudget => CredentialError::PlatformBudget,
-                    })?;
+                let hold = self.reservations.reserve(user, credits, estimate).await.map_err(|error| match error {
+                    ReserveError::Credits(shortfall) => CredentialError::Shortfall(shortfall),
+                    ReserveError::PlatformBudget => CredentialError::PlatformBudget,
+                })?;
                 Ok(Credential::Internal(key.clone(), hold))
             }
         }

@@ -1,0 +1,253 @@
+//! Spending caps: how much a user may spend in a UTC day or month, whatever their balance.
+//!
+//! A cap on credit spending is enforced through the user's credit book: what the book may spend is the
+//! balance or what the tightest cap leaves of its period, whichever is less, so the holds that keep
+//! concurrent calls from overdrawing the balance keep them from passing the cap too.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use time::{Date, Month, OffsetDateTime, Time};
+
+use super::error_code::{Code, Coded};
+use super::money::Cents;
+use super::tier::SubscriptionTier;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+impl Period {
+    fn name(self) -> &'static str {
+        match self {
+            Period::Day => "daily",
+            Period::Month => "monthly",
+        }
+    }
+
+    /// When the period that holds `now` began (UTC).
+    pub fn start(self, now: OffsetDateTime) -> OffsetDateTime {
+        let date = now.date();
+        let first = match self {
+            Period::Day => date,
+            Period::Month => date.replace_day(1).unwrap_or(date),
+        };
+        first.with_time(Time::MIDNIGHT).assume_utc()
+    }
+
+    /// When the period that holds `now` ends and the cap starts over.
+    pub fn resets_at(self, now: OffsetDateTime) -> OffsetDateTime {
+        let date = now.date();
+        let next = match self {
+            Period::Day => date.next_day(),
+            Period::Month => {
+                let (year, month) = match date.month() {
+                    Month::December => (date.year() + 1, Month::January),
+                    month => (date.year(), month.next()),
+                };
+                Date::from_calendar_date(year, month, 1).ok()
+            }
+        };
+        next.unwrap_or(date).with_time(Time::MIDNIGHT).assume_utc()
+    }
+}
+
+/// One cap on credit spending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub period: Period,
+    pub limit: Cents,
+}
+
+/// What each tier may spend in credits per day and per month (`BUDGET_FREE`, `BUDGET_PREMIUM`,
+/// `BUDGET_LIFETIME`); a tier without caps spends up to its balance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BudgetPolicy {
+    tiers: Vec<(SubscriptionTier, Vec<Cap>)>,
+}
+
+impl BudgetPolicy {
+    pub fn with(tiers: Vec<(SubscriptionTier, Vec<Cap>)>) -> Self {
+        BudgetPolicy { tiers: tiers.into_iter().filter(|(_, caps)| !caps.is_empty()).collect() }
+    }
+
+    pub fn caps(&self, tier: SubscriptionTier) -> &[Cap] {
+        self.tiers.iter().find(|(t, _)| *t == tier).map_or(&[], |(_, caps)| caps.as_slice())
+    }
+
+    /// No tier has a cap: spending need not be read at all.
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty()
+    }
+}
+
+/// `credits.daily=500,credits.monthly=5000`: whole cents per period.
+impl FromStr for BudgetCaps {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let mut caps = Vec::new();
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, cents) = entry.split_once('=').ok_or_else(|| format!("`{entry}` is not name=cents"))?;
+            let period = match name.trim() {
+                "credits.daily" => Period::Day,
+                "credits.monthly" => Period::Month,
+                _ => return Err(format!("`{}` is not credits.daily or credits.monthly", name.trim())),
+            };
+            let limit = match cents.trim().parse::<i64>() {
+                Ok(cents) if (0..=1_000_000_000_000).contains(&cents) => Cents::whole(cents),
+                _ => return Err(format!("{} must be whole cents", name.trim())),
+            };
+            if caps.iter().any(|cap: &Cap| cap.period == period) {
+                return Err(format!("{} is given twice", name.trim()));
+            }
+            caps.push(Cap { period, limit });
+        }
+        Ok(BudgetCaps(caps))
+    }
+}
+
+/// A tier's caps as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BudgetCaps(pub Vec<Cap>);
+
+/// A user's credit spending as the ledger showed it, for the periods that hold `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spending {
+    pub at: OffsetDateTime,
+    pub today: Cents,
+    pub this_month: Cents,
+}
+
+impl Spending {
+    /// What was spent in `period` as of `now`: nothing once that period has ended since the reading.
+    fn spent(&self, period: Period, now: OffsetDateTime) -> Cents {
+        if period.start(now) != period.start(self.at) {
+            return Cents::ZERO;
+        }
+        match period {
+            Period::Day => self.today,
+            Period::Month => self.this_month,
+        }
+    }
+}
+
+/// The cap that leaves least to spend, and what it leaves; `None` without caps. Without a reading of the
+/// spending (Directus unreachable for a new caller) nothing counts as spent: the holds still do.
+pub fn tightest(caps: &[Cap], spending: Option<&Spending>, now: OffsetDateTime) -> Option<(Cap, Cents)> {
+    caps.iter()
+        .map(|cap| {
+            let spent = spending.map_or(Cents::ZERO, |s| s.spent(cap.period, now));
+            (*cap, cap.limit - spent)
+        })
+        .min_by_key(|(_, left)| *left)
+}
+
+/// A call that would pass a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.explain())]
+pub struct BudgetExceeded {
+    pub cap: Cap,
+    pub resets_at: OffsetDateTime,
+}
+
+impl BudgetExceeded {
+    pub fn new(cap: Cap, now: OffsetDateTime) -> Self {
+        BudgetExceeded { cap, resets_at: cap.period.resets_at(now) }
+    }
+
+    /// `credits.daily`: which cap, as programs name it.
+    pub fn cap_name(&self) -> String {
+        format!("credits.{}", self.cap.period.name())
+    }
+
+    fn explain(&self) -> String {
+        let resets = self.resets_at.date();
+        format!(
+            "This request could take your credit spending past your {} cap of {} cents, so it was not sent. The \
+             cap starts over on {resets} at 00:00 UTC. To raise it, ask the platform's administrators, or use \
+             your own API key where your plan allows.",
+            self.cap.period.name(),
+            self.cap.limit.ceil_whole()
+        )
+    }
+}
+
+impl Coded for BudgetExceeded {
+    fn code(&self) -> Code {
+        Code::BudgetExceeded
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        self.to_string().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn caps(raw: &str) -> Vec<Cap> {
+        raw.parse::<BudgetCaps>().unwrap().0
+    }
+
+    #[test]
+    fn caps_parse_from_the_operators_list_and_bad_entries_are_named() {
+        assert_eq!(
+            caps("credits.daily=500, credits.monthly=5000"),
+            [
+                Cap { period: Period::Day, limit: Cents::whole(500) },
+                Cap { period: Period::Month, limit: Cents::whole(5000) }
+            ]
+        );
+        for bad in [
+            "credits.weekly=5",
+            "credits.daily",
+            "credits.daily=-1",
+            "credits.daily=1.5",
+            "credits.daily=1,credits.daily=2",
+        ] {
+            assert!(bad.parse::<BudgetCaps>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn periods_start_and_reset_at_utc_midnight_and_the_first_of_the_month() {
+        let now = datetime!(2026-12-31 23:59:59 UTC);
+        assert_eq!(Period::Day.start(now), datetime!(2026-12-31 00:00 UTC));
+        assert_eq!(Period::Month.start(now), datetime!(2026-12-01 00:00 UTC));
+        assert_eq!(Period::Day.resets_at(now), datetime!(2027-01-01 00:00 UTC));
+        assert_eq!(Period::Month.resets_at(now), datetime!(2027-01-01 00:00 UTC));
+        assert_eq!(Period::Month.resets_at(datetime!(2026-02-10 08:00 UTC)), datetime!(2026-03-01 00:00 UTC));
+    }
+
+    #[test]
+    fn the_tightest_cap_is_the_one_with_least_left_and_a_new_period_starts_empty() {
+        let caps = caps("credits.daily=500,credits.monthly=5000");
+        let spending =
+            Spending { at: datetime!(2026-12-05 10:00 UTC), today: Cents::whole(100), this_month: Cents::whole(4800) };
+        let (cap, left) = tightest(&caps, Some(&spending), datetime!(2026-12-05 11:00 UTC)).unwrap();
+        assert_eq!((cap.period, left), (Period::Month, Cents::whole(200)));
+        // The next day: today's spending is gone, the month's is not.
+        let (cap, left) = tightest(&caps, Some(&spending), datetime!(2026-12-06 00:00:01 UTC)).unwrap();
+        assert_eq!((cap.period, left), (Period::Month, Cents::whole(200)));
+        // The next month: both start over.
+        let (cap, left) = tightest(&caps, Some(&spending), datetime!(2027-01-01 00:00:01 UTC)).unwrap();
+        assert_eq!((cap.period, left), (Period::Day, Cents::whole(500)));
+        assert_eq!(tightest(&[], Some(&spending), datetime!(2026-12-05 11:00 UTC)), None);
+    }
+
+    #[test]
+    fn a_refusal_names_its_cap_and_when_it_resets() {
+        let cap = Cap { period: Period::Day, limit: Cents::whole(500) };
+        let exceeded = BudgetExceeded::new(cap, datetime!(2026-12-05 11:00 UTC));
+        assert_eq!(exceeded.cap_name(), "credits.daily");
+        assert_eq!(exceeded.resets_at, datetime!(2026-12-06 00:00 UTC));
+        assert!(exceeded.to_string().contains("daily cap of 500 cents"), "{exceeded}");
+        assert!(exceeded.to_string().contains("2026-12-06 at 00:00 UTC"), "{exceeded}");
+    }
+}
