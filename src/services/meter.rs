@@ -119,8 +119,9 @@ impl Meter {
     where
         S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
     {
+        let (price, _) = self.prices.price(charge.api.provider(), &charge.model);
         MeteredStream {
-            tap: Some(StreamTap::new(charge.api, hide_usage_chunk)),
+            tap: Some(StreamTap::new(charge.api, hide_usage_chunk, price)),
             api: charge.api,
             inner: Box::pin(upstream),
             pending: Some((Arc::clone(self), charge)),

@@ -143,7 +143,7 @@ async fn openai_streams_with_usage(app: &TestApp, calls: u64) {
 }
 
 #[tokio::test]
-async fn openai_streams_pass_through_chunk_by_chunk_and_are_charged_from_their_usage() {
+async fn openai_streams_pass_through_event_by_event_and_are_charged_from_their_usage_which_says_the_cost() {
     let app = gateway_app(&[]).await;
     let user = byok_user(&app, false).await;
     openai_streams_with_usage(&app, 1).await;
@@ -152,9 +152,21 @@ async fn openai_streams_pass_through_chunk_by_chunk_and_are_charged_from_their_u
     let response = chat(&app, &user, asked).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    assert_eq!(response.text().await.unwrap(), openai_sse(), "unchanged, usage chunk included: it was asked for");
+    let passed = response.text().await.unwrap();
     let usage = wait_for_requests(&app.directus, "POST", "/items/api_key_usage", 1).await;
     assert_eq!((usage[0]["prompt_tokens"].as_u64(), usage[0]["completion_tokens"].as_u64()), (Some(8), Some(2)));
+    // Every event as it came, the usage chunk included (it was asked for), which says what the call cost.
+    let (before, after) = openai_sse().split_once(USAGE_CHUNK).map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap();
+    assert!(passed.starts_with(&before) && passed.ends_with(&after), "{passed}");
+    let chunk: Value =
+        serde_json::from_str(passed[before.len()..passed.len() - after.len()].trim().trim_start_matches("data: "))
+            .unwrap();
+    assert_eq!(chunk["usage"]["completion_tokens"], 2, "{chunk}");
+    assert_eq!(cents(&chunk["usage"]["cost_cents"]), cents(&usage[0]["estimated_cost_cents"]), "{chunk}");
+}
+
+fn cents(value: &Value) -> byok_bridge::domain::money::Cents {
+    byok_bridge::domain::money::Cents::from_json(value).unwrap()
 }
 
 #[tokio::test]
@@ -204,10 +216,22 @@ async fn anthropic_clients_authenticate_with_x_api_key_and_stream_messages() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-byok-source"], "internal");
-    assert_eq!(response.text().await.unwrap(), sse);
+    let passed = response.text().await.unwrap();
     let ledger = wait_for_requests(&app.directus, "POST", "/items/credit_transactions", 1).await;
     assert_eq!((ledger[0]["prompt_tokens"].as_u64(), ledger[0]["completion_tokens"].as_u64()), (Some(12), Some(6)));
     assert_eq!(ledger[0]["provider"], "anthropic");
+    // The same events; message_delta's usage also says what the call cost: the deduction.
+    let events: Vec<&str> = passed.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let sent: Vec<&str> = sse.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), sent.len(), "{passed}");
+    for (event, original) in events.iter().zip(&sent) {
+        if !original.starts_with("event: message_delta") {
+            assert_eq!(event, original);
+        }
+    }
+    let delta: Value = serde_json::from_str(events[2].trim_start_matches("event: message_delta\ndata: ")).unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(cents(&delta["usage"]["cost_cents"]), cents(&ledger[0]["cost_cents"]), "{delta}");
 }
 
 #[tokio::test]

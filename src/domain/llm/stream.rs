@@ -1,5 +1,7 @@
 //! Watches a server-sent-event stream as it passes to the client, event by event: collects the usage the
-//! provider reports, counts everything generated, and keeps back what the client did not ask for.
+//! provider reports, counts everything generated, keeps back what the client did not ask for, and adds what
+//! the call cost to the final usage (`usage.cost_cents` in OpenAI's usage chunk and Anthropic's
+//! `message_delta`, as OpenRouter adds `usage.cost`): the amount the call is charged.
 //!
 //! Reported usage counts only once it is final (OpenAI's usage chunk, Anthropic's `message_delta`). Until then
 //! the charge is estimated from everything that passed: text, tool-call arguments, refusals, thinking and
@@ -11,6 +13,7 @@ use serde_json::Value;
 
 use super::Api;
 use super::usage::{anthropic_usage, estimated_usage, openai_usage};
+use crate::domain::pricing::ModelPrice;
 use crate::domain::usage::TokenUsage;
 
 /// Longest event examined; a longer one passes through unexamined, its bytes counted as generated text.
@@ -23,6 +26,8 @@ pub struct StreamTap {
     api: Api,
     /// OpenAI: the sidecar asked for the usage chunk; the client did not, so it is not passed on.
     hide_usage_chunk: bool,
+    /// The model's price: the final usage event says what the call cost.
+    price: ModelPrice,
     /// The event being received (whole lines plus the current partial line).
     event: Vec<u8>,
     /// Bytes of the current line so far, not counting `\r` (a `\r\n` may arrive split across chunks).
@@ -36,10 +41,11 @@ pub struct StreamTap {
 }
 
 impl StreamTap {
-    pub fn new(api: Api, hide_usage_chunk: bool) -> Self {
+    pub fn new(api: Api, hide_usage_chunk: bool, price: ModelPrice) -> Self {
         StreamTap {
             api,
             hide_usage_chunk,
+            price,
             event: Vec::new(),
             line_len: 0,
             oversized: false,
@@ -49,8 +55,8 @@ impl StreamTap {
         }
     }
 
-    /// Takes the next bytes from the provider and returns what goes to the client. Without anything to hide
-    /// that is the chunk itself; otherwise whole events only, so a partial event waits for its end.
+    /// Takes the next bytes from the provider and returns what goes to the client: whole events only (a
+    /// partial event waits for its end), as they came except the final usage, which gains its cost.
     pub fn pass(&mut self, chunk: Bytes) -> Bytes {
         let mut out = Vec::new();
         let mut rest = &chunk[..];
@@ -62,7 +68,7 @@ impl StreamTap {
             rest = tail;
             self.take_line(line, &mut out);
         }
-        if self.hide_usage_chunk { Bytes::from(out) } else { chunk }
+        Bytes::from(out)
     }
 
     /// The provider's stream ended: what is left of an unterminated last event, for the client.
@@ -71,7 +77,7 @@ impl StreamTap {
         if !self.event.is_empty() || self.oversized {
             self.complete_event(&mut out);
         }
-        if self.hide_usage_chunk { Bytes::from(out) } else { Bytes::new() }
+        Bytes::from(out)
     }
 
     /// The usage to charge, and whether it is the provider's final report (else an estimate).
@@ -121,32 +127,44 @@ impl StreamTap {
         if was_oversized {
             return;
         }
-        if self.observe(&event) {
-            out.extend_from_slice(&event);
+        match self.observe(&event) {
+            Seen::Pass => out.extend_from_slice(&event),
+            Seen::Hide => {}
+            Seen::Priced(mut data) => {
+                if let (Some(usage), Some(final_usage)) = (data.get_mut("usage"), self.final_usage) {
+                    usage["cost_cents"] = serde_json::json!(self.price.cost(&final_usage));
+                }
+                out.extend_from_slice(&with_data(&event, &data));
+            }
         }
     }
 
-    /// Learns from one complete event; returns whether it goes to the client.
-    fn observe(&mut self, event: &[u8]) -> bool {
-        let Some(data) = event_data(event) else { return true };
-        let Ok(event) = serde_json::from_slice::<Value>(&data) else { return true };
+    /// Learns from one complete event, and says what becomes of it.
+    fn observe(&mut self, event: &[u8]) -> Seen {
+        let Some(data) = event_data(event) else { return Seen::Pass };
+        let Ok(event) = serde_json::from_slice::<Value>(&data) else { return Seen::Pass };
         match self.api {
             Api::ChatCompletions => {
                 let usage = event.get("usage").filter(|u| !u.is_null()).and_then(openai_usage);
                 for choice in event.get("choices").and_then(Value::as_array).into_iter().flatten() {
                     self.generated_chars += choice.get("delta").map_or(0, generated_chars);
                 }
-                let Some(usage) = usage else { return true };
+                let Some(usage) = usage else { return Seen::Pass };
                 self.final_usage = Some(usage);
                 let only_usage = event.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty);
-                !(self.hide_usage_chunk && only_usage)
+                if self.hide_usage_chunk && only_usage { Seen::Hide } else { Seen::Priced(event) }
             }
             Api::Messages => {
                 match event.get("type").and_then(Value::as_str) {
                     Some("message_start") => {
                         self.started = event.pointer("/message/usage").and_then(anthropic_usage);
                     }
-                    Some("message_delta") => self.message_delta(&event),
+                    Some("message_delta") => {
+                        self.message_delta(&event);
+                        if self.final_usage.is_some() {
+                            return Seen::Priced(event);
+                        }
+                    }
                     Some("content_block_start") => {
                         self.generated_chars += event.get("content_block").map_or(0, generated_chars);
                     }
@@ -155,7 +173,7 @@ impl StreamTap {
                     }
                     _ => {}
                 }
-                true
+                Seen::Pass
             }
         }
     }
@@ -171,6 +189,32 @@ impl StreamTap {
         }
         self.final_usage = Some(total);
     }
+}
+
+/// What becomes of one event on its way to the client.
+enum Seen {
+    Pass,
+    /// OpenAI's usage chunk, which the client did not ask for.
+    Hide,
+    /// The final usage (its data, parsed): it goes on with the call's cost added.
+    Priced(Value),
+}
+
+/// `event` with its data replaced by `data` on one line; its other fields (`event:`, `id:`) as they were.
+fn with_data(event: &[u8], data: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.len() + 32);
+    let mut written = false;
+    for line in event.split_inclusive(|&b| b == b'\n') {
+        if !line.starts_with(b"data:") {
+            out.extend_from_slice(line);
+        } else if !written {
+            written = true;
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(data.to_string().as_bytes());
+            out.push(b'\n');
+        }
+    }
+    out
 }
 
 /// The `data:` lines of an event, joined as the SSE specification says; `None` without any or for `[DONE]`.
@@ -215,8 +259,12 @@ mod tests {
         format!("data: {value}\n\n")
     }
 
+    fn price() -> ModelPrice {
+        crate::domain::pricing::PriceTable::builtin().price(crate::domain::provider::Provider::OpenAi, "gpt-4o-mini").0
+    }
+
     fn run(api: Api, hide: bool, stream: &str, chunk_size: usize) -> (String, StreamTap) {
-        let mut tap = StreamTap::new(api, hide);
+        let mut tap = StreamTap::new(api, hide, price());
         let mut passed = Vec::new();
         for chunk in stream.as_bytes().chunks(chunk_size) {
             passed.extend_from_slice(&tap.pass(Bytes::copy_from_slice(chunk)));
@@ -236,10 +284,16 @@ mod tests {
     }
 
     #[test]
-    fn passes_openai_streams_unchanged_and_takes_their_final_usage_across_chunk_boundaries() {
+    fn passes_openai_streams_on_with_the_cost_in_the_usage_chunk_across_chunk_boundaries() {
+        let cost = price().cost(&TokenUsage::new(9, 2));
+        let priced = openai_stream().replace(
+            r#""usage":{"completion_tokens":2,"prompt_tokens":9}"#,
+            &format!(r#""usage":{{"completion_tokens":2,"cost_cents":{},"prompt_tokens":9}}"#, json!(cost)),
+        );
+        assert_ne!(priced, openai_stream());
         for chunk_size in [1, 7, 4096] {
             let (passed, tap) = run(Api::ChatCompletions, false, &openai_stream(), chunk_size);
-            assert_eq!(passed, openai_stream());
+            assert_eq!(passed, priced);
             assert_eq!(tap.finish(100), (TokenUsage::new(9, 2), true));
         }
     }
@@ -291,10 +345,15 @@ mod tests {
         let delta =
             anthropic_event("message_delta", json!({"type": "message_delta", "usage": {"output_tokens": 1015}}));
 
-        let (_, tap) = run(Api::Messages, false, &[start.clone(), text.clone(), delta].concat(), 100);
+        let (passed, tap) = run(Api::Messages, false, &[start.clone(), text.clone(), delta].concat(), 100);
         let (usage, reported) = tap.finish(100);
         assert!(reported);
         assert_eq!((usage.prompt_tokens, usage.cached_prompt_tokens, usage.completion_tokens), (30, 5, 1015));
+        // message_delta goes on, as its own event, saying what the call cost.
+        let last = passed.rsplit("event: ").next().unwrap();
+        assert!(last.starts_with("message_delta\ndata: {") && last.ends_with("}\n\n"), "{last}");
+        let data: Value = serde_json::from_str(last.trim_start_matches("message_delta\ndata: ").trim()).unwrap();
+        assert_eq!(data["usage"]["cost_cents"], json!(price().cost(&usage)), "{data}");
 
         // Cut before message_delta: message_start's output_tokens (1) is not the answer's size.
         let (_, tap) = run(Api::Messages, false, &[start, text].concat(), 100);
