@@ -33,6 +33,7 @@ use crate::services::platform_budget::PlatformBudget;
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
+use crate::services::spending_alerts::SpendingAlerts;
 use crate::services::standing::Standings;
 use crate::shared::bus::bus;
 use crate::shared::claims::claims;
@@ -79,14 +80,17 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
     let claims = claims(redis.clone());
     let bus = bus(redis.clone());
+    let notifier = Arc::new(Notifier::new(directus.clone(), Arc::clone(&claims), settings.public_url.as_ref()));
+    let alerts = (!settings.budgets.is_empty())
+        .then(|| SpendingAlerts::new(settings.budget_alerts.clone(), Arc::clone(&notifier), Arc::clone(&claims)));
     let standings = Arc::new(Standings::new(
         Arc::clone(&flags),
         Arc::clone(&callers),
         Arc::clone(&reservations),
         Arc::clone(&settings.budgets),
+        alerts,
         vault.is_configured(),
     ));
-    let notifier = Arc::new(Notifier::new(directus.clone(), Arc::clone(&claims), settings.public_url.as_ref()));
     let key_events =
         Arc::new(KeyEvents::new(Arc::clone(&vault), Arc::clone(&notifier), Arc::clone(&callers), Arc::clone(&bus)));
     let internal_keys = InternalKeys {

@@ -40,6 +40,7 @@ const JOB_ATTEMPTS: &str = "byok_job_attempts_total";
 const JOB_CALLBACKS: &str = "byok_job_callbacks_total";
 const JOB_FAILURE_NOTICES: &str = "byok_job_failure_notices_total";
 const PAYMENT_EVENTS: &str = "byok_payment_events_total";
+const SPENDING_ALERTS: &str = "byok_spending_alerts_total";
 const PLATFORM_SPEND: &str = "byok_platform_spend_today_cents";
 const PLATFORM_BUDGET: &str = "byok_platform_daily_budget_cents";
 const PLATFORM_REFUSALS: &str = "byok_platform_budget_refusals_total";
@@ -116,6 +117,7 @@ fn describe() {
     describe_gauge!(PLATFORM_SPEND, "Spent today (UTC) on the platform's keys, as Directus last reported, in cents.");
     describe_gauge!(PLATFORM_BUDGET, "PLATFORM_DAILY_BUDGET_CENTS.");
     describe_counter!(PLATFORM_REFUSALS, "Credit calls refused because the platform's daily budget was spent.");
+    describe_counter!(SPENDING_ALERTS, "Spending-cap notices sent, by period (daily, monthly) and threshold percent.");
     describe_counter!(
         PAYMENT_EVENTS,
         "Stripe events by outcome: granted, refunded, duplicate, ignored, unknown_user, wrong_currency, \
@@ -224,6 +226,10 @@ pub fn platform_spend(spent: Cents, cap: Cents) {
 
 pub fn platform_budget_refusal() {
     counter!(PLATFORM_REFUSALS).increment(1);
+}
+
+pub fn spending_alert(period: &'static str, percent: u8) {
+    counter!(SPENDING_ALERTS, "period" => period, "percent" => percent.to_string()).increment(1);
 }
 
 pub fn payment_event(outcome: &'static str) {

@@ -25,7 +25,7 @@ use self::reader::{Reader, http_url};
 use crate::clock::Clock;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
-use crate::domain::budget::{BudgetCaps, BudgetPolicy};
+use crate::domain::budget::{AlertThresholds, BudgetCaps, BudgetPolicy};
 use crate::domain::client_address::TrustedProxies;
 use crate::domain::money::Cents;
 use crate::domain::pricing::PriceTable;
@@ -137,6 +137,8 @@ pub struct Settings {
     pub platform_daily_budget: Option<Cents>,
     /// Each tier's caps on credit spending per day and month.
     pub budgets: Arc<BudgetPolicy>,
+    /// The shares of a cap at which its user is told how much is spent.
+    pub budget_alerts: AlertThresholds,
     /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
     pub clock: Clock,
 }
@@ -363,6 +365,12 @@ impl Settings {
             tiers.push((tier, caps.0));
         }
         let budgets = Arc::new(BudgetPolicy::with(tiers));
+        let budget_alerts = r.parsed(
+            "BUDGET_ALERT_PERCENTS",
+            AlertThresholds::default(),
+            "List percents of a cap, e.g. 50,80,100",
+            str::parse,
+        );
         let platform_daily_budget = r.parsed(
             "PLATFORM_DAILY_BUDGET_CENTS",
             None,
@@ -447,6 +455,7 @@ impl Settings {
                     payments,
                     platform_daily_budget,
                     budgets,
+                    budget_alerts,
                     clock: Clock::system(),
                 })
             }

@@ -20,7 +20,7 @@ pub enum Period {
 }
 
 impl Period {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Period::Day => "daily",
             Period::Month => "monthly",
@@ -123,7 +123,7 @@ pub struct Spending {
 
 impl Spending {
     /// What was spent in `period` as of `now`: nothing once that period has ended since the reading.
-    fn spent(&self, period: Period, now: OffsetDateTime) -> Cents {
+    pub fn spent(&self, period: Period, now: OffsetDateTime) -> Cents {
         if period.start(now) != period.start(self.at) {
             return Cents::ZERO;
         }
@@ -143,6 +143,41 @@ pub fn tightest(caps: &[Cap], spending: Option<&Spending>, now: OffsetDateTime) 
             (*cap, cap.limit - spent)
         })
         .min_by_key(|(_, left)| *left)
+}
+
+/// The shares of a cap (percent) at which its user hears how much of it is spent: `BUDGET_ALERT_PERCENTS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertThresholds(Vec<u8>);
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        AlertThresholds(vec![50, 80, 100])
+    }
+}
+
+impl FromStr for AlertThresholds {
+    type Err = &'static str;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let mut percents = Vec::new();
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match entry.parse::<u8>() {
+                Ok(percent) if (1..=100).contains(&percent) => percents.push(percent),
+                _ => return Err("must list percents from 1 to 100"),
+            }
+        }
+        percents.sort_unstable();
+        percents.dedup();
+        Ok(AlertThresholds(percents))
+    }
+}
+
+impl AlertThresholds {
+    /// The thresholds `spent` has reached of `limit`, lowest first.
+    pub fn reached(&self, spent: Cents, limit: Cents) -> impl Iterator<Item = u8> + '_ {
+        let (spent, limit) = (i128::from(spent.nanos()), i128::from(limit.nanos()));
+        self.0.iter().copied().filter(move |percent| limit > 0 && spent * 100 >= limit * i128::from(*percent))
+    }
 }
 
 /// A call that would pass a cap.
@@ -239,6 +274,20 @@ mod tests {
         let (cap, left) = tightest(&caps, Some(&spending), datetime!(2027-01-01 00:00:01 UTC)).unwrap();
         assert_eq!((cap.period, left), (Period::Day, Cents::whole(500)));
         assert_eq!(tightest(&[], Some(&spending), datetime!(2026-12-05 11:00 UTC)), None);
+    }
+
+    #[test]
+    fn alert_thresholds_parse_and_say_which_shares_a_spending_reached() {
+        let thresholds: AlertThresholds = "80, 50,100,80".parse().unwrap();
+        assert_eq!(thresholds, AlertThresholds::default());
+        let reached = |spent: i64| thresholds.reached(Cents::whole(spent), Cents::whole(200)).collect::<Vec<_>>();
+        assert_eq!(reached(99), Vec::<u8>::new());
+        assert_eq!(reached(100), [50]);
+        assert_eq!(reached(170), [50, 80]);
+        assert_eq!(reached(250), [50, 80, 100]);
+        for bad in ["0", "101", "half", "50;80"] {
+            assert!(bad.parse::<AlertThresholds>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -36,6 +36,10 @@ impl fmt::Display for BookId {
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = i64;
 
+pub fn unix_millis(at: time::OffsetDateTime) -> UnixMillis {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 /// A balance read from the ledger, and when the read began: deductions stored before then are in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LedgerReading {

@@ -14,10 +14,9 @@ use moka::future::Cache;
 
 use time::OffsetDateTime;
 
-use super::reservations::unix_millis;
 use crate::directus::{DirectusClient, DirectusError, StoredKey};
 use crate::domain::budget::Spending;
-use crate::domain::credit_book::LedgerReading;
+use crate::domain::credit_book::{LedgerReading, unix_millis};
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;

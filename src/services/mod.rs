@@ -15,4 +15,5 @@ pub mod rate_limit;
 pub mod reservations;
 pub mod sessions;
 pub mod sign_in;
+pub mod spending_alerts;
 pub mod standing;

@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use time::OffsetDateTime;
+
 use crate::directus::DirectusClient;
+use crate::domain::budget::{Cap, Period};
 use crate::domain::jobs::JobError;
+use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 use crate::shared::claims::Claims;
@@ -139,6 +143,41 @@ impl Notifier {
         tokio::spawn(async move {
             if let Err(error) = directus.notify(user, "Credits added", &message).await {
                 tracing::warn!(%user, %error, "could not tell the user about their purchase");
+            }
+        });
+    }
+
+    /// A spending cap reached `percent`: what is spent, what happens at the cap, and where to look.
+    pub fn spending_alert(&self, user: UserId, cap: Cap, percent: u8, spent: Cents, now: OffsetDateTime) {
+        let (period, limit) = (cap.period.name(), cap.limit.ceil_whole());
+        let resets = cap.period.resets_at(now).date();
+        let subject = if percent >= 100 {
+            format!("You reached your {period} credit cap")
+        } else {
+            format!("You have used {percent}% of your {period} credit cap")
+        };
+        let unit = if cap.period == Period::Day { "day" } else { "month" };
+        let mut message = if percent >= 100 {
+            format!(
+                "Your AI requests on platform credits have reached your {period} cap of {limit} cents: requests \
+                 that would pass it are refused until it starts over on {resets} at 00:00 UTC. Requests with your \
+                 own API keys are not affected."
+            )
+        } else {
+            format!(
+                "Your AI requests on platform credits have cost {} cents this {unit}, {percent}% of your {period} \
+                 cap of {limit} cents. At the cap, requests that use credits are refused until it starts over on \
+                 {resets} at 00:00 UTC; requests with your own API keys are not affected.",
+                spent.ceil_whole(),
+            )
+        };
+        if let Some(url) = &self.account_page {
+            message.push_str(&format!("\n\nYour spending is on your account page: {url}"));
+        }
+        let directus = self.directus.clone();
+        tokio::spawn(async move {
+            if let Err(error) = directus.notify(user, &subject, &message).await {
+                tracing::warn!(%user, %error, "could not tell the user about their spending cap");
             }
         });
     }

@@ -14,9 +14,8 @@ use std::time::Duration;
 use time::{Date, OffsetDateTime, Time};
 
 use crate::directus::DirectusClient;
-use crate::domain::credit_book::LedgerReading;
+use crate::domain::credit_book::{LedgerReading, unix_millis};
 use crate::domain::money::Cents;
-use crate::services::reservations::unix_millis;
 use crate::sync;
 
 /// At this share of the cap an operator is warned (once a day per replica).

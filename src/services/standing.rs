@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 use super::callers::{CallerDirectory, CallerError, CallerRead};
 use super::flag_cache::{FlagCache, FlagState, FlagsUnavailable};
 use super::reservations::Reservations;
-use crate::domain::budget::{self, BudgetExceeded, BudgetPolicy};
+use super::spending_alerts::SpendingAlerts;
+use crate::domain::budget::{self, BudgetExceeded, BudgetPolicy, Cap};
 use crate::domain::credit_book::LedgerReading;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
@@ -65,6 +66,8 @@ pub struct Standing {
     pub credits: LedgerReading,
     /// The cap that leaves less than the balance: a shortfall of credits is this cap being reached.
     pub capped_by: Option<BudgetExceeded>,
+    /// The caps of the user's tier.
+    caps: Vec<Cap>,
     vault_configured: bool,
 }
 
@@ -77,6 +80,14 @@ impl Standing {
     /// The routing matrix's answer for `view` (from [`Standing::view`], perhaps with less available since).
     pub fn decide(&self, view: &Caller, provider: Provider) -> Result<Decision, Refusal> {
         routing::decide(&self.context.flags.snapshot.flags, view, provider, self.vault_configured)
+    }
+
+    /// Each cap and what is spent of it now: the ledger's spending in its period, plus the calls the ledger
+    /// does not show yet (held or settled since the reading). Nothing without a reading of the spending.
+    pub fn cap_use(&self, now: OffsetDateTime) -> impl Iterator<Item = (Cap, Cents)> + '_ {
+        let pending = (self.credits.balance - self.available).max(Cents::ZERO);
+        let spending = self.context.caller.profile.spending;
+        self.caps.iter().filter_map(move |cap| Some((*cap, spending?.spent(cap.period, now) + pending)))
     }
 
     /// The cap behind a refusal for credit, when a cap (not the balance) left too little.
@@ -98,6 +109,8 @@ pub struct Standings {
     callers: Arc<CallerDirectory>,
     reservations: Arc<Reservations>,
     budgets: Arc<BudgetPolicy>,
+    /// Tells users as their caps fill; `None` when no tier has caps.
+    alerts: Option<SpendingAlerts>,
     vault_configured: bool,
 }
 
@@ -107,9 +120,17 @@ impl Standings {
         callers: Arc<CallerDirectory>,
         reservations: Arc<Reservations>,
         budgets: Arc<BudgetPolicy>,
+        alerts: Option<SpendingAlerts>,
         vault_configured: bool,
     ) -> Self {
-        Standings { flags, callers, reservations, budgets, vault_configured }
+        Standings { flags, callers, reservations, budgets, alerts, vault_configured }
+    }
+
+    /// A call of `user` was refused at a cap: they hear the cap is reached, once per period.
+    pub async fn refused_at_cap(&self, user: UserId, exceeded: BudgetExceeded) {
+        if let Some(alerts) = &self.alerts {
+            alerts.refused_at(user, exceeded.cap, OffsetDateTime::now_utc()).await;
+        }
     }
 
     /// Reads the flags and the caller concurrently and refuses inactive accounts.
@@ -127,14 +148,20 @@ impl Standings {
         let context = self.context(user).await?;
         let profile = &context.caller.profile;
         let now = OffsetDateTime::now_utc();
-        let (credits, capped_by) =
-            match budget::tightest(self.budgets.caps(profile.tier), profile.spending.as_ref(), now) {
-                Some((cap, left)) if left < profile.ledger.balance => {
-                    (LedgerReading { balance: left, ..profile.ledger }, Some(BudgetExceeded::new(cap, now)))
-                }
-                _ => (profile.ledger, None),
-            };
+        let caps = self.budgets.caps(profile.tier);
+        let (credits, capped_by) = match budget::tightest(caps, profile.spending.as_ref(), now) {
+            Some((cap, left)) if left < profile.ledger.balance => {
+                (LedgerReading { balance: left, ..profile.ledger }, Some(BudgetExceeded::new(cap, now)))
+            }
+            _ => (profile.ledger, None),
+        };
+        let caps = caps.to_vec();
         let available = self.reservations.available(user, credits).await;
-        Ok(Standing { context, available, credits, capped_by, vault_configured: self.vault_configured })
+        let standing =
+            Standing { context, available, credits, capped_by, caps, vault_configured: self.vault_configured };
+        if let Some(alerts) = &self.alerts {
+            alerts.check(user, standing.cap_use(now), now).await;
+        }
+        Ok(standing)
     }
 }

@@ -169,3 +169,46 @@ async fn a_tiers_daily_cap_refuses_the_call_that_would_pass_it_even_under_twenty
     assert!(spent <= 100.0, "spent {spent} cents under a 100-cent cap");
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn each_cap_threshold_is_told_once_in_directus_and_by_e_mail() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = crate::harness::client();
+    instance.set_byok_first(&http).await;
+    let providers = fake_providers().await;
+    mount_expensive_gpt4o(&providers).await;
+    let sidecar = gateway_sidecar(
+        &instance,
+        &providers,
+        &[("BUDGET_FREE", "credits.daily=200"), ("RATE_LIMIT_FREE_PER_MIN", "1000")],
+    )
+    .await;
+    let account = instance.new_account(&http, "free", "10000").await;
+    let subjects = |notes: &serde_json::Value| -> Vec<String> {
+        let notes = notes.as_array().unwrap();
+        notes.iter().map(|n| n["subject"].as_str().unwrap().to_owned()).collect()
+    };
+    let recipient = [("filter[recipient][_eq]", account.id.as_str())];
+
+    // 90 cents a call under a 200-cent daily cap: 45%, then 90% (the 50% and the 80% thresholds at once).
+    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
+    for expected in [200, 200, 402, 402] {
+        let response =
+            http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&account.token).json(&body).send().await;
+        assert_eq!(response.unwrap().status(), expected);
+    }
+    // Told once of the highest share reached (80%), and once that the cap is reached (the first refusal);
+    // the refusal after that tells nothing new.
+    let mails = instance.wait_for_mail(&account.email, 2).await;
+    let mut mail_subjects: Vec<&str> = mails.iter().map(|m| m["subject"].as_str().unwrap()).collect();
+    mail_subjects.sort_unstable();
+    assert_eq!(mail_subjects, ["You have used 80% of your daily credit cap", "You reached your daily credit cap"]);
+    let at_80 = mails.iter().find(|m| m["subject"] == "You have used 80% of your daily credit cap").unwrap();
+    let text = at_80["text"].as_str().unwrap();
+    assert!(text.contains("of your daily cap of 200 cents") && text.contains("00:00 UTC"), "{text}");
+    let mut notices = subjects(&instance.admin_get(&http, "/notifications", &recipient).await);
+    notices.sort_unstable();
+    assert_eq!(notices, mail_subjects);
+    sidecar.stop().await;
+}

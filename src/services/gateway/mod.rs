@@ -385,15 +385,16 @@ impl Gateway {
     ) -> Result<Forwarded, GatewayError> {
         let standing = self.standings.of(user).await?;
         let capped_by = standing.capped_by;
-        self.call_on(standing, user, api, request, retries).await.map_err(|error| match error {
+        match self.call_on(standing, user, api, request, retries).await {
             // Credits fell short because a spending cap left less than the balance: the cap is the reason.
-            GatewayError::Refused(Refusal::InsufficientCredits { .. } | Refusal::NoCreditsOrKey { .. })
-                if capped_by.is_some() =>
+            Err(GatewayError::Refused(Refusal::InsufficientCredits { .. } | Refusal::NoCreditsOrKey { .. }))
+                if let Some(exceeded) = capped_by =>
             {
-                capped_by.map_or(error, GatewayError::Budget)
+                self.standings.refused_at_cap(user, exceeded).await;
+                Err(GatewayError::Budget(exceeded))
             }
-            error => error,
-        })
+            outcome => outcome,
+        }
     }
 
     async fn call_on(

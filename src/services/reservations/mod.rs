@@ -22,7 +22,7 @@ use uuid::Uuid;
 use self::memory::MemoryReservations;
 use self::redis::RedisReservations;
 use crate::accounting::{DeliveryError, Outbox, UsageSink};
-use crate::domain::credit_book::{BookId, HoldId, LedgerReading, UnixMillis};
+use crate::domain::credit_book::{BookId, HoldId, LedgerReading, UnixMillis, unix_millis};
 use crate::domain::money::Cents;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
@@ -324,10 +324,6 @@ pub(super) fn ttl_millis() -> i64 {
 
 pub fn now_millis() -> UnixMillis {
     unix_millis(OffsetDateTime::now_utc())
-}
-
-pub fn unix_millis(at: OffsetDateTime) -> UnixMillis {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

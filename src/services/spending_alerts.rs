@@ -1,0 +1,54 @@
+//! Tells users as their spending caps fill: at each threshold of `BUDGET_ALERT_PERCENTS` (50, 80 and 100% by
+//! default), once per cap and period, across replicas, as a Directus notification (and an e-mail where the
+//! user has them on). Checked whenever the user's standing is read, that is as each of their calls starts;
+//! the first call refused at a cap counts as reaching it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::notifier::Notifier;
+use crate::domain::budget::{AlertThresholds, Cap};
+use crate::domain::money::Cents;
+use crate::domain::user::UserId;
+use crate::shared::claims::Claims;
+
+pub struct SpendingAlerts {
+    thresholds: AlertThresholds,
+    notifier: Arc<Notifier>,
+    claims: Arc<dyn Claims>,
+}
+
+impl SpendingAlerts {
+    pub fn new(thresholds: AlertThresholds, notifier: Arc<Notifier>, claims: Arc<dyn Claims>) -> Self {
+        SpendingAlerts { thresholds, notifier, claims }
+    }
+
+    /// For each cap and what is spent of it now: sends, in the background, the notice for the highest
+    /// threshold newly reached; the lower ones reached with it are spent too, so a user who jumps from 40% to
+    /// 90% hears once, of 80%.
+    pub async fn check(&self, user: UserId, caps: impl Iterator<Item = (Cap, Cents)>, now: OffsetDateTime) {
+        for (cap, spent) in caps {
+            let period = cap.period.start(now).unix_timestamp();
+            // A claim outlives its period by an hour, so a replica's late clock cannot send it again.
+            let ttl = (cap.period.resets_at(now) - now).unsigned_abs() + Duration::from_secs(3_600);
+            let mut newest = None;
+            for percent in self.thresholds.reached(spent, cap.limit) {
+                let claim = format!("alert:{user}:credits.{}:{period}:{percent}", cap.period.name());
+                if self.claims.claim_here(&claim, ttl).await && self.claims.claim_everywhere(&claim, ttl).await {
+                    newest = Some(percent);
+                }
+            }
+            if let Some(percent) = newest {
+                crate::metrics::spending_alert(cap.period.name(), percent);
+                self.notifier.spending_alert(user, cap, percent, spent, now);
+            }
+        }
+    }
+
+    /// A call was refused at `cap`: for the user the cap is reached, whatever share of it is spent.
+    pub async fn refused_at(&self, user: UserId, cap: Cap, now: OffsetDateTime) {
+        self.check(user, std::iter::once((cap, cap.limit)), now).await;
+    }
+}
