@@ -173,6 +173,10 @@ impl FromStr for AlertThresholds {
 }
 
 impl AlertThresholds {
+    pub fn percents(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The thresholds `spent` has reached of `limit`, lowest first.
     pub fn reached(&self, spent: Cents, limit: Cents) -> impl Iterator<Item = u8> + '_ {
         let (spent, limit) = (i128::from(spent.nanos()), i128::from(limit.nanos()));

@@ -25,6 +25,10 @@ impl SpendingAlerts {
         SpendingAlerts { thresholds, notifier, claims }
     }
 
+    pub fn thresholds(&self) -> Vec<u8> {
+        self.thresholds.percents().to_vec()
+    }
+
     /// For each cap and what is spent of it now: sends, in the background, the notice for the highest
     /// threshold newly reached; the lower ones reached with it are spent too, so a user who jumps from 40% to
     /// 90% hears once, of 80%.

@@ -126,6 +126,11 @@ impl Standings {
         Standings { flags, callers, reservations, budgets, alerts, vault_configured }
     }
 
+    /// The shares of a cap at which users are notified; none without caps.
+    pub fn alert_thresholds(&self) -> Vec<u8> {
+        self.alerts.as_ref().map_or_else(Vec::new, SpendingAlerts::thresholds)
+    }
+
     /// A call of `user` was refused at a cap: they hear the cap is reached, once per period.
     pub async fn refused_at_cap(&self, user: UserId, exceeded: BudgetExceeded) {
         if let Some(alerts) = &self.alerts {

@@ -288,6 +288,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
     ("delete", "/v1/jobs/{id}"),
+    ("get", "/v1/budget"),
     ("get", "/v1/keys"),
     ("get", "/v1/notifications"),
     ("get", "/v1/providers"),
@@ -373,4 +374,39 @@ async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served(
     let schemes = &document["components"]["securitySchemes"];
     assert_eq!(schemes["directus_token"]["scheme"], "bearer");
     assert!(document["components"]["schemas"]["ErrorBody"].is_object());
+}
+
+#[tokio::test]
+async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when_it_starts_over() {
+    let app = spawn_app_with(&[("BUDGET_FREE", "credits.daily=500,credits.monthly=5000")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
+    // The ledger's spending from calls (deductions naming a provider), today and this month alike here.
+    Mock::given(method("GET"))
+        .and(path("/items/credit_transactions"))
+        .and(query_param("filter[provider][_nnull]", "true"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"sum": {"cost_cents": "12.5"}}]})))
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+    let (status, budget) = app.get("/v1/budget", Some(&token_for(&user))).await;
+    assert_eq!(status, 200, "{budget}");
+    let tomorrow = time::OffsetDateTime::now_utc().date().next_day().unwrap();
+    assert_eq!(
+        budget["credits"]["daily"],
+        json!({"limit_cents": 500, "spent_cents": 12.5, "resets_at": format!("{tomorrow}T00:00:00Z")})
+    );
+    assert_eq!(budget["credits"]["monthly"]["limit_cents"], 5000);
+    assert_eq!(budget["credits"]["monthly"]["spent_cents"], 12.5);
+    assert_eq!(budget["alerts_at_percent"], json!([50, 80, 100]));
+
+    // A tier without caps: nothing to show, nothing read.
+    let app = spawn_app().await;
+    mount_flags(&app.directus, true, false, false).await;
+    mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
+    let (status, budget) = app.get("/v1/budget", Some(&token_for(&user))).await;
+    assert_eq!((status, budget), (200, json!({"credits": {"daily": null, "monthly": null}, "alerts_at_percent": []})));
+    let (status, _) = app.get("/v1/budget", None).await;
+    assert_eq!(status, 401);
 }

@@ -363,6 +363,8 @@ async function startSidecar(port) {
     PUBLIC_URL: env.sidecarUrl,
     CIRCUIT_FAILURE_THRESHOLD: '1',
     UPSTREAM_DEADLINE_SECS: '1',
+    // Caps for the story's premium user: the page shows them as bars.
+    BUDGET_PREMIUM: 'credits.daily=500,credits.monthly=5000',
     CIRCUIT_COOL_DOWN_SECS: '300',
     RUST_LOG: 'info',
     // What the admins' Insights panel asks the sidecar with (Directus holds the same value).
@@ -635,6 +637,17 @@ test('an end user manages keys, sees usage, a revoked key, an outage, and delete
       await waitForText(page, '#account-email', new RegExp(`^${env.user.email.replace(/[.]/g, '\\.')}$`));
       await waitForText(page, '#account-plan', /^Premium$/);
       await waitForText(page, '#account-credits', /^\$5\.00\b/);
+      await waitForVisible(page, '#budget');
+      const caps = await page.$$eval('#budget-caps .cap', (nodes) => nodes.map((node) => ({
+        caption: node.querySelector('.cap-caption').textContent,
+        now: Number(node.querySelector('[role="progressbar"]').getAttribute('aria-valuenow')),
+        label: node.querySelector('[role="progressbar"]').getAttribute('aria-label'),
+      })));
+      assert.equal(caps.length, 2, 'a bar per cap of the plan');
+      assert.match(caps[0].caption, /^Today: .* of \$5\.00 \(\d+%\)/);
+      assert.match(caps[1].caption, /^This month: .* of \$50\.00 \(\d+%\)/);
+      assert.ok(caps.every((cap) => cap.now >= 0 && cap.now <= 100 && cap.label.endsWith('spending cap')), JSON.stringify(caps));
+      await waitForText(page, '#budget-alerts', /notified at 50%, 80%, 100%/);
       await waitForVisible(page, '#key-card-openai');
       await waitForText(page, '#key-hint-openai', /^No key saved$/);
       await assertNoTokenInUrl(page);

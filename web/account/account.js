@@ -1,5 +1,5 @@
 /*
- * byok-bridge account page: sign-in, API keys, usage, cost estimates and notifications. This module signs in and
+ * byok-bridge account page: sign-in, API keys, spending caps, usage, cost estimates and notifications. This module signs in and
  * out, takes a token handed over by an embedding app, and starts the sections (one ES module each).
  *
  * Security notes (this page runs under a strict CSP and handles provider API keys):
@@ -16,6 +16,7 @@ import { $, announce } from './dom.js';
 import { POLL_MS, api, apiError, load, scheduleRefresh, session, whenSessionEnds } from './api.js';
 import { loadStatus } from './status.js';
 import { loadAccountAndKeys, removeKeyCards } from './keys.js';
+import { loadBudget } from './budget.js';
 import { loadUsage, onEstimate } from './usage.js';
 import { loadNotifications, markVisible, notif, updateNotificationCount } from './notifications.js';
 
@@ -61,11 +62,14 @@ function resetDashboard() {
   $('status-banner').hidden = true;
   $('status-banner').textContent = '';
   for (const id of ['account-email', 'account-plan', 'account-credits', 'account-mode', 'usage-total',
-    'usage-credits', 'account-error', 'keys-error', 'usage-error', 'estimate-error', 'notifications-error']) {
+    'usage-credits', 'account-error', 'keys-error', 'usage-error', 'estimate-error', 'notifications-error',
+    'budget-alerts', 'budget-error']) {
     $(id).textContent = '';
   }
   $('account-heading').textContent = 'Your account';
   $('keys').hidden = true;
+  $('budget').hidden = true;
+  $('budget-caps').replaceChildren();
   removeKeyCards();
   $('usage-chart').replaceChildren();
   $('usage-table-body').replaceChildren();
@@ -162,6 +166,7 @@ function announceReady() {
 function loadDashboard() {
   loadStatus();
   loadAccountAndKeys();
+  loadBudget();
   loadUsage();
   loadNotifications();
 }

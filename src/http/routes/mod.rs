@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod auth;
+pub mod budget;
 pub mod flags;
 pub mod gateway;
 pub mod health;

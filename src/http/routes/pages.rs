@@ -15,9 +15,10 @@ use crate::http::error::{ApiError, ErrorBody};
 
 const INDEX_HTML: &str = include_str!("../../../web/account/index.html");
 /// The page's scripts: ES modules, one per section of the page; `account.js` is the entry the page loads.
-const SCRIPTS: [(&str, &str); 8] = [
+const SCRIPTS: [(&str, &str); 9] = [
     ("account.js", include_str!("../../../web/account/account.js")),
     ("api.js", include_str!("../../../web/account/api.js")),
+    ("budget.js", include_str!("../../../web/account/budget.js")),
     ("dom.js", include_str!("../../../web/account/dom.js")),
     ("format.js", include_str!("../../../web/account/format.js")),
     ("keys.js", include_str!("../../../web/account/keys.js")),
