@@ -2,7 +2,8 @@
 # Benchmarks, not tests: prints numbers, asserts nothing about speed.
 #  1. Flag propagation: Directus PATCH response -> sidecar answers with the new decision (200 flips).
 #  2. /v1/route throughput and latency under wrk, beside an axum hello-world (the ceiling) on the same machine.
-#  3. The credit reservation path alone (available, reserve, settle, stored), then the key vault:
+#  3. The credit reservation path alone (available, reserve, settle, stored), and what the budget checks add to
+#     it (tier caps, platform budget, spending alerts), then the key vault:
 #     encrypt+store and fetch+decrypt latency, and the rewrap rate over 10,000 stored keys.
 #  4. Gateway overhead: the same fake OpenAI (nginx answering fixed completions, the fastest fake there is)
 #     called directly and through the sidecar, non-streaming and streaming, same wrk settings; sidecar RSS after;
