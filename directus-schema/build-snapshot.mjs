@@ -363,6 +363,34 @@ const collections = [
 			occurredAt(),
 		]),
 	},
+	{
+		collection: "user_budgets",
+		meta: {
+			icon: "savings",
+			note:
+				"Spending caps a user set for themselves, in whole cents (empty means the plan's default). Written by the byok-bridge sidecar (PUT /v1/budget); admins may set them here too. The sidecar never applies more than the plan's ceiling.",
+			display_template: "{{user.email}}: {{credits_daily_cents}} / {{credits_monthly_cents}} cents",
+			accountability: null,
+			hidden: false,
+			singleton: false,
+		},
+		schema: {},
+		fields: ordered([
+			integerPk(),
+			(() => {
+				const user = userM2o("user", { required: true, nullable: false });
+				return { ...user, schema: { ...user.schema, is_unique: true } };
+			})(),
+			int("credits_daily_cents", {
+				width: "half",
+				note: "Most the user may spend in credits per UTC day, in whole cents; empty: the plan's default.",
+			}),
+			int("credits_monthly_cents", {
+				width: "half",
+				note: "Most the user may spend in credits per UTC month, in whole cents; empty: the plan's default.",
+			}),
+		]),
+	},
 ];
 
 const relations = [
@@ -370,6 +398,7 @@ const relations = [
 	relation("user_api_keys", "user", "CASCADE"),
 	relation("api_key_usage", "user", "SET NULL"),
 	relation("credit_transactions", "user", "SET NULL"),
+	relation("user_budgets", "user", "CASCADE"),
 ];
 
 const subscriptionTier = select("subscription_tier", ["free", "premium", "lifetime"], {

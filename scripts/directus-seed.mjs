@@ -122,8 +122,14 @@ const SERVICE = {
 		["user_api_keys", "delete"],
 		["api_key_usage", "create"],
 		["api_key_usage", "read"],
-		["credit_transactions", "create", { validation: { transaction_type: { _eq: "deduction" } } }],
+		// Deductions, and grants of bought credits (the hook lets a grant through only with the signed Stripe
+		// event that proves it).
+		["credit_transactions", "create", { validation: { transaction_type: { _in: ["deduction", "grant"] } } }],
 		["credit_transactions", "read"],
+		// The caps users set for themselves (PUT /v1/budget).
+		["user_budgets", "create"],
+		["user_budgets", "read"],
+		["user_budgets", "update"],
 		["directus_notifications", "create"],
 		// A user's own notifications, read and marked read for them (end users have no Directus role); every
 		// query the sidecar makes filters on the recipient.

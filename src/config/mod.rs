@@ -25,7 +25,7 @@ use self::reader::{Reader, http_url};
 use crate::clock::Clock;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
-use crate::domain::budget::{AlertThresholds, BudgetCaps, BudgetPolicy};
+use crate::domain::budget::{AlertThresholds, BudgetCaps, BudgetPolicy, TierBudget};
 use crate::domain::client_address::TrustedProxies;
 use crate::domain::money::Cents;
 use crate::domain::pricing::PriceTable;
@@ -351,18 +351,15 @@ impl Settings {
         let jobs = jobs::read(&mut r);
         let payments = payments::read(&mut r);
         let mut tiers = Vec::new();
-        for (var, tier) in [
-            ("BUDGET_FREE", SubscriptionTier::Free),
-            ("BUDGET_PREMIUM", SubscriptionTier::Premium),
-            ("BUDGET_LIFETIME", SubscriptionTier::Lifetime),
+        for (defaults, ceilings, tier) in [
+            ("BUDGET_FREE", "BUDGET_FREE_MAX", SubscriptionTier::Free),
+            ("BUDGET_PREMIUM", "BUDGET_PREMIUM_MAX", SubscriptionTier::Premium),
+            ("BUDGET_LIFETIME", "BUDGET_LIFETIME_MAX", SubscriptionTier::Lifetime),
         ] {
-            let caps = r.parsed(
-                var,
-                BudgetCaps::default(),
-                "List caps in whole cents, e.g. credits.daily=500,credits.monthly=5000",
-                str::parse,
-            );
-            tiers.push((tier, caps.0));
+            const FIX: &str = "List caps in whole cents, e.g. credits.daily=500,credits.monthly=5000";
+            let defaults = r.parsed(defaults, BudgetCaps::default(), FIX, str::parse).0;
+            let ceilings = r.parsed(ceilings, BudgetCaps::default(), FIX, str::parse).0;
+            tiers.push((tier, TierBudget { defaults, ceilings }));
         }
         let budgets = Arc::new(BudgetPolicy::with(tiers));
         let budget_alerts = r.parsed(

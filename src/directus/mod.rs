@@ -2,6 +2,7 @@
 //! One file per resource; this one holds the transport and its error type.
 
 mod auth;
+mod budgets;
 mod flags;
 mod keys;
 mod notifications;

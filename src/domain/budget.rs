@@ -61,23 +61,108 @@ pub struct Cap {
     pub limit: Cents,
 }
 
-/// What each tier may spend in credits per day and per month (`BUDGET_FREE`, `BUDGET_PREMIUM`,
-/// `BUDGET_LIFETIME`); a tier without caps spends up to its balance.
+/// Each tier's caps on credit spending per day and month: the defaults (`BUDGET_FREE`, `BUDGET_PREMIUM`,
+/// `BUDGET_LIFETIME`) and the ceilings no cap may pass (`BUDGET_<TIER>_MAX`), whoever set it. A user's own
+/// caps (`PUT /v1/budget`) replace the defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BudgetPolicy {
-    tiers: Vec<(SubscriptionTier, Vec<Cap>)>,
+    tiers: Vec<(SubscriptionTier, TierBudget)>,
+}
+
+/// One tier's defaults and ceilings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierBudget {
+    pub defaults: Vec<Cap>,
+    pub ceilings: Vec<Cap>,
+}
+
+/// The caps a user set for themselves (`user_budgets`), in whole cents; `None`: the plan's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnCaps {
+    pub daily: Option<Cents>,
+    pub monthly: Option<Cents>,
+}
+
+impl OwnCaps {
+    pub fn get(&self, period: Period) -> Option<Cents> {
+        match period {
+            Period::Day => self.daily,
+            Period::Month => self.monthly,
+        }
+    }
+}
+
+/// A cap asked above what the plan allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("Your plan allows a {} credit cap of at most {} cents.", .period.name(), .ceiling.ceil_whole())]
+pub struct AboveCeiling {
+    pub period: Period,
+    pub ceiling: Cents,
+}
+
+impl Coded for AboveCeiling {
+    fn code(&self) -> Code {
+        Code::BudgetAboveCeiling
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        self.to_string().into()
+    }
+}
+
+const PERIODS: [Period; 2] = [Period::Day, Period::Month];
+
+fn cap_of(caps: &[Cap], period: Period) -> Option<Cents> {
+    caps.iter().find(|cap| cap.period == period).map(|cap| cap.limit)
 }
 
 impl BudgetPolicy {
-    pub fn with(tiers: Vec<(SubscriptionTier, Vec<Cap>)>) -> Self {
-        BudgetPolicy { tiers: tiers.into_iter().filter(|(_, caps)| !caps.is_empty()).collect() }
+    pub fn with(tiers: Vec<(SubscriptionTier, TierBudget)>) -> Self {
+        let set = |budget: &TierBudget| !budget.defaults.is_empty() || !budget.ceilings.is_empty();
+        BudgetPolicy { tiers: tiers.into_iter().filter(|(_, budget)| set(budget)).collect() }
     }
 
-    pub fn caps(&self, tier: SubscriptionTier) -> &[Cap] {
-        self.tiers.iter().find(|(t, _)| *t == tier).map_or(&[], |(_, caps)| caps.as_slice())
+    fn tier(&self, tier: SubscriptionTier) -> Option<&TierBudget> {
+        self.tiers.iter().find(|(t, _)| *t == tier).map(|(_, budget)| budget)
     }
 
-    /// No tier has a cap: spending need not be read at all.
+    /// The caps in force for a user: their own where they set one, else the tier's default; never above the
+    /// tier's ceiling.
+    pub fn effective(&self, tier: SubscriptionTier, own: OwnCaps) -> Vec<Cap> {
+        let Some(budget) = self.tier(tier) else {
+            return PERIODS.iter().filter_map(|p| own.get(*p).map(|limit| Cap { period: *p, limit })).collect();
+        };
+        PERIODS
+            .iter()
+            .filter_map(|period| {
+                let wanted = own.get(*period).or_else(|| cap_of(&budget.defaults, *period));
+                let limit = match (wanted, cap_of(&budget.ceilings, *period)) {
+                    (Some(wanted), Some(ceiling)) => wanted.min(ceiling),
+                    (wanted, ceiling) => wanted.or(ceiling)?,
+                };
+                Some(Cap { period: *period, limit })
+            })
+            .collect()
+    }
+
+    /// The tier's ceiling for `period`, if it has one.
+    pub fn ceiling(&self, tier: SubscriptionTier, period: Period) -> Option<Cents> {
+        self.tier(tier).and_then(|budget| cap_of(&budget.ceilings, period))
+    }
+
+    /// Caps a user may set: none above the tier's ceiling.
+    pub fn allows(&self, tier: SubscriptionTier, own: OwnCaps) -> Result<(), AboveCeiling> {
+        for period in PERIODS {
+            if let (Some(wanted), Some(ceiling)) = (own.get(period), self.ceiling(tier, period))
+                && wanted > ceiling
+            {
+                return Err(AboveCeiling { period, ceiling });
+            }
+        }
+        Ok(())
+    }
+
+    /// No tier has caps or ceilings: spending is not read, and users set no caps.
     pub fn is_empty(&self) -> bool {
         self.tiers.is_empty()
     }
@@ -278,6 +363,39 @@ mod tests {
         let (cap, left) = tightest(&caps, Some(&spending), datetime!(2027-01-01 00:00:01 UTC)).unwrap();
         assert_eq!((cap.period, left), (Period::Day, Cents::whole(500)));
         assert_eq!(tightest(&[], Some(&spending), datetime!(2026-12-05 11:00 UTC)), None);
+    }
+
+    #[test]
+    fn a_users_own_caps_replace_the_defaults_and_no_cap_passes_the_ceiling() {
+        let policy = BudgetPolicy::with(vec![(
+            SubscriptionTier::Free,
+            TierBudget {
+                defaults: caps("credits.daily=100"),
+                ceilings: caps("credits.daily=1000,credits.monthly=5000"),
+            },
+        )]);
+        let limits = |own: OwnCaps| {
+            policy
+                .effective(SubscriptionTier::Free, own)
+                .iter()
+                .map(|c| (c.period, c.limit.ceil_whole()))
+                .collect::<Vec<_>>()
+        };
+        // The default, and the ceiling standing in for a missing default.
+        assert_eq!(limits(OwnCaps::default()), [(Period::Day, 100), (Period::Month, 5000)]);
+        let own = OwnCaps { daily: Some(Cents::whole(20)), monthly: Some(Cents::whole(9000)) };
+        assert_eq!(limits(own), [(Period::Day, 20), (Period::Month, 5000)], "lower kept, higher held at the ceiling");
+        assert_eq!(
+            policy.allows(SubscriptionTier::Free, own),
+            Err(AboveCeiling { period: Period::Month, ceiling: Cents::whole(5000) })
+        );
+        assert!(
+            policy.allows(SubscriptionTier::Free, OwnCaps { daily: Some(Cents::whole(1000)), monthly: None }).is_ok()
+        );
+        // A tier the operator left alone: only what the user set.
+        assert_eq!(policy.effective(SubscriptionTier::Premium, OwnCaps::default()), []);
+        assert_eq!(policy.effective(SubscriptionTier::Premium, own).len(), 2);
+        assert!(policy.allows(SubscriptionTier::Premium, own).is_ok());
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .routes(routes!(routes::auth::logout))
         .routes(routes!(routes::auth::unlock))
         .routes(routes!(routes::account::account))
-        .routes(routes!(routes::budget::show))
+        .routes(routes!(routes::budget::show, routes::budget::update))
         .routes(routes!(routes::account::providers))
         .routes(routes!(routes::account::recommendations))
         .routes(routes!(routes::route::decide))

@@ -15,7 +15,7 @@ use moka::future::Cache;
 use time::OffsetDateTime;
 
 use crate::directus::{DirectusClient, DirectusError, StoredKey};
-use crate::domain::budget::Spending;
+use crate::domain::budget::{OwnCaps, Spending};
 use crate::domain::credit_book::{LedgerReading, unix_millis};
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
@@ -36,8 +36,10 @@ pub struct CallerProfile {
     /// The ledger balance, and when it was read.
     pub ledger: LedgerReading,
     /// What the user's calls on credits cost today and this month, read at the same time as the balance;
-    /// `None` when no tier has spending caps (nothing to read it for).
+    /// `None` when spending caps are not set up (nothing to read it for).
     pub spending: Option<Spending>,
+    /// The spending caps the user set for themselves.
+    pub own_caps: OwnCaps,
     pub keys: Vec<StoredKey>,
 }
 
@@ -88,8 +90,8 @@ pub struct CallerDirectory {
 /// What reads profiles from Directus, shared with the refreshes that run in the background.
 struct Reader {
     directus: DirectusClient,
-    /// Spending caps are in force for some tier: read each caller's spending with their balance.
-    read_spending: bool,
+    /// Spending caps are set up: read each caller's own caps and spending with their balance.
+    read_budgets: bool,
     /// Profiles as last read, kept for `STALE_CALLER_MAX_AGE_SECS`: served while a newer one is read, and while
     /// Directus is unreachable.
     last_known: Cache<UserId, Arc<CallerProfile>>,
@@ -97,10 +99,10 @@ struct Reader {
 }
 
 impl CallerDirectory {
-    pub fn new(directus: DirectusClient, ttl: Duration, stale_max_age: Duration, read_spending: bool) -> Self {
+    pub fn new(directus: DirectusClient, ttl: Duration, stale_max_age: Duration, read_budgets: bool) -> Self {
         let cache = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
         let last_known = Cache::builder().max_capacity(100_000).time_to_live(stale_max_age.max(ttl)).build();
-        let reader = Arc::new(Reader { directus, read_spending, last_known, last_failure: Mutex::new(None) });
+        let reader = Arc::new(Reader { directus, read_budgets, last_known, last_failure: Mutex::new(None) });
         CallerDirectory { cache, reader, stale_served: AtomicU64::new(0) }
     }
 
@@ -188,23 +190,24 @@ impl Reader {
     async fn fetch(self: Arc<Self>, user: UserId) -> Result<Arc<CallerProfile>, CallerError> {
         let now = OffsetDateTime::now_utc();
         let read_at = unix_millis(now);
-        let spending = async {
-            match self.read_spending {
-                true => self.directus.credit_spending(user, now).await.map(Some),
-                false => Ok(None),
+        let budget = async {
+            if !self.read_budgets {
+                return Ok((None, OwnCaps::default()));
             }
+            let (spending, own) = tokio::join!(self.directus.credit_spending(user, now), self.directus.own_caps(user));
+            Ok((Some(spending?), own?))
         };
-        let (profile, balance, keys, spending) = tokio::join!(
+        let (profile, balance, keys, budget) = tokio::join!(
             self.directus.user_profile(user),
             self.directus.credit_balance(user),
             self.directus.stored_keys(user),
-            spending,
+            budget,
         );
         let directus_error = |e| CallerError::Directus(Arc::new(e));
         // An unknown user is reported as such even if the other reads failed.
         let profile = profile.map_err(directus_error)?.ok_or(CallerError::UnknownUser)?;
         let (balance, keys) = (balance.map_err(directus_error)?, keys.map_err(directus_error)?);
-        let spending = spending.map_err(directus_error)?;
+        let (spending, own_caps) = budget.map_err(directus_error)?;
         let tier = match profile.subscription_tier.as_deref().map(str::parse::<SubscriptionTier>) {
             Some(Ok(tier)) => tier,
             Some(Err(_)) => {
@@ -215,7 +218,7 @@ impl Reader {
         };
         let ledger = LedgerReading { balance: balance.cents(), read_at };
         let active = profile.status == "active";
-        let profile = Arc::new(CallerProfile { tier, active, ledger, spending, keys });
+        let profile = Arc::new(CallerProfile { tier, active, ledger, spending, own_caps, keys });
         self.last_known.insert(user, Arc::clone(&profile)).await;
         if sync::lock(&self.last_failure).take().is_some() {
             tracing::info!("callers are read from Directus again; no longer serving stale profiles");

@@ -126,6 +126,11 @@ impl Standings {
         Standings { flags, callers, reservations, budgets, alerts, vault_configured }
     }
 
+    /// The operator's budget policy: defaults and ceilings per tier.
+    pub fn budgets(&self) -> &BudgetPolicy {
+        &self.budgets
+    }
+
     /// The shares of a cap at which users are notified; none without caps.
     pub fn alert_thresholds(&self) -> Vec<u8> {
         self.alerts.as_ref().map_or_else(Vec::new, SpendingAlerts::thresholds)
@@ -153,14 +158,13 @@ impl Standings {
         let context = self.context(user).await?;
         let profile = &context.caller.profile;
         let now = OffsetDateTime::now_utc();
-        let caps = self.budgets.caps(profile.tier);
-        let (credits, capped_by) = match budget::tightest(caps, profile.spending.as_ref(), now) {
+        let caps = self.budgets.effective(profile.tier, profile.own_caps);
+        let (credits, capped_by) = match budget::tightest(&caps, profile.spending.as_ref(), now) {
             Some((cap, left)) if left < profile.ledger.balance => {
                 (LedgerReading { balance: left, ..profile.ledger }, Some(BudgetExceeded::new(cap, now)))
             }
             _ => (profile.ledger, None),
         };
-        let caps = caps.to_vec();
         let available = self.reservations.available(user, credits).await;
         let standing =
             Standing { context, available, credits, capped_by, caps, vault_configured: self.vault_configured };

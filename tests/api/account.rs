@@ -313,6 +313,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/route"),
     ("post", "/webhooks/directus"),
     ("post", "/webhooks/stripe"),
+    ("put", "/v1/budget"),
     ("put", "/v1/keys/{provider}"),
 ];
 
@@ -390,8 +391,15 @@ async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when
         .with_priority(1)
         .mount(&app.directus)
         .await;
+    Mock::given(method("GET"))
+        .and(path("/items/user_budgets"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&app.directus)
+        .await;
     let (status, budget) = app.get("/v1/budget", Some(&token_for(&user))).await;
     assert_eq!(status, 200, "{budget}");
+    assert_eq!(budget["yours"], json!({"credits": {"daily_cents": null, "monthly_cents": null}}));
+    assert_eq!(budget["ceilings"], json!({"credits": {"daily_cents": null, "monthly_cents": null}}));
     let tomorrow = time::OffsetDateTime::now_utc().date().next_day().unwrap();
     assert_eq!(
         budget["credits"]["daily"],
@@ -406,7 +414,66 @@ async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when
     mount_flags(&app.directus, true, false, false).await;
     mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
     let (status, budget) = app.get("/v1/budget", Some(&token_for(&user))).await;
-    assert_eq!((status, budget), (200, json!({"credits": {"daily": null, "monthly": null}, "alerts_at_percent": []})));
+    assert_eq!((status, &budget["credits"]), (200, &json!({"daily": null, "monthly": null})), "{budget}");
+    assert_eq!(budget["alerts_at_percent"], json!([]));
     let (status, _) = app.get("/v1/budget", None).await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn users_set_their_own_caps_up_to_their_plans_ceiling_and_nothing_else() {
+    let app = spawn_app_with(&[("BUDGET_FREE", "credits.daily=100"), ("BUDGET_FREE_MAX", "credits.daily=1000")]).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
+    Mock::given(method("GET"))
+        .and(path("/items/user_budgets"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&app.directus)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/items/user_budgets"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": {"id": 1}})))
+        .mount(&app.directus)
+        .await;
+    let token = token_for(&user);
+    let put = |body: Value| {
+        let request = app.http.put(app.url("/v1/budget")).bearer_auth(&token).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    for (body, status, code) in [
+        (json!({"credits": {"daily_cents": 5000}}), 422, "budget_above_ceiling"),
+        (json!({"credits": {"daily_cents": 50}, "own_keys": {"daily_cents": 5}}), 422, "own_key_caps_not_available"),
+        (json!({"credits": {"weekly_cents": 5}}), 422, "invalid_request"),
+        (json!({"credits": {"daily_cents": -5}}), 422, "invalid_request"),
+    ] {
+        let (got, answer) = put(body.clone()).await;
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body}: {answer}");
+    }
+    let (_, above) = put(json!({"credits": {"daily_cents": 5000}})).await;
+    assert!(above["error"]["message"].as_str().unwrap().contains("at most 1000 cents"), "{above}");
+    let written = || async {
+        let requests = app.directus.received_requests().await.unwrap();
+        requests.iter().filter(|r| r.method.as_str() == "POST" && r.url.path() == "/items/user_budgets").count()
+    };
+    assert_eq!(written().await, 0, "refused changes write nothing");
+
+    let (status, budget) = put(json!({"credits": {"daily_cents": 50, "monthly_cents": null}, "own_keys": null})).await;
+    assert_eq!(status, 200, "{budget}");
+    assert_eq!(budget["ceilings"]["credits"]["daily_cents"], 1000);
+    let requests = app.directus.received_requests().await.unwrap();
+    let stored =
+        requests.iter().find(|r| r.method.as_str() == "POST" && r.url.path() == "/items/user_budgets").unwrap();
+    let row: Value = serde_json::from_slice(&stored.body).unwrap();
+    assert_eq!(row, json!({"user": user, "credits_daily_cents": 50, "credits_monthly_cents": null}));
+
+    // Without caps set up, there is nothing to set.
+    let app = spawn_app().await;
+    mount_flags(&app.directus, true, false, false).await;
+    mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
+    let response = app.http.put(app.url("/v1/budget")).bearer_auth(&token).json(&json!({"credits": {}})).send().await;
+    assert_eq!(error_code(response.unwrap()).await, "budgets_not_enabled");
 }

@@ -648,6 +648,18 @@ test('an end user manages keys, sees usage, a revoked key, an outage, and delete
       assert.match(caps[1].caption, /^This month: .* of \$50\.00 \(\d+%\)/);
       assert.ok(caps.every((cap) => cap.now >= 0 && cap.now <= 100 && cap.label.endsWith('spending cap')), JSON.stringify(caps));
       await waitForText(page, '#budget-alerts', /notified at 50%, 80%, 100%/);
+      // The user lowers the daily cap to $3, then goes back to the plan's default.
+      await fill(page, '#budget-daily', '3');
+      await page.click('#budget-save');
+      await waitForText(page, '#budget-caps .cap-caption', /^Today: .* of \$3\.00 /);
+      assert.equal(await page.$eval('#budget-daily', (node) => node.value), '3.00');
+      await fill(page, '#budget-daily', 'a lot');
+      await page.click('#budget-save');
+      await waitForText(page, '#budget-error', /amount in dollars/);
+      await fill(page, '#budget-daily', '');
+      await page.click('#budget-save');
+      await waitForText(page, '#budget-caps .cap-caption', /^Today: .* of \$5\.00 /);
+      await waitForText(page, '#budget-error', /^$/);
       await waitForVisible(page, '#key-card-openai');
       await waitForText(page, '#key-hint-openai', /^No key saved$/);
       await assertNoTokenInUrl(page);

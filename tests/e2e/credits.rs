@@ -5,17 +5,34 @@ use byok_bridge::domain::money::Cents;
 use serde_json::json;
 
 use crate::fakes::{GOOD_KEY, fake_providers, gateway_sidecar, mount_expensive_gpt4o};
-use crate::harness::{Instance, serial};
+use crate::harness::{Instance, Sidecar, serial};
 
-#[tokio::test]
-async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_its_exact_fraction() {
-    let _serial = serial().await;
+/// BYOK-first flags, fake providers where `gpt-4o` answers a 90-cent call, and a sidecar in front of them with
+/// `env` (and a free tier's rate limit out of the way).
+struct Scene {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    _providers: wiremock::MockServer,
+    instance: Instance,
+    http: reqwest::Client,
+    sidecar: Sidecar,
+}
+
+async fn scene(env: &[(&str, &str)]) -> Scene {
+    let serial = serial().await;
     let instance = Instance::from_env();
     let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
     mount_expensive_gpt4o(&providers).await;
-    let sidecar = gateway_sidecar(&instance, &providers, &[("RATE_LIMIT_FREE_PER_MIN", "1000")]).await;
+    let mut env = env.to_vec();
+    env.push(("RATE_LIMIT_FREE_PER_MIN", "1000"));
+    let sidecar = gateway_sidecar(&instance, &providers, &env).await;
+    Scene { _serial: serial, _providers: providers, instance, http, sidecar }
+}
+
+#[tokio::test]
+async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_its_exact_fraction() {
+    let Scene { _serial, _providers, instance, http, sidecar } = scene(&[]).await;
     let (user, token) = instance.new_user(&http, "free", "100").await;
 
     // Twenty calls at once, each of which may cost 95 cents, on 100 cents.
@@ -123,18 +140,8 @@ async fn the_platforms_daily_budget_refuses_credit_calls_of_every_user_but_not_o
 
 #[tokio::test]
 async fn a_tiers_daily_cap_refuses_the_call_that_would_pass_it_even_under_twenty_at_once() {
-    let _serial = serial().await;
-    let instance = Instance::from_env();
-    let http = crate::harness::client();
-    instance.set_byok_first(&http).await;
-    let providers = fake_providers().await;
-    mount_expensive_gpt4o(&providers).await;
-    let sidecar = gateway_sidecar(
-        &instance,
-        &providers,
-        &[("BUDGET_FREE", "credits.daily=100,credits.monthly=100000"), ("RATE_LIMIT_FREE_PER_MIN", "1000")],
-    )
-    .await;
+    let Scene { _serial, _providers, instance, http, sidecar } =
+        scene(&[("BUDGET_FREE", "credits.daily=100,credits.monthly=100000")]).await;
     // Plenty of credits: only the cap can refuse.
     let (user, token) = instance.new_user(&http, "free", "10000").await;
 
@@ -172,18 +179,7 @@ async fn a_tiers_daily_cap_refuses_the_call_that_would_pass_it_even_under_twenty
 
 #[tokio::test]
 async fn each_cap_threshold_is_told_once_in_directus_and_by_e_mail() {
-    let _serial = serial().await;
-    let instance = Instance::from_env();
-    let http = crate::harness::client();
-    instance.set_byok_first(&http).await;
-    let providers = fake_providers().await;
-    mount_expensive_gpt4o(&providers).await;
-    let sidecar = gateway_sidecar(
-        &instance,
-        &providers,
-        &[("BUDGET_FREE", "credits.daily=200"), ("RATE_LIMIT_FREE_PER_MIN", "1000")],
-    )
-    .await;
+    let Scene { _serial, _providers, instance, http, sidecar } = scene(&[("BUDGET_FREE", "credits.daily=200")]).await;
     let account = instance.new_account(&http, "free", "10000").await;
     let subjects = |notes: &serde_json::Value| -> Vec<String> {
         let notes = notes.as_array().unwrap();
@@ -210,5 +206,41 @@ async fn each_cap_threshold_is_told_once_in_directus_and_by_e_mail() {
     let mut notices = subjects(&instance.admin_get(&http, "/notifications", &recipient).await);
     notices.sort_unstable();
     assert_eq!(notices, mail_subjects);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn a_users_own_cap_is_kept_in_directus_and_refuses_what_would_pass_it() {
+    let Scene { _serial, _providers, instance, http, sidecar } =
+        scene(&[("BUDGET_FREE_MAX", "credits.daily=1000")]).await;
+    let (user, token) = instance.new_user(&http, "free", "10000").await;
+    let put = |body: serde_json::Value| http.put(sidecar.url("/v1/budget")).bearer_auth(&token).json(&body).send();
+
+    let above = put(json!({"credits": {"daily_cents": 5000}})).await.unwrap();
+    assert_eq!(above.status(), 422);
+    let set = put(json!({"credits": {"daily_cents": 50, "monthly_cents": null}})).await.unwrap();
+    assert_eq!(set.status(), 200);
+    let budget: serde_json::Value = set.json().await.unwrap();
+    assert_eq!(budget["credits"]["daily"]["limit_cents"], 50, "{budget}");
+    assert_eq!(budget["yours"]["credits"]["daily_cents"], 50, "{budget}");
+    assert_eq!(budget["ceilings"]["credits"]["daily_cents"], 1000, "{budget}");
+    let rows = instance.admin_get(&http, "/items/user_budgets", &[("filter[user][_eq]", user.as_str())]).await;
+    assert_eq!(rows[0]["credits_daily_cents"], 50, "kept in Directus: {rows}");
+
+    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
+    let refused = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert_eq!(refused.status(), 402);
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        (&error["error"]["cap"], &error["error"]["limit_cents"]),
+        (&json!("credits.daily"), &json!(50)),
+        "{error}"
+    );
+
+    // Back to the plan's default (none below the ceiling): the same call goes through.
+    let cleared = put(json!({"credits": {"daily_cents": null}})).await.unwrap();
+    assert_eq!(cleared.status(), 200);
+    let served = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert_eq!(served.status(), 200);
     sidecar.stop().await;
 }

@@ -16,7 +16,7 @@ import { $, announce } from './dom.js';
 import { POLL_MS, api, apiError, load, scheduleRefresh, session, whenSessionEnds } from './api.js';
 import { loadStatus } from './status.js';
 import { loadAccountAndKeys, removeKeyCards } from './keys.js';
-import { loadBudget } from './budget.js';
+import { initBudget, loadBudget } from './budget.js';
 import { loadUsage, onEstimate } from './usage.js';
 import { loadNotifications, markVisible, notif, updateNotificationCount } from './notifications.js';
 
@@ -70,6 +70,7 @@ function resetDashboard() {
   $('keys').hidden = true;
   $('budget').hidden = true;
   $('budget-caps').replaceChildren();
+  $('budget-form').reset();
   removeKeyCards();
   $('usage-chart').replaceChildren();
   $('usage-table-body').replaceChildren();
@@ -174,6 +175,7 @@ function loadDashboard() {
 
 function init() {
   whenSessionEnds(endSession);
+  initBudget();
   $('signin-form').addEventListener('submit', onSignIn);
   $('signout').addEventListener('click', () => {
     if ($('signout').getAttribute('aria-disabled') !== 'true') signOut();

@@ -1,8 +1,9 @@
-/* Spending caps: each cap of the user's plan as a bar (spent of limit), and when it starts over. */
+/* Spending caps: each cap in force as a bar (spent of limit) with when it starts over, and the caps the user
+ * sets for themselves (in dollars here, whole cents on the wire), up to what their plan allows. */
 
-import { $, el } from './dom.js';
+import { $, announce, el, showError } from './dom.js';
 import { formatCents, num } from './format.js';
-import { load } from './api.js';
+import { api, load } from './api.js';
 
 const CAPS = [['daily', 'Today'], ['monthly', 'This month']];
 
@@ -14,11 +15,52 @@ export function renderBudget(budget) {
   const credits = budget.credits || {};
   const rows = CAPS.filter(([key]) => credits[key]).map(([key, label]) => capRow(label, credits[key]));
   $('budget-caps').replaceChildren(...rows);
-  $('budget').hidden = rows.length === 0;
+  // Caps are set up on this platform when it notifies at some share of them.
   const alerts = Array.isArray(budget.alerts_at_percent) ? budget.alerts_at_percent : [];
+  $('budget').hidden = alerts.length === 0;
   $('budget-alerts').textContent = alerts.length
     ? 'You are notified at ' + alerts.map((p) => p + '%').join(', ') + ' of each cap.'
     : '';
+  const yours = (budget.yours && budget.yours.credits) || {};
+  const ceilings = (budget.ceilings && budget.ceilings.credits) || {};
+  for (const [key, period] of [['daily', 'day'], ['monthly', 'month']]) {
+    const cents = yours[key + '_cents'];
+    $('budget-' + key).value = cents === null || cents === undefined ? '' : (num(cents) / 100).toFixed(2);
+    const ceiling = ceilings[key + '_cents'];
+    $('budget-' + key + '-hint').textContent = (ceiling === null || ceiling === undefined)
+      ? 'Empty: your plan\'s default.'
+      : 'Empty: your plan\'s default. Your plan allows at most ' + formatCents(ceiling) + ' a ' + period + '.';
+  }
+}
+
+// Dollars as typed ("12.5") to whole cents; empty means the plan's default.
+function centsOf(id) {
+  const raw = $(id).value.trim();
+  if (raw === '') return null;
+  const dollars = Number(raw);
+  if (!Number.isFinite(dollars) || dollars < 0) throw new Error('Enter an amount in dollars, such as 5 or 12.50.');
+  return Math.round(dollars * 100);
+}
+
+async function saveCaps(event) {
+  event.preventDefault();
+  const button = $('budget-save');
+  if (button.getAttribute('aria-disabled') === 'true') return;
+  button.setAttribute('aria-disabled', 'true');
+  try {
+    const credits = { daily_cents: centsOf('budget-daily'), monthly_cents: centsOf('budget-monthly') };
+    renderBudget((await api('PUT', '/v1/budget', { credits })) || {});
+    showError('budget-error', null);
+    announce('Your spending caps are saved.');
+  } catch (error) {
+    showError('budget-error', error);
+  } finally {
+    button.removeAttribute('aria-disabled');
+  }
+}
+
+export function initBudget() {
+  $('budget-form').addEventListener('submit', saveCaps);
 }
 
 function capRow(label, cap) {

@@ -1,21 +1,27 @@
-//! A user's spending caps as they stand: each cap of their tier, what is spent of it, and when it starts over.
+//! A user's spending caps: each cap in force with what is spent of it and when it starts over, the caps they
+//! set themselves, and what their plan allows; and setting their own.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
-use crate::domain::budget::Period;
+use crate::directus::DirectusClient;
+use crate::domain::budget::{OwnCaps, Period};
+use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
+use crate::domain::user::UserId;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::AuthenticatedUser;
+use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
+use crate::services::callers::CallerDirectory;
 use crate::services::standing::Standings;
+use crate::shared::bus::{Bus, Event};
 
-/// One cap: its limit, what is spent of it (calls in progress included), and when its period ends.
+/// One cap in force: its limit, what is spent of it (calls in progress included), and when its period ends.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CapUse {
     #[schema(value_type = f64)]
@@ -26,29 +32,98 @@ pub struct CapUse {
     resets_at: String,
 }
 
-/// The caps on one kind of spending; `null` where there is none.
+/// The caps in force on one kind of spending; `null` where there is none.
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct Caps {
     daily: Option<CapUse>,
     monthly: Option<CapUse>,
 }
 
+/// Caps per period in whole cents; `null`: none of this kind.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default)]
+    daily_cents: Option<u64>,
+    #[serde(default)]
+    monthly_cents: Option<u64>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Budget {
-    /// Caps on spending platform credits.
+    /// The caps in force on spending platform credits.
     credits: Caps,
+    /// The caps you set (`null`: your plan's default applies).
+    yours: KindsOfLimits,
+    /// The most your plan allows you to set (`null`: no ceiling).
+    ceilings: KindsOfLimits,
     /// Shares of a cap (percent) at which you are notified.
     alerts_at_percent: Vec<u8>,
 }
 
-/// Your spending caps: what each allows, what you have spent of it and when it starts over. Calls that would
-/// pass a cap are refused with `402 budget_exceeded`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KindsOfLimits {
+    credits: Limits,
+}
+
+/// Your spending caps: what each allows, what you have spent of it and when it starts over; the caps you set
+/// and the most your plan allows. Calls that would pass a cap are refused with `402 budget_exceeded`.
 #[utoipa::path(get, path = "/v1/budget", tag = "account", security(("directus_token" = [])),
     responses((status = 200, body = Budget), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn show(
     AuthenticatedUser(user): AuthenticatedUser,
     State(standings): State<Arc<Standings>>,
 ) -> Result<Json<Budget>, ApiError> {
+    budget(&standings, user).await.map(Json)
+}
+
+/// What `PUT /v1/budget` takes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetUpdate {
+    credits: Limits,
+    /// Caps on own-key spending: not available yet; `null` or absent.
+    #[serde(default)]
+    own_keys: Option<Limits>,
+}
+
+impl RequestBody for BudgetUpdate {
+    const EXPECTED: &'static str =
+        r#"{"credits": {"daily_cents": 500, "monthly_cents": null}} (whole cents; null: your plan's default)"#;
+}
+
+/// Sets your own caps on credit spending, in whole cents; `null` goes back to your plan's default. A cap
+/// above your plan's ceiling is refused with `422 budget_above_ceiling`. Applies from your next request.
+#[utoipa::path(put, path = "/v1/budget", tag = "account", security(("directus_token" = [])),
+    request_body = BudgetUpdate,
+    responses((status = 200, body = Budget), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn update(
+    AuthenticatedUser(user): AuthenticatedUser,
+    State(standings): State<Arc<Standings>>,
+    State(callers): State<Arc<CallerDirectory>>,
+    State(bus): State<Arc<dyn Bus>>,
+    State(directus): State<DirectusClient>,
+    JsonBody(update): JsonBody<BudgetUpdate>,
+) -> Result<Json<Budget>, ApiError> {
+    if standings.budgets().is_empty() {
+        return Err(Code::BudgetsNotEnabled.into());
+    }
+    if update.own_keys.is_some_and(|own| own.daily_cents.is_some() || own.monthly_cents.is_some()) {
+        return Err(Code::OwnKeyCapsNotAvailable.into());
+    }
+    let whole = |cents: Option<u64>| cents.map(|c| Cents::whole(i64::try_from(c).unwrap_or(i64::MAX)));
+    let own = OwnCaps { daily: whole(update.credits.daily_cents), monthly: whole(update.credits.monthly_cents) };
+    let tier = standings.context(user).await?.caller.profile.tier;
+    standings.budgets().allows(tier, own).map_err(|above| ApiError::new(above.code(), above.message()))?;
+    directus.save_own_caps(user, own).await?;
+    // Every replica reads the caller again, caps and spending with it.
+    callers.forget(user).await;
+    bus.publish(Event::CallerChanged(user)).await;
+    budget(&standings, user).await.map(Json)
+}
+
+async fn budget(standings: &Standings, user: UserId) -> Result<Budget, ApiError> {
     let standing = standings.of(user).await?;
     let now = OffsetDateTime::now_utc();
     let mut credits = Caps::default();
@@ -60,5 +135,15 @@ pub async fn show(
             Period::Month => credits.monthly = used,
         }
     }
-    Ok(Json(Budget { credits, alerts_at_percent: standings.alert_thresholds() }))
+    let profile = &standing.context.caller.profile;
+    let whole = |cents: Option<Cents>| cents.and_then(|c| u64::try_from(c.ceil_whole()).ok());
+    let yours = Limits { daily_cents: whole(profile.own_caps.daily), monthly_cents: whole(profile.own_caps.monthly) };
+    let ceiling = |period| whole(standings.budgets().ceiling(profile.tier, period));
+    let ceilings = Limits { daily_cents: ceiling(Period::Day), monthly_cents: ceiling(Period::Month) };
+    Ok(Budget {
+        credits,
+        yours: KindsOfLimits { credits: yours },
+        ceilings: KindsOfLimits { credits: ceilings },
+        alerts_at_percent: standings.alert_thresholds(),
+    })
 }
