@@ -134,12 +134,12 @@ async fn budgets() -> Budgets {
     platform.read().await;
     let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), Some(platform));
     let claims = claims(None);
-    let notifier = Arc::new(Notifier::new(client, Arc::clone(&claims), None));
+    let notifier = Arc::new(Notifier::new(client, Arc::clone(&claims), None, None));
     Budgets {
         reservations,
         caps: "credits.daily=100000000000,credits.monthly=1000000000000".parse::<BudgetCaps>().unwrap().0,
         spending: Spending { at: OffsetDateTime::now_utc(), today: Cents::whole(5), this_month: Cents::whole(50) },
-        alerts: SpendingAlerts::new(AlertThresholds::default(), notifier, claims),
+        alerts: SpendingAlerts::new(AlertThresholds::default(), None, notifier, claims),
         _directus: directus,
     }
 }

@@ -80,9 +80,20 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
     let claims = claims(redis.clone());
     let bus = bus(redis.clone());
-    let notifier = Arc::new(Notifier::new(directus.clone(), Arc::clone(&claims), settings.public_url.as_ref()));
-    let alerts = (!settings.budgets.is_empty())
-        .then(|| SpendingAlerts::new(settings.budget_alerts.clone(), Arc::clone(&notifier), Arc::clone(&claims)));
+    let notifier = Arc::new(Notifier::new(
+        directus.clone(),
+        Arc::clone(&claims),
+        settings.public_url.as_ref(),
+        settings.payments.purchase_url.as_ref(),
+    ));
+    let alerts = (!settings.budgets.is_empty() || settings.low_balance_alert.is_some()).then(|| {
+        SpendingAlerts::new(
+            settings.budget_alerts.clone(),
+            settings.low_balance_alert,
+            Arc::clone(&notifier),
+            Arc::clone(&claims),
+        )
+    });
     let standings = Arc::new(Standings::new(
         Arc::clone(&flags),
         Arc::clone(&callers),

@@ -117,7 +117,10 @@ fn describe() {
     describe_gauge!(PLATFORM_SPEND, "Spent today (UTC) on the platform's keys, as Directus last reported, in cents.");
     describe_gauge!(PLATFORM_BUDGET, "PLATFORM_DAILY_BUDGET_CENTS.");
     describe_counter!(PLATFORM_REFUSALS, "Credit calls refused because the platform's daily budget was spent.");
-    describe_counter!(SPENDING_ALERTS, "Spending-cap notices sent, by period (daily, monthly) and threshold percent.");
+    describe_counter!(
+        SPENDING_ALERTS,
+        "Spending notices sent: caps by period (daily, monthly) and threshold percent; low_balance (percent 0)."
+    );
     describe_counter!(
         PAYMENT_EVENTS,
         "Stripe events by outcome: granted, refunded, duplicate, ignored, unknown_user, wrong_currency, \
@@ -228,8 +231,8 @@ pub fn platform_budget_refusal() {
     counter!(PLATFORM_REFUSALS).increment(1);
 }
 
-pub fn spending_alert(period: &'static str, percent: u8) {
-    counter!(SPENDING_ALERTS, "period" => period, "percent" => percent.to_string()).increment(1);
+pub fn spending_alert(kind: &'static str, percent: u8) {
+    counter!(SPENDING_ALERTS, "kind" => kind, "percent" => percent.to_string()).increment(1);
 }
 
 pub fn payment_event(outcome: &'static str) {

@@ -139,6 +139,8 @@ pub struct Settings {
     pub budgets: Arc<BudgetPolicy>,
     /// The shares of a cap at which its user is told how much is spent.
     pub budget_alerts: AlertThresholds,
+    /// Below this many credits left after a call, its user is told (once a day); `None`: never.
+    pub low_balance_alert: Option<Cents>,
     /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
     pub clock: Clock,
 }
@@ -368,14 +370,11 @@ impl Settings {
             "List percents of a cap, e.g. 50,80,100",
             str::parse,
         );
-        let platform_daily_budget = r.parsed(
+        let low_balance_alert =
+            r.cents("LOW_BALANCE_ALERT_CENTS", "Use whole cents, e.g. 200 to tell users when less than $2.00 is left");
+        let platform_daily_budget = r.cents(
             "PLATFORM_DAILY_BUDGET_CENTS",
-            None,
             "Use whole cents, e.g. 50000 for $500 a day, or leave it unset for no cap",
-            |raw| match raw.parse::<i64>() {
-                Ok(cents) if (1..=1_000_000_000_000).contains(&cents) => Ok(Some(Cents::whole(cents))),
-                _ => Err("must be a whole number of cents from 1 to 1000000000000"),
-            },
         );
         let sign_in = SignInPolicy {
             failures_per_account: r.whole(
@@ -453,6 +452,7 @@ impl Settings {
                     platform_daily_budget,
                     budgets,
                     budget_alerts,
+                    low_balance_alert,
                     clock: Clock::system(),
                 })
             }

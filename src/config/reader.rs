@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::domain::money::Cents;
+
 /// One misconfigured variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -97,6 +99,14 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         self.parsed(var, default, fix, |raw| match raw.parse::<T>() {
             Ok(n) if range.contains(&n) => Ok(n),
             _ => Err(format!("must be {what} from {} to {}", range.start(), range.end())),
+        })
+    }
+
+    /// An optional amount of whole cents, at least one.
+    pub(super) fn cents(&mut self, var: &'static str, fix: &'static str) -> Option<Cents> {
+        self.parsed(var, None, fix, |raw| match raw.parse::<i64>() {
+            Ok(cents) if (1..=1_000_000_000_000).contains(&cents) => Ok(Some(Cents::whole(cents))),
+            _ => Err("must be a whole number of cents from 1 to 1000000000000"),
         })
     }
 

@@ -65,6 +65,8 @@ pub struct Notifier {
     key_page: Option<String>,
     /// `PUBLIC_URL/account`.
     account_page: Option<String>,
+    /// `CREDITS_PURCHASE_URL`, where credits are bought.
+    purchase_url: Option<String>,
     /// Incidents already notified are claimed there (by every replica, with Redis). A claim ends when the user
     /// saves or re-checks the key, or after a day.
     claims: Arc<dyn Claims>,
@@ -84,9 +86,15 @@ fn incident(user: UserId, provider: Provider, problem: KeyProblem) -> String {
 }
 
 impl Notifier {
-    pub fn new(directus: DirectusClient, claims: Arc<dyn Claims>, public_url: Option<&reqwest::Url>) -> Self {
+    pub fn new(
+        directus: DirectusClient,
+        claims: Arc<dyn Claims>,
+        public_url: Option<&reqwest::Url>,
+        purchase_url: Option<&reqwest::Url>,
+    ) -> Self {
         let page = |path: &str| public_url.and_then(|url| url.join(path).ok()).map(String::from);
-        Notifier { directus, key_page: page("account#keys"), account_page: page("account"), claims }
+        let (key_page, account_page) = (page("account#keys"), page("account"));
+        Notifier { directus, key_page, account_page, purchase_url: purchase_url.map(|url| url.to_string()), claims }
     }
 
     /// Sends the notification in the background unless this incident was already notified.
@@ -182,12 +190,40 @@ impl Notifier {
         });
     }
 
+    /// The user's credits fell below `threshold` (`LOW_BALANCE_ALERT_CENTS`): how much is left, what happens at
+    /// zero, and where to buy more.
+    pub fn low_balance(&self, user: UserId, left: Cents, threshold: Cents) {
+        let mut message = format!(
+            "You have {} of platform credits left, below the {} at which we let you know. When they run out, AI \
+             requests that use credits are refused; requests with your own API keys are not affected.",
+            dollars(left),
+            dollars(threshold)
+        );
+        match (&self.purchase_url, &self.account_page) {
+            (Some(url), _) => message.push_str(&format!("\n\nBuy credits: {url}")),
+            (None, Some(url)) => message.push_str(&format!("\n\nYour balance is on your account page: {url}")),
+            (None, None) => {}
+        }
+        let directus = self.directus.clone();
+        tokio::spawn(async move {
+            if let Err(error) = directus.notify(user, "Your credits are running low", &message).await {
+                tracing::warn!(%user, %error, "could not tell the user their credits are running low");
+            }
+        });
+    }
+
     /// The user changed or re-checked the key: a new failure is a new incident.
     pub async fn key_changed(&self, user: UserId, provider: Provider) {
         for problem in [KeyProblem::Invalid, KeyProblem::QuotaExhausted] {
             self.claims.release(&incident(user, provider, problem)).await;
         }
     }
+}
+
+/// `$12.50`: cents as people read them.
+fn dollars(cents: Cents) -> String {
+    let cents = cents.max(Cents::ZERO).ceil_whole();
+    format!("${}.{:02}", cents / 100, cents % 100)
 }
 
 #[cfg(test)]

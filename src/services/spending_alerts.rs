@@ -1,7 +1,8 @@
 //! Tells users as their spending caps fill: at each threshold of `BUDGET_ALERT_PERCENTS` (50, 80 and 100% by
 //! default), once per cap and period, across replicas, as a Directus notification (and an e-mail where the
 //! user has them on). Checked whenever the user's standing is read, that is as each of their calls starts;
-//! the first call refused at a cap counts as reaching it.
+//! the first call refused at a cap counts as reaching it. And, with `LOW_BALANCE_ALERT_CENTS`, when a call on
+//! credits leaves less than that, once a day.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +17,35 @@ use crate::shared::claims::Claims;
 
 pub struct SpendingAlerts {
     thresholds: AlertThresholds,
+    /// `LOW_BALANCE_ALERT_CENTS`: below this, a user spending credits hears their balance is running low.
+    low_balance: Option<Cents>,
     notifier: Arc<Notifier>,
     claims: Arc<dyn Claims>,
 }
 
+/// A user hears their credits run low at most once a day.
+const LOW_BALANCE_EVERY: Duration = Duration::from_secs(86_400);
+
 impl SpendingAlerts {
-    pub fn new(thresholds: AlertThresholds, notifier: Arc<Notifier>, claims: Arc<dyn Claims>) -> Self {
-        SpendingAlerts { thresholds, notifier, claims }
+    pub fn new(
+        thresholds: AlertThresholds,
+        low_balance: Option<Cents>,
+        notifier: Arc<Notifier>,
+        claims: Arc<dyn Claims>,
+    ) -> Self {
+        SpendingAlerts { thresholds, low_balance, notifier, claims }
+    }
+
+    /// A call on credits leaves `left` of them: below the threshold, the user hears it, once a day at most.
+    pub async fn credits_left(&self, user: UserId, left: Cents) {
+        let Some(threshold) = self.low_balance.filter(|threshold| left < *threshold) else { return };
+        let claim = format!("alert:{user}:low_balance");
+        if self.claims.claim_here(&claim, LOW_BALANCE_EVERY).await
+            && self.claims.claim_everywhere(&claim, LOW_BALANCE_EVERY).await
+        {
+            crate::metrics::spending_alert("low_balance", 0);
+            self.notifier.low_balance(user, left, threshold);
+        }
     }
 
     pub fn thresholds(&self) -> Vec<u8> {

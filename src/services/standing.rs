@@ -133,7 +133,17 @@ impl Standings {
 
     /// The shares of a cap at which users are notified; none without caps.
     pub fn alert_thresholds(&self) -> Vec<u8> {
-        self.alerts.as_ref().map_or_else(Vec::new, SpendingAlerts::thresholds)
+        match &self.alerts {
+            Some(alerts) if !self.budgets.is_empty() => alerts.thresholds(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A call of `user` on credits leaves `left` of them at most.
+    pub async fn credits_left(&self, user: UserId, left: Cents) {
+        if let Some(alerts) = &self.alerts {
+            alerts.credits_left(user, left).await;
+        }
     }
 
     /// A call of `user` was refused at a cap: they hear the cap is reached, once per period.

@@ -244,3 +244,24 @@ async fn a_users_own_cap_is_kept_in_directus_and_refuses_what_would_pass_it() {
     assert_eq!(served.status(), 200);
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn credits_running_low_are_told_once_with_where_to_buy_more() {
+    let checkout = "https://app.example.com/billing";
+    let Scene { _serial, _providers, instance, http, sidecar } =
+        scene(&[("LOW_BALANCE_ALERT_CENTS", "1000"), ("CREDITS_PURCHASE_URL", checkout)]).await;
+    let account = instance.new_account(&http, "free", "1000").await;
+    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
+    for _ in 0..2 {
+        let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&account.token).json(&body).send();
+        assert_eq!(response.await.unwrap().status(), 200);
+    }
+    let mails = instance.wait_for_mail(&account.email, 1).await;
+    assert_eq!(mails.len(), 1, "once, not once per call: {mails:?}");
+    assert_eq!(mails[0]["subject"], "Your credits are running low");
+    let text = mails[0]["text"].as_str().unwrap();
+    assert!(text.contains("You have $9.05 of platform credits left") && text.contains(checkout), "{text}");
+    let notices = instance.admin_get(&http, "/notifications", &[("filter[recipient][_eq]", account.id.as_str())]).await;
+    assert_eq!(notices.as_array().unwrap().len(), 1, "{notices}");
+    sidecar.stop().await;
+}

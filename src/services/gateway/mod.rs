@@ -422,7 +422,12 @@ impl Gateway {
                 return Err(GatewayError::SpecialServiceTier(provider));
             }
             let credential = match self.credential(user, caller, standing.credits, provider, source, estimate).await {
-                Ok(credential) => credential,
+                Ok(credential) => {
+                    if source == Source::Internal {
+                        self.standings.credits_left(user, view.available - estimate).await;
+                    }
+                    credential
+                }
                 Err(CredentialError::KeyUnusable) => {
                     self.key_events.failed(user, provider, UpstreamFailure::InvalidKey).await;
                     if can_fall_back {
