@@ -96,6 +96,8 @@ pub struct Settings {
     pub usage_reads_per_minute: u32,
     /// Per user and minute: jobs submitted (each is stored, and later costs a provider call).
     pub job_submits_per_minute: u32,
+    /// Per user and minute: changes to their own spending caps (each writes Directus).
+    pub budget_changes_per_minute: u32,
     /// Total time one gateway call may spend retrying a provider.
     pub upstream_deadline: Duration,
     /// A provider's circuit opens after this many outages in a row and stays open this long.
@@ -309,6 +311,7 @@ impl Settings {
         let key_checks_per_minute = limits::per_minute(&mut r, "RATE_LIMIT_KEY_CHECKS_PER_MIN", 10);
         let usage_reads_per_minute = limits::per_minute(&mut r, "RATE_LIMIT_USAGE_READS_PER_MIN", 60);
         let job_submits_per_minute = limits::per_minute(&mut r, "RATE_LIMIT_JOB_SUBMITS_PER_MIN", 6_000);
+        let budget_changes_per_minute = limits::per_minute(&mut r, "RATE_LIMIT_BUDGET_CHANGES_PER_MIN", 10);
         let upstream_deadline = r.seconds("UPSTREAM_DEADLINE_SECS", 30, 1..=600);
         let max_upstream_calls = r.whole("MAX_UPSTREAM_CALLS", 512, limits::COUNTS, "calls", "Use e.g. 512") as usize;
         let upstream_slot_wait = r.seconds("UPSTREAM_SLOT_WAIT_SECS", 10, 1..=600);
@@ -429,6 +432,7 @@ impl Settings {
                     key_checks_per_minute,
                     usage_reads_per_minute,
                     job_submits_per_minute,
+                    budget_changes_per_minute,
                     upstream_deadline,
                     max_upstream_calls,
                     max_upstream_calls_per_user,

@@ -1,6 +1,6 @@
 //! Per-user limits on the endpoints that cost the platform something per call: key saves and checks (each asks
 //! the provider from the platform's address), usage summaries (each reads a Directus aggregate), job submits
-//! (each is stored, and later costs a provider call).
+//! (each is stored, and later costs a provider call), budget changes (each writes Directus).
 
 use std::sync::Arc;
 
@@ -14,6 +14,8 @@ pub enum Endpoint {
     KeyChecks,
     UsageReads,
     JobSubmits,
+    /// `PUT /v1/budget`: each writes Directus.
+    BudgetChanges,
 }
 
 impl Endpoint {
@@ -22,6 +24,7 @@ impl Endpoint {
             Endpoint::KeyChecks => "key_checks",
             Endpoint::UsageReads => "usage_reads",
             Endpoint::JobSubmits => "job_submits",
+            Endpoint::BudgetChanges => "budget_changes",
         }
     }
 }
@@ -35,11 +38,19 @@ pub struct EndpointLimits {
     key_checks: Limit,
     usage_reads: Limit,
     job_submits: Limit,
+    budget_changes: Limit,
 }
 
 impl EndpointLimits {
-    /// Per minute and user: key checks, usage reads, job submits; with `redis`, across every replica.
-    pub fn new(redis: Option<Arc<Redis>>, key_checks: u32, usage_reads: u32, job_submits: u32) -> Self {
+    /// Per minute and user: key checks, usage reads, job submits, budget changes; with `redis`, across every
+    /// replica.
+    pub fn new(
+        redis: Option<Arc<Redis>>,
+        key_checks: u32,
+        usage_reads: u32,
+        job_submits: u32,
+        budget_changes: u32,
+    ) -> Self {
         let limit = |endpoint: Endpoint, per_minute| Limit {
             limiter: RateLimiter::new(endpoint.name(), redis.clone()),
             per_minute,
@@ -48,6 +59,7 @@ impl EndpointLimits {
             key_checks: limit(Endpoint::KeyChecks, key_checks),
             usage_reads: limit(Endpoint::UsageReads, usage_reads),
             job_submits: limit(Endpoint::JobSubmits, job_submits),
+            budget_changes: limit(Endpoint::BudgetChanges, budget_changes),
         }
     }
 
@@ -57,6 +69,7 @@ impl EndpointLimits {
             Endpoint::KeyChecks => &self.key_checks,
             Endpoint::UsageReads => &self.usage_reads,
             Endpoint::JobSubmits => &self.job_submits,
+            Endpoint::BudgetChanges => &self.budget_changes,
         };
         limit.limiter.acquire(user, limit.per_minute).await.map_err(|retry_after| {
             crate::metrics::rate_limited(endpoint.name());

@@ -422,20 +422,8 @@ async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when
 
 #[tokio::test]
 async fn users_set_their_own_caps_up_to_their_plans_ceiling_and_nothing_else() {
-    let app = spawn_app_with(&[("BUDGET_FREE", "credits.daily=100"), ("BUDGET_FREE_MAX", "credits.daily=1000")]).await;
-    mount_flags(&app.directus, true, false, false).await;
-    let user = new_user_id();
-    mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
-    Mock::given(method("GET"))
-        .and(path("/items/user_budgets"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
-        .mount(&app.directus)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/items/user_budgets"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": {"id": 1}})))
-        .mount(&app.directus)
-        .await;
+    let (app, user) =
+        budget_app(&[("BUDGET_FREE", "credits.daily=100"), ("BUDGET_FREE_MAX", "credits.daily=1000")]).await;
     let token = token_for(&user);
     let put = |body: Value| {
         let request = app.http.put(app.url("/v1/budget")).bearer_auth(&token).json(&body);
@@ -476,4 +464,51 @@ async fn users_set_their_own_caps_up_to_their_plans_ceiling_and_nothing_else() {
     mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
     let response = app.http.put(app.url("/v1/budget")).bearer_auth(&token).json(&json!({"credits": {}})).send().await;
     assert_eq!(error_code(response.unwrap()).await, "budgets_not_enabled");
+}
+
+#[tokio::test]
+async fn a_user_changes_their_caps_a_few_times_a_minute_at_most() {
+    let (app, user) =
+        budget_app(&[("BUDGET_FREE", "credits.daily=100"), ("RATE_LIMIT_BUDGET_CHANGES_PER_MIN", "2")]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = app
+            .http
+            .put(app.url("/v1/budget"))
+            .bearer_auth(token_for(&user))
+            .json(&json!({"credits": {"daily_cents": 50}}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+            assert_eq!(error_code(response).await, "rate_limited");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let writes = app.directus.received_requests().await.unwrap();
+    assert_eq!(
+        writes.iter().filter(|r| r.method.as_str() == "POST" && r.url.path() == "/items/user_budgets").count(),
+        2
+    );
+}
+
+/// An app with `env`, a free user, and a Directus where that user has set no caps yet (and may set some).
+async fn budget_app(env: &[(&'static str, &str)]) -> (TestApp, String) {
+    let app = spawn_app_with(env).await;
+    mount_flags(&app.directus, true, false, false).await;
+    let user = new_user_id();
+    mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
+    Mock::given(method("GET"))
+        .and(path("/items/user_budgets"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&app.directus)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/items/user_budgets"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": {"id": 1}})))
+        .mount(&app.directus)
+        .await;
+    (app, user)
 }

@@ -17,6 +17,7 @@ use crate::domain::money::Cents;
 use crate::domain::user::UserId;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBody, RequestBody};
+use crate::http::limits::{Endpoint, EndpointLimits};
 use crate::services::callers::CallerDirectory;
 use crate::services::standing::Standings;
 use crate::shared::bus::{Bus, Event};
@@ -93,19 +94,22 @@ impl RequestBody for BudgetUpdate {
 }
 
 /// Sets your own caps on credit spending, in whole cents; `null` goes back to your plan's default. A cap
-/// above your plan's ceiling is refused with `422 budget_above_ceiling`. Applies from your next request.
+/// above your plan's ceiling is refused with `422 budget_above_ceiling`. Applies from your next request. At
+/// most `RATE_LIMIT_BUDGET_CHANGES_PER_MIN` (10) changes a minute.
 #[utoipa::path(put, path = "/v1/budget", tag = "account", security(("directus_token" = [])),
     request_body = BudgetUpdate,
     responses((status = 200, body = Budget), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+               (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn update(
     AuthenticatedUser(user): AuthenticatedUser,
     State(standings): State<Arc<Standings>>,
     State(callers): State<Arc<CallerDirectory>>,
     State(bus): State<Arc<dyn Bus>>,
     State(directus): State<DirectusClient>,
+    State(limits): State<Arc<EndpointLimits>>,
     JsonBody(update): JsonBody<BudgetUpdate>,
 ) -> Result<Json<Budget>, ApiError> {
+    limits.check(Endpoint::BudgetChanges, user).await?;
     if standings.budgets().is_empty() {
         return Err(Code::BudgetsNotEnabled.into());
     }
