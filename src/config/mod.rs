@@ -340,11 +340,9 @@ impl Settings {
             _ => Err("must be json or text"),
         });
 
-        let public_url = r.parsed(
+        let public_url = r.optional_url(
             "PUBLIC_URL",
-            None,
             "Use the http(s) base URL users reach the sidecar at, e.g. https://ai.example.com",
-            |raw| http_url(raw).map(Some),
         );
         let account_embed_origins = r.parsed(
             "ACCOUNT_EMBED_ORIGINS",

@@ -2,7 +2,7 @@
 
 use reqwest::Url;
 
-use super::reader::{Reader, http_url};
+use super::reader::Reader;
 use crate::crypto::stripe_signature::StripeSecret;
 
 #[derive(Debug, Clone, Default)]
@@ -37,11 +37,9 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Payments
             false => Err("is not a three-letter currency code"),
         },
     );
-    let purchase_url = r.parsed(
+    let purchase_url = r.optional_url(
         "CREDITS_PURCHASE_URL",
-        None,
         "Use the http(s) URL of your checkout or pricing page, e.g. https://app.example.com/billing",
-        |raw| http_url(raw).map(Some),
     );
     PaymentsConfig { stripe: secret.map(|secret| StripeConfig { secret, currency }), purchase_url }
 }

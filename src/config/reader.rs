@@ -82,6 +82,11 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         self.parsed(var, fallback, "Use an http(s) URL, e.g. the provider's API base", http_url)
     }
 
+    /// An optional http(s) URL, set only by the operator.
+    pub(super) fn optional_url(&mut self, var: &'static str, fix: &'static str) -> Option<Url> {
+        self.parsed(var, None, fix, |raw| http_url(raw).map(Some))
+    }
+
     /// A whole number within `range` (of `unit`, when it has one: "seconds", "bytes"); the problem names the
     /// range, `fix` a good value.
     pub(super) fn whole<T>(

@@ -89,24 +89,12 @@ impl DirectusClient {
 
     /// What earlier refunds of a payment took back, together.
     pub async fn refunded(&self, payment: &StripeId) -> Result<Cents, DirectusError> {
-        let request = self.request(Method::GET, LEDGER).query(&[
-            ("aggregate[sum]", "cost_cents"),
-            ("filter[request_id][_starts_with]", &refund_prefix(payment)),
+        let prefix = refund_prefix(payment);
+        self.ledger_sum(&[
+            ("filter[request_id][_starts_with]", prefix.as_str()),
             ("filter[transaction_type][_eq]", "deduction"),
-        ]);
-        #[derive(Deserialize)]
-        struct Sum {
-            sum: SumOf,
-        }
-        #[derive(Deserialize)]
-        struct SumOf {
-            cost_cents: Value,
-        }
-        let sums: Vec<Sum> = self.data(request).await?;
-        match sums.first().map(|s| &s.sum.cost_cents) {
-            None | Some(Value::Null) => Ok(Cents::ZERO),
-            Some(value) => Cents::from_json(value).map_err(|_| DirectusError::Decode("refund sum".into())),
-        }
+        ])
+        .await
     }
 
     /// Takes back `amount` of a refunded payment from its buyer.

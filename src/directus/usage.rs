@@ -67,19 +67,24 @@ impl DirectusClient {
     /// the user's, or everybody's.
     async fn credit_spend_since(&self, user: Option<UserId>, since: OffsetDateTime) -> Result<Cents, DirectusError> {
         let since = since.format(&Rfc3339).map_err(|e| DirectusError::Decode(e.to_string()))?;
-        let mut request = self.request(Method::GET, "/items/credit_transactions").query(&[
-            ("aggregate[sum]", "cost_cents"),
+        let user = user.map(|user| user.to_string());
+        let mut filters = vec![
             ("filter[transaction_type][_eq]", "deduction"),
             ("filter[provider][_nnull]", "true"),
-            ("filter[occurred_at][_gte]", &since),
-        ]);
-        if let Some(user) = user {
-            request = request.query(&[("filter[user][_eq]", user.to_string())]);
-        }
-        let sums: Vec<Value> = self.data(request).await?;
+            ("filter[occurred_at][_gte]", since.as_str()),
+        ];
+        filters.extend(user.as_deref().map(|user| ("filter[user][_eq]", user)));
+        self.ledger_sum(&filters).await
+    }
+
+    /// The sum of `cost_cents` over the ledger rows `filters` select; zero when none do.
+    pub(super) async fn ledger_sum(&self, filters: &[(&str, &str)]) -> Result<Cents, DirectusError> {
+        let request =
+            self.request(Method::GET, "/items/credit_transactions").query(&[("aggregate[sum]", "cost_cents")]);
+        let sums: Vec<Value> = self.data(request.query(filters)).await?;
         match sums.first().map(|group| &group["sum"]["cost_cents"]) {
             None | Some(Value::Null) => Ok(Cents::ZERO),
-            Some(sum) => Cents::from_json(sum).map_err(|_| DirectusError::Decode("credit spending".into())),
+            Some(sum) => Cents::from_json(sum).map_err(|_| DirectusError::Decode("credit_transactions sum".into())),
         }
     }
 

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use time::{Date, Month, OffsetDateTime, Time};
 
+use super::credit_book::LedgerReading;
 use super::error_code::{Code, Coded};
 use super::money::Cents;
 use super::tier::SubscriptionTier;
@@ -228,6 +229,33 @@ pub fn tightest(caps: &[Cap], spending: Option<&Spending>, now: OffsetDateTime) 
             (*cap, cap.limit - spent)
         })
         .min_by_key(|(_, left)| *left)
+}
+
+/// What a user's credit book may spend from: the ledger reading, lowered to what the tightest cap leaves
+/// when that is less than the balance; and then that cap, the reason a shortfall would be.
+pub fn capped_reading(
+    ledger: LedgerReading,
+    caps: &[Cap],
+    spending: Option<&Spending>,
+    now: OffsetDateTime,
+) -> (LedgerReading, Option<BudgetExceeded>) {
+    match tightest(caps, spending, now) {
+        Some((cap, left)) if left < ledger.balance => {
+            (LedgerReading { balance: left, ..ledger }, Some(BudgetExceeded::new(cap, now)))
+        }
+        _ => (ledger, None),
+    }
+}
+
+/// Each cap and what is spent of it now: the ledger's spending in its period plus `pending`, what calls the
+/// ledger does not show yet hold or cost. Nothing without a reading of the spending.
+pub fn cap_use(
+    caps: &[Cap],
+    spending: Option<Spending>,
+    pending: Cents,
+    now: OffsetDateTime,
+) -> impl Iterator<Item = (Cap, Cents)> + '_ {
+    caps.iter().filter_map(move |cap| Some((*cap, spending?.spent(cap.period, now) + pending)))
 }
 
 /// The shares of a cap (percent) at which its user hears how much of it is spent: `BUDGET_ALERT_PERCENTS`.

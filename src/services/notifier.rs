@@ -10,6 +10,7 @@ use crate::directus::DirectusClient;
 use crate::domain::budget::{Cap, Period};
 use crate::domain::jobs::JobError;
 use crate::domain::money::Cents;
+use crate::domain::payment::money;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 use crate::shared::claims::Claims;
@@ -147,12 +148,7 @@ impl Notifier {
         if let Some(url) = &self.account_page {
             message.push_str(&format!("\n\nYour balance is on your account page: {url}"));
         }
-        let directus = self.directus.clone();
-        tokio::spawn(async move {
-            if let Err(error) = directus.notify(user, "Credits added", &message).await {
-                tracing::warn!(%user, %error, "could not tell the user about their purchase");
-            }
-        });
+        self.notify_later(user, "Credits added".to_owned(), message);
     }
 
     /// A spending cap reached `percent`: what is spent, what happens at the cap, and where to look.
@@ -182,12 +178,7 @@ impl Notifier {
         if let Some(url) = &self.account_page {
             message.push_str(&format!("\n\nYour spending is on your account page: {url}"));
         }
-        let directus = self.directus.clone();
-        tokio::spawn(async move {
-            if let Err(error) = directus.notify(user, &subject, &message).await {
-                tracing::warn!(%user, %error, "could not tell the user about their spending cap");
-            }
-        });
+        self.notify_later(user, subject, message);
     }
 
     /// The user's credits fell below `threshold` (`LOW_BALANCE_ALERT_CENTS`): how much is left, what happens at
@@ -196,18 +187,24 @@ impl Notifier {
         let mut message = format!(
             "You have {} of platform credits left, below the {} at which we let you know. When they run out, AI \
              requests that use credits are refused; requests with your own API keys are not affected.",
-            dollars(left),
-            dollars(threshold)
+            money(left.max(Cents::ZERO), "usd"),
+            money(threshold, "usd")
         );
         match (&self.purchase_url, &self.account_page) {
             (Some(url), _) => message.push_str(&format!("\n\nBuy credits: {url}")),
             (None, Some(url)) => message.push_str(&format!("\n\nYour balance is on your account page: {url}")),
             (None, None) => {}
         }
+        self.notify_later(user, "Your credits are running low".to_owned(), message);
+    }
+
+    /// Sends a notice in the background: the call that set it off does not wait for Directus, and a notice
+    /// that cannot be sent is logged, not retried (its next occasion sends the next one).
+    fn notify_later(&self, user: UserId, subject: String, message: String) {
         let directus = self.directus.clone();
         tokio::spawn(async move {
-            if let Err(error) = directus.notify(user, "Your credits are running low", &message).await {
-                tracing::warn!(%user, %error, "could not tell the user their credits are running low");
+            if let Err(error) = directus.notify(user, &subject, &message).await {
+                tracing::warn!(%user, %subject, %error, "could not notify the user");
             }
         });
     }
@@ -218,12 +215,6 @@ impl Notifier {
             self.claims.release(&incident(user, provider, problem)).await;
         }
     }
-}
-
-/// `$12.50`: cents as people read them.
-fn dollars(cents: Cents) -> String {
-    let cents = cents.max(Cents::ZERO).ceil_whole();
-    format!("${}.{:02}", cents / 100, cents % 100)
 }
 
 #[cfg(test)]

@@ -84,25 +84,22 @@ impl Payments {
 
     /// Applies a verified event. `body` and `signature` go with a grant, for the Directus hook to check.
     pub async fn apply(&self, event: PaymentEvent, body: &str, signature: &str) -> Result<Outcome, PaymentError> {
-        let (claim, outcome) = match &event {
+        let event_id = match &event {
             PaymentEvent::Ignored { kind } => {
                 tracing::info!(%kind, "payment event ignored");
                 return Ok(Outcome::Ignored);
             }
-            PaymentEvent::Purchase(purchase) => {
-                let claim = format!("stripe:{}", purchase.event);
-                if !self.claims.claim(&claim, CLAIM_TTL).await {
-                    return Ok(Outcome::Duplicate);
-                }
-                (claim, self.purchase(purchase, body, signature).await)
-            }
-            PaymentEvent::Refund(refund) => {
-                let claim = format!("stripe:{}", refund.event);
-                if !self.claims.claim(&claim, CLAIM_TTL).await {
-                    return Ok(Outcome::Duplicate);
-                }
-                (claim, self.refund(refund).await)
-            }
+            PaymentEvent::Purchase(purchase) => &purchase.event,
+            PaymentEvent::Refund(refund) => &refund.event,
+        };
+        let claim = format!("stripe:{event_id}");
+        if !self.claims.claim(&claim, CLAIM_TTL).await {
+            return Ok(Outcome::Duplicate);
+        }
+        let outcome = match &event {
+            PaymentEvent::Purchase(purchase) => self.purchase(purchase, body, signature).await,
+            PaymentEvent::Refund(refund) => self.refund(refund).await,
+            PaymentEvent::Ignored { .. } => Ok(Outcome::Ignored),
         };
         if outcome.is_err() {
             // Stripe delivers it again; this replica must not take the retry for a repeat.

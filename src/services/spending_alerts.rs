@@ -40,9 +40,7 @@ impl SpendingAlerts {
     pub async fn credits_left(&self, user: UserId, left: Cents) {
         let Some(threshold) = self.low_balance.filter(|threshold| left < *threshold) else { return };
         let claim = format!("alert:{user}:low_balance");
-        if self.claims.claim_here(&claim, LOW_BALANCE_EVERY).await
-            && self.claims.claim_everywhere(&claim, LOW_BALANCE_EVERY).await
-        {
+        if self.first(&claim, LOW_BALANCE_EVERY).await {
             crate::metrics::spending_alert("low_balance", 0);
             self.notifier.low_balance(user, left, threshold);
         }
@@ -63,7 +61,7 @@ impl SpendingAlerts {
             let mut newest = None;
             for percent in self.thresholds.reached(spent, cap.limit) {
                 let claim = format!("alert:{user}:credits.{}:{period}:{percent}", cap.period.name());
-                if self.claims.claim_here(&claim, ttl).await && self.claims.claim_everywhere(&claim, ttl).await {
+                if self.first(&claim, ttl).await {
                     newest = Some(percent);
                 }
             }
@@ -72,6 +70,12 @@ impl SpendingAlerts {
                 self.notifier.spending_alert(user, cap, percent, spent, now);
             }
         }
+    }
+
+    /// True for the one check, on any replica, that claims `claim` first; this replica's own claim answers its
+    /// repeats without asking Redis.
+    async fn first(&self, claim: &str, ttl: Duration) -> bool {
+        self.claims.claim_here(claim, ttl).await && self.claims.claim_everywhere(claim, ttl).await
     }
 
     /// A call was refused at `cap`: for the user the cap is reached, whatever share of it is spent.

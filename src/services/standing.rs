@@ -86,8 +86,7 @@ impl Standing {
     /// does not show yet (held or settled since the reading). Nothing without a reading of the spending.
     pub fn cap_use(&self, now: OffsetDateTime) -> impl Iterator<Item = (Cap, Cents)> + '_ {
         let pending = (self.credits.balance - self.available).max(Cents::ZERO);
-        let spending = self.context.caller.profile.spending;
-        self.caps.iter().filter_map(move |cap| Some((*cap, spending?.spent(cap.period, now) + pending)))
+        budget::cap_use(&self.caps, self.context.caller.profile.spending, pending, now)
     }
 
     /// The cap behind a refusal for credit, when a cap (not the balance) left too little.
@@ -169,12 +168,7 @@ impl Standings {
         let profile = &context.caller.profile;
         let now = OffsetDateTime::now_utc();
         let caps = self.budgets.effective(profile.tier, profile.own_caps);
-        let (credits, capped_by) = match budget::tightest(&caps, profile.spending.as_ref(), now) {
-            Some((cap, left)) if left < profile.ledger.balance => {
-                (LedgerReading { balance: left, ..profile.ledger }, Some(BudgetExceeded::new(cap, now)))
-            }
-            _ => (profile.ledger, None),
-        };
+        let (credits, capped_by) = budget::capped_reading(profile.ledger, &caps, profile.spending.as_ref(), now);
         let available = self.reservations.available(user, credits).await;
         let standing =
             Standing { context, available, credits, capped_by, caps, vault_configured: self.vault_configured };
