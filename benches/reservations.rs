@@ -39,7 +39,15 @@ async fn one_call(reservations: &Arc<Reservations>, user: UserId, ledger: Ledger
     let available = reservations.available(user, ledger).await;
     assert!(available.is_positive());
     let hold = reservations.reserve(user, ledger, Cents::parse("0.27").unwrap()).await.unwrap();
-    let record = UsageRecord {
+    let record = record(user);
+    hold.settle(record.request_id, record.cost_cents);
+    reservations.stored(&record, OffsetDateTime::now_utc()).await;
+    started.elapsed()
+}
+
+/// The call's record, as the meter writes it.
+fn record(user: UserId) -> UsageRecord {
+    UsageRecord {
         request_id: Uuid::new_v4(),
         user,
         provider: Provider::OpenAi,
@@ -49,10 +57,7 @@ async fn one_call(reservations: &Arc<Reservations>, user: UserId, ledger: Ledger
         usage: TokenUsage::default(),
         cost_cents: Cents::from_nanos(345_000),
         occurred_at: OffsetDateTime::now_utc(),
-    };
-    hold.settle(record.request_id, record.cost_cents);
-    reservations.stored(&record, OffsetDateTime::now_utc()).await;
-    started.elapsed()
+    }
 }
 
 async fn run(threads: usize) -> Vec<Duration> {
@@ -83,28 +88,13 @@ async fn run(threads: usize) -> Vec<Duration> {
 async fn one_budgeted_call(budgets: &Budgets, user: UserId, ledger: LedgerReading) -> Duration {
     let started = Instant::now();
     let now = OffsetDateTime::now_utc();
-    let reading = match budget::tightest(&budgets.caps, Some(&budgets.spending), now) {
-        Some((_, left)) if left < ledger.balance => LedgerReading { balance: left, ..ledger },
-        _ => ledger,
-    };
+    let (reading, _) = budget::capped_reading(ledger, &budgets.caps, Some(&budgets.spending), now);
     let available = budgets.reservations.available(user, reading).await;
     let pending = (reading.balance - available).max(Cents::ZERO);
-    let uses = budgets.caps.iter().map(|cap| (*cap, budgets.spending.spent(cap.period, now) + pending));
-    budgets.alerts.check(user, uses, now).await;
+    budgets.alerts.check(user, budget::cap_use(&budgets.caps, Some(budgets.spending), pending, now), now).await;
     let hold = budgets.reservations.reserve(user, reading, Cents::parse("0.27").unwrap()).await.unwrap();
-    let request_id = Uuid::new_v4();
-    hold.settle(request_id, Cents::from_nanos(345_000));
-    let record = UsageRecord {
-        request_id,
-        user,
-        provider: Provider::OpenAi,
-        model: "gpt-4o-mini".into(),
-        source: Source::Internal,
-        service_type: "openai.chat_completions".into(),
-        usage: TokenUsage::default(),
-        cost_cents: Cents::from_nanos(345_000),
-        occurred_at: OffsetDateTime::now_utc(),
-    };
+    let record = record(user);
+    hold.settle(record.request_id, record.cost_cents);
     budgets.reservations.stored(&record, OffsetDateTime::now_utc()).await;
     started.elapsed()
 }

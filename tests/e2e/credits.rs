@@ -30,18 +30,36 @@ async fn scene(env: &[(&str, &str)]) -> Scene {
     Scene { _serial: serial, _providers: providers, instance, http, sidecar }
 }
 
+/// A `gpt-4o` call that may cost 95 cents (and costs 90 on the fakes of [`mount_expensive_gpt4o`]).
+fn expensive_call() -> serde_json::Value {
+    json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]})
+}
+
+/// One call of `body` per token in `tokens`, all at once: each answer's status, whether it said when to retry,
+/// and its body (JSON, or null).
+async fn at_once(
+    http: &reqwest::Client,
+    sidecar: &Sidecar,
+    tokens: &[&str],
+    body: &serde_json::Value,
+) -> Vec<(u16, bool, serde_json::Value)> {
+    let calls = tokens.iter().map(|token| async move {
+        let response =
+            http.post(sidecar.url("/v1/chat/completions")).bearer_auth(token).json(body).send().await.unwrap();
+        let (status, retry_after) = (response.status().as_u16(), response.headers().contains_key("retry-after"));
+        (status, retry_after, response.json().await.unwrap_or_default())
+    });
+    futures_util::future::join_all(calls).await
+}
+
 #[tokio::test]
 async fn concurrent_calls_cannot_overdraw_the_ledger_and_each_call_is_charged_its_exact_fraction() {
     let Scene { _serial, _providers, instance, http, sidecar } = scene(&[]).await;
     let (user, token) = instance.new_user(&http, "free", "100").await;
 
     // Twenty calls at once, each of which may cost 95 cents, on 100 cents.
-    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
-    let calls: Vec<_> = (0..20)
-        .map(|_| http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&body).send())
-        .collect();
-    let statuses: Vec<u16> =
-        futures_util::future::join_all(calls).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    let answers = at_once(&http, &sidecar, &[token.as_str(); 20], &expensive_call()).await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, _, _)| *status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 19, "{statuses:?}");
 
@@ -99,20 +117,12 @@ async fn the_platforms_daily_budget_refuses_credit_calls_of_every_user_but_not_o
     let (_, second) = instance.new_user(&http, "free", "1000").await;
 
     // Twenty calls at once from two users, each possibly costing 95 cents, with 100 left of the day.
-    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
-    let calls: Vec<_> = (0..20)
-        .map(|i| {
-            let token = if i % 2 == 0 { &first } else { &second };
-            http.post(sidecar.url("/v1/chat/completions")).bearer_auth(token).json(&body).send()
-        })
-        .collect();
+    let body = expensive_call();
+    let tokens: Vec<&str> = (0..20).map(|i| if i % 2 == 0 { first.as_str() } else { second.as_str() }).collect();
     let mut statuses = Vec::new();
-    for response in futures_util::future::join_all(calls).await {
-        let response = response.unwrap();
-        let status = response.status().as_u16();
+    for (status, retry_after, error) in at_once(&http, &sidecar, &tokens, &body).await {
         if status == 503 {
-            assert!(response.headers().contains_key("retry-after"));
-            let error: serde_json::Value = response.json().await.unwrap();
+            assert!(retry_after);
             assert_eq!(error["error"]["code"], "platform_budget_exhausted", "{error}");
         }
         statuses.push(status);
@@ -122,14 +132,7 @@ async fn the_platforms_daily_budget_refuses_credit_calls_of_every_user_but_not_o
 
     // Own keys are not the platform's money: they keep working.
     let (_, owner) = instance.new_user(&http, "premium", "0").await;
-    let saved = http
-        .put(sidecar.url("/v1/keys/openai"))
-        .bearer_auth(&owner)
-        .json(&json!({"api_key": GOOD_KEY}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(saved.status(), 200);
+    sidecar.save_openai_key(&http, &owner, GOOD_KEY).await;
     let own = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&owner).json(&body).send().await.unwrap();
     assert_eq!(own.status(), 200);
     assert_eq!(own.headers()["x-byok-source"], "byok");
@@ -145,17 +148,12 @@ async fn a_tiers_daily_cap_refuses_the_call_that_would_pass_it_even_under_twenty
     // Plenty of credits: only the cap can refuse.
     let (user, token) = instance.new_user(&http, "free", "10000").await;
 
-    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
-    let calls: Vec<_> = (0..20)
-        .map(|_| http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&body).send())
-        .collect();
     let mut statuses = Vec::new();
     let mut refusal = serde_json::Value::Null;
-    for response in futures_util::future::join_all(calls).await {
-        let response = response.unwrap();
-        statuses.push(response.status().as_u16());
-        if response.status() == 402 {
-            refusal = response.json().await.unwrap();
+    for (status, _, answer) in at_once(&http, &sidecar, &[token.as_str(); 20], &expensive_call()).await {
+        statuses.push(status);
+        if status == 402 {
+            refusal = answer;
         }
     }
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
@@ -188,7 +186,7 @@ async fn each_cap_threshold_is_told_once_in_directus_and_by_e_mail() {
     let recipient = [("filter[recipient][_eq]", account.id.as_str())];
 
     // 90 cents a call under a 200-cent daily cap: 45%, then 90% (the 50% and the 80% thresholds at once).
-    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
+    let body = expensive_call();
     for expected in [200, 200, 402, 402] {
         let response =
             http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&account.token).json(&body).send().await;
@@ -227,7 +225,7 @@ async fn a_users_own_cap_is_kept_in_directus_and_refuses_what_would_pass_it() {
     let rows = instance.admin_get(&http, "/items/user_budgets", &[("filter[user][_eq]", user.as_str())]).await;
     assert_eq!(rows[0]["credits_daily_cents"], 50, "kept in Directus: {rows}");
 
-    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
+    let body = expensive_call();
     let refused = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&body).send().await.unwrap();
     assert_eq!(refused.status(), 402);
     let error: serde_json::Value = refused.json().await.unwrap();
@@ -251,7 +249,7 @@ async fn credits_running_low_are_told_once_with_where_to_buy_more() {
     let Scene { _serial, _providers, instance, http, sidecar } =
         scene(&[("LOW_BALANCE_ALERT_CENTS", "1000"), ("CREDITS_PURCHASE_URL", checkout)]).await;
     let account = instance.new_account(&http, "free", "1000").await;
-    let body = json!({"model": "gpt-4o", "max_tokens": 95_000, "messages": [{"role": "user", "content": "Go"}]});
+    let body = expensive_call();
     for _ in 0..2 {
         let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&account.token).json(&body).send();
         assert_eq!(response.await.unwrap().status(), 200);

@@ -6,17 +6,6 @@ use wiremock::MockServer;
 use crate::fakes::{GOOD_KEY, REVOKED_KEY, fake_providers, gateway_sidecar};
 use crate::harness::{Instance, Sidecar, serial};
 
-async fn put_key(http: &reqwest::Client, sidecar: &Sidecar, token: &str, key: &str) {
-    let response = http
-        .put(sidecar.url("/v1/keys/openai"))
-        .bearer_auth(token)
-        .json(&json!({"api_key": key}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-}
-
 /// BYOK-first flags, fake providers, a sidecar in front of them, and `who` logged in with `key` stored.
 struct Scene {
     _serial: tokio::sync::MutexGuard<'static, ()>,
@@ -35,7 +24,7 @@ async fn scene(who: &str, key: &str) -> Scene {
     let providers = fake_providers().await;
     let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
     let token = instance.login(&http, who).await;
-    put_key(&http, &sidecar, &token, key).await;
+    sidecar.save_openai_key(&http, &token, key).await;
     Scene { _serial: serial, _providers: providers, instance, http, sidecar, token }
 }
 

@@ -302,6 +302,18 @@ impl Sidecar {
         panic!("sidecar /readyz never reported {what} within 30 s");
     }
 
+    /// Saves `key` as the OpenAI key of the user `token` signs in, through the sidecar; it must be accepted.
+    pub async fn save_openai_key(&self, http: &reqwest::Client, token: &str, key: &str) {
+        let response = http
+            .put(self.url("/v1/keys/openai"))
+            .bearer_auth(token)
+            .json(&json!({"api_key": key}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
     pub async fn route(&self, http: &reqwest::Client, token: &str, provider: &str) -> (u16, Value) {
         let response = http
             .post(self.url("/v1/route"))
