@@ -197,15 +197,17 @@ impl Instance {
     ) -> Vec<Value> {
         let mut query = query.to_vec();
         query.push(("limit", "-1"));
+        let mut found = 0;
         for _ in 0..300 {
             let rows = self.admin_get(http, collection, &query).await;
             let rows = rows.as_array().cloned().unwrap_or_default();
             if rows.len() >= count {
                 return rows;
             }
+            found = rows.len();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("{collection} never reached {count} rows for {query:?}");
+        panic!("{collection} never reached {count} rows for {query:?}: {found} found");
     }
 
     /// The user's balance as the ledger in Directus says: grants + refunds - deductions.

@@ -323,7 +323,8 @@ impl Gateway {
         self.meter.metered_stream(charge, hide_usage_chunk, slot, upstream)
     }
 
-    /// Usage recorded by the last calls reaches the disk (at shutdown).
+    /// Usage recorded by the calls before this one is on disk when it returns (at shutdown, before a job is
+    /// marked done).
     pub async fn flush(&self) {
         self.meter.flush().await;
     }

@@ -53,6 +53,11 @@ impl Jobs {
             Attempt::Fail { .. } => "failed",
         };
         crate::metrics::job_attempt(outcome);
+        if matches!(attempt, Attempt::Succeeded { .. }) {
+            // A succeeded job is never run again, so its usage record must be on disk before the job says so:
+            // a crash in between would otherwise leave a served, uncharged call.
+            self.gateway.flush().await;
+        }
         record.settle(attempt, self.clock.now(), &self.config.retry, fastrand::f64());
         let finished = self.queue.finish(&record, lease.as_deref()).await;
         drop(renewal);
