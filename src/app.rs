@@ -19,6 +19,7 @@ use crate::http::purchase_link::PurchaseLink;
 use crate::http::routes::pages::AccountPage;
 use crate::http::state::{AppState, Services};
 use crate::providers::ProviderClient;
+use crate::services::call_log::CallLog;
 use crate::services::callers::CallerDirectory;
 use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_cache::FlagCache;
@@ -116,11 +117,16 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         settings.max_upstream_calls_per_user,
         settings.upstream_slot_wait,
     );
+    let calls = Arc::new(CallLog::new(Arc::clone(&store), redis.clone(), settings.call_retention)?);
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&standings),
         Arc::clone(&reservations),
         Arc::clone(&vault),
-        Arc::new(Meter::new(OutboxWriter::start(Arc::clone(&outbox))?, Arc::clone(&settings.price_table))),
+        Arc::new(Meter::new(
+            OutboxWriter::start(Arc::clone(&outbox))?,
+            Arc::clone(&settings.price_table),
+            Arc::clone(&calls),
+        )),
         Upstream::new(providers, internal_keys, breaker, settings.upstream_deadline),
         limits,
         Arc::clone(&key_events),
@@ -151,6 +157,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         key_events,
         vault,
         gateway,
+        calls,
         jobs: Arc::new(jobs),
         reservations,
         access: Arc::new(access(settings, directus.clone())),

@@ -44,6 +44,7 @@ const SPENDING_ALERTS: &str = "byok_spending_alerts_total";
 const PLATFORM_SPEND: &str = "byok_platform_spend_today_cents";
 const PLATFORM_BUDGET: &str = "byok_platform_daily_budget_cents";
 const PLATFORM_REFUSALS: &str = "byok_platform_budget_refusals_total";
+const CALLS_DROPPED: &str = "byok_call_log_dropped_total";
 
 /// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
 const BUCKETS: &[f64] =
@@ -126,6 +127,7 @@ fn describe() {
         "Stripe events by outcome: granted, refunded, duplicate, ignored, unknown_user, wrong_currency, \
          unknown_payment, failed (answered 503, Stripe retries)."
     );
+    describe_counter!(CALLS_DROPPED, "Entries of /v1/calls not kept: the queue was full or the backend failed.");
     describe_gauge!(REDIS_UP, "1 while Redis (REDIS_URL) answers, 0 while replicas run on their own state.");
 }
 
@@ -237,4 +239,8 @@ pub fn spending_alert(kind: &'static str, percent: u8) {
 
 pub fn payment_event(outcome: &'static str) {
     counter!(PAYMENT_EVENTS, "outcome" => outcome).increment(1);
+}
+
+pub fn calls_dropped(count: u64) {
+    counter!(CALLS_DROPPED).increment(count);
 }

@@ -130,6 +130,7 @@ impl Application {
         };
         tokio::spawn(accounting::run_flusher(Arc::clone(&self.state.services().outbox), Arc::new(sink), self.delivery));
         self.state.services().jobs.start();
+        self.state.services().calls.start();
         if self.state.services().vault.is_configured() {
             tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
         }

@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::budget::{AlertThresholds, BudgetCaps, BudgetPolicy, TierBudget};
+use crate::domain::call::CallRetention;
 use crate::domain::client_address::TrustedProxies;
 use crate::domain::money::Cents;
 use crate::domain::pricing::PriceTable;
@@ -143,6 +144,8 @@ pub struct Settings {
     pub budget_alerts: AlertThresholds,
     /// Below this many credits left after a call, its user is told (once a day); `None`: never.
     pub low_balance_alert: Option<Cents>,
+    /// How many of each user's calls `/v1/calls` keeps, and for how long.
+    pub call_retention: CallRetention,
     /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
     pub clock: Clock,
 }
@@ -377,6 +380,10 @@ impl Settings {
             "PLATFORM_DAILY_BUDGET_CENTS",
             "Use whole cents, e.g. 50000 for $500 a day, or leave it unset for no cap",
         );
+        let call_retention = CallRetention {
+            kept_per_user: r.whole("CALLS_KEPT_PER_USER", 500, 10..=10_000, "calls", "Use e.g. 500") as usize,
+            max_age: Duration::from_secs(86_400 * r.whole("CALLS_RETENTION_DAYS", 30, 1..=400, "days", "Use e.g. 30")),
+        };
         let sign_in = SignInPolicy {
             failures_per_account: r.whole(
                 "LOGIN_FAILURES_PER_ACCOUNT",
@@ -455,6 +462,7 @@ impl Settings {
                     budgets,
                     budget_alerts,
                     low_balance_alert,
+                    call_retention,
                     clock: Clock::system(),
                 })
             }

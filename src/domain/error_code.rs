@@ -106,6 +106,8 @@ codes! {
     ServiceTierNotAvailable = ("service_tier_not_available", 422, "Priority, flex and scale processing (service_tier) are not available on platform credits."),
     GatewayBusy = ("gateway_busy", 503, "Too many AI requests are running right now. Retry in a moment."),
     UpstreamError = ("upstream_error", 502, "The AI provider's answer broke off on its way. It bills the generation all the same, so the call was charged its whole budget; please retry."),
+    /// Inside a stream that had begun (200): the provider stopped mid-way.
+    UpstreamStreamInterrupted = ("upstream_stream_interrupted", 502, "The AI provider stopped answering mid-way. Only what you received was charged; please retry."),
     AiTimeout = ("ai_timeout", 504, "The provider did not finish answering in time; the call was charged its whole budget. Ask for a shorter answer, or stream long ones."),
     PlatformBudgetExhausted = ("platform_budget_exhausted", 503, "AI features on platform credits are paused until 00:00 UTC: the platform's budget for today is spent. Your own API keys keep working."),
     AiUnavailable = ("ai_unavailable", 503, "AI features are temporarily unavailable. Everything else keeps working; retry in a little while."),
@@ -126,6 +128,9 @@ codes! {
     // Buying credits.
     PaymentsNotConfigured = ("payments_not_configured", 404, "Buying credits is not set up on this platform (STRIPE_WEBHOOK_SECRET is not set)."),
     MalformedPaymentEvent = ("malformed_payment_event", 422, "The payment event is not shaped as its type says."),
+
+    // Recent calls.
+    CallsUnavailable = ("calls_unavailable", 503, "Your recent calls cannot be read right now. Retry shortly."),
 
     // This service and Directus.
     FlagsUnavailable = ("flags_unavailable", 503, "AI features are temporarily unavailable while the service starts up. Retry in a moment."),

@@ -2,6 +2,7 @@
 
 pub mod api_key;
 pub mod budget;
+pub mod call;
 pub mod client_address;
 pub mod credit_book;
 pub mod credits;

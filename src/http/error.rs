@@ -17,6 +17,7 @@ use crate::domain::provider::UnknownProvider;
 use crate::domain::routing::{ByokAccessDenied, Refusal};
 use crate::domain::sign_in::SignInRefusal;
 use crate::http::guard::BodyRefused;
+use crate::services::call_log::CallLogError;
 use crate::services::flag_cache::FlagsUnavailable;
 use crate::services::gateway::GatewayError;
 use crate::services::jobs::JobsError;
@@ -65,6 +66,8 @@ pub enum ApiError {
     Jobs(#[from] JobsError),
     #[error(transparent)]
     Payment(#[from] PaymentError),
+    #[error(transparent)]
+    Calls(#[from] CallLogError),
     /// A per-user limit on one of our own endpoints.
     #[error("too many requests")]
     TooManyRequests { retry_after: Duration },
@@ -100,6 +103,7 @@ impl ApiError {
             ApiError::Directus(error) => error,
             ApiError::Jobs(error) => error,
             ApiError::Payment(error) => error,
+            ApiError::Calls(error) => error,
             ApiError::TooManyRequests { .. } => &Code::RateLimited,
             ApiError::SignIn(refusal) => refusal,
             ApiError::RequestsInFlight(_) => &Code::TooManyRequestsInFlight,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 
 use super::error::ApiError;
 use super::guard::{self, Held};
@@ -272,4 +273,14 @@ fn bytes_rejection(rejection: &BytesRejection) -> ApiError {
     } else {
         ApiError::new(Code::InvalidRequest, "The body could not be read.")
     }
+}
+
+/// A list's `after`: the `next` of the page before, an id (`what` names it in the error).
+pub fn page_after(raw: Option<&str>, what: &str) -> Result<Option<Uuid>, ApiError> {
+    raw.map(|raw| {
+        Uuid::parse_str(raw).map_err(|_| {
+            ApiError::new(Code::InvalidRequest, format!("after must be the next of a previous page ({what})."))
+        })
+    })
+    .transpose()
 }

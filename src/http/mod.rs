@@ -95,6 +95,7 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .routes(routes!(routes::keys::save, routes::keys::delete))
         .routes(routes!(routes::keys::verify))
         .routes(routes!(routes::usage::summary))
+        .routes(routes!(routes::calls::list))
         .routes(routes!(routes::usage::estimate))
         .routes(routes!(routes::notifications::list))
         .routes(routes!(routes::notifications::mark_read))

@@ -13,6 +13,7 @@ use crate::http::guard::Guard;
 use crate::http::limits::EndpointLimits;
 use crate::http::purchase_link::PurchaseLink;
 use crate::http::routes::pages::AccountPage;
+use crate::services::call_log::CallLog;
 use crate::services::callers::CallerDirectory;
 use crate::services::flag_cache::FlagCache;
 use crate::services::gateway::{Gateway, KeyEvents};
@@ -50,6 +51,8 @@ pub struct Services {
     pub key_events: Arc<KeyEvents>,
     pub vault: Arc<KeyVault>,
     pub gateway: Arc<Gateway>,
+    /// Each user's recent calls, failed ones included.
+    pub calls: Arc<CallLog>,
     /// Durable jobs, run by workers through the same gateway.
     pub jobs: Arc<Jobs>,
     pub reservations: Arc<Reservations>,
@@ -100,6 +103,7 @@ pieces! {
     key_events: Arc<KeyEvents>,
     vault: Arc<KeyVault>,
     gateway: Arc<Gateway>,
+    calls: Arc<CallLog>,
     jobs: Arc<Jobs>,
     reservations: Arc<Reservations>,
     directus: DirectusClient,

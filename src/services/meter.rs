@@ -1,4 +1,5 @@
-//! Turns a finished call into a usage record and hands it to the durable outbox, off the request path.
+//! Turns a finished call into a usage record and hands it to the durable outbox, off the request path, and
+//! lists every call, charged or not, in the user's recent calls (see [`super::call_log`]).
 //! Streams are metered as they pass through and charged when they end, including when the client leaves.
 //! An internal-credit call's hold gives way to its real cost at that moment (see [`super::reservations`]).
 //!
@@ -24,8 +25,11 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::call_log::CallLog;
 use super::reservations::{HOLD_TTL, Hold};
 use crate::accounting::OutboxWriter;
+use crate::domain::call::{CallEntry, Ending};
+use crate::domain::error_code::Code;
 use crate::domain::llm::{Api, StreamTap};
 use crate::domain::money::Cents;
 use crate::domain::pricing::{PriceMatch, PriceTable};
@@ -52,15 +56,17 @@ pub struct Charge {
 pub struct Meter {
     outbox: OutboxWriter,
     prices: Arc<PriceTable>,
+    calls: Arc<CallLog>,
     unknown_models_logged: Cache<String, ()>,
 }
 
 impl Meter {
-    /// Records go to the outbox through `outbox`, its one writer.
-    pub fn new(outbox: OutboxWriter, prices: Arc<PriceTable>) -> Self {
+    /// Records go to the outbox through `outbox`, its one writer; each charged call is also listed in `calls`.
+    pub fn new(outbox: OutboxWriter, prices: Arc<PriceTable>, calls: Arc<CallLog>) -> Self {
         Meter {
             outbox,
             prices,
+            calls,
             unknown_models_logged: Cache::builder().max_capacity(UNKNOWN_MODELS_REMEMBERED).build(),
         }
     }
@@ -71,7 +77,7 @@ impl Meter {
 
     /// Records a completed call and returns its cost. Returns at once, without blocking: the record is queued
     /// for the outbox's writer and is durable a few milliseconds later (see the module documentation).
-    pub fn record(&self, charge: Charge, usage: TokenUsage) -> Cents {
+    pub fn record(&self, charge: Charge, usage: TokenUsage, ending: Ending) -> Cents {
         let provider = charge.api.provider();
         let (price, matched) = self.prices.price(provider, &charge.model);
         if matched == PriceMatch::Unknown && !self.unknown_models_logged.contains_key(&charge.model) {
@@ -98,8 +104,14 @@ impl Meter {
             cost_cents: cost,
             occurred_at: OffsetDateTime::now_utc(),
         };
+        self.calls.record(record.user, CallEntry::charged(&record, ending));
         self.outbox.submit(record);
         cost
+    }
+
+    /// Lists a call that cost nothing (refused here or by the provider) among the user's calls.
+    pub fn uncharged(&self, user: UserId, call: CallEntry) {
+        self.calls.record(user, call);
     }
 
     /// Resolves once every record recorded before the call is on disk (or, if the disk refused it, logged).
@@ -145,13 +157,13 @@ pub struct MeteredStream {
 
 impl MeteredStream {
     /// Charges for what passed: the provider's final usage, or an estimate of everything generated.
-    fn settle(&mut self) {
+    fn settle(&mut self, ending: Ending) {
         let (Some((meter, charge)), Some(tap)) = (self.pending.take(), self.tap.take()) else { return };
         let (usage, reported) = tap.finish(charge.estimated_prompt_tokens);
         if !reported {
             tracing::info!(request_id = %charge.request_id, "stream ended without final usage; charged by estimate");
         }
-        meter.record(charge, usage);
+        meter.record(charge, usage, ending);
     }
 
     fn keep_hold_alive(&mut self) {
@@ -167,10 +179,10 @@ impl MeteredStream {
 
 /// The coded error a client sees in place of the rest of a stream the provider broke off.
 fn interrupted_event(api: Api) -> Bytes {
-    let message = "The AI provider stopped answering mid-way. Only what you received was charged; please retry.";
+    let (code, message) = (Code::UpstreamStreamInterrupted.as_str(), Code::UpstreamStreamInterrupted.message());
     Bytes::from(match api {
         Api::ChatCompletions => format!(
-            "data: {{\"error\":{{\"code\":\"upstream_stream_interrupted\",\"type\":\"upstream_error\",\"message\":\"{message}\"}}}}\n\n"
+            "data: {{\"error\":{{\"code\":\"{code}\",\"type\":\"upstream_error\",\"message\":\"{message}\"}}}}\n\n"
         ),
         Api::Messages => format!(
             "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\"message\":\"{message}\"}}}}\n\n"
@@ -200,14 +212,14 @@ impl Stream for MeteredStream {
                     tracing::warn!(error = %error.without_url(), "provider stream failed");
                     self.done = true;
                     let mut rest = self.tap.as_mut().map(StreamTap::end).unwrap_or_default().to_vec();
-                    self.settle();
+                    self.settle(Ending::StreamBrokenOff);
                     rest.extend_from_slice(&interrupted_event(self.api));
                     return Poll::Ready(Some(Ok(Bytes::from(rest))));
                 }
                 Poll::Ready(None) => {
                     self.done = true;
                     let rest = self.tap.as_mut().map(StreamTap::end).unwrap_or_default();
-                    self.settle();
+                    self.settle(Ending::Answered { status: 200 });
                     return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }
                 Poll::Pending => return Poll::Pending,
@@ -219,7 +231,7 @@ impl Stream for MeteredStream {
 impl Drop for MeteredStream {
     /// The client went away mid-stream: what was generated so far is charged.
     fn drop(&mut self) {
-        self.settle();
+        self.settle(Ending::Answered { status: 200 });
     }
 }
 
@@ -230,18 +242,29 @@ mod tests {
     use super::*;
     use crate::accounting::Outbox;
     use crate::domain::provider::Provider;
+    use crate::services::call_log;
     use crate::store::Store;
     use crate::store::tests::TempDir;
 
-    fn temp_outbox() -> (TempDir, Arc<Outbox>) {
-        let dir = TempDir::new();
-        let store = Arc::new(Store::open(&dir.store_path()).unwrap());
-        (dir, Arc::new(Outbox::open(store).unwrap()))
+    struct Parts {
+        _dir: TempDir,
+        outbox: Arc<Outbox>,
+        calls: Arc<CallLog>,
     }
 
-    fn meter(outbox: &Arc<Outbox>) -> Meter {
-        Meter::new(OutboxWriter::start(Arc::clone(outbox)).unwrap(), Arc::new(PriceTable::builtin()))
+    fn parts() -> Parts {
+        let dir = TempDir::new();
+        let store = Arc::new(Store::open(&dir.store_path()).unwrap());
+        let calls = Arc::new(call_log::tests::embedded(Arc::clone(&store)));
+        Parts { _dir: dir, outbox: Arc::new(Outbox::open(store).unwrap()), calls }
     }
+
+    fn meter(parts: &Parts) -> Meter {
+        let outbox = OutboxWriter::start(Arc::clone(&parts.outbox)).unwrap();
+        Meter::new(outbox, Arc::new(PriceTable::builtin()), Arc::clone(&parts.calls))
+    }
+
+    const ANSWERED: Ending = Ending::Answered { status: 200 };
 
     fn charge(model: &str) -> Charge {
         Charge {
@@ -256,27 +279,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_recorded_call_is_stored_with_its_exact_price() {
-        let (_dir, outbox) = temp_outbox();
-        let meter = meter(&outbox);
+    async fn a_recorded_call_is_stored_with_its_exact_price_and_listed_with_its_ending() {
+        let parts = parts();
+        parts.calls.start();
+        let meter = meter(&parts);
         let charge = charge("gpt-4o-2024-08-06");
-        let request_id = charge.request_id;
+        let (request_id, user) = (charge.request_id, charge.user);
         let usage = TokenUsage::new(1_000, 500);
-        meter.record(charge, usage);
+        meter.record(charge, usage, Ending::Unanswered(Code::AiTimeout));
         meter.flush().await;
 
-        let waiting = outbox.page(0, 10).unwrap();
+        let waiting = parts.outbox.page(0, 10).unwrap();
         assert_eq!(waiting.len(), 1);
         let record = &waiting[0].record;
         assert_eq!((record.request_id, record.provider, record.usage), (request_id, Provider::OpenAi, usage));
         assert_eq!(record.service_type, "openai.chat_completions");
         assert_eq!(record.cost_cents.to_string(), "0.750000000");
+
+        let listed = call_log::tests::listed(&parts.calls, user, 1).await;
+        assert_eq!(
+            (listed[0].id, listed[0].cost_cents, listed[0].prompt_tokens),
+            (request_id, record.cost_cents, 1_000)
+        );
+        assert_eq!((listed[0].status, listed[0].error_code.as_deref()), (504, Some("ai_timeout")));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn calls_recorded_from_many_tasks_at_once_are_all_stored() {
-        let (_dir, outbox) = temp_outbox();
-        let meter = Arc::new(meter(&outbox));
+        let parts = parts();
+        let meter = Arc::new(meter(&parts));
         let tasks: Vec<_> = (0..32)
             .map(|_| {
                 let meter = Arc::clone(&meter);
@@ -285,7 +316,7 @@ mod tests {
                     for _ in 0..100 {
                         let charge = charge("gpt-4o-mini");
                         ids.push(charge.request_id);
-                        meter.record(charge, TokenUsage::new(3, 4));
+                        meter.record(charge, TokenUsage::new(3, 4), ANSWERED);
                         tokio::task::yield_now().await;
                     }
                     ids
@@ -297,28 +328,29 @@ mod tests {
             recorded.extend(task.await.unwrap());
         }
         meter.flush().await;
-        assert_eq!(outbox.len(), 3_200);
-        let stored: HashSet<_> = outbox.page(0, 10_000).unwrap().into_iter().map(|w| w.record.request_id).collect();
+        assert_eq!(parts.outbox.len(), 3_200);
+        let stored: HashSet<_> =
+            parts.outbox.page(0, 10_000).unwrap().into_iter().map(|w| w.record.request_id).collect();
         assert_eq!(stored, recorded);
     }
 
     #[test]
     fn dropping_the_meter_stores_what_is_still_queued() {
-        let (_dir, outbox) = temp_outbox();
-        let meter = meter(&outbox);
+        let parts = parts();
+        let meter = meter(&parts);
         for _ in 0..500 {
-            meter.record(charge("gpt-4o-mini"), TokenUsage::default());
+            meter.record(charge("gpt-4o-mini"), TokenUsage::default(), ANSWERED);
         }
         drop(meter);
-        assert_eq!(outbox.len(), 500);
+        assert_eq!(parts.outbox.len(), 500);
     }
 
     #[test]
     fn unknown_model_names_are_remembered_in_bounded_memory() {
-        let (_dir, outbox) = temp_outbox();
-        let meter = meter(&outbox);
+        let parts = parts();
+        let meter = meter(&parts);
         for i in 0..5_000 {
-            meter.record(charge(&format!("made-up-model-{i}")), TokenUsage::default());
+            meter.record(charge(&format!("made-up-model-{i}")), TokenUsage::default(), ANSWERED);
         }
         meter.unknown_models_logged.run_pending_tasks();
         assert!(meter.unknown_models_logged.entry_count() <= UNKNOWN_MODELS_REMEMBERED);

@@ -1,5 +1,6 @@
 //! Stateful services between the HTTP layer and the clients: caches with explicit freshness rules.
 
+pub mod call_log;
 pub mod callers;
 pub mod circuit_breaker;
 pub mod flag_cache;

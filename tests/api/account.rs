@@ -289,6 +289,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/jobs/{id}"),
     ("delete", "/v1/jobs/{id}"),
     ("get", "/v1/budget"),
+    ("get", "/v1/calls"),
     ("get", "/v1/keys"),
     ("get", "/v1/notifications"),
     ("get", "/v1/providers"),

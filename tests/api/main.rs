@@ -2,6 +2,7 @@
 //! The real-Directus end-to-end tests live in `tests/e2e`.
 
 mod account;
+mod calls;
 mod credits;
 mod errors;
 mod flags;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use byok_bridge::clock::Clock;
 use byok_bridge::config::JobsConfig;
+use byok_bridge::services::call_log::embedded::EmbeddedHistory;
 use byok_bridge::services::jobs::embedded::EmbeddedJobs;
 use byok_bridge::services::rate_limit::memory::MemoryRateLimit;
 use byok_bridge::services::reservations::memory::MemoryReservations;
@@ -38,12 +39,37 @@ async fn memory_bus() {
     suites::bus::suite(Arc::new(a), Arc::new(b)).await;
 }
 
+/// A store in a directory of its own, removed when dropped.
+struct TempStore {
+    dir: std::path::PathBuf,
+    store: Arc<Store>,
+}
+
+impl TempStore {
+    fn new() -> TempStore {
+        let dir = std::env::temp_dir().join(format!("byok-backends-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(&dir.join("byok-bridge.db")).unwrap());
+        TempStore { dir, store }
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test]
 async fn embedded_job_queue() {
-    let dir = std::env::temp_dir().join(format!("byok-backends-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Arc::new(Store::open(&dir.join("byok-bridge.db")).unwrap());
-    let queue = EmbeddedJobs::open(store, &JobsConfig::default(), Clock::system()).unwrap();
+    let temp = TempStore::new();
+    let queue = EmbeddedJobs::open(Arc::clone(&temp.store), &JobsConfig::default(), Clock::system()).unwrap();
     suites::job_queue::suite(Arc::new(queue)).await;
-    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn embedded_call_history() {
+    let temp = TempStore::new();
+    let history = EmbeddedHistory::open(Arc::clone(&temp.store), suites::call_history::RETENTION).unwrap();
+    suites::call_history::suite(&history).await;
 }

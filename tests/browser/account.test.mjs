@@ -744,6 +744,17 @@ test('an end user manages keys, sees usage, a revoked key, an outage, and delete
       assert.equal(totals[0], 'Total');
       assert.equal(totals[1], String(BYOK_CALLS));
       await waitForText(page, '#key-status-openai', /^Active$/);
+
+      // The same calls, one by one, under "Recent requests".
+      await waitForVisible(page, '#calls-table');
+      const calls = await page.$$eval('#calls-body tr', (trs) => trs.map((tr) => [...tr.cells].map((td) => td.textContent.trim())));
+      assert.equal(calls.length, BYOK_CALLS, `a row per call: ${JSON.stringify(calls)}`);
+      for (const [time, model, paidWith, result, tokens, cost] of calls) {
+        assert.ok(time !== '' && model.startsWith(MODEL), JSON.stringify(calls));
+        assert.deepEqual([paidWith, result, tokens], ['Your key', 'OK', '1,500']);
+        assert.match(cost, /^\$\d/);
+      }
+      await waitForText(page, '#calls-kept', /^Kept for \d+ days/);
       await assertNoTokenInUrl(page);
     });
 
@@ -870,6 +881,12 @@ test('an end user manages keys, sees usage, a revoked key, an outage, and delete
       assert.equal(await text(page, '#status-banner'), status.body.banner, 'the server\'s sentence');
       await page.evaluate(() => window.scrollTo(0, 0));
       console.log(`# ${await screenshot(page, 'account-banner.png')}`);
+
+      // The failed call joins "Recent requests" with the page's poll, with what went wrong.
+      await waitForText(page, '#calls-body tr:first-child [data-testid="call-outcome"]', /^Provider unavailable$/, pollWait);
+      const title = await page.$eval('#calls-body tr:first-child [data-testid="call-outcome"]', (node) => node.title);
+      assert.equal(title, 'ai_unavailable (HTTP 503)', 'the code, for support');
+      env.fake.outage = false;
     });
 
     await step('f. delete the key (two clicks): No key saved', async () => {
@@ -885,6 +902,29 @@ test('an end user manages keys, sees usage, a revoked key, an outage, and delete
       const token = await apiLogin();
       const providers = await request('GET', `${env.sidecarUrl}/v1/providers`, { token });
       assert.equal(providers.body.providers.find((p) => p.provider === 'openai').key, null, 'deleted on the server');
+    });
+
+    await step('i. background requests: a failed job shows why, and Retry queues it again', async () => {
+      const token = await apiLogin();
+      // No key any more: credits pay, and they do not pay for priority processing, so the job fails for good.
+      const job_request = { model: MODEL, service_tier: 'priority', messages: [{ role: 'user', content: 'Queued from the browser test' }] };
+      const submitted = await request('POST', `${env.sidecarUrl}/v1/jobs`, { token, body: { api: 'chat.completions', request: job_request } });
+      assert.equal(submitted.status, 202, JSON.stringify(submitted.body));
+      const id = submitted.body.id;
+      const job = `#jobs-list [data-testid="job-row"]`;
+      await waitForVisible(page, '#jobs', pollWait);
+      await page.waitForSelector(`${job}[data-status="failed"] button[data-job="${id}"]`, { visible: true, timeout: pollWait });
+      await waitForText(page, `${job} .error-text`, /service_tier|[Pp]riority/);
+      await page.evaluate(() => document.getElementById('calls').scrollIntoView({ block: 'start' }));
+      console.log(`# ${await screenshot(page, 'account-activity.png')}`);
+
+      await page.click(`button[data-job="${id}"]`);
+      await page.waitForSelector(`button[data-job="${id}"]`, { hidden: true, timeout: 10000 });
+      const retried = await pollUntil('the job is tried a second time', async () => {
+        const answer = await request('GET', `${env.sidecarUrl}/v1/jobs/${id}`, { token });
+        return answer.body.attempts === 2 && answer.body.status === 'failed' ? answer.body : null;
+      }, { timeoutMs: 30000, intervalMs: 250 });
+      assert.equal(retried.error.code, 'service_tier_not_available');
     });
 
     await step('h. no console error, no CSP violation, nothing stored, no token in a URL', async () => {

@@ -172,7 +172,37 @@ async fn a_tiers_daily_cap_refuses_the_call_that_would_pass_it_even_under_twenty
     let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &query, 2).await;
     let spent: f64 = rows.iter().map(|r| Cents::from_json(&r["cost_cents"]).unwrap().as_f64()).sum();
     assert!(spent <= 100.0, "spent {spent} cents under a 100-cent cap");
+
+    // The user's calls list all 21: each refusal with its code, each charged call at its ledger row's cost.
+    let calls = listed_calls(&http, &sidecar, &token, 21).await;
+    let refused: Vec<_> = calls.iter().filter(|c| c["error_code"] == "budget_exceeded").collect();
+    assert_eq!(refused.len(), 19, "{calls:?}");
+    assert!(refused.iter().all(|c| c["status"] == 402 && c["source"].is_null() && c["cost_cents"] == "0.000000000"));
+    for row in &rows {
+        let call = calls.iter().find(|c| c["id"] == row["request_id"]).expect("a charged call is listed by its id");
+        assert_eq!(
+            (&call["status"], &call["source"], &call["error_code"]),
+            (&json!(200), &json!("internal"), &json!(null))
+        );
+        let (listed, ledger) =
+            (Cents::from_json(&call["cost_cents"]).unwrap(), Cents::from_json(&row["cost_cents"]).unwrap());
+        assert_eq!(listed, ledger, "its cost is the ledger's");
+    }
     sidecar.stop().await;
+}
+
+/// Polls `GET /v1/calls` (bounded) until it lists `count` of the user's calls, then returns them.
+async fn listed_calls(http: &reqwest::Client, sidecar: &Sidecar, token: &str, count: usize) -> Vec<serde_json::Value> {
+    for _ in 0..200 {
+        let (status, page) = sidecar.get(http, "/v1/calls?limit=200", Some(token)).await;
+        assert_eq!(status, 200, "{page}");
+        let calls = page["calls"].as_array().cloned().unwrap_or_default();
+        if calls.len() >= count {
+            return calls;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("GET /v1/calls never listed {count} calls");
 }
 
 #[tokio::test]

@@ -4,9 +4,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use byok_bridge::domain::call::CallEntry;
 use byok_bridge::domain::credit_book::LedgerReading;
+use byok_bridge::domain::error_code::Code;
 use byok_bridge::domain::money::Cents;
+use byok_bridge::domain::provider::Provider;
 use byok_bridge::domain::user::UserId;
+use byok_bridge::services::call_log::CallHistory;
+use byok_bridge::services::call_log::redis::RedisHistory;
 use byok_bridge::services::jobs::redis::RedisJobs;
 use byok_bridge::services::rate_limit::RateLimiter;
 use byok_bridge::services::rate_limit::redis::RedisRateLimit;
@@ -239,4 +244,16 @@ async fn redis_bus_conforms() {
 async fn redis_job_queue_conforms() {
     let queue = RedisJobs::new(redis(), crate::suites::fresh("replica"), 4, byok_bridge::clock::Clock::system());
     crate::suites::job_queue::suite(Arc::new(queue)).await;
+}
+
+#[tokio::test]
+async fn redis_call_history_conforms() {
+    let retention = crate::suites::call_history::RETENTION;
+    crate::suites::call_history::suite(&RedisHistory::new(redis(), retention)).await;
+    // Unreachable: nothing is kept and pages are refused (503 calls_unavailable) within the command timeout.
+    let down = RedisHistory::new(unreachable_redis(), retention);
+    let user = UserId::parse(&Uuid::new_v4().to_string()).unwrap();
+    let call = CallEntry::uncharged(Provider::OpenAi, "gpt-4o-mini", None, 402, Code::BudgetExceeded);
+    assert!(down.keep(vec![(user, call)]).await.is_err(), "not kept");
+    assert!(down.page(user, None, 10, time::OffsetDateTime::UNIX_EPOCH).await.is_err(), "no page");
 }

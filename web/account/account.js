@@ -1,6 +1,7 @@
 /*
- * byok-bridge account page: sign-in, API keys, spending caps, usage, cost estimates and notifications. This module signs in and
- * out, takes a token handed over by an embedding app, and starts the sections (one ES module each).
+ * byok-bridge account page: sign-in, API keys, spending caps, usage, recent and background requests, cost
+ * estimates and notifications. This module signs in and out, takes a token handed over by an embedding app,
+ * and starts the sections (one ES module each).
  *
  * Security notes (this page runs under a strict CSP and handles provider API keys):
  * - The access and refresh tokens live only in the `session` object of api.js: never in localStorage,
@@ -18,6 +19,7 @@ import { loadStatus } from './status.js';
 import { loadAccountAndKeys, removeKeyCards } from './keys.js';
 import { initBudget, loadBudget } from './budget.js';
 import { loadUsage, onEstimate } from './usage.js';
+import { initActivity, loadActivity, refreshActivity, resetActivity } from './activity.js';
 import { loadNotifications, markVisible, notif, updateNotificationCount } from './notifications.js';
 
 const TOKEN_MESSAGE = 'byok-bridge:token';
@@ -33,7 +35,7 @@ function startSession(accessToken, refreshToken, expiresInSecs, via) {
   $('account-heading').focus();
   loadDashboard();
   clearInterval(session.pollTimer);
-  session.pollTimer = setInterval(() => { loadStatus(); loadNotifications(); }, POLL_MS);
+  session.pollTimer = setInterval(() => { loadStatus(); loadNotifications(); refreshActivity(); }, POLL_MS);
 }
 
 function endSession(message) {
@@ -63,7 +65,7 @@ function resetDashboard() {
   $('status-banner').textContent = '';
   for (const id of ['account-email', 'account-plan', 'account-credits', 'account-mode', 'usage-total',
     'usage-credits', 'account-error', 'keys-error', 'usage-error', 'estimate-error', 'notifications-error',
-    'budget-alerts', 'budget-error']) {
+    'budget-alerts', 'budget-error', 'calls-error', 'calls-kept', 'jobs-error']) {
     $(id).textContent = '';
   }
   $('account-heading').textContent = 'Your account';
@@ -73,6 +75,7 @@ function resetDashboard() {
   $('budget-form').reset();
   removeKeyCards();
   $('usage-chart').replaceChildren();
+  resetActivity();
   $('usage-table-body').replaceChildren();
   $('estimate-form').reset();
   $('estimate-summary').hidden = true;
@@ -169,6 +172,7 @@ function loadDashboard() {
   loadAccountAndKeys();
   loadBudget();
   loadUsage();
+  loadActivity();
   loadNotifications();
 }
 // wiring
@@ -176,6 +180,7 @@ function loadDashboard() {
 function init() {
   whenSessionEnds(endSession);
   initBudget();
+  initActivity();
   $('signin-form').addEventListener('submit', onSignIn);
   $('signout').addEventListener('click', () => {
     if ($('signout').getAttribute('aria-disabled') !== 'true') signOut();

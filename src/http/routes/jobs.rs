@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::domain::error_code::Code;
 use crate::domain::jobs::{CallbackUrl, JobStatus, parse_api};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{AuthenticatedUser, JsonBytes, Operator, ViaFlow, from_json};
+use crate::http::extract::{AuthenticatedUser, JsonBytes, Operator, ViaFlow, from_json, page_after};
 use crate::http::limits::{Endpoint, EndpointLimits};
 use crate::http::routes::gateway::parse;
 use crate::services::jobs::{Jobs, JobsError, NewCallback, NewJob};
@@ -212,15 +212,7 @@ pub async fn list(
         })
         .transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
-    let after = query
-        .after
-        .as_deref()
-        .map(|raw| {
-            Uuid::parse_str(raw).map_err(|_| {
-                ApiError::new(Code::InvalidRequest, "after must be the next of a previous page (a job id).")
-            })
-        })
-        .transpose()?;
+    let after = page_after(query.after.as_deref(), "a job id")?;
     let page = jobs.list(user, status, limit, after).await?;
     let mut answer = json!({"jobs": page.jobs.iter().map(|j| j.view()).collect::<Vec<_>>()});
     if let Some(next) = page.next {

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod auth;
 pub mod budget;
+pub mod calls;
 pub mod flags;
 pub mod gateway;
 pub mod health;

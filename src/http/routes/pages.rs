@@ -15,8 +15,9 @@ use crate::http::error::{ApiError, ErrorBody};
 
 const INDEX_HTML: &str = include_str!("../../../web/account/index.html");
 /// The page's scripts: ES modules, one per section of the page; `account.js` is the entry the page loads.
-const SCRIPTS: [(&str, &str); 9] = [
+const SCRIPTS: [(&str, &str); 10] = [
     ("account.js", include_str!("../../../web/account/account.js")),
+    ("activity.js", include_str!("../../../web/account/activity.js")),
     ("api.js", include_str!("../../../web/account/api.js")),
     ("budget.js", include_str!("../../../web/account/budget.js")),
     ("dom.js", include_str!("../../../web/account/dom.js")),

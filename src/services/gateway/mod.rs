@@ -30,6 +30,7 @@ use super::reservations::{Hold, Reservations, ReserveError, Shortfall};
 use super::standing::ContextError;
 use super::standing::{Standing, Standings};
 use crate::domain::budget::BudgetExceeded;
+use crate::domain::call::{CallEntry, Ending};
 use crate::domain::credit_book::LedgerReading;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::flags::RoutingMode;
@@ -260,6 +261,13 @@ impl Coded for GatewayError {
     }
 }
 
+impl GatewayError {
+    /// Generated, so billed by the provider and charged here, though never answered in full.
+    fn was_charged(&self) -> bool {
+        matches!(self, GatewayError::Timeout(_) | GatewayError::CutOff(_))
+    }
+}
+
 /// Why no credential could be had for a source.
 enum CredentialError {
     /// The stored key cannot be opened or is gone: it counts as refused.
@@ -351,8 +359,9 @@ impl Gateway {
                     Ok(body) => body,
                     Err(_) => {
                         // The answer was generated (its headers come last) and broke off on the way.
-                        self.charge_unanswered(forwarded.charge, request);
-                        return Err(GatewayError::CutOff(api.provider()));
+                        let error = GatewayError::CutOff(api.provider());
+                        self.charge_unanswered(forwarded.charge, request, error.code());
+                        return Err(error);
                     }
                 };
                 let usage = usage_from_response(api, &body).unwrap_or_else(|| {
@@ -360,7 +369,7 @@ impl Gateway {
                     estimated_usage(forwarded.charge.estimated_prompt_tokens, body.len())
                 });
                 let request_id = forwarded.charge.request_id;
-                let cost = self.meter.record(forwarded.charge, usage);
+                let cost = self.meter.record(forwarded.charge, usage, Ending::Answered { status: status.as_u16() });
                 Ok(completed(status, content_type, body, Some((request_id, cost))))
             }
         }
@@ -369,15 +378,41 @@ impl Gateway {
     /// A call whose answer never arrived whole (the generation timeout, an answer broken off) was generated
     /// all the same, and the provider bills it: it is charged its whole budget (see
     /// [`crate::domain::pricing::ModelPrice::whole_budget`]), at most what its hold reserved, never nothing.
-    fn charge_unanswered(&self, charge: Charge, request: &LlmRequest) {
+    fn charge_unanswered(&self, charge: Charge, request: &LlmRequest, answered: Code) {
         let provider = charge.api.provider();
         let (price, _) = self.meter.prices().price(provider, &request.model);
-        let cost = self.meter.record(charge, price.whole_budget(&request.budget));
+        let cost = self.meter.record(charge, price.whole_budget(&request.budget), Ending::Unanswered(answered));
         tracing::info!(%provider, %cost, "no complete answer; the call is charged its whole budget");
     }
 
     /// Decides, pays and calls; the answer is left for the caller to stream or read ([`Gateway::complete`]).
+    /// A call that ends here uncharged (refused, or refused by the provider) is listed among the user's calls;
+    /// a charged one is listed by the meter when it is charged.
     pub async fn call(
+        &self,
+        user: UserId,
+        api: Api,
+        request: &LlmRequest,
+        retries: Retries,
+    ) -> Result<Forwarded, GatewayError> {
+        let outcome = self.decide_and_call(user, api, request, retries).await;
+        let uncharged =
+            |source, status, code| CallEntry::uncharged(api.provider(), &request.model, source, status, code);
+        match &outcome {
+            Ok(Forwarded { source, reply: Reply::ProviderError { status, .. }, .. }) => {
+                self.meter.uncharged(user, uncharged(Some(*source), status.as_u16(), Code::ProviderRefusedRequest))
+            }
+            // The meter listed the call when it charged it.
+            Err(error) if !error.was_charged() => {
+                let code = error.code();
+                self.meter.uncharged(user, uncharged(None, code.status(), code));
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    async fn decide_and_call(
         &self,
         user: UserId,
         api: Api,
@@ -509,8 +544,9 @@ impl Gateway {
                 }
                 Err(CallFailure::Timeout) => {
                     // Still generating when the wait ended: billed by the provider all the same.
-                    self.charge_unanswered(charge(credential), request);
-                    return Err(GatewayError::Timeout(provider));
+                    let error = GatewayError::Timeout(provider);
+                    self.charge_unanswered(charge(credential), request, error.code());
+                    return Err(error);
                 }
             }
         }

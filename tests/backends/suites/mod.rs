@@ -3,6 +3,7 @@
 //! passes by implementing the interface and running these.
 
 pub mod bus;
+pub mod call_history;
 pub mod claims;
 pub mod credit_books;
 pub mod job_queue;

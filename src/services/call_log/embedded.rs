@@ -1,0 +1,100 @@
+//! Calls kept in the replica's own store (`calls`), trimmed per user as they are written.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, params};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{CallHistory, CallLogError};
+use crate::domain::call::{CallEntry, CallRetention};
+use crate::domain::user::UserId;
+use crate::store::{Store, StoreError};
+use crate::sync;
+
+pub struct EmbeddedHistory {
+    store: Arc<Store>,
+    connection: Arc<Mutex<Connection>>,
+    retention: CallRetention,
+}
+
+impl EmbeddedHistory {
+    pub fn open(store: Arc<Store>, retention: CallRetention) -> Result<EmbeddedHistory, StoreError> {
+        let connection = store.connect()?;
+        // A view for people: an entry lost with the machine's power is not worth an fsync per batch.
+        connection.pragma_update(None, "synchronous", "NORMAL").map_err(|e| store.error(e))?;
+        Ok(EmbeddedHistory { store, connection: Arc::new(Mutex::new(connection)), retention })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, CallLogError> {
+        let (store, connection) = (Arc::clone(&self.store), Arc::clone(&self.connection));
+        let done = tokio::task::spawn_blocking(move || op(&mut sync::lock(&connection)).map_err(|e| store.error(e)));
+        Ok(done.await.map_err(|e| StoreError::Thread(std::io::Error::other(e)))??)
+    }
+}
+
+#[async_trait::async_trait]
+impl CallHistory for EmbeddedHistory {
+    async fn keep(&self, calls: Vec<(UserId, CallEntry)>) -> Result<(), CallLogError> {
+        let kept = self.retention.kept_per_user as i64;
+        self.blocking(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                let mut insert = transaction
+                    .prepare_cached("INSERT OR IGNORE INTO calls (user_id, id, at, entry) VALUES (?1, ?2, ?3, ?4)")?;
+                // Everything past the user's newest `kept`.
+                let mut trim = transaction.prepare_cached(
+                    "DELETE FROM calls WHERE user_id = ?1 AND id <= (
+                        SELECT id FROM calls WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                )?;
+                let mut users = HashSet::new();
+                for (user, entry) in &calls {
+                    let json = serde_json::to_string(entry).expect("a call entry serializes");
+                    insert.execute(params![user.to_string(), entry.id.to_string(), entry.at.unix_timestamp(), json])?;
+                    users.insert(*user);
+                }
+                for user in users {
+                    trim.execute(params![user.to_string(), kept])?;
+                }
+            }
+            transaction.commit()
+        })
+        .await
+    }
+
+    async fn page(
+        &self,
+        user: UserId,
+        after: Option<Uuid>,
+        limit: usize,
+        since: OffsetDateTime,
+    ) -> Result<Vec<CallEntry>, CallLogError> {
+        // Past every v7 id: the first page.
+        let after = after.map_or_else(|| "~".to_owned(), |id| id.to_string());
+        let rows: Vec<String> = self
+            .blocking(move |connection| {
+                let mut select = connection.prepare_cached(
+                    "SELECT entry FROM calls WHERE user_id = ?1 AND id < ?2 AND at >= ?3 ORDER BY id DESC LIMIT ?4",
+                )?;
+                let rows = select
+                    .query_map(params![user.to_string(), after, since.unix_timestamp(), limit as i64], |row| {
+                        row.get(0)
+                    })?;
+                rows.collect()
+            })
+            .await?;
+        Ok(rows.iter().filter_map(|json| serde_json::from_str(json).ok()).collect())
+    }
+
+    async fn forget_before(&self, since: OffsetDateTime) -> Result<(), CallLogError> {
+        let forgotten = self
+            .blocking(move |connection| connection.execute("DELETE FROM calls WHERE at < ?1", [since.unix_timestamp()]))
+            .await?;
+        tracing::debug!(forgotten, "calls past their retention forgotten");
+        Ok(())
+    }
+}
