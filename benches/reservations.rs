@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use byok_bridge::directus::DirectusClient;
-use byok_bridge::domain::budget::{self, AlertThresholds, BudgetCaps, Cap, Spending};
+use byok_bridge::domain::budget::{self, AlertThresholds, BudgetCaps, Cap, Spend, Spending};
 use byok_bridge::domain::credit_book::LedgerReading;
 use byok_bridge::domain::money::Cents;
 use byok_bridge::domain::provider::Provider;
@@ -91,7 +91,8 @@ async fn one_budgeted_call(budgets: &Budgets, user: UserId, ledger: LedgerReadin
     let (reading, _) = budget::capped_reading(ledger, &budgets.caps, Some(&budgets.spending), now);
     let available = budgets.reservations.available(user, reading).await;
     let pending = (reading.balance - available).max(Cents::ZERO);
-    budgets.alerts.check(user, budget::cap_use(&budgets.caps, Some(budgets.spending), pending, now), now).await;
+    let used = budget::cap_use(&budgets.caps, Spend::Credits, Some(budgets.spending), pending, now);
+    budgets.alerts.check(user, used, now).await;
     let hold = budgets.reservations.reserve(user, reading, Cents::parse("0.27").unwrap()).await.unwrap();
     let record = record(user);
     hold.settle(record.request_id, record.cost_cents);

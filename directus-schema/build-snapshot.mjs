@@ -389,6 +389,14 @@ const collections = [
 				width: "half",
 				note: "Most the user may spend in credits per UTC month, in whole cents; empty: the plan's default.",
 			}),
+			int("own_keys_daily_cents", {
+				width: "half",
+				note: "Most the user's own API keys may spend per UTC day (at the providers' prices), in whole cents; empty: the plan's default.",
+			}),
+			int("own_keys_monthly_cents", {
+				width: "half",
+				note: "Most the user's own API keys may spend per UTC month (at the providers' prices), in whole cents; empty: the plan's default.",
+			}),
 		]),
 	},
 ];

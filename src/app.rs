@@ -78,6 +78,9 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         ),
         None => Reservations::in_memory(fresh_reading, oldest_reading, platform.clone()),
     };
+    if !settings.budgets.is_empty() {
+        reservations.count_own_keys();
+    }
     let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
     let claims = claims(redis.clone());
     let bus = bus(redis.clone());

@@ -10,6 +10,7 @@ use std::time::Duration;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::domain::budget::{Period, Spend};
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
@@ -120,7 +121,8 @@ fn describe() {
     describe_counter!(PLATFORM_REFUSALS, "Credit calls refused because the platform's daily budget was spent.");
     describe_counter!(
         SPENDING_ALERTS,
-        "Spending notices sent: caps by period (daily, monthly) and threshold percent; low_balance (percent 0)."
+        "Spending notices sent: caps by period (daily, monthly), spend (credits, own_keys) and threshold percent; \
+         low_balance (percent 0)."
     );
     describe_counter!(
         PAYMENT_EVENTS,
@@ -233,8 +235,13 @@ pub fn platform_budget_refusal() {
     counter!(PLATFORM_REFUSALS).increment(1);
 }
 
-pub fn spending_alert(kind: &'static str, percent: u8) {
-    counter!(SPENDING_ALERTS, "kind" => kind, "percent" => percent.to_string()).increment(1);
+pub fn spending_alert(spend: Spend, period: Period, percent: u8) {
+    counter!(SPENDING_ALERTS, "kind" => period.name(), "spend" => spend.name(), "percent" => percent.to_string())
+        .increment(1);
+}
+
+pub fn low_balance_alert() {
+    counter!(SPENDING_ALERTS, "kind" => "low_balance", "spend" => "credits", "percent" => "0").increment(1);
 }
 
 pub fn payment_event(outcome: &'static str) {

@@ -63,6 +63,23 @@ impl DirectusClient {
         Ok(Spending { at: now, today: today?, this_month: this_month? })
     }
 
+    /// What the user's calls with their own keys cost them at their providers today and this month (UTC).
+    pub async fn own_key_spending(&self, user: UserId, now: OffsetDateTime) -> Result<Spending, DirectusError> {
+        let user = user.to_string();
+        let since =
+            |period: Period| period.start(now).format(&Rfc3339).map_err(|e| DirectusError::Decode(e.to_string()));
+        let (day, month) = (since(Period::Day)?, since(Period::Month)?);
+        let spent = |since: String| {
+            let user = user.clone();
+            async move {
+                let filters = [("filter[user][_eq]", user.as_str()), ("filter[occurred_at][_gte]", since.as_str())];
+                self.sum("/items/api_key_usage", "estimated_cost_cents", &filters).await
+            }
+        };
+        let (today, this_month) = tokio::join!(spent(day), spent(month));
+        Ok(Spending { at: now, today: today?, this_month: this_month? })
+    }
+
     /// Deductions that came from calls (they name a provider; a refunded purchase does not) since `since`:
     /// the user's, or everybody's.
     async fn credit_spend_since(&self, user: Option<UserId>, since: OffsetDateTime) -> Result<Cents, DirectusError> {
@@ -79,12 +96,16 @@ impl DirectusClient {
 
     /// The sum of `cost_cents` over the ledger rows `filters` select; zero when none do.
     pub(super) async fn ledger_sum(&self, filters: &[(&str, &str)]) -> Result<Cents, DirectusError> {
-        let request =
-            self.request(Method::GET, "/items/credit_transactions").query(&[("aggregate[sum]", "cost_cents")]);
+        self.sum("/items/credit_transactions", "cost_cents", filters).await
+    }
+
+    /// The sum of `field` (cents) over the rows of `collection` that `filters` select; zero when none do.
+    async fn sum(&self, collection: &str, field: &str, filters: &[(&str, &str)]) -> Result<Cents, DirectusError> {
+        let request = self.request(Method::GET, collection).query(&[("aggregate[sum]", field)]);
         let sums: Vec<Value> = self.data(request.query(filters)).await?;
-        match sums.first().map(|group| &group["sum"]["cost_cents"]) {
+        match sums.first().map(|group| &group["sum"][field]) {
             None | Some(Value::Null) => Ok(Cents::ZERO),
-            Some(sum) => Cents::from_json(sum).map_err(|_| DirectusError::Decode("credit_transactions sum".into())),
+            Some(sum) => Cents::from_json(sum).map_err(|_| DirectusError::Decode(format!("{collection} sum"))),
         }
     }
 

@@ -1,15 +1,17 @@
-//! Spending caps: how much a user may spend in a UTC day or month, whatever their balance.
+//! Spending caps: how much a user may spend in a UTC day or month, on platform credits and, apart, with their
+//! own API keys (what their providers bill them), whatever their balance.
 //!
 //! A cap on credit spending is enforced through the user's credit book: what the book may spend is the
 //! balance or what the tightest cap leaves of its period, whichever is less, so the holds that keep
-//! concurrent calls from overdrawing the balance keep them from passing the cap too.
+//! concurrent calls from overdrawing the balance keep them from passing the cap too. A cap on own-key
+//! spending gets a book of its own, whose "balance" is what its tightest cap leaves.
 
 use std::borrow::Cow;
 use std::str::FromStr;
 
 use time::{Date, Month, OffsetDateTime, Time};
 
-use super::credit_book::LedgerReading;
+use super::credit_book::{LedgerReading, UnixMillis};
 use super::error_code::{Code, Coded};
 use super::money::Cents;
 use super::tier::SubscriptionTier;
@@ -55,14 +57,51 @@ impl Period {
     }
 }
 
-/// One cap on credit spending.
+/// What a cap limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Spend {
+    /// Platform credits.
+    Credits,
+    /// Calls with the user's own API keys, at the provider's prices.
+    OwnKeys,
+}
+
+impl Spend {
+    pub const ALL: [Spend; 2] = [Spend::Credits, Spend::OwnKeys];
+
+    /// As programs name it: `credits`, `own_keys`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Spend::Credits => "credits",
+            Spend::OwnKeys => "own_keys",
+        }
+    }
+
+    /// As people read it: "credit spending".
+    fn words(self) -> &'static str {
+        match self {
+            Spend::Credits => "credit spending",
+            Spend::OwnKeys => "spending with your own API keys",
+        }
+    }
+}
+
+/// One cap on one kind of spending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cap {
+    pub spend: Spend,
     pub period: Period,
     pub limit: Cents,
 }
 
-/// Each tier's caps on credit spending per day and month: the defaults (`BUDGET_FREE`, `BUDGET_PREMIUM`,
+impl Cap {
+    /// `credits.daily`, `own_keys.monthly`: which cap, as programs name it.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.spend.name(), self.period.name())
+    }
+}
+
+/// Each tier's caps per kind of spending, day and month: the defaults (`BUDGET_FREE`, `BUDGET_PREMIUM`,
 /// `BUDGET_LIFETIME`) and the ceilings no cap may pass (`BUDGET_<TIER>_MAX`), whoever set it. A user's own
 /// caps (`PUT /v1/budget`) replace the defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,14 +116,14 @@ pub struct TierBudget {
     pub ceilings: Vec<Cap>,
 }
 
-/// The caps a user set for themselves (`user_budgets`), in whole cents; `None`: the plan's default.
+/// The caps a user set for themselves on one kind of spending, in whole cents; `None`: the plan's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OwnCaps {
+pub struct PeriodCaps {
     pub daily: Option<Cents>,
     pub monthly: Option<Cents>,
 }
 
-impl OwnCaps {
+impl PeriodCaps {
     pub fn get(&self, period: Period) -> Option<Cents> {
         match period {
             Period::Day => self.daily,
@@ -93,10 +132,31 @@ impl OwnCaps {
     }
 }
 
+/// The caps a user set for themselves (`user_budgets`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnCaps {
+    pub credits: PeriodCaps,
+    pub own_keys: PeriodCaps,
+}
+
+impl OwnCaps {
+    pub fn of(&self, spend: Spend) -> PeriodCaps {
+        match spend {
+            Spend::Credits => self.credits,
+            Spend::OwnKeys => self.own_keys,
+        }
+    }
+
+    pub fn get(&self, spend: Spend, period: Period) -> Option<Cents> {
+        self.of(spend).get(period)
+    }
+}
+
 /// A cap asked above what the plan allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("Your plan allows a {} credit cap of at most {} cents.", .period.name(), .ceiling.ceil_whole())]
+#[error("Your plan allows a {} cap on {} of at most {} cents.", .period.name(), .spend.words(), .ceiling.ceil_whole())]
 pub struct AboveCeiling {
+    pub spend: Spend,
     pub period: Period,
     pub ceiling: Cents,
 }
@@ -113,8 +173,13 @@ impl Coded for AboveCeiling {
 
 const PERIODS: [Period; 2] = [Period::Day, Period::Month];
 
-fn cap_of(caps: &[Cap], period: Period) -> Option<Cents> {
-    caps.iter().find(|cap| cap.period == period).map(|cap| cap.limit)
+fn cap_of(caps: &[Cap], spend: Spend, period: Period) -> Option<Cents> {
+    caps.iter().find(|cap| cap.spend == spend && cap.period == period).map(|cap| cap.limit)
+}
+
+/// Every kind of spending in every period.
+fn kinds() -> impl Iterator<Item = (Spend, Period)> {
+    Spend::ALL.into_iter().flat_map(|spend| PERIODS.into_iter().map(move |period| (spend, period)))
 }
 
 impl BudgetPolicy {
@@ -130,34 +195,32 @@ impl BudgetPolicy {
     /// The caps in force for a user: their own where they set one, else the tier's default; never above the
     /// tier's ceiling.
     pub fn effective(&self, tier: SubscriptionTier, own: OwnCaps) -> Vec<Cap> {
-        let Some(budget) = self.tier(tier) else {
-            return PERIODS.iter().filter_map(|p| own.get(*p).map(|limit| Cap { period: *p, limit })).collect();
-        };
-        PERIODS
-            .iter()
-            .filter_map(|period| {
-                let wanted = own.get(*period).or_else(|| cap_of(&budget.defaults, *period));
-                let limit = match (wanted, cap_of(&budget.ceilings, *period)) {
+        let budget = self.tier(tier);
+        kinds()
+            .filter_map(|(spend, period)| {
+                let default = budget.and_then(|b| cap_of(&b.defaults, spend, period));
+                let wanted = own.get(spend, period).or(default);
+                let limit = match (wanted, self.ceiling(tier, spend, period)) {
                     (Some(wanted), Some(ceiling)) => wanted.min(ceiling),
                     (wanted, ceiling) => wanted.or(ceiling)?,
                 };
-                Some(Cap { period: *period, limit })
+                Some(Cap { spend, period, limit })
             })
             .collect()
     }
 
-    /// The tier's ceiling for `period`, if it has one.
-    pub fn ceiling(&self, tier: SubscriptionTier, period: Period) -> Option<Cents> {
-        self.tier(tier).and_then(|budget| cap_of(&budget.ceilings, period))
+    /// The tier's ceiling on `spend` for `period`, if it has one.
+    pub fn ceiling(&self, tier: SubscriptionTier, spend: Spend, period: Period) -> Option<Cents> {
+        self.tier(tier).and_then(|budget| cap_of(&budget.ceilings, spend, period))
     }
 
     /// Caps a user may set: none above the tier's ceiling.
     pub fn allows(&self, tier: SubscriptionTier, own: OwnCaps) -> Result<(), AboveCeiling> {
-        for period in PERIODS {
-            if let (Some(wanted), Some(ceiling)) = (own.get(period), self.ceiling(tier, period))
+        for (spend, period) in kinds() {
+            if let (Some(wanted), Some(ceiling)) = (own.get(spend, period), self.ceiling(tier, spend, period))
                 && wanted > ceiling
             {
-                return Err(AboveCeiling { period, ceiling });
+                return Err(AboveCeiling { spend, period, ceiling });
             }
         }
         Ok(())
@@ -169,7 +232,7 @@ impl BudgetPolicy {
     }
 }
 
-/// `credits.daily=500,credits.monthly=5000`: whole cents per period.
+/// `credits.daily=500,credits.monthly=5000,own_keys.daily=1000`: whole cents per kind of spending and period.
 impl FromStr for BudgetCaps {
     type Err = String;
 
@@ -177,19 +240,26 @@ impl FromStr for BudgetCaps {
         let mut caps = Vec::new();
         for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (name, cents) = entry.split_once('=').ok_or_else(|| format!("`{entry}` is not name=cents"))?;
-            let period = match name.trim() {
-                "credits.daily" => Period::Day,
-                "credits.monthly" => Period::Month,
-                _ => return Err(format!("`{}` is not credits.daily or credits.monthly", name.trim())),
+            let (spend, period) = match name.trim() {
+                "credits.daily" => (Spend::Credits, Period::Day),
+                "credits.monthly" => (Spend::Credits, Period::Month),
+                "own_keys.daily" => (Spend::OwnKeys, Period::Day),
+                "own_keys.monthly" => (Spend::OwnKeys, Period::Month),
+                _ => {
+                    return Err(format!(
+                        "`{}` is not credits.daily, credits.monthly, own_keys.daily or own_keys.monthly",
+                        name.trim()
+                    ));
+                }
             };
             let limit = match cents.trim().parse::<i64>() {
                 Ok(cents) if (0..=1_000_000_000_000).contains(&cents) => Cents::whole(cents),
                 _ => return Err(format!("{} must be whole cents", name.trim())),
             };
-            if caps.iter().any(|cap: &Cap| cap.period == period) {
+            if caps.iter().any(|cap: &Cap| cap.spend == spend && cap.period == period) {
                 return Err(format!("{} is given twice", name.trim()));
             }
-            caps.push(Cap { period, limit });
+            caps.push(Cap { spend, period, limit });
         }
         Ok(BudgetCaps(caps))
     }
@@ -199,7 +269,8 @@ impl FromStr for BudgetCaps {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BudgetCaps(pub Vec<Cap>);
 
-/// A user's credit spending as the ledger showed it, for the periods that hold `at`.
+/// A user's spending of one kind as Directus showed it (credits: the ledger's deductions for calls; own keys:
+/// `api_key_usage`), for the periods that hold `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spending {
     pub at: OffsetDateTime,
@@ -220,10 +291,11 @@ impl Spending {
     }
 }
 
-/// The cap that leaves least to spend, and what it leaves; `None` without caps. Without a reading of the
-/// spending (Directus unreachable for a new caller) nothing counts as spent: the holds still do.
-pub fn tightest(caps: &[Cap], spending: Option<&Spending>, now: OffsetDateTime) -> Option<(Cap, Cents)> {
+/// The cap on `spend` that leaves least to spend, and what it leaves; `None` without such caps. Without a
+/// reading of the spending (Directus unreachable for a new caller) nothing counts as spent: the holds still do.
+pub fn tightest(caps: &[Cap], spend: Spend, spending: Option<&Spending>, now: OffsetDateTime) -> Option<(Cap, Cents)> {
     caps.iter()
+        .filter(|cap| cap.spend == spend)
         .map(|cap| {
             let spent = spending.map_or(Cents::ZERO, |s| s.spent(cap.period, now));
             (*cap, cap.limit - spent)
@@ -231,15 +303,15 @@ pub fn tightest(caps: &[Cap], spending: Option<&Spending>, now: OffsetDateTime) 
         .min_by_key(|(_, left)| *left)
 }
 
-/// What a user's credit book may spend from: the ledger reading, lowered to what the tightest cap leaves
-/// when that is less than the balance; and then that cap, the reason a shortfall would be.
+/// What a user's credit book may spend from: the ledger reading, lowered to what the tightest credit cap
+/// leaves when that is less than the balance; and then that cap, the reason a shortfall would be.
 pub fn capped_reading(
     ledger: LedgerReading,
     caps: &[Cap],
     spending: Option<&Spending>,
     now: OffsetDateTime,
 ) -> (LedgerReading, Option<BudgetExceeded>) {
-    match tightest(caps, spending, now) {
+    match tightest(caps, Spend::Credits, spending, now) {
         Some((cap, left)) if left < ledger.balance => {
             (LedgerReading { balance: left, ..ledger }, Some(BudgetExceeded::new(cap, now)))
         }
@@ -247,15 +319,30 @@ pub fn capped_reading(
     }
 }
 
-/// Each cap and what is spent of it now: the ledger's spending in its period plus `pending`, what calls the
-/// ledger does not show yet hold or cost. Nothing without a reading of the spending.
+/// What a user's own-key book may spend from, read when `spending` was (`read_at`): what the tightest cap on
+/// own-key spending leaves; and that cap, the reason a shortfall is. `None` without such caps.
+pub fn own_key_reading(
+    caps: &[Cap],
+    spending: Option<&Spending>,
+    read_at: UnixMillis,
+    now: OffsetDateTime,
+) -> Option<(LedgerReading, BudgetExceeded)> {
+    let (cap, left) = tightest(caps, Spend::OwnKeys, spending, now)?;
+    Some((LedgerReading { balance: left, read_at }, BudgetExceeded::new(cap, now)))
+}
+
+/// Each cap on `spend` and what is spent of it now: the spending in its period plus `pending`, what calls
+/// Directus does not show yet hold or cost. Nothing without a reading of the spending.
 pub fn cap_use(
     caps: &[Cap],
+    spend: Spend,
     spending: Option<Spending>,
     pending: Cents,
     now: OffsetDateTime,
 ) -> impl Iterator<Item = (Cap, Cents)> + '_ {
-    caps.iter().filter_map(move |cap| Some((*cap, spending?.spent(cap.period, now) + pending)))
+    caps.iter()
+        .filter(move |cap| cap.spend == spend)
+        .filter_map(move |cap| Some((*cap, spending?.spent(cap.period, now) + pending)))
 }
 
 /// The shares of a cap (percent) at which its user hears how much of it is spent: `BUDGET_ALERT_PERCENTS`.
@@ -312,15 +399,21 @@ impl BudgetExceeded {
 
     /// `credits.daily`: which cap, as programs name it.
     pub fn cap_name(&self) -> String {
-        format!("credits.{}", self.cap.period.name())
+        self.cap.name()
     }
 
     fn explain(&self) -> String {
         let resets = self.resets_at.date();
+        let raise = match self.cap.spend {
+            Spend::Credits => {
+                "To raise it, ask the platform's administrators, or use your own API key where your plan allows."
+            }
+            Spend::OwnKeys => "To raise it, change your own caps on your account page (up to what your plan allows).",
+        };
         format!(
-            "This request could take your credit spending past your {} cap of {} cents, so it was not sent. The \
-             cap starts over on {resets} at 00:00 UTC. To raise it, ask the platform's administrators, or use \
-             your own API key where your plan allows.",
+            "This request could take your {} past your {} cap of {} cents, so it was not sent. The cap starts \
+             over on {resets} at 00:00 UTC. {raise}",
+            self.cap.spend.words(),
             self.cap.period.name(),
             self.cap.limit.ceil_whole()
         )
@@ -352,12 +445,17 @@ mod tests {
         assert_eq!(
             caps("credits.daily=500, credits.monthly=5000"),
             [
-                Cap { period: Period::Day, limit: Cents::whole(500) },
-                Cap { period: Period::Month, limit: Cents::whole(5000) }
+                Cap { spend: Spend::Credits, period: Period::Day, limit: Cents::whole(500) },
+                Cap { spend: Spend::Credits, period: Period::Month, limit: Cents::whole(5000) }
             ]
         );
+        let both = caps("own_keys.monthly=20000,credits.daily=500,own_keys.daily=1000");
+        let names: Vec<String> = both.iter().map(Cap::name).collect();
+        assert_eq!(names, ["own_keys.monthly", "credits.daily", "own_keys.daily"]);
         for bad in [
             "credits.weekly=5",
+            "own_keys=5",
+            "own_keys.daily=1,own_keys.daily=2",
             "credits.daily",
             "credits.daily=-1",
             "credits.daily=1.5",
@@ -382,15 +480,37 @@ mod tests {
         let caps = caps("credits.daily=500,credits.monthly=5000");
         let spending =
             Spending { at: datetime!(2026-12-05 10:00 UTC), today: Cents::whole(100), this_month: Cents::whole(4800) };
-        let (cap, left) = tightest(&caps, Some(&spending), datetime!(2026-12-05 11:00 UTC)).unwrap();
+        let credits = |now| tightest(&caps, Spend::Credits, Some(&spending), now).unwrap();
+        let (cap, left) = credits(datetime!(2026-12-05 11:00 UTC));
         assert_eq!((cap.period, left), (Period::Month, Cents::whole(200)));
         // The next day: today's spending is gone, the month's is not.
-        let (cap, left) = tightest(&caps, Some(&spending), datetime!(2026-12-06 00:00:01 UTC)).unwrap();
+        let (cap, left) = credits(datetime!(2026-12-06 00:00:01 UTC));
         assert_eq!((cap.period, left), (Period::Month, Cents::whole(200)));
         // The next month: both start over.
-        let (cap, left) = tightest(&caps, Some(&spending), datetime!(2027-01-01 00:00:01 UTC)).unwrap();
+        let (cap, left) = credits(datetime!(2027-01-01 00:00:01 UTC));
         assert_eq!((cap.period, left), (Period::Day, Cents::whole(500)));
-        assert_eq!(tightest(&[], Some(&spending), datetime!(2026-12-05 11:00 UTC)), None);
+        assert_eq!(tightest(&[], Spend::Credits, Some(&spending), datetime!(2026-12-05 11:00 UTC)), None);
+        assert_eq!(tightest(&caps, Spend::OwnKeys, Some(&spending), datetime!(2026-12-05 11:00 UTC)), None);
+    }
+
+    #[test]
+    fn an_own_key_cap_is_a_book_of_its_own_whose_balance_is_what_the_cap_leaves() {
+        let caps = caps("credits.daily=500,own_keys.daily=1000,own_keys.monthly=3000");
+        let now = datetime!(2026-12-05 11:00 UTC);
+        let spending = Spending { at: now, today: Cents::whole(900), this_month: Cents::whole(1500) };
+        let (reading, exceeded) = own_key_reading(&caps, Some(&spending), 42, now).unwrap();
+        assert_eq!((reading.balance, reading.read_at), (Cents::whole(100), 42), "the day leaves 100 of 1000");
+        assert_eq!(exceeded.cap_name(), "own_keys.daily");
+        assert!(exceeded.to_string().contains("spending with your own API keys past your daily cap of 1000 cents"));
+        assert!(exceeded.to_string().contains("your account page"), "{exceeded}");
+        let credits_only = self::caps("credits.daily=500");
+        assert_eq!(own_key_reading(&credits_only, Some(&spending), 42, now), None, "no own-key cap");
+        let used: Vec<(String, Cents)> =
+            cap_use(&caps, Spend::OwnKeys, Some(spending), Cents::whole(5), now).map(|(c, s)| (c.name(), s)).collect();
+        assert_eq!(
+            used,
+            [("own_keys.daily".into(), Cents::whole(905)), ("own_keys.monthly".into(), Cents::whole(1505))]
+        );
     }
 
     #[test]
@@ -399,30 +519,50 @@ mod tests {
             SubscriptionTier::Free,
             TierBudget {
                 defaults: caps("credits.daily=100"),
-                ceilings: caps("credits.daily=1000,credits.monthly=5000"),
+                ceilings: caps("credits.daily=1000,credits.monthly=5000,own_keys.monthly=8000"),
             },
         )]);
         let limits = |own: OwnCaps| {
             policy
                 .effective(SubscriptionTier::Free, own)
                 .iter()
-                .map(|c| (c.period, c.limit.ceil_whole()))
+                .map(|c| (c.name(), c.limit.ceil_whole()))
                 .collect::<Vec<_>>()
         };
+        let named = |pairs: &[(&str, i64)]| pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect::<Vec<_>>();
         // The default, and the ceiling standing in for a missing default.
-        assert_eq!(limits(OwnCaps::default()), [(Period::Day, 100), (Period::Month, 5000)]);
-        let own = OwnCaps { daily: Some(Cents::whole(20)), monthly: Some(Cents::whole(9000)) };
-        assert_eq!(limits(own), [(Period::Day, 20), (Period::Month, 5000)], "lower kept, higher held at the ceiling");
+        assert_eq!(
+            limits(OwnCaps::default()),
+            named(&[("credits.daily", 100), ("credits.monthly", 5000), ("own_keys.monthly", 8000)])
+        );
+        let credits = PeriodCaps { daily: Some(Cents::whole(20)), monthly: Some(Cents::whole(9000)) };
+        let own_keys = PeriodCaps { daily: Some(Cents::whole(300)), monthly: None };
+        let own = OwnCaps { credits, own_keys };
+        assert_eq!(
+            limits(own),
+            named(&[
+                ("credits.daily", 20),
+                ("credits.monthly", 5000),
+                ("own_keys.daily", 300),
+                ("own_keys.monthly", 8000)
+            ]),
+            "lower kept, higher held at the ceiling, each kind apart"
+        );
         assert_eq!(
             policy.allows(SubscriptionTier::Free, own),
-            Err(AboveCeiling { period: Period::Month, ceiling: Cents::whole(5000) })
+            Err(AboveCeiling { spend: Spend::Credits, period: Period::Month, ceiling: Cents::whole(5000) })
         );
-        assert!(
-            policy.allows(SubscriptionTier::Free, OwnCaps { daily: Some(Cents::whole(1000)), monthly: None }).is_ok()
+        let too_much = PeriodCaps { daily: None, monthly: Some(Cents::whole(8001)) };
+        let refused = policy.allows(SubscriptionTier::Free, OwnCaps { own_keys: too_much, ..OwnCaps::default() });
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "Your plan allows a monthly cap on spending with your own API keys of at most 8000 cents."
         );
+        let within = PeriodCaps { daily: Some(Cents::whole(1000)), monthly: None };
+        assert!(policy.allows(SubscriptionTier::Free, OwnCaps { credits: within, ..OwnCaps::default() }).is_ok());
         // A tier the operator left alone: only what the user set.
         assert_eq!(policy.effective(SubscriptionTier::Premium, OwnCaps::default()), []);
-        assert_eq!(policy.effective(SubscriptionTier::Premium, own).len(), 2);
+        assert_eq!(policy.effective(SubscriptionTier::Premium, own).len(), 3, "two on credits, one on own keys");
         assert!(policy.allows(SubscriptionTier::Premium, own).is_ok());
     }
 
@@ -442,7 +582,7 @@ mod tests {
 
     #[test]
     fn a_refusal_names_its_cap_and_when_it_resets() {
-        let cap = Cap { period: Period::Day, limit: Cents::whole(500) };
+        let cap = Cap { spend: Spend::Credits, period: Period::Day, limit: Cents::whole(500) };
         let exceeded = BudgetExceeded::new(cap, datetime!(2026-12-05 11:00 UTC));
         assert_eq!(exceeded.cap_name(), "credits.daily");
         assert_eq!(exceeded.resets_at, datetime!(2026-12-06 00:00 UTC));

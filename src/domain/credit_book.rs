@@ -14,21 +14,26 @@ use std::fmt;
 use super::money::Cents;
 use super::user::UserId;
 
-/// Whose spending a book counts: a user's credits, or everything spent on the platform's keys today (for
-/// `PLATFORM_DAILY_BUDGET_CENTS`, with the cap less today's spending as its "balance"). The same rules hold
-/// for both.
+/// Whose spending a book counts: a user's credits, everything spent on the platform's keys today (for
+/// `PLATFORM_DAILY_BUDGET_CENTS`, with the cap less today's spending as its "balance"), or a user's own-key
+/// spending under its caps. The same rules hold for all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BookId {
     Credits(UserId),
     Platform,
+    /// What a user's own keys may still spend under their own-key caps (the tightest cap less what was spent
+    /// as its "balance").
+    OwnKeys(UserId),
 }
 
-/// The book's part of a shared key, a hash tag that keeps its keys together: `{<user id>}`, `{platform}`.
+/// The book's part of a shared key, a hash tag that keeps its keys together: `{<user id>}`, `{platform}`,
+/// `{own:<user id>}`.
 impl fmt::Display for BookId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BookId::Credits(user) => write!(f, "{{{user}}}"),
             BookId::Platform => f.write_str("{platform}"),
+            BookId::OwnKeys(user) => write!(f, "{{own:{user}}}"),
         }
     }
 }

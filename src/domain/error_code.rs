@@ -80,7 +80,6 @@ codes! {
     ByokRequiresUpgrade = ("byok_requires_upgrade", 403, "Using your own API key needs a premium plan. Upgrade to use AI features."),
     InsufficientCredits = ("insufficient_credits", 402, "You do not have enough credits for this request. Top up, or add your own API key."),
     BudgetAboveCeiling = ("budget_above_ceiling", 422, "That cap is above what your plan allows."),
-    OwnKeyCapsNotAvailable = ("own_key_caps_not_available", 422, "Caps on spending with your own API keys are not available yet: send \"own_keys\" as null."),
     BudgetsNotEnabled = ("budgets_not_enabled", 404, "Spending caps are not set up on this platform."),
     BudgetExceeded = ("budget_exceeded", 402, "This request could take your spending past one of your caps. Wait until the cap starts over, or ask to raise it."),
     NoCreditsOrKey = ("no_credits_or_key", 402, "You have no credits left and no usable API key of your own. Top up, or add your own key."),

@@ -38,6 +38,8 @@ pub struct CallerProfile {
     /// What the user's calls on credits cost today and this month, read at the same time as the balance;
     /// `None` when spending caps are not set up (nothing to read it for).
     pub spending: Option<Spending>,
+    /// What the user's own keys spent, read with `spending`.
+    pub own_key_spending: Option<Spending>,
     /// The spending caps the user set for themselves.
     pub own_caps: OwnCaps,
     pub keys: Vec<StoredKey>,
@@ -192,10 +194,14 @@ impl Reader {
         let read_at = unix_millis(now);
         let budget = async {
             if !self.read_budgets {
-                return Ok((None, OwnCaps::default()));
+                return Ok((None, None, OwnCaps::default()));
             }
-            let (spending, own) = tokio::join!(self.directus.credit_spending(user, now), self.directus.own_caps(user));
-            Ok((Some(spending?), own?))
+            let (credits, own_keys, own) = tokio::join!(
+                self.directus.credit_spending(user, now),
+                self.directus.own_key_spending(user, now),
+                self.directus.own_caps(user)
+            );
+            Ok((Some(credits?), Some(own_keys?), own?))
         };
         let (profile, balance, keys, budget) = tokio::join!(
             self.directus.user_profile(user),
@@ -207,7 +213,7 @@ impl Reader {
         // An unknown user is reported as such even if the other reads failed.
         let profile = profile.map_err(directus_error)?.ok_or(CallerError::UnknownUser)?;
         let (balance, keys) = (balance.map_err(directus_error)?, keys.map_err(directus_error)?);
-        let (spending, own_caps) = budget.map_err(directus_error)?;
+        let (spending, own_key_spending, own_caps) = budget.map_err(directus_error)?;
         let tier = match profile.subscription_tier.as_deref().map(str::parse::<SubscriptionTier>) {
             Some(Ok(tier)) => tier,
             Some(Err(_)) => {
@@ -218,7 +224,7 @@ impl Reader {
         };
         let ledger = LedgerReading { balance: balance.cents(), read_at };
         let active = profile.status == "active";
-        let profile = Arc::new(CallerProfile { tier, active, ledger, spending, own_caps, keys });
+        let profile = Arc::new(CallerProfile { tier, active, ledger, spending, own_key_spending, own_caps, keys });
         self.last_known.insert(user, Arc::clone(&profile)).await;
         if sync::lock(&self.last_failure).take().is_some() {
             tracing::info!("callers are read from Directus again; no longer serving stale profiles");

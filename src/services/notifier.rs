@@ -7,7 +7,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::directus::DirectusClient;
-use crate::domain::budget::{Cap, Period};
+use crate::domain::budget::{Cap, Period, Spend};
 use crate::domain::jobs::JobError;
 use crate::domain::money::Cents;
 use crate::domain::payment::money;
@@ -155,23 +155,27 @@ impl Notifier {
     pub fn spending_alert(&self, user: UserId, cap: Cap, percent: u8, spent: Cents, now: OffsetDateTime) {
         let (period, limit) = (cap.period.name(), cap.limit.ceil_whole());
         let resets = cap.period.resets_at(now).date();
+        let (kind, requests, others) = match cap.spend {
+            Spend::Credits => ("credit", "on platform credits", "with your own API keys"),
+            Spend::OwnKeys => ("own-key", "with your own API keys", "on platform credits"),
+        };
         let subject = if percent >= 100 {
-            format!("You reached your {period} credit cap")
+            format!("You reached your {period} {kind} cap")
         } else {
-            format!("You have used {percent}% of your {period} credit cap")
+            format!("You have used {percent}% of your {period} {kind} cap")
         };
         let unit = if cap.period == Period::Day { "day" } else { "month" };
         let mut message = if percent >= 100 {
             format!(
-                "Your AI requests on platform credits have reached your {period} cap of {limit} cents: requests \
-                 that would pass it are refused until it starts over on {resets} at 00:00 UTC. Requests with your \
-                 own API keys are not affected."
+                "Your AI requests {requests} have reached your {period} cap of {limit} cents: requests that would \
+                 pass it are refused until it starts over on {resets} at 00:00 UTC. Requests {others} are not \
+                 affected."
             )
         } else {
             format!(
-                "Your AI requests on platform credits have cost {} cents this {unit}, {percent}% of your {period} \
-                 cap of {limit} cents. At the cap, requests that use credits are refused until it starts over on \
-                 {resets} at 00:00 UTC; requests with your own API keys are not affected.",
+                "Your AI requests {requests} have cost {} cents this {unit}, {percent}% of your {period} cap of \
+                 {limit} cents. At the cap, such requests are refused until it starts over on {resets} at 00:00 \
+                 UTC; requests {others} are not affected.",
                 spent.ceil_whole(),
             )
         };

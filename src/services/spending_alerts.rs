@@ -41,7 +41,7 @@ impl SpendingAlerts {
         let Some(threshold) = self.low_balance.filter(|threshold| left < *threshold) else { return };
         let claim = format!("alert:{user}:low_balance");
         if self.first(&claim, LOW_BALANCE_EVERY).await {
-            crate::metrics::spending_alert("low_balance", 0);
+            crate::metrics::low_balance_alert();
             self.notifier.low_balance(user, left, threshold);
         }
     }
@@ -60,13 +60,13 @@ impl SpendingAlerts {
             let ttl = (cap.period.resets_at(now) - now).unsigned_abs() + Duration::from_secs(3_600);
             let mut newest = None;
             for percent in self.thresholds.reached(spent, cap.limit) {
-                let claim = format!("alert:{user}:credits.{}:{period}:{percent}", cap.period.name());
+                let claim = format!("alert:{user}:{}:{period}:{percent}", cap.name());
                 if self.first(&claim, ttl).await {
                     newest = Some(percent);
                 }
             }
             if let Some(percent) = newest {
-                crate::metrics::spending_alert(cap.period.name(), percent);
+                crate::metrics::spending_alert(cap.spend, cap.period, percent);
                 self.notifier.spending_alert(user, cap, percent, spent, now);
             }
         }

@@ -10,7 +10,7 @@ use super::callers::{CallerDirectory, CallerError, CallerRead};
 use super::flag_cache::{FlagCache, FlagState, FlagsUnavailable};
 use super::reservations::Reservations;
 use super::spending_alerts::SpendingAlerts;
-use crate::domain::budget::{self, BudgetExceeded, BudgetPolicy, Cap};
+use crate::domain::budget::{self, BudgetExceeded, BudgetPolicy, Cap, Spend};
 use crate::domain::credit_book::LedgerReading;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
@@ -66,6 +66,11 @@ pub struct Standing {
     pub credits: LedgerReading,
     /// The cap that leaves less than the balance: a shortfall of credits is this cap being reached.
     pub capped_by: Option<BudgetExceeded>,
+    /// With caps on own-key spending: what the user's own-key book may spend from (what the tightest of them
+    /// leaves), and that cap, the reason a shortfall is.
+    pub own_keys: Option<(LedgerReading, BudgetExceeded)>,
+    /// What the own-key book can spend now (its reading less holds and unstored costs).
+    own_keys_available: Cents,
     /// The caps of the user's tier.
     caps: Vec<Cap>,
     vault_configured: bool,
@@ -82,11 +87,21 @@ impl Standing {
         routing::decide(&self.context.flags.snapshot.flags, view, provider, self.vault_configured)
     }
 
-    /// Each cap and what is spent of it now: the ledger's spending in its period, plus the calls the ledger
-    /// does not show yet (held or settled since the reading). Nothing without a reading of the spending.
+    /// Each cap and what is spent of it now: the spending Directus shows in its period, plus the calls it does
+    /// not show yet (held or settled since the reading). Nothing without a reading of the spending.
     pub fn cap_use(&self, now: OffsetDateTime) -> impl Iterator<Item = (Cap, Cents)> + '_ {
+        let profile = &self.context.caller.profile;
         let pending = (self.credits.balance - self.available).max(Cents::ZERO);
-        budget::cap_use(&self.caps, self.context.caller.profile.spending, pending, now)
+        let own_pending = self
+            .own_keys
+            .map_or(Cents::ZERO, |(reading, _)| (reading.balance - self.own_keys_available).max(Cents::ZERO));
+        budget::cap_use(&self.caps, Spend::Credits, profile.spending, pending, now).chain(budget::cap_use(
+            &self.caps,
+            Spend::OwnKeys,
+            profile.own_key_spending,
+            own_pending,
+            now,
+        ))
     }
 
     /// The cap behind a refusal for credit, when a cap (not the balance) left too little.
@@ -169,9 +184,24 @@ impl Standings {
         let now = OffsetDateTime::now_utc();
         let caps = self.budgets.effective(profile.tier, profile.own_caps);
         let (credits, capped_by) = budget::capped_reading(profile.ledger, &caps, profile.spending.as_ref(), now);
-        let available = self.reservations.available(user, credits).await;
-        let standing =
-            Standing { context, available, credits, capped_by, caps, vault_configured: self.vault_configured };
+        let own_keys = budget::own_key_reading(&caps, profile.own_key_spending.as_ref(), profile.ledger.read_at, now);
+        let (available, own_keys_available) = match own_keys {
+            None => (self.reservations.available(user, credits).await, Cents::ZERO),
+            Some((reading, _)) => tokio::join!(
+                self.reservations.available(user, credits),
+                self.reservations.own_keys_available(user, reading)
+            ),
+        };
+        let standing = Standing {
+            context,
+            available,
+            credits,
+            capped_by,
+            own_keys,
+            own_keys_available,
+            caps,
+            vault_configured: self.vault_configured,
+        };
         if let Some(alerts) = &self.alerts {
             alerts.check(user, standing.cap_use(now), now).await;
         }

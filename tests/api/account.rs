@@ -380,10 +380,20 @@ async fn the_openapi_document_lists_every_route_and_each_listed_route_is_served(
 
 #[tokio::test]
 async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when_it_starts_over() {
-    let app = spawn_app_with(&[("BUDGET_FREE", "credits.daily=500,credits.monthly=5000")]).await;
+    let app = spawn_app_with(&[("BUDGET_FREE", "credits.daily=500,credits.monthly=5000,own_keys.daily=2000")]).await;
     mount_flags(&app.directus, true, false, false).await;
     let user = new_user_id();
     mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
+    // What the user's own keys cost them today (api_key_usage).
+    Mock::given(method("GET"))
+        .and(path("/items/api_key_usage"))
+        .and(query_param("aggregate[sum]", "estimated_cost_cents"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"data": [{"sum": {"estimated_cost_cents": 30.25}}]})),
+        )
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
     // The ledger's spending from calls (deductions naming a provider), today and this month alike here.
     Mock::given(method("GET"))
         .and(path("/items/credit_transactions"))
@@ -399,8 +409,9 @@ async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when
         .await;
     let (status, budget) = app.get("/v1/budget", Some(&token_for(&user))).await;
     assert_eq!(status, 200, "{budget}");
-    assert_eq!(budget["yours"], json!({"credits": {"daily_cents": null, "monthly_cents": null}}));
-    assert_eq!(budget["ceilings"], json!({"credits": {"daily_cents": null, "monthly_cents": null}}));
+    let none = json!({"daily_cents": null, "monthly_cents": null});
+    assert_eq!(budget["yours"], json!({"credits": none, "own_keys": none}));
+    assert_eq!(budget["ceilings"], json!({"credits": none, "own_keys": none}));
     let tomorrow = time::OffsetDateTime::now_utc().date().next_day().unwrap();
     assert_eq!(
         budget["credits"]["daily"],
@@ -408,6 +419,12 @@ async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when
     );
     assert_eq!(budget["credits"]["monthly"]["limit_cents"], 5000);
     assert_eq!(budget["credits"]["monthly"]["spent_cents"], 12.5);
+    assert_eq!(
+        budget["own_keys"],
+        json!({"daily": {"limit_cents": 2000, "spent_cents": 30.25, "resets_at": format!("{tomorrow}T00:00:00Z")},
+               "monthly": null}),
+        "own-key spending against its own cap"
+    );
     assert_eq!(budget["alerts_at_percent"], json!([50, 80, 100]));
 
     // A tier without caps: nothing to show, nothing read.
@@ -416,6 +433,7 @@ async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when
     mount_user(&app.directus, &user, FakeUser { tier: "free", ..Default::default() }).await;
     let (status, budget) = app.get("/v1/budget", Some(&token_for(&user))).await;
     assert_eq!((status, &budget["credits"]), (200, &json!({"daily": null, "monthly": null})), "{budget}");
+    assert_eq!(budget["own_keys"], json!({"daily": null, "monthly": null}), "{budget}");
     assert_eq!(budget["alerts_at_percent"], json!([]));
     let (status, _) = app.get("/v1/budget", None).await;
     assert_eq!(status, 401);
@@ -423,8 +441,11 @@ async fn the_budget_says_each_cap_of_the_users_tier_what_is_spent_of_it_and_when
 
 #[tokio::test]
 async fn users_set_their_own_caps_up_to_their_plans_ceiling_and_nothing_else() {
-    let (app, user) =
-        budget_app(&[("BUDGET_FREE", "credits.daily=100"), ("BUDGET_FREE_MAX", "credits.daily=1000")]).await;
+    let (app, user) = budget_app(&[
+        ("BUDGET_FREE", "credits.daily=100"),
+        ("BUDGET_FREE_MAX", "credits.daily=1000,own_keys.monthly=30000"),
+    ])
+    .await;
     let token = token_for(&user);
     let put = |body: Value| {
         let request = app.http.put(app.url("/v1/budget")).bearer_auth(&token).json(&body);
@@ -435,7 +456,8 @@ async fn users_set_their_own_caps_up_to_their_plans_ceiling_and_nothing_else() {
     };
     for (body, status, code) in [
         (json!({"credits": {"daily_cents": 5000}}), 422, "budget_above_ceiling"),
-        (json!({"credits": {"daily_cents": 50}, "own_keys": {"daily_cents": 5}}), 422, "own_key_caps_not_available"),
+        (json!({"credits": {"daily_cents": 50}, "own_keys": {"monthly_cents": 30001}}), 422, "budget_above_ceiling"),
+        (json!({"own_keys": {"yearly_cents": 5}}), 422, "invalid_request"),
         (json!({"credits": {"weekly_cents": 5}}), 422, "invalid_request"),
         (json!({"credits": {"daily_cents": -5}}), 422, "invalid_request"),
     ] {
@@ -450,14 +472,18 @@ async fn users_set_their_own_caps_up_to_their_plans_ceiling_and_nothing_else() {
     };
     assert_eq!(written().await, 0, "refused changes write nothing");
 
-    let (status, budget) = put(json!({"credits": {"daily_cents": 50, "monthly_cents": null}, "own_keys": null})).await;
+    let both = json!({"credits": {"daily_cents": 50, "monthly_cents": null}, "own_keys": {"daily_cents": 700}});
+    let (status, budget) = put(both).await;
     assert_eq!(status, 200, "{budget}");
     assert_eq!(budget["ceilings"]["credits"]["daily_cents"], 1000);
+    assert_eq!(budget["ceilings"]["own_keys"], json!({"daily_cents": null, "monthly_cents": 30000}));
     let requests = app.directus.received_requests().await.unwrap();
     let stored =
         requests.iter().find(|r| r.method.as_str() == "POST" && r.url.path() == "/items/user_budgets").unwrap();
     let row: Value = serde_json::from_slice(&stored.body).unwrap();
-    assert_eq!(row, json!({"user": user, "credits_daily_cents": 50, "credits_monthly_cents": null}));
+    let expected = json!({"user": user, "credits_daily_cents": 50, "credits_monthly_cents": null,
+        "own_keys_daily_cents": 700, "own_keys_monthly_cents": null});
+    assert_eq!(row, expected);
 
     // Without caps set up, there is nothing to set.
     let app = spawn_app().await;

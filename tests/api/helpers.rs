@@ -222,6 +222,16 @@ pub async fn mount_user(server: &MockServer, id: &str, user: FakeUser<'_>) {
         ]})))
         .mount(server)
         .await;
+    // What the user's own keys spent (read with spending caps): nothing.
+    Mock::given(method("GET"))
+        .and(path("/items/api_key_usage"))
+        .and(query_param("filter[user][_eq]", id))
+        .and(query_param("aggregate[sum]", "estimated_cost_cents"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"data": [{"sum": {"estimated_cost_cents": null}}]})),
+        )
+        .mount(server)
+        .await;
     let keys: Vec<Value> = user
         .keys
         .iter()

@@ -660,6 +660,15 @@ test('an end user manages keys, sees usage, a revoked key, an outage, and delete
       await page.click('#budget-save');
       await waitForText(page, '#budget-caps .cap-caption', /^Today: .* of \$5\.00 /);
       await waitForText(page, '#budget-error', /^$/);
+      // A brake on what the user's own keys spend: a bar of its own.
+      await fill(page, '#budget-own-daily', '2');
+      await page.click('#budget-save');
+      const own = '#budget-caps [data-kind="own_keys"]';
+      await waitForText(page, `${own} .cap-caption`, /^Today: \$0\.00 of \$2\.00 \(0%\)/);
+      assert.equal(await page.$eval(`${own} [role="progressbar"]`, (node) => node.getAttribute('aria-label')),
+        'Your own API keys, today: spending cap');
+      assert.equal(await page.$eval('#budget-own-daily', (node) => node.value), '2.00');
+      assert.equal(await page.$eval('#budget-daily', (node) => node.value), '', 'the credit caps stay as they were');
       await waitForVisible(page, '#key-card-openai');
       await waitForText(page, '#key-hint-openai', /^No key saved$/);
       await assertNoTokenInUrl(page);
@@ -744,6 +753,9 @@ test('an end user manages keys, sees usage, a revoked key, an outage, and delete
       assert.equal(totals[0], 'Total');
       assert.equal(totals[1], String(BYOK_CALLS));
       await waitForText(page, '#key-status-openai', /^Active$/);
+
+      // What they cost the user at OpenAI counts against their own-key cap.
+      await waitForText(page, '#budget-caps [data-kind="own_keys"] .cap-caption', /^Today: < \$0\.01 of \$2\.00 \(0%\)/);
 
       // The same calls, one by one, under "Recent requests".
       await waitForVisible(page, '#calls-table');

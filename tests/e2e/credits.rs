@@ -191,6 +191,42 @@ async fn a_tiers_daily_cap_refuses_the_call_that_would_pass_it_even_under_twenty
     sidecar.stop().await;
 }
 
+#[tokio::test]
+async fn an_own_key_cap_refuses_the_call_that_would_pass_it_even_under_twenty_at_once() {
+    let Scene { _serial, _providers, instance, http, sidecar } =
+        scene(&[("BUDGET_PREMIUM", "credits.daily=100000")]).await;
+    // No credits: every call goes to the user's own key, under the daily cap they set on it.
+    let (user, token) = instance.new_user(&http, "premium", "0").await;
+    sidecar.save_openai_key(&http, &token, GOOD_KEY).await;
+    let caps = json!({"own_keys": {"daily_cents": 100, "monthly_cents": null}});
+    let response = http.put(sidecar.url("/v1/budget")).bearer_auth(&token).json(&caps).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let stored = instance.admin_get(&http, "/items/user_budgets", &[("filter[user][_eq]", user.as_str())]).await;
+    assert_eq!(stored[0]["own_keys_daily_cents"], 100, "kept in Directus: {stored}");
+
+    let answers = at_once(&http, &sidecar, &[token.as_str(); 20], &expensive_call()).await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, _, _)| *status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    let (_, _, refusal) = answers.iter().find(|(status, _, _)| *status == 402).expect("refusals");
+    let error = &refusal["error"];
+    assert_eq!((&error["code"], &error["cap"]), (&json!("budget_exceeded"), &json!("own_keys.daily")), "{refusal}");
+    assert!(error["message"].as_str().unwrap().contains("your own API keys past your daily cap of 100 cents"));
+
+    // What the provider billed is in api_key_usage, within the cap; the ledger is untouched.
+    let rows = instance.wait_for_rows(&http, "/items/api_key_usage", &[("filter[user][_eq]", &user)], 1).await;
+    let spent: f64 = rows.iter().map(|r| Cents::from_json(&r["estimated_cost_cents"]).unwrap().as_f64()).sum();
+    assert!((1.0..=100.0).contains(&spent) && rows.len() == 1, "{} rows, {spent} cents", rows.len());
+    assert_eq!(instance.ledger_balance(&http, &user).await, 0.0);
+    let (status, budget) = sidecar.get(&http, "/v1/budget", Some(&token)).await;
+    assert_eq!(status, 200);
+    let day = &budget["own_keys"]["daily"];
+    assert_eq!(Cents::from_json(&day["limit_cents"]).unwrap(), Cents::whole(100), "{budget}");
+    assert_eq!(Cents::from_json(&day["spent_cents"]).unwrap().as_f64(), spent, "{budget}");
+    let calls = listed_calls(&http, &sidecar, &token, 20).await;
+    assert_eq!(calls.iter().filter(|c| c["error_code"] == "budget_exceeded").count(), 19);
+    sidecar.stop().await;
+}
+
 /// Polls `GET /v1/calls` (bounded) until it lists `count` of the user's calls, then returns them.
 async fn listed_calls(http: &reqwest::Client, sidecar: &Sidecar, token: &str, count: usize) -> Vec<serde_json::Value> {
     for _ in 0..200 {

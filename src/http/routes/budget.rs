@@ -11,7 +11,7 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::directus::DirectusClient;
-use crate::domain::budget::{OwnCaps, Period};
+use crate::domain::budget::{OwnCaps, Period, PeriodCaps, Spend};
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::money::Cents;
 use crate::domain::user::UserId;
@@ -54,6 +54,8 @@ pub struct Limits {
 pub struct Budget {
     /// The caps in force on spending platform credits.
     credits: Caps,
+    /// The caps in force on what your own API keys spend at their providers.
+    own_keys: Caps,
     /// The caps you set (`null`: your plan's default applies).
     yours: KindsOfLimits,
     /// The most your plan allows you to set (`null`: no ceiling).
@@ -65,6 +67,7 @@ pub struct Budget {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KindsOfLimits {
     credits: Limits,
+    own_keys: Limits,
 }
 
 /// Your spending caps: what each allows, what you have spent of it and when it starts over; the caps you set
@@ -78,24 +81,24 @@ pub async fn show(
     budget(&standings, user).await.map(Json)
 }
 
-/// What `PUT /v1/budget` takes.
+/// What `PUT /v1/budget` takes. A kind left out keeps the caps you set on it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetUpdate {
-    credits: Limits,
-    /// Caps on own-key spending: not available yet; `null` or absent.
+    #[serde(default)]
+    credits: Option<Limits>,
     #[serde(default)]
     own_keys: Option<Limits>,
 }
 
 impl RequestBody for BudgetUpdate {
-    const EXPECTED: &'static str =
-        r#"{"credits": {"daily_cents": 500, "monthly_cents": null}} (whole cents; null: your plan's default)"#;
+    const EXPECTED: &'static str = r#"{"credits": {"daily_cents": 500, "monthly_cents": null}, "own_keys": {"daily_cents": null, "monthly_cents": 20000}} (whole cents; null: your plan's default)"#;
 }
 
-/// Sets your own caps on credit spending, in whole cents; `null` goes back to your plan's default. A cap
-/// above your plan's ceiling is refused with `422 budget_above_ceiling`. Applies from your next request. At
-/// most `RATE_LIMIT_BUDGET_CHANGES_PER_MIN` (10) changes a minute.
+/// Sets your own caps, in whole cents, on credit spending and on what your own API keys spend; `null` goes
+/// back to your plan's default, and a kind left out keeps what you set. A cap above your plan's ceiling is
+/// refused with `422 budget_above_ceiling`. Applies from your next request. At most
+/// `RATE_LIMIT_BUDGET_CHANGES_PER_MIN` (10) changes a minute.
 #[utoipa::path(put, path = "/v1/budget", tag = "account", security(("directus_token" = [])),
     request_body = BudgetUpdate,
     responses((status = 200, body = Budget), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -113,13 +116,14 @@ pub async fn update(
     if standings.budgets().is_empty() {
         return Err(Code::BudgetsNotEnabled.into());
     }
-    if update.own_keys.is_some_and(|own| own.daily_cents.is_some() || own.monthly_cents.is_some()) {
-        return Err(Code::OwnKeyCapsNotAvailable.into());
-    }
     let whole = |cents: Option<u64>| cents.map(|c| Cents::whole(i64::try_from(c).unwrap_or(i64::MAX)));
-    let own = OwnCaps { daily: whole(update.credits.daily_cents), monthly: whole(update.credits.monthly_cents) };
-    let tier = standings.context(user).await?.caller.profile.tier;
-    standings.budgets().allows(tier, own).map_err(|above| ApiError::new(above.code(), above.message()))?;
+    let caps = |limits: Limits| PeriodCaps { daily: whole(limits.daily_cents), monthly: whole(limits.monthly_cents) };
+    let profile = standings.context(user).await?.caller.profile;
+    let own = OwnCaps {
+        credits: update.credits.map_or(profile.own_caps.credits, caps),
+        own_keys: update.own_keys.map_or(profile.own_caps.own_keys, caps),
+    };
+    standings.budgets().allows(profile.tier, own).map_err(|above| ApiError::new(above.code(), above.message()))?;
     directus.save_own_caps(user, own).await?;
     // Every replica reads the caller again, caps and spending with it.
     callers.forget(user).await;
@@ -130,24 +134,34 @@ pub async fn update(
 async fn budget(standings: &Standings, user: UserId) -> Result<Budget, ApiError> {
     let standing = standings.of(user).await?;
     let now = OffsetDateTime::now_utc();
-    let mut credits = Caps::default();
+    let (mut credits, mut own_keys) = (Caps::default(), Caps::default());
     for (cap, spent) in standing.cap_use(now) {
         let resets_at = cap.period.resets_at(now).format(&Rfc3339).unwrap_or_default();
         let used = Some(CapUse { limit_cents: cap.limit, spent_cents: spent, resets_at });
+        let caps = match cap.spend {
+            Spend::Credits => &mut credits,
+            Spend::OwnKeys => &mut own_keys,
+        };
         match cap.period {
-            Period::Day => credits.daily = used,
-            Period::Month => credits.monthly = used,
+            Period::Day => caps.daily = used,
+            Period::Month => caps.monthly = used,
         }
     }
     let profile = &standing.context.caller.profile;
     let whole = |cents: Option<Cents>| cents.and_then(|c| u64::try_from(c.ceil_whole()).ok());
-    let yours = Limits { daily_cents: whole(profile.own_caps.daily), monthly_cents: whole(profile.own_caps.monthly) };
-    let ceiling = |period| whole(standings.budgets().ceiling(profile.tier, period));
-    let ceilings = Limits { daily_cents: ceiling(Period::Day), monthly_cents: ceiling(Period::Month) };
+    let yours = |spend| {
+        let caps = profile.own_caps.of(spend);
+        Limits { daily_cents: whole(caps.daily), monthly_cents: whole(caps.monthly) }
+    };
+    let ceilings = |spend| {
+        let ceiling = |period| whole(standings.budgets().ceiling(profile.tier, spend, period));
+        Limits { daily_cents: ceiling(Period::Day), monthly_cents: ceiling(Period::Month) }
+    };
     Ok(Budget {
         credits,
-        yours: KindsOfLimits { credits: yours },
-        ceilings: KindsOfLimits { credits: ceilings },
+        own_keys,
+        yours: KindsOfLimits { credits: yours(Spend::Credits), own_keys: yours(Spend::OwnKeys) },
+        ceilings: KindsOfLimits { credits: ceilings(Spend::Credits), own_keys: ceilings(Spend::OwnKeys) },
         alerts_at_percent: standings.alert_thresholds(),
     })
 }

@@ -22,7 +22,6 @@ pub use self::key_events::KeyEvents;
 pub use self::limits::{CallLimits, CallSlot};
 use self::upstream::CallFailure;
 pub use self::upstream::{InternalKeys, Upstream};
-use super::callers::CallerProfile;
 use super::circuit_breaker::{Circuit, ProviderHealth};
 use super::key_vault::{KeyVault, VaultError};
 use super::meter::{Charge, Meter, MeteredStream};
@@ -31,7 +30,6 @@ use super::standing::ContextError;
 use super::standing::{Standing, Standings};
 use crate::domain::budget::BudgetExceeded;
 use crate::domain::call::{CallEntry, Ending};
-use crate::domain::credit_book::LedgerReading;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::flags::RoutingMode;
 use crate::domain::llm::{Api, LlmRequest, estimated_usage, usage_from_response};
@@ -44,7 +42,8 @@ use crate::domain::upstream::UpstreamFailure;
 use crate::domain::user::UserId;
 
 enum Credential {
-    Byok(ProviderKey),
+    /// The user's key, and what the call holds of their own-key caps (when they have any).
+    Byok(ProviderKey, Option<Hold>),
     /// The platform's key, and the credits reserved for the call.
     Internal(SecretString, Hold),
 }
@@ -52,14 +51,14 @@ enum Credential {
 impl Credential {
     fn expose(&self) -> &str {
         match self {
-            Credential::Byok(key) => key.expose(),
+            Credential::Byok(key, _) => key.expose(),
             Credential::Internal(key, _) => key.expose_secret(),
         }
     }
 
     fn source(&self) -> Source {
         match self {
-            Credential::Byok(_) => Source::Byok,
+            Credential::Byok(..) => Source::Byok,
             Credential::Internal(..) => Source::Internal,
         }
     }
@@ -67,14 +66,14 @@ impl Credential {
     /// The circuit this credential's calls count in.
     fn circuit(&self, user: UserId, provider: Provider) -> Circuit {
         match self {
-            Credential::Byok(_) => Circuit::UserKey(user, provider),
+            Credential::Byok(..) => Circuit::UserKey(user, provider),
             Credential::Internal(..) => Circuit::Platform(provider),
         }
     }
 
     fn into_hold(self) -> Option<Hold> {
         match self {
-            Credential::Byok(_) => None,
+            Credential::Byok(_, hold) => hold,
             Credential::Internal(_, hold) => Some(hold),
         }
     }
@@ -429,6 +428,10 @@ impl Gateway {
                 self.standings.refused_at_cap(user, exceeded).await;
                 Err(GatewayError::Budget(exceeded))
             }
+            Err(GatewayError::Budget(exceeded)) => {
+                self.standings.refused_at_cap(user, exceeded).await;
+                Err(GatewayError::Budget(exceeded))
+            }
             outcome => outcome,
         }
     }
@@ -443,7 +446,6 @@ impl Gateway {
     ) -> Result<Forwarded, GatewayError> {
         let provider = api.provider();
         let staleness = standing.context.staleness();
-        let caller = &standing.context.caller.profile;
         let estimate = self.meter.prices().estimate(provider, &request.model, &request.budget);
         let mut view = standing.view(provider, estimate);
         let decision = standing.decide(&view, provider)?;
@@ -457,7 +459,7 @@ impl Gateway {
             if source == Source::Internal && request.special_service_tier {
                 return Err(GatewayError::SpecialServiceTier(provider));
             }
-            let credential = match self.credential(user, caller, standing.credits, provider, source, estimate).await {
+            let credential = match self.credential(user, &standing, provider, source, estimate).await {
                 Ok(credential) => {
                     if source == Source::Internal {
                         self.standings.credits_left(user, view.available - estimate).await;
@@ -552,27 +554,36 @@ impl Gateway {
         }
     }
 
-    /// BYOK: the caller's cached envelope, opened in memory (no Directus round trip per call). Internal: the
+    /// BYOK: the caller's cached envelope, opened in memory (no Directus round trip per call), with the call's
+    /// estimate reserved from what the user's own-key caps leave (when they have any). Internal: the
     /// platform's key within the tier's rate limit, with the call's estimate reserved from the user's credits.
     async fn credential(
         &self,
         user: UserId,
-        caller: &CallerProfile,
-        credits: LedgerReading,
+        standing: &Standing,
         provider: Provider,
         source: Source,
         estimate: Cents,
     ) -> Result<Credential, CredentialError> {
+        let caller = &standing.context.caller.profile;
         match source {
             Source::Byok => {
                 let stored = caller.usable_key(provider).ok_or(CredentialError::KeyUnusable)?;
                 self.limits.own_key_call(user, caller.tier).await.map_err(CredentialError::Other)?;
-                self.vault.open_sealed(user, provider, &stored.envelope).map(Credential::Byok).map_err(|error| {
-                    match error {
-                        VaultError::Unusable(_) | VaultError::NotFound => CredentialError::KeyUnusable,
-                        other => CredentialError::Other(GatewayError::Vault(other)),
+                let key = self.vault.open_sealed(user, provider, &stored.envelope).map_err(|error| match error {
+                    VaultError::Unusable(_) | VaultError::NotFound => CredentialError::KeyUnusable,
+                    other => CredentialError::Other(GatewayError::Vault(other)),
+                })?;
+                // A cap on own-key spending is the user's brake on a runaway script: reached, the call is
+                // refused, never moved to credits.
+                let hold = match standing.own_keys {
+                    None => None,
+                    Some((reading, exceeded)) => {
+                        let held = self.reservations.reserve_own_keys(user, reading, estimate).await;
+                        Some(held.map_err(|_| CredentialError::Other(GatewayError::Budget(exceeded)))?)
                     }
-                })
+                };
+                Ok(Credential::Byok(key, hold))
             }
             Source::Internal => {
                 let key = self.upstream.internal_key(provider).ok_or_else(|| {
@@ -584,10 +595,11 @@ impl Gateway {
                     })
                 })?;
                 self.limits.credit_call(user, caller.tier).await.map_err(CredentialError::Other)?;
-                let hold = self.reservations.reserve(user, credits, estimate).await.map_err(|error| match error {
-                    ReserveError::Credits(shortfall) => CredentialError::Shortfall(shortfall),
-                    ReserveError::PlatformBudget => CredentialError::PlatformBudget,
-                })?;
+                let hold =
+                    self.reservations.reserve(user, standing.credits, estimate).await.map_err(|error| match error {
+                        ReserveError::Credits(shortfall) => CredentialError::Shortfall(shortfall),
+                        ReserveError::PlatformBudget => CredentialError::PlatformBudget,
+                    })?;
                 Ok(Credential::Internal(key.clone(), hold))
             }
         }

@@ -12,7 +12,7 @@ pub mod redis;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -99,6 +99,9 @@ pub struct Reservations {
     open: AtomicUsize,
     /// With `PLATFORM_DAILY_BUDGET_CENTS`: every credit call reserves from the platform's day as well.
     platform: Option<Arc<PlatformBudget>>,
+    /// Spending caps are set up, so own-key calls may have a book ([`BookId::OwnKeys`]) whose costs count
+    /// until Directus stores them, as credit calls' do.
+    own_keys: AtomicBool,
 }
 
 impl Reservations {
@@ -125,7 +128,30 @@ impl Reservations {
     }
 
     fn with(books: Arc<dyn CreditBooks>, platform: Option<Arc<PlatformBudget>>) -> Arc<Reservations> {
-        Arc::new(Reservations { books, open: AtomicUsize::new(0), platform })
+        Arc::new(Reservations { books, open: AtomicUsize::new(0), platform, own_keys: AtomicBool::new(false) })
+    }
+
+    /// Own-key spending may be capped: its calls' costs are counted per user until Directus stores them.
+    pub fn count_own_keys(&self) {
+        self.own_keys.store(true, Ordering::Relaxed);
+    }
+
+    /// What `user`'s own keys may still spend, given what their tightest own-key cap left at `reading`.
+    pub async fn own_keys_available(&self, user: UserId, reading: LedgerReading) -> Cents {
+        self.books.available(BookId::OwnKeys(user), reading).await
+    }
+
+    /// Reserves `amount` of what `user`'s own-key caps leave, for one call with their own key.
+    pub async fn reserve_own_keys(
+        self: &Arc<Self>,
+        user: UserId,
+        reading: LedgerReading,
+        amount: Cents,
+    ) -> Result<Hold, Shortfall> {
+        let book = BookId::OwnKeys(user);
+        let held = self.books.reserve(book, reading, amount).await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Hold { reservations: Arc::clone(self), book, held, platform: None, amount, done: false })
     }
 
     /// What `user` can spend now, given the ledger as last read.
@@ -154,7 +180,14 @@ impl Reservations {
             },
         };
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Hold { reservations: Arc::clone(self), user, credits, platform, amount, done: false })
+        Ok(Hold {
+            reservations: Arc::clone(self),
+            book: BookId::Credits(user),
+            held: credits,
+            platform,
+            amount,
+            done: false,
+        })
     }
 
     /// At startup, before calls come: the platform's spending today, so its budget holds from the first call.
@@ -168,28 +201,38 @@ impl Reservations {
     fn books_of(&self, user: UserId, source: Source) -> impl Iterator<Item = BookId> {
         let internal = source == Source::Internal;
         let platform = internal && self.platform.is_some();
-        [internal.then_some(BookId::Credits(user)), platform.then_some(BookId::Platform)].into_iter().flatten()
+        let own_keys = !internal && self.own_keys.load(Ordering::Relaxed);
+        [
+            internal.then_some(BookId::Credits(user)),
+            platform.then_some(BookId::Platform),
+            own_keys.then_some(BookId::OwnKeys(user)),
+        ]
+        .into_iter()
+        .flatten()
     }
 
-    /// Directus stored `record`'s deduction at `at`: from then on the ledger counts it.
+    /// Directus stored `record` at `at`: from then on its readings count it.
     pub async fn stored(&self, record: &UsageRecord, at: OffsetDateTime) {
         for book in self.books_of(record.user, record.source) {
             self.books.stored(book, record.request_id, record.cost_cents, unix_millis(at)).await;
         }
     }
 
-    /// After a restart: every internal-credit record still in the outbox, waiting or refused by Directus,
-    /// counts against its user again until Directus stores it. Call before the flusher starts.
+    /// After a restart: every record still in the outbox, waiting or refused by Directus, counts in its books
+    /// again until Directus stores it (with [`Reservations::count_own_keys`], own-key ones too). Call before
+    /// the flusher starts. Returns how many records count again.
     pub async fn restore_from(&self, outbox: &Outbox) -> Result<usize, StoreError> {
         let mut unstored = Unstored::new();
-        let records = outbox.all_records()?;
-        let restored = records.iter().filter(|r| r.source == Source::Internal).count();
-        for record in records {
+        let mut restored = 0;
+        for record in outbox.all_records()? {
+            let mut counted = false;
             for book in self.books_of(record.user, record.source) {
                 let entry = unstored.entry(book).or_default();
                 entry.0 += record.cost_cents;
                 entry.1.push(record.request_id);
+                counted = true;
             }
+            restored += usize::from(counted);
         }
         self.books.restore(unstored).await;
         Ok(restored)
@@ -249,8 +292,8 @@ fn now_or_later(work: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
-/// The flusher's sink, telling the reservations when Directus has stored a deduction, so it stops counting
-/// on top of the ledger from then on.
+/// The flusher's sink, telling the reservations when Directus has stored a record, so its books stop counting
+/// it on top of their readings from then on.
 pub struct LedgerSink<S> {
     pub inner: S,
     pub reservations: Arc<Reservations>,
@@ -263,7 +306,7 @@ impl<S: UsageSink> UsageSink for LedgerSink<S> {
         let stored = result.is_ok() || (records.len() == 1 && matches!(result, Err(DeliveryError::AlreadyStored)));
         if stored {
             let now = OffsetDateTime::now_utc();
-            for record in records.iter().filter(|r| r.source == Source::Internal) {
+            for record in records {
                 self.reservations.stored(record, now).await;
             }
         }
@@ -275,8 +318,9 @@ impl<S: UsageSink> UsageSink for LedgerSink<S> {
 /// task was cancelled) it is released and nothing is charged.
 pub struct Hold {
     reservations: Arc<Reservations>,
-    user: UserId,
-    credits: HoldRef,
+    /// The user's credits, or their own keys' caps.
+    book: BookId,
+    held: HoldRef,
     /// The same amount held from the platform's day, under a platform budget.
     platform: Option<HoldRef>,
     amount: Cents,
@@ -285,7 +329,7 @@ pub struct Hold {
 
 impl Hold {
     fn books(&self) -> [Option<(BookId, HoldRef)>; 2] {
-        [Some((BookId::Credits(self.user), self.credits)), self.platform.map(|hold| (BookId::Platform, hold))]
+        [Some((self.book, self.held)), self.platform.map(|hold| (BookId::Platform, hold))]
     }
 
     pub fn amount(&self) -> Cents {
@@ -314,7 +358,7 @@ impl Drop for Hold {
 
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hold").field("user", &self.user).field("amount", &self.amount).finish_non_exhaustive()
+        f.debug_struct("Hold").field("book", &self.book).field("amount", &self.amount).finish_non_exhaustive()
     }
 }
 
@@ -392,6 +436,26 @@ mod tests {
         );
         drop(b_held);
         assert!(reservations.reserve(a, reading(1_000), Cents::whole(60)).await.is_ok(), "b's hold went back");
+    }
+
+    #[tokio::test]
+    async fn own_key_calls_hold_from_their_own_book_and_count_there_until_directus_stores_them() {
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), None);
+        reservations.count_own_keys();
+        let u = user();
+        // The tightest own-key cap leaves 100.
+        let hold = reservations.reserve_own_keys(u, reading(100), Cents::whole(95)).await.unwrap();
+        let refused = reservations.reserve_own_keys(u, reading(100), Cents::whole(95)).await.unwrap_err();
+        assert_eq!(refused, Shortfall { available: Cents::whole(5) });
+        assert_eq!(reservations.available(u, reading(100)).await, Cents::whole(100), "credits are another book");
+        let mut call = record(u, 90);
+        call.source = Source::Byok;
+        hold.settle(call.request_id, call.cost_cents);
+        assert_eq!(reservations.own_keys_available(u, reading(100)).await, Cents::whole(10));
+        let stored_at = OffsetDateTime::now_utc();
+        reservations.stored(&call, stored_at).await;
+        let after = LedgerReading { balance: Cents::whole(10), read_at: unix_millis(stored_at) + 1_000 };
+        assert_eq!(reservations.own_keys_available(u, after).await, Cents::whole(10), "counted once");
     }
 
     #[tokio::test]
