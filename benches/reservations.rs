@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use byok_bridge::directus::DirectusClient;
-use byok_bridge::domain::budget::{self, AlertThresholds, BudgetCaps, Cap, Spend, Spending};
+use byok_bridge::domain::budget::{self, AlertThresholds, BudgetCaps, Cap, LowBalance, Spend, Spending};
 use byok_bridge::domain::credit_book::LedgerReading;
 use byok_bridge::domain::money::Cents;
 use byok_bridge::domain::provider::Provider;
@@ -121,7 +121,8 @@ async fn budgets() -> Budgets {
         .await;
     let client =
         DirectusClient::new(directus.uri().parse().unwrap(), SecretString::from("token"), Duration::from_secs(1));
-    let platform = PlatformBudget::new(Cents::whole(1_000_000_000_000), client.clone(), Duration::from_secs(3_600));
+    let platform =
+        PlatformBudget::new(Cents::whole(1_000_000_000_000), client.clone(), Duration::from_secs(3_600), None);
     platform.read().await;
     let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), Some(platform));
     let claims = claims(None);
@@ -130,7 +131,7 @@ async fn budgets() -> Budgets {
         reservations,
         caps: "credits.daily=100000000000,credits.monthly=1000000000000".parse::<BudgetCaps>().unwrap().0,
         spending: Spending { at: OffsetDateTime::now_utc(), today: Cents::whole(5), this_month: Cents::whole(50) },
-        alerts: SpendingAlerts::new(AlertThresholds::default(), None, notifier, claims),
+        alerts: SpendingAlerts::new(AlertThresholds::default(), LowBalance::default(), notifier, claims),
         _directus: directus,
     }
 }

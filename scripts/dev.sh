@@ -60,7 +60,9 @@ byok-bridge is starting.
                    Feature flags: Content > Feature Flags (toggle byok_only_mode and watch the sidecar log)
   Account page     http://127.0.0.1:${sidecar_port}/account   (sign in as a demo user below)
   Sidecar          http://127.0.0.1:${sidecar_port}   (/healthz, /readyz, /v1/status, /openapi.json)
-  E-mails          ${maildir}/new   (what Directus sends users: key incidents)
+  E-mails          ${maildir}/new   (what Directus sends users: key incidents, spending alerts)
+  Spending caps    free: \$2 a day on credits; premium: \$10 a day on credits, \$50 a day on own keys;
+                   the platform: \$500 a day, admin@example.com told at 80%
   Demo users       $(get PREMIUM_USER_EMAIL) / $(get PREMIUM_USER_PASSWORD)   (premium, 1000 cents)
                    $(get FREE_USER_EMAIL) / $(get FREE_USER_PASSWORD)   (free, 500 cents)
 
@@ -76,6 +78,8 @@ Try it (in another terminal):
       -d '{"api":"chat.completions","request":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}}'
   curl -s http://127.0.0.1:${sidecar_port}/v1/jobs -H "Authorization: Bearer \$TOKEN"   (queued in the background)
   curl -s http://127.0.0.1:${sidecar_port}/v1/usage -H "Authorization: Bearer \$TOKEN"
+  curl -s http://127.0.0.1:${sidecar_port}/v1/calls -H "Authorization: Bearer \$TOKEN"   (recent calls, failed ones too)
+  curl -s http://127.0.0.1:${sidecar_port}/v1/budget -H "Authorization: Bearer \$TOKEN"
   curl -s http://127.0.0.1:${sidecar_port}/v1/flags -H "Authorization: Bearer \$(cat .dev/operator.token)"
 
 OpenAI calls go to $( [[ -n "${fake_port:-}" ]] && echo "a local fake OpenAI on port ${fake_port}" || echo "${OPENAI_BASE_URL}").
@@ -91,4 +95,6 @@ env -i PATH="${PATH}" BIND_ADDR="127.0.0.1:${sidecar_port}" DIRECTUS_URL="${dire
 	OPENAI_BASE_URL="${OPENAI_BASE_URL}" INTERNAL_OPENAI_API_KEY="${INTERNAL_OPENAI_API_KEY:-}" \
 	ANTHROPIC_BASE_URL="${ANTHROPIC_BASE_URL:-https://api.anthropic.com}" \
 	INTERNAL_ANTHROPIC_API_KEY="${INTERNAL_ANTHROPIC_API_KEY:-}" \
+	BUDGET_FREE="credits.daily=200,credits.monthly=2000" BUDGET_PREMIUM="credits.daily=1000,own_keys.daily=5000" \
+	PLATFORM_DAILY_BUDGET_CENTS=50000 PLATFORM_BUDGET_ALERT_EMAILS=admin@example.com LOW_BALANCE_ALERT_CENTS=100 \
 	RUST_LOG="${RUST_LOG:-info}" LOG_FORMAT=text target/release/byok-bridge

@@ -216,28 +216,20 @@ const DASHBOARD = { name: "byok-bridge", icon: "key", color: "#2563EB", note: "B
 const deductions = { _and: [{ transaction_type: { _eq: "deduction" } }] };
 // [name, icon, type, x, y, width, height, options]: Insights' own panel types, nothing to install.
 const PANELS = [
-	// The admins' operations panel (hooks/byok-bridge-ops): the sidecar's view and the BYOK-only pre-flight.
-	["byok-bridge: operations", "smart_toy", "byok-bridge-ops", 1, 1, 30, 40, {}],
-	["Cost per day on users' own keys (cents)", "key", "time-series", 1, 42, 24, 10,
-		{ collection: "api_key_usage", dateField: "occurred_at", valueField: "estimated_cost_cents", function: "sum", precision: "day", range: "30 days", decimals: 4, color: "#2563EB" }],
-	["Cost per day on platform credits (cents)", "savings", "time-series", 25, 42, 24, 10,
-		{ collection: "credit_transactions", dateField: "occurred_at", valueField: "cost_cents", function: "sum", precision: "day", range: "30 days", decimals: 4, color: "#C2410C", filter: deductions }],
-	["Requests per day on users' own keys", "bolt", "time-series", 1, 52, 24, 10,
-		{ collection: "api_key_usage", dateField: "occurred_at", valueField: "id", function: "count", precision: "day", range: "30 days", decimals: 4, color: "#2563EB" }],
-	["Requests per day on platform credits", "bolt", "time-series", 25, 52, 24, 10,
-		{ collection: "credit_transactions", dateField: "occurred_at", valueField: "id", function: "count", precision: "day", range: "30 days", decimals: 4, color: "#C2410C", filter: deductions }],
-	["Requests on users' own keys (BYOK share: against the panel beside)", "key", "metric", 1, 62, 12, 6,
+	// The admins' operations panel (hooks/byok-bridge-ops): the sidecar's view, spending per day for 30 days with
+	// the top users by credit cost (drawn by the panel itself: Insights' own time-series draws nothing for a
+	// single day of data, and its lists show "--" for a user), and the BYOK-only pre-flight.
+	["byok-bridge: operations", "smart_toy", "byok-bridge-ops", 1, 1, 30, 56, {}],
+	["Requests on users' own keys (BYOK share: against the panel beside)", "key", "metric", 31, 1, 12, 6,
 		{ collection: "api_key_usage", field: "id", function: "count" }],
-	["Requests on platform credits", "savings", "metric", 13, 62, 12, 6,
+	["Requests on platform credits", "savings", "metric", 43, 1, 12, 6,
 		{ collection: "credit_transactions", field: "id", function: "count", filter: deductions }],
-	["Stored keys by status", "donut_large", "metric-list", 25, 62, 12, 12,
+	["Stored keys by status", "donut_large", "metric-list", 31, 7, 12, 12,
 		{ collection: "user_api_keys", groupByField: "status", aggregateField: "id", aggregateFunction: "count", sortDirection: "desc" }],
-	["Own-key cost by provider (cents)", "hub", "metric-list", 37, 62, 12, 12,
+	["Own-key cost by provider (cents)", "hub", "metric-list", 43, 7, 12, 12,
 		{ collection: "api_key_usage", groupByField: "provider", aggregateField: "estimated_cost_cents", aggregateFunction: "sum", sortDirection: "desc", maximumFractionDigits: 4 }],
-	["Credit cost by provider (cents)", "hub", "metric-list", 1, 68, 12, 12,
+	["Credit cost by provider (cents)", "hub", "metric-list", 31, 19, 12, 12,
 		{ collection: "credit_transactions", groupByField: "provider", aggregateField: "cost_cents", aggregateFunction: "sum", sortDirection: "desc", maximumFractionDigits: 4, filter: deductions }],
-	["Top users by credit cost (cents)", "person", "metric-list", 13, 68, 12, 12,
-		{ collection: "credit_transactions", groupByField: "user", aggregateField: "cost_cents", aggregateFunction: "sum", sortDirection: "desc", maximumFractionDigits: 4, filter: deductions }],
 ];
 
 /** The Insights dashboard, made once (an admin's later edits to it are kept: it is not re-created). */

@@ -20,7 +20,7 @@ use crate::http::routes::pages::AccountPage;
 use crate::http::state::{AppState, Services};
 use crate::providers::ProviderClient;
 use crate::services::call_log::CallLog;
-use crate::services::callers::CallerDirectory;
+use crate::services::callers::{CallerDirectory, CallerReads};
 use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_cache::FlagCache;
 use crate::services::gateway::{CallLimits, Gateway, InternalKeys, KeyEvents, Upstream};
@@ -30,7 +30,7 @@ use crate::services::key_vault::KeyVault;
 use crate::services::meter::Meter;
 use crate::services::notifier::Notifier;
 use crate::services::payments::Payments;
-use crate::services::platform_budget::PlatformBudget;
+use crate::services::platform_budget::{PlatformAlerts, PlatformBudget};
 use crate::services::reservations::Reservations;
 use crate::services::sessions::Sessions;
 use crate::services::sign_in::SignInGuard;
@@ -60,14 +60,29 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         directus.clone(),
         settings.user_cache_ttl,
         settings.stale_caller_max_age,
-        !settings.budgets.is_empty(),
+        CallerReads {
+            budgets: !settings.budgets.is_empty(),
+            last_grant: settings.low_balance_alert.percent_of_last_grant.is_some(),
+        },
     ));
     let vault = Arc::new(KeyVault::new(settings.keyring.clone(), directus.clone(), providers.clone()));
     let store = Arc::new(Store::open(&settings.data_dir.join("byok-bridge.db"))?);
     // Stored costs are kept as long as any ledger reading in use can predate them.
     let (fresh_reading, oldest_reading) =
         (settings.user_cache_ttl, settings.user_cache_ttl + settings.stale_caller_max_age);
-    let platform = settings.platform_daily_budget.map(|cap| PlatformBudget::new(cap, directus.clone(), fresh_reading));
+
+    let claims = claims(redis.clone());
+    let notifier = Arc::new(Notifier::new(
+        directus.clone(),
+        Arc::clone(&claims),
+        settings.public_url.as_ref(),
+        settings.payments.purchase_url.as_ref(),
+    ));
+    let platform = settings.platform_daily_budget.map(|cap| {
+        let recipients = settings.platform_budget_alert_emails.clone();
+        let alerts = (!recipients.is_empty()).then(|| PlatformAlerts { notifier: Arc::clone(&notifier), recipients });
+        PlatformBudget::new(cap, directus.clone(), fresh_reading, alerts)
+    });
     let reservations = match &redis {
         Some(redis) => Reservations::in_redis(
             Arc::clone(redis),
@@ -82,15 +97,8 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         reservations.count_own_keys();
     }
     let outbox = Arc::new(Outbox::open(Arc::clone(&store))?);
-    let claims = claims(redis.clone());
     let bus = bus(redis.clone());
-    let notifier = Arc::new(Notifier::new(
-        directus.clone(),
-        Arc::clone(&claims),
-        settings.public_url.as_ref(),
-        settings.payments.purchase_url.as_ref(),
-    ));
-    let alerts = (!settings.budgets.is_empty() || settings.low_balance_alert.is_some()).then(|| {
+    let alerts = (!settings.budgets.is_empty() || settings.low_balance_alert.is_set()).then(|| {
         SpendingAlerts::new(
             settings.budget_alerts.clone(),
             settings.low_balance_alert,

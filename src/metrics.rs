@@ -45,6 +45,7 @@ const SPENDING_ALERTS: &str = "byok_spending_alerts_total";
 const PLATFORM_SPEND: &str = "byok_platform_spend_today_cents";
 const PLATFORM_BUDGET: &str = "byok_platform_daily_budget_cents";
 const PLATFORM_REFUSALS: &str = "byok_platform_budget_refusals_total";
+const PLATFORM_ALERTS: &str = "byok_platform_budget_alerts_total";
 const CALLS_DROPPED: &str = "byok_call_log_dropped_total";
 
 /// Latency buckets from 0.5 ms to 10 min: sidecar overheads, provider answers, and delivery lag alike.
@@ -119,6 +120,7 @@ fn describe() {
     describe_gauge!(PLATFORM_SPEND, "Spent today (UTC) on the platform's keys, as Directus last reported, in cents.");
     describe_gauge!(PLATFORM_BUDGET, "PLATFORM_DAILY_BUDGET_CENTS.");
     describe_counter!(PLATFORM_REFUSALS, "Credit calls refused because the platform's daily budget was spent.");
+    describe_counter!(PLATFORM_ALERTS, "Days the admins were told the platform's budget reached a percent (80, 100).");
     describe_counter!(
         SPENDING_ALERTS,
         "Spending notices sent: caps by period (daily, monthly), spend (credits, own_keys) and threshold percent; \
@@ -233,6 +235,10 @@ pub fn platform_spend(spent: Cents, cap: Cents) {
 
 pub fn platform_budget_refusal() {
     counter!(PLATFORM_REFUSALS).increment(1);
+}
+
+pub fn platform_budget_alert(percent: u8) {
+    counter!(PLATFORM_ALERTS, "percent" => percent.to_string()).increment(1);
 }
 
 pub fn spending_alert(spend: Spend, period: Period, percent: u8) {

@@ -25,7 +25,7 @@ use self::reader::{Reader, http_url};
 use crate::clock::Clock;
 use crate::crypto::envelope::Keyring;
 use crate::crypto::webhook_signature::WebhookSecret;
-use crate::domain::budget::{AlertThresholds, BudgetCaps, BudgetPolicy, TierBudget};
+use crate::domain::budget::{AlertThresholds, BudgetCaps, BudgetPolicy, LowBalance, TierBudget};
 use crate::domain::call::CallRetention;
 use crate::domain::client_address::TrustedProxies;
 use crate::domain::money::Cents;
@@ -138,12 +138,14 @@ pub struct Settings {
     pub payments: PaymentsConfig,
     /// What all users together may spend on the platform's keys in a UTC day; `None`: no cap.
     pub platform_daily_budget: Option<Cents>,
+    /// E-mail addresses of the Directus users (admins) told when that budget is 80% and 100% spent.
+    pub platform_budget_alert_emails: Vec<String>,
     /// Each tier's caps on credit spending per day and month.
     pub budgets: Arc<BudgetPolicy>,
     /// The shares of a cap at which its user is told how much is spent.
     pub budget_alerts: AlertThresholds,
-    /// Below this many credits left after a call, its user is told (once a day); `None`: never.
-    pub low_balance_alert: Option<Cents>,
+    /// When a call leaves its user's credits low enough that they are told (once a day).
+    pub low_balance_alert: LowBalance,
     /// How many of each user's calls `/v1/calls` keeps, and for how long.
     pub call_retention: CallRetention,
     /// The job queue's clock: the system's, except in tests that move through hours of retries at once.
@@ -180,6 +182,24 @@ fn embed_origins(raw: &str) -> Result<Vec<String>, String> {
 }
 
 /// The shipped price table, or the operator's `PRICE_TABLE_FILE`.
+/// `a@example.com, b@example.com`: addresses as Directus keeps them (lowercase), each once.
+fn alert_emails(raw: &str) -> Result<Vec<String>, String> {
+    let mut emails: Vec<String> = Vec::new();
+    for email in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let plausible = email.len() <= 254
+            && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !plausible {
+            return Err(format!("`{email}` is not an e-mail address"));
+        }
+        let email = email.to_lowercase();
+        if !emails.contains(&email) {
+            emails.push(email);
+        }
+    }
+    Ok(emails)
+}
+
 fn price_table<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Arc<PriceTable> {
     let Some(path) = r.get("PRICE_TABLE_FILE") else { return Arc::new(PriceTable::builtin()) };
     let fix = "Point it at a JSON price table like pricing/prices.json";
@@ -374,8 +394,21 @@ impl Settings {
             "List percents of a cap, e.g. 50,80,100",
             str::parse,
         );
-        let low_balance_alert =
-            r.cents("LOW_BALANCE_ALERT_CENTS", "Use whole cents, e.g. 200 to tell users when less than $2.00 is left");
+        let low_balance_alert = LowBalance {
+            below: r.cents(
+                "LOW_BALANCE_ALERT_CENTS",
+                "Use whole cents, e.g. 200 to tell users when less than $2.00 is left",
+            ),
+            percent_of_last_grant: r.parsed(
+                "LOW_BALANCE_ALERT_PERCENT",
+                None,
+                "Use a percent of the user's last grant, e.g. 10 to tell a $50 buyer when less than $5.00 is left",
+                |raw| match raw.parse::<u8>() {
+                    Ok(percent) if (1..=100).contains(&percent) => Ok(Some(percent)),
+                    _ => Err("must be a whole percent from 1 to 100"),
+                },
+            ),
+        };
         let platform_daily_budget = r.cents(
             "PLATFORM_DAILY_BUDGET_CENTS",
             "Use whole cents, e.g. 50000 for $500 a day, or leave it unset for no cap",
@@ -384,6 +417,19 @@ impl Settings {
             kept_per_user: r.whole("CALLS_KEPT_PER_USER", 500, 10..=10_000, "calls", "Use e.g. 500") as usize,
             max_age: Duration::from_secs(86_400 * r.whole("CALLS_RETENTION_DAYS", 30, 1..=400, "days", "Use e.g. 30")),
         };
+        let platform_budget_alert_emails = r.parsed(
+            "PLATFORM_BUDGET_ALERT_EMAILS",
+            Vec::new(),
+            "List the e-mail addresses of Directus users (your admins), e.g. ops@example.com,admin@example.com",
+            alert_emails,
+        );
+        if platform_daily_budget.is_none() && !platform_budget_alert_emails.is_empty() {
+            r.problem(
+                "PLATFORM_BUDGET_ALERT_EMAILS",
+                "is set but PLATFORM_DAILY_BUDGET_CENTS is not: there is no budget to warn of",
+                "Set PLATFORM_DAILY_BUDGET_CENTS too, or unset PLATFORM_BUDGET_ALERT_EMAILS",
+            );
+        }
         let sign_in = SignInPolicy {
             failures_per_account: r.whole(
                 "LOGIN_FAILURES_PER_ACCOUNT",
@@ -459,6 +505,7 @@ impl Settings {
                     jobs,
                     payments,
                     platform_daily_budget,
+                    platform_budget_alert_emails,
                     budgets,
                     budget_alerts,
                     low_balance_alert,
@@ -503,6 +550,26 @@ mod tests {
         assert_eq!((s.jobs.workers, s.jobs.per_user_cap), (32, 4));
         assert_eq!(s.jobs.retry.give_up_after, Duration::from_secs(24 * 3600));
         assert!(s.jobs.callback_secret.is_none() && !s.jobs.allow_internal_callbacks);
+    }
+
+    #[test]
+    fn spending_alerts_are_checked_and_named() {
+        let mut vars = base();
+        vars.insert("PLATFORM_DAILY_BUDGET_CENTS", "50000".to_owned());
+        vars.insert("PLATFORM_BUDGET_ALERT_EMAILS", " Ops@Example.com, admin@example.com,ops@example.com ".to_owned());
+        vars.insert("LOW_BALANCE_ALERT_PERCENT", "10".to_owned());
+        let s = parse(&vars).unwrap();
+        assert_eq!(s.platform_budget_alert_emails, ["ops@example.com", "admin@example.com"]);
+        assert_eq!(s.low_balance_alert, LowBalance { below: None, percent_of_last_grant: Some(10) });
+        vars.insert("PLATFORM_BUDGET_ALERT_EMAILS", "ops@example.com, not an address".to_owned());
+        vars.insert("LOW_BALANCE_ALERT_PERCENT", "0".to_owned());
+        let named: Vec<_> = parse(&vars).unwrap_err().0.iter().map(|p| p.var).collect();
+        assert_eq!(named, ["LOW_BALANCE_ALERT_PERCENT", "PLATFORM_BUDGET_ALERT_EMAILS"]);
+        vars.remove("PLATFORM_DAILY_BUDGET_CENTS");
+        vars.remove("LOW_BALANCE_ALERT_PERCENT");
+        vars.insert("PLATFORM_BUDGET_ALERT_EMAILS", "ops@example.com".to_owned());
+        let problems = parse(&vars).unwrap_err().0;
+        assert!(problems[0].to_string().contains("PLATFORM_DAILY_BUDGET_CENTS is not"), "{problems:?}");
     }
 
     #[test]

@@ -109,23 +109,31 @@ impl DirectusClient {
         }
     }
 
-    /// Requests, tokens and cost per day, provider and source for calls since `since` (by the time of the
-    /// call, `occurred_at`), and their totals. Directus adds them up: no rows are transferred.
-    pub async fn usage_summary(&self, user: UserId, since: OffsetDateTime) -> Result<UsageSummary, DirectusError> {
+    /// Requests, tokens and cost per day, provider and source for the calls of `user` (`None`: everyone's)
+    /// since `since` (by the time of the call, `occurred_at`), and their totals. Directus adds them up: no rows
+    /// are transferred.
+    pub async fn usage_summary(
+        &self,
+        user: Option<UserId>,
+        since: OffsetDateTime,
+    ) -> Result<UsageSummary, DirectusError> {
         let since = since.format(&Rfc3339).map_err(|e| DirectusError::Decode(e.to_string()))?;
-        let user = user.to_string();
+        let user = user.map(|user| user.to_string());
         let grouped = |collection: &str, sum: &str| {
-            self.request(Method::GET, collection).query(&[
+            let request = self.request(Method::GET, collection).query(&[
                 ("aggregate[count]", "*"),
                 ("aggregate[sum]", sum),
                 ("groupBy[]", "provider"),
                 ("groupBy[]", "year(occurred_at)"),
                 ("groupBy[]", "month(occurred_at)"),
                 ("groupBy[]", "day(occurred_at)"),
-                ("filter[user][_eq]", &user),
                 ("filter[occurred_at][_gte]", &since),
                 ("limit", "-1"),
-            ])
+            ]);
+            match &user {
+                Some(user) => request.query(&[("filter[user][_eq]", user)]),
+                None => request,
+            }
         };
         let byok = grouped("/items/api_key_usage", "total_tokens,estimated_cost_cents");
         let internal = grouped("/items/credit_transactions", "total_tokens,cost_cents")
@@ -160,6 +168,55 @@ impl DirectusClient {
             }
         }
         Ok(UsageSummary { totals, daily })
+    }
+
+    /// The `limit` users whose calls on credits cost most since `since`: each with that cost, their number of
+    /// calls, and their e-mail address (for admins).
+    pub async fn top_credit_spenders(
+        &self,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<(UserId, Option<String>, Cents, u64)>, DirectusError> {
+        #[derive(serde::Deserialize)]
+        struct User {
+            id: UserId,
+            email: Option<String>,
+        }
+        let since = since.format(&Rfc3339).map_err(|e| DirectusError::Decode(e.to_string()))?;
+        let request = self.request(Method::GET, "/items/credit_transactions").query(&[
+            ("aggregate[count]", "*"),
+            ("aggregate[sum]", "cost_cents"),
+            ("groupBy[]", "user"),
+            ("filter[transaction_type][_eq]", "deduction"),
+            ("filter[provider][_nnull]", "true"),
+            ("filter[occurred_at][_gte]", since.as_str()),
+            ("sort[]", "-sum.cost_cents"),
+            ("limit", &limit.to_string()),
+        ]);
+        let groups: Vec<Value> = self.data(request).await?;
+        let spenders: Vec<(UserId, Cents, u64)> = groups
+            .iter()
+            .filter_map(|group| {
+                let user = UserId::parse(group["user"].as_str()?).ok()?;
+                Some((
+                    user,
+                    Cents::from_json(&group["sum"]["cost_cents"]).unwrap_or_default(),
+                    number(&group["count"]) as u64,
+                ))
+            })
+            .collect();
+        if spenders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = spenders.iter().map(|(user, _, _)| user.to_string()).collect();
+        let request = self.request(Method::GET, "/users").query(&[
+            ("fields", "id,email"),
+            ("filter[id][_in]", &ids.join(",")),
+            ("limit", "-1"),
+        ]);
+        let users: Vec<User> = self.data(request).await?;
+        let email = |id: UserId| users.iter().find(|u| u.id == id).and_then(|u| u.email.clone());
+        Ok(spenders.into_iter().map(|(user, cost, calls)| (user, email(user), cost, calls)).collect())
     }
 }
 

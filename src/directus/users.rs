@@ -84,6 +84,24 @@ impl DirectusClient {
         Ok(self.data::<Email>(request).await?.email)
     }
 
+    /// The active users with these e-mail addresses (admins to notify), as many as there are.
+    pub async fn users_by_email(&self, emails: &[String]) -> Result<Vec<UserId>, DirectusError> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: UserId,
+        }
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = self.request(Method::GET, "/users").query(&[
+            ("fields", "id"),
+            ("filter[email][_in]", &emails.join(",")),
+            ("filter[status][_eq]", "active"),
+            ("limit", "-1"),
+        ]);
+        Ok(self.data::<Vec<Id>>(request).await?.into_iter().map(|user| user.id).collect())
+    }
+
     /// Every active premium and lifetime user (id, e-mail, tier): the users BYOK-only mode concerns.
     pub async fn entitled_users(&self) -> Result<Vec<EntitledUser>, DirectusError> {
         let request = self.request(Method::GET, "/users").query(&[
@@ -110,6 +128,22 @@ impl DirectusClient {
         ]);
         let owners: Vec<Owner> = self.data(request).await?;
         Ok(owners.into_iter().filter_map(|o| o.user).collect())
+    }
+
+    /// The amount of the user's newest grant (a purchase, a signup bonus, an admin's), if they have one.
+    pub async fn last_grant(&self, user: UserId) -> Result<Option<Cents>, DirectusError> {
+        let request = self.request(Method::GET, "/items/credit_transactions").query(&[
+            ("fields", "cost_cents"),
+            ("filter[user][_eq]", &user.to_string()),
+            ("filter[transaction_type][_eq]", "grant"),
+            ("sort", "-created_at"),
+            ("limit", "1"),
+        ]);
+        let rows: Vec<LedgerSum> = self.data(request).await?;
+        rows.first()
+            .map(|row| Cents::from_json(&row.cost_cents))
+            .transpose()
+            .map_err(|_| DirectusError::Decode("a grant's cost_cents is not a number".into()))
     }
 
     /// The user's credit balance, summed by Directus per transaction type (no rows are transferred).

@@ -384,6 +384,33 @@ impl AlertThresholds {
     }
 }
 
+/// When a user hears their credits run low: below an amount (`LOW_BALANCE_ALERT_CENTS`), or below a share of
+/// their last grant (`LOW_BALANCE_ALERT_PERCENT`, so a $500 buyer hears it at $50 and a $5 one at 50 cents);
+/// with both, whichever is higher.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LowBalance {
+    pub below: Option<Cents>,
+    pub percent_of_last_grant: Option<u8>,
+}
+
+impl LowBalance {
+    pub fn is_set(&self) -> bool {
+        self.below.is_some() || self.percent_of_last_grant.is_some()
+    }
+
+    /// The balance below which the user hears it, given their last grant (if any).
+    pub fn threshold(&self, last_grant: Option<Cents>) -> Option<Cents> {
+        let share = self
+            .percent_of_last_grant
+            .zip(last_grant)
+            .map(|(percent, grant)| Cents::from_nanos(grant.nanos() / 100 * i64::from(percent)));
+        match (self.below, share) {
+            (Some(below), Some(share)) => Some(below.max(share)),
+            (below, share) => below.or(share),
+        }
+    }
+}
+
 /// A call that would pass a cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.explain())]
@@ -578,6 +605,18 @@ mod tests {
         for bad in ["0", "101", "half", "50;80"] {
             assert!(bad.parse::<AlertThresholds>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credits_run_low_below_an_amount_or_a_share_of_the_last_grant_whichever_is_higher() {
+        let both = LowBalance { below: Some(Cents::whole(100)), percent_of_last_grant: Some(10) };
+        assert_eq!(both.threshold(Some(Cents::whole(50_000))), Some(Cents::whole(5_000)), "10% of a $500 grant");
+        assert_eq!(both.threshold(Some(Cents::whole(500))), Some(Cents::whole(100)), "the amount is higher");
+        assert_eq!(both.threshold(None), Some(Cents::whole(100)), "no grant yet: the amount");
+        let share = LowBalance { below: None, percent_of_last_grant: Some(25) };
+        assert_eq!(share.threshold(Some(Cents::whole(150))), Some(Cents::parse("37.5").unwrap()));
+        assert_eq!(share.threshold(None), None);
+        assert!(!LowBalance::default().is_set() && share.is_set());
     }
 
     #[test]

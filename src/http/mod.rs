@@ -102,6 +102,7 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .routes(routes!(routes::jobs::show, routes::jobs::cancel))
         .routes(routes!(routes::jobs::retry))
         .routes(routes!(routes::jobs::counts))
+        .routes(routes!(routes::spend::show))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(deadline))
         .merge(gateway)

@@ -42,6 +42,8 @@ pub struct CallerProfile {
     pub own_key_spending: Option<Spending>,
     /// The spending caps the user set for themselves.
     pub own_caps: OwnCaps,
+    /// The credits the user was last granted (bought, or given by an admin), when low-balance notices follow it.
+    pub last_grant: Option<Cents>,
     pub keys: Vec<StoredKey>,
 }
 
@@ -89,11 +91,19 @@ pub struct CallerDirectory {
     stale_served: AtomicU64,
 }
 
+/// What a caller's read takes from Directus beyond the profile, balance and keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallerReads {
+    /// Spending caps are set up: each caller's own caps and spending.
+    pub budgets: bool,
+    /// Low-balance notices follow each caller's last grant (`LOW_BALANCE_ALERT_PERCENT`).
+    pub last_grant: bool,
+}
+
 /// What reads profiles from Directus, shared with the refreshes that run in the background.
 struct Reader {
     directus: DirectusClient,
-    /// Spending caps are set up: read each caller's own caps and spending with their balance.
-    read_budgets: bool,
+    reads: CallerReads,
     /// Profiles as last read, kept for `STALE_CALLER_MAX_AGE_SECS`: served while a newer one is read, and while
     /// Directus is unreachable.
     last_known: Cache<UserId, Arc<CallerProfile>>,
@@ -101,10 +111,10 @@ struct Reader {
 }
 
 impl CallerDirectory {
-    pub fn new(directus: DirectusClient, ttl: Duration, stale_max_age: Duration, read_budgets: bool) -> Self {
+    pub fn new(directus: DirectusClient, ttl: Duration, stale_max_age: Duration, reads: CallerReads) -> Self {
         let cache = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
         let last_known = Cache::builder().max_capacity(100_000).time_to_live(stale_max_age.max(ttl)).build();
-        let reader = Arc::new(Reader { directus, read_budgets, last_known, last_failure: Mutex::new(None) });
+        let reader = Arc::new(Reader { directus, reads, last_known, last_failure: Mutex::new(None) });
         CallerDirectory { cache, reader, stale_served: AtomicU64::new(0) }
     }
 
@@ -193,7 +203,7 @@ impl Reader {
         let now = OffsetDateTime::now_utc();
         let read_at = unix_millis(now);
         let budget = async {
-            if !self.read_budgets {
+            if !self.reads.budgets {
                 return Ok((None, None, OwnCaps::default()));
             }
             let (credits, own_keys, own) = tokio::join!(
@@ -203,17 +213,25 @@ impl Reader {
             );
             Ok((Some(credits?), Some(own_keys?), own?))
         };
-        let (profile, balance, keys, budget) = tokio::join!(
+        let last_grant = async {
+            if !self.reads.last_grant {
+                return Ok(None);
+            }
+            self.directus.last_grant(user).await
+        };
+        let (profile, balance, keys, budget, last_grant) = tokio::join!(
             self.directus.user_profile(user),
             self.directus.credit_balance(user),
             self.directus.stored_keys(user),
             budget,
+            last_grant,
         );
         let directus_error = |e| CallerError::Directus(Arc::new(e));
         // An unknown user is reported as such even if the other reads failed.
         let profile = profile.map_err(directus_error)?.ok_or(CallerError::UnknownUser)?;
         let (balance, keys) = (balance.map_err(directus_error)?, keys.map_err(directus_error)?);
         let (spending, own_key_spending, own_caps) = budget.map_err(directus_error)?;
+        let last_grant = last_grant.map_err(directus_error)?;
         let tier = match profile.subscription_tier.as_deref().map(str::parse::<SubscriptionTier>) {
             Some(Ok(tier)) => tier,
             Some(Err(_)) => {
@@ -224,7 +242,8 @@ impl Reader {
         };
         let ledger = LedgerReading { balance: balance.cents(), read_at };
         let active = profile.status == "active";
-        let profile = Arc::new(CallerProfile { tier, active, ledger, spending, own_key_spending, own_caps, keys });
+        let profile =
+            Arc::new(CallerProfile { tier, active, ledger, spending, own_key_spending, own_caps, last_grant, keys });
         self.last_known.insert(user, Arc::clone(&profile)).await;
         if sync::lock(&self.last_failure).take().is_some() {
             tracing::info!("callers are read from Directus again; no longer serving stale profiles");

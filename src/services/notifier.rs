@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use crate::directus::DirectusClient;
 use crate::domain::budget::{Cap, Period, Spend};
@@ -211,6 +211,58 @@ impl Notifier {
                 tracing::warn!(%user, %subject, %error, "could not notify the user");
             }
         });
+    }
+
+    /// The platform's daily budget reached `percent` (80, or 100: spent) on `day`: each of `recipients` (the
+    /// e-mail addresses of Directus users, its admins) hears it once that day, whichever replica notices.
+    pub async fn platform_budget(&self, recipients: &[String], day: Date, percent: u8, spent: Cents, cap: Cents) {
+        let claim = format!("platform-budget:{day}:{percent}");
+        let ttl = Duration::from_secs(25 * 3_600);
+        if !(self.claims.claim_here(&claim, ttl).await && self.claims.claim_everywhere(&claim, ttl).await) {
+            return;
+        }
+        let admins = match self.directus.users_by_email(recipients).await {
+            Ok(admins) => admins,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up PLATFORM_BUDGET_ALERT_EMAILS in Directus; they are not told");
+                self.claims.release(&claim).await;
+                return;
+            }
+        };
+        if admins.len() < recipients.len() {
+            tracing::warn!(
+                found = admins.len(),
+                listed = recipients.len(),
+                "PLATFORM_BUDGET_ALERT_EMAILS lists addresses no Directus user has; those are not told"
+            );
+        }
+        let (spent_text, cap_text) = (money(spent, "usd"), money(cap, "usd"));
+        let (subject, message) = if percent >= 100 {
+            (
+                "The platform's daily AI budget is spent".to_owned(),
+                format!(
+                    "The platform has spent its daily budget of {cap_text} on its own provider keys. AI requests on \
+                     platform credits are refused until 00:00 UTC (users' own API keys keep working). To allow more \
+                     today, raise PLATFORM_DAILY_BUDGET_CENTS and restart the sidecar."
+                ),
+            )
+        } else {
+            (
+                format!("The platform has used {percent}% of its daily AI budget"),
+                format!(
+                    "The platform has spent {spent_text} of its daily budget of {cap_text} ({percent}%) on its own \
+                     provider keys today. At the budget, AI requests on platform credits are refused until 00:00 \
+                     UTC; users' own API keys keep working. PLATFORM_DAILY_BUDGET_CENTS sets the budget; the \
+                     operations panel in Insights shows today's spending."
+                ),
+            )
+        };
+        crate::metrics::platform_budget_alert(percent);
+        for admin in admins {
+            if let Err(error) = self.directus.notify(admin, &subject, &message).await {
+                tracing::warn!(user = %admin, %error, "could not tell an admin of the platform's budget");
+            }
+        }
     }
 
     /// The user changed or re-checked the key: a new failure is a new incident.

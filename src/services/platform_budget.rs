@@ -13,18 +13,27 @@ use std::time::Duration;
 
 use time::{Date, OffsetDateTime, Time};
 
+use super::notifier::Notifier;
 use crate::directus::DirectusClient;
 use crate::domain::credit_book::{LedgerReading, unix_millis};
 use crate::domain::money::Cents;
 use crate::sync;
 
-/// At this share of the cap an operator is warned (once a day per replica).
-const WARN_AT_PERCENT: i64 = 80;
+/// At this share of the cap operators are warned (logged once a day per replica; admins told once a day).
+const WARN_AT_PERCENT: u8 = 80;
+
+/// Who hears when the budget is nearly spent and spent: the Directus users of `PLATFORM_BUDGET_ALERT_EMAILS`,
+/// once a day each, across replicas.
+pub struct PlatformAlerts {
+    pub notifier: Arc<Notifier>,
+    pub recipients: Vec<String>,
+}
 
 pub struct PlatformBudget {
     cap: Cents,
     directus: DirectusClient,
     refresh: Duration,
+    alerts: Option<PlatformAlerts>,
     last: Mutex<Option<Spent>>,
     reading_now: AtomicBool,
     /// The days the operator was last warned of the budget nearly spent, and spent: once a day each.
@@ -41,11 +50,12 @@ struct Spent {
 }
 
 impl PlatformBudget {
-    pub fn new(cap: Cents, directus: DirectusClient, refresh: Duration) -> Arc<Self> {
+    pub fn new(cap: Cents, directus: DirectusClient, refresh: Duration, alerts: Option<PlatformAlerts>) -> Arc<Self> {
         Arc::new(PlatformBudget {
             cap,
             directus,
             refresh,
+            alerts,
             last: Mutex::new(None),
             reading_now: AtomicBool::new(false),
             warned_near: Mutex::new(None),
@@ -79,20 +89,32 @@ impl PlatformBudget {
         sync::lock(&self.last).filter(|spent| spent.day == today).map(|spent| spent.amount)
     }
 
-    /// A call was refused for the budget: logged once a day.
+    /// A call was refused for the budget: logged, and the admins told, once a day.
     pub fn exhausted(&self) {
         crate::metrics::platform_budget_refusal();
-        if first_today(&self.warned_spent, OffsetDateTime::now_utc().date()) {
+        let today = OffsetDateTime::now_utc().date();
+        if first_today(&self.warned_spent, today) {
             tracing::error!(cap = %self.cap,
                 "the platform's daily budget is spent: credit calls are refused until 00:00 UTC \
                  (own-key calls go on); raise PLATFORM_DAILY_BUDGET_CENTS to allow more");
+            self.tell_admins(today, 100, self.cap);
         }
     }
 
     fn warn_if_near(&self, today: Date, spent: Cents) {
-        if spent.nanos() >= self.cap.nanos() / 100 * WARN_AT_PERCENT && first_today(&self.warned_near, today) {
+        let near = i128::from(spent.nanos()) * 100 >= i128::from(self.cap.nanos()) * i128::from(WARN_AT_PERCENT);
+        if near && first_today(&self.warned_near, today) {
             tracing::warn!(cap = %self.cap, %spent, "the platform has spent {WARN_AT_PERCENT}% of its daily budget");
+            self.tell_admins(today, WARN_AT_PERCENT, spent);
         }
+    }
+
+    /// In the background: the call that noticed goes on.
+    fn tell_admins(&self, today: Date, percent: u8, spent: Cents) {
+        let Some(alerts) = &self.alerts else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (notifier, recipients, cap) = (Arc::clone(&alerts.notifier), alerts.recipients.clone(), self.cap);
+        runtime.spawn(async move { notifier.platform_budget(&recipients, today, percent, spent, cap).await });
     }
 
     /// Reads today's spending now: at startup, so the first calls are checked against it.
@@ -103,8 +125,24 @@ impl PlatformBudget {
             Ok(amount) => {
                 *sync::lock(&self.last) = Some(Spent { day, amount, read_at });
                 crate::metrics::platform_spend(amount, self.cap);
+                self.warn_if_near(day, amount);
             }
             Err(error) => tracing::warn!(%error, "could not read the platform's spending today"),
+        }
+    }
+
+    /// Reads today's spending every `refresh` for as long as the process runs, so the metrics, the operations
+    /// panel and the admins' notice follow it in quiet times too (calls read it as well when it is older).
+    pub async fn keep_reading(self: Arc<Self>) {
+        let mut every = tokio::time::interval(self.refresh);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if !self.reading_now.swap(true, Ordering::AcqRel) {
+                self.read().await;
+                self.reading_now.store(false, Ordering::Release);
+            }
         }
     }
 

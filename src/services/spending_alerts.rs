@@ -10,15 +10,16 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::notifier::Notifier;
-use crate::domain::budget::{AlertThresholds, Cap};
+use crate::domain::budget::{AlertThresholds, Cap, LowBalance};
 use crate::domain::money::Cents;
 use crate::domain::user::UserId;
 use crate::shared::claims::Claims;
 
 pub struct SpendingAlerts {
     thresholds: AlertThresholds,
-    /// `LOW_BALANCE_ALERT_CENTS`: below this, a user spending credits hears their balance is running low.
-    low_balance: Option<Cents>,
+    /// `LOW_BALANCE_ALERT_CENTS`, `LOW_BALANCE_ALERT_PERCENT`: when a user spending credits hears their balance
+    /// is running low.
+    low_balance: LowBalance,
     notifier: Arc<Notifier>,
     claims: Arc<dyn Claims>,
 }
@@ -29,16 +30,19 @@ const LOW_BALANCE_EVERY: Duration = Duration::from_secs(86_400);
 impl SpendingAlerts {
     pub fn new(
         thresholds: AlertThresholds,
-        low_balance: Option<Cents>,
+        low_balance: LowBalance,
         notifier: Arc<Notifier>,
         claims: Arc<dyn Claims>,
     ) -> Self {
         SpendingAlerts { thresholds, low_balance, notifier, claims }
     }
 
-    /// A call on credits leaves `left` of them: below the threshold, the user hears it, once a day at most.
-    pub async fn credits_left(&self, user: UserId, left: Cents) {
-        let Some(threshold) = self.low_balance.filter(|threshold| left < *threshold) else { return };
+    /// A call on credits leaves `left` of them: below the threshold (given the user's `last_grant`), the user
+    /// hears it, once a day at most.
+    pub async fn credits_left(&self, user: UserId, left: Cents, last_grant: Option<Cents>) {
+        let Some(threshold) = self.low_balance.threshold(last_grant).filter(|threshold| left < *threshold) else {
+            return;
+        };
         let claim = format!("alert:{user}:low_balance");
         if self.first(&claim, LOW_BALANCE_EVERY).await {
             crate::metrics::low_balance_alert();

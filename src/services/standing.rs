@@ -153,10 +153,11 @@ impl Standings {
         }
     }
 
-    /// A call of `user` on credits leaves `left` of them at most.
-    pub async fn credits_left(&self, user: UserId, left: Cents) {
+    /// A call of `user` on credits leaves `left` of them at most; `last_grant` is the credits they were last
+    /// given (or bought).
+    pub async fn credits_left(&self, user: UserId, left: Cents, last_grant: Option<Cents>) {
         if let Some(alerts) = &self.alerts {
-            alerts.credits_left(user, left).await;
+            alerts.credits_left(user, left, last_grant).await;
         }
     }
 

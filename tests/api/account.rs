@@ -304,6 +304,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/jobs"),
     ("post", "/v1/jobs/{id}/retry"),
     ("get", "/v1/admin/jobs"),
+    ("get", "/v1/admin/spend"),
     ("get", "/v1/admin/preflight"),
     ("post", "/v1/admin/preflight/notify"),
     ("post", "/v1/admin/sign-in/unlock"),

@@ -510,3 +510,66 @@ async fn past_the_platforms_daily_budget_credit_calls_are_refused_or_go_to_the_u
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-byok-source"], "byok");
 }
+
+#[tokio::test]
+async fn operators_see_every_day_of_spending_the_top_users_and_the_platforms_day_against_its_cap() {
+    let app = gateway_app(&[("PLATFORM_DAILY_BUDGET_CENTS", "5000")]).await;
+    let today = time::OffsetDateTime::now_utc().date();
+    // One day of calls on credits, none on own keys; one user spent them.
+    let top_user = new_user_id();
+    Mock::given(method("GET"))
+        .and(path("/items/credit_transactions"))
+        .and(wiremock::matchers::query_param("groupBy[]", "user"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"data": [{"user": top_user, "count": 3, "sum": {"cost_cents": "42.5"}}]}),
+        ))
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/items/credit_transactions"))
+        .and(wiremock::matchers::query_param("groupBy[]", "provider"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"provider": "openai", "count": 3,
+            "occurred_at_year": today.year(), "occurred_at_month": u8::from(today.month()), "occurred_at_day": today.day(),
+            "sum": {"total_tokens": 900, "cost_cents": "42.5"}}]})))
+        .with_priority(1)
+        .mount(&app.directus)
+        .await;
+    for collection in ["/items/api_key_usage", "/items/credit_transactions"] {
+        Mock::given(method("GET"))
+            .and(path(collection))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+            .with_priority(5)
+            .mount(&app.directus)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path("/users"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"id": top_user, "email": "big@example.com"}]})))
+        .mount(&app.directus)
+        .await;
+
+    let (status, spend) = app.get("/v1/admin/spend?days=7", Some(OPERATOR_TOKEN)).await;
+    assert_eq!(status, 200, "{spend}");
+    let daily = spend["daily"].as_array().unwrap();
+    assert_eq!(daily.len(), 7, "every day of the range, quiet ones too");
+    assert_eq!(daily[6]["day"], today.to_string());
+    assert_eq!((&daily[6]["credits"]["requests"], &daily[6]["credits"]["cost_cents"]), (&json!(3), &json!(42.5)));
+    assert_eq!((&daily[0]["own_keys"]["requests"], daily[0]["own_keys"]["cost_cents"].as_f64()), (&json!(0), Some(0.0)));
+    assert_eq!(
+        spend["top_users"],
+        json!([{"user": top_user, "email": "big@example.com", "cost_cents": 42.5, "requests": 3}])
+    );
+    let platform = &spend["platform"];
+    assert_eq!((platform["cap_cents"].as_f64(), platform["percent"].as_f64()), (Some(5000.0), Some(0.0)), "{platform}");
+
+    for (path, token, status) in [
+        ("/v1/admin/spend", None, 401),
+        ("/v1/admin/spend", Some(token_for(&top_user)), 401),
+        ("/v1/admin/spend?days=0", Some(OPERATOR_TOKEN.to_owned()), 400),
+        ("/v1/admin/spend?days=91", Some(OPERATOR_TOKEN.to_owned()), 400),
+    ] {
+        let (got, body) = app.get(path, token.as_deref()).await;
+        assert_eq!(got, status, "{path}: {body}");
+    }
+}

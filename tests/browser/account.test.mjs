@@ -365,6 +365,8 @@ async function startSidecar(port) {
     UPSTREAM_DEADLINE_SECS: '1',
     // Caps for the story's premium user: the page shows them as bars.
     BUDGET_PREMIUM: 'credits.daily=500,credits.monthly=5000',
+    // The platform's own budget for the day: the operations panel shows its spending.
+    PLATFORM_DAILY_BUDGET_CENTS: '100000',
     CIRCUIT_COOL_DOWN_SECS: '300',
     RUST_LOG: 'info',
     // What the admins' Insights panel asks the sidecar with (Directus holds the same value).
@@ -1011,6 +1013,14 @@ test('an admin sees the sidecar and the BYOK-only pre-flight on the Insights das
     await waitForText(page, '[data-testid="ops-vault"]', /^configured$/);
     await waitForText(page, '[data-testid="ops-preflight-count"]', /^\d+ of \d+ premium and lifetime users have no usable key\.$/);
     await waitForText(page, '[data-testid="ops-jobs-queued"]', /^\d+$/);
+    await waitForText(page, '[data-testid="ops-platform-spend"]', /^\$\d+\.\d\d of \$1000\.00 \(\d+%\)$/);
+    // Spending per day: a bar for each of the 30 days, today's drawn even when it is the only day with calls; the
+    // story's user is among the top spenders of credits, by e-mail.
+    assert.equal((await page.$$('[data-testid="ops-day"]')).length, 30);
+    const today = await page.$eval('[data-testid="ops-day"]:last-child', (node) =>
+      [...node.children].reduce((sum, segment) => sum + segment.getBoundingClientRect().height, 0));
+    assert.ok(today > 0, 'today has a visible bar');
+    await waitForText(page, '[data-testid="ops-top-users"]', new RegExp(env.user.email.replace(/[.]/g, '\\.')));
     // The usage panels draw from the calls the story above made.
     await page.waitForSelector('.apexcharts-svg, svg', { timeout: 30000 });
     await screenshot(page, 'insights-operations.png', { fullPage: true });

@@ -5,7 +5,7 @@ use byok_bridge::domain::money::Cents;
 use serde_json::json;
 
 use crate::fakes::{GOOD_KEY, fake_providers, gateway_sidecar, mount_expensive_gpt4o};
-use crate::harness::{Instance, Sidecar, serial};
+use crate::harness::{Instance, OPERATOR_TOKEN, Sidecar, serial};
 
 /// BYOK-first flags, fake providers where `gpt-4o` answers a 90-cent call, and a sidecar in front of them with
 /// `env` (and a free tier's rate limit out of the way).
@@ -107,12 +107,15 @@ async fn the_platforms_daily_budget_refuses_credit_calls_of_every_user_but_not_o
     let sums = instance.admin_get(&http, "/items/credit_transactions", &query).await;
     let spent = Cents::from_json(&sums[0]["sum"]["cost_cents"]).unwrap_or(Cents::ZERO);
     let cap = (spent.ceil_whole() + 100).to_string();
-    let sidecar = gateway_sidecar(
-        &instance,
-        &providers,
-        &[("PLATFORM_DAILY_BUDGET_CENTS", cap.as_str()), ("RATE_LIMIT_FREE_PER_MIN", "1000")],
-    )
-    .await;
+    // The admin hears of it (80%, then spent), in Directus and by e-mail.
+    let admin_email = instance.vars["DIRECTUS_ADMIN_EMAIL"].clone();
+    let started = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let env = [
+        ("PLATFORM_DAILY_BUDGET_CENTS", cap.as_str()),
+        ("PLATFORM_BUDGET_ALERT_EMAILS", admin_email.as_str()),
+        ("RATE_LIMIT_FREE_PER_MIN", "1000"),
+    ];
+    let sidecar = gateway_sidecar(&instance, &providers, &env).await;
     let (_, first) = instance.new_user(&http, "free", "1000").await;
     let (_, second) = instance.new_user(&http, "free", "1000").await;
 
@@ -138,6 +141,21 @@ async fn the_platforms_daily_budget_refuses_credit_calls_of_every_user_but_not_o
     assert_eq!(own.headers()["x-byok-source"], "byok");
     let refused = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&first).json(&body).send().await.unwrap();
     assert_eq!(refused.status(), 503, "credits stay refused for the rest of the day");
+
+    let admin = instance.admin_get(&http, "/users", &[("filter[email][_eq]", admin_email.as_str())]).await;
+    let admin = admin[0]["id"].as_str().unwrap().to_owned();
+    let query = [("filter[recipient][_eq]", admin.as_str()), ("filter[timestamp][_gte]", started.as_str())];
+    let notices = instance.wait_for_rows(&http, "/notifications", &query, 2).await;
+    let subjects: Vec<&str> = notices.iter().filter_map(|n| n["subject"].as_str()).collect();
+    assert!(subjects.contains(&"The platform has used 80% of its daily AI budget"), "{subjects:?}");
+    assert!(subjects.contains(&"The platform's daily AI budget is spent"), "{subjects:?}");
+    assert_eq!(subjects.len(), 2, "once each: {subjects:?}");
+    let mails = instance.wait_for_mail(&admin_email, 1).await;
+    assert!(mails.iter().any(|m| m["subject"].as_str().is_some_and(|s| s.contains("daily AI budget"))), "{mails:?}");
+    let (status, spend) = sidecar.get(&http, "/v1/admin/spend", Some(OPERATOR_TOKEN)).await;
+    assert_eq!(status, 200, "{spend}");
+    assert_eq!(Cents::from_json(&spend["platform"]["cap_cents"]).unwrap(), Cents::parse(&cap).unwrap());
+    assert!(spend["platform"]["percent"].as_f64().unwrap() >= 80.0, "{spend}");
     sidecar.stop().await;
 }
 
@@ -224,6 +242,20 @@ async fn an_own_key_cap_refuses_the_call_that_would_pass_it_even_under_twenty_at
     assert_eq!(Cents::from_json(&day["spent_cents"]).unwrap().as_f64(), spent, "{budget}");
     let calls = listed_calls(&http, &sidecar, &token, 20).await;
     assert_eq!(calls.iter().filter(|c| c["error_code"] == "budget_exceeded").count(), 19);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn credits_running_low_can_be_a_share_of_the_last_grant() {
+    let Scene { _serial, _providers, instance, http, sidecar } = scene(&[("LOW_BALANCE_ALERT_PERCENT", "50")]).await;
+    // Granted $1.50: half of it is 75 cents, and one call may take 95 of them.
+    let account = instance.new_account(&http, "free", "150").await;
+    let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&account.token).json(&expensive_call());
+    assert_eq!(response.send().await.unwrap().status(), 200);
+    let mails = instance.wait_for_mail(&account.email, 1).await;
+    assert_eq!(mails[0]["subject"], "Your credits are running low");
+    let text = mails[0]["text"].as_str().unwrap();
+    assert!(text.contains("You have $0.55 of platform credits left, below the $0.75"), "{text}");
     sidecar.stop().await;
 }
 

@@ -137,7 +137,7 @@ async fn the_seeded_insights_dashboard_has_its_panels_on_real_fields() {
     let id = dashboards[0]["id"].as_str().unwrap();
     let panels = instance.admin_get(&http, "/panels", &[("filter[dashboard][_eq]", id), ("limit", "-1")]).await;
     let panels = panels.as_array().unwrap();
-    assert_eq!(panels.len(), 11);
+    assert_eq!(panels.len(), 6);
     let (ops, data): (Vec<&Value>, Vec<&Value>) = panels.iter().partition(|p| p["type"] == "byok-bridge-ops");
     assert_eq!(ops.len(), 1, "the operations panel");
     for panel in data {

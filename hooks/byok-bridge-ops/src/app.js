@@ -16,6 +16,44 @@ function row(label, value, testid) {
 	]);
 }
 
+function dollars(cents) {
+	return `$${(Number(cents) / 100).toFixed(2)}`;
+}
+
+// A bar of `percent` (red from 80, where the admins are told).
+function bar(percent) {
+	const share = Math.max(0, Math.min(100, Number(percent) || 0));
+	const color = share >= 80 ? "var(--theme--danger)" : "var(--theme--primary)";
+	return h("div", { role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": share,
+		"aria-label": "the platform's daily budget spent", style: { height: "8px", background: "var(--theme--background-accent)", borderRadius: "4px", margin: "4px 0" } },
+		[h("div", { style: { width: `${share}%`, height: "100%", background: color, borderRadius: "4px" } })]);
+}
+
+const OWN_KEYS = "#2563EB";
+const CREDITS = "#C2410C";
+
+// A bar per day (every day of the range, so one day of data is still a bar), own keys under credits; by cost,
+// or by requests when nothing cost anything.
+function dailyBars(days) {
+	const byCost = days.some((d) => Number(d.own_keys.cost_cents) + Number(d.credits.cost_cents) > 0);
+	const value = (part) => Number(byCost ? part.cost_cents : part.requests) || 0;
+	const max = Math.max(0, ...days.map((d) => value(d.own_keys) + value(d.credits)));
+	const label = (d) =>
+		`${d.day}: own keys ${dollars(d.own_keys.cost_cents)} (${d.own_keys.requests} requests), credits ${dollars(d.credits.cost_cents)} (${d.credits.requests} requests)`;
+	const segment = (amount, color) =>
+		h("div", { style: { height: `${max > 0 ? (amount / max) * 100 : 0}%`, minHeight: amount > 0 ? "2px" : "0", background: color } });
+	return h(
+		"div",
+		{ role: "list", "aria-label": `${byCost ? "Cost" : "Requests"} per day`, "data-testid": "ops-daily",
+			style: { display: "flex", alignItems: "flex-end", gap: "2px", height: "80px", borderBottom: "1px solid var(--theme--border-color-subdued)" } },
+		days.map((d) =>
+			h("div", { role: "listitem", title: label(d), "aria-label": label(d), "data-testid": "ops-day",
+				style: { flex: "1", height: "100%", display: "flex", flexDirection: "column-reverse" } },
+				[segment(value(d.own_keys), OWN_KEYS), segment(value(d.credits), CREDITS)]),
+		),
+	);
+}
+
 function failed(part) {
 	return h("div", { style: { color: "var(--theme--danger)" }, role: "alert" }, part.error);
 }
@@ -110,6 +148,46 @@ const OpsPanel = defineComponent({
 						: [failed(jobs ?? { error: "not asked" })]),
 				]),
 			);
+			const spend = v.spend;
+			const platform = spend?.ok ? spend.body.platform : null;
+			body.push(
+				h("div", { style: section }, [
+					h("div", { style: heading }, "Platform's daily budget"),
+					...(!spend?.ok
+						? [failed(spend ?? { error: "not asked" })]
+						: platform
+							? [
+									row("spent today (UTC)", `${dollars(platform.spent_cents)} of ${dollars(platform.cap_cents)} (${platform.percent}%)`, "ops-platform-spend"),
+									bar(platform.percent),
+									row("starts over", new Date(platform.resets_at).toLocaleString(), "ops-platform-resets"),
+								]
+							: [h("div", { style: muted, "data-testid": "ops-platform-spend" }, "No daily budget (PLATFORM_DAILY_BUDGET_CENTS is not set).")]),
+				]),
+			);
+			const daily = spend?.ok && Array.isArray(spend.body.daily) ? spend.body.daily : [];
+			const top = spend?.ok && Array.isArray(spend.body.top_users) ? spend.body.top_users : [];
+			if (spend?.ok) {
+				body.push(
+					h("div", { style: section }, [
+						h("div", { style: heading }, `Spending, last ${spend.body.days} days (UTC)`),
+						dailyBars(daily),
+						h("div", { style: { ...muted, fontSize: "12px" } }, [
+							h("span", { style: { color: OWN_KEYS } }, "■"), " users' own keys  ",
+							h("span", { style: { color: CREDITS } }, "■"), " platform credits",
+						]),
+					]),
+					h("div", { style: section }, [
+						h("div", { style: heading }, "Top users by credit cost"),
+						top.length === 0
+							? h("div", { style: muted, "data-testid": "ops-top-users" }, "No calls on credits in this time.")
+							: h(
+									"ol",
+									{ style: { margin: "4px 0", paddingLeft: "22px" }, "data-testid": "ops-top-users" },
+									top.map((u) => h("li", { "data-testid": "ops-top-user" }, `${u.email ?? u.user}: ${dollars(u.cost_cents)} (${u.requests} requests)`)),
+								),
+					]),
+				);
+			}
 			const pre = v.preflight;
 			const missing = pre.ok ? pre.body.users_without_usable_key : [];
 			body.push(
@@ -163,7 +241,7 @@ export const panels = [
 		id: "byok-bridge-ops",
 		name: "byok-bridge: operations",
 		icon: "smart_toy",
-		description: "The sidecar's view: flags in force, vault, providers, records waiting; and the BYOK-only pre-flight.",
+		description: "The sidecar's view: flags in force, vault, providers, records waiting, today's spending against the platform's budget; and the BYOK-only pre-flight.",
 		component: OpsPanel,
 		options: [],
 		minWidth: 16,

@@ -20,16 +20,18 @@ async function ask(env, method, path, fetchImpl) {
 	}
 }
 
-/** The sidecar's view in one answer: flags, readiness, provider status, durable jobs, and the BYOK-only pre-flight. */
+/** The sidecar's view in one answer: flags, readiness, provider status, durable jobs, today's spending on the
+ * platform's keys, and the BYOK-only pre-flight. */
 export async function overview(env, fetchImpl = fetch) {
-	const [flags, ready, status, jobs, preflight] = await Promise.all([
+	const [flags, ready, status, jobs, spend, preflight] = await Promise.all([
 		ask(env, "GET", "/v1/flags", fetchImpl),
 		ask(env, "GET", "/readyz", fetchImpl),
 		ask(env, "GET", "/v1/status", fetchImpl),
 		ask(env, "GET", "/v1/admin/jobs", fetchImpl),
+		ask(env, "GET", "/v1/admin/spend", fetchImpl),
 		ask(env, "GET", "/v1/admin/preflight", fetchImpl),
 	]);
-	return { flags, ready, status, jobs, preflight };
+	return { flags, ready, status, jobs, spend, preflight };
 }
 
 export const notifyPreflight = (env, fetchImpl = fetch) => ask(env, "POST", "/v1/admin/preflight/notify", fetchImpl);

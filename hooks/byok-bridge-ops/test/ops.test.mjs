@@ -21,6 +21,7 @@ test("the overview asks the sidecar with the operator token and keeps each part'
 	assert.equal(view.flags.body.path, "/v1/flags");
 	assert.equal(view.preflight.body.path, "/v1/admin/preflight");
 	assert.equal(view.jobs.body.path, "/v1/admin/jobs");
+	assert.equal(view.spend.body.path, "/v1/admin/spend");
 	assert.equal(view.status.ok, false);
 	assert.ok(!view.status.error.includes(ENV.BYOK_BRIDGE_OPERATOR_TOKEN));
 	assert.ok(seen.every(([, , auth]) => auth === `Bearer ${ENV.BYOK_BRIDGE_OPERATOR_TOKEN}`));

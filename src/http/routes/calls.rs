@@ -30,7 +30,7 @@ pub struct CallsQuery {
 /// paid (`source`, null when refused first), the status answered, the error code of a failed call, tokens,
 /// cost in cents (exact, as a string) and `id` (for a charged call, its `x-byok-usage-id`). `next` (when
 /// present) is the `after` of the next page. Kept for `CALLS_RETENTION_DAYS`, at most `CALLS_KEPT_PER_USER`.
-#[utoipa::path(get, path = "/v1/calls", tag = "usage", security(("directus_token" = [])), params(CallsQuery),
+#[utoipa::path(get, path = "/v1/calls", tag = "usage", operation_id = "list_calls", security(("directus_token" = [])), params(CallsQuery),
     responses((status = 200, description = "`{\"calls\": [...], \"next\"?: \"<call id>\", \"kept\": {...}}`", body = Object),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 503, description = "`calls_unavailable`", body = ErrorBody)))]

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod pages;
 pub mod preflight;
 pub mod route;
+pub mod spend;
 pub mod status;
 pub mod usage;
 pub mod webhooks;

@@ -47,7 +47,7 @@ pub async fn summary(
             .ok_or_else(|| ApiError::new(Code::InvalidRequest, "days must be a whole number from 1 to 365."))?,
     };
     let since = OffsetDateTime::now_utc() - Duration::days(days);
-    let summary = directus.usage_summary(user, since).await.map_err(ApiError::Directus)?;
+    let summary = directus.usage_summary(Some(user), since).await.map_err(ApiError::Directus)?;
     let total_cost: Cents = summary.totals.iter().map(|l| l.cost_cents).sum();
     let total_requests: u64 = summary.totals.iter().map(|l| l.requests).sum();
     Ok(Json(json!({

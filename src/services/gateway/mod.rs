@@ -462,7 +462,8 @@ impl Gateway {
             let credential = match self.credential(user, &standing, provider, source, estimate).await {
                 Ok(credential) => {
                     if source == Source::Internal {
-                        self.standings.credits_left(user, view.available - estimate).await;
+                        let last_grant = standing.context.caller.profile.last_grant;
+                        self.standings.credits_left(user, view.available - estimate, last_grant).await;
                     }
                     credential
                 }

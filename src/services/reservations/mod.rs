@@ -190,10 +190,20 @@ impl Reservations {
         })
     }
 
-    /// At startup, before calls come: the platform's spending today, so its budget holds from the first call.
+    /// The platform's day as its book sees it: the cap, and what is spent of it (the ledger's today, and calls
+    /// held or finished since); `None` without a daily budget.
+    pub async fn platform_today(&self) -> Option<(Cents, Cents)> {
+        let budget = self.platform.as_ref()?;
+        let available = self.books.available(BookId::Platform, budget.reading()).await;
+        Some((budget.cap(), budget.cap() - available))
+    }
+
+    /// At startup, before calls come: the platform's spending today, so its budget holds from the first call;
+    /// then read again in the background as it ages, calls or not.
     pub async fn prime(&self) {
         if let Some(budget) = &self.platform {
             budget.read().await;
+            tokio::spawn(Arc::clone(budget).keep_reading());
         }
     }
 
@@ -419,7 +429,7 @@ mod tests {
             secrecy::SecretString::from("token"),
             Duration::from_millis(50),
         );
-        let budget = PlatformBudget::new(Cents::whole(100), unreachable, Duration::from_secs(5));
+        let budget = PlatformBudget::new(Cents::whole(100), unreachable, Duration::from_secs(5), None);
         let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), Some(budget));
         let (a, b) = (user(), user());
         let held = reservations.reserve(a, reading(1_000), Cents::whole(60)).await.unwrap();
