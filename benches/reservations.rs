@@ -38,7 +38,7 @@ async fn one_call(reservations: &Arc<Reservations>, user: UserId, ledger: Ledger
     let started = Instant::now();
     let available = reservations.available(user, ledger).await;
     assert!(available.is_positive());
-    let hold = reservations.reserve(user, ledger, Cents::parse("0.27").unwrap()).await.unwrap();
+    let hold = reservations.reserve(user, ledger, Cents::parse("0.27").unwrap(), Provider::OpenAi).await.unwrap();
     let record = record(user);
     hold.settle(record.request_id, record.cost_cents);
     reservations.stored(&record, OffsetDateTime::now_utc()).await;
@@ -61,7 +61,7 @@ fn record(user: UserId) -> UsageRecord {
 }
 
 async fn run(threads: usize) -> Vec<Duration> {
-    let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), None);
+    let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), Vec::new());
     let user = UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap();
     let ledger = LedgerReading { balance: Cents::whole(1_000_000_000), read_at: now_millis() };
     let tasks: Vec<_> = (0..threads)
@@ -93,7 +93,8 @@ async fn one_budgeted_call(budgets: &Budgets, user: UserId, ledger: LedgerReadin
     let pending = (reading.balance - available).max(Cents::ZERO);
     let used = budget::cap_use(&budgets.caps, Spend::Credits, Some(budgets.spending), pending, now);
     budgets.alerts.check(user, used, now).await;
-    let hold = budgets.reservations.reserve(user, reading, Cents::parse("0.27").unwrap()).await.unwrap();
+    let hold =
+        budgets.reservations.reserve(user, reading, Cents::parse("0.27").unwrap(), Provider::OpenAi).await.unwrap();
     let record = record(user);
     hold.settle(record.request_id, record.cost_cents);
     budgets.reservations.stored(&record, OffsetDateTime::now_utc()).await;
@@ -122,9 +123,9 @@ async fn budgets() -> Budgets {
     let client =
         DirectusClient::new(directus.uri().parse().unwrap(), SecretString::from("token"), Duration::from_secs(1));
     let platform =
-        PlatformBudget::new(Cents::whole(1_000_000_000_000), client.clone(), Duration::from_secs(3_600), None);
+        PlatformBudget::new(None, Cents::whole(1_000_000_000_000), client.clone(), Duration::from_secs(3_600), None);
     platform.read().await;
-    let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), Some(platform));
+    let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), vec![platform]);
     let claims = claims(None);
     let notifier = Arc::new(Notifier::new(client, Arc::clone(&claims), None, None));
     Budgets {
@@ -141,7 +142,7 @@ async fn main() {
     println!("reservation path, 1 thread:  {}", percentiles(run(1).await));
     println!("reservation path, 2 threads on one user: {}", percentiles(run(2).await));
 
-    let plain = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), None);
+    let plain = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), Vec::new());
     let budgeted = budgets().await;
     let user = UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap();
     let ledger = LedgerReading { balance: Cents::whole(1_000_000_000), read_at: now_millis() };

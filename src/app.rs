@@ -78,20 +78,22 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
         settings.public_url.as_ref(),
         settings.payments.purchase_url.as_ref(),
     ));
-    let platform = settings.platform_daily_budget.map(|cap| {
-        let recipients = settings.platform_budget_alert_emails.clone();
-        let alerts = (!recipients.is_empty()).then(|| PlatformAlerts { notifier: Arc::clone(&notifier), recipients });
-        PlatformBudget::new(cap, directus.clone(), fresh_reading, alerts)
-    });
+    let scopes = std::iter::once((None, settings.platform_daily_budget))
+        .chain(settings.platform_provider_budgets.iter().map(|(provider, cap)| (Some(*provider), Some(*cap))));
+    let platform: Vec<_> = scopes
+        .filter_map(|(scope, cap)| Some((scope, cap?)))
+        .map(|(scope, cap)| {
+            let recipients = settings.platform_budget_alert_emails.clone();
+            let alerts =
+                (!recipients.is_empty()).then(|| PlatformAlerts { notifier: Arc::clone(&notifier), recipients });
+            PlatformBudget::new(scope, cap, directus.clone(), fresh_reading, alerts)
+        })
+        .collect();
     let reservations = match &redis {
-        Some(redis) => Reservations::in_redis(
-            Arc::clone(redis),
-            store.replica_id()?,
-            fresh_reading,
-            oldest_reading,
-            platform.clone(),
-        ),
-        None => Reservations::in_memory(fresh_reading, oldest_reading, platform.clone()),
+        Some(redis) => {
+            Reservations::in_redis(Arc::clone(redis), store.replica_id()?, fresh_reading, oldest_reading, platform)
+        }
+        None => Reservations::in_memory(fresh_reading, oldest_reading, platform),
     };
     if !settings.budgets.is_empty() {
         reservations.count_own_keys();

@@ -118,7 +118,10 @@ fn describe() {
         "Failed-job notices by outcome: sent, throttled (the user was told within the hour)."
     );
     describe_gauge!(PLATFORM_SPEND, "Spent today (UTC) on the platform's keys, as Directus last reported, in cents.");
-    describe_gauge!(PLATFORM_BUDGET, "PLATFORM_DAILY_BUDGET_CENTS.");
+    describe_gauge!(
+        PLATFORM_BUDGET,
+        "PLATFORM_DAILY_BUDGET_CENTS (provider all), PLATFORM_DAILY_BUDGET_CENTS_<PROVIDER>."
+    );
     describe_counter!(PLATFORM_REFUSALS, "Credit calls refused because the platform's daily budget was spent.");
     describe_counter!(PLATFORM_ALERTS, "Days the admins were told the platform's budget reached a percent (80, 100).");
     describe_counter!(
@@ -228,17 +231,18 @@ pub fn job_failure_notice(outcome: &'static str) {
 }
 
 /// Today's spending on the platform's keys as last read, beside the cap.
-pub fn platform_spend(spent: Cents, cap: Cents) {
-    gauge!(PLATFORM_SPEND).set(spent.as_f64());
-    gauge!(PLATFORM_BUDGET).set(cap.as_f64());
+/// `provider`: `all`, or the provider a budget of its own is for.
+pub fn platform_spend(provider: &'static str, spent: Cents, cap: Cents) {
+    gauge!(PLATFORM_SPEND, "provider" => provider).set(spent.as_f64());
+    gauge!(PLATFORM_BUDGET, "provider" => provider).set(cap.as_f64());
 }
 
 pub fn platform_budget_refusal() {
     counter!(PLATFORM_REFUSALS).increment(1);
 }
 
-pub fn platform_budget_alert(percent: u8) {
-    counter!(PLATFORM_ALERTS, "percent" => percent.to_string()).increment(1);
+pub fn platform_budget_alert(provider: &'static str, percent: u8) {
+    counter!(PLATFORM_ALERTS, "provider" => provider, "percent" => percent.to_string()).increment(1);
 }
 
 pub fn spending_alert(spend: Spend, period: Period, percent: u8) {

@@ -30,6 +30,7 @@ use crate::domain::call::CallRetention;
 use crate::domain::client_address::TrustedProxies;
 use crate::domain::money::Cents;
 use crate::domain::pricing::PriceTable;
+use crate::domain::provider::Provider;
 use crate::domain::sign_in::SignInPolicy;
 use crate::domain::tier::SubscriptionTier;
 
@@ -138,7 +139,10 @@ pub struct Settings {
     pub payments: PaymentsConfig,
     /// What all users together may spend on the platform's keys in a UTC day; `None`: no cap.
     pub platform_daily_budget: Option<Cents>,
-    /// E-mail addresses of the Directus users (admins) told when that budget is 80% and 100% spent.
+    /// What all users together may spend in a UTC day on one provider's platform key
+    /// (`PLATFORM_DAILY_BUDGET_CENTS_<PROVIDER>`), beside the budget for all.
+    pub platform_provider_budgets: Vec<(Provider, Cents)>,
+    /// E-mail addresses of the Directus users (admins) told when a platform budget is 80% and 100% spent.
     pub platform_budget_alert_emails: Vec<String>,
     /// Each tier's caps on credit spending per day and month.
     pub budgets: Arc<BudgetPolicy>,
@@ -417,17 +421,28 @@ impl Settings {
             kept_per_user: r.whole("CALLS_KEPT_PER_USER", 500, 10..=10_000, "calls", "Use e.g. 500") as usize,
             max_age: Duration::from_secs(86_400 * r.whole("CALLS_RETENTION_DAYS", 30, 1..=400, "days", "Use e.g. 30")),
         };
+        let platform_provider_budgets: Vec<(Provider, Cents)> = Provider::ALL
+            .into_iter()
+            .filter_map(|provider| {
+                let var = match provider {
+                    Provider::OpenAi => "PLATFORM_DAILY_BUDGET_CENTS_OPENAI",
+                    Provider::Anthropic => "PLATFORM_DAILY_BUDGET_CENTS_ANTHROPIC",
+                };
+                Some((provider, r.cents(var, "Use whole cents, e.g. 20000 for $200 a day on this provider's key")?))
+            })
+            .collect();
         let platform_budget_alert_emails = r.parsed(
             "PLATFORM_BUDGET_ALERT_EMAILS",
             Vec::new(),
             "List the e-mail addresses of Directus users (your admins), e.g. ops@example.com,admin@example.com",
             alert_emails,
         );
-        if platform_daily_budget.is_none() && !platform_budget_alert_emails.is_empty() {
+        let no_budget = platform_daily_budget.is_none() && platform_provider_budgets.is_empty();
+        if no_budget && !platform_budget_alert_emails.is_empty() {
             r.problem(
                 "PLATFORM_BUDGET_ALERT_EMAILS",
                 "is set but PLATFORM_DAILY_BUDGET_CENTS is not: there is no budget to warn of",
-                "Set PLATFORM_DAILY_BUDGET_CENTS too, or unset PLATFORM_BUDGET_ALERT_EMAILS",
+                "Set PLATFORM_DAILY_BUDGET_CENTS (or one per provider) too, or unset PLATFORM_BUDGET_ALERT_EMAILS",
             );
         }
         let sign_in = SignInPolicy {
@@ -505,6 +520,7 @@ impl Settings {
                     jobs,
                     payments,
                     platform_daily_budget,
+                    platform_provider_budgets,
                     platform_budget_alert_emails,
                     budgets,
                     budget_alerts,

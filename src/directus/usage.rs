@@ -11,6 +11,7 @@ use super::{DirectusClient, DirectusError};
 use crate::accounting::{DeliveryError, UsageSink};
 use crate::domain::budget::{Period, Spending};
 use crate::domain::money::Cents;
+use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
@@ -49,16 +50,20 @@ impl DirectusClient {
         self.send(request).await.map(drop)
     }
 
-    /// What calls on the platform's keys cost since `since`, for every user together.
-    pub async fn platform_spend_since(&self, since: OffsetDateTime) -> Result<Cents, DirectusError> {
-        self.credit_spend_since(None, since).await
+    /// What calls on the platform's keys (of `provider`, or all) cost since `since`, for every user together.
+    pub async fn platform_spend_since(
+        &self,
+        since: OffsetDateTime,
+        provider: Option<Provider>,
+    ) -> Result<Cents, DirectusError> {
+        self.credit_spend_since(None, since, provider).await
     }
 
     /// What the user's calls on credits cost today and this month (UTC), as of `now`.
     pub async fn credit_spending(&self, user: UserId, now: OffsetDateTime) -> Result<Spending, DirectusError> {
         let (today, this_month) = tokio::join!(
-            self.credit_spend_since(Some(user), Period::Day.start(now)),
-            self.credit_spend_since(Some(user), Period::Month.start(now)),
+            self.credit_spend_since(Some(user), Period::Day.start(now), None),
+            self.credit_spend_since(Some(user), Period::Month.start(now), None),
         );
         Ok(Spending { at: now, today: today?, this_month: this_month? })
     }
@@ -82,7 +87,12 @@ impl DirectusClient {
 
     /// Deductions that came from calls (they name a provider; a refunded purchase does not) since `since`:
     /// the user's, or everybody's.
-    async fn credit_spend_since(&self, user: Option<UserId>, since: OffsetDateTime) -> Result<Cents, DirectusError> {
+    async fn credit_spend_since(
+        &self,
+        user: Option<UserId>,
+        since: OffsetDateTime,
+        provider: Option<Provider>,
+    ) -> Result<Cents, DirectusError> {
         let since = since.format(&Rfc3339).map_err(|e| DirectusError::Decode(e.to_string()))?;
         let user = user.map(|user| user.to_string());
         let mut filters = vec![
@@ -91,6 +101,7 @@ impl DirectusClient {
             ("filter[occurred_at][_gte]", since.as_str()),
         ];
         filters.extend(user.as_deref().map(|user| ("filter[user][_eq]", user)));
+        filters.extend(provider.map(|provider| ("filter[provider][_eq]", provider.as_str())));
         self.ledger_sum(&filters).await
     }
 

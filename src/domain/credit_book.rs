@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use super::money::Cents;
+use super::provider::Provider;
 use super::user::UserId;
 
 /// Whose spending a book counts: a user's credits, everything spent on the platform's keys today (for
@@ -21,18 +22,22 @@ use super::user::UserId;
 pub enum BookId {
     Credits(UserId),
     Platform,
+    /// What the platform may still spend today on one provider's platform key
+    /// (`PLATFORM_DAILY_BUDGET_CENTS_<PROVIDER>`).
+    PlatformProvider(Provider),
     /// What a user's own keys may still spend under their own-key caps (the tightest cap less what was spent
     /// as its "balance").
     OwnKeys(UserId),
 }
 
 /// The book's part of a shared key, a hash tag that keeps its keys together: `{<user id>}`, `{platform}`,
-/// `{own:<user id>}`.
+/// `{platform:<provider>}`, `{own:<user id>}`.
 impl fmt::Display for BookId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BookId::Credits(user) => write!(f, "{{{user}}}"),
             BookId::Platform => f.write_str("{platform}"),
+            BookId::PlatformProvider(provider) => write!(f, "{{platform:{provider}}}"),
             BookId::OwnKeys(user) => write!(f, "{{own:{user}}}"),
         }
     }

@@ -213,10 +213,20 @@ impl Notifier {
         });
     }
 
-    /// The platform's daily budget reached `percent` (80, or 100: spent) on `day`: each of `recipients` (the
-    /// e-mail addresses of Directus users, its admins) hears it once that day, whichever replica notices.
-    pub async fn platform_budget(&self, recipients: &[String], day: Date, percent: u8, spent: Cents, cap: Cents) {
-        let claim = format!("platform-budget:{day}:{percent}");
+    /// The platform's daily budget (of `scope`'s keys, or all) reached `percent` (80, or 100: spent) on `day`:
+    /// each of `recipients` (the e-mail addresses of Directus users, its admins) hears it once that day,
+    /// whichever replica notices.
+    pub async fn platform_budget(
+        &self,
+        recipients: &[String],
+        day: Date,
+        scope: Option<Provider>,
+        percent: u8,
+        spent: Cents,
+        cap: Cents,
+    ) {
+        let label = scope.map_or("all", Provider::as_str);
+        let claim = format!("platform-budget:{day}:{label}:{percent}");
         let ttl = Duration::from_secs(25 * 3_600);
         if !(self.claims.claim_here(&claim, ttl).await && self.claims.claim_everywhere(&claim, ttl).await) {
             return;
@@ -237,27 +247,36 @@ impl Notifier {
             );
         }
         let (spent_text, cap_text) = (money(spent, "usd"), money(cap, "usd"));
+        // "", or " for OpenAI"; which keys; which setting.
+        let (of, keys, setting) = match scope {
+            None => (String::new(), "its own provider keys".to_owned(), "PLATFORM_DAILY_BUDGET_CENTS".to_owned()),
+            Some(provider) => (
+                format!(" for {}", provider.display_name()),
+                format!("its own {} key", provider.display_name()),
+                format!("PLATFORM_DAILY_BUDGET_CENTS_{}", provider.as_str().to_uppercase()),
+            ),
+        };
         let (subject, message) = if percent >= 100 {
             (
-                "The platform's daily AI budget is spent".to_owned(),
+                format!("The platform's daily AI budget{of} is spent"),
                 format!(
-                    "The platform has spent its daily budget of {cap_text} on its own provider keys. AI requests on \
-                     platform credits are refused until 00:00 UTC (users' own API keys keep working). To allow more \
-                     today, raise PLATFORM_DAILY_BUDGET_CENTS and restart the sidecar."
+                    "The platform has spent its daily budget{of} of {cap_text} on {keys}. AI requests on platform \
+                     credits that need it are refused until 00:00 UTC (users' own API keys keep working). To allow \
+                     more today, raise {setting} and restart the sidecar."
                 ),
             )
         } else {
             (
-                format!("The platform has used {percent}% of its daily AI budget"),
+                format!("The platform has used {percent}% of its daily AI budget{of}"),
                 format!(
-                    "The platform has spent {spent_text} of its daily budget of {cap_text} ({percent}%) on its own \
-                     provider keys today. At the budget, AI requests on platform credits are refused until 00:00 \
-                     UTC; users' own API keys keep working. PLATFORM_DAILY_BUDGET_CENTS sets the budget; the \
-                     operations panel in Insights shows today's spending."
+                    "The platform has spent {spent_text} of its daily budget{of} of {cap_text} ({percent}%) on {keys} \
+                     today. At the budget, AI requests on platform credits that need it are refused until 00:00 UTC; \
+                     users' own API keys keep working. {setting} sets the budget; the operations panel in Insights \
+                     shows today's spending."
                 ),
             )
         };
-        crate::metrics::platform_budget_alert(percent);
+        crate::metrics::platform_budget_alert(label, percent);
         for admin in admins {
             if let Err(error) = self.directus.notify(admin, &subject, &message).await {
                 tracing::warn!(user = %admin, %error, "could not tell an admin of the platform's budget");

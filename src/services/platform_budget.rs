@@ -1,5 +1,5 @@
-//! The platform's daily budget (`PLATFORM_DAILY_BUDGET_CENTS`): what every user together may spend on the
-//! platform's provider keys in a UTC day. Its book is a credit book like a user's: the "balance" is the cap
+//! The platform's daily budgets: what every user together may spend on the platform's provider keys in a UTC
+//! day (`PLATFORM_DAILY_BUDGET_CENTS`), and on one provider's (`PLATFORM_DAILY_BUDGET_CENTS_<PROVIDER>`). Its book is a credit book like a user's: the "balance" is the cap
 //! less what the ledger shows spent today, and calls in flight hold their most expensive outcome from it, so
 //! concurrent calls on any replica cannot pass it together.
 //!
@@ -15,8 +15,9 @@ use time::{Date, OffsetDateTime, Time};
 
 use super::notifier::Notifier;
 use crate::directus::DirectusClient;
-use crate::domain::credit_book::{LedgerReading, unix_millis};
+use crate::domain::credit_book::{BookId, LedgerReading, unix_millis};
 use crate::domain::money::Cents;
+use crate::domain::provider::Provider;
 use crate::sync;
 
 /// At this share of the cap operators are warned (logged once a day per replica; admins told once a day).
@@ -30,6 +31,8 @@ pub struct PlatformAlerts {
 }
 
 pub struct PlatformBudget {
+    /// One provider's keys, or (`None`) all of them.
+    scope: Option<Provider>,
     cap: Cents,
     directus: DirectusClient,
     refresh: Duration,
@@ -50,8 +53,15 @@ struct Spent {
 }
 
 impl PlatformBudget {
-    pub fn new(cap: Cents, directus: DirectusClient, refresh: Duration, alerts: Option<PlatformAlerts>) -> Arc<Self> {
+    pub fn new(
+        scope: Option<Provider>,
+        cap: Cents,
+        directus: DirectusClient,
+        refresh: Duration,
+        alerts: Option<PlatformAlerts>,
+    ) -> Arc<Self> {
         Arc::new(PlatformBudget {
+            scope,
             cap,
             directus,
             refresh,
@@ -65,6 +75,26 @@ impl PlatformBudget {
 
     pub fn cap(&self) -> Cents {
         self.cap
+    }
+
+    /// The provider whose keys it limits; `None`: all of them.
+    pub fn scope(&self) -> Option<Provider> {
+        self.scope
+    }
+
+    /// Whether a call to `provider` spends from it.
+    pub fn covers(&self, provider: Provider) -> bool {
+        self.scope.is_none_or(|scope| scope == provider)
+    }
+
+    /// The credit book it is enforced through.
+    pub fn book(&self) -> BookId {
+        self.scope.map_or(BookId::Platform, BookId::PlatformProvider)
+    }
+
+    /// `all`, or the provider, for logs and metrics.
+    fn label(&self) -> &'static str {
+        self.scope.map_or("all", Provider::as_str)
     }
 
     /// What the platform's book may spend: the cap less today's spending as last read. A stale reading starts
@@ -94,9 +124,9 @@ impl PlatformBudget {
         crate::metrics::platform_budget_refusal();
         let today = OffsetDateTime::now_utc().date();
         if first_today(&self.warned_spent, today) {
-            tracing::error!(cap = %self.cap,
+            tracing::error!(cap = %self.cap, provider = self.label(),
                 "the platform's daily budget is spent: credit calls are refused until 00:00 UTC \
-                 (own-key calls go on); raise PLATFORM_DAILY_BUDGET_CENTS to allow more");
+                 (own-key calls go on); raise PLATFORM_DAILY_BUDGET_CENTS(_<PROVIDER>) to allow more");
             self.tell_admins(today, 100, self.cap);
         }
     }
@@ -104,7 +134,8 @@ impl PlatformBudget {
     fn warn_if_near(&self, today: Date, spent: Cents) {
         let near = i128::from(spent.nanos()) * 100 >= i128::from(self.cap.nanos()) * i128::from(WARN_AT_PERCENT);
         if near && first_today(&self.warned_near, today) {
-            tracing::warn!(cap = %self.cap, %spent, "the platform has spent {WARN_AT_PERCENT}% of its daily budget");
+            tracing::warn!(cap = %self.cap, %spent, provider = self.label(),
+                "the platform has spent {WARN_AT_PERCENT}% of its daily budget");
             self.tell_admins(today, WARN_AT_PERCENT, spent);
         }
     }
@@ -113,18 +144,19 @@ impl PlatformBudget {
     fn tell_admins(&self, today: Date, percent: u8, spent: Cents) {
         let Some(alerts) = &self.alerts else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (notifier, recipients, cap) = (Arc::clone(&alerts.notifier), alerts.recipients.clone(), self.cap);
-        runtime.spawn(async move { notifier.platform_budget(&recipients, today, percent, spent, cap).await });
+        let (notifier, recipients) = (Arc::clone(&alerts.notifier), alerts.recipients.clone());
+        let (scope, cap) = (self.scope, self.cap);
+        runtime.spawn(async move { notifier.platform_budget(&recipients, today, scope, percent, spent, cap).await });
     }
 
     /// Reads today's spending now: at startup, so the first calls are checked against it.
     pub async fn read(&self) {
         let read_at = OffsetDateTime::now_utc();
         let day = read_at.date();
-        match self.directus.platform_spend_since(day.with_time(Time::MIDNIGHT).assume_utc()).await {
+        match self.directus.platform_spend_since(day.with_time(Time::MIDNIGHT).assume_utc(), self.scope).await {
             Ok(amount) => {
                 *sync::lock(&self.last) = Some(Spent { day, amount, read_at });
-                crate::metrics::platform_spend(amount, self.cap);
+                crate::metrics::platform_spend(self.label(), amount, self.cap);
                 self.warn_if_near(day, amount);
             }
             Err(error) => tracing::warn!(%error, "could not read the platform's spending today"),

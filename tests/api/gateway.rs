@@ -520,9 +520,10 @@ async fn operators_see_every_day_of_spending_the_top_users_and_the_platforms_day
     Mock::given(method("GET"))
         .and(path("/items/credit_transactions"))
         .and(wiremock::matchers::query_param("groupBy[]", "user"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"data": [{"user": top_user, "count": 3, "sum": {"cost_cents": "42.5"}}]}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"data": [{"user": top_user, "count": 3, "sum": {"cost_cents": "42.5"}}]})),
+        )
         .with_priority(1)
         .mount(&app.directus)
         .await;
@@ -545,7 +546,9 @@ async fn operators_see_every_day_of_spending_the_top_users_and_the_platforms_day
     }
     Mock::given(method("GET"))
         .and(path("/users"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"id": top_user, "email": "big@example.com"}]})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"data": [{"id": top_user, "email": "big@example.com"}]})),
+        )
         .mount(&app.directus)
         .await;
 
@@ -555,7 +558,10 @@ async fn operators_see_every_day_of_spending_the_top_users_and_the_platforms_day
     assert_eq!(daily.len(), 7, "every day of the range, quiet ones too");
     assert_eq!(daily[6]["day"], today.to_string());
     assert_eq!((&daily[6]["credits"]["requests"], &daily[6]["credits"]["cost_cents"]), (&json!(3), &json!(42.5)));
-    assert_eq!((&daily[0]["own_keys"]["requests"], daily[0]["own_keys"]["cost_cents"].as_f64()), (&json!(0), Some(0.0)));
+    assert_eq!(
+        (&daily[0]["own_keys"]["requests"], daily[0]["own_keys"]["cost_cents"].as_f64()),
+        (&json!(0), Some(0.0))
+    );
     assert_eq!(
         spend["top_users"],
         json!([{"user": top_user, "email": "big@example.com", "cost_cents": 42.5, "requests": 3}])
@@ -572,4 +578,44 @@ async fn operators_see_every_day_of_spending_the_top_users_and_the_platforms_day
         let (got, body) = app.get(path, token.as_deref()).await;
         assert_eq!(got, status, "{path}: {body}");
     }
+}
+
+#[tokio::test]
+async fn a_providers_own_daily_budget_refuses_credit_calls_to_it_and_no_other() {
+    // One cent a day on the platform's Anthropic key; OpenAI has no budget of its own.
+    let app = gateway_app(&[("PLATFORM_DAILY_BUDGET_CENTS_ANTHROPIC", "1")]).await;
+    openai_answers(INTERNAL_OPENAI, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&app.providers)
+        .await;
+    let user = free_user(&app).await;
+    let claude = json!({"model": "claude-3-5-haiku-latest", "max_tokens": 8000, "messages": [{"role": "user", "content": "Hi"}]});
+    let response =
+        app.http.post(app.url("/v1/messages")).bearer_auth(token_for(&user)).json(&claude).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "platform_budget_exhausted");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("Anthropic requests on platform credits"), "{body}");
+    assert_eq!(chat(&app, &user, hello(false)).await.status(), 200, "OpenAI calls on credits go on");
+
+    for collection in ["/items/api_key_usage", "/items/credit_transactions"] {
+        Mock::given(method("GET"))
+            .and(path(collection))
+            .and(wiremock::matchers::query_param("aggregate[count]", "*"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+            .with_priority(1)
+            .mount(&app.directus)
+            .await;
+    }
+    let (status, spend) = app.get("/v1/admin/spend", Some(OPERATOR_TOKEN)).await;
+    assert_eq!(status, 200, "{spend}");
+    assert_eq!(spend["platform"], Value::Null, "no budget for all providers");
+    let anthropic = &spend["platform_providers"][0];
+    assert_eq!((anthropic["provider"].as_str(), anthropic["cap_cents"].as_f64()), (Some("anthropic"), Some(1.0)));
 }

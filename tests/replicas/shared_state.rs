@@ -42,6 +42,12 @@ fn unreachable_redis() -> Arc<Redis> {
     Arc::new(Redis::new(&SecretString::from(format!("redis://127.0.0.1:{port}/0"))).unwrap())
 }
 
+/// The bus tests share one channel (the database's) and check who hears what: one at a time.
+async fn one_bus_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static BUS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    BUS.lock().await
+}
+
 fn user() -> UserId {
     UserId::parse(&Uuid::new_v4().to_string()).unwrap()
 }
@@ -52,7 +58,7 @@ fn replica(name: &str, redis: &Arc<Redis>) -> Arc<Reservations> {
         format!("{name}-{}", Uuid::new_v4().simple()),
         Duration::from_secs(5),
         Duration::from_secs(905),
-        None,
+        Vec::new(),
     )
 }
 
@@ -69,7 +75,7 @@ async fn holds_taken_on_one_replica_count_on_the_other() {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let replica = Arc::clone(if i % 2 == 0 { &a } else { &b });
-            tokio::spawn(async move { replica.reserve(u, reading(100), Cents::whole(95)).await })
+            tokio::spawn(async move { replica.reserve(u, reading(100), Cents::whole(95), Provider::OpenAi).await })
         })
         .collect();
     let mut holds = Vec::new();
@@ -102,9 +108,9 @@ async fn a_released_shared_hold_frees_its_amount_for_every_replica() {
     let redis = redis();
     let (a, b) = (replica("a", &redis), replica("b", &redis));
     let u = user();
-    let hold = a.reserve(u, reading(100), Cents::whole(60)).await.unwrap();
+    let hold = a.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap();
     let short = ReserveError::Credits(Shortfall { available: Cents::whole(40) });
-    assert_eq!(b.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err(), short);
+    assert_eq!(b.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap_err(), short);
     drop(hold);
     let mut freed = false;
     for _ in 0..100 {
@@ -160,6 +166,7 @@ async fn a_webhook_id_is_claimed_here_then_once_across_replicas() {
 
 #[tokio::test]
 async fn changes_reach_the_other_replicas_and_not_the_sender() {
+    let _alone = one_bus_test_at_a_time().await;
     let redis = redis();
     let (a, b) = (Arc::new(RedisBus::new(Arc::clone(&redis))), Arc::new(RedisBus::new(Arc::clone(&redis))));
     let heard: Arc<Mutex<Vec<(char, Event)>>> = Arc::default();
@@ -195,10 +202,10 @@ async fn without_redis_each_replica_carries_on_alone() {
     let redis = unreachable_redis();
     let reservations = replica("a", &redis);
     let u = user();
-    let hold = reservations.reserve(u, reading(100), Cents::whole(60)).await.expect("local fallback");
+    let hold = reservations.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.expect("local fallback");
     assert!(!redis.is_up(), "and Redis is reported down");
     let short = ReserveError::Credits(Shortfall { available: Cents::whole(40) });
-    assert_eq!(reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err(), short);
+    assert_eq!(reservations.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap_err(), short);
     hold.settle(Uuid::new_v4(), Cents::whole(50));
     for _ in 0..100 {
         if reservations.available(u, reading(100)).await == Cents::whole(50) {
@@ -236,6 +243,7 @@ async fn redis_credit_books_conform() {
 
 #[tokio::test]
 async fn redis_bus_conforms() {
+    let _alone = one_bus_test_at_a_time().await;
     let redis = redis();
     crate::suites::bus::suite(Arc::new(RedisBus::new(Arc::clone(&redis))), Arc::new(RedisBus::new(redis))).await;
 }

@@ -149,18 +149,22 @@ const OpsPanel = defineComponent({
 				]),
 			);
 			const spend = v.spend;
-			const platform = spend?.ok ? spend.body.platform : null;
+			const budgets = spend?.ok
+				? [
+						...(spend.body.platform ? [["all providers", "ops-platform-spend", spend.body.platform]] : []),
+						...(spend.body.platform_providers ?? []).map((b) => [b.provider, `ops-platform-spend-${b.provider}`, b]),
+					]
+				: [];
 			body.push(
 				h("div", { style: section }, [
-					h("div", { style: heading }, "Platform's daily budget"),
+					h("div", { style: heading }, "Platform's daily budget (UTC)"),
 					...(!spend?.ok
 						? [failed(spend ?? { error: "not asked" })]
-						: platform
-							? [
-									row("spent today (UTC)", `${dollars(platform.spent_cents)} of ${dollars(platform.cap_cents)} (${platform.percent}%)`, "ops-platform-spend"),
-									bar(platform.percent),
-									row("starts over", new Date(platform.resets_at).toLocaleString(), "ops-platform-resets"),
-								]
+						: budgets.length > 0
+							? budgets.flatMap(([name, testid, budget]) => [
+									row(`spent today, ${name}`, `${dollars(budget.spent_cents)} of ${dollars(budget.cap_cents)} (${budget.percent}%)`, testid),
+									bar(budget.percent),
+								])
 							: [h("div", { style: muted, "data-testid": "ops-platform-spend" }, "No daily budget (PLATFORM_DAILY_BUDGET_CENTS is not set).")]),
 				]),
 			);

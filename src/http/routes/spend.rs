@@ -31,7 +31,8 @@ pub struct SpendQuery {
 
 /// Spending across the platform: today's on the platform's own keys against `PLATFORM_DAILY_BUDGET_CENTS`
 /// (`platform`: `{"cap_cents", "spent_cents", "percent", "resets_at"}`, with what calls in flight hold and
-/// finished calls cost that the ledger does not show yet; `null` without a daily budget); every day of the
+/// finished calls cost that the ledger does not show yet; `null` without a daily budget) and against each
+/// provider's own (`platform_providers`, each with its `provider`); every day of the
 /// last `days` (`daily`: requests and cost on users' own keys and on credits, days without calls included, so
 /// a chart of them is never empty); and the users whose calls on credits cost most (`top_users`).
 #[utoipa::path(get, path = "/v1/admin/spend", tag = "operator", operation_id = "platform_spend", security(("operator_token" = [])),
@@ -58,11 +59,20 @@ pub async fn show(
         directus.usage_summary(None, since),
         directus.top_credit_spenders(since, TOP_USERS)
     );
-    let platform = platform.map(|(cap, spent)| {
+    let resets_at = Period::Day.resets_at(now).format(&Rfc3339).unwrap_or_default();
+    let day = |cap: Cents, spent: Cents| {
         let percent = if cap.is_positive() { (spent.as_f64() / cap.as_f64() * 100.0).floor() } else { 100.0 };
-        let resets_at = Period::Day.resets_at(now).format(&Rfc3339).unwrap_or_default();
         json!({"cap_cents": cap, "spent_cents": spent, "percent": percent, "resets_at": resets_at})
-    });
+    };
+    let all = platform.iter().find(|(scope, _, _)| scope.is_none()).map(|(_, cap, spent)| day(*cap, *spent));
+    let providers: Vec<Value> = platform
+        .iter()
+        .filter_map(|(scope, cap, spent)| {
+            let mut budget = day(*cap, *spent);
+            budget["provider"] = json!(scope.as_ref()?);
+            Some(budget)
+        })
+        .collect();
     let lines = summary?.daily;
     let daily: Vec<Value> = (0..days)
         .map(|offset| {
@@ -79,5 +89,11 @@ pub async fn show(
         .into_iter()
         .map(|(user, email, cost, requests)| json!({"user": user, "email": email, "cost_cents": cost, "requests": requests}))
         .collect();
-    Ok(Json(json!({"platform": platform, "days": days, "daily": daily, "top_users": top_users})))
+    Ok(Json(json!({
+        "platform": all,
+        "platform_providers": providers,
+        "days": days,
+        "daily": daily,
+        "top_users": top_users,
+    })))
 }

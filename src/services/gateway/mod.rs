@@ -158,9 +158,10 @@ pub enum GatewayError {
     CutOff(Provider),
     #[error(transparent)]
     Vault(VaultError),
-    /// The platform's daily budget is spent: credit calls wait for the next UTC day.
+    /// The platform's daily budget (of all providers, or of this one: `Some`) is spent: credit calls wait for
+    /// the next UTC day.
     #[error("the platform's daily budget is spent")]
-    PlatformBudgetExhausted,
+    PlatformBudgetExhausted(Option<Provider>),
     /// The call could pass one of the user's spending caps.
     #[error(transparent)]
     Budget(BudgetExceeded),
@@ -182,7 +183,7 @@ impl Coded for GatewayError {
             GatewayError::Timeout(_) => Code::AiTimeout,
             GatewayError::SpecialServiceTier(_) => Code::ServiceTierNotAvailable,
             GatewayError::Unavailable { .. } => Code::AiUnavailable,
-            GatewayError::PlatformBudgetExhausted => Code::PlatformBudgetExhausted,
+            GatewayError::PlatformBudgetExhausted(_) => Code::PlatformBudgetExhausted,
             GatewayError::Budget(exceeded) => exceeded.code(),
         }
     }
@@ -241,7 +242,14 @@ impl Coded for GatewayError {
                 provider.display_name()
             )
             .into(),
-            GatewayError::Busy | GatewayError::CutOff(_) | GatewayError::PlatformBudgetExhausted => {
+            GatewayError::PlatformBudgetExhausted(Some(provider)) => format!(
+                "{} requests on platform credits are paused until 00:00 UTC: the platform's budget for {} today is \
+                 spent. Other providers, and your own API keys, keep working.",
+                provider.display_name(),
+                provider.display_name()
+            )
+            .into(),
+            GatewayError::Busy | GatewayError::CutOff(_) | GatewayError::PlatformBudgetExhausted(None) => {
                 self.code().message().into()
             }
         }
@@ -254,7 +262,7 @@ impl Coded for GatewayError {
             | GatewayError::ProviderRateLimited { retry_after, .. } => Some(*retry_after),
             GatewayError::TooManyCalls(_) | GatewayError::Busy => Some(Duration::from_secs(1)),
             GatewayError::Unavailable { retry_after, .. } => Some(retry_after.unwrap_or(Duration::from_secs(30))),
-            GatewayError::PlatformBudgetExhausted => Some(until_next_utc_day(OffsetDateTime::now_utc())),
+            GatewayError::PlatformBudgetExhausted(_) => Some(until_next_utc_day(OffsetDateTime::now_utc())),
             _ => None,
         }
     }
@@ -273,8 +281,8 @@ enum CredentialError {
     KeyUnusable,
     /// The credits left do not cover the call's estimate.
     Shortfall(Shortfall),
-    /// The platform's daily budget is spent.
-    PlatformBudget,
+    /// A platform's daily budget is spent (all providers', or this provider's: `Some`).
+    PlatformBudget(Option<Provider>),
     Other(GatewayError),
 }
 
@@ -489,7 +497,7 @@ impl Gateway {
                     source = again.source;
                     continue;
                 }
-                Err(CredentialError::PlatformBudget) => {
+                Err(CredentialError::PlatformBudget(scope)) => {
                     if let Some(failure) = key_failure {
                         return Err(key_error(provider, failure));
                     }
@@ -500,7 +508,7 @@ impl Gateway {
                             source = Source::Byok;
                             continue;
                         }
-                        _ => return Err(GatewayError::PlatformBudgetExhausted),
+                        _ => return Err(GatewayError::PlatformBudgetExhausted(scope)),
                     }
                 }
                 Err(CredentialError::Other(error)) => return Err(error),
@@ -596,11 +604,11 @@ impl Gateway {
                     })
                 })?;
                 self.limits.credit_call(user, caller.tier).await.map_err(CredentialError::Other)?;
-                let hold =
-                    self.reservations.reserve(user, standing.credits, estimate).await.map_err(|error| match error {
-                        ReserveError::Credits(shortfall) => CredentialError::Shortfall(shortfall),
-                        ReserveError::PlatformBudget => CredentialError::PlatformBudget,
-                    })?;
+                let reserved = self.reservations.reserve(user, standing.credits, estimate, provider).await;
+                let hold = reserved.map_err(|error| match error {
+                    ReserveError::Credits(shortfall) => CredentialError::Shortfall(shortfall),
+                    ReserveError::PlatformBudget(scope) => CredentialError::PlatformBudget(scope),
+                })?;
                 Ok(Credential::Internal(key.clone(), hold))
             }
         }

@@ -24,6 +24,7 @@ use self::redis::RedisReservations;
 use crate::accounting::{DeliveryError, Outbox, UsageSink};
 use crate::domain::credit_book::{BookId, HoldId, LedgerReading, UnixMillis, unix_millis};
 use crate::domain::money::Cents;
+use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
@@ -46,8 +47,9 @@ pub struct Shortfall {
 pub enum ReserveError {
     /// The user's credits: what they can spend right now.
     Credits(Shortfall),
-    /// The platform's daily budget (`PLATFORM_DAILY_BUDGET_CENTS`) is spent, or held by calls in flight.
-    PlatformBudget,
+    /// A platform's daily budget (of all providers' keys, or of this provider's: `Some`) is spent, or held by
+    /// calls in flight.
+    PlatformBudget(Option<Provider>),
 }
 
 /// Where a hold was taken: Redis, or this replica's memory (the memory backend, or Redis down).
@@ -97,8 +99,9 @@ pub struct Reservations {
     books: Arc<dyn CreditBooks>,
     /// Holds of calls in flight in this process.
     open: AtomicUsize,
-    /// With `PLATFORM_DAILY_BUDGET_CENTS`: every credit call reserves from the platform's day as well.
-    platform: Option<Arc<PlatformBudget>>,
+    /// The platform's daily budgets (all providers', and each provider's own): every credit call reserves
+    /// from each that covers its provider as well.
+    platform: Vec<Arc<PlatformBudget>>,
     /// Spending caps are set up, so own-key calls may have a book ([`BookId::OwnKeys`]) whose costs count
     /// until Directus stores them, as credit calls' do.
     own_keys: AtomicBool,
@@ -111,7 +114,7 @@ impl Reservations {
     pub fn in_memory(
         fresh_reading: Duration,
         oldest_reading: Duration,
-        platform: Option<Arc<PlatformBudget>>,
+        platform: Vec<Arc<PlatformBudget>>,
     ) -> Arc<Reservations> {
         Reservations::with(Arc::new(MemoryReservations::new(fresh_reading, oldest_reading)), platform)
     }
@@ -122,12 +125,12 @@ impl Reservations {
         replica: String,
         fresh_reading: Duration,
         oldest_reading: Duration,
-        platform: Option<Arc<PlatformBudget>>,
+        platform: Vec<Arc<PlatformBudget>>,
     ) -> Arc<Self> {
         Reservations::with(Arc::new(RedisReservations::new(redis, replica, fresh_reading, oldest_reading)), platform)
     }
 
-    fn with(books: Arc<dyn CreditBooks>, platform: Option<Arc<PlatformBudget>>) -> Arc<Reservations> {
+    fn with(books: Arc<dyn CreditBooks>, platform: Vec<Arc<PlatformBudget>>) -> Arc<Reservations> {
         Arc::new(Reservations { books, open: AtomicUsize::new(0), platform, own_keys: AtomicBool::new(false) })
     }
 
@@ -151,7 +154,7 @@ impl Reservations {
         let book = BookId::OwnKeys(user);
         let held = self.books.reserve(book, reading, amount).await?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Hold { reservations: Arc::clone(self), book, held, platform: None, amount, done: false })
+        Ok(Hold { reservations: Arc::clone(self), book, held, platform: [None, None], amount, done: false })
     }
 
     /// What `user` can spend now, given the ledger as last read.
@@ -159,63 +162,67 @@ impl Reservations {
         self.books.available(BookId::Credits(user), ledger).await
     }
 
-    /// Reserves `amount` for one call, atomically: concurrent calls can never reserve more than the user's
-    /// credits allow, nor, with a platform budget, more than is left of the platform's day.
+    /// Reserves `amount` for one call to `provider`, atomically: concurrent calls can never reserve more than
+    /// the user's credits allow, nor, with platform budgets, more than is left of the platform's day (of all
+    /// providers, and of `provider` when it has a budget of its own).
     pub async fn reserve(
         self: &Arc<Self>,
         user: UserId,
         ledger: LedgerReading,
         amount: Cents,
+        provider: Provider,
     ) -> Result<Hold, ReserveError> {
         let credits = self.books.reserve(BookId::Credits(user), ledger, amount).await.map_err(ReserveError::Credits)?;
-        let platform = match &self.platform {
-            None => None,
-            Some(budget) => match self.books.reserve(BookId::Platform, budget.reading(), amount).await {
-                Ok(hold) => Some(hold),
+        // At most two budgets cover a provider: all providers', and its own.
+        let mut platform = [None, None];
+        for (slot, budget) in self.platform.iter().filter(|budget| budget.covers(provider)).take(2).enumerate() {
+            match self.books.reserve(budget.book(), budget.reading(), amount).await {
+                Ok(hold) => platform[slot] = Some((budget.book(), hold)),
                 Err(_) => {
                     self.books.release(BookId::Credits(user), credits).await;
+                    for (book, hold) in platform.into_iter().flatten() {
+                        self.books.release(book, hold).await;
+                    }
                     budget.exhausted();
-                    return Err(ReserveError::PlatformBudget);
+                    return Err(ReserveError::PlatformBudget(budget.scope()));
                 }
-            },
-        };
+            }
+        }
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Hold {
-            reservations: Arc::clone(self),
-            book: BookId::Credits(user),
-            held: credits,
-            platform,
-            amount,
-            done: false,
-        })
+        let book = BookId::Credits(user);
+        Ok(Hold { reservations: Arc::clone(self), book, held: credits, platform, amount, done: false })
     }
 
-    /// The platform's day as its book sees it: the cap, and what is spent of it (the ledger's today, and calls
-    /// held or finished since); `None` without a daily budget.
-    pub async fn platform_today(&self) -> Option<(Cents, Cents)> {
-        let budget = self.platform.as_ref()?;
-        let available = self.books.available(BookId::Platform, budget.reading()).await;
-        Some((budget.cap(), budget.cap() - available))
+    /// Each platform budget's day as its book sees it: whose keys (`None`: all), the cap, and what is spent of
+    /// it (the ledger's today, and calls held or finished since).
+    pub async fn platform_today(&self) -> Vec<(Option<Provider>, Cents, Cents)> {
+        let mut days = Vec::with_capacity(self.platform.len());
+        for budget in &self.platform {
+            let available = self.books.available(budget.book(), budget.reading()).await;
+            days.push((budget.scope(), budget.cap(), budget.cap() - available));
+        }
+        days
     }
 
     /// At startup, before calls come: the platform's spending today, so its budget holds from the first call;
     /// then read again in the background as it ages, calls or not.
     pub async fn prime(&self) {
-        if let Some(budget) = &self.platform {
+        for budget in &self.platform {
             budget.read().await;
             tokio::spawn(Arc::clone(budget).keep_reading());
         }
     }
 
-    /// The books a record of `source` counts in.
-    fn books_of(&self, user: UserId, source: Source) -> impl Iterator<Item = BookId> {
-        let internal = source == Source::Internal;
-        let platform = internal && self.platform.is_some();
+    /// The books `record` counts in.
+    fn books_of(&self, record: &UsageRecord) -> impl Iterator<Item = BookId> {
+        let internal = record.source == Source::Internal;
         let own_keys = !internal && self.own_keys.load(Ordering::Relaxed);
+        let mut platform = self.platform.iter().filter(|budget| budget.covers(record.provider)).map(|b| b.book());
         [
-            internal.then_some(BookId::Credits(user)),
-            platform.then_some(BookId::Platform),
-            own_keys.then_some(BookId::OwnKeys(user)),
+            internal.then_some(BookId::Credits(record.user)),
+            platform.next().filter(|_| internal),
+            platform.next().filter(|_| internal),
+            own_keys.then_some(BookId::OwnKeys(record.user)),
         ]
         .into_iter()
         .flatten()
@@ -223,7 +230,7 @@ impl Reservations {
 
     /// Directus stored `record` at `at`: from then on its readings count it.
     pub async fn stored(&self, record: &UsageRecord, at: OffsetDateTime) {
-        for book in self.books_of(record.user, record.source) {
+        for book in self.books_of(record) {
             self.books.stored(book, record.request_id, record.cost_cents, unix_millis(at)).await;
         }
     }
@@ -236,7 +243,7 @@ impl Reservations {
         let mut restored = 0;
         for record in outbox.all_records()? {
             let mut counted = false;
-            for book in self.books_of(record.user, record.source) {
+            for book in self.books_of(&record) {
                 let entry = unstored.entry(book).or_default();
                 entry.0 += record.cost_cents;
                 entry.1.push(record.request_id);
@@ -331,15 +338,15 @@ pub struct Hold {
     /// The user's credits, or their own keys' caps.
     book: BookId,
     held: HoldRef,
-    /// The same amount held from the platform's day, under a platform budget.
-    platform: Option<HoldRef>,
+    /// The same amount held from the platform's day, under platform budgets (all providers', the provider's).
+    platform: [Option<(BookId, HoldRef)>; 2],
     amount: Cents,
     done: bool,
 }
 
 impl Hold {
-    fn books(&self) -> [Option<(BookId, HoldRef)>; 2] {
-        [Some((self.book, self.held)), self.platform.map(|hold| (BookId::Platform, hold))]
+    fn books(&self) -> [Option<(BookId, HoldRef)>; 3] {
+        [Some((self.book, self.held)), self.platform[0], self.platform[1]]
     }
 
     pub fn amount(&self) -> Cents {
@@ -388,6 +395,15 @@ mod tests {
         UserId::parse(&uuid::Uuid::new_v4().to_string()).unwrap()
     }
 
+    /// Platform budgets read their day from it: never, here (the day counts as unspent).
+    fn unreachable_directus() -> crate::directus::DirectusClient {
+        crate::directus::DirectusClient::new(
+            "http://127.0.0.1:9".parse().unwrap(),
+            secrecy::SecretString::from("token"),
+            Duration::from_millis(50),
+        )
+    }
+
     fn reading(balance: i64) -> LedgerReading {
         LedgerReading { balance: Cents::whole(balance), read_at: now_millis() }
     }
@@ -401,12 +417,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_reservations_never_exceed_the_balance() {
-        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), None);
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), Vec::new());
         let u = user();
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let reservations = Arc::clone(&reservations);
-                tokio::spawn(async move { reservations.reserve(u, reading(100), Cents::whole(95)).await })
+                tokio::spawn(
+                    async move { reservations.reserve(u, reading(100), Cents::whole(95), Provider::OpenAi).await },
+                )
             })
             .collect();
         let mut holds = Vec::new();
@@ -424,33 +442,32 @@ mod tests {
 
     #[tokio::test]
     async fn every_users_credit_calls_hold_from_the_platforms_day_and_one_that_would_pass_it_holds_nothing() {
-        let unreachable = crate::directus::DirectusClient::new(
-            "http://127.0.0.1:9".parse().unwrap(),
-            secrecy::SecretString::from("token"),
-            Duration::from_millis(50),
-        );
-        let budget = PlatformBudget::new(Cents::whole(100), unreachable, Duration::from_secs(5), None);
-        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), Some(budget));
+        let unreachable = unreachable_directus();
+        let budget = PlatformBudget::new(None, Cents::whole(100), unreachable, Duration::from_secs(5), None);
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), vec![budget]);
         let (a, b) = (user(), user());
-        let held = reservations.reserve(a, reading(1_000), Cents::whole(60)).await.unwrap();
-        let refused = reservations.reserve(b, reading(1_000), Cents::whole(60)).await.unwrap_err();
-        assert_eq!(refused, ReserveError::PlatformBudget);
+        let held = reservations.reserve(a, reading(1_000), Cents::whole(60), Provider::OpenAi).await.unwrap();
+        let refused = reservations.reserve(b, reading(1_000), Cents::whole(60), Provider::OpenAi).await.unwrap_err();
+        assert_eq!(refused, ReserveError::PlatformBudget(None));
         assert_eq!(reservations.available(b, reading(1_000)).await, Cents::whole(1_000), "b's credits hold nothing");
         assert_eq!(reservations.open_holds(), 1);
         // a's call cost less than it held: what is left of the day is there for b.
         held.settle(Uuid::new_v4(), Cents::whole(30));
-        let b_held = reservations.reserve(b, reading(1_000), Cents::whole(60)).await.unwrap();
+        let b_held = reservations.reserve(b, reading(1_000), Cents::whole(60), Provider::OpenAi).await.unwrap();
         assert_eq!(
-            reservations.reserve(a, reading(1_000), Cents::whole(20)).await.unwrap_err(),
-            ReserveError::PlatformBudget
+            reservations.reserve(a, reading(1_000), Cents::whole(20), Provider::OpenAi).await.unwrap_err(),
+            ReserveError::PlatformBudget(None)
         );
         drop(b_held);
-        assert!(reservations.reserve(a, reading(1_000), Cents::whole(60)).await.is_ok(), "b's hold went back");
+        assert!(
+            reservations.reserve(a, reading(1_000), Cents::whole(60), Provider::OpenAi).await.is_ok(),
+            "b's hold went back"
+        );
     }
 
     #[tokio::test]
     async fn own_key_calls_hold_from_their_own_book_and_count_there_until_directus_stores_them() {
-        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), None);
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), Vec::new());
         reservations.count_own_keys();
         let u = user();
         // The tightest own-key cap leaves 100.
@@ -469,12 +486,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_hold_is_released_and_the_user_forgotten() {
-        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), None);
+    async fn a_providers_own_budget_holds_only_its_calls_and_every_call_holds_from_the_budget_for_all() {
+        let unreachable = unreachable_directus();
+        let budget = |scope, cap| {
+            PlatformBudget::new(scope, Cents::whole(cap), unreachable.clone(), Duration::from_secs(5), None)
+        };
+        let budgets = vec![budget(None, 100), budget(Some(Provider::Anthropic), 50)];
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), budgets);
         let u = user();
-        let hold = reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap();
+        let refused = reservations.reserve(u, reading(1_000), Cents::whole(60), Provider::Anthropic).await;
+        assert_eq!(refused.unwrap_err(), ReserveError::PlatformBudget(Some(Provider::Anthropic)));
+        assert_eq!(reservations.available(u, reading(1_000)).await, Cents::whole(1_000), "nothing held");
+        let openai = reservations.reserve(u, reading(1_000), Cents::whole(60), Provider::OpenAi).await.unwrap();
+        let anthropic = reservations.reserve(u, reading(1_000), Cents::whole(41), Provider::Anthropic).await;
+        assert_eq!(anthropic.unwrap_err(), ReserveError::PlatformBudget(None), "the budget for all has only 40 left");
+        drop(openai);
+        let days = reservations.platform_today().await;
         assert_eq!(
-            reservations.reserve(u, reading(100), Cents::whole(60)).await.unwrap_err(),
+            days,
+            [(None, Cents::whole(100), Cents::ZERO), (Some(Provider::Anthropic), Cents::whole(50), Cents::ZERO)]
+        );
+        assert!(reservations.reserve(u, reading(1_000), Cents::whole(41), Provider::Anthropic).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_hold_is_released_and_the_user_forgotten() {
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), Vec::new());
+        let u = user();
+        let hold = reservations.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap();
+        assert_eq!(
+            reservations.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap_err(),
             ReserveError::Credits(Shortfall { available: Cents::whole(40) })
         );
         drop(hold);
@@ -487,7 +528,7 @@ mod tests {
         let outbox = crate::accounting::outbox::tests::open(&dir);
         let u = user();
         outbox.import(&[record(u, 30)], None).unwrap();
-        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), None);
+        let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), Vec::new());
         assert_eq!(reservations.restore_from(&outbox).await.unwrap(), 1);
         let before = reading(100);
         assert_eq!(reservations.available(u, before).await, Cents::whole(70));
