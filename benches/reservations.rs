@@ -2,7 +2,9 @@
 //! reservations`): what an internal-credit call adds for its hold, from reading what is available to
 //! settling the real cost and Directus storing it. Single-threaded, then two threads on one user (the worst
 //! contention: one lock, one book); then the same path with every budget check on (a tier's daily and monthly
-//! caps, the platform's daily budget, the spending alerts), against it without them, alternating.
+//! caps, the platform's daily budgets for all providers and for the call's provider, the spending alerts of
+//! both kinds of cap), against it without them, alternating; and what an own-key call adds under an own-key
+//! cap (its hold, settled and stored), where it adds nothing without one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,11 +93,24 @@ async fn one_budgeted_call(budgets: &Budgets, user: UserId, ledger: LedgerReadin
     let (reading, _) = budget::capped_reading(ledger, &budgets.caps, Some(&budgets.spending), now);
     let available = budgets.reservations.available(user, reading).await;
     let pending = (reading.balance - available).max(Cents::ZERO);
-    let used = budget::cap_use(&budgets.caps, Spend::Credits, Some(budgets.spending), pending, now);
-    budgets.alerts.check(user, used, now).await;
+    let credits = budget::cap_use(&budgets.caps, Spend::Credits, Some(budgets.spending), pending, now);
+    let own_keys = budget::cap_use(&budgets.caps, Spend::OwnKeys, Some(budgets.spending), Cents::ZERO, now);
+    budgets.alerts.check(user, credits.chain(own_keys), now).await;
     let hold =
         budgets.reservations.reserve(user, reading, Cents::parse("0.27").unwrap(), Provider::OpenAi).await.unwrap();
     let record = record(user);
+    hold.settle(record.request_id, record.cost_cents);
+    budgets.reservations.stored(&record, OffsetDateTime::now_utc()).await;
+    started.elapsed()
+}
+
+/// An own-key call under an own-key cap: the tightest cap's reading, the hold, settled and stored.
+async fn one_capped_own_key_call(budgets: &Budgets, user: UserId) -> Duration {
+    let started = Instant::now();
+    let now = OffsetDateTime::now_utc();
+    let (reading, _) = budget::own_key_reading(&budgets.caps, Some(&budgets.spending), now_millis(), now).unwrap();
+    let hold = budgets.reservations.reserve_own_keys(user, reading, Cents::parse("0.27").unwrap()).await.unwrap();
+    let record = UsageRecord { source: Source::Byok, ..record(user) };
     hold.settle(record.request_id, record.cost_cents);
     budgets.reservations.stored(&record, OffsetDateTime::now_utc()).await;
     started.elapsed()
@@ -122,15 +137,22 @@ async fn budgets() -> Budgets {
         .await;
     let client =
         DirectusClient::new(directus.uri().parse().unwrap(), SecretString::from("token"), Duration::from_secs(1));
-    let platform =
-        PlatformBudget::new(None, Cents::whole(1_000_000_000_000), client.clone(), Duration::from_secs(3_600), None);
-    platform.read().await;
-    let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), vec![platform]);
+    let platform = |scope| {
+        PlatformBudget::new(scope, Cents::whole(1_000_000_000_000), client.clone(), Duration::from_secs(3_600), None)
+    };
+    let (all, openai) = (platform(None), platform(Some(Provider::OpenAi)));
+    all.read().await;
+    openai.read().await;
+    let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), vec![all, openai]);
+    reservations.count_own_keys();
     let claims = claims(None);
     let notifier = Arc::new(Notifier::new(client, Arc::clone(&claims), None, None));
     Budgets {
         reservations,
-        caps: "credits.daily=100000000000,credits.monthly=1000000000000".parse::<BudgetCaps>().unwrap().0,
+        caps: "credits.daily=100000000000,credits.monthly=1000000000000,own_keys.daily=100000000000"
+            .parse::<BudgetCaps>()
+            .unwrap()
+            .0,
         spending: Spending { at: OffsetDateTime::now_utc(), today: Cents::whole(5), this_month: Cents::whole(50) },
         alerts: SpendingAlerts::new(AlertThresholds::default(), LowBalance::default(), notifier, claims),
         _directus: directus,
@@ -159,4 +181,9 @@ async fn main() {
     println!("reservation path without budget checks: {}", percentiles(without));
     println!("reservation path with every budget check: {}", percentiles(with));
     println!("the budget checks add {:.2} µs p50 per call", checked - base);
+    let mut own = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        own.push(one_capped_own_key_call(&budgeted, user).await);
+    }
+    println!("an own-key call under an own-key cap adds: {}", percentiles(own));
 }
