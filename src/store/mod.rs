@@ -1,7 +1,7 @@
 //! The sidecar's one local file: an embedded SQLite database in WAL mode, holding what must survive a restart.
 //! That is the usage outbox (records on their way to Directus, see [`crate::accounting`]), the durable job
-//! queue (see [`crate::services::jobs`]), sign-in attempts in a row (see [`crate::services::sign_in`]) and
-//! users' recent calls (see [`crate::services::call_log`]).
+//! queue (see [`crate::services::jobs`]) and sign-in attempts in a row (see [`crate::services::sign_in`]).
+//! Users' recent calls live beside it in a file of their own (see [`crate::services::call_log`]).
 //!
 //! One process at a time: the file is locked (an advisory lock on `<file>.lock`, held while the store is
 //! open), so a second process pointed at the same file refuses to start instead of writing beside the first.
@@ -62,15 +62,6 @@ const MIGRATIONS: &[&str] = &[
     // Directus does not.
     "CREATE TABLE sign_in_failures (account TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at INTEGER NOT NULL)
      WITHOUT ROWID;",
-    // 8: each user's recent calls (see `services::call_log`), newest first by their time-ordered id.
-    "CREATE TABLE calls (
-        user_id TEXT NOT NULL,
-        id TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        entry TEXT NOT NULL,
-        PRIMARY KEY (user_id, id)
-    ) WITHOUT ROWID;
-    CREATE INDEX calls_at ON calls (at);",
 ];
 
 /// A second connection waits this long for a lock the other holds (the writer and the flusher share the file).

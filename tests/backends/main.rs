@@ -70,6 +70,6 @@ async fn embedded_job_queue() {
 #[tokio::test]
 async fn embedded_call_history() {
     let temp = TempStore::new();
-    let history = EmbeddedHistory::open(Arc::clone(&temp.store), suites::call_history::RETENTION).unwrap();
+    let history = EmbeddedHistory::open(&temp.dir.join("calls.db"), suites::call_history::RETENTION).unwrap();
     suites::call_history::suite(&history).await;
 }

@@ -1,6 +1,9 @@
-//! Calls kept in the replica's own store (`calls`), trimmed per user as they are written.
+//! Calls kept on this replica, in a SQLite file of their own beside the store (`calls.db` in `DATA_DIR`), trimmed
+//! per user as they are written. Apart from the store so their writes never wait on the usage outbox's (one
+//! writer at a time per SQLite file), and without an fsync per batch: it is a view for people, not accounting.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
@@ -10,29 +13,45 @@ use uuid::Uuid;
 use super::{CallHistory, CallLogError};
 use crate::domain::call::{CallEntry, CallRetention};
 use crate::domain::user::UserId;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::sync;
 
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
+    CREATE TABLE IF NOT EXISTS calls (
+        user_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        entry TEXT NOT NULL,
+        PRIMARY KEY (user_id, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS calls_at ON calls (at);";
+
 pub struct EmbeddedHistory {
-    store: Arc<Store>,
+    path: PathBuf,
     connection: Arc<Mutex<Connection>>,
     retention: CallRetention,
 }
 
 impl EmbeddedHistory {
-    pub fn open(store: Arc<Store>, retention: CallRetention) -> Result<EmbeddedHistory, StoreError> {
-        let connection = store.connect()?;
-        // A view for people: an entry lost with the machine's power is not worth an fsync per batch.
-        connection.pragma_update(None, "synchronous", "NORMAL").map_err(|e| store.error(e))?;
-        Ok(EmbeddedHistory { store, connection: Arc::new(Mutex::new(connection)), retention })
+    /// Opens (or makes) the calls file at `path`; the store's lock on `DATA_DIR` keeps it to one process.
+    pub fn open(path: &Path, retention: CallRetention) -> Result<EmbeddedHistory, StoreError> {
+        let error = |source| StoreError::Sqlite { path: path.to_owned(), source };
+        let connection = Connection::open(path).map_err(error)?;
+        connection.execute_batch(SCHEMA).map_err(error)?;
+        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(error)?;
+        Ok(EmbeddedHistory { path: path.to_owned(), connection: Arc::new(Mutex::new(connection)), retention })
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, CallLogError> {
-        let (store, connection) = (Arc::clone(&self.store), Arc::clone(&self.connection));
-        let done = tokio::task::spawn_blocking(move || op(&mut sync::lock(&connection)).map_err(|e| store.error(e)));
+        let (path, connection) = (self.path.clone(), Arc::clone(&self.connection));
+        let done = tokio::task::spawn_blocking(move || {
+            op(&mut sync::lock(&connection)).map_err(|source| StoreError::Sqlite { path, source })
+        });
         Ok(done.await.map_err(|e| StoreError::Thread(std::io::Error::other(e)))??)
     }
 }

@@ -1,6 +1,6 @@
 //! Every user's recent gateway calls, failed ones included: what `GET /v1/calls` and the account page list.
-//! One interface, [`CallHistory`], with a backend per `REDIS_URL` setting: [`embedded`] (the replica's own
-//! store) and [`redis`] (one list per user for every replica).
+//! One interface, [`CallHistory`], with a backend per `REDIS_URL` setting: [`embedded`] (a file of its own
+//! beside the replica's store) and [`redis`] (one sorted set per user for every replica).
 //!
 //! Recording never makes a call wait: [`CallLog::record`] queues the entry and one task writes what is
 //! queued in batches. This is a view for people, not accounting (the ledger and `api_key_usage` are): when
@@ -30,6 +30,9 @@ use crate::sync;
 const QUEUE_CAPACITY: usize = 16_384;
 /// The most entries one write takes.
 const BATCH: usize = 512;
+/// Entries come one per call: after the first, the writer sleeps this long before it takes the rest, so calls
+/// cost a few wake-ups and writes a second, not one each (which cost about 13 µs p50 per call on two cores).
+const LINGER: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallLogError {
@@ -83,7 +86,7 @@ impl CallLog {
     pub fn new(store: Arc<Store>, redis: Option<Arc<Redis>>, retention: CallRetention) -> Result<CallLog, StoreError> {
         let history: Arc<dyn CallHistory> = match redis {
             Some(redis) => Arc::new(RedisHistory::new(redis, retention)),
-            None => Arc::new(EmbeddedHistory::open(store, retention)?),
+            None => Arc::new(EmbeddedHistory::open(&store.path().with_file_name("calls.db"), retention)?),
         };
         Ok(CallLog::with(history, retention))
     }
@@ -131,10 +134,20 @@ impl CallLog {
     }
 }
 
-/// Takes whatever is queued (up to [`BATCH`]) and keeps it in one write, until the log is gone.
+/// Takes the first entry, then (not listening, so no call wakes it) waits [`LINGER`] and takes whatever came
+/// meanwhile (up to [`BATCH`]), and keeps it all in one write, until the log is gone.
 async fn write(history: Arc<dyn CallHistory>, mut queued: mpsc::Receiver<(UserId, CallEntry)>) {
     let mut batch = Vec::with_capacity(BATCH);
     while queued.recv_many(&mut batch, BATCH).await > 0 {
+        if batch.len() < BATCH {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < BATCH {
+                match queued.try_recv() {
+                    Ok(entry) => batch.push(entry),
+                    Err(_) => break,
+                }
+            }
+        }
         let count = batch.len();
         if let Err(error) = history.keep(std::mem::take(&mut batch)).await {
             crate::metrics::calls_dropped(count as u64);
