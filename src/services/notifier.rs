@@ -228,7 +228,7 @@ impl Notifier {
         let label = scope.map_or("all", Provider::as_str);
         let claim = format!("platform-budget:{day}:{label}:{percent}");
         let ttl = Duration::from_secs(25 * 3_600);
-        if !(self.claims.claim_here(&claim, ttl).await && self.claims.claim_everywhere(&claim, ttl).await) {
+        if !self.claims.claim(&claim, ttl).await {
             return;
         }
         let admins = match self.directus.users_by_email(recipients).await {

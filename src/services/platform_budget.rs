@@ -107,7 +107,6 @@ impl PlatformBudget {
         }
         let today = last.filter(|spent| spent.day == now.date());
         let spent = today.map_or(Cents::ZERO, |spent| spent.amount);
-        self.warn_if_near(now.date(), spent);
         // Before the first reading of the day, every stored cost still in the book counts on top.
         let read_at = today.map_or(0, |spent| unix_millis(spent.read_at));
         LedgerReading { balance: self.cap - spent, read_at }
@@ -149,7 +148,8 @@ impl PlatformBudget {
         runtime.spawn(async move { notifier.platform_budget(&recipients, today, scope, percent, spent, cap).await });
     }
 
-    /// Reads today's spending now: at startup, so the first calls are checked against it.
+    /// Reads today's spending now (at startup, so the first calls are checked against it), and warns when it
+    /// has reached the warning share: every reading passes through here, so none is missed.
     pub async fn read(&self) {
         let read_at = OffsetDateTime::now_utc();
         let day = read_at.date();
@@ -171,10 +171,7 @@ impl PlatformBudget {
         every.tick().await;
         loop {
             every.tick().await;
-            if !self.reading_now.swap(true, Ordering::AcqRel) {
-                self.read().await;
-                self.reading_now.store(false, Ordering::Release);
-            }
+            self.read_in_background();
         }
     }
 

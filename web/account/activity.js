@@ -99,16 +99,6 @@ export function renderJobs(page, more) {
   $('jobs-more').hidden = !activity.jobsNext;
 }
 
-async function more(path, errorId, render) {
-  const gen = session.gen;
-  try {
-    const page = await api('GET', path);
-    if (gen === session.gen) render(page || {}, true);
-  } catch (error) {
-    if (gen === session.gen) showError(errorId, error);
-  }
-}
-
 async function onRetry(event) {
   const button = event.target.closest('button[data-job]');
   if (!button || button.getAttribute('aria-disabled') === 'true') return;
@@ -134,12 +124,14 @@ export function initActivity() {
   $('calls-more').addEventListener('click', () => {
     if (!activity.callsNext) return;
     activity.callsPaged = true;
-    more('/v1/calls?limit=' + CALLS_PAGE + '&after=' + encodeURIComponent(activity.callsNext), 'calls-error', renderCalls);
+    load('/v1/calls?limit=' + CALLS_PAGE + '&after=' + encodeURIComponent(activity.callsNext), 'calls-error',
+      (page) => renderCalls(page, true));
   });
   $('jobs-more').addEventListener('click', () => {
     if (!activity.jobsNext) return;
     activity.jobsPaged = true;
-    more('/v1/jobs?limit=' + JOBS_PAGE + '&after=' + encodeURIComponent(activity.jobsNext), 'jobs-error', renderJobs);
+    load('/v1/jobs?limit=' + JOBS_PAGE + '&after=' + encodeURIComponent(activity.jobsNext), 'jobs-error',
+      (page) => renderJobs(page, true));
   });
   $('jobs-list').addEventListener('click', onRetry);
 }

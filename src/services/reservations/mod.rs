@@ -153,8 +153,13 @@ impl Reservations {
     ) -> Result<Hold, Shortfall> {
         let book = BookId::OwnKeys(user);
         let held = self.books.reserve(book, reading, amount).await?;
+        Ok(self.opened(book, held, [None, None], amount))
+    }
+
+    /// A hold of `amount` taken in `book` (and `platform`'s), counted open until it is settled or released.
+    fn opened(self: &Arc<Self>, book: BookId, held: HoldRef, platform: PlatformHolds, amount: Cents) -> Hold {
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Hold { reservations: Arc::clone(self), book, held, platform: [None, None], amount, done: false })
+        Hold { reservations: Arc::clone(self), book, held, platform, amount, done: false }
     }
 
     /// What `user` can spend now, given the ledger as last read.
@@ -173,8 +178,7 @@ impl Reservations {
         provider: Provider,
     ) -> Result<Hold, ReserveError> {
         let credits = self.books.reserve(BookId::Credits(user), ledger, amount).await.map_err(ReserveError::Credits)?;
-        // At most two budgets cover a provider: all providers', and its own.
-        let mut platform = [None, None];
+        let mut platform: PlatformHolds = [None, None];
         for (slot, budget) in self.platform.iter().filter(|budget| budget.covers(provider)).take(2).enumerate() {
             match self.books.reserve(budget.book(), budget.reading(), amount).await {
                 Ok(hold) => platform[slot] = Some((budget.book(), hold)),
@@ -188,9 +192,7 @@ impl Reservations {
                 }
             }
         }
-        self.open.fetch_add(1, Ordering::Relaxed);
-        let book = BookId::Credits(user);
-        Ok(Hold { reservations: Arc::clone(self), book, held: credits, platform, amount, done: false })
+        Ok(self.opened(BookId::Credits(user), credits, platform, amount))
     }
 
     /// Each platform budget's day as its book sees it: whose keys (`None`: all), the cap, and what is spent of
@@ -331,6 +333,9 @@ impl<S: UsageSink> UsageSink for LedgerSink<S> {
     }
 }
 
+/// What one call holds of the platform's budgets: at most two cover a provider (all providers', and its own).
+type PlatformHolds = [Option<(BookId, HoldRef)>; 2];
+
 /// A reservation for one call. Settle it with the call's real cost; dropped unsettled (the call failed, the
 /// task was cancelled) it is released and nothing is charged.
 pub struct Hold {
@@ -339,7 +344,7 @@ pub struct Hold {
     book: BookId,
     held: HoldRef,
     /// The same amount held from the platform's day, under platform budgets (all providers', the provider's).
-    platform: [Option<(BookId, HoldRef)>; 2],
+    platform: PlatformHolds,
     amount: Cents,
     done: bool,
 }
