@@ -14,7 +14,8 @@ RUN mkdir -p src tests/e2e benches examples \
     && rm -rf src \
     && mkdir -p /data
 COPY src ./src
-# The shipped price table and the account page are compiled into the binary.
+# The shipped provider catalog, price table and account page are compiled into the binary.
+COPY catalog ./catalog
 COPY pricing ./pricing
 COPY web ./web
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin byok-bridge

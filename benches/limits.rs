@@ -74,7 +74,7 @@ async fn main() {
     // The user key's circuit: admitted, then told the provider answered.
     let breaker = CircuitBreaker::new(5, Duration::from_secs(30));
     let circuits = timed(CALLS, |n| {
-        let circuit = Circuit::UserKey(users[n % USERS], Provider::OpenAi);
+        let circuit = Circuit::UserKey(users[n % USERS], Provider::openai());
         let breaker = &breaker;
         async move {
             breaker.admit(circuit, std::time::Instant::now()).unwrap();

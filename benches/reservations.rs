@@ -40,7 +40,7 @@ async fn one_call(reservations: &Arc<Reservations>, user: UserId, ledger: Ledger
     let started = Instant::now();
     let available = reservations.available(user, ledger).await;
     assert!(available.is_positive());
-    let hold = reservations.reserve(user, ledger, Cents::parse("0.27").unwrap(), Provider::OpenAi).await.unwrap();
+    let hold = reservations.reserve(user, ledger, Cents::parse("0.27").unwrap(), Provider::openai()).await.unwrap();
     let record = record(user);
     hold.settle(record.request_id, record.cost_cents);
     reservations.stored(&record, OffsetDateTime::now_utc()).await;
@@ -52,7 +52,7 @@ fn record(user: UserId) -> UsageRecord {
     UsageRecord {
         request_id: Uuid::new_v4(),
         user,
-        provider: Provider::OpenAi,
+        provider: Provider::openai(),
         model: "gpt-4o-mini".into(),
         source: Source::Internal,
         service_type: "openai.chat_completions".into(),
@@ -97,7 +97,7 @@ async fn one_budgeted_call(budgets: &Budgets, user: UserId, ledger: LedgerReadin
     let own_keys = budget::cap_use(&budgets.caps, Spend::OwnKeys, Some(budgets.spending), Cents::ZERO, now);
     budgets.alerts.check(user, credits.chain(own_keys), now).await;
     let hold =
-        budgets.reservations.reserve(user, reading, Cents::parse("0.27").unwrap(), Provider::OpenAi).await.unwrap();
+        budgets.reservations.reserve(user, reading, Cents::parse("0.27").unwrap(), Provider::openai()).await.unwrap();
     let record = record(user);
     hold.settle(record.request_id, record.cost_cents);
     budgets.reservations.stored(&record, OffsetDateTime::now_utc()).await;
@@ -140,7 +140,7 @@ async fn budgets() -> Budgets {
     let platform = |scope| {
         PlatformBudget::new(scope, Cents::whole(1_000_000_000_000), client.clone(), Duration::from_secs(3_600), None)
     };
-    let (all, openai) = (platform(None), platform(Some(Provider::OpenAi)));
+    let (all, openai) = (platform(None), platform(Some(Provider::openai())));
     all.read().await;
     openai.read().await;
     let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(905), vec![all, openai]);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use byok_bridge::crypto::encryption_key::EncryptionKey;
 use byok_bridge::crypto::envelope::{KeyOwner, Keyring};
 use byok_bridge::directus::DirectusClient;
-use byok_bridge::domain::provider::Provider;
+use byok_bridge::domain::provider::{PerProvider, Provider};
 use byok_bridge::domain::user::UserId;
 use byok_bridge::providers::ProviderClient;
 use byok_bridge::rewrap::rewrap_all;
@@ -50,8 +50,7 @@ async fn main() {
         .mount(&provider)
         .await;
     let providers = ProviderClient::new(
-        format!("{}/v1", provider.uri()).parse().unwrap(),
-        provider.uri().parse().unwrap(),
+        PerProvider::from_fn(|_| format!("{}/v1", provider.uri()).parse().unwrap()),
         Duration::from_secs(5),
         Duration::from_secs(5),
     );
@@ -62,7 +61,7 @@ async fn main() {
         providers,
     );
     let user = UserId::parse(&vars["PREMIUM_USER_ID"]).unwrap();
-    let owner = KeyOwner { user, provider: Provider::OpenAi };
+    let owner = KeyOwner { user, provider: Provider::openai() };
 
     let started = Instant::now();
     let mut sealed = String::new();
@@ -81,14 +80,14 @@ async fn main() {
     let mut store = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let t = Instant::now();
-        vault.save(user, Provider::OpenAi, &raw).await.unwrap();
+        vault.save(user, Provider::openai(), &raw).await.unwrap();
         store.push(t.elapsed());
     }
     println!("check + encrypt + store (PUT /v1/keys path, {ROUNDS} rounds): {}", percentiles(store));
     let mut fetch = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let t = Instant::now();
-        let key = vault.open(user, Provider::OpenAi).await.unwrap();
+        let key = vault.open(user, Provider::openai()).await.unwrap();
         assert_eq!(key.expose(), PROVIDER_KEY);
         fetch.push(t.elapsed());
     }
@@ -105,7 +104,7 @@ async fn main() {
         let rows: Vec<_> = chunk
             .iter()
             .map(|i| {
-                let provider = if i % 2 == 0 { Provider::OpenAi } else { Provider::Anthropic };
+                let provider = if i % 2 == 0 { Provider::openai() } else { Provider::anthropic() };
                 let owner = KeyOwner { user: users[i % users.len()], provider };
                 json!({"user": owner.user, "provider": provider, "status": "active", "key_hint": "sk-...bench",
                        "encrypted_key": old_ring.seal(owner, PROVIDER_KEY.as_bytes())})

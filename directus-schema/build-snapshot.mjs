@@ -19,8 +19,14 @@
 // Node >= 20 (global fetch). Prints nothing secret.
 
 import { createRequire } from "node:module";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+
+// The shipped providers, from the sidecar's own catalog: provider fields offer them and accept any other id
+// (an operator's PROVIDERS_FILE may declare more).
+const PROVIDERS = JSON.parse(readFileSync(new URL("../catalog/providers.json", import.meta.url), "utf8")).providers.map(
+	({ id, name }) => ({ text: name, value: id }),
+);
 
 const outputFile = process.argv[2];
 const installDir = process.env.DIRECTUS_INSTALL_DIR;
@@ -99,6 +105,21 @@ function select(field, values, { required = false, nullable = !required, default
 			options: { choices: choices(...values), allowNone: nullable },
 			display: "labels",
 			display_options: { choices: choices(...values) },
+			required,
+			...meta,
+		},
+	};
+}
+function providerField({ required = false, nullable = !required, ...meta } = {}) {
+	return {
+		field: "provider",
+		type: "string",
+		schema: { max_length: 255, is_nullable: nullable, default_value: null },
+		meta: {
+			interface: "select-dropdown",
+			options: { choices: PROVIDERS, allowNone: nullable, allowOther: true },
+			display: "labels",
+			display_options: { choices: PROVIDERS },
 			required,
 			...meta,
 		},
@@ -253,7 +274,7 @@ const collections = [
 		fields: ordered([
 			uuidPk(),
 			userM2o("user", { required: true, nullable: false, note: "Owner of the key" }),
-			select("provider", ["openai", "anthropic"], { required: true, nullable: false, width: "half" }),
+			providerField({ required: true, width: "half" }),
 			text("encrypted_key", {
 				required: true,
 				nullable: false,
@@ -351,7 +372,7 @@ const collections = [
 			// Usage of the LLM call a deduction paid for (internal credits), written by the sidecar. Appended
 			// after created_at so every earlier field keeps its sort (and its snapshot entry) unchanged.
 			// Nullable: grants, refunds and non-LLM deductions leave them empty.
-			select("provider", ["openai", "anthropic"], {
+			providerField({
 				width: "half",
 				readonly: true,
 				note: "LLM provider of the call this deduction paid for (set by byok-bridge)",

@@ -23,7 +23,7 @@ use crate::services::call_log::CallLog;
 use crate::services::callers::{CallerDirectory, CallerReads};
 use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_cache::FlagCache;
-use crate::services::gateway::{CallLimits, Gateway, InternalKeys, KeyEvents, Upstream};
+use crate::services::gateway::{CallLimits, Gateway, KeyEvents, Upstream};
 use crate::services::in_flight::InFlight;
 use crate::services::jobs::{FlowCallbacks, JobServices, Jobs, JobsError};
 use crate::services::key_vault::KeyVault;
@@ -50,8 +50,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     let directus =
         DirectusClient::new(settings.directus_url.clone(), settings.directus_token.clone(), settings.directus_timeout);
     let providers = ProviderClient::new(
-        settings.openai_base_url.clone(),
-        settings.anthropic_base_url.clone(),
+        settings.providers.base_urls.clone(),
         settings.provider_timeout,
         settings.provider_generation_timeout,
     );
@@ -118,10 +117,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     ));
     let key_events =
         Arc::new(KeyEvents::new(Arc::clone(&vault), Arc::clone(&notifier), Arc::clone(&callers), Arc::clone(&bus)));
-    let internal_keys = InternalKeys {
-        openai: settings.internal_openai_key.clone(),
-        anthropic: settings.internal_anthropic_key.clone(),
-    };
+    let internal_keys = settings.providers.internal_keys.clone();
     let breaker = CircuitBreaker::new(settings.circuit_failure_threshold, settings.circuit_cool_down);
     let limits = CallLimits::new(
         settings.rate_limits,

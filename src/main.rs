@@ -96,8 +96,7 @@ async fn import_keys(verify: bool) -> ExitCode {
     }
     let directus = DirectusClient::new(settings.directus_url, settings.directus_token, settings.directus_timeout);
     let providers = ProviderClient::new(
-        settings.openai_base_url,
-        settings.anthropic_base_url,
+        settings.providers.base_urls,
         settings.provider_timeout,
         settings.provider_generation_timeout,
     );

@@ -423,7 +423,7 @@ pub(crate) mod tests {
         UsageRecord {
             request_id: Uuid::new_v4(),
             user: UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap(),
-            provider: Provider::OpenAi,
+            provider: Provider::openai(),
             model: "gpt-4o-2024-08-06".into(),
             source: Source::Internal,
             service_type: "openai.chat_completions".into(),

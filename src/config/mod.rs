@@ -6,6 +6,7 @@ mod jobs;
 mod keys;
 mod limits;
 mod payments;
+mod providers;
 mod reader;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ pub use self::delivery::Delivery;
 pub use self::jobs::{JobsConfig, UserCaps};
 pub use self::limits::TierLimits;
 pub use self::payments::{PaymentsConfig, StripeConfig};
+pub use self::providers::ProviderSettings;
 pub use self::reader::{ConfigError, ConfigProblem};
 use self::reader::{Reader, http_url};
 use crate::clock::Clock;
@@ -71,18 +73,13 @@ pub struct Settings {
     /// `None` when `ENCRYPTION_KEY` is unset: BYOK reports "not configured", internal credits keep working.
     /// `ENCRYPTION_KEYS_PREVIOUS` adds keys that still decrypt, for rotation.
     pub keyring: Option<Arc<Keyring>>,
-    /// OpenAI API base, SDK convention: includes `/v1`.
-    pub openai_base_url: Url,
-    /// Anthropic API base, SDK convention: without `/v1`.
-    pub anthropic_base_url: Url,
+    /// Every declared provider's API root and platform key.
+    pub providers: ProviderSettings,
     pub provider_timeout: Duration,
     /// How long a non-streaming gateway call may take to answer (its headers come when generation is done).
     pub provider_generation_timeout: Duration,
     /// How often keys stored `unverified` (provider unreachable when saved) are checked again.
     pub key_reverify_interval: Duration,
-    /// The platform's own provider keys, for calls paid with credits.
-    pub internal_openai_key: Option<SecretString>,
-    pub internal_anthropic_key: Option<SecretString>,
     /// Holds the store (`byok-bridge.db`): usage records waiting for Directus. Must survive restarts (a volume
     /// in containers), and belongs to one process.
     pub data_dir: PathBuf,
@@ -185,7 +182,6 @@ fn embed_origins(raw: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// The shipped price table, or the operator's `PRICE_TABLE_FILE`.
 /// `a@example.com, b@example.com`: addresses as Directus keeps them (lowercase), each once.
 fn alert_emails(raw: &str) -> Result<Vec<String>, String> {
     let mut emails: Vec<String> = Vec::new();
@@ -202,21 +198,6 @@ fn alert_emails(raw: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(emails)
-}
-
-fn price_table<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Arc<PriceTable> {
-    let Some(path) = r.get("PRICE_TABLE_FILE") else { return Arc::new(PriceTable::builtin()) };
-    let fix = "Point it at a JSON price table like pricing/prices.json";
-    let parsed = std::fs::read_to_string(path.trim())
-        .map_err(|e| format!("cannot be read: {e}"))
-        .and_then(|text| PriceTable::from_json(&text).map_err(|e| e.to_string()));
-    match parsed {
-        Ok(table) => Arc::new(table),
-        Err(problem) => {
-            r.problem("PRICE_TABLE_FILE", problem, fix);
-            Arc::new(PriceTable::builtin())
-        }
-    }
 }
 
 impl Settings {
@@ -316,16 +297,12 @@ impl Settings {
         let session_check_ttl = r.seconds("SESSION_CHECK_TTL_SECS", 30, 1..=3_600);
         let directus_timeout = r.seconds("DIRECTUS_TIMEOUT_SECS", 5, 1..=120);
         let keyring = keys::keyring(&mut r);
-        let openai_base_url = r.url("OPENAI_BASE_URL", "https://api.openai.com/v1");
-        let anthropic_base_url = r.url("ANTHROPIC_BASE_URL", "https://api.anthropic.com");
+        let (providers, price_table) = providers::read(&mut r);
         let provider_timeout = r.seconds("PROVIDER_TIMEOUT_SECS", 30, 1..=600);
         let provider_generation_timeout = r.seconds("PROVIDER_GENERATION_TIMEOUT_SECS", 600, 1..=3_600);
         let key_reverify_interval = r.seconds("KEY_REVERIFY_INTERVAL_SECS", 600, 1..=86_400);
-        let internal_openai_key = r.get("INTERNAL_OPENAI_API_KEY").map(|k| SecretString::from(k.trim()));
-        let internal_anthropic_key = r.get("INTERNAL_ANTHROPIC_API_KEY").map(|k| SecretString::from(k.trim()));
         let data_dir = PathBuf::from(r.get("DATA_DIR").unwrap_or_else(|| "data".into()));
         let legacy_spool_dir = r.get("SPOOL_DIR").map_or_else(|| data_dir.join("spool"), PathBuf::from);
-        let price_table = price_table(&mut r);
         let delivery = delivery::read(&mut r);
         let rate_limits = limits::read(&mut r);
         let max_upstream_calls_per_user = r.whole(
@@ -421,14 +398,10 @@ impl Settings {
             kept_per_user: r.whole("CALLS_KEPT_PER_USER", 500, 10..=10_000, "calls", "Use e.g. 500") as usize,
             max_age: Duration::from_secs(86_400 * r.whole("CALLS_RETENTION_DAYS", 30, 1..=400, "days", "Use e.g. 30")),
         };
-        let platform_provider_budgets: Vec<(Provider, Cents)> = Provider::ALL
-            .into_iter()
+        let platform_provider_budgets: Vec<(Provider, Cents)> = Provider::all()
             .filter_map(|provider| {
-                let var = match provider {
-                    Provider::OpenAi => "PLATFORM_DAILY_BUDGET_CENTS_OPENAI",
-                    Provider::Anthropic => "PLATFORM_DAILY_BUDGET_CENTS_ANTHROPIC",
-                };
-                Some((provider, r.cents(var, "Use whole cents, e.g. 20000 for $200 a day on this provider's key")?))
+                let fix = "Use whole cents, e.g. 20000 for $200 a day on this provider's key";
+                Some((provider, r.cents(provider.daily_budget_var(), fix)?))
             })
             .collect();
         let platform_budget_alert_emails = r.parsed(
@@ -462,73 +435,72 @@ impl Settings {
             TrustedProxies::parse,
         );
 
-        match (directus_url, directus_token, directus_secret, webhook_secret) {
-            (Some(directus_url), Some(directus_token), Some(directus_secret), Some(webhook_secret))
-                if r.problems.is_empty() =>
-            {
-                Ok(Settings {
-                    bind_addr,
-                    metrics_addr,
-                    directus_url,
-                    directus_token,
-                    operator_token,
-                    flows_token,
-                    redis_url,
-                    directus_secret,
-                    webhook_secret,
-                    flag_cache_ttl,
-                    flag_poll_interval,
-                    user_cache_ttl,
-                    stale_caller_max_age,
-                    session_check_ttl,
-                    directus_timeout,
-                    keyring,
-                    openai_base_url,
-                    anthropic_base_url,
-                    provider_timeout,
-                    provider_generation_timeout,
-                    key_reverify_interval,
-                    internal_openai_key,
-                    internal_anthropic_key,
-                    data_dir,
-                    legacy_spool_dir,
-                    delivery,
-                    price_table,
-                    rate_limits,
-                    key_checks_per_minute,
-                    usage_reads_per_minute,
-                    job_submits_per_minute,
-                    budget_changes_per_minute,
-                    upstream_deadline,
-                    max_upstream_calls,
-                    max_upstream_calls_per_user,
-                    upstream_slot_wait,
-                    circuit_failure_threshold,
-                    circuit_cool_down,
-                    max_llm_body_bytes,
-                    max_job_body_bytes,
-                    body_read_grace,
-                    body_min_bytes_per_sec,
-                    max_body_bytes_in_flight,
-                    max_requests_in_flight_per_user,
-                    client_write_timeout,
-                    log_format,
-                    public_url,
-                    account_embed_origins,
-                    sign_in,
-                    trusted_proxies,
-                    jobs,
-                    payments,
-                    platform_daily_budget,
-                    platform_provider_budgets,
-                    platform_budget_alert_emails,
-                    budgets,
-                    budget_alerts,
-                    low_balance_alert,
-                    call_retention,
-                    clock: Clock::system(),
-                })
-            }
+        match (directus_url, directus_token, directus_secret, webhook_secret, price_table) {
+            (
+                Some(directus_url),
+                Some(directus_token),
+                Some(directus_secret),
+                Some(webhook_secret),
+                Some(price_table),
+            ) if r.problems.is_empty() => Ok(Settings {
+                bind_addr,
+                metrics_addr,
+                directus_url,
+                directus_token,
+                operator_token,
+                flows_token,
+                redis_url,
+                directus_secret,
+                webhook_secret,
+                flag_cache_ttl,
+                flag_poll_interval,
+                user_cache_ttl,
+                stale_caller_max_age,
+                session_check_ttl,
+                directus_timeout,
+                keyring,
+                providers,
+                provider_timeout,
+                provider_generation_timeout,
+                key_reverify_interval,
+                data_dir,
+                legacy_spool_dir,
+                delivery,
+                price_table,
+                rate_limits,
+                key_checks_per_minute,
+                usage_reads_per_minute,
+                job_submits_per_minute,
+                budget_changes_per_minute,
+                upstream_deadline,
+                max_upstream_calls,
+                max_upstream_calls_per_user,
+                upstream_slot_wait,
+                circuit_failure_threshold,
+                circuit_cool_down,
+                max_llm_body_bytes,
+                max_job_body_bytes,
+                body_read_grace,
+                body_min_bytes_per_sec,
+                max_body_bytes_in_flight,
+                max_requests_in_flight_per_user,
+                client_write_timeout,
+                log_format,
+                public_url,
+                account_embed_origins,
+                sign_in,
+                trusted_proxies,
+                jobs,
+                payments,
+                platform_daily_budget,
+                platform_provider_budgets,
+                platform_budget_alert_emails,
+                budgets,
+                budget_alerts,
+                low_balance_alert,
+                call_retention,
+                clock: Clock::system(),
+            }),
             _ => Err(ConfigError(r.problems)),
         }
     }
@@ -562,7 +534,10 @@ mod tests {
         assert_eq!(s.bind_addr.to_string(), "127.0.0.1:8787");
         assert_eq!(s.flag_cache_ttl, Duration::from_secs(300));
         assert!(s.keyring.is_none());
-        assert_eq!(s.openai_base_url.as_str(), "https://api.openai.com/v1");
+        assert_eq!(s.providers.base_urls.get(Provider::openai()).as_str(), "https://api.openai.com/v1");
+        let mistral = "mistral".parse().unwrap();
+        assert_eq!(s.providers.base_urls.get(mistral).as_str(), "https://api.mistral.ai/v1");
+        assert!(s.providers.internal_keys.get(mistral).is_none());
         assert_eq!((s.jobs.workers, s.jobs.per_user_cap), (32, 4));
         assert_eq!(s.jobs.retry.give_up_after, Duration::from_secs(24 * 3600));
         assert!(s.jobs.callback_secret.is_none() && !s.jobs.allow_internal_callbacks);

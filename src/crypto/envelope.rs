@@ -23,9 +23,11 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Mirrors the hook's `ENCRYPTED_KEY_ENVELOPE_RE` payload bounds.
 const MAX_PAYLOAD_CHARS: usize = 1500;
-/// No payload begins like a provider key, so the hook can refuse `byok:v1:<any id>:sk-...`: a plaintext key
-/// behind a made-up header. The payload begins with the nonce, so such nonces are never used.
-const KEY_LIKE_START: &str = "sk-";
+/// No payload begins like a shipped provider's key (OpenAI's, Anthropic's, DeepSeek's and OpenRouter's `sk-`,
+/// Gemini's `AIza`, Groq's `gsk_`, xAI's `xai-`), so the hook can refuse `byok:v1:<any id>:sk-...`: a plaintext
+/// key behind a made-up header. The payload begins with the nonce, so such nonces are never used. Part of
+/// the envelope's definition, mirrored by the hook's `PROVIDER_KEY_PREFIXES`: fixed, whatever is declared.
+const KEY_LIKE_STARTS: [&str; 4] = ["sk-", "AIza", "gsk_", "xai-"];
 
 /// Whose key a ciphertext holds; becomes the associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +147,8 @@ fn cipher(key: &[u8; 32]) -> Aes256Gcm {
 
 /// AES-256-GCM encryption: ciphertext followed by the 16-byte tag. The one primitive the vault uses;
 /// known-answer tests run through it.
-/// A random nonce whose encoding does not start with [`KEY_LIKE_START`]: one in 262,144 is drawn again.
+/// A random nonce whose encoding does not start with one of [`KEY_LIKE_STARTS`]: about one in 250,000 is
+/// drawn again.
 fn fresh_nonce() -> [u8; NONCE_LEN] {
     loop {
         let nonce: [u8; NONCE_LEN] = Aes256Gcm::generate_nonce(&mut OsRng).into();
@@ -156,7 +159,8 @@ fn fresh_nonce() -> [u8; NONCE_LEN] {
 }
 
 fn starts_like_a_key(nonce: &[u8; NONCE_LEN]) -> bool {
-    URL_SAFE_NO_PAD.encode(&nonce[..3]).starts_with(KEY_LIKE_START)
+    let start = URL_SAFE_NO_PAD.encode(&nonce[..3]);
+    KEY_LIKE_STARTS.iter().any(|key_like| start.starts_with(key_like))
 }
 
 pub fn aes256gcm_seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
@@ -202,12 +206,17 @@ mod tests {
 
     #[test]
     fn no_payload_starts_like_a_provider_key() {
+        for start in ["sk-A", "AIza", "gsk_", "xai-"] {
+            let key_like: [u8; 3] = URL_SAFE_NO_PAD.decode(start).unwrap().try_into().unwrap();
+            let mut nonce = [7u8; NONCE_LEN];
+            nonce[..3].copy_from_slice(&key_like);
+            assert!(starts_like_a_key(&nonce), "{start}");
+        }
         let key_like: [u8; 3] = URL_SAFE_NO_PAD.decode("sk-A").unwrap().try_into().unwrap();
         let mut nonce = [7u8; NONCE_LEN];
         nonce[..3].copy_from_slice(&key_like);
-        assert!(starts_like_a_key(&nonce));
         let payload = |envelope: &str| envelope.rsplit(':').next().unwrap().to_owned();
-        let sealed = ring(KEY_A, &[]).seal_with_nonce(owner(ALICE, Provider::OpenAi), b"sk-test", nonce);
+        let sealed = ring(KEY_A, &[]).seal_with_nonce(owner(ALICE, Provider::openai()), b"sk-test", nonce);
         assert!(payload(&sealed).starts_with("sk-"), "the case exists");
         assert!((0..10_000).all(|_| !starts_like_a_key(&fresh_nonce())));
     }
@@ -215,7 +224,7 @@ mod tests {
     #[test]
     fn round_trips_and_uses_a_fresh_nonce_each_time() {
         let ring = ring(KEY_A, &[]);
-        let alice = owner(ALICE, Provider::OpenAi);
+        let alice = owner(ALICE, Provider::openai());
         let first = ring.seal(alice, PLAINTEXT);
         let second = ring.seal(alice, PLAINTEXT);
         assert_ne!(first, second, "nonces must not repeat");
@@ -227,15 +236,15 @@ mod tests {
     #[test]
     fn a_ciphertext_moved_to_another_user_or_provider_does_not_open() {
         let ring = ring(KEY_A, &[]);
-        let sealed = ring.seal(owner(ALICE, Provider::OpenAi), PLAINTEXT);
-        assert_eq!(ring.open(owner(BOB, Provider::OpenAi), &sealed).unwrap_err(), EnvelopeError::Unauthentic);
-        assert_eq!(ring.open(owner(ALICE, Provider::Anthropic), &sealed).unwrap_err(), EnvelopeError::Unauthentic);
+        let sealed = ring.seal(owner(ALICE, Provider::openai()), PLAINTEXT);
+        assert_eq!(ring.open(owner(BOB, Provider::openai()), &sealed).unwrap_err(), EnvelopeError::Unauthentic);
+        assert_eq!(ring.open(owner(ALICE, Provider::anthropic()), &sealed).unwrap_err(), EnvelopeError::Unauthentic);
     }
 
     #[test]
     fn every_single_bit_flip_and_every_truncation_is_refused() {
         let ring = ring(KEY_A, &[]);
-        let alice = owner(ALICE, Provider::OpenAi);
+        let alice = owner(ALICE, Provider::openai());
         let sealed = ring.seal(alice, PLAINTEXT);
         let (header, encoded) = sealed.split_at(PREFIX.len() + 9);
         let payload = URL_SAFE_NO_PAD.decode(encoded).unwrap();
@@ -259,7 +268,7 @@ mod tests {
     #[test]
     fn malformed_and_foreign_envelopes_are_refused_without_panicking() {
         let ring = ring(KEY_A, &[]);
-        let alice = owner(ALICE, Provider::OpenAi);
+        let alice = owner(ALICE, Provider::openai());
         let sealed = ring.seal(alice, PLAINTEXT);
         let other_kid = sealed.replacen(ring.current_key_id(), "00000000", 1);
         let upper_kid = sealed.replacen(ring.current_key_id(), &ring.current_key_id().to_uppercase(), 1);
@@ -285,7 +294,7 @@ mod tests {
     #[test]
     fn previous_keys_still_open_and_rewrap_moves_to_the_current_key() {
         let old = ring(KEY_A, &[]);
-        let alice = owner(ALICE, Provider::Anthropic);
+        let alice = owner(ALICE, Provider::anthropic());
         let sealed_old = old.seal(alice, PLAINTEXT);
         let rotated = ring(KEY_B, &[KEY_A]);
         assert!(rotated.needs_rewrap(&sealed_old));

@@ -137,7 +137,7 @@ mod tests {
         UsageRecord {
             request_id: Uuid::now_v7(),
             user: UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap(),
-            provider: Provider::OpenAi,
+            provider: Provider::openai(),
             model: model.to_owned(),
             source: Source::Internal,
             service_type: "openai.chat_completions".into(),
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_refused_call_costs_nothing_and_a_client_cannot_make_an_entry_large() {
-        let refused = CallEntry::uncharged(Provider::Anthropic, &"m".repeat(10_000), None, 402, Code::BudgetExceeded);
+        let refused = CallEntry::uncharged(Provider::anthropic(), &"m".repeat(10_000), None, 402, Code::BudgetExceeded);
         assert_eq!(refused.model.len(), MODEL_CHARS);
         assert_eq!((refused.cost_cents, refused.source, refused.status), (Cents::ZERO, None, 402));
         assert_eq!(refused.error_code.as_deref(), Some("budget_exceeded"));

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::money::Cents;
-use super::provider::Provider;
+use super::provider::{ApiStyle, Provider};
 use super::usage::TokenUsage;
 
 const BUILTIN: &str = include_str!("../../pricing/prices.json");
@@ -174,7 +174,12 @@ pub enum PriceTableError {
     EmptyVersion,
     #[error("price table `currency` is {0:?}; only \"USD\" is supported")]
     Currency(String),
-    #[error("price table has no `unknown_model.{0}`; every provider needs a conservative price for unlisted models")]
+    #[error("price table names provider {0:?}, which is not declared (see PROVIDERS_FILE)")]
+    UndeclaredProvider(String),
+    #[error(
+        "no `unknown_model` price for provider {0}; every provider needs a conservative price for unlisted models \
+         (in PRICE_TABLE_FILE, or as `unknown_model` in its PROVIDERS_FILE entry)"
+    )]
     MissingUnknownModel(Provider),
     #[error("price table `unknown_model.{0}` needs `max_output_tokens`: the output budget of requests that name none")]
     MissingMaxOutput(Provider),
@@ -192,9 +197,28 @@ struct RawTable {
     /// Free text for people editing the file; accepted and ignored.
     #[serde(default, rename = "description")]
     _description: IgnoredAny,
-    models: HashMap<Provider, HashMap<String, RawPrice>>,
-    unknown_model: HashMap<Provider, RawPrice>,
+    models: HashMap<String, HashMap<String, RawPrice>>,
+    unknown_model: HashMap<String, RawPrice>,
 }
+
+impl RawTable {
+    fn parse(json: &str) -> Result<RawTable, PriceTableError> {
+        let raw: RawTable = serde_json::from_str(json).map_err(|e| PriceTableError::Malformed(e.to_string()))?;
+        if raw.version.trim().is_empty() {
+            return Err(PriceTableError::EmptyVersion);
+        }
+        if raw.currency != "USD" {
+            return Err(PriceTableError::Currency(raw.currency));
+        }
+        if let Some(id) = raw.models.keys().chain(raw.unknown_model.keys()).find(|id| id.parse::<Provider>().is_err()) {
+            return Err(PriceTableError::UndeclaredProvider(id.clone()));
+        }
+        Ok(raw)
+    }
+}
+
+/// Prices a provider's declaration carries (`models`, `unknown_model` in its `PROVIDERS_FILE` entry).
+pub type DeclaredPrices = [(String, Option<serde_json::Value>, Option<serde_json::Value>)];
 
 #[derive(Debug, Clone, PartialEq)]
 struct ProviderPrices {
@@ -206,6 +230,41 @@ struct ProviderPrices {
 }
 
 impl ProviderPrices {
+    fn resolve(
+        provider: Provider,
+        raw_unknown: &RawPrice,
+        raw_models: HashMap<String, RawPrice>,
+    ) -> Result<ProviderPrices, PriceTableError> {
+        if raw_unknown.max_output_tokens.is_none() {
+            return Err(PriceTableError::MissingMaxOutput(provider));
+        }
+        let unknown = resolve(raw_unknown, None, &format!("unknown_model.{provider}"))?;
+        let mut models = HashMap::new();
+        let mut specialised = Vec::new();
+        for (name, price) in raw_models {
+            if name.is_empty() {
+                return Err(PriceTableError::EmptyModelName(provider));
+            }
+            if price.audio_input_per_mtok_usd.is_some()
+                || price.audio_output_per_mtok_usd.is_some()
+                || price.per_request_usd.is_some()
+                || price.output_per_mtok_usd == 0.0
+            {
+                specialised.push(name.clone());
+            }
+            let price = resolve(&price, Some(&unknown), &format!("models.{provider}.{name}"))?;
+            models.insert(name, price);
+        }
+        let mut general: Vec<String> = models
+            .keys()
+            .filter(|name| !specialised.contains(name))
+            .filter(|name| !models.keys().any(|other| name.strip_prefix(other.as_str()).is_some_and(is_version_suffix)))
+            .cloned()
+            .collect();
+        general.sort();
+        Ok(ProviderPrices { models, unknown, general })
+    }
+
     fn price(&self, model: &str) -> (ModelPrice, PriceMatch) {
         if let Some(price) = self.models.get(model) {
             return (*price, PriceMatch::Exact);
@@ -233,61 +292,69 @@ fn is_version_suffix(rest: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriceTable {
     version: String,
-    openai: ProviderPrices,
-    anthropic: ProviderPrices,
+    /// Indexed by [`Provider::index`].
+    providers: Vec<ProviderPrices>,
+    /// Which providers list a model, in catalog order: how a request's model finds its provider.
+    listed_by: HashMap<String, Vec<Provider>>,
 }
 
 impl PriceTable {
     /// The table shipped in `pricing/prices.json`.
     pub fn builtin() -> PriceTable {
-        PriceTable::from_json(BUILTIN).expect("the embedded price table is valid: a unit test parses it")
+        PriceTable::load(None, &[]).expect("the embedded price table is valid: a unit test parses it")
     }
 
-    /// Parses and validates a table, e.g. the operator's `PRICE_TABLE_FILE`.
+    /// Parses and validates an operator's table over the shipped one (see [`PriceTable::load`]).
     pub fn from_json(json: &str) -> Result<PriceTable, PriceTableError> {
-        let mut raw: RawTable = serde_json::from_str(json).map_err(|e| PriceTableError::Malformed(e.to_string()))?;
-        if raw.version.trim().is_empty() {
-            return Err(PriceTableError::EmptyVersion);
-        }
-        if raw.currency != "USD" {
-            return Err(PriceTableError::Currency(raw.currency));
-        }
-        let mut take = |provider: Provider| -> Result<ProviderPrices, PriceTableError> {
-            let raw_unknown =
-                raw.unknown_model.remove(&provider).ok_or(PriceTableError::MissingUnknownModel(provider))?;
-            if raw_unknown.max_output_tokens.is_none() {
-                return Err(PriceTableError::MissingMaxOutput(provider));
+        PriceTable::load(Some(json), &[])
+    }
+
+    /// The shipped table, with the operator's `PRICE_TABLE_FILE` replacing the providers it names (its
+    /// `version` then stands for the whole), and the prices declared with providers laid over both: their
+    /// `models` added or replaced one by one, their `unknown_model` replaced.
+    pub fn load(operator: Option<&str>, declared: &DeclaredPrices) -> Result<PriceTable, PriceTableError> {
+        let mut raw = RawTable::parse(BUILTIN)?;
+        if let Some(json) = operator {
+            let mut operator = RawTable::parse(json)?;
+            raw.version = operator.version;
+            let mut named: Vec<String> = operator.models.keys().chain(operator.unknown_model.keys()).cloned().collect();
+            named.sort();
+            named.dedup();
+            for id in named {
+                raw.models.insert(id.clone(), operator.models.remove(&id).unwrap_or_default());
+                match operator.unknown_model.remove(&id) {
+                    Some(unknown) => raw.unknown_model.insert(id, unknown),
+                    None => raw.unknown_model.remove(&id),
+                };
             }
-            let unknown = resolve(&raw_unknown, None, &format!("unknown_model.{provider}"))?;
-            let mut models = HashMap::new();
-            let mut specialised = Vec::new();
-            for (name, price) in raw.models.remove(&provider).unwrap_or_default() {
-                if name.is_empty() {
-                    return Err(PriceTableError::EmptyModelName(provider));
-                }
-                if price.audio_input_per_mtok_usd.is_some()
-                    || price.audio_output_per_mtok_usd.is_some()
-                    || price.per_request_usd.is_some()
-                {
-                    specialised.push(name.clone());
-                }
-                let price = resolve(&price, Some(&unknown), &format!("models.{provider}.{name}"))?;
-                models.insert(name, price);
+        }
+        for (id, models, unknown) in declared {
+            let at = |field: &str| format!("PROVIDERS_FILE providers.{id}.{field}");
+            let malformed =
+                |field: &str, error: serde_json::Error| PriceTableError::Malformed(format!("{}: {error}", at(field)));
+            if let Some(models) = models {
+                let models: HashMap<String, RawPrice> =
+                    serde_json::from_value(models.clone()).map_err(|error| malformed("models", error))?;
+                raw.models.entry(id.clone()).or_default().extend(models);
             }
-            let mut general: Vec<String> = models
-                .keys()
-                .filter(|name| !specialised.contains(name))
-                .filter(|name| {
-                    !models.keys().any(|other| name.strip_prefix(other.as_str()).is_some_and(is_version_suffix))
-                })
-                .cloned()
-                .collect();
-            general.sort();
-            Ok(ProviderPrices { models, unknown, general })
-        };
-        let openai = take(Provider::OpenAi)?;
-        let anthropic = take(Provider::Anthropic)?;
-        Ok(PriceTable { version: raw.version, openai, anthropic })
+            if let Some(unknown) = unknown {
+                let unknown =
+                    serde_json::from_value(unknown.clone()).map_err(|error| malformed("unknown_model", error))?;
+                raw.unknown_model.insert(id.clone(), unknown);
+            }
+        }
+        let mut providers = Vec::with_capacity(Provider::count());
+        let mut listed_by: HashMap<String, Vec<Provider>> = HashMap::new();
+        for provider in Provider::all() {
+            let id = provider.as_str();
+            let raw_unknown = raw.unknown_model.remove(id).ok_or(PriceTableError::MissingUnknownModel(provider))?;
+            let prices = ProviderPrices::resolve(provider, &raw_unknown, raw.models.remove(id).unwrap_or_default())?;
+            for name in prices.models.keys() {
+                listed_by.entry(name.clone()).or_default().push(provider);
+            }
+            providers.push(prices);
+        }
+        Ok(PriceTable { version: raw.version, providers, listed_by })
     }
 
     /// The table's `version`, recorded with usage so a cost can be traced to the prices that produced it.
@@ -317,10 +384,19 @@ impl PriceTable {
     }
 
     fn for_provider(&self, provider: Provider) -> &ProviderPrices {
-        match provider {
-            Provider::OpenAi => &self.openai,
-            Provider::Anthropic => &self.anthropic,
-        }
+        &self.providers[provider.index()]
+    }
+
+    /// The first declared provider of `style` that lists `model`, or a dated or versioned variant of it
+    /// (`mistral-large-2411` is Mistral's `mistral-large`); `None` when none does.
+    pub fn provider_of(&self, style: ApiStyle, model: &str) -> Option<Provider> {
+        let listing = |name: &str| self.listed_by.get(name)?.iter().copied().find(|p| p.style() == style);
+        listing(model).or_else(|| {
+            model
+                .char_indices()
+                .filter(|&(at, c)| c == '-' && is_version_suffix(&model[at..]))
+                .find_map(|(at, _)| listing(&model[..at]))
+        })
     }
 }
 
@@ -387,7 +463,14 @@ pub fn estimate_prompt_tokens(text_bytes: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Provider::*;
+
+    fn openai() -> Provider {
+        Provider::openai()
+    }
+
+    fn anthropic() -> Provider {
+        Provider::anthropic()
+    }
 
     fn builtin_price(provider: Provider, model: &str) -> (ModelPrice, PriceMatch) {
         PriceTable::builtin().price(provider, model)
@@ -415,12 +498,12 @@ mod tests {
     #[test]
     fn the_builtin_table_parses_and_prices_every_model_the_spec_names() {
         let table = PriceTable::builtin();
-        assert_eq!(table.version(), "2026-11-28");
+        assert_eq!(table.version(), "2026-12-05");
         let required = [
-            (OpenAi, &["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini"][..]),
-            (OpenAi, &["gpt-3.5-turbo"]),
-            (Anthropic, &["claude-3-5-haiku", "claude-3-5-sonnet", "claude-3-7-sonnet", "claude-sonnet-4"]),
-            (Anthropic, &["claude-opus-4", "claude-3-opus", "claude-3-haiku"]),
+            (openai(), &["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini"][..]),
+            (openai(), &["gpt-3.5-turbo"]),
+            (anthropic(), &["claude-3-5-haiku", "claude-3-5-sonnet", "claude-3-7-sonnet", "claude-sonnet-4"]),
+            (anthropic(), &["claude-opus-4", "claude-3-opus", "claude-3-haiku"]),
         ];
         for (provider, models) in required {
             for model in models {
@@ -434,7 +517,7 @@ mod tests {
     #[test]
     fn unknown_models_cost_at_least_as_much_as_every_common_listed_model() {
         let table = PriceTable::builtin();
-        for provider in Provider::ALL {
+        for provider in Provider::all() {
             let prices = table.for_provider(provider);
             // The two pro models are priced above the fallback; they are listed so they are never a fallback.
             for (name, p) in prices.models.iter().filter(|(name, _)| !["o1-pro", "gpt-5-pro"].contains(&name.as_str()))
@@ -449,26 +532,26 @@ mod tests {
 
     #[test]
     fn exact_names_match_exactly() {
-        assert_eq!(usd(builtin_price(OpenAi, "gpt-4o").0), (2.5, 10.0));
-        assert_eq!(builtin_price(OpenAi, "gpt-4o").1, PriceMatch::Exact);
-        assert_eq!(usd(builtin_price(Anthropic, "claude-opus-4").0), (15.0, 75.0));
-        assert_eq!(usd(builtin_price(OpenAi, "gpt-4o-2024-05-13").0), (5.0, 15.0));
+        assert_eq!(usd(builtin_price(openai(), "gpt-4o").0), (2.5, 10.0));
+        assert_eq!(builtin_price(openai(), "gpt-4o").1, PriceMatch::Exact);
+        assert_eq!(usd(builtin_price(anthropic(), "claude-opus-4").0), (15.0, 75.0));
+        assert_eq!(usd(builtin_price(openai(), "gpt-4o-2024-05-13").0), (5.0, 15.0));
     }
 
     #[test]
     fn dated_and_versioned_variants_match_the_longest_listed_name() {
         let cases = [
-            (OpenAi, "gpt-4o-2024-08-06", (2.5, 10.0)),
-            (OpenAi, "gpt-4o-mini-2024-07-18", (0.15, 0.6)),
-            (OpenAi, "gpt-4.1-mini-2025-04-14", (0.4, 1.6)),
-            (OpenAi, "gpt-4.1-2025-04-14", (2.0, 8.0)),
-            (OpenAi, "o3-pro-2025-06-10", (20.0, 80.0)),
-            (OpenAi, "o4-mini-2025-04-16", (1.1, 4.4)),
-            (OpenAi, "gpt-4o-audio-preview-2024-12-17", (2.5, 10.0)),
-            (Anthropic, "claude-3-5-sonnet-20241022", (3.0, 15.0)),
-            (Anthropic, "claude-3-5-haiku-latest", (0.8, 4.0)),
-            (Anthropic, "claude-opus-4-1-20250805", (15.0, 75.0)),
-            (Anthropic, "claude-opus-4-5-20251101", (5.0, 25.0)),
+            (openai(), "gpt-4o-2024-08-06", (2.5, 10.0)),
+            (openai(), "gpt-4o-mini-2024-07-18", (0.15, 0.6)),
+            (openai(), "gpt-4.1-mini-2025-04-14", (0.4, 1.6)),
+            (openai(), "gpt-4.1-2025-04-14", (2.0, 8.0)),
+            (openai(), "o3-pro-2025-06-10", (20.0, 80.0)),
+            (openai(), "o4-mini-2025-04-16", (1.1, 4.4)),
+            (openai(), "gpt-4o-audio-preview-2024-12-17", (2.5, 10.0)),
+            (anthropic(), "claude-3-5-sonnet-20241022", (3.0, 15.0)),
+            (anthropic(), "claude-3-5-haiku-latest", (0.8, 4.0)),
+            (anthropic(), "claude-opus-4-1-20250805", (15.0, 75.0)),
+            (anthropic(), "claude-opus-4-5-20251101", (5.0, 25.0)),
         ];
         for (provider, model, expected) in cases {
             let (price, matched) = builtin_price(provider, model);
@@ -479,39 +562,42 @@ mod tests {
     #[test]
     fn other_products_of_a_family_are_not_priced_as_the_cheaper_text_model() {
         for model in ["gpt-4o-transcribe", "gpt-4o-mini-tts", "gpt-4o-audio", "gpt-4o-mini-search", "gpt-5-codex"] {
-            let (price, matched) = builtin_price(OpenAi, model);
+            let (price, matched) = builtin_price(openai(), model);
             assert_eq!((usd(price), matched), ((30.0, 120.0), PriceMatch::Unknown), "{model}");
         }
-        let (audio, _) = builtin_price(OpenAi, "gpt-4o-audio-preview");
+        let (audio, _) = builtin_price(openai(), "gpt-4o-audio-preview");
         assert!(audio.audio_output > audio.output, "audio output is priced as audio");
-        let (search, _) = builtin_price(OpenAi, "gpt-4o-search-preview");
+        let (search, _) = builtin_price(openai(), "gpt-4o-search-preview");
         assert!(search.per_request > 0, "search models carry their per-call fee");
     }
 
     #[test]
     fn a_suffix_is_only_a_version_after_a_dash() {
         for model in ["gpt-4oo", "gpt-4o_mini", "o3x", "gpt-4o-", "gpt-4o--1", "gpt-5.1", "", "-"] {
-            assert_eq!(builtin_price(OpenAi, model).1, PriceMatch::Unknown, "{model:?}");
+            assert_eq!(builtin_price(openai(), model).1, PriceMatch::Unknown, "{model:?}");
         }
     }
 
     #[test]
     fn models_are_only_looked_up_under_their_own_provider() {
-        assert_eq!(builtin_price(Anthropic, "gpt-4o").1, PriceMatch::Unknown);
-        assert_eq!(usd(builtin_price(OpenAi, "claude-3-haiku").0), (30.0, 120.0));
+        assert_eq!(builtin_price(anthropic(), "gpt-4o").1, PriceMatch::Unknown);
+        assert_eq!(usd(builtin_price(openai(), "claude-3-haiku").0), (30.0, 120.0));
     }
 
     #[test]
     fn costs_are_exact_fractions_of_a_cent() {
         let table = PriceTable::builtin();
         // gpt-4o-mini, 11 prompt + 3 completion tokens: 11 * 15,000 + 3 * 60,000 billionths of a cent.
-        assert_eq!(table.cost(OpenAi, "gpt-4o-mini", &text(11, 3)), Cents::from_nanos(345_000));
+        assert_eq!(table.cost(openai(), "gpt-4o-mini", &text(11, 3)), Cents::from_nanos(345_000));
         // gpt-4o: 1000 * $2.50/M = 0.25 c, 500 * $10/M = 0.5 c.
-        assert_eq!(table.cost(OpenAi, "gpt-4o-2024-11-20", &text(1_000, 500)), Cents::parse("0.75").unwrap());
+        assert_eq!(table.cost(openai(), "gpt-4o-2024-11-20", &text(1_000, 500)), Cents::parse("0.75").unwrap());
         // claude-sonnet-4: 1000 * $3/M = 0.3 c, 500 * $15/M = 0.75 c.
-        assert_eq!(table.cost(Anthropic, "claude-sonnet-4-20250514", &text(1_000, 500)), Cents::parse("1.05").unwrap());
-        assert_eq!(table.cost(Anthropic, "claude-opus-4", &text(0, 1_000_000)), Cents::whole(7_500));
-        assert_eq!(table.cost(OpenAi, "gpt-4o", &TokenUsage::default()), Cents::ZERO);
+        assert_eq!(
+            table.cost(anthropic(), "claude-sonnet-4-20250514", &text(1_000, 500)),
+            Cents::parse("1.05").unwrap()
+        );
+        assert_eq!(table.cost(anthropic(), "claude-opus-4", &text(0, 1_000_000)), Cents::whole(7_500));
+        assert_eq!(table.cost(openai(), "gpt-4o", &TokenUsage::default()), Cents::ZERO);
     }
 
     #[test]
@@ -519,27 +605,27 @@ mod tests {
         let table = PriceTable::builtin();
         // OpenAI: 1,000 prompt tokens of which 800 cached at half price ($1.25/M): 200 * 250,000 + 800 * 125,000.
         let cached = TokenUsage { cached_prompt_tokens: 800, ..text(1_000, 0) };
-        assert_eq!(table.cost(OpenAi, "gpt-4o", &cached), Cents::from_nanos(50_000_000 + 100_000_000));
-        // Anthropic sonnet ($3/M): 100 plain, 1,000 cache reads at $0.30, 1,000 5-minute writes at 1.25x ($3.75),
+        assert_eq!(table.cost(openai(), "gpt-4o", &cached), Cents::from_nanos(50_000_000 + 100_000_000));
+        // anthropic() sonnet ($3/M): 100 plain, 1,000 cache reads at $0.30, 1,000 5-minute writes at 1.25x ($3.75),
         // 1,000 1-hour writes at 2x ($6).
-        let anthropic = TokenUsage {
+        let cache_usage = TokenUsage {
             cached_prompt_tokens: 1_000,
             cache_write_tokens: 1_000,
             cache_write_1h_tokens: 1_000,
             ..text(3_100, 0)
         };
         let expected = 100 * 300_000 + 1_000 * 30_000 + 1_000 * 375_000 + 1_000 * 600_000;
-        assert_eq!(table.cost(Anthropic, "claude-sonnet-4", &anthropic), Cents::from_nanos(expected));
+        assert_eq!(table.cost(anthropic(), "claude-sonnet-4", &cache_usage), Cents::from_nanos(expected));
         // Audio output of gpt-4o-audio-preview at $80/M, its text at $10/M.
         let audio = TokenUsage { audio_completion_tokens: 100, ..text(0, 150) };
         assert_eq!(
-            table.cost(OpenAi, "gpt-4o-audio-preview", &audio),
+            table.cost(openai(), "gpt-4o-audio-preview", &audio),
             Cents::from_nanos(100 * 8_000_000 + 50 * 1_000_000)
         );
-        // A search model's per-call fee, and Anthropic's $10 per thousand searches.
-        assert_eq!(table.cost(OpenAi, "gpt-4o-search-preview", &TokenUsage::default()), Cents::whole(5));
+        // A search model's per-call fee, and anthropic()'s $10 per thousand searches.
+        assert_eq!(table.cost(openai(), "gpt-4o-search-preview", &TokenUsage::default()), Cents::whole(5));
         let searches = TokenUsage { web_searches: 3, ..TokenUsage::default() };
-        assert_eq!(table.cost(Anthropic, "claude-sonnet-4", &searches), Cents::whole(3));
+        assert_eq!(table.cost(anthropic(), "claude-sonnet-4", &searches), Cents::whole(3));
     }
 
     #[test]
@@ -548,19 +634,19 @@ mod tests {
         let budget =
             CallBudget { prompt_tokens: 2_000, output_tokens: Some(4_000), completions: 1, ..CallBudget::default() };
         // gpt-4o-mini: 2000 * $0.15/M = 0.03 c, 4000 * $0.60/M = 0.24 c.
-        assert_eq!(table.estimate(OpenAi, "gpt-4o-mini", &budget), Cents::parse("0.27").unwrap());
+        assert_eq!(table.estimate(openai(), "gpt-4o-mini", &budget), Cents::parse("0.27").unwrap());
         // Unknown OpenAI model: 2000 * $30/M = 6 c, 4000 * $120/M = 48 c.
-        assert_eq!(table.estimate(OpenAi, "gpt-9-turbo", &budget), Cents::whole(54));
+        assert_eq!(table.estimate(openai(), "gpt-9-turbo", &budget), Cents::whole(54));
         // No output limit: the model's maximum (16,384 for gpt-4o-mini), per completion.
         let open = CallBudget { output_tokens: None, completions: 2, ..budget };
         assert_eq!(
-            table.estimate(OpenAi, "gpt-4o-mini", &open),
+            table.estimate(openai(), "gpt-4o-mini", &open),
             Cents::per_unit(2_000, 15_000) + Cents::per_unit(2 * 16_384, 60_000)
         );
-        // A prompt that may be written to Anthropic's 1-hour cache is priced at 2x input.
+        // A prompt that may be written to anthropic()'s 1-hour cache is priced at 2x input.
         let cached = CallBudget { cache_writes: true, ..budget };
         assert_eq!(
-            table.estimate(Anthropic, "claude-sonnet-4", &cached),
+            table.estimate(anthropic(), "claude-sonnet-4", &cached),
             Cents::per_unit(2_000, 600_000) + Cents::per_unit(4_000, 1_500_000)
         );
     }
@@ -579,13 +665,41 @@ mod tests {
     fn a_valid_override_replaces_the_builtin_table_and_fills_what_entries_leave_out() {
         let table = PriceTable::from_json(MINIMAL).unwrap();
         assert_eq!(table.version(), "test-1");
-        let (gpt4o, matched) = table.price(OpenAi, "gpt-4o-2024-08-06");
+        let (gpt4o, matched) = table.price(openai(), "gpt-4o-2024-08-06");
         assert_eq!((usd(gpt4o), matched), ((2.5, 10.0), PriceMatch::Prefix));
         assert_eq!(gpt4o.cached_input, gpt4o.input, "no cache discount unless the table states one");
         assert_eq!(gpt4o.max_output_tokens, 128_000, "the unknown model's output budget");
         assert_eq!((gpt4o.audio_input, gpt4o.audio_output), (3_000_000, 12_000_000), "the unknown model's rates");
         // A provider with no `models` entry prices everything at its fallback.
-        assert_eq!(usd(table.price(Anthropic, "claude-3-haiku").0), (15.0, 75.0));
+        assert_eq!(usd(table.price(anthropic(), "claude-3-haiku").0), (15.0, 75.0));
+    }
+
+    #[test]
+    fn providers_an_override_does_not_name_keep_the_shipped_prices() {
+        let table = PriceTable::from_json(MINIMAL).unwrap();
+        let mistral = "mistral".parse().unwrap();
+        assert_eq!(
+            table.price(mistral, "mistral-large-2411").0,
+            PriceTable::builtin().price(mistral, "mistral-large").0
+        );
+    }
+
+    #[test]
+    fn a_model_finds_the_provider_that_lists_it_or_a_dated_variant_of_it() {
+        let table = PriceTable::builtin();
+        let id = |model| table.provider_of(ApiStyle::OpenAi, model).map(Provider::as_str);
+        assert_eq!(id("gpt-4o-mini"), Some("openai"));
+        assert_eq!(id("mistral-large-latest"), Some("mistral"));
+        assert_eq!(id("mistral-small-2506"), Some("mistral"));
+        assert_eq!(id("openai/gpt-oss-120b"), Some("groq"), "a listed name with a slash is that provider's model");
+        assert_eq!(id("deepseek-chat"), Some("deepseek"));
+        assert_eq!(id("gemini-2.0-flash"), Some("gemini"));
+        assert_eq!(id("claude-3-5-haiku"), None, "anthropic is not of the openai style");
+        assert_eq!(id("gpt-9"), None);
+        assert_eq!(
+            table.provider_of(ApiStyle::Anthropic, "claude-3-5-haiku-20241022").map(Provider::as_str),
+            Some("anthropic")
+        );
     }
 
     #[test]
@@ -603,21 +717,25 @@ mod tests {
             edit("\"output_per_mtok_usd\": 75", "\"output_per_mtok_usd\": -0.01"),
             invalid("unknown_model.anthropic", "output_per_mtok_usd")
         );
-        assert_eq!(edit(r#""gpt-4o": "#, r#""": "#), PriceTableError::EmptyModelName(OpenAi));
+        assert_eq!(edit(r#""gpt-4o": "#, r#""": "#), PriceTableError::EmptyModelName(openai()));
         assert_eq!(
             edit(", \"max_output_tokens\": 128000}\n        }", "}\n        }"),
-            PriceTableError::MissingMaxOutput(Anthropic)
+            PriceTableError::MissingMaxOutput(anthropic())
         );
-        let no_anthropic_fallback = r#"{"version": "1", "currency": "USD", "models": {},
+        let no_anthropic_fallback = r#"{"version": "1", "currency": "USD", "models": {"anthropic": {}},
             "unknown_model": {"openai": {"input_per_mtok_usd": 30, "output_per_mtok_usd": 120, "max_output_tokens": 1}}}"#;
-        assert_eq!(PriceTable::from_json(no_anthropic_fallback), Err(PriceTableError::MissingUnknownModel(Anthropic)));
-        let message = PriceTableError::MissingUnknownModel(Anthropic).to_string();
-        assert!(message.contains("unknown_model.anthropic"), "{message}");
+        assert_eq!(
+            PriceTable::from_json(no_anthropic_fallback),
+            Err(PriceTableError::MissingUnknownModel(anthropic()))
+        );
+        let message = PriceTableError::MissingUnknownModel(anthropic()).to_string();
+        assert!(message.contains("unknown_model"), "{message}");
+        let undeclared = MINIMAL.replacen("\"anthropic\": {\"input", "\"acme\": {\"input", 1);
+        assert_eq!(PriceTable::from_json(&undeclared), Err(PriceTableError::UndeclaredProvider("acme".into())));
 
         for (from, to, mentions) in [
             ("\"currency\"", "\"curency\"", "curency"),
             ("output_per_mtok_usd\": 10", "output_per_mtok\": 10", "output_per_mtok"),
-            ("\"openai\": {\"gpt", "\"azure\": {\"gpt", "azure"),
             ("2.5,", "\"2.5\",", "invalid type"),
             ("2.5,", "1e999,", "out of range"),
         ] {

@@ -21,17 +21,15 @@ pub enum KeyFormatError {
     Length,
     #[error("The API key may only contain letters, digits, '-' and '_'.")]
     Characters,
-    #[error("This does not look like an {expected} API key: {expected} keys start with \"{prefix}\".", expected = .provider.display_name(), prefix = key_prefix(*.provider))]
+    #[error("This does not look like an {expected} API key: {hint}", expected = .provider.display_name(), hint = .provider.key_format_hint())]
     WrongPrefix { provider: Provider },
-    #[error("This looks like an Anthropic key, but it was submitted for OpenAI.")]
-    AnthropicKeyForOpenAi,
+    #[error("This looks like {} key, but it was submitted for {}.", article(.looks_like.display_name()), .submitted_for.display_name())]
+    OtherProvidersKey { looks_like: Provider, submitted_for: Provider },
 }
 
-fn key_prefix(provider: Provider) -> &'static str {
-    match provider {
-        Provider::OpenAi => "sk-",
-        Provider::Anthropic => "sk-ant-",
-    }
+fn article(name: &str) -> String {
+    let an = name.starts_with(['A', 'E', 'I', 'O', 'U']);
+    format!("{} {name}", if an { "an" } else { "a" })
 }
 
 impl ProviderKey {
@@ -47,10 +45,16 @@ impl ProviderKey {
         if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(KeyFormatError::Characters);
         }
-        if provider == Provider::OpenAi && key.starts_with("sk-ant-") {
-            return Err(KeyFormatError::AnthropicKeyForOpenAi);
+        // Another provider's more specific prefix (`sk-ant-` or `sk-or-` where `sk-` is expected) says whose
+        // key it is better than "wrong prefix" would.
+        let own = longest_prefix(provider, key).map_or(0, str::len);
+        if let Some(other) = Provider::all()
+            .filter(|other| *other != provider)
+            .find(|other| longest_prefix(*other, key).is_some_and(|prefix| prefix.len() > own))
+        {
+            return Err(KeyFormatError::OtherProvidersKey { looks_like: other, submitted_for: provider });
         }
-        if !key.starts_with(key_prefix(provider)) {
+        if !provider.key_prefixes().is_empty() && own == 0 {
             return Err(KeyFormatError::WrongPrefix { provider });
         }
         Ok(ProviderKey(SecretString::from(key)))
@@ -65,13 +69,18 @@ impl ProviderKey {
         self.0.expose_secret()
     }
 
-    /// A masked form users recognise their key by, e.g. `sk-proj-...AbCd`: the public prefix and the last 4.
-    pub fn hint(&self) -> String {
+    /// A masked form users recognise their key by, e.g. `sk-proj-...AbCd`: the provider's public prefix and
+    /// the last 4.
+    pub fn hint(&self, provider: Provider) -> String {
         let key = self.expose();
-        let prefix =
-            ["sk-ant-", "sk-proj-", "sk-svcacct-", "sk-"].into_iter().find(|p| key.starts_with(p)).unwrap_or("");
+        let prefix = longest_prefix(provider, key).unwrap_or("");
         format!("{prefix}...{}", &key[key.len() - 4..])
     }
+}
+
+/// The longest of `provider`'s declared key prefixes that `key` starts with.
+fn longest_prefix(provider: Provider, key: &str) -> Option<&'static str> {
+    provider.key_prefixes().iter().map(String::as_str).find(|prefix| key.starts_with(prefix))
 }
 
 impl fmt::Debug for ProviderKey {
@@ -89,12 +98,15 @@ mod tests {
 
     #[test]
     fn accepts_real_shaped_keys_and_masks_them() {
-        let key = ProviderKey::parse(Provider::OpenAi, &format!("  {OPENAI}\n")).unwrap();
+        let key = ProviderKey::parse(Provider::openai(), &format!("  {OPENAI}\n")).unwrap();
         assert_eq!(key.expose(), OPENAI);
-        assert_eq!(key.hint(), "sk-proj-...AbCd");
-        let key = ProviderKey::parse(Provider::Anthropic, ANTHROPIC).unwrap();
-        assert_eq!(key.hint(), "sk-ant-...WxYz");
-        assert!(key.hint().len() <= 24, "the hook refuses longer hints");
+        assert_eq!(key.hint(Provider::openai()), "sk-proj-...AbCd");
+        let key = ProviderKey::parse(Provider::anthropic(), ANTHROPIC).unwrap();
+        assert_eq!(key.hint(Provider::anthropic()), "sk-ant-...WxYz");
+        assert!(key.hint(Provider::anthropic()).len() <= 24, "the hook refuses longer hints");
+        let mistral: Provider = "mistral".parse().unwrap();
+        let key = ProviderKey::parse(mistral, "AbCdEfGhIjKlMnOpQrStUvWxYz012345").unwrap();
+        assert_eq!(key.hint(mistral), "...2345", "no declared prefix: only the last 4");
         assert_eq!(format!("{key:?}"), "ProviderKey([REDACTED])");
     }
 
@@ -102,16 +114,35 @@ mod tests {
     fn refuses_malformed_keys_without_quoting_them() {
         use KeyFormatError::*;
         let cases = [
-            (Provider::OpenAi, "   ", Empty),
-            (Provider::OpenAi, "sk-short", Length),
-            (Provider::OpenAi, &format!("sk-{}", "a".repeat(600)), Length),
-            (Provider::OpenAi, "sk-proj-abc def ghi jkl mno pqr", Characters),
-            (Provider::OpenAi, "sk-proj-abcdefghijklmnop\"}", Characters),
-            (Provider::OpenAi, "pk-proj-abcdefghijklmnopqrstuvwxyz", WrongPrefix { provider: Provider::OpenAi }),
-            (Provider::OpenAi, ANTHROPIC, AnthropicKeyForOpenAi),
-            (Provider::Anthropic, OPENAI, WrongPrefix { provider: Provider::Anthropic }),
+            (Provider::openai(), "   ", Empty),
+            (Provider::openai(), "sk-short", Length),
+            (Provider::openai(), &format!("sk-{}", "a".repeat(600)), Length),
+            (Provider::openai(), "sk-proj-abc def ghi jkl mno pqr", Characters),
+            (Provider::openai(), "sk-proj-abcdefghijklmnop\"}", Characters),
+            (Provider::openai(), "pk-proj-abcdefghijklmnopqrstuvwxyz", WrongPrefix { provider: Provider::openai() }),
+            (
+                Provider::openai(),
+                ANTHROPIC,
+                OtherProvidersKey { looks_like: Provider::anthropic(), submitted_for: Provider::openai() },
+            ),
+            (
+                Provider::openai(),
+                "sk-or-v1-abcdefghijklmnopqrstuvwxyz",
+                OtherProvidersKey { looks_like: "openrouter".parse().unwrap(), submitted_for: Provider::openai() },
+            ),
+            (
+                Provider::anthropic(),
+                OPENAI,
+                OtherProvidersKey { looks_like: Provider::openai(), submitted_for: Provider::anthropic() },
+            ),
+            (
+                Provider::anthropic(),
+                "ak-ant-abcdefghijklmnopqrstuvwxyz",
+                WrongPrefix { provider: Provider::anthropic() },
+            ),
         ];
         for (provider, raw, expected) in cases {
+            let expected: KeyFormatError = expected;
             let err = ProviderKey::parse(provider, raw).unwrap_err();
             assert_eq!(err, expected, "{raw:?}");
             assert!(!err.to_string().contains(raw.trim()) || raw.trim().is_empty());

@@ -89,27 +89,27 @@ mod tests {
 
     #[test]
     fn cheapest_first_across_the_usable_providers_with_the_same_estimate_as_a_call() {
-        let both = [(Provider::OpenAi, Source::Byok), (Provider::Anthropic, Source::Internal)];
+        let both = [(Provider::openai(), Source::Byok), (Provider::anthropic(), Source::Internal)];
         let list = cheapest(&table(), &both, 1_000, 500, 10);
         assert_eq!(names(&list), ["small", "haiku", "big"]);
         let budget =
             CallBudget { prompt_tokens: 1_000, output_tokens: Some(500), completions: 1, ..Default::default() };
-        assert_eq!(list[0].estimated_cost, table().estimate(Provider::OpenAi, "small", &budget));
-        assert_eq!((list[1].provider, list[1].source), (Provider::Anthropic, Source::Internal));
+        assert_eq!(list[0].estimated_cost, table().estimate(Provider::openai(), "small", &budget));
+        assert_eq!((list[1].provider, list[1].source), (Provider::anthropic(), Source::Internal));
         assert!(list.windows(2).all(|w| w[0].estimated_cost <= w[1].estimated_cost));
     }
 
     #[test]
     fn leaves_out_specialised_models_dated_copies_too_short_answers_and_unusable_providers() {
-        let list = cheapest(&table(), &[(Provider::OpenAi, Source::Internal)], 1_000, 500, 10);
+        let list = cheapest(&table(), &[(Provider::openai(), Source::Internal)], 1_000, 500, 10);
         assert_eq!(names(&list), ["small", "big"], "audio, search, a dated copy and a 100-token model are not advice");
-        assert!(list.iter().all(|r| r.provider == Provider::OpenAi));
+        assert!(list.iter().all(|r| r.provider == Provider::openai()));
         assert!(cheapest(&table(), &[], 1_000, 500, 10).is_empty(), "no usable provider, no advice");
     }
 
     #[test]
     fn limit_keeps_the_cheapest() {
-        let both = [(Provider::OpenAi, Source::Byok), (Provider::Anthropic, Source::Byok)];
+        let both = [(Provider::openai(), Source::Byok), (Provider::anthropic(), Source::Byok)];
         assert_eq!(names(&cheapest(&table(), &both, 1_000, 500, 1)), ["small"]);
         assert_eq!(names(&cheapest(&table(), &both, 10, 10, 1)), ["short"], "a short answer: the 100-token model fits");
     }

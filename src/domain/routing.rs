@@ -287,7 +287,7 @@ mod tests {
             for any in [false, true] {
                 let flags = flags_for(mode, any);
                 assert_eq!(flags.mode(), mode);
-                for provider in Provider::ALL {
+                for provider in Provider::all() {
                     let result = decide(&flags, &caller(tier, key, credits), provider, true);
                     assert_eq!(
                         outcome(result),
@@ -306,7 +306,7 @@ mod tests {
     fn without_an_encryption_key_byok_is_unavailable_but_credits_still_work() {
         let premium_with_key = |credits| caller(Premium, true, credits);
         let run = |mode, credits| {
-            outcome(decide(&flags_for(mode, false), &premium_with_key(credits), Provider::OpenAi, false))
+            outcome(decide(&flags_for(mode, false), &premium_with_key(credits), Provider::openai(), false))
         };
         assert_eq!(run(ByokFirst, true), INTERNAL);
         assert_eq!(run(CreditFirst, true), INTERNAL);
@@ -320,17 +320,17 @@ mod tests {
     fn a_lifetime_only_flag_keeps_premium_users_on_credits() {
         let mut flags = flags_for(ByokFirst, false);
         flags.byok_min_tier = Lifetime;
-        let premium = outcome(decide(&flags, &caller(Premium, true, true), Provider::Anthropic, true));
-        let lifetime = outcome(decide(&flags, &caller(Lifetime, true, true), Provider::Anthropic, true));
+        let premium = outcome(decide(&flags, &caller(Premium, true, true), Provider::anthropic(), true));
+        let lifetime = outcome(decide(&flags, &caller(Lifetime, true, true), Provider::anthropic(), true));
         assert_eq!((premium, lifetime), (INTERNAL, BYOK));
     }
 
     #[test]
     fn action_required_message_names_the_provider_and_where_to_get_a_key() {
-        let msg = Refusal::ByokKeyRequired { provider: Provider::OpenAi }.to_string();
+        let msg = Refusal::ByokKeyRequired { provider: Provider::openai() }.to_string();
         assert!(msg.starts_with("Action Required: add your OpenAI API key"), "{msg}");
         assert!(msg.contains("https://platform.openai.com/api-keys"), "{msg}");
-        let msg = Refusal::NoCreditsOrKey { provider: Provider::Anthropic }.to_string();
+        let msg = Refusal::NoCreditsOrKey { provider: Provider::anthropic() }.to_string();
         assert!(msg.contains("Anthropic") && msg.contains("console.anthropic.com"), "{msg}");
     }
 
@@ -347,14 +347,14 @@ mod tests {
     fn credits_count_only_when_they_cover_the_estimated_cost() {
         let mut c = caller(Premium, true, true);
         c.credits_needed = Cents::whole(501);
-        assert_eq!(outcome(decide(&flags_for(CreditFirst, false), &c, Provider::OpenAi, true)), BYOK);
+        assert_eq!(outcome(decide(&flags_for(CreditFirst, false), &c, Provider::openai(), true)), BYOK);
         c.has_usable_key = false;
-        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), NO_CREDITS_OR_KEY);
+        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::openai(), true)), NO_CREDITS_OR_KEY);
         c.credits_needed = Cents::whole(500);
-        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), INTERNAL);
+        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::openai(), true)), INTERNAL);
         c.credits_needed = Cents::ZERO;
         c.available = Cents::ZERO;
-        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::OpenAi, true)), NO_CREDITS_OR_KEY);
+        assert_eq!(outcome(decide(&flags_for(ByokFirst, false), &c, Provider::openai(), true)), NO_CREDITS_OR_KEY);
     }
 
     #[test]
@@ -368,7 +368,7 @@ mod tests {
     fn a_negative_balance_counts_as_no_credits() {
         let mut c = caller(Free, false, false);
         c.available = Cents::whole(-5);
-        let result = decide(&flags_for(ByokDisabled, false), &c, Provider::OpenAi, true);
+        let result = decide(&flags_for(ByokDisabled, false), &c, Provider::openai(), true);
         assert_eq!(outcome(result), NO_CREDITS);
     }
 
@@ -376,7 +376,7 @@ mod tests {
     fn a_refusal_for_want_of_credits_says_what_the_call_needs_and_what_is_available() {
         let mut c = caller(Free, false, true);
         c.credits_needed = Cents::whole(600);
-        let refusal = decide(&flags_for(ByokDisabled, false), &c, Provider::OpenAi, true).unwrap_err();
+        let refusal = decide(&flags_for(ByokDisabled, false), &c, Provider::openai(), true).unwrap_err();
         assert_eq!(refusal, Refusal::InsufficientCredits { needed: Cents::whole(600), available: Cents::whole(500) });
         let message = refusal.to_string();
         assert!(message.contains("600.0000 cents") && message.contains("500.0000 cents available"), "{message}");

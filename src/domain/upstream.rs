@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::provider::Provider;
+use super::provider::{ApiStyle, Provider};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
@@ -44,18 +44,19 @@ struct ErrorDetail {
     message: Option<String>,
 }
 
+/// Classified by the provider's API style: OpenAI-compatible providers report quota as OpenAI does.
 pub fn classify(provider: Provider, status: u16, body: &[u8]) -> UpstreamFailure {
     let detail = serde_json::from_slice::<ErrorBody>(body).ok().and_then(|b| b.error);
     let kind = detail.as_ref().and_then(|d| d.kind.as_deref()).unwrap_or("");
     let code = detail.as_ref().and_then(|d| d.code.as_deref()).unwrap_or("");
     let message = detail.as_ref().and_then(|d| d.message.as_deref()).unwrap_or("").to_ascii_lowercase();
-    match (provider, status) {
+    match (provider.style(), status) {
         (_, 401 | 403) => UpstreamFailure::InvalidKey,
         (_, 402) => UpstreamFailure::QuotaExhausted,
-        (Provider::OpenAi, 429) if code == "insufficient_quota" || kind == "insufficient_quota" => {
+        (ApiStyle::OpenAi, 429) if code == "insufficient_quota" || kind == "insufficient_quota" => {
             UpstreamFailure::QuotaExhausted
         }
-        (Provider::Anthropic, 400 | 429) if message.contains("credit balance is too low") => {
+        (ApiStyle::Anthropic, 400 | 429) if message.contains("credit balance is too low") => {
             UpstreamFailure::QuotaExhausted
         }
         (_, 429) => UpstreamFailure::RateLimited,
@@ -67,7 +68,6 @@ pub fn classify(provider: Provider, status: u16, body: &[u8]) -> UpstreamFailure
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Provider::*;
     use UpstreamFailure::*;
 
     #[test]
@@ -78,18 +78,19 @@ mod tests {
         let anthropic_credit = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#;
         let anthropic_rate = br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#;
         let anthropic_overloaded = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let (openai, anthropic) = (Provider::openai(), Provider::anthropic());
         let cases: [(Provider, u16, &[u8], UpstreamFailure); 11] = [
-            (OpenAi, 401, b"{}", InvalidKey),
-            (Anthropic, 403, b"", InvalidKey),
-            (OpenAi, 429, openai_quota, QuotaExhausted),
-            (OpenAi, 429, openai_rate, RateLimited),
-            (Anthropic, 400, anthropic_credit, QuotaExhausted),
-            (Anthropic, 429, anthropic_rate, RateLimited),
-            (Anthropic, 529, anthropic_overloaded, Outage),
-            (OpenAi, 503, b"<html>bad gateway</html>", Outage),
-            (OpenAi, 400, b"not json", Rejected),
-            (Anthropic, 402, b"{}", QuotaExhausted),
-            (OpenAi, 429, b"", RateLimited),
+            (openai, 401, b"{}", InvalidKey),
+            (anthropic, 403, b"", InvalidKey),
+            (openai, 429, openai_quota, QuotaExhausted),
+            (openai, 429, openai_rate, RateLimited),
+            (anthropic, 400, anthropic_credit, QuotaExhausted),
+            (anthropic, 429, anthropic_rate, RateLimited),
+            (anthropic, 529, anthropic_overloaded, Outage),
+            (openai, 503, b"<html>bad gateway</html>", Outage),
+            (openai, 400, b"not json", Rejected),
+            (anthropic, 402, b"{}", QuotaExhausted),
+            (openai, 429, b"", RateLimited),
         ];
         for (provider, status, body, expected) in cases {
             assert_eq!(classify(provider, status, body), expected, "{provider} {status}");

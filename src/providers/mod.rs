@@ -1,12 +1,14 @@
 //! Calls to the LLM providers. Base URLs come only from operator configuration, never from a request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use reqwest::header::HeaderValue;
 use reqwest::{Client, RequestBuilder, Response, Url};
 
 use crate::domain::llm::Api;
-use crate::domain::provider::Provider;
+use crate::domain::provider::{ApiStyle, AuthScheme, PerProvider, Provider};
 use crate::domain::provider_key::ProviderKey;
 use crate::domain::upstream::{self, UpstreamFailure};
 
@@ -25,8 +27,8 @@ pub struct ProviderClient {
     generating: Client,
     timeout: Duration,
     generation_timeout: Duration,
-    openai_base: Url,
-    anthropic_base: Url,
+    /// Each provider's API root, from operator configuration only.
+    bases: Arc<PerProvider<Url>>,
 }
 
 /// What the provider said about a key.
@@ -40,7 +42,7 @@ pub enum KeyCheck {
 }
 
 impl ProviderClient {
-    pub fn new(openai_base: Url, anthropic_base: Url, timeout: Duration, generation_timeout: Duration) -> Self {
+    pub fn new(bases: PerProvider<Url>, timeout: Duration, generation_timeout: Duration) -> Self {
         let builder = || {
             Client::builder()
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -50,11 +52,11 @@ impl ProviderClient {
         let streaming = builder().read_timeout(timeout).build().expect("a TLS backend and resolver are available");
         let generating =
             builder().read_timeout(generation_timeout).build().expect("a TLS backend and resolver are available");
-        ProviderClient { http, streaming, generating, timeout, generation_timeout, openai_base, anthropic_base }
+        ProviderClient { http, streaming, generating, timeout, generation_timeout, bases: Arc::new(bases) }
     }
 
-    /// `path` relative to the provider's API root, e.g. `models` for OpenAI (base includes `/v1`) and
-    /// `v1/models` for Anthropic.
+    /// `path` relative to the provider's API root (OpenAI style: `chat/completions` under a root with `/v1`;
+    /// Anthropic style: `v1/messages` under a root without), the key sent as the provider declares.
     fn request(
         &self,
         client: &Client,
@@ -63,31 +65,33 @@ impl ProviderClient {
         path: &str,
         key: &str,
     ) -> RequestBuilder {
-        let (base, path) = match provider {
-            Provider::OpenAi => (&self.openai_base, path.to_owned()),
-            Provider::Anthropic => (&self.anthropic_base, format!("v1/{path}")),
-        };
-        let mut url = base.clone();
-        let prefix = url.path().trim_end_matches('/').to_owned();
-        url.set_path(&format!("{prefix}/{path}"));
+        let mut url = self.bases.get(provider).clone();
+        let prefix = url.path().trim_end_matches('/');
+        let joined = format!("{prefix}/{path}");
+        url.set_path(&joined);
         let request = client.request(method, url);
-        match provider {
-            Provider::OpenAi => request.bearer_auth(key),
-            Provider::Anthropic => {
-                let Ok(mut value) = reqwest::header::HeaderValue::from_str(key) else {
-                    // Unreachable for parsed keys; an operator's internal key with a stray byte fails upstream.
-                    return request;
-                };
-                value.set_sensitive(true);
-                request.header("x-api-key", value).header("anthropic-version", ANTHROPIC_VERSION)
-            }
+        let header = match provider.auth() {
+            AuthScheme::Bearer => return request.bearer_auth(key),
+            AuthScheme::XApiKey => "x-api-key",
+            AuthScheme::ApiKey => "api-key",
+        };
+        let Ok(mut value) = HeaderValue::from_str(key) else {
+            // Unreachable for parsed keys; an operator's internal key with a stray byte fails upstream.
+            return request;
+        };
+        value.set_sensitive(true);
+        let request = request.header(header, value);
+        match provider.style() {
+            ApiStyle::Anthropic => request.header("anthropic-version", ANTHROPIC_VERSION),
+            ApiStyle::OpenAi => request,
         }
     }
 
-    /// Asks the provider whether the key works, with the cheapest authenticated call (list models).
+    /// Asks the provider whether the key works, with the cheapest authenticated call it declares (most list
+    /// models).
     pub async fn check_key(&self, provider: Provider, key: &ProviderKey) -> KeyCheck {
         let response = match self
-            .request(&self.http, provider, reqwest::Method::GET, "models", key.expose())
+            .request(&self.http, provider, reqwest::Method::GET, provider.verify_path(), key.expose())
             .send()
             .await
         {
@@ -110,15 +114,18 @@ impl ProviderClient {
     /// Sends a client's request body to its provider with `api_key`. Resolves when the response headers
     /// arrive: within the provider timeout for a stream (headers come at once), within the generation timeout
     /// otherwise. The body is left to the caller to read or stream.
-    pub async fn forward(&self, api: Api, api_key: &str, body: Bytes, stream: bool) -> Result<Response, ForwardError> {
-        let path = match api {
-            Api::ChatCompletions => "chat/completions",
-            Api::Messages => "messages",
-        };
+    pub async fn forward(
+        &self,
+        provider: Provider,
+        api: Api,
+        api_key: &str,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<Response, ForwardError> {
         let (client, wait) =
             if stream { (&self.streaming, self.timeout) } else { (&self.generating, self.generation_timeout) };
         let request = self
-            .request(client, api.provider(), reqwest::Method::POST, path, api_key)
+            .request(client, provider, reqwest::Method::POST, api.path(), api_key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, if stream { "text/event-stream" } else { "application/json" })
             .body(body);

@@ -202,8 +202,13 @@ mod tests {
     use super::*;
 
     const COOL_DOWN: Duration = Duration::from_secs(30);
-    const OPENAI: Circuit = Circuit::Platform(Provider::OpenAi);
-    const ANTHROPIC: Circuit = Circuit::Platform(Provider::Anthropic);
+    fn openai() -> Circuit {
+        Circuit::Platform(Provider::openai())
+    }
+
+    fn anthropic() -> Circuit {
+        Circuit::Platform(Provider::anthropic())
+    }
 
     fn user(n: u8) -> UserId {
         UserId::parse(&format!("00000000-0000-4000-8000-0000000000{n:02}")).unwrap()
@@ -220,72 +225,72 @@ mod tests {
     fn opens_after_the_threshold_and_fails_fast() {
         let breaker = CircuitBreaker::new(3, COOL_DOWN);
         let t0 = Instant::now();
-        outage(&breaker, OPENAI, 2, t0);
-        assert_eq!(breaker.admit(OPENAI, t0), Ok(Admission::Go), "below the threshold");
-        outage(&breaker, OPENAI, 1, t0);
-        assert_eq!(breaker.admit(OPENAI, t0 + Duration::from_secs(10)), Err(Duration::from_secs(20)));
-        assert_eq!(breaker.admit(ANTHROPIC, t0), Ok(Admission::Go), "per provider");
-        assert!(breaker.is_open(Provider::OpenAi, t0) && !breaker.is_open(Provider::Anthropic, t0));
+        outage(&breaker, openai(), 2, t0);
+        assert_eq!(breaker.admit(openai(), t0), Ok(Admission::Go), "below the threshold");
+        outage(&breaker, openai(), 1, t0);
+        assert_eq!(breaker.admit(openai(), t0 + Duration::from_secs(10)), Err(Duration::from_secs(20)));
+        assert_eq!(breaker.admit(anthropic(), t0), Ok(Admission::Go), "per provider");
+        assert!(breaker.is_open(Provider::openai(), t0) && !breaker.is_open(Provider::anthropic(), t0));
     }
 
     #[test]
     fn health_follows_the_circuit() {
         let breaker = CircuitBreaker::new(2, COOL_DOWN);
         let t0 = Instant::now();
-        assert_eq!(breaker.health(Provider::OpenAi, t0), (ProviderHealth::Operational, None));
-        outage(&breaker, OPENAI, 1, t0);
-        assert_eq!(breaker.health(Provider::OpenAi, t0), (ProviderHealth::Degraded, None), "one failure");
-        outage(&breaker, OPENAI, 1, t0);
+        assert_eq!(breaker.health(Provider::openai(), t0), (ProviderHealth::Operational, None));
+        outage(&breaker, openai(), 1, t0);
+        assert_eq!(breaker.health(Provider::openai(), t0), (ProviderHealth::Degraded, None), "one failure");
+        outage(&breaker, openai(), 1, t0);
         assert_eq!(
-            breaker.health(Provider::OpenAi, t0 + Duration::from_secs(10)),
+            breaker.health(Provider::openai(), t0 + Duration::from_secs(10)),
             (ProviderHealth::Down, Some(Duration::from_secs(20)))
         );
         assert_eq!(
-            breaker.health(Provider::OpenAi, t0 + COOL_DOWN).0,
+            breaker.health(Provider::openai(), t0 + COOL_DOWN).0,
             ProviderHealth::Degraded,
             "cool-down over: probing"
         );
-        breaker.record_success(OPENAI);
-        assert_eq!(breaker.health(Provider::OpenAi, t0 + COOL_DOWN), (ProviderHealth::Operational, None));
-        assert_eq!(breaker.health(Provider::Anthropic, t0).0, ProviderHealth::Operational);
+        breaker.record_success(openai());
+        assert_eq!(breaker.health(Provider::openai(), t0 + COOL_DOWN), (ProviderHealth::Operational, None));
+        assert_eq!(breaker.health(Provider::anthropic(), t0).0, ProviderHealth::Operational);
     }
 
     #[test]
     fn after_the_cool_down_exactly_one_probe_goes_through() {
         let breaker = CircuitBreaker::new(1, COOL_DOWN);
         let t0 = Instant::now();
-        outage(&breaker, OPENAI, 1, t0);
+        outage(&breaker, openai(), 1, t0);
         let later = t0 + COOL_DOWN + Duration::from_secs(1);
-        let admitted: Vec<_> = (0..50).map(|_| breaker.admit(OPENAI, later)).collect();
+        let admitted: Vec<_> = (0..50).map(|_| breaker.admit(openai(), later)).collect();
         assert_eq!(admitted.iter().filter(|a| **a == Ok(Admission::Probe)).count(), 1);
         assert!(admitted[1..].iter().all(Result::is_err), "the rest keep failing fast");
 
-        breaker.record_success(OPENAI);
-        assert_eq!(breaker.admit(OPENAI, later), Ok(Admission::Go), "the probe closed it");
+        breaker.record_success(openai());
+        assert_eq!(breaker.admit(openai(), later), Ok(Admission::Go), "the probe closed it");
     }
 
     #[test]
     fn a_failed_probe_reopens_the_circuit_for_a_whole_cool_down() {
         let breaker = CircuitBreaker::new(5, COOL_DOWN);
         let t0 = Instant::now();
-        outage(&breaker, ANTHROPIC, 5, t0);
+        outage(&breaker, anthropic(), 5, t0);
         let later = t0 + COOL_DOWN;
-        assert_eq!(breaker.admit(ANTHROPIC, later), Ok(Admission::Probe));
-        outage(&breaker, ANTHROPIC, 1, later);
-        assert_eq!(breaker.admit(ANTHROPIC, later + Duration::from_secs(1)), Err(COOL_DOWN - Duration::from_secs(1)));
+        assert_eq!(breaker.admit(anthropic(), later), Ok(Admission::Probe));
+        outage(&breaker, anthropic(), 1, later);
+        assert_eq!(breaker.admit(anthropic(), later + Duration::from_secs(1)), Err(COOL_DOWN - Duration::from_secs(1)));
     }
 
     #[test]
     fn a_probe_that_never_reports_back_frees_its_place_after_a_cool_down() {
         let breaker = CircuitBreaker::new(1, COOL_DOWN);
         let t0 = Instant::now();
-        outage(&breaker, OPENAI, 1, t0);
-        assert_eq!(breaker.admit(OPENAI, t0 + COOL_DOWN), Ok(Admission::Probe));
-        assert!(breaker.admit(OPENAI, t0 + COOL_DOWN + Duration::from_secs(29)).is_err());
-        assert_eq!(breaker.admit(OPENAI, t0 + 2 * COOL_DOWN), Ok(Admission::Probe));
-        breaker.record_inconclusive(OPENAI);
+        outage(&breaker, openai(), 1, t0);
+        assert_eq!(breaker.admit(openai(), t0 + COOL_DOWN), Ok(Admission::Probe));
+        assert!(breaker.admit(openai(), t0 + COOL_DOWN + Duration::from_secs(29)).is_err());
+        assert_eq!(breaker.admit(openai(), t0 + 2 * COOL_DOWN), Ok(Admission::Probe));
+        breaker.record_inconclusive(openai());
         assert_eq!(
-            breaker.admit(OPENAI, t0 + 2 * COOL_DOWN),
+            breaker.admit(openai(), t0 + 2 * COOL_DOWN),
             Ok(Admission::Probe),
             "an inconclusive probe frees it at once"
         );
@@ -296,21 +301,22 @@ mod tests {
         let breaker = CircuitBreaker::new(5, COOL_DOWN);
         let t0 = Instant::now();
         for _ in 0..50 {
-            breaker.record_outage(OPENAI, user(1), t0);
+            breaker.record_outage(openai(), user(1), t0);
         }
-        assert_eq!(breaker.admit(OPENAI, t0), Ok(Admission::Go), "one user alone cannot open the platform's circuit");
-        let (mine, theirs) = (Circuit::UserKey(user(1), Provider::OpenAi), Circuit::UserKey(user(2), Provider::OpenAi));
+        assert_eq!(breaker.admit(openai(), t0), Ok(Admission::Go), "one user alone cannot open the platform's circuit");
+        let (mine, theirs) =
+            (Circuit::UserKey(user(1), Provider::openai()), Circuit::UserKey(user(2), Provider::openai()));
         for _ in 0..5 {
             breaker.record_outage(mine, user(1), t0);
         }
         assert_eq!(breaker.admit(mine, t0), Err(COOL_DOWN), "the failing key's own circuit opened");
         assert_eq!(breaker.admit(theirs, t0), Ok(Admission::Go), "another user's key is not affected");
-        assert_eq!(breaker.admit(OPENAI, t0), Ok(Admission::Go));
-        assert_eq!(breaker.health(Provider::OpenAi, t0).0, ProviderHealth::Degraded, "failures seen, not down");
+        assert_eq!(breaker.admit(openai(), t0), Ok(Admission::Go));
+        assert_eq!(breaker.health(Provider::openai(), t0).0, ProviderHealth::Degraded, "failures seen, not down");
 
         // A second user's failure makes it an outage: the platform's circuit opens at once.
-        breaker.record_outage(OPENAI, user(2), t0);
-        assert_eq!(breaker.admit(OPENAI, t0), Err(COOL_DOWN));
+        breaker.record_outage(openai(), user(2), t0);
+        assert_eq!(breaker.admit(openai(), t0), Err(COOL_DOWN));
     }
 
     #[test]
@@ -318,10 +324,10 @@ mod tests {
         let breaker = CircuitBreaker::new(5, COOL_DOWN);
         let t0 = Instant::now();
         for n in 0..4 {
-            breaker.record_outage(OPENAI, user(n % 2), t0);
+            breaker.record_outage(openai(), user(n % 2), t0);
         }
-        assert_eq!(breaker.admit(OPENAI, t0), Ok(Admission::Go));
-        breaker.record_outage(OPENAI, user(0), t0);
-        assert_eq!(breaker.admit(OPENAI, t0), Err(COOL_DOWN), "the fifth failure opens it, as ever");
+        assert_eq!(breaker.admit(openai(), t0), Ok(Admission::Go));
+        breaker.record_outage(openai(), user(0), t0);
+        assert_eq!(breaker.admit(openai(), t0), Err(COOL_DOWN), "the fifth failure opens it, as ever");
     }
 }

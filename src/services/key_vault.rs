@@ -127,7 +127,7 @@ impl KeyVault {
         status: KeyUpdate,
     ) -> Result<KeySummary, VaultError> {
         let sealed = self.keyring()?.seal(KeyOwner { user, provider }, key.expose().as_bytes());
-        let update = KeyUpdate { encrypted_key: Some(sealed), key_hint: Some(key.hint()), ..status };
+        let update = KeyUpdate { encrypted_key: Some(sealed), key_hint: Some(key.hint(provider)), ..status };
         let record = self.directus.save_key(user, provider, &update).await?;
         tracing::info!(%user, %provider, status = update.status, "provider key stored");
         Ok(summary(record))

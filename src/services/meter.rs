@@ -33,6 +33,7 @@ use crate::domain::error_code::Code;
 use crate::domain::llm::{Api, StreamTap};
 use crate::domain::money::Cents;
 use crate::domain::pricing::{PriceMatch, PriceTable};
+use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
 use crate::domain::usage::{TokenUsage, UsageRecord};
 use crate::domain::user::UserId;
@@ -46,6 +47,7 @@ pub struct Charge {
     pub request_id: Uuid,
     pub user: UserId,
     pub api: Api,
+    pub provider: Provider,
     pub model: String,
     pub source: Source,
     pub estimated_prompt_tokens: u64,
@@ -78,7 +80,7 @@ impl Meter {
     /// Records a completed call and returns its cost. Returns at once, without blocking: the record is queued
     /// for the outbox's writer and is durable a few milliseconds later (see the module documentation).
     pub fn record(&self, charge: Charge, usage: TokenUsage, ending: Ending) -> Cents {
-        let provider = charge.api.provider();
+        let provider = charge.provider;
         let (price, matched) = self.prices.price(provider, &charge.model);
         if matched == PriceMatch::Unknown && !self.unknown_models_logged.contains_key(&charge.model) {
             self.unknown_models_logged.insert(charge.model.clone(), ());
@@ -131,7 +133,7 @@ impl Meter {
     where
         S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
     {
-        let (price, _) = self.prices.price(charge.api.provider(), &charge.model);
+        let (price, _) = self.prices.price(charge.provider, &charge.model);
         MeteredStream {
             tap: Some(StreamTap::new(charge.api, hide_usage_chunk, price)),
             api: charge.api,
@@ -271,6 +273,7 @@ mod tests {
             request_id: Uuid::new_v4(),
             user: UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap(),
             api: Api::ChatCompletions,
+            provider: Provider::openai(),
             model: model.into(),
             source: Source::Internal,
             estimated_prompt_tokens: 10,
@@ -292,7 +295,7 @@ mod tests {
         let waiting = parts.outbox.page(0, 10).unwrap();
         assert_eq!(waiting.len(), 1);
         let record = &waiting[0].record;
-        assert_eq!((record.request_id, record.provider, record.usage), (request_id, Provider::OpenAi, usage));
+        assert_eq!((record.request_id, record.provider, record.usage), (request_id, Provider::openai(), usage));
         assert_eq!(record.service_type, "openai.chat_completions");
         assert_eq!(record.cost_cents.to_string(), "0.750000000");
 

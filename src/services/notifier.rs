@@ -298,12 +298,12 @@ mod tests {
 
     #[test]
     fn a_message_says_what_happened_what_to_do_and_links_the_key_page() {
-        let message = KeyProblem::Invalid.message(Provider::OpenAi, Some("https://ai.example.com/account#keys"));
+        let message = KeyProblem::Invalid.message(Provider::openai(), Some("https://ai.example.com/account#keys"));
         assert!(message.starts_with("OpenAI rejected your saved API key"), "{message}");
         assert!(message.contains("https://platform.openai.com/api-keys"), "{message}");
         assert!(message.contains("on your account page: https://ai.example.com/account#keys\n"), "{message}");
         assert!(message.ends_with("resume by themselves once it works again."), "{message}");
-        let message = KeyProblem::QuotaExhausted.message(Provider::Anthropic, None);
+        let message = KeyProblem::QuotaExhausted.message(Provider::anthropic(), None);
         assert!(message.contains("https://console.anthropic.com/settings/billing"), "{message}");
         assert!(message.contains("on your account page.\n"), "{message}");
     }

@@ -14,6 +14,7 @@ mod jobs;
 mod monitoring;
 mod outage;
 mod payments;
+mod providers;
 mod routing;
 mod seed;
 mod vault;

@@ -75,7 +75,7 @@ async fn holds_taken_on_one_replica_count_on_the_other() {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let replica = Arc::clone(if i % 2 == 0 { &a } else { &b });
-            tokio::spawn(async move { replica.reserve(u, reading(100), Cents::whole(95), Provider::OpenAi).await })
+            tokio::spawn(async move { replica.reserve(u, reading(100), Cents::whole(95), Provider::openai()).await })
         })
         .collect();
     let mut holds = Vec::new();
@@ -108,9 +108,9 @@ async fn a_released_shared_hold_frees_its_amount_for_every_replica() {
     let redis = redis();
     let (a, b) = (replica("a", &redis), replica("b", &redis));
     let u = user();
-    let hold = a.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap();
+    let hold = a.reserve(u, reading(100), Cents::whole(60), Provider::openai()).await.unwrap();
     let short = ReserveError::Credits(Shortfall { available: Cents::whole(40) });
-    assert_eq!(b.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap_err(), short);
+    assert_eq!(b.reserve(u, reading(100), Cents::whole(60), Provider::openai()).await.unwrap_err(), short);
     drop(hold);
     let mut freed = false;
     for _ in 0..100 {
@@ -202,10 +202,11 @@ async fn without_redis_each_replica_carries_on_alone() {
     let redis = unreachable_redis();
     let reservations = replica("a", &redis);
     let u = user();
-    let hold = reservations.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.expect("local fallback");
+    let hold =
+        reservations.reserve(u, reading(100), Cents::whole(60), Provider::openai()).await.expect("local fallback");
     assert!(!redis.is_up(), "and Redis is reported down");
     let short = ReserveError::Credits(Shortfall { available: Cents::whole(40) });
-    assert_eq!(reservations.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap_err(), short);
+    assert_eq!(reservations.reserve(u, reading(100), Cents::whole(60), Provider::openai()).await.unwrap_err(), short);
     hold.settle(Uuid::new_v4(), Cents::whole(50));
     for _ in 0..100 {
         if reservations.available(u, reading(100)).await == Cents::whole(50) {
@@ -261,7 +262,7 @@ async fn redis_call_history_conforms() {
     // Unreachable: nothing is kept and pages are refused (503 calls_unavailable) within the command timeout.
     let down = RedisHistory::new(unreachable_redis(), retention);
     let user = UserId::parse(&Uuid::new_v4().to_string()).unwrap();
-    let call = CallEntry::uncharged(Provider::OpenAi, "gpt-4o-mini", None, 402, Code::BudgetExceeded);
+    let call = CallEntry::uncharged(Provider::openai(), "gpt-4o-mini", None, 402, Code::BudgetExceeded);
     assert!(down.keep(vec![(user, call)]).await.is_err(), "not kept");
     assert!(down.page(user, None, 10, time::OffsetDateTime::UNIX_EPOCH).await.is_err(), "no page");
 }

@@ -52,6 +52,18 @@ const llm = {
 	],
 };
 
+// The providers byok-bridge ships (catalog/providers.json); an operator's PROVIDERS_FILE may declare more,
+// typed in as "other".
+const SHIPPED_PROVIDERS = [
+	{ text: "OpenAI", value: "openai" },
+	{ text: "Anthropic", value: "anthropic" },
+	{ text: "Google Gemini", value: "gemini" },
+	{ text: "Mistral AI", value: "mistral" },
+	{ text: "Groq", value: "groq" },
+	{ text: "DeepSeek", value: "deepseek" },
+	{ text: "xAI", value: "xai" },
+	{ text: "OpenRouter", value: "openrouter" },
+];
 const route = {
 	id: "byok-bridge-route",
 	name: "byok-bridge: route",
@@ -64,7 +76,7 @@ const route = {
 			name: "Provider",
 			type: "string",
 			schema: { default_value: "openai" },
-			meta: { width: "half", interface: "select-dropdown", options: { choices: [{ text: "OpenAI", value: "openai" }, { text: "Anthropic", value: "anthropic" }] } },
+			meta: { width: "half", interface: "select-dropdown", options: { choices: SHIPPED_PROVIDERS, allowOther: true } },
 		},
 		userOption,
 	],

@@ -119,7 +119,8 @@ export const routeOperation = {
 	/** Resolves the sidecar's decision: `{source, provider, mode, ...}`. */
 	handler: async (options, { accountability, env }) => {
 		const user = userFor(options, accountability);
-		const provider = options?.provider === "anthropic" ? "anthropic" : "openai";
+		// Any declared provider's id (the sidecar refuses ids it does not know); a malformed one asks for OpenAI.
+		const provider = /^[a-z][a-z0-9_-]{0,31}$/.test(options?.provider ?? "") ? options.provider : "openai";
 		return (await callSidecar(env, "/v1/route", user, { provider })).body;
 	},
 };

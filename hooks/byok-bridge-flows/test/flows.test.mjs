@@ -172,3 +172,30 @@ test("the endpoint writes a signed result into the item and refuses anything uns
 	assert.equal(forged.code, 401);
 	assert.equal(updates.length, 1);
 });
+
+test("the route operation offers every provider the sidecar ships, and any other declared id", async () => {
+	const { readFile } = await import("node:fs/promises");
+	const catalog = JSON.parse(await readFile(new URL("../../../catalog/providers.json", import.meta.url), "utf8"));
+	const route = app.operations.find((o) => o.id === "byok-bridge-route");
+	const options = route.options.find((o) => o.field === "provider").meta.options;
+	assert.deepEqual(options.choices, catalog.providers.map(({ id, name }) => ({ text: name, value: id })));
+	assert.equal(options.allowOther, true);
+});
+
+test("the route operation passes a declared provider's id and refuses to pass a malformed one", async () => {
+	const { routeOperation } = await import("../src/call.js");
+	const sent = [];
+	const original = globalThis.fetch;
+	globalThis.fetch = async (url, init) => {
+		sent.push(JSON.parse(init.body).provider);
+		return new Response("{}", { status: 200, headers: { "content-type": "application/json" } });
+	};
+	try {
+		for (const provider of ["mistral", "../admin"]) {
+			await routeOperation.handler({ provider, user: USER }, { accountability: { admin: true }, env: ENV });
+		}
+	} finally {
+		globalThis.fetch = original;
+	}
+	assert.deepEqual(sent, ["mistral", "openai"]);
+});

@@ -37,12 +37,13 @@ export const ENCRYPTED_KEY_ENVELOPE_RE = /^byok:v1:([0-9a-f]{8}):([A-Za-z0-9_-]{
 export const MIN_ENVELOPE_PAYLOAD_BYTES = 12 + 1 + 16;
 
 /**
- * Payload prefixes that are provider key prefixes. `-` and `_` are base64url characters, so a plaintext
+ * Payload prefixes that are the shipped providers' key prefixes (OpenAI, Anthropic, DeepSeek, OpenRouter:
+ * `sk-`; Gemini: `AIza`; Groq: `gsk_`; xAI: `xai-`). `-` and `_` are base64url characters, so a plaintext
  * key such as `sk-proj-...` behind a fake `byok:v1:<kid>:` header can be canonical base64url; this rule
  * refuses it. Part of the envelope's definition: the sidecar never emits a payload that starts with one
  * of these (it draws a new random nonce in that 1-in-262144 case), so no real envelope is ever refused.
  */
-export const PROVIDER_KEY_PREFIXES = Object.freeze(["sk-"]);
+export const PROVIDER_KEY_PREFIXES = Object.freeze(["sk-", "AIza", "gsk_", "xai-"]);
 
 /**
  * What is wrong with an `encrypted_key` value: null for a well-formed byok:v1 envelope, "malformed", or

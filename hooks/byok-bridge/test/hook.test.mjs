@@ -12,6 +12,7 @@ import register, {
 	ENCRYPTED_KEY_ENVELOPE_RE,
 	ENCRYPTED_KEY_REJECTED_MESSAGE,
 	ENCRYPTED_KEY_UNKNOWN_KID_MESSAGE,
+	PROVIDER_KEY_PREFIXES,
 	LEDGER_WRITE_FORBIDDEN_MESSAGE,
 	SIDECAR_USER_FIELDS,
 	USER_READ_FORBIDDEN_MESSAGE,
@@ -43,11 +44,11 @@ import register, {
 } from "../dist/index.js";
 
 const b64url = (buf) => buf.toString("base64url");
-// Like the sidecar: a payload never starts with "sk-" (it draws a new nonce then).
+// Like the sidecar: a payload never starts like a shipped provider's key (it draws a new nonce then).
 function envelope(bytes = 12 + 40 + 16, kid = "0a1b2c3d") {
 	for (;;) {
 		const payload = b64url(randomBytes(bytes));
-		if (!payload.startsWith("sk-")) return `byok:v1:${kid}:${payload}`;
+		if (!PROVIDER_KEY_PREFIXES.some((prefix) => payload.startsWith(prefix))) return `byok:v1:${kid}:${payload}`;
 	}
 }
 const newSecret = (bytes = 32) => `whsec_${randomBytes(bytes).toString("base64")}`;
@@ -102,6 +103,10 @@ test("a plaintext provider key behind a fake envelope header is refused", () => 
 		"sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789_-ABCDEFGHIJKLMNOPQRSTUVWXYZ012-AA",
 		"sk-svcacct-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ01",
 		"sk-admin-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOP",
+		// Gemini, Groq and xAI keys: canonical base64url too, refused by their prefixes.
+		"AIzaSyAbcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ",
+		"gsk_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST",
+		"xai-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijkl",
 		"sk-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH0",
 	]) {
 		const value = `byok:v1:00000000:${key}`;
@@ -112,8 +117,13 @@ test("a plaintext provider key behind a fake envelope header is refused", () => 
 			(err) => err.code === "INVALID_PAYLOAD" && !JSON.stringify(err).includes(key) && !err.message.includes(key),
 		);
 	}
-	const canonical = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH";
-	assert.equal(Buffer.from(canonical, "base64url").toString("base64url"), canonical);
+	for (const canonical of [
+		"sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH",
+		"AIzaSyAbcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ",
+		"gsk_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST",
+	]) {
+		assert.equal(Buffer.from(canonical, "base64url").toString("base64url"), canonical, "only the prefix rule refuses it");
+	}
 });
 
 test("real-looking envelopes pass; non-canonical, short or over-long payloads do not", () => {

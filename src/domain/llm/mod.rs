@@ -5,14 +5,14 @@ pub mod request;
 pub mod stream;
 pub mod usage;
 
-pub use request::{LlmRequest, LlmRequestError, parse_request};
+pub use request::{LlmRequest, LlmRequestError, parse_request, target};
 pub use stream::StreamTap;
 pub use usage::{estimated_usage, usage_from_response};
 
-use super::provider::Provider;
+use super::provider::ApiStyle;
 
-/// The API a request came in on. Each is passed through to its own provider, unchanged apart from asking
-/// OpenAI to report usage in streams.
+/// The API a request came in on. Each is passed through to a provider of its style, unchanged apart from
+/// asking for usage in streams and naming the provider's own model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     /// OpenAI Chat Completions: `POST /v1/chat/completions`.
@@ -22,10 +22,19 @@ pub enum Api {
 }
 
 impl Api {
-    pub fn provider(self) -> Provider {
+    /// The providers that serve it.
+    pub fn style(self) -> ApiStyle {
         match self {
-            Api::ChatCompletions => Provider::OpenAi,
-            Api::Messages => Provider::Anthropic,
+            Api::ChatCompletions => ApiStyle::OpenAi,
+            Api::Messages => ApiStyle::Anthropic,
+        }
+    }
+
+    /// Where it is sent, relative to the provider's API root (see [`crate::providers`]).
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat/completions",
+            Api::Messages => "v1/messages",
         }
     }
 

@@ -3,7 +3,7 @@
 //! that text, and one pass over the whole body notes what can make the call dearer (prompt caching, images,
 //! audio, web search). Nothing is built whose size could grow faster than the body's: a body of many tiny
 //! values cannot make the sidecar allocate many times its size. The body goes upstream exactly as it came,
-//! unless OpenAI must be asked to report a stream's usage.
+//! unless OpenAI must be asked to report a stream's usage or a `provider/model` name loses its `provider/`.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -16,7 +16,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::Api;
-use crate::domain::pricing::{CallBudget, estimate_prompt_tokens};
+use crate::domain::pricing::{CallBudget, PriceTable, estimate_prompt_tokens};
+use crate::domain::provider::{Provider, StreamUsage};
 
 /// Top-level members a request may have; the APIs define a few dozen.
 pub const MAX_MEMBERS: usize = 128;
@@ -33,6 +34,10 @@ const DEFAULT_WEB_SEARCHES: u64 = 10;
 /// A parsed request: what we route and price by, and the body to send.
 #[derive(Debug, Clone)]
 pub struct LlmRequest {
+    /// Who serves it: the provider that lists the model, else the one a `provider/model` name names, else
+    /// the API's own (OpenAI, Anthropic).
+    pub provider: Provider,
+    /// The model as the provider knows it (without a `provider/` in front).
     pub model: String,
     pub stream: bool,
     /// The client asked for OpenAI's final usage chunk itself; otherwise the sidecar asks for it and keeps
@@ -67,23 +72,56 @@ pub enum LlmRequestError {
     TooDeep,
 }
 
-pub fn parse_request(api: Api, raw: &Bytes) -> Result<LlmRequest, LlmRequestError> {
+pub fn parse_request(api: Api, raw: &Bytes, prices: &PriceTable) -> Result<LlmRequest, LlmRequestError> {
     let members = top_level_members(raw)?;
-    let member = |name: &str| members.iter().find(|(key, _)| key == name).map(|(_, value)| value.get());
+    let named =
+        match members.iter().find(|(key, _)| key == "model").map(|(_, v)| serde_json::from_str::<String>(v.get())) {
+            Some(Ok(m)) if !m.trim().is_empty() && m.chars().count() <= MAX_MODEL_CHARS => m,
+            _ => return Err(LlmRequestError::Model),
+        };
+    let (provider, model) = target(api, &named, prices);
+    if model == named {
+        return parse_members(api, provider, model, raw, &members);
+    }
+    let model_json = serde_json::to_string(&model).expect("a string serializes");
+    let renamed = Bytes::from(with_member(&members, "model", &model_json));
+    let members = top_level_members(&renamed)?;
+    parse_members(api, provider, model, &renamed, &members)
+}
 
-    let model = match member("model").map(serde_json::from_str::<String>) {
-        Some(Ok(m)) if !m.trim().is_empty() && m.chars().count() <= MAX_MODEL_CHARS => m,
-        _ => return Err(LlmRequestError::Model),
-    };
+/// Which provider serves `model` on `api`, and the model's name there: a provider that lists it (exactly, or
+/// a dated variant); else `provider/model` where `provider` is declared with the API's style; else the
+/// API's own provider, at its conservative unknown-model price.
+pub fn target(api: Api, model: &str, prices: &PriceTable) -> (Provider, String) {
+    let style = api.style();
+    if let Some(provider) = prices.provider_of(style, model) {
+        return (provider, model.to_owned());
+    }
+    let named = model.split_once('/').and_then(|(id, rest)| {
+        let provider = id.parse::<Provider>().ok().filter(|p| p.style() == style)?;
+        (!rest.trim().is_empty()).then(|| (provider, rest.to_owned()))
+    });
+    named.unwrap_or_else(|| (Provider::default_for(style), model.to_owned()))
+}
+
+fn parse_members(
+    api: Api,
+    provider: Provider,
+    model: String,
+    raw: &Bytes,
+    members: &Members<'_>,
+) -> Result<LlmRequest, LlmRequestError> {
+    let member = |name: &str| members.iter().find(|(key, _)| key == name).map(|(_, value)| value.get());
     let stream = match member("stream").map(serde_json::from_str::<Option<bool>>) {
         None | Some(Ok(None)) => false,
         Some(Ok(Some(stream))) => stream,
         Some(Err(_)) => return Err(LlmRequestError::Stream),
     };
 
-    let mut client_wants_usage_chunk = false;
+    // A provider that reports usage unasked passes it on as is; so does any stream whose client asked.
+    let mut client_wants_usage_chunk = provider.stream_usage() == StreamUsage::Always;
     let mut body = None;
-    if api == Api::ChatCompletions {
+    if api == Api::ChatCompletions && !client_wants_usage_chunk {
         let mut options = match member("stream_options") {
             None => Map::new(),
             Some(text) if text.len() > MAX_STREAM_OPTIONS_BYTES => return Err(LlmRequestError::StreamOptions),
@@ -97,7 +135,7 @@ pub fn parse_request(api: Api, raw: &Bytes) -> Result<LlmRequest, LlmRequestErro
             // Without this a stream carries no usage and could not be charged by real token counts.
             options.insert("include_usage".into(), Value::Bool(true));
             let options = serde_json::to_string(&options).expect("a JSON map serializes");
-            body = Some(with_member(&members, "stream_options", &options));
+            body = Some(with_member(members, "stream_options", &options));
         }
     }
 
@@ -130,6 +168,7 @@ pub fn parse_request(api: Api, raw: &Bytes) -> Result<LlmRequest, LlmRequestErro
         .saturating_add(scan.documents.saturating_mul(DOCUMENT_TOKENS));
 
     Ok(LlmRequest {
+        provider,
         model,
         stream,
         client_wants_usage_chunk,
@@ -468,7 +507,7 @@ mod tests {
     use super::*;
 
     fn parse(api: Api, body: &Value) -> LlmRequest {
-        parse_request(api, &Bytes::from(body.to_string())).unwrap()
+        parse_request(api, &Bytes::from(body.to_string()), &PriceTable::builtin()).unwrap()
     }
 
     fn sent(request: &LlmRequest) -> Value {
@@ -580,13 +619,15 @@ mod tests {
         assert_eq!(budget.web_searches, 3 + DEFAULT_WEB_SEARCHES);
         let escaped =
             br#"{"model":"c","system":[{"type":"text","text":"x","cache\u005fcontrol":{"type":"ephemeral"}}]}"#;
-        let request = parse_request(Api::Messages, &Bytes::from_static(escaped)).unwrap();
+        let request = parse_request(Api::Messages, &Bytes::from_static(escaped), &PriceTable::builtin()).unwrap();
         assert!(request.budget.cache_writes, "escapes do not hide it");
     }
 
     #[test]
     fn refuses_what_is_not_a_usable_request() {
-        let refuse = |raw: &[u8]| parse_request(Api::ChatCompletions, &Bytes::copy_from_slice(raw)).unwrap_err();
+        let refuse = |raw: &[u8]| {
+            parse_request(Api::ChatCompletions, &Bytes::copy_from_slice(raw), &PriceTable::builtin()).unwrap_err()
+        };
         assert_eq!(refuse(b"{\"model\": "), LlmRequestError::InvalidJson);
         assert_eq!(refuse(b"{\"model\": \"m\"} trailing"), LlmRequestError::InvalidJson);
         assert_eq!(refuse(b"[1, 2]"), LlmRequestError::NotAnObject);
@@ -614,10 +655,11 @@ mod tests {
             raw.extend_from_slice(b"[],");
         }
         raw.extend_from_slice(b"[]]}");
-        let request = parse_request(Api::ChatCompletions, &Bytes::from(raw.clone())).unwrap();
+        let request = parse_request(Api::ChatCompletions, &Bytes::from(raw.clone()), &PriceTable::builtin()).unwrap();
         assert_eq!(request.body.len(), raw.len());
         let deep = format!("{{\"model\":\"m\",\"messages\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
-        let refused = parse_request(Api::ChatCompletions, &Bytes::from(deep)).map(|r| r.body.len());
+        let refused =
+            parse_request(Api::ChatCompletions, &Bytes::from(deep), &PriceTable::builtin()).map(|r| r.body.len());
         assert_eq!(refused, Err(LlmRequestError::TooDeep));
     }
 }

@@ -260,7 +260,9 @@ mod tests {
     }
 
     fn price() -> ModelPrice {
-        crate::domain::pricing::PriceTable::builtin().price(crate::domain::provider::Provider::OpenAi, "gpt-4o-mini").0
+        crate::domain::pricing::PriceTable::builtin()
+            .price(crate::domain::provider::Provider::openai(), "gpt-4o-mini")
+            .0
     }
 
     fn run(api: Api, hide: bool, stream: &str, chunk_size: usize) -> (String, StreamTap) {

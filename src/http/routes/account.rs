@@ -163,8 +163,7 @@ pub async fn providers(
         Ok(()) => vault.list(user).await?,
         Err(_) => Vec::new(),
     };
-    let providers = Provider::ALL
-        .into_iter()
+    let providers = Provider::all()
         .map(|provider| {
             let key = keys.iter().find(|k| k.provider == provider && k.is_active).cloned();
             let reason = match (access, vault.is_configured(), key.as_ref().map(|k| k.status)) {
@@ -272,8 +271,7 @@ pub async fn recommendations(
     }
     let standing = standings.of(user).await?;
     // The same decision a call would get now; providers the user cannot use at all are left out.
-    let usable: Vec<(Provider, Source)> = Provider::ALL
-        .into_iter()
+    let usable: Vec<(Provider, Source)> = Provider::all()
         .filter_map(|provider| Some((provider, standing.decide_any_call(provider).ok()?.source)))
         .collect();
     let prices = gateway.prices();

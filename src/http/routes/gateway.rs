@@ -14,7 +14,10 @@ use tracing::Instrument;
 
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::llm::{self, Api, LlmRequest, LlmRequestError};
+use crate::domain::pricing::PriceTable;
+use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
+use crate::domain::user::UserId;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, RawBody};
 use crate::metrics;
@@ -29,6 +32,8 @@ pub const USAGE_ID_HEADER: HeaderName = HeaderName::from_static("x-byok-usage-id
 /// What a non-streaming call cost in cents, exact to nine decimals as its usage record has it: the deduction
 /// from credits, or (own key) what the provider charges for it.
 pub const COST_HEADER: HeaderName = HeaderName::from_static("x-byok-cost-cents");
+/// The provider that served the call (its id, as in `PUT /v1/keys/{provider}`).
+pub const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-byok-provider");
 /// Present when the decision rested on data that may be out of date because Directus is unreachable:
 /// `flags`, `caller`, or both.
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-byok-stale");
@@ -47,7 +52,7 @@ pub async fn chat_completions(
     gateway: State<Arc<Gateway>>,
     body: RawBody,
 ) -> Result<Response, ApiError> {
-    counted(Api::ChatCompletions, proxy(user, gateway, body, Api::ChatCompletions).await)
+    proxy(user, gateway, body, Api::ChatCompletions).await
 }
 
 /// Anthropic Messages, passed to Anthropic like [`chat_completions`] is to OpenAI.
@@ -62,12 +67,12 @@ pub async fn messages(
     gateway: State<Arc<Gateway>>,
     body: RawBody,
 ) -> Result<Response, ApiError> {
-    counted(Api::Messages, proxy(user, gateway, body, Api::Messages).await)
+    proxy(user, gateway, body, Api::Messages).await
 }
 
 /// Counts the call by provider, paying source and outcome. (Refusals before the handler, such as a bad
 /// token, are counted by the HTTP layer only.)
-fn counted(api: Api, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+fn counted(provider: Provider, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
     let (source, code) = match &result {
         Ok(response) => {
             let source = response.headers().get(SOURCE_HEADER).and_then(|v| v.to_str().ok());
@@ -77,7 +82,7 @@ fn counted(api: Api, result: Result<Response, ApiError>) -> Result<Response, Api
         }
         Err(error) => ("none", error.code().as_str()),
     };
-    metrics::gateway_call(api.provider(), source, code);
+    metrics::gateway_call(provider, source, code);
     result
 }
 
@@ -87,7 +92,15 @@ async fn proxy(
     RawBody(raw): RawBody,
     api: Api,
 ) -> Result<Response, ApiError> {
-    let request = parse(api, &raw)?;
+    let request = match parse(api, &raw, gateway.prices()) {
+        Ok(request) => request,
+        Err(error) => return counted(Provider::default_for(api.style()), Err(error)),
+    };
+    let provider = request.provider;
+    counted(provider, forward(user, gateway, request, api).await.map(|response| served_by(response, provider)))
+}
+
+async fn forward(user: UserId, gateway: Arc<Gateway>, request: LlmRequest, api: Api) -> Result<Response, ApiError> {
     if !request.stream {
         // A client that hangs up does not cancel the call: its answer is then read to the end (within the
         // generation timeout) and charged like any other.
@@ -167,11 +180,17 @@ impl<T: Send + 'static> Drop for RunsToTheEnd<T> {
 }
 
 /// A gateway request body, parsed as the provider's API defines it. The jobs API takes the same bodies.
-pub fn parse(api: Api, raw: &Bytes) -> Result<LlmRequest, ApiError> {
-    llm::parse_request(api, raw).map_err(|error| match error {
+pub fn parse(api: Api, raw: &Bytes, prices: &PriceTable) -> Result<LlmRequest, ApiError> {
+    llm::parse_request(api, raw, prices).map_err(|error| match error {
         LlmRequestError::InvalidJson => Code::InvalidJson.into(),
         other => ApiError::new(Code::InvalidRequest, other.to_string()),
     })
+}
+
+/// Says which provider answered (`x-byok-provider`), errors from the gateway itself excepted.
+fn served_by(mut response: Response, provider: Provider) -> Response {
+    response.headers_mut().insert(PROVIDER_HEADER, HeaderValue::from_static(provider.as_str()));
+    response
 }
 
 /// Says who paid, which usage record a successful call made, and what the decision rested on that may be old.

@@ -107,7 +107,7 @@ pub async fn submit(
     let body: SubmitJob<'_> = from_json(&raw, EXPECTED)?;
     let api = parse_api(&body.api)
         .ok_or_else(|| ApiError::new(Code::InvalidRequest, r#""api" must be "chat.completions" or "messages"."#))?;
-    let request = parse(api, &raw.slice_ref(body.request.get().as_bytes()))?;
+    let request = parse(api, &raw.slice_ref(body.request.get().as_bytes()), jobs.prices())?;
     if request.stream {
         return Err(Code::StreamingNotSupported.into());
     }

@@ -33,7 +33,7 @@ pub async fn render(
         metrics::flags_age((time::OffsetDateTime::now_utc() - flags.loaded_at).unsigned_abs());
     }
     let now = Instant::now();
-    for provider in Provider::ALL {
+    for provider in Provider::all() {
         metrics::circuit_state(provider, gateway.circuit_open(provider, now));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::handle().render())

@@ -49,8 +49,7 @@ pub async fn status(
     State(flags): State<Arc<FlagCache>>,
 ) -> Json<Status> {
     let now = Instant::now();
-    let providers: Vec<ProviderStatus> = Provider::ALL
-        .into_iter()
+    let providers: Vec<ProviderStatus> = Provider::all()
         .map(|provider| {
             let (status, retry_after) = gateway.provider_health(provider, now);
             ProviderStatus {

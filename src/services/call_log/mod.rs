@@ -186,7 +186,7 @@ pub(crate) mod tests {
     }
 
     fn refused() -> CallEntry {
-        CallEntry::uncharged(Provider::OpenAi, "gpt-4o-mini", None, 429, Code::RateLimited)
+        CallEntry::uncharged(Provider::openai(), "gpt-4o-mini", None, 429, Code::RateLimited)
     }
 
     #[tokio::test]

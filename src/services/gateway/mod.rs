@@ -366,7 +366,7 @@ impl Gateway {
                     Ok(body) => body,
                     Err(_) => {
                         // The answer was generated (its headers come last) and broke off on the way.
-                        let error = GatewayError::CutOff(api.provider());
+                        let error = GatewayError::CutOff(request.provider);
                         self.charge_unanswered(forwarded.charge, request, error.code());
                         return Err(error);
                     }
@@ -386,7 +386,7 @@ impl Gateway {
     /// all the same, and the provider bills it: it is charged its whole budget (see
     /// [`crate::domain::pricing::ModelPrice::whole_budget`]), at most what its hold reserved, never nothing.
     fn charge_unanswered(&self, charge: Charge, request: &LlmRequest, answered: Code) {
-        let provider = charge.api.provider();
+        let provider = charge.provider;
         let (price, _) = self.meter.prices().price(provider, &request.model);
         let cost = self.meter.record(charge, price.whole_budget(&request.budget), Ending::Unanswered(answered));
         tracing::info!(%provider, %cost, "no complete answer; the call is charged its whole budget");
@@ -404,7 +404,7 @@ impl Gateway {
     ) -> Result<Forwarded, GatewayError> {
         let outcome = self.decide_and_call(user, api, request, retries).await;
         let uncharged =
-            |source, status, code| CallEntry::uncharged(api.provider(), &request.model, source, status, code);
+            |source, status, code| CallEntry::uncharged(request.provider, &request.model, source, status, code);
         match &outcome {
             Ok(Forwarded { source, reply: Reply::ProviderError { status, .. }, .. }) => {
                 self.meter.uncharged(user, uncharged(Some(*source), status.as_u16(), Code::ProviderRefusedRequest))
@@ -452,7 +452,7 @@ impl Gateway {
         request: &LlmRequest,
         retries: Retries,
     ) -> Result<Forwarded, GatewayError> {
-        let provider = api.provider();
+        let provider = request.provider;
         let staleness = standing.context.staleness();
         let estimate = self.meter.prices().estimate(provider, &request.model, &request.budget);
         let mut view = standing.view(provider, estimate);
@@ -518,6 +518,7 @@ impl Gateway {
                 request_id: Uuid::now_v7(),
                 user,
                 api,
+                provider,
                 model: request.model.clone(),
                 source: credential.source(),
                 estimated_prompt_tokens: request.budget.prompt_tokens,

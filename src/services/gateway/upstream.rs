@@ -8,7 +8,7 @@ use secrecy::SecretString;
 
 use super::{Reply, Retries};
 use crate::domain::llm::{Api, LlmRequest};
-use crate::domain::provider::Provider;
+use crate::domain::provider::{PerProvider, Provider};
 use crate::domain::retry::{backoff, requested_wait};
 use crate::domain::upstream::{UpstreamFailure, classify};
 use crate::domain::user::UserId;
@@ -22,21 +22,8 @@ const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Durati
 /// Error bodies are short JSON; a provider sending more is cut off here.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-/// The platform's own provider keys (`INTERNAL_OPENAI_API_KEY`, `INTERNAL_ANTHROPIC_API_KEY`).
-#[derive(Debug, Clone, Default)]
-pub struct InternalKeys {
-    pub openai: Option<SecretString>,
-    pub anthropic: Option<SecretString>,
-}
-
-impl InternalKeys {
-    fn get(&self, provider: Provider) -> Option<&SecretString> {
-        match provider {
-            Provider::OpenAi => self.openai.as_ref(),
-            Provider::Anthropic => self.anthropic.as_ref(),
-        }
-    }
-}
+/// The platform's own provider keys (`INTERNAL_<ID>_API_KEY`).
+pub type InternalKeys = PerProvider<Option<SecretString>>;
 
 /// Why a call to the provider failed, for the gateway to act on.
 pub(super) enum CallFailure {
@@ -65,7 +52,7 @@ impl Upstream {
     }
 
     pub(super) fn internal_key(&self, provider: Provider) -> Option<&SecretString> {
-        self.internal_keys.get(provider)
+        self.internal_keys.get(provider).as_ref()
     }
 
     /// What the platform's circuit for `provider` says, and when it may close.
@@ -89,7 +76,7 @@ impl Upstream {
         retries: Retries,
     ) -> Result<Reply, CallFailure> {
         let (body, stream) = (&request.body, request.stream);
-        let provider = api.provider();
+        let provider = request.provider;
         let started = Instant::now();
         let mut last_wait = None;
         let attempts = if retries == Retries::WithinDeadline { MAX_ATTEMPTS } else { 1 };
@@ -98,7 +85,7 @@ impl Upstream {
                 return Err(CallFailure::Outage(Some(remaining), "circuit open"));
             }
             let sent = Instant::now();
-            let answer = self.providers.forward(api, key, body.clone(), stream).await;
+            let answer = self.providers.forward(provider, api, key, body.clone(), stream).await;
             let attempt_took = sent.elapsed();
             let failure = match answer {
                 Ok(response) if response.status().is_success() => {

@@ -41,6 +41,7 @@ use crate::domain::credit_book::UnixMillis;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobRecord, JobStatus, RetryPolicy, millis};
 use crate::domain::llm::{Api, LlmRequest};
+use crate::domain::pricing::PriceTable;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 use crate::shared::redis::{Redis, RedisFailure};
@@ -479,6 +480,11 @@ impl Jobs {
         Err(JobsError::Internal("the job kept changing; retry".into()))
     }
 
+    /// The prices job requests are routed and estimated by (the gateway's).
+    pub fn prices(&self) -> &PriceTable {
+        self.gateway.prices()
+    }
+
     /// The user saved or verified a working key for `provider`: their jobs paused on it are queued again.
     pub async fn resume(&self, user: UserId, provider: Provider) {
         let paused = match self.all_paused(user).await {
@@ -490,7 +496,8 @@ impl Jobs {
         };
         let mut resumed = 0;
         for mut record in paused {
-            if crate::domain::jobs::parse_api(&record.api).map(Api::provider) != Some(provider) {
+            let served_by = |api| crate::domain::llm::target(api, &record.model, self.gateway.prices()).0;
+            if crate::domain::jobs::parse_api(&record.api).map(served_by) != Some(provider) {
                 continue;
             }
             record.requeue(self.clock.now(), &self.config.retry);

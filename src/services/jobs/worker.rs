@@ -83,7 +83,7 @@ impl Jobs {
 
     /// One call through the gateway, and what it means for the job.
     async fn attempt(&self, user: UserId, api: Api, body: bytes::Bytes) -> Attempt {
-        let request = match parse_request(api, &body) {
+        let request = match parse_request(api, &body, self.gateway.prices()) {
             Ok(request) => request,
             Err(error) => return Attempt::Fail { error: JobError::new(Code::InvalidRequest, error.to_string()) },
         };
@@ -101,7 +101,7 @@ impl Jobs {
                             message: format!(
                                 "{} refused the request itself (HTTP {}); its answer is in provider_answer. \
                                  Nothing was charged.",
-                                api.provider().display_name(),
+                                request.provider.display_name(),
                                 completed.status.as_u16()
                             ),
                             provider_status: Some(completed.status.as_u16()),
@@ -110,7 +110,7 @@ impl Jobs {
                     },
                 }
             }
-            Err(error) => self.judge(user, api.provider(), error).await,
+            Err(error) => self.judge(user, request.provider, error).await,
         }
     }
 

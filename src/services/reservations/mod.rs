@@ -427,9 +427,9 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let reservations = Arc::clone(&reservations);
-                tokio::spawn(
-                    async move { reservations.reserve(u, reading(100), Cents::whole(95), Provider::OpenAi).await },
-                )
+                tokio::spawn(async move {
+                    reservations.reserve(u, reading(100), Cents::whole(95), Provider::openai()).await
+                })
             })
             .collect();
         let mut holds = Vec::new();
@@ -451,21 +451,21 @@ mod tests {
         let budget = PlatformBudget::new(None, Cents::whole(100), unreachable, Duration::from_secs(5), None);
         let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), vec![budget]);
         let (a, b) = (user(), user());
-        let held = reservations.reserve(a, reading(1_000), Cents::whole(60), Provider::OpenAi).await.unwrap();
-        let refused = reservations.reserve(b, reading(1_000), Cents::whole(60), Provider::OpenAi).await.unwrap_err();
+        let held = reservations.reserve(a, reading(1_000), Cents::whole(60), Provider::openai()).await.unwrap();
+        let refused = reservations.reserve(b, reading(1_000), Cents::whole(60), Provider::openai()).await.unwrap_err();
         assert_eq!(refused, ReserveError::PlatformBudget(None));
         assert_eq!(reservations.available(b, reading(1_000)).await, Cents::whole(1_000), "b's credits hold nothing");
         assert_eq!(reservations.open_holds(), 1);
         // a's call cost less than it held: what is left of the day is there for b.
         held.settle(Uuid::new_v4(), Cents::whole(30));
-        let b_held = reservations.reserve(b, reading(1_000), Cents::whole(60), Provider::OpenAi).await.unwrap();
+        let b_held = reservations.reserve(b, reading(1_000), Cents::whole(60), Provider::openai()).await.unwrap();
         assert_eq!(
-            reservations.reserve(a, reading(1_000), Cents::whole(20), Provider::OpenAi).await.unwrap_err(),
+            reservations.reserve(a, reading(1_000), Cents::whole(20), Provider::openai()).await.unwrap_err(),
             ReserveError::PlatformBudget(None)
         );
         drop(b_held);
         assert!(
-            reservations.reserve(a, reading(1_000), Cents::whole(60), Provider::OpenAi).await.is_ok(),
+            reservations.reserve(a, reading(1_000), Cents::whole(60), Provider::openai()).await.is_ok(),
             "b's hold went back"
         );
     }
@@ -496,31 +496,31 @@ mod tests {
         let budget = |scope, cap| {
             PlatformBudget::new(scope, Cents::whole(cap), unreachable.clone(), Duration::from_secs(5), None)
         };
-        let budgets = vec![budget(None, 100), budget(Some(Provider::Anthropic), 50)];
+        let budgets = vec![budget(None, 100), budget(Some(Provider::anthropic()), 50)];
         let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), budgets);
         let u = user();
-        let refused = reservations.reserve(u, reading(1_000), Cents::whole(60), Provider::Anthropic).await;
-        assert_eq!(refused.unwrap_err(), ReserveError::PlatformBudget(Some(Provider::Anthropic)));
+        let refused = reservations.reserve(u, reading(1_000), Cents::whole(60), Provider::anthropic()).await;
+        assert_eq!(refused.unwrap_err(), ReserveError::PlatformBudget(Some(Provider::anthropic())));
         assert_eq!(reservations.available(u, reading(1_000)).await, Cents::whole(1_000), "nothing held");
-        let openai = reservations.reserve(u, reading(1_000), Cents::whole(60), Provider::OpenAi).await.unwrap();
-        let anthropic = reservations.reserve(u, reading(1_000), Cents::whole(41), Provider::Anthropic).await;
+        let openai = reservations.reserve(u, reading(1_000), Cents::whole(60), Provider::openai()).await.unwrap();
+        let anthropic = reservations.reserve(u, reading(1_000), Cents::whole(41), Provider::anthropic()).await;
         assert_eq!(anthropic.unwrap_err(), ReserveError::PlatformBudget(None), "the budget for all has only 40 left");
         drop(openai);
         let days = reservations.platform_today().await;
         assert_eq!(
             days,
-            [(None, Cents::whole(100), Cents::ZERO), (Some(Provider::Anthropic), Cents::whole(50), Cents::ZERO)]
+            [(None, Cents::whole(100), Cents::ZERO), (Some(Provider::anthropic()), Cents::whole(50), Cents::ZERO)]
         );
-        assert!(reservations.reserve(u, reading(1_000), Cents::whole(41), Provider::Anthropic).await.is_ok());
+        assert!(reservations.reserve(u, reading(1_000), Cents::whole(41), Provider::anthropic()).await.is_ok());
     }
 
     #[tokio::test]
     async fn a_dropped_hold_is_released_and_the_user_forgotten() {
         let reservations = Reservations::in_memory(Duration::from_secs(5), Duration::from_secs(60), Vec::new());
         let u = user();
-        let hold = reservations.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap();
+        let hold = reservations.reserve(u, reading(100), Cents::whole(60), Provider::openai()).await.unwrap();
         assert_eq!(
-            reservations.reserve(u, reading(100), Cents::whole(60), Provider::OpenAi).await.unwrap_err(),
+            reservations.reserve(u, reading(100), Cents::whole(60), Provider::openai()).await.unwrap_err(),
             ReserveError::Credits(Shortfall { available: Cents::whole(40) })
         );
         drop(hold);

@@ -20,7 +20,7 @@ fn call_at(at: OffsetDateTime) -> CallEntry {
     let nanos = at.unix_timestamp_nanos();
     let stamp =
         uuid::Timestamp::from_unix(uuid::NoContext, (nanos / 1_000_000_000) as u64, (nanos % 1_000_000_000) as u32);
-    let mut entry = CallEntry::uncharged(Provider::OpenAi, "gpt-4o-mini", None, 402, Code::BudgetExceeded);
+    let mut entry = CallEntry::uncharged(Provider::openai(), "gpt-4o-mini", None, 402, Code::BudgetExceeded);
     (entry.id, entry.at) = (Uuid::new_v7(stamp), at);
     entry
 }
