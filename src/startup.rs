@@ -19,9 +19,11 @@ use tower::ServiceExt as _;
 
 use crate::accounting;
 use crate::config::{Delivery, Settings};
+use crate::domain::api_key::KeyStatus;
 use crate::http::{self, state::AppState};
 use crate::services::flag_cache::Pushed;
 use crate::services::jobs::JobsError;
+use crate::services::key_rechecks::KeyRechecks;
 use crate::services::reservations::LedgerSink;
 use crate::shared::bus::Event;
 use crate::shared::redis::{Redis, RedisFailure};
@@ -54,7 +56,8 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     router: Router,
     state: AppState,
-    reverify_interval: Duration,
+    /// How often `unverified` and `quota_exceeded` keys are checked again.
+    recheck_intervals: [(KeyStatus, Duration); 2],
     flag_poll_interval: Option<Duration>,
     delivery: Delivery,
     client_write_timeout: Duration,
@@ -92,7 +95,10 @@ impl Application {
             listener,
             metrics_listener,
             state,
-            reverify_interval: settings.key_reverify_interval,
+            recheck_intervals: [
+                (KeyStatus::Unverified, settings.key_reverify_interval),
+                (KeyStatus::QuotaExceeded, settings.key_quota_recheck_interval),
+            ],
             flag_poll_interval: settings.flag_poll_interval,
             delivery: settings.delivery,
             client_write_timeout: settings.client_write_timeout,
@@ -132,7 +138,15 @@ impl Application {
         self.state.services().jobs.start();
         self.state.services().calls.start();
         if self.state.services().vault.is_configured() {
-            tokio::spawn(reverify_unverified_keys(self.state.clone(), self.reverify_interval));
+            let services = self.state.services();
+            let rechecks = Arc::new(KeyRechecks::new(
+                Arc::clone(&services.vault),
+                Arc::clone(&services.key_events),
+                Arc::clone(&services.jobs),
+            ));
+            for (status, every) in self.recheck_intervals {
+                tokio::spawn(recheck_keys(Arc::clone(&rechecks), status, every));
+            }
         }
         let mut builder = http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
@@ -255,17 +269,13 @@ async fn load_flags_until_ready(state: AppState) {
     }
 }
 
-/// Keys saved during a provider outage are stored `unverified`; this checks them again periodically.
-async fn reverify_unverified_keys(state: AppState, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
+/// Keys whose state can change by itself (see [`KeyRechecks`]) are checked again every `every`.
+async fn recheck_keys(rechecks: Arc<KeyRechecks>, status: KeyStatus, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        match state.services().vault.reverify_unverified(100).await {
-            Ok(0) => {}
-            Ok(checked) => tracing::info!(checked, "re-verified unverified keys"),
-            Err(error) => tracing::warn!(%error, "re-verifying unverified keys failed; will retry"),
-        }
+        rechecks.round(status).await;
     }
 }

@@ -80,6 +80,8 @@ pub struct Settings {
     pub provider_generation_timeout: Duration,
     /// How often keys stored `unverified` (provider unreachable when saved) are checked again.
     pub key_reverify_interval: Duration,
+    /// How often keys marked `quota_exceeded` are checked again, each with a one-token call on its account.
+    pub key_quota_recheck_interval: Duration,
     /// Holds the store (`byok-bridge.db`): usage records waiting for Directus. Must survive restarts (a volume
     /// in containers), and belongs to one process.
     pub data_dir: PathBuf,
@@ -301,6 +303,7 @@ impl Settings {
         let provider_timeout = r.seconds("PROVIDER_TIMEOUT_SECS", 30, 1..=600);
         let provider_generation_timeout = r.seconds("PROVIDER_GENERATION_TIMEOUT_SECS", 600, 1..=3_600);
         let key_reverify_interval = r.seconds("KEY_REVERIFY_INTERVAL_SECS", 600, 1..=86_400);
+        let key_quota_recheck_interval = r.seconds("KEY_QUOTA_RECHECK_INTERVAL_SECS", 3_600, 1..=604_800);
         let data_dir = PathBuf::from(r.get("DATA_DIR").unwrap_or_else(|| "data".into()));
         let legacy_spool_dir = r.get("SPOOL_DIR").map_or_else(|| data_dir.join("spool"), PathBuf::from);
         let delivery = delivery::read(&mut r);
@@ -463,6 +466,7 @@ impl Settings {
                 provider_timeout,
                 provider_generation_timeout,
                 key_reverify_interval,
+                key_quota_recheck_interval,
                 data_dir,
                 legacy_spool_dir,
                 delivery,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{DirectusClient, DirectusError, lenient_bool};
+use crate::domain::api_key::KeyStatus;
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 
@@ -37,7 +38,7 @@ pub struct KeyUpdate {
     pub encrypted_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_hint: Option<String>,
-    pub status: &'static str,
+    pub status: KeyStatus,
     pub is_active: bool,
     pub last_validated_at: Option<String>,
     pub last_error: Option<String>,
@@ -111,8 +112,12 @@ impl DirectusClient {
         self.data(request).await
     }
 
-    /// Owners of keys saved while their provider was unreachable, oldest first.
-    pub async fn unverified_keys(&self, limit: usize) -> Result<Vec<(String, String)>, DirectusError> {
+    /// Owners of active keys in `status`, least recently updated first.
+    pub async fn keys_with_status(
+        &self,
+        status: KeyStatus,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, DirectusError> {
         #[derive(Deserialize)]
         struct Owner {
             user: String,
@@ -120,7 +125,7 @@ impl DirectusClient {
         }
         let request = self.request(Method::GET, "/items/user_api_keys").query(&[
             ("fields", "user,provider"),
-            ("filter[status][_eq]", "unverified"),
+            ("filter[status][_eq]", status.as_str()),
             ("filter[is_active][_eq]", "true"),
             ("sort", "date_updated"),
             ("limit", &limit.to_string()),

@@ -11,13 +11,25 @@ pub enum KeyStatus {
     Active,
     /// The provider refused it (401/403). Never used again until the user replaces or re-verifies it.
     Invalid,
-    /// The provider's account is out of quota; paused until the user re-verifies it.
+    /// The provider's account is out of quota; not routed to until a check finds quota again (the user's
+    /// "verify", or the background re-check every `KEY_QUOTA_RECHECK_INTERVAL_SECS`).
     QuotaExceeded,
     /// Recently rate limited; still usable, calls are retried with backoff.
     RateLimited,
 }
 
 impl KeyStatus {
+    /// As `user_api_keys.status` stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Unverified => "unverified",
+            KeyStatus::Active => "active",
+            KeyStatus::Invalid => "invalid",
+            KeyStatus::QuotaExceeded => "quota_exceeded",
+            KeyStatus::RateLimited => "rate_limited",
+        }
+    }
+
     /// Whether routing may pick this key.
     pub fn is_usable(self) -> bool {
         matches!(self, KeyStatus::Unverified | KeyStatus::Active | KeyStatus::RateLimited)
@@ -32,14 +44,14 @@ impl FromStr for KeyStatus {
     type Err = UnknownKeyStatus;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "unverified" => Ok(KeyStatus::Unverified),
-            "active" => Ok(KeyStatus::Active),
-            "invalid" => Ok(KeyStatus::Invalid),
-            "quota_exceeded" => Ok(KeyStatus::QuotaExceeded),
-            "rate_limited" => Ok(KeyStatus::RateLimited),
-            _ => Err(UnknownKeyStatus),
-        }
+        const ALL: [KeyStatus; 5] = [
+            KeyStatus::Unverified,
+            KeyStatus::Active,
+            KeyStatus::Invalid,
+            KeyStatus::QuotaExceeded,
+            KeyStatus::RateLimited,
+        ];
+        ALL.into_iter().find(|status| status.as_str() == s).ok_or(UnknownKeyStatus)
     }
 }
 

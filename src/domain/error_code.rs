@@ -94,7 +94,7 @@ codes! {
     KeyUnusable = ("key_unusable", 409, "We can no longer read your saved key. Please enter it again."),
     NoKey = ("no_key", 403, "Add your API key of this provider to use it."),
     KeyInvalid = ("key_invalid", 403, "The provider rejected your key. Create a new one and save it."),
-    KeyQuotaExceeded = ("key_quota_exceeded", 402, "Your account with the provider is out of quota. Add credit, then verify the key."),
+    KeyQuotaExceeded = ("key_quota_exceeded", 402, "Your account with the provider is out of quota. Add credit: the key is checked again automatically, or verify it now."),
 
     // The providers.
     ProviderRateLimited = ("provider_rate_limited", 429, "The provider is rate limiting these requests. Retry after the time in Retry-After."),

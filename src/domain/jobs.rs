@@ -82,11 +82,14 @@ pub fn api_name(api: Api) -> &'static str {
     match api {
         Api::ChatCompletions => "chat.completions",
         Api::Messages => "messages",
+        Api::Responses => "responses",
+        Api::Embeddings => "embeddings",
+        Api::CountTokens => "messages.count_tokens",
     }
 }
 
 pub fn parse_api(raw: &str) -> Option<Api> {
-    [Api::ChatCompletions, Api::Messages].into_iter().find(|api| api_name(*api) == raw)
+    [Api::ChatCompletions, Api::Messages, Api::Responses, Api::Embeddings].into_iter().find(|api| api_name(*api) == raw)
 }
 
 /// The coded error a job failed with (or, while it still retries, last failed with): the same codes and
@@ -600,6 +603,8 @@ mod tests {
     fn api_names_are_the_ones_the_jobs_api_takes() {
         assert_eq!(parse_api("chat.completions"), Some(Api::ChatCompletions));
         assert_eq!(parse_api("messages"), Some(Api::Messages));
+        assert_eq!(parse_api("responses"), Some(Api::Responses));
+        assert_eq!(parse_api("embeddings"), Some(Api::Embeddings));
         assert_eq!(parse_api("completions"), None);
         assert_eq!(api_name(Api::Messages), "messages");
     }

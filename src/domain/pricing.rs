@@ -377,6 +377,13 @@ impl PriceTable {
         self.price(provider, model).0.estimate(budget)
     }
 
+    /// Every model the table lists for `provider`, by name.
+    pub fn listed_models(&self, provider: Provider) -> Vec<&str> {
+        let mut names: Vec<&str> = self.for_provider(provider).models.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The provider's general-purpose text models (see [`crate::domain::recommend`]), by name.
     pub fn general_models(&self, provider: Provider) -> impl Iterator<Item = (&str, ModelPrice)> {
         let prices = self.for_provider(provider);

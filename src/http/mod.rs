@@ -61,6 +61,9 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
     let gateway = OpenApiRouter::new()
         .routes(routes!(routes::gateway::chat_completions))
         .routes(routes!(routes::gateway::messages))
+        .routes(routes!(routes::gateway::responses))
+        .routes(routes!(routes::gateway::embeddings))
+        .routes(routes!(routes::gateway::count_tokens))
         .layer(DefaultBodyLimit::max(state.services().max_llm_body_bytes));
     // A job is kept until it is removed: its own, smaller limit.
     let jobs = OpenApiRouter::new()
@@ -86,6 +89,7 @@ pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<
         .routes(routes!(routes::budget::show, routes::budget::update))
         .routes(routes!(routes::account::providers))
         .routes(routes!(routes::account::recommendations))
+        .routes(routes!(routes::models::list))
         .routes(routes!(routes::route::decide))
         .routes(routes!(routes::flags::show))
         .routes(routes!(routes::flags::reload))

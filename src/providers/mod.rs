@@ -90,24 +90,39 @@ impl ProviderClient {
     /// Asks the provider whether the key works, with the cheapest authenticated call it declares (most list
     /// models).
     pub async fn check_key(&self, provider: Provider, key: &ProviderKey) -> KeyCheck {
-        let response = match self
-            .request(&self.http, provider, reqwest::Method::GET, provider.verify_path(), key.expose())
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::info!(%provider, error = %error.without_url(), "provider unreachable while checking a key");
-                return KeyCheck::Unreachable;
-            }
-        };
-        let status = response.status();
-        if status.is_success() {
-            return KeyCheck::Valid;
-        }
-        let body = response.bytes().await.unwrap_or_default();
-        KeyCheck::Failed(upstream::classify(provider, status.as_u16(), &body))
+        let request = self.request(&self.http, provider, reqwest::Method::GET, provider.verify_path(), key.expose());
+        checked(provider, request).await
     }
+
+    /// Asks the provider whether the key's account can pay for a call: a one-token answer from its declared
+    /// `quota_model` (a few millionths of a dollar, billed to that account). Listing models, the usual check,
+    /// passes for an account with no credit left, so it cannot tell that a user has topped up. A provider
+    /// declaring no such model gets the usual check.
+    pub async fn check_quota(&self, provider: Provider, key: &ProviderKey) -> KeyCheck {
+        let Some(model) = provider.quota_model() else { return self.check_key(provider, key).await };
+        let body =
+            serde_json::json!({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]});
+        let path = Api::chat(provider.style()).path();
+        let request = self.request(&self.http, provider, reqwest::Method::POST, path, key.expose()).json(&body);
+        checked(provider, request).await
+    }
+}
+
+/// What the provider's answer to a key check says about the key.
+async fn checked(provider: Provider, request: RequestBuilder) -> KeyCheck {
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::info!(%provider, error = %error.without_url(), "provider unreachable while checking a key");
+            return KeyCheck::Unreachable;
+        }
+    };
+    let status = response.status();
+    if status.is_success() {
+        return KeyCheck::Valid;
+    }
+    let body = response.bytes().await.unwrap_or_default();
+    KeyCheck::Failed(upstream::classify(provider, status.as_u16(), &body))
 }
 
 impl ProviderClient {

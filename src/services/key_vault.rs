@@ -129,7 +129,7 @@ impl KeyVault {
         let sealed = self.keyring()?.seal(KeyOwner { user, provider }, key.expose().as_bytes());
         let update = KeyUpdate { encrypted_key: Some(sealed), key_hint: Some(key.hint(provider)), ..status };
         let record = self.directus.save_key(user, provider, &update).await?;
-        tracing::info!(%user, %provider, status = update.status, "provider key stored");
+        tracing::info!(%user, %provider, status = update.status.as_str(), "provider key stored");
         Ok(summary(record))
     }
 
@@ -152,7 +152,8 @@ impl KeyVault {
             Err(VaultError::Unusable(_)) => {
                 let last_error =
                     format!("This saved {} key can no longer be read. Please enter it again.", provider.display_name());
-                let update = KeyUpdate { status: "invalid", last_error: Some(last_error), ..KeyUpdate::blank() };
+                let update =
+                    KeyUpdate { status: KeyStatus::Invalid, last_error: Some(last_error), ..KeyUpdate::blank() };
                 self.directus.save_key(user, provider, &update).await?;
                 return Err(VaultError::Unusable(provider));
             }
@@ -161,23 +162,45 @@ impl KeyVault {
         Ok(summary(self.directus.save_key(user, provider, &update).await?))
     }
 
-    /// Checks again every key that was saved while its provider could not be reached. Returns how many were
-    /// checked. Several replicas may run this at once: each check is idempotent.
-    pub async fn reverify_unverified(&self, limit: usize) -> Result<usize, VaultError> {
+    /// Checks again up to `limit` keys in `status`, least recently updated first: `unverified` ones with the
+    /// key check, `quota_exceeded` ones with a call that proves the account can pay (see
+    /// [`ProviderClient::check_quota`]). Returns the keys that routing could not use and now can.
+    pub async fn recheck(&self, status: KeyStatus, limit: usize) -> Result<Vec<(UserId, Provider)>, VaultError> {
         self.keyring()?;
-        let owners = self.directus.unverified_keys(limit).await?;
-        let mut checked = 0;
-        for (user, provider) in owners {
+        let mut usable_again = Vec::new();
+        for (user, provider) in self.directus.keys_with_status(status, limit).await? {
             let (Ok(user), Ok(provider)) = (UserId::parse(&user), provider.parse::<Provider>()) else { continue };
-            match self.verify(user, provider).await {
-                Ok(summary) => {
-                    tracing::info!(%user, %provider, status = ?summary.status, "unverified key checked again")
+            let checked = match status {
+                KeyStatus::QuotaExceeded => self.recheck_quota(user, provider).await,
+                _ => self.verify(user, provider).await.map(Some),
+            };
+            match checked {
+                Ok(Some(summary)) => {
+                    tracing::info!(%user, %provider, was = status.as_str(), now = summary.status.as_str(), "key checked again");
+                    if summary.status.is_usable() && !status.is_usable() {
+                        usable_again.push((user, provider));
+                    }
                 }
-                Err(error) => tracing::warn!(%user, %provider, %error, "unverified key could not be checked again"),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%user, %provider, %error, "key could not be checked again"),
             }
-            checked += 1;
         }
-        Ok(checked)
+        Ok(usable_again)
+    }
+
+    /// A key out of quota is recorded `active` once a paid call works, or `invalid` if it is refused. An answer
+    /// that says nothing about the account (unreachable, rate limited, an outage, a refused probe) leaves it
+    /// as it was (`None`): it is never routed to on a guess.
+    async fn recheck_quota(&self, user: UserId, provider: Provider) -> Result<Option<KeySummary>, VaultError> {
+        let key = self.open(user, provider).await?;
+        let check = self.providers.check_quota(provider, &key).await;
+        match check {
+            KeyCheck::Valid | KeyCheck::Failed(UpstreamFailure::InvalidKey | UpstreamFailure::QuotaExhausted) => {
+                let update = status_after(provider, &check);
+                Ok(Some(summary(self.directus.save_key(user, provider, &update).await?)))
+            }
+            KeyCheck::Failed(_) | KeyCheck::Unreachable => Ok(None),
+        }
     }
 
     /// Records what a forwarded call learned about the key (invalid, out of quota), so routing stops using it.
@@ -209,7 +232,7 @@ impl KeyUpdate {
         KeyUpdate {
             encrypted_key: None,
             key_hint: None,
-            status: "unverified",
+            status: KeyStatus::Unverified,
             is_active: true,
             last_validated_at: None,
             last_error: None,
@@ -222,9 +245,9 @@ fn status_after(provider: Provider, check: &KeyCheck) -> KeyUpdate {
     let now = || OffsetDateTime::now_utc().format(&Rfc3339).ok();
     let name = provider.display_name();
     let (status, last_validated_at, last_error) = match check {
-        KeyCheck::Valid => ("active", now(), None),
+        KeyCheck::Valid => (KeyStatus::Active, now(), None),
         KeyCheck::Failed(UpstreamFailure::InvalidKey) => (
-            "invalid",
+            KeyStatus::Invalid,
             now(),
             Some(format!(
                 "{name} rejected this key. Create a new one at {} and enter it again.",
@@ -232,15 +255,15 @@ fn status_after(provider: Provider, check: &KeyCheck) -> KeyUpdate {
             )),
         ),
         KeyCheck::Failed(UpstreamFailure::QuotaExhausted) => (
-            "quota_exceeded",
+            KeyStatus::QuotaExceeded,
             now(),
             Some(format!("{name} reports no remaining quota or credit for this key. Check your {name} billing.")),
         ),
         KeyCheck::Failed(UpstreamFailure::RateLimited) => {
-            ("unverified", None, Some(format!("{name} rate-limited the check; it will be checked again.")))
+            (KeyStatus::Unverified, None, Some(format!("{name} rate-limited the check; it will be checked again.")))
         }
         KeyCheck::Failed(UpstreamFailure::Outage | UpstreamFailure::Rejected) | KeyCheck::Unreachable => (
-            "unverified",
+            KeyStatus::Unverified,
             None,
             Some(format!("{name} could not be reached to check this key; it will be checked again.")),
         ),

@@ -183,10 +183,14 @@ impl MeteredStream {
 fn interrupted_event(api: Api) -> Bytes {
     let (code, message) = (Code::UpstreamStreamInterrupted.as_str(), Code::UpstreamStreamInterrupted.message());
     Bytes::from(match api {
-        Api::ChatCompletions => format!(
+        Api::ChatCompletions | Api::Embeddings => format!(
             "data: {{\"error\":{{\"code\":\"{code}\",\"type\":\"upstream_error\",\"message\":\"{message}\"}}}}\n\n"
         ),
-        Api::Messages => format!(
+        // The Responses API's own error event, which the SDKs raise.
+        Api::Responses => format!(
+            "event: error\ndata: {{\"type\":\"error\",\"code\":\"{code}\",\"message\":\"{message}\",\"param\":null,\"sequence_number\":0}}\n\n"
+        ),
+        Api::Messages | Api::CountTokens => format!(
             "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\"message\":\"{message}\"}}}}\n\n"
         ),
     })

@@ -7,6 +7,7 @@ pub mod flag_cache;
 pub mod gateway;
 pub mod in_flight;
 pub mod jobs;
+pub mod key_rechecks;
 pub mod key_vault;
 pub mod meter;
 pub mod notifier;

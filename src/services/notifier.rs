@@ -49,7 +49,10 @@ impl KeyProblem {
                     "{name} reports that your account has no quota or credit left, so AI features that use your key \
                      are paused."
                 ),
-                format!("Add credit at {}, then verify the key under \"Your API keys\"", provider.billing_url()),
+                format!(
+                    "Add credit at {}: the key is checked again automatically, or verify it now under \"Your API keys\"",
+                    provider.billing_url()
+                ),
             ),
         };
         let jobs = "Background requests waiting for this key resume by themselves once it works again.";

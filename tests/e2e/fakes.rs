@@ -49,6 +49,27 @@ fn anthropic_stream() -> String {
     .concat()
 }
 
+pub const RESPONSE_OK: &str = r#"{"id":"resp_1","object":"response","created_at":1700000000,"status":"completed","model":"gpt-4o-mini","output":[{"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","text":"Hi!","annotations":[]}]}],"parallel_tool_calls":true,"tool_choice":"auto","tools":[],"usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":0},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":12}}"#;
+pub const EMBEDDINGS_OK: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.25,-0.5,0.125]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+
+/// A Responses stream: text in two deltas, then `response.completed` with 7 input and 4 output tokens.
+pub fn responses_stream() -> String {
+    let event = |data: Value| format!("event: {}\ndata: {data}\n\n", data["type"].as_str().unwrap());
+    let response = |status: &str, usage: Value| {
+        json!({"id": "resp_2", "object": "response", "created_at": 1700000000, "status": status, "model": "gpt-4o-mini",
+            "output": [], "parallel_tool_calls": true, "tool_choice": "auto", "tools": [], "usage": usage})
+    };
+    let usage = json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 4,
+        "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 11});
+    [
+        event(json!({"type": "response.created", "sequence_number": 0, "response": response("in_progress", Value::Null)})),
+        event(json!({"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_2", "output_index": 0, "content_index": 0, "delta": "Hel", "logprobs": []})),
+        event(json!({"type": "response.output_text.delta", "sequence_number": 2, "item_id": "msg_2", "output_index": 0, "content_index": 0, "delta": "lo", "logprobs": []})),
+        event(json!({"type": "response.completed", "sequence_number": 3, "response": response("completed", usage)})),
+    ]
+    .concat()
+}
+
 /// One fake for both providers: OpenAI under `/v1`, Anthropic under `/v1` of its own base URL.
 pub async fn fake_providers() -> MockServer {
     let server = MockServer::start().await;
@@ -71,9 +92,20 @@ pub async fn mount_fakes(server: &MockServer) {
         .with_priority(1)
         .mount(server)
         .await;
-    for (endpoint, stream, complete) in
-        [("/v1/chat/completions", openai_stream(), CHAT_OK), ("/v1/messages", anthropic_stream(), MESSAGE_OK)]
+    for (endpoint, answer) in
+        [("/v1/embeddings", EMBEDDINGS_OK), ("/v1/messages/count_tokens", r#"{"input_tokens":12}"#)]
     {
+        Mock::given(method("POST"))
+            .and(path(endpoint))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(answer, "application/json"))
+            .mount(server)
+            .await;
+    }
+    for (endpoint, stream, complete) in [
+        ("/v1/chat/completions", openai_stream(), CHAT_OK),
+        ("/v1/messages", anthropic_stream(), MESSAGE_OK),
+        ("/v1/responses", responses_stream(), RESPONSE_OK),
+    ] {
         Mock::given(method("POST"))
             .and(path(endpoint))
             .and(body_partial_json(json!({"stream": true})))

@@ -43,14 +43,21 @@ async fn official_sdks_work_and_every_call_is_accounted_in_directus() {
         .unwrap();
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "SDK tests failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(report.contains("6 passed"), "{report}");
+    assert!(report.contains("11 passed"), "{report}");
 
-    // OpenAI calls went through the user's key, Anthropic calls (no key) through credits.
+    // OpenAI calls went through the user's key, Anthropic calls (no key) through credits; token counts are
+    // free at Anthropic and recorded nowhere.
     let user = instance.var("PREMIUM_USER_ID").to_owned();
-    let byok = instance.wait_for_rows(&http, "/items/api_key_usage", &[("filter[user][_eq]", &user)], 3).await;
-    let mut tokens: Vec<u64> = byok.iter().map(|r| r["total_tokens"].as_u64().unwrap()).collect();
+    let byok = instance.wait_for_rows(&http, "/items/api_key_usage", &[("filter[user][_eq]", &user)], 6).await;
+    let mut tokens: Vec<(&str, u64)> =
+        byok.iter().map(|r| (r["model"].as_str().unwrap(), r["total_tokens"].as_u64().unwrap())).collect();
     tokens.sort();
-    assert_eq!(tokens, [10, 10, 14], "non-streaming 11+3, two streams 8+2: {byok:?}");
+    let expected = [("gpt-4o-mini", 10), ("gpt-4o-mini", 10), ("gpt-4o-mini", 11), ("gpt-4o-mini", 12)];
+    assert_eq!(
+        tokens,
+        [&expected[..], &[("gpt-4o-mini", 14), ("text-embedding-3-small", 5)]].concat(),
+        "chat 11+3 and two streams 8+2, responses 9+3 and a stream 7+4, embeddings 5: {byok:?}"
+    );
     let ledger = instance
         .wait_for_rows(
             &http,
@@ -85,7 +92,7 @@ async fn official_sdks_work_and_every_call_is_accounted_in_directus() {
 
     // The usage summary reads those records back.
     let (_, summary) = sidecar.get(&http, "/v1/usage?days=30", Some(&premium)).await;
-    assert_eq!(summary["total"]["requests"], 5, "{summary}");
+    assert_eq!(summary["total"]["requests"], 8, "{summary}");
 
     http.delete(sidecar.url("/v1/keys/openai")).bearer_auth(&premium).send().await.unwrap();
     sidecar.stop().await;

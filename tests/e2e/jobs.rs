@@ -192,6 +192,20 @@ async fn a_job_survives_a_ten_minute_provider_outage_and_is_accounted_once_in_di
     assert_eq!(rows[0]["request_id"], job["usage_id"]);
 }
 
+/// OpenAI's answer for `key` while its account has no quota: every time, or the first `times` times.
+fn out_of_quota(key: &str, times: Option<u64>) -> Mock {
+    let quota = json!({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}});
+    let mock = Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", format!("Bearer {key}").as_str()))
+        .respond_with(ResponseTemplate::new(429).set_body_json(quota))
+        .with_priority(1);
+    match times {
+        Some(times) => mock.up_to_n_times(times),
+        None => mock,
+    }
+}
+
 #[tokio::test]
 async fn a_quota_exhausted_key_pauses_the_users_jobs_notifies_once_and_saving_a_good_key_resumes_them() {
     let _serial = serial().await;
@@ -199,14 +213,7 @@ async fn a_quota_exhausted_key_pauses_the_users_jobs_notifies_once_and_saving_a_
     let http = crate::harness::client();
     instance.set_byok_first(&http).await;
     let providers = fake_providers().await;
-    let quota = json!({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}});
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .and(header("authorization", format!("Bearer {QUOTA_KEY}").as_str()))
-        .respond_with(ResponseTemplate::new(429).set_body_json(quota))
-        .with_priority(1)
-        .mount(&providers)
-        .await;
+    out_of_quota(QUOTA_KEY, None).mount(&providers).await;
     let app = InProcess::start(&instance, &providers, &Clock::system(), &[]).await;
     // No credits: nothing to fall back to, so the jobs wait for the key.
     let (user, token) = instance.new_user(&http, "premium", "0").await;
@@ -231,6 +238,47 @@ async fn a_quota_exhausted_key_pauses_the_users_jobs_notifies_once_and_saving_a_
     instance.wait_for_rows(&http, "/items/api_key_usage", &[("filter[user][_eq]", &user)], 3).await;
     let notes = instance.admin_get(&http, "/notifications", &[("filter[recipient][_eq]", &user)]).await;
     assert_eq!(notes.as_array().unwrap().len(), 1, "notified once: {notes}");
+}
+
+/// A user who tops up their provider account is not stuck until they press "verify": the key marked out of
+/// quota is checked again in the background with a one-token call on it (listing models would pass without
+/// quota), found paying it is `active` again, and the job paused on it runs, with nobody doing anything.
+#[tokio::test]
+async fn a_key_out_of_quota_is_checked_again_and_its_paused_job_runs_once_the_account_pays() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = crate::harness::client();
+    instance.set_byok_first(&http).await;
+    let providers = fake_providers().await;
+    let bearer = format!("Bearer {QUOTA_KEY}");
+    // The job's call and the first re-check find no quota; then the account has been topped up.
+    out_of_quota(QUOTA_KEY, Some(2)).mount(&providers).await;
+    let app =
+        InProcess::start(&instance, &providers, &Clock::system(), &[("KEY_QUOTA_RECHECK_INTERVAL_SECS", "1")]).await;
+    let (_, token) = instance.new_user(&http, "premium", "0").await;
+    let client = Client { http: &http, base: &app.base, token: &token };
+    client.put_key(QUOTA_KEY).await;
+    let id = client.submit(&chat_job("after the top-up"), None).await["id"].as_str().unwrap().to_owned();
+    client.wait(&id, "paused", |j| j["status"] == "paused").await;
+
+    let job = client.wait(&id, "success", |j| j["status"] == "succeeded").await;
+    assert_eq!(job["source"], "byok");
+    let keys: Value =
+        http.get(format!("{}/v1/keys", app.base)).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(keys["keys"][0]["status"], "active", "{keys}");
+    let probes: Vec<Value> = providers
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r.url.path() == "/v1/chat/completions" && r.headers.get("authorization").unwrap() == bearer.as_str()
+        })
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .filter(|body: &Value| body["max_tokens"] == 1)
+        .collect();
+    assert!(probes.len() >= 2, "one probe found no quota, the next found it: {probes:?}");
+    assert!(probes.iter().all(|p| p["model"] == "gpt-4o-mini"), "{probes:?}");
 }
 
 #[tokio::test]

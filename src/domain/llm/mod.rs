@@ -1,4 +1,4 @@
-//! The two wire formats the gateway speaks, reduced to what routing and accounting need: which model,
+//! The wire formats the gateway speaks, reduced to what routing and accounting need: which model,
 //! streaming or not, the most the call may use ([`request`]), and what it did use ([`usage`], [`stream`]).
 
 pub mod request;
@@ -19,15 +19,34 @@ pub enum Api {
     ChatCompletions,
     /// Anthropic Messages: `POST /v1/messages`.
     Messages,
+    /// OpenAI Responses: `POST /v1/responses`.
+    Responses,
+    /// OpenAI Embeddings: `POST /v1/embeddings`. Input tokens only; never streamed.
+    Embeddings,
+    /// Anthropic's token count: `POST /v1/messages/count_tokens`. Free at the provider: never held or charged.
+    CountTokens,
 }
 
 impl Api {
+    /// The chat API of providers of `style`.
+    pub fn chat(style: ApiStyle) -> Api {
+        match style {
+            ApiStyle::OpenAi => Api::ChatCompletions,
+            ApiStyle::Anthropic => Api::Messages,
+        }
+    }
+
     /// The providers that serve it.
     pub fn style(self) -> ApiStyle {
         match self {
-            Api::ChatCompletions => ApiStyle::OpenAi,
-            Api::Messages => ApiStyle::Anthropic,
+            Api::ChatCompletions | Api::Responses | Api::Embeddings => ApiStyle::OpenAi,
+            Api::Messages | Api::CountTokens => ApiStyle::Anthropic,
         }
+    }
+
+    /// Whether the provider bills it, so that credits are held for it and its usage recorded.
+    pub fn is_billed(self) -> bool {
+        self != Api::CountTokens
     }
 
     /// Where it is sent, relative to the provider's API root (see [`crate::providers`]).
@@ -35,6 +54,9 @@ impl Api {
         match self {
             Api::ChatCompletions => "chat/completions",
             Api::Messages => "v1/messages",
+            Api::Responses => "responses",
+            Api::Embeddings => "embeddings",
+            Api::CountTokens => "v1/messages/count_tokens",
         }
     }
 
@@ -43,6 +65,9 @@ impl Api {
         match self {
             Api::ChatCompletions => "chat_completions",
             Api::Messages => "messages",
+            Api::Responses => "responses",
+            Api::Embeddings => "embeddings",
+            Api::CountTokens => "count_tokens",
         }
     }
 }

@@ -114,7 +114,9 @@ fn parse_members(
     let member = |name: &str| members.iter().find(|(key, _)| key == name).map(|(_, value)| value.get());
     let stream = match member("stream").map(serde_json::from_str::<Option<bool>>) {
         None | Some(Ok(None)) => false,
-        Some(Ok(Some(stream))) => stream,
+        // Embeddings and token counts never stream: a `stream` member is the provider's to refuse, in a plain
+        // answer.
+        Some(Ok(Some(stream))) => stream && !matches!(api, Api::Embeddings | Api::CountTokens),
         Some(Err(_)) => return Err(LlmRequestError::Stream),
     };
 
@@ -139,20 +141,25 @@ fn parse_members(
         }
     }
 
-    let output_limit = ["max_tokens", "max_completion_tokens"].iter().filter_map(|name| count(member(name)?)).max();
+    let output_limit = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .filter_map(|name| count(member(name)?))
+        .max();
     let completions = member("n").and_then(count).unwrap_or(1).max(1);
     let thinking = member("thinking").and_then(|text| serde_json::from_str::<Thinking>(text).ok());
     let thinking_budget = thinking.and_then(|t| t.budget_tokens).and_then(|b| count(&b.to_string()));
-    let output_tokens = match (output_limit, thinking_budget) {
-        (None, None) => None,
-        (limit, budget) => Some(limit.max(budget).unwrap_or(0).saturating_mul(completions)),
+    let output_tokens = match (api, output_limit, thinking_budget) {
+        // An embedding is priced by its input alone.
+        (Api::Embeddings, ..) => Some(0),
+        (_, None, None) => None,
+        (_, limit, budget) => Some(limit.max(budget).unwrap_or(0).saturating_mul(completions)),
     };
     let audio_output = member("audio").is_some_and(|text| text != "null")
         || member("modalities").is_some_and(|text| text.contains("\"audio\""));
 
     // OpenAI: `auto` (the project's own default) and `default` are standard. Anthropic's values (`auto`,
     // `standard_only`) bill at standard rates unless the operator bought Priority Tier capacity.
-    let special_service_tier = api == Api::ChatCompletions
+    let special_service_tier = matches!(api, Api::ChatCompletions | Api::Responses)
         && member("service_tier")
             .and_then(|text| serde_json::from_str::<Option<String>>(text).ok().flatten())
             .is_some_and(|tier| !matches!(tier.as_str(), "auto" | "default"));
@@ -167,12 +174,8 @@ fn parse_members(
         .saturating_add(scan.attachments.saturating_mul(ATTACHMENT_TOKENS))
         .saturating_add(scan.documents.saturating_mul(DOCUMENT_TOKENS));
 
-    Ok(LlmRequest {
-        provider,
-        model,
-        stream,
-        client_wants_usage_chunk,
-        budget: CallBudget {
+    let budget = if api.is_billed() {
+        CallBudget {
             prompt_tokens,
             output_tokens,
             completions,
@@ -180,7 +183,17 @@ fn parse_members(
             audio_input: scan.audio,
             audio_output,
             web_searches: scan.web_searches,
-        },
+        }
+    } else {
+        // Nothing to hold for a call the provider does not bill.
+        CallBudget { output_tokens: Some(0), ..CallBudget::default() }
+    };
+    Ok(LlmRequest {
+        provider,
+        model,
+        stream,
+        client_wants_usage_chunk,
+        budget,
         special_service_tier,
         body: body.map_or_else(|| raw.clone(), Bytes::from),
     })
@@ -504,6 +517,8 @@ impl<'de> Visitor<'de> for Walk<'_> {
 mod tests {
     use serde_json::json;
 
+    use crate::domain::money::Cents;
+
     use super::*;
 
     fn parse(api: Api, body: &Value) -> LlmRequest {
@@ -661,5 +676,59 @@ mod tests {
         let refused =
             parse_request(Api::ChatCompletions, &Bytes::from(deep), &PriceTable::builtin()).map(|r| r.body.len());
         assert_eq!(refused, Err(LlmRequestError::TooDeep));
+    }
+
+    #[test]
+    fn embeddings_are_priced_by_input_and_never_stream_and_token_counts_hold_nothing() {
+        let embeddings =
+            parse(Api::Embeddings, &json!({"model": "text-embedding-3-small", "input": ["a", "b"], "stream": true}));
+        assert_eq!((embeddings.stream, embeddings.budget.output_tokens), (false, Some(0)));
+        assert!(embeddings.budget.prompt_tokens > 0);
+        let table = PriceTable::builtin();
+        let (price, _) = table.price(embeddings.provider, &embeddings.model);
+        assert_eq!(price.estimate(&embeddings.budget), Cents::per_unit(embeddings.budget.prompt_tokens, price.input));
+        let mistral = parse(Api::Embeddings, &json!({"model": "mistral-embed", "input": "x"}));
+        assert_eq!(mistral.provider.as_str(), "mistral");
+        let count = parse(
+            Api::CountTokens,
+            &json!({"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "x"}]}),
+        );
+        assert_eq!(
+            (count.stream, count.budget),
+            (false, CallBudget { output_tokens: Some(0), ..CallBudget::default() })
+        );
+        assert_eq!(table.estimate(count.provider, &count.model, &count.budget), Cents::ZERO);
+    }
+
+    #[test]
+    fn responses_budget_their_max_output_tokens_and_may_ask_for_a_special_service_tier() {
+        let request = parse(
+            Api::Responses,
+            &json!({"model": "gpt-4o", "input": "hi", "max_output_tokens": 300, "service_tier": "flex"}),
+        );
+        assert_eq!((request.budget.output_tokens, request.special_service_tier), (Some(300), true));
+        assert_eq!(request.provider, Provider::openai());
+    }
+
+    #[test]
+    fn a_provider_named_before_the_model_serves_it_under_the_models_own_name() {
+        let request = parse(
+            Api::ChatCompletions,
+            &json!({"model": "openrouter/meta-llama/llama-3-70b", "messages": [], "extra": {"kept": true}}),
+        );
+        assert_eq!((request.provider.as_str(), request.model.as_str()), ("openrouter", "meta-llama/llama-3-70b"));
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["model"], "meta-llama/llama-3-70b");
+        assert_eq!(body["extra"], json!({"kept": true}), "everything else passes as it came");
+        for model in ["anthropic/claude-3-5-haiku", "nobody/x", "openai/"] {
+            let request = parse(Api::ChatCompletions, &json!({"model": model}));
+            assert_eq!((request.provider, request.model.as_str()), (Provider::openai(), model), "{model}");
+        }
+        let groq = parse(Api::ChatCompletions, &json!({"model": "openai/gpt-oss-120b"}));
+        assert_eq!(
+            (groq.provider.as_str(), groq.model.as_str()),
+            ("groq", "openai/gpt-oss-120b"),
+            "a listed name wins"
+        );
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::Api;
-use super::usage::{anthropic_usage, estimated_usage, openai_usage};
+use super::usage::{anthropic_usage, estimated_usage, openai_usage, responses_usage};
 use crate::domain::pricing::ModelPrice;
 use crate::domain::usage::TokenUsage;
 
@@ -131,7 +131,8 @@ impl StreamTap {
             Seen::Pass => out.extend_from_slice(&event),
             Seen::Hide => {}
             Seen::Priced(mut data) => {
-                if let (Some(usage), Some(final_usage)) = (data.get_mut("usage"), self.final_usage) {
+                let at = if self.api == Api::Responses { "/response/usage" } else { "/usage" };
+                if let (Some(usage), Some(final_usage)) = (data.pointer_mut(at), self.final_usage) {
                     usage["cost_cents"] = serde_json::json!(self.price.cost(&final_usage));
                 }
                 out.extend_from_slice(&with_data(&event, &data));
@@ -144,7 +145,7 @@ impl StreamTap {
         let Some(data) = event_data(event) else { return Seen::Pass };
         let Ok(event) = serde_json::from_slice::<Value>(&data) else { return Seen::Pass };
         match self.api {
-            Api::ChatCompletions => {
+            Api::ChatCompletions | Api::Embeddings => {
                 let usage = event.get("usage").filter(|u| !u.is_null()).and_then(openai_usage);
                 for choice in event.get("choices").and_then(Value::as_array).into_iter().flatten() {
                     self.generated_chars += choice.get("delta").map_or(0, generated_chars);
@@ -154,7 +155,7 @@ impl StreamTap {
                 let only_usage = event.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty);
                 if self.hide_usage_chunk && only_usage { Seen::Hide } else { Seen::Priced(event) }
             }
-            Api::Messages => {
+            Api::Messages | Api::CountTokens => {
                 match event.get("type").and_then(Value::as_str) {
                     Some("message_start") => {
                         self.started = event.pointer("/message/usage").and_then(anthropic_usage);
@@ -174,6 +175,22 @@ impl StreamTap {
                     _ => {}
                 }
                 Seen::Pass
+            }
+            Api::Responses => {
+                let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+                // Every `*.delta` event carries generated text, arguments or reasoning in `delta`.
+                if kind.ends_with(".delta") {
+                    self.generated_chars += event.get("delta").map_or(0, generated_chars);
+                }
+                // The response ends completed, incomplete (a limit reached) or failed: each says its usage.
+                let ending = matches!(kind, "response.completed" | "response.incomplete" | "response.failed");
+                match event.pointer("/response/usage").filter(|_| ending).and_then(responses_usage) {
+                    Some(usage) => {
+                        self.final_usage = Some(usage);
+                        Seen::Priced(event)
+                    }
+                    None => Seen::Pass,
+                }
             }
         }
     }
@@ -396,5 +413,46 @@ mod tests {
         let (usage, reported) = tap.finish(1);
         assert!(!reported);
         assert!(usage.completion_tokens >= (MAX_EVENT as u64) / 3);
+    }
+
+    fn responses_event(kind: &str, data: Value) -> String {
+        format!("event: {kind}\ndata: {data}\n\n")
+    }
+
+    fn responses_stream(ending: &str) -> String {
+        let usage = json!({"input_tokens": 20, "input_tokens_details": {"cached_tokens": 5},
+            "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 4}, "total_tokens": 27});
+        [
+            responses_event("response.created", json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1", "status": "in_progress", "usage": null}})),
+            responses_event("response.output_text.delta", json!({"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "Bonjour"})),
+            responses_event("response.function_call_arguments.delta", json!({"type": "response.function_call_arguments.delta", "sequence_number": 2, "item_id": "fc_1", "output_index": 1, "delta": "{\"a\":1}"})),
+            responses_event(ending, json!({"type": ending, "sequence_number": 3, "response": {"id": "resp_1", "status": "completed", "usage": usage}})),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn a_responses_stream_is_charged_by_the_usage_its_last_event_reports_and_says_the_cost_there() {
+        let expected = TokenUsage { cached_prompt_tokens: 5, ..TokenUsage::new(20, 7) };
+        for ending in ["response.completed", "response.incomplete", "response.failed"] {
+            for chunk_size in [1, 11, 4096] {
+                let (passed, tap) = run(Api::Responses, false, &responses_stream(ending), chunk_size);
+                assert!(passed.contains("Bonjour") && passed.contains(&format!("event: {ending}")), "{passed}");
+                let last = passed.rsplit("data: ").next().unwrap().trim();
+                let last: Value = serde_json::from_str(last).unwrap();
+                assert_eq!(last["response"]["usage"]["cost_cents"], json!(price().cost(&expected)), "{ending}");
+                assert_eq!(tap.finish(100), (expected, true), "{ending}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_responses_stream_cut_before_its_last_event_is_charged_for_what_passed() {
+        let stream = responses_stream("response.completed");
+        let cut = &stream[..stream.find("event: response.completed").unwrap()];
+        let (passed, tap) = run(Api::Responses, false, cut, 7);
+        assert_eq!(passed, cut, "passed on as it came");
+        let generated = ("Bonjour".len() + r#"{"a":1}"#.len()) as u64;
+        assert_eq!(tap.finish(40), (TokenUsage::new(40, generated.div_ceil(3)), false));
     }
 }

@@ -14,8 +14,10 @@ pub fn usage_from_response(api: Api, body: &[u8]) -> Option<TokenUsage> {
     }
     let usage = serde_json::from_slice::<Answer>(body).ok()?.usage?;
     match api {
-        Api::ChatCompletions => openai_usage(&usage),
+        Api::ChatCompletions | Api::Embeddings => openai_usage(&usage),
         Api::Messages => anthropic_usage(&usage),
+        Api::Responses => responses_usage(&usage),
+        Api::CountTokens => None,
     }
 }
 
@@ -32,6 +34,17 @@ pub(super) fn openai_usage(usage: &Value) -> Option<TokenUsage> {
         cached_prompt_tokens: field(usage, "/prompt_tokens_details/cached_tokens"),
         audio_prompt_tokens: field(usage, "/prompt_tokens_details/audio_tokens"),
         audio_completion_tokens: field(usage, "/completion_tokens_details/audio_tokens"),
+        ..TokenUsage::default()
+    })
+}
+
+/// The Responses API's `usage`: `input_tokens` includes cached tokens, `output_tokens` includes reasoning
+/// tokens (billed as output).
+pub(super) fn responses_usage(usage: &Value) -> Option<TokenUsage> {
+    Some(TokenUsage {
+        prompt_tokens: usage.get("input_tokens")?.as_u64()?,
+        completion_tokens: field(usage, "/output_tokens"),
+        cached_prompt_tokens: field(usage, "/input_tokens_details/cached_tokens"),
         ..TokenUsage::default()
     })
 }

@@ -90,6 +90,9 @@ struct RawKey {
 #[serde(deny_unknown_fields)]
 struct RawVerify {
     path: String,
+    /// A cheap model for a one-token answer: the check that proves an account can pay, which listing models
+    /// does not.
+    quota_model: Option<String>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -211,7 +214,13 @@ impl RawDeclaration {
             return Err(invalid("key.prefixes", "each 1-16 of letters, digits, '-' and '_'"));
         }
         key_prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        let verify_path = self.verify.ok_or_else(|| missing("verify"))?.path;
+        let RawVerify { path: verify_path, quota_model } = self.verify.ok_or_else(|| missing("verify"))?;
+        let model_ok = |model: &String| {
+            (1..=100).contains(&model.len()) && model.bytes().all(|b| key_byte(b) || b"./:".contains(&b))
+        };
+        if quota_model.as_ref().is_some_and(|model| !model_ok(model)) {
+            return Err(invalid("verify.quota_model", "a model name such as \"gpt-4o-mini\""));
+        }
         let path_ok = !verify_path.is_empty()
             && !verify_path.starts_with('/')
             && verify_path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
@@ -237,6 +246,7 @@ impl RawDeclaration {
             key_prefixes,
             key_hint: key.hint,
             verify_path,
+            quota_model,
             stream_usage: self.stream_usage.unwrap_or_default(),
             signup_url: links.signup,
             keys_url: links.keys,

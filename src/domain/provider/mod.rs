@@ -73,6 +73,7 @@ pub struct Declaration {
     key_prefixes: Vec<String>,
     key_hint: String,
     verify_path: String,
+    quota_model: Option<String>,
     stream_usage: StreamUsage,
     signup_url: String,
     keys_url: String,
@@ -161,6 +162,12 @@ impl Provider {
     /// An authenticated GET, relative to the base URL, that answers 2xx exactly when the key is accepted.
     pub fn verify_path(self) -> &'static str {
         &self.0.verify_path
+    }
+
+    /// A cheap model for a one-token answer, which proves the key's account can pay (see
+    /// [`crate::providers::ProviderClient::check_quota`]); `None`: the key check is all there is.
+    pub fn quota_model(self) -> Option<&'static str> {
+        self.0.quota_model.as_deref()
     }
 
     /// The declared prefixes of this provider's keys, longest first.

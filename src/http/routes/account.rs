@@ -182,7 +182,7 @@ pub async fn providers(
                 (Ok(()), true, Some(KeyStatus::QuotaExceeded)) => Some(Reason::new(
                     Code::KeyQuotaExceeded,
                     format!(
-                        "Your {} account is out of quota. Add credit, then verify the key.",
+                        "Your {} account is out of quota. Add credit: the key is checked again automatically, or verify it now.",
                         provider.display_name()
                     ),
                 )),

@@ -1,5 +1,5 @@
-//! OpenAI- and Anthropic-compatible endpoints: the official SDKs work with only the base URL and the API
-//! key (the user's Directus access token) changed.
+//! OpenAI- and Anthropic-compatible endpoints (chat completions, responses, embeddings, messages): the
+//! official SDKs work with only the base URL and the API key (the user's Directus access token) changed.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -68,6 +68,55 @@ pub async fn messages(
     body: RawBody,
 ) -> Result<Response, ApiError> {
     proxy(user, gateway, body, Api::Messages).await
+}
+
+/// OpenAI Responses, passed to the OpenAI-style provider that serves the model, streaming or not, and
+/// charged by the usage its final event (`response.completed`, `.incomplete`, `.failed`) reports; a stream cut
+/// before it is charged for what passed.
+#[utoipa::path(post, path = "/v1/responses", tag = "gateway", security(("directus_token" = [])),
+    request_body(content = Object, description = "An OpenAI Responses request"),
+    responses(
+        (status = 200, description = "The provider's answer (JSON, or `text/event-stream` when streaming)", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn responses(
+    user: AuthenticatedUser,
+    gateway: State<Arc<Gateway>>,
+    body: RawBody,
+) -> Result<Response, ApiError> {
+    proxy(user, gateway, body, Api::Responses).await
+}
+
+/// OpenAI Embeddings, passed to the provider that serves the model (OpenAI, Mistral, Gemini, ...) and charged
+/// by the input tokens it reports.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "gateway", security(("directus_token" = [])),
+    request_body(content = Object, description = "An OpenAI Embeddings request"),
+    responses(
+        (status = 200, description = "The provider's embeddings", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn embeddings(
+    user: AuthenticatedUser,
+    gateway: State<Arc<Gateway>>,
+    body: RawBody,
+) -> Result<Response, ApiError> {
+    proxy(user, gateway, body, Api::Embeddings).await
+}
+
+/// Anthropic's token count, passed to the Anthropic-style provider with the credentials a call would use,
+/// within the same limits; the provider does not bill it, so nothing is held or charged.
+#[utoipa::path(post, path = "/v1/messages/count_tokens", tag = "gateway", security(("directus_token" = [])),
+    request_body(content = Object, description = "An Anthropic token-count request"),
+    responses(
+        (status = 200, description = "The provider's count", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn count_tokens(
+    user: AuthenticatedUser,
+    gateway: State<Arc<Gateway>>,
+    body: RawBody,
+) -> Result<Response, ApiError> {
+    proxy(user, gateway, body, Api::CountTokens).await
 }
 
 /// Counts the call by provider, paying source and outcome. (Refusals before the handler, such as a bad

@@ -52,8 +52,7 @@ pub struct SubmitJob<'a> {
     notify_on_failure: bool,
 }
 
-const EXPECTED: &str =
-    r#"{"api": "chat.completions" | "messages", "request": {...}, "callback_url"?: "https://...", "metadata"?: {...}}"#;
+const EXPECTED: &str = r#"{"api": "chat.completions" | "messages" | "responses" | "embeddings", "request": {...}, "callback_url"?: "https://...", "metadata"?: {...}}"#;
 
 /// What a replay with the same `Idempotency-Key` must repeat: everything the job was submitted with.
 fn fingerprint(body: &SubmitJob<'_>) -> String {
@@ -105,8 +104,12 @@ pub async fn submit(
     JsonBytes(raw): JsonBytes,
 ) -> Result<Response, ApiError> {
     let body: SubmitJob<'_> = from_json(&raw, EXPECTED)?;
-    let api = parse_api(&body.api)
-        .ok_or_else(|| ApiError::new(Code::InvalidRequest, r#""api" must be "chat.completions" or "messages"."#))?;
+    let api = parse_api(&body.api).ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidRequest,
+            r#""api" must be "chat.completions", "messages", "responses" or "embeddings"."#,
+        )
+    })?;
     let request = parse(api, &raw.slice_ref(body.request.get().as_bytes()), jobs.prices())?;
     if request.stream {
         return Err(Code::StreamingNotSupported.into());

@@ -10,6 +10,7 @@ pub mod health;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
+pub mod models;
 pub mod notifications;
 pub mod openapi;
 pub mod pages;

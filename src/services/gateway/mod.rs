@@ -363,7 +363,10 @@ impl Gateway {
                 let (status, content_type) =
                     (upstream.status(), upstream.headers().get(reqwest::header::CONTENT_TYPE).cloned());
                 let body = match upstream.bytes().await {
+                    // Not billed: its hold (of nothing) is let go, and nothing is recorded.
+                    Ok(body) if !api.is_billed() => return Ok(completed(status, content_type, body, None)),
                     Ok(body) => body,
+                    Err(_) if !api.is_billed() => return Err(GatewayError::CutOff(request.provider)),
                     Err(_) => {
                         // The answer was generated (its headers come last) and broke off on the way.
                         let error = GatewayError::CutOff(request.provider);
