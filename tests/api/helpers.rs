@@ -12,6 +12,10 @@ use uuid::Uuid;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+#[path = "../common/streams.rs"]
+mod streams;
+pub use streams::{read_until_then_leave, scripted_stream_provider};
+
 pub const DIRECTUS_SECRET: &str = "test-directus-secret-0123456789abcdef";
 pub const SERVICE_TOKEN: &str = "test-service-token-9f8e7d6c5b4a";
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0a1b2c3d4e5f";
@@ -337,49 +341,4 @@ pub async fn wait_for_requests(server: &MockServer, method_: &str, path_: &str, 
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     panic!("{method_} {path_} was not received {count} time(s)");
-}
-
-/// A provider that answers one request with a stream of `events` (chunked SSE). Then, with `keep_alive`, it
-/// sends that every 20 ms for as long as the reader is there (as Anthropic's pings do), so a reader that
-/// leaves is noticed; without it, the connection just ends, with no final chunk: a stream broken off.
-/// Returns the server's base URL.
-pub async fn scripted_stream_provider(events: Vec<String>, keep_alive: Option<&'static str>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = vec![0u8; 64 * 1024];
-        let _ = socket.read(&mut request).await;
-        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-        let chunk = |event: &str| format!("{:x}\r\n{event}\r\n", event.len());
-        let mut out = head.to_owned();
-        for event in &events {
-            out.push_str(&chunk(event));
-        }
-        if socket.write_all(out.as_bytes()).await.is_err() {
-            return;
-        }
-        let Some(keep_alive) = keep_alive else { return };
-        while socket.write_all(chunk(keep_alive).as_bytes()).await.is_ok() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    });
-    format!("http://{addr}")
-}
-
-/// Reads a streamed response until its text contains `marker` `count` times, then drops it: a client that
-/// leaves mid-stream.
-pub async fn read_until_then_leave(response: reqwest::Response, marker: &str, count: usize) -> String {
-    use futures_util::StreamExt;
-    let mut stream = response.bytes_stream();
-    let mut seen = String::new();
-    while seen.matches(marker).count() < count {
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
-            .await
-            .expect("the stream kept coming")
-            .expect("the stream did not end early")
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    seen
 }

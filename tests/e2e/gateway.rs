@@ -133,3 +133,53 @@ async fn a_revoked_key_is_marked_invalid_the_user_notified_in_directus_and_credi
     http.delete(sidecar.url("/v1/keys/openai")).bearer_auth(&lifetime).send().await.unwrap();
     sidecar.stop().await;
 }
+
+/// A Responses stream is charged by the usage of `response.completed` when it completes, and for what reached
+/// the client when the client leaves before the end, in the real ledger both times.
+#[tokio::test]
+async fn a_responses_stream_is_charged_when_it_completes_and_when_its_client_cuts_it() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = crate::harness::client();
+    instance.set_byok_first(&http).await;
+    let (user, token) = instance.new_user(&http, "premium", "100").await;
+    let stream = |sidecar: &Sidecar| {
+        http.post(sidecar.url("/v1/responses"))
+            .bearer_auth(&token)
+            .json(&json!({"model": "gpt-4o-mini", "input": "Say hello", "stream": true}))
+            .send()
+    };
+    let deductions = [("filter[user][_eq]", user.as_str()), ("filter[transaction_type][_eq]", "deduction")];
+
+    let providers = fake_providers().await;
+    let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
+    let response = stream(&sidecar).await.unwrap();
+    assert_eq!(response.headers()["x-byok-source"], "internal");
+    let text = response.text().await.unwrap();
+    assert!(text.contains("\"cost_cents\"") && text.contains("response.completed"), "{text}");
+    let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &deductions, 1).await;
+    assert_eq!((rows[0]["prompt_tokens"].as_u64(), rows[0]["completion_tokens"].as_u64()), (Some(7), Some(4)));
+    assert_eq!(rows[0]["service_type"], "openai.responses", "{rows:?}");
+    sidecar.stop().await;
+
+    // A provider still generating (a keep-alive every 20 ms) when the client leaves after the first words.
+    let created = json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_3", "status": "in_progress"}});
+    let delta = json!({"type": "response.output_text.delta", "sequence_number": 1, "item_id": "m", "output_index": 0, "content_index": 0, "delta": "Hello there, general"});
+    let events = vec![
+        format!("event: response.created\ndata: {created}\n\n"),
+        format!("event: response.output_text.delta\ndata: {delta}\n\n"),
+    ];
+    let base = format!("{}/v1", crate::streams::scripted_stream_provider(events, Some(": keep-alive\n\n")).await);
+    let sidecar = crate::harness::Sidecar::start(
+        &instance,
+        &[("OPENAI_BASE_URL", &base), ("INTERNAL_OPENAI_API_KEY", crate::fakes::INTERNAL_OPENAI)],
+    )
+    .await;
+    let response = stream(&sidecar).await.unwrap();
+    crate::streams::read_until_then_leave(response, "general", 1).await;
+    let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &deductions, 2).await;
+    let cut = rows.iter().find(|r| r["completion_tokens"].as_u64() != Some(4)).expect("a second deduction");
+    assert_eq!(cut["completion_tokens"], "Hello there, general".len().div_ceil(3), "what passed, estimated: {cut}");
+    assert!(cut["cost_cents"].as_f64().unwrap() > 0.0, "{cut}");
+    sidecar.stop().await;
+}

@@ -17,4 +17,6 @@ mod payments;
 mod providers;
 mod routing;
 mod seed;
+#[path = "../common/streams.rs"]
+mod streams;
 mod vault;
