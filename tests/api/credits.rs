@@ -9,6 +9,7 @@ use wiremock::{Mock, ResponseTemplate};
 
 use crate::gateway::{INTERNAL_OPENAI, byok_user, chat, free_user, gateway_app, hello};
 use crate::helpers::*;
+use crate::streams::{read_until_then_leave, scripted_stream_provider};
 
 fn anthropic_event(name: &str, data: Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")

@@ -7,6 +7,7 @@ use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
+use crate::streams::scripted_stream_provider;
 
 pub const INTERNAL_OPENAI: &str = "sk-internal-platform-openai-key-000000";
 pub const INTERNAL_ANTHROPIC: &str = "sk-ant-internal-platform-key-00000000";

@@ -12,10 +12,6 @@ use uuid::Uuid;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-#[path = "../common/streams.rs"]
-mod streams;
-pub use streams::{read_until_then_leave, scripted_stream_provider};
-
 pub const DIRECTUS_SECRET: &str = "test-directus-secret-0123456789abcdef";
 pub const SERVICE_TOKEN: &str = "test-service-token-9f8e7d6c5b4a";
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0a1b2c3d4e5f";

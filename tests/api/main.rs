@@ -18,4 +18,6 @@ mod metrics;
 mod rewrap;
 mod route;
 mod sign_in;
+#[path = "../common/streams.rs"]
+mod streams;
 mod webhooks;
