@@ -54,6 +54,7 @@ fn record(user: UserId) -> UsageRecord {
         user,
         provider: Provider::openai(),
         model: "gpt-4o-mini".into(),
+        fallback_from: None,
         source: Source::Internal,
         service_type: "openai.chat_completions".into(),
         usage: TokenUsage::default(),

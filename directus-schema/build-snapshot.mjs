@@ -168,6 +168,15 @@ function occurredAt() {
 		note: "When the LLM call ended (set by byok-bridge); created_at is when Directus stored the row",
 	});
 }
+// The model asked for, when another served the call (a fallback chain, see the README's "Model aliases and
+// fallbacks"). Nullable: a call served by the model asked for leaves it empty.
+function fallbackFrom() {
+	return str("fallback_from", {
+		width: "half",
+		readonly: true,
+		note: "The model asked for, when it was unavailable and this row's model served the call instead (set by byok-bridge)",
+	});
+}
 function dateCreated(field) {
 	return timestamp(field, { special: ["date-created"], readonly: true, note: "Set by Directus on create" });
 }
@@ -332,6 +341,7 @@ const collections = [
 			dateCreated("created_at"),
 			// Appended after created_at so every earlier field keeps its sort (and its snapshot entry) unchanged.
 			occurredAt(),
+			fallbackFrom(),
 		]),
 	},
 	{
@@ -382,6 +392,7 @@ const collections = [
 			int("completion_tokens", { width: "half", readonly: true, note: "Completion tokens reported by the provider" }),
 			int("total_tokens", { width: "half", readonly: true, note: "Total tokens reported by the provider" }),
 			occurredAt(),
+			fallbackFrom(),
 		]),
 	},
 	{

@@ -23,7 +23,7 @@ use crate::services::call_log::CallLog;
 use crate::services::callers::{CallerDirectory, CallerReads};
 use crate::services::circuit_breaker::CircuitBreaker;
 use crate::services::flag_cache::FlagCache;
-use crate::services::gateway::{CallLimits, Gateway, KeyEvents, Upstream};
+use crate::services::gateway::{CallLimits, Fallbacks, Gateway, KeyEvents, Upstream};
 use crate::services::in_flight::InFlight;
 use crate::services::jobs::{FlowCallbacks, JobServices, Jobs, JobsError};
 use crate::services::key_vault::KeyVault;
@@ -136,7 +136,16 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
             Arc::clone(&settings.price_table),
             Arc::clone(&calls),
         )),
-        Upstream::new(providers, internal_keys, breaker, settings.upstream_deadline),
+        Upstream::new(
+            providers,
+            internal_keys,
+            breaker,
+            settings.upstream_deadline,
+            Fallbacks {
+                chains: Arc::clone(&settings.providers.model_chains),
+                rate_limited_own_keys: settings.providers.rate_limited_own_keys_fall_back,
+            },
+        ),
         limits,
         Arc::clone(&key_events),
     ));

@@ -21,6 +21,7 @@ const GATEWAY_CALLS: &str = "byok_gateway_calls_total";
 const ROUTE_DECISIONS: &str = "byok_route_decisions_total";
 const UPSTREAM_DURATION: &str = "byok_upstream_duration_seconds";
 const UPSTREAM_RETRIES: &str = "byok_upstream_retries_total";
+const FALLBACKS: &str = "byok_fallbacks_total";
 const CIRCUIT_OPEN: &str = "byok_circuit_open";
 const CIRCUIT_OPENINGS: &str = "byok_circuit_openings_total";
 const RATE_LIMITED: &str = "byok_rate_limit_refusals_total";
@@ -87,6 +88,11 @@ fn describe() {
     describe_counter!(GATEWAY_CALLS, "LLM gateway calls by provider, paying source and outcome code.");
     describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Provider response time to headers, per attempt.");
     describe_counter!(UPSTREAM_RETRIES, "Provider calls tried again, by provider and reason.");
+    describe_counter!(
+        FALLBACKS,
+        "Calls moved on: to the next model of a chain (reason \"outage\", \"platform_key_rate_limited\"), or from \
+         a rate-limited own key to credits (\"own_key_rate_limited\"), by the provider left and the one tried."
+    );
     describe_gauge!(
         CIRCUIT_OPEN,
         "1 while the platform key's circuit for a provider is open (calls fail fast), else 0."
@@ -157,6 +163,10 @@ pub fn upstream_attempt(provider: Provider, outcome: &'static str, elapsed: Dura
 
 pub fn upstream_retry(provider: Provider, reason: &'static str) {
     counter!(UPSTREAM_RETRIES, "provider" => provider.as_str(), "reason" => reason).increment(1);
+}
+
+pub fn fallback(from: Provider, to: Provider, reason: &'static str) {
+    counter!(FALLBACKS, "from" => from.as_str(), "to" => to.as_str(), "reason" => reason).increment(1);
 }
 
 pub fn circuit_state(provider: Provider, open: bool) {

@@ -425,6 +425,7 @@ pub(crate) mod tests {
             user: UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap(),
             provider: Provider::openai(),
             model: "gpt-4o-2024-08-06".into(),
+            fallback_from: None,
             source: Source::Internal,
             service_type: "openai.chat_completions".into(),
             usage: TokenUsage::new(1_000, 500),

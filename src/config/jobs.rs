@@ -79,15 +79,10 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> JobsConf
             })
             .ok()
     });
-    let allow_internal_callbacks = r.parsed(
+    let allow_internal_callbacks = r.boolean(
         "JOB_CALLBACKS_ALLOW_PRIVATE",
         false,
         "Use true only when the app that receives callbacks is on a private network or this machine",
-        |raw| match raw {
-            "true" | "1" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err("must be true or false"),
-        },
     );
     let caps = UserCaps {
         waiting: r.whole("JOB_MAX_WAITING_PER_USER", defaults.caps.waiting, 1..=1_000_000, "jobs", "Use e.g. 1000"),

@@ -7,6 +7,7 @@ use reqwest::Url;
 use secrecy::SecretString;
 
 use super::reader::Reader;
+use crate::domain::model_chains::ModelChains;
 use crate::domain::pricing::{DeclaredPrices, PriceTable};
 use crate::domain::provider::{Catalog, PerProvider, Provider, install};
 
@@ -18,6 +19,11 @@ pub struct ProviderSettings {
     pub base_urls: PerProvider<Url>,
     /// `INTERNAL_<ID>_API_KEY`: calls paid with credits use it; without it the provider serves own keys only.
     pub internal_keys: PerProvider<Option<SecretString>>,
+    /// The operator's `aliases` and `fallbacks`.
+    pub model_chains: Arc<ModelChains>,
+    /// `OWN_KEY_RATE_LIMIT_FALLBACK`: in BYOK-first mode, a user's key the provider rate limits falls back to
+    /// credits, as an invalid or exhausted one does.
+    pub rate_limited_own_keys_fall_back: bool,
 }
 
 /// Reads and installs the catalog first: every per-provider variable is named after a declared provider.
@@ -43,7 +49,18 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> (Provide
         r.get(provider.internal_key_var()).map(|key| SecretString::from(key.trim()))
     });
     let prices = price_table(r, &declared.prices);
-    (ProviderSettings { base_urls, internal_keys }, prices)
+    let rate_limited_own_keys_fall_back = r.boolean(
+        "OWN_KEY_RATE_LIMIT_FALLBACK",
+        false,
+        "Use true to serve a BYOK-first user on credits while their own key is rate limited",
+    );
+    let settings = ProviderSettings {
+        base_urls,
+        internal_keys,
+        model_chains: Arc::new(declared.chains),
+        rate_limited_own_keys_fall_back,
+    };
+    (settings, prices)
 }
 
 const FIX_PROVIDERS: &str =

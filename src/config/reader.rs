@@ -107,6 +107,15 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         })
     }
 
+    /// `true`/`1` or `false`/`0`.
+    pub(super) fn boolean(&mut self, var: &'static str, default: bool, fix: &'static str) -> bool {
+        self.parsed(var, default, fix, |raw| match raw {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err("must be true or false"),
+        })
+    }
+
     /// An optional amount of whole cents, at least one.
     pub(super) fn cents(&mut self, var: &'static str, fix: &'static str) -> Option<Cents> {
         self.parsed(var, None, fix, |raw| match raw.parse::<i64>() {

@@ -245,7 +245,7 @@ fn day_of(group: &Value) -> Option<String> {
 /// internal-credit calls. Money goes as an exact decimal string: the ledger keeps nine decimals.
 fn usage_row(record: &UsageRecord) -> Value {
     let occurred_at = record.occurred_at.format(&Rfc3339).unwrap_or_default();
-    match record.source {
+    let mut row = match record.source {
         Source::Byok => json!({
             "user": record.user, "provider": record.provider, "model": record.model,
             "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
@@ -258,9 +258,17 @@ fn usage_row(record: &UsageRecord) -> Value {
             "provider": record.provider, "model": record.model,
             "prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
             "total_tokens": record.usage.total(), "request_id": record.request_id, "occurred_at": occurred_at,
-            "description": format!("{} {}", record.provider, record.model),
+            "description": match &record.fallback_from {
+                Some(asked) => format!("{} {} (fallback from {asked})", record.provider, record.model),
+                None => format!("{} {}", record.provider, record.model),
+            },
         }),
+    };
+    // Only when set: an install that predates the field stores the rest (Directus drops unknown fields).
+    if let Some(asked) = &record.fallback_from {
+        row["fallback_from"] = json!(asked);
     }
+    row
 }
 
 /// The flusher delivers to Directus. A batch with a record Directus already has is `AlreadyStored`; refusals

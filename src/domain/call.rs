@@ -139,6 +139,7 @@ mod tests {
             user: UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap(),
             provider: Provider::openai(),
             model: model.to_owned(),
+            fallback_from: None,
             source: Source::Internal,
             service_type: "openai.chat_completions".into(),
             usage: TokenUsage::new(12, 34),

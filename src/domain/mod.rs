@@ -10,6 +10,7 @@ pub mod error_code;
 pub mod flags;
 pub mod jobs;
 pub mod llm;
+pub mod model_chains;
 pub mod money;
 pub mod payment;
 pub mod pricing;

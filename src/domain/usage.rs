@@ -57,6 +57,9 @@ pub struct UsageRecord {
     pub user: UserId,
     pub provider: Provider,
     pub model: String,
+    /// The model asked for, when a fallback chain moved the call to `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
     pub source: Source,
     /// e.g. `openai.chat_completions`: the ledger's `service_type`.
     pub service_type: String,

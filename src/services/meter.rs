@@ -49,6 +49,8 @@ pub struct Charge {
     pub api: Api,
     pub provider: Provider,
     pub model: String,
+    /// The model asked for, when a fallback serves the call.
+    pub fallback_from: Option<String>,
     pub source: Source,
     pub estimated_prompt_tokens: u64,
     /// Internal credits: the reservation the real cost replaces.
@@ -100,6 +102,7 @@ impl Meter {
             user: charge.user,
             provider,
             model: charge.model,
+            fallback_from: charge.fallback_from,
             source: charge.source,
             service_type: format!("{provider}.{}", charge.api.service_type()),
             usage,
@@ -279,6 +282,7 @@ mod tests {
             api: Api::ChatCompletions,
             provider: Provider::openai(),
             model: model.into(),
+            fallback_from: None,
             source: Source::Internal,
             estimated_prompt_tokens: 10,
             hold: None,

@@ -620,3 +620,77 @@ async fn a_providers_own_daily_budget_refuses_credit_calls_to_it_and_no_other() 
     let anthropic = &spend["platform_providers"][0];
     assert_eq!((anthropic["provider"].as_str(), anthropic["cap_cents"].as_f64()), (Some("anthropic"), Some(1.0)));
 }
+
+/// The platform's key rate limited on the first model of an alias (past the deadline): the credit call moves
+/// to the next model, and the answer says which served it. A model of the other API style is skipped.
+#[tokio::test]
+async fn a_credit_call_rate_limited_on_the_platforms_key_moves_to_the_next_model_of_its_alias() {
+    let chains = byok_bridge::domain::model_chains::ModelChains::new(
+        [("fast".to_owned(), vec!["gpt-4o-mini".to_owned(), "claude-3-5-haiku".to_owned(), "gpt-4.1-nano".to_owned()])]
+            .into(),
+        Default::default(),
+    );
+    let app = gateway_app_tweaked(&[("UPSTREAM_DEADLINE_SECS", "1")], |settings| {
+        settings.providers.model_chains = std::sync::Arc::new(chains);
+    })
+    .await;
+    let user = free_user(&app).await;
+    let limited =
+        json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}});
+    let platform = format!("Bearer {INTERNAL_OPENAI}");
+    let answers = |model: &str, response: ResponseTemplate| {
+        Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .and(header("authorization", platform.as_str()))
+            .and(body_partial_json(json!({"model": model})))
+            .respond_with(response)
+    };
+    answers("gpt-4o-mini", ResponseTemplate::new(429).insert_header("retry-after", "30").set_body_json(limited))
+        .mount(&app.providers)
+        .await;
+    answers("gpt-4.1-nano", ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+        .expect(1)
+        .mount(&app.providers)
+        .await;
+
+    let response = chat(&app, &user, json!({"model": "fast", "messages": [{"role": "user", "content": "Hi"}]})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-byok-model"], "gpt-4.1-nano");
+    assert_eq!(response.headers()["x-byok-source"], "internal");
+    let recorded = wait_for_requests(&app.directus, "POST", "/items/credit_transactions", 1).await;
+    let row = &recorded[0];
+    assert_eq!((row["model"].as_str(), row["fallback_from"].as_str()), (Some("gpt-4.1-nano"), Some("gpt-4o-mini")));
+}
+
+/// A user's own key rate limited in BYOK-first mode: by default the caller gets the provider's 429; with
+/// `OWN_KEY_RATE_LIMIT_FALLBACK` the call is served on credits, as for an invalid or exhausted key.
+#[tokio::test]
+async fn a_rate_limited_own_key_falls_back_to_credits_only_when_the_operator_allows_it() {
+    let limited =
+        json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}});
+    for allowed in [false, true] {
+        let app = gateway_app_tweaked(&[("UPSTREAM_DEADLINE_SECS", "1")], |settings| {
+            settings.providers.rate_limited_own_keys_fall_back = allowed;
+        })
+        .await;
+        let user = byok_user(&app, false).await;
+        openai_answers(
+            OPENAI_KEY,
+            ResponseTemplate::new(429).insert_header("retry-after", "30").set_body_json(limited.clone()),
+        )
+        .mount(&app.providers)
+        .await;
+        openai_answers(INTERNAL_OPENAI, ResponseTemplate::new(200).set_body_raw(CHAT_OK, "application/json"))
+            .mount(&app.providers)
+            .await;
+        let response = chat(&app, &user, hello(false)).await;
+        if allowed {
+            let source = response.headers()["x-byok-source"].to_str().unwrap().to_owned();
+            assert_eq!((response.status().as_u16(), source.as_str()), (200, "internal"));
+        } else {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!((status, body["error"]["code"].as_str()), (429, Some("provider_rate_limited")));
+        }
+    }
+}

@@ -146,3 +146,83 @@ async fn a_providers_file_that_cannot_be_used_stops_the_sidecar_naming_the_varia
     assert!(!output.status.success());
     assert!(stderr.contains("PROVIDERS_FILE") && stderr.contains("needs `base_url`"), "{stderr}");
 }
+
+/// A model whose provider is down falls back to the next model of its chain: the call is held and charged at
+/// that model's price, the answer says which model served it, and the ledger row and the metrics record the
+/// fallback.
+#[tokio::test]
+async fn a_model_whose_provider_is_down_falls_back_to_the_next_model_of_its_chain_and_it_is_recorded() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = client();
+    instance.set_byok_first(&http).await;
+
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/openai/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .set_body_json(json!({"error": {"message": "overloaded", "type": "server_error"}})),
+        )
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/mistral/v1/chat/completions"))
+        .and(header("authorization", "Bearer mistral-platform-key-e2e-000000"))
+        .and(body_partial_json(
+            json!({"model": "mistral-large-latest", "messages": [{"role": "user", "content": "Salut"}]}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion(1_000, 500)))
+        .expect(1)
+        .mount(&fake)
+        .await;
+    let file = format!("{}/fallbacks-e2e.json", instance.dir);
+    let chains = json!({"fallbacks": {"gpt-4o": ["claude-sonnet-4", "mistral-large-latest"]}});
+    std::fs::write(&file, chains.to_string()).unwrap();
+    let (openai, mistral) = (format!("{}/openai/v1", fake.uri()), format!("{}/mistral/v1", fake.uri()));
+    let sidecar = Sidecar::start(
+        &instance,
+        &[
+            ("PROVIDERS_FILE", &file),
+            ("OPENAI_BASE_URL", &openai),
+            ("MISTRAL_BASE_URL", &mistral),
+            ("INTERNAL_OPENAI_API_KEY", "sk-internal-e2e-openai-000000000000"),
+            ("INTERNAL_MISTRAL_API_KEY", "mistral-platform-key-e2e-000000"),
+            ("UPSTREAM_DEADLINE_SECS", "1"),
+        ],
+    )
+    .await;
+    let (user, token) = instance.new_user(&http, "premium", "100").await;
+
+    let response = http
+        .post(sidecar.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Salut"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(labels(&response), ("internal", "mistral"));
+    assert_eq!(
+        response.headers()["x-byok-model"],
+        "mistral-large-latest",
+        "claude-sonnet-4 is skipped: not of this API"
+    );
+    // 1000 * $2/M + 500 * $6/M: Mistral Large's price, not GPT-4o's.
+    assert!((cost_header(&response) - 0.5).abs() < 1e-9, "{:?}", response.headers());
+
+    let query = [("filter[user][_eq]", user.as_str()), ("filter[transaction_type][_eq]", "deduction")];
+    let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &query, 1).await;
+    let row = &rows[0];
+    assert_eq!((row["provider"].as_str(), row["model"].as_str()), (Some("mistral"), Some("mistral-large-latest")));
+    assert_eq!(row["fallback_from"], "gpt-4o", "{row}");
+    let metrics = http.get(sidecar.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("byok_fallbacks_total")
+            && l.contains(r#"from="openai""#)
+            && l.contains(r#"to="mistral""#)
+            && l.contains(r#"reason="outage""#)),
+        "{metrics}"
+    );
+    sidecar.stop().await;
+}

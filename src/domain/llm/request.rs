@@ -16,8 +16,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::Api;
+use crate::domain::model_chains::ModelChains;
 use crate::domain::pricing::{CallBudget, PriceTable, estimate_prompt_tokens};
-use crate::domain::provider::{Provider, StreamUsage};
+use crate::domain::provider::{ApiStyle, Provider, StreamUsage};
 
 /// Top-level members a request may have; the APIs define a few dozen.
 pub const MAX_MEMBERS: usize = 128;
@@ -39,6 +40,11 @@ pub struct LlmRequest {
     pub provider: Provider,
     /// The model as the provider knows it (without a `provider/` in front).
     pub model: String,
+    /// The models to try next, in order, while this one's provider is down or the platform's key for it is
+    /// rate limited: the rest of an alias's or a fallback chain's models of this API's style.
+    pub fallbacks: Vec<(Provider, String)>,
+    /// Set on a fallback: the model asked for, which could not serve the call. Recorded with its usage.
+    pub fallback_from: Option<String>,
     pub stream: bool,
     /// The client asked for OpenAI's final usage chunk itself; otherwise the sidecar asks for it and keeps
     /// it from the client.
@@ -50,6 +56,8 @@ pub struct LlmRequest {
     pub special_service_tier: bool,
     /// Sent upstream as is (cheap to clone for retries).
     pub body: Bytes,
+    /// The body as the client sent it: a fallback starts again from it.
+    pub sent: Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,21 +80,62 @@ pub enum LlmRequestError {
     TooDeep,
 }
 
-pub fn parse_request(api: Api, raw: &Bytes, prices: &PriceTable) -> Result<LlmRequest, LlmRequestError> {
+pub fn parse_request(
+    api: Api,
+    raw: &Bytes,
+    prices: &PriceTable,
+    chains: &ModelChains,
+) -> Result<LlmRequest, LlmRequestError> {
     let members = top_level_members(raw)?;
     let named =
         match members.iter().find(|(key, _)| key == "model").map(|(_, v)| serde_json::from_str::<String>(v.get())) {
             Some(Ok(m)) if !m.trim().is_empty() && m.chars().count() <= MAX_MODEL_CHARS => m,
             _ => return Err(LlmRequestError::Model),
         };
-    let (provider, model) = target(api, &named, prices);
-    if model == named {
-        return parse_members(api, provider, model, raw, &members);
-    }
+    let mut targets = chains.chain(&named).into_iter().filter_map(|model| target_in_style(api, model, prices));
+    let (provider, model) = targets.next().unwrap_or_else(|| target(api, &named, prices));
+    let fallbacks = targets.collect();
+    let mut request = if model == named {
+        parse_members(api, provider, model, raw, &members)?
+    } else {
+        renamed(api, provider, model, &members)?
+    };
+    request.fallbacks = fallbacks;
+    request.sent = raw.clone();
+    Ok(request)
+}
+
+/// The request with `model` in place of the client's: the body gets that name, and what depends on the
+/// provider (asking for stream usage) is decided for `provider`.
+fn renamed(api: Api, provider: Provider, model: String, members: &Members<'_>) -> Result<LlmRequest, LlmRequestError> {
     let model_json = serde_json::to_string(&model).expect("a string serializes");
-    let renamed = Bytes::from(with_member(&members, "model", &model_json));
+    let renamed = Bytes::from(with_member(members, "model", &model_json));
     let members = top_level_members(&renamed)?;
     parse_members(api, provider, model, &renamed, &members)
+}
+
+impl LlmRequest {
+    /// The same request for the next model of its chain, served by `provider`: only the model differs.
+    pub fn for_fallback(&self, api: Api, provider: Provider, model: &str) -> LlmRequest {
+        let members = top_level_members(&self.sent).expect("a body that parsed once parses again");
+        let mut request = renamed(api, provider, model.to_owned(), &members).expect("only the model changed");
+        request.sent = self.sent.clone();
+        request.fallback_from = Some(self.fallback_from.clone().unwrap_or_else(|| self.model.clone()));
+        request
+    }
+}
+
+/// Like [`target`], but `None` for a model of the other API style (a chain may list models of both): the
+/// messages API cannot serve a chat completion, and the other way round.
+fn target_in_style(api: Api, model: &str, prices: &PriceTable) -> Option<(Provider, String)> {
+    let other = match api.style() {
+        ApiStyle::OpenAi => ApiStyle::Anthropic,
+        ApiStyle::Anthropic => ApiStyle::OpenAi,
+    };
+    let named = model.split_once('/').and_then(|(id, _)| id.parse::<Provider>().ok());
+    let elsewhere = prices.provider_of(api.style(), model).is_none()
+        && (prices.provider_of(other, model).is_some() || named.is_some_and(|p| p.style() == other));
+    (!elsewhere).then(|| target(api, model, prices))
 }
 
 /// Which provider serves `model` on `api`, and the model's name there: a provider that lists it (exactly, or
@@ -191,11 +240,14 @@ fn parse_members(
     Ok(LlmRequest {
         provider,
         model,
+        fallbacks: Vec::new(),
+        fallback_from: None,
         stream,
         client_wants_usage_chunk,
         budget,
         special_service_tier,
         body: body.map_or_else(|| raw.clone(), Bytes::from),
+        sent: raw.clone(),
     })
 }
 
@@ -522,7 +574,7 @@ mod tests {
     use super::*;
 
     fn parse(api: Api, body: &Value) -> LlmRequest {
-        parse_request(api, &Bytes::from(body.to_string()), &PriceTable::builtin()).unwrap()
+        parse_request(api, &Bytes::from(body.to_string()), &PriceTable::builtin(), &ModelChains::default()).unwrap()
     }
 
     fn sent(request: &LlmRequest) -> Value {
@@ -634,14 +686,22 @@ mod tests {
         assert_eq!(budget.web_searches, 3 + DEFAULT_WEB_SEARCHES);
         let escaped =
             br#"{"model":"c","system":[{"type":"text","text":"x","cache\u005fcontrol":{"type":"ephemeral"}}]}"#;
-        let request = parse_request(Api::Messages, &Bytes::from_static(escaped), &PriceTable::builtin()).unwrap();
+        let request =
+            parse_request(Api::Messages, &Bytes::from_static(escaped), &PriceTable::builtin(), &ModelChains::default())
+                .unwrap();
         assert!(request.budget.cache_writes, "escapes do not hide it");
     }
 
     #[test]
     fn refuses_what_is_not_a_usable_request() {
         let refuse = |raw: &[u8]| {
-            parse_request(Api::ChatCompletions, &Bytes::copy_from_slice(raw), &PriceTable::builtin()).unwrap_err()
+            parse_request(
+                Api::ChatCompletions,
+                &Bytes::copy_from_slice(raw),
+                &PriceTable::builtin(),
+                &ModelChains::default(),
+            )
+            .unwrap_err()
         };
         assert_eq!(refuse(b"{\"model\": "), LlmRequestError::InvalidJson);
         assert_eq!(refuse(b"{\"model\": \"m\"} trailing"), LlmRequestError::InvalidJson);
@@ -670,11 +730,18 @@ mod tests {
             raw.extend_from_slice(b"[],");
         }
         raw.extend_from_slice(b"[]]}");
-        let request = parse_request(Api::ChatCompletions, &Bytes::from(raw.clone()), &PriceTable::builtin()).unwrap();
+        let request = parse_request(
+            Api::ChatCompletions,
+            &Bytes::from(raw.clone()),
+            &PriceTable::builtin(),
+            &ModelChains::default(),
+        )
+        .unwrap();
         assert_eq!(request.body.len(), raw.len());
         let deep = format!("{{\"model\":\"m\",\"messages\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
         let refused =
-            parse_request(Api::ChatCompletions, &Bytes::from(deep), &PriceTable::builtin()).map(|r| r.body.len());
+            parse_request(Api::ChatCompletions, &Bytes::from(deep), &PriceTable::builtin(), &ModelChains::default())
+                .map(|r| r.body.len());
         assert_eq!(refused, Err(LlmRequestError::TooDeep));
     }
 

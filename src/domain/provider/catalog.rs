@@ -1,5 +1,6 @@
 //! Reads, merges and validates provider declarations, and holds the one catalog a process uses.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -7,6 +8,7 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::{ApiStyle, AuthScheme, Declaration, Provider, StreamUsage};
+use crate::domain::model_chains::{ChainError, ModelChains};
 
 const SHIPPED: &str = include_str!("../../../catalog/providers.json");
 const MAX_ID_LEN: usize = 32;
@@ -30,12 +32,14 @@ pub struct Catalog {
     providers: Vec<Declaration>,
 }
 
-/// A catalog and the prices its declarations carry, for the price table.
+/// A catalog, the prices its declarations carry (for the price table), and the operator's model chains.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Declared {
     pub catalog: Catalog,
     /// Per provider id: its declared `models` and `unknown_model` prices, in the price table's shape.
     pub prices: Vec<(String, Option<Value>, Option<Value>)>,
+    /// `aliases` and `fallbacks`.
+    pub chains: ModelChains,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +56,8 @@ pub enum CatalogError {
     Invalid { id: String, field: &'static str, reason: &'static str },
     #[error("a different provider catalog is already in use by this process")]
     AlreadyInstalled,
+    #[error("PROVIDERS_FILE: {0}")]
+    Chain(#[from] ChainError),
 }
 
 #[derive(Deserialize)]
@@ -60,7 +66,12 @@ struct RawFile {
     /// Free text for people editing the file; accepted and ignored.
     #[serde(default, rename = "description")]
     _description: IgnoredAny,
+    #[serde(default)]
     providers: Vec<RawDeclaration>,
+    #[serde(default)]
+    aliases: HashMap<String, Vec<String>>,
+    #[serde(default)]
+    fallbacks: HashMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,8 +123,10 @@ impl Catalog {
     /// The shipped providers with the operator's file (`PROVIDERS_FILE`) laid over them: an entry with a
     /// shipped id changes the fields it gives; a new id declares a provider and must give every field.
     pub fn declare(operator_file: Option<&str>) -> Result<Declared, CatalogError> {
-        let mut entries = parse(SHIPPED)?;
-        for entry in operator_file.map(parse).transpose()?.unwrap_or_default() {
+        let (mut entries, _) = parse(SHIPPED)?;
+        let (operator, chains) = operator_file.map(parse).transpose()?.unwrap_or_default();
+        chains.validate()?;
+        for entry in operator {
             match entries.iter_mut().find(|shipped| shipped.id == entry.id) {
                 Some(shipped) => shipped.overlay(entry),
                 None => entries.push(entry),
@@ -125,7 +138,7 @@ impl Catalog {
             prices.push((entry.id.clone(), entry.models.clone(), entry.unknown_model.clone()));
             providers.push(entry.validate(index)?);
         }
-        Ok(Declared { catalog: Catalog { providers }, prices })
+        Ok(Declared { catalog: Catalog { providers }, prices, chains })
     }
 
     pub(super) fn providers(&'static self) -> impl ExactSizeIterator<Item = Provider> + Clone {
@@ -150,7 +163,7 @@ impl Catalog {
     }
 }
 
-fn parse(json: &str) -> Result<Vec<RawDeclaration>, CatalogError> {
+fn parse(json: &str) -> Result<(Vec<RawDeclaration>, ModelChains), CatalogError> {
     let file: RawFile = serde_json::from_str(json).map_err(|error| CatalogError::Malformed(error.to_string()))?;
     let mut seen = Vec::new();
     for entry in &file.providers {
@@ -162,7 +175,7 @@ fn parse(json: &str) -> Result<Vec<RawDeclaration>, CatalogError> {
         }
         seen.push(&entry.id);
     }
-    Ok(file.providers)
+    Ok((file.providers, ModelChains::new(file.aliases, file.fallbacks)))
 }
 
 fn valid_id(id: &str) -> bool {

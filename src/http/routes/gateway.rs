@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,8 +12,7 @@ use std::task::{Context, Poll, ready};
 use tracing::Instrument;
 
 use crate::domain::error_code::{Code, Coded};
-use crate::domain::llm::{self, Api, LlmRequest, LlmRequestError};
-use crate::domain::pricing::PriceTable;
+use crate::domain::llm::{Api, LlmRequest, LlmRequestError};
 use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
 use crate::domain::user::UserId;
@@ -34,6 +32,8 @@ pub const USAGE_ID_HEADER: HeaderName = HeaderName::from_static("x-byok-usage-id
 pub const COST_HEADER: HeaderName = HeaderName::from_static("x-byok-cost-cents");
 /// The provider that served the call (its id, as in `PUT /v1/keys/{provider}`).
 pub const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-byok-provider");
+/// The model that served the call: the one asked for, or the model a fallback chain moved it to.
+pub const MODEL_HEADER: HeaderName = HeaderName::from_static("x-byok-model");
 /// Present when the decision rested on data that may be out of date because Directus is unreachable:
 /// `flags`, `caller`, or both.
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-byok-stale");
@@ -141,53 +141,79 @@ async fn proxy(
     RawBody(raw): RawBody,
     api: Api,
 ) -> Result<Response, ApiError> {
-    let request = match parse(api, &raw, gateway.prices()) {
+    let request = match gateway.parse(api, &raw) {
         Ok(request) => request,
-        Err(error) => return counted(Provider::default_for(api.style()), Err(error)),
+        Err(error) => return counted(Provider::default_for(api.style()), Err(refused_body(error))),
     };
-    let provider = request.provider;
-    counted(provider, forward(user, gateway, request, api).await.map(|response| served_by(response, provider)))
+    let (served, answer) = forward(user, gateway, request, api).await;
+    counted(served, answer)
 }
 
-async fn forward(user: UserId, gateway: Arc<Gateway>, request: LlmRequest, api: Api) -> Result<Response, ApiError> {
+/// The answer, and the provider it counts under: the one that served it, else the one asked.
+async fn forward(
+    user: UserId,
+    gateway: Arc<Gateway>,
+    request: LlmRequest,
+    api: Api,
+) -> (Provider, Result<Response, ApiError>) {
+    let asked = request.provider;
     if !request.stream {
         // A client that hangs up does not cancel the call: its answer is then read to the end (within the
         // generation timeout) and charged like any other.
         let gateway = Arc::clone(&gateway);
         let call = async move { gateway.complete(user, api, &request, Retries::WithinDeadline).await };
-        let completed = RunsToTheEnd::new(call.in_current_span()).await?;
+        let completed = match RunsToTheEnd::new(call.in_current_span()).await {
+            Ok(completed) => completed,
+            Err(error) => return (asked, Err(error.into())),
+        };
+        let (provider, model) = &completed.served_by;
         let response =
             with_content_type(Response::new(Body::from(completed.body)), completed.status, completed.content_type);
-        let mut response =
-            labelled(response, completed.source, completed.charged.map(|(id, _)| id), completed.staleness);
+        let label = Label {
+            source: completed.source,
+            usage_id: completed.charged.map(|(id, _)| id),
+            staleness: completed.staleness,
+            provider: *provider,
+            model,
+        };
+        let mut response = label.on(response);
         if let Some((_, cost)) = completed.charged.filter(|_| response.status().is_success()) {
             let cost = HeaderValue::try_from(cost.to_string()).expect("a decimal number is a header value");
             response.headers_mut().insert(COST_HEADER, cost);
         }
-        return Ok(response);
+        return (*provider, Ok(response));
     }
-    let forwarded = gateway.call(user, api, &request, Retries::WithinDeadline).await?;
-    let (source, staleness, usage_id) = (forwarded.source, forwarded.staleness, forwarded.charge.request_id);
+    let forwarded = match gateway.call(user, api, &request, Retries::WithinDeadline).await {
+        Ok(forwarded) => forwarded,
+        Err(error) => return (asked, Err(error.into())),
+    };
+    let (provider, model) = (forwarded.charge.provider, forwarded.charge.model.clone());
+    let mut label = Label {
+        source: forwarded.source,
+        usage_id: Some(forwarded.charge.request_id),
+        staleness: forwarded.staleness,
+        provider,
+        model: &model,
+    };
     let response = match forwarded.reply {
         Reply::ProviderError { status, content_type, body } => {
-            return Ok(labelled(
-                with_content_type(Response::new(Body::from(body)), status, content_type),
-                source,
-                None,
-                staleness,
-            ));
+            label.usage_id = None;
+            with_content_type(Response::new(Body::from(body)), status, content_type)
         }
         Reply::Success(upstream) => {
             let (status, content_type) = (upstream.status(), upstream.headers().get(header::CONTENT_TYPE).cloned());
-            let hide_usage_chunk = api == Api::ChatCompletions && !request.client_wants_usage_chunk;
-            let stream =
-                gateway.metered_stream(forwarded.charge, forwarded.slot, hide_usage_chunk, upstream.bytes_stream());
+            let stream = gateway.metered_stream(
+                forwarded.charge,
+                forwarded.slot,
+                forwarded.hide_usage_chunk,
+                upstream.bytes_stream(),
+            );
             let mut response = with_content_type(Response::new(Body::from_stream(stream)), status, content_type);
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         }
     };
-    Ok(labelled(response, source, Some(usage_id), staleness))
+    (provider, Ok(label.on(response)))
 }
 
 /// A call that is finished even when its caller stops waiting: dropped before it is done (the client hung up
@@ -228,36 +254,44 @@ impl<T: Send + 'static> Drop for RunsToTheEnd<T> {
     }
 }
 
-/// A gateway request body, parsed as the provider's API defines it. The jobs API takes the same bodies.
-pub fn parse(api: Api, raw: &Bytes, prices: &PriceTable) -> Result<LlmRequest, ApiError> {
-    llm::parse_request(api, raw, prices).map_err(|error| match error {
+/// Why a gateway request body (or a job's, which takes the same bodies) was refused.
+pub fn refused_body(error: LlmRequestError) -> ApiError {
+    match error {
         LlmRequestError::InvalidJson => Code::InvalidJson.into(),
         other => ApiError::new(Code::InvalidRequest, other.to_string()),
-    })
+    }
 }
 
-/// Says which provider answered (`x-byok-provider`), errors from the gateway itself excepted.
-fn served_by(mut response: Response, provider: Provider) -> Response {
-    response.headers_mut().insert(PROVIDER_HEADER, HeaderValue::from_static(provider.as_str()));
-    response
-}
-
-/// Says who paid, which usage record a successful call made, and what the decision rested on that may be old.
-fn labelled(
-    mut response: Response,
+/// What an answer from a provider says about itself in its headers.
+struct Label<'a> {
     source: Source,
+    /// The usage record of a successful call.
     usage_id: Option<Uuid>,
     staleness: Option<&'static str>,
-) -> Response {
-    response.headers_mut().insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
-    if let Some(id) = usage_id.filter(|_| response.status().is_success()) {
-        let id = HeaderValue::try_from(id.to_string()).expect("a UUID is a header value");
-        response.headers_mut().insert(USAGE_ID_HEADER, id);
+    /// Who served it: the model asked for, or the fallback that took over.
+    provider: Provider,
+    model: &'a str,
+}
+
+impl Label<'_> {
+    /// Who paid, who served and with which model, which usage record a successful call made, and what the
+    /// decision rested on that may be old.
+    fn on(self, mut response: Response) -> Response {
+        let headers = response.headers_mut();
+        headers.insert(SOURCE_HEADER, HeaderValue::from_static(self.source.as_str()));
+        headers.insert(PROVIDER_HEADER, HeaderValue::from_static(self.provider.as_str()));
+        if let Ok(model) = HeaderValue::from_str(self.model) {
+            headers.insert(MODEL_HEADER, model);
+        }
+        if let Some(stale) = self.staleness {
+            headers.insert(STALE_HEADER, HeaderValue::from_static(stale));
+        }
+        if let Some(id) = self.usage_id.filter(|_| response.status().is_success()) {
+            let id = HeaderValue::try_from(id.to_string()).expect("a UUID is a header value");
+            response.headers_mut().insert(USAGE_ID_HEADER, id);
+        }
+        response
     }
-    if let Some(stale) = staleness {
-        response.headers_mut().insert(STALE_HEADER, HeaderValue::from_static(stale));
-    }
-    response
 }
 
 fn with_content_type(mut response: Response, status: StatusCode, content_type: Option<HeaderValue>) -> Response {

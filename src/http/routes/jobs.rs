@@ -21,7 +21,7 @@ use crate::domain::jobs::{CallbackUrl, JobStatus, parse_api};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, JsonBytes, Operator, ViaFlow, from_json, page_after};
 use crate::http::limits::{Endpoint, EndpointLimits};
-use crate::http::routes::gateway::parse;
+use crate::http::routes::gateway::refused_body;
 use crate::services::jobs::{Jobs, JobsError, NewCallback, NewJob};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -110,7 +110,7 @@ pub async fn submit(
             r#""api" must be "chat.completions", "messages", "responses" or "embeddings"."#,
         )
     })?;
-    let request = parse(api, &raw.slice_ref(body.request.get().as_bytes()), jobs.prices())?;
+    let request = jobs.parse(api, &raw.slice_ref(body.request.get().as_bytes())).map_err(refused_body)?;
     if request.stream {
         return Err(Code::StreamingNotSupported.into());
     }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 pub use self::key_events::KeyEvents;
 pub use self::limits::{CallLimits, CallSlot};
 use self::upstream::CallFailure;
-pub use self::upstream::{InternalKeys, Upstream};
+pub use self::upstream::{Fallbacks, InternalKeys, Upstream};
 use super::circuit_breaker::{Circuit, ProviderHealth};
 use super::key_vault::{KeyVault, VaultError};
 use super::meter::{Charge, Meter, MeteredStream};
@@ -32,14 +32,16 @@ use crate::domain::budget::BudgetExceeded;
 use crate::domain::call::{CallEntry, Ending};
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::flags::RoutingMode;
-use crate::domain::llm::{Api, LlmRequest, estimated_usage, usage_from_response};
+use crate::domain::llm::{Api, LlmRequest, LlmRequestError, estimated_usage, parse_request, usage_from_response};
+use crate::domain::model_chains::ModelChains;
 use crate::domain::money::Cents;
-use crate::domain::pricing::PriceTable;
+use crate::domain::pricing::{CallBudget, PriceTable};
 use crate::domain::provider::Provider;
 use crate::domain::provider_key::ProviderKey;
 use crate::domain::routing::{Refusal, Source};
 use crate::domain::upstream::UpstreamFailure;
 use crate::domain::user::UserId;
+use crate::metrics;
 
 enum Credential {
     /// The user's key, and what the call holds of their own-key caps (when they have any).
@@ -99,6 +101,8 @@ pub enum Retries {
 /// A non-streaming call, read to the end and charged.
 pub struct Completed {
     pub source: Source,
+    /// Who served it: the request's provider and model, or a fallback's.
+    pub served_by: (Provider, String),
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
@@ -110,6 +114,8 @@ pub struct Completed {
 
 pub struct Forwarded {
     pub source: Source,
+    /// A stream's usage chunk was asked for on the client's behalf: it is not passed on.
+    pub hide_usage_chunk: bool,
     pub reply: Reply,
     pub charge: Charge,
     /// Held until the answer has been passed on.
@@ -133,9 +139,9 @@ pub enum GatewayError {
     /// The user has as many calls running as one user may.
     #[error("the user has {0} calls running")]
     TooManyCalls(u32),
-    /// The provider kept answering 429 until the deadline.
+    /// The provider kept answering 429 until the deadline; `platform_key`: to the platform's key.
     #[error("provider rate limited")]
-    ProviderRateLimited { provider: Provider, retry_after: Duration },
+    ProviderRateLimited { provider: Provider, retry_after: Duration, platform_key: bool },
     #[error("the user's key was refused by the provider")]
     KeyInvalid(Provider),
     #[error("the user's provider account is out of quota")]
@@ -273,6 +279,16 @@ impl GatewayError {
     fn was_charged(&self) -> bool {
         matches!(self, GatewayError::Timeout(_) | GatewayError::CutOff(_))
     }
+
+    /// The provider cannot serve the call now (an outage, an open circuit, the platform's key missing,
+    /// refused or rate limited): the next model of the call's chain may. Its reason, for metrics.
+    fn fallback_reason(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::Unavailable { .. } => Some("outage"),
+            GatewayError::ProviderRateLimited { platform_key: true, .. } => Some("platform_key_rate_limited"),
+            _ => None,
+        }
+    }
 }
 
 /// Why no credential could be had for a source.
@@ -355,8 +371,16 @@ impl Gateway {
     ) -> Result<Completed, GatewayError> {
         let forwarded = self.call(user, api, request, retries).await?;
         let (source, staleness) = (forwarded.source, forwarded.staleness);
-        let completed =
-            |status, content_type, body, charged| Completed { source, status, content_type, body, charged, staleness };
+        let served_by = (forwarded.charge.provider, forwarded.charge.model.clone());
+        let completed = |status, content_type, body, charged| Completed {
+            source,
+            served_by,
+            status,
+            content_type,
+            body,
+            charged,
+            staleness,
+        };
         match forwarded.reply {
             Reply::ProviderError { status, content_type, body } => Ok(completed(status, content_type, body, None)),
             Reply::Success(upstream) => {
@@ -366,11 +390,11 @@ impl Gateway {
                     // Not billed: its hold (of nothing) is let go, and nothing is recorded.
                     Ok(body) if !api.is_billed() => return Ok(completed(status, content_type, body, None)),
                     Ok(body) => body,
-                    Err(_) if !api.is_billed() => return Err(GatewayError::CutOff(request.provider)),
+                    Err(_) if !api.is_billed() => return Err(GatewayError::CutOff(forwarded.charge.provider)),
                     Err(_) => {
                         // The answer was generated (its headers come last) and broke off on the way.
-                        let error = GatewayError::CutOff(request.provider);
-                        self.charge_unanswered(forwarded.charge, request, error.code());
+                        let error = GatewayError::CutOff(forwarded.charge.provider);
+                        self.charge_unanswered(forwarded.charge, &request.budget, error.code());
                         return Err(error);
                     }
                 };
@@ -388,17 +412,47 @@ impl Gateway {
     /// A call whose answer never arrived whole (the generation timeout, an answer broken off) was generated
     /// all the same, and the provider bills it: it is charged its whole budget (see
     /// [`crate::domain::pricing::ModelPrice::whole_budget`]), at most what its hold reserved, never nothing.
-    fn charge_unanswered(&self, charge: Charge, request: &LlmRequest, answered: Code) {
+    fn charge_unanswered(&self, charge: Charge, budget: &CallBudget, answered: Code) {
         let provider = charge.provider;
-        let (price, _) = self.meter.prices().price(provider, &request.model);
-        let cost = self.meter.record(charge, price.whole_budget(&request.budget), Ending::Unanswered(answered));
+        let (price, _) = self.meter.prices().price(provider, &charge.model);
+        let cost = self.meter.record(charge, price.whole_budget(budget), Ending::Unanswered(answered));
         tracing::info!(%provider, %cost, "no complete answer; the call is charged its whole budget");
     }
 
+    /// A client's body for `api`, with the provider and the chain of models that may serve it.
+    pub fn parse(&self, api: Api, raw: &Bytes) -> Result<LlmRequest, LlmRequestError> {
+        parse_request(api, raw, self.prices(), self.chains())
+    }
+
+    fn chains(&self) -> &ModelChains {
+        &self.upstream.fallbacks().chains
+    }
+
     /// Decides, pays and calls; the answer is left for the caller to stream or read ([`Gateway::complete`]).
-    /// A call that ends here uncharged (refused, or refused by the provider) is listed among the user's calls;
-    /// a charged one is listed by the meter when it is charged.
+    /// While the provider cannot serve it (an outage, an open circuit, the platform's key rate limited), the
+    /// call moves to the next model of its chain, decided, held and priced as that model's own call.
     pub async fn call(
+        &self,
+        user: UserId,
+        api: Api,
+        request: &LlmRequest,
+        retries: Retries,
+    ) -> Result<Forwarded, GatewayError> {
+        let mut outcome = self.attempt(user, api, request, retries).await;
+        let mut from = request.provider;
+        for (provider, model) in &request.fallbacks {
+            let Some(reason) = outcome.as_ref().err().and_then(GatewayError::fallback_reason) else { break };
+            tracing::info!(%user, %from, to = %provider, model, reason, "falling back to the next model of the chain");
+            metrics::fallback(from, *provider, reason);
+            outcome = self.attempt(user, api, &request.for_fallback(api, *provider, model), retries).await;
+            from = *provider;
+        }
+        outcome
+    }
+
+    /// One model's try. One that ends here uncharged (refused, or refused by the provider) is listed among the
+    /// user's calls; a charged one is listed by the meter when it is charged.
+    async fn attempt(
         &self,
         user: UserId,
         api: Api,
@@ -465,7 +519,8 @@ impl Gateway {
         let slot = self.limits.call_slot(user).await?;
 
         let mut source = decision.source;
-        let mut key_failure = None;
+        // Why the user's key was left for credits: the answer if credits cannot take over after all.
+        let mut left_key: Option<GatewayError> = None;
         loop {
             if source == Source::Internal && request.special_service_tier {
                 return Err(GatewayError::SpecialServiceTier(provider));
@@ -481,15 +536,15 @@ impl Gateway {
                 Err(CredentialError::KeyUnusable) => {
                     self.key_events.failed(user, provider, UpstreamFailure::InvalidKey).await;
                     if can_fall_back {
-                        key_failure = Some(UpstreamFailure::InvalidKey);
+                        left_key = Some(GatewayError::KeyInvalid(provider));
                         source = Source::Internal;
                         continue;
                     }
                     return Err(GatewayError::KeyInvalid(provider));
                 }
                 Err(CredentialError::Shortfall(shortfall)) => {
-                    if let Some(failure) = key_failure {
-                        return Err(key_error(provider, failure));
+                    if let Some(error) = left_key {
+                        return Err(error);
                     }
                     // Concurrent calls took what routing counted on: decide again with what is left.
                     view.available = shortfall.available;
@@ -501,8 +556,8 @@ impl Gateway {
                     continue;
                 }
                 Err(CredentialError::PlatformBudget(scope)) => {
-                    if let Some(failure) = key_failure {
-                        return Err(key_error(provider, failure));
+                    if let Some(error) = left_key {
+                        return Err(error);
                     }
                     // Credits cannot be spent today: the user's own key, where routing allows one.
                     view.available = Cents::ZERO;
@@ -523,6 +578,7 @@ impl Gateway {
                 api,
                 provider,
                 model: request.model.clone(),
+                fallback_from: request.fallback_from.clone(),
                 source: credential.source(),
                 estimated_prompt_tokens: request.budget.prompt_tokens,
                 hold: credential.into_hold(),
@@ -531,13 +587,14 @@ impl Gateway {
             match self.upstream.send(api, credential.expose(), circuit, user, request, retries).await {
                 Ok(reply) => {
                     let charge = charge(credential);
-                    return Ok(Forwarded { source: charge.source, reply, charge, slot, staleness });
+                    let hide_usage_chunk = api == Api::ChatCompletions && !request.client_wants_usage_chunk;
+                    return Ok(Forwarded { source: charge.source, hide_usage_chunk, reply, charge, slot, staleness });
                 }
                 Err(CallFailure::Key(failure)) if source == Source::Byok => {
                     self.key_events.failed(user, provider, failure).await;
                     if can_fall_back {
                         tracing::info!(%user, %provider, ?failure, "user's key failed; falling back to credits");
-                        key_failure = Some(failure);
+                        left_key = Some(key_error(provider, failure));
                         source = Source::Internal;
                         continue;
                     }
@@ -552,7 +609,19 @@ impl Gateway {
                     });
                 }
                 Err(CallFailure::RateLimited(retry_after)) => {
-                    return Err(GatewayError::ProviderRateLimited { provider, retry_after });
+                    let error = GatewayError::ProviderRateLimited {
+                        provider,
+                        retry_after,
+                        platform_key: source == Source::Internal,
+                    };
+                    if source == Source::Byok && can_fall_back && self.upstream.fallbacks().rate_limited_own_keys {
+                        tracing::info!(%user, %provider, "user's key rate limited; falling back to credits");
+                        metrics::fallback(provider, provider, "own_key_rate_limited");
+                        left_key = Some(error);
+                        source = Source::Internal;
+                        continue;
+                    }
+                    return Err(error);
                 }
                 Err(CallFailure::Outage(retry_after, reason)) => {
                     return Err(GatewayError::Unavailable { provider, retry_after, reason });
@@ -560,7 +629,7 @@ impl Gateway {
                 Err(CallFailure::Timeout) => {
                     // Still generating when the wait ended: billed by the provider all the same.
                     let error = GatewayError::Timeout(provider);
-                    self.charge_unanswered(charge(credential), request, error.code());
+                    self.charge_unanswered(charge(credential), &request.budget, error.code());
                     return Err(error);
                 }
             }

@@ -1,6 +1,7 @@
 //! The provider side of a call: the platform's keys, the circuit breaker, and sending with retries within
 //! the deadline.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -8,6 +9,7 @@ use secrecy::SecretString;
 
 use super::{Reply, Retries};
 use crate::domain::llm::{Api, LlmRequest};
+use crate::domain::model_chains::ModelChains;
 use crate::domain::provider::{PerProvider, Provider};
 use crate::domain::retry::{backoff, requested_wait};
 use crate::domain::upstream::{UpstreamFailure, classify};
@@ -39,6 +41,16 @@ pub struct Upstream {
     breaker: CircuitBreaker,
     /// Retries of one call stop here, so a caller is never kept waiting much longer.
     deadline: Duration,
+    fallbacks: Fallbacks,
+}
+
+/// What is tried when a provider cannot serve a call.
+#[derive(Debug, Clone, Default)]
+pub struct Fallbacks {
+    /// The operator's aliases and fallback chains: the next model.
+    pub chains: Arc<ModelChains>,
+    /// In BYOK-first mode, a user's key the provider rate limits falls back to credits.
+    pub rate_limited_own_keys: bool,
 }
 
 impl Upstream {
@@ -47,8 +59,13 @@ impl Upstream {
         internal_keys: InternalKeys,
         breaker: CircuitBreaker,
         deadline: Duration,
+        fallbacks: Fallbacks,
     ) -> Self {
-        Upstream { providers, internal_keys, breaker, deadline }
+        Upstream { providers, internal_keys, breaker, deadline, fallbacks }
+    }
+
+    pub(super) fn fallbacks(&self) -> &Fallbacks {
+        &self.fallbacks
     }
 
     pub(super) fn internal_key(&self, provider: Provider) -> Option<&SecretString> {

@@ -40,8 +40,7 @@ use crate::crypto::webhook_signature::WebhookSecret;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobRecord, JobStatus, RetryPolicy, millis};
-use crate::domain::llm::{Api, LlmRequest};
-use crate::domain::pricing::PriceTable;
+use crate::domain::llm::{Api, LlmRequest, LlmRequestError};
 use crate::domain::provider::Provider;
 use crate::domain::user::UserId;
 use crate::shared::redis::{Redis, RedisFailure};
@@ -480,9 +479,9 @@ impl Jobs {
         Err(JobsError::Internal("the job kept changing; retry".into()))
     }
 
-    /// The prices job requests are routed and estimated by (the gateway's).
-    pub fn prices(&self) -> &PriceTable {
-        self.gateway.prices()
+    /// A job's request body, read as the gateway reads a live call's.
+    pub fn parse(&self, api: Api, raw: &Bytes) -> Result<LlmRequest, LlmRequestError> {
+        self.gateway.parse(api, raw)
     }
 
     /// The user saved or verified a working key for `provider`: their jobs paused on it are queued again.

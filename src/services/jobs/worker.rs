@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{Claimed, DueCallback, Jobs};
 use crate::domain::error_code::Code;
 use crate::domain::jobs::{Attempt, CallbackState, JobError, JobStatus, parse_api};
-use crate::domain::llm::{Api, parse_request};
+use crate::domain::llm::Api;
 use crate::domain::provider::Provider;
 use crate::domain::routing::Refusal;
 use crate::domain::user::UserId;
@@ -83,7 +83,7 @@ impl Jobs {
 
     /// One call through the gateway, and what it means for the job.
     async fn attempt(&self, user: UserId, api: Api, body: bytes::Bytes) -> Attempt {
-        let request = match parse_request(api, &body, self.gateway.prices()) {
+        let request = match self.gateway.parse(api, &body) {
             Ok(request) => request,
             Err(error) => return Attempt::Fail { error: JobError::new(Code::InvalidRequest, error.to_string()) },
         };
