@@ -96,7 +96,7 @@ pub async fn list(
 
 /// Checks the key with the provider, seals it, stores the ciphertext in Directus.
 #[utoipa::path(put, path = "/v1/keys/{provider}", tag = "keys", operation_id = "save_key", security(("directus_token" = [])),
-    params(("provider" = String, Path, description = "`openai` or `anthropic`")), request_body = SaveKey,
+    params(("provider" = String, Path, description = "A declared provider's id: `openai`, `anthropic`, `mistral`, ... (see `/v1/providers`)")), request_body = SaveKey,
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, description = "`key_rejected`, `invalid_key_format`", body = ErrorBody),
               (status = 429, body = ErrorBody)))]
@@ -114,7 +114,7 @@ pub async fn save(
 }
 
 #[utoipa::path(delete, path = "/v1/keys/{provider}", tag = "keys", operation_id = "delete_key", security(("directus_token" = [])),
-    params(("provider" = String, Path, description = "`openai` or `anthropic`")),
+    params(("provider" = String, Path, description = "A declared provider's id: `openai`, `anthropic`, `mistral`, ... (see `/v1/providers`)")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     AuthenticatedUser(user): AuthenticatedUser,
@@ -129,7 +129,7 @@ pub async fn delete(
 
 /// Asks the provider about the saved key again and records the answer.
 #[utoipa::path(post, path = "/v1/keys/{provider}/verify", tag = "keys", operation_id = "verify_key", security(("directus_token" = [])),
-    params(("provider" = String, Path, description = "`openai` or `anthropic`")),
+    params(("provider" = String, Path, description = "A declared provider's id: `openai`, `anthropic`, `mistral`, ... (see `/v1/providers`)")),
     responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn verify(

@@ -16,12 +16,12 @@ use crate::services::standing::Standings;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRequest {
-    /// `openai` or `anthropic`.
+    /// A declared provider's id: `openai`, `anthropic`, `mistral`, ... (see `/v1/providers`).
     provider: String,
 }
 
 impl RequestBody for RouteRequest {
-    const EXPECTED: &'static str = r#"{"provider": "openai" | "anthropic"}"#;
+    const EXPECTED: &'static str = r#"{"provider": "openai" | "anthropic" | "mistral" | ...}"#;
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
