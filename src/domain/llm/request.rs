@@ -92,16 +92,19 @@ pub fn parse_request(
             Some(Ok(m)) if !m.trim().is_empty() && m.chars().count() <= MAX_MODEL_CHARS => m,
             _ => return Err(LlmRequestError::Model),
         };
-    let mut targets = chains.chain(&named).into_iter().filter_map(|model| target_in_style(api, model, prices));
-    let (provider, model) = targets.next().unwrap_or_else(|| target(api, &named, prices));
-    let fallbacks = targets.collect();
-    let mut request = if model == named {
-        parse_members(api, provider, model, raw, &members)?
+    // Without chains (the common case) only the model's own provider is looked up.
+    let (first, fallbacks) = if chains.is_empty() {
+        (target(api, &named, prices), Vec::new())
     } else {
-        renamed(api, provider, model, &members)?
+        let mut targets = chains.chain(&named).into_iter().filter_map(|model| target_in_style(api, model, prices));
+        let first = targets.next().unwrap_or_else(|| target(api, &named, prices));
+        (first, targets.map(|(provider, model)| (provider, model.into_owned())).collect())
+    };
+    let mut request = match first {
+        (provider, Cow::Borrowed(model)) if model == named => parse_members(api, provider, named, raw, &members)?,
+        (provider, model) => renamed(api, provider, model.into_owned(), &members)?,
     };
     request.fallbacks = fallbacks;
-    request.sent = raw.clone();
     Ok(request)
 }
 
@@ -127,7 +130,7 @@ impl LlmRequest {
 
 /// Like [`target`], but `None` for a model of the other API style (a chain may list models of both): the
 /// messages API cannot serve a chat completion, and the other way round.
-fn target_in_style(api: Api, model: &str, prices: &PriceTable) -> Option<(Provider, String)> {
+fn target_in_style<'a>(api: Api, model: &'a str, prices: &PriceTable) -> Option<(Provider, Cow<'a, str>)> {
     let other = match api.style() {
         ApiStyle::OpenAi => ApiStyle::Anthropic,
         ApiStyle::Anthropic => ApiStyle::OpenAi,
@@ -141,16 +144,16 @@ fn target_in_style(api: Api, model: &str, prices: &PriceTable) -> Option<(Provid
 /// Which provider serves `model` on `api`, and the model's name there: a provider that lists it (exactly, or
 /// a dated variant); else `provider/model` where `provider` is declared with the API's style; else the
 /// API's own provider, at its conservative unknown-model price.
-pub fn target(api: Api, model: &str, prices: &PriceTable) -> (Provider, String) {
+pub fn target<'a>(api: Api, model: &'a str, prices: &PriceTable) -> (Provider, Cow<'a, str>) {
     let style = api.style();
     if let Some(provider) = prices.provider_of(style, model) {
-        return (provider, model.to_owned());
+        return (provider, Cow::Borrowed(model));
     }
     let named = model.split_once('/').and_then(|(id, rest)| {
         let provider = id.parse::<Provider>().ok().filter(|p| p.style() == style)?;
-        (!rest.trim().is_empty()).then(|| (provider, rest.to_owned()))
+        (!rest.trim().is_empty()).then_some((provider, Cow::Borrowed(rest)))
     });
-    named.unwrap_or_else(|| (Provider::default_for(style), model.to_owned()))
+    named.unwrap_or((Provider::default_for(style), Cow::Borrowed(model)))
 }
 
 fn parse_members(
