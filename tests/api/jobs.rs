@@ -730,3 +730,45 @@ async fn a_slow_host_gets_at_most_its_share_of_callback_senders() {
     assert_eq!(slow.arrivals.lock().unwrap().len(), 12);
     assert_eq!(slow.max_at_once.load(Ordering::SeqCst), 3, "the host's cap, though three users had callbacks due");
 }
+
+/// Jobs take the Responses and Embeddings APIs too: each runs through the gateway and is charged by its own
+/// usage.
+#[tokio::test]
+async fn responses_and_embeddings_run_as_jobs_and_are_charged_by_their_usage() {
+    let clock = start_clock();
+    let app = jobs_app(&[], &clock).await;
+    let user = byok_user(&app, false).await;
+    let answers = [
+        (
+            "/v1/responses",
+            r#"{"id":"resp_1","object":"response","status":"completed","output":[],"usage":{"input_tokens":9,"output_tokens":3,"total_tokens":12}}"#,
+        ),
+        (
+            "/v1/embeddings",
+            r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5]}],"usage":{"prompt_tokens":5,"total_tokens":5}}"#,
+        ),
+    ];
+    for (endpoint, answer) in answers {
+        Mock::given(method("POST"))
+            .and(path(endpoint))
+            .and(header("authorization", format!("Bearer {OPENAI_KEY}").as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(answer, "application/json"))
+            .expect(1)
+            .mount(&app.providers)
+            .await;
+    }
+    let jobs = [
+        json!({"api": "responses", "request": {"model": "gpt-4o-mini", "input": "Hi", "max_output_tokens": 50}}),
+        json!({"api": "embeddings", "request": {"model": "text-embedding-3-small", "input": "Hi"}}),
+    ];
+    for (body, tokens) in jobs.into_iter().zip([12, 5]) {
+        let id = submitted_id(submit(&app, &user, body).await).await;
+        let job = wait_for_job(&app, &user, &id, "success", |j| j["status"] == "succeeded").await;
+        assert_eq!(job["source"], "byok", "{job}");
+        assert_eq!(job["result"]["usage"]["total_tokens"], tokens, "{job}");
+    }
+    let records = wait_for_requests(&app.directus, "POST", "/items/api_key_usage", 2).await;
+    let mut models: Vec<&str> = records.iter().map(|r| r["model"].as_str().unwrap()).collect();
+    models.sort_unstable();
+    assert_eq!(models, ["gpt-4o-mini", "text-embedding-3-small"]);
+}
