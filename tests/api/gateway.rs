@@ -694,3 +694,25 @@ async fn a_rate_limited_own_key_falls_back_to_credits_only_when_the_operator_all
         }
     }
 }
+
+/// A fallback this user cannot be served by (BYOK-only, no key for the next model's provider) is passed over:
+/// the caller learns that AI is unavailable, not that they lack a key for a model they never asked for.
+#[tokio::test]
+async fn a_fallback_the_user_cannot_use_is_passed_over_and_the_outage_stands() {
+    let chains = byok_bridge::domain::model_chains::ModelChains::new(
+        Default::default(),
+        [("gpt-4o-mini".to_owned(), vec!["mistral-small-latest".to_owned()])].into(),
+    );
+    let app = gateway_app_tweaked(&[("UPSTREAM_DEADLINE_SECS", "1")], |settings| {
+        settings.providers.model_chains = std::sync::Arc::new(chains);
+    })
+    .await;
+    let user = byok_user(&app, true).await;
+    openai_answers(OPENAI_KEY, ResponseTemplate::new(503).set_body_json(json!({"error": {"message": "down"}})))
+        .mount(&app.providers)
+        .await;
+    let response = chat(&app, &user, hello(false)).await;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("ai_unavailable")), "{body}");
+}
