@@ -61,9 +61,9 @@ codes! {
     UnsupportedMediaType = ("unsupported_media_type", 415, "Send the body as JSON with Content-Type: application/json."),
     PayloadTooLarge = ("payload_too_large", 413, "The body is too large."),
     BodyTimeout = ("body_timeout", 408, "The request body arrived too slowly and was not read. Send it again over a faster connection."),
-    UnknownProvider = ("unknown_provider", 400, "Unknown provider. Use \"openai\" or \"anthropic\"."),
+    UnknownProvider = ("unknown_provider", 400, "Unknown provider. GET /v1/providers lists the providers this platform offers."),
     /// A provider in a path names no resource.
-    UnknownProviderInPath = ("unknown_provider", 404, "Unknown provider. Use \"openai\" or \"anthropic\"."),
+    UnknownProviderInPath = ("unknown_provider", 404, "Unknown provider. GET /v1/providers lists the providers this platform offers."),
     NotFound = ("not_found", 404, "No such endpoint."),
     MethodNotAllowed = ("method_not_allowed", 405, "This endpoint does not accept that method."),
     NotificationNotFound = ("notification_not_found", 404, "You have no notification with this id."),

@@ -202,15 +202,21 @@ struct RawTable {
 }
 
 impl RawTable {
-    fn parse(json: &str) -> Result<RawTable, PriceTableError> {
-        let raw: RawTable = serde_json::from_str(json).map_err(|e| PriceTableError::Malformed(e.to_string()))?;
+    /// The operator's table must name only declared providers; the shipped one's prices of providers the
+    /// operator took out are dropped.
+    fn parse(json: &str, shipped: bool) -> Result<RawTable, PriceTableError> {
+        let mut raw: RawTable = serde_json::from_str(json).map_err(|e| PriceTableError::Malformed(e.to_string()))?;
         if raw.version.trim().is_empty() {
             return Err(PriceTableError::EmptyVersion);
         }
         if raw.currency != "USD" {
             return Err(PriceTableError::Currency(raw.currency));
         }
-        if let Some(id) = raw.models.keys().chain(raw.unknown_model.keys()).find(|id| id.parse::<Provider>().is_err()) {
+        let declared = |id: &String| id.parse::<Provider>().is_ok();
+        if shipped {
+            raw.models.retain(|id, _| declared(id));
+            raw.unknown_model.retain(|id, _| declared(id));
+        } else if let Some(id) = raw.models.keys().chain(raw.unknown_model.keys()).find(|id| !declared(id)) {
             return Err(PriceTableError::UndeclaredProvider(id.clone()));
         }
         Ok(raw)
@@ -313,9 +319,9 @@ impl PriceTable {
     /// `version` then stands for the whole), and the prices declared with providers laid over both: their
     /// `models` added or replaced one by one, their `unknown_model` replaced.
     pub fn load(operator: Option<&str>, declared: &DeclaredPrices) -> Result<PriceTable, PriceTableError> {
-        let mut raw = RawTable::parse(BUILTIN)?;
+        let mut raw = RawTable::parse(BUILTIN, true)?;
         if let Some(json) = operator {
-            let mut operator = RawTable::parse(json)?;
+            let mut operator = RawTable::parse(json, false)?;
             raw.version = operator.version;
             let mut named: Vec<String> = operator.models.keys().chain(operator.unknown_model.keys()).cloned().collect();
             named.sort();

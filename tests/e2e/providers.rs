@@ -27,9 +27,10 @@ fn cost_header(response: &reqwest::Response) -> f64 {
     response.headers()["x-byok-cost-cents"].to_str().unwrap().parse().unwrap()
 }
 
-/// A file an operator would write: a new OpenAI-compatible provider whose keys go in an `api-key` header.
+/// A file an operator would write: a new OpenAI-compatible provider whose keys go in an `api-key` header,
+/// and a shipped one taken out.
 fn acme_declaration(base_url: &str) -> Value {
-    json!({"providers": [{
+    json!({"providers": [{"id": "xai", "enabled": false}, {
         "id": "acme", "name": "Acme AI", "api": "openai", "base_url": base_url, "auth": "api-key",
         "key": {"prefixes": ["acme-"], "hint": "Starts with \"acme-\"."}, "verify": {"path": "models"},
         "links": {"signup": "https://acme.example/", "keys": "https://acme.example/keys", "billing": "https://acme.example/billing"},
@@ -87,6 +88,13 @@ async fn a_provider_that_exists_only_as_a_declaration_serves_own_keys_and_credit
     let listed = |id: &str| providers["providers"].as_array().unwrap().iter().find(|p| p["provider"] == id).cloned();
     assert_eq!(listed("mistral").unwrap()["keys_url"], "https://console.mistral.ai/api-keys");
     assert_eq!(listed("acme").unwrap()["name"], "Acme AI");
+    assert!(listed("xai").is_none(), "taken out by the file");
+    let refused = http
+        .put(sidecar.url("/v1/keys/xai"))
+        .bearer_auth(&token)
+        .json(&json!({"api_key": "xai-0123456789abcdefghijklmnop"}));
+    let refused = refused.send().await.unwrap();
+    assert_eq!(refused.status(), 404);
 
     // The Mistral key is checked against Mistral's base URL with Mistral's auth, and saved.
     let saved = http

@@ -12,6 +12,8 @@ use crate::domain::model_chains::{ChainError, ModelChains};
 
 const SHIPPED: &str = include_str!("../../../catalog/providers.json");
 const MAX_ID_LEN: usize = 32;
+/// The providers of requests whose model no declared provider lists: always declared.
+const DEFAULTS: [&str; 2] = ["openai", "anthropic"];
 
 static INSTALLED: OnceLock<Catalog> = OnceLock::new();
 
@@ -88,6 +90,8 @@ struct RawDeclaration {
     links: Option<RawLinks>,
     models: Option<Value>,
     unknown_model: Option<Value>,
+    /// `false` takes a shipped provider out: users cannot save keys for it, no model routes to it.
+    enabled: Option<bool>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -121,7 +125,8 @@ impl Catalog {
     }
 
     /// The shipped providers with the operator's file (`PROVIDERS_FILE`) laid over them: an entry with a
-    /// shipped id changes the fields it gives; a new id declares a provider and must give every field.
+    /// shipped id changes the fields it gives (`"enabled": false` takes it out); a new id declares a
+    /// provider and must give every field.
     pub fn declare(operator_file: Option<&str>) -> Result<Declared, CatalogError> {
         let (mut entries, _) = parse(SHIPPED)?;
         let (operator, chains) = operator_file.map(parse).transpose()?.unwrap_or_default();
@@ -132,6 +137,14 @@ impl Catalog {
                 None => entries.push(entry),
             }
         }
+        if let Some(default) = entries.iter().find(|e| e.enabled == Some(false) && DEFAULTS.contains(&e.id.as_str())) {
+            return Err(CatalogError::Invalid {
+                id: default.id.clone(),
+                field: "enabled",
+                reason: "openai and anthropic serve the models no other provider lists; they cannot be disabled",
+            });
+        }
+        entries.retain(|entry| entry.enabled != Some(false));
         let mut providers = Vec::with_capacity(entries.len());
         let mut prices = Vec::new();
         for (index, entry) in entries.into_iter().enumerate() {
@@ -198,7 +211,9 @@ impl RawDeclaration {
             links,
             models,
             unknown_model,
+            enabled,
         } = entry;
+        self.enabled = enabled.or(self.enabled);
         self.name = name.or(self.name.take());
         self.api = api.or(self.api);
         self.base_url = base_url.or(self.base_url.take());
@@ -317,6 +332,17 @@ mod tests {
         assert_eq!((mistral.name.as_str(), mistral.base_url.as_str()), ("Mistral (EU)", "https://eu.example/v1"));
         assert_eq!(mistral.keys_url, "https://console.mistral.ai/api-keys", "kept from the shipped declaration");
         assert_eq!(declared.catalog.providers.len(), 8);
+    }
+
+    #[test]
+    fn the_operator_takes_shipped_providers_out_but_never_the_defaults() {
+        let declared =
+            declare(r#"{"providers":[{"id":"xai","enabled":false},{"id":"groq","enabled":false}]}"#).unwrap();
+        let ids: Vec<&str> = declared.catalog.providers.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["openai", "anthropic", "gemini", "mistral", "deepseek", "openrouter"]);
+        assert_eq!(declared.catalog.providers.iter().map(|d| d.index).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+        let refused = declare(r#"{"providers":[{"id":"anthropic","enabled":false}]}"#).unwrap_err();
+        assert!(matches!(refused, CatalogError::Invalid { field: "enabled", .. }), "{refused:?}");
     }
 
     #[test]
