@@ -43,7 +43,7 @@ async fn official_sdks_work_and_every_call_is_accounted_in_directus() {
         .unwrap();
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "SDK tests failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(report.contains("11 passed"), "{report}");
+    assert!(report.contains("12 passed"), "{report}");
 
     // OpenAI calls went through the user's key, Anthropic calls (no key) through credits; token counts are
     // free at Anthropic and recorded nowhere.

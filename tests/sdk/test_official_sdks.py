@@ -94,6 +94,12 @@ def test_openai_models_list():
     assert models["mistral-small"].owned_by == "mistral"
 
 
+def test_anthropic_models_list():
+    ids = [m.id for m in anthropic_client().models.list()]
+    assert "claude-3-5-haiku" in ids
+    assert not any(i.startswith("gpt-") for i in ids), ids
+
+
 def test_anthropic_count_tokens():
     counted = anthropic_client().messages.count_tokens(model="claude-3-5-haiku-latest", messages=MESSAGES)
     assert counted.input_tokens == 12

@@ -1,19 +1,43 @@
-//! `GET /v1/models`, in OpenAI's list format (what `client.models.list()` reads): the models this user can
-//! call right now, given the flags, their plan, their keys and their credits.
+//! `GET /v1/models`: the models this user can call right now, given the flags, their plan, their keys and
+//! their credits. In OpenAI's list format (what `openai`'s `client.models.list()` reads), or in Anthropic's
+//! when the request says `anthropic-version` as the Anthropic SDKs do (then only the messages API's models).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::provider::Provider;
+use crate::domain::provider::{ApiStyle, Provider};
 use crate::domain::routing::Source;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::AuthenticatedUser;
 use crate::services::gateway::Gateway;
 use crate::services::standing::Standings;
+
+/// Anthropic's shape of a model list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnthropicModelList {
+    data: Vec<AnthropicModel>,
+    /// Always `false`: the whole list is one page.
+    has_more: bool,
+    first_id: Option<String>,
+    last_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnthropicModel {
+    /// Always `model`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: String,
+    display_name: String,
+    /// Unknown here: the epoch keeps the SDKs' type.
+    created_at: &'static str,
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
@@ -42,24 +66,41 @@ pub struct Model {
 /// Every listed model of every provider the routing matrix lets this user call now, by provider in catalog
 /// order, then by name. A provider without a usable key or credits to pay has no models here.
 #[utoipa::path(get, path = "/v1/models", tag = "gateway", security(("directus_token" = [])),
-    responses((status = 200, body = ModelList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "OpenAI's list format, or Anthropic's (`AnthropicModelList`) when the request carries `anthropic-version`", body = ModelList),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list(
     AuthenticatedUser(user): AuthenticatedUser,
     State(standings): State<Arc<Standings>>,
     State(gateway): State<Arc<Gateway>>,
-) -> Result<Json<ModelList>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let standing = standings.of(user).await?;
     let prices = gateway.prices();
-    let mut data = Vec::new();
-    for provider in Provider::all() {
+    let anthropic = headers.contains_key("anthropic-version");
+    let mut models = Vec::new();
+    for provider in Provider::all().filter(|p| !anthropic || p.style() == ApiStyle::Anthropic) {
         let Ok(decision) = standing.decide_any_call(provider) else { continue };
         for name in prices.listed_models(provider) {
             let id = match prices.provider_of(provider.style(), name) {
                 Some(first) if first == provider => name.to_owned(),
                 _ => format!("{provider}/{name}"),
             };
-            data.push(Model { id, object: "model", created: 0, owned_by: provider, x_byok_source: decision.source });
+            models.push((id, provider, decision.source));
         }
     }
-    Ok(Json(ModelList { object: "list", data }))
+    if anthropic {
+        let (first_id, last_id) = (models.first().map(|m| m.0.clone()), models.last().map(|m| m.0.clone()));
+        let data = models
+            .into_iter()
+            .map(|(id, ..)| AnthropicModel { kind: "model", display_name: id.clone(), id, created_at: EPOCH })
+            .collect();
+        return Ok(Json(AnthropicModelList { data, has_more: false, first_id, last_id }).into_response());
+    }
+    let data = models
+        .into_iter()
+        .map(|(id, owned_by, x_byok_source)| Model { id, object: "model", created: 0, owned_by, x_byok_source })
+        .collect();
+    Ok(Json(ModelList { object: "list", data }).into_response())
 }
+
+const EPOCH: &str = "1970-01-01T00:00:00Z";
