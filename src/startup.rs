@@ -143,6 +143,7 @@ impl Application {
                 Arc::clone(&services.vault),
                 Arc::clone(&services.key_events),
                 Arc::clone(&services.jobs),
+                Arc::clone(&services.claims),
             ));
             for (status, every) in self.recheck_intervals {
                 tokio::spawn(recheck_keys(Arc::clone(&rechecks), status, every));
@@ -276,6 +277,6 @@ async fn recheck_keys(rechecks: Arc<KeyRechecks>, status: KeyStatus, every: Dura
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        rechecks.round(status).await;
+        rechecks.round(status, every).await;
     }
 }
