@@ -24,7 +24,8 @@
 #     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct, then through the sidecar (added p50,
 #     p99 and max); then BENCH_CONNECTIONS for BENCH_SECONDS direct, through the sidecar, and through the two
 #     ceilings: a bare axum + reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs). With
-#     BENCH_PERF=1, perf records the sidecar during its run and the hottest functions are printed.
+#     BENCH_PERF=1, perf records the sidecar during its run and the hottest functions are printed. With
+#     BENCH_DIRECTUS_NICE=N, Directus runs at that nice level from 9b on (how much of the tail is its CPU).
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
@@ -426,6 +427,10 @@ start_sidecar "${latency_port}" "${work}/latency-data" "${work}/latency.log" tar
 cache_caller "${latency_port}"
 rss_kb="$(ps -o rss= -p "${sidecar_pid}" | tr -d ' ')"
 step "9a. sidecar RSS at rest (started, flags and one caller loaded): $((rss_kb / 1024)) MiB"
+if [[ -n "${BENCH_DIRECTUS_NICE:-}" ]]; then
+	renice -n "${BENCH_DIRECTUS_NICE}" -p "$(cat "${work}/directus/directus.pid")" >/dev/null
+	step "9a. Directus at nice ${BENCH_DIRECTUS_NICE}"
+fi
 step "9b. one connection, ${latency_seconds} s, non-streaming: direct"
 BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
 	"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize_max
