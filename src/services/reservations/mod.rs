@@ -325,8 +325,12 @@ impl<S: UsageSink> UsageSink for LedgerSink<S> {
         let stored = result.is_ok() || (records.len() == 1 && matches!(result, Err(DeliveryError::AlreadyStored)));
         if stored {
             let now = OffsetDateTime::now_utc();
-            for record in records {
+            for (n, record) in records.iter().enumerate() {
                 self.reservations.stored(record, now).await;
+                // Hundreds of records in one poll would hold a worker that calls are waiting for.
+                if n % 32 == 31 {
+                    tokio::task::yield_now().await;
+                }
             }
         }
         result
