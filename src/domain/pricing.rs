@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::money::Cents;
-use super::provider::{ApiStyle, Provider};
+use super::provider::{ApiStyle, PerProvider, Provider};
 use super::usage::TokenUsage;
 
 const BUILTIN: &str = include_str!("../../pricing/prices.json");
@@ -298,8 +298,7 @@ fn is_version_suffix(rest: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriceTable {
     version: String,
-    /// Indexed by [`Provider::index`].
-    providers: Vec<ProviderPrices>,
+    providers: PerProvider<ProviderPrices>,
     /// Which providers list a model, in catalog order: how a request's model finds its provider.
     listed_by: HashMap<String, Vec<Provider>>,
 }
@@ -349,17 +348,16 @@ impl PriceTable {
                 raw.unknown_model.insert(id.clone(), unknown);
             }
         }
-        let mut providers = Vec::with_capacity(Provider::count());
         let mut listed_by: HashMap<String, Vec<Provider>> = HashMap::new();
-        for provider in Provider::all() {
+        let providers = PerProvider::try_from_fn(|provider| {
             let id = provider.as_str();
             let raw_unknown = raw.unknown_model.remove(id).ok_or(PriceTableError::MissingUnknownModel(provider))?;
             let prices = ProviderPrices::resolve(provider, &raw_unknown, raw.models.remove(id).unwrap_or_default())?;
             for name in prices.models.keys() {
                 listed_by.entry(name.clone()).or_default().push(provider);
             }
-            providers.push(prices);
-        }
+            Ok(prices)
+        })?;
         Ok(PriceTable { version: raw.version, providers, listed_by })
     }
 
@@ -397,7 +395,7 @@ impl PriceTable {
     }
 
     fn for_provider(&self, provider: Provider) -> &ProviderPrices {
-        &self.providers[provider.index()]
+        self.providers.get(provider)
     }
 
     /// The first declared provider of `style` that lists `model`, or a dated or versioned variant of it

@@ -2,7 +2,7 @@ use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::provider::Provider;
+use super::provider::{Provider, is_key_byte};
 
 const MIN_LEN: usize = 20;
 const MAX_LEN: usize = 512;
@@ -42,7 +42,7 @@ impl ProviderKey {
         if !(MIN_LEN..=MAX_LEN).contains(&key.len()) {
             return Err(KeyFormatError::Length);
         }
-        if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !key.bytes().all(is_key_byte) {
             return Err(KeyFormatError::Characters);
         }
         // Another provider's more specific prefix (`sk-ant-` or `sk-or-` where `sk-` is expected) says whose
@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(key.hint(Provider::anthropic()), "sk-ant-...WxYz");
         assert!(key.hint(Provider::anthropic()).len() <= 24, "the hook refuses longer hints");
         let mistral: Provider = "mistral".parse().unwrap();
-        let key = ProviderKey::parse(mistral, "AbCdEfGhIjKlMnOpQrStUvWxYz012345").unwrap();
+        let key = ProviderKey::parse(mistral, "FAKEnotArealMistralKey0000002345").unwrap();
         assert_eq!(key.hint(mistral), "...2345", "no declared prefix: only the last 4");
         assert_eq!(format!("{key:?}"), "ProviderKey([REDACTED])");
     }
@@ -127,7 +127,7 @@ mod tests {
             ),
             (
                 Provider::openai(),
-                "sk-or-v1-abcdefghijklmnopqrstuvwxyz",
+                "sk-or-v1-FAKE-not-a-real-key-0000",
                 OtherProvidersKey { looks_like: "openrouter".parse().unwrap(), submitted_for: Provider::openai() },
             ),
             (
@@ -137,7 +137,7 @@ mod tests {
             ),
             (
                 Provider::anthropic(),
-                "ak-ant-abcdefghijklmnopqrstuvwxyz",
+                "ak-ant-FAKE-not-a-real-key-00000",
                 WrongPrefix { provider: Provider::anthropic() },
             ),
         ];

@@ -128,32 +128,37 @@ impl LlmRequest {
     }
 }
 
-/// Like [`target`], but `None` for a model of the other API style (a chain may list models of both): the
-/// messages API cannot serve a chat completion, and the other way round.
+/// Like [`target`], but `None` for a model of the other API style (listed only by a provider of that style,
+/// or named after one): a chain may list models of both, and the messages API cannot serve a chat
+/// completion, nor the other way round.
 fn target_in_style<'a>(api: Api, model: &'a str, prices: &PriceTable) -> Option<(Provider, Cow<'a, str>)> {
-    let other = match api.style() {
+    let style = api.style();
+    if let Some(provider) = prices.provider_of(style, model) {
+        return Some((provider, Cow::Borrowed(model)));
+    }
+    let named = model.split_once('/').and_then(|(id, rest)| Some((id.parse::<Provider>().ok()?, rest)));
+    match named {
+        Some((provider, rest)) if provider.style() == style && !rest.trim().is_empty() => {
+            return Some((provider, Cow::Borrowed(rest)));
+        }
+        Some((provider, _)) if provider.style() != style => return None,
+        _ => {}
+    }
+    let other = match style {
         ApiStyle::OpenAi => ApiStyle::Anthropic,
         ApiStyle::Anthropic => ApiStyle::OpenAi,
     };
-    let named = model.split_once('/').and_then(|(id, _)| id.parse::<Provider>().ok());
-    let elsewhere = prices.provider_of(api.style(), model).is_none()
-        && (prices.provider_of(other, model).is_some() || named.is_some_and(|p| p.style() == other));
-    (!elsewhere).then(|| target(api, model, prices))
+    match prices.provider_of(other, model) {
+        Some(_) => None,
+        None => Some((Provider::default_for(style), Cow::Borrowed(model))),
+    }
 }
 
-/// Which provider serves `model` on `api`, and the model's name there: a provider that lists it (exactly, or
-/// a dated variant); else `provider/model` where `provider` is declared with the API's style; else the
-/// API's own provider, at its conservative unknown-model price.
+/// Which provider serves `model` on `api`, and the model's name there: a provider of the API's style that lists
+/// it (exactly, or a dated variant), else the one a `provider/model` name names, else the API's own provider,
+/// at its conservative unknown-model price (which also gets a model of the other style, to refuse).
 pub fn target<'a>(api: Api, model: &'a str, prices: &PriceTable) -> (Provider, Cow<'a, str>) {
-    let style = api.style();
-    if let Some(provider) = prices.provider_of(style, model) {
-        return (provider, Cow::Borrowed(model));
-    }
-    let named = model.split_once('/').and_then(|(id, rest)| {
-        let provider = id.parse::<Provider>().ok().filter(|p| p.style() == style)?;
-        (!rest.trim().is_empty()).then_some((provider, Cow::Borrowed(rest)))
-    });
-    named.unwrap_or((Provider::default_for(style), Cow::Borrowed(model)))
+    target_in_style(api, model, prices).unwrap_or((Provider::default_for(api.style()), Cow::Borrowed(model)))
 }
 
 fn parse_members(

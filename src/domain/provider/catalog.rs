@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use super::{ApiStyle, AuthScheme, Declaration, Provider, StreamUsage};
+use super::{ApiStyle, AuthScheme, Declaration, Provider, StreamUsage, is_key_byte};
 use crate::domain::model_chains::{ChainError, ModelChains};
 
 const SHIPPED: &str = include_str!("../../../catalog/providers.json");
@@ -158,15 +158,11 @@ impl Catalog {
         self.providers.iter().map(Provider)
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.providers.len()
-    }
-
     pub(super) fn get(&'static self, id: &str) -> Option<Provider> {
         self.providers.iter().find(|declaration| declaration.id == id).map(Provider)
     }
 
-    /// A shipped provider: an operator's file can change one but never remove it.
+    /// `openai` or `anthropic`: an operator's file can change them but never take them out.
     pub(super) fn builtin(&'static self, id: &str) -> Provider {
         self.get(id).expect("shipped providers are always declared")
     }
@@ -238,13 +234,13 @@ impl RawDeclaration {
         web_url(&base_url, false).ok_or_else(|| invalid("base_url", "an http or https URL without query"))?;
         let key = self.key.ok_or_else(|| missing("key"))?;
         let mut key_prefixes = key.prefixes;
-        if key_prefixes.iter().any(|p| p.is_empty() || p.len() > 16 || !p.bytes().all(key_byte)) {
+        if key_prefixes.iter().any(|p| p.is_empty() || p.len() > 16 || !p.bytes().all(is_key_byte)) {
             return Err(invalid("key.prefixes", "each 1-16 of letters, digits, '-' and '_'"));
         }
         key_prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
         let RawVerify { path: verify_path, quota_model } = self.verify.ok_or_else(|| missing("verify"))?;
         let model_ok = |model: &String| {
-            (1..=100).contains(&model.len()) && model.bytes().all(|b| key_byte(b) || b"./:".contains(&b))
+            (1..=100).contains(&model.len()) && model.bytes().all(|b| is_key_byte(b) || b"./:".contains(&b))
         };
         if quota_model.as_ref().is_some_and(|model| !model_ok(model)) {
             return Err(invalid("verify.quota_model", "a model name such as \"gpt-4o-mini\""));
@@ -252,7 +248,7 @@ impl RawDeclaration {
         let path_ok = !verify_path.is_empty()
             && !verify_path.starts_with('/')
             && verify_path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
-            && verify_path.bytes().all(|b| key_byte(b) || b == b'/' || b == b'.');
+            && verify_path.bytes().all(|b| is_key_byte(b) || b == b'/' || b == b'.');
         if !path_ok {
             return Err(invalid("verify.path", "a relative path such as \"models\""));
         }
@@ -287,10 +283,6 @@ impl RawDeclaration {
 /// `MY_PROXY` for `my-proxy`: how the id appears in environment variable names.
 fn env_name(id: &str) -> String {
     id.to_ascii_uppercase().replace('-', "_")
-}
-
-fn key_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
 /// Links shown to users must be https; an API root may be plain http (a local proxy, a test double).

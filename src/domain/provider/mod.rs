@@ -90,11 +90,6 @@ impl Provider {
         catalog::installed().providers()
     }
 
-    /// How many providers are declared: the length of a table indexed by [`Provider::index`].
-    pub fn count() -> usize {
-        catalog::installed().len()
-    }
-
     /// OpenAI, the provider of an OpenAI-style request whose model no declared provider lists.
     pub fn openai() -> Provider {
         catalog::installed().builtin("openai")
@@ -114,7 +109,7 @@ impl Provider {
     }
 
     /// Position in the catalog: per-provider state is kept in tables indexed by it.
-    pub fn index(self) -> usize {
+    fn index(self) -> usize {
         self.0.index
     }
 
@@ -222,6 +217,12 @@ impl fmt::Display for Provider {
     }
 }
 
+/// What provider keys are made of (letters, digits, `-`, `_`): a key is checked against it when it is pasted,
+/// a declared key prefix when it is declared.
+pub fn is_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
 /// One value per declared provider, found by the provider's index: per-provider state without a map.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PerProvider<T>(Vec<T>);
@@ -229,6 +230,11 @@ pub struct PerProvider<T>(Vec<T>);
 impl<T> PerProvider<T> {
     pub fn from_fn(value: impl FnMut(Provider) -> T) -> Self {
         PerProvider(Provider::all().map(value).collect())
+    }
+
+    /// [`PerProvider::from_fn`] for values that can fail: the first error, if any.
+    pub fn try_from_fn<E>(value: impl FnMut(Provider) -> Result<T, E>) -> Result<Self, E> {
+        Provider::all().map(value).collect::<Result<_, _>>().map(PerProvider)
     }
 
     pub fn get(&self, provider: Provider) -> &T {
