@@ -52,6 +52,16 @@ pub trait UsageSink: Send + Sync + 'static {
     fn deliver(&self, records: &[UsageRecord]) -> impl Future<Output = Result<(), DeliveryError>> + Send;
 }
 
+/// Delivery handles hundreds of records at a time; done in one poll, that holds a tokio worker for a
+/// millisecond or more, which a call waiting for the same worker feels as latency. A sink's loop over a batch
+/// calls this after each record (`n` counts them) to give the worker's other tasks a turn now and then.
+pub async fn yield_to_calls(n: usize) {
+    const RECORDS_PER_POLL: usize = 32;
+    if n % RECORDS_PER_POLL == RECORDS_PER_POLL - 1 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// What one pass over the outbox did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushReport {

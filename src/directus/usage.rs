@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{DirectusClient, DirectusError};
-use crate::accounting::{DeliveryError, UsageSink};
+use crate::accounting::{DeliveryError, UsageSink, yield_to_calls};
 use crate::domain::budget::{Period, Spending};
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
@@ -36,9 +36,6 @@ pub struct UsageSummary {
     pub daily: Vec<UsageLine>,
 }
 
-/// Rows built between two yields to the other tasks of the worker.
-const ROWS_PER_POLL: usize = 32;
-
 impl DirectusClient {
     /// Stores a batch of records of one source in one request (Directus creates all or none). A record
     /// already stored (same `request_id`) fails the batch with `RECORD_NOT_UNIQUE`.
@@ -48,8 +45,6 @@ impl DirectusClient {
             Source::Byok => "/items/api_key_usage",
             Source::Internal => "/items/credit_transactions",
         };
-        // Built a few rows at a time: hundreds in one poll take a millisecond or more, which a call waiting for
-        // the same worker would feel as latency.
         let mut body = Vec::with_capacity(records.len() * 512);
         body.push(b'[');
         for (n, record) in records.iter().enumerate() {
@@ -57,9 +52,7 @@ impl DirectusClient {
                 body.push(b',');
             }
             serde_json::to_writer(&mut body, &usage_row(record)).expect("a usage row serializes");
-            if n % ROWS_PER_POLL == ROWS_PER_POLL - 1 {
-                tokio::task::yield_now().await;
-            }
+            yield_to_calls(n).await;
         }
         body.push(b']');
         let request = self

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use self::memory::MemoryReservations;
 use self::redis::RedisReservations;
-use crate::accounting::{DeliveryError, Outbox, UsageSink};
+use crate::accounting::{DeliveryError, Outbox, UsageSink, yield_to_calls};
 use crate::domain::credit_book::{BookId, HoldId, LedgerReading, UnixMillis, unix_millis};
 use crate::domain::money::Cents;
 use crate::domain::provider::Provider;
@@ -327,10 +327,7 @@ impl<S: UsageSink> UsageSink for LedgerSink<S> {
             let now = OffsetDateTime::now_utc();
             for (n, record) in records.iter().enumerate() {
                 self.reservations.stored(record, now).await;
-                // Hundreds of records in one poll would hold a worker that calls are waiting for.
-                if n % 32 == 31 {
-                    tokio::task::yield_now().await;
-                }
+                yield_to_calls(n).await;
             }
         }
         result
