@@ -92,7 +92,7 @@ async fn a_provider_that_exists_only_as_a_declaration_serves_own_keys_and_credit
     let refused = http
         .put(sidecar.url("/v1/keys/xai"))
         .bearer_auth(&token)
-        .json(&json!({"api_key": "xai-0123456789abcdefghijklmnop"}));
+        .json(&json!({"api_key": "xai-FAKE-not-a-real-key-0000000"}));
     let refused = refused.send().await.unwrap();
     assert_eq!(refused.status(), 404);
 
@@ -194,7 +194,7 @@ async fn a_model_whose_provider_is_down_falls_back_to_the_next_model_of_its_chai
             ("PROVIDERS_FILE", &file),
             ("OPENAI_BASE_URL", &openai),
             ("MISTRAL_BASE_URL", &mistral),
-            ("INTERNAL_OPENAI_API_KEY", "sk-internal-e2e-openai-000000000000"),
+            ("INTERNAL_OPENAI_API_KEY", crate::fakes::INTERNAL_OPENAI),
             ("INTERNAL_MISTRAL_API_KEY", "mistral-platform-key-e2e-000000"),
             ("UPSTREAM_DEADLINE_SECS", "1"),
         ],
