@@ -21,11 +21,14 @@
 #     at one connection through the gateway, alternating, BENCH_COMPARE_ROUNDS (3) times (BENCH_COMPARE_BIN: a
 #     binary of that revision built already).
 #  9. The gateway beside a Directus storing its usage records (the sidecar's usual neighbour): the sidecar's
-#     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct, then through the sidecar (added p50,
-#     p99 and max); then BENCH_CONNECTIONS for BENCH_SECONDS direct, through the sidecar, and through the two
-#     ceilings: a bare axum + reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs). With
-#     BENCH_PERF=1, perf records the sidecar during its run and the hottest functions are printed. With
-#     BENCH_DIRECTUS_NICE=N, Directus runs at that nice level from 9b on (how much of the tail is its CPU).
+#     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct, then through the sidecar, then
+#     direct again while Directus stores the sidecar's records (the added p50, p99 and max against either);
+#     then BENCH_CONNECTIONS for BENCH_SECONDS direct, through the sidecar, and through the two ceilings: a bare
+#     axum + reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs). With BENCH_PERF=1, perf
+#     records the sidecar during its run and the hottest functions are printed. With BENCH_DIRECTUS_NICE=N,
+#     Directus runs at that nice level from 9b on (how much of the tail is its CPU); where the kernel groups
+#     processes by session (autogroup, Debian's default) a thread's nice weighs only inside its group, so
+#     Directus's group gets that nice too.
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
@@ -428,15 +431,23 @@ cache_caller "${latency_port}"
 rss_kb="$(ps -o rss= -p "${sidecar_pid}" | tr -d ' ')"
 step "9a. sidecar RSS at rest (started, flags and one caller loaded): $((rss_kb / 1024)) MiB"
 if [[ -n "${BENCH_DIRECTUS_NICE:-}" ]]; then
-	renice -n "${BENCH_DIRECTUS_NICE}" -p "$(cat "${work}/directus/directus.pid")" >/dev/null
+	directus_pid="$(cat "${work}/directus/directus.pid")"
+	renice -n "${BENCH_DIRECTUS_NICE}" -p "${directus_pid}" >/dev/null
+	if [[ -w "/proc/${directus_pid}/autogroup" ]]; then echo "${BENCH_DIRECTUS_NICE}" >"/proc/${directus_pid}/autogroup"; fi
 	step "9a. Directus at nice ${BENCH_DIRECTUS_NICE}"
 fi
-step "9b. one connection, ${latency_seconds} s, non-streaming: direct"
+step "9b. one connection, ${latency_seconds} s, non-streaming: direct (Directus idle)"
 BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
 	"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize_max
 step "9c. one connection, ${latency_seconds} s, non-streaming: through the sidecar (records stored in Directus meanwhile)"
 BENCH_TOKEN="${free_token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
 	"http://127.0.0.1:${latency_port}/v1/chat/completions" | summarize_max
+# The same direct run while Directus stores 9c's records (Directus takes about 1,200 a second, so 9c leaves
+# minutes of them): the baseline under the same load on the two cores as 9c had.
+step "9c. one connection, ${latency_seconds} s: direct again, Directus storing (records waiting: $(waiting "127.0.0.1:${latency_port}"))"
+BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
+	"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize_max
+step "9c. records still waiting after it: $(waiting "127.0.0.1:${latency_port}")"
 step "9d. ${connections} connections, ${seconds} s: direct, the sidecar, bare axum + reqwest, bare hyper"
 axum_port="$(free_port)"
 hyper_port="$(free_port)"
