@@ -141,7 +141,9 @@ impl CallerDirectory {
             });
             return Ok(CallerRead { profile, stale: false });
         }
-        match self.cache.try_get_with(user, Arc::clone(&self.reader).fetch(user)).await {
+        // Boxed: the read (up to eight Directus requests at once) is a future of about 45 KB, which inline would
+        // make every call's future that size, copied on each call although only a user never seen gets here.
+        match self.cache.try_get_with(user, Box::pin(Arc::clone(&self.reader).fetch(user))).await {
             Ok(profile) => Ok(CallerRead { profile, stale: false }),
             Err(error) if self.reader.failed(&error) => self.stale(user).await.ok_or_else(|| (*error).clone()),
             Err(error) => Err((*error).clone()),

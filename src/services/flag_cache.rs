@@ -104,7 +104,8 @@ impl FlagCache {
         if let Some(stale) = self.stale_during_backoff() {
             return Ok(stale);
         }
-        match self.fresh.try_get_with(generation, self.load(generation)).await {
+        // Boxed, as a caller's read is (`CallerDirectory::profile`): the load is rare, every call's future is not.
+        match self.fresh.try_get_with(generation, Box::pin(self.load(generation))).await {
             Ok(snapshot) => Ok(FlagState { snapshot, stale: false }),
             Err(error) => self.after_failure(error),
         }

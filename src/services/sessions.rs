@@ -63,8 +63,9 @@ impl Sessions {
             return Ok(());
         }
         let directus = &self.directus;
-        let verdict =
-            self.verdicts.try_get_with(key, async move { directus.session_is_live(access_token).await }).await;
+        // Boxed, as a caller's read is (`CallerDirectory::profile`): asking Directus is rare, every request is not.
+        let ask = Box::pin(async move { directus.session_is_live(access_token).await });
+        let verdict = self.verdicts.try_get_with(key, ask).await;
         match verdict {
             Ok(true) => {
                 self.recent.insert(key, ()).await;

@@ -716,3 +716,27 @@ async fn a_fallback_the_user_cannot_use_is_passed_over_and_the_outage_stands() {
     let body: Value = response.json().await.unwrap();
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("ai_unavailable")), "{body}");
 }
+
+/// Every call's future is allocated and moved as a whole, so what only the rare paths need (reading a user
+/// never seen, loading the flags, asking Directus about a session: up to eight Directus requests at once) is
+/// boxed where it runs. Inline, it made the future of a call 47 KB and the handler's 95 KB, copied on every
+/// call: 12% of the sidecar's CPU per call at 32 connections.
+#[tokio::test]
+async fn a_calls_future_stays_small() {
+    use byok_bridge::domain::llm::Api;
+    use byok_bridge::domain::user::UserId;
+    use byok_bridge::services::gateway::Retries;
+
+    let directus = wiremock::MockServer::start().await;
+    let vars = test_env(&directus.uri(), &[("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI)]);
+    let settings = byok_bridge::config::Settings::from_lookup(|k| vars.get(k).cloned()).expect("valid settings");
+    let state = byok_bridge::app::build(&settings, None).expect("the services build");
+    let gateway = &state.services().gateway;
+    let request = gateway
+        .parse(Api::ChatCompletions, &br#"{"model":"gpt-4o-mini","messages":[]}"#.as_slice().into())
+        .expect("a valid request");
+    let user = UserId::parse(&new_user_id()).expect("a user id");
+    let call = gateway.complete(user, Api::ChatCompletions, &request, Retries::WithinDeadline);
+    let size = std::mem::size_of_val(&call);
+    assert!(size <= 8 * 1024, "a call's future is {size} bytes");
+}
