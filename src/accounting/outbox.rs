@@ -37,8 +37,8 @@ const WRITE_RETRY_DELAYS: [Duration; 3] =
 /// How long a batch gathers before its commit, at any load: a transaction (one fsync, half the writer's CPU) per
 /// record was 22% of the sidecar's CPU at 28,000 records/s and 10% lingering. At one connection (5,000 calls/s
 /// beside a busy Directus) writing each record at once woke the writer and fsynced for every call, and its
-/// bursts of work on the two cores made the slowest calls 16-33 ms; lingering made them 8-12 ms and the
-/// writer's CPU per record 40-50 µs to 9. A crash loses at most the records of the last few milliseconds' calls
+/// bursts of work on the two cores made the slowest calls 11-34 ms; lingering made them 8-16 ms and the
+/// writer's CPU per record 40-50 µs to 9-13. A crash loses at most the records of the last few milliseconds' calls
 /// either way (the call has answered before its record is written).
 const LINGER: Duration = Duration::from_millis(5);
 /// Dropping an [`OutboxWriter`] waits this long, at most, for the records still queued to be written.
