@@ -60,7 +60,8 @@ pub fn classify(provider: Provider, status: u16, body: &[u8]) -> UpstreamFailure
             UpstreamFailure::QuotaExhausted
         }
         (_, 429) => UpstreamFailure::RateLimited,
-        (_, 500..=599) => UpstreamFailure::Outage,
+        // A redirect is not followed (see `ProviderClient::new`): the provider cannot be reached as configured.
+        (_, 300..=399 | 500..=599) => UpstreamFailure::Outage,
         _ => UpstreamFailure::Rejected,
     }
 }
@@ -79,7 +80,7 @@ mod tests {
         let anthropic_rate = br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#;
         let anthropic_overloaded = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         let (openai, anthropic) = (Provider::openai(), Provider::anthropic());
-        let cases: [(Provider, u16, &[u8], UpstreamFailure); 11] = [
+        let cases: [(Provider, u16, &[u8], UpstreamFailure); 12] = [
             (openai, 401, b"{}", InvalidKey),
             (anthropic, 403, b"", InvalidKey),
             (openai, 429, openai_quota, QuotaExhausted),
@@ -91,6 +92,7 @@ mod tests {
             (openai, 400, b"not json", Rejected),
             (anthropic, 402, b"{}", QuotaExhausted),
             (openai, 429, b"", RateLimited),
+            (anthropic, 307, b"", Outage),
         ];
         for (provider, status, body, expected) in cases {
             assert_eq!(classify(provider, status, body), expected, "{provider} {status}");

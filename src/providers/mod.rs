@@ -43,9 +43,13 @@ pub enum KeyCheck {
 
 impl ProviderClient {
     pub fn new(bases: PerProvider<Url>, timeout: Duration, generation_timeout: Duration) -> Self {
+        // Redirects are never followed: reqwest keeps every header but `authorization` on the way to another
+        // host, so a provider (or a base URL) answering one would carry an `x-api-key` or `api-key` key and the
+        // prompt wherever it points. A provider's API does not redirect; one that does is misconfigured.
         let builder = || {
             Client::builder()
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
         };
         let http = builder().timeout(timeout).build().expect("a TLS backend and resolver are available");

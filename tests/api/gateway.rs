@@ -740,3 +740,35 @@ async fn a_calls_future_stays_small() {
     let size = std::mem::size_of_val(&call);
     assert!(size <= 8 * 1024, "a call's future is {size} bytes");
 }
+
+/// A provider (or a base URL) answering a redirect never gets the key and the prompt sent on: reqwest would keep
+/// `x-api-key` on its way to another host. The call is an outage, retried, then `ai_unavailable`.
+#[tokio::test]
+async fn a_redirect_from_a_provider_is_not_followed_and_the_key_stays_home() {
+    let app = gateway_app(&[("UPSTREAM_DEADLINE_SECS", "3")]).await;
+    let user = free_user(&app).await;
+    let elsewhere = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(
+            ResponseTemplate::new(307).insert_header("location", format!("{}/v1/messages", elsewhere.uri()).as_str()),
+        )
+        .mount(&app.providers)
+        .await;
+    let response = app
+        .http
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", token_for(&user))
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "claude-3-5-haiku-latest", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let followed = elsewhere.received_requests().await.unwrap();
+    let keys: Vec<_> = followed.iter().filter_map(|r| r.headers.get("x-api-key")).collect();
+    assert!(followed.is_empty(), "the redirect was followed, x-api-key sent along: {}", !keys.is_empty());
+    assert!(!app.providers.received_requests().await.unwrap().is_empty());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("ai_unavailable")), "{body}");
+}

@@ -117,6 +117,10 @@ impl Upstream {
                     let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).cloned();
                     let body = read_capped(response).await;
                     let failure = classify(provider, status.as_u16(), &body);
+                    if status.is_redirection() {
+                        tracing::warn!(%provider, status = status.as_u16(),
+                            "the provider answered a redirect, which is never followed: check its base URL");
+                    }
                     metrics::upstream_attempt(provider, failure.as_str(), attempt_took);
                     match failure {
                         UpstreamFailure::Rejected => {
