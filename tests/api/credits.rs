@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::gateway::{INTERNAL_OPENAI, byok_user, chat, free_user, gateway_app, hello};
+use crate::gateway::{INTERNAL_OPENAI, byok_user, chat, free_user, gateway_app, hello, messages};
 use crate::helpers::*;
 use crate::streams::{read_until_then_leave, scripted_stream_provider};
 
@@ -33,14 +33,12 @@ async fn an_anthropic_stream_the_client_leaves_before_message_delta_is_charged_f
     let app = gateway_app(&[("ANTHROPIC_BASE_URL", base.as_str())]).await;
     let user = free_user(&app).await;
 
-    let response = app
-        .http
-        .post(app.url("/v1/messages"))
-        .header("x-api-key", token_for(&user))
-        .json(&json!({"model": "claude-3-5-haiku-latest", "max_tokens": 20_000, "stream": true, "messages": [{"role": "user", "content": "Write"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = messages(
+        &app,
+        &user,
+        json!({"model": "claude-3-5-haiku-latest", "max_tokens": 20_000, "stream": true, "messages": [{"role": "user", "content": "Write"}]}),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     read_until_then_leave(response, "text_delta", 1_650).await;
 

@@ -62,6 +62,12 @@ pub async fn chat(app: &TestApp, user: &str, body: Value) -> reqwest::Response {
     app.http.post(app.url("/v1/chat/completions")).bearer_auth(token_for(user)).json(&body).send().await.unwrap()
 }
 
+/// An Anthropic Messages call as Anthropic's SDKs send it: the token in `x-api-key`, with `anthropic-version`.
+pub async fn messages(app: &TestApp, user: &str, body: Value) -> reqwest::Response {
+    let request = app.http.post(app.url("/v1/messages")).header("x-api-key", token_for(user));
+    request.header("anthropic-version", "2023-06-01").json(&body).send().await.unwrap()
+}
+
 pub fn hello(stream: bool) -> Value {
     json!({"model": "gpt-4o-mini", "stream": stream, "max_tokens": 50, "messages": [{"role": "user", "content": "Hello"}]})
 }
@@ -206,15 +212,12 @@ async fn anthropic_clients_authenticate_with_x_api_key_and_stream_messages() {
         .expect(1)
         .mount(&app.providers)
         .await;
-    let response = app
-        .http
-        .post(app.url("/v1/messages"))
-        .header("x-api-key", token_for(&user))
-        .header("anthropic-version", "2023-06-01")
-        .json(&json!({"model": "claude-3-5-haiku-latest", "max_tokens": 64, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = messages(
+        &app,
+        &user,
+        json!({"model": "claude-3-5-haiku-latest", "max_tokens": 64, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-byok-source"], "internal");
     let passed = response.text().await.unwrap();
@@ -755,15 +758,12 @@ async fn a_redirect_from_a_provider_is_not_followed_and_the_key_stays_home() {
         )
         .mount(&app.providers)
         .await;
-    let response = app
-        .http
-        .post(app.url("/v1/messages"))
-        .header("x-api-key", token_for(&user))
-        .header("anthropic-version", "2023-06-01")
-        .json(&json!({"model": "claude-3-5-haiku-latest", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = messages(
+        &app,
+        &user,
+        json!({"model": "claude-3-5-haiku-latest", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
     let status = response.status();
     let followed = elsewhere.received_requests().await.unwrap();
     let keys: Vec<_> = followed.iter().filter_map(|r| r.headers.get("x-api-key")).collect();
