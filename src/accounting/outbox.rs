@@ -23,7 +23,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::domain::usage::UsageRecord;
-use crate::store::{Store, StoreError};
+use crate::store::{Pacer, Store, StoreError};
 use crate::sync;
 
 /// The most records one transaction inserts.
@@ -95,7 +95,9 @@ impl Outbox {
                 .map_err(|e| self.store.error(e))?
         };
         let mut page = Vec::with_capacity(rows.len());
+        let mut pacer = Pacer::default();
         for (seq, json) in rows {
+            pacer.done(1);
             match serde_json::from_str(&json) {
                 Ok(record) => page.push(Waiting { seq, record }),
                 Err(error) => {
@@ -116,7 +118,9 @@ impl Outbox {
             let mut delete = transaction
                 .prepare_cached("DELETE FROM usage_outbox WHERE seq = ?1 AND rejected_at IS NULL")
                 .map_err(|e| self.store.error(e))?;
+            let mut pacer = Pacer::default();
             for seq in seqs {
+                pacer.done(1);
                 removed += delete.execute([seq]).map_err(|e| self.store.error(e))?;
             }
         }
@@ -219,7 +223,9 @@ impl Outbox {
                     "INSERT OR IGNORE INTO usage_outbox (request_id, record, enqueued_at) VALUES (?1, ?2, ?3)",
                 )
                 .map_err(|e| self.store.error(e))?;
+            let mut pacer = Pacer::default();
             for record in records {
+                pacer.done(1);
                 let json = serde_json::to_string(record).expect("a usage record serializes");
                 inserted += insert
                     .execute(params![record.request_id.to_string(), json, now as i64])

@@ -64,6 +64,36 @@ const MIGRATIONS: &[&str] = &[
      WITHOUT ROWID;",
 ];
 
+/// WAL pages past which a commit also copies them into the database file (SQLite's default is 1,000). The
+/// copy runs in the committing thread and holds a core for its length (the kernel does not preempt it for a
+/// call's thread waking there): 1,000 pages were ~2 ms, twice a second at 5,000 calls/s, enough to be the slowest
+/// calls' wait; 128 are ~0.3 ms, eight times as often.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 128;
+
+/// Rows a background write handles between two pauses (see [`Pacer`]): ~0.1-0.2 ms of SQLite.
+pub const ROWS_PER_PAUSE: usize = 32;
+
+/// Paces a background write (usage records, recent calls): every [`ROWS_PER_PAUSE`] rows its thread sleeps for a
+/// moment. A write of hundreds of rows holds its core for 1-3 ms, and the kernel does not preempt it for a
+/// call's thread woken on that core (nor does `sched_yield` help: it yields only within our scheduling group,
+/// not to the proxy or client beside us), so the slowest 1% of calls waited that long; a sleep hands the core
+/// over at once.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    rows: usize,
+}
+
+impl Pacer {
+    /// Counts `rows` more rows done, pausing if that crossed a multiple of [`ROWS_PER_PAUSE`].
+    pub fn done(&mut self, rows: usize) {
+        let before = self.rows / ROWS_PER_PAUSE;
+        self.rows += rows;
+        if self.rows / ROWS_PER_PAUSE > before {
+            std::thread::sleep(Duration::from_micros(1));
+        }
+    }
+}
+
 /// A second connection waits this long for a lock the other holds (the writer and the flusher share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -138,11 +168,12 @@ impl Store {
     }
 
     /// A new connection: WAL (readers never wait for the writer), full fsync on commit (a committed record
-    /// survives a power loss), and a bounded wait for the other connection's lock.
+    /// survives a power loss), short checkpoints, and a bounded wait for the other connection's lock.
     pub fn connect(&self) -> Result<Connection, StoreError> {
         let connection = Connection::open(&self.path).map_err(|e| self.error(e))?;
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .and_then(|()| connection.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES))
             .and_then(|()| connection.busy_timeout(BUSY_TIMEOUT))
             .map_err(|e| self.error(e))?;
         Ok(connection)
@@ -202,6 +233,22 @@ pub(crate) mod tests {
         let again = Store::open(&dir.store_path()).unwrap();
         let mode: String = again.connect().unwrap().query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn the_wal_is_copied_into_the_database_in_short_steps() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.store_path()).unwrap();
+        let connection = store.connect().unwrap();
+        connection.execute_batch("CREATE TABLE filler (body BLOB)").unwrap();
+        // 60 commits of five 4 KB rows: about 420 WAL frames, all of which SQLite's default would keep.
+        for _ in 0..60 {
+            connection
+                .execute_batch("INSERT INTO filler SELECT zeroblob(4000) FROM (VALUES (1),(2),(3),(4),(5))")
+                .unwrap();
+        }
+        let frames: i64 = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1)).unwrap();
+        assert!(frames < 200, "{frames} frames in the WAL: the copies are not short");
     }
 
     #[test]

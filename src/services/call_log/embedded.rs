@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{CallHistory, CallLogError};
 use crate::domain::call::{CallEntry, CallRetention};
 use crate::domain::user::UserId;
-use crate::store::StoreError;
+use crate::store::{Pacer, ROWS_PER_PAUSE, StoreError, WAL_AUTOCHECKPOINT_PAGES};
 use crate::sync;
 
 const SCHEMA: &str = "
@@ -40,6 +40,7 @@ impl EmbeddedHistory {
         let error = |source| StoreError::Sqlite { path: path.to_owned(), source };
         let connection = Connection::open(path).map_err(error)?;
         connection.execute_batch(SCHEMA).map_err(error)?;
+        connection.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES).map_err(error)?;
         connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(error)?;
         Ok(EmbeddedHistory { path: path.to_owned(), connection: Arc::new(Mutex::new(connection)), retention })
     }
@@ -65,19 +66,37 @@ impl CallHistory for EmbeddedHistory {
             {
                 let mut insert = transaction
                     .prepare_cached("INSERT OR IGNORE INTO calls (user_id, id, at, entry) VALUES (?1, ?2, ?3, ?4)")?;
-                // Everything past the user's newest `kept`.
-                let mut trim = transaction.prepare_cached(
-                    "DELETE FROM calls WHERE user_id = ?1 AND id <= (
-                        SELECT id FROM calls WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                // The newest entry past the user's newest `kept`: it and everything older go, a few at a time.
+                let mut cutoff = transaction
+                    .prepare_cached("SELECT id FROM calls WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2")?;
+                // The entry `ROWS_PER_PAUSE` up from the user's oldest (at most `?2`): what one short delete reaches.
+                let mut step = transaction.prepare_cached(
+                    "SELECT id FROM calls WHERE user_id = ?1 AND id <= ?2 ORDER BY id LIMIT 1 OFFSET ?3",
                 )?;
+                let mut trim = transaction.prepare_cached("DELETE FROM calls WHERE user_id = ?1 AND id <= ?2")?;
+                let mut pacer = Pacer::default();
                 let mut users = HashSet::new();
                 for (user, entry) in &calls {
+                    pacer.done(1);
                     let json = serde_json::to_string(entry).expect("a call entry serializes");
                     insert.execute(params![user.to_string(), entry.id.to_string(), entry.at.unix_timestamp(), json])?;
                     users.insert(*user);
                 }
-                for user in users {
-                    trim.execute(params![user.to_string(), kept])?;
+                for user in users.iter().map(UserId::to_string) {
+                    let Some(last) = cutoff.query_row(params![user, kept], |row| row.get::<_, String>(0)).optional()?
+                    else {
+                        continue;
+                    };
+                    loop {
+                        let upto = step
+                            .query_row(params![user, last, ROWS_PER_PAUSE as i64 - 1], |row| row.get::<_, String>(0))
+                            .optional()?
+                            .unwrap_or_else(|| last.clone());
+                        pacer.done(trim.execute(params![user, upto])?);
+                        if upto == last {
+                            break;
+                        }
+                    }
                 }
             }
             transaction.commit()
