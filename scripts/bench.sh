@@ -22,10 +22,11 @@
 #     binary of that revision built already).
 #  9. The gateway beside a Directus storing its usage records (the sidecar's usual neighbour): the sidecar's
 #     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct, then through the sidecar, then
-#     direct again while Directus stores the sidecar's records (the added p50, p99 and max against either);
-#     then BENCH_CONNECTIONS for BENCH_SECONDS direct, through the sidecar, and through the two ceilings: a bare
-#     axum + reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs). With BENCH_PERF=1, perf
-#     records the sidecar during its run and the hottest functions are printed. With BENCH_DIRECTUS_NICE=N,
+#     direct again while Directus stores the sidecar's records (the added p50, p99 and max against either),
+#     then the two bare proxies (the floor for any proxy beside that Directus); then BENCH_CONNECTIONS for
+#     BENCH_SECONDS direct, through the sidecar, and through the two ceilings: a bare axum + reqwest proxy and a
+#     bare hyper proxy (examples/bare_hyper_proxy.rs). With BENCH_PERF=1, perf records the sidecar during its
+#     run and the hottest functions are printed. With BENCH_DIRECTUS_NICE=N,
 #     Directus runs at that nice level from 9b on (how much of the tail is its CPU); where the kernel groups
 #     processes by session (autogroup, Debian's default) a thread's nice weighs only inside its group, so
 #     Directus's group gets that nice too.
@@ -448,11 +449,18 @@ step "9c. one connection, ${latency_seconds} s: direct again, Directus storing (
 BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
 	"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize_max
 step "9c. records still waiting after it: $(waiting "127.0.0.1:${latency_port}")"
-step "9d. ${connections} connections, ${seconds} s: direct, the sidecar, bare axum + reqwest, bare hyper"
 axum_port="$(free_port)"
 hyper_port="$(free_port)"
 start_proxy bare_proxy "${axum_port}"
 start_proxy bare_hyper_proxy "${hyper_port}"
+# The floor for any proxy here: the bare ones make the same two hops per call and do nothing else.
+for target in "bare-axum-reqwest ${axum_port}" "bare-hyper ${hyper_port}"; do
+	read -r name port <<<"${target}"
+	step "9c. one connection, ${latency_seconds} s: ${name}, Directus storing (records waiting: $(waiting "127.0.0.1:${latency_port}"))"
+	BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
+		"http://127.0.0.1:${port}/v1/chat/completions" | summarize_max
+done
+step "9d. ${connections} connections, ${seconds} s: direct, the sidecar, bare axum + reqwest, bare hyper"
 for target in "direct ${fake_port} ${token}" "sidecar ${latency_port} ${free_token}" \
 	"bare-axum-reqwest ${axum_port} ${token}" "bare-hyper ${hyper_port} ${token}"; do
 	read -r name port bearer <<<"${target}"
