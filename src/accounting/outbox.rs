@@ -82,6 +82,7 @@ impl Outbox {
     /// Up to `limit` waiting records after `after` (a `seq`; 0 for the start), oldest first. A record that no
     /// longer parses is set aside as rejected, with an error logged.
     pub fn page(&self, after: i64, limit: usize) -> Result<Vec<Waiting>, StoreError> {
+        let mut pacer = Pacer::default();
         let rows: Vec<(i64, String)> = {
             let connection = sync::lock(&self.connection);
             let mut statement = connection
@@ -89,13 +90,18 @@ impl Outbox {
                     "SELECT seq, record FROM usage_outbox WHERE rejected_at IS NULL AND seq > ?1 ORDER BY seq LIMIT ?2",
                 )
                 .map_err(|e| self.store.error(e))?;
-            statement
-                .query_map(params![after, limit as i64], |row| Ok((row.get(0)?, row.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(|e| self.store.error(e))?
+            let mut read = || -> rusqlite::Result<Vec<(i64, String)>> {
+                let mut found = statement.query(params![after, limit as i64])?;
+                let mut rows = Vec::new();
+                while let Some(row) = found.next()? {
+                    pacer.done(1);
+                    rows.push((row.get(0)?, row.get(1)?));
+                }
+                Ok(rows)
+            };
+            read().map_err(|e| self.store.error(e))?
         };
         let mut page = Vec::with_capacity(rows.len());
-        let mut pacer = Pacer::default();
         for (seq, json) in rows {
             pacer.done(1);
             match serde_json::from_str(&json) {

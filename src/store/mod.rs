@@ -73,11 +73,11 @@ pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 128;
 /// Rows a background write handles between two pauses (see [`Pacer`]): ~0.1-0.2 ms of SQLite.
 pub const ROWS_PER_PAUSE: usize = 32;
 
-/// Paces a background write (usage records, recent calls): every [`ROWS_PER_PAUSE`] rows its thread sleeps for a
-/// moment. A write of hundreds of rows holds its core for 1-3 ms, and the kernel does not preempt it for a
-/// call's thread woken on that core (nor does `sched_yield` help: it yields only within our scheduling group,
-/// not to the proxy or client beside us), so the slowest 1% of calls waited that long; a sleep hands the core
-/// over at once.
+/// Paces background work on the store (usage records written, read and deleted; recent calls): every
+/// [`ROWS_PER_PAUSE`] rows its thread sleeps for a moment (~60 µs with Linux's default timer slack). A write of
+/// hundreds of rows holds its core for 1-3 ms, and the kernel does not preempt it for a call's thread woken on
+/// that core, so the slowest 1% of calls waited that long. A sleep hands the core over at once; `sched_yield`
+/// barely helped (it yields only within the thread's scheduling group, not to the proxy or client beside us).
 #[derive(Debug, Default)]
 pub struct Pacer {
     rows: usize,
