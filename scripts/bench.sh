@@ -316,10 +316,12 @@ jobs_total="${BENCH_JOBS:-100000}"
 step "7. durable jobs: ${jobs_total} submitted and waiting, then drained by one replica"
 credit_free_user
 jobs_port="$(free_port)"
-# One user's jobs, so the per-user cap is raised to the worker count; caller and flags cached for the run.
+# One user's jobs, so the per-user caps are raised: running ones to the worker count, waiting ones to the whole
+# load (1,000 by default); caller and flags cached for the run.
 start_jobs_sidecar() {
 	start_sidecar "${jobs_port}" "${work}/jobs-data" "${work}/jobs-sidecar.log" target/release/byok-bridge \
-		FLAG_CACHE_TTL_SECS=3600 RATE_LIMIT_JOB_SUBMITS_PER_MIN=10000000 JOB_WORKERS="$1" JOB_PER_USER_CONCURRENCY=64
+		FLAG_CACHE_TTL_SECS=3600 RATE_LIMIT_JOB_SUBMITS_PER_MIN=10000000 JOB_WORKERS="$1" JOB_PER_USER_CONCURRENCY=64 \
+		JOB_MAX_WAITING_PER_USER="${jobs_total}"
 	jobs_pid="${sidecar_pid}"
 }
 succeeded() {
