@@ -141,6 +141,10 @@ credit_free_user() {
 summarize() { grep -E '^\s+(50|99)%|Requests/sec|Non-2xx|Socket errors' | sed 's/^/   /'; }
 # The same with wrk's latency line (average, deviation, and the slowest call).
 summarize_max() { grep -E '^\s+Latency |^\s+(50|99)%|Requests/sec|Non-2xx|Socket errors' | sed 's/^/   /'; }
+# A non-streaming chat completion under wrk: chat_load BEARER CONNECTIONS SECONDS BASE_URL prints wrk's report.
+chat_load() {
+	BENCH_TOKEN="$1" wrk -t1 -c"$2" -d"$3s" --latency -s "${work}/chat-false.lua" "$4/v1/chat/completions"
+}
 # Starts a ceiling proxy (an example binary) on port $2 in front of the fake OpenAI; returns once it answers.
 start_proxy() {
 	BIND_ADDR="127.0.0.1:$2" UPSTREAM="http://127.0.0.1:${fake_port}/v1/chat/completions" "target/release/examples/$1" &
@@ -270,8 +274,7 @@ done
 # The ceiling for any gateway built on axum and reqwest, same settings: a proxy doing nothing else.
 start_proxy bare_proxy "${proxy_port}"
 step "4c. ceiling: a bare axum + reqwest proxy, non-streaming, ${connections} connections"
-BENCH_TOKEN="${token}" wrk -t1 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
-	"http://127.0.0.1:${proxy_port}/v1/chat/completions" | summarize
+chat_load "${token}" "${connections}" "${seconds}" "http://127.0.0.1:${proxy_port}" | summarize
 rss_kb="$(ps -o rss= -p "${main_pid}" | tr -d ' ')"
 step "sidecar RSS after the gateway runs: $((rss_kb / 1024)) MiB; usage records waiting: $(waiting "127.0.0.1:${sidecar_port}")"
 
@@ -303,8 +306,7 @@ cluster_token="$(curl -fsS "$(cget DIRECTUS_URL)/auth/login" -H 'content-type: a
 curl -fsS -o /dev/null "$(cget DIRECTUS_URL)/items/credit_transactions" -H "Authorization: Bearer $(cget DIRECTUS_ADMIN_TOKEN)" \
 	-H 'content-type: application/json' \
 	-d "{\"user\":\"$(cget FREE_USER_ID)\",\"transaction_type\":\"grant\",\"service_type\":\"bench\",\"cost_cents\":1000000000}"
-BENCH_TOKEN="${cluster_token}" wrk -t1 -c"${connections}" -d"${load_seconds}s" --latency -s "${work}/chat-false.lua" \
-	"$(cget SIDECAR_A_URL)/v1/chat/completions" | summarize
+chat_load "${cluster_token}" "${connections}" "${load_seconds}" "$(cget SIDECAR_A_URL)" | summarize
 step "6c. delivery into Directus on PostgreSQL: what was left when the load ended"
 drain "$(cget SIDECAR_A_ADDR)"
 fi
@@ -415,8 +417,7 @@ if [[ -n "${BENCH_COMPARE_REV:-}" ]]; then
 		for build in "${BENCH_COMPARE_REV}:${compare_bin}" "this build:target/release/byok-bridge"; do
 			start_limits_sidecar "${build#*:}"
 			printf '   round %s, %s\n' "${round}" "${build%%:*}"
-			BENCH_TOKEN="${free_token}" wrk -t1 -c1 -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
-				"http://127.0.0.1:${limits_port}/v1/chat/completions" | summarize
+			chat_load "${free_token}" 1 "${seconds}" "http://127.0.0.1:${limits_port}" | summarize
 			kill "${limits_pid}"
 			wait "${limits_pid}" 2>/dev/null || true
 		done
@@ -440,16 +441,13 @@ if [[ -n "${BENCH_DIRECTUS_NICE:-}" ]]; then
 	step "9a. Directus at nice ${BENCH_DIRECTUS_NICE}"
 fi
 step "9b. one connection, ${latency_seconds} s, non-streaming: direct (Directus idle)"
-BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
-	"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize_max
+chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" | summarize_max
 step "9c. one connection, ${latency_seconds} s, non-streaming: through the sidecar (records stored in Directus meanwhile)"
-BENCH_TOKEN="${free_token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
-	"http://127.0.0.1:${latency_port}/v1/chat/completions" | summarize_max
+chat_load "${free_token}" 1 "${latency_seconds}" "http://127.0.0.1:${latency_port}" | summarize_max
 # The same direct run while Directus stores 9c's records (Directus takes about 1,200 a second, so 9c leaves
 # minutes of them): the baseline under the same load on the two cores as 9c had.
 step "9c. one connection, ${latency_seconds} s: direct again, Directus storing (records waiting: $(waiting "127.0.0.1:${latency_port}"))"
-BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
-	"http://127.0.0.1:${fake_port}/v1/chat/completions" | summarize_max
+chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" | summarize_max
 step "9c. records still waiting after it: $(waiting "127.0.0.1:${latency_port}")"
 axum_port="$(free_port)"
 hyper_port="$(free_port)"
@@ -459,8 +457,7 @@ start_proxy bare_hyper_proxy "${hyper_port}"
 for target in "bare-axum-reqwest ${axum_port}" "bare-hyper ${hyper_port}"; do
 	read -r name port <<<"${target}"
 	step "9c. one connection, ${latency_seconds} s: ${name}, Directus storing (records waiting: $(waiting "127.0.0.1:${latency_port}"))"
-	BENCH_TOKEN="${token}" wrk -t1 -c1 -d"${latency_seconds}s" --latency -s "${work}/chat-false.lua" \
-		"http://127.0.0.1:${port}/v1/chat/completions" | summarize_max
+	chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${port}" | summarize_max
 done
 step "9d. ${connections} connections, ${seconds} s: direct, the sidecar, bare axum + reqwest, bare hyper"
 for target in "direct ${fake_port} ${token}" "sidecar ${latency_port} ${free_token}" \
@@ -472,8 +469,7 @@ for target in "direct ${fake_port} ${token}" "sidecar ${latency_port} ${free_tok
 		perf record -F 999 -g -o "${work}/perf.data" -p "${sidecar_pid}" -- sleep "${seconds}" >/dev/null 2>&1 &
 		perf_pid="$!"
 	fi
-	BENCH_TOKEN="${bearer}" wrk -t1 -c"${connections}" -d"${seconds}s" --latency -s "${work}/chat-false.lua" \
-		"http://127.0.0.1:${port}/v1/chat/completions" | summarize_max
+	chat_load "${bearer}" "${connections}" "${seconds}" "http://127.0.0.1:${port}" | summarize_max
 done
 if [[ -n "${BENCH_PERF:-}" ]]; then
 	wait "${perf_pid}" || true
