@@ -2,9 +2,9 @@
 //!
 //! # Writing
 //! Records reach the table through one [`OutboxWriter`]: a thread fed by a bounded queue. Each round it wakes
-//! for the first record, lets the batch gather for `LINGER`, then inserts everything queued (at most
-//! [`MAX_BATCH`] records) in one transaction: one fsync however many records it holds, so the batch size
-//! follows the load. `submit` never blocks the request path.
+//! for the first record, lets the batch gather for `LINGER` (less if someone waits on a flush), then inserts
+//! everything queued (at most [`MAX_BATCH`] records) in one transaction: one fsync however many records it
+//! holds, so the batch size follows the load. `submit` never blocks the request path.
 //!
 //! # Reading
 //! The flusher reads waiting records in insertion order by cursor (`seq`), a page at a time, deletes what
@@ -268,7 +268,7 @@ impl OutboxWriter {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let thread = thread::Builder::new()
             .name("usage-outbox".into())
-            .spawn(move || write_batches(&outbox, &mut connection, receiver))
+            .spawn(move || write_batches(&outbox, &mut connection, receiver, LINGER))
             .map_err(StoreError::Thread)?;
         Ok(OutboxWriter { queue: Some(queue), thread: Some(thread), overflowing: AtomicBool::new(false) })
     }
@@ -295,6 +295,10 @@ impl OutboxWriter {
         let Some(queue) = &self.queue else { return };
         let (done, written) = oneshot::channel();
         if queue.send(Message::Flush(done)).await.is_ok() {
+            // A writer lingering over a batch stops lingering (see `gather`).
+            if let Some(thread) = &self.thread {
+                thread.thread().unpark();
+            }
             let _ = written.await;
         }
     }
@@ -342,22 +346,12 @@ impl Drop for OutboxWriter {
 }
 
 /// The writer thread: until every sender is gone, take what is queued, insert it as one batch, answer flushes.
-fn write_batches(outbox: &Outbox, connection: &mut Connection, mut queue: mpsc::Receiver<Message>) {
+fn write_batches(outbox: &Outbox, connection: &mut Connection, mut queue: mpsc::Receiver<Message>, linger: Duration) {
     let mut messages = Vec::with_capacity(MAX_BATCH);
     let mut records = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     while queue.blocking_recv_many(&mut messages, MAX_BATCH) > 0 {
-        // Someone waits on a flush (shutdown, a job's end): no lingering then.
-        let flushing = messages.iter().any(|m| matches!(m, Message::Flush(_)));
-        if !flushing && messages.len() < MAX_BATCH {
-            thread::sleep(LINGER);
-            while messages.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(message) => messages.push(message),
-                    Err(_) => break,
-                }
-            }
-        }
+        gather(&mut queue, &mut messages, linger);
         for message in messages.drain(..) {
             match message {
                 Message::Record(record) => records.push(record),
@@ -370,6 +364,27 @@ fn write_batches(outbox: &Outbox, connection: &mut Connection, mut queue: mpsc::
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
+        }
+    }
+}
+
+/// Lets a batch gather for `linger` ([`LINGER`]), unless someone waits on a flush (shutdown, a job's end): then the batch
+/// is written at once. Records do not wake the writer while it lingers (that would cost a wake-up per call); a
+/// flush does, by unparking the thread, so a job waits for the commit, not for the linger as well.
+fn gather(queue: &mut mpsc::Receiver<Message>, messages: &mut Vec<Message>, linger: Duration) {
+    let is_flush = |message: &Message| matches!(message, Message::Flush(_));
+    let deadline = Instant::now() + linger;
+    let mut flushing = messages.iter().any(is_flush);
+    while !flushing && messages.len() < MAX_BATCH {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        thread::park_timeout(deadline - now);
+        while messages.len() < MAX_BATCH {
+            let Ok(message) = queue.try_recv() else { break };
+            flushing |= is_flush(&message);
+            messages.push(message);
         }
     }
 }
@@ -579,6 +594,28 @@ pub(crate) mod tests {
         assert_eq!(outbox.len(), 1);
     }
 
+    #[tokio::test]
+    async fn a_flush_cuts_the_linger_short() {
+        let dir = TempDir::new();
+        let outbox = open(&dir);
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let writes_to = Arc::clone(&outbox);
+        let mut connection = outbox.store.connect().unwrap();
+        let an_hour = Duration::from_secs(3_600);
+        let thread = thread::spawn(move || write_batches(&writes_to, &mut connection, receiver, an_hour));
+        let writer = OutboxWriter { queue: Some(queue), thread: Some(thread), overflowing: false.into() };
+        writer.submit(record());
+        // The writer has taken the record and lingers over it, with nothing else queued.
+        let queue = writer.queue.as_ref().unwrap();
+        while queue.capacity() < queue.max_capacity() {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), writer.flush())
+            .await
+            .expect("the flush did not wait out the linger");
+        assert_eq!(outbox.len(), 1);
+    }
+
     #[test]
     fn dropping_the_writer_writes_everything_still_queued() {
         let dir = TempDir::new();
@@ -609,7 +646,7 @@ pub(crate) mod tests {
         assert!(writer.overflowing.load(Ordering::Relaxed));
         let writes_to = Arc::clone(&outbox);
         let mut connection = outbox.store.connect().unwrap();
-        let thread = thread::spawn(move || write_batches(&writes_to, &mut connection, receiver));
+        let thread = thread::spawn(move || write_batches(&writes_to, &mut connection, receiver, LINGER));
         writer.flush().await;
         let deadline = Instant::now() + Duration::from_secs(5);
         while outbox.len() < submitted.len() {
