@@ -4,27 +4,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::HeaderValue;
-use reqwest::{Client, RequestBuilder, Response, Url};
+use http_body_util::Full;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request};
+use reqwest::{Client, RequestBuilder, Url};
 
 use crate::domain::llm::Api;
 use crate::domain::provider::{ApiStyle, AuthScheme, PerProvider, Provider};
 use crate::domain::provider_key::ProviderKey;
 use crate::domain::upstream::{self, UpstreamFailure};
 
+mod transport;
+
+use transport::Transport;
+pub use transport::{Answer, Chunks, TransportError};
+
 /// Anthropic requires an API version header; this is the one its SDKs send.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
+const USER_AGENT: &str = concat!("byok-bridge/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Clone)]
 pub struct ProviderClient {
     /// Key checks: one bounded round trip.
     http: Client,
-    /// Forwarded streams: no total timeout (answers stream for minutes), but a bound on silence between reads,
-    /// waiting for the response headers included.
-    streaming: Client,
-    /// Forwarded non-streaming calls: the provider says nothing until it has generated the whole answer, so
-    /// the bound on silence is the generation timeout.
-    generating: Client,
+    /// Forwarded calls. A stream's bound on silence between reads (waiting for the response headers
+    /// included) is the provider timeout: answers stream for minutes. A non-streaming call's is the generation
+    /// timeout: the provider says nothing until it has generated the whole answer.
+    transport: Transport,
     timeout: Duration,
     generation_timeout: Duration,
     /// Each provider's API root, from operator configuration only.
@@ -43,58 +49,60 @@ pub enum KeyCheck {
 
 impl ProviderClient {
     pub fn new(bases: PerProvider<Url>, timeout: Duration, generation_timeout: Duration) -> Self {
+        let connect_timeout = timeout.min(Duration::from_secs(5));
         // Redirects are never followed: reqwest keeps every header but `authorization` on the way to another
         // host, so a provider (or a base URL) answering one would carry an `x-api-key` or `api-key` key and the
-        // prompt wherever it points. A provider's API does not redirect; one that does is misconfigured.
-        let builder = || {
-            Client::builder()
-                .connect_timeout(timeout.min(Duration::from_secs(5)))
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
-        };
-        let http = builder().timeout(timeout).build().expect("a TLS backend and resolver are available");
-        let streaming = builder().read_timeout(timeout).build().expect("a TLS backend and resolver are available");
-        let generating =
-            builder().read_timeout(generation_timeout).build().expect("a TLS backend and resolver are available");
-        ProviderClient { http, streaming, generating, timeout, generation_timeout, bases: Arc::new(bases) }
+        // prompt wherever it points. A provider's API does not redirect; one that does is misconfigured. (The
+        // transport of forwarded calls has no redirect layer at all.)
+        let http = Client::builder()
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT)
+            .timeout(timeout)
+            .build()
+            .expect("a TLS backend and resolver are available");
+        let transport = Transport::new(connect_timeout);
+        ProviderClient { http, transport, timeout, generation_timeout, bases: Arc::new(bases) }
     }
 
     /// `path` relative to the provider's API root (OpenAI style: `chat/completions` under a root with `/v1`;
-    /// Anthropic style: `v1/messages` under a root without), the key sent as the provider declares.
-    fn request(
-        &self,
-        client: &Client,
-        provider: Provider,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-    ) -> RequestBuilder {
+    /// Anthropic style: `v1/messages` under a root without).
+    fn url(&self, provider: Provider, path: &str) -> Url {
         let mut url = self.bases.get(provider).clone();
         let prefix = url.path().trim_end_matches('/');
         let joined = format!("{prefix}/{path}");
         url.set_path(&joined);
-        let request = client.request(method, url);
-        let header = match provider.auth() {
-            AuthScheme::Bearer => return request.bearer_auth(key),
-            AuthScheme::XApiKey => "x-api-key",
-            AuthScheme::ApiKey => "api-key",
+        url
+    }
+
+    /// The key sent as the provider declares, marked sensitive (never logged), and the headers its API style
+    /// requires.
+    fn auth_headers(provider: Provider, key: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let (name, value) = match provider.auth() {
+            AuthScheme::Bearer => (header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}"))),
+            AuthScheme::XApiKey => (HeaderName::from_static("x-api-key"), HeaderValue::from_str(key)),
+            AuthScheme::ApiKey => (HeaderName::from_static("api-key"), HeaderValue::from_str(key)),
         };
-        let Ok(mut value) = HeaderValue::from_str(key) else {
-            // Unreachable for parsed keys; an operator's internal key with a stray byte fails upstream.
-            return request;
-        };
-        value.set_sensitive(true);
-        let request = request.header(header, value);
-        match provider.style() {
-            ApiStyle::Anthropic => request.header("anthropic-version", ANTHROPIC_VERSION),
-            ApiStyle::OpenAi => request,
+        // Unreachable for parsed keys; an operator's internal key with a stray byte fails upstream.
+        if let Ok(mut value) = value {
+            value.set_sensitive(true);
+            headers.insert(name, value);
         }
+        if provider.style() == ApiStyle::Anthropic {
+            headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(ANTHROPIC_VERSION));
+        }
+        headers
+    }
+
+    fn request(&self, provider: Provider, method: reqwest::Method, path: &str, key: &str) -> RequestBuilder {
+        self.http.request(method, self.url(provider, path)).headers(Self::auth_headers(provider, key))
     }
 
     /// Asks the provider whether the key works, with the cheapest authenticated call it declares (most list
     /// models).
     pub async fn check_key(&self, provider: Provider, key: &ProviderKey) -> KeyCheck {
-        let request = self.request(&self.http, provider, reqwest::Method::GET, provider.verify_path(), key.expose());
+        let request = self.request(provider, reqwest::Method::GET, provider.verify_path(), key.expose());
         checked(provider, request).await
     }
 
@@ -107,7 +115,7 @@ impl ProviderClient {
         let body =
             serde_json::json!({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]});
         let path = Api::chat(provider.style()).path();
-        let request = self.request(&self.http, provider, reqwest::Method::POST, path, key.expose()).json(&body);
+        let request = self.request(provider, reqwest::Method::POST, path, key.expose()).json(&body);
         checked(provider, request).await
     }
 }
@@ -132,7 +140,7 @@ async fn checked(provider: Provider, request: RequestBuilder) -> KeyCheck {
 impl ProviderClient {
     /// Sends a client's request body to its provider with `api_key`. Resolves when the response headers
     /// arrive: within the provider timeout for a stream (headers come at once), within the generation timeout
-    /// otherwise. The body is left to the caller to read or stream.
+    /// otherwise. The body is left to the caller to read or stream, within the same bound on silence.
     pub async fn forward(
         &self,
         provider: Provider,
@@ -140,18 +148,20 @@ impl ProviderClient {
         api_key: &str,
         body: Bytes,
         stream: bool,
-    ) -> Result<Response, ForwardError> {
-        let (client, wait) =
-            if stream { (&self.streaming, self.timeout) } else { (&self.generating, self.generation_timeout) };
-        let request = self
-            .request(client, provider, reqwest::Method::POST, api.path(), api_key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, if stream { "text/event-stream" } else { "application/json" })
-            .body(body);
-        match tokio::time::timeout(wait, request.send()).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_timeout() => Err(ForwardError::Timeout),
-            Ok(Err(error)) => Err(ForwardError::Transport(error.without_url())),
+    ) -> Result<Answer, ForwardError> {
+        let wait = if stream { self.timeout } else { self.generation_timeout };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.url(provider, api.path()).as_str().parse().map_err(|_| ForwardError::BadBase)?;
+        let headers = request.headers_mut();
+        *headers = Self::auth_headers(provider, api_key);
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let accept = if stream { "text/event-stream" } else { "application/json" };
+        headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+        match tokio::time::timeout(wait, self.transport.send(request, wait)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(ForwardError::Transport(error)),
             Err(_) => Err(ForwardError::Timeout),
         }
     }
@@ -161,7 +171,10 @@ impl ProviderClient {
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("provider unreachable: {0}")]
-    Transport(reqwest::Error),
+    Transport(TransportError),
     #[error("provider did not answer in time")]
     Timeout,
+    /// A base URL that `url` accepts and `http` does not (a configuration checked at startup never gets here).
+    #[error("the provider's base URL is not a valid request URI")]
+    BadBase,
 }

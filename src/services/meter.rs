@@ -37,6 +37,7 @@ use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
 use crate::domain::usage::{TokenUsage, UsageRecord};
 use crate::domain::user::UserId;
+use crate::providers::TransportError;
 
 /// Unknown models are logged once each; this bounds how many names are remembered (a client can send any).
 const UNKNOWN_MODELS_REMEMBERED: u64 = 1_000;
@@ -134,7 +135,7 @@ impl Meter {
         upstream: S,
     ) -> MeteredStream
     where
-        S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+        S: Stream<Item = Result<Bytes, TransportError>> + Send + 'static,
     {
         let (price, _) = self.prices.price(charge.provider, &charge.model);
         MeteredStream {
@@ -150,7 +151,7 @@ impl Meter {
 }
 
 pub struct MeteredStream {
-    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    inner: Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send>>,
     tap: Option<StreamTap>,
     api: Api,
     pending: Option<(Arc<Meter>, Charge)>,
@@ -218,7 +219,7 @@ impl Stream for MeteredStream {
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    tracing::warn!(error = %error.without_url(), "provider stream failed");
+                    tracing::warn!(%error, "provider stream failed");
                     self.done = true;
                     let mut rest = self.tap.as_mut().map(StreamTap::end).unwrap_or_default().to_vec();
                     self.settle(Ending::StreamBrokenOff);

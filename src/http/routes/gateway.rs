@@ -206,7 +206,7 @@ async fn forward(
                 forwarded.charge,
                 forwarded.slot,
                 forwarded.hide_usage_chunk,
-                upstream.bytes_stream(),
+                upstream.into_stream(),
             );
             let mut response = with_content_type(Response::new(Body::from_stream(stream)), status, content_type);
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use reqwest::StatusCode;
-use reqwest::header::HeaderValue;
+use hyper::StatusCode;
+use hyper::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -42,6 +42,7 @@ use crate::domain::routing::{Refusal, Source};
 use crate::domain::upstream::UpstreamFailure;
 use crate::domain::user::UserId;
 use crate::metrics;
+use crate::providers::{Answer, TransportError};
 
 enum Credential {
     /// The user's key, and what the call holds of their own-key caps (when they have any).
@@ -84,7 +85,7 @@ impl Credential {
 /// What the provider answered, ready for the HTTP layer.
 pub enum Reply {
     /// 2xx: stream or read it, then charge with `charge`.
-    Success(reqwest::Response),
+    Success(Answer),
     /// The provider refused the request itself (e.g. an unknown model): passed through as is, not charged.
     ProviderError { status: StatusCode, content_type: Option<HeaderValue>, body: Bytes },
 }
@@ -349,7 +350,7 @@ impl Gateway {
         upstream: S,
     ) -> MeteredStream
     where
-        S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+        S: Stream<Item = Result<Bytes, TransportError>> + Send + 'static,
     {
         self.meter.metered_stream(charge, hide_usage_chunk, slot, upstream)
     }
@@ -385,7 +386,7 @@ impl Gateway {
             Reply::ProviderError { status, content_type, body } => Ok(completed(status, content_type, body, None)),
             Reply::Success(upstream) => {
                 let (status, content_type) =
-                    (upstream.status(), upstream.headers().get(reqwest::header::CONTENT_TYPE).cloned());
+                    (upstream.status(), upstream.headers().get(hyper::header::CONTENT_TYPE).cloned());
                 let body = match upstream.bytes().await {
                     // Not billed: its hold (of nothing) is let go, and nothing is recorded.
                     Ok(body) if !api.is_billed() => return Ok(completed(status, content_type, body, None)),

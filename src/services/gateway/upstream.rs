@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hyper::header::CONTENT_TYPE;
 use secrecy::SecretString;
 
 use super::{Reply, Retries};
@@ -15,7 +16,7 @@ use crate::domain::retry::{backoff, requested_wait};
 use crate::domain::upstream::{UpstreamFailure, classify};
 use crate::domain::user::UserId;
 use crate::metrics;
-use crate::providers::{ForwardError, ProviderClient};
+use crate::providers::{Answer, ForwardError, ProviderClient};
 use crate::services::circuit_breaker::{Circuit, CircuitBreaker, ProviderHealth};
 
 const MAX_ATTEMPTS: u32 = 4;
@@ -114,7 +115,7 @@ impl Upstream {
                     let status = response.status();
                     let now = time::OffsetDateTime::now_utc();
                     let wait = requested_wait(|name| response.headers().get(name).and_then(|v| v.to_str().ok()), now);
-                    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+                    let content_type = response.headers().get(CONTENT_TYPE).cloned();
                     let body = read_capped(response).await;
                     let failure = classify(provider, status.as_u16(), &body);
                     if status.is_redirection() {
@@ -177,9 +178,10 @@ fn jitter(attempt: u32, (base, cap): (Duration, Duration)) -> Duration {
     backoff(attempt, base, cap, fastrand::f64())
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Bytes {
+async fn read_capped(answer: Answer) -> Bytes {
     let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
+    let mut chunks = answer.into_stream();
+    while let Ok(Some(chunk)) = chunks.next().await {
         body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY - body.len())]);
         if body.len() >= MAX_ERROR_BODY {
             break;
