@@ -57,6 +57,8 @@ impl ProviderClient {
         let http = Client::builder()
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // As the transport: keys and prompts go where the configuration says, not to an environment's proxy.
+            .no_proxy()
             .user_agent(USER_AGENT)
             .timeout(timeout)
             .build()
