@@ -24,6 +24,17 @@ pub struct TestApp {
     pub directus: MockServer,
     /// Stands in for both OpenAI (under `/v1`) and Anthropic (under `/v1` too, per its own base URL).
     pub providers: MockServer,
+    _data: DataDir,
+}
+
+/// The app's `DATA_DIR`, removed with the app (each test's sidecar has its own; left behind, a few hundred a
+/// run filled the disk over many runs).
+pub struct DataDir(pub std::path::PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Settings for a sidecar talking to `directus_url`, with `overrides` applied on top.
@@ -67,7 +78,8 @@ pub async fn spawn_app_tweaked(overrides: &[(&'static str, &str)], tweak: impl F
     let app = Application::build(settings).await.expect("binds port 0");
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp { addr, http: reqwest::Client::new(), directus, providers }
+    let data = DataDir(vars["DATA_DIR"].clone().into());
+    TestApp { addr, http: reqwest::Client::new(), directus, providers, _data: data }
 }
 
 impl TestApp {

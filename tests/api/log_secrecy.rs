@@ -45,12 +45,14 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .await;
     let openai_base = format!("{}/v1", providers.uri());
 
+    let env = test_env(
+        &directus.uri(),
+        &[("OPENAI_BASE_URL", &openai_base), ("FLOWS_TOKEN", FLOWS), ("STRIPE_WEBHOOK_SECRET", STRIPE)],
+    );
+    let _data = DataDir(env["DATA_DIR"].clone().into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_byok-bridge"))
         .env_clear()
-        .envs(test_env(
-            &directus.uri(),
-            &[("OPENAI_BASE_URL", &openai_base), ("FLOWS_TOKEN", FLOWS), ("STRIPE_WEBHOOK_SECRET", STRIPE)],
-        ))
+        .envs(env)
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
