@@ -82,7 +82,10 @@ impl ProviderClient {
     fn auth_headers(provider: Provider, key: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let (name, value) = match provider.auth() {
-            AuthScheme::Bearer => (header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}"))),
+            AuthScheme::Bearer => {
+                let bearer = zeroize::Zeroizing::new(format!("Bearer {key}"));
+                (header::AUTHORIZATION, HeaderValue::from_str(&bearer))
+            }
             AuthScheme::XApiKey => (HeaderName::from_static("x-api-key"), HeaderValue::from_str(key)),
             AuthScheme::ApiKey => (HeaderName::from_static("api-key"), HeaderValue::from_str(key)),
         };
