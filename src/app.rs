@@ -162,6 +162,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
     let sign_in = Arc::new(SignInGuard::open(Arc::clone(&store), redis.clone(), settings.sign_in)?);
     let jobs = Jobs::new(
         store,
+        Arc::clone(&outbox),
         redis.clone(),
         JobServices { gateway: Arc::clone(&gateway), callers: Arc::clone(&callers), notifier },
         settings.clock.clone(),

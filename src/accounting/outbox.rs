@@ -220,30 +220,43 @@ impl Outbox {
     /// Inserts a batch in one transaction, on the writer's own connection. A record already there (the same
     /// `request_id`) is not inserted twice.
     fn insert(&self, connection: &mut Connection, records: &[UsageRecord]) -> Result<(), StoreError> {
-        let now = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         let transaction = connection.transaction().map_err(|e| self.store.error(e))?;
-        let mut inserted = 0;
-        {
-            let mut insert = transaction
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO usage_outbox (request_id, record, enqueued_at) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(|e| self.store.error(e))?;
-            let mut pacer = Pacer::default();
-            for record in records {
-                pacer.done(1);
-                let json = serde_json::to_string(record).expect("a usage record serializes");
-                inserted += insert
-                    .execute(params![record.request_id.to_string(), json, now as i64])
-                    .map_err(|e| self.store.error(e))?;
-            }
-        }
+        let inserted = insert_within(&transaction, records).map_err(|e| self.store.error(e))?;
         transaction.commit().map_err(|e| self.store.error(e))?;
-        self.waiting.fetch_add(inserted, Ordering::Relaxed);
         self.commits.fetch_add(1, Ordering::Relaxed);
-        self.wake.notify_one();
+        self.inserted(inserted);
         Ok(())
     }
+
+    /// Inserts `records` at once, on the outbox's own connection (blocking: call it from a thread or
+    /// `spawn_blocking`), for a caller that must know they are on disk and has no transaction in this store.
+    pub fn keep(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        self.insert(&mut sync::lock(&self.connection), records)
+    }
+
+    /// `count` records were committed (by [`insert_within`] in another writer's transaction, or by this
+    /// outbox's writer): they are waiting, and the flusher is told.
+    pub fn inserted(&self, count: usize) {
+        self.waiting.fetch_add(count, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+}
+
+/// Inserts `records` into the outbox within `transaction`, a record already there (the same `request_id`) not
+/// twice; returns how many were new. A writer whose own change must not outlive its usage record (a job marked
+/// succeeded) inserts the record in the same transaction, then tells the outbox ([`Outbox::inserted`]).
+pub fn insert_within(transaction: &rusqlite::Transaction<'_>, records: &[UsageRecord]) -> rusqlite::Result<usize> {
+    let now = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let mut insert = transaction
+        .prepare_cached("INSERT OR IGNORE INTO usage_outbox (request_id, record, enqueued_at) VALUES (?1, ?2, ?3)")?;
+    let mut pacer = Pacer::default();
+    let mut inserted = 0;
+    for record in records {
+        pacer.done(1);
+        let json = serde_json::to_string(record).expect("a usage record serializes");
+        inserted += insert.execute(params![record.request_id.to_string(), json, now as i64])?;
+    }
+    Ok(inserted)
 }
 
 enum Message {

@@ -83,6 +83,15 @@ impl Meter {
     /// Records a completed call and returns its cost. Returns at once, without blocking: the record is queued
     /// for the outbox's writer and is durable a few milliseconds later (see the module documentation).
     pub fn record(&self, charge: Charge, usage: TokenUsage, ending: Ending) -> Cents {
+        let record = self.charge(charge, usage, ending);
+        let cost = record.cost_cents;
+        self.outbox.submit(record);
+        cost
+    }
+
+    /// [`Meter::record`] but for the outbox: the call is priced, its hold settled and the call listed, and its
+    /// usage record is the caller's to make durable (a job writes it with its result), or to [`Meter::keep`].
+    pub fn charge(&self, charge: Charge, usage: TokenUsage, ending: Ending) -> UsageRecord {
         let provider = charge.provider;
         let (price, matched) = self.prices.price(provider, &charge.model);
         if matched == PriceMatch::Unknown && !self.unknown_models_logged.contains_key(&charge.model) {
@@ -111,8 +120,12 @@ impl Meter {
             occurred_at: OffsetDateTime::now_utc(),
         };
         self.calls.record(record.user, CallEntry::charged(&record, ending));
+        record
+    }
+
+    /// Queues a record from [`Meter::charge`] for the outbox's writer, as [`Meter::record`] does.
+    pub fn keep(&self, record: UsageRecord) {
         self.outbox.submit(record);
-        cost
     }
 
     /// Lists a call that cost nothing (refused here or by the provider) among the user's calls.

@@ -728,10 +728,11 @@ async fn a_fallback_the_user_cannot_use_is_passed_over_and_the_outage_stands() {
 async fn a_calls_future_stays_small() {
     use byok_bridge::domain::llm::Api;
     use byok_bridge::domain::user::UserId;
-    use byok_bridge::services::gateway::Retries;
+    use byok_bridge::services::gateway::{Keeping, Retries};
 
     let directus = wiremock::MockServer::start().await;
     let vars = test_env(&directus.uri(), &[("INTERNAL_OPENAI_API_KEY", INTERNAL_OPENAI)]);
+    let _data = DataDir(vars["DATA_DIR"].clone().into());
     let settings = byok_bridge::config::Settings::from_lookup(|k| vars.get(k).cloned()).expect("valid settings");
     let state = byok_bridge::app::build(&settings, None).expect("the services build");
     let gateway = &state.services().gateway;
@@ -739,7 +740,7 @@ async fn a_calls_future_stays_small() {
         .parse(Api::ChatCompletions, &br#"{"model":"gpt-4o-mini","messages":[]}"#.as_slice().into())
         .expect("a valid request");
     let user = UserId::parse(&new_user_id()).expect("a user id");
-    let call = gateway.complete(user, Api::ChatCompletions, &request, Retries::WithinDeadline);
+    let call = gateway.complete(user, Api::ChatCompletions, &request, Retries::WithinDeadline, Keeping::Outbox);
     let size = std::mem::size_of_val(&call);
     assert!(size <= 8 * 1024, "a call's future is {size} bytes");
 }

@@ -6,6 +6,7 @@ mod suites;
 use std::sync::Arc;
 use std::time::Duration;
 
+use byok_bridge::accounting::Outbox;
 use byok_bridge::clock::Clock;
 use byok_bridge::config::JobsConfig;
 use byok_bridge::services::call_log::embedded::EmbeddedHistory;
@@ -14,7 +15,7 @@ use byok_bridge::services::rate_limit::memory::MemoryRateLimit;
 use byok_bridge::services::reservations::memory::MemoryReservations;
 use byok_bridge::shared::bus::memory::MemoryBus;
 use byok_bridge::shared::claims::memory::MemoryClaims;
-use byok_bridge::store::Store;
+use suites::TempStore;
 
 #[tokio::test]
 async fn memory_rate_limit() {
@@ -39,32 +40,14 @@ async fn memory_bus() {
     suites::bus::suite(Arc::new(a), Arc::new(b)).await;
 }
 
-/// A store in a directory of its own, removed when dropped.
-struct TempStore {
-    dir: std::path::PathBuf,
-    store: Arc<Store>,
-}
-
-impl TempStore {
-    fn new() -> TempStore {
-        let dir = std::env::temp_dir().join(format!("byok-backends-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(&dir.join("byok-bridge.db")).unwrap());
-        TempStore { dir, store }
-    }
-}
-
-impl Drop for TempStore {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn embedded_job_queue() {
     let temp = TempStore::new();
-    let queue = EmbeddedJobs::open(Arc::clone(&temp.store), &JobsConfig::default(), Clock::system()).unwrap();
-    suites::job_queue::suite(Arc::new(queue)).await;
+    let outbox = Arc::new(Outbox::open(Arc::clone(&temp.store)).unwrap());
+    let queue =
+        EmbeddedJobs::open(Arc::clone(&temp.store), Arc::clone(&outbox), &JobsConfig::default(), Clock::system())
+            .unwrap();
+    suites::job_queue::suite(Arc::new(queue), outbox).await;
 }
 
 #[tokio::test]

@@ -251,8 +251,11 @@ async fn redis_bus_conforms() {
 
 #[tokio::test]
 async fn redis_job_queue_conforms() {
-    let queue = RedisJobs::new(redis(), crate::suites::fresh("replica"), 4, byok_bridge::clock::Clock::system());
-    crate::suites::job_queue::suite(Arc::new(queue)).await;
+    let temp = crate::suites::TempStore::new();
+    let outbox = Arc::new(byok_bridge::accounting::Outbox::open(Arc::clone(&temp.store)).unwrap());
+    let replica = crate::suites::fresh("replica");
+    let queue = RedisJobs::new(redis(), Arc::clone(&outbox), replica, 4, byok_bridge::clock::Clock::system());
+    crate::suites::job_queue::suite(Arc::new(queue), outbox).await;
 }
 
 #[tokio::test]

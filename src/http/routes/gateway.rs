@@ -19,7 +19,7 @@ use crate::domain::user::UserId;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AuthenticatedUser, RawBody};
 use crate::metrics;
-use crate::services::gateway::{Gateway, Reply, Retries};
+use crate::services::gateway::{Gateway, Keeping, Reply, Retries};
 use uuid::Uuid;
 
 /// Which credentials paid for the call.
@@ -161,7 +161,7 @@ async fn forward(
         // A client that hangs up does not cancel the call: its answer is then read to the end (within the
         // generation timeout) and charged like any other.
         let gateway = Arc::clone(&gateway);
-        let call = async move { gateway.complete(user, api, &request, Retries::WithinDeadline).await };
+        let call = async move { gateway.complete(user, api, &request, Retries::WithinDeadline, Keeping::Outbox).await };
         let completed = match RunsToTheEnd::new(call.in_current_span()).await {
             Ok(completed) => completed,
             Err(error) => return (asked, Err(error.into())),

@@ -40,6 +40,7 @@ use crate::domain::provider::Provider;
 use crate::domain::provider_key::ProviderKey;
 use crate::domain::routing::{Refusal, Source};
 use crate::domain::upstream::UpstreamFailure;
+use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
 use crate::metrics;
 use crate::providers::{Answer, TransportError};
@@ -99,6 +100,16 @@ pub enum Retries {
     None,
 }
 
+/// Where a completed call's usage record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeping {
+    /// Queued for the usage outbox's writer: on disk a few milliseconds later.
+    Outbox,
+    /// Handed back in [`Completed::usage`]: a job writes it with its result, so a succeeded job is never
+    /// without it.
+    Caller,
+}
+
 /// A non-streaming call, read to the end and charged.
 pub struct Completed {
     pub source: Source,
@@ -110,6 +121,8 @@ pub struct Completed {
     /// The usage record and cost of a successful call; `None` when the provider refused the request (which
     /// is not charged).
     pub charged: Option<(Uuid, Cents)>,
+    /// With [`Keeping::Caller`]: a successful call's usage record, for the caller to make durable.
+    pub usage: Option<UsageRecord>,
     pub staleness: Option<&'static str>,
 }
 
@@ -355,8 +368,12 @@ impl Gateway {
         self.meter.metered_stream(charge, hide_usage_chunk, slot, upstream)
     }
 
-    /// Usage recorded by the calls before this one is on disk when it returns (at shutdown, before a job is
-    /// marked done).
+    /// A usage record from [`Keeping::Caller`] that its caller could not make durable: queued for the outbox.
+    pub fn keep(&self, record: UsageRecord) {
+        self.meter.keep(record);
+    }
+
+    /// Usage recorded by the calls before this one is on disk when it returns (at shutdown).
     pub async fn flush(&self) {
         self.meter.flush().await;
     }
@@ -369,27 +386,31 @@ impl Gateway {
         api: Api,
         request: &LlmRequest,
         retries: Retries,
+        keeping: Keeping,
     ) -> Result<Completed, GatewayError> {
         let forwarded = self.call(user, api, request, retries).await?;
         let (source, staleness) = (forwarded.source, forwarded.staleness);
         let served_by = (forwarded.charge.provider, forwarded.charge.model.clone());
-        let completed = |status, content_type, body, charged| Completed {
+        let completed = |status, content_type, body, charged, usage| Completed {
             source,
             served_by,
             status,
             content_type,
             body,
             charged,
+            usage,
             staleness,
         };
         match forwarded.reply {
-            Reply::ProviderError { status, content_type, body } => Ok(completed(status, content_type, body, None)),
+            Reply::ProviderError { status, content_type, body } => {
+                Ok(completed(status, content_type, body, None, None))
+            }
             Reply::Success(upstream) => {
                 let (status, content_type) =
                     (upstream.status(), upstream.headers().get(hyper::header::CONTENT_TYPE).cloned());
                 let body = match upstream.bytes().await {
                     // Not billed: its hold (of nothing) is let go, and nothing is recorded.
-                    Ok(body) if !api.is_billed() => return Ok(completed(status, content_type, body, None)),
+                    Ok(body) if !api.is_billed() => return Ok(completed(status, content_type, body, None, None)),
                     Ok(body) => body,
                     Err(_) if !api.is_billed() => return Err(GatewayError::CutOff(forwarded.charge.provider)),
                     Err(_) => {
@@ -403,9 +424,16 @@ impl Gateway {
                     tracing::info!("response without usage; charged by estimate");
                     estimated_usage(forwarded.charge.estimated_prompt_tokens, body.len())
                 });
-                let request_id = forwarded.charge.request_id;
-                let cost = self.meter.record(forwarded.charge, usage, Ending::Answered { status: status.as_u16() });
-                Ok(completed(status, content_type, body, Some((request_id, cost))))
+                let record = self.meter.charge(forwarded.charge, usage, Ending::Answered { status: status.as_u16() });
+                let charged = Some((record.request_id, record.cost_cents));
+                let usage = match keeping {
+                    Keeping::Outbox => {
+                        self.meter.keep(record);
+                        None
+                    }
+                    Keeping::Caller => Some(record),
+                };
+                Ok(completed(status, content_type, body, charged, usage))
             }
         }
     }

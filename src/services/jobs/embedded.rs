@@ -20,9 +20,12 @@ use super::{
     CallbackGate, Claimed, DueCallback, Inserted, JobQueue, JobsConfig, JobsError, Page, UserCaps, armed, decode,
     encode,
 };
+use crate::accounting::Outbox;
+use crate::accounting::outbox::insert_within;
 use crate::clock::Clock;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus};
+use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
 use crate::store::{BatchWriter, Store, StoreError};
 use crate::sync;
@@ -46,6 +49,8 @@ pub struct EmbeddedJobs {
     /// fail, the counts are rebuilt from the table at the next start.)
     kept: KeptByUser,
     writer: BatchWriter,
+    /// Where a succeeded call's usage record goes, in the transaction that records the job's result.
+    outbox: Arc<Outbox>,
     /// Read connections, reused (WAL: reads never wait for the writer).
     readers: Arc<Mutex<Vec<Connection>>>,
     schedule: Mutex<Schedule>,
@@ -59,7 +64,13 @@ pub struct EmbeddedJobs {
 
 impl EmbeddedJobs {
     /// Opens the queue on `store`, scheduling what was queued when the last process stopped.
-    pub fn open(store: Arc<Store>, config: &JobsConfig, clock: Clock) -> Result<EmbeddedJobs, StoreError> {
+    /// The queue in `store`, whose usage outbox `outbox` is.
+    pub fn open(
+        store: Arc<Store>,
+        outbox: Arc<Outbox>,
+        config: &JobsConfig,
+        clock: Clock,
+    ) -> Result<EmbeddedJobs, StoreError> {
         let reader = store.connect()?;
         let mut schedule = Schedule::new(config.per_user_cap);
         let mut callbacks = Schedule::new(config.callbacks_per_user);
@@ -117,6 +128,7 @@ impl EmbeddedJobs {
         }
         Ok(EmbeddedJobs {
             writer: BatchWriter::start(Arc::clone(&store), "jobs-writer")?,
+            outbox,
             store,
             kept: Arc::new(Mutex::new(kept)),
             readers: Arc::new(Mutex::new(vec![reader])),
@@ -130,8 +142,13 @@ impl EmbeddedJobs {
     }
 
     /// Writes `record` as its next revision, if the stored job is still in `expected` at the revision `record`
-    /// was read at.
-    async fn write(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
+    /// was read at; `usage` goes into the outbox in the same transaction, whether or not the job is written.
+    async fn write(
+        &self,
+        record: &JobRecord,
+        expected: JobStatus,
+        usage: Option<UsageRecord>,
+    ) -> Result<bool, JobsError> {
         let revision = i64::try_from(record.revision).unwrap_or(i64::MAX);
         let next = JobRecord { revision: record.revision + 1, ..record.clone() };
         let json = encode(&next)?;
@@ -141,9 +158,13 @@ impl EmbeddedJobs {
             (record.id.to_string(), record.user, record.status, record.finished_at, record.next_attempt_at);
         let callback_due = record.callback_due();
         let kept = Arc::clone(&self.kept);
-        let written = self
+        let (changed, inserted) = self
             .writer
             .write(move |t| {
+                let inserted = match &usage {
+                    Some(usage) => insert_within(t, std::slice::from_ref(usage))?,
+                    None => 0,
+                };
                 let changed = t
                     .prepare_cached(
                         "UPDATE jobs SET status = ?1, record = ?2, finished_at = ?3, due = ?4, callback_due = ?5, \
@@ -165,10 +186,13 @@ impl EmbeddedJobs {
                     entry.waiting =
                         if status.is_waiting() { entry.waiting + 1 } else { entry.waiting.saturating_sub(1) };
                 }
-                Ok(changed)
+                Ok((changed, inserted))
             })
-            .await?
-            == 1;
+            .await?;
+        if inserted > 0 {
+            self.outbox.inserted(inserted);
+        }
+        let written = changed == 1;
         if written && let Some(due) = callback_due {
             let host = record.callback.as_ref().map(|c| c.host()).unwrap_or_default();
             sync::lock(&self.callback_hosts).insert(record.id, host);
@@ -363,7 +387,7 @@ impl JobQueue for EmbeddedJobs {
     /// Writes `record` if the job is still in `expected` (compare and set), and schedules what follows from
     /// its new state. Whether it was written.
     async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError> {
-        let written = self.write(record, expected).await?;
+        let written = self.write(record, expected, None).await?;
         if written {
             let mut schedule = sync::lock(&self.schedule);
             match (record.status, record.next_attempt_at) {
@@ -382,11 +406,16 @@ impl JobQueue for EmbeddedJobs {
 
     /// A worker is done with a job it claimed: `record` is its new state, written unless the user cancelled
     /// it meanwhile. Whether it was written.
-    async fn finish(&self, record: &JobRecord, _: Option<&str>) -> Result<bool, JobsError> {
+    async fn finish(
+        &self,
+        record: &JobRecord,
+        _: Option<&str>,
+        usage: Option<&UsageRecord>,
+    ) -> Result<bool, JobsError> {
         // No longer running before the result is written: a reader sees the attempt before it (queued), or the
         // result, never the result still running.
         sync::lock(&self.schedule).done(record.user, record.id);
-        let written = self.write(record, JobStatus::Running).await;
+        let written = self.write(record, JobStatus::Running, usage.cloned()).await;
         if let (Ok(true), JobStatus::Queued, Some(at)) = (&written, record.status, record.next_attempt_at) {
             sync::lock(&self.schedule).push(record.user, record.id, at);
         }
@@ -544,7 +573,8 @@ mod tests {
     async fn a_write_based_on_an_older_reading_never_lands() {
         let dir = TempDir::new();
         let store = Arc::new(Store::open(&dir.store_path()).unwrap());
-        let jobs = EmbeddedJobs::open(store, &JobsConfig::default(), Clock::manual(0)).unwrap();
+        let outbox = Arc::new(Outbox::open(Arc::clone(&store)).unwrap());
+        let jobs = EmbeddedJobs::open(store, outbox, &JobsConfig::default(), Clock::manual(0)).unwrap();
         let user = UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f").unwrap();
         let policy = RetryPolicy::default();
         let record = JobRecord::new(user, Api::ChatCompletions, "gpt-4o-mini".into(), 0, &policy);

@@ -34,6 +34,7 @@ use super::gateway::Gateway;
 use super::in_flight::{InFlight, Permit};
 use super::notifier::Notifier;
 use super::standing::ContextError;
+use crate::accounting::Outbox;
 use crate::clock::Clock;
 use crate::config::{JobsConfig, UserCaps};
 use crate::crypto::webhook_signature::WebhookSecret;
@@ -42,6 +43,7 @@ use crate::domain::error_code::{Code, Coded};
 use crate::domain::jobs::{Callback, CallbackState, CallbackUrl, JobRecord, JobStatus, RetryPolicy, millis};
 use crate::domain::llm::{Api, LlmRequest, LlmRequestError};
 use crate::domain::provider::Provider;
+use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
 use crate::shared::redis::{Redis, RedisFailure};
 use crate::store::{Store, StoreError};
@@ -246,8 +248,15 @@ pub trait JobQueue: Send + Sync {
     async fn update(&self, record: &JobRecord, expected: JobStatus) -> Result<bool, JobsError>;
 
     /// A worker's attempt is recorded, with the `lease` [`JobQueue::claim`] handed out (none for `embedded`):
-    /// false when the job was cancelled or taken over meanwhile.
-    async fn finish(&self, record: &JobRecord, lease: Option<&str>) -> Result<bool, JobsError>;
+    /// false when the job was cancelled or taken over meanwhile. The attempt's `usage` record (a succeeded
+    /// call's) is in the usage outbox no later than the result, kept or not: a crash in between cannot leave a
+    /// served job uncharged.
+    async fn finish(
+        &self,
+        record: &JobRecord,
+        lease: Option<&str>,
+        usage: Option<&UsageRecord>,
+    ) -> Result<bool, JobsError>;
 
     /// The next due job, claimed for a worker of this replica; waits until there is one.
     async fn claim(&self) -> Claimed;
@@ -334,9 +343,11 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// Jobs in the replica's own store, or with `redis` in Redis.
+    /// Jobs in the replica's own store, or with `redis` in Redis; succeeded calls' usage records go to
+    /// `outbox` with their results.
     pub fn new(
         store: Arc<Store>,
+        outbox: Arc<Outbox>,
         redis: Option<Arc<Redis>>,
         services: JobServices,
         clock: Clock,
@@ -344,8 +355,10 @@ impl Jobs {
         flows: Option<FlowCallbacks>,
     ) -> Result<Jobs, JobsError> {
         let queue: Arc<dyn JobQueue> = match redis {
-            Some(redis) => Arc::new(RedisJobs::new(redis, store.replica_id()?, config.per_user_cap, clock.clone())),
-            None => Arc::new(EmbeddedJobs::open(store, &config, clock.clone())?),
+            Some(redis) => {
+                Arc::new(RedisJobs::new(redis, outbox, store.replica_id()?, config.per_user_cap, clock.clone()))
+            }
+            None => Arc::new(EmbeddedJobs::open(store, outbox, &config, clock.clone())?),
         };
         let callbacks = callbacks::CallbackClient::new(config.allow_internal_callbacks, config.callback_timeout);
         let callback_gate = CallbackGate::new(&config);

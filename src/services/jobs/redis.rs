@@ -30,12 +30,15 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use uuid::Uuid;
 
 use super::{CallbackGate, Claimed, DueCallback, Inserted, JobCap, JobQueue, JobsError, Page, armed, encode};
+use crate::accounting::Outbox;
 use crate::clock::Clock;
 use crate::config::UserCaps;
 use crate::domain::credit_book::UnixMillis;
 use crate::domain::jobs::{JobRecord, JobStatus, millis};
+use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
 use crate::shared::redis::{Redis, key};
+use crate::store::StoreError;
 
 /// A running job's claim lapses this long after its worker last renewed it.
 const LEASE: Duration = Duration::from_secs(20);
@@ -134,6 +137,8 @@ impl Scripts {
 
 pub struct RedisJobs {
     redis: Arc<Redis>,
+    /// This replica's usage outbox: a succeeded call's record is on its disk before the job is done in Redis.
+    outbox: Arc<Outbox>,
     /// `byok-bridge:jobs:` (keys) and this replica's consumer name in the group.
     prefix: String,
     consumer: String,
@@ -181,10 +186,12 @@ impl Drop for Renewal {
 }
 
 impl RedisJobs {
-    pub fn new(redis: Arc<Redis>, replica: String, cap: usize, clock: Clock) -> RedisJobs {
+    /// The queue in `redis` as `replica`; succeeded calls' usage records go to this replica's `outbox`.
+    pub fn new(redis: Arc<Redis>, outbox: Arc<Outbox>, replica: String, cap: usize, clock: Clock) -> RedisJobs {
         let (handoff, claimed) = mpsc::channel(1);
         RedisJobs {
             redis,
+            outbox,
             prefix: key(&["jobs", ""]),
             consumer: replica,
             cap: cap.max(1),
@@ -506,8 +513,20 @@ impl JobQueue for RedisJobs {
         self.write(&self.scripts.update, record, expected.as_str()).await
     }
 
-    async fn finish(&self, record: &JobRecord, lease: Option<&str>) -> Result<bool, JobsError> {
+    async fn finish(
+        &self,
+        record: &JobRecord,
+        lease: Option<&str>,
+        usage: Option<&UsageRecord>,
+    ) -> Result<bool, JobsError> {
         let entry = lease.ok_or_else(|| JobsError::Internal("a Redis job finished without its entry".into()))?;
+        // On this replica's disk before Redis says the job is done.
+        if let Some(usage) = usage.cloned() {
+            let outbox = Arc::clone(&self.outbox);
+            tokio::task::spawn_blocking(move || outbox.keep(std::slice::from_ref(&usage)))
+                .await
+                .map_err(|e| StoreError::Thread(std::io::Error::other(e)))??;
+        }
         let written = self.write(&self.scripts.finish, record, entry).await;
         // The user's slot is free again: the fetcher looks at once.
         self.work.notify_one();

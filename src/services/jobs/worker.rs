@@ -11,9 +11,10 @@ use crate::domain::jobs::{Attempt, CallbackState, JobError, JobStatus, parse_api
 use crate::domain::llm::Api;
 use crate::domain::provider::Provider;
 use crate::domain::routing::Refusal;
+use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
 use crate::services::callers::CallerError;
-use crate::services::gateway::{GatewayError, Retries};
+use crate::services::gateway::{GatewayError, Keeping, Retries};
 use crate::services::key_vault::VaultError;
 use crate::services::standing::ContextError;
 
@@ -30,9 +31,10 @@ impl Jobs {
         let attempt = async {
             match parse_api(&record.api) {
                 Some(api) => self.attempt(record.user, api, request).await,
-                None => Attempt::Fail {
-                    error: JobError::new(Code::InvalidRequest, "The job names an API this version does not run."),
-                },
+                None => {
+                    let error = JobError::new(Code::InvalidRequest, "The job names an API this version does not run.");
+                    (Attempt::Fail { error }, None)
+                }
             }
         };
         let lease_lost = async {
@@ -41,7 +43,7 @@ impl Jobs {
                 None => std::future::pending().await,
             }
         };
-        let attempt = tokio::select! {
+        let (attempt, usage) = tokio::select! {
             attempt = attempt => attempt,
             // Another replica may take the job over: stop here (the call is dropped, its credit hold released).
             () = lease_lost => return,
@@ -53,13 +55,16 @@ impl Jobs {
             Attempt::Fail { .. } => "failed",
         };
         crate::metrics::job_attempt(outcome);
-        if matches!(attempt, Attempt::Succeeded { .. }) {
-            // A succeeded job is never run again, so its usage record must be on disk before the job says so:
-            // a crash in between would otherwise leave a served, uncharged call.
-            self.gateway.flush().await;
-        }
         record.settle(attempt, self.clock.now(), &self.config.retry, fastrand::f64());
-        let finished = self.queue.finish(&record, lease.as_deref()).await;
+        // A succeeded job is never run again, so its usage record is written with its result (or before it):
+        // a crash in between cannot leave a served, uncharged call.
+        let finished = self.queue.finish(&record, lease.as_deref(), usage.as_ref()).await;
+        if finished.is_err()
+            && let Some(usage) = usage
+        {
+            // The call was served all the same: its record goes the usual way.
+            self.gateway.keep(usage);
+        }
         drop(renewal);
         match finished {
             Ok(true) => {}
@@ -81,36 +86,43 @@ impl Jobs {
         }
     }
 
-    /// One call through the gateway, and what it means for the job.
-    async fn attempt(&self, user: UserId, api: Api, body: bytes::Bytes) -> Attempt {
+    /// One call through the gateway, what it means for the job, and a succeeded call's usage record (for the
+    /// queue to write with the job's result).
+    async fn attempt(&self, user: UserId, api: Api, body: bytes::Bytes) -> (Attempt, Option<UsageRecord>) {
         let request = match self.gateway.parse(api, &body) {
             Ok(request) => request,
-            Err(error) => return Attempt::Fail { error: JobError::new(Code::InvalidRequest, error.to_string()) },
+            Err(error) => {
+                return (Attempt::Fail { error: JobError::new(Code::InvalidRequest, error.to_string()) }, None);
+            }
         };
-        match self.gateway.complete(user, api, &request, Retries::None).await {
+        match self.gateway.complete(user, api, &request, Retries::None, Keeping::Caller).await {
             Ok(completed) => {
                 let answer = serde_json::from_slice(&completed.body)
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&completed.body).into_owned()));
                 match completed.charged {
-                    Some((usage_id, cost)) => {
-                        Attempt::Succeeded { result: answer, source: completed.source, cost, usage_id }
-                    }
-                    None => Attempt::Fail {
-                        error: JobError {
-                            code: Code::ProviderRefusedRequest.as_str().into(),
-                            message: format!(
-                                "{} refused the request itself (HTTP {}); its answer is in provider_answer. \
+                    Some((usage_id, cost)) => (
+                        Attempt::Succeeded { result: answer, source: completed.source, cost, usage_id },
+                        completed.usage,
+                    ),
+                    None => (
+                        Attempt::Fail {
+                            error: JobError {
+                                code: Code::ProviderRefusedRequest.as_str().into(),
+                                message: format!(
+                                    "{} refused the request itself (HTTP {}); its answer is in provider_answer. \
                                  Nothing was charged.",
-                                request.provider.display_name(),
-                                completed.status.as_u16()
-                            ),
-                            provider_status: Some(completed.status.as_u16()),
-                            provider_answer: Some(answer),
+                                    request.provider.display_name(),
+                                    completed.status.as_u16()
+                                ),
+                                provider_status: Some(completed.status.as_u16()),
+                                provider_answer: Some(answer),
+                            },
                         },
-                    },
+                        None,
+                    ),
                 }
             }
-            Err(error) => self.judge(user, request.provider, error).await,
+            Err(error) => (self.judge(user, request.provider, error).await, None),
         }
     }
 

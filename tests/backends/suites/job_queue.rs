@@ -1,12 +1,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use byok_bridge::accounting::Outbox;
 use byok_bridge::clock::Clock;
 use byok_bridge::config::UserCaps;
 use byok_bridge::domain::jobs::{Attempt, JobRecord, JobStatus, RetryPolicy};
 use byok_bridge::domain::llm::Api;
 use byok_bridge::domain::money::Cents;
+use byok_bridge::domain::provider::Provider;
 use byok_bridge::domain::routing::Source;
+use byok_bridge::domain::usage::{TokenUsage, UsageRecord};
 use byok_bridge::domain::user::UserId;
 use byok_bridge::services::jobs::{Claimed, Inserted, JobCap, JobQueue, JobsError};
 use bytes::Bytes;
@@ -24,14 +27,35 @@ fn job(user: UserId, key: Option<&str>) -> JobRecord {
     record
 }
 
+/// A charged call's record, as a worker hands it to `finish`.
+fn usage(user: UserId) -> UsageRecord {
+    UsageRecord {
+        request_id: Uuid::now_v7(),
+        user,
+        provider: Provider::openai(),
+        model: "gpt-4o-mini".into(),
+        fallback_from: None,
+        source: Source::Internal,
+        service_type: "openai.chat_completions".into(),
+        usage: TokenUsage::new(10, 5),
+        cost_cents: Cents::whole(1),
+        occurred_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+fn in_outbox(outbox: &Outbox) -> Vec<Uuid> {
+    outbox.page(0, 100).unwrap().into_iter().map(|waiting| waiting.record.request_id).collect()
+}
+
 async fn claim(queue: &Arc<dyn JobQueue>) -> Claimed {
     tokio::time::timeout(Duration::from_secs(10), queue.claim()).await.expect("a due job is handed to a worker")
 }
 
 /// Jobs are stored and read back per user, an idempotency key finds its first job, a user's cap refuses more,
-/// due jobs go to workers once each, a finished job's result is kept, a stale write never lands, and finished
-/// jobs are purged.
-pub async fn suite(queue: Arc<dyn JobQueue>) {
+/// due jobs go to workers once each, a finished job's result is kept with its usage record in `outbox` (the
+/// record kept even when the job was cancelled meanwhile), a stale write never lands, and finished jobs are
+/// purged.
+pub async fn suite(queue: Arc<dyn JobQueue>, outbox: Arc<Outbox>) {
     tokio::spawn(Arc::clone(&queue).maintain());
     let caps = UserCaps { waiting: 2, stored_bytes: 1 << 20 };
     let user = UserId::parse(&Uuid::new_v4().to_string()).unwrap();
@@ -75,14 +99,17 @@ pub async fn suite(queue: Arc<dyn JobQueue>) {
     let [done, other] = claimed;
     let mut record = done.record;
     let now = Clock::system().now();
+    let charged = usage(user);
     let succeeded = Attempt::Succeeded {
         result: serde_json::json!({"ok": true}),
         source: Source::Internal,
-        cost: Cents::whole(1),
-        usage_id: Uuid::new_v4(),
+        cost: charged.cost_cents,
+        usage_id: charged.request_id,
     };
     record.settle(succeeded, now, &RetryPolicy::default(), 0.5);
-    assert!(queue.finish(&record, done.lease.as_deref()).await.unwrap(), "the worker's attempt is recorded");
+    let finished = queue.finish(&record, done.lease.as_deref(), Some(&charged)).await.unwrap();
+    assert!(finished, "the worker's attempt is recorded");
+    assert_eq!(in_outbox(&outbox), [charged.request_id], "the call's usage record is in the outbox with the result");
     let read = queue.get(user, record.id).await.unwrap().unwrap();
     assert_eq!((read.status, read.result), (JobStatus::Succeeded, Some(serde_json::json!({"ok": true}))));
     assert_eq!(queue.waiting(user).await.unwrap(), 1, "a finished job no longer waits");
@@ -105,7 +132,10 @@ pub async fn suite(queue: Arc<dyn JobQueue>) {
         &RetryPolicy::default(),
         0.5,
     );
-    assert!(!queue.finish(&late, other.lease.as_deref()).await.unwrap(), "cancelled while it ran: not kept");
+    let served = usage(user);
+    let finished = queue.finish(&late, other.lease.as_deref(), Some(&served)).await.unwrap();
+    assert!(!finished, "cancelled while it ran: not kept");
+    assert_eq!(in_outbox(&outbox), [charged.request_id, served.request_id], "its call is charged all the same");
     assert_eq!(queue.get(user, late.id).await.unwrap().unwrap().status, JobStatus::Cancelled);
 
     let purged = queue.purge(Clock::system().now() + 1_000, 100).await.unwrap();

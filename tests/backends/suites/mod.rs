@@ -13,3 +13,24 @@ pub mod rate_limit;
 pub fn fresh(what: &str) -> String {
     format!("{what}-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// A store in a directory of its own, removed when dropped.
+pub struct TempStore {
+    pub dir: std::path::PathBuf,
+    pub store: std::sync::Arc<byok_bridge::store::Store>,
+}
+
+impl TempStore {
+    pub fn new() -> TempStore {
+        let dir = std::env::temp_dir().join(fresh("byok-backends"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = std::sync::Arc::new(byok_bridge::store::Store::open(&dir.join("byok-bridge.db")).unwrap());
+        TempStore { dir, store }
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
