@@ -226,7 +226,8 @@ pub async fn run_flusher<S: UsageSink>(outbox: Arc<Outbox>, sink: Arc<S>, delive
     }
 }
 
-async fn blocking<T, F>(outbox: &Arc<Outbox>, op: F) -> Result<T, StoreError>
+/// Runs `op` (the outbox's file operations block) on a blocking thread.
+pub async fn blocking<T, F>(outbox: &Arc<Outbox>, op: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: FnOnce(&Outbox) -> Result<T, StoreError> + Send + 'static,

@@ -308,7 +308,7 @@ impl OutboxWriter {
         let Some(queue) = &self.queue else { return };
         let (done, written) = oneshot::channel();
         if queue.send(Message::Flush(done)).await.is_ok() {
-            // A writer lingering over a batch stops lingering (see `gather`).
+            // A writer lingering over a batch writes it now (see `gather`).
             if let Some(thread) = &self.thread {
                 thread.thread().unpark();
             }
@@ -381,9 +381,9 @@ fn write_batches(outbox: &Outbox, connection: &mut Connection, mut queue: mpsc::
     }
 }
 
-/// Lets a batch gather for `linger` ([`LINGER`]), unless someone waits on a flush (shutdown, a job's end): then the batch
-/// is written at once. Records do not wake the writer while it lingers (that would cost a wake-up per call); a
-/// flush does, by unparking the thread, so a job waits for the commit, not for the linger as well.
+/// Lets a batch gather for `linger` ([`LINGER`]), unless someone waits on a flush (shutdown): then the batch is
+/// written at once. Records do not wake the writer while it lingers (that would cost a wake-up per call); a
+/// flush does, by unparking the thread, so whoever flushes waits for the commit, not for the linger as well.
 fn gather(queue: &mut mpsc::Receiver<Message>, messages: &mut Vec<Message>, linger: Duration) {
     let is_flush = |message: &Message| matches!(message, Message::Flush(_));
     let deadline = Instant::now() + linger;

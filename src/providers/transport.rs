@@ -155,8 +155,8 @@ mod tests {
 
     use super::*;
 
-    /// A server that answers one request with `head` and then `pieces` of a chunked body, and then keeps the
-    /// connection open, silent, until `hang_up` is sent (or closes it at once when `close` is set).
+    /// A server that answers one request with a 200 head and `pieces` of a chunked body, then keeps the
+    /// connection open, silent, until the returned sender is dropped (or closes it at once when `close` is set).
     async fn server(pieces: &'static [&'static str], close: bool) -> (String, oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
@@ -178,11 +178,15 @@ mod tests {
         (url, hang_up)
     }
 
-    async fn answer(url: &str, silence: Duration) -> Answer {
+    fn post(url: &str) -> Request<Full<Bytes>> {
         let mut request = Request::new(Full::new(Bytes::from_static(b"{}")));
         *request.method_mut() = hyper::Method::POST;
         *request.uri_mut() = url.parse().unwrap();
-        Transport::new(Duration::from_secs(5)).send(request, silence).await.unwrap()
+        request
+    }
+
+    async fn answer(url: &str, silence: Duration) -> Answer {
+        Transport::new(Duration::from_secs(5)).send(post(url), silence).await.unwrap()
     }
 
     #[tokio::test]
@@ -206,9 +210,8 @@ mod tests {
         let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/chat/completions", unused.local_addr().unwrap());
         drop(unused);
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.uri_mut() = url.parse().unwrap();
-        let error = Transport::new(Duration::from_secs(5)).send(request, Duration::from_secs(1)).await.err().unwrap();
+        let error =
+            Transport::new(Duration::from_secs(5)).send(post(&url), Duration::from_secs(1)).await.err().unwrap();
         let said = error.to_string();
         assert!(said.starts_with("no answer: client error (Connect) ("), "{said}");
         assert!(said.to_lowercase().contains("refused"), "{said}");

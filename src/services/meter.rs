@@ -85,12 +85,12 @@ impl Meter {
     pub fn record(&self, charge: Charge, usage: TokenUsage, ending: Ending) -> Cents {
         let record = self.charge(charge, usage, ending);
         let cost = record.cost_cents;
-        self.outbox.submit(record);
+        self.keep(record);
         cost
     }
 
-    /// [`Meter::record`] but for the outbox: the call is priced, its hold settled and the call listed, and its
-    /// usage record is the caller's to make durable (a job writes it with its result), or to [`Meter::keep`].
+    /// [`Meter::record`] without the outbox: the call is priced, its hold settled and the call listed; its
+    /// usage record is the caller's to make durable (a job writes it with its result) or to [`Meter::keep`].
     pub fn charge(&self, charge: Charge, usage: TokenUsage, ending: Ending) -> UsageRecord {
         let provider = charge.provider;
         let (price, matched) = self.prices.price(provider, &charge.model);

@@ -63,8 +63,8 @@ pub struct EmbeddedJobs {
 }
 
 impl EmbeddedJobs {
-    /// Opens the queue on `store`, scheduling what was queued when the last process stopped.
-    /// The queue in `store`, whose usage outbox `outbox` is.
+    /// Opens the queue on `store` (whose usage outbox is `outbox`), scheduling what was queued when the last
+    /// process stopped.
     pub fn open(
         store: Arc<Store>,
         outbox: Arc<Outbox>,

@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use uuid::Uuid;
 
 use super::{CallbackGate, Claimed, DueCallback, Inserted, JobCap, JobQueue, JobsError, Page, armed, encode};
-use crate::accounting::Outbox;
+use crate::accounting::{self, Outbox};
 use crate::clock::Clock;
 use crate::config::UserCaps;
 use crate::domain::credit_book::UnixMillis;
@@ -38,7 +38,6 @@ use crate::domain::jobs::{JobRecord, JobStatus, millis};
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
 use crate::shared::redis::{Redis, key};
-use crate::store::StoreError;
 
 /// A running job's claim lapses this long after its worker last renewed it.
 const LEASE: Duration = Duration::from_secs(20);
@@ -522,10 +521,7 @@ impl JobQueue for RedisJobs {
         let entry = lease.ok_or_else(|| JobsError::Internal("a Redis job finished without its entry".into()))?;
         // On this replica's disk before Redis says the job is done.
         if let Some(usage) = usage.cloned() {
-            let outbox = Arc::clone(&self.outbox);
-            tokio::task::spawn_blocking(move || outbox.keep(std::slice::from_ref(&usage)))
-                .await
-                .map_err(|e| StoreError::Thread(std::io::Error::other(e)))??;
+            accounting::blocking(&self.outbox, move |outbox| outbox.keep(std::slice::from_ref(&usage))).await?;
         }
         let written = self.write(&self.scripts.finish, record, entry).await;
         // The user's slot is free again: the fetcher looks at once.
