@@ -18,6 +18,10 @@
 //   MEASURE_BATCHES       1,10,100,500,1000,2000       records per POST
 //   MEASURE_CONCURRENCY   1                            batch POSTs in flight at once (e.g. 1,2,4)
 //   MEASURE_SECONDS       5                            per cell (each in-flight slot also sends >= 3 batches)
+//   MEASURE_ROUTE         items                        items: POST /items/<collection> (a createOne per row);
+//                                                      bulk: POST /byok-bridge/usage/<collection> (the hook's
+//                                                      route, a few hundred rows per INSERT; at most 1,000 per
+//                                                      batch); or both, e.g. "items,bulk"
 //   MEASURE_FIELDS        id                           ?fields= of the POST (what Directus reads back and
 //                                                      returns: "id" is the cheapest; "" = every field)
 //   MEASURE_USER_IDS      (read from GET /users)       users the records belong to, comma-separated
@@ -65,6 +69,10 @@ const concurrencies = numbers("MEASURE_CONCURRENCY", "1");
 const seconds = Number(process.env.MEASURE_SECONDS ?? 5);
 const repeat = Number(process.env.MEASURE_REPEAT ?? 1);
 const fields = process.env.MEASURE_FIELDS ?? "id";
+const routes = list("MEASURE_ROUTE", "items");
+for (const route of routes) {
+	if (route !== "items" && route !== "bulk") throw new Error(`MEASURE_ROUTE: ${route} is neither items nor bulk`);
+}
 const accountabilities = list("MEASURE_ACCOUNTABILITY", "").map((a) => (a === "null" ? null : a));
 if (accountabilities.length > 0 && !adminToken) {
 	console.error("MEASURE_ACCOUNTABILITY needs DIRECTUS_ADMIN_TOKEN");
@@ -203,8 +211,11 @@ function percentile(sorted, p) {
 	return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
 
-async function measureCell(collection, batch, inFlight) {
-	const path = `/items/${collection}${fields ? `?fields=${encodeURIComponent(fields)}` : ""}`;
+async function measureCell(collection, batch, inFlight, route) {
+	const path =
+		route === "bulk"
+			? `/byok-bridge/usage/${collection}`
+			: `/items/${collection}${fields ? `?fields=${encodeURIComponent(fields)}` : ""}`;
 	// One warm-up request (schema and permission caches, connection reuse).
 	const warm = await call("POST", path, JSON.stringify([record(collection)]));
 	if (warm.status !== 200) throw new Error(`warm-up POST ${path} -> HTTP ${warm.status}: ${warm.text.slice(0, 300)}`);
@@ -317,12 +328,12 @@ async function main() {
 				const current = adminToken
 					? (await must("GET", `/collections/${collection}`, undefined, adminToken)).meta.accountability
 					: "?";
-				for (const inFlight of concurrencies) {
+				for (const route of routes) for (const inFlight of concurrencies) {
 					for (const batch of batches) {
 						let r = null;
 						for (let i = 0, good = 0, lastNoisy = false; good < repeat && i < 3 * repeat; i++) {
 							if (lastNoisy) await new Promise((resolve) => setTimeout(resolve, 5000));
-							const run = await measureCell(collection, batch, inFlight);
+							const run = await measureCell(collection, batch, inFlight, route);
 							lastNoisy = run.noisy;
 							if (!run.noisy) good++;
 							const better =
@@ -331,9 +342,10 @@ async function main() {
 							if (run.failure) break;
 						}
 						r.accountability = current;
+						r.route = route;
 						results.push(r);
 						log(
-							`${collection} acc=${current} batch=${batch} inflight=${inFlight}: ${fmt(r.rowsPerSec)} rows/s` +
+							`${collection} ${route} acc=${current} batch=${batch} inflight=${inFlight}: ${fmt(r.rowsPerSec)} rows/s` +
 								` (p50 ${fmt(r.p50)} ms)${r.failure ? ` FAILED ${r.failure}` : ""}`,
 						);
 					}
@@ -350,13 +362,14 @@ async function main() {
 
 	const cpuNames = cpuRoots.map((r) => r.name);
 	const cpuCols = cpuNames.length > 0 ? [...cpuNames.flatMap((n) => [`${n} CPU`, `${n} CPU ms/row`]), "others CPU"] : [];
-	const head = ["collection", "accountability", "batch", "in flight", "requests", "rows/s", "p50 ms", "p99 ms", "body", ...cpuCols];
+	const head = ["collection", "route", "accountability", "batch", "in flight", "requests", "rows/s", "p50 ms", "p99 ms", "body", ...cpuCols];
 	if (adminToken) head.push("activity/row", "revisions/row");
 	head.push("note");
 	const lines = [`| ${head.join(" | ")} |`, `|${head.map(() => "---").join("|")}|`];
 	for (const r of results) {
 		const row = [
 			r.collection,
+			r.route,
 			String(r.accountability),
 			r.batch,
 			r.inFlight,

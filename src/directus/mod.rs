@@ -11,6 +11,8 @@ mod sessions;
 mod usage;
 mod users;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
@@ -64,6 +66,9 @@ pub struct DirectusClient {
     http: Client,
     base_url: Url,
     token: SecretString,
+    /// Whether usage records go through the extension's bulk route; cleared for good once Directus answers it
+    /// 404 (shared by clones: they talk to the same Directus).
+    bulk_usage: Arc<AtomicBool>,
 }
 
 #[derive(Deserialize)]
@@ -97,7 +102,7 @@ impl DirectusClient {
             .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a TLS backend and resolver are available");
-        DirectusClient { http, base_url, token }
+        DirectusClient { http, base_url, token, bulk_usage: Arc::new(AtomicBool::new(true)) }
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -1,6 +1,8 @@
 //! Usage records and the user's usage summary: `api_key_usage` for BYOK calls, `credit_transactions`
 //! deductions for internal-credit calls.
 
+use std::sync::atomic::Ordering;
+
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -37,13 +39,16 @@ pub struct UsageSummary {
 }
 
 impl DirectusClient {
-    /// Stores a batch of records of one source in one request (Directus creates all or none). A record
-    /// already stored (same `request_id`) fails the batch with `RECORD_NOT_UNIQUE`.
+    /// Stores a batch of records of one source in one request. Through the byok-bridge extension's bulk route
+    /// (`hooks/byok-bridge/src/usage-ingest.js`: a few hundred rows per INSERT, a record stored already is
+    /// skipped) where Directus offers it; otherwise (404: an older extension, `BYOK_BRIDGE_BULK_USAGE=false`, a
+    /// database the route does not support) through the items API from then on, which creates all or none
+    /// and fails the batch with `RECORD_NOT_UNIQUE` when a record (same `request_id`) is stored already.
     pub async fn store_usage(&self, records: &[UsageRecord]) -> Result<(), DirectusError> {
         let Some(first) = records.first() else { return Ok(()) };
         let collection = match first.source {
-            Source::Byok => "/items/api_key_usage",
-            Source::Internal => "/items/credit_transactions",
+            Source::Byok => "api_key_usage",
+            Source::Internal => "credit_transactions",
         };
         let mut body = Vec::with_capacity(records.len() * 512);
         body.push(b'[');
@@ -55,12 +60,26 @@ impl DirectusClient {
             yield_to_calls(n).await;
         }
         body.push(b']');
-        let request = self
-            .request(Method::POST, collection)
-            .query(&[("fields", "id")])
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        self.send(request).await.map(drop)
+        let body = bytes::Bytes::from(body);
+        let json = |request: reqwest::RequestBuilder| {
+            request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
+        };
+        if self.bulk_usage.load(Ordering::Relaxed) {
+            let bulk = json(self.request(Method::POST, &format!("/byok-bridge/usage/{collection}")));
+            match self.send(bulk).await {
+                Err(DirectusError::Status { status: StatusCode::NOT_FOUND, .. }) => {
+                    self.bulk_usage.store(false, Ordering::Relaxed);
+                    tracing::info!(
+                        "Directus does not offer the bulk usage route (an older byok-bridge extension, \
+                         BYOK_BRIDGE_BULK_USAGE=false, or a database it does not support): usage records go \
+                         through the items API, one createOne per record"
+                    );
+                }
+                stored => return stored.map(drop),
+            }
+        }
+        let items = json(self.request(Method::POST, &format!("/items/{collection}")).query(&[("fields", "id")]));
+        self.send(items).await.map(drop)
     }
 
     /// What calls on the platform's keys (of `provider`, or all) cost since `since`, for every user together.
@@ -310,5 +329,72 @@ fn number(value: &Value) -> f64 {
         Value::String(s) => s.parse().unwrap_or(0.0),
         Value::Object(o) => o.values().next().map_or(0.0, number),
         _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::accounting::outbox::tests::records;
+
+    async fn directus(bulk: u16) -> (MockServer, DirectusClient) {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/byok-bridge/usage/credit_transactions"))
+            .respond_with(ResponseTemplate::new(bulk).set_body_json(json!({"data": {"received": 2}})))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/items/credit_transactions"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+            .mount(&server)
+            .await;
+        let url = reqwest::Url::parse(&server.uri()).unwrap();
+        let client = DirectusClient::new(url, SecretString::from("token"), Duration::from_secs(5));
+        (server, client)
+    }
+
+    async fn posts_to(server: &MockServer, route: &str) -> Vec<Value> {
+        let requests = server.received_requests().await.unwrap();
+        requests.iter().filter(|r| r.url.path() == route).map(|r| serde_json::from_slice(&r.body).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn records_go_through_the_bulk_route_where_directus_offers_it() {
+        let (server, client) = directus(200).await;
+        let batch = records(2);
+        client.store_usage(&batch).await.unwrap();
+        client.store_usage(&batch).await.unwrap();
+        let bulk = posts_to(&server, "/byok-bridge/usage/credit_transactions").await;
+        assert_eq!(bulk.len(), 2, "both batches went through the bulk route");
+        assert_eq!(bulk[0][1]["request_id"], json!(batch[1].request_id), "the whole batch in one request");
+        assert_eq!(bulk[0][0]["transaction_type"], json!("deduction"));
+        assert!(posts_to(&server, "/items/credit_transactions").await.is_empty(), "nothing through the items API");
+    }
+
+    #[tokio::test]
+    async fn without_the_bulk_route_records_go_through_the_items_api_from_then_on() {
+        let (server, client) = directus(404).await;
+        let batch = records(2);
+        client.store_usage(&batch).await.unwrap();
+        client.clone().store_usage(&batch).await.unwrap();
+        assert_eq!(posts_to(&server, "/byok-bridge/usage/credit_transactions").await.len(), 1, "asked once");
+        let items = posts_to(&server, "/items/credit_transactions").await;
+        assert_eq!(items.len(), 2, "each batch stored through the items API, the clone's too");
+        assert_eq!(items[0], posts_to(&server, "/byok-bridge/usage/credit_transactions").await[0], "the same rows");
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_bulk_route_refuses_is_not_sent_to_the_items_api() {
+        let (server, client) = directus(400).await;
+        let refused = client.deliver(&records(2)).await.unwrap_err();
+        assert!(matches!(refused, DeliveryError::Permanent(_)), "a refused batch is sent again record by record");
+        assert!(posts_to(&server, "/items/credit_transactions").await.is_empty());
     }
 }

@@ -19,4 +19,5 @@ mod routing;
 mod seed;
 #[path = "../common/streams.rs"]
 mod streams;
+mod usage_route;
 mod vault;

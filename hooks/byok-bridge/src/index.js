@@ -12,6 +12,8 @@
 //    rows in credit_transactions (and `grant` rows proven by a Stripe event signed with
 //    BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET), and read only a few fields of directus_users (never auth_data,
 //    password, token, tfa_secret). Admins and other roles are not affected.
+// 4. POST /byok-bridge/usage/:collection: the sidecar's usage records stored a batch per INSERT instead of
+//    a createOne per record (usage-ingest.js; BYOK_BRIDGE_BULK_USAGE=false turns it off).
 //
 // Flows: Directus runs these filters for a Flow's Create/Update Data operation only when its "Emit
 // Events" option is on (off by default).
@@ -21,6 +23,8 @@
 import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
+
+import { bulkUsageEnabled, USAGE_ROUTE, usageIngestHandler } from "./usage-ingest.js";
 
 // ---------------------------------------------------------------------------------------------
 // user_api_keys validation
@@ -719,7 +723,7 @@ export function createWebhookSender({ url, secretBytes, logger, options = {}, ra
 // Registration
 // ---------------------------------------------------------------------------------------------
 
-export default function registerByokBridgeHook({ filter, action }, { env, logger }) {
+export default function registerByokBridgeHook({ filter, action, init }, { env, logger, database }) {
 	const { kids, invalid } = parseKeyIds(env?.BYOK_BRIDGE_KEY_IDS);
 	if (invalid > 0) {
 		// Never widened: the invalid entries are dropped (none left = every envelope is refused).
@@ -737,6 +741,13 @@ export default function registerByokBridgeHook({ filter, action }, { env, logger
 		Boolean(context?.accountability?.role || context?.accountability?.roles?.length) &&
 		isServiceAccountability(context.accountability, await serviceRole.resolve(context.database));
 	for (const event of ["roles.create", "roles.update", "roles.delete"]) action(event, () => serviceRole.invalidate());
+
+	// The sidecar's usage records, a batch per INSERT (see usage-ingest.js); after Directus's authentication,
+	// so req.accountability is the caller's.
+	init?.("routes.custom.before", ({ app }) => {
+		const isSidecar = async (accountability) => isService({ accountability, database });
+		app.post(USAGE_ROUTE, usageIngestHandler({ database, isService: isSidecar, enabled: bulkUsageEnabled(env), logger }));
+	});
 
 	const stripeSecret = parseStripeSecret(env?.BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET);
 	if (env?.BYOK_BRIDGE_STRIPE_WEBHOOK_SECRET && !stripeSecret) {
