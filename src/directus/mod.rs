@@ -11,9 +11,8 @@ mod sessions;
 mod usage;
 mod users;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -66,9 +65,9 @@ pub struct DirectusClient {
     http: Client,
     base_url: Url,
     token: SecretString,
-    /// Whether usage records go through the extension's bulk route; cleared for good once Directus answers it
-    /// 404 (shared by clones: they talk to the same Directus).
-    bulk_usage: Arc<AtomicBool>,
+    /// When Directus last answered the hook's usage route 404 (shared by clones: they talk to the same
+    /// Directus); records then go through the items API, and the route is asked again after a while.
+    bulk_usage_missing: Arc<Mutex<Option<Instant>>>,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +101,7 @@ impl DirectusClient {
             .user_agent(concat!("byok-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a TLS backend and resolver are available");
-        DirectusClient { http, base_url, token, bulk_usage: Arc::new(AtomicBool::new(true)) }
+        DirectusClient { http, base_url, token, bulk_usage_missing: Arc::default() }
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -1,7 +1,7 @@
 //! Usage records and the user's usage summary: `api_key_usage` for BYOK calls, `credit_transactions`
 //! deductions for internal-credit calls.
 
-use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -17,6 +17,11 @@ use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
 use crate::domain::usage::UsageRecord;
 use crate::domain::user::UserId;
+use crate::sync;
+
+/// How long records go through the items API after the hook's usage route answered 404, before the route is
+/// asked again (an extension updated meanwhile is picked up without a restart).
+const BULK_USAGE_RECHECK: Duration = Duration::from_secs(600);
 
 /// One line of the usage summary: per provider and source, in all or on one day.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,8 +47,8 @@ impl DirectusClient {
     /// Stores a batch of records of one source in one request. Through the byok-bridge extension's bulk route
     /// (`hooks/byok-bridge/src/usage-ingest.js`: a few hundred rows per INSERT, a record stored already is
     /// skipped) where Directus offers it; otherwise (404: an older extension, `BYOK_BRIDGE_BULK_USAGE=false`, a
-    /// database the route does not support) through the items API from then on, which creates all or none
-    /// and fails the batch with `RECORD_NOT_UNIQUE` when a record (same `request_id`) is stored already.
+    /// database the route does not support) through the items API for [`BULK_USAGE_RECHECK`], which creates all
+    /// or none and fails the batch with `RECORD_NOT_UNIQUE` when a record (same `request_id`) is stored already.
     pub async fn store_usage(&self, records: &[UsageRecord]) -> Result<(), DirectusError> {
         let Some(first) = records.first() else { return Ok(()) };
         let collection = match first.source {
@@ -64,18 +69,28 @@ impl DirectusClient {
         let json = |request: reqwest::RequestBuilder| {
             request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
         };
-        if self.bulk_usage.load(Ordering::Relaxed) {
+        let missing_since = *sync::lock(&self.bulk_usage_missing);
+        if missing_since.is_none_or(|since| since.elapsed() >= BULK_USAGE_RECHECK) {
             let bulk = json(self.request(Method::POST, &format!("/byok-bridge/usage/{collection}")));
             match self.send(bulk).await {
                 Err(DirectusError::Status { status: StatusCode::NOT_FOUND, .. }) => {
-                    self.bulk_usage.store(false, Ordering::Relaxed);
-                    tracing::info!(
-                        "Directus does not offer the bulk usage route (an older byok-bridge extension, \
-                         BYOK_BRIDGE_BULK_USAGE=false, or a database it does not support): usage records go \
-                         through the items API, one createOne per record"
-                    );
+                    *sync::lock(&self.bulk_usage_missing) = Some(Instant::now());
+                    if missing_since.is_none() {
+                        tracing::info!(
+                            recheck_secs = BULK_USAGE_RECHECK.as_secs(),
+                            "Directus does not offer the hook's usage route (an older byok-bridge extension, \
+                             BYOK_BRIDGE_BULK_USAGE=false, or a database it does not support): usage records go \
+                             through the items API, one createOne per record"
+                        );
+                    }
                 }
-                stored => return stored.map(drop),
+                stored => {
+                    if missing_since.is_some() && stored.is_ok() {
+                        *sync::lock(&self.bulk_usage_missing) = None;
+                        tracing::info!("Directus offers the hook's usage route again: usage records go through it");
+                    }
+                    return stored.map(drop);
+                }
             }
         }
         let items = json(self.request(Method::POST, &format!("/items/{collection}")).query(&[("fields", "id")]));
@@ -379,7 +394,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_the_bulk_route_records_go_through_the_items_api_from_then_on() {
+    async fn without_the_bulk_route_records_go_through_the_items_api_for_a_while() {
         let (server, client) = directus(404).await;
         let batch = records(2);
         client.store_usage(&batch).await.unwrap();
@@ -388,6 +403,17 @@ mod tests {
         let items = posts_to(&server, "/items/credit_transactions").await;
         assert_eq!(items.len(), 2, "each batch stored through the items API, the clone's too");
         assert_eq!(items[0], posts_to(&server, "/byok-bridge/usage/credit_transactions").await[0], "the same rows");
+    }
+
+    #[tokio::test]
+    async fn the_bulk_route_is_asked_again_once_the_recheck_is_due() {
+        let (server, client) = directus(404).await;
+        client.store_usage(&records(1)).await.unwrap();
+        let due = Instant::now().checked_sub(BULK_USAGE_RECHECK).unwrap();
+        *sync::lock(&client.bulk_usage_missing) = Some(due);
+        client.store_usage(&records(1)).await.unwrap();
+        assert_eq!(posts_to(&server, "/byok-bridge/usage/credit_transactions").await.len(), 2, "asked again");
+        assert_eq!(posts_to(&server, "/items/credit_transactions").await.len(), 2);
     }
 
     #[tokio::test]
