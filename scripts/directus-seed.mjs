@@ -31,7 +31,7 @@
 // when the service user is created (DIRECTUS_TOKEN=... on stdout); on later runs it is left alone (running
 // sidecars keep working) unless --rotate-service-token asks for a new one.
 
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 
 // The hook is plain ESM without dependencies: share its role name and user field list (one source).
 import { DEFAULT_SERVICE_ROLE, SIDECAR_USER_FIELDS } from "../hooks/byok-bridge/src/index.js";
@@ -578,6 +578,12 @@ async function verifyHook(users, svc) {
 		await expectCreateRefused(svc, "/items/credit_transactions", row, 403, "FORBIDDEN", what);
 	}
 
+	// The hook's usage route (usage-ingest.js) serves the sidecar's role only and takes only deductions: a grant
+	// in it is refused before anything is written, and an admin is refused outright (404: the route is off).
+	const viaRoute = [{ user: premium.id, transaction_type: "grant", cost_cents: "1", request_id: randomUUID() }];
+	await expectStatus(svc("POST", "/byok-bridge/usage/credit_transactions", viaRoute), [400, 404], "a grant through the usage route");
+	await expectStatus(admin("POST", "/byok-bridge/usage/credit_transactions", viaRoute), [403, 404], "the usage route for an admin");
+
 	// ... and only the user fields it needs: auth_data (SSO tokens) is refused, directly, through a relation,
 	// or in a filter; a bare read comes back with the allowed fields only.
 	for (const path of [
@@ -608,7 +614,8 @@ async function verifyHook(users, svc) {
 	assert("auth_data" in full, "admins still read auth_data");
 	log(
 		"verified: byok-bridge hook loaded; plaintext encrypted_key refused (400); service token: no grants or refunds " +
-			"(403), no auth_data (403), only the user fields it needs; admins unaffected",
+			"(403, and 400 through the usage route, which refuses admins), no auth_data (403), only the user fields it " +
+			"needs; admins unaffected",
 	);
 }
 
