@@ -22,14 +22,14 @@
 #     binary of that revision built already).
 #  9. The gateway beside a Directus storing its usage records (the sidecar's usual neighbour): the sidecar's
 #     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct, then through the sidecar, then
-#     direct again while Directus stores the sidecar's records (the added p50, p99 and max against either),
-#     then the two bare proxies (the floor for any proxy beside that Directus); then BENCH_CONNECTIONS for
-#     BENCH_SECONDS direct, through the sidecar, and through the two ceilings: a bare axum + reqwest proxy and a
-#     bare hyper proxy (examples/bare_hyper_proxy.rs). With BENCH_PERF=1, perf records the sidecar during its
-#     run and the hottest functions are printed. With BENCH_DIRECTUS_NICE=N,
-#     Directus runs at that nice level from 9b on (how much of the tail is its CPU); where the kernel groups
-#     processes by session (autogroup, Debian's default) a thread's nice weighs only inside its group, so
-#     Directus's group gets that nice too.
+#     direct again while Directus stores what is left of the sidecar's records (the added p50, p99 and max
+#     against either), then the two bare proxies (the floor for any proxy beside that Directus); then
+#     BENCH_CONNECTIONS for BENCH_SECONDS direct, through the sidecar, and through the two ceilings: a bare axum +
+#     reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs). With BENCH_PERF=1, perf records the
+#     sidecar during its run and the hottest functions are printed. With BENCH_DIRECTUS_NICE=N, Directus runs at
+#     that nice level from 9b on (how much of the tail is its CPU); where the kernel groups processes by session
+#     (autogroup, Debian's default) a thread's nice weighs only inside its group, so Directus's group gets that
+#     nice too.
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
@@ -444,8 +444,9 @@ step "9b. one connection, ${latency_seconds} s, non-streaming: direct (Directus 
 chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" | summarize_max
 step "9c. one connection, ${latency_seconds} s, non-streaming: through the sidecar (records stored in Directus meanwhile)"
 chat_load "${free_token}" 1 "${latency_seconds}" "http://127.0.0.1:${latency_port}" | summarize_max
-# The same direct run while Directus stores 9c's records (Directus takes about 1,200 a second, so 9c leaves
-# minutes of them): the baseline under the same load on the two cores as 9c had.
+# The same direct run right after, while Directus stores what 9c left: the baseline under the load 9c had on the
+# two cores when Directus fell behind (through the items API, about 1,200 records a second: minutes of them);
+# through the hook's usage route Directus keeps up, so little or nothing is left and this is Directus idle.
 step "9c. one connection, ${latency_seconds} s: direct again, Directus storing (records waiting: $(waiting "127.0.0.1:${latency_port}"))"
 chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" | summarize_max
 step "9c. records still waiting after it: $(waiting "127.0.0.1:${latency_port}")"
