@@ -418,6 +418,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn once_the_bulk_route_is_back_records_go_through_it_again() {
+        let (server, client) = directus(200).await;
+        let due = Instant::now().checked_sub(BULK_USAGE_RECHECK).unwrap();
+        *sync::lock(&client.bulk_usage_missing) = Some(due);
+        client.store_usage(&records(1)).await.unwrap();
+        assert_eq!(*sync::lock(&client.bulk_usage_missing), None, "no longer missing");
+        client.store_usage(&records(1)).await.unwrap();
+        assert_eq!(posts_to(&server, "/byok-bridge/usage/credit_transactions").await.len(), 2);
+        assert!(posts_to(&server, "/items/credit_transactions").await.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_batch_the_bulk_route_refuses_is_not_sent_to_the_items_api() {
         let (server, client) = directus(400).await;
         let refused = client.deliver(&records(2)).await.unwrap_err();
