@@ -47,9 +47,9 @@ impl DirectusClient {
     /// Stores a batch of records of one source in one request. Through the byok-bridge extension's bulk route
     /// (`hooks/byok-bridge/src/usage-ingest.js`: a few hundred rows per INSERT, a record stored already is
     /// skipped) where Directus offers it; otherwise (404: an older extension, `BYOK_BRIDGE_BULK_USAGE=false`, a
-    /// database the route does not support) through the items API for ten minutes before it asks again, which
-    /// creates all or none and fails the batch with `RECORD_NOT_UNIQUE` when a record (same `request_id`) is
-    /// stored already.
+    /// self-purging cache, a database the route does not support) through the items API for ten minutes before
+    /// it asks again, which creates all or none and fails the batch with `RECORD_NOT_UNIQUE` when a record (same
+    /// `request_id`) is stored already.
     pub async fn store_usage(&self, records: &[UsageRecord]) -> Result<(), DirectusError> {
         let Some(first) = records.first() else { return Ok(()) };
         let collection = match first.source {

@@ -142,7 +142,8 @@ export function usageIngestHandler({ database, isService, enabled, logger }) {
 			res.json({ data: { received: rows.length } });
 		} catch (error) {
 			if (error instanceof IngestError) return answer(res, error);
-			logger?.error?.("byok-bridge: usage ingest failed");
+			// The error's kind only: its message could quote a record.
+			logger?.error?.({ name: error?.name, code: error?.code }, "byok-bridge: usage ingest failed");
 			return answer(res, new IngestError(500, "INTERNAL_SERVER_ERROR", "usage ingest failed"));
 		}
 	};
