@@ -1,10 +1,12 @@
 //! The byok-bridge extension's bulk usage route in a real Directus: the sidecar's batches stored a few hundred
-//! rows per INSERT, each record once, only deductions in the ledger, only from the sidecar's role.
+//! rows per INSERT, each record once, only deductions in the ledger, only from the sidecar's role; and the
+//! sidecar's own records go through it.
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::Instance;
+use crate::fakes::{fake_providers, gateway_sidecar};
+use crate::harness::{Instance, serial};
 
 fn deduction(user: &str, request_id: Uuid, cost: &str) -> Value {
     json!({
@@ -76,4 +78,28 @@ async fn only_the_sidecars_role_may_store_and_only_deductions_of_known_users() {
     }
     assert_eq!(ledger_of(&instance, &http, &user).await, Vec::<Value>::new(), "nothing was stored");
     assert!((instance.ledger_balance(&http, &user).await - 100.0).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn the_sidecar_stores_its_records_through_the_route() {
+    let _serial = serial().await;
+    let instance = Instance::from_env();
+    let http = crate::harness::client();
+    instance.set_byok_first(&http).await;
+    let providers = fake_providers().await;
+    let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
+    let (user, token) = instance.new_user(&http, "free", "100").await;
+
+    let call = json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let response = http.post(sidecar.url("/v1/chat/completions")).bearer_auth(&token).json(&call).send().await;
+    assert_eq!(response.unwrap().status(), 200);
+    let query = [("filter[user][_eq]", user.as_str()), ("filter[transaction_type][_eq]", "deduction")];
+    let rows = instance.wait_for_rows(&http, "/items/credit_transactions", &query, 1).await;
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    // Through the items API a deduction gets an activity row (accountability `activity`) and a v4 id from
+    // Directus; through the route neither.
+    assert_eq!(Uuid::parse_str(&id).unwrap().get_version_num(), 7, "the route's id: {id}");
+    let activity = [("filter[collection][_eq]", "credit_transactions"), ("filter[item][_eq]", id.as_str())];
+    assert_eq!(instance.admin_get(&http, "/activity", &activity).await, json!([]));
+    sidecar.stop().await;
 }
