@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::fakes::{GOOD_KEY, fake_providers, gateway_sidecar};
+use crate::fakes::{GOOD_KEY, GatewayScene, gateway_scene, gateway_sidecar};
 use crate::harness::{Instance, Sidecar, serial};
 
 async fn get(http: &reqwest::Client, url: String, token: &str) -> (u16, Value) {
@@ -24,12 +24,7 @@ async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Va
 
 #[tokio::test]
 async fn a_user_signs_in_through_the_sidecar_sees_their_account_saves_a_key_and_gets_cheaper_models() {
-    let _serial = serial().await;
-    let instance = Instance::from_env();
-    let http = crate::harness::client();
-    instance.set_byok_first(&http).await;
-    let providers = fake_providers().await;
-    let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
+    let GatewayScene { _serial, _providers, instance, http, sidecar } = gateway_scene(&[]).await;
     let user = instance.new_account(&http, "premium", "250").await;
 
     let (status, body) =

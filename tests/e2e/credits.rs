@@ -4,30 +4,19 @@
 use byok_bridge::domain::money::Cents;
 use serde_json::json;
 
-use crate::fakes::{GOOD_KEY, fake_providers, gateway_sidecar, mount_expensive_gpt4o};
+use crate::fakes::{
+    GOOD_KEY, GatewayScene as Scene, fake_providers, gateway_scene, gateway_sidecar, mount_expensive_gpt4o,
+};
 use crate::harness::{Instance, OPERATOR_TOKEN, Sidecar, serial};
 
 /// BYOK-first flags, fake providers where `gpt-4o` answers a 90-cent call, and a sidecar in front of them with
 /// `env` (and a free tier's rate limit out of the way).
-struct Scene {
-    _serial: tokio::sync::MutexGuard<'static, ()>,
-    _providers: wiremock::MockServer,
-    instance: Instance,
-    http: reqwest::Client,
-    sidecar: Sidecar,
-}
-
 async fn scene(env: &[(&str, &str)]) -> Scene {
-    let serial = serial().await;
-    let instance = Instance::from_env();
-    let http = crate::harness::client();
-    instance.set_byok_first(&http).await;
-    let providers = fake_providers().await;
-    mount_expensive_gpt4o(&providers).await;
     let mut env = env.to_vec();
     env.push(("RATE_LIMIT_FREE_PER_MIN", "1000"));
-    let sidecar = gateway_sidecar(&instance, &providers, &env).await;
-    Scene { _serial: serial, _providers: providers, instance, http, sidecar }
+    let scene = gateway_scene(&env).await;
+    mount_expensive_gpt4o(&scene._providers).await;
+    scene
 }
 
 /// A `gpt-4o` call that may cost 95 cents (and costs 90 on the fakes of [`mount_expensive_gpt4o`]).

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{Instance, Sidecar};
+use crate::harness::{Instance, Sidecar, serial};
 
 pub const INTERNAL_OPENAI: &str = "sk-internal-e2e-openai-000000000000";
 pub const INTERNAL_ANTHROPIC: &str = "sk-ant-internal-e2e-anthropic-0000000";
@@ -135,6 +135,26 @@ pub async fn mount_expensive_gpt4o(server: &MockServer) {
         .with_priority(1)
         .mount(server)
         .await;
+}
+
+/// What most gateway tests start from: their turn at the suite's shared Directus (held until dropped), BYOK-first
+/// flags, the fake providers (kept answering until dropped) and a sidecar in front of them with `extra`.
+pub struct GatewayScene {
+    pub _serial: tokio::sync::MutexGuard<'static, ()>,
+    pub _providers: MockServer,
+    pub instance: Instance,
+    pub http: reqwest::Client,
+    pub sidecar: Sidecar,
+}
+
+pub async fn gateway_scene(extra: &[(&str, &str)]) -> GatewayScene {
+    let serial = serial().await;
+    let instance = Instance::from_env();
+    let http = crate::harness::client();
+    instance.set_byok_first(&http).await;
+    let providers = fake_providers().await;
+    let sidecar = gateway_sidecar(&instance, &providers, extra).await;
+    GatewayScene { _serial: serial, _providers: providers, instance, http, sidecar }
 }
 
 /// A sidecar whose providers are the fakes in `providers`, with the platform's own keys set.

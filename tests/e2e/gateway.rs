@@ -3,7 +3,7 @@
 use serde_json::json;
 use wiremock::MockServer;
 
-use crate::fakes::{GOOD_KEY, REVOKED_KEY, fake_providers, gateway_sidecar};
+use crate::fakes::{GOOD_KEY, GatewayScene, REVOKED_KEY, fake_providers, gateway_scene, gateway_sidecar};
 use crate::harness::{Instance, Sidecar, serial};
 
 /// BYOK-first flags, fake providers, a sidecar in front of them, and `who` logged in with `key` stored.
@@ -17,15 +17,10 @@ struct Scene {
 }
 
 async fn scene(who: &str, key: &str) -> Scene {
-    let serial = serial().await;
-    let instance = Instance::from_env();
-    let http = crate::harness::client();
-    instance.set_byok_first(&http).await;
-    let providers = fake_providers().await;
-    let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
+    let GatewayScene { _serial, _providers, instance, http, sidecar } = gateway_scene(&[]).await;
     let token = instance.login(&http, who).await;
     sidecar.save_openai_key(&http, &token, key).await;
-    Scene { _serial: serial, _providers: providers, instance, http, sidecar, token }
+    Scene { _serial, _providers, instance, http, sidecar, token }
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use byok_bridge::crypto::stripe_signature::StripeSecret;
 use serde_json::{Value, json};
 
-use crate::fakes::{fake_providers, gateway_sidecar};
+use crate::fakes::{GatewayScene, fake_providers, gateway_scene, gateway_sidecar};
 use crate::harness::{Instance, Sidecar, serial};
 
 fn now() -> i64 {
@@ -57,12 +57,7 @@ fn cents(row: &Value) -> f64 {
 
 #[tokio::test]
 async fn a_signed_checkout_grants_credits_once_and_a_refund_takes_them_back() {
-    let _serial = serial().await;
-    let instance = Instance::from_env();
-    let http = crate::harness::client();
-    instance.set_byok_first(&http).await;
-    let providers = fake_providers().await;
-    let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
+    let GatewayScene { _serial, _providers, instance, http, sidecar } = gateway_scene(&[]).await;
     let secret = StripeSecret::parse(instance.var("STRIPE_WEBHOOK_SECRET")).unwrap();
     let (user, token) = instance.new_user(&http, "free", "0").await;
     let call = json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});

@@ -5,8 +5,8 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::fakes::{fake_providers, gateway_sidecar};
-use crate::harness::{Instance, serial};
+use crate::fakes::{GatewayScene, gateway_scene};
+use crate::harness::Instance;
 
 fn deduction(user: &str, request_id: Uuid, cost: &str) -> Value {
     json!({
@@ -82,12 +82,7 @@ async fn only_the_sidecars_role_may_store_and_only_deductions_of_known_users() {
 
 #[tokio::test]
 async fn the_sidecar_stores_its_records_through_the_route() {
-    let _serial = serial().await;
-    let instance = Instance::from_env();
-    let http = crate::harness::client();
-    instance.set_byok_first(&http).await;
-    let providers = fake_providers().await;
-    let sidecar = gateway_sidecar(&instance, &providers, &[]).await;
+    let GatewayScene { _serial, _providers, instance, http, sidecar } = gateway_scene(&[]).await;
     let (user, token) = instance.new_user(&http, "free", "100").await;
 
     let call = json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
