@@ -24,7 +24,7 @@ import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 
-import { bulkUsageEnabled, USAGE_ROUTE, usageIngestHandler } from "./usage-ingest.js";
+import { bulkUsageEnabled, USAGE_ROUTE, UUID_RE, usageIngestHandler } from "./usage-ingest.js";
 
 // ---------------------------------------------------------------------------------------------
 // user_api_keys validation
@@ -377,8 +377,6 @@ export function stripUserRecords(records) {
 	else strip(records);
 	return records;
 }
-
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** True when the accountability's role (or one of its parent roles) is one of `roleIds`. */
 export function isServiceAccountability(accountability, roleIds) {

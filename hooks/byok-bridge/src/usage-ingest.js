@@ -19,7 +19,8 @@ const ROWS_PER_STATEMENT = 200;
 /** Knex clients whose `onConflict().ignore()` skips only the duplicate row (MySQL's INSERT IGNORE skips more). */
 const CLIENTS = new Set(["sqlite3", "pg", "postgres", "cockroachdb"]);
 
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** A UUID, in either case: a record's user and request_id here, a configured role id in index.js. */
+export const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** decimal(20, 9), not negative: the money columns. */
 const CENTS_RE = /^[0-9]{1,11}(\.[0-9]{1,9})?$/;
 const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
