@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { IngestError, MAX_ROWS, bulkUsageEnabled, usageIngestHandler, usageRows } from "../src/usage-ingest.js";
+import { IngestError, MAX_ROWS, bulkUsageEnabled, usageIngestHandler, usageRows, uuidV7 } from "../src/usage-ingest.js";
 
 const USER = "6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e5f";
 const deduction = (overrides = {}) => ({
@@ -21,6 +21,18 @@ const deduction = (overrides = {}) => ({
 	...overrides,
 });
 const refusal = (status, pattern) => (error) => error instanceof IngestError && error.status === status && pattern.test(error.message);
+
+test("ids are UUIDv7: the time in the first 48 bits, version 7, RFC variant, the rest random", () => {
+	const at = Date.UTC(2026, 11, 6, 1, 2, 3, 456);
+	const ids = Array.from({ length: 1_000 }, () => uuidV7(at));
+	for (const id of ids) {
+		assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+		assert.equal(Number.parseInt(id.replace(/-/g, "").slice(0, 12), 16), at);
+	}
+	assert.equal(new Set(ids).size, ids.length);
+	assert.ok(uuidV7(at) < uuidV7(at + 1), "a later millisecond sorts after");
+	assert.equal(uuidV7(0).slice(0, 13), "00000000-0000");
+});
 
 test("a deduction becomes a row with a new id, the time it was stored and its own time as dates", () => {
 	const now = new Date("2026-12-05T23:00:00Z");
