@@ -21,11 +21,13 @@
 #     at one connection through the gateway, alternating, BENCH_COMPARE_ROUNDS (3) times (BENCH_COMPARE_BIN: a
 #     binary of that revision built already).
 #  9. The gateway beside a Directus storing its usage records (the sidecar's usual neighbour): the sidecar's
-#     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct, then through the sidecar, then
-#     direct again while Directus stores what is left of the sidecar's records (the added p50, p99 and max
-#     against either), then the two bare proxies (the floor for any proxy beside that Directus); then
-#     BENCH_CONNECTIONS for BENCH_SECONDS direct, through the sidecar, and through the two ceilings: a bare axum +
-#     reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs). With BENCH_PERF=1, perf records the
+#     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct with Directus idle, then through the
+#     sidecar (Directus storing its records meanwhile), then direct and the two bare proxies (the floor for any
+#     proxy) each beside Directus storing as many records a second (scripts/directus-usage-load.mjs), and the
+#     added p50, p99 and slowest call against either direct run; then BENCH_CONNECTIONS for BENCH_SECONDS: direct
+#     with Directus idle, the sidecar, and direct, a bare axum + reqwest proxy and a bare hyper proxy
+#     (examples/bare_hyper_proxy.rs, the ceiling) beside Directus storing the sidecar's rate of records; the
+#     sidecar's calls per second as a share of either direct run. With BENCH_PERF=1, perf records the
 #     sidecar during its run and the hottest functions are printed. With BENCH_DIRECTUS_NICE=N, Directus runs at
 #     that nice level from 9b on (how much of the tail is its CPU); where the kernel groups processes by session
 #     (autogroup, Debian's default) a thread's nice weighs only inside its group, so Directus's group gets that
@@ -155,6 +157,42 @@ start_proxy() {
 	done
 	echo "$1 did not start" >&2
 	exit 1
+}
+# wrk's calls per second (whole) from its report on standard input.
+calls_per_second() { awk '/Requests\/sec/ { print int($2) }'; }
+# "N%": the calls per second of wrk report $1 as a share of report $2's.
+share() { python3 -c "import sys; print(f'{100 * float(sys.argv[1]) / float(sys.argv[2]):.0f}%')" "$(calls_per_second <"$1")" "$(calls_per_second <"$2")"; }
+# The p50, p99 and slowest call of wrk report $1 minus those of report $2 (named $3), in ms.
+added() {
+	python3 - "$1" "$2" "$3" <<'PY'
+import re, sys
+def latencies(path):
+    text = open(path).read()
+    ms = lambda v, unit: float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    p50, p99 = (ms(*re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)$", text, re.M).groups()) for p in (50, 99))
+    slowest = ms(*re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", text, re.M).groups())
+    return p50, p99, slowest
+a, b = latencies(sys.argv[1]), latencies(sys.argv[2])
+print(f"   against {sys.argv[3]}: p50 {a[0] - b[0]:+.3f} ms, p99 {a[1] - b[1]:+.3f} ms, slowest {a[2] - b[2]:+.1f} ms")
+PY
+}
+# Directus stores records at $1 a second for $2 seconds in the background, delivered as a sidecar making $1
+# calls a second delivers them (scripts/directus-usage-load.mjs): its pid in load_pid, its report in load.json.
+start_usage_load() {
+	DIRECTUS_URL="$(get DIRECTUS_URL)" DIRECTUS_TOKEN="$(get DIRECTUS_TOKEN)" LOAD_USER="$(get FREE_USER_ID)" \
+		LOAD_RATE="$1" LOAD_SECONDS="$2" node scripts/directus-usage-load.mjs >"${work}/load.json" &
+	load_pid="$!"
+	pids+=("${load_pid}")
+}
+# chat_load beside Directus storing RATE records a second: beside_load RATE BEARER CONNECTIONS SECONDS BASE_URL
+# prints wrk's report, then what Directus stored meanwhile (on standard error, to keep the report parseable).
+beside_load() {
+	local rate="$1"
+	shift
+	start_usage_load "${rate}" "$(($3 + 1))"
+	chat_load "$@"
+	wait "${load_pid}"
+	sed 's/^/   Directus stored: /' "${work}/load.json" >&2
 }
 waiting() { curl -fsS "http://$1/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["usage_records_waiting"])'; }
 # Polls a sidecar's outbox until it is empty (at most BENCH_DRAIN_MAX_SECONDS, 300): how many records, how
@@ -441,15 +479,22 @@ if [[ -n "${BENCH_DIRECTUS_NICE:-}" ]]; then
 	step "9a. Directus at nice ${BENCH_DIRECTUS_NICE}"
 fi
 step "9b. one connection, ${latency_seconds} s, non-streaming: direct (Directus idle)"
-chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" | summarize_max
+chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" >"${work}/direct-idle-1.txt"
+summarize_max <"${work}/direct-idle-1.txt"
 step "9c. one connection, ${latency_seconds} s, non-streaming: through the sidecar (records stored in Directus meanwhile)"
-chat_load "${free_token}" 1 "${latency_seconds}" "http://127.0.0.1:${latency_port}" | summarize_max
-# The same direct run right after, while Directus stores what 9c left: the baseline under the load 9c had on the
-# two cores when Directus fell behind (through the items API, about 1,200 records a second: minutes of them);
-# through the hook's usage route Directus keeps up, so little or nothing is left and this is Directus idle.
-step "9c. one connection, ${latency_seconds} s: direct again, Directus storing (records waiting: $(waiting "127.0.0.1:${latency_port}"))"
-chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" | summarize_max
+chat_load "${free_token}" 1 "${latency_seconds}" "http://127.0.0.1:${latency_port}" >"${work}/sidecar-1.txt"
+summarize_max <"${work}/sidecar-1.txt"
 step "9c. records still waiting after it: $(waiting "127.0.0.1:${latency_port}")"
+# The baselines get the sidecar's neighbour too: Directus storing as many records a second, delivered the way
+# the sidecar delivers them, on the same two cores. Its bursts of CPU slow any call made meanwhile, direct ones
+# included, so this is what the sidecar itself adds.
+rate_1="$(calls_per_second <"${work}/sidecar-1.txt")"
+step "9c. one connection, ${latency_seconds} s: direct, Directus storing ${rate_1} records/s (the sidecar's rate)"
+beside_load "${rate_1}" "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" >"${work}/direct-load-1.txt"
+summarize_max <"${work}/direct-load-1.txt"
+step "9c. what the sidecar adds at one connection (p50, p99, slowest call)"
+added "${work}/sidecar-1.txt" "${work}/direct-load-1.txt" "direct, Directus storing as many records"
+added "${work}/sidecar-1.txt" "${work}/direct-idle-1.txt" "direct, Directus idle"
 axum_port="$(free_port)"
 hyper_port="$(free_port)"
 start_proxy bare_proxy "${axum_port}"
@@ -457,21 +502,28 @@ start_proxy bare_hyper_proxy "${hyper_port}"
 # The floor for any proxy here: the bare ones make the same two hops per call and do nothing else.
 for target in "bare-axum-reqwest ${axum_port}" "bare-hyper ${hyper_port}"; do
 	read -r name port <<<"${target}"
-	step "9c. one connection, ${latency_seconds} s: ${name}, Directus storing (records waiting: $(waiting "127.0.0.1:${latency_port}"))"
-	chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${port}" | summarize_max
+	step "9c. one connection, ${latency_seconds} s: ${name}, Directus storing ${rate_1} records/s"
+	beside_load "${rate_1}" "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${port}" | summarize_max
 done
-step "9d. ${connections} connections, ${seconds} s: direct, the sidecar, bare axum + reqwest, bare hyper"
-for target in "direct ${fake_port} ${token}" "sidecar ${latency_port} ${free_token}" \
-	"bare-axum-reqwest ${axum_port} ${token}" "bare-hyper ${hyper_port} ${token}"; do
-	read -r name port bearer <<<"${target}"
-	step "9d. ${name}"
-	# BENCH_PERF=1: where the sidecar's time goes under this load (perf, call graphs), printed after the run.
-	if [[ "${name}" == sidecar && -n "${BENCH_PERF:-}" ]]; then
-		perf record -F 999 -g -o "${work}/perf.data" -p "${sidecar_pid}" -- sleep "${seconds}" >/dev/null 2>&1 &
-		perf_pid="$!"
-	fi
-	chat_load "${bearer}" "${connections}" "${seconds}" "http://127.0.0.1:${port}" | summarize_max
+step "9d. ${connections} connections, ${seconds} s: direct (Directus idle), then the sidecar, then direct and the two bare proxies beside Directus storing the sidecar's records/s"
+chat_load "${token}" "${connections}" "${seconds}" "http://127.0.0.1:${fake_port}" >"${work}/direct-idle-n.txt"
+summarize_max <"${work}/direct-idle-n.txt"
+step "9d. sidecar"
+# BENCH_PERF=1: where the sidecar's time goes under this load (perf, call graphs), printed after the run.
+if [[ -n "${BENCH_PERF:-}" ]]; then
+	perf record -F 999 -g -o "${work}/perf.data" -p "${sidecar_pid}" -- sleep "${seconds}" >/dev/null 2>&1 &
+	perf_pid="$!"
+fi
+chat_load "${free_token}" "${connections}" "${seconds}" "http://127.0.0.1:${latency_port}" >"${work}/sidecar-n.txt"
+summarize_max <"${work}/sidecar-n.txt"
+rate_n="$(calls_per_second <"${work}/sidecar-n.txt")"
+for target in "direct ${fake_port}" "bare-axum-reqwest ${axum_port}" "bare-hyper ${hyper_port}"; do
+	read -r name port <<<"${target}"
+	step "9d. ${name}, Directus storing ${rate_n} records/s"
+	beside_load "${rate_n}" "${token}" "${connections}" "${seconds}" "http://127.0.0.1:${port}" >"${work}/${name}-load-n.txt"
+	summarize_max <"${work}/${name}-load-n.txt"
 done
+step "9d. the sidecar's calls/s against direct's: $(share "${work}/sidecar-n.txt" "${work}/direct-load-n.txt") of direct beside the same records, $(share "${work}/sidecar-n.txt" "${work}/direct-idle-n.txt") of direct beside an idle Directus"
 if [[ -n "${BENCH_PERF:-}" ]]; then
 	wait "${perf_pid}" || true
 	step "9f. the sidecar's hottest functions at ${connections} connections (perf, self time)"

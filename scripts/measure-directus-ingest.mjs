@@ -38,11 +38,13 @@
 //                                                      DIRECTUS_ADMIN_TOKEN (the original is restored at the end)
 //   DIRECTUS_ADMIN_TOKEN  optional: also report activity and revision rows written per record
 //
-// Every record is realistic (the sidecar's fields, a fresh request_id each) and stays in the database:
-// run this against a throwaway instance. Node >= 20 (global fetch), no dependencies. Prints no secret.
+// Every record is realistic (scripts/usage-records.mjs: the sidecar's fields, a fresh UUIDv7 request_id each)
+// and stays in the database: run this against a throwaway instance. Node >= 20 (global fetch), no dependencies.
+// Prints no secret.
 
-import { randomUUID } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
+
+import { recordMaker } from "./usage-records.mjs";
 
 const baseUrl = (process.env.DIRECTUS_URL ?? "").replace(/\/+$/, "");
 const token = process.env.DIRECTUS_TOKEN;
@@ -110,40 +112,11 @@ async function must(method, path, body, bearer) {
 // ---- records ---------------------------------------------------------------------------------------
 
 let userIds = list("MEASURE_USER_IDS", "");
-const MODELS = [
-	["openai", "gpt-4o-mini", 15, 60],
-	["openai", "gpt-4o", 250, 1000],
-	["anthropic", "claude-3-5-haiku", 80, 400],
-];
-let seq = 0;
+const makers = new Map();
+/** The next record for `collection`, for the users of userIds in turn (set before the first record). */
 function record(collection) {
-	const [provider, model, inPrice, outPrice] = MODELS[seq % MODELS.length];
-	const prompt = 5 + (seq % 2000);
-	const completion = 1 + ((seq * 7) % 800);
-	// Cents with 9 decimals, as the sidecar sends them (prices in cents per million tokens here).
-	const cost = ((prompt * inPrice + completion * outPrice) / 1e6).toFixed(9);
-	const user = userIds[seq % userIds.length];
-	seq++;
-	const common = {
-		user,
-		provider,
-		model,
-		prompt_tokens: prompt,
-		completion_tokens: completion,
-		total_tokens: prompt + completion,
-		request_id: randomUUID(),
-		occurred_at: new Date().toISOString(),
-	};
-	if (collection === "credit_transactions") {
-		return {
-			...common,
-			transaction_type: "deduction",
-			service_type: `${provider}.${provider === "openai" ? "chat_completions" : "messages"}`,
-			cost_cents: cost,
-			description: `${provider} ${model}`,
-		};
-	}
-	return { ...common, estimated_cost_cents: cost };
+	if (!makers.has(collection)) makers.set(collection, recordMaker(collection, userIds));
+	return makers.get(collection)();
 }
 
 // ---- CPU (Linux /proc) -----------------------------------------------------------------------------
