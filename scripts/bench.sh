@@ -21,17 +21,18 @@
 #     at one connection through the gateway, alternating, BENCH_COMPARE_ROUNDS (3) times (BENCH_COMPARE_BIN: a
 #     binary of that revision built already).
 #  9. The gateway beside a Directus storing its usage records (the sidecar's usual neighbour): the sidecar's
-#     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct with Directus idle, then through the
-#     sidecar (Directus storing its records meanwhile), then direct and the two bare proxies (the floor for any
-#     proxy) each beside Directus storing as many records a second (scripts/directus-usage-load.mjs), and the
-#     added p50, p99 and slowest call against either direct run; then BENCH_CONNECTIONS for BENCH_SECONDS: direct
-#     with Directus idle, the sidecar, and direct, a bare axum + reqwest proxy and a bare hyper proxy
-#     (examples/bare_hyper_proxy.rs, the ceiling) beside Directus storing the sidecar's rate of records; the
-#     sidecar's calls per second as a share of either direct run. With BENCH_PERF=1, perf records the
-#     sidecar during its run and the hottest functions are printed. With BENCH_DIRECTUS_NICE=N, Directus runs at
-#     that nice level from 9b on (how much of the tail is its CPU); where the kernel groups processes by session
-#     (autogroup, Debian's default) a thread's nice weighs only inside its group, so Directus's group gets that
-#     nice too.
+#     memory at rest; one connection for BENCH_LATENCY_SECONDS (60) direct with Directus idle; then, in
+#     BENCH_LATENCY_ROUNDS (6) turns, through the sidecar (Directus storing its records meanwhile) and direct
+#     beside Directus storing as many records a second (scripts/directus-usage-load.mjs), each side's turns
+#     merged (scripts/latency-histograms.py), and the added p50, p99 and slowest call against either direct
+#     measurement; the two bare proxies (the floor for any proxy) beside the same storing; then
+#     BENCH_CONNECTIONS for BENCH_SECONDS: direct with Directus idle, the sidecar, and direct, a bare axum +
+#     reqwest proxy and a bare hyper proxy (examples/bare_hyper_proxy.rs, the ceiling) beside Directus storing
+#     the sidecar's rate of records; the sidecar's calls per second as a share of either direct run. With
+#     BENCH_PERF=1, perf records the sidecar during its run and the hottest functions are printed. With
+#     BENCH_DIRECTUS_NICE=N, Directus runs at that nice level from 9b on (how much of the tail is its CPU); where
+#     the kernel groups processes by session (autogroup, Debian's default) a thread's nice weighs only inside its
+#     group, so Directus's group gets that nice too.
 #
 #   scripts/bench.sh   (BENCH_SECONDS=10 BENCH_CONNECTIONS=32 BENCH_LOAD_SECONDS=60 by default)
 #   BENCH_SECTIONS=1,2 scripts/bench.sh   only those sections (5 goes with 4: it drains 4's backlog);
@@ -162,20 +163,6 @@ start_proxy() {
 calls_per_second() { awk '/Requests\/sec/ { print int($2) }'; }
 # "N%": the calls per second of wrk report $1 as a share of report $2's.
 share() { python3 -c "import sys; print(f'{100 * float(sys.argv[1]) / float(sys.argv[2]):.0f}%')" "$(calls_per_second <"$1")" "$(calls_per_second <"$2")"; }
-# The p50, p99 and slowest call of wrk report $1 minus those of report $2 (named $3), in ms.
-added() {
-	python3 - "$1" "$2" "$3" <<'PY'
-import re, sys
-def latencies(path):
-    text = open(path).read()
-    ms = lambda v, unit: float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    p50, p99 = (ms(*re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)$", text, re.M).groups()) for p in (50, 99))
-    slowest = ms(*re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", text, re.M).groups())
-    return p50, p99, slowest
-a, b = latencies(sys.argv[1]), latencies(sys.argv[2])
-print(f"   against {sys.argv[3]}: p50 {a[0] - b[0]:+.3f} ms, p99 {a[1] - b[1]:+.3f} ms, slowest {a[2] - b[2]:+.1f} ms")
-PY
-}
 # Directus stores records at $1 a second for $2 seconds in the background, delivered as a sidecar making $1
 # calls a second delivers them (scripts/directus-usage-load.mjs): its pid in load_pid, its report in load.json.
 start_usage_load() {
@@ -252,6 +239,18 @@ wrk.method = "POST"
 wrk.body = '{"model":"gpt-4o-mini","stream":${mode},"max_tokens":16,"messages":[{"role":"user","content":"Hello"}]}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+-- With BENCH_HISTOGRAM set, the run's whole latency histogram ("<microseconds> <calls>" per line) goes to that
+-- file, for scripts/latency-histograms.py to merge runs.
+done = function(summary, latency, requests)
+	local path = os.getenv("BENCH_HISTOGRAM")
+	if not path then return end
+	local out = assert(io.open(path, "w"))
+	for i = 1, #latency do
+		local value, calls = latency(i)
+		out:write(value, " ", calls, "\\n")
+	end
+	out:close()
+end
 LUA
 done
 proxy_port="$(free_port)"
@@ -479,22 +478,34 @@ if [[ -n "${BENCH_DIRECTUS_NICE:-}" ]]; then
 	step "9a. Directus at nice ${BENCH_DIRECTUS_NICE}"
 fi
 step "9b. one connection, ${latency_seconds} s, non-streaming: direct (Directus idle)"
-chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" >"${work}/direct-idle-1.txt"
-summarize_max <"${work}/direct-idle-1.txt"
-step "9c. one connection, ${latency_seconds} s, non-streaming: through the sidecar (records stored in Directus meanwhile)"
-chat_load "${free_token}" 1 "${latency_seconds}" "http://127.0.0.1:${latency_port}" >"${work}/sidecar-1.txt"
-summarize_max <"${work}/sidecar-1.txt"
-step "9c. records still waiting after it: $(waiting "127.0.0.1:${latency_port}")"
-# The baselines get the sidecar's neighbour too: Directus storing as many records a second, delivered the way
-# the sidecar delivers them, on the same two cores. Its bursts of CPU slow any call made meanwhile, direct ones
-# included, so this is what the sidecar itself adds.
-rate_1="$(calls_per_second <"${work}/sidecar-1.txt")"
-step "9c. one connection, ${latency_seconds} s: direct, Directus storing ${rate_1} records/s (the sidecar's rate)"
-beside_load "${rate_1}" "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" >"${work}/direct-load-1.txt"
-summarize_max <"${work}/direct-load-1.txt"
+mkdir -p "${work}/hist"
+BENCH_HISTOGRAM="${work}/hist/direct-idle" chat_load "${token}" 1 "${latency_seconds}" "http://127.0.0.1:${fake_port}" |
+	summarize_max
+# The sidecar's runs take turns with direct runs beside the sidecar's neighbour: Directus storing as many records a
+# second, delivered the way the sidecar delivers them, on the same two cores. Its bursts of CPU slow any call made
+# meanwhile, direct ones included, so the difference is what the sidecar itself adds; taking turns gives both
+# the machine's slow drifts, and each side's rounds are merged into one measurement of latency_seconds.
+rounds="${BENCH_LATENCY_ROUNDS:-6}"
+round_seconds="$(((latency_seconds + rounds - 1) / rounds))"
+sidecar_runs=() direct_runs=() rates=()
+for round in $(seq 1 "${rounds}"); do
+	BENCH_HISTOGRAM="${work}/hist/sidecar-${round}" \
+		chat_load "${free_token}" 1 "${round_seconds}" "http://127.0.0.1:${latency_port}" >"${work}/sidecar-1.txt"
+	rate="$(calls_per_second <"${work}/sidecar-1.txt")"
+	BENCH_HISTOGRAM="${work}/hist/direct-load-${round}" \
+		beside_load "${rate}" "${token}" 1 "${round_seconds}" "http://127.0.0.1:${fake_port}" >/dev/null 2>&1
+	sidecar_runs+=("${work}/hist/sidecar-${round}") direct_runs+=("${work}/hist/direct-load-${round}") rates+=("${rate}")
+done
+rate_1="$(python3 -c 'import sys; print(round(sum(map(int, sys.argv[1:])) / len(sys.argv[1:])))' "${rates[@]}")"
+step "9c. one connection, ${rounds} x ${round_seconds} s in turns: through the sidecar (Directus storing its records), ${rate_1} calls/s"
+scripts/latency-histograms.py summary "${sidecar_runs[@]}"
+step "9c. ... and direct, Directus storing as many records a second (${rates[*]})"
+scripts/latency-histograms.py summary "${direct_runs[@]}"
+step "9c. records still waiting: $(waiting "127.0.0.1:${latency_port}")"
 step "9c. what the sidecar adds at one connection (p50, p99, slowest call)"
-added "${work}/sidecar-1.txt" "${work}/direct-load-1.txt" "direct, Directus storing as many records"
-added "${work}/sidecar-1.txt" "${work}/direct-idle-1.txt" "direct, Directus idle"
+sidecar_list="$(IFS=,; echo "${sidecar_runs[*]}")"
+scripts/latency-histograms.py added "direct, Directus storing as many records" "${sidecar_list}" "$(IFS=,; echo "${direct_runs[*]}")"
+scripts/latency-histograms.py added "direct, Directus idle" "${sidecar_list}" "${work}/hist/direct-idle"
 axum_port="$(free_port)"
 hyper_port="$(free_port)"
 start_proxy bare_proxy "${axum_port}"
