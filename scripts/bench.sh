@@ -163,6 +163,19 @@ start_proxy() {
 calls_per_second() { awk '/Requests\/sec/ { print int($2) }'; }
 # "N%": the calls per second of wrk report $1 as a share of report $2's.
 share() { python3 -c "import sys; print(f'{100 * float(sys.argv[1]) / float(sys.argv[2]):.0f}%')" "$(calls_per_second <"$1")" "$(calls_per_second <"$2")"; }
+# The latency sidecar's own count of chat completions (request read to response head: what waits inside it),
+# and of those over 25 ms and over 100 ms, from its histogram on METRICS_ADDR.
+inside_sidecar() {
+	curl -fsS "http://${latency_metrics}/metrics" | python3 -c '
+import re, sys
+series = {}
+for line in sys.stdin:
+    m = re.match(r"byok_http_request_duration_seconds_(bucket|count)\{route=\"/v1/chat/completions\"(?:,le=\"([^\"]+)\")?\} (\d+)", line)
+    if m:
+        series[m.group(2) or "count"] = int(m.group(3))
+total = series.get("count", 0)
+print(total, total - series.get("0.025", 0), total - series.get("0.1", 0))'
+}
 # Directus stores records at $1 a second for $2 seconds in the background, delivered as a sidecar making $1
 # calls a second delivers them (scripts/directus-usage-load.mjs): its pid in load_pid, its report in load.json.
 start_usage_load() {
@@ -467,7 +480,9 @@ latency_seconds="${BENCH_LATENCY_SECONDS:-60}"
 step "9. the gateway beside Directus storing its usage records (SQLite, same machine)"
 credit_free_user
 latency_port="$(free_port)"
-start_sidecar "${latency_port}" "${work}/latency-data" "${work}/latency.log" target/release/byok-bridge
+latency_metrics="127.0.0.1:$(free_port)"
+start_sidecar "${latency_port}" "${work}/latency-data" "${work}/latency.log" target/release/byok-bridge \
+	METRICS_ADDR="${latency_metrics}"
 cache_caller "${latency_port}"
 rss_kb="$(ps -o rss= -p "${sidecar_pid}" | tr -d ' ')"
 step "9a. sidecar RSS at rest (started, flags and one caller loaded): $((rss_kb / 1024)) MiB"
@@ -488,6 +503,7 @@ BENCH_HISTOGRAM="${work}/hist/direct-idle" chat_load "${token}" 1 "${latency_sec
 rounds="${BENCH_LATENCY_ROUNDS:-6}"
 round_seconds="$(((latency_seconds + rounds - 1) / rounds))"
 sidecar_runs=() direct_runs=() rates=()
+inside_before="$(inside_sidecar)"
 for round in $(seq 1 "${rounds}"); do
 	BENCH_HISTOGRAM="${work}/hist/sidecar-${round}" \
 		chat_load "${free_token}" 1 "${round_seconds}" "http://127.0.0.1:${latency_port}" >"${work}/sidecar-1.txt"
@@ -502,6 +518,9 @@ scripts/latency-histograms.py summary "${sidecar_runs[@]}"
 step "9c. ... and direct, Directus storing as many records a second (${rates[*]})"
 scripts/latency-histograms.py summary "${direct_runs[@]}"
 step "9c. records still waiting: $(waiting "127.0.0.1:${latency_port}")"
+read -r calls_before over25_before over100_before <<<"${inside_before}"
+read -r calls_after over25_after over100_after <<<"$(inside_sidecar)"
+step "9c. the same calls timed inside the sidecar (request read to response head): $((over25_after - over25_before)) over 25 ms and $((over100_after - over100_before)) over 100 ms of $((calls_after - calls_before))"
 step "9c. what the sidecar adds at one connection (p50, p99, slowest call)"
 sidecar_list="$(IFS=,; echo "${sidecar_runs[*]}")"
 scripts/latency-histograms.py added "direct, Directus storing as many records" "${sidecar_list}" "$(IFS=,; echo "${direct_runs[*]}")"
