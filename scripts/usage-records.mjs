@@ -2,19 +2,13 @@
 // a Directus with them: measure-directus-ingest.mjs (how fast it stores them) and directus-usage-load.mjs (a
 // steady stream of them beside the benchmark). Node >= 20, no dependencies.
 
-import { randomUUID } from "node:crypto";
+import { uuidV7 } from "../hooks/byok-bridge/src/usage-ingest.js";
 
 const MODELS = [
 	["openai", "gpt-4o-mini", 15, 60],
 	["openai", "gpt-4o", 250, 1000],
 	["anthropic", "claude-3-5-haiku", 80, 400],
 ];
-
-/** A UUIDv7 like the sidecar's request ids: time first, so Directus's request_id index grows at its end. */
-export function requestId(now = Date.now()) {
-	const time = now.toString(16).padStart(12, "0");
-	return `${time.slice(0, 8)}-${time.slice(8)}-7${randomUUID().slice(15)}`;
-}
 
 /**
  * A function that returns the next record for `collection` (api_key_usage or credit_transactions), for the users
@@ -37,7 +31,8 @@ export function recordMaker(collection, userIds) {
 			prompt_tokens: prompt,
 			completion_tokens: completion,
 			total_tokens: prompt + completion,
-			request_id: requestId(),
+			// UUIDv7, as the sidecar's request ids are: Directus's request_id index grows at its end.
+			request_id: uuidV7(),
 			occurred_at: new Date().toISOString(),
 		};
 		if (collection === "credit_transactions") {
