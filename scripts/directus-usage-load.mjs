@@ -37,12 +37,17 @@ function positive(name, fallback) {
 	return value;
 }
 
-const url = `${setting("DIRECTUS_URL").replace(/\/+$/, "")}/byok-bridge/usage/${setting("LOAD_COLLECTION", "credit_transactions")}`;
+const collection = setting("LOAD_COLLECTION", "credit_transactions");
+const url = `${setting("DIRECTUS_URL").replace(/\/+$/, "")}/byok-bridge/usage/${collection}`;
 const token = setting("DIRECTUS_TOKEN");
-const next = recordMaker(setting("LOAD_COLLECTION", "credit_transactions"), [setting("LOAD_USER")]);
+const next = recordMaker(collection, [setting("LOAD_USER")]);
 const rate = positive("LOAD_RATE");
 const seconds = positive("LOAD_SECONDS");
-const batch = Math.floor(positive("LOAD_BATCH", "500"));
+const batch = positive("LOAD_BATCH", "500");
+if (!Number.isInteger(batch)) {
+	console.error("directus-usage-load: LOAD_BATCH must be a whole number of records");
+	process.exit(2);
+}
 
 const started = performance.now();
 const accrued = () => Math.floor(((Math.min(performance.now() - started, seconds * 1000)) / 1000) * rate);
