@@ -12,6 +12,7 @@ reports, so no count is printed.
   latency-histograms.py added LABEL A,.. B,..    the p50, p99 and slowest call of A's union minus B's
 """
 
+import math
 import sys
 from collections import Counter
 
@@ -29,7 +30,8 @@ def union(paths):
 
 
 def percentile(calls, p):
-    rank = round(p / 100 * sum(calls.values()) + 0.5)
+    # wrk's rank is C's round() of this: halves away from zero (Python's round() takes them to the even side).
+    rank = math.floor(p / 100 * sum(calls.values()) + 0.5 + 0.5)
     seen = 0
     for value in sorted(calls):
         seen += calls[value]
