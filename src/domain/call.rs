@@ -2,6 +2,8 @@
 //! paid, what it cost, and why it failed. Accounting does not read these; the ledger and `api_key_usage` do
 //! that. They answer "why did this fail, and what did that cost" without the logs.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -11,6 +13,7 @@ use super::money::{self, Cents};
 use super::provider::Provider;
 use super::routing::Source;
 use super::usage::UsageRecord;
+use super::user::UserId;
 
 /// The longest model name an entry keeps: the name is the client's, and a user's stored calls are bounded.
 const MODEL_CHARS: usize = 200;
@@ -26,6 +29,30 @@ impl CallRetention {
     /// The oldest moment an entry kept at `now` may be from.
     pub fn since(&self, now: OffsetDateTime) -> OffsetDateTime {
         now - self.max_age
+    }
+
+    /// Leaves in `calls` (a batch about to be kept) only each user's newest `kept_per_user` entries: the rest
+    /// would be trimmed in the same write, so one user's flood of calls costs the store at most that many rows
+    /// a batch instead of a row written and deleted per call. Order within the batch is not kept.
+    pub fn newest_per_user(&self, calls: &mut Vec<(UserId, CallEntry)>) {
+        let mut counts: HashMap<UserId, usize> = HashMap::new();
+        for (user, _) in calls.iter() {
+            *counts.entry(*user).or_default() += 1;
+        }
+        if counts.values().all(|&count| count <= self.kept_per_user) {
+            return;
+        }
+        // Per user, newest first (ids are UUIDv7: time-ordered), then the first `kept_per_user` of each.
+        calls.sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then_with(|| y.id.cmp(&x.id)));
+        let mut current = None;
+        let mut taken = 0;
+        calls.retain(|(user, _)| {
+            if current != Some(*user) {
+                (current, taken) = (Some(*user), 0);
+            }
+            taken += 1;
+            taken <= self.kept_per_user
+        });
     }
 }
 
@@ -131,7 +158,6 @@ mod tests {
 
     use super::*;
     use crate::domain::usage::TokenUsage;
-    use crate::domain::user::UserId;
 
     fn record(model: &str) -> UsageRecord {
         UsageRecord {
@@ -194,5 +220,33 @@ mod tests {
         let json = serde_json::to_value(&refused).unwrap();
         assert_eq!(json["cost_cents"], "0.000000000", "exact, as the cost header has it");
         assert_eq!(serde_json::from_value::<CallEntry>(json).unwrap(), refused, "stored and read back unchanged");
+    }
+    #[test]
+    fn a_batch_keeps_only_each_users_newest_entries_and_is_untouched_when_nobody_is_over() {
+        let retention = CallRetention { kept_per_user: 3, max_age: std::time::Duration::from_secs(60) };
+        let (flooder, other) = (
+            UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e01").unwrap(),
+            UserId::parse("6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e02").unwrap(),
+        );
+        let entry = || CallEntry::uncharged(Provider::openai(), "gpt-4o-mini", None, 429, Code::RateLimited);
+        let mut batch: Vec<(UserId, CallEntry)> =
+            (0..7).map(|n| (if n % 3 == 1 { other } else { flooder }, entry())).collect();
+        let ids_of = |batch: &[(UserId, CallEntry)], user: UserId| {
+            let mut ids: Vec<Uuid> = batch.iter().filter(|(u, _)| *u == user).map(|(_, e)| e.id).collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids
+        };
+        let (flooders, others) = (ids_of(&batch, flooder), ids_of(&batch, other));
+        assert_eq!((flooders.len(), others.len()), (5, 2));
+
+        let under = batch[..4].to_vec();
+        let mut untouched = under.clone();
+        retention.newest_per_user(&mut untouched);
+        assert_eq!(untouched, under, "3 and 1 entries: nothing to drop, order kept");
+
+        retention.newest_per_user(&mut batch);
+        assert_eq!(ids_of(&batch, flooder), flooders[..3], "the flooder's newest three");
+        assert_eq!(ids_of(&batch, other), others, "the other user loses nothing");
+        assert_eq!(batch.len(), 5);
     }
 }
