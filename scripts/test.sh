@@ -25,6 +25,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --locked
 step "unit and API tests (Directus faked with wiremock)"
 cargo test --locked
 
+step "Directus 12.4.0 install (cached; the hook's SQLite tests use its knex)"
+scripts/directus-install.sh >/dev/null
+
 step "hook extension tests and the independent envelope implementation (node --test)"
 node --test hooks/byok-bridge/test/ hooks/byok-bridge-flows/test/ hooks/byok-bridge-ops/test/ tests/interop/ web/account/test/
 
@@ -36,9 +39,6 @@ if [[ ! -x "${venv}/bin/python" ]] || ! "${venv}/bin/python" -c 'import openai, 
 	python3 -m venv "${venv}"
 	"${venv}/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 fi
-
-step "Directus 12.4.0 install (cached)"
-scripts/directus-install.sh >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/byok-e2e.XXXXXX")"
 cleanup() {

@@ -2,8 +2,9 @@
 //
 // Directus's items API stores each row of a batch as its own createOne (permissions, payload processing,
 // filters, an activity row): 0.6-1.4 ms of its CPU per row, 700-2,500 rows a second in its one Node.js process,
-// less than one busy sidecar makes. This route (0.06-0.07 ms per row, 11,000-13,500 a second) checks a batch
-// here, field by field (Directus's own payload checks do not run), and inserts it in one transaction, a few
+// less than one busy sidecar makes. This route (0.03 ms of CPU per row on SQLite, 24,000-27,000 rows a second
+// in batches of 500) checks a batch here, field by field (Directus's own payload checks do not run), and
+// inserts it in one transaction: on SQLite in one statement that takes the batch as JSON, elsewhere a few
 // hundred rows per statement; a row whose request_id is stored already is skipped, so a batch sent twice is
 // stored once. Only the sidecar's role may call it, and only with api_key_usage rows or credit_transactions
 // deductions. Rows stored this way make no items.create events and no activity rows (api_key_usage never had
@@ -25,17 +26,30 @@ export const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 const CENTS_RE = /^[0-9]{1,11}(\.[0-9]{1,9})?$/;
 const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
 
+/** Random bytes drawn from the system's generator a pool at a time: 10 per id (74 random bits). */
+const POOL_BYTES = 16 * 1024;
+let pool = Buffer.alloc(0);
+let taken = 0;
+const HEX = Array.from({ length: 256 }, (_, byte) => byte.toString(16).padStart(2, "0"));
+
 /**
  * A UUIDv7 (RFC 9562): the time first, so new rows go to the end of the primary key's index instead of a
- * random page of it (with v4 ids the insert slowed as the ledger grew).
+ * random page of it (with v4 ids the insert slowed as the ledger grew). Its random bits come from a pool
+ * (a `randomBytes` call per id was a third of the route's time checking a batch).
  */
 export function uuidV7(now = Date.now()) {
-	const bytes = randomBytes(16);
-	bytes.writeUIntBE(now, 0, 6);
-	bytes[6] = 0x70 | (bytes[6] & 0x0f);
-	bytes[8] = 0x80 | (bytes[8] & 0x3f);
-	const hex = bytes.toString("hex");
-	return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+	if (taken + 10 > pool.length) {
+		pool = randomBytes(POOL_BYTES);
+		taken = 0;
+	}
+	const r = pool.subarray(taken, taken + 10);
+	taken += 10;
+	const ms = now.toString(16).padStart(12, "0").slice(-12);
+	const h = (i) => HEX[r[i]];
+	return (
+		`${ms.slice(0, 8)}-${ms.slice(8)}-7${HEX[r[0] & 0x0f][1]}${h(1)}-` +
+		`${HEX[0x80 | (r[2] & 0x3f)]}${h(3)}-${h(4)}${h(5)}${h(6)}${h(7)}${h(8)}${h(9)}`
+	);
 }
 
 const text = (value) => typeof value === "string" && value.length > 0 && value.length <= 255;
@@ -63,6 +77,8 @@ export const FIELDS = Object.freeze({
 		description: text,
 	},
 });
+/** FIELDS as lists, made once rather than per record. */
+const CHECKS = Object.fromEntries(Object.entries(FIELDS).map(([collection, fields]) => [collection, Object.entries(fields)]));
 
 /** A 4xx or 5xx answer in Directus's error shape. */
 export class IngestError extends Error {
@@ -79,25 +95,52 @@ export class IngestError extends Error {
  * that predates it stores the rest, as the items API would). `now` and `newId` are for tests.
  */
 export function usageRows(collection, body, { hasFallbackFrom = true, now = new Date(), newId = uuidV7 } = {}) {
-	const fields = FIELDS[collection];
-	if (!fields) throw new IngestError(403, "FORBIDDEN", `usage records go to api_key_usage or credit_transactions, not ${collection}`);
+	const checks = CHECKS[collection];
+	if (!checks) throw new IngestError(403, "FORBIDDEN", `usage records go to api_key_usage or credit_transactions, not ${collection}`);
 	if (!Array.isArray(body) || body.length === 0 || body.length > MAX_ROWS) {
 		throw new IngestError(400, "INVALID_PAYLOAD", `the body must be an array of 1 to ${MAX_ROWS} records`);
 	}
+	const fields = FIELDS[collection];
 	return body.map((record, index) => {
 		if (record === null || typeof record !== "object" || Array.isArray(record)) {
 			throw new IngestError(400, "INVALID_PAYLOAD", `record ${index} is not an object`);
 		}
-		for (const name of Object.keys(record)) {
+		for (const name in record) {
 			if (!Object.hasOwn(fields, name)) throw new IngestError(400, "INVALID_PAYLOAD", `record ${index}: unknown field ${name}`);
 		}
-		for (const [name, valid] of Object.entries(fields)) {
+		for (const [name, valid] of checks) {
 			if (!valid(record[name])) throw new IngestError(400, "INVALID_PAYLOAD", `record ${index}: ${name} is missing or invalid`);
 		}
 		const row = { ...record, id: newId(), created_at: now, occurred_at: new Date(record.occurred_at) };
 		if (!hasFallbackFrom || row.fallback_from === undefined) delete row.fallback_from;
 		return row;
 	});
+}
+
+/** The columns a batch fills in `collection`: the record's fields, its id and when it was stored. */
+export function usageColumns(collection, hasFallbackFrom) {
+	return ["id", "created_at", ...Object.keys(FIELDS[collection]).filter((name) => hasFallbackFrom || name !== "fallback_from")];
+}
+
+/** Inserts `rows` a few hundred per statement, a stored request_id skipped: any database knex speaks. */
+export async function insertKnex(trx, collection, columns, rows) {
+	for (let start = 0; start < rows.length; start += ROWS_PER_STATEMENT) {
+		await trx(collection).insert(rows.slice(start, start + ROWS_PER_STATEMENT)).onConflict("request_id").ignore();
+	}
+}
+
+/**
+ * SQLite: the whole batch as one JSON text that SQLite's `json_each` takes apart, a stored request_id skipped.
+ * Knex building an INSERT of 200 rows by 13 values was a sixth of the route's CPU. Dates go in as knex's
+ * driver binds them (milliseconds since 1970), so a row reads back the same either way.
+ */
+export async function insertSqlite(trx, collection, columns, rows) {
+	const json = JSON.stringify(rows, function (key, value) {
+		return this[key] instanceof Date ? this[key].getTime() : value;
+	});
+	const names = columns.map((name) => `"${name}"`).join(", ");
+	const values = columns.map((name) => `json_extract(value, '$.${name}')`).join(", ");
+	await trx.raw(`INSERT INTO "${collection}" (${names}) SELECT ${values} FROM json_each(?) WHERE true ON CONFLICT ("request_id") DO NOTHING`, [json]);
 }
 
 /** A database refusal that sending the same rows again cannot fix (unknown user, a value out of range). */
@@ -127,12 +170,9 @@ export function usageIngestHandler({ database, isService, enabled, logger }) {
 			const collection = req.params.collection;
 			const fields = req.schema?.collections?.[collection]?.fields ?? {};
 			const rows = usageRows(collection, req.body, { hasFallbackFrom: Object.hasOwn(fields, "fallback_from") });
+			const columns = usageColumns(collection, Object.hasOwn(fields, "fallback_from"));
 			try {
-				await database.transaction(async (trx) => {
-					for (let start = 0; start < rows.length; start += ROWS_PER_STATEMENT) {
-						await trx(collection).insert(rows.slice(start, start + ROWS_PER_STATEMENT)).onConflict("request_id").ignore();
-					}
-				});
+				await database.transaction((trx) => (client === "sqlite3" ? insertSqlite : insertKnex)(trx, collection, columns, rows));
 			} catch (error) {
 				if (refusedForGood(error)) {
 					throw new IngestError(400, "INVALID_PAYLOAD", "the database refused a record of the batch (e.g. an unknown user)");

@@ -93,7 +93,7 @@ test("BYOK_BRIDGE_BULK_USAGE=false, or a cache that purges itself on writes, tur
 	assert.equal(bulkUsageEnabled({ BYOK_BRIDGE_BULK_USAGE: " FALSE " }), false);
 });
 
-/** A knex-like database that records each INSERT, or fails it with `fail`. */
+/** A knex-like database that records each INSERT (built by knex, or raw SQL with the batch as JSON), or fails it with `fail`. */
 function fakeDatabase({ client = "sqlite3", fail = null } = {}) {
 	const statements = [];
 	const trx = (table) => ({
@@ -106,6 +106,11 @@ function fakeDatabase({ client = "sqlite3", fail = null } = {}) {
 			}),
 		}),
 	});
+	trx.raw = async (sql, [json]) => {
+		if (fail) throw fail;
+		const [, table, column] = sql.match(/^INSERT INTO "(\w+)" .* ON CONFLICT \("(\w+)"\) DO NOTHING$/);
+		statements.push({ table, rows: JSON.parse(json).length, column });
+	};
 	return { statements, client: { config: { client } }, transaction: async (work) => work(trx) };
 }
 
@@ -129,15 +134,17 @@ async function call(handler, { body = [deduction()], collection = "credit_transa
 
 const isService = async (accountability) => accountability?.role === "sidecar";
 
-test("the sidecar's batch is inserted a few hundred rows per statement, a stored request_id skipped", async () => {
-	const database = fakeDatabase();
-	const handler = usageIngestHandler({ database, isService, enabled: true });
+test("the sidecar's batch is inserted a few hundred rows per statement (SQLite: one), a stored request_id skipped", async () => {
 	const body = Array.from({ length: 450 }, (_, n) => deduction({ request_id: `01a2484d-9a86-72ca-91d9-${String(n).padStart(12, "0")}` }));
-	const [status, answer] = await call(handler, { body });
-	assert.equal(status, 200);
-	assert.deepEqual(answer, { data: { received: 450 } });
-	assert.deepEqual(database.statements.map((s) => s.rows), [200, 200, 50]);
-	assert.ok(database.statements.every((s) => s.table === "credit_transactions" && s.column === "request_id"));
+	for (const [client, statements] of [["pg", [200, 200, 50]], ["sqlite3", [450]]]) {
+		const database = fakeDatabase({ client });
+		const handler = usageIngestHandler({ database, isService, enabled: true });
+		const [status, answer] = await call(handler, { body });
+		assert.equal(status, 200);
+		assert.deepEqual(answer, { data: { received: 450 } });
+		assert.deepEqual(database.statements.map((s) => s.rows), statements, client);
+		assert.ok(database.statements.every((s) => s.table === "credit_transactions" && s.column === "request_id"));
+	}
 });
 
 test("anyone but the sidecar's role is refused before anything is read or written", async () => {
