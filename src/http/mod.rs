@@ -236,7 +236,7 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// Counts every answer by route template (never the raw path), status and error code.
 async fn count_request(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str).to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let code = match response.extensions().get::<ErrorCode>() {
@@ -244,7 +244,8 @@ async fn count_request(request: Request, next: Next) -> Response {
         None if response.status().is_success() => "ok",
         None => "other",
     };
-    crate::metrics::http_request(&route, response.status().as_u16(), code, started.elapsed());
+    let route = route.as_ref().map_or("<unmatched>", MatchedPath::as_str);
+    crate::metrics::http_request(route, response.status().as_u16(), code, started.elapsed());
     response
 }
 
