@@ -95,7 +95,7 @@ export class IngestError extends Error {
  * that predates it stores the rest, as the items API would). `now` and `newId` are for tests.
  */
 export function usageRows(collection, body, { hasFallbackFrom = true, now = new Date(), newId = uuidV7 } = {}) {
-	const checks = CHECKS[collection];
+	const checks = Object.hasOwn(CHECKS, collection) ? CHECKS[collection] : null;
 	if (!checks) throw new IngestError(403, "FORBIDDEN", `usage records go to api_key_usage or credit_transactions, not ${collection}`);
 	if (!Array.isArray(body) || body.length === 0 || body.length > MAX_ROWS) {
 		throw new IngestError(400, "INVALID_PAYLOAD", `the body must be an array of 1 to ${MAX_ROWS} records`);

@@ -78,7 +78,9 @@ test("a batch is a non-empty array of at most MAX_ROWS records, for the two usag
 	for (const body of [[], {}, null, Array(MAX_ROWS + 1).fill(deduction())]) {
 		assert.throws(() => usageRows("credit_transactions", body), refusal(400, /array of 1 to/));
 	}
-	assert.throws(() => usageRows("directus_users", [deduction()]), refusal(403, /not directus_users/));
+	for (const collection of ["directus_users", "__proto__", "constructor", "toString"]) {
+		assert.throws(() => usageRows(collection, [deduction()]), refusal(403, new RegExp(`not ${collection}`)), collection);
+	}
 	const usage = { ...deduction(), estimated_cost_cents: "0.5" };
 	for (const field of ["transaction_type", "service_type", "cost_cents", "description"]) delete usage[field];
 	assert.equal(usageRows("api_key_usage", [usage]).length, 1);
