@@ -123,7 +123,7 @@ export function usageColumns(collection, hasFallbackFrom) {
 }
 
 /** Inserts `rows` a few hundred per statement, a stored request_id skipped: any database knex speaks. */
-export async function insertKnex(trx, collection, columns, rows) {
+export async function insertKnex(trx, collection, rows) {
 	for (let start = 0; start < rows.length; start += ROWS_PER_STATEMENT) {
 		await trx(collection).insert(rows.slice(start, start + ROWS_PER_STATEMENT)).onConflict("request_id").ignore();
 	}
@@ -169,10 +169,12 @@ export function usageIngestHandler({ database, isService, enabled, logger }) {
 			}
 			const collection = req.params.collection;
 			const fields = req.schema?.collections?.[collection]?.fields ?? {};
-			const rows = usageRows(collection, req.body, { hasFallbackFrom: Object.hasOwn(fields, "fallback_from") });
-			const columns = usageColumns(collection, Object.hasOwn(fields, "fallback_from"));
+			const hasFallbackFrom = Object.hasOwn(fields, "fallback_from");
+			const rows = usageRows(collection, req.body, { hasFallbackFrom });
 			try {
-				await database.transaction((trx) => (client === "sqlite3" ? insertSqlite : insertKnex)(trx, collection, columns, rows));
+				await database.transaction((trx) =>
+					client === "sqlite3" ? insertSqlite(trx, collection, usageColumns(collection, hasFallbackFrom), rows) : insertKnex(trx, collection, rows),
+				);
 			} catch (error) {
 				if (refusedForGood(error)) {
 					throw new IngestError(400, "INVALID_PAYLOAD", "the database refused a record of the batch (e.g. an unknown user)");

@@ -68,18 +68,22 @@ async function stored(db, table) {
 	return db.raw(`SELECT ${typed} FROM ${table} ORDER BY request_id`);
 }
 
-/** Stores `body` in `table` of `db` in one transaction, as the route does, through `insert`. */
+/** The route's two ways in, called as its handler calls them. */
+const JSON_EACH = (trx, table, rows, hasFallbackFrom) => insertSqlite(trx, table, usageColumns(table, hasFallbackFrom), rows);
+const KNEX = (trx, table, rows) => insertKnex(trx, table, rows);
+
 let ids = 0;
-async function store(db, insert, table, body, hasFallbackFrom = true) {
+/** Stores `body` in `table` of `db` in one transaction, as the route does, one of the two ways in. */
+async function store(db, way, table, body, hasFallbackFrom = true) {
 	const rows = usageRows(table, body, { hasFallbackFrom, now: NOW, newId: () => `00000000-0000-7000-8000-${String(ids++).padStart(12, "0")}` });
-	await db.transaction((trx) => insert(trx, table, usageColumns(table, hasFallbackFrom), rows));
+	await db.transaction((trx) => way(trx, table, rows, hasFallbackFrom));
 }
 
 test("a batch stored through json_each reads back exactly as the same batch stored by knex", async () => {
 	const body = Array.from({ length: 12 }, (_, n) => usage(n));
 	const [viaJson, viaKnex] = [await database("json"), await database("knex")];
-	await store(viaJson, insertSqlite, "api_key_usage", body);
-	await store(viaKnex, insertKnex, "api_key_usage", body);
+	await store(viaJson, JSON_EACH, "api_key_usage", body);
+	await store(viaKnex, KNEX, "api_key_usage", body);
 	const [json, built] = [await stored(viaJson, "api_key_usage"), await stored(viaKnex, "api_key_usage")];
 	assert.equal(json.length, 12);
 	assert.deepEqual(json, built);
@@ -97,8 +101,8 @@ test("a ledger without fallback_from takes the rest; a deduction reads back as k
 	};
 	const body = Array.from({ length: 5 }, (_, n) => deduction(n));
 	const [viaJson, viaKnex] = [await database("ledger-json"), await database("ledger-knex")];
-	await store(viaJson, insertSqlite, "credit_transactions", body, false);
-	await store(viaKnex, insertKnex, "credit_transactions", body, false);
+	await store(viaJson, JSON_EACH, "credit_transactions", body, false);
+	await store(viaKnex, KNEX, "credit_transactions", body, false);
 	const json = await stored(viaJson, "credit_transactions");
 	assert.equal(json.length, 5);
 	assert.deepEqual(json, await stored(viaKnex, "credit_transactions"));
@@ -107,12 +111,12 @@ test("a ledger without fallback_from takes the rest; a deduction reads back as k
 
 test("json_each skips a stored request_id, in the batch or before it, and an unknown user fails the batch", async () => {
 	const db = await database("repeat");
-	await store(db, insertSqlite, "api_key_usage", [usage(0), usage(1)]);
-	await store(db, insertSqlite, "api_key_usage", [usage(1, { model: "changed" }), usage(2), usage(2, { model: "twice" })]);
+	await store(db, JSON_EACH, "api_key_usage", [usage(0), usage(1)]);
+	await store(db, JSON_EACH, "api_key_usage", [usage(1, { model: "changed" }), usage(2), usage(2, { model: "twice" })]);
 	const rows = await stored(db, "api_key_usage");
 	assert.deepEqual(rows.map((r) => [r.request_id.slice(-1), r.model]), [["0", "gpt-4o-mini"], ["1", "gpt-4o-mini"], ["2", "gpt-4o-mini"]]);
 
 	const stranger = usage(3, { user: "6f1c2d0e-8a1b-4c3d-9e8f-0a1b2c3d4e60" });
-	await assert.rejects(store(db, insertSqlite, "api_key_usage", [usage(4), stranger]), (error) => error.code === "SQLITE_CONSTRAINT");
+	await assert.rejects(store(db, JSON_EACH, "api_key_usage", [usage(4), stranger]), (error) => error.code === "SQLITE_CONSTRAINT");
 	assert.equal((await stored(db, "api_key_usage")).length, 3, "nothing of the failed batch stays");
 });
