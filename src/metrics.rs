@@ -165,40 +165,40 @@ thread_local! {
     };
 }
 
-/// A handle from `cache`, registered once per thread and label set (after the recorder is installed).
+/// The handle for `labels` in `handles`, registered the first time (after the recorder is installed).
+fn kept<K: Eq + std::hash::Hash, H: Clone>(handles: &mut HashMap<K, H>, labels: K, register: impl FnOnce() -> H) -> H {
+    handles
+        .entry(labels)
+        .or_insert_with(|| {
+            handle();
+            register()
+        })
+        .clone()
+}
+
+/// A handle from `cache`, registered once per thread and label set.
 fn cached<K: Eq + std::hash::Hash, H: Clone>(
     cache: &'static std::thread::LocalKey<RefCell<HashMap<K, H>>>,
     labels: K,
     register: impl FnOnce() -> H,
 ) -> H {
-    cache.with_borrow_mut(|handles| {
-        handles
-            .entry(labels)
-            .or_insert_with(|| {
-                handle();
-                register()
-            })
-            .clone()
-    })
+    cache.with_borrow_mut(|handles| kept(handles, labels, register))
 }
 
 pub fn http_request(route: &str, status: u16, code: &'static str, elapsed: Duration) {
     let (requests, duration) = REQUESTS.with_borrow_mut(|routes| {
+        // Looked up by `&str` first: the route is copied only the first time this thread sees it.
         if !routes.contains_key(route) {
             routes.insert(route.into(), HashMap::new());
         }
         let by_outcome = routes.get_mut(route).expect("inserted above");
-        by_outcome
-            .entry((status, code))
-            .or_insert_with(|| {
-                handle();
-                let route = route.to_owned();
-                (
-                    counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.to_string(), "code" => code),
-                    histogram!(HTTP_DURATION, "route" => route),
-                )
-            })
-            .clone()
+        kept(by_outcome, (status, code), || {
+            let route = route.to_owned();
+            (
+                counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.to_string(), "code" => code),
+                histogram!(HTTP_DURATION, "route" => route),
+            )
+        })
     });
     requests.increment(1);
     duration.record(elapsed.as_secs_f64());

@@ -221,6 +221,7 @@ mod tests {
         assert_eq!(json["cost_cents"], "0.000000000", "exact, as the cost header has it");
         assert_eq!(serde_json::from_value::<CallEntry>(json).unwrap(), refused, "stored and read back unchanged");
     }
+
     #[test]
     fn a_batch_keeps_only_each_users_newest_entries_and_is_untouched_when_nobody_is_over() {
         let retention = CallRetention { kept_per_user: 3, max_age: std::time::Duration::from_secs(60) };
