@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
@@ -14,7 +13,7 @@ pub struct Document(pub Arc<String>);
 /// This API's OpenAPI 3.1 document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
     responses((status = 200, content_type = "application/json", body = Object)))]
-pub async fn document(Extension(Document(json)): Extension<Document>) -> Response {
+pub async fn document(Document(json): Document) -> Response {
     let mut response = json.as_str().to_owned().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
