@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
 use crate::domain::jobs::CallbackUrl;
-use crate::http::extract::Access;
+use crate::http::extract::{Access, LlmBodyLimit};
 use crate::http::guard::Guard;
 use crate::http::limits::EndpointLimits;
 use crate::http::purchase_link::PurchaseLink;
@@ -193,7 +193,7 @@ pub fn build(settings: &Settings, redis: Option<Arc<Redis>>) -> Result<AppState,
             settings.budget_changes_per_minute,
         )),
         redis,
-        max_llm_body_bytes: settings.max_llm_body_bytes,
+        llm_body_limit: LlmBodyLimit(settings.max_llm_body_bytes),
         max_job_body_bytes: settings.max_job_body_bytes,
         guard: Guard {
             grace: settings.body_read_grace,

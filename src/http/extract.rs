@@ -256,6 +256,42 @@ pub fn from_json<'a, T: serde::Deserialize<'a>>(raw: &'a [u8], expected: &'stati
 /// The raw body, for endpoints that must see the exact bytes (webhook signatures).
 pub struct RawBody(pub Bytes);
 
+/// How large an LLM request body may be (`MAX_LLM_BODY_BYTES`): conversations and base64 images are far larger
+/// than our own JSON documents.
+#[derive(Debug, Clone, Copy)]
+pub struct LlmBodyLimit(pub usize);
+
+/// An LLM request's body, read up to [`LlmBodyLimit`]. The limit is read here rather than set by a
+/// `DefaultBodyLimit` layer: a layer is one more boxed service to clone on every gateway call.
+pub struct LlmBody(pub Bytes);
+
+impl<S> FromRequest<S> for LlmBody
+where
+    S: Send + Sync,
+    LlmBodyLimit: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let LlmBodyLimit(limit) = LlmBodyLimit::from_ref(state);
+        axum::body::to_bytes(req.into_body(), limit).await.map(LlmBody).map_err(|error| body_error(&error))
+    }
+}
+
+fn body_error(error: &axum::Error) -> ApiError {
+    if let Some(refused) = guard::refusal(error) {
+        return ApiError::BodyRefused(refused);
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return Code::PayloadTooLarge.into();
+        }
+        cause = error.source();
+    }
+    ApiError::new(Code::InvalidRequest, "The body could not be read.")
+}
+
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
@@ -283,4 +319,29 @@ pub fn page_after(raw: Option<&str>, what: &str) -> Result<Option<Uuid>, ApiErro
         })
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    /// A body sent in chunks, with no length announced: only counting what arrives can bound it.
+    fn chunked(chunks: usize) -> Request {
+        let pieces = (0..chunks).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&[b'x'; 1024])));
+        Request::new(Body::from_stream(futures_util::stream::iter(pieces)))
+    }
+
+    #[tokio::test]
+    async fn an_llm_body_is_read_up_to_its_limit_however_it_is_sent() {
+        let limit = LlmBodyLimit(4 * 1024);
+        let LlmBody(body) = LlmBody::from_request(chunked(4), &limit).await.map_err(|_| "refused").unwrap();
+        assert_eq!(body.len(), 4 * 1024);
+
+        let Err(refused) = LlmBody::from_request(chunked(5), &limit).await else { panic!("a body over the limit") };
+        assert_eq!(refused.into_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
 }

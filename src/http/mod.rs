@@ -5,6 +5,7 @@ pub mod extract;
 pub mod guard;
 pub mod limits;
 pub mod purchase_link;
+mod request_count;
 pub mod routes;
 pub mod state;
 
@@ -27,7 +28,8 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use self::error::{ApiError, ErrorBody, ErrorCode};
+use self::error::{ApiError, ErrorBody};
+use self::request_count::CountRequestsLayer;
 use self::state::AppState;
 use crate::domain::error_code::Code;
 
@@ -57,14 +59,13 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
 /// The routes and their OpenAPI document, built together.
 pub fn documented_routes(state: &AppState, with_metrics: bool) -> OpenApiRouter<AppState> {
     // No overall deadline here: answers stream for minutes; the gateway bounds each provider call instead.
-    // LLM request bodies (conversations, base64 images) are far larger than our own JSON documents.
+    // Their bodies are read to a limit of their own (`LlmBody`).
     let gateway = OpenApiRouter::new()
         .routes(routes!(routes::gateway::chat_completions))
         .routes(routes!(routes::gateway::messages))
         .routes(routes!(routes::gateway::responses))
         .routes(routes!(routes::gateway::embeddings))
-        .routes(routes!(routes::gateway::count_tokens))
-        .layer(DefaultBodyLimit::max(state.services().max_llm_body_bytes));
+        .routes(routes!(routes::gateway::count_tokens));
     // A job is kept until it is removed: its own, smaller limit.
     let jobs = OpenApiRouter::new()
         .routes(routes!(routes::jobs::submit, routes::jobs::list))
@@ -227,7 +228,7 @@ pub fn with_common_layers<S: Clone + Send + Sync + 'static>(
                     .on_failure(()),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(middleware::from_fn(count_request))
+            .layer(CountRequestsLayer)
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(middleware::from_fn_with_state(link, purchase_link::add))
             .layer(middleware::from_fn_with_state(guard, guard::hold)),
@@ -242,21 +243,6 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     ApiError::Internal(format!("handler panicked: {detail}")).into_response()
-}
-
-/// Counts every answer by route template (never the raw path), status and error code.
-async fn count_request(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let code = match response.extensions().get::<ErrorCode>() {
-        Some(ErrorCode(code)) => code,
-        None if response.status().is_success() => "ok",
-        None => "other",
-    };
-    let route = route.as_ref().map_or("<unmatched>", MatchedPath::as_str);
-    crate::metrics::http_request(route, response.status().as_u16(), code, started.elapsed());
-    response
 }
 
 /// One span per request carrying its id, so every log line of the request can be found together.

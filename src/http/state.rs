@@ -8,7 +8,7 @@ use axum::extract::FromRef;
 use crate::accounting::Outbox;
 use crate::crypto::webhook_signature::WebhookSecret;
 use crate::directus::DirectusClient;
-use crate::http::extract::Access;
+use crate::http::extract::{Access, LlmBodyLimit};
 use crate::http::guard::Guard;
 use crate::http::limits::EndpointLimits;
 use crate::http::purchase_link::PurchaseLink;
@@ -77,7 +77,7 @@ pub struct Services {
     /// `CREDITS_PURCHASE_URL`, for refusals and the account page.
     pub purchase_link: PurchaseLink,
     pub account_page: Arc<AccountPage>,
-    pub max_llm_body_bytes: usize,
+    pub llm_body_limit: LlmBodyLimit,
     pub max_job_body_bytes: usize,
     /// Bounds on every request's body.
     pub guard: Guard,
@@ -118,4 +118,5 @@ pieces! {
     payments: Option<Arc<Payments>>,
     purchase_link: PurchaseLink,
     account_page: Arc<AccountPage>,
+    llm_body_limit: LlmBodyLimit,
 }

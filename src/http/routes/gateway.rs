@@ -17,7 +17,7 @@ use crate::domain::provider::Provider;
 use crate::domain::routing::Source;
 use crate::domain::user::UserId;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{AuthenticatedUser, RawBody};
+use crate::http::extract::{AuthenticatedUser, LlmBody};
 use crate::metrics;
 use crate::services::gateway::{Gateway, Keeping, Reply, Retries};
 use uuid::Uuid;
@@ -50,7 +50,7 @@ pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-byok-stale");
 pub async fn chat_completions(
     user: AuthenticatedUser,
     gateway: State<Arc<Gateway>>,
-    body: RawBody,
+    body: LlmBody,
 ) -> Result<Response, ApiError> {
     proxy(user, gateway, body, Api::ChatCompletions).await
 }
@@ -65,7 +65,7 @@ pub async fn chat_completions(
 pub async fn messages(
     user: AuthenticatedUser,
     gateway: State<Arc<Gateway>>,
-    body: RawBody,
+    body: LlmBody,
 ) -> Result<Response, ApiError> {
     proxy(user, gateway, body, Api::Messages).await
 }
@@ -82,7 +82,7 @@ pub async fn messages(
 pub async fn responses(
     user: AuthenticatedUser,
     gateway: State<Arc<Gateway>>,
-    body: RawBody,
+    body: LlmBody,
 ) -> Result<Response, ApiError> {
     proxy(user, gateway, body, Api::Responses).await
 }
@@ -98,7 +98,7 @@ pub async fn responses(
 pub async fn embeddings(
     user: AuthenticatedUser,
     gateway: State<Arc<Gateway>>,
-    body: RawBody,
+    body: LlmBody,
 ) -> Result<Response, ApiError> {
     proxy(user, gateway, body, Api::Embeddings).await
 }
@@ -114,7 +114,7 @@ pub async fn embeddings(
 pub async fn count_tokens(
     user: AuthenticatedUser,
     gateway: State<Arc<Gateway>>,
-    body: RawBody,
+    body: LlmBody,
 ) -> Result<Response, ApiError> {
     proxy(user, gateway, body, Api::CountTokens).await
 }
@@ -138,7 +138,7 @@ fn counted(provider: Provider, result: Result<Response, ApiError>) -> Result<Res
 async fn proxy(
     AuthenticatedUser(user): AuthenticatedUser,
     State(gateway): State<Arc<Gateway>>,
-    RawBody(raw): RawBody,
+    LlmBody(raw): LlmBody,
     api: Api,
 ) -> Result<Response, ApiError> {
     let request = match gateway.parse(api, &raw) {
