@@ -11,7 +11,7 @@ use axum::http::Request;
 use axum::routing::post;
 use byok_bridge::domain::provider::Provider;
 use byok_bridge::domain::user::UserId;
-use byok_bridge::http::guard::{Guard, hold};
+use byok_bridge::http::guard::Guard;
 use byok_bridge::services::circuit_breaker::{Circuit, CircuitBreaker};
 use byok_bridge::services::in_flight::InFlight;
 use byok_bridge::services::rate_limit::RateLimiter;
@@ -92,7 +92,7 @@ async fn main() {
     };
     let handler = post(|body: Bytes| async move { body.len().to_string() });
     let bare = Router::new().route("/", handler.clone());
-    let guarded = Router::new().route("/", handler).layer(axum::middleware::from_fn_with_state(guard, hold));
+    let guarded = Router::new().route("/", handler).layer(guard);
     let body = Bytes::from(vec![b'x'; 300]);
     for (label, router) in [("router without the body guard", bare), ("router with the body guard", guarded)] {
         let samples = timed(CALLS, |_| {

@@ -7,17 +7,17 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::Request;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
 
 use crate::domain::error_code::{Code, Coded};
 use crate::domain::user::UserId;
@@ -79,16 +79,70 @@ impl Held {
     }
 }
 
-/// The middleware: wraps the body, and holds the request's permits until its response is made.
-pub async fn hold(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
-    let held = Arc::new(Held::default());
-    request.extensions_mut().insert(Arc::clone(&held));
-    let request = request.map(|body| {
-        Body::new(Guarded { inner: body, started: None, received: 0, deadline: None, guard, held: Arc::clone(&held) })
-    });
-    let response = next.run(request).await;
-    drop(held);
-    response
+impl<S> Layer<S> for Guard {
+    type Service = Guarding<S>;
+
+    fn layer(&self, inner: S) -> Guarding<S> {
+        Guarding { inner, guard: self.clone() }
+    }
+}
+
+/// Wraps each request's body, and holds the request's permits until its response is made. A layer of its own
+/// rather than `middleware::from_fn`, which boxes a future and clones the inner service on every request.
+#[derive(Clone)]
+pub struct Guarding<S> {
+    inner: S,
+    guard: Guard,
+}
+
+impl<S> Service<Request> for Guarding<S>
+where
+    S: Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Holding<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let held = Arc::new(Held::default());
+        request.extensions_mut().insert(Arc::clone(&held));
+        let guard = self.guard.clone();
+        let request = request.map(|body| {
+            Body::new(Guarded {
+                inner: body,
+                started: None,
+                received: 0,
+                deadline: None,
+                guard,
+                held: Arc::clone(&held),
+            })
+        });
+        Holding { inner: self.inner.call(request), held: Some(held) }
+    }
+}
+
+pin_project! {
+    /// The response on its way, and the request's permits until it is made.
+    pub struct Holding<F> {
+        #[pin]
+        inner: F,
+        held: Option<Arc<Held>>,
+    }
+}
+
+impl<F: Future> Future for Holding<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx));
+        this.held.take();
+        Poll::Ready(response)
+    }
 }
 
 struct Guarded {

@@ -230,8 +230,8 @@ pub fn with_common_layers<S: Clone + Send + Sync + 'static>(
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(CountRequestsLayer)
             .layer(CatchPanicLayer::custom(panic_response))
-            .layer(middleware::from_fn_with_state(link, purchase_link::add))
-            .layer(middleware::from_fn_with_state(guard, guard::hold)),
+            .layer(link)
+            .layer(guard),
     )
 }
 
