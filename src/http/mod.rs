@@ -42,7 +42,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The API. `/metrics` is on it unless `METRICS_ADDR` puts it on a listener of its own ([`metrics_router`]).
 /// Every route is registered with its OpenAPI entry (`routes!`), so `/openapi.json` lists them all; the
-/// document itself is listed by [`ApiDoc`] and served from the value built here.
+/// document itself is listed by `ApiDoc` (below) and served from the value built here.
 pub fn router(state: AppState, with_metrics: bool) -> Router {
     let (routes, mut document) = documented_routes(&state, with_metrics).split_for_parts();
     describe_responses(&mut document);
