@@ -101,11 +101,16 @@ impl FlagCache {
         if let Some(snapshot) = self.fresh.get(&generation).await {
             return Ok(FlagState { snapshot, stale: false });
         }
+        // Boxed, as a caller's read is (`CallerDirectory::profile`): a miss is rare, and its future (the cache's
+        // loader and the load, about 1.2 KB) would otherwise be part of every call's.
+        Box::pin(self.on_miss(generation)).await
+    }
+
+    async fn on_miss(&self, generation: u64) -> Result<FlagState, FlagsUnavailable> {
         if let Some(stale) = self.stale_during_backoff() {
             return Ok(stale);
         }
-        // Boxed, as a caller's read is (`CallerDirectory::profile`): the load is rare, every call's future is not.
-        match self.fresh.try_get_with(generation, Box::pin(self.load(generation))).await {
+        match self.fresh.try_get_with(generation, self.load(generation)).await {
             Ok(snapshot) => Ok(FlagState { snapshot, stale: false }),
             Err(error) => self.after_failure(error),
         }

@@ -723,7 +723,8 @@ async fn a_fallback_the_user_cannot_use_is_passed_over_and_the_outage_stands() {
 /// Every call's future is allocated and moved as a whole, so what only the rare paths need (reading a user
 /// never seen, loading the flags, asking Directus about a session: up to eight Directus requests at once) is
 /// boxed where it runs. Inline, it made the future of a call 47 KB and the handler's 95 KB, copied on every
-/// call: 12% of the sidecar's CPU per call at 32 connections.
+/// call: 12% of the sidecar's CPU per call at 32 connections. Since the cache misses of flags and callers, a
+/// key's failure and a fallback's try are boxed too, it is 3,840 bytes (5,056 before).
 #[tokio::test]
 async fn a_calls_future_stays_small() {
     use byok_bridge::domain::llm::Api;
@@ -742,7 +743,7 @@ async fn a_calls_future_stays_small() {
     let user = UserId::parse(&new_user_id()).expect("a user id");
     let call = gateway.complete(user, Api::ChatCompletions, &request, Retries::WithinDeadline, Keeping::Outbox);
     let size = std::mem::size_of_val(&call);
-    assert!(size <= 8 * 1024, "a call's future is {size} bytes");
+    assert!(size <= 4 * 1024, "a call's future is {size} bytes");
 }
 
 /// A provider (or a base URL) answering a redirect never gets the key and the prompt sent on: reqwest would keep

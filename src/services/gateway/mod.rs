@@ -473,7 +473,8 @@ impl Gateway {
             let Some(reason) = outcome.as_ref().err().and_then(GatewayError::fallback_reason) else { break };
             tracing::info!(%user, %from, to = %provider, model, reason, "falling back to the next model of the chain");
             metrics::fallback(from, *provider, reason);
-            let next = self.attempt(user, api, &request.for_fallback(api, *provider, model), retries).await;
+            // Boxed: inline, this second try and what it keeps alive would make every call's future larger.
+            let next = Box::pin(self.attempt(user, api, &request.for_fallback(api, *provider, model), retries)).await;
             // A model routing will not serve this user (no key for its provider, no credits for it) is passed
             // over: the unavailability before it is still the answer.
             if !matches!(next, Err(GatewayError::Refused(_))) {
