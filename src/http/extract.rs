@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
@@ -261,7 +261,7 @@ pub struct RawBody(pub Bytes);
 #[derive(Debug, Clone, Copy)]
 pub struct LlmBodyLimit(pub usize);
 
-/// An LLM request's body, read up to [`LlmBodyLimit`]. The limit is read here rather than set by a
+/// An LLM request's body, read up to [`LlmBodyLimit`]. The limit is applied here rather than by a
 /// `DefaultBodyLimit` layer: a layer is one more boxed service to clone on every gateway call.
 pub struct LlmBody(pub Bytes);
 
@@ -272,24 +272,11 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(mut req: Request, state: &S) -> Result<Self, ApiError> {
         let LlmBodyLimit(limit) = LlmBodyLimit::from_ref(state);
-        axum::body::to_bytes(req.into_body(), limit).await.map(LlmBody).map_err(|error| body_error(&error))
+        DefaultBodyLimit::max(limit).apply(&mut req);
+        Bytes::from_request(req, state).await.map(LlmBody).map_err(|r| bytes_rejection(&r))
     }
-}
-
-fn body_error(error: &axum::Error) -> ApiError {
-    if let Some(refused) = guard::refusal(error) {
-        return ApiError::BodyRefused(refused);
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = cause {
-        if error.is::<http_body_util::LengthLimitError>() {
-            return Code::PayloadTooLarge.into();
-        }
-        cause = error.source();
-    }
-    ApiError::new(Code::InvalidRequest, "The body could not be read.")
 }
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
