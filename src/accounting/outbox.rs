@@ -128,7 +128,7 @@ impl Outbox {
                 .map_err(|e| self.store.error(e))?;
             let mut pacer = Pacer::default();
             for (first, last) in ranges(seqs, ROWS_PER_PAUSE) {
-                pacer.done(ROWS_PER_PAUSE);
+                pacer.done(usize::try_from(last - first + 1).unwrap_or(ROWS_PER_PAUSE));
                 removed += delete.execute([first, last]).map_err(|e| self.store.error(e))?;
             }
         }
@@ -268,17 +268,10 @@ fn ranges(seqs: &[i64], most: usize) -> Vec<(i64, i64)> {
     sorted.sort_unstable();
     sorted.dedup();
     let mut ranges: Vec<(i64, i64)> = Vec::new();
-    let mut length = 0;
     for seq in sorted {
         match ranges.last_mut() {
-            Some((_, last)) if *last + 1 == seq && length < most => {
-                *last = seq;
-                length += 1;
-            }
-            _ => {
-                ranges.push((seq, seq));
-                length = 1;
-            }
+            Some((first, last)) if *last + 1 == seq && seq - *first < most as i64 => *last = seq,
+            _ => ranges.push((seq, seq)),
         }
     }
     ranges
