@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // A running Directus stores usage records at a steady rate, delivered as a sidecar making that many calls a
 // second delivers them: records accrue at LOAD_RATE a second; each round POSTs what has accrued (at most
-// LOAD_BATCH, the sidecar's USAGE_BATCH_SIZE) to the hook's usage route, one request in flight, and waits 5 ms
-// (the outbox's linger) when nothing has. scripts/bench.sh runs its direct and bare-proxy baselines beside it,
+// LOAD_BATCH, the sidecar's USAGE_BATCH_SIZE) to the hook's usage route, one request in flight. After a POST the
+// next waits for a full batch or LOAD_LINGER_MS (the sidecar's USAGE_DELIVERY_LINGER_MS) since it ended, looking
+// every 5 ms (the outbox writer's linger, after which the sidecar's flusher hears of new records). scripts/bench.sh runs its direct and bare-proxy baselines beside it,
 // so that they have the sidecar's neighbour too: a Directus on the same cores storing the sidecar's records.
 //
 //   DIRECTUS_URL=http://127.0.0.1:8055 DIRECTUS_TOKEN=<the sidecar's static token> LOAD_USER=<a user id> \
 //     LOAD_RATE=6000 LOAD_SECONDS=60 node scripts/directus-usage-load.mjs
 //
-// Settings (environment): LOAD_COLLECTION (credit_transactions, or api_key_usage), LOAD_BATCH (500).
+// Settings (environment): LOAD_COLLECTION (credit_transactions, or api_key_usage), LOAD_BATCH (500),
+// LOAD_LINGER_MS (100; 0 sends whatever has accrued at once).
 // The records stay in the database (credit_transactions deductions lower the user's balance). Prints one line
 // of JSON at the end: records stored, seconds, records per second, the largest batch, and `behind`, the
 // records accrued but not stored when the time was up (Directus not keeping up). Exit 1 when Directus refuses
@@ -18,7 +20,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 import { recordMaker } from "./usage-records.mjs";
 
-const LINGER_MS = 5;
+const WRITER_LINGER_MS = 5;
 
 function setting(name, fallback) {
 	const value = process.env[name] ?? fallback;
@@ -48,15 +50,21 @@ if (!Number.isInteger(batch)) {
 	console.error("directus-usage-load: LOAD_BATCH must be a whole number of records");
 	process.exit(2);
 }
+const linger = Number(setting("LOAD_LINGER_MS", "100"));
+if (!(linger >= 0)) {
+	console.error("directus-usage-load: LOAD_LINGER_MS must be a number of milliseconds, 0 or more");
+	process.exit(2);
+}
 
 const started = performance.now();
 const accrued = () => Math.floor(((Math.min(performance.now() - started, seconds * 1000)) / 1000) * rate);
 let stored = 0;
 let largest = 0;
+let lastEnded = -Infinity;
 while (performance.now() - started < seconds * 1000) {
 	const count = Math.min(accrued() - stored, batch);
-	if (count === 0) {
-		await sleep(LINGER_MS);
+	if (count === 0 || (count < batch && performance.now() - lastEnded < linger)) {
+		await sleep(WRITER_LINGER_MS);
 		continue;
 	}
 	const response = await fetch(url, {
@@ -69,6 +77,7 @@ while (performance.now() - started < seconds * 1000) {
 		process.exit(1);
 	}
 	await response.arrayBuffer();
+	lastEnded = performance.now();
 	stored += count;
 	largest = Math.max(largest, count);
 }

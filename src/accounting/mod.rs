@@ -208,8 +208,8 @@ async fn mark_delivered(outbox: &Arc<Outbox>, delivered: &[Waiting], report: &mu
 /// store and go out after the next start.
 ///
 /// After a retryable failure it waits 100 ms, doubling up to 5 s until a delivery succeeds. New records do not
-/// cut that wait short (they go out with the next pass). With nothing left to retry, it sleeps until a batch is
-/// written.
+/// cut that wait short (they go out with the next pass). With nothing left to retry, it waits for the next
+/// pass (`next_pass`).
 pub async fn run_flusher<S: UsageSink>(outbox: Arc<Outbox>, sink: Arc<S>, delivery: Delivery) {
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -221,7 +221,25 @@ pub async fn run_flusher<S: UsageSink>(outbox: Arc<Outbox>, sink: Arc<S>, delive
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         } else {
-            let _ = tokio::time::timeout(IDLE_RECHECK, outbox.enqueued()).await;
+            // Only a delivery lingers: the first record after a pass that found nothing goes at once.
+            let linger = if report.delivered > 0 { delivery.linger } else { Duration::ZERO };
+            next_pass(&outbox, delivery.batch, linger).await;
+        }
+    }
+}
+
+/// Returns when the next pass is due: once a batch has been written since the last pass (or the idle recheck
+/// has come), and then once `batch` records are waiting or `linger` has passed since the last pass ended.
+/// Records that come while Directus is busy go out in full batches, so it pays its cost per request less
+/// often; one written after a quiet spell goes at once.
+async fn next_pass(outbox: &Outbox, batch: usize, linger: Duration) {
+    let lingered = tokio::time::sleep(linger);
+    tokio::pin!(lingered);
+    let _ = tokio::time::timeout(IDLE_RECHECK, outbox.enqueued()).await;
+    while outbox.len() < batch {
+        tokio::select! {
+            () = &mut lingered => return,
+            () = outbox.enqueued() => {}
         }
     }
 }
@@ -250,7 +268,7 @@ mod tests {
     use crate::store::tests::TempDir;
 
     fn batches_of(batch: usize) -> Delivery {
-        Delivery { batch, concurrency: 1 }
+        Delivery { batch, concurrency: 1, linger: Duration::ZERO }
     }
 
     /// Directus, as far as the flusher can tell: `stored` is the table with its unique `request_id`; a batch
@@ -411,7 +429,7 @@ mod tests {
         while !outbox.is_empty() {
             passes += 1;
             assert!(passes < 10_000, "never finished");
-            flush_once(&outbox, &flaky, Delivery { batch: 7, concurrency: 2 }).await;
+            flush_once(&outbox, &flaky, Delivery { batch: 7, concurrency: 2, linger: Duration::ZERO }).await;
         }
         // Two batches in flight at a time: a failed one may be stored after the next, so order is not kept.
         let (mut stored, mut expected) = (flaky.0.stored(), ids.clone());
@@ -437,6 +455,42 @@ mod tests {
         eventually("the second record", || directus.stored().len() == 2).await;
         assert_eq!(directus.stored(), [a.request_id, b.request_id]);
         eventually("an empty outbox", || outbox.is_empty()).await;
+        flusher.abort();
+    }
+
+    /// Polls, a millisecond of the (paused) clock at a time, until `directus` has stored `count` records;
+    /// returns how long that took.
+    async fn stored_after(directus: &FakeDirectus, count: usize) -> Duration {
+        let started = tokio::time::Instant::now();
+        while directus.stored().len() < count {
+            assert!(started.elapsed() < Duration::from_secs(60), "{count} records were never stored");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_delivery_records_wait_for_a_full_batch_or_the_linger_and_after_a_quiet_spell_go_at_once() {
+        let dir = TempDir::new();
+        let outbox = open(&dir);
+        let directus = Arc::new(FakeDirectus::default());
+        let linger = Duration::from_millis(100);
+        let delivery = Delivery { batch: 4, concurrency: 1, linger };
+        let flusher = tokio::spawn(run_flusher(Arc::clone(&outbox), Arc::clone(&directus), delivery));
+        let at_once = Duration::from_millis(5);
+        tokio::time::sleep(at_once).await;
+
+        outbox.keep(&records(1)).unwrap();
+        assert!(stored_after(&directus, 1).await <= at_once, "the first record (after a pass with none) goes at once");
+        outbox.keep(&records(1)).unwrap();
+        let waited = stored_after(&directus, 2).await;
+        assert!(waited >= linger - at_once && waited <= linger + at_once, "the next waits out the linger: {waited:?}");
+        outbox.keep(&records(4)).unwrap();
+        assert!(stored_after(&directus, 6).await <= at_once, "a full batch does not wait");
+        tokio::time::sleep(linger * 3).await;
+        outbox.keep(&records(1)).unwrap();
+        assert!(stored_after(&directus, 7).await <= at_once, "nor does a record after a quiet spell");
+        assert_eq!(directus.batches(), [1, 1, 4, 1]);
         flusher.abort();
     }
 

@@ -674,15 +674,23 @@ mod tests {
 
     #[test]
     fn usage_delivery_is_tunable_within_what_directus_takes() {
-        assert_eq!(parse(&base()).unwrap().delivery, Delivery { batch: 500, concurrency: 1 });
+        assert_eq!(
+            parse(&base()).unwrap().delivery,
+            Delivery { batch: 500, concurrency: 1, linger: Duration::from_millis(100) }
+        );
         let mut vars = base();
         vars.insert("USAGE_BATCH_SIZE", "250".to_owned());
         vars.insert("USAGE_DELIVERY_CONCURRENCY", "2".to_owned());
-        assert_eq!(parse(&vars).unwrap().delivery, Delivery { batch: 250, concurrency: 2 });
+        vars.insert("USAGE_DELIVERY_LINGER_MS", "20".to_owned());
+        assert_eq!(
+            parse(&vars).unwrap().delivery,
+            Delivery { batch: 250, concurrency: 2, linger: Duration::from_millis(20) }
+        );
         vars.insert("USAGE_BATCH_SIZE", "5000".to_owned());
         vars.insert("USAGE_DELIVERY_CONCURRENCY", "0".to_owned());
+        vars.insert("USAGE_DELIVERY_LINGER_MS", "60000".to_owned());
         let named: Vec<_> = parse(&vars).unwrap_err().0.iter().map(|p| p.var).collect();
-        assert_eq!(named, ["USAGE_BATCH_SIZE", "USAGE_DELIVERY_CONCURRENCY"]);
+        assert_eq!(named, ["USAGE_BATCH_SIZE", "USAGE_DELIVERY_CONCURRENCY", "USAGE_DELIVERY_LINGER_MS"]);
     }
 
     #[test]
