@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use super::reader::Reader;
 
-/// How records go to Directus (`USAGE_BATCH_SIZE`, `USAGE_DELIVERY_CONCURRENCY`, `USAGE_DELIVERY_LINGER_MS`). The hook's usage route stores a
-/// batch of 500 in about 40 ms; through the items API (where the route is off) Directus 12.4.0 stores a batch's
-/// records one by one in its single Node.js process, and a second batch in flight adds about half on PostgreSQL
-/// and nothing on SQLite, whose one connection serializes them (`scripts/measure-directus-ingest.mjs`; figures
-/// in the README).
+/// How records go to Directus (`USAGE_BATCH_SIZE`, `USAGE_DELIVERY_CONCURRENCY`, `USAGE_DELIVERY_LINGER_MS`).
+/// The hook's usage route stores a batch of 500 in about 40 ms; through the items API (where the route is off)
+/// Directus 12.4.0 stores a batch's records one by one in its single Node.js process, and a second batch in
+/// flight adds about half on PostgreSQL and nothing on SQLite, whose one connection serializes them
+/// (`scripts/measure-directus-ingest.mjs`; figures in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     /// Records per request (and per outbox page). A record is at most about 700 bytes of JSON (model names
