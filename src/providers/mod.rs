@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request};
+use hyper::{Method, Request, Uri};
 use reqwest::{Client, RequestBuilder, Url};
 
 use crate::domain::llm::Api;
@@ -35,6 +35,9 @@ pub struct ProviderClient {
     generation_timeout: Duration,
     /// Each provider's API root, from operator configuration only.
     bases: Arc<PerProvider<Url>>,
+    /// Where each API is forwarded at each provider, made once so that a call clones a URI (a reference count)
+    /// instead of joining and parsing a URL; `None` where the joined URL is not a valid request URI.
+    forwarded: Arc<PerProvider<[Option<Uri>; Api::ALL.len()]>>,
 }
 
 /// What the provider said about a key.
@@ -64,17 +67,17 @@ impl ProviderClient {
             .build()
             .expect("a TLS backend and resolver are available");
         let transport = Transport::new(connect_timeout);
-        ProviderClient { http, transport, timeout, generation_timeout, bases: Arc::new(bases) }
-    }
-
-    /// `path` relative to the provider's API root (OpenAI style: `chat/completions` under a root with `/v1`;
-    /// Anthropic style: `v1/messages` under a root without).
-    fn url(&self, provider: Provider, path: &str) -> Url {
-        let mut url = self.bases.get(provider).clone();
-        let prefix = url.path().trim_end_matches('/');
-        let joined = format!("{prefix}/{path}");
-        url.set_path(&joined);
-        url
+        let forwarded = PerProvider::from_fn(|provider| {
+            Api::ALL.map(|api| joined(bases.get(provider), api.path()).as_str().parse().ok())
+        });
+        ProviderClient {
+            http,
+            transport,
+            timeout,
+            generation_timeout,
+            bases: Arc::new(bases),
+            forwarded: Arc::new(forwarded),
+        }
     }
 
     /// The key sent as the provider declares, marked sensitive (never logged), and the headers its API style
@@ -101,7 +104,7 @@ impl ProviderClient {
     }
 
     fn request(&self, provider: Provider, method: reqwest::Method, path: &str, key: &str) -> RequestBuilder {
-        self.http.request(method, self.url(provider, path)).headers(Self::auth_headers(provider, key))
+        self.http.request(method, joined(self.bases.get(provider), path)).headers(Self::auth_headers(provider, key))
     }
 
     /// Asks the provider whether the key works, with the cheapest authenticated call it declares (most list
@@ -123,6 +126,16 @@ impl ProviderClient {
         let request = self.request(provider, reqwest::Method::POST, path, key.expose()).json(&body);
         checked(provider, request).await
     }
+}
+
+/// `path` relative to a provider's API root (OpenAI style: `chat/completions` under a root with `/v1`;
+/// Anthropic style: `v1/messages` under a root without).
+fn joined(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let prefix = url.path().trim_end_matches('/');
+    let joined = format!("{prefix}/{path}");
+    url.set_path(&joined);
+    url
 }
 
 /// What the provider's answer to a key check says about the key.
@@ -157,7 +170,8 @@ impl ProviderClient {
         let wait = if stream { self.timeout } else { self.generation_timeout };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.url(provider, api.path()).as_str().parse().map_err(|_| ForwardError::BadBase)?;
+        let at = Api::ALL.iter().position(|a| *a == api).expect("every API is in Api::ALL");
+        *request.uri_mut() = self.forwarded.get(provider)[at].clone().ok_or(ForwardError::BadBase)?;
         let headers = request.headers_mut();
         *headers = Self::auth_headers(provider, api_key);
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
@@ -179,7 +193,7 @@ pub enum ForwardError {
     Transport(TransportError),
     #[error("provider did not answer in time")]
     Timeout,
-    /// A base URL that `url` accepts and `http` does not (a configuration checked at startup never gets here).
+    /// A base URL that `Url` accepts and `Uri` does not (a configuration checked at startup never gets here).
     #[error("the provider's base URL is not a valid request URI")]
     BadBase,
 }

@@ -28,6 +28,8 @@ pub enum Api {
 }
 
 impl Api {
+    pub const ALL: [Api; 5] = [Api::ChatCompletions, Api::Messages, Api::Responses, Api::Embeddings, Api::CountTokens];
+
     /// The chat API of providers of `style`.
     pub fn chat(style: ApiStyle) -> Api {
         match style {
