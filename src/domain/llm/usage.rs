@@ -21,8 +21,10 @@ pub fn usage_from_response(api: Api, body: &[u8]) -> Option<TokenUsage> {
     }
 }
 
-fn field(value: &Value, pointer: &str) -> u64 {
-    value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+/// The whole number at `path` (keys of nested objects), or 0. By key, not `Value::pointer`, which allocates
+/// two strings a segment: this runs on every call's answer.
+fn field(value: &Value, path: &[&str]) -> u64 {
+    path.iter().try_fold(value, |value, key| value.get(key)).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// OpenAI's `usage`: `prompt_tokens` includes cached and audio tokens, `completion_tokens` includes
@@ -30,10 +32,10 @@ fn field(value: &Value, pointer: &str) -> u64 {
 pub(super) fn openai_usage(usage: &Value) -> Option<TokenUsage> {
     Some(TokenUsage {
         prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
-        completion_tokens: field(usage, "/completion_tokens"),
-        cached_prompt_tokens: field(usage, "/prompt_tokens_details/cached_tokens"),
-        audio_prompt_tokens: field(usage, "/prompt_tokens_details/audio_tokens"),
-        audio_completion_tokens: field(usage, "/completion_tokens_details/audio_tokens"),
+        completion_tokens: field(usage, &["completion_tokens"]),
+        cached_prompt_tokens: field(usage, &["prompt_tokens_details", "cached_tokens"]),
+        audio_prompt_tokens: field(usage, &["prompt_tokens_details", "audio_tokens"]),
+        audio_completion_tokens: field(usage, &["completion_tokens_details", "audio_tokens"]),
         ..TokenUsage::default()
     })
 }
@@ -43,8 +45,8 @@ pub(super) fn openai_usage(usage: &Value) -> Option<TokenUsage> {
 pub(super) fn responses_usage(usage: &Value) -> Option<TokenUsage> {
     Some(TokenUsage {
         prompt_tokens: usage.get("input_tokens")?.as_u64()?,
-        completion_tokens: field(usage, "/output_tokens"),
-        cached_prompt_tokens: field(usage, "/input_tokens_details/cached_tokens"),
+        completion_tokens: field(usage, &["output_tokens"]),
+        cached_prompt_tokens: field(usage, &["input_tokens_details", "cached_tokens"]),
         ..TokenUsage::default()
     })
 }
@@ -53,21 +55,21 @@ pub(super) fn responses_usage(usage: &Value) -> Option<TokenUsage> {
 /// Writes are split by cache lifetime when the response says so (`cache_creation`), else all 5-minute.
 pub(super) fn anthropic_usage(usage: &Value) -> Option<TokenUsage> {
     let input = usage.get("input_tokens")?.as_u64()?;
-    let reads = field(usage, "/cache_read_input_tokens");
-    let writes = field(usage, "/cache_creation_input_tokens");
+    let reads = field(usage, &["cache_read_input_tokens"]);
+    let writes = field(usage, &["cache_creation_input_tokens"]);
     let (writes_5m, writes_1h) = match usage.get("cache_creation") {
         Some(split @ Value::Object(_)) => {
-            (field(split, "/ephemeral_5m_input_tokens"), field(split, "/ephemeral_1h_input_tokens"))
+            (field(split, &["ephemeral_5m_input_tokens"]), field(split, &["ephemeral_1h_input_tokens"]))
         }
         _ => (writes, 0),
     };
     Some(TokenUsage {
         prompt_tokens: input + reads + writes_5m + writes_1h,
-        completion_tokens: field(usage, "/output_tokens"),
+        completion_tokens: field(usage, &["output_tokens"]),
         cached_prompt_tokens: reads,
         cache_write_tokens: writes_5m,
         cache_write_1h_tokens: writes_1h,
-        web_searches: field(usage, "/server_tool_use/web_search_requests"),
+        web_searches: field(usage, &["server_tool_use", "web_search_requests"]),
         ..TokenUsage::default()
     })
 }
