@@ -3,8 +3,9 @@
 // second delivers them: records accrue at LOAD_RATE a second; each round POSTs what has accrued (at most
 // LOAD_BATCH, the sidecar's USAGE_BATCH_SIZE) to the hook's usage route, one request in flight. After a POST the
 // next waits for a full batch or LOAD_LINGER_MS (the sidecar's USAGE_DELIVERY_LINGER_MS) since it ended, looking
-// every 5 ms (the outbox writer's linger, after which the sidecar's flusher hears of new records). scripts/bench.sh runs its direct and bare-proxy baselines beside it,
-// so that they have the sidecar's neighbour too: a Directus on the same cores storing the sidecar's records.
+// every 5 ms (the outbox writer's linger, after which the sidecar's flusher hears of new records).
+// scripts/bench.sh runs its direct and bare-proxy baselines beside it, so that they have the sidecar's neighbour
+// too: a Directus on the same cores storing the sidecar's records.
 //
 //   DIRECTUS_URL=http://127.0.0.1:8055 DIRECTUS_TOKEN=<the sidecar's static token> LOAD_USER=<a user id> \
 //     LOAD_RATE=6000 LOAD_SECONDS=60 node scripts/directus-usage-load.mjs
